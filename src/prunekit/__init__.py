@@ -1,0 +1,40 @@
+"""prunekit: prune PyTorch networks.
+
+Public names are resolved lazily so that ``import prunekit`` stays cheap and the
+CLI starts fast; each lives in the sub-package named in ``_PUBLIC``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_PUBLIC: dict[str, str] = {
+    "profile": "prunekit.metrics.profile",
+    "Profile": "prunekit.metrics.profile",
+    "benchmark_latency": "prunekit.metrics.latency",
+    "LatencyResult": "prunekit.metrics.latency",
+    "sparsify": "prunekit.sparse.sparsify",
+    "SparsifyResult": "prunekit.sparse.sparsify",
+    "strip": "prunekit.sparse.masks",
+    "finetune": "prunekit.train.finetune",
+    "evaluate": "prunekit.train.finetune",
+    "save": "prunekit.io.checkpoint",
+    "load": "prunekit.io.checkpoint",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,46 @@
+"""Calling a model on example inputs given as a tensor, a tuple of tensors or a dict of kwargs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+ExampleInputs = Union[torch.Tensor, Sequence[Any], Mapping[str, Any]]
+
+
+def run_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:
+    """Call ``model`` the way the example inputs imply: tensor → positional, tuple/list →
+    unpacked positional, dict → keyword arguments (Hugging Face style)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return model(example_inputs)
+    if isinstance(example_inputs, Mapping):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    raise TypeError(
+        "example_inputs must be a Tensor, a tuple/list of positional inputs or a dict of "
+        f"keyword inputs, got {type(example_inputs).__name__}"
+    )
+
+
+def move_inputs(example_inputs: Any, device: torch.device | str) -> Any:
+    """Move every tensor inside a (nested) tuple/list/dict to ``device``."""
+    if isinstance(example_inputs, torch.Tensor):
+        return example_inputs.to(device)
+    if isinstance(example_inputs, Mapping):
+        return {k: move_inputs(v, device) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        return type(example_inputs)(move_inputs(v, device) for v in example_inputs)
+    return example_inputs
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a parameter-free model)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
