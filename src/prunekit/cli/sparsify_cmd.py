@@ -1,0 +1,64 @@
+"""``prunekit sparsify``: mask weights of a model by magnitude / N:M and save the result."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from rich.console import Console
+
+from prunekit.cli.model_spec import load_factory_model, load_weights, parse_shape
+from prunekit.io.checkpoint import save
+from prunekit.metrics.profile import profile
+from prunekit.report.table import Column, print_table
+from prunekit.sparse.sparsify import sparsify
+
+_COLUMNS = (
+    Column("name", "", justify="left"),
+    Column("params", "params", "{:,}"),
+    Column("nonzeros", "non-zeros", "{:,}"),
+    Column("macs", "MACs dense", "{:,}"),
+    Column("sparse_macs", "MACs sparse", "{:,}"),
+    Column("bytes_dense", "fp32 dense B", "{:,}"),
+    Column("bytes_sparse", "fp32 compressed B", "{:,}"),
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("sparsify", help="unstructured / N:M weight pruning with lasting masks")
+    p.add_argument("--model", required=True, help="package.module:factory, e.g. prunekit.zoo:lenet5")
+    p.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,32,32")
+    p.add_argument("--weights", help="optional .safetensors (or weights-only .pt) state dict")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--sparsity", type=float, help="fraction of weights to zero, in [0, 1)")
+    how.add_argument("--threshold", type=float, help="prune weights whose score is <= this τ")
+    p.add_argument("--criterion", default="l1", help="l1 | l2 | random | normalized")
+    p.add_argument("--pattern", default="unstructured",
+                   help="unstructured | kernel | block | N:M such as 2:4")
+    p.add_argument("--scope", default="global", choices=("global", "layer"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="directory for the sparsified model")
+    p.set_defaults(func=_run)
+
+
+def _row(name: str, model: torch.nn.Module, example: torch.Tensor) -> dict[str, object]:
+    prof = profile(model, example)
+    return {"name": name, "params": prof.total_params, "nonzeros": prof.nonzero_params,
+            "macs": prof.macs, "sparse_macs": prof.sparse_macs, "bytes_dense": prof.bytes_fp32,
+            "bytes_sparse": prof.bytes_sparse_fp32}
+
+
+def _run(args: argparse.Namespace) -> int:
+    model = load_factory_model(args.model).eval()
+    if args.weights:
+        load_weights(model, args.weights)
+    example = torch.randn(parse_shape(args.input_shape))
+    before = _row("before", model, example)
+    result = sparsify(model, sparsity=args.sparsity, threshold=args.threshold,
+                      criterion=args.criterion, pattern=args.pattern, scope=args.scope,
+                      seed=args.seed)
+    print_table(f"sparsify: {result.global_sparsity:.1%} of prunable weights zeroed",
+                _COLUMNS, [before, _row("after", model, example)])
+    save(model, args.out)
+    Console().print(f"saved to {args.out} (load with prunekit.load(dir, base_model))")
+    return 0

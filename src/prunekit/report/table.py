@@ -1,0 +1,44 @@
+"""Before/after tables for the terminal (rich) and plain text (logs, README)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: the row key it reads, its header and how to format a value."""
+
+    key: str
+    header: str
+    fmt: str = "{}"
+    justify: str = "right"
+
+    def render(self, value: object) -> str:
+        if value is None:
+            return "-"
+        return self.fmt.format(value)
+
+
+def rich_table(title: str, columns: Sequence[Column], rows: Sequence[dict[str, object]]) -> Table:
+    """A rich Table of ``rows`` (dicts keyed by ``Column.key``)."""
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col.header, justify=col.justify)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(*(col.render(row.get(col.key)) for col in columns))
+    return table
+
+
+def print_table(
+    title: str,
+    columns: Sequence[Column],
+    rows: Sequence[dict[str, object]],
+    console: Console | None = None,
+) -> None:
+    """Print the table to ``console`` (stdout by default); plain when stdout is not a TTY."""
+    (console or Console()).print(rich_table(title, columns, rows))
