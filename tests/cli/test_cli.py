@@ -1,0 +1,73 @@
+"""The prunekit command: help, profile, sparsify → load, and error paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunekit.cli.main import main
+from prunekit.io.checkpoint import load
+from prunekit.sparse.masks import masked_tensors
+from prunekit.zoo import LeNet5
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "sparsify", "profile"):
+        assert command in out
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: prunekit" in capsys.readouterr().out
+
+
+def test_profile_json_matches_lenet_arithmetic(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["total_params"] == 61_706
+    assert data["nonzero_params"] == 61_706
+
+
+def test_sparsify_saves_a_loadable_masked_model(tmp_path: Path) -> None:
+    out = tmp_path / "sparse"
+    assert main(["sparsify", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
+                 "--sparsity", "0.75", "--out", str(out)]) == 0
+    model = load(out, LeNet5())
+    masks = masked_tensors(model)
+    assert set(masks) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight",
+                          "fc3.weight"}
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert total - kept == round(0.75 * total)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--model", "nodots", "--input-shape", "1,1,32,32", "--sparsity", "0.5"], "--model"),
+        (["--model", "prunekit.zoo:nope", "--input-shape", "1,1,32,32", "--sparsity", "0.5"],
+         "nope"),
+        (["--model", "prunekit.zoo:lenet5", "--input-shape", "1,a", "--sparsity", "0.5"],
+         "--input-shape"),
+        (["--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32", "--sparsity", "1.5"],
+         "sparsity"),
+        (["--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32", "--sparsity", "0.5",
+          "--pattern", "3:7x"], "pattern"),
+    ],
+)
+def test_sparsify_bad_input_is_a_clear_error(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sparsify", *argv, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "error" in err and needle in err
+    assert not (tmp_path / "o").exists()
