@@ -1,0 +1,124 @@
+"""The sequential block-by-block driver, written once for every method.
+
+For each block in order: hooks on the block's ``nn.Linear`` layers feed one solver per
+layer with ``add_batch(inp, out)`` while the block runs on all captured inputs; then a
+``finish`` callback (pruning, or recording statistics for OWL) sees the solvers, which are
+``free()``-d; finally the block is re-run to produce the next block's inputs. The next
+block therefore sees the outputs of the *pruned* block (as in the SparseGPT and Wanda
+reference codes), so later blocks compensate for the error of earlier ones. Only one
+block's inputs and outputs are alive at a time.
+
+With ``true_sequential`` a block is processed in stages: layers that read the *same input
+tensor* one after another in the block's forward (q/k/v read the normed hidden state;
+gate/up read the normed residual) form one stage, and each stage's statistics are
+collected after the earlier stages were pruned (so o_proj sees the pruned q/k/v outputs,
+down_proj the pruned gate/up). Stages come from the execution order observed on one
+forward pass, never from layer names, so any architecture works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.llm.blocks import BlockInput
+from prunekit.llm.solvers import LayerSolver, SolverFactory
+
+Layers = dict[str, nn.Linear]
+Finish = Callable[[int, dict[str, LayerSolver]], None]
+
+
+def prunable_layers(block: nn.Module) -> Layers:
+    """The block's ``nn.Linear`` layers by name relative to the block."""
+    return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _hidden_of(output: Any) -> torch.Tensor:
+    """A block returns the hidden state, or a tuple/list whose first item is it."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _run(block: nn.Module, inputs: Sequence[BlockInput]) -> None:
+    for item in inputs:
+        block(*item.args, **item.kwargs)
+
+
+def execution_stages(block: nn.Module, layers: Layers, sample: BlockInput) -> list[Layers]:
+    """Group ``layers`` into stages: consecutive calls that read the same input tensor."""
+    order: list[tuple[str, torch.Tensor]] = []
+
+    def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+            if all(name != seen for seen, _ in order):
+                order.append((name, args[0]))
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(make_hook(n)) for n, layer in layers.items()]
+    try:
+        _run(block, [sample])
+    finally:
+        for handle in handles:
+            handle.remove()
+    stages: list[Layers] = []
+    previous: torch.Tensor | None = None
+    for name, inp in order:
+        if previous is None or inp is not previous:
+            stages.append({})
+        stages[-1][name] = layers[name]
+        previous = inp
+    # layers the sample never reached still get pruned, last, on whatever they saw
+    missed = {n: layer for n, layer in layers.items() if all(n not in s for s in stages)}
+    return [*stages, missed] if missed else stages
+
+
+def _collect(
+    block: nn.Module, inputs: Sequence[BlockInput], stage: Layers, make_solver: SolverFactory
+) -> dict[str, LayerSolver]:
+    solvers = {name: make_solver(layer) for name, layer in stage.items()}
+
+    def make_hook(solver: LayerSolver) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(_: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            solver.add_batch(args[0].detach(), out.detach())
+
+        return hook
+
+    handles = [stage[n].register_forward_hook(make_hook(s)) for n, s in solvers.items()]
+    try:
+        _run(block, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return solvers
+
+
+def run_sequential(
+    blocks: nn.ModuleList,
+    inputs: list[BlockInput],
+    make_solver: SolverFactory,
+    finish: Finish,
+    *,
+    true_sequential: bool = True,
+) -> None:
+    """Walk ``blocks`` in order, feeding solvers and calling ``finish(block_index, solvers)``
+    once per stage; ``inputs`` are block 0's captured inputs (consumed)."""
+    with torch.no_grad():
+        for index, block in enumerate(blocks):
+            layers = prunable_layers(block)
+            stages = (
+                execution_stages(block, layers, inputs[0])
+                if true_sequential and layers
+                else [layers]
+            )
+            for stage in stages:
+                solvers = _collect(block, inputs, stage, make_solver)
+                finish(index, solvers)
+                for solver in solvers.values():
+                    solver.free()
+                del solvers
+            inputs = [
+                item.with_hidden(_hidden_of(block(*item.args, **item.kwargs))) for item in inputs
+            ]
