@@ -1,0 +1,398 @@
+"""Save and load a (pruned) model as a directory: safetensors weights + a JSON manifest.
+
+Layout of a checkpoint directory::
+
+    model.safetensors   every state_dict tensor, masks included (bool); tied tensors once
+    prunekit.json       format version, versions, model class, masked tensors, aliases,
+                        the structured pruning plan (if any) and the user's metadata
+
+Nothing is ever unpickled: weights are safetensors, everything else is JSON, and a model's
+code comes from the caller's ``base_model``. Saving is atomic: the directory is written
+under a temporary sibling name, fsync'ed and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from prunekit import __version__
+from prunekit.errors import ConfigError, PrunekitError
+from prunekit.sparse.masks import WeightMask, apply_mask, get_mask, masked_tensors
+
+__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "load_manifest", "save"]
+
+FORMAT_VERSION = 1
+FORMAT_NAME = "prunekit-checkpoint"
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "prunekit.json"
+
+
+class CheckpointError(PrunekitError, ValueError):
+    """A checkpoint directory is malformed, too new, or cannot be restored here."""
+
+
+def save(
+    obj: Any, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Save a model, or a pruning result (anything with ``.model`` and optional ``.plan``).
+
+    ``metadata`` is any JSON-serialisable mapping stored verbatim in ``prunekit.json``.
+    An existing checkpoint at ``path`` is replaced atomically; an existing non-empty
+    directory that is not a prunekit checkpoint is never touched. Returns the directory.
+    """
+    model, plan = _model_and_plan(obj)
+    target = Path(path)
+    _check_replaceable(target)
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"metadata must be a dict of JSON-serialisable values, got {type(metadata).__name__}"
+        )
+    manifest_extra = {
+        "plan": _json_or_error("plan", plan),
+        "metadata": _json_or_error("metadata", dict(metadata or {})),
+    }
+
+    tensors, aliases = _dedupe(model.state_dict())
+    masks = masked_tensors(model)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "prunekit_version": __version__,
+        "torch_version": torch.__version__,
+        "model_class": _class_name(model),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "masked": {name: _mask_key(model, name) for name in sorted(masks)},
+        "aliases": aliases,
+        **manifest_extra,
+    }
+    with _AtomicDirectory(target) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return target
+
+
+def load(
+    path: str | os.PathLike[str], base_model: nn.Module | None = None, *, replay: bool = True
+) -> nn.Module:
+    """Restore a checkpoint into ``base_model`` (built by the caller) and return the model.
+
+    If the checkpoint holds a structured pruning plan and ``replay`` is true, the plan is
+    replayed on ``base_model`` first (``prunekit.structured.replay_plan``) so its shapes
+    match; pass ``replay=False`` when ``base_model`` already has the pruned shapes. Masks
+    are re-attached, then the state is loaded with ``strict=True``. Keys and shapes are
+    checked before anything is changed, so a mismatch leaves ``base_model`` as it was.
+    The returned model is ``base_model`` itself unless the plan's replay returns a new one.
+    """
+    directory = Path(path)
+    manifest = load_manifest(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {str(directory)!r} has no {WEIGHTS_FILE}; the directory is incomplete "
+            "— save the model again"
+        )
+    if base_model is None:
+        raise ConfigError(
+            f"base_model is None; a checkpoint holds weights, not code — pass a freshly built "
+            f"{manifest['model_class']} with the constructor arguments used before saving, "
+            "e.g. load(path, MyNet(num_classes=10))"
+        )
+    if not isinstance(base_model, nn.Module):
+        raise TypeError(
+            f"base_model must be a torch.nn.Module, got {type(base_model).__name__}; "
+            f"pass a freshly built {manifest['model_class']}"
+        )
+
+    state = load_file(str(weights), device="cpu")
+    for alias, canonical in manifest["aliases"].items():
+        state[alias] = state[canonical]
+    model = base_model
+    if manifest.get("plan") is not None and replay:
+        model = _replay_plan(model, manifest["plan"], directory)
+    masked: dict[str, str] = manifest["masked"]
+    _check_compatible(model, state, masked, str(manifest["model_class"]))
+
+    for name, mask_key in masked.items():
+        module_name, _, tensor_name = name.rpartition(".")
+        apply_mask(model.get_submodule(module_name), tensor_name, state[mask_key])
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check ``prunekit.json`` of a checkpoint directory (no weights are read)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        hint = ""
+        backups = sorted(directory.parent.glob(f".{directory.name}.old-*"))
+        if backups:
+            hint = f"; an interrupted save left the previous checkpoint at {str(backups[-1])!r}"
+        raise FileNotFoundError(
+            f"checkpoint directory {str(directory)!r} does not exist{hint}; "
+            "pass the directory given to prunekit.save"
+        )
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"{str(directory)!r} has no {MANIFEST_FILE}, so it is not a prunekit checkpoint; "
+            "pass a directory written by prunekit.save"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{str(manifest_path)!r} is not valid JSON ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"{str(manifest_path)!r} is not a prunekit checkpoint manifest "
+            f"(expected \"format\": {FORMAT_NAME!r})"
+        )
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{str(manifest_path)!r} has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(directory)!r} uses format_version {version} (written by prunekit "
+            f"{manifest.get('prunekit_version')}), but this prunekit {__version__} reads up to "
+            f"version {FORMAT_VERSION}; upgrade prunekit: pip install -U prunekit"
+        )
+    return manifest
+
+
+# --- saving -------------------------------------------------------------------------------
+
+
+def _model_and_plan(obj: Any) -> tuple[nn.Module, Any]:
+    if isinstance(obj, nn.Module):
+        return obj, None
+    model = getattr(obj, "model", None)
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"obj must be a torch.nn.Module or a pruning result with a .model attribute, "
+            f"got {type(obj).__name__}; pass the model or the result of prunekit.prune"
+        )
+    plan = getattr(obj, "plan", None)
+    if plan is not None and callable(getattr(plan, "to_dict", None)):
+        plan = plan.to_dict()
+    elif dataclasses.is_dataclass(plan) and not isinstance(plan, type):
+        plan = dataclasses.asdict(plan)
+    return model, plan
+
+
+def _json_or_error(name: str, value: Any) -> Any:
+    """``value`` as it will read back from JSON; a ConfigError if JSON cannot hold it."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"{name} must be JSON-serialisable (dicts, lists, strings, finite numbers, "
+            f"booleans, None): {err}; convert it to plain data before saving"
+        ) from err
+
+
+def _dedupe(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors to store (contiguous, CPU, no shared storage) and alias → stored name.
+
+    Entries that are the same view of the same storage (tied weights) are stored once;
+    other storage sharing (overlapping slices) is broken by copying.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen_views: dict[tuple[Any, ...], str] = {}
+    seen_storages: set[tuple[str, int]] = set()
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor; prunekit "
+                "checkpoints hold tensors only (get_extra_state is not supported)"
+            )
+        tensor = value.detach()
+        if tensor.numel() > 0:
+            storage = (str(tensor.device), tensor.untyped_storage().data_ptr())
+            view = (*storage, tensor.storage_offset(), tuple(tensor.shape),
+                    tuple(tensor.stride()), tensor.dtype)
+            if view in seen_views:
+                aliases[key] = seen_views[view]
+                continue
+            seen_views[view] = key
+            if storage in seen_storages:
+                tensor = tensor.clone()
+            seen_storages.add(storage)
+        tensors[key] = tensor.to("cpu").contiguous()
+    return tensors, aliases
+
+
+def _mask_key(model: nn.Module, name: str) -> str:
+    """The state_dict key of the mask buffer on tensor ``name`` (e.g. ``fc.weight``)."""
+    module_name, _, tensor_name = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    plist = module.parametrizations[tensor_name]  # type: ignore[index]
+    index = next(i for i, p in enumerate(plist) if isinstance(p, WeightMask))
+    prefix = f"{module_name}." if module_name else ""
+    return f"{prefix}parametrizations.{tensor_name}.{index}.mask"
+
+
+def _class_name(model: nn.Module) -> str:
+    cls = type(model)
+    if parametrize.is_parametrized(model):  # the root itself was masked: name the base class
+        cls = cls.__bases__[0]
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_replaceable(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(
+            f"path {str(target)!r} is a file; a prunekit checkpoint is a directory — "
+            "pass a new directory path"
+        )
+    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file():
+        raise FileExistsError(
+            f"path {str(target)!r} is a non-empty directory that is not a prunekit "
+            "checkpoint; refusing to replace it — pass a new or empty directory path"
+        )
+
+
+class _AtomicDirectory:
+    """Context manager: write into a temporary sibling, then swap it in under ``target``.
+
+    An existing ``target`` is renamed aside to ``.<name>.old-<token>`` and removed only once
+    the new directory is in place; a crash in between leaves nothing under the name and the
+    old checkpoint intact beside it (``load`` points to it).
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            for child in self.tmp.iterdir():
+                _fsync(child)
+            _fsync(self.tmp)
+            self._swap_in()
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _swap_in(self) -> None:
+        if not self.target.exists():
+            os.rename(self.tmp, self.target)
+            _fsync(self.target.parent)
+            return
+        backup = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.rename(self.target, backup)
+        try:
+            os.rename(self.tmp, self.target)
+        except BaseException:
+            os.rename(backup, self.target)
+            raise
+        _fsync(self.target.parent)
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a directory entry list to disk (directories only where POSIX allows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. directories on Windows
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _replay_plan(model: nn.Module, plan: Any, directory: Path) -> nn.Module:
+    # imported on use: structured pruning sits above io in the layering and may be absent
+    structured = importlib.import_module("prunekit.structured")
+    replay = getattr(structured, "replay_plan", None)
+    if replay is None:
+        raise CheckpointError(
+            f"checkpoint {str(directory)!r} holds a structured pruning plan, but this prunekit "
+            f"({__version__}) has no prunekit.structured.replay_plan to apply it; upgrade "
+            "prunekit, or pass replay=False with a base_model that already has the pruned "
+            "shapes"
+        )
+    result = replay(model, plan)
+    return result if isinstance(result, nn.Module) else model
+
+
+def _check_compatible(
+    model: nn.Module, state: Mapping[str, torch.Tensor], masked: Mapping[str, str],
+    model_class: str,
+) -> None:
+    """Check keys and shapes as they will be once masks are attached, changing nothing."""
+    fix = f"build base_model ({model_class}) with the same constructor arguments as when saved"
+    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    for name, mask_key in masked.items():
+        module_name, _, tensor_name = name.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError as err:
+            raise ConfigError(
+                f"the checkpoint masks {name!r} but base_model has no module {module_name!r}; "
+                f"{fix}"
+            ) from err
+        if not hasattr(module, tensor_name):
+            raise ConfigError(
+                f"the checkpoint masks {name!r} but base_model.{module_name} has no "
+                f"{tensor_name!r}; {fix}"
+            )
+        if get_mask(module, tensor_name) is not None:
+            continue  # base_model is already masked there: keys exist
+        shape = tuple(getattr(module, tensor_name).shape)
+        if not parametrize.is_parametrized(module, tensor_name):
+            expected.pop(name, None)
+            prefix = f"{module_name}." if module_name else ""
+            expected[f"{prefix}parametrizations.{tensor_name}.original"] = shape
+        expected[mask_key] = shape
+
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        hint = ""
+        if any(".parametrizations." in key for key in missing):
+            hint = " (base_model carries masks the checkpoint lacks: pass an unmasked model)"
+        raise ConfigError(
+            f"base_model does not match the checkpoint: missing in the checkpoint "
+            f"{_preview(missing)}, not in base_model {_preview(unexpected)}{hint}; {fix}"
+        )
+    for key, shape in expected.items():
+        saved = tuple(state[key].shape)
+        if saved != shape:
+            raise ConfigError(
+                f"tensor {key!r} has shape {saved} in the checkpoint but {shape} in base_model; "
+                f"{fix} (and, for a structurally pruned model, replay its plan)"
+            )
+
+
+def _preview(keys: list[str], limit: int = 5) -> str:
+    if not keys:
+        return "none"
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+

@@ -1,0 +1,260 @@
+"""save/load: bit-exact round trips, masks that survive training, atomic replacement, errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import prunekit.io.checkpoint as checkpoint
+import prunekit.structured
+from prunekit.errors import ConfigError
+from prunekit.io.checkpoint import CheckpointError, load, load_manifest, save
+from prunekit.sparse.masks import apply_mask, masked_tensors
+from prunekit.zoo import LeNet5
+
+
+def _masked_lenet() -> LeNet5:
+    torch.manual_seed(0)
+    model = LeNet5().eval()
+    gen = torch.Generator().manual_seed(3)
+    apply_mask(model.fc1, "weight", torch.rand(120, 400, generator=gen) > 0.7)
+    apply_mask(model.conv2, "weight", torch.rand(16, 6, 5, 5, generator=gen) > 0.5)
+    return model
+
+
+def _assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype, key
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_plain_round_trip_is_bit_exact(
+    tmp_path: Path, lenet: LeNet5, lenet_input: torch.Tensor
+) -> None:
+    out = save(lenet, tmp_path / "ckpt", metadata={"accuracy": 0.98, "note": "baseline"})
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "prunekit.json"]
+    restored = load(out, LeNet5().eval())
+    _assert_same_state(lenet, restored)
+    assert torch.equal(lenet(lenet_input), restored(lenet_input))
+    manifest = load_manifest(out)
+    assert manifest["metadata"] == {"accuracy": 0.98, "note": "baseline"}
+    assert manifest["model_class"] == "prunekit.zoo.lenet.LeNet5"
+    assert manifest["format_version"] == checkpoint.FORMAT_VERSION
+    assert manifest["torch_version"] == torch.__version__
+    assert manifest["plan"] is None
+
+
+def test_masked_round_trip_keeps_masks_through_training(
+    tmp_path: Path, lenet_input: torch.Tensor
+) -> None:
+    model = _masked_lenet()
+    save(model, tmp_path / "ckpt")
+    stored = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert stored["fc1.parametrizations.weight.0.mask"].dtype == torch.bool
+    assert json.loads((tmp_path / "ckpt" / "prunekit.json").read_text())["masked"] == {
+        "conv2.weight": "conv2.parametrizations.weight.0.mask",
+        "fc1.weight": "fc1.parametrizations.weight.0.mask",
+    }
+
+    restored = load(tmp_path / "ckpt", LeNet5().eval())
+    _assert_same_state(model, restored)
+    assert torch.equal(model(lenet_input), restored(lenet_input))
+    masks = masked_tensors(restored)
+    assert sorted(masks) == ["conv2.weight", "fc1.weight"]
+
+    opt = torch.optim.SGD(restored.parameters(), lr=0.5)
+    restored.train()
+    restored(lenet_input).square().sum().backward()
+    opt.step()
+    for name, mask in masks.items():
+        module_name, _, tensor_name = name.rpartition(".")
+        weight = getattr(restored.get_submodule(module_name), tensor_name)
+        assert torch.all(weight[~mask] == 0), name
+        assert torch.count_nonzero(weight) == int(mask.sum())
+
+
+def test_tied_weights_are_stored_once_and_restored(tmp_path: Path) -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, 6, bias=False)
+            self.head = nn.Linear(4, 6, bias=False)
+            self.head.weight = self.embed.weight
+
+    torch.manual_seed(0)
+    model = Tied()
+    save(model, tmp_path / "ckpt")
+    assert set(load_file(str(tmp_path / "ckpt" / "model.safetensors"))) == {"embed.weight"}
+    assert load_manifest(tmp_path / "ckpt")["aliases"] == {"head.weight": "embed.weight"}
+    restored = load(tmp_path / "ckpt", Tied())
+    _assert_same_state(model, restored)
+    assert restored.head.weight is restored.embed.weight
+
+
+def test_pruning_result_plan_is_stored_and_replayed(
+    tmp_path: Path, lenet: LeNet5, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @dataclass
+    class Result:
+        model: nn.Module
+        plan: dict[str, Any]
+
+    plan = {"version": 1, "steps": [{"group": "conv1", "remove": [0, 3]}]}
+    save(Result(lenet, plan), tmp_path / "ckpt")
+    assert load_manifest(tmp_path / "ckpt")["plan"] == plan
+
+    calls: list[Any] = []
+
+    def fake_replay(model: nn.Module, replayed: Any) -> None:
+        calls.append(replayed)
+
+    monkeypatch.setattr(prunekit.structured, "replay_plan", fake_replay, raising=False)
+    restored = load(tmp_path / "ckpt", LeNet5())
+    assert calls == [plan]
+    _assert_same_state(lenet, restored)
+
+    monkeypatch.delattr(prunekit.structured, "replay_plan", raising=False)
+    with pytest.raises(CheckpointError, match=r"replay_plan .* replay=False"):
+        load(tmp_path / "ckpt", LeNet5())
+    load(tmp_path / "ckpt", LeNet5(), replay=False)  # base_model already has the shapes
+
+
+def test_failed_save_leaves_old_checkpoint_intact(
+    tmp_path: Path, lenet: LeNet5, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "ckpt"
+    save(lenet, target, metadata={"run": 1})
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def crash(tensors: dict[str, torch.Tensor], filename: str, **kwargs: Any) -> None:
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save(_masked_lenet(), target, metadata={"run": 2})
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary left behind
+    _assert_same_state(lenet, load(target, LeNet5()))
+
+
+def test_failed_swap_puts_old_checkpoint_back(
+    tmp_path: Path, lenet: LeNet5, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "ckpt"
+    save(lenet, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    real_rename = checkpoint.os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if ".tmp-" in str(src):  # the new directory moving in
+            raise OSError("power cut")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "rename", rename)
+    with pytest.raises(OSError, match="power cut"):
+        save(_masked_lenet(), target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_replacing_a_checkpoint_works_and_cleans_up(tmp_path: Path, lenet: LeNet5) -> None:
+    target = tmp_path / "ckpt"
+    save(lenet, target)
+    save(_masked_lenet(), target)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    assert sorted(load_manifest(target)["masked"]) == ["conv2.weight", "fc1.weight"]
+
+
+def test_interrupted_swap_is_pointed_to(tmp_path: Path) -> None:
+    (tmp_path / ".ckpt.old-123abc").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"previous checkpoint at .*\.ckpt\.old-123abc"):
+        load(tmp_path / "ckpt", LeNet5())
+
+
+def test_refuses_to_replace_foreign_paths(tmp_path: Path, lenet: LeNet5) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a prunekit checkpoint"):
+        save(lenet, tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        save(lenet, tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    save(lenet, tmp_path / "empty")
+
+
+def test_load_errors(tmp_path: Path, lenet: LeNet5) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load(tmp_path / "nowhere", LeNet5())
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no prunekit\.json"):
+        load(tmp_path / "bare", LeNet5())
+
+    target = save(lenet, tmp_path / "ckpt")
+    with pytest.raises(ConfigError, match=r"base_model is None.*prunekit\.zoo\.lenet\.LeNet5"):
+        load(target)
+    with pytest.raises(TypeError, match=r"base_model must be a torch\.nn\.Module"):
+        load(target, "LeNet5")  # type: ignore[arg-type]
+
+    wider = LeNet5(num_classes=12)
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(
+        ConfigError,
+        match=r"'fc3\.weight' has shape \(10, 84\) in the checkpoint but \(12, 84\) in "
+        r"base_model; build base_model .* same constructor arguments",
+    ):
+        load(target, wider)
+    assert all(torch.equal(before[k], v) for k, v in wider.state_dict().items())
+
+    with pytest.raises(ConfigError, match=r"not in base_model 'conv1\.bias'"):
+        load(target, nn.Sequential())
+
+    masked = save(_masked_lenet(), tmp_path / "masked")
+    plain = LeNet5()
+    with pytest.raises(ConfigError, match="shape"):
+        load(masked, LeNet5(in_channels=3))
+    load(masked, plain)
+    assert sorted(masked_tensors(plain)) == ["conv2.weight", "fc1.weight"]
+
+    (target / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
+        load(target, LeNet5())
+
+
+def test_manifest_errors(tmp_path: Path, lenet: LeNet5) -> None:
+    target = save(lenet, tmp_path / "ckpt")
+    manifest_path = target / "prunekit.json"
+    manifest = json.loads(manifest_path.read_text())
+
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(CheckpointError, match=r"format_version 99 .* upgrade prunekit"):
+        load(target, LeNet5())
+    manifest_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_manifest(target)
+    manifest_path.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(CheckpointError, match="not a prunekit checkpoint manifest"):
+        load_manifest(target)
+
+
+def test_save_errors(tmp_path: Path, lenet: LeNet5) -> None:
+    with pytest.raises(TypeError, match=r"obj must be a torch\.nn\.Module or a pruning result"):
+        save({"weights": 1}, tmp_path / "a")
+    with pytest.raises(ConfigError, match="metadata must be JSON-serialisable"):
+        save(lenet, tmp_path / "b", metadata={"tensor": torch.ones(1)})
+    with pytest.raises(ConfigError, match="metadata must be JSON-serialisable"):
+        save(lenet, tmp_path / "c", metadata={"loss": float("nan")})
+    with pytest.raises(TypeError, match="metadata must be a dict"):
+        save(lenet, tmp_path / "d", metadata=[1, 2])  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
