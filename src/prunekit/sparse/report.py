@@ -32,5 +32,5 @@ def sparsity_report(
             for name in names:
                 tensor = getattr(module, name.rpartition(".")[2])
                 numel = tensor.numel()
-                report[name] = 0.0 if numel == 0 else 1.0 - int(tensor.count_nonzero()) / numel
+                report[name] = 0.0 if numel == 0 else (numel - int(tensor.count_nonzero())) / numel
     return report

@@ -191,19 +191,32 @@ def _keep_units(
 
 
 def _apply_all(masks: list[tuple[Target, torch.Tensor]]) -> None:
-    """Apply every mask; on any failure restore the masks (or their absence) from before."""
-    before = [(t, None if (m := get_mask(t.module, t.tensor)) is None else m.clone())
-              for t, _ in masks]
+    """Apply every mask; on any failure restore the masks (or their absence) from before,
+    and the order of each module's parameters, so ``state_dict`` reads exactly as before."""
+    before = [
+        (t, None if (m := get_mask(t.module, t.tensor)) is None else m.clone(),
+         list(t.module._parameters))
+        for t, _ in masks
+    ]
     try:
         for target, mask in masks:
             apply_mask(target.module, target.tensor, mask)
     except BaseException:
-        for target, old in before:
+        for target, old, order in before:
             if old is None:
                 remove_mask(target.module, target.tensor, bake=False)
+                _reorder(target.module._parameters, order)
             else:
                 apply_mask(target.module, target.tensor, old)
         raise
+
+
+def _reorder(params: dict[str, nn.Parameter | None], order: list[str]) -> None:
+    """Put ``params`` back in ``order`` (removing a parametrization re-adds at the end)."""
+    items = dict(params)
+    params.clear()
+    params.update({k: items[k] for k in order if k in items})
+    params.update({k: v for k, v in items.items() if k not in params})
 
 
 def sparsify(
@@ -267,7 +280,7 @@ def sparsify(
         masks.append((item.target, mask))
     _apply_all(masks)
 
-    per_tensor = {t.name: 1.0 - float(m.sum()) / m.numel() for t, m in masks}
+    per_tensor = {t.name: (m.numel() - int(m.sum())) / m.numel() for t, m in masks}
     total = sum(m.numel() for _, m in masks)
     pruned = total - sum(int(m.sum()) for _, m in masks)
     config = SparsifyConfig(
