@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prunekit.data.vision import (
-    DATASET_NAMES,
+    DATASETS,
     FASHION_MNIST_DIR,
     IDX_STEMS,
     DatasetSplit,
@@ -185,7 +185,7 @@ def test_mismatched_image_and_label_counts(idx_dir: Callable[[bool], Path]) -> N
 def test_unknown_name_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match=r"name='cifar'.*mnist, fashion-mnist, digits"):
         load_dataset("cifar")
-    assert DATASET_NAMES == ("mnist", "fashion-mnist", "digits")
+    assert DATASETS == ("mnist", "fashion-mnist", "digits")
 
 
 @pytest.mark.parametrize(

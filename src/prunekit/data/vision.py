@@ -204,7 +204,7 @@ _LOADERS: dict[str, Callable[[_Request], _RawSplit]] = {
     "fashion-mnist": _load_fashion_mnist,
     "digits": _load_digits,
 }
-DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
+DATASETS: tuple[str, ...] = tuple(_LOADERS)
 
 
 def to_lenet_size(images: np.ndarray) -> torch.Tensor:
@@ -223,7 +223,7 @@ def _check_request(
 ) -> _Request:
     if name not in _LOADERS:
         raise ConfigError(
-            f"name={name!r} is not a known data set; choose one of: {', '.join(DATASET_NAMES)}"
+            f"name={name!r} is not a known data set; choose one of: {', '.join(DATASETS)}"
         )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
