@@ -32,7 +32,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, *, attn_mask: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         h = self.norm1(x)
-        q, k, v = (p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q, k, v = (
+            p(h).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v)
+        )
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
         h = self.norm2(x)

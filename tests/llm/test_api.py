@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -59,7 +60,7 @@ def test_owl_sparsities_average_to_target(tiny_gpt, calib) -> None:
     assert max(targets) - min(targets) == pytest.approx(0.2, abs=1e-9)
     for name, sparsity in result.layer_sparsity.items():
         block = int(name.split(".")[1])
-        row = int(name.split(".")[2] != "down") and 32 or 64  # in_features per layer
+        row = (int(name.split(".")[2] != "down") and 32) or 64  # in_features per layer
         assert sparsity == pytest.approx(int(row * targets[block]) / row), name
 
 
@@ -101,7 +102,7 @@ def test_failure_rolls_back(tiny_gpt, calib) -> None:
 def test_errors(tiny_gpt, calib) -> None:
     with pytest.raises(ConfigError, match="magnitude, wanda, sparsegpt"):
         prune_llm(tiny_gpt, calib, method="obs")
-    with pytest.raises(ConfigError, match="fixes the sparsity at 0.5"):
+    with pytest.raises(ConfigError, match=re.escape("fixes the sparsity at 0.5")):
         prune_llm(tiny_gpt, calib, pattern="2:4", sparsity=0.7)
     with pytest.raises(ConfigError, match="owl=True needs pattern='unstructured'"):
         prune_llm(tiny_gpt, calib, pattern="2:4", owl=True)
@@ -109,7 +110,7 @@ def test_errors(tiny_gpt, calib) -> None:
         prune_llm(tiny_gpt, calib, pattern="2:3", sparsity=1 / 3)
     with pytest.raises(ConfigError, match="calib is empty"):
         prune_llm(tiny_gpt, [])
-    with pytest.raises(ConfigError, match="sparsity=1.5"):
+    with pytest.raises(ConfigError, match=re.escape("sparsity=1.5")):
         prune_llm(tiny_gpt, calib, sparsity=1.5)
     model = nn.Sequential(nn.ModuleList([nn.ReLU(), nn.ReLU()]))
     with pytest.raises(NothingToPruneError):

@@ -1,8 +1,10 @@
 """Sliding-window perplexity of a causal language model.
 
-Windows of ``seqlen`` tokens start every ``stride`` tokens; each token is scored once,
-in the first window where it is a target, with as much left context as that window
-gives (the Hugging Face "perplexity of fixed-length models" recipe). Works with models
+Windows of ``seqlen`` tokens start every ``stride`` tokens; each token is scored at most
+once, in the first window where it is a target, with as much left context as that window
+gives (the Hugging Face "perplexity of fixed-length models" recipe). A window's first
+token has no context there, so with ``stride == seqlen`` (disjoint windows, as in the
+SparseGPT/Wanda evaluations) it is not scored. Works with models
 returning ``.logits`` (Hugging Face), a tuple whose first item is the logits, or a tensor.
 """
 
@@ -55,7 +57,8 @@ def perplexity(
                 window = ids[begin:end].unsqueeze(0).to(device)
                 logits = _logits(model(window))[0, :-1].float()
                 targets = window[0, 1:]
-                first = scored_until - begin - 1  # first target not scored by an earlier window
+                # first target not scored by an earlier window (targets are window[1:])
+                first = max(scored_until - begin - 1, 0)
                 losses = F.cross_entropy(logits[first:], targets[first:], reduction="sum")
                 nll += float(losses)
                 count += targets.numel() - first
