@@ -57,11 +57,29 @@ def test_prune_count_rounds_like_torch() -> None:
     assert prune_count(0.25, 10) == 2  # half to even, as torch
 
 
-def test_smallest_k_breaks_ties_by_lower_index() -> None:
+def test_smallest_k_is_exact_and_breaks_ties_as_torch_topk() -> None:
     scores = torch.tensor([3.0, 1.0, 1.0, 0.0, 1.0, 5.0])
-    assert smallest_k(scores, 3).tolist() == [False, True, True, True, False, False]
-    assert smallest_k(scores, 0).sum() == 0 and smallest_k(scores, 6).all()
+    for k in range(7):
+        marked = smallest_k(scores, k)
+        assert int(marked.sum()) == k
+        reference = torch.zeros(6, dtype=torch.bool)
+        reference[torch.topk(scores, k, largest=False).indices] = True
+        assert torch.equal(marked, reference), k
+    assert torch.equal(smallest_k(scores, 2), smallest_k(scores, 2))
     assert smallest_k(torch.tensor([-math.inf, 2.0, -math.inf]), 2).tolist() == [True, False, True]
+
+
+def test_global_l1_matches_torch_with_ties_at_the_cut() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    with torch.no_grad():  # 40 equal magnitudes straddle the 50 % cut
+        model[0].weight.copy_(torch.randn(8, 8).abs().round(decimals=1) + 0.5)
+        model[0].weight[:5] = 0.3
+        model[1].weight.copy_(model[0].weight.flip(0) * -1)
+    expected = _torch_global_masks(model, 0.5)
+    sparsify(model, 0.5)
+    for name, mask in masked_tensors(model).items():
+        assert torch.equal(mask, expected[name]), name
 
 
 @pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.8])

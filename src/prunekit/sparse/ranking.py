@@ -1,4 +1,4 @@
-"""Choosing the k lowest-scoring units, exactly and deterministically."""
+"""Choosing the k lowest-scoring units, exactly, deterministically and as torch does."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ def prune_count(fraction: float, total: int) -> int:
 
 
 def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask (shape of ``scores``) marking its ``k`` smallest entries.
+    """Boolean mask (shape of ``scores``) marking exactly ``k`` of its smallest entries.
 
-    Ties at the cut are broken by flat index: the lower index is marked first. Runs in
-    linear time (``kthvalue`` plus two comparisons), no full sort.
+    When the k smallest are unique (no tie straddles the cut) they are found in linear time
+    with ``kthvalue``. Otherwise the tied entries are chosen by
+    ``torch.topk(scores.flatten(), k, largest=False)`` — the very call that
+    ``torch.nn.utils.prune.L1Unstructured`` makes — so the mask is deterministic for a
+    given input and identical to torch's pruning of the same tensor, ties included.
     """
     flat = scores.reshape(-1)
     n = flat.numel()
@@ -27,9 +30,8 @@ def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
     cut = torch.kthvalue(flat, k).values
-    marked = flat < cut
-    missing = k - int(marked.sum())
-    if missing:
-        at_cut = torch.nonzero(flat == cut).squeeze(1)
-        marked[at_cut[:missing]] = True
+    marked = flat <= cut
+    if int(marked.sum()) != k:  # a tie straddles the cut: let topk decide, as torch does
+        marked = torch.zeros_like(flat, dtype=torch.bool)
+        marked[torch.topk(flat, k, largest=False).indices] = True
     return marked.reshape(scores.shape)
