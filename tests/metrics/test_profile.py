@@ -34,8 +34,8 @@ def test_lenet_matches_hand_arithmetic(lenet: LeNet5) -> None:
     assert by_name["conv1"].output_shape == (1, 6, 28, 28)
     assert by_name["fc3"].output_shape == (1, 10)
     assert by_name["fc1"].params == 48_120
-    assert prof.dense_bytes_fp32 == prof.compressed_bytes_fp32 == 4 * 61_706
-    assert prof.dense_bytes_fp16 == prof.compressed_bytes_fp16 == 2 * 61_706
+    assert prof.bytes_fp32 == prof.bytes_sparse_fp32 == 4 * 61_706
+    assert prof.bytes_fp16 == prof.bytes_sparse_fp16 == 2 * 61_706
     assert prof.sparsity == 0.0
 
 
@@ -56,13 +56,13 @@ def test_masks_reduce_nonzeros_compressed_bytes_and_sparse_macs(lenet: LeNet5) -
     assert prof.total_params == 61_706  # the parametrization's original is not double-counted
     assert prof.nonzero_params == 61_706 - removed
     dense_rest = 61_706 - 48_000 - 2_400
-    assert prof.compressed_bytes_fp32 == (
+    assert prof.bytes_sparse_fp32 == (
         4 * dense_rest + bitmap_nbytes(48_000, kept_fc1, 4) + bitmap_nbytes(2_400, kept_conv2, 4)
     )
-    assert prof.compressed_bytes_fp16 == (
+    assert prof.bytes_sparse_fp16 == (
         2 * dense_rest + bitmap_nbytes(48_000, kept_fc1, 2) + bitmap_nbytes(2_400, kept_conv2, 2)
     )
-    assert prof.dense_bytes_fp32 == 4 * 61_706
+    assert prof.bytes_fp32 == 4 * 61_706
     by_name = {layer.name: layer for layer in prof.layers}
     assert by_name["fc1"].type == "Linear"
     assert by_name["fc1"].nonzeros == kept_fc1 + 120  # bias stays dense

@@ -18,9 +18,9 @@ _METRICS: tuple[tuple[str, str], ...] = (
     ("non-zero params", "nonzero_params"),
     ("MACs", "macs"),
     ("sparse MACs", "sparse_macs"),
-    ("size fp32 (dense)", "dense_bytes_fp32"),
-    ("size fp32 (compressed)", "compressed_bytes_fp32"),
-    ("size fp16 (compressed)", "compressed_bytes_fp16"),
+    ("size fp32 (dense)", "bytes_fp32"),
+    ("size fp32 (compressed)", "bytes_sparse_fp32"),
+    ("size fp16 (compressed)", "bytes_sparse_fp16"),
 )
 
 
@@ -53,7 +53,7 @@ class ProfileDiff:
 
     @property
     def size_ratio(self) -> float:
-        return _ratio(self.after.compressed_bytes_fp32, self.before.compressed_bytes_fp32)
+        return _ratio(self.after.bytes_sparse_fp32, self.before.bytes_sparse_fp32)
 
     def ratios(self) -> dict[str, float]:
         """Every metric's after/before ratio, keyed by Profile attribute name."""

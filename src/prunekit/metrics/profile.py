@@ -59,7 +59,10 @@ class Profile:
     Parameter counts and byte sizes cover parameters only (not buffers such as BatchNorm
     running statistics or masks). A masked tensor counts once, at its effective value
     ``original * mask``; a parameter shared by several modules counts once. MACs are for
-    the whole example batch.
+    the whole example batch. ``bytes_fp32``/``bytes_fp16`` are the dense sizes;
+    ``bytes_sparse_fp32``/``bytes_sparse_fp16`` the sizes in the compressed sparse encoding
+    (bitmap + non-zero values, per tensor never more than dense; see
+    ``prunekit.sparse.compressed``).
     """
 
     total_params: int
@@ -67,10 +70,10 @@ class Profile:
     nonzero_params: int
     macs: int
     sparse_macs: int
-    dense_bytes_fp32: int
-    dense_bytes_fp16: int
-    compressed_bytes_fp32: int
-    compressed_bytes_fp16: int
+    bytes_fp32: int
+    bytes_fp16: int
+    bytes_sparse_fp32: int
+    bytes_sparse_fp16: int
     layers: tuple[LayerProfile, ...] = field(default_factory=tuple)
 
     @property
@@ -164,10 +167,10 @@ def _profile(model: nn.Module, inputs: ExampleInputs) -> Profile:
         nonzero_params=sum(_count_nonzero(t) for t in unique),
         macs=total_macs,
         sparse_macs=total_macs - skipped,
-        dense_bytes_fp32=4 * total,
-        dense_bytes_fp16=2 * total,
-        compressed_bytes_fp32=sum(compressed_nbytes(t, 4) for t in unique),
-        compressed_bytes_fp16=sum(compressed_nbytes(t, 2) for t in unique),
+        bytes_fp32=4 * total,
+        bytes_fp16=2 * total,
+        bytes_sparse_fp32=sum(compressed_nbytes(t, 4) for t in unique),
+        bytes_sparse_fp16=sum(compressed_nbytes(t, 2) for t in unique),
         layers=tuple(layers),
     )
 
