@@ -116,3 +116,34 @@ def test_errors(tiny_gpt, calib) -> None:
     with pytest.raises(NothingToPruneError):
         prune_llm(model, calib)
     assert masked_tensors(tiny_gpt) == {}
+
+
+def test_bert_encoder_blocks_and_stages(calib) -> None:
+    transformers = pytest.importorskip("transformers")
+    from prunekit.llm.blocks import capture_block_inputs
+    from prunekit.llm.sequential import execution_stages, prunable_layers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=64,
+    )
+    model = transformers.BertModel(config).eval()
+    block = model.encoder.layer[0]
+    sample = capture_block_inputs(model, model.encoder.layer, calib[:1])[0]
+    stages = execution_stages(block, prunable_layers(block), sample)
+    assert [sorted(s) for s in stages] == [
+        ["attention.self.key", "attention.self.query", "attention.self.value"],
+        ["attention.output.dense"],
+        ["intermediate.dense"],
+        ["output.dense"],
+    ]
+    before = model(calib[0]).last_hidden_state
+    prune_llm(model, calib, method="sparsegpt", sparsity=0.0)
+    assert torch.equal(model(calib[0]).last_hidden_state, before)
+    result = prune_llm(model, calib, method="sparsegpt", pattern="2:4")
+    assert len(result.layer_sparsity) == 12
+    assert all(s == 0.5 for s in result.layer_sparsity.values())
