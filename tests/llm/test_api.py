@@ -147,3 +147,15 @@ def test_bert_encoder_blocks_and_stages(calib) -> None:
     result = prune_llm(model, calib, method="sparsegpt", pattern="2:4")
     assert len(result.layer_sparsity) == 12
     assert all(s == 0.5 for s in result.layer_sparsity.values())
+
+
+def test_true_sequential_collects_later_stages_after_pruning(tiny_gpt, calib) -> None:
+    """q/k/v see the same inputs either way; o's statistics differ once q/k/v are pruned."""
+    staged, joint = copy.deepcopy(tiny_gpt), copy.deepcopy(tiny_gpt)
+    prune_llm(staged, calib, method="sparsegpt", true_sequential=True)
+    prune_llm(joint, calib, method="sparsegpt", true_sequential=False)
+    first_staged, first_joint = staged.blocks[0], joint.blocks[0]
+    for name in ("q", "k", "v"):
+        assert torch.equal(getattr(first_staged, name).weight, getattr(first_joint, name).weight)
+    for name in ("o", "down"):
+        assert not torch.equal(getattr(first_staged, name).weight, getattr(first_joint, name).weight)
