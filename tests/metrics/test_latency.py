@@ -92,3 +92,12 @@ def test_bad_arguments(
 def test_rejects_non_module() -> None:
     with pytest.raises(TypeError, match="model must be"):
         benchmark_latency(lambda x: x, torch.randn(1))  # type: ignore[arg-type]
+
+
+def test_training_mode_batchnorm_statistics_are_restored() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    benchmark_latency(model, torch.randn(3, 4), warmup=1, repeats=2)
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(before[key], value), key

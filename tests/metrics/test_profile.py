@@ -167,3 +167,13 @@ def test_profile_is_frozen(lenet: LeNet5) -> None:
     assert isinstance(prof, Profile)
     with pytest.raises(AttributeError):
         prof.macs = 0  # type: ignore[misc]
+
+
+def test_training_mode_batchnorm_statistics_are_restored() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prof = profile(model, torch.randn(2, 3, 8, 8))
+    assert prof.macs == 2 * 4 * 6 * 6 * 27
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(before[key], value), key

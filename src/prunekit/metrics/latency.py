@@ -18,6 +18,7 @@ from torch import nn
 
 from prunekit._inputs import ExampleInputs, model_device, move_inputs, run_model
 from prunekit.errors import ConfigError
+from prunekit.metrics._buffers import preserved_buffers
 
 __all__ = ["LatencyResult", "benchmark_latency", "num_threads"]
 
@@ -58,6 +59,8 @@ def benchmark_latency(
     measured with ``time.perf_counter_ns``; on CUDA the device is synchronised before and
     after it so the time covers the kernels, not just their launch. ``threads`` sets
     ``torch.set_num_threads`` for the benchmark only (None keeps the current setting).
+    Buffers the runs update (BatchNorm statistics in training mode) are restored after;
+    time a model in the mode it will be deployed in, usually ``eval()``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -73,7 +76,7 @@ def benchmark_latency(
     inputs = move_inputs(example_inputs, device)
     sync = _synchronizer(device)
     times_ms: list[float] = []
-    with num_threads(threads), torch.no_grad():
+    with num_threads(threads), preserved_buffers(model), torch.no_grad():
         used_threads = torch.get_num_threads()
         for _ in range(warmup):
             run_model(model, inputs)

@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from prunekit._inputs import ExampleInputs, model_device, move_inputs, run_model
+from prunekit.metrics._buffers import preserved_buffers
 from prunekit.metrics.compare import ProfileDiff, compare
 from prunekit.sparse.compressed import compressed_nbytes
 
@@ -126,9 +127,10 @@ def profile(model: nn.Module, example_inputs: ExampleInputs) -> Profile:
     """Count parameters, non-zeros, MACs and bytes of ``model`` run on ``example_inputs``.
 
     The model runs once under ``torch.no_grad()`` in its current train/eval mode on its own
-    device (inputs are moved there). Nothing about the model is changed; forward hooks are
-    removed afterwards and the MHA fast path is switched off only for the run, because
-    its fused kernel is invisible to the flop counter.
+    device (inputs are moved there). Nothing about the model is changed: buffers a
+    training-mode pass updates (BatchNorm statistics) are restored, forward hooks removed,
+    and the MHA fast path is switched off only for the run, because its fused kernel is
+    invisible to the flop counter.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -144,7 +146,12 @@ def _profile(model: nn.Module, inputs: ExampleInputs) -> Profile:
     shapes: dict[str, tuple[int, ...] | None] = {}
     calls: dict[str, int] = {}
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
-    with _shape_hooks(modules, shapes, calls), _mha_fastpath_off(), counter:
+    with (
+        preserved_buffers(model),
+        _shape_hooks(modules, shapes, calls),
+        _mha_fastpath_off(),
+        counter,
+    ):
         run_model(model, inputs)
     op_flops = _own_flops(model, modules, counter.get_flop_counts())
 
