@@ -258,3 +258,28 @@ def test_save_errors(tmp_path: Path, lenet: LeNet5) -> None:
     with pytest.raises(TypeError, match="metadata must be a dict"):
         save(lenet, tmp_path / "d", metadata=[1, 2])  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_masked_root_module_and_already_masked_base(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    apply_mask(model, "weight", torch.tensor([[1, 0, 1, 0]] * 3, dtype=torch.bool))
+    target = save(model, tmp_path / "ckpt")
+    manifest = load_manifest(target)
+    assert manifest["masked"] == {"weight": "parametrizations.weight.0.mask"}
+    assert manifest["model_class"] == "torch.nn.modules.linear.Linear"
+    _assert_same_state(model, load(target, nn.Linear(4, 3)))
+
+    base = nn.Linear(4, 3)
+    apply_mask(base, "weight", torch.ones(3, 4, dtype=torch.bool))  # replaced by the stored mask
+    _assert_same_state(model, load(target, base))
+
+
+@pytest.mark.gpu
+def test_cuda_model_round_trip(tmp_path: Path, lenet_input: torch.Tensor) -> None:
+    model = _masked_lenet().cuda()
+    save(model, tmp_path / "ckpt")
+    restored = load(tmp_path / "ckpt", LeNet5().eval().cuda())
+    x = lenet_input.cuda()
+    assert torch.equal(model(x), restored(x))
+    assert all(m.device.type == "cuda" for m in masked_tensors(restored).values())

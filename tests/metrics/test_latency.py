@@ -101,3 +101,9 @@ def test_training_mode_batchnorm_statistics_are_restored() -> None:
     assert model.training
     for key, value in model.state_dict().items():
         assert torch.equal(before[key], value), key
+
+
+@pytest.mark.gpu
+def test_cuda_device_reported(mlp: nn.Sequential) -> None:
+    result = benchmark_latency(mlp.cuda(), torch.randn(1, 16), warmup=1, repeats=3)
+    assert result.device.startswith("cuda")
