@@ -177,3 +177,14 @@ def test_training_mode_batchnorm_statistics_are_restored() -> None:
     assert model.training
     for key, value in model.state_dict().items():
         assert torch.equal(before[key], value), key
+
+
+def test_functional_attention_is_counted_on_cpu() -> None:
+    class Attend(nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    prof = profile(Attend(), (q, k, v))
+    assert prof.macs == prof.sparse_macs == 2 * (2 * 5 * 5 * 8)  # QKᵀ and AV, 2 heads
+    assert [(layer.name, layer.macs) for layer in prof.layers] == [("", 800)]
