@@ -2,12 +2,14 @@
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/unstructured.py            # full run
-    .venv/bin/python benchmarks/unstructured.py --repeats 3 --quick
+    .venv/bin/python benchmarks/unstructured.py            # full run, 1 intra-op thread
+    .venv/bin/python benchmarks/unstructured.py --repeats 3 --quick --threads 2
 
 For each model and sparsity both libraries prune a fresh copy of the same weights (the
 copy is made outside the timed region); the table shows whether the masks are identical,
-the median wall time of each over the repeats, and prunekit's time / torch's time.
+the median wall time of each over the repeats (after one untimed warm-up run), and
+prunekit's time / torch's time. One thread by default: on a shared machine, multi-threaded
+timings swing by 10x and bury the comparison.
 Both attach a lasting mask (a parametrization / a forward pre-hook) to every weight.
 """
 
@@ -64,7 +66,7 @@ def _prunekit(model: nn.Module, amount: float) -> dict[str, torch.Tensor]:
 
 def _time(fn: Callable[[nn.Module, float], dict[str, torch.Tensor]], base: nn.Module,
           amount: float, repeats: int) -> tuple[float, dict[str, torch.Tensor]]:
-    times, masks = [], {}
+    times, masks = [], fn(copy.deepcopy(base), amount)  # warm-up
     for _ in range(repeats):
         model = copy.deepcopy(base)
         start = time.perf_counter()
@@ -77,7 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="LeNet-5 and the MLP only")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     sparsities = (0.5, 0.8, 0.9, 0.95, 0.99)
     names = list(MODELS)[:2] if args.quick else list(MODELS)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -31,7 +31,8 @@ def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     cut = torch.kthvalue(flat, k).values
     marked = flat <= cut
-    if int(marked.sum()) != k:  # a tie straddles the cut: let topk decide, as torch does
+    # a tie straddles the cut: let topk choose among the tied entries, as torch does
+    if int(torch.count_nonzero(marked)) != k:
         marked = torch.zeros_like(flat, dtype=torch.bool)
         marked[torch.topk(flat, k, largest=False).indices] = True
     return marked.reshape(scores.shape)

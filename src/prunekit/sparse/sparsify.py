@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -31,7 +32,8 @@ from prunekit.sparse.selection import (
     select_targets,
 )
 
-SCOPES = ("global", "layer")
+Scope = Literal["global", "layer"]
+SCOPES: tuple[str, ...] = get_args(Scope)
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,9 @@ def _score(
     target: Target, criterion: Criterion, pattern: Pattern, generator: torch.Generator
 ) -> _Scored:
     weight = target.weight()
-    finite = torch.isfinite(weight)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    # one reduction suffices: a NaN/inf anywhere makes the sum non-finite
+    bad = 0 if bool(weight.detach().sum().isfinite()) else int((~weight.isfinite()).sum())
+    if bad:
         raise NonFiniteWeightsError(
             f"{target.name} holds {bad} NaN/inf value(s) of {weight.numel()}, so its weights "
             f"cannot be ranked; load a finite checkpoint or add {target.module_name!r} to ignore"
@@ -226,7 +228,7 @@ def sparsify(
     threshold: float | None = None,
     criterion: str | Criterion = "l1",
     pattern: str | Pattern = "unstructured",
-    scope: str = "global",
+    scope: Scope = "global",
     overrides: Mapping[str, float] | None = None,
     ignore: Iterable[nn.Module | str] = (),
     layers: Iterable[type[nn.Module]] = DEFAULT_LAYERS,
@@ -238,10 +240,12 @@ def sparsify(
     Args:
         sparsity: fraction in [0, 1) of units to remove: exactly ``round(sparsity * n)`` of
             the ``n`` units (weights, kernels or blocks) per tensor (``scope="layer"``) or
-            over all selected tensors (``scope="global"``, one ranking). Ties at the cut go
-            to the lower index.
+            over all selected tensors (``scope="global"``, one ranking). Ties at the cut are
+            broken as ``torch.topk`` breaks them, so L1 masks equal those of
+            ``torch.nn.utils.prune`` (``global_unstructured`` / ``l1_unstructured``).
         threshold: instead of ``sparsity``, remove every unit whose score is <= τ
-            (``criterion="l1"``: |w| <= τ; ``"normalized"``: |w| / Σ|w| <= τ).
+            (``criterion="l1"``: |w| <= τ; ``"normalized"``: |w| / Σ|w| <= τ); a threshold
+            is the same for every tensor, so ``scope`` does not change its result.
         criterion: a registered criterion name ("l1", "l2", "random", "normalized") or object.
         pattern: "unstructured", "kernel", "block" (of ``block_shape``) or "N:M" such as
             "2:4". N:M keeps N of every M weights: its sparsity is 1 - N/M, ``scope`` does
@@ -255,7 +259,16 @@ def sparsify(
         seed: seeds the generator of ``criterion="random"``.
 
     Entries already masked stay masked (scored lowest, masks ANDed) and count towards the
-    sparsity, so repeated calls prune iteratively.
+    sparsity, so repeated calls prune iteratively: ``sparsity`` is the fraction of all
+    entries, not of those still alive (``torch.nn.utils.prune`` takes the latter).
+
+    Raises:
+        ConfigError: an option out of range or unknown (the message lists the valid ones),
+            an ignore/overrides name not in the model, a pattern that cannot tile a weight.
+        NothingToPruneError: no weight is selected.
+        NonFiniteWeightsError: a selected weight holds NaN/inf (the message names it).
+        TypeError: an argument of the wrong type.
+    On any error the model is left exactly as it was.
     """
     crit = require_data_free(get_criterion(criterion), "sparsify")
     check_choice("scope", scope, SCOPES)
@@ -280,9 +293,10 @@ def sparsify(
         masks.append((item.target, mask))
     _apply_all(masks)
 
-    per_tensor = {t.name: (m.numel() - int(m.sum())) / m.numel() for t, m in masks}
+    kept = {t.name: int(torch.count_nonzero(m)) for t, m in masks}
+    per_tensor = {t.name: (m.numel() - kept[t.name]) / m.numel() for t, m in masks}
     total = sum(m.numel() for _, m in masks)
-    pruned = total - sum(int(m.sum()) for _, m in masks)
+    pruned = total - sum(kept.values())
     config = SparsifyConfig(
         sparsity=amount,
         threshold=tau,
