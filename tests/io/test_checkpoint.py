@@ -246,6 +246,12 @@ def test_manifest_errors(tmp_path: Path, lenet: LeNet5) -> None:
     manifest_path.write_text(json.dumps({"hello": 1}))
     with pytest.raises(CheckpointError, match="not a prunekit checkpoint manifest"):
         load_manifest(target)
+    manifest_path.write_text(json.dumps({**manifest, "masked": ["fc1.weight"]}))
+    with pytest.raises(CheckpointError, match=r"field 'masked' must map tensor names"):
+        load_manifest(target)
+    manifest_path.write_text(json.dumps({**manifest, "aliases": {"fc2.weight": "nope"}}))
+    with pytest.raises(CheckpointError, match=r"lacks 'nope', which 'fc2\.weight' aliases"):
+        load(target, LeNet5())
 
 
 def test_save_errors(tmp_path: Path, lenet: LeNet5) -> None:

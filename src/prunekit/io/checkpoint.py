@@ -94,7 +94,8 @@ def load(
     replayed on ``base_model`` first (``prunekit.structured.replay_plan``) so its shapes
     match; pass ``replay=False`` when ``base_model`` already has the pruned shapes. Masks
     are re-attached, then the state is loaded with ``strict=True``. Keys and shapes are
-    checked before anything is changed, so a mismatch leaves ``base_model`` as it was.
+    checked after the replay and before any mask or weight is touched, so a mismatch leaves
+    the (replayed) ``base_model`` as it was.
     The returned model is ``base_model`` itself unless the plan's replay returns a new one.
     """
     directory = Path(path)
@@ -119,6 +120,11 @@ def load(
 
     state = load_file(str(weights), device="cpu")
     for alias, canonical in manifest["aliases"].items():
+        if canonical not in state:
+            raise CheckpointError(
+                f"{WEIGHTS_FILE} in {str(directory)!r} lacks {canonical!r}, which "
+                f"{alias!r} aliases; the checkpoint is damaged — save the model again"
+            )
         state[alias] = state[canonical]
     model = base_model
     if manifest.get("plan") is not None and replay:
@@ -168,6 +174,20 @@ def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"checkpoint {str(directory)!r} uses format_version {version} (written by prunekit "
             f"{manifest.get('prunekit_version')}), but this prunekit {__version__} reads up to "
             f"version {FORMAT_VERSION}; upgrade prunekit: pip install -U prunekit"
+        )
+    for key in ("masked", "aliases"):
+        table = manifest.get(key)
+        if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in table.items()
+        ):
+            raise CheckpointError(
+                f"{str(manifest_path)!r} field {key!r} must map tensor names to tensor names, "
+                f"got {table!r}; the manifest is damaged — save the model again"
+            )
+    if not isinstance(manifest.get("model_class"), str):
+        raise CheckpointError(
+            f"{str(manifest_path)!r} field 'model_class' must be a string, "
+            f"got {manifest.get('model_class')!r}; the manifest is damaged — save the model again"
         )
     return manifest
 
