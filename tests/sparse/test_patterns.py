@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -211,3 +212,34 @@ def test_sparsify_n_of_m_on_lenet_names_the_layer(lenet: LeNet5) -> None:
     assert masked_tensors(lenet) == {}
     assert math.isclose(sparsify(lenet, pattern="2:4", ignore=["conv1", "conv2"]).global_sparsity,
                         0.5)
+
+
+def test_sparsify_kernel_ranks_kernels_by_the_criterion_norm() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 2, bias=False)
+    with torch.no_grad():  # kernel (0,0): L1 4, L2 2; kernel (0,1): L1 3, L2 3
+        conv.weight.fill_(10.0)
+        conv.weight[0, 0] = torch.full((2, 2), 1.0)
+        conv.weight[0, 1] = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
+    by_l1, by_l2 = copy.deepcopy(conv), copy.deepcopy(conv)
+    sparsify(by_l1, 1 / 6, pattern="kernel", criterion="l1")  # one kernel of six
+    sparsify(by_l2, 1 / 6, pattern="kernel", criterion="l2")
+    assert masked_tensors(by_l1)["weight"].flatten(2).any(2)[0].tolist() == [True, False]
+    assert masked_tensors(by_l2)["weight"].flatten(2).any(2)[0].tolist() == [False, True]
+
+
+def test_sparsify_kernel_threshold_and_layer_scope(lenet: LeNet5) -> None:
+    other = copy.deepcopy(lenet)
+    expected = lenet.conv2.weight.detach().abs().sum(dim=(2, 3)) > 1.0
+    sparsify(lenet, threshold=1.0, pattern="kernel", layers=(nn.Conv2d,))
+    assert torch.equal(masked_tensors(lenet)["conv2.weight"].flatten(2).any(2), expected)
+    sparsify(other, 0.5, pattern="kernel", scope="layer", layers=(nn.Conv2d,))
+    for name, kernels in (("conv1.weight", 6), ("conv2.weight", 96)):
+        alive = masked_tensors(other)[name].flatten(2).any(2)
+        assert kernels - int(alive.sum()) == round(0.5 * kernels)
+
+
+def test_sparsify_takes_criterion_and_pattern_objects(mlp: nn.Sequential) -> None:
+    result = sparsify(mlp, criterion=get_criterion("l2"), pattern=NofM(1, 4))
+    assert result.config.criterion == "l2" and result.config.pattern == "1:4"
+    assert result.global_sparsity == 0.75
