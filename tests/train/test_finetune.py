@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +22,15 @@ from prunekit.train.finetune import (
     evaluate,
     finetune,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread, and far faster on a shared, busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _blobs(n: int = 256, seed: int = 0) -> TensorDataset:
@@ -133,7 +143,7 @@ def test_train_mode_during_training_and_modes_restored() -> None:
 def test_custom_loss_fn_and_batch_layout() -> None:
     ds = _blobs()
     loader: DataLoader[Any] = DataLoader(
-        [{"x": x, "y": y} for x, y in zip(*ds.tensors, strict=True)],  # type: ignore[arg-type]
+        [{"x": x, "y": y} for x, y in zip(*ds.tensors, strict=True)],  # type: ignore[arg-type, unused-ignore]
         batch_size=32,
     )
     calls: list[int] = []
@@ -148,7 +158,7 @@ def test_custom_loss_fn_and_batch_layout() -> None:
 
 def test_default_loss_rejects_other_batch_layouts() -> None:
     loader: DataLoader[Any] = DataLoader(
-        [{"x": torch.zeros(16)}] * 4,  # type: ignore[arg-type]
+        [{"x": torch.zeros(16)}] * 4,  # type: ignore[arg-type, unused-ignore]
         batch_size=2,
     )
     with pytest.raises(DataError, match=r"\(inputs, targets\).*loss_fn="):
@@ -168,6 +178,26 @@ def test_user_optimizer_is_used_and_grad_clip_applies() -> None:
     )
     assert history.lr == [0.1]
     assert opt.state_dict()["param_groups"][0]["lr"] == 0.1
+
+
+def test_num_threads_applies_during_training_and_is_restored() -> None:
+    torch.set_num_threads(2)
+    seen: list[int] = []
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    finetune(
+        _model(),
+        _loader(_blobs()),
+        1,
+        loss_fn=loss_fn,
+        config=FinetuneConfig(num_threads=1),
+        progress=False,
+    )
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == 2
 
 
 def test_epochs_zero_trains_nothing() -> None:
@@ -246,6 +276,7 @@ def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"grad_clip": 0}, ConfigError, "grad_clip=0"),
         ({"log_every": -2}, ConfigError, "log_every=-2"),
         ({"cosine": 1}, TypeError, "cosine must be a bool"),
+        ({"num_threads": 0}, ConfigError, "num_threads=0"),
     ],
 )
 def test_config_validation(kwargs: dict[str, Any], error: type[Exception], pattern: str) -> None:
@@ -258,17 +289,17 @@ def test_finetune_argument_errors() -> None:
     with pytest.raises(ConfigError, match="epochs=-1"):
         finetune(_model(), loader, -1)
     with pytest.raises(TypeError, match="epochs must be an int"):
-        finetune(_model(), loader, 2.0)
+        finetune(_model(), loader, 2.0)  # type: ignore[arg-type, unused-ignore]
     with pytest.raises(TypeError, match="epochs must be an int"):
         finetune(_model(), loader, True)
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
-        finetune("model", loader, 1)
+        finetune("model", loader, 1)  # type: ignore[arg-type, unused-ignore]
     with pytest.raises(TypeError, match="config must be a FinetuneConfig"):
-        finetune(_model(), loader, 1, config={"lr": 0.1})
+        finetune(_model(), loader, 1, config={"lr": 0.1})  # type: ignore[arg-type, unused-ignore]
     with pytest.raises(TypeError, match="optimizer must be"):
-        finetune(_model(), loader, 1, optimizer="sgd")
+        finetune(_model(), loader, 1, optimizer="sgd")  # type: ignore[arg-type, unused-ignore]
     with pytest.raises(TypeError, match="train_loader must be an iterable"):
-        finetune(_model(), 3, 1)
+        finetune(_model(), 3, 1)  # type: ignore[arg-type, unused-ignore]
 
 
 def test_empty_loaders_are_data_errors() -> None:
