@@ -155,6 +155,11 @@ def test_to_dict_table_and_compare(lenet: LeNet5) -> None:
     assert diff.size_ratio == pytest.approx(expected_size / (4 * 61_706))
     assert json.loads(json.dumps(diff.to_dict()))["ratios"]["macs"] == 1.0
     assert diff.table().row_count == 7
+    layer_table = diff.layer_table()
+    assert layer_table.row_count == len(before.layers)
+    rows = list(zip(*(list(column.cells) for column in layer_table.columns), strict=True))
+    fc1_row = next(list(row) for row in rows if row[0] == "fc1")
+    assert fc1_row == ["fc1", "48,120 → 48,120", "48,120 → 120", "48,000 → 0"]
 
 
 def test_rejects_non_module() -> None:

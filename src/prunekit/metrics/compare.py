@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from prunekit.metrics.profile import Profile
+    from prunekit.metrics.profile import LayerProfile, Profile
 
 __all__ = ["ProfileDiff", "compare"]
 
@@ -79,6 +79,26 @@ class ProfileDiff:
         return table
 
 
+    def layer_table(self, title: str | None = "Per layer, before → after") -> Table:
+        """A rich Table matching layers by name: params, non-zeros and sparse MACs before and
+        after (a layer removed by surgery shows "-" after; a new one "-" before)."""
+        before = {layer.name: layer for layer in self.before.layers}
+        after = {layer.name: layer for layer in self.after.layers}
+        names = list(before) + [name for name in after if name not in before]
+        table = Table(title=title)
+        table.add_column("layer")
+        for header in ("params", "non-zeros", "sparse MACs"):
+            table.add_column(header, justify="right")
+        for name in names:
+            old, new = before.get(name), after.get(name)
+            table.add_row(
+                name or "(model)",
+                *(f"{_count(old, attr)} → {_count(new, attr)}"
+                  for attr in ("params", "nonzeros", "sparse_macs")),
+            )
+        return table
+
+
 def compare(before: Profile, after: Profile) -> ProfileDiff:
     """Pair two profiles (e.g. the model before and after pruning) for ratios and a table."""
     return ProfileDiff(before=before, after=after)
@@ -94,3 +114,7 @@ def _ratio(after: int, before: int) -> float:
 def _finite_or_none(value: float) -> float | None:
     """JSON has no infinity; a ratio against zero becomes null."""
     return None if value == float("inf") else value
+
+
+def _count(layer: LayerProfile | None, attr: str) -> str:
+    return "-" if layer is None else f"{getattr(layer, attr):,}"
