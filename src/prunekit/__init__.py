@@ -24,6 +24,9 @@ _PUBLIC: dict[str, str] = {
     "evaluate": "prunekit.train.finetune",
     "save": "prunekit.io.checkpoint",
     "load": "prunekit.io.checkpoint",
+    "load_manifest": "prunekit.io.checkpoint",
+    "export_onnx": "prunekit.io.onnx",
+    "compare": "prunekit.metrics.compare",
 }
 
 __all__ = ["__version__", *_PUBLIC]
