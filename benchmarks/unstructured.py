@@ -86,7 +86,7 @@ def main() -> None:
     names = list(MODELS)[:2] if args.quick else list(MODELS)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} repeats")
-    header = (f"{'model':<22} {'weights':>10} {'sparsity':>8} {'identical':>9} "
+    header = (f"{'model':<22} {'weights':>10} {'sparsity':>8} {'tie@cut':>7} {'identical':>9} "
               f"{'prunekit ms':>11} {'torch ms':>9} {'ratio':>6}")
     print(header)
     print("-" * len(header))
@@ -94,17 +94,25 @@ def main() -> None:
     for name in names:
         torch.manual_seed(0)
         base = MODELS[name]().eval()
-        n = sum(m.weight.numel() for m in base.modules() if isinstance(m, PRUNABLE))
+        flat = torch.cat([m.weight.detach().abs().flatten() for m in base.modules()
+                          if isinstance(m, PRUNABLE)])
+        n = flat.numel()
         for amount in sparsities:
+            k = round(amount * n)
+            # equal magnitudes straddle the cut: prunekit then breaks the tie with torch.topk
+            tie = 0 < k < n and bool(torch.kthvalue(flat, k).values
+                                     == torch.kthvalue(flat, k + 1).values)
             t_ours, ours = _time(_prunekit, base, amount, args.repeats)
             t_torch, theirs = _time(_torch_prune, base, amount, args.repeats)
             identical = list(ours) == list(theirs) and all(
                 torch.equal(ours[k], theirs[k]) for k in ours)
             all_identical &= identical
-            print(f"{name:<22} {n:>10,} {amount:>8.2f} {'yes' if identical else 'NO':>9} "
+            print(f"{name:<22} {n:>10,} {amount:>8.2f} {'yes' if tie else 'no':>7} "
+                  f"{'yes' if identical else 'NO':>9} "
                   f"{1e3 * t_ours:>11.2f} {1e3 * t_torch:>9.2f} {t_ours / t_torch:>6.2f}")
-    print("ratio = prunekit time / torch time (lower is faster);",
-          "all masks identical" if all_identical else "SOME MASKS DIFFER (ties at the cut?)")
+    print("ratio = prunekit time / torch time (lower is faster); tie@cut: equal magnitudes "
+          "straddle the cut, so prunekit runs torch.topk to break the tie as torch does;",
+          "all masks identical" if all_identical else "SOME MASKS DIFFER")
 
 
 if __name__ == "__main__":

@@ -402,3 +402,26 @@ def test_failure_while_applying_rolls_back(
     with pytest.raises(RuntimeError, match="disk on fire"):
         sparsify(lenet, 0.9)
     _assert_unchanged(lenet, before)
+
+
+def test_n_of_m_after_unstructured_keeps_both(mlp: nn.Sequential) -> None:
+    sparsify(mlp, 0.3)
+    first = {n: m.clone() for n, m in masked_tensors(mlp).items()}
+    result = sparsify(mlp, pattern="2:4")
+    for name, mask in masked_tensors(mlp).items():
+        assert not (mask & ~first[name]).any()
+        assert bool((mask.reshape(-1, 4).sum(dim=1) <= 2).all())
+        # a group keeps min(2, what was still alive) weights
+        alive = first[name].reshape(-1, 4).sum(dim=1).clamp(max=2)
+        assert torch.equal(mask.reshape(-1, 4).sum(dim=1), alive)
+    assert result.global_sparsity >= 0.5
+
+
+def test_ignore_takes_a_single_name(lenet: LeNet5) -> None:
+    sparsify(lenet, 0.5, ignore="fc1")
+    assert "fc1.weight" not in masked_tensors(lenet)
+
+
+def test_sparsity_report_rejects_bad_layers(lenet: LeNet5) -> None:
+    with pytest.raises(TypeError, match=r"layers must hold nn\.Module classes"):
+        sparsity_report(lenet, layers=(3,))  # type: ignore[arg-type]
