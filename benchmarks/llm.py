@@ -6,9 +6,10 @@
 A random-init ``LlamaForCausalLM`` (from config; needs ``transformers``) is first trained
 for ``--steps`` steps on byte-tokenized English from Debian's ``fortunes`` package, or on
 a synthetic Markov-chain text when that is absent, so its weights carry signal. Each
-method then prunes a fresh copy at 50 % unstructured (with and without OWL) and 2:4, using
-``--nsamples`` calibration windows of ``--seqlen`` tokens from the training split;
-perplexity is measured on a held-out split. One table is printed. Not a test.
+method then prunes a fresh copy at 50 % and 70 % unstructured (with and without OWL),
+2:4 and 4:8, using ``--nsamples`` calibration windows of ``--seqlen`` tokens from the
+training split; perplexity is measured on a held-out split. One table is printed.
+Not a test.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def markov_text(n_words: int, seed: int) -> list[str]:
     """Sentences from a sparse first-order Markov chain over made-up words (Zipf successors)."""
     rng = random.Random(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
-    words = ["".join(rng.choices(letters, k=rng.randint(2, 7))) for _ in range(300)]
+    words = ["".join(rng.choices(letters, k=rng.randint(2, 7))) for _ in range(150)]
     successors = {w: rng.sample(words, 8) for w in words}
     zipf = [1.0 / (k + 1) for k in range(8)]
     word, out, sentence = rng.choice(words), [], []
@@ -106,16 +107,22 @@ def main() -> None:
     calib = calibration_batches(train_ids, nsamples=args.nsamples, seqlen=args.seqlen, seed=1)
     ppl = lambda m: perplexity(m, test_ids, seqlen=args.seqlen)  # noqa: E731
     rows = [("dense", "-", ppl(model), 0.0, 0.0)]
-    settings = [("50% unstructured", "unstructured", False), ("50% + OWL", "unstructured", True)]
-    settings.append(("2:4", "2:4", False))
+    settings = [
+        (f"{s:.0%} unstructured{' + OWL' if owl else ''}", s, "unstructured", owl)
+        for s in (0.5, 0.7)
+        for owl in (False, True)
+    ]
+    settings += [("2:4", 0.5, "2:4", False), ("4:8", 0.5, "4:8", False)]
     for method in ("magnitude", "wanda", "sparsegpt"):
-        for label, pattern, owl in settings:
+        for label, sparsity, pattern, owl in settings:
             pruned = copy.deepcopy(model)
-            result = prune_llm(pruned, calib, method=method, pattern=pattern, owl=owl)
+            result = prune_llm(
+                pruned, calib, method=method, sparsity=sparsity, pattern=pattern, owl=owl
+            )
             rows.append((method, label, ppl(pruned), result.sparsity, result.seconds))
-    print(f"\n{'method':<10} {'setting':<17} {'perplexity':>10} {'sparsity':>9} {'prune s':>8}")
+    print(f"\n{'method':<10} {'setting':<23} {'perplexity':>10} {'sparsity':>9} {'prune s':>8}")
     for method, label, value, sparsity, seconds in rows:
-        print(f"{method:<10} {label:<17} {value:>10.3f} {sparsity:>9.3f} {seconds:>8.2f}")
+        print(f"{method:<10} {label:<23} {value:>10.3f} {sparsity:>9.3f} {seconds:>8.2f}")
 
 
 if __name__ == "__main__":

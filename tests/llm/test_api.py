@@ -158,4 +158,6 @@ def test_true_sequential_collects_later_stages_after_pruning(tiny_gpt, calib) ->
     for name in ("q", "k", "v"):
         assert torch.equal(getattr(first_staged, name).weight, getattr(first_joint, name).weight)
     for name in ("o", "down"):
-        assert not torch.equal(getattr(first_staged, name).weight, getattr(first_joint, name).weight)
+        assert not torch.equal(
+            getattr(first_staged, name).weight, getattr(first_joint, name).weight
+        )

@@ -13,6 +13,7 @@ from torch import nn
 from prunekit.errors import ConfigError, NothingToPruneError, check_fraction
 from prunekit.llm.blocks import capture_block_inputs, find_blocks
 from prunekit.llm.owl import OWLConfig, outlier_ratio, owl_sparsities
+from prunekit.llm.reconstruct import ReconstructConfig
 from prunekit.llm.sequential import prunable_layers, run_sequential
 from prunekit.llm.solvers import LayerSolver, WandaSolver, get_solver, parse_pattern
 from prunekit.llm.solvers.base import check_layer, weight_storage
@@ -86,13 +87,16 @@ def prune_llm(
     owl: bool | OWLConfig = False,
     true_sequential: bool = True,
     blocks: str | None = None,
+    reconstruct: bool | ReconstructConfig = False,
 ) -> LLMPruneResult:
     """Prune every ``nn.Linear`` inside the model's repeated blocks, in place, with masks.
 
     ``calib``: token-id batches the model accepts as ``model(batch)``. ``pattern='2:4'``
     fixes the sparsity at 1 − N/M. ``owl`` spreads the sparsity over blocks by their
-    activation outliers (mean stays ``sparsity``). Layers outside the blocks (embeddings,
-    LM head) are untouched. On any error the model is restored before re-raising.
+    activation outliers (mean stays ``sparsity``). ``reconstruct`` then fits each pruned
+    block's kept weights to the dense block's outputs (masks fixed). Layers outside the
+    blocks (embeddings, LM head) are untouched. On any error the model is restored before
+    re-raising (a copy of each pruned weight is kept until the call returns).
     """
     start = time.perf_counter()
     factory = get_solver(method)
@@ -104,6 +108,7 @@ def prune_llm(
             f"sparsity={sparsity!r}; pass sparsity={nm.sparsity:g} or pattern='unstructured'"
         )
     owl_cfg = OWLConfig() if owl is True else (owl or None)
+    rec_cfg = ReconstructConfig() if reconstruct is True else (reconstruct or None)
     if owl_cfg is not None and nm is not None:
         raise ConfigError(f"owl=True needs pattern='unstructured', got pattern={pattern!r}")
     batches = as_batches(calib)
@@ -137,7 +142,14 @@ def prune_llm(
                 solver.prune(targets[index], nm)
 
         inputs = capture_block_inputs(model, block_list, batches)
-        run_sequential(block_list, inputs, factory, prune, true_sequential=true_sequential)
+        run_sequential(
+            block_list,
+            inputs,
+            factory,
+            prune,
+            true_sequential=true_sequential,
+            reconstruct=rec_cfg,
+        )
     except BaseException:
         journal.rollback()
         raise

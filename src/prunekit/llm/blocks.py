@@ -38,6 +38,20 @@ class BlockInput:
         return BlockInput((), {**self.kwargs, "hidden_states": hidden})
 
 
+def hidden_of(output: Any) -> torch.Tensor:
+    """A block returns the hidden state, or a tuple/list whose first item is it."""
+    hidden = output[0] if isinstance(output, (tuple, list)) else output
+    if not isinstance(hidden, torch.Tensor):
+        raise ConfigError(f"block returned {type(output).__name__}; expected a tensor or a tuple")
+    return hidden
+
+
+def block_outputs(block: nn.Module, inputs: Sequence[BlockInput]) -> list[torch.Tensor]:
+    """The hidden state ``block`` returns for each captured input."""
+    with torch.no_grad():
+        return [hidden_of(block(*item.args, **item.kwargs)) for item in inputs]
+
+
 def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
     """(attribute path, ModuleList) of the model's repeated blocks.
 

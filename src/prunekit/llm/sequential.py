@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.llm.blocks import BlockInput
+from prunekit.llm.blocks import BlockInput, block_outputs
+from prunekit.llm.reconstruct import ReconstructConfig, reconstruct_block
 from prunekit.llm.solvers import LayerSolver, SolverFactory
 
 Layers = dict[str, nn.Linear]
@@ -34,11 +35,6 @@ Finish = Callable[[int, dict[str, LayerSolver]], None]
 def prunable_layers(block: nn.Module) -> Layers:
     """The block's ``nn.Linear`` layers by name relative to the block."""
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
-
-
-def _hidden_of(output: Any) -> torch.Tensor:
-    """A block returns the hidden state, or a tuple/list whose first item is it."""
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def _run(block: nn.Module, inputs: Sequence[BlockInput]) -> None:
@@ -102,12 +98,18 @@ def run_sequential(
     finish: Finish,
     *,
     true_sequential: bool = True,
+    reconstruct: ReconstructConfig | None = None,
 ) -> None:
     """Walk ``blocks`` in order, feeding solvers and calling ``finish(block_index, solvers)``
-    once per stage; ``inputs`` are block 0's captured inputs (consumed)."""
+    once per stage; ``inputs`` are block 0's captured inputs (consumed).
+
+    With ``reconstruct`` the dense block's outputs on the same inputs are kept while the
+    block is pruned, and its kept weights are then fitted to them (one more set of
+    activations alive)."""
     with torch.no_grad():
         for index, block in enumerate(blocks):
             layers = prunable_layers(block)
+            dense = block_outputs(block, inputs) if reconstruct is not None else []
             stages = (
                 execution_stages(block, layers, inputs[0])
                 if true_sequential and layers
@@ -119,6 +121,10 @@ def run_sequential(
                 for solver in solvers.values():
                     solver.free()
                 del solvers
+            if reconstruct is not None:
+                reconstruct_block(block, inputs, dense, list(layers.values()), reconstruct)
+                del dense
             inputs = [
-                item.with_hidden(_hidden_of(block(*item.args, **item.kwargs))) for item in inputs
+                item.with_hidden(out)
+                for item, out in zip(inputs, block_outputs(block, inputs), strict=True)
             ]
