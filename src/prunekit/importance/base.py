@@ -3,7 +3,9 @@
 A criterion scores a weight tensor element by element (non-negative, same shape, higher =
 more important) and says how the scores of a group of elements (a kernel, a block, an N:M
 group, a whole channel as a row of a 2-D view) combine into one score for that group.
-Criteria never look at layer types; callers hand them tensors.
+Criteria never look at layer types; callers hand them tensors. Channel scores, for
+example, are ``c.combine(c.score(w.flatten(1), generator=g), dim=1)`` with the channels
+as rows of the 2-D view.
 """
 
 from __future__ import annotations

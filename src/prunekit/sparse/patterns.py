@@ -9,7 +9,8 @@ Layouts, by weight shape ``(d0, d1, *kernel)`` (Linear: ``(out, in)``; ConvNd:
 ``(out, in/groups, *k)``; ConvTransposeNd: ``(in, out/groups, *k)``):
 
 * ``unstructured``: every weight is a unit.
-* ``kernel``: every ``(d0, d1)`` slice ``weight[i, j]`` of a conv weight is a unit. A 2-D
+* ``kernel``: every ``(d0, d1)`` slice ``weight[i, j]`` of a conv weight is a unit (in a
+  global ranking, kernels of different sizes compare by their combined score as is). A 2-D
   weight (Linear) has no kernel and is rejected with a ConfigError rather than silently
   treated as 1-element kernels: restrict ``layers`` to convolutions or ignore the layer.
 * ``block``: blocks of ``block_shape`` over the 2-D view ``(d0, d1 * prod(kernel))``.
