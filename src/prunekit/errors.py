@@ -64,3 +64,8 @@ def require(module: str, extra: str) -> None:
         f"this feature needs the optional package {module!r}; "
         f"install it with: pip install 'prunekit[{extra}]'"
     )
+
+
+class PruneValidationError(PrunekitError, RuntimeError):
+    """A pruned model failed its forward pass or changed its output shapes; the user's
+    model was left untouched."""

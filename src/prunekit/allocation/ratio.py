@@ -1,0 +1,104 @@
+"""How many units each dependency group loses: uniform, per-layer or global ranking.
+
+``ratio`` is the fraction of a group's *channels* (units) removed — ``ratio=0.5`` halves
+the width of every prunable group; the resulting fraction of parameters and MACs differs
+(a conv between two halved groups keeps about a quarter of its weights), and
+``prune`` reports it. With ``global_ranking`` the same total number of units is removed
+wherever the (normalised) scores are lowest, so some groups lose more than others.
+Every group keeps at least ``max(1, ceil(min_keep · units))`` units, and ``round_to``
+keeps widths at multiples of N (rounded up, never above the original width).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from prunekit.errors import ConfigError, check_fraction
+from prunekit.graph.dependency import Group
+
+__all__ = ["Allocation", "allocate"]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Allocation options shared by the API, the CLI and recipes.
+
+    ``ratios`` maps a module path to the ratio of the groups whose producing layer it is
+    (it overrides ``ratio`` there).
+    """
+
+    ratio: float = 0.0
+    ratios: Mapping[str, float] = field(default_factory=dict)
+    global_ranking: bool = False
+    round_to: int | None = None
+    min_keep: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_fraction("ratio", self.ratio)
+        for name, value in self.ratios.items():
+            check_fraction(f"ratios[{name!r}]", value)
+        check_fraction("min_keep", self.min_keep, allow_one=True)
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+            or self.round_to < 1
+        ):
+            raise ConfigError(
+                f"round_to={self.round_to!r} must be a positive int (e.g. 8) or None"
+            )
+
+
+def _group_ratio(group: Group, config: Allocation) -> float:
+    found = [config.ratios[m.name] for m in group.members if m.root and m.name in config.ratios]
+    return max(found) if found else config.ratio
+
+
+def _floor_keep(group: Group, config: Allocation) -> int:
+    return min(group.size, max(1, math.ceil(config.min_keep * group.size)))
+
+
+def _rounded(keep: int, size: int, round_to: int | None) -> int:
+    if round_to is None or round_to <= 1:
+        return keep
+    return min(size, math.ceil(keep / round_to) * round_to)
+
+
+def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation) -> list[Tensor]:
+    """A boolean keep-mask over ``group.units`` for every group (scores: higher = keep)."""
+    counts = [group.size for group in groups]
+    if config.global_ranking:
+        counts = _global_counts(groups, scores, config)
+    else:
+        counts = [g.size - math.floor(_group_ratio(g, config) * g.size + 1e-9) for g in groups]
+    masks = []
+    for group, score, keep in zip(groups, scores, counts):
+        keep = max(keep, _floor_keep(group, config))
+        keep = _rounded(keep, group.size, config.round_to)
+        mask = torch.zeros(group.size, dtype=torch.bool)
+        order = torch.argsort(score, descending=True, stable=True)
+        mask[order[:keep]] = True
+        masks.append(mask)
+    return masks
+
+
+def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation) -> list[int]:
+    """Units kept per group when the lowest scores across all groups go first."""
+    total = sum(g.size for g in groups)
+    budget = math.floor(config.ratio * total + 1e-9)
+    entries = sorted(
+        (float(s), gi) for gi, score in enumerate(scores) for s in score.tolist()
+    )
+    keep = [g.size for g in groups]
+    floors = [_floor_keep(g, config) for g in groups]
+    removed = 0
+    for _, gi in entries:
+        if removed >= budget:
+            break
+        if keep[gi] > floors[gi]:
+            keep[gi] -= 1
+            removed += 1
+    return keep

@@ -1,0 +1,78 @@
+"""Coverage report: which parameters a structured prune can shrink, and why the rest cannot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from prunekit.graph.dependency import DependencyGraph
+
+__all__ = ["Coverage", "CoverageEntry", "coverage_report"]
+
+Status = Literal["prunable", "fixed", "unused"]
+
+
+@dataclass(frozen=True)
+class CoverageEntry:
+    """One parameter: ``prunable`` (in a group), ``fixed`` (seen, kept whole) or ``unused``."""
+
+    name: str
+    status: Status
+    reason: str
+
+
+@dataclass(frozen=True)
+class Coverage:
+    entries: tuple[CoverageEntry, ...]
+
+    @property
+    def prunable(self) -> list[str]:
+        return [e.name for e in self.entries if e.status == "prunable"]
+
+    @property
+    def fixed(self) -> dict[str, str]:
+        """Parameter name -> reason, for every parameter that is not prunable."""
+        return {e.name: e.reason for e in self.entries if e.status != "prunable"}
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.prunable)}/{len(self.entries)} parameters are in a prunable group"]
+        lines += [f"  {e.name}: {e.status} ({e.reason})" for e in self.entries
+                  if e.status != "prunable"]
+        return "\n".join(lines)
+
+    def to_dict(self) -> list[dict[str, str]]:
+        return [{"name": e.name, "status": e.status, "reason": e.reason} for e in self.entries]
+
+
+def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
+    """Classify every parameter of ``model`` (shared ones once)."""
+    prunable_units = (torch.cat([g.units for g in graph.groups]) if graph.groups
+                      else torch.zeros(0, dtype=torch.long))
+    status: dict[str, tuple[bool, str]] = {}
+    prunable_set = set(prunable_units.tolist())
+    for member in graph.members:
+        hit = bool(torch.isin(member.units, prunable_units).any())
+        reasons = sorted({graph.blocked.get(int(u), "not produced by a prunable layer")
+                          for u in member.units.unique().tolist()
+                          if int(u) not in prunable_set})
+        prev = status.get(member.name, (False, ""))
+        status[member.name] = (prev[0] or hit, prev[1] or "; ".join(reasons[:2]))
+    entries = []
+    for name, _ in model.named_parameters():
+        owner = name.rpartition(".")[0]
+        key = name if name in status else owner
+        if key in status:
+            ok, reason = status[key]
+            entries.append(CoverageEntry(name, "prunable" if ok else "fixed",
+                                         "in a dependency group" if ok else reason or "blocked"))
+        elif key in graph.trace.modules:
+            entries.append(CoverageEntry(name, "fixed", "its layer has no prunable dimension"))
+        else:
+            entries.append(CoverageEntry(
+                name, "unused",
+                "not read by the forward pass on the example inputs, or only inside an "
+                "op that no handler maps"))
+    return Coverage(tuple(entries))

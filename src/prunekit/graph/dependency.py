@@ -1,0 +1,169 @@
+"""Dependency groups: the coupled slices that must be removed together, from one trace.
+
+After tracing, every equivalence class of channel labels is a *unit*: removing it removes
+one index (or a block of indices) from every layer dimension and parameter that holds it
+— the producing conv's filters, the BN entries, the next conv's input slices, residual
+partners, concat slices, flatten blocks. A *member* is one such dimension with the unit of
+each of its indices. A *group* gathers the units of producers that share units (a
+residual chain is one group; the two inputs of a concat are two groups, and the consumer
+of the concat is a member of both). Units that reach a model input or output, an
+unsupported op or an ignored layer are *blocked* and never removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError
+from prunekit.graph.labels import NEUTRAL
+from prunekit.graph.trace import ParamRecord, Trace
+
+__all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One dimension that shrinks when its units go: a module dim or a parameter axis."""
+
+    kind: Literal["module", "param"]
+    name: str
+    dim: str
+    units: Tensor
+    root: bool
+    axis: int | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """Prunable ``units`` (sorted unit ids) and every member that holds one of them."""
+
+    index: int
+    units: Tensor
+    members: tuple[Member, ...]
+
+    @property
+    def size(self) -> int:
+        return int(self.units.numel())
+
+    def describe(self) -> str:
+        roots = [f"{m.name}.{m.dim}" for m in self.members if m.root]
+        return f"group {self.index} ({self.size} units; {', '.join(roots[:4])})"
+
+
+@dataclass(frozen=True)
+class DependencyGraph:
+    """Groups, members and why the rest is kept whole (``blocked``: unit -> reason)."""
+
+    trace: Trace
+    groups: tuple[Group, ...]
+    members: tuple[Member, ...]
+    blocked: dict[int, str]
+
+
+def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = ()) -> DependencyGraph:
+    """Turn a trace into dependency groups; ``ignore`` layers keep their output width."""
+    space = trace.space
+    names = {id(m): n for n, m in model.named_modules()}
+    for module in ignore:
+        if not isinstance(module, nn.Module) or id(module) not in names:
+            raise ConfigError(
+                f"ignore contains {type(module).__name__} which is not a submodule of the "
+                f"model; pass the layer objects themselves, e.g. ignore=[model.fc]"
+            )
+        record = trace.modules.get(names[id(module)])
+        if record is None:
+            continue
+        for dim_name, dim in record.dims.items():
+            if dim_name != "in":
+                space.block(dim.labels, f"layer {record.name!r} is in ignore=")
+    _block_shared_weights(trace)
+    members: list[Member] = []
+    for record in trace.modules.values():
+        for dim_name, dim in record.dims.items():
+            members.append(Member("module", record.name, dim_name, space.find(dim.labels),
+                                  dim.root))
+    for param in trace.params.values():
+        member = _param_member(trace, param)
+        if member is not None:
+            members.append(member)
+    blocked = space.blocked_roots()
+    groups = _components(members, blocked)
+    return DependencyGraph(trace, tuple(groups), tuple(members), blocked)
+
+
+def _block_shared_weights(trace: Trace) -> None:
+    """A tensor read by several layers (tied weights) keeps its shape for now."""
+    owners: dict[int, list[str]] = {}
+    for record in trace.modules.values():
+        for tensor in record.module.parameters(recurse=False):
+            owners.setdefault(id(tensor), []).append(record.name)
+    for param in trace.params.values():
+        owners.setdefault(id(param.tensor), []).append(param.name)
+    for names in owners.values():
+        if len(names) < 2:
+            continue
+        reason = f"a weight is shared by {', '.join(sorted(names))} (tied weights)"
+        for name in names:
+            record = trace.modules.get(name)
+            if record is not None:
+                for dim in record.dims.values():
+                    trace.space.block(dim.labels, reason)
+            elif name in trace.params:
+                trace.space.block(trace.params[name].ids, reason)
+
+
+def _param_member(trace: Trace, param: ParamRecord) -> Member | None:
+    """The axis along which a directly used parameter's units run, or block it."""
+    space = trace.space
+    units = space.find(param.ids)
+    for axis in range(units.dim()):
+        if units.shape[axis] <= 1:
+            continue
+        flat = units.movedim(axis, 0).reshape(units.shape[axis], -1)
+        if bool((flat == flat[:, :1]).all()):
+            return Member("param", param.name, f"axis{axis}", flat[:, 0].clone(), True, axis)
+    space.block(param.ids, f"parameter {param.name!r} is used directly and its elements do "
+                           f"not line up with channels along one axis")
+    return None
+
+
+def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
+    blocked_ids = torch.tensor(sorted(blocked) + [NEUTRAL], dtype=torch.long)
+    free: list[Tensor] = []
+    for member in members:
+        uniq = member.units.unique()
+        free.append(uniq[~torch.isin(uniq, blocked_ids)])
+    parent = list(range(len(members)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for i, member in enumerate(members):
+        if not member.root:
+            continue
+        for unit in free[i].tolist():
+            j = owner.setdefault(unit, i)
+            if j != i:
+                parent[find(i)] = find(j)
+    by_root: dict[int, list[int]] = {}
+    for unit, i in owner.items():
+        by_root.setdefault(find(i), []).append(unit)
+    groups: list[Group] = []
+    for units_list in by_root.values():
+        units = torch.tensor(sorted(units_list), dtype=torch.long)
+        holders = tuple(m for m, f in zip(members, free) if bool(torch.isin(f, units).any()))
+        if not any(m.kind == "module" for m in holders):
+            for unit in units_list:
+                blocked[unit] = "only used by parameters, not by any layer"
+            continue
+        groups.append(Group(len(groups), units, holders))
+    return groups

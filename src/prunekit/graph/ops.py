@@ -1,0 +1,128 @@
+"""The op-handler seam: how a torch function maps channel labels from its inputs to outputs.
+
+An op handler is any callable ``handler(ctx, call)`` that reads the label tensors of the
+call's inputs through ``ctx.labels(t)``, joins what must be removed together through
+``ctx.space.union`` / ``ctx.block``, and sets a label tensor for every output tensor with
+``ctx.set_labels``. Handlers are registered by op *name* (``"add"``, ``"max_pool2d"``), so
+``torch.add``, ``Tensor.add``, ``Tensor.__add__``, ``Tensor.add_`` and ``F.x`` share one.
+A handler that meets a call it cannot map raises :class:`OpNotMappable`; the tracer then
+treats the call like an unknown op.
+
+Families live one per file (``ops_shape``, ``ops_pointwise``, ``ops_reduce``,
+``ops_matmul``); a new family is a new file that calls :func:`register_op` and is listed
+in ``_BUILTIN_FAMILIES`` (or imported by the caller before tracing).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from torch import Tensor
+from torch.utils._pytree import tree_flatten
+
+if TYPE_CHECKING:
+    from prunekit.graph.trace import TraceContext
+
+__all__ = [
+    "OpCall",
+    "OpHandler",
+    "OpNotMappable",
+    "get_op_handler",
+    "op_name",
+    "register_op",
+    "tensors_in",
+]
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One recorded call: the function, its normalised name, arguments and result."""
+
+    func: Callable[..., Any]
+    name: str
+    display: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    out: Any
+
+
+class OpHandler(Protocol):
+    """Maps labels through one call (see the module docstring)."""
+
+    def __call__(self, ctx: TraceContext, call: OpCall) -> None: ...
+
+
+class OpNotMappable(Exception):
+    """Raised by a handler for a call it cannot map (the tracer reports it as unsupported)."""
+
+
+_HANDLERS: dict[str, OpHandler] = {}
+_BUILTIN_FAMILIES = (
+    "prunekit.graph.ops_shape",
+    "prunekit.graph.ops_pointwise",
+    "prunekit.graph.ops_reduce",
+    "prunekit.graph.ops_matmul",
+)
+_loaded = False
+
+
+def register_op(names: Iterable[str], handler: OpHandler, *, replace: bool = False) -> None:
+    """Route every op in ``names`` (normalised names, see :func:`op_name`) to ``handler``."""
+    for name in names:
+        if name in _HANDLERS and not replace and _HANDLERS[name] is not handler:
+            raise ValueError(
+                f"op {name!r} already has a handler; pass replace=True to override it"
+            )
+        _HANDLERS[name] = handler
+
+
+def get_op_handler(name: str) -> OpHandler | None:
+    """The handler registered for the normalised op ``name``, or None."""
+    global _loaded
+    if not _loaded:
+        for module in _BUILTIN_FAMILIES:
+            importlib.import_module(module)
+        _loaded = True
+    return _HANDLERS.get(name)
+
+
+def op_name(func: Callable[..., Any]) -> tuple[str, str]:
+    """(normalised name, display name) of a torch function, tensor method or property.
+
+    ``Tensor.__iadd__``, ``Tensor.__radd__``, ``Tensor.add_`` and ``torch.add`` all
+    normalise to ``"add"``; the display name keeps the original spelling for errors.
+    """
+    raw = getattr(func, "__name__", None) or repr(func)
+    if raw == "__get__":  # a property such as Tensor.T or Tensor.data
+        raw = getattr(getattr(func, "__self__", None), "__name__", raw)
+    owner = getattr(func, "__module__", None) or "torch.Tensor"
+    if getattr(func, "__objclass__", None) is Tensor or owner.startswith("torch._C"):
+        owner = "torch.Tensor"
+    display = f"{owner}.{raw}"
+    name = raw
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name not in {"getitem", "setitem", "matmul"} and name[:1] in {"i", "r"}:
+            stripped = name[1:]
+            if stripped in _DUNDER_BASES:
+                name = stripped
+        if name in {"rmatmul", "imatmul"}:
+            name = "matmul"
+    elif name.endswith("_") and not name.endswith("__"):
+        name = name[:-1]
+    return name, display
+
+
+_DUNDER_BASES = {
+    "add", "sub", "mul", "truediv", "floordiv", "div", "pow", "mod", "and", "or",
+    "xor", "lshift", "rshift",
+}
+
+
+def tensors_in(tree: Any) -> list[Tensor]:
+    """Every tensor inside a nested tuple/list/dict (in pytree order)."""
+    leaves, _ = tree_flatten(tree)
+    return [leaf for leaf in leaves if isinstance(leaf, Tensor)]

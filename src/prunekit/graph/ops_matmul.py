@@ -1,0 +1,99 @@
+"""Contractions between activations: matmul/bmm/@, F.linear with a computed weight, and
+scaled_dot_product_attention (q·kᵀ then ·v).
+
+For ``a [..., n, k] @ b [..., k, m]``: if channels vary along k on either side, both sides
+must drop the same k indices, so their k labels are joined (a side whose k dimension does
+not carry channels cannot shrink, so the other side's k channels are kept whole). The
+result carries b's channels along m, else a's along n; a side that carries channels along
+both of its dims, or along batch dims, is kept whole.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from prunekit.graph.labels import NEUTRAL, varies
+from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.trace import TraceContext
+
+
+def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]) -> Tensor:
+    """Couple the labels of ``a @ b`` and return the labels of the product."""
+    if a.dim() < 2 or b.dim() < 2:
+        raise OpNotMappable("1-D operands are not supported")
+    space = ctx.space
+    a, b = space.find(a), space.find(b)
+    reason = "a matrix product mixes its channels"
+    sides = []
+    for lab, k_dim, free_dim in ((a, -1, -2), (b, -2, -1)):
+        on_k, on_free = varies(lab, k_dim), varies(lab, free_dim)
+        on_batch = any(varies(lab, d) for d in range(lab.dim() - 2))
+        if (on_k and on_free) or on_batch:
+            space.block(lab, reason)
+            on_k = on_free = False
+        sides.append((on_k, on_free))
+    (a_k, a_n), (b_k, b_m) = sides
+    if a_k or b_k:
+        ka = a.amax(dim=-2)  # one label per k (constant along n)
+        kb = b.amax(dim=-1)
+        if a_k and b_k:
+            space.union(*torch.broadcast_tensors(ka, kb))
+        elif a_k:
+            space.block(a, "contracted with a tensor whose matching dimension is fixed")
+        else:
+            space.block(b, "contracted with a tensor whose matching dimension is fixed")
+    if b_m:
+        if a_n:
+            space.block(a, reason)
+        row = b.amax(dim=-2, keepdim=True)
+        return row.expand(out_shape) if row.dim() == len(out_shape) else _lift(row, out_shape)
+    if a_n:
+        col = a.amax(dim=-1, keepdim=True)
+        return col.expand(out_shape) if col.dim() == len(out_shape) else _lift(col, out_shape)
+    return torch.full(out_shape, NEUTRAL, dtype=torch.long)
+
+
+def _lift(labels: Tensor, shape: tuple[int, ...]) -> Tensor:
+    while labels.dim() < len(shape):
+        labels = labels.unsqueeze(0)
+    return labels.expand(shape)
+
+
+def _matmul(ctx: TraceContext, call: OpCall) -> None:
+    a, b = tensors_in(call.args)[:2]
+    out = tensors_in(call.out)[0]
+    ctx.set_labels(out, contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape)))
+
+
+def _linear(ctx: TraceContext, call: OpCall) -> None:
+    tensors = tensors_in((call.args, call.kwargs))
+    x, weight = tensors[0], tensors[1]
+    if not (isinstance(weight, Tensor) and weight.dim() == 2) or x.dim() < 2:
+        raise OpNotMappable("expects a 2-D weight and an input of rank >= 2")
+    out = tensors_in(call.out)[0]
+    labels = contract(ctx, ctx.labels(x), ctx.labels(weight).t(), tuple(out.shape))
+    if len(tensors) > 2:
+        from prunekit.graph.ops_pointwise import combine
+
+        labels = combine(ctx, [labels, ctx.labels(tensors[2])], out.shape)
+    ctx.set_labels(out, labels)
+
+
+def _sdpa(ctx: TraceContext, call: OpCall) -> None:
+    tensors = tensors_in(call.args[:3]) or [call.kwargs[k] for k in ("query", "key", "value")]
+    q, k, v = tensors[:3]
+    scores_shape = (*q.shape[:-1], k.shape[-2])
+    scores = contract(ctx, ctx.labels(q), ctx.labels(k).transpose(-1, -2), scores_shape)
+    mask = call.args[3] if len(call.args) > 3 else call.kwargs.get("attn_mask")
+    if isinstance(mask, Tensor):
+        from prunekit.graph.ops_pointwise import combine
+
+        scores = combine(ctx, [scores, ctx.labels(mask)], torch.Size(scores_shape))
+    out = tensors_in(call.out)[0]
+    ctx.set_labels(out, contract(ctx, scores, ctx.labels(v), tuple(out.shape)))
+
+
+register_op(("matmul", "bmm", "mm"), _matmul)
+register_op(("linear",), _linear)
+register_op(("scaled_dot_product_attention",), _sdpa)

@@ -1,0 +1,130 @@
+"""Pointwise ops: activations, dropout, casts (labels pass through) and binary arithmetic
+(add/sub/mul/div/where...: operands are coupled position by position, with broadcasting).
+
+Broadcasting rule: an operand that is broadcast along a dimension (size 1 there) does not
+constrain channels that vary along that dimension — a padding mask ``[B, T, 1]`` times
+``x [B, T, D]`` leaves D free; a gate ``[B, C, 1, 1]`` times ``x [B, C, H, W]`` couples C.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from prunekit.graph.labels import NEUTRAL, varies
+from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.trace import TraceContext
+
+UNARY = (
+    "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
+    "hardtanh", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "softsign",
+    "tanhshrink", "threshold", "logsigmoid", "prelu_scalar", "glu_free",
+    "softmax", "log_softmax", "softmin", "normalize",
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+    "abs", "neg", "exp", "log", "log1p", "sqrt", "rsqrt", "square", "sin", "cos", "erf",
+    "reciprocal", "sign", "floor", "ceil", "round", "trunc", "clamp", "clip", "clamp_min",
+    "clamp_max", "nan_to_num", "logical_not", "bitwise_not", "isnan", "isinf", "isfinite",
+    "pos", "invert", "not",
+    "to", "float", "double", "half", "bfloat16", "int", "long", "bool", "type", "type_as",
+    "cpu", "cuda", "detach", "clone", "contiguous", "requires_grad", "data",
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+    "zero", "fill", "uniform", "normal", "bernoulli", "cumsum", "cumprod",
+    "positive", "float_power",
+)
+
+BINARY = (
+    "add", "sub", "mul", "div", "truediv", "floordiv", "true_divide", "floor_divide",
+    "remainder", "fmod", "mod", "pow", "maximum", "minimum", "fmax", "fmin", "atan2",
+    "where", "masked_fill", "lerp", "addcmul", "addcdiv", "rsub", "copy", "xlogy",
+    "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor",
+    "and", "or", "xor", "bitwise_and", "bitwise_or", "bitwise_xor", "hypot",
+)
+
+
+def _unary(ctx: TraceContext, call: OpCall) -> None:
+    inputs = tensors_in(call.args[:1]) or tensors_in(call.kwargs.get("input"))
+    outputs = tensors_in(call.out)
+    if not inputs:
+        raise OpNotMappable("no tensor input")
+    source = ctx.labels(inputs[0])
+    for tensor in outputs:
+        if tensor.shape != source.shape:
+            try:
+                labels = source.expand(tensor.shape)
+            except RuntimeError as exc:
+                raise OpNotMappable(f"output shape {tuple(tensor.shape)} differs") from exc
+        else:
+            labels = source
+        ctx.set_labels(tensor, labels)
+
+
+def _binary(ctx: TraceContext, call: OpCall) -> None:
+    outputs = tensors_in(call.out)
+    target = outputs[0] if outputs else call.args[0]
+    shape = target.shape
+    operands = tensors_in((call.args, call.kwargs))
+    labels = combine(ctx, [ctx.labels(t) for t in operands], shape)
+    for tensor in outputs or [target]:
+        ctx.set_labels(tensor, labels)
+
+
+def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Tensor:
+    """Couple ``operands`` (label tensors broadcastable to ``shape``) and return the result's
+    labels, following the broadcasting rule of the module docstring."""
+    space = ctx.space
+    acc: Tensor | None = None
+    acc_bcast: set[int] = set()
+    for lab in operands:
+        try:
+            full = space.find(lab).expand(shape) if lab.dim() <= len(shape) else None
+        except RuntimeError:
+            full = None
+        if full is None:
+            raise OpNotMappable(f"operand of shape {tuple(lab.shape)} does not broadcast")
+        pad = len(shape) - lab.dim()
+        bcast = {d for d in range(len(shape))
+                 if shape[d] > 1 and (d < pad or lab.shape[d - pad] == 1)}
+        if acc is None:
+            acc, acc_bcast = full, bcast
+            continue
+        acc_over = any(varies(acc, d) for d in bcast)
+        new_over = any(varies(full, d) for d in acc_bcast)
+        new_varies = any(varies(full, d) for d in range(full.dim()))
+        acc_varies = any(varies(acc, d) for d in range(acc.dim()))
+        if not acc_over and not new_over:
+            space.union(acc, full)
+            acc = torch.maximum(acc, full)
+            acc_bcast &= bcast
+        elif acc_over and not new_over:
+            if new_varies:  # both carry channels along different axes
+                space.block(full, "operands of a pointwise op carry channels on different axes")
+                space.block(acc, "operands of a pointwise op carry channels on different axes")
+        elif new_over and not acc_over:
+            if acc_varies:
+                space.block(full, "operands of a pointwise op carry channels on different axes")
+                space.block(acc, "operands of a pointwise op carry channels on different axes")
+            acc, acc_bcast = full, bcast
+        else:
+            space.block(full, "outer-product broadcasting mixes channels")
+            space.block(acc, "outer-product broadcasting mixes channels")
+            bid = space.block_id("outer-product broadcasting mixes channels")
+            acc = torch.full(tuple(shape), bid, dtype=torch.long)
+    if acc is None:
+        return torch.full(tuple(shape), NEUTRAL, dtype=torch.long)
+    return acc
+
+
+def _setitem(ctx: TraceContext, call: OpCall) -> None:
+    target, index = call.args[0], call.args[1]
+    value = call.args[2] if len(call.args) > 2 else None
+    labels = ctx.space.find(ctx.labels(target)).clone()
+    region = labels[index]
+    if isinstance(value, Tensor):
+        incoming = combine(ctx, [region, ctx.labels(value)], region.shape)
+        labels[index] = incoming
+    ctx.set_labels(target, labels)
+
+
+register_op(UNARY, _unary)
+register_op(BINARY, _binary)
+register_op(("setitem",), _setitem)

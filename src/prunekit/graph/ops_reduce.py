@@ -1,0 +1,118 @@
+"""Reductions (mean/sum/max over dims) and spatial ops (pooling, interpolation, padding).
+
+A reduction over dims R keeps the label of the kept positions when channels do not vary
+along R (spatial mean keeps channel c); it yields NEUTRAL when channels vary only along R
+(a mean over channels no longer depends on which channels exist); when channels vary both
+along R and elsewhere, the positions reduced together are joined (conservative). Spatial
+ops act on the trailing dims, which must not carry channels: the channels of the leading
+dims pass through, and everything pooled into one output position is joined.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunekit.graph.labels import NEUTRAL, rep_along, varies
+from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.trace import TraceContext
+
+REDUCE = (
+    "mean", "sum", "nansum", "nanmean", "amax", "amin", "max", "min", "std", "var", "prod",
+    "norm", "logsumexp", "argmax", "argmin", "all", "any", "median", "std_mean", "var_mean",
+    "count_nonzero", "aminmax",
+)
+SPATIAL = {
+    "max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3, "avg_pool1d": 1, "avg_pool2d": 2,
+    "avg_pool3d": 3, "adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2,
+    "adaptive_avg_pool3d": 3, "adaptive_max_pool1d": 1, "adaptive_max_pool2d": 2,
+    "adaptive_max_pool3d": 3, "lp_pool1d": 1, "lp_pool2d": 2, "lp_pool3d": 3,
+    "max_pool1d_with_indices": 1, "max_pool2d_with_indices": 2,
+    "max_pool3d_with_indices": 3, "adaptive_max_pool1d_with_indices": 1,
+    "adaptive_max_pool2d_with_indices": 2, "adaptive_max_pool3d_with_indices": 3,
+    "fractional_max_pool2d": 2, "fractional_max_pool3d": 3,
+    "interpolate": -1, "upsample": -1, "upsample_nearest": -1, "upsample_bilinear": -1,
+    "grid_sample": -1,
+}
+
+
+def _dims(call: OpCall, ndim: int) -> tuple[int, ...] | None:
+    position = 2 if call.name == "norm" else 1
+    dim: Any = call.kwargs.get("dim", call.kwargs.get("axis"))
+    if dim is None and len(call.args) > position and not isinstance(call.args[position], Tensor):
+        candidate = call.args[position]
+        if isinstance(candidate, (int, tuple, list)) and not isinstance(candidate, bool):
+            dim = candidate
+    if dim is None:
+        return None
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple(sorted(d % ndim for d in dims)) if ndim else ()
+
+
+def _reduce(ctx: TraceContext, call: OpCall) -> None:
+    source = tensors_in(call.args[:1])[0]
+    if len(call.args) > 1 and isinstance(call.args[1], Tensor):  # torch.max(a, b): pointwise
+        from prunekit.graph.ops_pointwise import combine
+
+        out = tensors_in(call.out)[0]
+        ctx.set_labels(out, combine(ctx, [ctx.labels(t) for t in tensors_in(call.args)],
+                                    out.shape))
+        return
+    canon = ctx.space.find(ctx.labels(source))
+    ndim = source.dim()
+    dims = _dims(call, ndim)
+    reduced = tuple(range(ndim)) if dims is None else dims
+    kept = [d for d in range(ndim) if d not in reduced]
+    over_r = any(varies(canon, d) for d in reduced)
+    over_k = any(varies(canon, d) for d in kept)
+    if not over_r:
+        rep = canon.amax(dim=reduced, keepdim=True) if reduced else canon
+    elif not over_k:
+        rep = torch.zeros([1] * ndim, dtype=torch.long).expand(
+            [1 if d in reduced else canon.shape[d] for d in range(ndim)])
+    else:
+        rep = rep_along(ctx.space, canon, reduced)
+    for out in tensors_in(call.out):
+        ctx.set_labels(out, _fit(rep, reduced, tuple(out.shape)))
+
+
+def _fit(rep: Tensor, reduced: tuple[int, ...], shape: tuple[int, ...]) -> Tensor:
+    """``rep`` (reduced dims kept as size 1) shaped like an output with or without keepdim."""
+    if rep.dim() == len(shape):
+        return rep.expand(shape)
+    squeezed = rep
+    for d in sorted(reduced, reverse=True):
+        squeezed = squeezed.squeeze(d)
+    if squeezed.dim() != len(shape):
+        if all(s == 1 for s in shape) or not shape:
+            return torch.full(shape, NEUTRAL, dtype=torch.long)
+        raise OpNotMappable(f"cannot fit reduced labels to output shape {shape}")
+    return squeezed.expand(shape)
+
+
+def _spatial(ctx: TraceContext, call: OpCall) -> None:
+    source = tensors_in(call.args[:1])[0]
+    width = SPATIAL.get(call.name, -1)
+    if call.name == "pad":
+        pad = call.args[1] if len(call.args) > 1 else call.kwargs["pad"]
+        width = len(pad) // 2
+    if width < 0:
+        width = source.dim() - 2
+    if width <= 0 or width >= source.dim() + 1:
+        raise OpNotMappable(f"unexpected input rank {source.dim()}")
+    trailing = tuple(range(source.dim() - width, source.dim()))
+    canon = ctx.space.find(ctx.labels(source))
+    if call.name == "pad" and any(varies(canon, d) for d in trailing):
+        ctx.block(canon, f"{call.display} pads a channel dimension by a fixed amount")
+    rep = rep_along(ctx.space, canon, trailing)
+    lead = tuple(source.shape[: source.dim() - width])
+    for out in tensors_in(call.out):
+        if tuple(out.shape[: len(lead)]) != lead:
+            raise OpNotMappable("it changes the leading (channel) dimensions")
+        ctx.set_labels(out, ctx.space.find(rep).expand(tuple(out.shape)))
+
+
+register_op(REDUCE, _reduce)
+register_op((*SPATIAL, "pad"), _spatial)

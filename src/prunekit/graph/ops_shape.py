@@ -1,0 +1,196 @@
+"""Shape ops: the op itself is replayed on the label tensor, so concat offsets, flatten
+blocks, permutes and channel shuffles map indices exactly as they map data.
+
+Three rules keep the replay sound after channels are removed:
+
+* a reshape that *splits* a dimension along which channels vary in more than one of the
+  new factors (``[B, T, C] -> [B, T, heads, head_dim]``, a channel shuffle's
+  ``[B, C] -> [B, groups, C/groups]``) keeps the leading factors' counts fixed: channel
+  ``j`` of every group is removed together, so the group/head count stays valid;
+* ``chunk`` and equal ``split`` couple the pieces index by index, so all pieces shrink alike;
+* a fixed-size selection along a channel dimension (``x[:, :32]``, ``narrow``, unequal
+  ``split``, ``unbind``, ``select``) keeps those channels whole, since the sizes written in
+  the code would no longer match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunekit.graph.labels import rep_along, varies
+from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.trace import TraceContext
+
+REPLAY = (
+    "permute", "transpose", "t", "T", "mT", "H", "mH", "swapaxes", "swapdims", "movedim",
+    "moveaxis", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "tile",
+    "repeat_interleave", "roll", "flip", "fliplr", "flipud", "stack", "hstack", "vstack",
+    "cat", "concat", "concatenate", "broadcast_to", "view_as_real", "atleast_2d",
+    "diag_embed", "tril", "triu",
+)
+RESHAPE = ("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "ravel")
+SLICING = ("getitem", "narrow", "select", "index_select", "unbind", "tensor_split")
+CHUNKING = ("chunk", "split", "split_with_sizes")
+
+
+def _replace_first(call: OpCall, ctx: TraceContext) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments with the data tensor(s) in the first position swapped for labels."""
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return ctx.space.find(ctx.labels(value)).contiguous()
+        if isinstance(value, (list, tuple)):
+            return type(value)(swap(v) for v in value)
+        return value
+
+    if call.args:
+        return (swap(call.args[0]), *call.args[1:]), call.kwargs
+    key = "tensors" if "tensors" in call.kwargs else "input"
+    return (), {**call.kwargs, key: swap(call.kwargs[key])}
+
+
+def _replay(ctx: TraceContext, call: OpCall) -> Any:
+    args, kwargs = _replace_first(call, ctx)
+    try:
+        result = call.func(*args, **kwargs)
+    except (RuntimeError, TypeError, IndexError) as exc:
+        raise OpNotMappable(f"replaying it on labels failed: {exc}") from exc
+    outs, labs = tensors_in(call.out), tensors_in(result)
+    if len(outs) != len(labs):
+        raise OpNotMappable("replaying it on labels gave a different structure")
+    for tensor, labels in zip(outs, labs):
+        ctx.set_labels(tensor, labels)
+    return result
+
+
+def _replay_only(ctx: TraceContext, call: OpCall) -> None:
+    _replay(ctx, call)
+
+
+def _reshape(ctx: TraceContext, call: OpCall) -> None:
+    source = tensors_in(call.args[:1])[0]
+    _replay(ctx, call)
+    out = tensors_in(call.out)[0]
+    labels = ctx.labels(out)
+    for _, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
+        if len(out_dims) < 2:
+            continue
+        canon = ctx.space.find(labels)
+        bearing = [d for d in out_dims if varies(canon, d)]
+        if len(bearing) > 1:  # split: keep the leading factors' counts fixed
+            rep_along(ctx.space, canon, tuple(bearing[:-1]))
+
+
+def _segments(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Group the dims of a reshape into runs of equal element count: (src dims, dst dims)."""
+    out: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(src) and j < len(dst):
+        si, sj = [i], [j]
+        pi, pj = src[i], dst[j]
+        while pi != pj:
+            if pi < pj and i + 1 < len(src):
+                i += 1
+                pi *= src[i]
+                si.append(i)
+            elif j + 1 < len(dst):
+                j += 1
+                pj *= dst[j]
+                sj.append(j)
+            else:
+                return out
+        out.append((si, sj))
+        i += 1
+        j += 1
+    return out
+
+
+def _slicing(ctx: TraceContext, call: OpCall) -> None:
+    source = tensors_in(call.args[:1])[0]
+    canon = ctx.space.find(ctx.labels(source))
+    touched = _selected_dims(call, source)
+    if any(varies(canon, d) for d in touched):
+        ctx.block(canon, f"{call.display} selects a fixed part of a channel dimension")
+    _replay(ctx, call)
+
+
+def _selected_dims(call: OpCall, source: Tensor) -> list[int]:
+    """Dims of ``source`` on which the call keeps only part of the indices."""
+    ndim = source.dim()
+    if call.name == "getitem":
+        return _getitem_dims(call.args[1], source)
+    if call.name == "unbind":
+        dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
+        return [dim % ndim]
+    if call.name == "tensor_split":
+        dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
+        return [dim % ndim]
+    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
+    dim = dim % ndim
+    if call.name == "narrow":
+        length = call.args[3] if len(call.args) > 3 else call.kwargs.get("length")
+        return [dim] if length != source.shape[dim] else []
+    return [dim]
+
+
+def _getitem_dims(index: Any, source: Tensor) -> list[int]:
+    items = index if isinstance(index, tuple) else (index,)
+    consumed = sum(
+        (it.dim() if isinstance(it, Tensor) and it.dtype == torch.bool else 1)
+        for it in items if it is not None and it is not Ellipsis
+    )
+    dims: list[int] = []
+    pos = 0
+    for item in items:
+        if item is None:
+            continue
+        if item is Ellipsis:
+            pos += source.dim() - consumed
+            continue
+        width = item.dim() if isinstance(item, Tensor) and item.dtype == torch.bool else 1
+        for d in range(pos, pos + width):
+            if d < source.dim() and not _is_full(item, source.shape[d]):
+                dims.append(d)
+        pos += width
+    return dims
+
+
+def _is_full(item: Any, size: int) -> bool:
+    if isinstance(item, slice):
+        start, stop, step = item.indices(size)
+        return start == 0 and stop == size and step == 1
+    return False
+
+
+def _chunking(ctx: TraceContext, call: OpCall) -> None:
+    source = tensors_in(call.args[:1])[0]
+    dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
+    dim = dim % source.dim()
+    result = _replay(ctx, call)
+    pieces = tensors_in(result)
+    canon = ctx.space.find(ctx.labels(source))
+    if not varies(canon, dim) or len(pieces) < 2:
+        return
+    sizes = {p.shape[dim] for p in pieces}
+    if len(sizes) != 1 or (call.name != "chunk" and not _even_split(call, source, dim)):
+        ctx.block(canon, f"{call.display} splits a channel dimension into unequal parts")
+        return
+    first = ctx.space.find(pieces[0])
+    for piece in pieces[1:]:  # pieces shrink alike: couple them index by index
+        ctx.space.union(first, ctx.space.find(piece))
+
+
+def _even_split(call: OpCall, source: Tensor, dim: int) -> bool:
+    size = call.args[1] if len(call.args) > 1 else call.kwargs.get("split_size_or_sections")
+    if isinstance(size, int):
+        return source.shape[dim] % size == 0
+    return isinstance(size, (list, tuple)) and len(set(size)) == 1
+
+
+register_op(REPLAY, _replay_only)
+register_op(RESHAPE, _reshape)
+register_op(SLICING, _slicing)
+register_op(CHUNKING, _chunking)

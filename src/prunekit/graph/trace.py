@@ -1,0 +1,343 @@
+"""Tracing: one real forward pass that shadows every activation with channel labels.
+
+The model runs once under ``torch.no_grad()`` on the user's example inputs, so Python
+control flow, frozen parameters and modules that never saw a gradient are all seen as
+they run (no autograd graph is used). Modules that have a *module handler* (a layer
+adapter: Conv, Linear, norms, ...) are atomic: forward hooks hand their inputs and output
+to the handler and nothing inside them is recorded. Everything else that happens on
+tensors (``torch.*``, ``Tensor.*``, ``F.*``) is seen by a ``TorchFunctionMode`` and routed
+to an op handler (:mod:`prunekit.graph.ops`). Parameters and buffers used directly by
+that code (class tokens, positional embeddings, scale vectors) become *param nodes* with
+one label per element. Tensors are tracked by identity and kept alive for the whole trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, is_dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from prunekit._inputs import ExampleInputs, run_model
+from prunekit.errors import UnsupportedOpError
+from prunekit.graph.labels import NEUTRAL, LabelSpace
+from prunekit.graph.ops import OpCall, OpNotMappable, get_op_handler, op_name, tensors_in
+
+__all__ = [
+    "ModuleCall",
+    "ModuleDim",
+    "ModuleHandler",
+    "ModuleRecord",
+    "ParamRecord",
+    "Trace",
+    "TraceContext",
+    "trace",
+    "walk_tensors",
+]
+
+
+@dataclass(frozen=True)
+class ModuleCall:
+    """One call of an atomic module, as its forward hooks saw it."""
+
+    name: str
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    out: Any
+
+
+class ModuleHandler(Protocol):
+    """Trace-time half of a layer adapter: couples a module's input and output labels."""
+
+    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
+        """Record the module's dims with ``ctx.record_dim`` and label its output."""
+        ...
+
+
+@dataclass
+class ModuleDim:
+    """One prunable dimension of a module: a label per index; ``root`` if it made fresh ids."""
+
+    labels: Tensor
+    root: bool
+
+
+@dataclass
+class ModuleRecord:
+    name: str
+    module: nn.Module
+    dims: dict[str, ModuleDim] = field(default_factory=dict)
+
+
+@dataclass
+class ParamRecord:
+    """A parameter or buffer used directly by traced code; ``ids`` has its shape."""
+
+    name: str
+    tensor: Tensor
+    ids: Tensor
+
+
+@dataclass
+class Trace:
+    """Everything the dependency builder needs from one forward pass."""
+
+    space: LabelSpace
+    modules: dict[str, ModuleRecord]
+    params: dict[str, ParamRecord]
+    skipped_ops: list[str]
+
+
+class TraceContext:
+    """What op and module handlers may use while the model runs."""
+
+    def __init__(self, model: nn.Module, strict: bool) -> None:
+        self.space = LabelSpace()
+        self.strict = strict
+        self.modules: dict[str, ModuleRecord] = {}
+        self.params: dict[str, ParamRecord] = {}
+        self.skipped_ops: list[str] = []
+        self._labels: dict[int, tuple[Tensor, Tensor]] = {}
+        self._path: list[str] = []
+        self._param_names: dict[int, str] = {}
+        for name, tensor in [
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False),
+        ]:
+            self._param_names.setdefault(id(tensor), name)
+
+    # -- labels of tensors -------------------------------------------------------------
+    def is_tracked(self, tensor: Tensor) -> bool:
+        return id(tensor) in self._labels or id(tensor) in self._param_names
+
+    def labels(self, tensor: Tensor) -> Tensor:
+        """The label tensor of ``tensor`` (a param node's ids, NEUTRAL if never seen)."""
+        entry = self._labels.get(id(tensor))
+        if entry is not None and entry[0] is tensor:
+            return entry[1]
+        name = self._param_names.get(id(tensor))
+        if name is not None:
+            ids = self.space.new_ids(tensor.numel()).reshape(tensor.shape)
+            self.params[name] = ParamRecord(name, tensor, ids)
+            self._labels[id(tensor)] = (tensor, ids)
+            return ids
+        return torch.zeros(tensor.shape, dtype=torch.long)
+
+    def set_labels(self, tensor: Tensor, labels: Tensor) -> None:
+        if tuple(labels.shape) != tuple(tensor.shape):
+            raise OpNotMappable(
+                f"label shape {tuple(labels.shape)} != tensor shape {tuple(tensor.shape)}"
+            )
+        self._labels[id(tensor)] = (tensor, labels)
+
+    def block(self, labels: Tensor, reason: str) -> None:
+        self.space.block(labels, reason)
+
+    @property
+    def path(self) -> str:
+        """Dotted path of the innermost module running now ('' for the model itself)."""
+        return self._path[-1] if self._path else ""
+
+    # -- module dims -------------------------------------------------------------------
+    def module_ids(self, name: str, module: nn.Module, dim: str, count: int) -> Tensor:
+        """Fresh ids for a module's own dimension, the same ones on every call."""
+        record = self.modules.setdefault(name, ModuleRecord(name, module))
+        existing = record.dims.get(dim)
+        if existing is not None and existing.labels.numel() == count:
+            return existing.labels
+        ids = self.space.new_ids(count)
+        record.dims[dim] = ModuleDim(ids, root=True)
+        return ids
+
+    def record_dim(
+        self, name: str, module: nn.Module, dim: str, labels: Tensor, *, root: bool = False
+    ) -> None:
+        """Record the labels a module's dimension sees; a second call joins them."""
+        record = self.modules.setdefault(name, ModuleRecord(name, module))
+        existing = record.dims.get(dim)
+        if existing is None:
+            record.dims[dim] = ModuleDim(labels.reshape(-1).clone(), root=root)
+        elif existing.labels.numel() == labels.numel():
+            self.space.union(existing.labels, labels.reshape(-1))
+        else:
+            self.block(labels, f"module {name!r} is called with different widths")
+
+    # -- recording ---------------------------------------------------------------------
+    def record_op(self, func: Callable[..., Any], args: tuple[Any, ...],
+                  kwargs: dict[str, Any], out: Any) -> None:
+        inputs = tensors_in((args, kwargs))
+        outputs = tensors_in(out)
+        if not outputs and not (inputs and _is_setitem(func)):
+            return
+        if not any(self.is_tracked(t) for t in inputs):
+            return
+        name, display = op_name(func)
+        call = OpCall(func, name, display, args, kwargs, out)
+        handler = get_op_handler(name)
+        reason = f"no handler for op {display}"
+        if handler is not None:
+            try:
+                handler(self, call)
+                return
+            except OpNotMappable as exc:
+                reason = f"op {display} cannot be mapped here ({exc})"
+        self._unsupported(call, inputs, outputs, reason)
+
+    def _unsupported(self, call: OpCall, inputs: list[Tensor], outputs: list[Tensor],
+                     reason: str) -> None:
+        live = [self.labels(t) for t in inputs]
+        prunable = [lab for lab in live if self._has_prunable(lab)]
+        where = f"module {self.path!r}" if self.path else "the model's own forward"
+        if prunable and self.strict:
+            raise UnsupportedOpError(
+                f"{reason}, reached from {where}. prunekit cannot tell how it maps channels, "
+                f"so it will not guess. Fix: pass strict=False to keep the tensors it touches "
+                f"unpruned, add the module to ignore=..., or register an op handler with "
+                f"prunekit.graph.register_op({call.name!r}, handler)"
+            )
+        message = f"{reason} at {where}: the tensors it touches are kept whole"
+        if prunable:
+            warnings.warn(message, stacklevel=4)
+            self.skipped_ops.append(message)
+        bid = self.space.block_id(message)
+        for lab in live:
+            self.space.union(lab.unique(), torch.tensor([bid]))
+        for tensor in outputs:
+            self.set_labels(tensor, torch.full(tensor.shape, bid, dtype=torch.long))
+
+    def _has_prunable(self, labels: Tensor) -> bool:
+        real = labels[labels != NEUTRAL]
+        if real.numel() == 0:
+            return False
+        roots = self.space.find(real.unique())
+        blocked = torch.tensor(list(self.space.blocked_roots()), dtype=torch.long)
+        return bool((~torch.isin(roots, blocked)).any())
+
+    def record_module(self, handler: ModuleHandler, call: ModuleCall) -> None:
+        try:
+            handler.trace(self, call)
+        except OpNotMappable as exc:
+            reason = f"layer {type(call.module).__name__} cannot be mapped here ({exc})"
+            self._path.append(call.name)
+            try:
+                op = OpCall(type(call.module), type(call.module).__name__,
+                            type(call.module).__qualname__, call.args, call.kwargs, call.out)
+                self._unsupported(op, tensors_in((call.args, call.kwargs)),
+                                  tensors_in(call.out), reason)
+            finally:
+                self._path.pop()
+
+    # -- hooks -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hooks(self, model: nn.Module,
+              lookup: Callable[[nn.Module], ModuleHandler | None]) -> Iterator[None]:
+        """Path-tracking hooks on every module; atomic handling for modules with a handler."""
+        handles: list[Any] = []
+        atomic_stack: list[bool] = []
+        recorder = self
+
+        for name, module in model.named_modules():
+            handler = lookup(module)
+
+            def pre(mod: nn.Module, args: Any, kwargs: Any, *, _name: str = name,
+                    _handler: Any = handler) -> None:
+                recorder._path.append(_name)
+                atomic = _handler is not None and not any(atomic_stack)
+                atomic_stack.append(atomic)
+                if atomic:
+                    recorder._atomic_depth += 1
+
+            def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *, _name: str = name,
+                     _handler: Any = handler) -> None:
+                recorder._path.pop()
+                atomic = atomic_stack.pop()
+                if atomic:
+                    recorder._atomic_depth -= 1
+                    recorder.record_module(_handler, ModuleCall(_name, mod, args, kwargs, out))
+
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    _atomic_depth = 0
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, ctx: TraceContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.ctx._atomic_depth == 0:
+            self.ctx.record_op(func, tuple(args), dict(kwargs), out)
+        return out
+
+
+def _is_setitem(func: Any) -> bool:
+    return getattr(func, "__name__", "") == "__setitem__"
+
+
+def walk_tensors(tree: Any, prefix: str = "output") -> Iterator[tuple[str, Tensor]]:
+    """(path, tensor) for every tensor in nested tuples/lists/dicts/dataclasses."""
+    if isinstance(tree, Tensor):
+        yield prefix, tree
+    elif isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from walk_tensors(value, f"{prefix}[{key!r}]")
+    elif isinstance(tree, (tuple, list)):
+        for i, value in enumerate(tree):
+            yield from walk_tensors(value, f"{prefix}[{i}]")
+    elif is_dataclass(tree) and not isinstance(tree, type):
+        for key in tree.__dataclass_fields__:
+            yield from walk_tensors(getattr(tree, key), f"{prefix}.{key}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode (BatchNorm must not update its statistics), then restore."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    lookup: Callable[[nn.Module], ModuleHandler | None],
+    *,
+    strict: bool = True,
+) -> Trace:
+    """Run ``model`` once and return its channel labels, module dims and param nodes.
+
+    ``lookup(module)`` gives the handler of an atomic module or None. Inputs and outputs
+    of the model keep their shape (their labels are blocked).
+    """
+    ctx = TraceContext(model, strict)
+    for path, tensor in walk_tensors(example_inputs, "input"):
+        bid = ctx.space.block_id(f"model input {path}")
+        ctx.set_labels(tensor, torch.full(tensor.shape, bid, dtype=torch.long))
+    with torch.no_grad(), eval_mode(model), ctx.hooks(model, lookup), _Recorder(ctx):
+        out = run_model(model, example_inputs)
+    for path, tensor in walk_tensors(out):
+        if ctx.is_tracked(tensor):
+            ctx.block(ctx.labels(tensor), f"model output {path}")
+    leaves, _ = tree_flatten(out)
+    del leaves
+    return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops)

@@ -1,0 +1,230 @@
+"""Group importance: one score per prunable unit of a dependency group.
+
+A group criterion receives, for every member of the group, the member's tensors as 2-D
+views ``[indices, -1]`` (handed over by layer adapters) and the unit of each index; it
+never looks at layer types. Per member, element scores of all rows that belong to one unit
+are added and combined (L2: sqrt of the sum of squares, so a flatten block scores as one
+vector); the members' unit scores are then aggregated (sum / mean / max) and optionally
+normalised within the group, which makes scores of different groups comparable for
+global ranking.
+
+Registered: ``l1``, ``l2`` (filter norms, Li et al. 2017), ``random``, ``bn_scale``
+(|γ| of norm layers, network slimming; groups without a norm layer fall back to ``l2``;
+train with :func:`bn_l1_penalty` to make it sparse) and ``fpgm`` (distance of each
+producer filter to the others, He et al. 2019 — units near the geometric median are
+redundant). Gradient-based criteria plug in here by reading ``WeightView.grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from prunekit.errors import ConfigError, check_choice
+from prunekit.graph.dependency import Group, Member
+from prunekit.importance.base import get_criterion
+from prunekit.structured.adapters import WeightView
+
+__all__ = [
+    "GroupCriterion",
+    "MemberViews",
+    "Aggregation",
+    "Normalization",
+    "bn_l1_penalty",
+    "get_group_criterion",
+    "group_criterion_names",
+    "register_group_criterion",
+    "score_groups",
+]
+
+Aggregation = Literal["sum", "mean", "max"]
+Normalization = Literal["none", "mean", "max", "sum", "standard"]
+
+
+@dataclass(frozen=True)
+class MemberViews:
+    """One group member and its tensors as ``[indices, -1]`` views."""
+
+    member: Member
+    views: Sequence[WeightView]
+
+
+@runtime_checkable
+class GroupCriterion(Protocol):
+    """Scores the units of a group: one score per member and unit (NaN where the member
+    does not hold the unit), shape ``[members, units]``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_data(self) -> bool: ...
+
+    def member_scores(self, group: Group, members: Sequence[MemberViews], *,
+                      generator: torch.Generator) -> Tensor: ...
+
+
+def _positions(group: Group, member: Member) -> tuple[Tensor, Tensor]:
+    """(index rows of ``member`` inside the group, their unit position in ``group.units``)."""
+    inside = torch.isin(member.units, group.units)
+    rows = inside.nonzero().reshape(-1)
+    return rows, torch.searchsorted(group.units, member.units[rows])
+
+
+@dataclass(frozen=True)
+class ElementNorm:
+    """Unit score from an element criterion (``l1``, ``l2``, ``random``) over all rows."""
+
+    name: str
+    kinds: tuple[str, ...] = ("weight", "bias", "scale")
+    needs_data: bool = False
+
+    def member_scores(self, group: Group, members: Sequence[MemberViews], *,
+                      generator: torch.Generator) -> Tensor:
+        element = get_criterion(self.name if self.name in {"l1", "l2", "random"} else "l2")
+        out = torch.full((len(members), group.size), float("nan"))
+        for i, entry in enumerate(members):
+            views = [v for v in entry.views if v.kind in self.kinds]
+            if not views:
+                continue
+            rows, pos = _positions(group, entry.member)
+            raw = torch.zeros(group.size)
+            for view in views:
+                per_row = element.score(view.tensor, generator=generator).sum(1).float()
+                raw.index_add_(0, pos, per_row[rows])
+            held = torch.zeros(group.size, dtype=torch.bool)
+            held[pos] = True
+            combined = element.combine(raw.unsqueeze(1), 1)
+            out[i] = torch.where(held, combined, torch.tensor(float("nan")))
+        return out
+
+
+@dataclass(frozen=True)
+class BNScale:
+    """|γ| of the group's norm layers (views of kind ``scale``); ``l2`` where a group has none."""
+
+    name: str = "bn_scale"
+    needs_data: bool = False
+
+    def member_scores(self, group: Group, members: Sequence[MemberViews], *,
+                      generator: torch.Generator) -> Tensor:
+        scales = ElementNorm("l1", kinds=("scale",)).member_scores(
+            group, members, generator=generator)
+        if bool(torch.isnan(scales).all()):
+            return ElementNorm("l2").member_scores(group, members, generator=generator)
+        return scales
+
+
+@dataclass(frozen=True)
+class FPGM:
+    """Σ distance of a unit's filter to the other units' filters, per producer member."""
+
+    name: str = "fpgm"
+    needs_data: bool = False
+
+    def member_scores(self, group: Group, members: Sequence[MemberViews], *,
+                      generator: torch.Generator) -> Tensor:
+        out = torch.full((len(members), group.size), float("nan"))
+        for i, entry in enumerate(members):
+            views = [v.tensor.float() for v in entry.views if v.kind == "weight"]
+            if not entry.member.root or not views:
+                continue
+            rows, pos = _positions(group, entry.member)
+            matrix = torch.cat([v[rows] for v in views], dim=1)
+            units = torch.zeros(group.size, matrix.shape[1]).index_add_(0, pos, matrix)
+            held = torch.zeros(group.size, dtype=torch.bool)
+            held[pos] = True
+            dist = torch.cdist(units[held], units[held]).sum(1)
+            out[i, held] = dist
+        if bool(torch.isnan(out).all()):
+            return ElementNorm("l2").member_scores(group, members, generator=generator)
+        return out
+
+
+_CRITERIA: dict[str, GroupCriterion] = {}
+
+
+def register_group_criterion(criterion: GroupCriterion, *, replace: bool = False) -> None:
+    """Add a group criterion under ``criterion.name``."""
+    if not isinstance(criterion, GroupCriterion):
+        raise TypeError(
+            f"register_group_criterion() needs an object with name, needs_data and "
+            f"member_scores(), got {type(criterion).__name__}"
+        )
+    if criterion.name in _CRITERIA and not replace:
+        raise ConfigError(f"group criterion {criterion.name!r} exists; pass replace=True")
+    _CRITERIA[criterion.name] = criterion
+
+
+def group_criterion_names() -> list[str]:
+    return list(_CRITERIA)
+
+
+def get_group_criterion(name: str | GroupCriterion) -> GroupCriterion:
+    """The registered group criterion ``name`` (an object is returned as is)."""
+    if isinstance(name, GroupCriterion):
+        return name
+    check_choice("importance", name, _CRITERIA)
+    return _CRITERIA[name]
+
+
+def score_groups(
+    criterion: GroupCriterion,
+    groups: Sequence[tuple[Group, Sequence[MemberViews]]],
+    *,
+    aggregation: Aggregation = "sum",
+    normalization: Normalization = "none",
+    seed: int = 0,
+) -> list[Tensor]:
+    """One score vector (aligned with ``group.units``) per group."""
+    check_choice("aggregation", aggregation, ("sum", "mean", "max"))
+    check_choice("normalization", normalization, ("none", "mean", "max", "sum", "standard"))
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for group, members in groups:
+        per_member = criterion.member_scores(group, members, generator=generator)
+        present = ~torch.isnan(per_member)
+        filled = torch.nan_to_num(per_member, nan=0.0)
+        if aggregation == "sum":
+            score = filled.sum(0)
+        elif aggregation == "mean":
+            score = filled.sum(0) / present.sum(0).clamp(min=1)
+        else:
+            score = torch.where(present, per_member, torch.tensor(float("-inf"))).amax(0)
+            score = torch.where(present.any(0), score, torch.zeros_like(score))
+        out.append(_normalize(score, normalization))
+    return out
+
+
+def _normalize(score: Tensor, how: str) -> Tensor:
+    if how == "none" or score.numel() == 0:
+        return score
+    if how == "standard":
+        std = score.std() if score.numel() > 1 else torch.tensor(1.0)
+        return (score - score.mean()) / (std + 1e-12)
+    scale = {"mean": score.mean(), "max": score.max(), "sum": score.sum()}[how]
+    return score / (scale + 1e-12)
+
+
+def bn_l1_penalty(model: nn.Module, strength: float) -> Tensor:
+    """``strength · Σ|γ|`` over every BatchNorm scale: add it to the training loss so that
+    ``importance="bn_scale"`` finds channels to remove (Liu et al. 2017, network slimming)."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength < 0:
+        raise ConfigError(f"strength={strength!r} must be a non-negative float, e.g. 1e-4")
+    terms = [m.weight.abs().sum() for m in model.modules()
+             if isinstance(m, _BatchNorm) and m.weight is not None]
+    if not terms:
+        raise ConfigError(
+            f"bn_l1_penalty: {type(model).__name__} has no BatchNorm layer with a scale; "
+            f"use another criterion than bn_scale"
+        )
+    return strength * torch.stack(terms).sum()
+
+
+for _criterion in (ElementNorm("l1"), ElementNorm("l2"), ElementNorm("random"), BNScale(), FPGM()):
+    register_group_criterion(_criterion)

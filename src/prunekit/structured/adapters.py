@@ -1,0 +1,196 @@
+"""The layer-adapter seam: per module type, how its channels couple and how to cut them.
+
+A layer adapter (one object per module type, registered with :func:`register_adapter`)
+answers four questions, so the tracer, the criteria and the surgery never branch on
+layer types:
+
+* ``trace(ctx, call)`` — which input dim it reads as channels, which output dim it makes;
+* ``weight_views(module, dim)`` — its tensors as 2-D views ``[units, -1]`` along ``dim``;
+* ``prune(module, keep, slicer)`` — cut ``keep[dim]`` indices and update attributes;
+* ``sync(module)`` — re-derive attributes from parameter shapes (after a parameter the
+  module uses directly was sliced from outside).
+
+Dimension names are ``"out"`` (made by the layer), ``"in"`` (read by it) and
+``"channels"`` (norm layers, where input and output channels are the same).
+Adapters for one family of layers live in one file (``adapters_conv``, ``adapters_linear``,
+``adapters_norm``); a new family is a new file listed in ``_BUILTIN_FAMILIES`` or imported
+before pruning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.graph.trace import ModuleCall, TraceContext
+
+__all__ = [
+    "LayerAdapter",
+    "ParamSlicer",
+    "WeightView",
+    "find_adapter",
+    "register_adapter",
+]
+
+ViewKind = Literal["weight", "bias", "scale"]
+
+
+@dataclass(frozen=True)
+class WeightView:
+    """A tensor of a layer seen as ``[units along dim, -1]``; ``grad`` the same view of its
+    gradient when one exists (the seam for gradient-based criteria)."""
+
+    tensor: Tensor
+    kind: ViewKind
+    dim: str
+    grad: Tensor | None = None
+
+
+class LayerAdapter(Protocol):
+    """See the module docstring."""
+
+    def trace(self, ctx: TraceContext, call: ModuleCall) -> None: ...
+
+    def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]: ...
+
+    def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None: ...
+
+    def sync(self, module: nn.Module) -> None: ...
+
+
+_ADAPTERS: dict[type[nn.Module], LayerAdapter] = {}
+_SUBCLASS_OK: dict[type[nn.Module], bool] = {}
+_BUILTIN_FAMILIES = (
+    "prunekit.structured.adapters_conv",
+    "prunekit.structured.adapters_linear",
+    "prunekit.structured.adapters_norm",
+)
+_loaded = False
+
+
+def register_adapter(module_type: type[nn.Module], adapter: LayerAdapter, *,
+                     subclasses: bool = True, replace: bool = False) -> None:
+    """Use ``adapter`` for ``module_type`` (and, with ``subclasses``, for subclasses that
+    keep its ``forward``; a subclass with its own ``forward`` is traced op by op)."""
+    if module_type in _ADAPTERS and not replace and _ADAPTERS[module_type] is not adapter:
+        raise ValueError(
+            f"{module_type.__name__} already has a layer adapter; pass replace=True to override"
+        )
+    _ADAPTERS[module_type] = adapter
+    _SUBCLASS_OK[module_type] = subclasses
+
+
+def find_adapter(module: nn.Module) -> LayerAdapter | None:
+    """The adapter for ``module``: its own type's, else the nearest registered base type
+    whose ``forward`` it does not override."""
+    global _loaded
+    if not _loaded:
+        for name in _BUILTIN_FAMILIES:
+            importlib.import_module(name)
+        _loaded = True
+    cls = type(module)
+    found = _ADAPTERS.get(cls)
+    if found is not None:
+        return found
+    for base in cls.__mro__[1:]:
+        adapter = _ADAPTERS.get(base)
+        if adapter is not None:
+            if _SUBCLASS_OK.get(base) and cls.forward is base.forward:  # type: ignore[attr-defined]
+                return adapter
+            return None
+    return None
+
+
+class ParamSlicer:
+    """Cuts parameters and buffers along an axis; a tensor shared by several modules (tied
+    weights) is cut once per axis and the same new tensor is set everywhere it was used."""
+
+    def __init__(self) -> None:
+        self._state: dict[int, tuple[Tensor, Tensor, dict[int, Tensor]]] = {}
+        self._holders: dict[int, list[tuple[nn.Module, str]]] = {}
+
+    def slice(self, module: nn.Module, attr: str, axis: int, index: Tensor) -> None:
+        original = getattr(module, attr, None)
+        if not isinstance(original, Tensor):
+            return
+        key = id(original)
+        if key in self._state:
+            orig, current, done = self._state[key]
+        else:
+            orig, current, done = original, original, {}
+        self._holders.setdefault(key, [])
+        if (module, attr) not in self._holders[key]:
+            self._holders[key].append((module, attr))
+        if axis in done:
+            if not torch.equal(done[axis], index):
+                raise ValueError(
+                    f"tensor {attr!r} of {type(module).__name__} is shared by layers that "
+                    f"would keep different indices along axis {axis}"
+                )
+        else:
+            index = index.to(current.device)
+            current = current.detach().index_select(axis, index).clone()
+            done[axis] = index.cpu()
+        self._state[key] = (orig, current, done)
+
+    def finish(self) -> None:
+        """Install the cut tensors (as Parameters where the original was one)."""
+        for key, (orig, current, _) in self._state.items():
+            if isinstance(orig, nn.Parameter):
+                new: Tensor = nn.Parameter(current, requires_grad=orig.requires_grad)
+            else:
+                new = current
+            for module, attr in self._holders[key]:
+                if attr in module._parameters:
+                    module._parameters[attr] = new  # type: ignore[assignment]
+                elif attr in module._buffers:
+                    module._buffers[attr] = new
+                else:
+                    setattr(module, attr, new)
+        self._state.clear()
+        self._holders.clear()
+
+
+def rows(tensor: Tensor, axis: int) -> Tensor:
+    """``tensor`` as ``[size along axis, -1]``."""
+    return tensor.detach().movedim(axis, 0).reshape(tensor.shape[axis], -1)
+
+
+def grad_rows(tensor: Tensor, axis: int) -> Tensor | None:
+    grad = tensor.grad
+    return None if grad is None else grad.movedim(axis, 0).reshape(tensor.shape[axis], -1)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Tensor ``attr`` of a module runs along dimension ``dim`` on its axis ``axis``."""
+
+    attr: str
+    axis: int
+    dim: str
+    kind: ViewKind
+
+
+def views_from_axes(module: nn.Module, dim: str, axes: tuple[Axis, ...]) -> list[WeightView]:
+    """Weight views of every float parameter in ``axes`` that runs along ``dim``."""
+    out = []
+    for spec in axes:
+        tensor = getattr(module, spec.attr, None)
+        if spec.dim == dim and isinstance(tensor, nn.Parameter):
+            out.append(WeightView(rows(tensor, spec.axis), spec.kind, dim,
+                                  grad_rows(tensor, spec.axis)))
+    return out
+
+
+def cut_axes(module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer,
+             axes: tuple[Axis, ...]) -> None:
+    """Cut every tensor in ``axes`` whose dimension has an entry in ``keep``."""
+    for spec in axes:
+        index = keep.get(spec.dim)
+        if index is not None:
+            slicer.slice(module, spec.attr, spec.axis, index)

@@ -1,0 +1,110 @@
+"""Layer adapters for Conv1d/2d/3d and ConvTranspose1d/2d/3d, including grouped convs.
+
+Channels are dim 1 (dim 0 for unbatched input). Three cases, by how groups couple:
+
+* ``groups == 1``: input and output channels are independent;
+* one input channel per group (depthwise, possibly with a channel multiplier): output
+  channel ``g·m + i`` belongs to input channel ``g``; pruning removes whole groups and
+  ``groups`` shrinks with them;
+* several input channels per group (ResNeXt): the group count stays fixed and channel
+  ``j`` of every group leaves together, on the input and on the output side.
+
+Conv weights are ``[out, in/groups, *k]``; transposed ones ``[in, out/groups, *k]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+
+from prunekit.graph.labels import consume, emit, rep_along
+from prunekit.graph.trace import ModuleCall, TraceContext
+from prunekit.structured.adapters import ParamSlicer, WeightView, grad_rows, register_adapter
+from prunekit.structured.adapters_linear import _first, _output
+
+
+class ConvAdapter:
+    """See the module docstring."""
+
+    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
+        conv = call.module
+        assert isinstance(conv, _ConvNd)
+        x = _first(call)
+        cdim = 1 if x.dim() == len(conv.kernel_size) + 2 else 0
+        space = ctx.space
+        in_labels = consume(space, ctx.labels(x), cdim)
+        groups, cin, cout = conv.groups, conv.in_channels, conv.out_channels
+        if groups == 1:
+            ctx.record_dim(call.name, conv, "in", in_labels)
+            out_labels = ctx.module_ids(call.name, conv, "out", cout)
+        elif cin == groups:  # depthwise: output channel g·m + i follows input channel g
+            out_labels = in_labels.repeat_interleave(cout // groups)
+            ctx.record_dim(call.name, conv, "in", in_labels)
+            ctx.record_dim(call.name, conv, "out", out_labels)
+        else:  # grouped: the group count stays; channel j of every group leaves together
+            rep_along(space, in_labels.view(groups, -1), (0,))
+            ctx.record_dim(call.name, conv, "in", in_labels)
+            out_labels = ctx.module_ids(call.name, conv, "out", cout)
+            rep_along(space, out_labels.view(groups, -1), (0,))
+        out = _output(call)
+        ctx.set_labels(out, emit(space.find(out_labels), cdim, out.shape))
+
+    def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
+        assert isinstance(module, _ConvNd)
+        weight = module.weight
+        views = [WeightView(_grouped_rows(module, weight.detach(), dim), "weight", dim,
+                            None if weight.grad is None
+                            else _grouped_rows(module, weight.grad, dim))]
+        bias = module.bias
+        if dim == "out" and isinstance(bias, nn.Parameter):
+            views.append(WeightView(bias.detach().reshape(-1, 1), "bias", dim, grad_rows(bias, 0)))
+        return views
+
+    def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
+        conv = module
+        assert isinstance(conv, _ConvNd)
+        groups, cin, cout = conv.groups, conv.in_channels, conv.out_channels
+        keep_out, keep_in = keep.get("out"), keep.get("in")
+        out_axis, in_axis = (1, 0) if conv.transposed else (0, 1)
+        # the axis that holds channels of one group only takes local indices
+        local_axis, local_size = (out_axis, cout // groups) if conv.transposed else (
+            in_axis, cin // groups)
+        for index, axis in ((keep_out, out_axis), (keep_in, in_axis)):
+            if index is None:
+                continue
+            if groups > 1 and axis == local_axis:
+                if cin == groups:  # depthwise: whole groups go, each keeps its width
+                    continue
+                index = index[index < local_size]
+                if index.numel() == local_size:
+                    continue
+            slicer.slice(conv, "weight", axis, index)
+        if keep_out is not None:
+            slicer.slice(conv, "bias", 0, keep_out)
+            conv.out_channels = int(keep_out.numel())
+        if keep_in is not None:
+            conv.in_channels = int(keep_in.numel())
+            if groups > 1 and cin == groups:
+                conv.groups = conv.in_channels
+
+    def sync(self, module: nn.Module) -> None:
+        return None
+
+
+def _grouped_rows(conv: _ConvNd, weight: Tensor, dim: str) -> Tensor:
+    """The weight as ``[channels along dim, -1]`` for any group count."""
+    groups = conv.groups
+    first, second = weight.shape[0], weight.shape[1]
+    by_first = (dim == "out") != conv.transposed
+    if by_first:
+        return weight.reshape(first, -1)
+    per = weight.reshape(groups, first // groups, second, -1).transpose(1, 2)
+    return per.reshape(groups * second, -1)
+
+
+_ADAPTER = ConvAdapter()
+for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d,
+             nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    register_adapter(_cls, _ADAPTER)

@@ -1,0 +1,95 @@
+"""Layer adapters for Linear (features on the last dim) and Embedding (vectors on the last dim)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from prunekit.graph.labels import consume, emit
+from prunekit.graph.ops import OpNotMappable, tensors_in
+from prunekit.graph.trace import ModuleCall, TraceContext
+from prunekit.structured.adapters import (
+    Axis,
+    ParamSlicer,
+    WeightView,
+    cut_axes,
+    register_adapter,
+    views_from_axes,
+)
+
+_LINEAR_AXES = (
+    Axis("weight", 0, "out", "weight"),
+    Axis("weight", 1, "in", "weight"),
+    Axis("bias", 0, "out", "bias"),
+)
+_EMBEDDING_AXES = (Axis("weight", 1, "out", "weight"),)
+
+
+class LinearAdapter:
+    """``y[..., o] = Σ_i W[o, i] x[..., i] + b[o]``: in on the input's last dim, out on the output's."""
+
+    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
+        module = call.module
+        assert isinstance(module, nn.Linear)
+        x = _first(call)
+        ctx.record_dim(call.name, module, "in", consume(ctx.space, ctx.labels(x), -1))
+        ids = ctx.module_ids(call.name, module, "out", module.out_features)
+        out = _output(call)
+        ctx.set_labels(out, emit(ids, -1, out.shape))
+
+    def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
+        return views_from_axes(module, dim, _LINEAR_AXES)
+
+    def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
+        assert isinstance(module, nn.Linear)
+        cut_axes(module, keep, slicer, _LINEAR_AXES)
+        if "out" in keep:
+            module.out_features = int(keep["out"].numel())
+        if "in" in keep:
+            module.in_features = int(keep["in"].numel())
+
+    def sync(self, module: nn.Module) -> None:
+        assert isinstance(module, nn.Linear)
+        module.out_features, module.in_features = module.weight.shape
+
+
+class EmbeddingAdapter:
+    """A lookup table: indices in, vectors of ``embedding_dim`` channels out (last dim)."""
+
+    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
+        module = call.module
+        assert isinstance(module, nn.Embedding)
+        ids = ctx.module_ids(call.name, module, "out", module.embedding_dim)
+        out = _output(call)
+        ctx.set_labels(out, emit(ids, -1, out.shape))
+
+    def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
+        return views_from_axes(module, dim, _EMBEDDING_AXES)
+
+    def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
+        assert isinstance(module, nn.Embedding)
+        cut_axes(module, keep, slicer, _EMBEDDING_AXES)
+        if "out" in keep:
+            module.embedding_dim = int(keep["out"].numel())
+
+    def sync(self, module: nn.Module) -> None:
+        assert isinstance(module, nn.Embedding)
+        module.embedding_dim = module.weight.shape[1]
+
+
+def _first(call: ModuleCall) -> Tensor:
+    found = tensors_in((call.args, call.kwargs))
+    if not found:
+        raise OpNotMappable("called without a tensor input")
+    return found[0]
+
+
+def _output(call: ModuleCall) -> Tensor:
+    if not isinstance(call.out, Tensor):
+        raise OpNotMappable("its output is not a single tensor")
+    return call.out
+
+
+register_adapter(nn.Linear, LinearAdapter())
+register_adapter(nn.Embedding, EmbeddingAdapter())

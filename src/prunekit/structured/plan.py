@@ -1,0 +1,125 @@
+"""Plans: which indices every layer dimension and parameter keeps, as plain JSON data.
+
+A plan is a dict::
+
+    {"format": "prunekit.structured.plan/1",
+     "modules": {"features.0": {"type": "Conv2d", "keep": {"out": [0, 2, ...]}}, ...},
+     "params":  {"cls_token": {"axis": 2, "size": 64, "keep": [0, 1, ...]}, ...}}
+
+``apply_plan`` (exported as ``replay_plan``) cuts a model accordingly through the layer
+adapters; on a freshly built model of the same class it reproduces the pruned
+architecture exactly, so a checkpoint needs only the plan and the weights (no pickle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError
+from prunekit.graph.dependency import DependencyGraph
+from prunekit.structured.adapters import ParamSlicer, find_adapter
+
+__all__ = ["PLAN_FORMAT", "apply_plan", "build_plan", "replay_plan"]
+
+PLAN_FORMAT = "prunekit.structured.plan/1"
+
+
+def build_plan(model: nn.Module, graph: DependencyGraph, masks: Sequence[Tensor]) -> dict[str, Any]:
+    """The plan that removes every unit whose mask entry is False."""
+    removed_parts = [g.units[~m] for g, m in zip(graph.groups, masks)]
+    removed = torch.cat(removed_parts) if removed_parts else torch.zeros(0, dtype=torch.long)
+    modules = dict(model.named_modules())
+    plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}}
+    for member in graph.members:
+        keep = (~torch.isin(member.units, removed)).nonzero().reshape(-1)
+        if keep.numel() == member.units.numel():
+            continue
+        if member.kind == "module":
+            entry = plan["modules"].setdefault(
+                member.name, {"type": type(modules[member.name]).__name__, "keep": {}})
+            entry["keep"][member.dim] = keep.tolist()
+        else:
+            plan["params"][member.name] = {
+                "axis": member.axis, "size": int(member.units.numel()), "keep": keep.tolist()}
+    return plan
+
+
+def _index(values: Any, where: str) -> Tensor:
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+    ):
+        raise ConfigError(f"plan entry {where} must be a list of non-negative ints")
+    index = torch.tensor(values, dtype=torch.long)
+    if index.numel() and not bool((index[1:] > index[:-1]).all()):
+        raise ConfigError(f"plan entry {where} must be sorted and without repeats")
+    return index
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError as exc:
+        raise ConfigError(f"plan names parameter {name!r}, which the model does not have") from exc
+    if not isinstance(getattr(module, attr, None), Tensor):
+        raise ConfigError(f"plan names parameter {name!r}, which the model does not have")
+    return module, attr
+
+
+def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
+    """Cut ``model`` in place as ``plan`` says (see the module docstring).
+
+    Raises ConfigError, before anything is changed, if the plan does not fit the model.
+    """
+    if not isinstance(plan, Mapping) or plan.get("format") != PLAN_FORMAT:
+        raise ConfigError(
+            f"plan must be a dict with format={PLAN_FORMAT!r} (PruneResult.plan or the "
+            f"plan.json of a saved result), got {type(plan).__name__}"
+        )
+    slicer = ParamSlicer()
+    cuts: list[tuple[Any, nn.Module, dict[str, Tensor]]] = []
+    for name, entry in plan.get("modules", {}).items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError as exc:
+            raise ConfigError(f"plan names module {name!r}, which the model does not have; "
+                              f"replay it on a model built like the pruned one") from exc
+        if type(module).__name__ != entry.get("type"):
+            raise ConfigError(f"plan expects {name!r} to be a {entry.get('type')}, "
+                              f"the model has a {type(module).__name__}")
+        adapter = find_adapter(module)
+        if adapter is None:
+            raise ConfigError(f"no layer adapter for {type(module).__name__} at {name!r}")
+        keep = {dim: _index(v, f"{name}.{dim}") for dim, v in entry["keep"].items()}
+        cuts.append((adapter, module, keep))
+    params = []
+    for name, entry in plan.get("params", {}).items():
+        module, attr = _owner(model, name)
+        tensor = getattr(module, attr)
+        axis = entry.get("axis")
+        if not isinstance(axis, int) or not 0 <= axis < tensor.dim() or \
+                tensor.shape[axis] != entry.get("size"):
+            raise ConfigError(f"plan entry for parameter {name!r} (axis {axis}, size "
+                              f"{entry.get('size')}) does not fit its shape {tuple(tensor.shape)}")
+        params.append((module, attr, axis, _index(entry["keep"], name)))
+    try:
+        for adapter, module, keep in cuts:
+            adapter.prune(module, keep, slicer)
+        for module, attr, axis, index in params:
+            slicer.slice(module, attr, axis, index)
+    except (IndexError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"plan does not fit this model: {exc}") from exc
+    slicer.finish()
+    for module, *_ in params:
+        adapter = find_adapter(module)
+        if adapter is not None:
+            adapter.sync(module)
+
+
+def replay_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
+    """Replay a pruning plan on a freshly built model, in place (used by ``prunekit.load``)."""
+    apply_plan(model, plan)

@@ -1,0 +1,221 @@
+"""``prune``: structured pruning end to end — trace, group, score, allocate, plan, cut, check."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit._inputs import ExampleInputs, run_model
+from prunekit.allocation.ratio import Allocation, allocate
+from prunekit.errors import ConfigError, PruneValidationError, check_choice, check_fraction
+from prunekit.graph.coverage import Coverage, coverage_report
+from prunekit.graph.dependency import DependencyGraph, Group, build_groups
+from prunekit.graph.trace import eval_mode, trace, walk_tensors
+from prunekit.importance.group import (
+    Aggregation,
+    GroupCriterion,
+    MemberViews,
+    Normalization,
+    get_group_criterion,
+    score_groups,
+)
+from prunekit.metrics.profile import Profile, profile
+from prunekit.structured.adapters import WeightView, find_adapter, rows
+from prunekit.structured.plan import apply_plan, build_plan
+
+__all__ = ["PruneResult", "analyze", "prune"]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """The pruned model, its plan (JSON data), before/after profiles and the coverage report."""
+
+    model: nn.Module
+    plan: dict[str, Any]
+    before: Profile
+    after: Profile
+    coverage: Coverage
+    groups: int
+
+    @property
+    def params_kept(self) -> float:
+        """Fraction of parameters kept (after / before)."""
+        return self.after.total_params / max(1, self.before.total_params)
+
+    @property
+    def macs_kept(self) -> float:
+        """Fraction of MACs kept (after / before)."""
+        return self.after.macs / max(1, self.before.macs)
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    graph: DependencyGraph
+    scores: list[torch.Tensor]
+    coverage: Coverage
+
+
+def analyze(model: nn.Module, example_inputs: ExampleInputs, *, importance: str | GroupCriterion = "l2",
+            ignore: Iterable[nn.Module] = (), strict: bool = True, aggregation: Aggregation = "sum",
+            normalization: Normalization = "none", seed: int = 0) -> _Analysis:
+    """Trace, group and score ``model`` without changing it."""
+    criterion = get_group_criterion(importance)
+    traced = trace(model, example_inputs, find_adapter, strict=strict)
+    graph = build_groups(model, traced, ignore)
+    modules = dict(model.named_modules())
+    inputs = [(g, _member_views(g, modules, model)) for g in graph.groups]
+    scores = score_groups(criterion, inputs, aggregation=aggregation,
+                          normalization=normalization, seed=seed)
+    return _Analysis(graph, scores, coverage_report(model, graph))
+
+
+def _member_views(group: Group, modules: Mapping[str, nn.Module], model: nn.Module) -> list[MemberViews]:
+    out = []
+    for member in group.members:
+        if member.kind == "module":
+            module = modules[member.name]
+            adapter = find_adapter(module)
+            views = adapter.weight_views(module, member.dim) if adapter is not None else []
+        else:
+            tensor = model.get_parameter(member.name) if member.name in dict(
+                model.named_parameters()) else model.get_buffer(member.name)
+            axis = member.axis if member.axis is not None else 0
+            views = [WeightView(rows(tensor, axis), "weight", member.dim)]
+        out.append(MemberViews(member, views))
+    return out
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    ratio: float | None = None,
+    target: Mapping[str, float] | None = None,
+    importance: str | GroupCriterion = "l2",
+    ignore: Iterable[nn.Module] = (),
+    ratios: Mapping[str | nn.Module, float] | None = None,
+    global_ranking: bool = False,
+    round_to: int | None = None,
+    min_keep: float = 0.0,
+    aggregation: Aggregation = "sum",
+    normalization: Normalization | None = None,
+    strict: bool = True,
+    inplace: bool = False,
+    seed: int = 0,
+) -> PruneResult:
+    """Physically remove channels (filters, neurons, hidden units) from ``model``.
+
+    ``ratio`` is the fraction of *channels* removed from every prunable dependency group
+    (0.5 halves each group's width; parameters and MACs usually drop by more — see
+    ``result.params_kept`` / ``result.macs_kept``). ``target={"params": 0.5}`` or
+    ``{"macs": 0.5}`` instead searches the global ratio that *keeps* that fraction.
+    ``ratios`` sets per-layer ratios (by module or path) for the groups those layers
+    produce; ``global_ranking`` ranks units of all groups together (scores normalised per
+    group, ``normalization="mean"`` unless given). Every group keeps at least
+    ``max(1, ceil(min_keep · width))`` channels; ``round_to`` keeps widths at multiples of N.
+    ``ignore`` layers keep their output width. ``strict=False`` turns unknown ops into a
+    warning and keeps the tensors they touch whole (see ``result.coverage``).
+
+    The user's model is not modified unless ``inplace=True``; either way the pruned model is
+    checked by a forward pass with unchanged output shapes before it is returned, and on
+    any failure the error is raised and the user's model is left as it was.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if (ratio is None) == (target is None) and not ratios:
+        raise ConfigError("pass exactly one of ratio=... (e.g. 0.5) or target={'macs': 0.5}")
+    if ratio is not None and target is not None:
+        raise ConfigError("pass ratio=... or target=..., not both")
+    names = {id(m): n for n, m in model.named_modules()}
+    per_layer = {_module_key(k, names): check_fraction(f"ratios[{k!r}]", v)
+                 for k, v in (ratios or {}).items()}
+    config = Allocation(ratio=0.0 if ratio is None else ratio, ratios=per_layer,
+                        global_ranking=global_ranking, round_to=round_to, min_keep=min_keep)
+    norm = normalization or ("mean" if global_ranking or target is not None else "none")
+    reference = _output_shapes(model, example_inputs)
+    found = analyze(model, example_inputs, importance=importance, ignore=ignore, strict=strict,
+                    aggregation=aggregation, normalization=norm, seed=seed)
+    if target is not None:
+        config = _search(model, example_inputs, found, config, target)
+    masks = allocate(found.graph.groups, found.scores, config)
+    plan = build_plan(model, found.graph, masks)
+    pruned = copy.deepcopy(model)
+    try:
+        apply_plan(pruned, plan)
+        shapes = _output_shapes(pruned, example_inputs)
+    except Exception as exc:
+        raise PruneValidationError(
+            f"the pruned model failed its forward check ({type(exc).__name__}: {exc}); your "
+            f"model is unchanged. Add the layer named in the error to ignore=..., or report "
+            f"the architecture"
+        ) from exc
+    if shapes != reference:
+        raise PruneValidationError(
+            f"pruning changed the model's output shapes from {reference} to {shapes}; your "
+            f"model is unchanged. Add the output layer to ignore=..."
+        )
+    before = profile(model, example_inputs)
+    if inplace:
+        model.__dict__.update(pruned.__dict__)
+        pruned = model
+    after = profile(pruned, example_inputs)
+    return PruneResult(pruned, plan, before, after, found.coverage, len(found.graph.groups))
+
+
+def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
+    if isinstance(key, str):
+        if key not in names.values():
+            raise ConfigError(f"ratios names module {key!r}, which the model does not have")
+        return key
+    if isinstance(key, nn.Module) and id(key) in names:
+        return names[id(key)]
+    raise ConfigError(f"ratios keys must be submodules of the model or their paths, got {key!r}")
+
+
+def _output_shapes(model: nn.Module, example_inputs: ExampleInputs) -> list[tuple[str, tuple[int, ...]]]:
+    with torch.no_grad(), eval_mode(model):
+        out = run_model(model, example_inputs)
+    return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
+
+
+def _search(model: nn.Module, example_inputs: ExampleInputs, found: _Analysis,
+            config: Allocation, target: Mapping[str, float]) -> Allocation:
+    """Bisection on the global ratio until the kept fraction of params/MACs meets ``target``."""
+    if not isinstance(target, Mapping) or len(target) != 1:
+        raise ConfigError(f"target must be one entry, {{'params': f}} or {{'macs': f}}, got {target!r}")
+    (metric, goal), = target.items()
+    check_choice("target metric", metric, ("params", "macs"))
+    goal = check_fraction(f"target[{metric!r}]", goal, allow_one=True)
+    base = _measure(model, example_inputs, metric)
+    low, high = 0.0, 0.99
+    best = Allocation(ratio=0.0, global_ranking=True, round_to=config.round_to,
+                      min_keep=config.min_keep)
+    for _ in range(12):
+        mid = (low + high) / 2
+        trial = Allocation(ratio=mid, global_ranking=True, round_to=config.round_to,
+                           min_keep=config.min_keep)
+        plan = build_plan(model, found.graph, allocate(found.graph.groups, found.scores, trial))
+        candidate = copy.deepcopy(model)
+        apply_plan(candidate, plan)
+        kept = _measure(candidate, example_inputs, metric) / max(1, base)
+        if kept <= goal:
+            best, high = trial, mid
+        else:
+            low = mid
+    return best if best.ratio > 0 or goal >= 1 else Allocation(
+        ratio=high, global_ranking=True, round_to=config.round_to, min_keep=config.min_keep)
+
+
+def _measure(model: nn.Module, example_inputs: ExampleInputs, metric: str) -> int:
+    if metric == "params":
+        return sum(p.numel() for p in model.parameters())
+    return profile(model, example_inputs).macs
+
+
+def ratio_choices() -> Sequence[str]:
+    return ("params", "macs")
