@@ -160,13 +160,9 @@ class History:
 
 def _unpack(batch: Any) -> tuple[Any, torch.Tensor]:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        kind = (
-            f"{type(batch).__name__} of length {len(batch)}"
-            if isinstance(batch, (tuple, list))
-            else type(batch).__name__
-        )
+        length = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
         raise DataError(
-            f"expected batches of (inputs, targets), got a {kind}; "
+            f"expected batches of (inputs, targets), got a {type(batch).__name__}{length}; "
             "pass loss_fn=lambda model, batch: ... for other batch layouts"
         )
     return batch[0], batch[1]
@@ -384,6 +380,36 @@ def _train_epoch(
     return running.value(), steps
 
 
+def _check_finetune_args(
+    model: object,
+    epochs: object,
+    config: object,
+    train_loader: object,
+    eval_loader: object,
+    optimizer: object,
+    loss_fn: object,
+) -> FinetuneConfig:
+    """Validate :func:`finetune`'s arguments; return the config to use."""
+    _check_model(model)
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise TypeError(f"epochs must be an int, got {type(epochs).__name__} {epochs!r}")
+    if epochs < 0:
+        raise ConfigError(f"epochs={epochs!r} must be >= 0 (0 trains nothing)")
+    config = FinetuneConfig() if config is None else config
+    if not isinstance(config, FinetuneConfig):
+        raise TypeError(f"config must be a FinetuneConfig, got {type(config).__name__}")
+    _check_loader("train_loader", train_loader)
+    if eval_loader is not None:
+        _check_loader("eval_loader", eval_loader)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {loss_fn!r}")
+    return config
+
+
 def finetune(
     model: nn.Module,
     train_loader: Iterable[Any],
@@ -403,23 +429,9 @@ def finetune(
     after every epoch. ``config.device`` moves the model there (in place). The model is in
     train mode while training; every submodule's train/eval mode is restored at the end.
     """
-    model = _check_model(model)
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise TypeError(f"epochs must be an int, got {type(epochs).__name__} {epochs!r}")
-    if epochs < 0:
-        raise ConfigError(f"epochs={epochs!r} must be >= 0 (0 trains nothing)")
-    config = FinetuneConfig() if config is None else config
-    if not isinstance(config, FinetuneConfig):
-        raise TypeError(f"config must be a FinetuneConfig, got {type(config).__name__}")
-    train_loader = _check_loader("train_loader", train_loader)
-    if eval_loader is not None:
-        eval_loader = _check_loader("eval_loader", eval_loader)
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-        )
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {loss_fn!r}")
+    config = _check_finetune_args(
+        model, epochs, config, train_loader, eval_loader, optimizer, loss_fn
+    )
     if epochs == 0:
         return History()
 
