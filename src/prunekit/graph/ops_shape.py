@@ -7,10 +7,10 @@ Three rules keep the replay sound after channels are removed:
   new factors (``[B, T, C] -> [B, T, heads, head_dim]``, a channel shuffle's
   ``[B, C] -> [B, groups, C/groups]``) keeps the leading factors' counts fixed: channel
   ``j`` of every group is removed together, so the group/head count stays valid;
-* ``chunk`` and equal ``split`` couple the pieces index by index, so all pieces shrink alike;
-* a fixed-size selection along a channel dimension (``x[:, :32]``, ``narrow``, unequal
-  ``split``, ``unbind``, ``select``) keeps those channels whole, since the sizes written in
-  the code would no longer match.
+* ``chunk`` couples the pieces index by index, so all pieces shrink alike;
+* a fixed-size selection along a channel dimension (``x[:, :32]``, ``narrow``, ``split``
+  with sizes, ``unbind``, ``select``) keeps those channels whole, since the sizes written
+  in the code would no longer match.
 """
 
 from __future__ import annotations
@@ -174,20 +174,13 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
     canon = ctx.space.find(ctx.labels(source))
     if not varies(canon, dim) or len(pieces) < 2:
         return
-    sizes = {p.shape[dim] for p in pieces}
-    if len(sizes) != 1 or (call.name != "chunk" and not _even_split(call, source, dim)):
-        ctx.block(canon, f"{call.display} splits a channel dimension into unequal parts")
+    if call.name != "chunk" or len({p.shape[dim] for p in pieces}) != 1:
+        ctx.block(canon, f"{call.display} splits a channel dimension at sizes fixed in the "
+                         f"code (chunk() adapts to the width, split() does not)")
         return
     first = ctx.space.find(pieces[0])
     for piece in pieces[1:]:  # pieces shrink alike: couple them index by index
         ctx.space.union(first, ctx.space.find(piece))
-
-
-def _even_split(call: OpCall, source: Tensor, dim: int) -> bool:
-    size = call.args[1] if len(call.args) > 1 else call.kwargs.get("split_size_or_sections")
-    if isinstance(size, int):
-        return source.shape[dim] % size == 0
-    return isinstance(size, (list, tuple)) and len(set(size)) == 1
 
 
 register_op(REPLAY, _replay_only)

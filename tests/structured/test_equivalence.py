@@ -1,0 +1,237 @@
+"""Equivalence per op family: pruning channels gives the same output as zeroing, in the
+unpruned model, every input slice that reads those channels.
+
+Zeroing the consumers' input columns removes exactly the removed channels' contribution,
+so any index-mapping bug (concat offsets, split halves, shuffles, flatten blocks, residual
+partners, grouped convs) shows up as a mismatch. It holds for models without
+cross-channel normalisation (LayerNorm/GroupNorm/softmax over channels), which are excluded.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunekit.structured import prune
+from tests.structured.zoo import BY_NAME, call
+
+
+def _zero_removed_inputs(model: nn.Module, plan: dict) -> nn.Module:
+    """A copy of ``model`` whose layers ignore the channels the plan removes."""
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, entry in plan["modules"].items():
+            module = zeroed.get_submodule(name)
+            keep = entry["keep"].get("in")
+            if keep is None:
+                continue
+            if isinstance(module, nn.Linear):
+                removed = _complement(keep, module.in_features)
+                module.weight[:, removed] = 0
+            elif isinstance(module, nn.modules.conv._ConvNd):
+                _zero_conv_inputs(module, _complement(keep, module.in_channels))
+    return zeroed
+
+
+def _zero_conv_inputs(conv: nn.modules.conv._ConvNd, removed: Tensor) -> None:
+    groups, cin, cout = conv.groups, conv.in_channels, conv.out_channels
+    weight = conv.weight
+    if conv.transposed:  # [in, out/groups, *k]: input channels are rows
+        weight[removed] = 0
+    elif groups == 1:
+        weight[:, removed] = 0
+    elif cin == groups:  # depthwise: input channel g feeds output rows g·m .. g·m + m - 1
+        mult = cout // groups
+        rows = (removed[:, None] * mult + torch.arange(mult)).reshape(-1)
+        weight[rows] = 0
+        if conv.bias is not None:
+            conv.bias[rows] = 0
+    else:
+        per = cin // groups
+        for channel in removed.tolist():
+            group, local = divmod(channel, per)
+            weight[group * (cout // groups):(group + 1) * (cout // groups), local] = 0
+
+
+def _complement(keep: list[int], size: int) -> Tensor:
+    mask = torch.ones(size, dtype=torch.bool)
+    mask[torch.tensor(keep, dtype=torch.long)] = False
+    return mask.nonzero().reshape(-1)
+
+
+def _check(model: nn.Module, inputs: object, ratio: float = 0.5) -> None:
+    model = model.eval()
+    result = prune(model, inputs, ratio=ratio, importance="random", seed=3)
+    assert result.plan["modules"], "nothing was pruned"
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        expected = call(zeroed, inputs)
+        got = call(result.model.eval(), inputs)
+    for e, g in zip(_leaves(expected), _leaves(got), strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def _leaves(out: object) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k in sorted(out) for t in _leaves(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _leaves(item)]
+    return []
+
+
+# --- one small model per op family -------------------------------------------------------
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        x = x + self.a(x)
+        x = self.b(x) - x
+        return self.head(x.mean((2, 3)))
+
+
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 10, 1)
+        self.bn = nn.BatchNorm2d(16)
+        self.mix = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mix(F.relu(self.bn(torch.cat([self.a(x), self.b(x)], dim=1))))
+
+
+class ChunkSplit(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 1)
+        self.left, self.right = nn.Conv2d(6, 7, 1), nn.Conv2d(6, 7, 1)
+        self.out = nn.Conv2d(14, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        left, right = self.a(x).chunk(2, dim=1)
+        p, q = torch.split(torch.cat([self.left(left), self.right(right)], 1), 7, dim=1)
+        return self.out(torch.cat([q, p], dim=1))
+
+
+class FlattenLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(F.max_pool2d(F.relu(self.conv(x)), 2).flatten(1))
+
+
+class ChannelsLast(nn.Module):
+    """permute to channels-last, a Linear over channels, a layer-scale vector, permute back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(8, 12), nn.Linear(12, 8)
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        y = self.gamma * self.fc2(F.gelu(self.fc1(x.permute(0, 2, 3, 1))))
+        return self.out(x + y.permute(0, 3, 1, 2))
+
+
+class Shuffle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.grouped(self.a(x))
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.out(self.dw(x))
+
+
+class TransposedAndGate(nn.Module):
+    """ConvTranspose, a squeeze-excitation gate and a slice along a spatial dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc1, self.fc2 = nn.Linear(8, 4), nn.Linear(4, 8)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.a(x))
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3))))))
+        x = x * gate[:, :, None, None]
+        return self.out(self.up(x)[:, :, 1:])
+
+
+class Conv1dAnd3d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c3 = nn.Conv3d(2, 6, 3, padding=1)
+        self.bn = nn.BatchNorm3d(6)
+        self.c1 = nn.Conv1d(6, 5, 3)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn(self.c3(x))).mean((3, 4))
+        return self.fc(F.adaptive_avg_pool1d(self.c1(x), 1).squeeze(-1))
+
+
+FAMILIES = {
+    "residual add/sub": (Residual, lambda: torch.randn(2, 3, 8, 8)),
+    "concat": (Concat, lambda: torch.randn(2, 3, 8, 8)),
+    "chunk/split": (ChunkSplit, lambda: torch.randn(2, 3, 8, 8)),
+    "flatten into linear": (FlattenLinear, lambda: torch.randn(2, 3, 10, 10)),
+    "permute/channels-last/layer-scale": (ChannelsLast, lambda: torch.randn(2, 3, 6, 6)),
+    "grouped/depthwise/shuffle": (Shuffle, lambda: torch.randn(2, 3, 6, 6)),
+    "conv-transpose/SE gate/slice": (TransposedAndGate, lambda: torch.randn(2, 3, 8, 8)),
+    "conv1d/conv3d": (Conv1dAnd3d, lambda: torch.randn(2, 2, 5, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_op_family_equivalence(family: str) -> None:
+    factory, inputs = FAMILIES[family]
+    torch.manual_seed(0)
+    model = factory()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    _check(model, inputs())
+
+
+ZOO_EQUIVALENT = [
+    "lenet5", "vgg_bn", "resnet_basic", "resnet_bottleneck", "resnext", "mobilenet_v2",
+    "mobilenet_v3", "densenet", "inception", "shufflenet_v2", "unet", "fpn_tuple",
+    "frozen_backbone", "audio_m5", "conv3d_video",
+]
+
+
+@pytest.mark.parametrize("name", ZOO_EQUIVALENT)
+def test_zoo_equivalence(name: str) -> None:
+    entry = BY_NAME[name]
+    _check(entry.build(), entry.example_inputs(), ratio=0.4)
