@@ -51,23 +51,23 @@ def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
     """Classify every parameter of ``model`` (shared ones once)."""
     prunable_units = (torch.cat([g.units for g in graph.groups]) if graph.groups
                       else torch.zeros(0, dtype=torch.long))
-    status: dict[str, tuple[bool, str]] = {}
+    status: dict[str, tuple[bool, set[str]]] = {}
     prunable_set = set(prunable_units.tolist())
     for member in graph.members:
         hit = bool(torch.isin(member.units, prunable_units).any())
-        reasons = sorted({graph.blocked.get(int(u), "not produced by a prunable layer")
-                          for u in member.units.unique().tolist()
-                          if int(u) not in prunable_set})
-        prev = status.get(member.name, (False, ""))
-        status[member.name] = (prev[0] or hit, prev[1] or "; ".join(reasons[:2]))
+        reasons = {graph.blocked.get(int(u), "not produced by a prunable layer")
+                   for u in member.units.unique().tolist() if int(u) not in prunable_set}
+        prev = status.get(member.name, (False, set()))
+        status[member.name] = (prev[0] or hit, prev[1] | reasons)
     entries = []
     for name, _ in model.named_parameters():
         owner = name.rpartition(".")[0]
         key = name if name in status else owner
         if key in status:
-            ok, reason = status[key]
+            ok, reasons = status[key]
+            reason = "; ".join(sorted(reasons)) or "blocked"
             entries.append(CoverageEntry(name, "prunable" if ok else "fixed",
-                                         "in a dependency group" if ok else reason or "blocked"))
+                                         "in a dependency group" if ok else reason))
         elif key in graph.trace.modules:
             entries.append(CoverageEntry(name, "fixed", "its layer has no prunable dimension"))
         else:

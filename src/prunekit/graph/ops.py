@@ -65,6 +65,7 @@ _BUILTIN_FAMILIES = (
     "prunekit.graph.ops_pointwise",
     "prunekit.graph.ops_reduce",
     "prunekit.graph.ops_matmul",
+    "prunekit.graph.ops_norm",
 )
 _loaded = False
 

@@ -199,7 +199,7 @@ class TraceContext:
             raise UnsupportedOpError(
                 f"{reason}, reached from {where}. prunekit cannot tell how it maps channels, "
                 f"so it will not guess. Fix: pass strict=False to keep the tensors it touches "
-                f"unpruned, add the module to ignore=..., or register an op handler with "
+                f"unpruned, or register an op handler with "
                 f"prunekit.graph.register_op({call.name!r}, handler)"
             )
         message = f"{reason} at {where}: the tensors it touches are kept whole"

@@ -85,9 +85,10 @@ def register_adapter(module_type: type[nn.Module], adapter: LayerAdapter, *,
     _SUBCLASS_OK[module_type] = subclasses
 
 
-def find_adapter(module: nn.Module) -> LayerAdapter | None:
+def find_adapter(module: nn.Module, *, atomic: bool = True) -> LayerAdapter | None:
     """The adapter for ``module``: its own type's, else the nearest registered base type
-    whose ``forward`` it does not override."""
+    whose ``forward`` it does not override (any base type with ``atomic=False``, for
+    ``sync`` after a subclass with its own forward was traced op by op)."""
     global _loaded
     if not _loaded:
         for name in _BUILTIN_FAMILIES:
@@ -100,7 +101,9 @@ def find_adapter(module: nn.Module) -> LayerAdapter | None:
     for base in cls.__mro__[1:]:
         adapter = _ADAPTERS.get(base)
         if adapter is not None:
-            if _SUBCLASS_OK.get(base) and cls.forward is base.forward:  # type: ignore[attr-defined]
+            if not atomic or (
+                _SUBCLASS_OK.get(base) and cls.forward is base.forward  # type: ignore[attr-defined]
+            ):
                 return adapter
             return None
     return None

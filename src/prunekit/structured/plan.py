@@ -115,7 +115,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
         raise ConfigError(f"plan does not fit this model: {exc}") from exc
     slicer.finish()
     for module, *_ in params:
-        adapter = find_adapter(module)
+        adapter = find_adapter(module, atomic=False)
         if adapter is not None:
             adapter.sync(module)
 

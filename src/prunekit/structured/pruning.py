@@ -127,10 +127,11 @@ def prune(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if (ratio is None) == (target is None) and not ratios:
-        raise ConfigError("pass exactly one of ratio=... (e.g. 0.5) or target={'macs': 0.5}")
     if ratio is not None and target is not None:
         raise ConfigError("pass ratio=... or target=..., not both")
+    if ratio is None and target is None and not ratios:
+        raise ConfigError("pass one of ratio=... (e.g. 0.5), ratios={layer: 0.5} or "
+                          "target={'macs': 0.5}")
     names = {id(m): n for n, m in model.named_modules()}
     per_layer = {_module_key(k, names): check_fraction(f"ratios[{k!r}]", v)
                  for k, v in (ratios or {}).items()}

@@ -1,0 +1,62 @@
+"""Functional normalisation (``F.layer_norm``, ``F.group_norm``, ``F.batch_norm``,
+``F.instance_norm``, ``F.rms_norm``) called by code rather than by a norm module.
+
+The affine vectors and running statistics are parameters or buffers used directly, so
+they become param nodes coupled to the normalised channel dim and are cut with it; the
+layer adapter's ``sync`` then re-derives the module's size attribute. Without an affine
+vector the size is only written in the call, so those channels are kept whole.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from prunekit.graph.labels import rep_along
+from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.ops_pointwise import combine
+from prunekit.graph.trace import TraceContext
+
+_AFFINE_POSITIONS = {
+    "layer_norm": (2, 3), "rms_norm": (2,), "group_norm": (2, 3),
+    "batch_norm": (1, 2, 3, 4), "instance_norm": (1, 2, 3, 4),
+}
+_AFFINE_NAMES = {
+    "layer_norm": ("weight", "bias"), "rms_norm": ("weight",), "group_norm": ("weight", "bias"),
+    "batch_norm": ("running_mean", "running_var", "weight", "bias"),
+    "instance_norm": ("running_mean", "running_var", "weight", "bias"),
+}
+
+
+def _arg(call: OpCall, position: int, name: str) -> object:
+    return call.args[position] if len(call.args) > position else call.kwargs.get(name)
+
+
+def _norm(ctx: TraceContext, call: OpCall) -> None:
+    x = tensors_in(call.args[:1])[0]
+    out = tensors_in(call.out)[0]
+    labels = ctx.labels(x)
+    if call.name in {"layer_norm", "rms_norm"}:
+        shape = _arg(call, 1, "normalized_shape")
+        if not isinstance(shape, (list, tuple)) or len(shape) != 1:
+            raise OpNotMappable(f"normalized_shape={shape!r} spans several dims")
+        dim = x.dim() - 1
+    else:
+        dim = 1
+    affine = [_arg(call, p, n) for p, n in zip(_AFFINE_POSITIONS[call.name],
+                                               _AFFINE_NAMES[call.name])]
+    vectors = [t for t in affine if isinstance(t, Tensor)]
+    if call.name == "group_norm":
+        groups = _arg(call, 1, "num_groups")
+        if isinstance(groups, int) and groups > 1:  # channel j of every group leaves together
+            moved = ctx.space.find(labels).movedim(dim, -1)
+            rep_along(ctx.space, moved.reshape(*moved.shape[:-1], groups, -1), (moved.dim() - 1,))
+    if not isinstance(dict(zip(_AFFINE_NAMES[call.name], affine)).get("weight"), Tensor):
+        ctx.block(labels, f"{call.display} without an affine vector has its width written "
+                          f"in the call")
+    view = [1] * x.dim()
+    view[dim] = x.shape[dim]
+    operands = [labels] + [ctx.labels(t).reshape(view) for t in vectors]
+    ctx.set_labels(out, combine(ctx, operands, out.shape))
+
+
+register_op(tuple(_AFFINE_POSITIONS), _norm)

@@ -1,0 +1,252 @@
+"""prune(): options, errors, transactions, coverage, plans and replay."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError, PruneValidationError, UnsupportedOpError
+from prunekit.structured import PruneResult, prune, replay_plan
+from prunekit.zoo import LeNet5
+from tests.structured.zoo import BY_NAME, call
+
+
+def _state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model: nn.Module, state: dict[str, Tensor]) -> bool:
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+def test_ratio_zero_keeps_outputs_identical(lenet: LeNet5, lenet_input: Tensor) -> None:
+    result = prune(lenet, lenet_input, ratio=0.0)
+    assert result.plan["modules"] == {}
+    torch.testing.assert_close(result.model(lenet_input), lenet(lenet_input), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "vgg_bn", "resnet_basic", "mobilenet_v2"])
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_classic_models_shrink_as_expected(name: str, ratio: float) -> None:
+    entry = BY_NAME[name]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune(model, inputs, ratio=ratio)
+    assert isinstance(result, PruneResult)
+    with torch.no_grad():
+        assert call(result.model, inputs).shape == call(model, inputs).shape
+    # inner layers lose ratio on both sides: at least (1-ratio) of params must go, roughly
+    assert result.params_kept < 1 - ratio * 0.9
+    assert result.macs_kept < 1 - ratio * 0.9
+    assert result.after.total_params == sum(p.numel() for p in result.model.parameters())
+
+
+def test_user_model_untouched_and_inplace(lenet: LeNet5, lenet_input: Tensor) -> None:
+    state = _state(lenet)
+    result = prune(lenet, lenet_input, ratio=0.5)
+    assert result.model is not lenet and _same_state(lenet, state)
+    inplace = prune(lenet, lenet_input, ratio=0.5, inplace=True)
+    assert inplace.model is lenet
+    assert lenet.conv1.out_channels == result.model.conv1.out_channels < 6
+
+
+def test_frozen_and_no_grad_modules_are_pruned() -> None:
+    entry = BY_NAME["frozen_backbone"]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    assert any(not p.requires_grad for p in model.parameters())
+    result = prune(model, inputs, ratio=0.5)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert set(frozen) <= set(result.coverage.prunable)
+    after = dict(result.model.named_parameters())
+    shrunk = [n for n in frozen if after[n].numel() < dict(model.named_parameters())[n].numel()]
+    assert shrunk, "frozen parameters were not pruned"
+    assert all(not after[n].requires_grad for n in frozen)
+
+
+class _Unknown(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.weird = _Weird()
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.weird(self.conv(x)))
+
+
+class _Weird(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.fft.fft(x, dim=1).real
+
+
+def test_unknown_op_names_op_and_module() -> None:
+    model, x = _Unknown(), torch.randn(1, 3, 8, 8)
+    with pytest.raises(UnsupportedOpError, match=r"fft.*'weird'|'weird'.*fft"):
+        prune(model, x, ratio=0.5)
+
+
+def test_strict_false_warns_and_reports_skipped_params() -> None:
+    model, x = _Unknown(), torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match="fft"):
+        result = prune(model, x, ratio=0.5, strict=False)
+    assert "conv.weight" in result.coverage.fixed
+    assert "fft" in result.coverage.fixed["conv.weight"]
+    assert result.model.conv.out_channels == 8
+    assert "prunable" not in str(result.coverage).splitlines()[1:]
+
+
+def test_failed_prune_leaves_model_untouched() -> None:
+    class Hardcoded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.fc = nn.Linear(8, 2)
+            self.register_buffer("shift", torch.zeros(1, 8, 1, 1))
+
+        def forward(self, x: Tensor) -> Tensor:
+            y = self.conv(x)
+            y = y + torch.zeros(y.shape[0], 8, 1, 1)  # a width written into the code
+            return self.fc(y.mean((2, 3)))
+
+    model, x = Hardcoded(), torch.randn(2, 3, 8, 8)
+    state = _state(model)
+    with pytest.raises(PruneValidationError, match="unchanged"):
+        prune(model, x, ratio=0.5)
+    assert _same_state(model, state) and model.conv.out_channels == 8
+    with pytest.raises(PruneValidationError):
+        prune(model, x, ratio=0.5, inplace=True)
+    assert _same_state(model, state) and model.conv.out_channels == 8
+
+
+def test_plan_json_round_trip_and_replay(lenet: LeNet5, lenet_input: Tensor) -> None:
+    result = prune(lenet, lenet_input, ratio=0.5)
+    plan = json.loads(json.dumps(result.plan))
+    fresh = LeNet5().eval()
+    replay_plan(fresh, plan)
+    fresh.load_state_dict(result.model.state_dict())
+    torch.testing.assert_close(fresh(lenet_input), result.model(lenet_input))
+
+
+@pytest.mark.parametrize("name", ["resnet_bottleneck", "shufflenet_v2", "densenet", "convnext"])
+def test_replay_on_fresh_model(name: str) -> None:
+    entry = BY_NAME[name]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune(model, inputs, ratio=0.3)
+    fresh = entry.build().eval()
+    replay_plan(fresh, json.loads(json.dumps(result.plan)))
+    fresh.load_state_dict(result.model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(call(fresh, inputs), call(result.model.eval(), inputs))
+
+
+def test_replay_rejects_a_plan_for_another_model(lenet: LeNet5, lenet_input: Tensor) -> None:
+    plan = prune(lenet, lenet_input, ratio=0.5).plan
+    with pytest.raises(ConfigError, match="conv1"):
+        replay_plan(nn.Sequential(nn.Linear(2, 2)), plan)
+    with pytest.raises(ConfigError, match="format"):
+        replay_plan(lenet, {"modules": {}})
+
+
+def test_ignore_keeps_layer_width(lenet: LeNet5, lenet_input: Tensor) -> None:
+    result = prune(lenet, lenet_input, ratio=0.5, ignore=[lenet.conv2])
+    assert result.model.conv2.out_channels == lenet.conv2.out_channels
+    assert result.model.conv1.out_channels < lenet.conv1.out_channels
+    with pytest.raises(ConfigError, match="ignore"):
+        prune(lenet, lenet_input, ratio=0.5, ignore=[nn.Linear(2, 2)])
+
+
+def test_per_layer_ratios_min_keep_and_round_to(lenet: LeNet5, lenet_input: Tensor) -> None:
+    result = prune(lenet, lenet_input, ratios={"conv2": 0.5, lenet.fc1: 0.25})
+    assert result.model.conv2.out_channels == 8
+    assert result.model.fc1.out_features == 90
+    assert result.model.conv1.out_channels == 6
+    rounded = prune(lenet, lenet_input, ratio=0.5, round_to=4)
+    assert rounded.model.conv2.out_channels % 4 == 0
+    assert rounded.model.fc1.out_features % 4 == 0
+    floor = prune(lenet, lenet_input, ratio=0.9, min_keep=0.5)
+    assert floor.model.conv2.out_channels == 8
+
+
+def test_global_ranking_removes_the_same_total() -> None:
+    entry = BY_NAME["vgg_bn"]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    uniform = prune(model, inputs, ratio=0.5)
+    ranked = prune(model, inputs, ratio=0.5, global_ranking=True)
+    widths = [m.out_channels for m in ranked.model.modules() if isinstance(m, nn.Conv2d)]
+    assert min(widths) >= 1
+    assert abs(ranked.after.total_params - uniform.after.total_params) < 0.5 * uniform.before.total_params
+
+
+@pytest.mark.parametrize("metric", ["params", "macs"])
+def test_target_is_met_by_search(metric: str) -> None:
+    entry = BY_NAME["resnet_basic"]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune(model, inputs, target={metric: 0.5})
+    kept = result.params_kept if metric == "params" else result.macs_kept
+    assert 0.3 < kept <= 0.5
+
+
+def test_bad_arguments_are_named(lenet: LeNet5, lenet_input: Tensor) -> None:
+    with pytest.raises(ConfigError, match="ratio"):
+        prune(lenet, lenet_input)
+    with pytest.raises(ConfigError, match="ratio"):
+        prune(lenet, lenet_input, ratio=1.5)
+    with pytest.raises(ConfigError, match="not both"):
+        prune(lenet, lenet_input, ratio=0.5, target={"params": 0.5})
+    with pytest.raises(ConfigError, match="params, macs"):
+        prune(lenet, lenet_input, target={"latency": 0.5})
+    with pytest.raises(ConfigError, match="importance"):
+        prune(lenet, lenet_input, ratio=0.5, importance="nope")
+    with pytest.raises(ConfigError, match="round_to"):
+        prune(lenet, lenet_input, ratio=0.5, round_to=0)
+    with pytest.raises(TypeError, match="nn.Module"):
+        prune("model", lenet_input, ratio=0.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'nope'"):
+        prune(lenet, lenet_input, ratios={"nope": 0.5})
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "random", "bn_scale", "fpgm"])
+def test_every_criterion_prunes(importance: str) -> None:
+    entry = BY_NAME["resnet_basic"]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune(model, inputs, ratio=0.5, importance=importance)
+    assert result.params_kept < 0.6
+
+
+def test_dict_and_tuple_inputs_and_outputs() -> None:
+    for name in ("dict_text_image", "fcos_dict", "fpn_tuple", "two_input_film"):
+        entry = BY_NAME[name]
+        model, inputs = entry.build().eval(), entry.example_inputs()
+        result = prune(model, inputs, ratio=0.5)
+        assert result.params_kept < 0.8, name
+
+
+def test_control_flow_model() -> None:
+    entry = BY_NAME["control_flow"]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune(model, inputs, ratio=0.5)
+    assert result.params_kept < 0.6
+
+
+def test_deepcopy_of_result_model_runs(lenet: LeNet5, lenet_input: Tensor) -> None:
+    model = copy.deepcopy(prune(lenet, lenet_input, ratio=0.5).model)
+    assert model(lenet_input).shape == (2, 10)
+
+
+def test_functional_conv_with_own_weight_is_kept_whole() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.weight = nn.Parameter(torch.randn(4, 8, 1, 1))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return F.conv2d(self.conv(x), self.weight)
+
+    with pytest.raises(UnsupportedOpError, match="conv2d"):
+        prune(Functional(), torch.randn(1, 3, 6, 6), ratio=0.5)
