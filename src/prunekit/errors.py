@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import NoReturn
 
 
 class PrunekitError(Exception):
@@ -58,7 +59,7 @@ def check_fraction(name: str, value: object, *, allow_one: bool = False) -> floa
     return float(value)
 
 
-def require(module: str, extra: str) -> None:
+def require(module: str, extra: str) -> NoReturn:
     """Raise MissingDependencyError naming the pip extra that provides ``module``."""
     raise MissingDependencyError(
         f"this feature needs the optional package {module!r}; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,7 +59,7 @@ def load_weights(model: nn.Module, path: str) -> None:
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(file))
+        state: Any = load_file(str(file))
     else:
         state = torch.load(str(file), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:

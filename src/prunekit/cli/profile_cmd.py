@@ -13,7 +13,7 @@ from prunekit.metrics.latency import benchmark_latency
 from prunekit.metrics.profile import profile
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="params, non-zeros, MACs, bytes and latency of a model")
     p.add_argument("--model", required=True, help="package.module:factory, e.g. prunekit.zoo:lenet5")
     p.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,32,32")

@@ -24,7 +24,7 @@ _COLUMNS = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sparsify", help="unstructured / N:M weight pruning with lasting masks")
     p.add_argument("--model", required=True, help="package.module:factory, e.g. prunekit.zoo:lenet5")
     p.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,32,32")

@@ -21,6 +21,8 @@ class WeightMask(nn.Module):
         super().__init__()
         self.register_buffer("mask", mask.detach().clone().to(torch.bool))
 
+    mask: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.mask.to(x.dtype)
 
@@ -39,13 +41,19 @@ def _own_parametrized_class(module: nn.Module) -> None:
     module.__class__ = type(cls.__name__, cls.__bases__, attrs)
 
 
+def _parametrizations(module: nn.Module) -> nn.ModuleDict:
+    """The ``parametrizations`` ModuleDict torch adds to a parametrized module."""
+    found = module.parametrizations
+    if not isinstance(found, nn.ModuleDict):
+        raise TypeError(f"{type(module).__name__} has no parametrizations")
+    return found
+
+
 def _find_mask(module: nn.Module, name: str) -> WeightMask | None:
     if not parametrize.is_parametrized(module, name):
         return None
-    for p in module.parametrizations[name]:  # type: ignore[union-attr, attr-defined]
-        if isinstance(p, WeightMask):
-            return p
-    return None
+    chain = _parametrizations(module)[name]
+    return next((p for p in chain.children() if isinstance(p, WeightMask)), None)
 
 
 def apply_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
@@ -54,7 +62,7 @@ def apply_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
     Entries already zero in a previous mask stay zero only if ``mask`` says so; callers that
     prune further should pass ``old_mask & new_mask``.
     """
-    current = getattr(module, name)
+    current: torch.Tensor = getattr(module, name)
     if tuple(mask.shape) != tuple(current.shape):
         raise ValueError(
             f"mask for {type(module).__name__}.{name} has shape {tuple(mask.shape)}, "
@@ -80,7 +88,7 @@ def masked_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for mod_name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
-        for tensor_name in list(module.parametrizations.keys()):  # type: ignore[union-attr]
+        for tensor_name in list(_parametrizations(module).keys()):
             mask = get_mask(module, tensor_name)
             if mask is not None:
                 out[f"{mod_name}.{tensor_name}" if mod_name else tensor_name] = mask
