@@ -6,16 +6,17 @@
 A random-init ``LlamaForCausalLM`` (from config; needs ``transformers``) is first trained
 for ``--steps`` steps on byte-tokenized English from Debian's ``fortunes`` package, or on
 a synthetic Markov-chain text when that is absent, so its weights carry signal. Each
-method then prunes a fresh copy at 50 % and 70 % unstructured (with and without OWL),
-2:4 and 4:8, using ``--nsamples`` calibration windows of ``--seqlen`` tokens from the
-training split; perplexity is measured on a held-out split. One table is printed.
-Not a test.
+method then prunes a fresh copy at 50 % and 70 % unstructured (plain, + OWL, + block-wise
+reconstruction "rec", + both), 2:4, 4:8 and 2:4 + rec, using ``--nsamples`` calibration
+windows of ``--seqlen`` tokens from the training split; perplexity is measured on a
+held-out split. One table is printed. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import random
 import time
 
@@ -48,13 +49,17 @@ def byte_ids(texts: list[str]) -> torch.Tensor:
 
 
 def train(model: nn.Module, ids: torch.Tensor, steps: int, seqlen: int, batch: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     gen = torch.Generator().manual_seed(0)
     model.train()
     loss = torch.tensor(0.0)
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = 3e-3 * min(1.0, (step + 1) / 20)
+            warmup, decay = (
+                min(1.0, (step + 1) / 20),
+                0.55 + 0.45 * math.cos(math.pi * step / steps),
+            )
+            group["lr"] = 2e-3 * warmup * decay
         starts = torch.randint(0, ids.numel() - seqlen - 1, (batch,), generator=gen)
         x = torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
         loss = model(input_ids=x, labels=x).loss
@@ -108,16 +113,24 @@ def main() -> None:
     ppl = lambda m: perplexity(m, test_ids, seqlen=args.seqlen)  # noqa: E731
     rows = [("dense", "-", ppl(model), 0.0, 0.0)]
     settings = [
-        (f"{s:.0%} unstructured{' + OWL' if owl else ''}", s, "unstructured", owl)
+        (f"{s:.0%}{' + OWL' if owl else ''}{' + rec' if rec else ''}", s, "unstructured", owl, rec)
         for s in (0.5, 0.7)
-        for owl in (False, True)
+        for owl, rec in ((False, False), (True, False), (False, True), (True, True))
     ]
-    settings += [("2:4", 0.5, "2:4", False), ("4:8", 0.5, "4:8", False)]
+    settings += [(p, 0.5, p, False, False) for p in ("2:4", "4:8")] + [
+        ("2:4 + rec", 0.5, "2:4", False, True)
+    ]
     for method in ("magnitude", "wanda", "sparsegpt"):
-        for label, sparsity, pattern, owl in settings:
+        for label, sparsity, pattern, owl, rec in settings:
             pruned = copy.deepcopy(model)
             result = prune_llm(
-                pruned, calib, method=method, sparsity=sparsity, pattern=pattern, owl=owl
+                pruned,
+                calib,
+                method=method,
+                sparsity=sparsity,
+                pattern=pattern,
+                owl=owl,
+                reconstruct=rec,
             )
             rows.append((method, label, ppl(pruned), result.sparsity, result.seconds))
     print(f"\n{'method':<10} {'setting':<23} {'perplexity':>10} {'sparsity':>9} {'prune s':>8}")
