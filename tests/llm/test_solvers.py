@@ -88,6 +88,16 @@ def test_sparsity_zero_keeps_weights(method: str, layer: nn.Linear) -> None:
     assert torch.equal(layer.weight, before)
 
 
+@pytest.mark.parametrize("blocksize", [1, 10, 16])
+def test_sparsegpt_nm_groups_align_with_any_blocksize(blocksize: int, layer: nn.Linear) -> None:
+    x = correlated_inputs(256, 64)
+    solver = SparseGPTSolver(layer, blocksize=blocksize)
+    solver.add_batch(x, layer(x))
+    keep = solver.prune(0.5, parse_pattern("2:4"))
+    assert (keep.reshape(24, 16, 4).sum(dim=2) == 2).all()
+    assert ((layer.weight != 0).reshape(24, 16, 4).sum(dim=2) <= 2).all()
+
+
 def test_sparsegpt_dead_inputs_and_existing_mask(layer: nn.Linear) -> None:
     x = correlated_inputs(256, 64)
     x[:, :5] = 0  # dead inputs

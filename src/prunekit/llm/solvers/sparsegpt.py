@@ -70,8 +70,13 @@ class SparseGPTSolver:
         rows, cols = weight.shape
         hinv = self._inverse_cholesky(weight)
         keep = torch.ones_like(weight, dtype=torch.bool)
-        for i1 in range(0, cols, self.blocksize):
-            i2 = min(i1 + self.blocksize, cols)
+        step = (
+            self.blocksize
+            if pattern is None
+            else max(pattern.m, self.blocksize // pattern.m * pattern.m)
+        )
+        for i1 in range(0, cols, step):  # with N:M, blocks hold whole groups
+            i2 = min(i1 + step, cols)
             w1 = weight[:, i1:i2].clone()
             h1 = hinv[i1:i2, i1:i2]
             keep1 = torch.ones_like(w1, dtype=torch.bool)
