@@ -54,6 +54,8 @@ def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
     status: dict[str, tuple[bool, set[str]]] = {}
     prunable_set = set(prunable_units.tolist())
     for member in graph.members:
+        if member.kind == "attr":
+            continue
         hit = bool(torch.isin(member.units, prunable_units).any())
         reasons = {graph.blocked.get(int(u), "not produced by a prunable layer")
                    for u in member.units.unique().tolist() if int(u) not in prunable_set}

@@ -28,9 +28,10 @@ __all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
 
 @dataclass(frozen=True)
 class Member:
-    """One dimension that shrinks when its units go: a module dim or a parameter axis."""
+    """One dimension that shrinks when its units go: a module dim, a parameter axis, or an
+    int attribute that code uses to size a reshape (``kind="attr"``, ``dim`` its name)."""
 
-    kind: Literal["module", "param"]
+    kind: Literal["module", "param", "attr"]
     name: str
     dim: str
     units: Tensor
@@ -87,6 +88,8 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
         for dim_name, dim in record.dims.items():
             members.append(Member("module", record.name, dim_name, space.find(dim.labels),
                                   dim.root))
+    for (path, attr), labels in trace.bindings.items():
+        members.append(Member("attr", path, attr, space.find(labels), False))
     for param in trace.params.values():
         member = _param_member(trace, param)
         if member is not None:

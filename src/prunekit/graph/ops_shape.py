@@ -82,6 +82,37 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
         bearing = [d for d in out_dims if varies(canon, d)]
         if len(bearing) > 1:  # split: keep the leading factors' counts fixed
             rep_along(ctx.space, canon, tuple(bearing[:-1]))
+            _bind_size(ctx, call, canon, bearing[-1])
+
+
+def _bind_size(ctx: TraceContext, call: OpCall, labels: Tensor, dim: int) -> None:
+    """The shrinking factor of a split, if written in the call, usually comes from an int
+    attribute of the running module (``self.head_dim``): bind it so surgery rewrites it.
+    If several attributes hold that value, none can be told apart: keep the dim whole."""
+    size = labels.shape[dim]
+    written = [v for v in tensors_free(call.args[1:]) if v == size]
+    if not written:
+        return
+    module = ctx.running_module
+    attrs = [k for k, v in vars(module).items()
+             if isinstance(v, int) and not isinstance(v, bool) and v == size]
+    line = ctx.space.find(labels).movedim(dim, -1).reshape(-1, size)[0]
+    if len(attrs) == 1:
+        ctx.bind_attribute(ctx.path, attrs[0], line)
+    elif attrs:
+        ctx.block(labels, f"{call.display} splits channels by {size}, which several "
+                          f"attributes of {ctx.path!r} hold ({', '.join(attrs)})")
+
+
+def tensors_free(values: tuple[Any, ...]) -> list[int]:
+    """Every int written in ``values`` (nested tuples/lists/Size included)."""
+    out: list[int] = []
+    for value in values:
+        if isinstance(value, (tuple, list)):
+            out.extend(tensors_free(tuple(value)))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out.append(value)
+    return out
 
 
 def _segments(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:

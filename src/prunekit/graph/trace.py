@@ -93,6 +93,7 @@ class Trace:
     modules: dict[str, ModuleRecord]
     params: dict[str, ParamRecord]
     skipped_ops: list[str]
+    bindings: dict[tuple[str, str], Tensor] = field(default_factory=dict)
 
 
 class TraceContext:
@@ -106,6 +107,8 @@ class TraceContext:
         self.skipped_ops: list[str] = []
         self._labels: dict[int, tuple[Tensor, Tensor]] = {}
         self._path: list[str] = []
+        self._running: list[nn.Module] = [model]
+        self.bindings: dict[tuple[str, str], Tensor] = {}
         self._param_names: dict[int, str] = {}
         for name, tensor in [
             *model.named_parameters(remove_duplicate=False),
@@ -144,6 +147,24 @@ class TraceContext:
     def path(self) -> str:
         """Dotted path of the innermost module running now ('' for the model itself)."""
         return self._path[-1] if self._path else ""
+
+    @property
+    def running_module(self) -> nn.Module:
+        """The innermost module whose forward is running now."""
+        return self._running[-1]
+
+    def bind_attribute(self, name: str, attr: str, labels: Tensor) -> None:
+        """Module ``name``'s int attribute ``attr`` counts the channels in ``labels``; it is
+        rewritten after pruning. Two bindings of one attribute shrink index by index."""
+        key = (name, attr)
+        existing = self.bindings.get(key)
+        if existing is None:
+            self.bindings[key] = labels.reshape(-1).clone()
+        elif existing.numel() == labels.numel():
+            self.space.union(existing, labels.reshape(-1))
+        else:
+            self.block(labels, f"attribute {attr!r} of {name!r} sizes tensors of different widths")
+            self.block(existing, f"attribute {attr!r} of {name!r} sizes tensors of different widths")
 
     # -- module dims -------------------------------------------------------------------
     def module_ids(self, name: str, module: nn.Module, dim: str, count: int) -> Tensor:
@@ -249,6 +270,7 @@ class TraceContext:
             def pre(mod: nn.Module, args: Any, kwargs: Any, *, _name: str = name,
                     _handler: Any = handler) -> None:
                 recorder._path.append(_name)
+                recorder._running.append(mod)
                 atomic = _handler is not None and not any(atomic_stack)
                 atomic_stack.append(atomic)
                 if atomic:
@@ -257,6 +279,7 @@ class TraceContext:
             def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *, _name: str = name,
                      _handler: Any = handler) -> None:
                 recorder._path.pop()
+                recorder._running.pop()
                 atomic = atomic_stack.pop()
                 if atomic:
                     recorder._atomic_depth -= 1
@@ -340,4 +363,4 @@ def trace(
             ctx.block(ctx.labels(tensor), f"model output {path}")
     leaves, _ = tree_flatten(out)
     del leaves
-    return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops)
+    return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings)

@@ -4,7 +4,10 @@ A plan is a dict::
 
     {"format": "prunekit.structured.plan/1",
      "modules": {"features.0": {"type": "Conv2d", "keep": {"out": [0, 2, ...]}}, ...},
-     "params":  {"cls_token": {"axis": 2, "size": 64, "keep": [0, 1, ...]}, ...}}
+     "params":  {"cls_token": {"axis": 2, "size": 64, "keep": [0, 1, ...]}, ...},
+     "attrs":   {"blocks.0.attn": {"head_dim": 12}, ...}}
+
+``attrs`` rewrites int attributes that the model's own code uses to size reshapes.
 
 ``apply_plan`` (exported as ``replay_plan``) cuts a model accordingly through the layer
 adapters; on a freshly built model of the same class it reproduces the pruned
@@ -33,12 +36,14 @@ def build_plan(model: nn.Module, graph: DependencyGraph, masks: Sequence[Tensor]
     removed_parts = [g.units[~m] for g, m in zip(graph.groups, masks)]
     removed = torch.cat(removed_parts) if removed_parts else torch.zeros(0, dtype=torch.long)
     modules = dict(model.named_modules())
-    plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}}
+    plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}, "attrs": {}}
     for member in graph.members:
         keep = (~torch.isin(member.units, removed)).nonzero().reshape(-1)
         if keep.numel() == member.units.numel():
             continue
-        if member.kind == "module":
+        if member.kind == "attr":
+            plan["attrs"].setdefault(member.name, {})[member.dim] = int(keep.numel())
+        elif member.kind == "module":
             entry = plan["modules"].setdefault(
                 member.name, {"type": type(modules[member.name]).__name__, "keep": {}})
             entry["keep"][member.dim] = keep.tolist()
@@ -57,6 +62,14 @@ def _index(values: Any, where: str) -> Tensor:
     if index.numel() and not bool((index[1:] > index[:-1]).all()):
         raise ConfigError(f"plan entry {where} must be sorted and without repeats")
     return index
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as exc:
+        raise ConfigError(f"plan names module {name!r}, which the model does not have; "
+                          f"replay it on a model built like the pruned one") from exc
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -83,11 +96,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
     slicer = ParamSlicer()
     cuts: list[tuple[Any, nn.Module, dict[str, Tensor]]] = []
     for name, entry in plan.get("modules", {}).items():
-        try:
-            module = model.get_submodule(name)
-        except AttributeError as exc:
-            raise ConfigError(f"plan names module {name!r}, which the model does not have; "
-                              f"replay it on a model built like the pruned one") from exc
+        module = _submodule(model, name)
         if type(module).__name__ != entry.get("type"):
             raise ConfigError(f"plan expects {name!r} to be a {entry.get('type')}, "
                               f"the model has a {type(module).__name__}")
@@ -106,6 +115,16 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
             raise ConfigError(f"plan entry for parameter {name!r} (axis {axis}, size "
                               f"{entry.get('size')}) does not fit its shape {tuple(tensor.shape)}")
         params.append((module, attr, axis, _index(entry["keep"], name)))
+    attrs = []
+    for name, entry in plan.get("attrs", {}).items():
+        module = _submodule(model, name)
+        for attr, value in entry.items():
+            if not isinstance(getattr(module, attr, None), int) or not isinstance(value, int) \
+                    or value < 1:
+                raise ConfigError(f"plan sets {name}.{attr}={value!r}, but the model's "
+                                  f"{name!r} has no int attribute {attr!r} (or the value is "
+                                  f"not a positive int)")
+            attrs.append((module, attr, value))
     try:
         for adapter, module, keep in cuts:
             adapter.prune(module, keep, slicer)
@@ -114,6 +133,8 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
     except (IndexError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"plan does not fit this model: {exc}") from exc
     slicer.finish()
+    for module, attr, value in attrs:
+        setattr(module, attr, value)
     for module, *_ in params:
         adapter = find_adapter(module, atomic=False)
         if adapter is not None:

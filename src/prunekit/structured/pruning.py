@@ -77,7 +77,9 @@ def analyze(model: nn.Module, example_inputs: ExampleInputs, *, importance: str 
 def _member_views(group: Group, modules: Mapping[str, nn.Module], model: nn.Module) -> list[MemberViews]:
     out = []
     for member in group.members:
-        if member.kind == "module":
+        if member.kind == "attr":
+            views: list[WeightView] = []
+        elif member.kind == "module":
             module = modules[member.name]
             adapter = find_adapter(module)
             views = adapter.weight_views(module, member.dim) if adapter is not None else []
