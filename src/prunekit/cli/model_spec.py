@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,20 @@ def load_weights(model: nn.Module, path: str) -> None:
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
     model.load_state_dict(state)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every model-taking command shares: --model, --input-shape, --weights."""
+    parser.add_argument("--model", required=True,
+                        help="package.module:factory, e.g. prunekit.zoo:lenet5")
+    parser.add_argument("--input-shape", required=True,
+                        help="example input shape, e.g. 1,1,32,32")
+    parser.add_argument("--weights", help="optional .safetensors (or weights-only .pt) state dict")
+
+
+def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor]:
+    """The model (eval mode, weights loaded) and a random example input of --input-shape."""
+    model = load_factory_model(args.model).eval()
+    if args.weights:
+        load_weights(model, args.weights)
+    return model, torch.randn(parse_shape(args.input_shape))

@@ -5,29 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
 from rich.console import Console
 
-from prunekit.cli.model_spec import load_factory_model, load_weights, parse_shape
+from prunekit.cli.model_spec import add_model_arguments, model_from_args
 from prunekit.metrics.latency import benchmark_latency
 from prunekit.metrics.profile import profile
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="params, non-zeros, MACs, bytes and latency of a model")
-    p.add_argument("--model", required=True, help="package.module:factory, e.g. prunekit.zoo:lenet5")
-    p.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,32,32")
-    p.add_argument("--weights", help="optional .safetensors (or weights-only .pt) state dict")
+    add_model_arguments(p)
     p.add_argument("--latency", action="store_true", help="also time the forward pass")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    model = load_factory_model(args.model).eval()
-    if args.weights:
-        load_weights(model, args.weights)
-    example = torch.randn(parse_shape(args.input_shape))
+    model, example = model_from_args(args)
     prof = profile(model, example)
     data = prof.to_dict()
     if args.latency:

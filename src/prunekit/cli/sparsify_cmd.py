@@ -7,7 +7,7 @@ import argparse
 import torch
 from rich.console import Console
 
-from prunekit.cli.model_spec import load_factory_model, load_weights, parse_shape
+from prunekit.cli.model_spec import add_model_arguments, model_from_args
 from prunekit.io.checkpoint import save
 from prunekit.metrics.profile import profile
 from prunekit.report.table import Column, print_table
@@ -26,9 +26,7 @@ _COLUMNS = (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sparsify", help="unstructured / N:M weight pruning with lasting masks")
-    p.add_argument("--model", required=True, help="package.module:factory, e.g. prunekit.zoo:lenet5")
-    p.add_argument("--input-shape", required=True, help="example input shape, e.g. 1,1,32,32")
-    p.add_argument("--weights", help="optional .safetensors (or weights-only .pt) state dict")
+    add_model_arguments(p)
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--sparsity", type=float, help="fraction of weights to zero, in [0, 1)")
     how.add_argument("--threshold", type=float, help="prune weights whose score is <= this τ")
@@ -49,10 +47,7 @@ def _row(name: str, model: torch.nn.Module, example: torch.Tensor) -> dict[str, 
 
 
 def _run(args: argparse.Namespace) -> int:
-    model = load_factory_model(args.model).eval()
-    if args.weights:
-        load_weights(model, args.weights)
-    example = torch.randn(parse_shape(args.input_shape))
+    model, example = model_from_args(args)
     before = _row("before", model, example)
     result = sparsify(model, sparsity=args.sparsity, threshold=args.threshold,
                       criterion=args.criterion, pattern=args.pattern, scope=args.scope,

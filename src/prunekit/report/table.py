@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,11 @@ class Column:
         return self.fmt.format(value)
 
 
+def make_console() -> Console:
+    """A stdout console; 160 columns wide when not a terminal, so logs keep whole tables."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def rich_table(title: str, columns: Sequence[Column], rows: Sequence[dict[str, object]]) -> Table:
     """A rich Table of ``rows`` (dicts keyed by ``Column.key``)."""
     table = Table(title=title, title_justify="left")
@@ -41,4 +47,4 @@ def print_table(
     console: Console | None = None,
 ) -> None:
     """Print the table to ``console`` (stdout by default); plain when stdout is not a TTY."""
-    (console or Console()).print(rich_table(title, columns, rows))
+    (console or make_console()).print(rich_table(title, columns, rows))
