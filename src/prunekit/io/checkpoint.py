@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib
 import json
 import os
 import shutil
@@ -128,7 +127,7 @@ def load(
         state[alias] = state[canonical]
     model = base_model
     if manifest.get("plan") is not None and replay:
-        model = _replay_plan(model, manifest["plan"], directory)
+        model = _replay_plan(model, manifest["plan"])
     masked: dict[str, str] = manifest["masked"]
     _check_compatible(model, state, masked, str(manifest["model_class"]))
 
@@ -346,19 +345,12 @@ def _fsync(path: Path) -> None:
 # --- loading ------------------------------------------------------------------------------
 
 
-def _replay_plan(model: nn.Module, plan: Any, directory: Path) -> nn.Module:
-    # imported on use: structured pruning sits above io in the layering and may be absent
-    structured = importlib.import_module("prunekit.structured")
-    replay = getattr(structured, "replay_plan", None)
-    if replay is None:
-        raise CheckpointError(
-            f"checkpoint {str(directory)!r} holds a structured pruning plan, but this prunekit "
-            f"({__version__}) has no prunekit.structured.replay_plan to apply it; upgrade "
-            "prunekit, or pass replay=False with a base_model that already has the pruned "
-            "shapes"
-        )
-    result = replay(model, plan)
-    return result if isinstance(result, nn.Module) else model
+def _replay_plan(model: nn.Module, plan: Any) -> nn.Module:
+    # imported on use: structured pruning sits above io in the layering
+    from prunekit.structured import replay_plan
+
+    replay_plan(model, plan)
+    return model
 
 
 def _check_compatible(

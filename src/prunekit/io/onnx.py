@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from prunekit._inputs import ExampleInputs, move_inputs, run_model
 from prunekit.errors import ConfigError, PrunekitError, check_choice, require
@@ -84,20 +83,8 @@ def export_onnx(
 
 
 def _stripped_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with masks baked in; ``model`` itself keeps its masks.
-
-    ``parametrize`` injects one class per parametrized module and ``deepcopy`` reuses it,
-    while removing a parametrization deletes the property from that class — so stripping a
-    plain deep copy would break the original (torch 2.13). Each copied module gets its own
-    equal class first.
-    """
-    clone = copy.deepcopy(model)
-    for module in clone.modules():
-        if parametrize.is_parametrized(module):
-            cls = type(module)
-            namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-            module.__class__ = type(cls.__name__, cls.__bases__, namespace)
-    return strip(clone)
+    """A deep copy of ``model`` with masks baked in; ``model`` itself keeps its masks."""
+    return strip(copy.deepcopy(model))
 
 
 def _import_or_require(module: str) -> Any:
@@ -105,7 +92,6 @@ def _import_or_require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         require(module, "onnx")
-        raise  # unreachable: require always raises
 
 
 def _resolve_exporter(exporter: str) -> str:
