@@ -1,6 +1,8 @@
-"""Shared tiny-model fixtures and the `gpu` marker's skip."""
+"""Shared tiny-model fixtures, one intra-op thread per test, and the `gpu` marker's skip."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,6 +18,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The test models are tiny: extra threads only spin, and on a shared 2-core machine two
+    contending threads made files 3-100x slower. Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

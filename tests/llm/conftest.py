@@ -8,16 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: a single intra-op thread is ~100x faster than two threads
-    contending on a busy 2-core machine. Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Block(nn.Module):
     """Pre-norm decoder block: causal attention (q/k/v/o) and a gated MLP (gate/up/down)."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -50,15 +49,6 @@ EXPECTED: dict[str, Expected] = {
 
 NAMES = [entry.name for entry in ZOO]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread() -> Iterator[None]:
-    """These models are tiny: extra threads only spin, and on a shared machine that made this
-    file 10× slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _check_structure(out: object, expected: Expected, where: str = "output") -> None:
