@@ -63,14 +63,16 @@ def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
         status[member.name] = (prev[0] or hit, prev[1] | reasons)
     entries = []
     for name, _ in model.named_parameters():
+        key = name
+        while key and key not in status:
+            key = key.rpartition(".")[0]
         owner = name.rpartition(".")[0]
-        key = name if name in status else owner
         if key in status:
             ok, reasons = status[key]
             reason = "; ".join(sorted(reasons)) or "blocked"
             entries.append(CoverageEntry(name, "prunable" if ok else "fixed",
                                          "in a dependency group" if ok else reason))
-        elif key in graph.trace.modules:
+        elif owner in graph.trace.modules:
             entries.append(CoverageEntry(name, "fixed", "its layer has no prunable dimension"))
         else:
             entries.append(CoverageEntry(

@@ -12,7 +12,7 @@ unsupported op or an ignored layer are *blocked* and never removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,8 +66,16 @@ class DependencyGraph:
     blocked: dict[int, str]
 
 
-def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = ()) -> DependencyGraph:
-    """Turn a trace into dependency groups; ``ignore`` layers keep their output width."""
+AxesOf = Callable[[nn.Module], "Sequence[tuple[str, int, str]] | None"]
+
+
+def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (),
+                 axes_of: AxesOf | None = None) -> DependencyGraph:
+    """Turn a trace into dependency groups; ``ignore`` layers keep their output width.
+
+    ``axes_of(module)`` lists ``(tensor attr, axis, dim)`` for a layer's own tensors; it
+    lets a tensor shared by several layers (tied weights) be cut consistently: the dims that
+    cut the same axis are joined. Without it, shared tensors keep their shape."""
     space = trace.space
     names = {id(m): n for n, m in model.named_modules()}
     for module in ignore:
@@ -82,7 +90,8 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
         for dim_name, dim in record.dims.items():
             if dim_name != "in":
                 space.block(dim.labels, f"layer {record.name!r} is in ignore=")
-    _block_shared_weights(trace)
+    _tie_shared_weights(trace, axes_of)
+    param_axes = {name: _param_axis(trace, p) for name, p in trace.params.items()}
     members: list[Member] = []
     for record in trace.modules.values():
         for dim_name, dim in record.dims.items():
@@ -90,49 +99,93 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
                                   dim.root))
     for (path, attr), labels in trace.bindings.items():
         members.append(Member("attr", path, attr, space.find(labels), False))
-    for param in trace.params.values():
-        member = _param_member(trace, param)
-        if member is not None:
-            members.append(member)
+    for name, axis in param_axes.items():
+        if axis is not None:
+            members.append(_param_member(trace, trace.params[name], axis))
     blocked = space.blocked_roots()
     groups = _components(members, blocked)
     return DependencyGraph(trace, tuple(groups), tuple(members), blocked)
 
 
-def _block_shared_weights(trace: Trace) -> None:
-    """A tensor read by several layers (tied weights) keeps its shape for now."""
-    owners: dict[int, list[str]] = {}
+def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
+    """Join the dims of layers that cut the same axis of one shared tensor; keep whole any
+    dim that cuts an axis another holder cannot cut."""
+    holders: dict[int, list[tuple[str, int | None, str | None]]] = {}
     for record in trace.modules.values():
-        for tensor in record.module.parameters(recurse=False):
-            owners.setdefault(id(tensor), []).append(record.name)
+        axes = axes_of(record.module) if axes_of is not None else None
+        for attr, tensor in record.module.named_parameters(recurse=False):
+            if axes is None:
+                holders.setdefault(id(tensor), []).append((record.name, None, None))
+                continue
+            for name, axis, dim in axes:
+                if name == attr and dim in record.dims:
+                    holders.setdefault(id(tensor), []).append((record.name, axis, dim))
+            holders.setdefault(id(tensor), []).append((record.name, -1, None))
     for param in trace.params.values():
-        owners.setdefault(id(param.tensor), []).append(param.name)
-    for names in owners.values():
-        if len(names) < 2:
+        holders.setdefault(id(param.tensor), []).append((param.name, None, None))
+    space = trace.space
+    for entries in holders.values():
+        owners = {name for name, _, _ in entries}
+        if len(owners) < 2:
             continue
-        reason = f"a weight is shared by {', '.join(sorted(names))} (tied weights)"
-        for name in names:
+        reason = f"a weight is shared by {', '.join(sorted(owners))} (tied weights)"
+        unknown = [name for name, axis, _ in entries if axis is None]
+        cuts: dict[int, list[tuple[str, str]]] = {}
+        for name, axis, dim in entries:
+            if axis is not None and axis >= 0 and dim is not None:
+                cuts.setdefault(axis, []).append((name, dim))
+        for axis, dims in cuts.items():
+            cutters = {name for name, _ in dims}
+            vectors = [trace.modules[name].dims[dim].labels for name, dim in dims]
+            if unknown or cutters != owners or len({v.numel() for v in vectors}) != 1:
+                for vector in vectors:
+                    space.block(vector, reason)
+                continue
+            for vector in vectors[1:]:
+                space.union(vectors[0], vector)
+        for name in unknown:
             record = trace.modules.get(name)
             if record is not None:
                 for dim in record.dims.values():
-                    trace.space.block(dim.labels, reason)
+                    space.block(dim.labels, reason)
             elif name in trace.params:
-                trace.space.block(trace.params[name].ids, reason)
+                space.block(trace.params[name].ids, reason)
 
 
-def _param_member(trace: Trace, param: ParamRecord) -> Member | None:
-    """The axis along which a directly used parameter's units run, or block it."""
+def _param_axis(trace: Trace, param: ParamRecord) -> int | None:
+    """The axis along which a directly used parameter's units run, or block it (None).
+
+    Elements never read (a positional table sliced to the sequence length) do not count."""
     space = trace.space
     units = space.find(param.ids)
+    read = (param.selected if param.selected is not None and not param.whole
+            else torch.ones(units.shape, dtype=torch.bool))
     for axis in range(units.dim()):
         if units.shape[axis] <= 1:
             continue
         flat = units.movedim(axis, 0).reshape(units.shape[axis], -1)
-        if bool((flat == flat[:, :1]).all()):
-            return Member("param", param.name, f"axis{axis}", flat[:, 0].clone(), True, axis)
+        seen = read.movedim(axis, 0).reshape(units.shape[axis], -1)
+        first = torch.where(seen, flat, torch.full_like(flat, -1)).amax(1, keepdim=True)
+        if bool(((flat == first) | ~seen).all()):
+            if axis in param.sliced_axes:
+                space.block(param.ids, f"parameter {param.name!r} is sliced along its channel "
+                                       f"axis by sizes written in the code")
+                return None
+            return axis
     space.block(param.ids, f"parameter {param.name!r} is used directly and its elements do "
                            f"not line up with channels along one axis")
     return None
+
+
+def _param_member(trace: Trace, param: ParamRecord, axis: int) -> Member:
+    units = trace.space.find(param.ids)
+    read = (param.selected if param.selected is not None and not param.whole
+            else torch.ones(units.shape, dtype=torch.bool))
+    flat = units.movedim(axis, 0).reshape(units.shape[axis], -1)
+    seen = read.movedim(axis, 0).reshape(units.shape[axis], -1)
+    per_index = torch.where(seen, flat, torch.zeros_like(flat)).amax(1)
+    per_index = torch.where(seen.any(1), per_index, flat[:, 0])
+    return Member("param", param.name, f"axis{axis}", per_index, True, axis)
 
 
 def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:

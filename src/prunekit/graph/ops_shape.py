@@ -22,7 +22,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import rep_along, varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.trace import TraceContext
+from prunekit.graph.trace import ParamRecord, TraceContext
 
 REPLAY = (
     "permute", "transpose", "t", "T", "mT", "H", "mH", "swapaxes", "swapdims", "movedim",
@@ -36,12 +36,13 @@ SLICING = ("getitem", "narrow", "select", "index_select", "unbind", "tensor_spli
 CHUNKING = ("chunk", "split", "split_with_sizes")
 
 
-def _replace_first(call: OpCall, ctx: TraceContext) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _replace_first(call: OpCall, ctx: TraceContext, partial: bool = False
+                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The call's arguments with the data tensor(s) in the first position swapped for labels."""
 
     def swap(value: Any) -> Any:
         if isinstance(value, Tensor):
-            return ctx.space.find(ctx.labels(value)).contiguous()
+            return ctx.space.find(ctx.labels(value, partial=partial)).contiguous()
         if isinstance(value, (list, tuple)):
             return type(value)(swap(v) for v in value)
         return value
@@ -52,8 +53,8 @@ def _replace_first(call: OpCall, ctx: TraceContext) -> tuple[tuple[Any, ...], di
     return (), {**call.kwargs, key: swap(call.kwargs[key])}
 
 
-def _replay(ctx: TraceContext, call: OpCall) -> Any:
-    args, kwargs = _replace_first(call, ctx)
+def _replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
+    args, kwargs = _replace_first(call, ctx, partial)
     try:
         result = call.func(*args, **kwargs)
     except (RuntimeError, TypeError, IndexError) as exc:
@@ -141,11 +142,26 @@ def _segments(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int
 
 def _slicing(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
-    canon = ctx.space.find(ctx.labels(source))
+    canon = ctx.space.find(ctx.labels(source, partial=True))
     touched = _selected_dims(call, source)
-    if any(varies(canon, d) for d in touched):
+    record = ctx.param_record(source)
+    if record is not None:  # a parameter's channel axis is only known later
+        record.sliced_axes.update(touched)
+        _mark_selected(call, source, record)
+    elif any(varies(canon, d) for d in touched):
         ctx.block(canon, f"{call.display} selects a fixed part of a channel dimension")
-    _replay(ctx, call)
+    _replay(ctx, call, partial=True)
+
+
+def _mark_selected(call: OpCall, source: Tensor, record: ParamRecord) -> None:
+    """Remember which elements of a parameter a slicing call reads."""
+    positions = torch.arange(source.numel()).reshape(source.shape)
+    picked = tensors_in(call.func(positions, *call.args[1:], **call.kwargs))
+    mask = torch.zeros(source.numel(), dtype=torch.bool)
+    for part in picked:
+        mask[part.reshape(-1)] = True
+    mask = mask.reshape(source.shape)
+    record.selected = mask if record.selected is None else record.selected | mask
 
 
 def _selected_dims(call: OpCall, source: Tensor) -> list[int]:
@@ -218,3 +234,17 @@ register_op(REPLAY, _replay_only)
 register_op(RESHAPE, _reshape)
 register_op(SLICING, _slicing)
 register_op(CHUNKING, _chunking)
+
+
+def _glu(ctx: TraceContext, call: OpCall) -> None:
+    """``glu(x, dim) = a · σ(b)`` with ``a, b = x.chunk(2, dim)``: the halves are coupled
+    index by index and the result carries a's channels."""
+    source = tensors_in(call.args[:1])[0]
+    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", -1)
+    labels = ctx.space.find(ctx.labels(source))
+    first, second = labels.chunk(2, dim=dim)
+    ctx.space.union(first, second)
+    ctx.set_labels(tensors_in(call.out)[0], first)
+
+
+register_op(("glu",), _glu)

@@ -83,6 +83,9 @@ class ParamRecord:
     name: str
     tensor: Tensor
     ids: Tensor
+    sliced_axes: set[int] = field(default_factory=set)
+    whole: bool = False  # read as a whole by some op
+    selected: Tensor | None = None  # elements read through slicing (bool, like ``ids``)
 
 
 @dataclass
@@ -120,17 +123,24 @@ class TraceContext:
     def is_tracked(self, tensor: Tensor) -> bool:
         return id(tensor) in self._labels or id(tensor) in self._param_names
 
-    def labels(self, tensor: Tensor) -> Tensor:
-        """The label tensor of ``tensor`` (a param node's ids, NEUTRAL if never seen)."""
+    def labels(self, tensor: Tensor, *, partial: bool = False) -> Tensor:
+        """The label tensor of ``tensor`` (a param node's ids, NEUTRAL if never seen).
+
+        ``partial`` marks a read of a parameter through slicing, so elements it never
+        reads do not decide its channel axis."""
+        record = self.param_record(tensor)
+        if record is None and id(tensor) in self._param_names and \
+                id(tensor) not in self._labels:
+            name = self._param_names[id(tensor)]
+            ids = self.space.new_ids(tensor.numel()).reshape(tensor.shape)
+            record = self.params[name] = ParamRecord(name, tensor, ids)
+            self._labels[id(tensor)] = (tensor, ids)
+        if record is not None:
+            record.whole = record.whole or not partial
+            return record.ids
         entry = self._labels.get(id(tensor))
         if entry is not None and entry[0] is tensor:
             return entry[1]
-        name = self._param_names.get(id(tensor))
-        if name is not None:
-            ids = self.space.new_ids(tensor.numel()).reshape(tensor.shape)
-            self.params[name] = ParamRecord(name, tensor, ids)
-            self._labels[id(tensor)] = (tensor, ids)
-            return ids
         return torch.zeros(tensor.shape, dtype=torch.long)
 
     def set_labels(self, tensor: Tensor, labels: Tensor) -> None:
@@ -142,6 +152,12 @@ class TraceContext:
 
     def block(self, labels: Tensor, reason: str) -> None:
         self.space.block(labels, reason)
+
+    def param_record(self, tensor: Tensor) -> ParamRecord | None:
+        """The param node of ``tensor`` if it is a parameter/buffer used directly."""
+        name = self._param_names.get(id(tensor))
+        record = self.params.get(name) if name is not None else None
+        return record if record is not None and record.tensor is tensor else None
 
     @property
     def path(self) -> str:

@@ -8,7 +8,8 @@ layer types:
 * ``weight_views(module, dim)`` — its tensors as 2-D views ``[units, -1]`` along ``dim``;
 * ``prune(module, keep, slicer)`` — cut ``keep[dim]`` indices and update attributes;
 * ``sync(module)`` — re-derive attributes from parameter shapes (after a parameter the
-  module uses directly was sliced from outside).
+  module uses directly was sliced from outside);
+* ``axes(module)`` — which axis of which own tensor each dim cuts (for tied weights).
 
 Dimension names are ``"out"`` (made by the layer), ``"in"`` (read by it) and
 ``"channels"`` (norm layers, where input and output channels are the same).
@@ -62,6 +63,11 @@ class LayerAdapter(Protocol):
 
     def sync(self, module: nn.Module) -> None: ...
 
+    def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
+        """``(tensor attr, axis, dim)`` of the layer's own tensors, or None if the layout is
+        not a plain axis per dim (then a tied copy of its tensors keeps its shape)."""
+        ...
+
 
 _ADAPTERS: dict[type[nn.Module], LayerAdapter] = {}
 _SUBCLASS_OK: dict[type[nn.Module], bool] = {}
@@ -69,6 +75,8 @@ _BUILTIN_FAMILIES = (
     "prunekit.structured.adapters_conv",
     "prunekit.structured.adapters_linear",
     "prunekit.structured.adapters_norm",
+    "prunekit.structured.adapters_attention",
+    "prunekit.structured.adapters_rnn",
 )
 _loaded = False
 
@@ -188,6 +196,10 @@ def views_from_axes(module: nn.Module, dim: str, axes: tuple[Axis, ...]) -> list
             out.append(WeightView(rows(tensor, spec.axis), spec.kind, dim,
                                   grad_rows(tensor, spec.axis)))
     return out
+
+
+def axes_list(axes: tuple[Axis, ...]) -> list[tuple[str, int, str]]:
+    return [(a.attr, a.axis, a.dim) for a in axes]
 
 
 def cut_axes(module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer,

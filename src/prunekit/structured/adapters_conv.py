@@ -92,6 +92,13 @@ class ConvAdapter:
     def sync(self, module: nn.Module) -> None:
         return None
 
+    def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
+        assert isinstance(module, _ConvNd)
+        if module.groups != 1:
+            return None
+        out_axis, in_axis = (1, 0) if module.transposed else (0, 1)
+        return [("weight", out_axis, "out"), ("weight", in_axis, "in"), ("bias", 0, "out")]
+
 
 def _grouped_rows(conv: _ConvNd, weight: Tensor, dim: str) -> Tensor:
     """The weight as ``[channels along dim, -1]`` for any group count."""

@@ -13,6 +13,7 @@ from prunekit.structured.adapters import (
     Axis,
     ParamSlicer,
     WeightView,
+    axes_list,
     cut_axes,
     register_adapter,
     views_from_axes,
@@ -49,6 +50,9 @@ class LinearAdapter:
         if "in" in keep:
             module.in_features = int(keep["in"].numel())
 
+    def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
+        return axes_list(_LINEAR_AXES)
+
     def sync(self, module: nn.Module) -> None:
         assert isinstance(module, nn.Linear)
         module.out_features, module.in_features = module.weight.shape
@@ -72,6 +76,9 @@ class EmbeddingAdapter:
         cut_axes(module, keep, slicer, _EMBEDDING_AXES)
         if "out" in keep:
             module.embedding_dim = int(keep["out"].numel())
+
+    def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
+        return axes_list(_EMBEDDING_AXES)
 
     def sync(self, module: nn.Module) -> None:
         assert isinstance(module, nn.Embedding)

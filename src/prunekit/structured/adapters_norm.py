@@ -14,6 +14,7 @@ from prunekit.structured.adapters import (
     Axis,
     ParamSlicer,
     WeightView,
+    axes_list,
     cut_axes,
     register_adapter,
     views_from_axes,
@@ -69,6 +70,9 @@ class ChannelNormAdapter:
 
     def _set_size(self, module: nn.Module, size: int) -> None:
         setattr(module, self.size_attr, (size,) if self.as_shape else size)
+
+    def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
+        return axes_list(_AXES)
 
     def sync(self, module: nn.Module) -> None:
         weight = getattr(module, "weight", None)

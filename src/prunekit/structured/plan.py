@@ -135,10 +135,12 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
     slicer.finish()
     for module, attr, value in attrs:
         setattr(module, attr, value)
+    for adapter, module, _ in cuts:
+        adapter.sync(module)
     for module, *_ in params:
-        adapter = find_adapter(module, atomic=False)
-        if adapter is not None:
-            adapter.sync(module)
+        owner_adapter = find_adapter(module, atomic=False)
+        if owner_adapter is not None:
+            owner_adapter.sync(module)
 
 
 def replay_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:

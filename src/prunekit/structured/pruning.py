@@ -66,12 +66,17 @@ def analyze(model: nn.Module, example_inputs: ExampleInputs, *, importance: str 
     """Trace, group and score ``model`` without changing it."""
     criterion = get_group_criterion(importance)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
-    graph = build_groups(model, traced, ignore)
+    graph = build_groups(model, traced, ignore, axes_of=_axes_of)
     modules = dict(model.named_modules())
     inputs = [(g, _member_views(g, modules, model)) for g in graph.groups]
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
     return _Analysis(graph, scores, coverage_report(model, graph))
+
+
+def _axes_of(module: nn.Module) -> list[tuple[str, int, str]] | None:
+    adapter = find_adapter(module)
+    return adapter.axes(module) if adapter is not None else None
 
 
 def _member_views(group: Group, modules: Mapping[str, nn.Module], model: nn.Module) -> list[MemberViews]:
