@@ -71,3 +71,32 @@ def test_sparsify_bad_input_is_a_clear_error(
     err = capsys.readouterr().err
     assert "error" in err and needle in err
     assert not (tmp_path / "o").exists()
+
+
+def test_prune_saves_a_smaller_model_that_reloads(tmp_path: Path) -> None:
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
+                 "--ratio", "0.5", "--out", str(out)]) == 0
+    model = load(out, LeNet5())
+    assert model.conv1.out_channels == 3 and model.conv2.out_channels == 8
+    assert model.fc1.out_features == 60 and model.fc3.out_features == 10
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_prune_target_macs_keeps_about_that_fraction(tmp_path: Path) -> None:
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
+                 "--target-macs", "0.5", "--out", str(out)]) == 0
+    from prunekit.metrics.profile import profile
+
+    x = torch.randn(1, 1, 32, 32)
+    kept = profile(load(out, LeNet5()), x).macs / profile(LeNet5(), x).macs
+    assert 0.35 <= kept <= 0.5
+
+
+def test_prune_bad_round_to_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["prune", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
+                 "--ratio", "0.5", "--round-to", "0", "--out", str(tmp_path / "o")]) == 1
+    assert "--round-to" in capsys.readouterr().err

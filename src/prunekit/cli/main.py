@@ -10,7 +10,12 @@ from prunekit import __version__
 from prunekit.errors import PrunekitError
 
 # sub-command modules; each defines add_parser(subparsers) and sets args.func
-_COMMANDS = ("prunekit.cli.demo", "prunekit.cli.sparsify_cmd", "prunekit.cli.profile_cmd")
+_COMMANDS = (
+    "prunekit.cli.demo",
+    "prunekit.cli.prune_cmd",
+    "prunekit.cli.sparsify_cmd",
+    "prunekit.cli.profile_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
