@@ -92,7 +92,7 @@ def _bind_size(ctx: TraceContext, call: OpCall, labels: Tensor, dim: int) -> Non
     If several attributes hold that value, none can be told apart: keep the dim whole."""
     size = labels.shape[dim]
     written = [v for v in tensors_free(call.args[1:]) if v == size]
-    if not written:
+    if not written or dim != labels.dim() - 1:  # head_dim-like factors come last
         return
     module = ctx.running_module
     attrs = [k for k, v in vars(module).items()
