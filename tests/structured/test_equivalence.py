@@ -14,10 +14,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.structured.zoo import BY_NAME, call
 from torch import Tensor, nn
 
 from prunekit.structured import prune
-from tests.structured.zoo import BY_NAME, call
 
 
 def _zero_removed_inputs(model: nn.Module, plan: dict) -> nn.Module:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.structured.zoo import BY_NAME, call
 from torch import Tensor, nn
 
 from prunekit.structured import prune
-from tests.structured.zoo import BY_NAME, call
 
 
 def test_multihead_attention_attributes_follow() -> None:

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
+from tests.structured.zoo import ZOO, ZooEntry, call
 from torch import Tensor
 
 from prunekit.structured import prune, replay_plan
-from tests.structured.zoo import ZOO, ZooEntry, call
 
 
 def _leaves(out: object) -> list[Tensor]:

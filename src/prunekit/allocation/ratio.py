@@ -75,7 +75,7 @@ def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocati
     else:
         counts = [g.size - math.floor(_group_ratio(g, config) * g.size + 1e-9) for g in groups]
     masks = []
-    for group, score, keep in zip(groups, scores, counts):
+    for group, score, keep in zip(groups, scores, counts, strict=True):
         keep = max(keep, _floor_keep(group, config))
         keep = _rounded(keep, group.size, config.round_to)
         mask = torch.zeros(group.size, dtype=torch.bool)
@@ -85,7 +85,8 @@ def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocati
     return masks
 
 
-def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation) -> list[int]:
+def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],
+                   config: Allocation) -> list[int]:
     """Units kept per group when the lowest scores across all groups go first."""
     total = sum(g.size for g in groups)
     budget = math.floor(config.ratio * total + 1e-9)

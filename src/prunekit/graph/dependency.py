@@ -129,27 +129,27 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
         if len(owners) < 2:
             continue
         reason = f"a weight is shared by {', '.join(sorted(owners))} (tied weights)"
-        unknown = [name for name, axis, _ in entries if axis is None]
+        unknown = [entry[0] for entry in entries if entry[1] is None]
         cuts: dict[int, list[tuple[str, str]]] = {}
-        for name, axis, dim in entries:
-            if axis is not None and axis >= 0 and dim is not None:
-                cuts.setdefault(axis, []).append((name, dim))
-        for axis, dims in cuts.items():
-            cutters = {name for name, _ in dims}
-            vectors = [trace.modules[name].dims[dim].labels for name, dim in dims]
+        for owner, cut_axis, cut_dim in entries:
+            if cut_axis is not None and cut_axis >= 0 and cut_dim is not None:
+                cuts.setdefault(cut_axis, []).append((owner, cut_dim))
+        for dims in cuts.values():
+            cutters = {owner for owner, _ in dims}
+            vectors = [trace.modules[owner].dims[d].labels for owner, d in dims]
             if unknown or cutters != owners or len({v.numel() for v in vectors}) != 1:
                 for vector in vectors:
                     space.block(vector, reason)
                 continue
             for vector in vectors[1:]:
                 space.union(vectors[0], vector)
-        for name in unknown:
-            record = trace.modules.get(name)
-            if record is not None:
-                for dim in record.dims.values():
-                    space.block(dim.labels, reason)
-            elif name in trace.params:
-                space.block(trace.params[name].ids, reason)
+        for owner in unknown:
+            held = trace.modules.get(owner)
+            if held is not None:
+                for module_dim in held.dims.values():
+                    space.block(module_dim.labels, reason)
+            elif owner in trace.params:
+                space.block(trace.params[owner].ids, reason)
 
 
 def _param_axis(trace: Trace, param: ParamRecord) -> int | None:
@@ -189,7 +189,7 @@ def _param_member(trace: Trace, param: ParamRecord, axis: int) -> Member:
 
 
 def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
-    blocked_ids = torch.tensor(sorted(blocked) + [NEUTRAL], dtype=torch.long)
+    blocked_ids = torch.tensor([*sorted(blocked), NEUTRAL], dtype=torch.long)
     free: list[Tensor] = []
     for member in members:
         uniq = member.units.unique()
@@ -216,7 +216,8 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
     groups: list[Group] = []
     for units_list in by_root.values():
         units = torch.tensor(sorted(units_list), dtype=torch.long)
-        holders = tuple(m for m, f in zip(members, free) if bool(torch.isin(f, units).any()))
+        holders = tuple(m for m, f in zip(members, free, strict=True)
+                        if bool(torch.isin(f, units).any()))
         if not any(m.kind == "module" for m in holders):
             for unit in units_list:
                 blocked[unit] = "only used by parameters, not by any layer"

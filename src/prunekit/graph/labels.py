@@ -94,7 +94,7 @@ class LabelSpace:
         ids = torch.tensor(list(self.block_reasons), dtype=torch.long)
         roots = self.find(ids).tolist()
         out: dict[int, str] = {}
-        for bid, root in zip(self.block_reasons, roots):
+        for bid, root in zip(self.block_reasons, roots, strict=True):
             out.setdefault(root, self.block_reasons[bid])
         return out
 

@@ -43,14 +43,15 @@ def _norm(ctx: TraceContext, call: OpCall) -> None:
     else:
         dim = 1
     affine = [_arg(call, p, n) for p, n in zip(_AFFINE_POSITIONS[call.name],
-                                               _AFFINE_NAMES[call.name])]
+                                               _AFFINE_NAMES[call.name], strict=True)]
     vectors = [t for t in affine if isinstance(t, Tensor)]
     if call.name == "group_norm":
         groups = _arg(call, 1, "num_groups")
         if isinstance(groups, int) and groups > 1:  # channel j of every group leaves together
             moved = ctx.space.find(labels).movedim(dim, -1)
             rep_along(ctx.space, moved.reshape(*moved.shape[:-1], groups, -1), (moved.dim() - 1,))
-    if not isinstance(dict(zip(_AFFINE_NAMES[call.name], affine)).get("weight"), Tensor):
+    named = dict(zip(_AFFINE_NAMES[call.name], affine, strict=True))
+    if not isinstance(named.get("weight"), Tensor):
         ctx.block(labels, f"{call.display} without an affine vector has its width written "
                           f"in the call")
     view = [1] * x.dim()

@@ -62,7 +62,7 @@ def _replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
     outs, labs = tensors_in(call.out), tensors_in(result)
     if len(outs) != len(labs):
         raise OpNotMappable("replaying it on labels gave a different structure")
-    for tensor, labels in zip(outs, labs):
+    for tensor, labels in zip(outs, labs, strict=True):
         ctx.set_labels(tensor, labels)
     return result
 

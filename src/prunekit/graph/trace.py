@@ -180,7 +180,8 @@ class TraceContext:
             self.space.union(existing, labels.reshape(-1))
         else:
             self.block(labels, f"attribute {attr!r} of {name!r} sizes tensors of different widths")
-            self.block(existing, f"attribute {attr!r} of {name!r} sizes tensors of different widths")
+            self.block(existing, f"attribute {attr!r} of {name!r} sizes tensors of "
+                                 f"different widths")
 
     # -- module dims -------------------------------------------------------------------
     def module_ids(self, name: str, module: nn.Module, dim: str, count: int) -> Tensor:

@@ -31,9 +31,9 @@ from prunekit.importance.base import get_criterion
 from prunekit.structured.adapters import WeightView
 
 __all__ = [
+    "Aggregation",
     "GroupCriterion",
     "MemberViews",
-    "Aggregation",
     "Normalization",
     "bn_l1_penalty",
     "get_group_criterion",

@@ -28,7 +28,8 @@ _EMBEDDING_AXES = (Axis("weight", 1, "out", "weight"),)
 
 
 class LinearAdapter:
-    """``y[..., o] = Σ_i W[o, i] x[..., i] + b[o]``: in on the input's last dim, out on the output's."""
+    """``y[..., o] = Σ_i W[o, i] x[..., i] + b[o]``: "in" is the input's last dim, "out" the
+    output's."""
 
     def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
         module = call.module

@@ -44,7 +44,10 @@ class RecurrentAdapter:
         states = tensors_in((call.args[1:], call.kwargs))
         for state in states:  # given initial states carry the hidden units on their last dim
             space.union(hidden, consume(space, ctx.labels(state), -1))
-        output, rest = (call.out[0], call.out[1:]) if isinstance(call.out, tuple) else (call.out, ())
+        if isinstance(call.out, tuple):
+            output, rest = call.out[0], call.out[1:]
+        else:
+            output, rest = call.out, ()
         if not isinstance(output, Tensor):
             raise OpNotMappable("packed sequences are not supported yet")
         directions = 2 if rnn.bidirectional else 1

@@ -33,7 +33,7 @@ PLAN_FORMAT = "prunekit.structured.plan/1"
 
 def build_plan(model: nn.Module, graph: DependencyGraph, masks: Sequence[Tensor]) -> dict[str, Any]:
     """The plan that removes every unit whose mask entry is False."""
-    removed_parts = [g.units[~m] for g, m in zip(graph.groups, masks)]
+    removed_parts = [g.units[~m] for g, m in zip(graph.groups, masks, strict=True)]
     removed = torch.cat(removed_parts) if removed_parts else torch.zeros(0, dtype=torch.long)
     modules = dict(model.named_modules())
     plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}, "attrs": {}}

@@ -60,7 +60,8 @@ class _Analysis:
     coverage: Coverage
 
 
-def analyze(model: nn.Module, example_inputs: ExampleInputs, *, importance: str | GroupCriterion = "l2",
+def analyze(model: nn.Module, example_inputs: ExampleInputs, *,
+            importance: str | GroupCriterion = "l2",
             ignore: Iterable[nn.Module] = (), strict: bool = True, aggregation: Aggregation = "sum",
             normalization: Normalization = "none", seed: int = 0) -> _Analysis:
     """Trace, group and score ``model`` without changing it."""
@@ -79,7 +80,8 @@ def _axes_of(module: nn.Module) -> list[tuple[str, int, str]] | None:
     return adapter.axes(module) if adapter is not None else None
 
 
-def _member_views(group: Group, modules: Mapping[str, nn.Module], model: nn.Module) -> list[MemberViews]:
+def _member_views(group: Group, modules: Mapping[str, nn.Module],
+                  model: nn.Module) -> list[MemberViews]:
     out = []
     for member in group.members:
         if member.kind == "attr":
@@ -185,7 +187,8 @@ def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
     raise ConfigError(f"ratios keys must be submodules of the model or their paths, got {key!r}")
 
 
-def _output_shapes(model: nn.Module, example_inputs: ExampleInputs) -> list[tuple[str, tuple[int, ...]]]:
+def _output_shapes(model: nn.Module,
+                   example_inputs: ExampleInputs) -> list[tuple[str, tuple[int, ...]]]:
     with torch.no_grad(), eval_mode(model):
         out = run_model(model, example_inputs)
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
@@ -195,7 +198,8 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, found: _Analysis,
             config: Allocation, target: Mapping[str, float]) -> Allocation:
     """Bisection on the global ratio until the kept fraction of params/MACs meets ``target``."""
     if not isinstance(target, Mapping) or len(target) != 1:
-        raise ConfigError(f"target must be one entry, {{'params': f}} or {{'macs': f}}, got {target!r}")
+        raise ConfigError(
+            f"target must be one entry, {{'params': f}} or {{'macs': f}}, got {target!r}")
     (metric, goal), = target.items()
     check_choice("target metric", metric, ("params", "macs"))
     goal = check_fraction(f"target[{metric!r}]", goal, allow_one=True)
