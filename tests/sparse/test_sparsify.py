@@ -13,7 +13,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError, NonFiniteWeightsError, NothingToPruneError
-from prunekit.importance import base as criteria_base
 from prunekit.sparse import sparsify as sparsify_module
 from prunekit.sparse.masks import apply_mask, masked_tensors
 from prunekit.sparse.ranking import prune_count, smallest_k
@@ -354,22 +353,9 @@ def test_non_finite_weights_name_the_tensor(lenet: LeNet5, premasked: bool) -> N
     _assert_unchanged(lenet, before)
 
 
-def test_criterion_needing_data_is_rejected(
-    lenet: LeNet5, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class Taylor:
-        name, needs_data = "taylor", True
-
-        def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-            return weight.abs()
-
-        def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
-            return scores.sum(dim)
-
-    monkeypatch.setattr(criteria_base, "_CRITERIA", dict(criteria_base._CRITERIA))
-    criteria_base.register_criterion(Taylor())
+def test_criterion_needing_data_is_rejected(lenet: LeNet5) -> None:
     before = _snapshot(lenet)
-    with pytest.raises(ConfigError, match="'taylor' needs calibration data"):
+    with pytest.raises(ConfigError, match=r"'taylor' needs calibration data.*data="):
         sparsify(lenet, 0.5, criterion="taylor")
     _assert_unchanged(lenet, before)
 

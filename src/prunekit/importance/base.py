@@ -6,15 +6,28 @@ group, a whole channel as a row of a 2-D view) combine into one score for that g
 Criteria never look at layer types; callers hand them tensors. Channel scores, for
 example, are ``c.combine(c.score(w.flatten(1), generator=g), dim=1)`` with the channels
 as rows of the 2-D view.
+
+Data-aware criteria (``needs_data``) are :class:`DataCriterion` objects: ``prepare``
+runs the calibration batches once and returns one statistic per tensor (keyed by the
+tensor's fully-qualified name, e.g. "fc1.weight"), and ``score_with(weight, statistic)``
+scores a tensor from it. :func:`prepare_scorers` turns any criterion into a name →
+``Criterion`` lookup that callers score with as before, so magnitude criteria are
+untouched.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from prunekit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prunekit.importance.data import CalibrationData, LossFn
 
 
 @runtime_checkable
@@ -40,6 +53,82 @@ class Criterion(Protocol):
     def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
         """One score per group: reduce element ``scores`` along ``dim``."""
         ...
+
+
+@runtime_checkable
+class DataCriterion(Criterion, Protocol):
+    """A criterion scored from per-tensor statistics of calibration data."""
+
+    def prepare(
+        self, model: nn.Module, params: Mapping[str, torch.Tensor], data: CalibrationData
+    ) -> Mapping[str, torch.Tensor]:
+        """One statistic per entry of ``params`` (full tensor name → the leaf tensor of
+        ``model`` that holds it; for a masked weight its unmasked ``original``)."""
+        ...
+
+    def score_with(self, weight: torch.Tensor, statistic: torch.Tensor) -> torch.Tensor:
+        """Non-negative scores of ``weight`` (shape of ``weight``) from its statistic."""
+        ...
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A data criterion bound to one tensor's statistic: an ordinary :class:`Criterion`."""
+
+    criterion: DataCriterion
+    statistic: torch.Tensor
+    needs_data: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.criterion.name
+
+    def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        return self.criterion.score_with(weight, self.statistic.to(weight.device))
+
+    def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
+        return self.criterion.combine(scores, dim)
+
+
+def prepare_scorers(
+    criterion: Criterion,
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    data: CalibrationData | Iterable[Any] | None,
+    *,
+    caller: str,
+    loss_fn: LossFn | None = None,
+    batches: int | None = None,
+) -> Callable[[str], Criterion]:
+    """Tensor name → the criterion to score that tensor with.
+
+    A data-free criterion is returned for every name (``data`` must then be None); a
+    :class:`DataCriterion` is prepared once on ``data`` (a loader or CalibrationData).
+    A ConfigError names ``data=`` when a data criterion gets none."""
+    from prunekit.importance.data import as_calibration
+
+    if not criterion.needs_data:
+        if data is not None or loss_fn is not None or batches is not None:
+            raise ConfigError(
+                f"criterion={criterion.name!r} does not use data, but {caller} got data / "
+                f"loss_fn / calib_batches; drop them or choose a data-aware criterion "
+                f"({', '.join(n for n, c in _CRITERIA.items() if c.needs_data)})"
+            )
+        return lambda name: criterion
+    if data is None:
+        from prunekit.importance.data import missing_data_error
+
+        raise missing_data_error(criterion.name, caller)
+    if not isinstance(criterion, DataCriterion):
+        raise TypeError(
+            f"criterion {criterion.name!r} says needs_data=True but has no prepare() / "
+            f"score_with(); implement the DataCriterion protocol"
+        )
+    calib = as_calibration(data, criterion=criterion.name, caller=caller, loss_fn=loss_fn,
+                           batches=batches)
+    stats = criterion.prepare(model, params, calib)
+    bound = {name: Prepared(criterion, stats[name]) for name in params}
+    return bound.__getitem__
 
 
 _CRITERIA: dict[str, Criterion] = {}

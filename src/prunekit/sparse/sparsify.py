@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from prunekit.errors import ConfigError, NonFiniteWeightsError, check_choice, check_fraction
-from prunekit.importance import get_criterion, require_data_free
-from prunekit.importance.base import Criterion
+from prunekit.importance import get_criterion
+from prunekit.importance.base import Criterion, prepare_scorers
+from prunekit.importance.data import CalibrationData, LossFn
 from prunekit.sparse.masks import apply_mask, get_mask, remove_mask
 from prunekit.sparse.patterns import Pattern, PatternOptions, check_block_shape, get_pattern
 from prunekit.sparse.ranking import prune_count, smallest_k
@@ -234,6 +235,9 @@ def sparsify(
     layers: Iterable[type[nn.Module]] = DEFAULT_LAYERS,
     block_shape: tuple[int, int] = (1, 4),
     seed: int = 0,
+    data: CalibrationData | Iterable[Any] | None = None,
+    loss_fn: LossFn | None = None,
+    calib_batches: int | None = None,
 ) -> SparsifyResult:
     """Mask the weights of ``model`` in place and report the sparsity reached.
 
@@ -246,7 +250,9 @@ def sparsify(
         threshold: instead of ``sparsity``, remove every unit whose score is <= τ
             (``criterion="l1"``: |w| <= τ; ``"normalized"``: |w| / Σ|w| <= τ); a threshold
             is the same for every tensor, so ``scope`` does not change its result.
-        criterion: a registered criterion name ("l1", "l2", "random", "normalized") or object.
+        criterion: a registered criterion name or object: data-free "l1", "l2", "random",
+            "normalized", "lamp"; data-aware "grad", "taylor", "wlg", "snip", "fisher",
+            "activation" (these need ``data``).
         pattern: "unstructured", "kernel", "block" (of ``block_shape``) or "N:M" such as
             "2:4". N:M keeps N of every M weights: its sparsity is 1 - N/M, ``scope`` does
             not apply, and ``sparsity`` may be omitted (any other value is an error).
@@ -257,6 +263,13 @@ def sparsify(
         layers: module types whose ``weight`` is pruned; biases and norms never are.
         block_shape: (rows, cols) of a block over the 2-D view ``(out, in * prod(kernel))``.
         seed: seeds the generator of ``criterion="random"``.
+        data: calibration batches for a data-aware criterion: a loader (any iterable of
+            batches) or a :class:`~prunekit.importance.data.CalibrationData`. Statistics are
+            gathered before anything is masked; weights, ``.grad``, ``requires_grad``,
+            buffers and train/eval modes are left as they were.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` for gradient criteria (default:
+            cross-entropy on ``(inputs, targets)``); sum the heads' losses for multi-task.
+        calib_batches: how many batches of ``data`` to use (default: all).
 
     Entries already masked stay masked (scored lowest, masks ANDed) and count towards the
     sparsity, so repeated calls prune iteratively: ``sparsity`` is the fraction of all
@@ -270,7 +283,7 @@ def sparsify(
         TypeError: an argument of the wrong type.
     On any error the model is left exactly as it was.
     """
-    crit = require_data_free(get_criterion(criterion), "sparsify")
+    crit = get_criterion(criterion)
     check_choice("scope", scope, SCOPES)
     shape = check_block_shape(block_shape)
     pat = get_pattern(pattern, PatternOptions(block_shape=shape))
@@ -280,9 +293,11 @@ def sparsify(
     targets = select_targets(model, layer_types, ignored)
     by_layer = resolve_overrides(overrides, targets)
     amount, tau = _check_amount(sparsity, threshold, pat, by_layer)
+    scorer = prepare_scorers(crit, model, {t.name: t.raw() for t in targets}, data,
+                             caller="sparsify", loss_fn=loss_fn, batches=calib_batches)
 
     generator = torch.Generator().manual_seed(seed)
-    scored = [_score(t, crit, pat, generator) for t in targets]
+    scored = [_score(t, scorer(t.name), pat, generator) for t in targets]
     unit_keep = _keep_units(scored, pat, amount, tau, scope, by_layer)
     masks: list[tuple[Target, torch.Tensor]] = []
     for item, keep in zip(scored, unit_keep, strict=True):
