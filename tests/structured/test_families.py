@@ -35,14 +35,33 @@ def test_transformers_prune_and_keep_heads_consistent(name: str) -> None:
         call(result.model, inputs)
 
 
-def test_hand_written_head_dim_attribute_is_rewritten() -> None:
+def test_window_attention_prunes_whole_heads_and_bias_table() -> None:
     entry = BY_NAME["swin"]
     model, inputs = entry.build().eval(), entry.example_inputs()
     result = prune(model, inputs, ratio=0.5)
-    changed = [(n, m.head_dim) for n, m in result.model.named_modules()
-               if hasattr(m, "head_dim") and hasattr(m, "qkv")]
-    assert changed and all(h < 16 for _, h in changed)
-    assert any("head_dim" in attrs for attrs in result.plan["attrs"].values())
+    before = dict(model.named_modules())
+    for name, module in result.model.named_modules():
+        if not hasattr(module, "relative_position_bias_table"):
+            continue
+        old = before[name]
+        assert module.num_heads == old.num_heads // 2 and module.head_dim == old.head_dim
+        assert module.relative_position_bias_table.shape[1] == module.num_heads
+        assert module.qkv.out_features == 3 * module.num_heads * module.head_dim
+        assert result.plan["attrs"][name]["num_heads"] == module.num_heads
+
+
+def test_grouped_query_attention_keeps_query_groups() -> None:
+    entry = BY_NAME["llama"]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune(model, inputs, ratio=0.5)
+    for old, new in zip(model.modules(), result.model.modules(), strict=True):
+        if hasattr(old, "num_key_value_heads"):
+            assert new.num_key_value_heads == old.num_key_value_heads // 2
+            assert new.num_heads == old.num_heads // 2 and new.head_dim == old.head_dim
+            assert new.k_proj.out_features == new.num_key_value_heads * new.head_dim
+            assert new.q_proj.out_features == new.num_heads * new.head_dim
+    with torch.no_grad():
+        assert call(result.model, inputs).shape == call(model, inputs).shape
 
 
 class HeadAttention(nn.Module):
@@ -66,7 +85,7 @@ def test_hand_written_attention_equivalence() -> None:
     torch.manual_seed(0)
     model, x = HeadAttention().eval(), torch.randn(2, 5, 16)
     result = prune(model, x, ratio=0.5, importance="random", seed=1)
-    assert result.model.head_dim == 4 and result.model.num_heads == 2
+    assert result.model.head_dim == 8 and result.model.num_heads == 1
     zeroed = HeadAttention().eval()
     zeroed.load_state_dict(model.state_dict())
     with torch.no_grad():  # q, k and v channels go; o stops reading them

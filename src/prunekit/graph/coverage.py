@@ -72,6 +72,10 @@ def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
             reason = "; ".join(sorted(reasons)) or "blocked"
             entries.append(CoverageEntry(name, "prunable" if ok else "fixed",
                                          "in a dependency group" if ok else reason))
+        elif name in graph.trace.params:
+            ids = graph.trace.space.find(graph.trace.params[name].ids).unique().tolist()
+            reasons = sorted({graph.blocked.get(int(u), "not coupled to any layer") for u in ids})
+            entries.append(CoverageEntry(name, "fixed", "; ".join(reasons[:3])))
         elif owner in graph.trace.modules:
             entries.append(CoverageEntry(name, "fixed", "its layer has no prunable dimension"))
         else:

@@ -29,11 +29,13 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
     for lab, k_dim, free_dim in ((a, -1, -2), (b, -2, -1)):
         on_k, on_free = varies(lab, k_dim), varies(lab, free_dim)
         on_batch = any(varies(lab, d) for d in range(lab.dim() - 2))
-        if (on_k and on_free) or on_batch:
+        if (on_k and on_free) or (on_batch and (on_k or on_free)):
             space.block(lab, reason)
-            on_k = on_free = False
-        sides.append((on_k, on_free))
-    (a_k, a_n), (b_k, b_m) = sides
+            on_k = on_free = on_batch = False
+        sides.append((on_k, on_free, on_batch))
+    (a_k, a_n, a_batch), (b_k, b_m, b_batch) = sides
+    if a_batch or b_batch:  # per-head tensors: heads of both sides go together
+        return _batched(ctx, a, b, (a_batch, b_batch), out_shape)
     if a_k or b_k:
         ka = a.amax(dim=-2)  # one label per k (constant along n)
         kb = b.amax(dim=-1)
@@ -52,6 +54,21 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
         col = a.amax(dim=-1, keepdim=True)
         return col.expand(out_shape) if col.dim() == len(out_shape) else _lift(col, out_shape)
     return torch.full(out_shape, NEUTRAL, dtype=torch.long)
+
+
+def _batched(ctx: TraceContext, a: Tensor, b: Tensor, per_head: tuple[bool, bool],
+             out_shape: tuple[int, ...]) -> Tensor:
+    """Labels that vary only along batch dims (heads): join a's and b's per batch index."""
+    space = ctx.space
+    la = a.amax(dim=(-2, -1), keepdim=True)
+    lb = b.amax(dim=(-2, -1), keepdim=True)
+    if not all(per_head):  # one side is shared by all heads: the heads cannot shrink
+        space.block(la if per_head[0] else lb,
+                    "a per-head tensor is multiplied with one shared by all heads")
+        return torch.full(out_shape, NEUTRAL, dtype=torch.long)
+    la_, lb_ = torch.broadcast_tensors(la, lb)
+    space.union(la_, lb_)
+    return _lift(torch.maximum(la_, lb_), out_shape)
 
 
 def _lift(labels: Tensor, shape: tuple[int, ...]) -> Tensor:

@@ -96,13 +96,13 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
             acc = torch.maximum(acc, full)
             acc_bcast &= bcast
         elif acc_over and not new_over:
-            if new_varies:  # both carry channels along different axes
-                space.block(full, "operands of a pointwise op carry channels on different axes")
-                space.block(acc, "operands of a pointwise op carry channels on different axes")
+            # ``full`` is broadcast along acc's channels, so it cannot follow them; its own
+            # channels (along dims where acc is constant) cannot shrink either
+            if new_varies:
+                space.block(full, "broadcast against channels on another axis")
         elif new_over and not acc_over:
             if acc_varies:
-                space.block(full, "operands of a pointwise op carry channels on different axes")
-                space.block(acc, "operands of a pointwise op carry channels on different axes")
+                space.block(acc, "broadcast against channels on another axis")
             acc, acc_bcast = full, bcast
         else:
             space.block(full, "outer-product broadcasting mixes channels")

@@ -4,9 +4,11 @@ blocks, permutes and channel shuffles map indices exactly as they map data.
 Three rules keep the replay sound after channels are removed:
 
 * a reshape that *splits* a dimension along which channels vary in more than one of the
-  new factors (``[B, T, C] -> [B, T, heads, head_dim]``, a channel shuffle's
-  ``[B, C] -> [B, groups, C/groups]``) keeps the leading factors' counts fixed: channel
-  ``j`` of every group is removed together, so the group/head count stays valid;
+  new factors lets one factor shrink: whole heads when the head count comes from a
+  ``*head*`` attribute (``[B, T, C] -> [B, T, self.num_heads, head_dim]``, the attribute
+  is rewritten), otherwise the last factor (a channel shuffle's
+  ``[B, C] -> [B, groups, C/groups]``: channel ``j`` of every group goes together, so the
+  group count written in the code stays valid; ``self.head_dim`` is rewritten if used);
 * ``chunk`` couples the pieces index by index, so all pieces shrink alike;
 * a fixed-size selection along a channel dimension (``x[:, :32]``, ``narrow``, ``split``
   with sizes, ``unbind``, ``select``) keeps those channels whole, since the sizes written
@@ -81,28 +83,44 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
             continue
         canon = ctx.space.find(labels)
         bearing = [d for d in out_dims if varies(canon, d)]
-        if len(bearing) > 1:  # split: keep the leading factors' counts fixed
-            rep_along(ctx.space, canon, tuple(bearing[:-1]))
-            _bind_size(ctx, call, canon, bearing[-1])
+        if len(bearing) < 2:
+            continue
+        shrink, attr = _shrinking_factor(ctx, call, canon, bearing)
+        rep_along(ctx.space, canon, tuple(d for d in bearing if d != shrink))
+        if attr is not None:
+            line = ctx.space.find(canon).movedim(shrink, -1).reshape(-1, canon.shape[shrink])[0]
+            ctx.bind_attribute(ctx.path, attr, line)
 
 
-def _bind_size(ctx: TraceContext, call: OpCall, labels: Tensor, dim: int) -> None:
-    """The shrinking factor of a split, if written in the call, usually comes from an int
-    attribute of the running module (``self.head_dim``): bind it so surgery rewrites it.
-    If several attributes hold that value, none can be told apart: keep the dim whole."""
-    size = labels.shape[dim]
-    written = [v for v in tensors_free(call.args[1:]) if v == size]
-    if not written or dim != labels.dim() - 1:  # head_dim-like factors come last
-        return
-    module = ctx.running_module
-    attrs = [k for k, v in vars(module).items()
-             if isinstance(v, int) and not isinstance(v, bool) and v == size]
-    line = ctx.space.find(labels).movedim(dim, -1).reshape(-1, size)[0]
-    if len(attrs) == 1:
-        ctx.bind_attribute(ctx.path, attrs[0], line)
-    elif attrs:
+def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
+                      bearing: list[int]) -> tuple[int, str | None]:
+    """Which factor of a split shrinks, and the module attribute that holds its size.
+
+    A leading factor written in the call from a unique ``*head*`` attribute of the running
+    module (``self.num_heads``, ``self.num_key_value_heads``) shrinks: whole heads go.
+    Otherwise the last factor shrinks (channel ``j`` of every group goes together, so a
+    group count written in the code stays valid), and if its size is written in the call
+    and held by one int attribute (``self.head_dim``), that attribute is rewritten."""
+    written = set(tensors_free(call.args[1:]))
+    attrs = {k: v for k, v in vars(ctx.running_module).items()
+             if isinstance(v, int) and not isinstance(v, bool)}
+    for dim in bearing[:-1]:
+        size = labels.shape[dim]
+        heads = [k for k, v in attrs.items() if v == size and "head" in k]
+        if size in written and len(heads) == 1:
+            return dim, heads[0]
+    last = bearing[-1]
+    size = labels.shape[last]
+    holders = [k for k, v in attrs.items() if v == size]
+    if size not in written or last != labels.dim() - 1 or not holders:
+        return last, None
+    if len(holders) > 1:
+        holders = [k for k in holders if "head" in k] or holders
+    if len(holders) > 1:
         ctx.block(labels, f"{call.display} splits channels by {size}, which several "
-                          f"attributes of {ctx.path!r} hold ({', '.join(attrs)})")
+                          f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
+        return last, None
+    return last, holders[0]
 
 
 def tensors_free(values: tuple[Any, ...]) -> list[int]:
