@@ -74,8 +74,8 @@ def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
                                          "in a dependency group" if ok else reason))
         elif name in graph.trace.params:
             ids = graph.trace.space.find(graph.trace.params[name].ids).unique().tolist()
-            reasons = sorted({graph.blocked.get(int(u), "not coupled to any layer") for u in ids})
-            entries.append(CoverageEntry(name, "fixed", "; ".join(reasons[:3])))
+            why = sorted({graph.blocked.get(int(u), "not coupled to any layer") for u in ids})
+            entries.append(CoverageEntry(name, "fixed", "; ".join(why[:3])))
         elif owner in graph.trace.modules:
             entries.append(CoverageEntry(name, "fixed", "its layer has no prunable dimension"))
         else:
