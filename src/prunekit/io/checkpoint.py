@@ -6,6 +6,12 @@ Layout of a checkpoint directory::
     prunekit.json       format version, versions, model class, masked tensors, aliases,
                         the structured pruning plan (if any) and the user's metadata
 
+With ``save(..., sparse=True)`` a tensor that is smaller as bitmap + values
+(``prunekit.sparse.storage``) is stored as ``<key>.__bitmap`` (uint8) and ``<key>.__values``
+instead, its shape and dtype in the manifest's ``"sparse"`` table (format version 2). A masked
+weight's ``original`` is stored under its mask's bitmap and the bool mask is not stored at
+all: it *is* the bitmap. ``load`` decodes before anything else, so the rest is unchanged.
+
 Nothing is ever unpickled: weights are safetensors, everything else is JSON, and a model's
 code comes from the caller's ``base_model``. Saving is atomic: the directory is written
 under a temporary sibling name, fsync'ed and renamed into place.
@@ -31,10 +37,17 @@ from torch.nn.utils import parametrize
 from prunekit import __version__
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.sparse.masks import WeightMask, apply_mask, get_mask, masked_tensors
+from prunekit.sparse.storage import EncodedTensor, decode, encode, resolve_value_dtype
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "load_manifest", "save"]
+__all__ = ["FORMAT_VERSION", "SPARSE_FORMAT_VERSION", "CheckpointError", "load",
+           "load_manifest", "save"]
 
+#: the version dense checkpoints are written with
 FORMAT_VERSION = 1
+#: the version ``save(..., sparse=True)`` writes when it encoded a tensor; the newest readable
+SPARSE_FORMAT_VERSION = 2
+BITMAP_SUFFIX = ".__bitmap"
+VALUES_SUFFIX = ".__values"
 FORMAT_NAME = "prunekit-checkpoint"
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "prunekit.json"
@@ -45,14 +58,32 @@ class CheckpointError(PrunekitError, ValueError):
 
 
 def save(
-    obj: Any, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None
+    obj: Any,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    sparse: bool = False,
+    value_dtype: str | torch.dtype | None = None,
 ) -> Path:
     """Save a model, or a pruning result (anything with ``.model`` and optional ``.plan``).
 
     ``metadata`` is any JSON-serialisable mapping stored verbatim in ``prunekit.json``.
-    An existing checkpoint at ``path`` is replaced atomically; an existing non-empty
-    directory that is not a prunekit checkpoint is never touched. Returns the directory.
+    ``sparse=True`` stores each tensor that is smaller that way as bitmap + values (see the
+    module docstring); ``load`` restores it bit-exactly — except that the pruned entries of a
+    masked weight's ``original`` (never visible in the weight or the outputs) come back as
+    zeros. ``value_dtype`` ("float16"/"bfloat16", with ``sparse=True`` only) halves the
+    values' bytes, lossily. An existing checkpoint at ``path`` is replaced atomically; an
+    existing non-empty directory that is not a prunekit checkpoint is never touched.
+    Returns the directory.
     """
+    if not isinstance(sparse, bool):
+        raise TypeError(f"sparse must be True or False, got {type(sparse).__name__} {sparse!r}")
+    values_as = resolve_value_dtype(value_dtype)
+    if values_as is not None and not sparse:
+        raise ConfigError(
+            f"value_dtype={value_dtype!r} applies only to the sparse encoding; "
+            "pass sparse=True as well, or drop value_dtype"
+        )
     model, plan = _model_and_plan(obj)
     target = Path(path)
     _check_replaceable(target)
@@ -67,15 +98,17 @@ def save(
 
     tensors, aliases = _dedupe(model.state_dict())
     masks = masked_tensors(model)
+    encoded = _encode_sparse(model, tensors, sorted(masks), values_as) if sparse else {}
     manifest = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": SPARSE_FORMAT_VERSION if encoded else FORMAT_VERSION,
         "prunekit_version": __version__,
         "torch_version": torch.__version__,
         "model_class": _class_name(model),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "masked": {name: _mask_key(model, name) for name in sorted(masks)},
         "aliases": aliases,
+        **({"sparse": encoded} if encoded else {}),
         **manifest_extra,
     }
     with _AtomicDirectory(target) as tmp:
@@ -118,6 +151,7 @@ def load(
         )
 
     state = load_file(str(weights), device="cpu")
+    _decode_sparse(state, manifest.get("sparse", {}), str(directory))
     for alias, canonical in manifest["aliases"].items():
         if canonical not in state:
             raise CheckpointError(
@@ -168,11 +202,11 @@ def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     version = manifest.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{str(manifest_path)!r} has an invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
+    if version > SPARSE_FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {str(directory)!r} uses format_version {version} (written by prunekit "
             f"{manifest.get('prunekit_version')}), but this prunekit {__version__} reads up to "
-            f"version {FORMAT_VERSION}; upgrade prunekit: pip install -U prunekit"
+            f"version {SPARSE_FORMAT_VERSION}; upgrade prunekit: pip install -U prunekit"
         )
     for key in ("masked", "aliases"):
         table = manifest.get(key)
@@ -183,6 +217,7 @@ def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"{str(manifest_path)!r} field {key!r} must map tensor names to tensor names, "
                 f"got {table!r}; the manifest is damaged — save the model again"
             )
+    _check_sparse_table(manifest.get("sparse", {}), str(manifest_path))
     if not isinstance(manifest.get("model_class"), str):
         raise CheckpointError(
             f"{str(manifest_path)!r} field 'model_class' must be a string, "
@@ -252,6 +287,65 @@ def _dedupe(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str
             seen_storages.add(storage)
         tensors[key] = tensor.to("cpu").contiguous()
     return tensors, aliases
+
+
+def _encode_sparse(
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    masked: list[str],
+    value_dtype: torch.dtype | None,
+) -> dict[str, dict[str, Any]]:
+    """Replace, in ``tensors``, each tensor that is smaller encoded by its bitmap and values;
+    return the manifest's ``"sparse"`` table (stored key → shape, dtype, mask key)."""
+    under_mask = _sole_mask_originals(model, masked, tensors)
+    table: dict[str, dict[str, Any]] = {}
+    for key in list(tensors):
+        if key not in tensors or key in under_mask.values():
+            continue  # a mask: stored as its original's bitmap (or dense beside a dense one)
+        tensor = tensors[key]
+        if tensor.numel() == 0 or tensor.is_complex():
+            continue
+        if f"{key}{BITMAP_SUFFIX}" in tensors or f"{key}{VALUES_SUFFIX}" in tensors:
+            continue  # a user key already uses our suffix: keep this one dense
+        mask_key = under_mask.get(key)
+        keep = tensors[mask_key] if mask_key is not None else None
+        enc = encode(tensor, keep=keep, value_dtype=value_dtype)
+        dense_bytes = tensor.numel() * tensor.element_size()
+        if mask_key is not None:
+            dense_bytes += tensors[mask_key].numel()
+        if enc.nbytes >= dense_bytes:
+            continue
+        del tensors[key]
+        if mask_key is not None:
+            del tensors[mask_key]
+        tensors[f"{key}{BITMAP_SUFFIX}"] = enc.bitmap
+        tensors[f"{key}{VALUES_SUFFIX}"] = enc.values.contiguous()
+        table[key] = {
+            "shape": list(enc.shape),
+            "dtype": str(enc.dtype).removeprefix("torch."),
+            "mask": mask_key,
+        }
+    return table
+
+
+def _sole_mask_originals(
+    model: nn.Module, masked: list[str], tensors: Mapping[str, torch.Tensor]
+) -> dict[str, str]:
+    """``original`` key → mask key for masked tensors whose only parametrization is the mask
+    (then ``original * mask`` is the weight, and storing ``original`` under the mask is exact
+    for the model)."""
+    out: dict[str, str] = {}
+    for name in masked:
+        module_name, _, tensor_name = name.rpartition(".")
+        plist = model.get_submodule(module_name).parametrizations[tensor_name]  # type: ignore[index]
+        if len(plist) != 1:
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        original = f"{prefix}parametrizations.{tensor_name}.original"
+        mask_key = _mask_key(model, name)
+        if original in tensors and mask_key in tensors:
+            out[original] = mask_key
+    return out
 
 
 def _mask_key(model: nn.Module, name: str) -> str:
@@ -351,6 +445,56 @@ def _replay_plan(model: nn.Module, plan: Any) -> nn.Module:
 
     replay_plan(model, plan)
     return model
+
+
+def _decode_sparse(
+    state: dict[str, torch.Tensor], table: Mapping[str, Any], directory: str
+) -> None:
+    """Turn each bitmap + values pair listed in ``table`` back into its tensor (and mask)."""
+    for key, entry in table.items():
+        try:
+            bitmap = state.pop(f"{key}{BITMAP_SUFFIX}")
+            values = state.pop(f"{key}{VALUES_SUFFIX}")
+        except KeyError as err:
+            raise CheckpointError(
+                f"{WEIGHTS_FILE} in {directory!r} lacks {err.args[0]!r}, which the manifest's "
+                "sparse table lists; the checkpoint is damaged — save the model again"
+            ) from err
+        dtype = getattr(torch, entry["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointError(
+                f"sparse entry {key!r} in {directory!r} has unknown dtype {entry['dtype']!r}; "
+                "the manifest is damaged — save the model again"
+            )
+        try:
+            tensor = decode(EncodedTensor(bitmap, values, tuple(entry["shape"]), dtype))
+        except ConfigError as err:
+            raise CheckpointError(f"sparse entry {key!r} in {directory!r}: {err}") from err
+        state[key] = tensor
+        if entry.get("mask") is not None:
+            state[entry["mask"]] = decode(
+                EncodedTensor(bitmap, torch.ones(values.numel(), dtype=torch.bool),
+                              tensor.shape, torch.bool)
+            )
+
+
+def _check_sparse_table(table: Any, where: str) -> None:
+    def valid(entry: Any) -> bool:
+        return (
+            isinstance(entry, dict)
+            and isinstance(entry.get("shape"), list)
+            and all(isinstance(n, int) and n >= 0 for n in entry["shape"])
+            and isinstance(entry.get("dtype"), str)
+            and (entry.get("mask") is None or isinstance(entry.get("mask"), str))
+        )
+
+    if not isinstance(table, dict) or not all(
+        isinstance(k, str) and valid(v) for k, v in table.items()
+    ):
+        raise CheckpointError(
+            f"{where!r} field 'sparse' must map tensor names to {{shape, dtype, mask}}, "
+            f"got {table!r}; the manifest is damaged — save the model again"
+        )
 
 
 def _check_compatible(
