@@ -28,6 +28,7 @@ from prunekit.importance.gradient import (
     Taylor,
     WeightPlusGradient,
 )
+from prunekit.importance.group_data import StatisticGroupCriterion, calibrated
 from prunekit.importance.lamp import LAMP
 
 __all__ = [
@@ -43,8 +44,10 @@ __all__ = [
     "L2Magnitude",
     "NormalizedMagnitude",
     "RandomScore",
+    "StatisticGroupCriterion",
     "Taylor",
     "WeightPlusGradient",
+    "calibrated",
     "criterion_names",
     "get_criterion",
     "prepare_scorers",

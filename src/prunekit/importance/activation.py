@@ -31,6 +31,7 @@ __all__ = [
     "ActivationAware",
     "InputFeatures",
     "activation_rms",
+    "has_input_features",
     "register_input_features",
 ]
 
@@ -93,6 +94,11 @@ def register_input_features(module_type: type[nn.Module], features: InputFeature
         raise ConfigError(f"{module_type.__name__} already has input features registered; "
                           f"pass replace=True")
     _FEATURES[module_type] = features
+
+
+def has_input_features(module: nn.Module) -> bool:
+    """True if the activation criterion can score ``module.weight``."""
+    return any(cls in _FEATURES for cls in type(module).__mro__)
 
 
 def _features_of(module: nn.Module, name: str) -> InputFeatures:

@@ -1,0 +1,147 @@
+"""Data-aware criteria for whole groups (channels, neurons) of the structured engine.
+
+The structured engine hands a group criterion every member's tensors as ``WeightView``
+rows ``[units, -1]`` with ``grad`` the same view of the tensor's ``.grad`` — the seam for
+gradient criteria. :class:`StatisticGroupCriterion` applies an element criterion's formula
+``score_with(w, G)`` to ``(view.tensor, view.grad)``, sums it over every row of a unit
+(the group form: Molchanov et al. 2019 for Taylor, the diagonal OBD saliency of removing
+the group for Fisher) and returns one score per member and unit.
+
+``view.grad`` is whatever ``.grad`` holds while ``prune`` scores:
+
+* after your own ``loss.backward()`` on a batch: the raw gradient (one-batch scores);
+* inside :func:`calibrated`: the criterion's statistic ``G`` over the calibration batches
+  (E|g| for taylor / grad / wlg, normalised |E g| for snip, sqrt(E[g²]) for fisher, input
+  RMS for activation), installed as ``.grad`` of every scored parameter and put back on
+  exit::
+
+      with calibrated(model, "taylor", data=loader, calib_batches=8):
+          result = prune(model, example, ratio=0.5, importance="taylor")
+
+Registered group criteria: grad, taylor, wlg, snip, fisher, activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError
+from prunekit.graph.dependency import Group, Member
+from prunekit.importance.activation import has_input_features
+from prunekit.importance.base import DataCriterion, get_criterion
+from prunekit.importance.data import CalibrationData, LossFn, as_calibration
+from prunekit.importance.group import (
+    GroupCriterion,
+    MemberViews,
+    get_group_criterion,
+    register_group_criterion,
+)
+
+__all__ = ["StatisticGroupCriterion", "calibrated", "group_statistics"]
+
+
+def _positions(group: Group, member: Member) -> tuple[Tensor, Tensor]:
+    """(rows of ``member`` inside ``group``, their position in ``group.units``)."""
+    inside = torch.isin(member.units, group.units)
+    rows = inside.nonzero().reshape(-1)
+    return rows, torch.searchsorted(group.units, member.units[rows])
+
+
+@dataclass(frozen=True)
+class StatisticGroupCriterion:
+    """Group version of a data-aware element criterion (see the module docstring)."""
+
+    element: DataCriterion
+    kinds: tuple[str, ...] = ("weight", "bias", "scale")
+    needs_data: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.element.name
+
+    def member_scores(self, group: Group, members: Sequence[MemberViews], *,
+                      generator: torch.Generator) -> Tensor:
+        out = torch.full((len(members), group.size), float("nan"))
+        for i, entry in enumerate(members):
+            views = [v for v in entry.views if v.kind in self.kinds and v.grad is not None]
+            if not views:
+                continue
+            rows, pos = _positions(group, entry.member)
+            raw = torch.zeros(group.size)
+            for view in views:
+                assert view.grad is not None
+                per_row = self.element.score_with(view.tensor, view.grad).sum(1).float()
+                raw.index_add_(0, pos, per_row[rows].cpu())
+            held = torch.zeros(group.size, dtype=torch.bool)
+            held[pos] = True
+            out[i] = torch.where(held, raw, torch.tensor(float("nan")))
+        if bool(torch.isnan(out).all()):
+            raise ConfigError(
+                f"importance={self.name!r} needs gradients or calibration statistics, but no "
+                f"tensor of {group.describe()} has a .grad; prune inside "
+                f"`with calibrated(model, {self.name!r}, data=loader): prune(...)` "
+                f"(prunekit.importance.group_data), or call loss.backward() first"
+            )
+        return out
+
+
+def _scored_params(model: nn.Module, element: DataCriterion) -> dict[str, Tensor]:
+    """The parameters whose ``.grad`` the criterion's statistic replaces."""
+    if element.name == "activation":
+        return {f"{path}.weight" if path else "weight": module.weight
+                for path, module in model.named_modules()
+                if has_input_features(module) and isinstance(module.weight, nn.Parameter)}
+    return {name: p for name, p in model.named_parameters() if p.is_floating_point()}
+
+
+def group_statistics(model: nn.Module, importance: str, data: CalibrationData) -> dict[str, Tensor]:
+    """Parameter name → the statistic ``G`` the group criterion ``importance`` scores with."""
+    element = get_criterion(importance)
+    if not isinstance(element, DataCriterion):
+        raise ConfigError(f"importance={importance!r} does not use data; prune without "
+                          f"calibrated(...)")
+    params = _scored_params(model, element)
+    if not params:
+        raise ConfigError(f"importance={importance!r} found no parameter to score in "
+                          f"{type(model).__name__}")
+    return dict(element.prepare(model, params, data))
+
+
+@contextmanager
+def calibrated(
+    model: nn.Module,
+    importance: str | GroupCriterion,
+    data: CalibrationData | Iterable[Any] | None,
+    *,
+    loss_fn: LossFn | None = None,
+    calib_batches: int | None = None,
+) -> Iterator[dict[str, Tensor]]:
+    """Hold the statistic of ``importance`` in the ``.grad`` of ``model``'s parameters for
+    the block (so that ``prune(..., importance=...)`` scores with it); every ``.grad`` is put
+    back on exit. Yields the statistics by parameter name."""
+    criterion = get_group_criterion(importance)
+    calib = as_calibration(data, criterion=criterion.name, caller="calibrated()",
+                           loss_fn=loss_fn, batches=calib_batches)
+    stats = group_statistics(model, criterion.name, calib)
+    params = dict(model.named_parameters())
+    saved = {name: params[name].grad for name in stats}
+    try:
+        for name, stat in stats.items():
+            param = params[name]
+            param.grad = stat.to(device=param.device, dtype=param.dtype).contiguous()
+        yield stats
+    finally:
+        for name, grad in saved.items():
+            params[name].grad = grad
+
+
+for _name in ("grad", "taylor", "wlg", "snip", "fisher", "activation"):
+    _element = get_criterion(_name)
+    if isinstance(_element, DataCriterion):
+        register_group_criterion(StatisticGroupCriterion(_element))
