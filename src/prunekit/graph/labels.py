@@ -59,15 +59,16 @@ class LabelSpace:
     def find(self, labels: Tensor) -> Tensor:
         """The class representative of every id in ``labels`` (same shape)."""
         parent = self._parent
-        roots = parent[labels]
+        flat = labels.reshape(-1)
+        roots = parent.index_select(0, flat)
         while True:
-            nxt = parent[roots]
+            nxt = parent.index_select(0, roots)
             if torch.equal(nxt, roots):
                 break
             roots = nxt
-        if labels.numel():
-            parent[labels.reshape(-1)] = roots.reshape(-1)  # path compression
-        return roots
+        if flat.numel():
+            parent[flat] = roots  # path compression
+        return roots.reshape(labels.shape)
 
     def union(self, a: Tensor, b: Tensor) -> None:
         """Join ``a[i]`` with ``b[i]`` elementwise (after broadcasting); NEUTRAL is skipped."""

@@ -1,0 +1,160 @@
+"""Tracing and dependency groups: labels, index mapping, blocking reasons, extension seams."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError, UnsupportedOpError
+from prunekit.graph import OpCall, register_op
+from prunekit.graph.dependency import build_groups
+from prunekit.graph.labels import NEUTRAL, LabelSpace, consume
+from prunekit.graph.trace import TraceContext, trace
+from prunekit.structured import find_adapter
+
+
+def _groups(model: nn.Module, x: object, **kw: object):  # type: ignore[no-untyped-def]
+    traced = trace(model, x, find_adapter, strict=True)
+    return build_groups(model, traced, **kw)  # type: ignore[arg-type]
+
+
+def test_label_space_unions_and_blocks() -> None:
+    space = LabelSpace()
+    ids = space.new_ids(6)
+    space.union(ids[:3], ids[3:])
+    assert torch.equal(space.find(ids[3:]), space.find(ids[:3]))
+    space.union(ids[:1], torch.tensor([NEUTRAL]))  # NEUTRAL never joins
+    assert int(space.find(torch.tensor([NEUTRAL]))[0]) == NEUTRAL
+    space.block(ids[1:2], "because")
+    blocked = space.blocked_roots()
+    assert blocked[int(space.find(ids[4:5])[0])] == "because"
+    assert int(space.find(ids[0:1])[0]) not in blocked
+
+
+def test_consume_joins_positions_of_one_channel() -> None:
+    space = LabelSpace()
+    a, b = space.new_ids(2), space.new_ids(2)
+    labels = torch.stack([a, b], dim=1)  # channel 0 holds a[0] and b[0]
+    vector = consume(space, labels, 0)
+    assert vector.shape == (2,)
+    assert int(space.find(a[:1])[0]) == int(space.find(b[:1])[0])
+
+
+class _Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1)
+        self.out = nn.Conv2d(10, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.cat([self.b(x), self.a(x)], dim=1))
+
+
+def test_concat_consumer_maps_offsets_and_spans_two_groups() -> None:
+    model = _Concat()
+    graph = _groups(model, torch.randn(1, 3, 4, 4))
+    assert len(graph.groups) == 2
+    units = {(m.name, m.dim): m.units for m in graph.members}
+    consumer = units[("out", "in")]
+    assert torch.equal(consumer[:6], units[("b", "out")])
+    assert torch.equal(consumer[6:], units[("a", "out")])
+    for group in graph.groups:
+        assert any(m.name == "out" and m.dim == "in" for m in group.members)
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 5, 1), nn.Conv2d(5, 5, 1)
+        self.bn = nn.BatchNorm2d(5)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.a(x)
+        y = y + self.bn(self.b(y))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_residual_partners_share_one_group() -> None:
+    graph = _groups(_Residual(), torch.randn(1, 3, 4, 4))
+    assert len(graph.groups) == 1
+    names = {(m.name, m.dim) for m in graph.groups[0].members}
+    assert {("a", "out"), ("b", "out"), ("bn", "channels"), ("b", "in"), ("fc", "in")} <= names
+
+
+def test_flatten_block_maps_channel_to_contiguous_features() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.Flatten(), nn.Linear(3 * 4, 2))
+    graph = _groups(model, torch.randn(1, 1, 2, 2))
+    units = {(m.name, m.dim): m.units for m in graph.members}
+    conv, fc = units[("0", "out")], units[("2", "in")]
+    assert torch.equal(fc, conv.repeat_interleave(4))
+
+
+def test_output_layer_and_inputs_are_blocked_with_reasons() -> None:
+    graph = _groups(_Residual(), torch.randn(1, 3, 4, 4))
+    fc_out = next(m for m in graph.members if m.name == "fc" and m.dim == "out")
+    assert "model output" in graph.blocked[int(fc_out.units[0])]
+    a_in = next(m for m in graph.members if m.name == "a" and m.dim == "in")
+    assert "model input" in graph.blocked[int(a_in.units[0])]
+
+
+def test_ignore_blocks_out_dim_only() -> None:
+    model = _Residual()
+    graph = _groups(model, torch.randn(1, 3, 4, 4), ignore=[model.a])
+    assert graph.groups == ()
+    with pytest.raises(ConfigError, match="ignore"):
+        _groups(model, torch.randn(1, 3, 4, 4), ignore=["a"])
+
+
+def test_python_control_flow_and_eval_mode_restored() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(4, 6)
+            self.bn = nn.BatchNorm1d(6)
+            self.out = nn.Linear(6, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x) if x.shape[0] > 1 else self.b(x)
+            return self.out(self.bn(h))
+
+    model = Branchy().train()
+    stats = model.bn.running_mean.clone()
+    graph = _groups(model, torch.randn(3, 4))
+    assert model.training and torch.equal(model.bn.running_mean, stats)
+    assert "b" not in {m.name for m in graph.members}
+
+
+def test_unknown_op_error_and_registered_handler() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(torch.special.expit(self.a(x)))
+
+    with pytest.raises(UnsupportedOpError, match=r"expit.*model's own forward"):
+        _groups(Odd(), torch.randn(2, 4))
+
+    def passthrough(ctx: TraceContext, call: OpCall) -> None:
+        ctx.set_labels(call.out, ctx.labels(call.args[0]))
+
+    register_op(["special_expit"], passthrough)
+    graph = _groups(Odd(), torch.randn(2, 4))
+    assert len(graph.groups) == 1
+
+
+def test_kwargs_inputs_and_nested_outputs() -> None:
+    class Dicty(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 2), nn.Linear(6, 3)
+
+        def forward(self, x: Tensor, scale: Tensor) -> dict[str, tuple[Tensor, ...]]:
+            h = self.a(x) * scale
+            return {"out": (self.b(h), self.c(h))}
+
+    graph = _groups(Dicty(), {"x": torch.randn(2, 4), "scale": torch.tensor(2.0)})
+    assert len(graph.groups) == 1 and graph.groups[0].size == 6
