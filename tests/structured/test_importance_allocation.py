@@ -24,7 +24,8 @@ def _chain() -> nn.Sequential:
     model = nn.Sequential(nn.Conv2d(2, 4, 1, bias=False), nn.BatchNorm2d(4),
                           nn.Conv2d(4, 3, 1, bias=False))
     with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1).expand(4, 2, 1, 1))
+        filters = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1)
+        model[0].weight.copy_(filters.expand(4, 2, 1, 1))
         model[2].weight.zero_()
         model[1].weight.copy_(torch.tensor([4.0, 0.1, 2.0, 1.0]))
     return model.eval()
