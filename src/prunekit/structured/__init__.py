@@ -1,8 +1,8 @@
 """Structured pruning: physically remove channels, neurons and hidden units.
 
 Public names resolve lazily (``prune``, ``PruneResult``, ``replay_plan``, ``analyze``,
-``register_adapter``) so that lower layers can import the adapter seam without pulling in
-the whole pipeline.
+``prune_depth``, ``register_adapter``) so that lower layers can import the adapter seam
+without pulling in the whole pipeline.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ _PUBLIC: dict[str, str] = {
     "PruneResult": "prunekit.structured.pruning",
     "analyze": "prunekit.structured.pruning",
     "replay_plan": "prunekit.structured.plan",
+    "prune_depth": "prunekit.structured.depth",
+    "DepthResult": "prunekit.structured.depth",
+    "block_scores": "prunekit.structured.depth",
     "apply_plan": "prunekit.structured.plan",
     "register_adapter": "prunekit.structured.adapters",
     "find_adapter": "prunekit.structured.adapters",

@@ -7,7 +7,9 @@ A plan is a dict::
      "params":  {"cls_token": {"axis": 2, "size": 64, "keep": [0, 1, ...]}, ...},
      "attrs":   {"blocks.0.attn": {"head_dim": 12}, ...}}
 
-``attrs`` rewrites int attributes that the model's own code uses to size reshapes.
+``attrs`` rewrites int attributes that the model's own code uses to size reshapes;
+an optional ``"skip": ["layers.3", ...]`` replaces whole blocks by :class:`SkipBlock`
+(depth pruning).
 
 ``apply_plan`` (exported as ``replay_plan``) cuts a model accordingly through the layer
 adapters; on a freshly built model of the same class it reproduces the pruned
@@ -26,9 +28,16 @@ from prunekit.errors import ConfigError
 from prunekit.graph.dependency import DependencyGraph
 from prunekit.structured.adapters import ParamSlicer, find_adapter
 
-__all__ = ["PLAN_FORMAT", "apply_plan", "build_plan", "replay_plan"]
+__all__ = ["PLAN_FORMAT", "SkipBlock", "apply_plan", "build_plan", "replay_plan"]
 
 PLAN_FORMAT = "prunekit.structured.plan/1"
+
+
+class SkipBlock(nn.Module):
+    """Stands in for a removed block: returns its first input unchanged."""
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return x
 
 
 def build_plan(model: nn.Module, graph: DependencyGraph, masks: Sequence[Tensor]) -> dict[str, Any]:
@@ -115,6 +124,13 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
             raise ConfigError(f"plan entry for parameter {name!r} (axis {axis}, size "
                               f"{entry.get('size')}) does not fit its shape {tuple(tensor.shape)}")
         params.append((module, attr, axis, _index(entry["keep"], name)))
+    skips = []
+    for name in plan.get("skip", []):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"plan 'skip' entries must be module paths, got {name!r}")
+        _submodule(model, name)
+        parent, _, child = name.rpartition(".")
+        skips.append((_submodule(model, parent) if parent else model, child))
     attrs = []
     for name, entry in plan.get("attrs", {}).items():
         module = _submodule(model, name)
@@ -133,6 +149,8 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
     except (IndexError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"plan does not fit this model: {exc}") from exc
     slicer.finish()
+    for parent_module, child in skips:
+        setattr(parent_module, child, SkipBlock())
     for module, attr, value in attrs:
         setattr(module, attr, value)
     for adapter, module, _ in cuts:
