@@ -7,6 +7,7 @@ import argparse
 import torch
 from rich.console import Console
 
+from prunekit.cli.calibration import add_calibration_arguments, calibration_from_args
 from prunekit.cli.model_spec import add_model_arguments, model_from_args
 from prunekit.io.checkpoint import save
 from prunekit.metrics.profile import profile
@@ -30,11 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--sparsity", type=float, help="fraction of weights to zero, in [0, 1)")
     how.add_argument("--threshold", type=float, help="prune weights whose score is <= this τ")
-    p.add_argument("--criterion", default="l1", help="l1 | l2 | random | normalized")
+    p.add_argument("--criterion", "--importance", dest="criterion", default="l1",
+                   help="l1 | l2 | random | normalized | lamp; with --dataset: taylor | "
+                        "fisher | snip | grad | wlg | activation")
     p.add_argument("--pattern", default="unstructured",
                    help="unstructured | kernel | block | N:M such as 2:4")
     p.add_argument("--scope", default="global", choices=("global", "layer"))
     p.add_argument("--seed", type=int, default=0)
+    add_calibration_arguments(p)
     p.add_argument("--out", required=True, help="directory for the sparsified model")
     p.set_defaults(func=_run)
 
@@ -48,10 +52,11 @@ def _row(name: str, model: torch.nn.Module, example: torch.Tensor) -> dict[str, 
 
 def _run(args: argparse.Namespace) -> int:
     model, example = model_from_args(args)
+    data = calibration_from_args(args, args.criterion)
     before = _row("before", model, example)
     result = sparsify(model, sparsity=args.sparsity, threshold=args.threshold,
                       criterion=args.criterion, pattern=args.pattern, scope=args.scope,
-                      seed=args.seed)
+                      seed=args.seed, data=data)
     print_table(f"sparsify: {result.global_sparsity:.1%} of prunable weights zeroed",
                 _COLUMNS, [before, _row("after", model, example)])
     save(model, args.out)
