@@ -1,0 +1,59 @@
+"""A pruned result saves (plan + safetensors), loads onto a freshly built model with
+identical outputs, and the convolutional models export to ONNX matching PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+import prunekit as pk
+from prunekit.structured import prune, prune_depth
+from tests.structured.zoo import BY_NAME, call
+
+
+def _leaves(out: object) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k in sorted(out) for t in _leaves(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _leaves(item)]
+    return []
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "shufflenet_v2", "vit", "llama", "tied_lm",
+                                  "lstm_classifier", "convnext", "swin"])
+def test_save_load_round_trip(name: str, tmp_path: Path) -> None:
+    entry = BY_NAME[name]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune(model, inputs, ratio=0.5)
+    pk.save(result, tmp_path / "out")
+    loaded = pk.load(tmp_path / "out", entry.build()).eval()
+    with torch.no_grad():
+        for got, want in zip(_leaves(call(loaded, inputs)), _leaves(call(result.model, inputs)),
+                             strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_depth_plan_round_trip(tmp_path: Path) -> None:
+    entry = BY_NAME["resnet_basic"]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune_depth(model, inputs, remove=1)
+    pk.save(result, tmp_path / "depth")
+    loaded = pk.load(tmp_path / "depth", entry.build()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(call(loaded, inputs), call(result.model.eval(), inputs))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet_basic", "mobilenet_v2", "shufflenet_v2"])
+def test_pruned_vision_models_export_to_onnx(name: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    entry = BY_NAME[name]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune(model, inputs, ratio=0.5)
+    path = pk.export_onnx(result.model, inputs, tmp_path / f"{name}.onnx",
+                          exporter="torchscript")
+    assert path.exists()
