@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.structured.zoo import BY_NAME, call
 from torch import Tensor
 
 import prunekit as pk
 from prunekit.structured import prune, prune_depth
-from tests.structured.zoo import BY_NAME, call
 
 
 def _leaves(out: object) -> list[Tensor]:
