@@ -100,15 +100,20 @@ def _linear(ctx: TraceContext, call: OpCall) -> None:
 def _sdpa(ctx: TraceContext, call: OpCall) -> None:
     tensors = tensors_in(call.args[:3]) or [call.kwargs[k] for k in ("query", "key", "value")]
     q, k, v = tensors[:3]
+    k_labels, v_labels = ctx.labels(k), ctx.labels(v)
+    if call.kwargs.get("enable_gqa") and q.dim() >= 3 and k.shape[-3] != q.shape[-3]:
+        groups = q.shape[-3] // k.shape[-3]  # query head i reads key/value head i // groups
+        k_labels = k_labels.repeat_interleave(groups, dim=-3)
+        v_labels = v_labels.repeat_interleave(groups, dim=-3)
     scores_shape = (*q.shape[:-1], k.shape[-2])
-    scores = contract(ctx, ctx.labels(q), ctx.labels(k).transpose(-1, -2), scores_shape)
+    scores = contract(ctx, ctx.labels(q), k_labels.transpose(-1, -2), scores_shape)
     mask = call.args[3] if len(call.args) > 3 else call.kwargs.get("attn_mask")
     if isinstance(mask, Tensor):
         from prunekit.graph.ops_pointwise import combine
 
         scores = combine(ctx, [scores, ctx.labels(mask)], torch.Size(scores_shape))
     out = tensors_in(call.out)[0]
-    ctx.set_labels(out, contract(ctx, scores, ctx.labels(v), tuple(out.shape)))
+    ctx.set_labels(out, contract(ctx, scores, v_labels, tuple(out.shape)))
 
 
 register_op(("matmul", "bmm", "mm"), _matmul)

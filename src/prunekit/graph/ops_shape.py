@@ -96,14 +96,21 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
                       bearing: list[int]) -> tuple[int, str | None]:
     """Which factor of a split shrinks, and the module attribute that holds its size.
 
-    A leading factor written in the call from a unique ``*head*`` attribute of the running
-    module (``self.num_heads``, ``self.num_key_value_heads``) shrinks: whole heads go.
+    A leading factor left to ``-1`` in the call, or written from a unique ``*head*``
+    attribute of the running module (``self.num_heads``, ``self.num_key_value_heads``, which
+    is then rewritten) shrinks: whole heads go.
     Otherwise the last factor shrinks (channel ``j`` of every group goes together, so a
     group count written in the code stays valid), and if its size is written in the call
     and held by one int attribute (``self.head_dim``), that attribute is rewritten."""
-    written = set(tensors_free(call.args[1:]))
+    sizes = tensors_free(call.args[1:])
     attrs = {k: v for k, v in vars(ctx.running_module).items()
              if isinstance(v, int) and not isinstance(v, bool)}
+    if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
+        inferred = sizes.index(-1)
+        if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
+            heads = [k for k, v in attrs.items() if v == labels.shape[inferred] and "head" in k]
+            return inferred, heads[0] if len(heads) == 1 else None
+    written = set(sizes)
     for dim in bearing[:-1]:
         size = labels.shape[dim]
         heads = [k for k, v in attrs.items() if v == size and "head" in k]

@@ -117,7 +117,8 @@ class TraceContext:
             *model.named_parameters(remove_duplicate=False),
             *model.named_buffers(remove_duplicate=False),
         ]:
-            self._param_names.setdefault(id(tensor), name)
+            if tensor.is_floating_point():  # int/bool buffers are indices and masks
+                self._param_names.setdefault(id(tensor), name)
 
     # -- labels of tensors -------------------------------------------------------------
     def is_tracked(self, tensor: Tensor) -> bool:
