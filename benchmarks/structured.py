@@ -1,0 +1,183 @@
+"""Structured pruning on the test zoo: prunekit vs Torch-Pruning (DepGraph), side by side.
+
+For every zoo model (tests/structured/zoo.py) at ratio 0.5 with L2 filter norms, both tools
+prune a fresh copy; a run counts as a success when the pruned model runs and keeps its output
+shapes *and* lost parameters. Columns: success per tool, graph+prune wall time and their
+ratio (prunekit / Torch-Pruning, median of `--repeats`), parameters and MACs kept, and for the
+convolutional models the measured CPU latency speed-up divided by the MACs reduction
+(1.0 = latency falls exactly as MACs do).
+
+Both tools are told to leave the same output layers alone: the modules whose output is
+(a view of) a model output.
+
+Command (torch-pruning is a benchmark-only dependency):
+
+    .venv/bin/pip install -c constraints.txt torch-pruning
+    .venv/bin/python benchmarks/structured.py [--repeats 3] [--models lenet5,vgg_bn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tests.structured.zoo
+
+from tests.structured.zoo import ZOO, ZooEntry  # noqa: E402
+
+from prunekit._inputs import run_model  # noqa: E402
+from prunekit.metrics.latency import benchmark_latency  # noqa: E402
+from prunekit.metrics.profile import profile  # noqa: E402
+from prunekit.structured.pruning import prune  # noqa: E402
+
+CONV_FAMILIES = {"lenet5", "vgg_bn", "resnet_basic", "resnet_bottleneck", "resnext",
+                 "mobilenet_v2", "mobilenet_v3", "densenet", "inception", "shufflenet_v2",
+                 "unet", "convnext", "audio_m5", "conv3d_video"}
+
+
+def _leaves(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _leaves(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _leaves(v)]
+    return []
+
+
+def output_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
+    """Modules whose output storage is shared with a model output (the heads to keep)."""
+    produced: dict[int, nn.Module] = {}
+    hooks = [m.register_forward_hook(lambda mod, _i, o: produced.update(
+        {t.untyped_storage().data_ptr(): mod for t in _leaves(o)}))
+        for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    with torch.no_grad():
+        outs = _leaves(run_model(model, inputs))
+    for h in hooks:
+        h.remove()
+    return [produced[t.untyped_storage().data_ptr()] for t in outs
+            if t.untyped_storage().data_ptr() in produced]
+
+
+def _shapes(out: Any) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in _leaves(out)]
+
+
+def run_prunekit(model: nn.Module, inputs: Any, ignore: list[nn.Module]) -> nn.Module:
+    return prune(model, inputs, ratio=0.5, importance="l2", ignore=ignore, inplace=True).model
+
+
+def run_torch_pruning(model: nn.Module, inputs: Any, ignore: list[nn.Module]) -> nn.Module:
+    import torch_pruning as tp
+
+    pruner = tp.pruner.MetaPruner(model, inputs, importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=0.5, ignored_layers=ignore)
+    pruner.step()
+    return model
+
+
+def attempt(tool: Callable[[nn.Module, Any, list[nn.Module]], nn.Module], entry: ZooEntry,
+            repeats: int) -> dict[str, Any]:
+    """Prune fresh copies ``repeats`` times; success, median seconds and the pruned model."""
+    base = entry.build().eval()
+    inputs = entry.example_inputs()
+    with torch.no_grad():
+        expected = _shapes(run_model(base, inputs))
+    params_before = sum(p.numel() for p in base.parameters())
+    seconds: list[float] = []
+    pruned: nn.Module | None = None
+    for _ in range(repeats):
+        model = copy.deepcopy(base)
+        ignore = output_layers(model, inputs)
+        start = time.perf_counter()
+        try:
+            pruned = tool(model, inputs, ignore)
+        except Exception as exc:  # a benchmark reports failures instead of stopping
+            return {"ok": False, "why": f"{type(exc).__name__}: {str(exc)[:60]}"}
+        seconds.append(time.perf_counter() - start)
+    assert pruned is not None
+    try:
+        with torch.no_grad():
+            got = _shapes(run_model(pruned, inputs))
+    except Exception as exc:
+        return {"ok": False, "why": f"forward fails: {type(exc).__name__}"}
+    params_after = sum(p.numel() for p in pruned.parameters())
+    if got != expected:
+        return {"ok": False, "why": f"output shapes {got} != {expected}"}
+    if params_after >= params_before:
+        return {"ok": False, "why": "nothing removed"}
+    return {"ok": True, "seconds": statistics.median(seconds), "model": pruned}
+
+
+def _batched(inputs: Any, factor: int) -> Any:
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+        return inputs.repeat(factor, *([1] * (inputs.dim() - 1)))
+    return inputs
+
+
+def latency_over_macs(entry: ZooEntry, pruned: nn.Module) -> float:
+    base = entry.build().eval()
+    inputs = _batched(entry.example_inputs(), 16)
+    macs_ratio = profile(base, inputs).macs / max(1, profile(pruned, inputs).macs)
+    dense = benchmark_latency(base, inputs, warmup=5, repeats=30, threads=1).median_ms
+    small = benchmark_latency(pruned.eval(), inputs, warmup=5, repeats=30, threads=1).median_ms
+    return (dense / small) / macs_ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="", help="comma-separated zoo names (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    wanted = {n for n in args.models.split(",") if n}
+    header = (f"{'model':<20}{'prunekit':>10}{'TP':>10}{'pk s':>9}{'TP s':>9}{'ratio':>7}"
+              f"{'params':>8}{'MACs':>8}{'lat/MACs':>9}  note")
+    print(header)
+    print("-" * len(header))
+    ok_pk = ok_tp = 0
+    ratios: list[float] = []
+    for entry in ZOO:
+        if wanted and entry.name not in wanted:
+            continue
+        pk = attempt(run_prunekit, entry, args.repeats)
+        tp = attempt(run_torch_pruning, entry, args.repeats)
+        ok_pk += pk["ok"]
+        ok_tp += tp["ok"]
+        params = macs = lat = ratio = "-"
+        if pk["ok"]:
+            base = entry.build().eval()
+            inputs = entry.example_inputs()
+            before, after = profile(base, inputs), profile(pk["model"], inputs)
+            params = f"{after.total_params / before.total_params:.2f}"
+            macs = f"{after.macs / max(1, before.macs):.2f}"
+            if entry.name in CONV_FAMILIES:
+                lat = f"{latency_over_macs(entry, pk['model']):.2f}"
+        if pk["ok"] and tp["ok"]:
+            r = pk["seconds"] / tp["seconds"]
+            ratios.append(r)
+            ratio = f"{r:.2f}"
+        note = "; ".join(f"{tool}: {res['why']}" for tool, res in (("pk", pk), ("TP", tp))
+                         if not res["ok"])
+        status = ["ok" if res["ok"] else "FAIL" for res in (pk, tp)]
+        print(f"{entry.name:<20}{status[0]:>10}{status[1]:>10}"
+              f"{pk.get('seconds', float('nan')):>9.3f}{tp.get('seconds', float('nan')):>9.3f}"
+              f"{ratio:>7}{params:>8}{macs:>8}{lat:>9}  {note}")
+    print("-" * len(header))
+    med = statistics.median(ratios) if ratios else float("nan")
+    print(f"success: prunekit {ok_pk}, Torch-Pruning {ok_tp}; median time ratio "
+          f"(prunekit / Torch-Pruning, where both succeed) {med:.2f}")
+
+
+if __name__ == "__main__":
+    main()
