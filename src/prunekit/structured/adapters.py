@@ -36,6 +36,7 @@ __all__ = [
     "WeightView",
     "find_adapter",
     "register_adapter",
+    "register_adapter_by_name",
 ]
 
 ViewKind = Literal["weight", "bias", "scale"]
@@ -70,6 +71,7 @@ class LayerAdapter(Protocol):
 
 
 _ADAPTERS: dict[type[nn.Module], LayerAdapter] = {}
+_BY_NAME: dict[str, LayerAdapter] = {}
 _SUBCLASS_OK: dict[type[nn.Module], bool] = {}
 _BUILTIN_FAMILIES = (
     "prunekit.structured.adapters_conv",
@@ -77,6 +79,7 @@ _BUILTIN_FAMILIES = (
     "prunekit.structured.adapters_norm",
     "prunekit.structured.adapters_attention",
     "prunekit.structured.adapters_rnn",
+    "prunekit.structured.adapters_hf",
 )
 _loaded = False
 
@@ -93,6 +96,12 @@ def register_adapter(module_type: type[nn.Module], adapter: LayerAdapter, *,
     _SUBCLASS_OK[module_type] = subclasses
 
 
+def register_adapter_by_name(qualified_name: str, adapter: LayerAdapter) -> None:
+    """Use ``adapter`` for the module class ``"package.module.Class"`` (exact type), so an
+    optional library's layers get an adapter without importing that library."""
+    _BY_NAME[qualified_name] = adapter
+
+
 def find_adapter(module: nn.Module, *, atomic: bool = True) -> LayerAdapter | None:
     """The adapter for ``module``: its own type's, else the nearest registered base type
     whose ``forward`` it does not override (any base type with ``atomic=False``, for
@@ -103,7 +112,7 @@ def find_adapter(module: nn.Module, *, atomic: bool = True) -> LayerAdapter | No
             importlib.import_module(name)
         _loaded = True
     cls = type(module)
-    found = _ADAPTERS.get(cls)
+    found = _ADAPTERS.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
     if found is not None:
         return found
     for base in cls.__mro__[1:]:

@@ -1,0 +1,73 @@
+"""Random-init tiny Hugging Face models (BERT, GPT-2, ViT, LLaMA with GQA) prune, run and
+keep their output shapes; skipped without the ``transformers`` test extra."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.structured import prune
+
+transformers = pytest.importorskip("transformers")
+
+
+def _bert() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=32)
+    ids = torch.randint(0, 100, (2, 8))
+    return transformers.BertModel(config), {"input_ids": ids,
+                                            "attention_mask": torch.ones_like(ids)}
+
+
+def _gpt2() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                                     n_positions=32, bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config), {"input_ids": torch.randint(0, 100, (2, 8))}
+
+
+def _vit() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64)
+    return transformers.ViTForImageClassification(config), {
+        "pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+def _llama() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(config), {"input_ids": torch.randint(0, 100, (2, 8))}
+
+
+MODELS: dict[str, Callable[[], tuple[nn.Module, dict[str, torch.Tensor]]]] = {
+    "bert": _bert, "gpt2": _gpt2, "vit": _vit, "llama": _llama}
+
+
+def _shapes(out: Any) -> list[tuple[int, ...]]:
+    return [tuple(v.shape) for v in out.values() if isinstance(v, torch.Tensor)]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_hugging_face_models_prune(name: str) -> None:
+    torch.manual_seed(0)
+    model, inputs = MODELS[name]()
+    model.eval()
+    result = prune(model, inputs, ratio=0.5)
+    with torch.no_grad():
+        assert _shapes(result.model(**inputs)) == _shapes(model(**inputs))
+    assert result.params_kept < 0.8
+
+
+def test_llama_gqa_heads_shrink_by_kv_group() -> None:
+    torch.manual_seed(0)
+    model, inputs = _llama()
+    result = prune(model.eval(), inputs, ratio=0.5)
+    attn = result.model.model.layers[0].self_attn
+    assert attn.k_proj.out_features == attn.head_dim  # one of two key/value heads left
+    assert attn.q_proj.out_features == 2 * attn.head_dim  # and its two query heads
