@@ -38,7 +38,8 @@ class TransposedLinearAdapter:
         module = call.module
         x = _first(call)
         ctx.record_dim(call.name, module, "in", consume(ctx.space, ctx.labels(x), -1))
-        ids = ctx.module_ids(call.name, module, "out", int(module.weight.shape[1]))
+        weight = getattr(module, "weight")  # noqa: B009
+        ids = ctx.module_ids(call.name, module, "out", int(weight.shape[1]))
         out = _output(call)
         ctx.set_labels(out, emit(ids, -1, out.shape))
 
@@ -48,14 +49,15 @@ class TransposedLinearAdapter:
     def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
         cut_axes(module, keep, slicer, _AXES)
         if "out" in keep:
-            module.nf = int(keep["out"].numel())
+            setattr(module, "nf", int(keep["out"].numel()))  # noqa: B010 (untyped class)
         if "in" in keep:
-            module.nx = int(keep["in"].numel())
+            setattr(module, "nx", int(keep["in"].numel()))  # noqa: B010
 
     def sync(self, module: nn.Module) -> None:
-        weight = module.weight
+        weight = getattr(module, "weight", None)
         if isinstance(weight, Tensor):
-            module.nx, module.nf = int(weight.shape[0]), int(weight.shape[1])
+            setattr(module, "nx", int(weight.shape[0]))  # noqa: B010
+            setattr(module, "nf", int(weight.shape[1]))  # noqa: B010
 
     def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
         return axes_list(_AXES)
