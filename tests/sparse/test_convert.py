@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 import prunekit.sparse.kernels as kernels
 from prunekit.errors import ConfigError
+from prunekit.io.onnx import export_onnx
 from prunekit.sparse.convert import Candidate, MeasuredCost, convert, to_dense
 from prunekit.sparse.kernels import SparseConv2d, SparseLinear
 from prunekit.sparse.masks import masked_tensors
@@ -167,7 +169,8 @@ def test_measured_cost_runs() -> None:
     report = convert(_mlp(0.95), torch.randn(1, 64), cost=MeasuredCost(warmup=1, repeats=2),
                      rounds=1, threads=1)
     assert report.threads == 1
-    assert all(d.dense_ms and d.sparse_ms for d in report.layers)
+    assert all(len(d.dense_ms) == 1 and d.dense_ms[0] > 0 for d in report.layers)
+    assert all(d.backend == "dense" or d.speedup >= 1.1 for d in report.layers)
     assert "speedup" in report.table()
 
 
@@ -185,3 +188,30 @@ def test_argument_errors() -> None:
         convert("model", x)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="already registered"):
         kernels.register_kernel(kernels.get_kernel("csr"))
+
+
+def test_sparse_models_export_to_onnx(tmp_path: Path, lenet_input: torch.Tensor) -> None:
+    pytest.importorskip("onnxruntime")
+    model = _lenet()
+    export_onnx(model, lenet_input, tmp_path / "masked.onnx", exporter="torchscript")
+    report = convert(model, lenet_input, cost=sparse_wins, min_sparsity=0)
+    with pytest.raises(Exception):  # noqa: B017 - torch's exporter has no sparse CSR ops
+        export_onnx(report.model, lenet_input, tmp_path / "csr.onnx", exporter="torchscript")
+    export_onnx(to_dense(report.model), lenet_input, tmp_path / "back.onnx",
+                exporter="torchscript")
+    assert (tmp_path / "back.onnx").stat().st_size > 0
+
+
+def test_hopeless_kernels_are_dropped_after_one_round() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def coo_hopeless(candidate: Candidate) -> float:
+        calls.append((candidate.backend, candidate.inputs.shape[0]))
+        return {"dense": 1.0, "csr": 0.5}.get(candidate.backend, 3.0)
+
+    report = convert(_mlp(), torch.randn(2, 64), batch_sizes=[1, 8], cost=coo_hopeless,
+                     backends=["csr", "coo"], rounds=3)
+    assert report.layers[0].backend == "csr" and "coo" not in report.layers[0].sparse_ms
+    first_layer = calls[: len(calls) // 3]
+    assert first_layer.count(("coo", 1)) == 1 and ("coo", 8) not in first_layer
+    assert first_layer.count(("csr", 8)) == 3

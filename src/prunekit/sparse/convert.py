@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 DENSE = "dense"
+_HOPELESS = 2.0  # times slower than dense after one round: dropped from further timing
 
 
 class ConversionError(PrunekitError, RuntimeError):
@@ -74,15 +75,20 @@ class CostModel(Protocol):
 
 @dataclass(frozen=True)
 class MeasuredCost:
-    """Median wall-clock time of ``repeats`` runs after ``warmup`` (``benchmark_latency``)."""
+    """Median wall-clock time (``benchmark_latency``) of up to ``repeats`` runs after
+    ``warmup``; slow candidates get fewer runs (at least 3) so one takes about
+    ``budget_ms``."""
 
-    warmup: int = 3
+    warmup: int = 2
     repeats: int = 15
+    budget_ms: float = 150.0
 
     def __call__(self, candidate: Candidate) -> float:
-        result = benchmark_latency(candidate.module, candidate.inputs, warmup=self.warmup,
-                                   repeats=self.repeats)
-        return result.median_ms
+        first = benchmark_latency(candidate.module, candidate.inputs, warmup=self.warmup,
+                                  repeats=1).median_ms
+        repeats = int(min(self.repeats, max(3, self.budget_ms // max(first, 1e-3))))
+        return benchmark_latency(candidate.module, candidate.inputs, warmup=0,
+                                 repeats=repeats).median_ms
 
 
 @dataclass(frozen=True)
@@ -321,7 +327,8 @@ def _decide(
     dense_ms = times.pop(DENSE)
     timed = replace(dense, batch_sizes=tuple(batches), dense_ms=dense_ms, sparse_ms=times)
     if not times:
-        return replace(timed, reason="no kernel applies (" + "; ".join(skipped) + ")"), None
+        skipped.append(f"the others >= {_HOPELESS:g}x slower than dense")
+        return replace(timed, reason="no kernel pays (" + "; ".join(skipped) + ")"), None
 
     def worst_ratio(key: str) -> float:  # dense/sparse at the batch size where sparse gains least
         return min(d / s for d, s in zip(dense_ms, times[key], strict=True))
@@ -342,14 +349,18 @@ def _time(
     """Backend → best-of-``rounds`` time at each input; rounds interleave the candidates so
     that drift on a shared machine hits them all alike."""
     times: dict[str, list[float]] = {key: [] for key in modules}
+    alive = dict(modules)
     for x in inputs:
-        best = {key: math.inf for key in modules}
-        for _ in range(rounds):
-            for key, module in modules.items():
+        best = {key: math.inf for key in alive}
+        for round_ in range(rounds):
+            for key, module in alive.items():
                 best[key] = min(best[key], float(cost(Candidate(name, key, module, x))))
-        for key in modules:
+            if round_ == 0:  # a kernel 2x slower than dense cannot win: stop timing it
+                alive = {k: m for k, m in alive.items()
+                         if k == DENSE or best[k] <= _HOPELESS * best[DENSE]}
+        for key in alive:
             times[key].append(best[key])
-    return {key: tuple(value) for key, value in times.items()}
+    return {key: tuple(value) for key, value in times.items() if key in alive}
 
 
 def _build(layer: nn.Module, kernel: SparseKernel) -> nn.Module:
