@@ -157,3 +157,17 @@ def test_errors(tmp_path: Path) -> None:
     save_file(weights, str(out / "model.safetensors"))
     with pytest.raises(CheckpointError, match="lacks"):
         load(out, LeNet5())
+
+
+def test_a_converted_model_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from prunekit.sparse.convert import convert, to_dense
+
+    model = _lenet(0.9)
+    converted = convert(model, torch.randn(1, 1, 32, 32), cost=lambda c: float(
+        c.backend == "dense") + 0.1, min_sparsity=0).model
+    with pytest.raises(CheckpointError, match="to_dense"):
+        save(converted, tmp_path / "ckpt", sparse=True)
+    assert not (tmp_path / "ckpt").exists()
+    save(to_dense(converted), tmp_path / "ckpt", sparse=True)
+    restored = load(tmp_path / "ckpt", LeNet5().eval())
+    _assert_same_weights(strip(model), restored)

@@ -274,6 +274,13 @@ def _dedupe(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str
                 "checkpoints hold tensors only (get_extra_state is not supported)"
             )
         tensor = value.detach()
+        if tensor.layout != torch.strided or type(tensor) is not torch.Tensor:
+            raise CheckpointError(
+                f"state_dict entry {key!r} is a {type(tensor).__name__} with layout "
+                f"{tensor.layout}, which safetensors cannot hold (a model converted by "
+                "prunekit.sparse.convert or to_semi_structured?); save the masked model "
+                "instead, or call prunekit.sparse.convert.to_dense(model) first"
+            )
         if tensor.numel() > 0:
             storage = (str(tensor.device), tensor.untyped_storage().data_ptr())
             view = (*storage, tensor.storage_offset(), tuple(tensor.shape),
