@@ -122,3 +122,28 @@ def test_failed_recalibration_restores_the_statistics() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         recalibrate_batchnorm(model, _batches(), loss_fn=broken)
     assert bool((model[1].running_mean == 5.0).all())
+
+
+def test_failed_reconstruction_leaves_the_pruned_model_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(),
+                          nn.Linear(6, 3))
+    plan = {"format": PLAN_FORMAT, "params": {}, "attrs": {}, "modules": {
+        "0": {"type": "Linear", "keep": {"out": [0, 1, 2]}},
+        "2": {"type": "Linear", "keep": {"in": [0, 1, 2], "out": [0, 1, 2]}},
+        "4": {"type": "Linear", "keep": {"in": [0, 1, 2]}}}}
+    pruned = _cut(model, plan)
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    calls = {"n": 0}
+
+    def flaky(m: nn.Module, b: Any) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 8:  # layer "2" is refitted from calls 1-6, "4" fails
+            raise RuntimeError("data went away")
+        return m(b[0]).sum()
+
+    with pytest.raises(RuntimeError, match="data went away"):
+        reconstruct(pruned, model, plan, _batches(), loss_fn=flaky)
+    for key, value in pruned.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert reconstruct(pruned, model, plan, _batches()).layers[0].name == "2"

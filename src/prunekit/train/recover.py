@@ -313,22 +313,27 @@ def reconstruct(
     calib = _calibration(data, loss_fn, batches)
     fits: list[LayerFit] = []
     skipped: dict[str, str] = {}
-    with preserved_state(original), preserved_state(pruned):
-        original.eval()
-        pruned.eval()
-        for name, _ in pruned.named_modules():
-            keep = modules.get(name, {}).get("keep", {})
-            if "in" not in keep:
-                continue
-            layer = pruned.get_submodule(name)
-            refit = _refit_of(layer)
-            if refit is None:
-                skipped[name] = f"no refit for {type(layer).__name__}"
-                continue
-            keep_out = torch.tensor(keep["out"]) if "out" in keep else None
-            fit = _refit_layer(pruned, original, name, refit, torch.tensor(keep["in"]),
-                               keep_out, calib, method, float(ridge))
-            fits.append(fit)
+    saved = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
+    try:
+        with preserved_state(original), preserved_state(pruned):
+            original.eval()
+            pruned.eval()
+            for name, _ in pruned.named_modules():
+                keep = modules.get(name, {}).get("keep", {})
+                if "in" not in keep:
+                    continue
+                layer = pruned.get_submodule(name)
+                refit = _refit_of(layer)
+                if refit is None:
+                    skipped[name] = f"no refit for {type(layer).__name__}"
+                    continue
+                keep_out = torch.tensor(keep["out"]) if "out" in keep else None
+                fits.append(_refit_layer(pruned, original, name, refit,
+                                         torch.tensor(keep["in"]), keep_out, calib, method,
+                                         float(ridge)))
+    except BaseException:
+        pruned.load_state_dict(saved)  # a failed refit leaves the pruned model as it was
+        raise
     return Reconstruction(tuple(fits), skipped)
 
 
