@@ -45,6 +45,8 @@ class Schedule:
     """
 
     name: ClassVar[str] = "schedule"
+    #: True for dynamic sparse training (the mask changes at fixed sparsity)
+    regrows: ClassVar[bool] = False
 
     def __call__(self, step: int) -> tuple[bool, float]:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(step)")

@@ -25,6 +25,7 @@ class RigL(Schedule):
     """Fixed ``sparsity``; drop/regrow ``update_fraction(step)`` every ``update_every`` steps."""
 
     name = "rigl"
+    regrows = True
     sparsity: float
     end_step: int
     update_every: int = 100

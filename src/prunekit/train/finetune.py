@@ -12,21 +12,31 @@ A loss function has the signature ``loss_fn(model, batch) -> scalar Tensor``, wi
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from prunekit._inputs import model_device, move_inputs
 from prunekit.errors import ConfigError, DataError, check_choice
+from prunekit.train.callbacks import Callback, EarlyStopping
+from prunekit.train.checkpointing import (
+    TrainingState,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from prunekit.train.distributed import is_main_process
+from prunekit.train.logging import ProgressReporter, loggers
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 OptimizerName = Literal["sgd", "adam", "adamw"]
@@ -62,6 +72,11 @@ class FinetuneConfig:
     (0: one summary line per epoch only). ``num_threads`` sets torch's intra-op CPU threads
     for the run and restores the previous value afterwards (None: leave it); small models
     on a busy machine often train several times faster with 1.
+
+    ``patience`` stops early after that many epochs without a better eval accuracy (needs
+    an eval loader). ``checkpoint_dir`` writes ``<dir>/last.pt`` atomically after every
+    epoch, for ``finetune(resume=...)``. ``tensorboard`` (a log directory) and ``wandb``
+    (a project name, offline mode) turn on those loggers; both are optional extras.
     """
 
     lr: float = 0.01
@@ -74,6 +89,10 @@ class FinetuneConfig:
     grad_clip: float | None = None
     log_every: int = 0
     num_threads: int | None = None
+    patience: int | None = None
+    checkpoint_dir: str | None = None
+    tensorboard: str | None = None
+    wandb: str | None = None
 
     def __post_init__(self) -> None:
         _check_number("lr", self.lr, low=0.0, low_open=True)
@@ -98,6 +117,12 @@ class FinetuneConfig:
         _check_int("log_every", self.log_every, low=0)
         if self.num_threads is not None:
             _check_int("num_threads", self.num_threads, low=1)
+        if self.patience is not None:
+            _check_int("patience", self.patience, low=1)
+        for name in ("checkpoint_dir", "tensorboard", "wandb"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise TypeError(f"{name} must be a non-empty str or None, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -291,64 +316,6 @@ class _RunningLoss:
         return float(self.total) / self.examples if self.examples else math.nan
 
 
-class _Reporter:
-    """A transient rich progress bar on a terminal; plain per-epoch lines otherwise."""
-
-    def __init__(self, enabled: bool, epochs: int, steps: int | None, log_every: int) -> None:
-        self.enabled, self.epochs, self.steps, self.log_every = enabled, epochs, steps, log_every
-        self.console = Console(highlight=False)
-        self.bar: Progress | None = None
-        if enabled and self.console.is_terminal:
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                console=self.console,
-                transient=True,
-            )
-        self._task: Any = None
-
-    def __enter__(self) -> _Reporter:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def start_epoch(self, epoch: int) -> None:
-        if self.bar is None:
-            return
-        if self._task is not None:
-            self.bar.remove_task(self._task)
-        self._task = self.bar.add_task(f"epoch {epoch}/{self.epochs}", total=self.steps, loss="…")
-
-    def step(self, epoch: int, step: int, running: _RunningLoss) -> None:
-        log = self.enabled and self.log_every > 0 and step % self.log_every == 0
-        if self.bar is not None:
-            if log or step % 20 == 0:
-                self.bar.update(self._task, advance=1, loss=f"{running.value():.4f}")
-            else:
-                self.bar.update(self._task, advance=1)
-        if log:
-            total = "?" if self.steps is None else self.steps
-            self.console.print(
-                f"epoch {epoch} step {step}/{total} loss {running.value():.4f}", soft_wrap=True
-            )
-
-    def end_epoch(self, stats: EpochStats) -> None:
-        if not self.enabled:
-            return
-        line = f"epoch {stats.epoch}/{self.epochs}  train loss {stats.train_loss:.4f}"
-        if stats.eval_accuracy is not None:
-            line += f"  eval acc {stats.eval_accuracy:.2%}  eval loss {stats.eval_loss:.4f}"
-        line += f"  lr {stats.lr:.3g}  {stats.seconds:.1f} s"
-        self.console.print(line, soft_wrap=True)
-
-
 def _train_epoch(
     model: nn.Module,
     loader: Iterable[Any],
@@ -357,13 +324,18 @@ def _train_epoch(
     loss_fn: LossFn,
     config: FinetuneConfig,
     device: torch.device,
-    report: Callable[[int, _RunningLoss], None],
-) -> tuple[float, int]:
-    """One pass over ``loader``; returns (example-weighted mean loss, number of batches)."""
+    report: Callable[[int, Callable[[], float]], None],
+    callbacks: Sequence[Callback],
+    step: int,
+) -> tuple[float, int, int]:
+    """One pass over ``loader``; returns (example-weighted mean loss, batches, global step).
+
+    Callbacks see every step after ``optimizer.step()`` (the loss is read from the device
+    only when there are callbacks)."""
     model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     running = _RunningLoss(device)
-    steps = 0
+    batches = 0
     for raw in loader:
         batch = move_inputs(raw, device)
         optimizer.zero_grad(set_to_none=True)
@@ -375,9 +347,15 @@ def _train_epoch(
         if scheduler is not None:
             scheduler.step()
         running.add(loss, _batch_size(batch))
-        steps += 1
-        report(steps, running)
-    return running.value(), steps
+        batches += 1
+        step += 1
+        if callbacks:
+            value = float(loss.detach())
+            for callback in callbacks:
+                callback.on_step(step, value)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+        report(batches, running.value)
+    return running.value(), batches, step
 
 
 def _check_finetune_args(
@@ -388,6 +366,7 @@ def _check_finetune_args(
     eval_loader: object,
     optimizer: object,
     loss_fn: object,
+    callbacks: object,
 ) -> FinetuneConfig:
     """Validate :func:`finetune`'s arguments; return the config to use."""
     _check_model(model)
@@ -407,6 +386,18 @@ def _check_finetune_args(
         )
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {loss_fn!r}")
+    if not isinstance(callbacks, Sequence) or not all(
+        isinstance(c, Callback) for c in callbacks
+    ):
+        raise TypeError(
+            f"callbacks must be a list of prunekit Callback objects (e.g. Pruner(...)), got "
+            f"{callbacks!r}"
+        )
+    if config.patience is not None and eval_loader is None:
+        raise ConfigError(
+            f"patience={config.patience} needs eval_loader=...: early stopping watches the "
+            f"eval accuracy"
+        )
     return config
 
 
@@ -420,6 +411,8 @@ def finetune(
     loss_fn: LossFn | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+    resume: str | os.PathLike[str] | None = None,
 ) -> History:
     """Train ``model`` in place for ``epochs`` passes over ``train_loader``; return its History.
 
@@ -428,9 +421,16 @@ def finetune(
     cross-entropy on ``(inputs, targets)``. With ``eval_loader`` the model is evaluated
     after every epoch. ``config.device`` moves the model there (in place). The model is in
     train mode while training; every submodule's train/eval mode is restored at the end.
+
+    ``callbacks`` (e.g. a :class:`~prunekit.train.callbacks.Pruner`) are called at train
+    begin, after every optimizer step and at every epoch's end. ``resume`` is a checkpoint
+    written by an earlier call with ``config.checkpoint_dir``: model, optimizer, LR
+    scheduler, RNG and loader-shuffling states and the history are restored and training
+    continues after the checkpoint's epoch, reaching the weights an uninterrupted run with
+    the same arguments reaches (``epochs`` is the total, as in the first call).
     """
     config = _check_finetune_args(
-        model, epochs, config, train_loader, eval_loader, optimizer, loss_fn
+        model, epochs, config, train_loader, eval_loader, optimizer, loss_fn, callbacks
     )
     if epochs == 0:
         return History()
@@ -447,22 +447,33 @@ def finetune(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=horizon)
     eval_loss_fn = loss_fn  # None: evaluate's own cross-entropy, no second forward pass
     loss_fn = loss_fn or cross_entropy_loss
+    hooks = [*callbacks, *loggers(config.tensorboard, config.wandb, asdict(config))]
     rng_devices = [device] if device.type == "cuda" else []
     modes = _TrainingModes(model)
-    records: list[EpochStats] = []
+    payload = None if resume is None else read_checkpoint(resume)
     try:
         with (
             torch.random.fork_rng(devices=rng_devices, enabled=config.seed is not None),
             _torch_threads(config.num_threads),
-            _Reporter(progress, epochs, steps, config.log_every) as reporter,
+            ProgressReporter(progress, epochs, steps, config.log_every,
+                             Console(highlight=False)) as reporter,
         ):
             if config.seed is not None:
                 torch.manual_seed(config.seed)
-            for epoch in range(1, epochs + 1):
+            state = TrainingState(epoch=0, step=0)
+            if payload is not None:
+                state = restore_checkpoint(payload, model, optimizer, scheduler, train_loader)
+            records = [EpochStats(**entry) for entry in state.history]
+            stopper = EarlyStopping(config.patience, state)
+            for callback in hooks:
+                callback.on_train_begin(model, optimizer)
+            for epoch in range(state.epoch + 1, epochs + 1):
+                for callback in hooks:
+                    callback.on_epoch_begin(epoch)
                 lr = float(optimizer.param_groups[0]["lr"])
                 reporter.start_epoch(epoch)
                 started = time.perf_counter()
-                train_loss, done = _train_epoch(
+                train_loss, done, state.step = _train_epoch(
                     model,
                     train_loader,
                     optimizer,
@@ -471,6 +482,8 @@ def finetune(
                     config,
                     device,
                     partial(reporter.step, epoch),
+                    hooks,
+                    state.step,
                 )
                 seconds = time.perf_counter() - started
                 if done == 0:
@@ -498,6 +511,18 @@ def finetune(
                 )
                 records.append(stats)
                 reporter.end_epoch(stats)
+                metrics = {k: v for k, v in asdict(stats).items() if isinstance(v, float)}
+                for callback in hooks:
+                    callback.on_epoch_end(epoch, metrics)
+                stop = stopper.update(stats.eval_accuracy)
+                state.epoch, state.history = epoch, [asdict(r) for r in records]
+                if config.checkpoint_dir is not None and is_main_process():
+                    save_checkpoint(Path(config.checkpoint_dir) / "last.pt", model, optimizer,
+                                    scheduler, state, train_loader)
+                if stop:
+                    break
+            for callback in hooks:
+                callback.on_train_end()
     finally:
         modes.restore()
     return History(tuple(records))
