@@ -35,3 +35,13 @@ def test_dataset_with_a_data_free_criterion_is_an_error(
     assert main([*BASE, "--criterion", "lamp", "--calib-batches", "3",
                  "--out", str(tmp_path / "o")]) == 1
     assert "--calib-batches is only for data-aware criteria" in capsys.readouterr().err
+
+
+def test_needs_data_knows_element_and_group_criteria() -> None:
+    from prunekit.cli.calibration import needs_data
+    from prunekit.errors import ConfigError
+
+    assert needs_data("taylor") and needs_data("activation")
+    assert not needs_data("l1") and not needs_data("bn_scale") and not needs_data("fpgm")
+    with pytest.raises(ConfigError, match="criterion='nope'"):
+        needs_data("nope")

@@ -9,8 +9,9 @@ from torch.utils.data import DataLoader
 
 from prunekit.data.vision import load_dataset
 from prunekit.errors import ConfigError
-from prunekit.importance import get_criterion
+from prunekit.importance import criterion_names, get_criterion
 from prunekit.importance.data import CalibrationData
+from prunekit.importance.group import get_group_criterion, group_criterion_names
 
 DATASETS = ("mnist", "fashion-mnist", "digits")
 
@@ -26,10 +27,20 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
                         help="examples per calibration batch (default 64)")
 
 
+def needs_data(criterion: str) -> bool:
+    """Whether the element or group criterion called ``criterion`` needs calibration data."""
+    if criterion in criterion_names():
+        return get_criterion(criterion).needs_data
+    if criterion in group_criterion_names():
+        return get_group_criterion(criterion).needs_data
+    return get_criterion(criterion).needs_data  # raises, listing the known names
+
+
 def calibration_from_args(args: argparse.Namespace, criterion: str) -> CalibrationData | None:
-    """CalibrationData from ``--dataset`` when ``criterion`` needs data, else None; a
-    ConfigError naming the missing or superfluous flag otherwise."""
-    needs = get_criterion(criterion).needs_data
+    """CalibrationData from ``--dataset`` when ``criterion`` (an element criterion for
+    ``sparsify`` or a group criterion for ``prune``) needs data, else None; a ConfigError
+    naming the missing or superfluous flag otherwise."""
+    needs = needs_data(criterion)
     given = [f for f, v in (("--dataset", args.dataset), ("--calib-batches", args.calib_batches))
              if v is not None]
     if not needs:
