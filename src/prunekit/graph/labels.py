@@ -58,6 +58,9 @@ class LabelSpace:
 
     def find(self, labels: Tensor) -> Tensor:
         """The class representative of every id in ``labels`` (same shape)."""
+        small, expanded = _compact(labels)
+        if expanded:  # look up each distinct position once, then broadcast back
+            return self.find(small).expand(labels.shape)
         parent = self._parent
         flat = labels.reshape(-1)
         roots = parent.index_select(0, flat)
@@ -73,12 +76,16 @@ class LabelSpace:
     def union(self, a: Tensor, b: Tensor) -> None:
         """Join ``a[i]`` with ``b[i]`` elementwise (after broadcasting); NEUTRAL is skipped."""
         a, b = torch.broadcast_tensors(a, b)
+        for dim in range(a.dim()):  # positions repeated along a dim add no new pairs
+            if a.shape[dim] > 1 and not varies(a, dim) and not varies(b, dim):
+                a, b = a.narrow(dim, 0, 1), b.narrow(dim, 0, 1)
         a, b = a.reshape(-1), b.reshape(-1)
         keep = (a != NEUTRAL) & (b != NEUTRAL) & (a != b)
         if not bool(keep.any()):
             return
-        pairs = torch.stack((a[keep], b[keep]), dim=1).unique(dim=0)
-        a, b = pairs[:, 0], pairs[:, 1]
+        width = self._size
+        pairs = (a[keep] * width + b[keep]).unique()  # one int64 key per distinct pair
+        a, b = pairs // width, pairs % width
         while True:
             ra, rb = self.find(a), self.find(b)
             differ = ra != rb
@@ -100,9 +107,18 @@ class LabelSpace:
         return out
 
 
+def _compact(labels: Tensor) -> tuple[Tensor, bool]:
+    """``labels`` with its broadcast (stride-0) dims cut to size 1, and whether any was."""
+    small = labels
+    for dim in range(labels.dim()):
+        if labels.shape[dim] > 1 and labels.stride(dim) == 0:
+            small = small.narrow(dim, 0, 1)
+    return small, small is not labels
+
+
 def varies(labels: Tensor, dim: int) -> bool:
     """True if (canonical) ``labels`` are not constant along ``dim``."""
-    if labels.dim() == 0 or labels.shape[dim] <= 1:
+    if labels.dim() == 0 or labels.shape[dim] <= 1 or labels.stride(dim) == 0:
         return False
     return bool((labels != labels.narrow(dim, 0, 1)).any())
 
@@ -110,12 +126,13 @@ def varies(labels: Tensor, dim: int) -> bool:
 def rep_along(space: LabelSpace, labels: Tensor, dims: tuple[int, ...]) -> Tensor:
     """Join every label with the others along ``dims`` and return one label per remaining
     position (``dims`` kept with size 1). A NEUTRAL element does not join."""
-    canon = space.find(labels)
+    canon, _ = _compact(space.find(labels))
     if not dims:
-        return canon
+        return canon.expand(labels.shape)
     rep = canon.amax(dim=dims, keepdim=True)
     space.union(rep.expand_as(canon), canon)
-    return rep
+    shape = [1 if d in dims else n for d, n in enumerate(labels.shape)]
+    return rep.expand(shape)
 
 
 def consume(space: LabelSpace, labels: Tensor, dim: int) -> Tensor:

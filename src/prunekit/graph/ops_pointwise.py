@@ -93,7 +93,7 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
         acc_varies = any(varies(acc, d) for d in range(acc.dim()))
         if not acc_over and not new_over:
             space.union(acc, full)
-            acc = torch.maximum(acc, full)
+            acc = _broadcast_max(acc, full)
             acc_bcast &= bcast
         elif acc_over and not new_over:
             # ``full`` is broadcast along acc's channels, so it cannot follow them; its own
@@ -112,6 +112,15 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
     if acc is None:
         return torch.full(tuple(shape), NEUTRAL, dtype=torch.long)
     return acc
+
+
+def _broadcast_max(a: Tensor, b: Tensor) -> Tensor:
+    """``maximum(a, b)`` computed once per position that is not broadcast in both."""
+    small_a, small_b = a, b
+    for dim in range(a.dim()):
+        if a.shape[dim] > 1 and a.stride(dim) == 0 and b.stride(dim) == 0:
+            small_a, small_b = small_a.narrow(dim, 0, 1), small_b.narrow(dim, 0, 1)
+    return torch.maximum(small_a, small_b).expand(a.shape)
 
 
 def _setitem(ctx: TraceContext, call: OpCall) -> None:

@@ -44,7 +44,7 @@ def _replace_first(call: OpCall, ctx: TraceContext, partial: bool = False
 
     def swap(value: Any) -> Any:
         if isinstance(value, Tensor):
-            return ctx.space.find(ctx.labels(value, partial=partial)).contiguous()
+            return ctx.space.find(ctx.labels(value, partial=partial))
         if isinstance(value, (list, tuple)):
             return type(value)(swap(v) for v in value)
         return value
@@ -59,7 +59,13 @@ def _replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
     args, kwargs = _replace_first(call, ctx, partial)
     try:
         result = call.func(*args, **kwargs)
-    except (RuntimeError, TypeError, IndexError) as exc:
+    except RuntimeError:  # view() of a broadcast label tensor: retry on a dense copy
+        args = tuple(a.contiguous() if isinstance(a, Tensor) else a for a in args)
+        try:
+            result = call.func(*args, **kwargs)
+        except (RuntimeError, TypeError, IndexError) as exc:
+            raise OpNotMappable(f"replaying it on labels failed: {exc}") from exc
+    except (TypeError, IndexError) as exc:
         raise OpNotMappable(f"replaying it on labels failed: {exc}") from exc
     outs, labs = tensors_in(call.out), tensors_in(result)
     if len(outs) != len(labs):
