@@ -288,8 +288,14 @@ def evaluate(
     return EvalResult(accuracy=correct / total, loss=loss_sum / examples, num_examples=examples)
 
 
-def _make_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
+def _make_optimizer(
+    model: nn.Module, config: FinetuneConfig, loss_fn: object = None
+) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's trainable parameters and, when ``loss_fn`` is
+    an ``nn.Module`` (e.g. DistillationLoss with feature adapters), the loss's own."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(loss_fn, nn.Module):
+        params += [p for p in loss_fn.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("model has no parameters with requires_grad=True; nothing to train")
     if config.optimizer == "sgd":
@@ -438,7 +444,7 @@ def finetune(
     if config.device is not None:
         model.to(config.device)
     device = model_device(model)
-    optimizer = optimizer or _make_optimizer(model, config)
+    optimizer = optimizer or _make_optimizer(model, config, loss_fn)
     steps = len(train_loader) if isinstance(train_loader, Sized) else None
     scheduler = None
     if config.cosine:
