@@ -134,3 +134,16 @@ def test_allocation_rejects_bad_values() -> None:
         Allocation(min_keep=2.0)
     with pytest.raises(ConfigError, match="round_to"):
         Allocation(round_to=-1)
+
+
+def test_gradient_criterion_reads_weight_view_grads() -> None:
+    from tests.structured.zoo import BY_NAME, call
+
+    from prunekit.structured import prune
+
+    for name in ("resnet_basic", "vit", "lstm_classifier"):
+        entry = BY_NAME[name]
+        model, inputs = entry.build().eval(), entry.example_inputs()
+        call(model, inputs).float().pow(2).mean().backward()
+        result = prune(model, inputs, ratio=0.5, importance="taylor")
+        assert result.params_kept < 0.6

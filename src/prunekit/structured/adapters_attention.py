@@ -18,7 +18,13 @@ from torch import Tensor, nn
 from prunekit.graph.labels import consume, emit, rep_along
 from prunekit.graph.ops import OpNotMappable, tensors_in
 from prunekit.graph.trace import ModuleCall, TraceContext
-from prunekit.structured.adapters import ParamSlicer, WeightView, register_adapter, rows
+from prunekit.structured.adapters import (
+    ParamSlicer,
+    WeightView,
+    grad_rows,
+    register_adapter,
+    rows,
+)
 
 
 class MultiheadAttentionAdapter:
@@ -51,11 +57,15 @@ class MultiheadAttentionAdapter:
         if dim != "embed":
             return []
         size = module.embed_dim
-        w = module.in_proj_weight.detach()
-        views = [WeightView(w[i * size:(i + 1) * size], "weight", dim) for i in range(3)]
-        views.append(WeightView(w.t().reshape(size, -1), "weight", dim))
-        views.append(WeightView(rows(module.out_proj.weight, 0), "weight", dim))
-        views.append(WeightView(rows(module.out_proj.weight, 1), "weight", dim))
+        w, g = module.in_proj_weight.detach(), module.in_proj_weight.grad
+        views = [WeightView(w[i * size:(i + 1) * size], "weight", dim,
+                            None if g is None else g[i * size:(i + 1) * size])
+                 for i in range(3)]
+        views.append(WeightView(w.t().reshape(size, -1), "weight", dim,
+                                None if g is None else g.t().reshape(size, -1)))
+        out = module.out_proj.weight
+        views.append(WeightView(rows(out, 0), "weight", dim, grad_rows(out, 0)))
+        views.append(WeightView(rows(out, 1), "weight", dim, grad_rows(out, 1)))
         return views
 
     def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:

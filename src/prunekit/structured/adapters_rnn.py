@@ -29,6 +29,11 @@ def _names(rnn: nn.RNNBase) -> list[tuple[int, str]]:
     return [(layer, sfx) for layer in range(rnn.num_layers) for sfx in suffixes]
 
 
+def _per_unit(weight: Tensor, gates: int, size: int) -> Tensor:
+    """Gate-stacked rows ``[gates·H, -1]`` regrouped as ``[H, -1]`` (all gates of unit j)."""
+    return weight.reshape(gates, size, -1).transpose(0, 1).reshape(size, -1)
+
+
 class RecurrentAdapter:
     """See the module docstring."""
 
@@ -66,9 +71,10 @@ class RecurrentAdapter:
             if dim != "hidden":
                 continue
             for kind in ("weight_ih", "weight_hh"):
-                weight = getattr(rnn, f"{kind}_l{layer}{sfx}").detach()
-                per_gate = weight.reshape(gates, size, -1).transpose(0, 1).reshape(size, -1)
-                views.append(WeightView(per_gate, "weight", dim))
+                weight = getattr(rnn, f"{kind}_l{layer}{sfx}")
+                views.append(WeightView(_per_unit(weight.detach(), gates, size), "weight", dim,
+                                        None if weight.grad is None
+                                        else _per_unit(weight.grad, gates, size)))
         return views
 
     def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:

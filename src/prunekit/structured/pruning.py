@@ -25,7 +25,7 @@ from prunekit.importance.group import (
     score_groups,
 )
 from prunekit.metrics.profile import Profile, profile
-from prunekit.structured.adapters import WeightView, find_adapter, rows
+from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
 from prunekit.structured.plan import apply_plan, build_plan
 
 __all__ = ["PruneResult", "analyze", "prune"]
@@ -94,7 +94,8 @@ def _member_views(group: Group, modules: Mapping[str, nn.Module],
             tensor = model.get_parameter(member.name) if member.name in dict(
                 model.named_parameters()) else model.get_buffer(member.name)
             axis = member.axis if member.axis is not None else 0
-            views = [WeightView(rows(tensor, axis), "weight", member.dim)]
+            views = [WeightView(rows(tensor, axis), "weight", member.dim,
+                                grad_rows(tensor, axis))]
         out.append(MemberViews(member, views))
     return out
 
