@@ -251,3 +251,12 @@ def test_functional_conv_with_own_weight_is_kept_whole() -> None:
 
     with pytest.raises(UnsupportedOpError, match="conv2d"):
         prune(Functional(), torch.randn(1, 3, 6, 6), ratio=0.5)
+
+
+def test_train_mode_model_keeps_its_statistics_and_mode() -> None:
+    entry = BY_NAME["resnet_basic"]
+    model, inputs = entry.build().train(), entry.example_inputs()
+    state = _state(model)
+    result = prune(model, inputs, ratio=0.5)
+    assert model.training and _same_state(model, state)
+    assert result.model.training

@@ -14,6 +14,7 @@ _PUBLIC: dict[str, str] = {
     "prune": "prunekit.structured.pruning",
     "PruneResult": "prunekit.structured.pruning",
     "analyze": "prunekit.structured.pruning",
+    "Analysis": "prunekit.structured.pruning",
     "replay_plan": "prunekit.structured.plan",
     "prune_depth": "prunekit.structured.depth",
     "DepthResult": "prunekit.structured.depth",

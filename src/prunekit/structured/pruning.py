@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from prunekit.metrics.profile import Profile, profile
 from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
 from prunekit.structured.plan import apply_plan, build_plan
 
-__all__ = ["PruneResult", "analyze", "prune"]
+__all__ = ["Analysis", "PruneResult", "analyze", "prune"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,10 @@ class PruneResult:
 
 
 @dataclass(frozen=True)
-class _Analysis:
+class Analysis:
+    """What ``analyze`` found: the dependency groups, one score vector per group (aligned
+    with ``group.units``) and the coverage report."""
+
     graph: DependencyGraph
     scores: list[torch.Tensor]
     coverage: Coverage
@@ -63,7 +66,7 @@ class _Analysis:
 def analyze(model: nn.Module, example_inputs: ExampleInputs, *,
             importance: str | GroupCriterion = "l2",
             ignore: Iterable[nn.Module] = (), strict: bool = True, aggregation: Aggregation = "sum",
-            normalization: Normalization = "none", seed: int = 0) -> _Analysis:
+            normalization: Normalization = "none", seed: int = 0) -> Analysis:
     """Trace, group and score ``model`` without changing it."""
     criterion = get_group_criterion(importance)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
@@ -72,7 +75,7 @@ def analyze(model: nn.Module, example_inputs: ExampleInputs, *,
     inputs = [(g, _member_views(g, modules, model)) for g in graph.groups]
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
-    return _Analysis(graph, scores, coverage_report(model, graph))
+    return Analysis(graph, scores, coverage_report(model, graph))
 
 
 def _axes_of(module: nn.Module) -> list[tuple[str, int, str]] | None:
@@ -170,11 +173,13 @@ def prune(
             f"pruning changed the model's output shapes from {reference} to {shapes}; your "
             f"model is unchanged. Add the output layer to ignore=..."
         )
-    before = profile(model, example_inputs)
+    with eval_mode(model):  # BatchNorm in train mode would update its statistics
+        before = profile(model, example_inputs)
     if inplace:
         model.__dict__.update(pruned.__dict__)
         pruned = model
-    after = profile(pruned, example_inputs)
+    with eval_mode(pruned):
+        after = profile(pruned, example_inputs)
     return PruneResult(pruned, plan, before, after, found.coverage, len(found.graph.groups))
 
 
@@ -195,7 +200,7 @@ def _output_shapes(model: nn.Module,
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
 
 
-def _search(model: nn.Module, example_inputs: ExampleInputs, found: _Analysis,
+def _search(model: nn.Module, example_inputs: ExampleInputs, found: Analysis,
             config: Allocation, target: Mapping[str, float]) -> Allocation:
     """Bisection on the global ratio until the kept fraction of params/MACs meets ``target``."""
     if not isinstance(target, Mapping) or len(target) != 1:
@@ -227,8 +232,6 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, found: _Analysis,
 def _measure(model: nn.Module, example_inputs: ExampleInputs, metric: str) -> int:
     if metric == "params":
         return sum(p.numel() for p in model.parameters())
-    return profile(model, example_inputs).macs
+    with eval_mode(model):
+        return profile(model, example_inputs).macs
 
-
-def ratio_choices() -> Sequence[str]:
-    return ("params", "macs")
