@@ -163,6 +163,18 @@ class Pruner(Callback):
         self._hooks: list[RemovableHandle] = []
 
     # -- lifecycle -------------------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> None:
+        """Register all-True masks on the tensors this pruner will prune (masks engine).
+
+        Call before wrapping the model in DistributedDataParallel: DDP binds the parameters
+        it sees at wrap time, and a mask registered later moves the weight out of its reach.
+        ``finetune_distributed`` does this for you.
+        """
+        if self.engine == "masks":
+            opts = self.masks
+            sparsify(unwrap(model), 0.0, criterion="l1", pattern=opts.pattern,
+                     ignore=opts.ignore)
+
     def on_train_begin(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -166,17 +166,20 @@ def finetune_distributed(
 ) -> Any:
     """:func:`~prunekit.train.finetune.finetune` on this rank's shard of ``dataset`` under DDP.
 
-    Call after :func:`init_distributed`. Initial masks must exist before this call if the
-    model is masked (DDP records buffers at wrap time); schedules that mask during training
-    work because mask updates are broadcast. Returns the History (evaluation, if any, runs
-    on every rank over the full ``eval_loader``).
+    Call after :func:`init_distributed`. Every :class:`~prunekit.train.callbacks.Pruner` in
+    ``callbacks`` first registers its (all-True) masks, because DDP binds the parameters it
+    sees when it wraps the model; later mask updates are broadcast from rank 0. Returns the
+    History (evaluation, if any, runs on every rank over the full ``eval_loader``).
     """
-    from prunekit.train.callbacks import SamplerEpoch
+    from prunekit.train.callbacks import Pruner, SamplerEpoch
     from prunekit.train.finetune import finetune
 
     if not active():
         loader = distributed_loader(dataset, batch_size)
         return finetune(model, loader, epochs, eval_loader=eval_loader, **finetune_kwargs)
+    for callback in finetune_kwargs.get("callbacks", ()):
+        if isinstance(callback, Pruner):
+            callback.prepare(model)  # masks must exist before DDP wraps the model
     info_device = next(model.parameters()).device
     ddp = nn.parallel.DistributedDataParallel(
         model, device_ids=list(device_ids) if device_ids is not None else (
