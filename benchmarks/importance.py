@@ -4,6 +4,8 @@ Run from the repository root (about 5 minutes on one thread of a shared 2-core b
 
     .venv/bin/python benchmarks/importance.py --out benchmarks/importance.md
     .venv/bin/python benchmarks/importance.py --quick      # fewer epochs, a smoke run
+    .venv/bin/python benchmarks/importance.py --dataset fashion-mnist --limit 5000 \
+        --skip snip                                        # the same on Fashion-MNIST
 
 1. LeNet-5 trained on the MNIST subset (4,000 train / 1,000 test; AdamW lr 3e-3, wd 0.05,
    cosine, 15 epochs, batch 64, one thread). Every criterion prunes a fresh copy, one
@@ -104,7 +106,7 @@ def lenet_tables(train: DataLoader, test: DataLoader, epochs: int) -> list[str]:
     torch.manual_seed(0)
     dense = _train(LeNet5(), train, epochs)
     base = _acc(dense, test)
-    lines = [f"LeNet-5 dense: top-1 {base:.2%} on {len(test.dataset)} MNIST test images "  # type: ignore[arg-type]
+    lines = [f"LeNet-5 dense: top-1 {base:.2%} on {len(test.dataset)} test images "  # type: ignore[arg-type]
              f"({epochs} epochs)", "",
              "| criterion | unstr. 90 % global | unstr. 95 % global | unstr. 95 % per layer | "
              "structured 50 % | structured 50 % + LS refit | s per unstr. prune |",
@@ -183,9 +185,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 epochs instead of 15/10")
     parser.add_argument("--out", help="also write the markdown tables to this file")
     parser.add_argument("--skip", nargs="*", default=[], choices=("lenet", "dscnn", "snip"))
+    parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    parser.add_argument("--limit", type=int, help="cap on train + test images (stratified)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    split = load_dataset("mnist")
+    split = load_dataset(args.dataset, limit=args.limit)
     train = DataLoader(split.train, batch_size=64, shuffle=True,
                        generator=torch.Generator().manual_seed(0))
     test = DataLoader(split.test, batch_size=500)

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from prunekit.importance.data import CalibrationData, LossFn
+from prunekit.importance.data import CalibrationData, LossFn, as_calibration, missing_data_error
 
 
 @runtime_checkable
@@ -105,8 +103,6 @@ def prepare_scorers(
     A data-free criterion is returned for every name (``data`` must then be None); a
     :class:`DataCriterion` is prepared once on ``data`` (a loader or CalibrationData).
     A ConfigError names ``data=`` when a data criterion gets none."""
-    from prunekit.importance.data import as_calibration
-
     if not criterion.needs_data:
         if data is not None or loss_fn is not None or batches is not None:
             raise ConfigError(
@@ -116,8 +112,6 @@ def prepare_scorers(
             )
         return lambda name: criterion
     if data is None:
-        from prunekit.importance.data import missing_data_error
-
         raise missing_data_error(criterion.name, caller)
     if not isinstance(criterion, DataCriterion):
         raise TypeError(
