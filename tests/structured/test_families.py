@@ -177,3 +177,43 @@ def test_embedding_dim_is_pruned() -> None:
 
     result = prune(Bag(), torch.randint(0, 20, (2, 5)), ratio=0.5)
     assert result.model.emb.embedding_dim == 4 and result.model.emb.weight.shape == (20, 4)
+
+
+class GroupedQueryAttention(nn.Module):
+    """4 query heads share 2 key/value heads; no cross-channel norm, so zeroing holds."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.num_heads, self.num_key_value_heads, self.head_dim = 4, 2, 4
+        self.q = nn.Linear(dim, 16)
+        self.k, self.v = nn.Linear(dim, 8), nn.Linear(dim, 8)
+        self.o = nn.Linear(16, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        groups = self.num_heads // self.num_key_value_heads
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+def test_grouped_query_attention_equivalence() -> None:
+    torch.manual_seed(0)
+    model, x = GroupedQueryAttention().eval(), torch.randn(2, 5, 16)
+    result = prune(model, x, ratio=0.5, importance="random", seed=4)
+    pruned = result.model
+    assert (pruned.num_heads, pruned.num_key_value_heads) == (2, 1)
+    zeroed = GroupedQueryAttention().eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for proj, width in (("q", 16), ("k", 8), ("v", 8)):
+            drop = sorted(set(range(width)) - set(result.plan["modules"][proj]["keep"]["out"]))
+            getattr(zeroed, proj).weight[drop] = 0
+            getattr(zeroed, proj).bias[drop] = 0
+        kept_kv = result.plan["modules"]["k"]["keep"]["out"][0] // 4
+        kept_q = {c // 4 for c in result.plan["modules"]["q"]["keep"]["out"]}
+        assert kept_q == {2 * kept_kv, 2 * kept_kv + 1}  # the query heads of the kept group
+        torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-4, atol=1e-5)

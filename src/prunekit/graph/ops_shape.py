@@ -114,12 +114,13 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
         inferred = sizes.index(-1)
         if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
-            heads = [k for k, v in attrs.items() if v == labels.shape[inferred] and "head" in k]
+            heads = [k for k, v in attrs.items()
+                     if v == labels.shape[inferred] and _counts_heads(k)]
             return inferred, heads[0] if len(heads) == 1 else None
     written = set(sizes)
     for dim in bearing[:-1]:
         size = labels.shape[dim]
-        heads = [k for k, v in attrs.items() if v == size and "head" in k]
+        heads = [k for k, v in attrs.items() if v == size and _counts_heads(k)]
         if size in written and len(heads) == 1:
             return dim, heads[0]
     last = bearing[-1]
@@ -128,12 +129,17 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     if size not in written or last != labels.dim() - 1 or not holders:
         return last, None
     if len(holders) > 1:
-        holders = [k for k in holders if "head" in k] or holders
+        holders = [k for k in holders if "head" in k and not _counts_heads(k)] or holders
     if len(holders) > 1:
         ctx.block(labels, f"{call.display} splits channels by {size}, which several "
                           f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
         return last, None
     return last, holders[0]
+
+
+def _counts_heads(name: str) -> bool:
+    """``num_heads``, ``n_head``, ``num_key_value_heads`` — not ``head_dim``/``head_size``."""
+    return "head" in name and "dim" not in name and "size" not in name
 
 
 def tensors_free(values: tuple[Any, ...]) -> list[int]:
