@@ -204,3 +204,18 @@ def test_multi_task_loss_prunes_both_heads(name: str) -> None:
     assert float(stats["v"].abs_mean.sum()) > 0 and float(stats["d"].abs_mean.sum()) > 0
     logits, value = model(data[0][0])
     assert logits.shape == (16, 5) and value.shape == (16, 1)
+
+
+@pytest.mark.parametrize(("name", "pattern"), [("taylor", "2:4"), ("fisher", "kernel"),
+                                               ("activation", "block"), ("lamp", "2:4")])
+def test_data_criteria_drive_every_pattern(name: str, pattern: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4, 4))
+    data = [(torch.randn(8, 4, 6, 6), torch.randint(0, 4, (8,)))]
+    layers = (nn.Conv2d,) if pattern == "kernel" else (nn.Conv2d, nn.Linear)
+    result = sparsify(model, None if ":" in pattern else 0.5, criterion=name, pattern=pattern,
+                      data=None if name == "lamp" else data, layers=layers)
+    assert result.global_sparsity == pytest.approx(0.5, abs=0.02)
+    if pattern == "2:4":
+        kept = (model[3].weight != 0).reshape(4, -1, 4).sum(-1)
+        assert bool((kept == 2).all())
