@@ -210,7 +210,7 @@ def test_multi_task_loss_prunes_both_heads(name: str) -> None:
                                                ("activation", "block"), ("lamp", "2:4")])
 def test_data_criteria_drive_every_pattern(name: str, pattern: str) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4, 4))
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4))
     data = [(torch.randn(8, 4, 6, 6), torch.randint(0, 4, (8,)))]
     layers = (nn.Conv2d,) if pattern == "kernel" else (nn.Conv2d, nn.Linear)
     result = sparsify(model, None if ":" in pattern else 0.5, criterion=name, pattern=pattern,
