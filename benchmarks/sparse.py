@@ -10,7 +10,7 @@ Tables (markdown):
    (bitmap + fp32 values, bit-exact) and ``value_dtype="float16"`` (lossy), as a fraction of
    the dense fp32 parameter bytes, for LeNet-5 and an MLP 4096-4096-4096-10 (random init,
    global magnitude ``sparsify``).
-2. CPU latency (best of 3 alternating medians of ``benchmark_latency``) of the MLP with
+2. CPU latency (best of 2 alternating medians of ``benchmark_latency``) of the MLP with
    masks baked in (``strip``: plain dense kernels, the fair baseline) vs
    ``prunekit.sparse.convert.convert(model, x, threads=t)`` for batch 1/8/64, 1 and 2
    threads; ``ratio`` = dense / converted; ``layers`` = the backend chosen per layer.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import os
 import statistics
 import tempfile
 import time
@@ -101,7 +102,7 @@ def latency_table(sparsities: list[float], batches: list[int], threads: list[int
 
 
 def _paired(
-    a: nn.Module, b: nn.Module, x: torch.Tensor, threads: int, repeats: int, pairs: int = 3
+    a: nn.Module, b: nn.Module, x: torch.Tensor, threads: int, repeats: int, pairs: int = 2
 ) -> tuple[float, float]:
     """Best median of each model over ``pairs`` alternating runs (drift hits both alike)."""
     best_a = best_b = float("inf")
@@ -189,15 +190,18 @@ def gpu_table(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cells (smoke run)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     quick = args.quick
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads available")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at start")
     bytes_table([0.9] if quick else [0.5, 0.8, 0.9, 0.95])
     latency_table([0.9] if quick else [0.7, 0.9, 0.95], [1] if quick else [1, 8, 64],
                   [1] if quick else [1, 2], args.repeats)
     onnx_table([1] if quick else [1, 64], args.repeats)
     gpu_table(args.repeats)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (above the CPU count, other "
+          "processes shared the cores and multi-thread timings are unreliable)")
 
 
 if __name__ == "__main__":
