@@ -215,3 +215,20 @@ def test_hopeless_kernels_are_dropped_after_one_round() -> None:
     first_layer = calls[: len(calls) // 3]
     assert first_layer.count(("coo", 1)) == 1 and ("coo", 8) not in first_layer
     assert first_layer.count(("csr", 8)) == 3
+
+
+def test_masked_layers_without_a_kernel_are_listed() -> None:
+    class MyLinear(nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 8, 3), nn.Flatten(), MyLinear(48, 4)).eval()
+    sparsify(model, 0.9, layers=(nn.Conv1d, nn.Linear), scope="layer")
+    report = convert(model, torch.randn(1, 2, 8), cost=sparse_wins)
+    assert {d.name: d.reason for d in report.layers} == {
+        "0": "no sparse kernel for this layer type", "2": "no sparse kernel for this layer type"}
+    assert report.layers[0].sparsity == pytest.approx(0.9, abs=0.05)
+    with pytest.raises(ConfigError, match=r"backends=\['csr'\]"):
+        convert(model, torch.randn(1, 2, 8), backends="csr")
+    with pytest.raises(TypeError, match="cost must be a callable"):
+        convert(model, torch.randn(1, 2, 8), cost=3.0)  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ from prunekit.sparse.kernels import (
     kernel_names,
     to_dense_module,
 )
-from prunekit.sparse.masks import strip
+from prunekit.sparse.masks import masked_tensors, strip
 
 __all__ = [
     "Candidate",
@@ -168,7 +168,8 @@ def convert(
     rtol: float = 1e-5,
 ) -> ConversionReport:
     """Replace sparsified ``nn.Linear``/``nn.Conv2d`` layers by sparse-kernel modules where
-    measured faster; return the converted model (``report.model``) and the decisions.
+    measured faster; return the converted model (``report.model``, in eval mode) and the
+    decisions (masked layers of other types are listed too, kept dense).
 
     Args:
         example_inputs: one forward pass on them records each layer's input shape.
@@ -190,11 +191,21 @@ def convert(
     ``copy.deepcopy`` of it fails in torch (sparse CSR/BSR storage cannot be copied that way).
     """
     options = _check_options(model, min_speedup, min_sparsity, rounds, rtol, batch_sizes)
+    if isinstance(backends, str):
+        raise ConfigError(
+            f"backends={backends!r} must be a list of kernel names, e.g. backends=[{backends!r}]"
+        )
     names = list(backends) if backends is not None else kernel_names()
     kernels = [get_kernel(name) for name in names]
+    if cost is not None and not callable(cost):
+        raise TypeError(
+            f"cost must be a callable Candidate -> milliseconds, got {type(cost).__name__}; "
+            "pass e.g. MeasuredCost(repeats=30) or leave it None"
+        )
     cost_model: CostModel = MeasuredCost() if cost is None else cost
 
     work = strip(copy.deepcopy(model)).eval()
+    no_kernel = _masked_elsewhere(model)
     with torch.no_grad():
         inputs = _record_inputs(work, example_inputs)
         expected = run_model(work, example_inputs)
@@ -204,6 +215,9 @@ def convert(
         used_threads = torch.get_num_threads()
         for name, layer in work.named_modules():
             if type(layer) not in (nn.Linear, nn.Conv2d):
+                if name in no_kernel:
+                    decisions.append(LayerDecision(name, type(layer).__name__, (), no_kernel[name],
+                                                   DENSE, "no sparse kernel for this layer type"))
                 continue
             decision, module = _decide(name, layer, inputs.get(name), kernels, cost_model,
                                        options, rounds)
@@ -216,7 +230,7 @@ def convert(
 
     result = work
     if inplace:
-        strip(model)
+        strip(model).eval()
         for name, module in replacements.items():
             model.set_submodule(name, module)
         result = model
@@ -276,6 +290,18 @@ def _check_options(
                 "or None for the example inputs' own batch"
             )
     return _Options(float(min_speedup), sparsity, sizes)
+
+
+def _masked_elsewhere(model: nn.Module) -> dict[str, float]:
+    """Module name → weight sparsity of masked modules that are not plain Linear/Conv2d."""
+    out: dict[str, float] = {}
+    for tensor_name, mask in masked_tensors(model).items():
+        module_name = tensor_name.rpartition(".")[0]
+        module = model.get_submodule(module_name)
+        plain_class = type(module).__bases__[0]  # masking injected a Parametrized<Cls> type
+        if plain_class not in (nn.Linear, nn.Conv2d):
+            out[module_name] = max(out.get(module_name, 0.0), 1.0 - float(mask.float().mean()))
+    return out
 
 
 def _record_inputs(model: nn.Module, example_inputs: ExampleInputs) -> dict[str, torch.Tensor]:
