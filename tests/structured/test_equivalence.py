@@ -235,3 +235,46 @@ ZOO_EQUIVALENT = [
 def test_zoo_equivalence(name: str) -> None:
     entry = BY_NAME[name]
     _check(entry.build(), entry.example_inputs(), ratio=0.4)
+
+
+class EinsumAttention(nn.Module):
+    """Per-head attention written with einsum, then addmm into the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        q = h.view(*h.shape[:2], 2, -1)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, q).softmax(-1)
+        y = torch.einsum("bhqk,bkhd->bqhd", scores, q).reshape(*h.shape[:2], -1)
+        return self.out(F.relu(y))
+
+
+def test_einsum_equivalence() -> None:
+    torch.manual_seed(0)
+    model, x = EinsumAttention().eval(), torch.randn(2, 5, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=2)
+    drop = sorted(set(range(8)) - set(result.plan["modules"]["a"]["keep"]["out"]))
+    assert len(drop) == 4 and result.model.a.out_features == 4
+    zeroed = EinsumAttention().eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed.a.weight[drop] = 0
+        zeroed.a.bias[drop] = 0
+        torch.testing.assert_close(result.model(x), zeroed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_weight_used_directly_in_einsum_is_kept_whole() -> None:
+    class Direct(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.w = nn.Linear(6, 8), nn.Parameter(torch.randn(4, 8))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.einsum("bc,dc->bd", self.a(x), self.w)
+
+    result = prune(Direct(), torch.randn(2, 6), ratio=0.5)
+    assert "w" in result.coverage.fixed and result.model.a.out_features == 8

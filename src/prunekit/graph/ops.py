@@ -66,6 +66,7 @@ _BUILTIN_FAMILIES = (
     "prunekit.graph.ops_reduce",
     "prunekit.graph.ops_matmul",
     "prunekit.graph.ops_norm",
+    "prunekit.graph.ops_einsum",
 )
 _loaded = False
 

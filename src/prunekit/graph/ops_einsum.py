@@ -1,0 +1,77 @@
+"""``torch.einsum`` and ``addmm``-style products, by index letters.
+
+Each operand may carry channels along at most one of its letters (a tensor whose channels
+vary along two letters, such as a weight used directly, is kept whole). Operands that carry
+channels along the same letter are coupled index by index; an operand that has the letter
+but no channels along it (and is not broadcast there) cannot shrink, so the channels on
+that letter are kept whole. The result carries the channels of its one channel letter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from prunekit.graph.labels import NEUTRAL, emit, varies
+from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.ops_matmul import contract
+from prunekit.graph.ops_pointwise import combine
+from prunekit.graph.trace import TraceContext
+
+
+def _einsum(ctx: TraceContext, call: OpCall) -> None:
+    equation = call.args[0]
+    operands = tensors_in(call.args[1:])
+    if not isinstance(equation, str) or "->" not in equation or "." in equation:
+        raise OpNotMappable("only explicit equations without '...' are supported")
+    lhs, rhs = equation.replace(" ", "").split("->")
+    terms = lhs.split(",")
+    if len(terms) != len(operands):
+        raise OpNotMappable("the equation does not match the operands")
+    space = ctx.space
+    channel: list[str | None] = []
+    labels: list[Tensor] = []
+    for term, operand in zip(terms, operands, strict=True):
+        lab = space.find(ctx.labels(operand))
+        letters = [term[d] for d in range(lab.dim()) if varies(lab, d)]
+        if len(letters) > 1:
+            space.block(lab, f"{call.display} operand carries channels along {letters}")
+            letters = []
+        channel.append(letters[0] if letters else None)
+        labels.append(lab)
+    vectors: dict[str, list[Tensor]] = {}
+    for term, letter, lab in zip(terms, channel, labels, strict=True):
+        if letter is not None:
+            dim = term.index(letter)
+            others = tuple(d for d in range(lab.dim()) if d != dim)
+            vectors.setdefault(letter, []).append(lab.amax(dim=others) if others else lab)
+    for letter, found in vectors.items():
+        for other in found[1:]:
+            space.union(found[0], other)
+        fixed = any(letter in term and ch != letter and op.shape[term.index(letter)] > 1
+                    for term, ch, op in zip(terms, channel, operands, strict=True))
+        if fixed:
+            for vector in found:
+                space.block(vector, f"{call.display}: another operand's '{letter}' cannot shrink")
+    out = tensors_in(call.out)[0]
+    carried = [letter for letter in rhs if letter in vectors]
+    if not carried:
+        ctx.set_labels(out, torch.full(tuple(out.shape), NEUTRAL, dtype=torch.long))
+        return
+    for letter in carried[1:]:
+        for vector in vectors[letter]:
+            space.block(vector, f"{call.display} result carries channels on two letters")
+    letter = carried[0]
+    ctx.set_labels(out, emit(space.find(vectors[letter][0]), rhs.index(letter), out.shape))
+
+
+def _addmm(ctx: TraceContext, call: OpCall) -> None:
+    """``addmm(input, a, b)`` (and ``baddbmm``) = ``input + a @ b``."""
+    bias, a, b = tensors_in(call.args[:3])
+    out = tensors_in(call.out)[0]
+    product = contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape))
+    ctx.set_labels(out, combine(ctx, [product, ctx.labels(bias)], out.shape))
+
+
+register_op(("einsum",), _einsum)
+register_op(("addmm", "baddbmm"), _addmm)
