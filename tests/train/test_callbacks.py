@@ -83,7 +83,7 @@ def test_finetune_callbacks_iterative_reaches_target() -> None:
 def test_rigl_keeps_exact_per_layer_sparsity_while_the_mask_changes() -> None:
     model = _mlp()
     schedule = RigL(0.75, end_step=12, update_every=3, alpha=0.5)
-    pruner = Pruner(schedule)
+    pruner = Pruner(schedule, masks=MaskOptions(scope="layer"))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     counts: dict[str, int] = {}
     history: list[dict[str, torch.Tensor]] = []

@@ -182,10 +182,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="cap on training images (fashion-mnist has 60,000)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--compare-schedules", action="store_true",
+                   help="instead: one-shot, iterative, gradual and RigL at 90 %% sparsity, "
+                        "each with and without distillation, at equal training budget")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.compare_schedules:
+        from prunekit.cli.compare_schedules import CompareConfig, run_compare
+
+        run_compare(CompareConfig(dataset=args.dataset, data_dir=args.data_dir, out=args.out,
+                                  seed=args.seed, progress=not args.no_progress))
+        return 0
     cfg = DemoConfig(dataset=args.dataset, data_dir=args.data_dir, out=args.out,
                      epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                      limit=args.limit, seed=args.seed, progress=not args.no_progress)

@@ -214,10 +214,9 @@ class Pruner(Callback):
             return
         model = self._model()
         opts = self.masks
-        # RigL keeps each layer's own sparsity, so it starts from a per-layer cut
-        scope = "layer" if self.schedule.regrows else opts.scope
-        sparsify(model, sparsity, criterion=opts.criterion, scope=scope, pattern=opts.pattern,
-                 ignore=opts.ignore)
+        # RigL then keeps every layer's count of active weights exactly as this cut left it
+        sparsify(model, sparsity, criterion=opts.criterion, scope=opts.scope,
+                 pattern=opts.pattern, ignore=opts.ignore)
         broadcast_masks(model)
         if self.schedule.regrows:
             self._install_grad_hooks()
