@@ -187,3 +187,28 @@ def test_errors() -> None:
     pruner.on_train_begin(model, torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(RuntimeError, match=r"loss.backward\(\)"):
         pruner.on_step(1)  # no backward happened
+
+
+def test_structured_schedule_inside_finetune_with_adam_and_cosine() -> None:
+    model = _mlp()
+    loader = DataLoader(TensorDataset(torch.randn(64, 16), torch.randint(0, 4, (64,))),
+                        batch_size=8)
+    pruner = Pruner(PolynomialDecay(0.0, 0.5, begin_step=2, end_step=12, frequency=4),
+                    engine="structured",
+                    structured=StructuredOptions(torch.randn(2, 16), ignore=("4",)))
+    history = finetune(model, loader, 3, config=FinetuneConfig(optimizer="adam", lr=1e-2,
+                       grad_clip=1.0), callbacks=[pruner], progress=False)
+    assert len(pruner.plans) == 3 and pruner.removed == pytest.approx(0.5)
+    # each step rounds every group's width, so the cumulative cut may miss by a channel
+    assert model[0].out_features in (16, 17) and model[2].out_features in (16, 17)
+    assert all(torch.isfinite(torch.tensor(history.train_loss)))
+
+
+def test_prepare_registers_identity_masks() -> None:
+    model = _mlp()
+    x = torch.randn(3, 16)
+    before = model(x)
+    Pruner(OneShot(0.5)).prepare(model)
+    assert len(masked_tensors(model)) == 3
+    assert all(bool(m.all()) for m in masked_tensors(model).values())
+    assert torch.equal(model(x), before)

@@ -13,12 +13,18 @@ A user's loop needs two added lines::
 ``step`` counts the optimizer steps taken so far; ``on_train_begin`` applies the
 schedule's step 0 (so ``OneShot(0.9)`` prunes before fine-tuning starts).
 
+On ``finetune(resume=...)`` a fresh Pruner re-applies step 0; with the masks engine this
+never changes the restored masks (``sparsify`` only adds to existing masks).
+
 Engines: ``"masks"`` calls :func:`~prunekit.sparse.sparsify.sparsify` (already-pruned
 entries stay pruned, so rising targets continue pruning); ``"structured"`` calls
 :func:`prunekit.structured.prune` in place and **slices the optimizer state** (momentum,
 Adam moments) to the kept channels by replaying the same plan on copies holding the
 state — or, with ``optimizer_state="reset"``, drops it. Either way the optimizer's
-parameter list points at the new parameters; nothing is silently stale.
+parameter list points at the new parameters; nothing is silently stale. A structured
+schedule's sparsity is the fraction of channels removed from every group of the *original*
+model; each step asks ``prune`` for the matching share of the current width, so per-step
+rounding can leave a group a channel off the exact cumulative target.
 
 RigL reads *dense* gradients (of the masked weight, which the optimizer never sees: the
 gradient reaching the hidden original is already masked) through a backward hook on each
