@@ -30,7 +30,7 @@ WORKER = textwrap.dedent(
     from torch import nn
     from torch.utils.data import TensorDataset
     from prunekit.schedules import RigL
-    from prunekit.train.callbacks import Pruner
+    from prunekit.train.callbacks import MaskOptions, Pruner
     from prunekit.train.distributed import (cleanup, finetune_distributed, init_distributed,
                                             mask_checksums)
     from prunekit.train.finetune import FinetuneConfig
@@ -42,7 +42,8 @@ WORKER = textwrap.dedent(
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g))
-    pruner = Pruner(RigL(0.8, end_step=8, update_every=2, alpha=0.5))
+    pruner = Pruner(RigL(0.8, end_step=8, update_every=2, alpha=0.5),
+                    masks=MaskOptions(scope="layer"))
     cfg = FinetuneConfig(lr=0.05, seed=0, checkpoint_dir=f"{out}/ckpt-rank{info.rank}")
     finetune_distributed(model, data, 2, batch_size=8, config=cfg, callbacks=[pruner])
     sums = mask_checksums(model)
