@@ -239,18 +239,69 @@ def test_deepcopy_of_result_model_runs(lenet: LeNet5, lenet_input: Tensor) -> No
     assert model(lenet_input).shape == (2, 10)
 
 
-def test_functional_conv_with_own_weight_is_kept_whole() -> None:
-    class Functional(nn.Module):
+class _Functional(nn.Module):
+    """Layers written with F.conv2d / F.linear on the module's own parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.b1 = nn.Parameter(torch.randn(8))
+        self.w2 = nn.Parameter(torch.randn(6, 8))
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.w1 - self.w1.mean(dim=(1, 2, 3), keepdim=True)  # weight standardisation
+        y = F.relu(F.conv2d(x, self.w1, self.b1, padding=1)) + F.conv2d(x, w, padding=1)
+        return self.head(F.relu(F.linear(y.mean((2, 3)), self.w2)))
+
+
+def test_functional_layers_with_own_weights() -> None:
+    model, x = _Functional(), torch.randn(2, 3, 6, 6)
+    with pytest.raises(UnsupportedOpError, match="computed"):  # the standardised weight
+        prune(model, x, ratio=0.5)
+    with pytest.warns(UserWarning, match="conv2d"):
+        result = prune(model, x, ratio=0.5, strict=False)
+    assert "w1" in result.coverage.fixed
+    assert result.model.w2.shape == (3, 8)  # its input (w1's channels) is fixed
+
+    class Plain(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3)
-            self.weight = nn.Parameter(torch.randn(4, 8, 1, 1))
+            self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3))
+            self.w2 = nn.Parameter(torch.randn(6, 8))
+            self.head = nn.Linear(6, 2)
 
         def forward(self, x: Tensor) -> Tensor:
-            return F.conv2d(self.conv(x), self.weight)
+            y = F.relu(F.conv2d(x, self.w1, padding=1)).mean((2, 3))
+            return self.head(F.linear(y, self.w2))
+
+    plain = Plain()
+    result = prune(plain, x, ratio=0.5, importance="random")
+    assert result.model.w1.shape == (4, 3, 3, 3) and result.model.w2.shape == (3, 4)
+    zeroed = Plain()
+    zeroed.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        keep = result.plan["params"]["w2"]["keep"]
+        zeroed.w2[:, sorted(set(range(8)) - set(keep["1"]))] = 0
+        zeroed.head.weight[:, sorted(set(range(6)) - set(keep["0"]))] = 0
+        torch.testing.assert_close(result.model(x), zeroed(x), rtol=1e-4, atol=1e-5)
+    fresh = Plain()
+    replay_plan(fresh, json.loads(json.dumps(result.plan)))
+    assert fresh.w1.shape == (4, 3, 3, 3)
+
+
+def test_functional_grouped_conv_is_reported() -> None:
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.weight = nn.Parameter(torch.randn(8, 4, 1, 1))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return F.conv2d(self.conv(x), self.weight, groups=2)
 
     with pytest.raises(UnsupportedOpError, match="conv2d"):
-        prune(Functional(), torch.randn(1, 3, 6, 6), ratio=0.5)
+        prune(Grouped(), torch.randn(1, 3, 6, 6), ratio=0.5)
 
 
 def test_train_mode_model_keeps_its_statistics_and_mode() -> None:

@@ -37,6 +37,7 @@ class Member:
     units: Tensor
     root: bool
     axis: int | None = None
+    layer: bool = False  # a parameter axis that code uses as a layer weight's axis
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,15 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
             if dim_name != "in":
                 space.block(dim.labels, f"layer {record.name!r} is in ignore=")
     _tie_shared_weights(trace, axes_of)
-    param_axes = {name: _param_axis(trace, p) for name, p in trace.params.items()}
+    param_axes: dict[str, int | None] = {}
+    for name, param in trace.params.items():
+        if not param.axes:
+            param_axes[name] = _param_axis(trace, param)
+        elif param.whole or param.selected is not None:
+            reason = f"parameter {name!r} is used both as a layer weight and elementwise"
+            for vector, _ in param.axes.values():
+                space.block(vector, reason)
+            space.block(param.ids, reason)
     members: list[Member] = []
     for record in trace.modules.values():
         for dim_name, dim in record.dims.items():
@@ -102,6 +111,11 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
     for name, axis in param_axes.items():
         if axis is not None:
             members.append(_param_member(trace, trace.params[name], axis))
+    for name, param in trace.params.items():
+        if param.axes and not (param.whole or param.selected is not None):
+            for weight_axis, (vector, root) in sorted(param.axes.items()):
+                members.append(Member("param", name, f"axis{weight_axis}", space.find(vector),
+                                      root, weight_axis, layer=True))
     blocked = space.blocked_roots()
     groups = _components(members, blocked)
     return DependencyGraph(trace, tuple(groups), tuple(members), blocked)
@@ -218,7 +232,7 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
         units = torch.tensor(sorted(units_list), dtype=torch.long)
         holders = tuple(m for m, f in zip(members, free, strict=True)
                         if bool(torch.isin(f, units).any()))
-        if not any(m.kind == "module" for m in holders):
+        if not any(m.kind == "module" or m.layer for m in holders):
             for unit in units_list:
                 blocked[unit] = "only used by parameters, not by any layer"
             continue

@@ -67,6 +67,7 @@ _BUILTIN_FAMILIES = (
     "prunekit.graph.ops_matmul",
     "prunekit.graph.ops_norm",
     "prunekit.graph.ops_einsum",
+    "prunekit.graph.ops_layer",
 )
 _loaded = False
 

@@ -1,5 +1,5 @@
-"""Contractions between activations: matmul/bmm/@, F.linear with a computed weight, and
-scaled_dot_product_attention (q·kᵀ then ·v).
+"""Contractions between activations: matmul/bmm/@ and scaled_dot_product_attention
+(q·kᵀ then ·v).
 
 For ``a [..., n, k] @ b [..., k, m]``: if channels vary along k on either side, both sides
 must drop the same k indices, so their k labels are joined (a side whose k dimension does
@@ -83,20 +83,6 @@ def _matmul(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_labels(out, contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape)))
 
 
-def _linear(ctx: TraceContext, call: OpCall) -> None:
-    tensors = tensors_in((call.args, call.kwargs))
-    x, weight = tensors[0], tensors[1]
-    if not (isinstance(weight, Tensor) and weight.dim() == 2) or x.dim() < 2:
-        raise OpNotMappable("expects a 2-D weight and an input of rank >= 2")
-    out = tensors_in(call.out)[0]
-    labels = contract(ctx, ctx.labels(x), ctx.labels(weight).t(), tuple(out.shape))
-    if len(tensors) > 2:
-        from prunekit.graph.ops_pointwise import combine
-
-        labels = combine(ctx, [labels, ctx.labels(tensors[2])], out.shape)
-    ctx.set_labels(out, labels)
-
-
 def _sdpa(ctx: TraceContext, call: OpCall) -> None:
     tensors = tensors_in(call.args[:3]) or [call.kwargs[k] for k in ("query", "key", "value")]
     q, k, v = tensors[:3]
@@ -117,5 +103,4 @@ def _sdpa(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(("matmul", "bmm", "mm"), _matmul)
-register_op(("linear",), _linear)
 register_op(("scaled_dot_product_attention",), _sdpa)

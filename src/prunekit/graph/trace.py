@@ -86,6 +86,7 @@ class ParamRecord:
     sliced_axes: set[int] = field(default_factory=set)
     whole: bool = False  # read as a whole by some op
     selected: Tensor | None = None  # elements read through slicing (bool, like ``ids``)
+    axes: dict[int, tuple[Tensor, bool]] = field(default_factory=dict)  # as a layer weight
 
 
 @dataclass
@@ -153,6 +154,28 @@ class TraceContext:
 
     def block(self, labels: Tensor, reason: str) -> None:
         self.space.block(labels, reason)
+
+    def layer_weight(self, tensor: Tensor) -> ParamRecord | None:
+        """The param node of a parameter that code uses as a layer weight (``F.linear(x,
+        self.weight)``), or None if ``tensor`` is not a parameter/buffer of the model."""
+        if self.param_record(tensor) is None and id(tensor) in self._param_names:
+            self.labels(tensor, partial=True)
+        return self.param_record(tensor)
+
+    def weight_axis(self, record: ParamRecord, axis: int, *, labels: Tensor | None = None,
+                    count: int = 0) -> Tensor:
+        """Labels of one axis of a layer weight: ``labels`` read from the input (joined on a
+        later call), or fresh ids for the axis the weight produces."""
+        existing = record.axes.get(axis)
+        if existing is not None:
+            if labels is not None:
+                self.space.union(existing[0], labels)
+            return existing[0]
+        if labels is not None:
+            record.axes[axis] = (labels.reshape(-1).clone(), False)
+        else:
+            record.axes[axis] = (self.space.new_ids(count), True)
+        return record.axes[axis][0]
 
     def param_record(self, tensor: Tensor) -> ParamRecord | None:
         """The param node of ``tensor`` if it is a parameter/buffer used directly."""

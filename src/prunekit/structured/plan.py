@@ -4,7 +4,7 @@ A plan is a dict::
 
     {"format": "prunekit.structured.plan/1",
      "modules": {"features.0": {"type": "Conv2d", "keep": {"out": [0, 2, ...]}}, ...},
-     "params":  {"cls_token": {"axis": 2, "size": 64, "keep": [0, 1, ...]}, ...},
+     "params":  {"cls_token": {"sizes": {"2": 64}, "keep": {"2": [0, 1, ...]}}, ...},
      "attrs":   {"blocks.0.attn": {"head_dim": 12}, ...}}
 
 ``attrs`` rewrites int attributes that the model's own code uses to size reshapes;
@@ -57,8 +57,9 @@ def build_plan(model: nn.Module, graph: DependencyGraph, masks: Sequence[Tensor]
                 member.name, {"type": type(modules[member.name]).__name__, "keep": {}})
             entry["keep"][member.dim] = keep.tolist()
         else:
-            plan["params"][member.name] = {
-                "axis": member.axis, "size": int(member.units.numel()), "keep": keep.tolist()}
+            entry = plan["params"].setdefault(member.name, {"sizes": {}, "keep": {}})
+            entry["sizes"][str(member.axis)] = int(member.units.numel())
+            entry["keep"][str(member.axis)] = keep.tolist()
     return plan
 
 
@@ -118,12 +119,13 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
     for name, entry in plan.get("params", {}).items():
         module, attr = _owner(model, name)
         tensor = getattr(module, attr)
-        axis = entry.get("axis")
-        if not isinstance(axis, int) or not 0 <= axis < tensor.dim() or \
-                tensor.shape[axis] != entry.get("size"):
-            raise ConfigError(f"plan entry for parameter {name!r} (axis {axis}, size "
-                              f"{entry.get('size')}) does not fit its shape {tuple(tensor.shape)}")
-        params.append((module, attr, axis, _index(entry["keep"], name)))
+        for key, keep in entry.get("keep", {}).items():
+            axis = int(key) if str(key).isdigit() else -1
+            size = entry.get("sizes", {}).get(key)
+            if not 0 <= axis < tensor.dim() or tensor.shape[axis] != size:
+                raise ConfigError(f"plan entry for parameter {name!r} (axis {key}, size "
+                                  f"{size}) does not fit its shape {tuple(tensor.shape)}")
+            params.append((module, attr, axis, _index(keep, f"{name}[{key}]")))
     skips = []
     for name in plan.get("skip", []):
         if not isinstance(name, str) or not name:
