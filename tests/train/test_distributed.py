@@ -44,13 +44,23 @@ WORKER = textwrap.dedent(
     data = TensorDataset(torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g))
     pruner = Pruner(RigL(0.8, end_step=8, update_every=2, alpha=0.5),
                     masks=MaskOptions(scope="layer"))
+    from prunekit.sparse.masks import masked_tensors
+    from prunekit.train.callbacks import Callback
+
+    class FirstMasks(Callback):
+        def on_train_begin(self, model, optimizer):
+            self.masks = {k: v.clone() for k, v in masked_tensors(model.module).items()}
+
+    first = FirstMasks()
     cfg = FinetuneConfig(lr=0.05, seed=0, checkpoint_dir=f"{out}/ckpt-rank{info.rank}")
-    finetune_distributed(model, data, 2, batch_size=8, config=cfg, callbacks=[pruner])
+    finetune_distributed(model, data, 2, batch_size=8, config=cfg, callbacks=[pruner, first])
+    changed = any(not torch.equal(first.masks[k], v) for k, v in masked_tensors(model).items())
     sums = mask_checksums(model)
     masks = {k: v.int().tolist() for k, v in
              __import__("prunekit.sparse.masks", fromlist=["x"]).masked_tensors(model).items()}
     with open(f"{out}/rank{info.rank}.json", "w") as fh:
-        json.dump({"world": info.world_size, "sums": sums, "masks": masks}, fh)
+        json.dump({"world": info.world_size, "sums": sums, "masks": masks,
+                   "changed": changed}, fh)
     cleanup()
     """
 )
@@ -70,7 +80,8 @@ def test_two_process_torchrun_identical_masks_and_weights(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2
-    assert ranks[0]["masks"] == ranks[1]["masks"]          # identical masks
+    assert ranks[0]["changed"] and ranks[1]["changed"]    # RigL moved the masks ...
+    assert ranks[0]["masks"] == ranks[1]["masks"]          # ... identically on both ranks
     assert ranks[0]["sums"] == ranks[1]["sums"]            # all-gathered checksums agree
     assert ranks[0]["sums"][0] == ranks[0]["sums"][1]      # masks and weights, rank 0 vs 1
     for name, mask in ranks[0]["masks"].items():
