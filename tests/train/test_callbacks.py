@@ -212,3 +212,10 @@ def test_prepare_registers_identity_masks() -> None:
     assert len(masked_tensors(model)) == 3
     assert all(bool(m.all()) for m in masked_tensors(model).values())
     assert torch.equal(model(x), before)
+
+
+def test_mask_options_validate() -> None:
+    with pytest.raises(ConfigError, match="scope"):
+        MaskOptions(scope="model")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ignore"):
+        MaskOptions(ignore="fc")  # type: ignore[arg-type]

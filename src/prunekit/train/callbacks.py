@@ -118,6 +118,11 @@ class MaskOptions:
     pattern: str = "unstructured"
     ignore: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        check_choice("scope", self.scope, ("global", "layer"))
+        if isinstance(self.ignore, str) or not all(isinstance(n, str) for n in self.ignore):
+            raise TypeError(f"ignore must be a tuple of module names, got {self.ignore!r}")
+
 
 @dataclass(frozen=True)
 class StructuredOptions:
@@ -193,6 +198,8 @@ class Pruner(Callback):
             )
         self.model, self.optimizer = unwrap(model), optimizer
         self._prune_if_due(0)
+        if self.schedule.regrows and masked_tensors(self.model):
+            self._install_grad_hooks()  # e.g. resumed after begin_step, or prepared for DDP
 
     def on_step(self, step: int, loss: float | None = None) -> None:
         if self.model is None:

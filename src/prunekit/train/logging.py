@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from rich.console import Console
@@ -121,7 +121,8 @@ class WandbLogger(_MetricLogger):
     """
 
     def __init__(self, project: str, *, dir: str | os.PathLike[str] | None = None,
-                 mode: str = "offline", config: Mapping[str, Any] | None = None) -> None:
+                 mode: Literal["offline", "online", "disabled"] = "offline",
+                 config: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.project, self.dir, self.mode = project, dir, mode
         self.config = dict(config or {})
@@ -133,7 +134,7 @@ class WandbLogger(_MetricLogger):
         except ImportError:
             require("wandb", "wandb")
         self.run = wandb.init(project=self.project, dir=None if self.dir is None else str(
-            self.dir), mode=self.mode, config=self.config)  # type: ignore[arg-type]
+            self.dir), mode=self.mode, config=self.config)
 
     def _scalars(self, values: Mapping[str, float], step: int) -> None:
         self.run.log(dict(values), step=step)
