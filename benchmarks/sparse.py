@@ -13,7 +13,8 @@ Tables (markdown):
 2. CPU latency (best of 2 alternating medians of ``benchmark_latency``) of the MLP with
    masks baked in (``strip``: plain dense kernels, the fair baseline) vs
    ``prunekit.sparse.convert.convert(model, x, threads=t)`` for batch 1/8/64, 1 and 2
-   threads; ``ratio`` = dense / converted; ``layers`` = the backend chosen per layer.
+   threads; ``ratio`` = dense / converted medians, ``ratio of p10s`` the same for the 10th
+   percentiles (closer to an idle machine); ``layers`` = the backend chosen per layer.
    The converter measures at conversion time on the same batch, so a layer it keeps dense
    costs what dense costs.
 3. ONNX Runtime (CPUExecutionProvider) latency of the exported dense and 90 % models next
@@ -40,7 +41,7 @@ from torch import nn
 
 from prunekit.io.checkpoint import save
 from prunekit.io.onnx import export_onnx
-from prunekit.metrics.latency import benchmark_latency
+from prunekit.metrics.latency import LatencyResult, benchmark_latency
 from prunekit.sparse.convert import MeasuredCost, convert
 from prunekit.sparse.masks import strip
 from prunekit.sparse.sparsify import sparsify
@@ -82,8 +83,9 @@ def latency_table(sparsities: list[float], batches: list[int], threads: list[int
                   repeats: int) -> None:
     print("\n## CPU latency, MLP 4096-4096-4096-10: dense (masks baked in) vs convert() "
           "(median ms)\n")
-    print("| threads | sparsity | batch | dense ms | converted ms | ratio | layers |")
-    print("|---|---|---|---|---|---|---|")
+    print("| threads | sparsity | batch | dense ms | converted ms | ratio | ratio of p10s "
+          "| layers |")
+    print("|---|---|---|---|---|---|---|---|")
     torch.manual_seed(0)
     base = _mlp4096()
     cost = MeasuredCost()
@@ -95,23 +97,23 @@ def latency_table(sparsities: list[float], batches: list[int], threads: list[int
             for batch in batches:
                 x = torch.randn(batch, 4096)
                 report = convert(model, x, cost=cost, threads=n_threads)
-                dense_ms, sparse_ms = _paired(dense, report.model, x, n_threads, repeats)
+                d, s = _paired(dense, report.model, x, n_threads, repeats)
                 layers = "/".join(d.backend for d in report.layers)
-                print(f"| {n_threads} | {sparsity:.0%} | {batch} | {dense_ms:.3f} | "
-                      f"{sparse_ms:.3f} | {dense_ms / sparse_ms:.2f}x | {layers} |", flush=True)
+                print(f"| {n_threads} | {sparsity:.0%} | {batch} | {d.median_ms:.3f} | "
+                      f"{s.median_ms:.3f} | {d.median_ms / s.median_ms:.2f}x | "
+                      f"{d.p10_ms / s.p10_ms:.2f}x | {layers} |", flush=True)
 
 
 def _paired(
     a: nn.Module, b: nn.Module, x: torch.Tensor, threads: int, repeats: int, pairs: int = 2
-) -> tuple[float, float]:
-    """Best median of each model over ``pairs`` alternating runs (drift hits both alike)."""
-    best_a = best_b = float("inf")
+) -> tuple[LatencyResult, LatencyResult]:
+    """The run with the best median of each model over ``pairs`` alternating runs (drift on
+    a shared machine hits both alike)."""
+    runs_a, runs_b = [], []
     for _ in range(pairs):
-        best_a = min(best_a, benchmark_latency(a, x, warmup=2, repeats=repeats,
-                                               threads=threads).median_ms)
-        best_b = min(best_b, benchmark_latency(b, x, warmup=2, repeats=repeats,
-                                               threads=threads).median_ms)
-    return best_a, best_b
+        runs_a.append(benchmark_latency(a, x, warmup=2, repeats=repeats, threads=threads))
+        runs_b.append(benchmark_latency(b, x, warmup=2, repeats=repeats, threads=threads))
+    return (min(runs_a, key=lambda r: r.median_ms), min(runs_b, key=lambda r: r.median_ms))
 
 
 def _ort_median_ms(path: Path, x: torch.Tensor, threads: int, repeats: int) -> float:
@@ -155,10 +157,11 @@ def onnx_table(batches: list[int], repeats: int) -> None:
                 if sparsity:
                     report = convert(model, x, cost=MeasuredCost(),
                                      threads=1)
-                    torch_ms, ms = _paired(plain, report.model, x, 1, repeats)
-                    converted = f"{ms:.3f}"
+                    plain_run, converted_run = _paired(plain, report.model, x, 1, repeats)
+                    torch_ms = plain_run.median_ms
+                    converted = f"{converted_run.median_ms:.3f}"
                 else:
-                    torch_ms, _ = _paired(plain, plain, x, 1, repeats, pairs=1)
+                    torch_ms = _paired(plain, plain, x, 1, repeats, pairs=1)[0].median_ms
                 ort_ms = _ort_median_ms(path, x, 1, repeats)
                 print(f"| {label} | {batch} | {torch_ms:.3f} | {converted} | {ort_ms:.3f} |",
                       flush=True)
