@@ -158,3 +158,17 @@ def test_kwargs_inputs_and_nested_outputs() -> None:
 
     graph = _groups(Dicty(), {"x": torch.randn(2, 4), "scale": torch.tensor(2.0)})
     assert len(graph.groups) == 1 and graph.groups[0].size == 6
+
+
+def test_registries_reject_bad_registrations() -> None:
+    from prunekit.structured import register_adapter
+    from prunekit.structured.adapters_linear import LinearAdapter
+
+    with pytest.raises(ConfigError, match="already"):
+        register_op(["add"], lambda ctx, call: None)
+    with pytest.raises(TypeError, match="register_op"):
+        register_op([3], lambda ctx, call: None)  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="already"):
+        register_adapter(nn.Linear, LinearAdapter())
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        register_adapter(int, LinearAdapter())  # type: ignore[arg-type]

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
+from prunekit.errors import ConfigError
+
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
@@ -75,8 +77,11 @@ _loaded = False
 def register_op(names: Iterable[str], handler: OpHandler, *, replace: bool = False) -> None:
     """Route every op in ``names`` (normalised names, see :func:`op_name`) to ``handler``."""
     for name in names:
+        if not isinstance(name, str) or not callable(handler):
+            raise TypeError(f"register_op() needs op names (str) and a callable handler, got "
+                            f"{name!r} and {type(handler).__name__}")
         if name in _HANDLERS and not replace and _HANDLERS[name] is not handler:
-            raise ValueError(
+            raise ConfigError(
                 f"op {name!r} already has a handler; pass replace=True to override it"
             )
         _HANDLERS[name] = handler

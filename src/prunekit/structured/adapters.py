@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from prunekit.errors import ConfigError
 from prunekit.graph.trace import ModuleCall, TraceContext
 
 __all__ = [
@@ -88,8 +89,10 @@ def register_adapter(module_type: type[nn.Module], adapter: LayerAdapter, *,
                      subclasses: bool = True, replace: bool = False) -> None:
     """Use ``adapter`` for ``module_type`` (and, with ``subclasses``, for subclasses that
     keep its ``forward``; a subclass with its own ``forward`` is traced op by op)."""
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"register_adapter() needs an nn.Module subclass, got {module_type!r}")
     if module_type in _ADAPTERS and not replace and _ADAPTERS[module_type] is not adapter:
-        raise ValueError(
+        raise ConfigError(
             f"{module_type.__name__} already has a layer adapter; pass replace=True to override"
         )
     _ADAPTERS[module_type] = adapter
