@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit.errors import ConfigError
-from prunekit.schedules import PolynomialDecay
+from prunekit.schedules import PolynomialDecay, RigL
 from prunekit.sparse.masks import masked_tensors
 from prunekit.train.callbacks import Callback, Pruner
 from prunekit.train.checkpointing import ResumeError, read_checkpoint
@@ -37,11 +38,17 @@ class _Interrupt(Callback):
             raise KeyboardInterrupt
 
 
-def _pruner() -> Pruner:
+def _gradual() -> Pruner:
     return Pruner(PolynomialDecay(0.0, 0.8, begin_step=0, end_step=18, frequency=3))
 
 
-def test_resume_reaches_the_uninterrupted_weights(tmp_path: Path) -> None:
+def _rigl() -> Pruner:
+    return Pruner(RigL(0.8, end_step=22, update_every=3, alpha=0.5))
+
+
+@pytest.mark.parametrize("make_pruner", [_gradual, _rigl], ids=["gradual", "rigl"])
+def test_resume_reaches_the_uninterrupted_weights(tmp_path: Path, make_pruner: Any) -> None:
+    _pruner = make_pruner
     cfg = FinetuneConfig(optimizer="adamw", lr=3e-3, weight_decay=0.05, seed=7,
                          checkpoint_dir=str(tmp_path / "a"))
     reference = _model()
