@@ -68,11 +68,12 @@ def save(
     """Save a model, or a pruning result (anything with ``.model`` and optional ``.plan``).
 
     ``metadata`` is any JSON-serialisable mapping stored verbatim in ``prunekit.json``.
-    ``sparse=True`` stores each tensor that is smaller that way as bitmap + values (see the
-    module docstring); ``load`` restores it bit-exactly — except that the pruned entries of a
-    masked weight's ``original`` (never visible in the weight or the outputs) come back as
-    zeros. ``value_dtype`` ("float16"/"bfloat16", with ``sparse=True`` only) halves the
-    values' bytes, lossily. An existing checkpoint at ``path`` is replaced atomically; an
+    ``sparse=True`` stores each tensor that is smaller that way (at its own dtype) as
+    bitmap + values (see the module docstring); ``load`` restores it bit-exactly — except
+    that the pruned entries of a masked weight's ``original`` (never visible in the weight
+    or the outputs) come back as zeros. ``value_dtype`` ("float16"/"bfloat16", with
+    ``sparse=True`` only) halves the bytes of those encoded values, lossily; tensors stored
+    dense keep their dtype. An existing checkpoint at ``path`` is replaced atomically; an
     existing non-empty directory that is not a prunekit checkpoint is never touched.
     Returns the directory.
     """
@@ -316,12 +317,14 @@ def _encode_sparse(
             continue  # a user key already uses our suffix: keep this one dense
         mask_key = under_mask.get(key)
         keep = tensors[mask_key] if mask_key is not None else None
-        enc = encode(tensor, keep=keep, value_dtype=value_dtype)
+        enc = encode(tensor, keep=keep)
         dense_bytes = tensor.numel() * tensor.element_size()
         if mask_key is not None:
             dense_bytes += tensors[mask_key].numel()
         if enc.nbytes >= dense_bytes:
-            continue
+            continue  # judged at the tensor's own dtype: value_dtype never encodes a dense one
+        if value_dtype is not None:
+            enc = encode(tensor, keep=keep, value_dtype=value_dtype)
         del tensors[key]
         if mask_key is not None:
             del tensors[mask_key]
