@@ -36,7 +36,7 @@ from prunekit.train.checkpointing import (
     save_checkpoint,
 )
 from prunekit.train.distributed import is_main_process
-from prunekit.train.logging import ProgressReporter, loggers
+from prunekit.train.logging import EpochStats, History, ProgressReporter, RunningLoss, loggers
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 OptimizerName = Literal["sgd", "adam", "adamw"]
@@ -132,55 +132,6 @@ class EvalResult:
     accuracy: float
     loss: float
     num_examples: int
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    """One epoch of :func:`finetune`: ``lr`` at its start, wall-clock seconds of training
-    and of evaluation, and the eval metrics when an eval loader was given."""
-
-    epoch: int
-    train_loss: float
-    lr: float
-    seconds: float
-    eval_seconds: float = 0.0
-    eval_accuracy: float | None = None
-    eval_loss: float | None = None
-
-
-@dataclass(frozen=True)
-class History:
-    """Per-epoch record of a :func:`finetune` run (empty for ``epochs=0``)."""
-
-    epochs: tuple[EpochStats, ...] = ()
-
-    @property
-    def train_loss(self) -> list[float]:
-        return [e.train_loss for e in self.epochs]
-
-    @property
-    def eval_accuracy(self) -> list[float]:
-        return [e.eval_accuracy for e in self.epochs if e.eval_accuracy is not None]
-
-    @property
-    def eval_loss(self) -> list[float]:
-        return [e.eval_loss for e in self.epochs if e.eval_loss is not None]
-
-    @property
-    def lr(self) -> list[float]:
-        return [e.lr for e in self.epochs]
-
-    @property
-    def seconds(self) -> list[float]:
-        return [e.seconds for e in self.epochs]
-
-    @property
-    def best_eval_accuracy(self) -> float | None:
-        return max(self.eval_accuracy, default=None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"epochs": [{...}, ...]}``."""
-        return {"epochs": [asdict(e) for e in self.epochs]}
 
 
 def _unpack(batch: Any) -> tuple[Any, torch.Tensor]:
@@ -307,21 +258,6 @@ def _make_optimizer(
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-class _RunningLoss:
-    """Example-weighted mean loss, summed on the device so each step costs no host sync."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.total = torch.zeros((), device=device)
-        self.examples = 0
-
-    def add(self, loss: torch.Tensor, n: int) -> None:
-        self.total += loss.detach() * n
-        self.examples += n
-
-    def value(self) -> float:
-        return float(self.total) / self.examples if self.examples else math.nan
-
-
 def _train_epoch(
     model: nn.Module,
     loader: Iterable[Any],
@@ -340,7 +276,7 @@ def _train_epoch(
     only when there are callbacks)."""
     model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    running = _RunningLoss(device)
+    running = RunningLoss(device)
     batches = 0
     for raw in loader:
         batch = move_inputs(raw, device)

@@ -1,5 +1,6 @@
-"""What a run reports: the terminal progress of ``finetune``, and the optional TensorBoard and
-Weights & Biases loggers (callbacks; off by default, one flag each in ``FinetuneConfig``).
+"""What a run reports: ``finetune``'s History and terminal progress, and the optional
+TensorBoard and Weights & Biases loggers (callbacks; off by default, one flag each in
+``FinetuneConfig``).
 
 Both loggers record the training loss and learning rate per step, the eval metrics per
 epoch, the sparsity of every masked tensor (``sparsity/<tensor>`` and ``sparsity/global``)
@@ -9,9 +10,11 @@ packages are imported when a run starts, so prunekit imports without them.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 from rich.console import Console
@@ -23,8 +26,69 @@ from prunekit.sparse.masks import masked_tensors
 from prunekit.train.callbacks import Callback
 from prunekit.train.distributed import is_main_process, unwrap
 
-if TYPE_CHECKING:
-    from prunekit.train.finetune import EpochStats
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch of :func:`finetune`: ``lr`` at its start, wall-clock seconds of training
+    and of evaluation, and the eval metrics when an eval loader was given."""
+
+    epoch: int
+    train_loss: float
+    lr: float
+    seconds: float
+    eval_seconds: float = 0.0
+    eval_accuracy: float | None = None
+    eval_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class History:
+    """Per-epoch record of a :func:`finetune` run (empty for ``epochs=0``)."""
+
+    epochs: tuple[EpochStats, ...] = ()
+
+    @property
+    def train_loss(self) -> list[float]:
+        return [e.train_loss for e in self.epochs]
+
+    @property
+    def eval_accuracy(self) -> list[float]:
+        return [e.eval_accuracy for e in self.epochs if e.eval_accuracy is not None]
+
+    @property
+    def eval_loss(self) -> list[float]:
+        return [e.eval_loss for e in self.epochs if e.eval_loss is not None]
+
+    @property
+    def lr(self) -> list[float]:
+        return [e.lr for e in self.epochs]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [e.seconds for e in self.epochs]
+
+    @property
+    def best_eval_accuracy(self) -> float | None:
+        return max(self.eval_accuracy, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``{"epochs": [{...}, ...]}``."""
+        return {"epochs": [asdict(e) for e in self.epochs]}
+
+
+class RunningLoss:
+    """Example-weighted mean loss, summed on the device so each step costs no host sync."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device)
+        self.examples = 0
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        self.total += loss.detach() * n
+        self.examples += n
+
+    def value(self) -> float:
+        return float(self.total) / self.examples if self.examples else math.nan
 
 
 def sparsity_by_tensor(model: nn.Module) -> dict[str, float]:
