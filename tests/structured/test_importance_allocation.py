@@ -147,3 +147,13 @@ def test_gradient_criterion_reads_weight_view_grads() -> None:
         call(model, inputs).float().pow(2).mean().backward()
         result = prune(model, inputs, ratio=0.5, importance="taylor")
         assert result.params_kept < 0.6
+
+
+def test_max_keep_prunes_every_group() -> None:
+    a, b = _group(4, "a"), _group(4, "b")
+    low, high = torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([5.0, 6.0, 7.0, 8.0])
+    masks = allocate([a, b], [low, high],
+                     Allocation(ratio=0.25, global_ranking=True, max_keep=0.75))
+    assert [int(m.sum()) for m in masks] == [3, 3]
+    with pytest.raises(ConfigError, match="max_keep"):
+        Allocation(min_keep=0.5, max_keep=0.25)

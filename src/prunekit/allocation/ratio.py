@@ -5,8 +5,10 @@ the width of every prunable group; the resulting fraction of parameters and MACs
 (a conv between two halved groups keeps about a quarter of its weights), and
 ``prune`` reports it. With ``global_ranking`` the same total number of units is removed
 wherever the (normalised) scores are lowest, so some groups lose more than others.
-Every group keeps at least ``max(1, ceil(min_keep · units))`` units, and ``round_to``
-keeps widths at multiples of N (rounded up, never above the original width).
+Every group keeps at least ``max(1, ceil(min_keep · units))`` units and at most
+``max(1, floor(max_keep · units))`` (so global ranking prunes every group a little), and
+``round_to`` keeps widths at multiples of N (rounded up, never above the original width;
+for groups whose unit spans several channels, such as a ResNeXt group, N counts units).
 """
 
 from __future__ import annotations
@@ -37,12 +39,17 @@ class Allocation:
     global_ranking: bool = False
     round_to: int | None = None
     min_keep: float = 0.0
+    max_keep: float = 1.0
 
     def __post_init__(self) -> None:
         check_fraction("ratio", self.ratio)
         for name, value in self.ratios.items():
             check_fraction(f"ratios[{name!r}]", value)
         check_fraction("min_keep", self.min_keep, allow_one=True)
+        check_fraction("max_keep", self.max_keep, allow_one=True)
+        if self.max_keep < self.min_keep:
+            raise ConfigError(f"max_keep={self.max_keep} is below min_keep={self.min_keep}; "
+                              f"a group cannot keep at most less than it keeps at least")
         if self.round_to is not None and (
             isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
             or self.round_to < 1
@@ -76,7 +83,8 @@ def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocati
         counts = [g.size - math.floor(_group_ratio(g, config) * g.size + 1e-9) for g in groups]
     masks = []
     for group, score, keep in zip(groups, scores, counts, strict=True):
-        keep = max(keep, _floor_keep(group, config))
+        ceiling = max(1, math.floor(config.max_keep * group.size + 1e-9))
+        keep = max(min(keep, ceiling), _floor_keep(group, config))
         keep = _rounded(keep, group.size, config.round_to)
         mask = torch.zeros(group.size, dtype=torch.bool)
         order = torch.argsort(score, descending=True, stable=True)
@@ -90,10 +98,11 @@ def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],
     """Units kept per group when the lowest scores across all groups go first."""
     total = sum(g.size for g in groups)
     budget = math.floor(config.ratio * total + 1e-9)
+    budget -= sum(g.size - max(1, math.floor(config.max_keep * g.size + 1e-9)) for g in groups)
     entries = sorted(
         (float(s), gi) for gi, score in enumerate(scores) for s in score.tolist()
     )
-    keep = [g.size for g in groups]
+    keep = [min(g.size, max(1, math.floor(config.max_keep * g.size + 1e-9))) for g in groups]
     floors = [_floor_keep(g, config) for g in groups]
     removed = 0
     for _, gi in entries:

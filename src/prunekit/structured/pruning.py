@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -115,6 +115,7 @@ def prune(
     global_ranking: bool = False,
     round_to: int | None = None,
     min_keep: float = 0.0,
+    max_keep: float = 1.0,
     aggregation: Aggregation = "sum",
     normalization: Normalization | None = None,
     strict: bool = True,
@@ -130,7 +131,8 @@ def prune(
     ``ratios`` sets per-layer ratios (by module or path) for the groups those layers
     produce; ``global_ranking`` ranks units of all groups together (scores normalised per
     group, ``normalization="mean"`` unless given). Every group keeps at least
-    ``max(1, ceil(min_keep · width))`` channels; ``round_to`` keeps widths at multiples of N.
+    ``max(1, ceil(min_keep · width))`` and at most ``floor(max_keep · width)`` channels;
+    ``round_to`` keeps widths at multiples of N.
     ``ignore`` layers keep their output width. ``strict=False`` turns unknown ops into a
     warning and keeps the tensors they touch whole (see ``result.coverage``).
 
@@ -149,7 +151,8 @@ def prune(
     per_layer = {_module_key(k, names): check_fraction(f"ratios[{k!r}]", v)
                  for k, v in (ratios or {}).items()}
     config = Allocation(ratio=0.0 if ratio is None else ratio, ratios=per_layer,
-                        global_ranking=global_ranking, round_to=round_to, min_keep=min_keep)
+                        global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
+                        max_keep=max_keep)
     norm = normalization or ("mean" if global_ranking or target is not None else "none")
     reference = _output_shapes(model, example_inputs)
     found = analyze(model, example_inputs, importance=importance, ignore=ignore, strict=strict,
@@ -211,12 +214,10 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, found: Analysis,
     goal = check_fraction(f"target[{metric!r}]", goal, allow_one=True)
     base = _measure(model, example_inputs, metric)
     low, high = 0.0, 0.99
-    best = Allocation(ratio=0.0, global_ranking=True, round_to=config.round_to,
-                      min_keep=config.min_keep)
+    best: Allocation | None = None
     for _ in range(12):
         mid = (low + high) / 2
-        trial = Allocation(ratio=mid, global_ranking=True, round_to=config.round_to,
-                           min_keep=config.min_keep)
+        trial = replace(config, ratio=mid, global_ranking=True)
         plan = build_plan(model, found.graph, allocate(found.graph.groups, found.scores, trial))
         candidate = copy.deepcopy(model)
         apply_plan(candidate, plan)
@@ -225,8 +226,8 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, found: Analysis,
             best, high = trial, mid
         else:
             low = mid
-    return best if best.ratio > 0 or goal >= 1 else Allocation(
-        ratio=high, global_ranking=True, round_to=config.round_to, min_keep=config.min_keep)
+    # unreachable goal (everything left is fixed): prune as far as the search went
+    return best if best is not None else replace(config, ratio=high, global_ranking=True)
 
 
 def _measure(model: nn.Module, example_inputs: ExampleInputs, metric: str) -> int:
