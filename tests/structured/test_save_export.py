@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.structured.zoo import BY_NAME, call
+from tests.structured.zoo import BY_NAME, ZOO, ZooEntry, call
 from torch import Tensor
 
 import prunekit as pk
@@ -24,10 +24,8 @@ def _leaves(out: object) -> list[Tensor]:
     return []
 
 
-@pytest.mark.parametrize("name", ["resnet_basic", "shufflenet_v2", "vit", "llama", "tied_lm",
-                                  "lstm_classifier", "convnext", "swin"])
-def test_save_load_round_trip(name: str, tmp_path: Path) -> None:
-    entry = BY_NAME[name]
+@pytest.mark.parametrize("entry", ZOO, ids=[e.name for e in ZOO])
+def test_save_load_round_trip(entry: ZooEntry, tmp_path: Path) -> None:
     model, inputs = entry.build().eval(), entry.example_inputs()
     result = prune(model, inputs, ratio=0.5)
     pk.save(result, tmp_path / "out")
@@ -48,12 +46,15 @@ def test_depth_plan_round_trip(tmp_path: Path) -> None:
         torch.testing.assert_close(call(loaded, inputs), call(result.model.eval(), inputs))
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet_basic", "mobilenet_v2", "shufflenet_v2"])
-def test_pruned_vision_models_export_to_onnx(name: str, tmp_path: Path) -> None:
+VISION = [e for e in ZOO if e.onnx]
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("entry", VISION, ids=[e.name for e in VISION])
+def test_pruned_vision_models_export_to_onnx(entry: ZooEntry, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    entry = BY_NAME[name]
     model, inputs = entry.build().eval(), entry.example_inputs()
     result = prune(model, inputs, ratio=0.5)
-    path = pk.export_onnx(result.model, inputs, tmp_path / f"{name}.onnx",
-                          exporter="torchscript")
+    path = pk.export_onnx(result.model, inputs, tmp_path / f"{entry.name}.onnx",
+                          exporter="torchscript")  # checks ONNX Runtime against PyTorch
     assert path.exists()
