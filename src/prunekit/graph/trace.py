@@ -112,6 +112,7 @@ class TraceContext:
         self._labels: dict[int, tuple[Tensor, Tensor]] = {}
         self._path: list[str] = []
         self._running: list[nn.Module] = [model]
+        self._atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self._param_names: dict[int, str] = {}
         for name, tensor in [
@@ -334,7 +335,10 @@ class TraceContext:
             for handle in handles:
                 handle.remove()
 
-    _atomic_depth = 0
+    @property
+    def recording(self) -> bool:
+        """False while an atomic module runs (its inner ops are not recorded)."""
+        return self._atomic_depth == 0
 
 
 class _Recorder(TorchFunctionMode):
@@ -345,7 +349,7 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.ctx._atomic_depth == 0:
+        if self.ctx.recording:
             self.ctx.record_op(func, tuple(args), dict(kwargs), out)
         return out
 
