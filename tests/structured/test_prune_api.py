@@ -311,3 +311,13 @@ def test_train_mode_model_keeps_its_statistics_and_mode() -> None:
     result = prune(model, inputs, ratio=0.5)
     assert model.training and _same_state(model, state)
     assert result.model.training
+
+
+def test_masked_model_asks_for_strip(lenet: LeNet5, lenet_input: Tensor) -> None:
+    import prunekit as pk
+
+    pk.sparsify(lenet, sparsity=0.5)
+    with pytest.raises(ConfigError, match="strip"):
+        prune(lenet, lenet_input, ratio=0.5)
+    pk.strip(lenet)
+    assert prune(lenet, lenet_input, ratio=0.5).params_kept < 0.6

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError
 from prunekit.graph.dependency import DependencyGraph
@@ -113,6 +114,9 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
         adapter = find_adapter(module)
         if adapter is None:
             raise ConfigError(f"no layer adapter for {type(module).__name__} at {name!r}")
+        if parametrize.is_parametrized(module):
+            raise ConfigError(f"layer {name!r} carries a parametrization (a sparsity mask?); "
+                              f"bake it in first with prunekit.strip(model), then prune")
         keep = {dim: _index(v, f"{name}.{dim}") for dim, v in entry["keep"].items()}
         cuts.append((adapter, module, keep))
     params = []

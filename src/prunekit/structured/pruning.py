@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.allocation.ratio import Allocation, allocate
@@ -70,6 +71,11 @@ def analyze(model: nn.Module, example_inputs: ExampleInputs, *,
     """Trace, group and score ``model`` without changing it."""
     criterion = get_group_criterion(importance)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
+    masked = [name for name, rec in traced.modules.items()
+              if parametrize.is_parametrized(rec.module)]
+    if masked:
+        raise ConfigError(f"layers {masked[:3]} carry parametrizations (sparsity masks?); bake "
+                          f"them in first with prunekit.strip(model), then prune")
     graph = build_groups(model, traced, ignore, axes_of=_axes_of)
     modules = dict(model.named_modules())
     inputs = [(g, _member_views(g, modules, model)) for g in graph.groups]
@@ -165,6 +171,8 @@ def prune(
     try:
         apply_plan(pruned, plan)
         shapes = _output_shapes(pruned, example_inputs)
+    except ConfigError:
+        raise
     except Exception as exc:
         raise PruneValidationError(
             f"the pruned model failed its forward check ({type(exc).__name__}: {exc}); your "
