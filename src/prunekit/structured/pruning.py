@@ -135,8 +135,8 @@ def prune(
     ``result.params_kept`` / ``result.macs_kept``). ``target={"params": 0.5}`` or
     ``{"macs": 0.5}`` instead searches the global ratio that *keeps* that fraction.
     ``ratios`` sets per-layer ratios (by module or path) for the groups those layers
-    produce; ``global_ranking`` ranks units of all groups together (scores normalised per
-    group, ``normalization="mean"`` unless given). Every group keeps at least
+    produce (uniform allocation only); ``global_ranking`` ranks units of all groups together
+    (scores normalised per group, ``normalization="mean"`` unless given). Every group keeps at least
     ``max(1, ceil(min_keep · width))`` and at most ``floor(max_keep · width)`` channels;
     ``round_to`` keeps widths at multiples of N.
     ``ignore`` layers keep their output width. ``strict=False`` turns unknown ops into a
