@@ -203,18 +203,39 @@ def test_sparse_models_export_to_onnx(tmp_path: Path, lenet_input: torch.Tensor)
 
 
 def test_hopeless_kernels_are_dropped_after_one_round() -> None:
-    calls: list[tuple[str, int]] = []
+    calls: list[tuple[str, str, int]] = []
 
     def coo_hopeless(candidate: Candidate) -> float:
-        calls.append((candidate.backend, candidate.inputs.shape[0]))
-        return {"dense": 1.0, "csr": 0.5}.get(candidate.backend, 3.0)
+        assert isinstance(candidate.inputs, torch.Tensor)
+        calls.append((candidate.layer, candidate.backend, candidate.inputs.shape[0]))
+        return {"dense": 1.0, "csr": 0.5, "converted": 0.5}.get(candidate.backend, 3.0)
 
     report = convert(_mlp(), torch.randn(2, 64), batch_sizes=[1, 8], cost=coo_hopeless,
                      backends=["csr", "coo"], rounds=3)
     assert report.layers[0].backend == "csr" and "coo" not in report.layers[0].sparse_ms
-    first_layer = calls[: len(calls) // 3]
+    first_layer = [(backend, n) for layer, backend, n in calls if layer == "0"]
     assert first_layer.count(("coo", 1)) == 1 and ("coo", 8) not in first_layer
     assert first_layer.count(("csr", 8)) == 3
+    assert report.model_ms == (1.0, 0.5)
+    whole = [(backend, n) for layer, backend, n in calls if layer == "<model>"]
+    assert sorted(set(whole)) == [("converted", 1), ("converted", 8), ("dense", 1), ("dense", 8)]
+
+
+def test_reverted_when_the_whole_model_is_not_faster() -> None:
+    def layers_win_model_loses(candidate: Candidate) -> float:
+        if candidate.layer == "<model>":
+            return 1.0 if candidate.backend == "dense" else 1.2
+        return sparse_wins(candidate)
+
+    model = _mlp()
+    x = torch.randn(2, 64)
+    report = convert(model, x, cost=layers_win_model_loses)
+    assert report.converted == [] and report.model_ms == (1.0, 1.2)
+    assert all("reverted: whole model 1.200 ms converted > 1.000 ms dense" in d.reason
+               for d in report.layers)
+    assert all(type(m) is not SparseLinear for m in report.model.modules())
+    with torch.no_grad():
+        assert torch.equal(report.model(x), model(x))
 
 
 def test_masked_layers_without_a_kernel_are_listed() -> None:

@@ -6,7 +6,9 @@ hooks records each candidate layer's real input → for every layer, every kerne
 next to the dense layer at each batch size → a layer goes sparse only if its best kernel is
 ``min_speedup`` times faster than dense at *every* batch size measured; otherwise it stays
 dense, so the converted model is not slower than the dense one beyond measurement noise →
-the whole model's outputs are checked against the masked dense model's.
+the whole model's outputs are checked against the masked dense model's, and the whole
+converted model is timed against the dense one (at the example inputs, or each batch size):
+if the per-layer gains do not add up to a faster model, every layer is put back dense.
 
 The cost model is a seam: pass ``cost=`` any callable ``Candidate -> milliseconds`` (tests
 force decisions with one); the default ``MeasuredCost`` times with ``benchmark_latency``.
@@ -64,7 +66,8 @@ class Candidate:
     layer: str
     backend: str
     module: nn.Module
-    inputs: torch.Tensor
+    #: a tensor for one layer; the example inputs (or a resized tensor) for ``"<model>"``
+    inputs: ExampleInputs
 
 
 class CostModel(Protocol):
@@ -134,6 +137,8 @@ class ConversionReport:
     min_speedup: float
     threads: int
     max_abs_error: float
+    #: (dense, converted) ms of the whole model (worst batch size), None if nothing converted
+    model_ms: tuple[float, float] | None = None
 
     @property
     def converted(self) -> list[str]:
@@ -225,9 +230,23 @@ def convert(
             decisions.append(decision)
             if module is not None:
                 replacements[name] = module
+    originals = {name: work.get_submodule(name) for name in replacements}
     for name, module in replacements.items():
         work.set_submodule(name, module)
     error = _check_outputs(work, example_inputs, expected, rtol)
+    whole: tuple[float, float] | None = None
+    if replacements:
+        with num_threads(threads), torch.no_grad():
+            whole = _whole_model_ms(work, originals, replacements,
+                                    _model_inputs(example_inputs, options), cost_model, rounds)
+        if whole[1] > whole[0]:  # per-layer wins did not add up: keep the model dense
+            for name, module in originals.items():
+                work.set_submodule(name, module)
+            why = (f"; reverted: whole model {whole[1]:.3f} ms converted > {whole[0]:.3f} ms "
+                   "dense")
+            decisions = [replace(d, backend=DENSE, reason=d.reason + why)
+                         if d.backend != DENSE else d for d in decisions]
+            replacements = {}
 
     result = work
     if inplace:
@@ -235,7 +254,8 @@ def convert(
         for name, module in replacements.items():
             model.set_submodule(name, module)
         result = model
-    return ConversionReport(result, tuple(decisions), options.min_speedup, used_threads, error)
+    return ConversionReport(result, tuple(decisions), options.min_speedup, used_threads, error,
+                            whole)
 
 
 def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
@@ -291,6 +311,37 @@ def _check_options(
                 "or None for the example inputs' own batch"
             )
     return _Options(float(min_speedup), sparsity, sizes)
+
+
+def _model_inputs(example_inputs: ExampleInputs, options: _Options) -> list[ExampleInputs]:
+    """Inputs to time the whole model with: the example inputs, or a lone tensor resized to
+    each of ``batch_sizes``."""
+    if options.batch_sizes is not None and isinstance(example_inputs, torch.Tensor):
+        return [_resized(example_inputs, b) for b in options.batch_sizes]
+    return [example_inputs]
+
+
+def _whole_model_ms(
+    work: nn.Module,
+    originals: Mapping[str, nn.Module],
+    replacements: Mapping[str, nn.Module],
+    inputs: list[ExampleInputs],
+    cost: CostModel,
+    rounds: int,
+) -> tuple[float, float]:
+    """(dense, converted) best-of-rounds time of the whole model at the input where the
+    converted model does worst relative to dense; leaves the converted layers in place."""
+    worst: tuple[float, float] = (1.0, 0.0)
+    for x in inputs:
+        best = {DENSE: math.inf, "converted": math.inf}
+        for _ in range(rounds):
+            for key, modules in ((DENSE, originals), ("converted", replacements)):
+                for name, module in modules.items():
+                    work.set_submodule(name, module)
+                best[key] = min(best[key], float(cost(Candidate("<model>", key, work, x))))
+        if best["converted"] / best[DENSE] > worst[1] / worst[0]:
+            worst = (best[DENSE], best["converted"])
+    return worst
 
 
 def _masked_elsewhere(model: nn.Module) -> dict[str, float]:
