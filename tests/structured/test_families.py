@@ -217,3 +217,12 @@ def test_grouped_query_attention_equivalence() -> None:
         kept_q = {c // 4 for c in result.plan["modules"]["q"]["keep"]["out"]}
         assert kept_q == {2 * kept_kv, 2 * kept_kv + 1}  # the query heads of the kept group
         torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_token_mixing_linear_passes_channels_through() -> None:
+    entry = BY_NAME["mlp_mixer"]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    result = prune(model, inputs, ratio=0.5)
+    assert result.model.norm.normalized_shape == (16,)  # the residual width was pruned
+    assert result.model.blocks[0].token_mlp[0].in_features == 64  # tokens are not channels
+    assert result.params_kept < 0.55  # the token MLPs keep their width

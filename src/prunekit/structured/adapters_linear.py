@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor, nn
 
-from prunekit.graph.labels import consume, emit
+from prunekit.graph.labels import consume, emit, varies
 from prunekit.graph.ops import OpNotMappable, tensors_in
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
@@ -35,9 +36,19 @@ class LinearAdapter:
         module = call.module
         assert isinstance(module, nn.Linear)
         x = _first(call)
-        ctx.record_dim(call.name, module, "in", consume(ctx.space, ctx.labels(x), -1))
-        ids = ctx.module_ids(call.name, module, "out", module.out_features)
         out = _output(call)
+        labels = ctx.space.find(ctx.labels(x))
+        ids = ctx.module_ids(call.name, module, "out", module.out_features)
+        if x.dim() > 1 and not varies(labels, -1) and any(
+                varies(labels, d) for d in range(x.dim() - 1)):
+            # applied along an axis that is not a channel axis (MLP-Mixer token mixing):
+            # the channels of the other axes pass through; this layer's width stays
+            ctx.record_dim(call.name, module, "in", torch.zeros(module.in_features,
+                                                                dtype=torch.long))
+            ctx.block(ids, f"layer {call.name!r} mixes along a non-channel axis")
+            ctx.set_labels(out, labels.amax(dim=-1, keepdim=True).expand(out.shape))
+            return
+        ctx.record_dim(call.name, module, "in", consume(ctx.space, labels, -1))
         ctx.set_labels(out, emit(ids, -1, out.shape))
 
     def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
