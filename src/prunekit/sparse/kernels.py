@@ -20,6 +20,9 @@ call ``to_dense`` first), and ONNX export does not know the sparse ops.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,12 +60,21 @@ class SparseKernel(Protocol):
         ...
 
 
+@contextlib.contextmanager
+def _quiet_beta() -> Iterator[None]:
+    """Hide torch's "sparse CSR/BSR support is in beta" notice: using it is deliberate."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR).*beta state")
+        yield
+
+
 def _csr32(weight: torch.Tensor) -> torch.Tensor:
-    csr = weight.to_sparse_csr()
-    return torch.sparse_csr_tensor(
-        csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32), csr.values(),
-        size=csr.shape,
-    )
+    with _quiet_beta():
+        csr = weight.to_sparse_csr()
+        return torch.sparse_csr_tensor(
+            csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+            csr.values(), size=csr.shape, check_invariants=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -88,11 +100,12 @@ class BsrKernel:
         return None
 
     def pack(self, weight: torch.Tensor) -> torch.Tensor:
-        bsr = weight.to_sparse_bsr(self.blocksize)
-        return torch.sparse_bsr_tensor(
-            bsr.crow_indices().to(torch.int32), bsr.col_indices().to(torch.int32),
-            bsr.values(), size=bsr.shape,
-        )
+        with _quiet_beta():
+            bsr = weight.to_sparse_bsr(self.blocksize)
+            return torch.sparse_bsr_tensor(
+                bsr.crow_indices().to(torch.int32), bsr.col_indices().to(torch.int32),
+                bsr.values(), size=bsr.shape, check_invariants=True,
+            )
 
 
 @dataclass(frozen=True)
