@@ -172,3 +172,20 @@ def test_registries_reject_bad_registrations() -> None:
         register_adapter(nn.Linear, LinearAdapter())
     with pytest.raises(TypeError, match=r"nn\.Module"):
         register_adapter(int, LinearAdapter())  # type: ignore[arg-type]
+
+
+def test_sort_factories_and_topk() -> None:
+    class Ranker(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)  # [B, T, 6]
+            order = h.sum(-1).argsort(dim=-1)  # rank tokens, not channels
+            h = h + h.new_zeros(h.shape)
+            kept = torch.topk(h, 2, dim=1).values  # top tokens per channel
+            return self.b(kept + h[:, :2]) + order[:, :2, None] * 0
+
+    graph = _groups(Ranker(), torch.randn(2, 5, 4))
+    assert len(graph.groups) == 1 and graph.groups[0].size == 6

@@ -116,3 +116,36 @@ def _spatial(ctx: TraceContext, call: OpCall) -> None:
 
 register_op(REDUCE, _reduce)
 register_op((*SPATIAL, "pad"), _spatial)
+
+
+def _reorder(ctx: TraceContext, call: OpCall) -> None:
+    """``sort``/``topk``/``argsort`` pick positions along a dim by value: fine along a dim
+    without channels (the others pass through); along a channel dim they are kept whole."""
+    source = tensors_in(call.args[:1])[0]
+    canon = ctx.space.find(ctx.labels(source))
+    dim: Any = call.kwargs.get("dim", -1)
+    if call.name in {"sort", "argsort"} and len(call.args) > 1 and isinstance(call.args[1], int):
+        dim = call.args[1]
+    if call.name == "topk" and len(call.args) > 2 and isinstance(call.args[2], int):
+        dim = call.args[2]
+    if call.name == "kthvalue" and len(call.args) > 2 and isinstance(call.args[2], int):
+        dim = call.args[2]
+    dim = dim % max(source.dim(), 1)
+    if varies(canon, dim):
+        ctx.block(canon, f"{call.display} reorders a channel dimension by value")
+    rep = canon.amax(dim=dim, keepdim=True) if source.dim() else canon
+    for out in tensors_in(call.out):
+        shape = tuple(out.shape)
+        ctx.set_labels(out, rep.expand(shape) if rep.dim() == len(shape) else
+                       torch.full(shape, NEUTRAL, dtype=torch.long))
+
+
+def _factory(ctx: TraceContext, call: OpCall) -> None:
+    """``x.new_zeros(...)`` and friends make a new tensor: it carries no channels."""
+    for out in tensors_in(call.out):
+        ctx.set_labels(out, torch.full(tuple(out.shape), NEUTRAL, dtype=torch.long))
+
+
+register_op(("sort", "argsort", "topk", "kthvalue", "msort"), _reorder)
+register_op(("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "new_empty_strided"),
+            _factory)
