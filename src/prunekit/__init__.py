@@ -11,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it ("module:attr" where the public name differs)
 _PUBLIC: dict[str, str] = {
     "profile": "prunekit.metrics.profile",
     "Profile": "prunekit.metrics.profile",
@@ -37,16 +37,19 @@ _PUBLIC: dict[str, str] = {
     "load_manifest": "prunekit.io.checkpoint",
     "export_onnx": "prunekit.io.onnx",
     "compare": "prunekit.metrics.compare",
+    "convert_sparse": "prunekit.sparse.convert:convert",
+    "to_dense": "prunekit.sparse.convert",
 }
 
 __all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
+    target = _PUBLIC.get(name)
+    if target is None:
         raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr or name)
 
 
 def __dir__() -> list[str]:
