@@ -321,3 +321,8 @@ def test_masked_model_asks_for_strip(lenet: LeNet5, lenet_input: Tensor) -> None
         prune(lenet, lenet_input, ratio=0.5)
     pk.strip(lenet)
     assert prune(lenet, lenet_input, ratio=0.5).params_kept < 0.6
+
+
+def test_summary_reports_params_and_macs(lenet: LeNet5, lenet_input: Tensor) -> None:
+    text = prune(lenet, lenet_input, ratio=0.5).summary()
+    assert "params" in text and "MACs" in text and "kept" in text

@@ -53,6 +53,20 @@ class PruneResult:
         """Fraction of MACs kept (after / before)."""
         return self.after.macs / max(1, self.before.macs)
 
+    def summary(self) -> str:
+        """A few lines: groups, parameters and MACs before → after, what was kept whole."""
+        fixed = self.coverage.fixed
+        lines = [
+            f"{self.groups} dependency groups pruned",
+            f"params {self.before.total_params:,} -> {self.after.total_params:,} "
+            f"({self.params_kept:.1%} kept)",
+            f"MACs   {self.before.macs:,} -> {self.after.macs:,} ({self.macs_kept:.1%} kept)",
+        ]
+        if fixed:
+            lines.append(f"{len(fixed)} parameters kept whole (see .coverage), e.g. "
+                         + "; ".join(f"{k}: {v}" for k, v in list(fixed.items())[:2]))
+        return "\n".join(lines)
+
 
 @dataclass(frozen=True)
 class Analysis:
