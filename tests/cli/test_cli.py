@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prunekit.cli.main import main
-from prunekit.io.checkpoint import load
+from prunekit.io.checkpoint import load, load_manifest
 from prunekit.sparse.masks import masked_tensors
 from prunekit.zoo import LeNet5
 
@@ -100,3 +100,26 @@ def test_prune_bad_round_to_is_a_clear_error(
     assert main(["prune", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
                  "--ratio", "0.5", "--round-to", "0", "--out", str(tmp_path / "o")]) == 1
     assert "--round-to" in capsys.readouterr().err
+
+
+def test_prune_with_a_data_aware_criterion(tmp_path: Path) -> None:
+    out = tmp_path / "taylor"
+    assert main(["prune", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
+                 "--ratio", "0.5", "--importance", "taylor", "--dataset", "digits",
+                 "--calib-batches", "2", "--out", str(out)]) == 0
+    model = load(out, LeNet5())
+    assert model.conv2.out_channels == 8
+    by_norm = tmp_path / "l2"
+    assert main(["prune", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
+                 "--ratio", "0.5", "--out", str(by_norm)]) == 0
+    # the data changed which channels were kept
+    assert load_manifest(out)["plan"] != load_manifest(by_norm)["plan"]
+
+
+def test_prune_data_aware_criterion_without_data_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["prune", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
+                 "--ratio", "0.5", "--importance", "fisher", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "--importance fisher needs calibration data" in err and "--dataset" in err

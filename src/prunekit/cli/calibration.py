@@ -7,13 +7,11 @@ import argparse
 import torch
 from torch.utils.data import DataLoader
 
-from prunekit.data.vision import load_dataset
+from prunekit.data.vision import DATASETS, load_dataset
 from prunekit.errors import ConfigError
 from prunekit.importance import criterion_names, get_criterion
 from prunekit.importance.data import CalibrationData
 from prunekit.importance.group import get_group_criterion, group_criterion_names
-
-DATASETS = ("mnist", "fashion-mnist", "digits")
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +34,9 @@ def needs_data(criterion: str) -> bool:
     return get_criterion(criterion).needs_data  # raises, listing the known names
 
 
-def calibration_from_args(args: argparse.Namespace, criterion: str) -> CalibrationData | None:
+def calibration_from_args(
+    args: argparse.Namespace, criterion: str, flag: str = "--criterion"
+) -> CalibrationData | None:
     """CalibrationData from ``--dataset`` when ``criterion`` (an element criterion for
     ``sparsify`` or a group criterion for ``prune``) needs data, else None; a ConfigError
     naming the missing or superfluous flag otherwise."""
@@ -48,11 +48,11 @@ def calibration_from_args(args: argparse.Namespace, criterion: str) -> Calibrati
             verb = "is" if len(given) == 1 else "are"
             raise ConfigError(f"{' and '.join(given)} {verb} only for data-aware criteria "
                               f"(taylor, fisher, snip, grad, wlg, activation), not "
-                              f"--criterion {criterion}; drop them")
+                              f"{flag} {criterion}; drop them")
         return None
     if args.dataset is None:
         raise ConfigError(
-            f"--criterion {criterion} needs calibration data: pass --dataset "
+            f"{flag} {criterion} needs calibration data: pass --dataset "
             f"{'|'.join(DATASETS)} (its train split, 1x32x32 images) and optionally "
             f"--calib-batches N; for other data use the Python API (sparsify(..., data=loader))"
         )
