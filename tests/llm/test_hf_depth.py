@@ -32,6 +32,13 @@ def _bert() -> nn.Module:
     return transformers.BertModel(config).eval()
 
 
+def _gpt2() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=3, n_head=4,
+                                     n_positions=32, bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
 def _ids(rows: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 100, (rows, 8), generator=torch.Generator().manual_seed(seed))
 
@@ -54,7 +61,7 @@ def test_block_influence_is_one_minus_cosine_per_layer() -> None:
     assert model.training is False
 
 
-@pytest.mark.parametrize("build", [_llama, _bert], ids=["llama", "bert"])
+@pytest.mark.parametrize("build", [_llama, _bert, _gpt2], ids=["llama", "bert", "gpt2"])
 def test_dropped_layers_reload_identically(build: Any, tmp_path: Path) -> None:
     model = build()
     ids = _ids()
@@ -126,3 +133,18 @@ def test_inplace_drop_changes_the_given_model() -> None:
     result = drop_layers(model, [0, 2], inplace=True)
     assert result.model is model and len(model.model.layers) == 1
     assert model.config.num_hidden_layers == 1 and model.model.layers[0].self_attn.layer_idx == 0
+
+
+def test_heads_ffn_and_layers_together_reload_identically(tmp_path: Path) -> None:
+    from prunekit.llm.hf import prune_hf
+
+    model = _llama()
+    ids = _ids()
+    width = prune_hf(model, {"input_ids": ids}, heads=0.5, ffn=0.25)
+    pruned = drop_layers(width.model, 1, calib=_ids(4, seed=3), inplace=True).model
+    config = pruned.config
+    assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
+            config.intermediate_size) == (2, 2, 1, 48)
+    pruned.save_pretrained(tmp_path)
+    reloaded = type(pruned).from_pretrained(tmp_path).eval()
+    assert torch.equal(_out(reloaded, ids), _out(pruned, ids))
