@@ -131,6 +131,25 @@ _DUNDER_BASES = {
 
 
 def tensors_in(tree: Any) -> list[Tensor]:
-    """Every tensor inside a nested tuple/list/dict (in pytree order)."""
-    leaves, _ = tree_flatten(tree)
-    return [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+    """Every tensor inside a nested tuple/list/dict (in pytree order).
+
+    Called for every op of a trace, so plain containers are walked directly; only other
+    types go through the (much slower) general pytree flattening.
+    """
+    found: list[Tensor] = []
+    _collect(tree, found)
+    return found
+
+
+def _collect(obj: Any, found: list[Tensor]) -> None:
+    if isinstance(obj, Tensor):
+        found.append(obj)
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            _collect(item, found)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _collect(item, found)
+    elif obj is not None and not isinstance(obj, (int, float, bool, str, slice, type(...))):
+        leaves, _ = tree_flatten(obj)
+        found.extend(leaf for leaf in leaves if isinstance(leaf, Tensor))

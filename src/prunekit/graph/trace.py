@@ -324,8 +324,10 @@ class TraceContext:
                 recorder._running.pop()
                 atomic = atomic_stack.pop()
                 if atomic:
-                    recorder._atomic_depth -= 1
+                    # still "inside" the module: the handler's own label arithmetic must not
+                    # be recorded as ops of the model
                     recorder.record_module(_handler, ModuleCall(_name, mod, args, kwargs, out))
+                    recorder._atomic_depth -= 1
 
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
