@@ -23,6 +23,7 @@ import copy
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--models", default="", help="comma-separated zoo names (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", module="torch_pruning")  # its per-model chatter
     wanted = {n for n in args.models.split(",") if n}
     header = (f"{'model':<20}{'prunekit':>10}{'TP':>10}{'pk s':>9}{'TP s':>9}{'ratio':>7}"
               f"{'params':>8}{'MACs':>8}{'lat/MACs':>9}  note")
