@@ -13,13 +13,14 @@ Both tools are told to leave the same output layers alone: the modules whose out
 Command (torch-pruning is a benchmark-only dependency):
 
     .venv/bin/pip install -c constraints.txt torch-pruning
-    .venv/bin/python benchmarks/structured.py [--repeats 3] [--models lenet5,vgg_bn]
+    .venv/bin/python benchmarks/structured.py [--repeats 3] [--models lenet5,vgg_bn] [--timeout 60]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import signal
 import statistics
 import sys
 import time
@@ -87,8 +88,12 @@ def run_torch_pruning(model: nn.Module, inputs: Any, ignore: list[nn.Module]) ->
     return model
 
 
+def _timeout(signum: int, frame: Any) -> None:
+    raise TimeoutError("no result within the time limit")
+
+
 def attempt(tool: Callable[[nn.Module, Any, list[nn.Module]], nn.Module], entry: ZooEntry,
-            repeats: int) -> dict[str, Any]:
+            repeats: int, timeout_s: int) -> dict[str, Any]:
     """Prune fresh copies ``repeats`` times; success, median seconds and the pruned model."""
     base = entry.build().eval()
     inputs = entry.example_inputs()
@@ -101,10 +106,13 @@ def attempt(tool: Callable[[nn.Module, Any, list[nn.Module]], nn.Module], entry:
         model = copy.deepcopy(base)
         ignore = output_layers(model, inputs)
         start = time.perf_counter()
+        signal.alarm(timeout_s)  # a tool that hangs (Torch-Pruning does on some models) fails
         try:
             pruned = tool(model, inputs, ignore)
         except Exception as exc:  # a benchmark reports failures instead of stopping
             return {"ok": False, "why": f"{type(exc).__name__}: {str(exc)[:60]}"}
+        finally:
+            signal.alarm(0)
         seconds.append(time.perf_counter() - start)
     assert pruned is not None
     try:
@@ -139,8 +147,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="", help="comma-separated zoo names (default: all)")
+    parser.add_argument("--timeout", type=int, default=60, help="seconds per prune attempt")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    signal.signal(signal.SIGALRM, _timeout)
     warnings.filterwarnings("ignore", module="torch_pruning")  # its per-model chatter
     wanted = {n for n in args.models.split(",") if n}
     header = (f"{'model':<20}{'prunekit':>10}{'TP':>10}{'pk s':>9}{'TP s':>9}{'ratio':>7}"
@@ -152,8 +162,8 @@ def main() -> None:
     for entry in ZOO:
         if wanted and entry.name not in wanted:
             continue
-        pk = attempt(run_prunekit, entry, args.repeats)
-        tp = attempt(run_torch_pruning, entry, args.repeats)
+        pk = attempt(run_prunekit, entry, args.repeats, args.timeout)
+        tp = attempt(run_torch_pruning, entry, args.repeats, args.timeout)
         ok_pk += pk["ok"]
         ok_tp += tp["ok"]
         params = macs = lat = ratio = "-"
