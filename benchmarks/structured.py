@@ -35,7 +35,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.structured.zoo
 
-from tests.structured.zoo import ZOO, ZooEntry  # noqa: E402
+from tests.structured.zoo import ZOO, ZooEntry, output_tensors  # noqa: E402
 
 from prunekit._inputs import run_model  # noqa: E402
 from prunekit.metrics.latency import benchmark_latency  # noqa: E402
@@ -47,24 +47,14 @@ CONV_FAMILIES = {"lenet5", "vgg_bn", "resnet_basic", "resnet_bottleneck", "resne
                  "unet", "convnext", "audio_m5", "conv3d_video"}
 
 
-def _leaves(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _leaves(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _leaves(v)]
-    return []
-
-
 def output_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
     """Modules whose output storage is shared with a model output (the heads to keep)."""
     produced: dict[int, nn.Module] = {}
     hooks = [m.register_forward_hook(lambda mod, _i, o: produced.update(
-        {t.untyped_storage().data_ptr(): mod for t in _leaves(o)}))
+        {t.untyped_storage().data_ptr(): mod for t in output_tensors(o)}))
         for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     with torch.no_grad():
-        outs = _leaves(run_model(model, inputs))
+        outs = output_tensors(run_model(model, inputs))
     for h in hooks:
         h.remove()
     return [produced[t.untyped_storage().data_ptr()] for t in outs
@@ -72,7 +62,7 @@ def output_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
 
 
 def _shapes(out: Any) -> list[tuple[int, ...]]:
-    return [tuple(t.shape) for t in _leaves(out)]
+    return [tuple(t.shape) for t in output_tensors(out)]
 
 
 def run_prunekit(model: nn.Module, inputs: Any, ignore: list[nn.Module]) -> nn.Module:

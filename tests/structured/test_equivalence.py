@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.structured.zoo import BY_NAME, call
+from tests.structured.zoo import BY_NAME, call, output_tensors
 from torch import Tensor, nn
 
 from prunekit.structured import prune
@@ -71,18 +71,8 @@ def _check(model: nn.Module, inputs: object, ratio: float = 0.5) -> None:
     with torch.no_grad():
         expected = call(zeroed, inputs)
         got = call(result.model.eval(), inputs)
-    for e, g in zip(_leaves(expected), _leaves(got), strict=True):
+    for e, g in zip(output_tensors(expected), output_tensors(got), strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
-
-
-def _leaves(out: object) -> list[Tensor]:
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for k in sorted(out) for t in _leaves(out[k])]
-    if isinstance(out, (tuple, list)):
-        return [t for item in out for t in _leaves(item)]
-    return []
 
 
 # --- one small model per op family -------------------------------------------------------

@@ -7,20 +7,9 @@ import json
 
 import pytest
 import torch
-from tests.structured.zoo import ZOO, ZooEntry, call
-from torch import Tensor
+from tests.structured.zoo import ZOO, ZooEntry, call, output_tensors
 
 from prunekit.structured import prune, replay_plan
-
-
-def _leaves(out: object) -> list[Tensor]:
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for k in sorted(out) for t in _leaves(out[k])]
-    if isinstance(out, (tuple, list)):
-        return [t for item in out for t in _leaves(item)]
-    return []
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=[e.name for e in ZOO])
@@ -29,7 +18,8 @@ def test_zoo_prunes(entry: ZooEntry, ratio: float) -> None:
     model, inputs = entry.build().eval(), entry.example_inputs()
     result = prune(model, inputs, ratio=ratio)
     with torch.no_grad():
-        before, after = _leaves(call(model, inputs)), _leaves(call(result.model, inputs))
+        before = output_tensors(call(model, inputs))
+        after = output_tensors(call(result.model, inputs))
     assert [t.shape for t in after] == [t.shape for t in before]
     # every zoo model's bulk is in prunable groups, each losing `ratio` of its width
     assert result.params_kept <= 1 - 0.5 * ratio, result.coverage
@@ -37,7 +27,7 @@ def test_zoo_prunes(entry: ZooEntry, ratio: float) -> None:
     replay_plan(fresh, json.loads(json.dumps(result.plan)))
     fresh.load_state_dict(result.model.state_dict())
     with torch.no_grad():
-        for got, want in zip(_leaves(call(fresh, inputs)), after, strict=True):
+        for got, want in zip(output_tensors(call(fresh, inputs)), after, strict=True):
             torch.testing.assert_close(got, want)
 
 
@@ -47,6 +37,6 @@ def test_zoo_ratio_zero_is_identity(entry: ZooEntry) -> None:
     result = prune(model, inputs, ratio=0.0)
     assert result.plan["modules"] == {} and result.plan["params"] == {}
     with torch.no_grad():
-        for got, want in zip(_leaves(call(result.model, inputs)), _leaves(call(model, inputs)),
-                             strict=True):
+        got_all = output_tensors(call(result.model, inputs))
+        for got, want in zip(got_all, output_tensors(call(model, inputs)), strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -7,21 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.structured.zoo import BY_NAME, ZOO, ZooEntry, call
-from torch import Tensor
+from tests.structured.zoo import BY_NAME, ZOO, ZooEntry, call, output_tensors
 
 import prunekit as pk
 from prunekit.structured import prune, prune_depth
-
-
-def _leaves(out: object) -> list[Tensor]:
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for k in sorted(out) for t in _leaves(out[k])]
-    if isinstance(out, (tuple, list)):
-        return [t for item in out for t in _leaves(item)]
-    return []
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=[e.name for e in ZOO])
@@ -31,8 +20,8 @@ def test_save_load_round_trip(entry: ZooEntry, tmp_path: Path) -> None:
     pk.save(result, tmp_path / "out")
     loaded = pk.load(tmp_path / "out", entry.build()).eval()
     with torch.no_grad():
-        for got, want in zip(_leaves(call(loaded, inputs)), _leaves(call(result.model, inputs)),
-                             strict=True):
+        got_all = output_tensors(call(loaded, inputs))
+        for got, want in zip(got_all, output_tensors(call(result.model, inputs)), strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 

@@ -48,6 +48,17 @@ def call(model: nn.Module, inputs: Inputs) -> object:
     return model(inputs)
 
 
+def output_tensors(out: object) -> list[Tensor]:
+    """Every tensor of a (nested) model output; dict entries in sorted-key order."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k in sorted(out) for t in output_tensors(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in output_tensors(item)]
+    return []
+
+
 def _randomize_norms(model: nn.Module) -> None:
     """Random running stats and affine terms for every norm layer (see module docstring)."""
     for m in model.modules():
