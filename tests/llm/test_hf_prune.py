@@ -109,6 +109,9 @@ def test_bert_heads_without_reload_are_flagged_and_save_with_prunekit(tmp_path: 
     result = prune_hf(model, inputs, heads=0.5, ffn=0.25, require_reloadable=False)
     assert not result.reloadable and "num_attention_heads" in result.note
     assert result.model.encoder.layer[0].attention.self.query.out_features == 16
+    result.model.save_pretrained(tmp_path / "hf")  # the stale config fails loudly, not silently
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        transformers.BertModel.from_pretrained(tmp_path / "hf")
     pk.save(result, tmp_path / "pk")
     fresh = transformers.BertModel(model.config).eval()
     loaded = pk.load(tmp_path / "pk", fresh)
@@ -161,3 +164,41 @@ def test_bad_arguments_are_named() -> None:
         prune_hf(model, inputs, ffn=0.5, reconstruct=True)
     with pytest.raises(ConfigError, match="not a supported Hugging Face family"):
         prune_hf(nn.Linear(4, 4), torch.randn(1, 4), ffn=0.5)
+
+
+def test_activation_importance_scores_on_calibration_data() -> None:
+    torch.manual_seed(0)
+    model, inputs = _bert()
+    gen = torch.Generator().manual_seed(3)
+    calib = [{"input_ids": torch.randint(0, 100, (4, 8), generator=gen)} for _ in range(2)]
+    with pytest.raises(ConfigError, match="importance='activation' needs calibration"):
+        prune_hf(model, inputs, ffn=0.5, importance="activation")
+    result = prune_hf(model, inputs, ffn=0.5, importance="activation", calib=calib)
+    assert result.model.config.intermediate_size == 32
+    assert all(p.grad is None for p in model.parameters())  # statistics put back
+    assert all(p.grad is None for p in result.model.parameters())
+    assert torch.isfinite(_out(result.model, inputs)).all()
+
+
+def test_taylor_importance_uses_the_model_loss() -> None:
+    torch.manual_seed(0)
+    model, inputs = _llama()
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(4))
+    with pytest.raises(ConfigError, match="labels"):
+        prune_hf(model, inputs, ffn=0.5, importance="taylor", calib=[{"input_ids": ids}])
+    result = prune_hf(model, inputs, heads=0.5, ffn=0.5, importance="taylor",
+                      calib=[{"input_ids": ids, "labels": ids}])
+    assert result.model.config.intermediate_size == 32
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gpt2_conv1d_consumers_are_refitted() -> None:
+    torch.manual_seed(0)
+    model, inputs = _gpt2()
+    calib = torch.randint(0, 100, (8, 16), generator=torch.Generator().manual_seed(5))
+    result = prune_hf(model, inputs, ffn=0.5, calib=calib, reconstruct=True)
+    assert result.reconstruction is not None and not result.reconstruction.skipped
+    fits = result.reconstruction.layers
+    assert [f.name for f in fits] == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
+    assert all(f.error_after < f.error_before for f in fits)
+    assert torch.isfinite(_out(result.model, inputs)).all()

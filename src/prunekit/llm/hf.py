@@ -6,11 +6,12 @@ key/value group under GQA) and FFN groups (gate/up/down together) get a ratio; h
 size, embeddings and norms keep their width, which is all an HF config can describe.
 With ``reconstruct=True`` the layers fed by removed channels (``o_proj``/``down_proj``,
 BERT's output denses) are refitted by least squares on calibration activations
-(:func:`prunekit.train.recover.reconstruct`).
+block by block (:func:`prunekit.llm.hf_refit.refit_blocks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from torch import nn
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import ConfigError, check_fraction
-from prunekit.importance.group import GroupCriterion
+from prunekit.importance.group import GroupCriterion, get_group_criterion
+from prunekit.importance.group_data import calibrated
 from prunekit.llm.blocks import find_blocks
 from prunekit.llm.hf_families import (
     HFFamily,
@@ -32,9 +34,9 @@ from prunekit.llm.hf_families import (
     layer_widths,
     updated_config,
 )
+from prunekit.llm.hf_refit import refit_blocks
 from prunekit.structured import analyze, prune
 from prunekit.train.recover import Reconstruction
-from prunekit.train.recover import reconstruct as refit
 
 __all__ = ["HFPruneResult", "prune_hf"]
 
@@ -63,9 +65,9 @@ class HFPruneResult:
         return self.params_after / max(1, self.params_before)
 
 
-def _calib_batches(calib: Calib | None) -> list[Any]:
+def _calib_batches(calib: Calib | None, why: str) -> list[Any]:
     if calib is None:
-        raise ConfigError("reconstruct=True needs calibration data: pass calib=<token ids of "
+        raise ConfigError(f"{why} needs calibration data: pass calib=<token ids of "
                           "shape (n, seqlen)> or a list of model input dicts")
     if isinstance(calib, torch.Tensor):
         batches: list[Any] = list(calib.split(1)) if calib.dim() >= 2 else [calib[None]]
@@ -76,8 +78,21 @@ def _calib_batches(calib: Calib | None) -> list[Any]:
     return batches
 
 
-def _forward(model: nn.Module, batch: Any) -> Any:
-    return run_model(model, batch)
+def _forward(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Forward-only statistics (``activation``) need no loss: a scalar stand-in."""
+    out = run_model(model, batch)
+    first = out[0] if isinstance(out, (tuple, list)) or hasattr(out, "to_tuple") else out
+    return torch.as_tensor(first).float().mean()
+
+
+def _model_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Gradient criteria use the model's own loss (batches that carry ``labels``)."""
+    loss = getattr(run_model(model, batch), "loss", None)
+    if not isinstance(loss, torch.Tensor):
+        raise ConfigError(f"{type(model).__name__} returned no loss for a calib batch; gradient "
+                          f"criteria need batches with labels, e.g. calib=[{{'input_ids': ids, "
+                          f"'labels': ids}}], or use importance='activation'")
+    return loss
 
 
 def _layer_names(path: str, blocks: nn.ModuleList, family: HFFamily, heads: float,
@@ -140,7 +155,9 @@ def prune_hf(
     ``require_reloadable=False`` (then save with ``prunekit.save(result, dir)`` and load with
     ``prunekit.load(dir, AutoModel.from_config(original_config))``). ``reconstruct=True``
     refits the consumers of removed channels on ``calib`` (token ids ``(n, seqlen)`` or a
-    list of input dicts). The config is checked to describe every pruned weight's shape.
+    list of input dicts); ``importance="activation"`` (|W|·RMS(X), Wanda-style, summed over
+    a unit's rows) scores on ``calib`` too. The config is checked to describe every pruned
+    weight's shape.
     """
     family = family_of(model)
     heads = check_fraction("heads", heads)
@@ -152,15 +169,24 @@ def prune_hf(
     if heads > 0 and family.heads_key is None and require_reloadable:
         raise ConfigError(f"heads={heads}: {family.why_no_heads}. Pass heads=0.0, or "
                           f"require_reloadable=False and save with prunekit.save(result, dir)")
-    batches = _calib_batches(calib) if reconstruct else []
+    criterion = get_group_criterion(importance)
+    needs_data = reconstruct or criterion.needs_data
+    why = "reconstruct=True" if reconstruct else f"importance={criterion.name!r}"
+    batches = _calib_batches(calib, why) if needs_data else []
     path, blocks = find_blocks(model)
     roles = _layer_names(path, blocks, family, heads, ffn)
-    if uniform:
-        ratios = {name: ratio for names, ratio in roles for name in names}
-    else:
-        ratios = _global_ratios(model, example_inputs, importance, roles)
-    result = prune(model, example_inputs, ratios=ratios, importance=importance)
+    with contextlib.ExitStack() as stack:
+        if criterion.needs_data:  # the statistic sits in .grad while scoring, then goes
+            loss = _forward if criterion.name == "activation" else _model_loss
+            stack.enter_context(calibrated(model, criterion, batches, loss_fn=loss))
+        if uniform:
+            ratios = {name: ratio for names, ratio in roles for name in names}
+        else:
+            ratios = _global_ratios(model, example_inputs, criterion, roles)
+        result = prune(model, example_inputs, ratios=ratios, importance=criterion)
     pruned = result.model
+    for param in pruned.parameters():
+        param.grad = None
     _, pruned_blocks = find_blocks(pruned, path)
     before = layer_widths(blocks, family, model.config)
     after = layer_widths(pruned_blocks, family, model.config)
@@ -175,7 +201,7 @@ def prune_hf(
         note = str(exc)
     report = None
     if reconstruct:
-        report = refit(pruned, model, result.plan, batches, loss_fn=_forward)
+        report = refit_blocks(pruned, model, result.plan, batches)
     return HFPruneResult(pruned, result.plan, changes, before, after,
                          result.before.total_params, result.after.total_params, report,
                          reloadable=not note, note=note)
