@@ -10,7 +10,9 @@ sentences when that package is absent). For each setting the table shows the mea
 between the dense and the pruned model's sentence embeddings on the held-out texts,
 parameters kept, median forward latency on a fixed batch (same run, same threads), and
 whether ``from_pretrained`` can reload the result (BERT's config cannot hold fewer heads at
-the same hidden size: those models are saved with ``prunekit.save`` instead). Not a test.
+the same hidden size: those models are saved with ``prunekit.save`` instead). Importance
+``l2`` is weight magnitude, ``act`` is |W|·RMS(X) on the calibration texts; ``+ lstsq``
+refits the layers after the removed channels, block by block. Not a test.
 """
 
 from __future__ import annotations
@@ -102,10 +104,12 @@ def main() -> None:
 
     add("dense", dense, 0.0, True)
     settings: list[tuple[str, dict[str, Any]]] = [
-        ("ffn 25%", {"ffn": 0.25}), ("ffn 50%", {"ffn": 0.5}),
-        ("heads 25% + ffn 30%", {"heads": 0.25, "ffn": 0.3}),
-        ("heads 25% + ffn 25%", {"heads": 0.25, "ffn": 0.25}),
-        ("heads 50% + ffn 50%", {"heads": 0.5, "ffn": 0.5}),
+        ("ffn 25% l2", {"ffn": 0.25, "importance": "l2"}),
+        ("ffn 25% act", {"ffn": 0.25, "importance": "activation"}),
+        ("ffn 50% act", {"ffn": 0.5, "importance": "activation"}),
+        ("heads 25% + ffn 30% l2", {"heads": 0.25, "ffn": 0.3, "importance": "l2"}),
+        ("heads 25% + ffn 30% act", {"heads": 0.25, "ffn": 0.3, "importance": "activation"}),
+        ("heads 50% + ffn 50% act", {"heads": 0.5, "ffn": 0.5, "importance": "activation"}),
     ]
     for name, kwargs in settings:
         for rec in (False, True):
