@@ -108,6 +108,7 @@ def test_bert_heads_without_reload_are_flagged_and_save_with_prunekit(tmp_path: 
     model, inputs = _bert()
     result = prune_hf(model, inputs, heads=0.5, ffn=0.25, require_reloadable=False)
     assert not result.reloadable and "num_attention_heads" in result.note
+    assert result.config_changes == {"intermediate_size": (64, 48)}  # what the config can hold
     assert result.model.encoder.layer[0].attention.self.query.out_features == 16
     result.model.save_pretrained(tmp_path / "hf")  # the stale config fails loudly, not silently
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):

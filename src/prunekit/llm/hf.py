@@ -190,15 +190,16 @@ def prune_hf(
     _, pruned_blocks = find_blocks(pruned, path)
     before = layer_widths(blocks, family, model.config)
     after = layer_widths(pruned_blocks, family, model.config)
-    note, changes = "", {}
-    try:
-        changes = updated_config(pruned.config, family, before, after)
-        apply_config(pruned.config, changes)
-        check_reloadable(pruned)
-    except ConfigError as exc:
-        if require_reloadable:
-            raise
-        note = str(exc)
+    changes, problems = updated_config(family, before, after)
+    apply_config(pruned.config, changes)
+    if not problems:
+        try:
+            check_reloadable(pruned)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    note = "; ".join(problems)
+    if note and require_reloadable:
+        raise ConfigError(f"the pruned model cannot be described by its config: {note}")
     report = None
     if reconstruct:
         report = refit_blocks(pruned, model, result.plan, batches)

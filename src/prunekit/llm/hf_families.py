@@ -107,34 +107,39 @@ def layer_widths(blocks: nn.ModuleList, family: HFFamily, config: Any) -> LayerW
     return LayerWidths(heads, kv, ffn)
 
 
-def _uniform(name: str, values: tuple[int, ...]) -> int:
+def _uniform(name: str, values: tuple[int, ...], problems: list[str]) -> int | None:
     if len(set(values)) != 1:
-        raise ConfigError(
+        problems.append(
             f"per-layer {name} differ ({list(values)}) and Hugging Face configs hold one value "
             f"for all layers; pass uniform=True, or require_reloadable=False and save with "
             f"prunekit.save(result, dir) / prunekit.load(dir, base_model)"
         )
+        return None
     return values[0]
 
 
-def updated_config(config: Any, family: HFFamily, before: LayerWidths,
-                   after: LayerWidths) -> dict[str, tuple[int, int]]:
-    """The config fields to change, {field: (old, new)}; ConfigError where the new widths
-    cannot be written into this family's config."""
+def updated_config(family: HFFamily, before: LayerWidths,
+                   after: LayerWidths) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """The config fields to change, {field: (old, new)}, and why the rest of the new widths
+    cannot be written into this family's config (empty when everything fits)."""
     changes: dict[str, tuple[int, int]] = {}
-    if after.ffn != before.ffn:
-        changes[family.ffn_key] = (_uniform("FFN widths", before.ffn),
-                                   _uniform("FFN widths", after.ffn))
-    if after.heads != before.heads or after.kv_heads != before.kv_heads:
-        if family.heads_key is None or family.kv_key is None:
-            raise ConfigError(f"heads: {family.why_no_heads}; pass heads=0.0, or "
-                              f"require_reloadable=False and save with prunekit.save")
-        assert after.heads is not None and after.kv_heads is not None  # measured with query
-        assert before.heads is not None and before.kv_heads is not None
-        changes[family.heads_key] = (before.heads[0], _uniform("head counts", after.heads))
-        changes[family.kv_key] = (before.kv_heads[0],
-                                  _uniform("key/value head counts", after.kv_heads))
-    return changes
+    problems: list[str] = []
+    pairs: list[tuple[str | None, str, tuple[int, ...] | None, tuple[int, ...] | None]] = [
+        (family.ffn_key, "FFN widths", before.ffn, after.ffn),
+        (family.heads_key, "head counts", before.heads, after.heads),
+        (family.kv_key, "key/value head counts", before.kv_heads, after.kv_heads),
+    ]
+    for key, name, old, new in pairs:
+        if old is None or new is None or old == new:
+            continue
+        if key is None:
+            if family.why_no_heads not in problems:
+                problems.append(family.why_no_heads)
+            continue
+        value = _uniform(name, new, problems)
+        if value is not None:
+            changes[key] = (old[0], value)
+    return changes, problems
 
 
 def apply_config(config: Any, changes: Mapping[str, tuple[int, int]]) -> None:
