@@ -148,3 +148,14 @@ def test_heads_ffn_and_layers_together_reload_identically(tmp_path: Path) -> Non
     pruned.save_pretrained(tmp_path)
     reloaded = type(pruned).from_pretrained(tmp_path).eval()
     assert torch.equal(_out(reloaded, ids), _out(pruned, ids))
+
+
+def test_influence_skips_padding_of_input_dicts() -> None:
+    model = _bert()
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # the second text is 5 tokens long, padded to 8
+    padded = block_influence(model, [{"input_ids": ids, "attention_mask": mask}])
+    alone = block_influence(model, [{"input_ids": ids[:1]}, {"input_ids": ids[1:, :5]}])
+    assert padded == pytest.approx(alone, rel=1e-4)
+    assert block_influence(model, [{"input_ids": ids}]) != pytest.approx(padded, rel=1e-3)

@@ -13,7 +13,7 @@ rebuilds the same model.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,36 +23,57 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.llm.api import as_batches
-from prunekit.llm.blocks import block_outputs, capture_block_inputs, find_blocks
+from prunekit.llm.blocks import block_outputs, find_blocks
 from prunekit.llm.hf_families import check_reloadable
+from prunekit.llm.hf_refit import capture_inputs
 
 __all__ = ["DroppedLayers", "block_influence", "drop_layers"]
 
 # config fields holding one entry per layer (sliced along with the layers)
 PER_LAYER_FIELDS = ("layer_types", "no_rope_layers")
 
-Calib = torch.Tensor | Sequence[torch.Tensor]
+Calib = torch.Tensor | Sequence[torch.Tensor | Mapping[str, torch.Tensor]]
+
+
+def _batches(calib: Calib) -> list[torch.Tensor | Mapping[str, torch.Tensor]]:
+    if isinstance(calib, torch.Tensor) or all(isinstance(b, torch.Tensor) for b in calib):
+        return list(as_batches(calib))  # type: ignore[arg-type]
+    if not calib:
+        raise ConfigError("calib is empty; pass token ids (n, seqlen) or input dicts")
+    return list(calib)
+
+
+def _token_mask(batch: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    return None if mask is None else mask.reshape(-1).bool()
 
 
 def block_influence(model: nn.Module, calib: Calib, *, blocks: str | None = None) -> list[float]:
-    """``1 − cos(input, output)`` of every block, averaged over calibration tokens, with each
-    block fed the (dense) outputs of the one before."""
-    batches = as_batches(calib)
+    """``1 − cos(input, output)`` of every block, averaged over calibration tokens (padding
+    excluded where a batch dict carries an ``attention_mask``), with each block fed the
+    (dense) outputs of the one before."""
+    batches = _batches(calib)
+    masks = [_token_mask(b) for b in batches]
     _, layers = find_blocks(model, blocks)
     was_training = model.training
     model.eval()
     try:
-        inputs = capture_block_inputs(model, layers, batches)
+        inputs = capture_inputs(model, layers, batches)
         scores = []
         for block in layers:
             outputs = block_outputs(block, inputs)
-            cosines = [F.cosine_similarity(o.float(), i.hidden.float(), dim=-1).reshape(-1)
-                       for i, o in zip(inputs, outputs, strict=True)]
+            cosines = [_masked(F.cosine_similarity(o.float(), i.hidden.float(), dim=-1), m)
+                       for i, o, m in zip(inputs, outputs, masks, strict=True)]
             scores.append(float(1 - torch.cat(cosines).mean()))
             inputs = [i.with_hidden(o) for i, o in zip(inputs, outputs, strict=True)]
     finally:
         model.train(was_training)
     return scores
+
+
+def _masked(cosine: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    flat = cosine.reshape(-1)
+    return flat if mask is None or mask.numel() != flat.numel() else flat[mask.to(flat.device)]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from prunekit.errors import ConfigError
 from prunekit.llm.blocks import BlockInput, capture_block_inputs, find_blocks, hidden_of
 from prunekit.train.recover import LayerFit, Reconstruction
 
-__all__ = ["refit_blocks"]
+__all__ = ["capture_inputs", "refit_blocks"]
 
 
 class _Feeder(nn.Module):
@@ -60,7 +60,9 @@ def _set(layer: nn.Module, solution: Tensor, has_bias: bool) -> None:
             layer.bias.copy_(solution[features].to(weight.dtype))  # type: ignore[operator]
 
 
-def _inputs(model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Any]) -> list[BlockInput]:
+def capture_inputs(model: nn.Module, blocks: nn.ModuleList,
+                   batches: Sequence[Any]) -> list[BlockInput]:
+    """What ``blocks[0]`` receives for each batch (token-id tensors or input dicts)."""
     feeder = _Feeder(model, batches)
     return capture_block_inputs(feeder, blocks, [torch.tensor([i]) for i in range(len(batches))])
 
@@ -117,8 +119,8 @@ def refit_blocks(pruned: nn.Module, dense: nn.Module, plan: Mapping[str, Any],
     fits: list[LayerFit] = []
     skipped: dict[str, str] = {}
     with torch.no_grad():
-        p_in = _inputs(pruned, pruned_blocks, batches)
-        d_in = _inputs(dense, dense_blocks, batches)
+        p_in = capture_inputs(pruned, pruned_blocks, batches)
+        d_in = capture_inputs(dense, dense_blocks, batches)
         for i, (p_block, d_block) in enumerate(zip(pruned_blocks, dense_blocks, strict=True)):
             prefix = f"{path}.{i}."
             names = [n for n, _ in p_block.named_modules()
