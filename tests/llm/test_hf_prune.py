@@ -196,10 +196,20 @@ def test_taylor_importance_uses_the_model_loss() -> None:
 def test_gpt2_conv1d_consumers_are_refitted() -> None:
     torch.manual_seed(0)
     model, inputs = _gpt2()
-    calib = torch.randint(0, 100, (8, 16), generator=torch.Generator().manual_seed(5))
+    calib = torch.randint(0, 100, (16, 16), generator=torch.Generator().manual_seed(5))
     result = prune_hf(model, inputs, ffn=0.5, calib=calib, reconstruct=True)
     assert result.reconstruction is not None and not result.reconstruction.skipped
     fits = result.reconstruction.layers
     assert [f.name for f in fits] == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
     assert all(f.error_after < f.error_before for f in fits)
     assert torch.isfinite(_out(result.model, inputs)).all()
+
+
+def test_refit_skips_layers_with_too_few_calibration_tokens() -> None:
+    torch.manual_seed(0)
+    model, inputs = _llama()
+    calib = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(6))
+    result = prune_hf(model, inputs, ffn=0.5, calib=calib, reconstruct=True)
+    assert result.reconstruction is not None and not result.reconstruction.layers
+    reason = result.reconstruction.skipped["model.layers.0.mlp.down_proj"]
+    assert "16 calibration tokens for 32 input features" in reason

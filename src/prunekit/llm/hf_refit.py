@@ -9,6 +9,7 @@ layer, so the cost is a few model forwards in total instead of two per layer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,9 +109,13 @@ def _record(layer: nn.Module, store: list[Tensor], *, output: bool) -> Any:
 
 
 def refit_blocks(pruned: nn.Module, dense: nn.Module, plan: Mapping[str, Any],
-                 batches: Sequence[Any], *, ridge: float = 1e-4) -> Reconstruction:
+                 batches: Sequence[Any], *, ridge: float = 1e-4,
+                 min_rows: float = 2.0) -> Reconstruction:
     """Refit, in place and in block order, every layer of ``pruned`` whose input features
-    ``plan`` removed, on calibration ``batches`` (token-id tensors or input dicts)."""
+    ``plan`` removed, on calibration ``batches`` (token-id tensors or input dicts). A layer
+    seen on fewer than ``min_rows`` calibration tokens per input feature is left as it is
+    (and listed in ``skipped``): with too few rows the fit memorises the calibration set
+    and generalises worse than no refit."""
     modules = plan.get("modules")
     if not isinstance(modules, Mapping):
         raise ConfigError("plan must be a structured pruning plan with a 'modules' entry")
@@ -145,6 +150,12 @@ def refit_blocks(pruned: nn.Module, dense: nn.Module, plan: Mapping[str, Any],
                         p_block(*x.args, **x.kwargs)
                 finally:
                     handle.remove()
+                seen, features = sum(len(x) for x in xs), xs[0].shape[1]
+                if seen < min_rows * (features + 1):
+                    skipped[prefix + name] = (
+                        f"{seen} calibration tokens for {features} input features; pass at "
+                        f"least {math.ceil(min_rows * (features + 1))} tokens in calib")
+                    continue
                 before, after = _fit(layer, xs, targets[name], ridge)
                 fits.append(LayerFit(prefix + name, before, after))
             p_in = [x.with_hidden(hidden_of(p_block(*x.args, **x.kwargs))) for x in p_in]
