@@ -8,7 +8,8 @@ layers, with and without the least-squares refit, scored by embedding fidelity.
 Calibration and evaluation texts are disjoint halves of the fortunes (or a fixed list of
 sentences when that package is absent). For each setting the table shows the mean cosine
 between the dense and the pruned model's sentence embeddings on the held-out texts,
-parameters kept, median forward latency on a fixed batch (same run, same threads), and
+parameters kept (embeddings included), median forward latency on a fixed batch (all
+models timed round-robin in the same run), pruning wall time (with refit), and
 whether ``from_pretrained`` can reload the result (BERT's config cannot hold fewer heads at
 the same hidden size: those models are saved with ``prunekit.save`` instead). Importance
 ``l2`` is weight magnitude, ``act`` is |W|·RMS(X) on the calibration texts; ``+ lstsq``
@@ -52,15 +53,20 @@ def texts(count: int, seed: int) -> tuple[list[str], list[str]]:
     return pool[:count], pool[count:2 * count]
 
 
-def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int) -> float:
-    times = []
+def latencies_ms(models: list[nn.Module], batch: dict[str, torch.Tensor],
+                 rounds: int) -> list[float]:
+    """Median forward time of every model, timed round-robin (one call each per round) so
+    that load from other processes hits all models alike."""
+    times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
-        model(**batch)
-        for _ in range(repeats):
-            start = time.perf_counter()
+        for model in models:
             model(**batch)
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for _ in range(rounds):
+            for model, bucket in zip(models, times, strict=True):
+                start = time.perf_counter()
+                model(**batch)
+                bucket.append(time.perf_counter() - start)
+    return [1000 * statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -68,7 +74,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=128, help="calibration and eval texts each")
     parser.add_argument("--calib-batch", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15, help="latency rounds")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -92,14 +98,15 @@ def main() -> None:
     timing = encode(eval_texts[:32])
     dense_params = sum(p.numel() for p in dense.parameters())
 
-    rows: list[tuple[str, float, float, float, float, str]] = []
+    rows: list[tuple[str, float, float, float, str]] = []
+    models: list[nn.Module] = []
 
     def add(name: str, model: nn.Module, seconds: float, reloadable: bool) -> None:
         fidelity = embedding_fidelity(dense, model, tokenizer, eval_texts,
                                       max_length=args.max_length)
         kept = sum(p.numel() for p in model.parameters()) / dense_params
-        ms = latency_ms(model, timing, args.repeats)
-        rows.append((name, fidelity, kept, ms, seconds, "yes" if reloadable else "pk.save"))
+        rows.append((name, fidelity, kept, seconds, "yes" if reloadable else "pk.save"))
+        models.append(model)
         print(f"  {name}: cos {fidelity:.4f}", flush=True)
 
     add("dense", dense, 0.0, True)
@@ -124,14 +131,14 @@ def main() -> None:
         add(f"drop {count} layer(s) {list(dropped.removed)}", dropped.model,
             time.perf_counter() - start, True)
 
-    base_ms = rows[0][3]
+    ms = latencies_ms(models, timing, args.repeats)
     print(f"\nall-MiniLM-L6-v2, {len(eval_texts)} held-out texts, {len(calib_texts)} "
           f"calibration texts, max_length {args.max_length}, "
           f"{torch.get_num_threads()} threads, latency on a batch of 32")
     print(f"{'setting':34} {'emb cos':>8} {'params':>7} {'latency':>9} {'speed-up':>8} "
           f"{'prune s':>7}  from_pretrained")
-    for name, fidelity, kept, ms, seconds, reload in rows:
-        print(f"{name:34} {fidelity:8.4f} {kept:7.1%} {ms:7.1f}ms {base_ms / ms:7.2f}x "
+    for (name, fidelity, kept, seconds, reload), t in zip(rows, ms, strict=True):
+        print(f"{name:34} {fidelity:8.4f} {kept:7.1%} {t:7.1f}ms {ms[0] / t:7.2f}x "
               f"{seconds:7.1f}  {reload}")
 
 
