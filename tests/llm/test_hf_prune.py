@@ -161,6 +161,8 @@ def test_bad_arguments_are_named() -> None:
         prune_hf(model, inputs, heads=1.5)
     with pytest.raises(ConfigError, match="prune nothing"):
         prune_hf(model, inputs)
+    with pytest.raises(ConfigError, match=r"heads=0\.25 removes nothing.*heads >= 0\.5"):
+        prune_hf(model, inputs, heads=0.25)  # 2 key/value groups: a quarter is no group
     with pytest.raises(ConfigError, match="calib"):
         prune_hf(model, inputs, ffn=0.5, reconstruct=True)
     with pytest.raises(ConfigError, match="not a supported Hugging Face family"):

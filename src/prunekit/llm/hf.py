@@ -135,6 +135,14 @@ def _global_ratios(model: nn.Module, inputs: ExampleInputs, importance: str | Gr
     return ratios
 
 
+def _check_removed(ratio: float, old: tuple[int, ...] | None, new: tuple[int, ...] | None,
+                   name: str, unit: str) -> None:
+    """No silent no-op: a ratio below one unit per layer is an error."""
+    if ratio > 0 and old is not None and old == new:
+        raise ConfigError(f"{name}={ratio} removes nothing: it goes by whole {unit} and the "
+                          f"layers have {list(old)}; pass {name} >= {1 / max(old):.3g}")
+
+
 def prune_hf(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -190,6 +198,8 @@ def prune_hf(
     _, pruned_blocks = find_blocks(pruned, path)
     before = layer_widths(blocks, family, model.config)
     after = layer_widths(pruned_blocks, family, model.config)
+    _check_removed(heads, before.kv_heads, after.kv_heads, "heads", "key/value groups")
+    _check_removed(ffn, before.ffn, after.ffn, "ffn", "FFN neurons")
     changes, problems = updated_config(family, before, after)
     apply_config(pruned.config, changes)
     if not problems:
