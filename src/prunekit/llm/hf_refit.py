@@ -9,6 +9,7 @@ layer, so the cost is a few model forwards in total instead of two per layer.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,8 +41,6 @@ class _Feeder(nn.Module):
 
 
 def _takes_cache(model: nn.Module) -> bool:
-    import inspect
-
     return "use_cache" in inspect.signature(model.forward).parameters
 
 
