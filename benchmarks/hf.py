@@ -127,7 +127,7 @@ def main() -> None:
             add(label, result.model, time.perf_counter() - start, result.reloadable)
     for count in (1, 2):
         start = time.perf_counter()
-        dropped = drop_layers(dense, count, calib=[b["input_ids"] for b in calib])
+        dropped = drop_layers(dense, count, calib=calib)
         add(f"drop {count} layer(s) {list(dropped.removed)}", dropped.model,
             time.perf_counter() - start, True)
 
