@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
-ExampleInputs = Union[torch.Tensor, Sequence[Any], Mapping[str, Any]]
+ExampleInputs = torch.Tensor | Sequence[Any] | Mapping[str, Any]
 
 
 def run_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:
