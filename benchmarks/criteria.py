@@ -19,9 +19,13 @@ thread). Then every criterion prunes a fresh copy:
   group, every name of ``prunekit.importance.group.group_criterion_names()``; the x axis is
   the MACs reduction ``1 - result.macs_kept``.
 
-Data-aware criteria see 8 calibration batches of 64 training images (cross-entropy). Each
-pruned model is evaluated one-shot (no recovery of any kind) and again after one epoch of
-fine-tuning (AdamW lr 1e-3, wd 0.05, no cosine; masks stay in place).
+Data-aware criteria see the same 8 calibration batches of 64 training images
+(cross-entropy) at every level. Each pruned model is evaluated one-shot (no recovery of any
+kind) and after one epoch of fine-tuning (AdamW lr 1e-3, wd 0.05, no cosine; masks stay in
+place). Every cell averages ``--repeats`` (default 2) runs; run ``r`` draws calibration
+batches, the random criterion's seed and the fine-tuning batch order from seeds fixed by
+``r``, the same for every criterion, so equal masks give equal numbers. ``†`` marks layer
+collapse: a prunable layer with no weight left after unstructured pruning.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from prunekit.data.vision import load_dataset
 from prunekit.importance import criterion_names
@@ -49,6 +54,8 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 RATIOS = (0.2, 0.35, 0.5)
 CALIB_BATCHES = 8
+CALIB_SEED, FT_SEED = 1, 100
+PRUNABLE = (nn.Linear, nn.Conv2d)
 #: group criteria that read data (need ``calibrated``); the rest rank weights only
 STRUCTURED_DATA = ("grad", "taylor", "wlg", "snip", "fisher", "activation")
 UNSTRUCTURED_DATA = ("grad", "taylor", "wlg", "snip", "fisher", "activation")
@@ -67,26 +74,53 @@ class Point:
     criterion: str
     level: float  # sparsity, or fraction of channels removed
     macs_kept: float  # 1.0 for unstructured (masks do not remove MACs)
-    one_shot: float
-    finetuned: float
+    one_shots: tuple[float, ...]  # one accuracy per repeat (calibration draw / random seed)
+    finetuned: tuple[float, ...]  # the same models after one epoch (batch order per repeat)
+    collapsed: bool = False  # some prunable layer lost all its weights (in any repeat)
+
+    @property
+    def one_shot(self) -> float:
+        return sum(self.one_shots) / len(self.one_shots)
+
+    @property
+    def ft(self) -> float:
+        return sum(self.finetuned) / len(self.finetuned)
 
 
 def _acc(model: torch.nn.Module, loader: DataLoader) -> float:
     return evaluate(model.eval(), loader).accuracy
 
 
-def _one_epoch(model: torch.nn.Module, train: DataLoader, test: DataLoader) -> float:
-    finetune(model, train, 1, config=FT_CONFIG, progress=False)
+def _loader(dataset: Dataset, seed: int) -> DataLoader:
+    """A shuffled training loader whose batch order depends on ``seed`` only."""
+    return DataLoader(dataset, batch_size=64, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def _calib(dataset: Dataset, repeat: int) -> CalibrationData:
+    return CalibrationData(_loader(dataset, CALIB_SEED + repeat), batches=CALIB_BATCHES)
+
+
+def _one_epoch(model: torch.nn.Module, dataset: Dataset, test: DataLoader,
+               repeat: int) -> float:
+    """Accuracy after one epoch of fine-tuning ``model`` (in place)."""
+    seed = FT_SEED + repeat
+    finetune(model, _loader(dataset, seed), 1, config=replace(FT_CONFIG, seed=seed),
+             progress=False)
     return _acc(model, test)
+
+
+def _collapsed(model: torch.nn.Module) -> bool:
+    return any(not bool(m.weight.detach().any()) for m in model.modules()
+               if isinstance(m, PRUNABLE))
 
 
 def run_dataset(name: str, limit: int | None, epochs: int, sparsities: tuple[float, ...],
                 ratios: tuple[float, ...], unstructured: list[str], structured: list[str],
-                ) -> tuple[float, list[Point]]:
+                repeats: int) -> tuple[float, list[Point]]:
     """Train the dense LeNet-5 on ``name``, then prune it with every criterion and level."""
     split = load_dataset(name, limit=limit)
-    train = DataLoader(split.train, batch_size=64, shuffle=True,
-                       generator=torch.Generator().manual_seed(0))
+    train = _loader(split.train, 0)
     test = DataLoader(split.test, batch_size=500)
     torch.manual_seed(0)
     dense = LeNet5()
@@ -98,33 +132,74 @@ def run_dataset(name: str, limit: int | None, epochs: int, sparsities: tuple[flo
     for criterion in unstructured:
         start = time.perf_counter()
         for sparsity in sparsities:
-            model = copy.deepcopy(dense)
-            data = (CalibrationData(train, batches=CALIB_BATCHES)
-                    if criterion in UNSTRUCTURED_DATA else None)
-            sparsify(model, sparsity, criterion=criterion, scope="global", data=data, seed=0)
-            one_shot = _acc(model, test)
-            points.append(Point(name, "unstructured", criterion, sparsity, 1.0, one_shot,
-                                _one_epoch(model, train, test)))
+            one_shots, tuned, collapsed = [], [], False
+            for repeat in range(repeats):
+                model = copy.deepcopy(dense)
+                data = _calib(split.train, repeat) if criterion in UNSTRUCTURED_DATA else None
+                sparsify(model, sparsity, criterion=criterion, scope="global", data=data,
+                         seed=repeat)
+                one_shots.append(_acc(model, test))
+                collapsed |= _collapsed(model)
+                tuned.append(_one_epoch(model, split.train, test, repeat))
+            points.append(Point(name, "unstructured", criterion, sparsity, 1.0,
+                                tuple(one_shots), tuple(tuned), collapsed))
         print(f"[{name}] unstructured {criterion}: "
-              + " ".join(f"{p.one_shot:.1%}/{p.finetuned:.1%}" for p in points[-len(sparsities):])
+              + " ".join(f"{p.one_shot:.1%}/{p.ft:.1%}" for p in points[-len(sparsities):])
               + f" ({time.perf_counter() - start:.0f} s)", flush=True)
     example = next(iter(test))[0][:2]
     for criterion in structured:
         start = time.perf_counter()
         for ratio in ratios:
-            if criterion in STRUCTURED_DATA:
-                with calibrated(dense, criterion, CalibrationData(train, batches=CALIB_BATCHES)):
-                    result = prune(dense, example, ratio=ratio, importance=criterion)
-            else:
-                result = prune(dense, example, ratio=ratio, importance=criterion)
-            model = result.model
-            one_shot = _acc(model, test)
-            points.append(Point(name, "structured", criterion, ratio, result.macs_kept, one_shot,
-                                _one_epoch(model, train, test)))
+            one_shots, tuned, macs = [], [], []
+            for repeat in range(repeats):
+                if criterion in STRUCTURED_DATA:
+                    with calibrated(dense, criterion, _calib(split.train, repeat)):
+                        result = prune(dense, example, ratio=ratio, importance=criterion,
+                                       seed=repeat)
+                else:
+                    result = prune(dense, example, ratio=ratio, importance=criterion,
+                                   seed=repeat)
+                macs.append(result.macs_kept)
+                one_shots.append(_acc(result.model, test))
+                tuned.append(_one_epoch(result.model, split.train, test, repeat))
+            points.append(Point(name, "structured", criterion, ratio, sum(macs) / len(macs),
+                                tuple(one_shots), tuple(tuned)))
         print(f"[{name}] structured {criterion}: "
-              + " ".join(f"{p.one_shot:.1%}/{p.finetuned:.1%}" for p in points[-len(ratios):])
+              + " ".join(f"{p.one_shot:.1%}/{p.ft:.1%}" for p in points[-len(ratios):])
               + f" ({time.perf_counter() - start:.0f} s)", flush=True)
     return base, points
+
+
+def _label(criterion: str) -> str:
+    return f"{criterion} (= l2: no BatchNorm)" if criterion == "bn_scale" else criterion
+
+
+def _spread(values: tuple[float, ...]) -> float:
+    return max(values) - min(values)
+
+
+def _noise(points: list[Point], repeats: int) -> str:
+    """How much the repeats disagree: fine-tuning overall, one-shot for what varies."""
+    if repeats < 2:
+        return " One run per cell: no estimate of the noise."
+    ft = [_spread(p.finetuned) for p in points]
+    varying = sorted((p for p in points if _spread(p.one_shots) > 0),
+                     key=lambda p: -_spread(p.one_shots))
+    text = (f" Every cell is the mean of {repeats} runs (calibration draw, random seed and "
+            f"fine-tuning batch order change with the run). After fine-tuning the runs "
+            f"differ by {100 * sum(ft) / len(ft):.1f} points on average (max − min), "
+            f"{100 * max(ft):.1f} at most: smaller differences are noise.")
+    for label, group in (("random", [p for p in varying if p.criterion == "random"]),
+                         ("data-aware", [p for p in varying if p.criterion != "random"])):
+        if not group:
+            continue
+        one = [_spread(p.one_shots) for p in group]
+        worst = "; ".join(
+            f"{p.dataset} {p.kind} {p.criterion} {_pct(p.level)}: "
+            + " vs ".join(f"{100 * a:.1f}" for a in p.one_shots) for p in group[:3])
+        text += (f" One-shot, {label} criteria's runs (seed or calibration draw) differ by "
+                 f"{100 * sum(one) / len(one):.1f} points on average, most for {worst}.")
+    return text
 
 
 def _pct(x: float) -> str:
@@ -159,8 +234,9 @@ def markdown(dense: dict[str, float], points: list[Point], sparsities: tuple[flo
                 for level in levels:
                     p = index.get((dataset, kind, criterion, level))
                     cells.append("–" if p is None else
-                                 f"{100 * p.one_shot:.1f} → {100 * p.finetuned:.1f}")
-            lines.append(f"| {dataset} | {criterion} | " + " | ".join(cells) + " |")
+                                 f"{100 * p.one_shot:.1f} → {100 * p.ft:.1f}"
+                                 + (" †" if p.collapsed else ""))
+            lines.append(f"| {dataset} | {_label(criterion)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -174,7 +250,7 @@ def plot(dense: dict[str, float], points: list[Point], path: Path) -> None:
     markers = "osD^v<>pP*Xhd"
     marker = {c: markers[i % len(markers)] for i, c in enumerate(criteria)}
     datasets = list(dense)
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(14, 5.2 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(13, 1.4 + 5 * len(datasets)), squeeze=False)
     for row, dataset in enumerate(datasets):
         for col, kind in enumerate(("unstructured", "structured")):
             ax = axes[row][col]
@@ -185,8 +261,8 @@ def plot(dense: dict[str, float], points: list[Point], path: Path) -> None:
                     continue
                 xs = [100 * (p.level if kind == "unstructured" else 1 - p.macs_kept) for p in pts]
                 style = dict(color=colors[criterion], marker=marker[criterion], markersize=5)
-                ax.plot(xs, [100 * p.one_shot for p in pts], "-", label=criterion, **style)
-                ax.plot(xs, [100 * p.finetuned for p in pts], "--", alpha=0.8, **style)
+                ax.plot(xs, [100 * p.one_shot for p in pts], "-", label=_label(criterion), **style)
+                ax.plot(xs, [100 * p.ft for p in pts], "--", alpha=0.8, **style)
             ax.axhline(100 * dense[dataset], color="gray", linestyle=":", linewidth=1.5,
                        label="dense")
             ax.set_xlabel("sparsity (%)" if kind == "unstructured" else "MACs reduction (%)")
@@ -206,10 +282,10 @@ def plot(dense: dict[str, float], points: list[Point], path: Path) -> None:
     handles += [Line2D([], [], color="gray", linestyle="-"),
                 Line2D([], [], color="gray", linestyle="--")]
     labels += ["one-shot (solid)", "+1 epoch FT (dashed)"]
-    fig.legend(handles, labels, loc="center right", fontsize=10, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=10, frameon=False)
     fig.suptitle("LeNet-5: every importance criterion, one-shot (solid) vs + 1 epoch "
                  "fine-tuning (dashed)", fontsize=13)
-    fig.tight_layout(rect=(0, 0, 0.86, 0.97))
+    fig.tight_layout(rect=(0, 0.09 if len(datasets) > 1 else 0.16, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -224,6 +300,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=6000,
                         help="Fashion-MNIST images (train + test, stratified)")
     parser.add_argument("--epochs", type=int, help="dense training epochs (default 15)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs averaged per cell: calibration draw, random seed and "
+                             "fine-tuning batch order change with the run")
     args = parser.parse_args()
 
     import matplotlib
@@ -243,19 +322,24 @@ def main() -> None:
         datasets = datasets[:1]
         epochs = args.epochs or 3
     command = ".venv/bin/python benchmarks/criteria.py" + (" --quick" if args.quick else "") \
-        + f" --out {args.out}"
+        + f" --out {args.out}" + (f" --repeats {args.repeats}" if args.repeats != 2 else "")
     start = time.perf_counter()
     dense: dict[str, float] = {}
     points: list[Point] = []
     for name, limit in datasets:
         dense[name], pts = run_dataset(name, limit, epochs, sparsities, ratios,
-                                       unstructured, structured)
+                                       unstructured, structured, args.repeats)
         points += pts
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(dense, points, sparsities, ratios, command)
-    text += (f"\nDense LeNet-5 trained {epochs} epochs; calibration {CALIB_BATCHES} × 64 "
-             f"images; total wall time {time.perf_counter() - start:.0f} s on one thread.\n"
+    noise = _noise(points, args.repeats)
+    bn = (" bn_scale ranks by BatchNorm |γ| and falls back to l2 where a group has no "
+          "BatchNorm, as everywhere in LeNet-5." if "bn_scale" in structured else "")
+    text += (f"\n† a prunable layer lost every weight (layer collapse).{bn}{noise}"
+             f" Dense LeNet-5 trained {epochs} epochs; "
+             f"calibration {CALIB_BATCHES} × 64 training images; total wall time "
+             f"{time.perf_counter() - start:.0f} s on one thread.\n"
              f"\n![accuracy vs sparsity and MACs](criteria.png)\n")
     (out / "criteria.md").write_text(text)
     plot(dense, points, out / "criteria.png")
