@@ -1,6 +1,6 @@
 """Every importance criterion on LeNet-5: accuracy vs sparsity and vs MACs, one-shot and + 1 epoch.
 
-Run from the repository root (about 10 minutes on one thread of a shared 2-core box):
+Run from the repository root (about 6 minutes on one thread of a shared 2-core box):
 
     .venv/bin/python benchmarks/criteria.py --out benchmarks/results
     .venv/bin/python benchmarks/criteria.py --quick --out /tmp/criteria   # smoke run, ~1 min
