@@ -25,7 +25,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from prunekit.errors import ConfigError
 from prunekit.importance.base import register_criterion, score_dtype
-from prunekit.importance.data import CalibrationData, collect_inputs, missing_data_error
+from prunekit.importance.data import CalibrationData, DataAwareScoring, collect_inputs
 
 __all__ = [
     "ActivationAware",
@@ -146,17 +146,11 @@ def activation_rms(
 
 
 @dataclass(frozen=True)
-class ActivationAware:
+class ActivationAware(DataAwareScoring):
     """|W|·RMS(X) per weight; a group scores the sum of its entries."""
 
     name: str = "activation"
     needs_data: bool = True
-
-    def score(self, weight: Tensor, *, generator: torch.Generator) -> Tensor:
-        raise missing_data_error(self.name, "score()")
-
-    def combine(self, scores: Tensor, dim: int) -> Tensor:
-        return scores.sum(dim=dim)
 
     def prepare(
         self, model: nn.Module, params: Mapping[str, Tensor], data: CalibrationData

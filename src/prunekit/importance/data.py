@@ -304,3 +304,16 @@ def check_positive(name: str, value: object) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"{name}={value!r} must be a finite float >= 0, e.g. {name}=1.0")
     return float(value)
+
+
+class DataAwareScoring:
+    """Shared by data-aware element criteria: no score without a statistic (a clear error
+    naming ``data=``), and a group of elements scores the sum of its entries."""
+
+    name: str
+
+    def score(self, weight: Tensor, *, generator: torch.Generator) -> Tensor:
+        raise missing_data_error(self.name, "score()")
+
+    def combine(self, scores: Tensor, dim: int) -> Tensor:
+        return scores.sum(dim=dim)

@@ -34,17 +34,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from prunekit.importance.base import register_criterion, score_dtype
 from prunekit.importance.data import (
     CalibrationData,
+    DataAwareScoring,
     GradientStats,
     check_positive,
     finite_or_zero,
     gradient_statistics,
-    missing_data_error,
 )
 
 __all__ = [
@@ -79,18 +78,12 @@ def _weight(weight: Tensor) -> Tensor:
     return weight.detach().to(score_dtype(weight))
 
 
-class _GradientCriterion:
-    """Shared parts: needs data, sums over groups, refuses to score without a statistic."""
+class _GradientCriterion(DataAwareScoring):
+    """Shared parts: needs data; its statistic is a gradient statistic."""
 
     name: str
     statistic: Statistic
     needs_data: bool = True
-
-    def score(self, weight: Tensor, *, generator: torch.Generator) -> Tensor:
-        raise missing_data_error(self.name, "score()")
-
-    def combine(self, scores: Tensor, dim: int) -> Tensor:
-        return scores.sum(dim=dim)
 
     def prepare(
         self, model: nn.Module, params: Mapping[str, Tensor], data: CalibrationData

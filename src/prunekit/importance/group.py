@@ -40,6 +40,7 @@ __all__ = [
     "group_criterion_names",
     "register_group_criterion",
     "score_groups",
+    "unit_positions",
 ]
 
 Aggregation = Literal["sum", "mean", "max"]
@@ -69,7 +70,7 @@ class GroupCriterion(Protocol):
                       generator: torch.Generator) -> Tensor: ...
 
 
-def _positions(group: Group, member: Member) -> tuple[Tensor, Tensor]:
+def unit_positions(group: Group, member: Member) -> tuple[Tensor, Tensor]:
     """(index rows of ``member`` inside the group, their unit position in ``group.units``)."""
     inside = torch.isin(member.units, group.units)
     rows = inside.nonzero().reshape(-1)
@@ -92,7 +93,7 @@ class ElementNorm:
             views = [v for v in entry.views if v.kind in self.kinds]
             if not views:
                 continue
-            rows, pos = _positions(group, entry.member)
+            rows, pos = unit_positions(group, entry.member)
             raw = torch.zeros(group.size)
             for view in views:
                 per_row = element.score(view.tensor, generator=generator).sum(1).float()
@@ -134,7 +135,7 @@ class FPGM:
             views = [v.tensor.float() for v in entry.views if v.kind == "weight"]
             if not entry.member.root or not views:
                 continue
-            rows, pos = _positions(group, entry.member)
+            rows, pos = unit_positions(group, entry.member)
             matrix = torch.cat([v[rows] for v in views], dim=1)
             units = torch.zeros(group.size, matrix.shape[1]).index_add_(0, pos, matrix)
             held = torch.zeros(group.size, dtype=torch.bool)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
-from prunekit.graph.dependency import Group, Member
+from prunekit.graph.dependency import Group
 from prunekit.importance.activation import has_input_features
 from prunekit.importance.base import DataCriterion, get_criterion
 from prunekit.importance.data import CalibrationData, LossFn, as_calibration
@@ -41,16 +41,10 @@ from prunekit.importance.group import (
     MemberViews,
     get_group_criterion,
     register_group_criterion,
+    unit_positions,
 )
 
 __all__ = ["StatisticGroupCriterion", "calibrated", "group_statistics"]
-
-
-def _positions(group: Group, member: Member) -> tuple[Tensor, Tensor]:
-    """(rows of ``member`` inside ``group``, their position in ``group.units``)."""
-    inside = torch.isin(member.units, group.units)
-    rows = inside.nonzero().reshape(-1)
-    return rows, torch.searchsorted(group.units, member.units[rows])
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ class StatisticGroupCriterion:
             views = [v for v in entry.views if v.kind in self.kinds and v.grad is not None]
             if not views:
                 continue
-            rows, pos = _positions(group, entry.member)
+            rows, pos = unit_positions(group, entry.member)
             raw = torch.zeros(group.size)
             for view in views:
                 assert view.grad is not None
