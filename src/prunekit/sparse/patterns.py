@@ -79,15 +79,8 @@ class Pattern(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Unstructured:
-    """Single weights."""
-
-    name: str = "unstructured"
-    fixed_sparsity: float | None = None
-
-    def validate(self, tensor: str, shape: torch.Size) -> None:
-        return None
+class _PerWeightUnits:
+    """Patterns whose units are single weights: scores, liveness and masks map one to one."""
 
     def unit_scores(self, scores: torch.Tensor, criterion: Criterion) -> torch.Tensor:
         return scores
@@ -97,6 +90,17 @@ class Unstructured:
 
     def expand(self, keep_units: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         return keep_units.reshape(shape)
+
+
+@dataclass(frozen=True)
+class Unstructured(_PerWeightUnits):
+    """Single weights."""
+
+    name: str = "unstructured"
+    fixed_sparsity: float | None = None
+
+    def validate(self, tensor: str, shape: torch.Size) -> None:
+        return None
 
     def select(self, unit_scores: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -181,7 +185,7 @@ class Block:
 
 
 @dataclass(frozen=True)
-class NofM:
+class NofM(_PerWeightUnits):
     """Keep the N highest-scoring of every M consecutive weights along dim 1."""
 
     n: int
@@ -207,15 +211,6 @@ class NofM:
                 f"{tuple(shape)}) to be divisible by M={self.m}; add the layer to ignore or "
                 f"choose an M that divides {shape[1]}"
             )
-
-    def unit_scores(self, scores: torch.Tensor, criterion: Criterion) -> torch.Tensor:
-        return scores
-
-    def unit_alive(self, keep: torch.Tensor) -> torch.Tensor:
-        return keep
-
-    def expand(self, keep_units: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return keep_units.reshape(shape)
 
     def select(self, unit_scores: torch.Tensor) -> torch.Tensor | None:
         moved = unit_scores.movedim(1, -1)
