@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunekit._inputs import run_model
 from prunekit.zoo import lenet5
 
 Inputs = Tensor | tuple[Tensor, ...] | dict[str, Tensor]
@@ -39,13 +40,7 @@ class ZooEntry:
     notes: str
 
 
-def call(model: nn.Module, inputs: Inputs) -> object:
-    """Run ``model`` on an entry's example inputs, unpacking tuples and dicts."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
+call = run_model  # model(x), model(*x) or model(**x), as the entry's inputs imply
 
 
 def output_tensors(out: object) -> list[Tensor]:

@@ -27,7 +27,7 @@ from prunekit.io.atomic import atomic_write_text
 from prunekit.io.checkpoint import save
 from prunekit.metrics.latency import benchmark_latency
 from prunekit.metrics.profile import profile
-from prunekit.report.table import Column, make_console, print_table
+from prunekit.report.table import SIZE_COLUMNS, Column, make_console, print_table, profile_row
 from prunekit.sparse.masks import strip
 from prunekit.sparse.sparsify import sparsify
 from prunekit.train.finetune import FinetuneConfig, evaluate, finetune
@@ -71,12 +71,7 @@ COLUMNS = (
     Column("acc_pruned", "acc no FT", "{:.1%}"),
     Column("accuracy", "acc", "{:.1%}"),
     Column("delta", "Δ pts", "{:+.1f}"),
-    Column("params", "params", "{:,}"),
-    Column("nonzeros", "non-zeros", "{:,}"),
-    Column("macs", "MACs dense", "{:,}"),
-    Column("sparse_macs", "MACs sparse", "{:,}"),
-    Column("bytes_dense", "bytes fp32", "{:,}"),
-    Column("bytes_sparse", "bytes compr.", "{:,}"),
+    *SIZE_COLUMNS,
     Column("latency_ms", "latency ms", "{:.2f}"),
 )
 
@@ -86,15 +81,7 @@ def _measure(model: nn.Module, example: torch.Tensor, cfg: DemoConfig) -> dict[s
     # latency on a plain copy: masks baked in, as the model would ship
     plain = strip(copy.deepcopy(model)).eval()
     lat = benchmark_latency(plain, example, warmup=5, repeats=30, threads=cfg.latency_threads)
-    return {
-        "params": prof.total_params,
-        "nonzeros": prof.nonzero_params,
-        "macs": prof.macs,
-        "sparse_macs": prof.sparse_macs,
-        "bytes_dense": prof.bytes_fp32,
-        "bytes_sparse": prof.bytes_sparse_fp32,
-        "latency_ms": lat.median_ms,
-    }
+    return {**profile_row(prof), "latency_ms": lat.median_ms}
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:

@@ -11,18 +11,10 @@ from prunekit.cli.calibration import add_calibration_arguments, calibration_from
 from prunekit.cli.model_spec import add_model_arguments, model_from_args
 from prunekit.io.checkpoint import save
 from prunekit.metrics.profile import profile
-from prunekit.report.table import Column, print_table
+from prunekit.report.table import SIZE_COLUMNS, Column, print_table, profile_row
 from prunekit.sparse.sparsify import sparsify
 
-_COLUMNS = (
-    Column("name", "", justify="left"),
-    Column("params", "params", "{:,}"),
-    Column("nonzeros", "non-zeros", "{:,}"),
-    Column("macs", "MACs dense", "{:,}"),
-    Column("sparse_macs", "MACs sparse", "{:,}"),
-    Column("bytes_dense", "fp32 dense B", "{:,}"),
-    Column("bytes_sparse", "fp32 compressed B", "{:,}"),
-)
+_COLUMNS = (Column("name", "", justify="left"), *SIZE_COLUMNS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,10 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _row(name: str, model: torch.nn.Module, example: torch.Tensor) -> dict[str, object]:
-    prof = profile(model, example)
-    return {"name": name, "params": prof.total_params, "nonzeros": prof.nonzero_params,
-            "macs": prof.macs, "sparse_macs": prof.sparse_macs, "bytes_dense": prof.bytes_fp32,
-            "bytes_sparse": prof.bytes_sparse_fp32}
+    return {"name": name, **profile_row(profile(model, example))}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from prunekit.metrics.profile import Profile
+
 
 @dataclass(frozen=True)
 class Column:
@@ -48,3 +50,21 @@ def print_table(
 ) -> None:
     """Print the table to ``console`` (stdout by default); plain when stdout is not a TTY."""
     (console or make_console()).print(rich_table(title, columns, rows))
+
+
+# the size columns every before/after table shares, keyed as ``profile_row`` writes them
+SIZE_COLUMNS = (
+    Column("params", "params", "{:,}"),
+    Column("nonzeros", "non-zeros", "{:,}"),
+    Column("macs", "MACs dense", "{:,}"),
+    Column("sparse_macs", "MACs sparse", "{:,}"),
+    Column("bytes_dense", "bytes fp32", "{:,}"),
+    Column("bytes_sparse", "bytes compr.", "{:,}"),
+)
+
+
+def profile_row(prof: Profile) -> dict[str, object]:
+    """The ``SIZE_COLUMNS`` values of a profile."""
+    return {"params": prof.total_params, "nonzeros": prof.nonzero_params, "macs": prof.macs,
+            "sparse_macs": prof.sparse_macs, "bytes_dense": prof.bytes_fp32,
+            "bytes_sparse": prof.bytes_sparse_fp32}
