@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -32,3 +35,61 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+class AtomicDirectory:
+    """Context manager: write into a temporary sibling, then swap it in under ``target``.
+
+    An existing ``target`` is renamed aside to ``.<name>.old-<token>`` and removed only once
+    the new directory is in place; a crash in between leaves nothing under the name and the
+    old checkpoint intact beside it (``load`` points to it).
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            for child in self.tmp.iterdir():
+                _fsync(child)
+            _fsync(self.tmp)
+            self._swap_in()
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _swap_in(self) -> None:
+        if not self.target.exists():
+            os.rename(self.tmp, self.target)
+            _fsync(self.target.parent)
+            return
+        backup = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.rename(self.target, backup)
+        try:
+            os.rename(self.tmp, self.target)
+        except BaseException:
+            os.rename(backup, self.target)
+            raise
+        _fsync(self.target.parent)
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a directory entry list to disk (directories only where POSIX allows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. directories on Windows
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

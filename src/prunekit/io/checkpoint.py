@@ -23,8 +23,6 @@ import dataclasses
 import datetime
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from torch.nn.utils import parametrize
 
 from prunekit import __version__
 from prunekit.errors import ConfigError, PrunekitError
+from prunekit.io.atomic import AtomicDirectory
 from prunekit.sparse.masks import WeightMask, apply_mask, get_mask, masked_tensors
 from prunekit.sparse.storage import EncodedTensor, decode, encode, resolve_value_dtype
 
@@ -112,7 +111,7 @@ def save(
         **({"sparse": encoded} if encoded else {}),
         **manifest_extra,
     }
-    with _AtomicDirectory(target) as tmp:
+    with AtomicDirectory(target) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return target
@@ -386,64 +385,6 @@ def _check_replaceable(target: Path) -> None:
             f"path {str(target)!r} is a non-empty directory that is not a prunekit "
             "checkpoint; refusing to replace it — pass a new or empty directory path"
         )
-
-
-class _AtomicDirectory:
-    """Context manager: write into a temporary sibling, then swap it in under ``target``.
-
-    An existing ``target`` is renamed aside to ``.<name>.old-<token>`` and removed only once
-    the new directory is in place; a crash in between leaves nothing under the name and the
-    old checkpoint intact beside it (``load`` points to it).
-    """
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        try:
-            for child in self.tmp.iterdir():
-                _fsync(child)
-            _fsync(self.tmp)
-            self._swap_in()
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
-
-    def _swap_in(self) -> None:
-        if not self.target.exists():
-            os.rename(self.tmp, self.target)
-            _fsync(self.target.parent)
-            return
-        backup = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(self.target, backup)
-        try:
-            os.rename(self.tmp, self.target)
-        except BaseException:
-            os.rename(backup, self.target)
-            raise
-        _fsync(self.target.parent)
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or a directory entry list to disk (directories only where POSIX allows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. directories on Windows
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- loading ------------------------------------------------------------------------------
