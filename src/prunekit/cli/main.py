@@ -15,6 +15,7 @@ _COMMANDS = (
     "prunekit.cli.prune_cmd",
     "prunekit.cli.sparsify_cmd",
     "prunekit.cli.profile_cmd",
+    "prunekit.cli.llm_cmd",
 )
 
 
