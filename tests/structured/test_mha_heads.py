@@ -18,8 +18,7 @@ from torch import Tensor, nn
 
 import prunekit as pk
 from prunekit.errors import ConfigError
-from prunekit.structured import analyze, apply_plan, prune
-from prunekit.structured.mha import PrunedMultiheadAttention
+from prunekit.structured import PrunedMultiheadAttention, analyze, apply_plan, prune
 
 
 def _mha_params(m: nn.MultiheadAttention) -> int:

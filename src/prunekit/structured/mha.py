@@ -92,13 +92,8 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
                   source.in_proj_bias is not None, source.bias_k is not None,
                   source.add_zero_attn, source.kdim, source.vdim, source.batch_first,
                   device="meta", head_dim=source.head_dim)
-        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
-                     "in_proj_bias", "bias_k", "bias_v"):
-            tensor = getattr(source, name)
-            if name in new._parameters or tensor is None:
-                new._parameters[name] = tensor
-            else:
-                setattr(new, name, tensor)
+        for name in new._parameters:  # the same layout: registered (or None) on both
+            new._parameters[name] = getattr(source, name)
         new.out_proj = source.out_proj
         new.head_origin = getattr(source, "head_origin", None)
         new.train(source.training)
