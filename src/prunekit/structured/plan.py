@@ -144,7 +144,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
                               f"bake it in first with prunekit.strip(model), then prune")
         keep = {dim: _index(v, f"{name}.{dim}") for dim, v in entry["keep"].items()}
         if "swap" in entry:
-            original, module = module, _swapped(model, name, module, keep, entry["swap"])
+            original, module = module, _swapped(name, module, keep, entry["swap"])
             swaps.append((original, module))
             adapter = find_adapter(module)
         cuts.append((adapter, module, keep))
@@ -204,7 +204,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
             owner_adapter.sync(module)
 
 
-def _swapped(model: nn.Module, name: str, module: nn.Module, keep: Mapping[str, Tensor],
+def _swapped(name: str, module: nn.Module, keep: Mapping[str, Tensor],
              recorded: Any) -> nn.Module:
     """The replacement the plan recorded for ``module``, rebuilt by its layer adapter."""
     replacement = _replacement(module, keep)
