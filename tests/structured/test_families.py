@@ -16,8 +16,8 @@ def test_multihead_attention_attributes_follow() -> None:
     entry = BY_NAME["vit"]
     model, inputs = entry.build().eval(), entry.example_inputs()
     result = prune(model, inputs, ratio=0.5)
-    attn = result.model.blocks[0].self_attention
-    assert attn.embed_dim == 32 and attn.head_dim == 8 and attn.num_heads == 4
+    attn = result.model.blocks[0].self_attention  # whole heads go: 4 -> 2 of width 16
+    assert attn.embed_dim == 32 and attn.head_dim == 16 and attn.num_heads == 2
     assert attn.in_proj_weight.shape == (96, 32) and attn.out_proj.in_features == 32
     assert result.model.class_token.shape == (1, 1, 32)
     assert result.model.pos_embedding.shape[-1] == 32

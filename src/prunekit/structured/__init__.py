@@ -1,8 +1,8 @@
 """Structured pruning: physically remove channels, neurons and hidden units.
 
 Public names resolve lazily (``prune``, ``PruneResult``, ``replay_plan``, ``analyze``,
-``prune_depth``, ``register_adapter``) so that lower layers can import the adapter seam
-without pulling in the whole pipeline.
+``prune_depth``, ``register_adapter``, ``PrunedMultiheadAttention``) so that lower layers
+can import the adapter seam without pulling in the whole pipeline.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ _PUBLIC: dict[str, str] = {
     "register_adapter": "prunekit.structured.adapters",
     "find_adapter": "prunekit.structured.adapters",
     "WeightView": "prunekit.structured.adapters",
+    "PrunedMultiheadAttention": "prunekit.structured.mha",
 }
 
 __all__ = list(_PUBLIC)

@@ -9,7 +9,11 @@ A plan is a dict::
 
 ``attrs`` rewrites int attributes that the model's own code uses to size reshapes;
 an optional ``"skip": ["layers.3", ...]`` replaces whole blocks by :class:`SkipBlock`
-(depth pruning).
+(depth pruning). A module entry may carry ``"swap": "PrunedMultiheadAttention"``: its
+layer adapter (a :class:`SwapAdapter`) replaces the module by one that can hold the cut
+shapes (torch's ``nn.MultiheadAttention`` cannot lose whole heads) before cutting it; on
+replay the same adapter rebuilds it and the class name must match (nothing is imported
+by name).
 
 ``apply_plan`` (exported as ``replay_plan``) cuts a model accordingly through the layer
 adapters; on a freshly built model of the same class it reproduces the pruned
@@ -19,7 +23,7 @@ architecture exactly, so a checkpoint needs only the plan and the weights (no pi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +33,7 @@ from prunekit.errors import ConfigError
 from prunekit.graph.dependency import DependencyGraph
 from prunekit.structured.adapters import ParamSlicer, find_adapter
 
-__all__ = ["PLAN_FORMAT", "SkipBlock", "apply_plan", "build_plan", "replay_plan"]
+__all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "apply_plan", "build_plan", "replay_plan"]
 
 PLAN_FORMAT = "prunekit.structured.plan/1"
 
@@ -39,6 +43,21 @@ class SkipBlock(nn.Module):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return x
+
+
+@runtime_checkable
+class SwapAdapter(Protocol):
+    """A layer adapter that cuts some modules through a replacement of another class."""
+
+    def swap(self, module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
+        """The module to install and cut in place of ``module`` (sharing its parameters),
+        or None to cut ``module`` itself."""
+        ...
+
+
+def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
+    adapter = find_adapter(module)
+    return adapter.swap(module, keep) if isinstance(adapter, SwapAdapter) else None
 
 
 def build_plan(model: nn.Module, graph: DependencyGraph, masks: Sequence[Tensor]) -> dict[str, Any]:
@@ -61,6 +80,11 @@ def build_plan(model: nn.Module, graph: DependencyGraph, masks: Sequence[Tensor]
             entry = plan["params"].setdefault(member.name, {"sizes": {}, "keep": {}})
             entry["sizes"][str(member.axis)] = int(member.units.numel())
             entry["keep"][str(member.axis)] = keep.tolist()
+    for name, entry in plan["modules"].items():
+        keep_index = {dim: torch.tensor(v, dtype=torch.long) for dim, v in entry["keep"].items()}
+        replacement = _replacement(modules[name], keep_index)
+        if replacement is not None:
+            entry["swap"] = type(replacement).__name__
     return plan
 
 
@@ -106,6 +130,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
         )
     slicer = ParamSlicer()
     cuts: list[tuple[Any, nn.Module, dict[str, Tensor]]] = []
+    swaps: list[tuple[nn.Module, nn.Module]] = []
     for name, entry in plan.get("modules", {}).items():
         module = _submodule(model, name)
         if type(module).__name__ != entry.get("type"):
@@ -118,6 +143,10 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
             raise ConfigError(f"layer {name!r} carries a parametrization (a sparsity mask?); "
                               f"bake it in first with prunekit.strip(model), then prune")
         keep = {dim: _index(v, f"{name}.{dim}") for dim, v in entry["keep"].items()}
+        if "swap" in entry:
+            original, module = module, _swapped(name, module, keep, entry["swap"])
+            swaps.append((original, module))
+            adapter = find_adapter(module)
         cuts.append((adapter, module, keep))
     params = []
     for name, entry in plan.get("params", {}).items():
@@ -147,13 +176,21 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
                                   f"{name!r} has no int attribute {attr!r} (or the value is "
                                   f"not a positive int)")
             attrs.append((module, attr, value))
+    installed: list[tuple[nn.Module, nn.Module]] = []
     try:
+        for old, new in swaps:
+            _replace_module(model, old, new)
+            installed.append((old, new))
         for adapter, module, keep in cuts:
             adapter.prune(module, keep, slicer)
         for module, attr, axis, index in params:
             slicer.slice(module, attr, axis, index)
-    except (IndexError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"plan does not fit this model: {exc}") from exc
+    except BaseException as exc:
+        for old, new in reversed(installed):
+            _replace_module(model, new, old)
+        if isinstance(exc, (IndexError, RuntimeError, ValueError)):
+            raise ConfigError(f"plan does not fit this model: {exc}") from exc
+        raise
     slicer.finish()
     for parent_module, child in skips:
         setattr(parent_module, child, SkipBlock())
@@ -165,6 +202,32 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
         owner_adapter = find_adapter(module, atomic=False)
         if owner_adapter is not None:
             owner_adapter.sync(module)
+
+
+def _swapped(name: str, module: nn.Module, keep: Mapping[str, Tensor],
+             recorded: Any) -> nn.Module:
+    """The replacement the plan recorded for ``module``, rebuilt by its layer adapter."""
+    replacement = _replacement(module, keep)
+    got = None if replacement is None else type(replacement).__name__
+    if not isinstance(recorded, str) or got != recorded:
+        raise ConfigError(f"plan swaps {name!r} ({type(module).__name__}) for a {recorded!r}, "
+                          f"but its layer adapter gives {got!r}; replay the plan with the "
+                          f"prunekit version that wrote it")
+    if not name:
+        raise ConfigError(f"plan swaps the model itself for a {recorded}; only a submodule "
+                          f"can be replaced — wrap the {type(module).__name__} in a module")
+    assert replacement is not None
+    if find_adapter(replacement) is None:
+        raise ConfigError(f"no layer adapter for {recorded} (the replacement at {name!r})")
+    return replacement
+
+
+def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` wherever ``model`` holds ``old`` (a shared module at several paths too)."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if child is old:
+                setattr(module, child_name, new)
 
 
 def replay_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
