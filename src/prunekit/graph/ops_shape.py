@@ -116,12 +116,14 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
         if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
             heads = [k for k, v in attrs.items()
                      if v == labels.shape[inferred] and _counts_heads(k)]
+            _check_head_size(ctx, call, labels, bearing, inferred, sizes)
             return inferred, heads[0] if len(heads) == 1 else None
     written = set(sizes)
     for dim in bearing[:-1]:
         size = labels.shape[dim]
         heads = [k for k, v in attrs.items() if v == size and _counts_heads(k)]
         if size in written and len(heads) == 1:
+            _check_head_size(ctx, call, labels, bearing, dim, sizes)
             return dim, heads[0]
     last = bearing[-1]
     size = labels.shape[last]
@@ -135,6 +137,51 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
                           f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
         return last, None
     return last, holders[0]
+
+
+def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],
+                     heads: int, sizes: list[int]) -> None:
+    """Whole heads may go only if the per-head size stays what it is: each factor after the
+    head count must be left to -1 or held by an int attribute (``self.head_dim``). A size
+    computed in the code (``C // self.n_head``, ``C`` read from the input) would follow the
+    head count or the input width, so the heads are kept whole — and, when the heads span
+    exactly the width read by their projection, that projection's input width too."""
+    aligned = len(sizes) == labels.dim()
+    held = set(_int_attrs_values(ctx))
+    loose = [labels.shape[d] for d in bearing if d > heads
+             if not (aligned and sizes[d] == -1) and labels.shape[d] not in held
+             and not (not aligned and -1 in sizes)]
+    if not loose:
+        return
+    where = f"module {ctx.path!r}" if ctx.path else "the model"
+    reason = (f"{call.display} splits channels into heads of {loose[0]}, a size that no int "
+              f"attribute of {where} holds (computed in the code, e.g. C // self.n_head?), "
+              f"so it would change when heads or the input width shrink; store it as "
+              f"self.head_dim or write -1 to prune heads")
+    width = 1
+    for d in bearing:
+        width *= labels.shape[d]
+    for inputs in _producer_inputs(ctx, labels):
+        if inputs.numel() == width:
+            ctx.block(inputs, reason)
+    ctx.block(labels, reason)
+
+
+def _int_attrs_values(ctx: TraceContext) -> list[int]:
+    return [v for v in vars(ctx.running_module).values()
+            if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
+    """The input channel labels of the layers whose outputs ``labels`` carry."""
+    roots = ctx.space.find(labels).unique()
+    found = []
+    for record in ctx.modules.values():
+        out, inp = record.dims.get("out"), record.dims.get("in")
+        if out is not None and inp is not None and bool(
+                torch.isin(ctx.space.find(out.labels), roots).any()):
+            found.append(inp.labels)
+    return found
 
 
 def _counts_heads(name: str) -> bool:
@@ -258,13 +305,55 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
     canon = ctx.space.find(ctx.labels(source))
     if not varies(canon, dim) or len(pieces) < 2:
         return
-    if call.name != "chunk" or len({p.shape[dim] for p in pieces}) != 1:
-        ctx.block(canon, f"{call.display} splits a channel dimension at sizes fixed in the "
-                         f"code (chunk() adapts to the width, split() does not)")
+    widths = {p.shape[dim] for p in pieces}
+    if len(widths) != 1:
+        ctx.block(canon, f"{call.display} splits a channel dimension into unequal parts at "
+                         f"sizes fixed in the code")
         return
+    attr = None
+    if call.name != "chunk":
+        attr, why = _split_attribute(ctx, call, widths.pop())
+        if attr is None:
+            ctx.block(canon, why)
+            return
     first = ctx.space.find(pieces[0])
     for piece in pieces[1:]:  # pieces shrink alike: couple them index by index
         ctx.space.union(first, ctx.space.find(piece))
+    if attr is not None:  # the split size is rewritten to the new width of one part
+        line = ctx.space.find(first).movedim(dim, -1).reshape(-1, first.shape[dim])[0]
+        ctx.bind_attribute(ctx.path, attr, line)
+
+
+def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str | None, str]:
+    """The int attribute of the running module that holds an equal split's part width
+    (``self.split_size``, ``self.n_embd``), or None and why the split keeps its width.
+
+    A fused q/k/v projection split by such a width (``c_attn(x).split(self.n_embd, 2)``)
+    stays prunable: the parts shrink alike and the attribute is rewritten. Several
+    attributes with that value are resolved by a name with ``split`` in it."""
+    if width not in tensors_free(call.args[1:2]) and width not in tensors_free(
+            (call.kwargs.get("split_size_or_sections", call.kwargs.get("split_size")),)):
+        return None, f"{call.display} splits a channel dimension at sizes fixed in the code"
+    holders = _int_attrs(ctx, width)
+    if len(holders) > 1:
+        holders = [k for k in holders if "split" in k.lower()] or holders
+    if len(holders) == 1:
+        return holders[0], ""
+    where = f"module {ctx.path!r}" if ctx.path else "the model"
+    if not holders:
+        return None, (f"{call.display} splits a channel dimension into parts of {width}, and "
+                      f"no int attribute of {where} holds that width (a literal or a width "
+                      f"computed in the code cannot be rewritten; store it as an attribute "
+                      f"such as self.split_size, or use chunk())")
+    return None, (f"{call.display} splits a channel dimension into parts of {width}, which "
+                  f"several attributes of {where} hold ({', '.join(holders)}), so prunekit "
+                  f"cannot tell which to rewrite")
+
+
+def _int_attrs(ctx: TraceContext, value: int) -> list[str]:
+    """Names of the running module's int attributes equal to ``value``."""
+    return [k for k, v in vars(ctx.running_module).items()
+            if isinstance(v, int) and not isinstance(v, bool) and v == value]
 
 
 register_op(REPLAY, _replay_only)
