@@ -219,3 +219,25 @@ def test_a_split_width_read_elsewhere_fails_loudly_and_leaves_the_model() -> Non
         prune(model, ids, ratios=_heads_only(model, 0.5))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert model.h[0].attn.n_embd == DIM and model.h[0].attn.n_head == HEADS
+
+
+def test_hugging_face_gpt2_prunes_heads_through_c_attn(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=DIM, n_layer=2, n_head=HEADS,
+                                     n_positions=16, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    inputs = {"input_ids": _ids()}
+    result = prune(model, inputs, ratio=0.5)
+    for block in result.model.transformer.h:
+        attn = block.attn  # split_size (not embed_dim, which holds the same value) follows
+        assert (attn.num_heads, attn.split_size, attn.head_dim) == (2, 16, HEAD_DIM)
+        assert attn.c_attn.nf == 48 and attn.c_proj.nx == 16
+    assert result.plan["attrs"]["transformer.h.0.attn"] == {"split_size": 16, "num_heads": 2}
+    with torch.no_grad():
+        logits = result.model(**inputs).logits
+        assert logits.shape == model(**inputs).logits.shape == (2, 8, VOCAB)
+    pk.save(result, tmp_path / "gpt2")
+    loaded = pk.load(tmp_path / "gpt2", transformers.GPT2LMHeadModel(config).eval())
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, logits)

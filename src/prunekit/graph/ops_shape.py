@@ -9,10 +9,19 @@ Three rules keep the replay sound after channels are removed:
   is rewritten), otherwise the last factor (a channel shuffle's
   ``[B, C] -> [B, groups, C/groups]``: channel ``j`` of every group goes together, so the
   group count written in the code stays valid; ``self.head_dim`` is rewritten if used);
-* ``chunk`` couples the pieces index by index, so all pieces shrink alike;
+  whole heads go only if the per-head size is left to -1 or held by an attribute
+  (``self.head_dim``): one computed in the code (nanoGPT's ``C // self.n_head``) keeps the
+  heads, and the input width of the layer they come from, whole;
+* ``chunk`` couples the pieces index by index, so all pieces shrink alike; so does a
+  ``split`` into equal parts whose width one int attribute of the running module holds
+  (a fused q/k/v projection, ``c_attn(x).split(self.split_size, 2)``), and that attribute
+  is rewritten;
 * a fixed-size selection along a channel dimension (``x[:, :32]``, ``narrow``, ``split``
-  with sizes, ``unbind``, ``select``) keeps those channels whole, since the sizes written
-  in the code would no longer match.
+  by a literal, a computed or an unequal size, ``unbind``, ``select``) keeps those channels
+  whole, since the sizes written in the code would no longer match.
+
+Attributes are matched by value, so a literal that happens to equal one is taken for it:
+the forward check after surgery then fails loudly, and the user's model is left as it was.
 """
 
 from __future__ import annotations
@@ -109,8 +118,7 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     group count written in the code stays valid), and if its size is written in the call
     and held by one int attribute (``self.head_dim``), that attribute is rewritten."""
     sizes = tensors_free(call.args[1:])
-    attrs = {k: v for k, v in vars(ctx.running_module).items()
-             if isinstance(v, int) and not isinstance(v, bool)}
+    attrs = int_attributes(ctx)
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
         inferred = sizes.index(-1)
         if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
@@ -147,10 +155,13 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     head count or the input width, so the heads are kept whole — and, when the heads span
     exactly the width read by their projection, that projection's input width too."""
     aligned = len(sizes) == labels.dim()
-    held = set(_int_attrs_values(ctx))
-    loose = [labels.shape[d] for d in bearing if d > heads
-             if not (aligned and sizes[d] == -1) and labels.shape[d] not in held
-             and not (not aligned and -1 in sizes)]
+    held = set(int_attributes(ctx).values())
+
+    def adapts(dim: int) -> bool:  # left to -1 (where the written sizes line up with dims)
+        return sizes[dim] == -1 if aligned else -1 in sizes
+
+    loose = [labels.shape[d] for d in bearing
+             if d > heads and not adapts(d) and labels.shape[d] not in held]
     if not loose:
         return
     where = f"module {ctx.path!r}" if ctx.path else "the model"
@@ -165,11 +176,6 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
         if inputs.numel() == width:
             ctx.block(inputs, reason)
     ctx.block(labels, reason)
-
-
-def _int_attrs_values(ctx: TraceContext) -> list[int]:
-    return [v for v in vars(ctx.running_module).values()
-            if isinstance(v, int) and not isinstance(v, bool)]
 
 
 def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
@@ -334,7 +340,7 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
     if width not in tensors_free(call.args[1:2]) and width not in tensors_free(
             (call.kwargs.get("split_size_or_sections", call.kwargs.get("split_size")),)):
         return None, f"{call.display} splits a channel dimension at sizes fixed in the code"
-    holders = _int_attrs(ctx, width)
+    holders = [k for k, v in int_attributes(ctx).items() if v == width]
     if len(holders) > 1:
         holders = [k for k in holders if "split" in k.lower()] or holders
     if len(holders) == 1:
@@ -350,10 +356,10 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
                   f"cannot tell which to rewrite")
 
 
-def _int_attrs(ctx: TraceContext, value: int) -> list[str]:
-    """Names of the running module's int attributes equal to ``value``."""
-    return [k for k, v in vars(ctx.running_module).items()
-            if isinstance(v, int) and not isinstance(v, bool) and v == value]
+def int_attributes(ctx: TraceContext) -> dict[str, int]:
+    """The running module's int attributes (the sizes its forward may read)."""
+    return {k: v for k, v in vars(ctx.running_module).items()
+            if isinstance(v, int) and not isinstance(v, bool)}
 
 
 register_op(REPLAY, _replay_only)
