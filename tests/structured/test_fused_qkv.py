@@ -20,7 +20,7 @@ import prunekit as pk
 from prunekit.errors import PruneValidationError
 from prunekit.structured import prune
 
-Style = Literal["split", "chunk", "view", "computed", "literal", "ambiguous"]
+Style = Literal["split", "chunk", "view", "bloom", "computed", "literal", "ambiguous"]
 DIM, HEADS, VOCAB = 32, 4, 50
 HEAD_DIM = DIM // HEADS
 
@@ -51,6 +51,9 @@ class FusedAttention(nn.Module):
         if self.style == "view":
             qkv = fused.view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
+        elif self.style == "bloom":  # rows laid out as (heads, 3, head_dim)
+            qkv = fused.view(b, t, self.n_head, 3, self.head_dim).transpose(1, 2)
+            q, k, v = qkv.unbind(3)
         else:
             if self.style == "chunk":
                 parts = fused.chunk(3, dim=-1)
@@ -115,7 +118,7 @@ def _heads_only(model: nn.Module, ratio: float) -> dict[str, float]:
 PER_HEAD = 3 * HEAD_DIM * (DIM + 1) + HEAD_DIM * DIM  # q/k/v rows + biases, c_proj columns
 
 
-@pytest.mark.parametrize("style", ["split", "chunk", "view"])
+@pytest.mark.parametrize("style", ["split", "chunk", "view", "bloom"])
 @pytest.mark.parametrize(("ratio", "removed"), [(0.3, 1), (0.5, 2)])
 def test_whole_heads_leave_the_fused_projection(style: Style, ratio: float,
                                                 removed: int) -> None:
@@ -137,7 +140,7 @@ def test_whole_heads_leave_the_fused_projection(style: Style, ratio: float,
     assert attrs["n_head"] == left and attrs.get("n_embd", left * HEAD_DIM) == left * HEAD_DIM
 
 
-@pytest.mark.parametrize("style", ["split", "chunk", "view"])
+@pytest.mark.parametrize("style", ["split", "chunk", "view", "bloom"])
 def test_the_same_heads_leave_q_k_v_and_c_proj(style: Style) -> None:
     model, ids = _build(style), _ids()
     result = prune(model, ids, ratios=_heads_only(model, 0.5), importance="random", seed=4)
@@ -145,11 +148,14 @@ def test_the_same_heads_leave_q_k_v_and_c_proj(style: Style) -> None:
     cols = result.plan["modules"]["h.0.attn.c_proj"]["keep"]["in"]
     heads = sorted({c // HEAD_DIM for c in cols})
     assert cols == [h * HEAD_DIM + j for h in heads for j in range(HEAD_DIM)]
-    # q | k | v (or the view's (3, heads, head_dim)): the kept heads' rows in every part
-    assert keep == [p * DIM + c for p in range(3) for c in cols]
+    assert len(heads) == 2
+    if style == "bloom":  # rows laid out as (heads, 3, head_dim)
+        assert keep == [3 * h * HEAD_DIM + j for h in heads for j in range(3 * HEAD_DIM)]
+    else:  # q | k | v (or the view's (3, heads, head_dim)): the kept heads' rows in each
+        assert keep == [p * DIM + c for p in range(3) for c in cols]
 
 
-@pytest.mark.parametrize("style", ["split", "chunk", "view"])
+@pytest.mark.parametrize("style", ["split", "chunk", "view", "bloom"])
 def test_pruning_heads_equals_zeroing_their_contribution(style: Style) -> None:
     model, ids = _build(style, norm=False), _ids()
     for ratios in (_heads_only(model, 0.5), None):  # heads alone, then every group at 0.5

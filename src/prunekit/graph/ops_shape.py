@@ -149,26 +149,22 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
 
 def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],
                      heads: int, sizes: list[int]) -> None:
-    """Whole heads may go only if the per-head size stays what it is: each factor after the
-    head count must be left to -1 or held by an int attribute (``self.head_dim``). A size
-    computed in the code (``C // self.n_head``, ``C`` read from the input) would follow the
-    head count or the input width, so the heads are kept whole — and, when the heads span
-    exactly the width read by their projection, that projection's input width too."""
-    aligned = len(sizes) == labels.dim()
+    """Whole heads may go only if the per-head size stays what it is: the last factor (after
+    the head count) must be left to -1 or held by an int attribute (``self.head_dim``). A
+    size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
+    the head count or the input width, so the heads are kept whole — and, when the heads
+    span exactly the width read by their projection, that projection's input width too.
+    Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay."""
+    last = bearing[-1]
     held = set(int_attributes(ctx).values())
-
-    def adapts(dim: int) -> bool:  # left to -1 (where the written sizes line up with dims)
-        return sizes[dim] == -1 if aligned else -1 in sizes
-
-    loose = [labels.shape[d] for d in bearing
-             if d > heads and not adapts(d) and labels.shape[d] not in held]
-    if not loose:
+    adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
+    if last <= heads or adapts or labels.shape[last] in held:
         return
     where = f"module {ctx.path!r}" if ctx.path else "the model"
-    reason = (f"{call.display} splits channels into heads of {loose[0]}, a size that no int "
-              f"attribute of {where} holds (computed in the code, e.g. C // self.n_head?), "
-              f"so it would change when heads or the input width shrink; store it as "
-              f"self.head_dim or write -1 to prune heads")
+    reason = (f"{call.display} splits channels into heads of {labels.shape[last]}, a size "
+              f"that no int attribute of {where} holds (computed in the code, e.g. "
+              f"C // self.n_head?), so it would change when heads or the input width shrink; "
+              f"store it as self.head_dim or write -1 to prune heads")
     width = 1
     for d in bearing:
         width *= labels.shape[d]
