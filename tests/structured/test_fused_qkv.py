@@ -167,12 +167,14 @@ def test_pruning_heads_equals_zeroing_their_contribution(style: Style) -> None:
             torch.testing.assert_close(result.model(ids), zeroed(ids), rtol=1e-4, atol=1e-5)
 
 
-def test_ratio_zero_keeps_outputs_identical() -> None:
-    model, ids = _build(), _ids()
-    result = prune(model, ids, ratios=_heads_only(model, 0.0))
-    assert result.plan["attrs"] == {} and _params(result.model) == _params(model)
-    with torch.no_grad():
-        assert torch.equal(result.model(ids), model(ids))
+@pytest.mark.parametrize("style", ["split", "bloom"])
+def test_ratio_zero_keeps_outputs_identical(style: Style) -> None:
+    model, ids = _build(style), _ids()
+    for kwargs in ({"ratio": 0.0}, {"ratios": _heads_only(model, 0.0)}):
+        result = prune(model, ids, **kwargs)  # type: ignore[arg-type]
+        assert result.plan["attrs"] == {} and _params(result.model) == _params(model)
+        with torch.no_grad():
+            assert torch.equal(result.model(ids), model(ids))
 
 
 @pytest.mark.parametrize("style", ["split", "view"])

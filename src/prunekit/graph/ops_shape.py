@@ -118,7 +118,7 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     group count written in the code stays valid), and if its size is written in the call
     and held by one int attribute (``self.head_dim``), that attribute is rewritten."""
     sizes = tensors_free(call.args[1:])
-    attrs = int_attributes(ctx)
+    attrs = _int_attributes(ctx)
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
         inferred = sizes.index(-1)
         if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
@@ -156,7 +156,7 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     span exactly the width read by their projection, that projection's input width too.
     Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay."""
     last = bearing[-1]
-    held = set(int_attributes(ctx).values())
+    held = set(_int_attributes(ctx).values())
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
     if last <= heads or adapts or labels.shape[last] in held:
         return
@@ -336,7 +336,7 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
     if width not in tensors_free(call.args[1:2]) and width not in tensors_free(
             (call.kwargs.get("split_size_or_sections", call.kwargs.get("split_size")),)):
         return None, f"{call.display} splits a channel dimension at sizes fixed in the code"
-    holders = [k for k, v in int_attributes(ctx).items() if v == width]
+    holders = [k for k, v in _int_attributes(ctx).items() if v == width]
     if len(holders) > 1:
         holders = [k for k in holders if "split" in k.lower()] or holders
     if len(holders) == 1:
@@ -349,10 +349,10 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
                       f"such as self.split_size, or use chunk())")
     return None, (f"{call.display} splits a channel dimension into parts of {width}, which "
                   f"several attributes of {where} hold ({', '.join(holders)}), so prunekit "
-                  f"cannot tell which to rewrite")
+                  f"cannot tell which to rewrite; name the one the split reads split_size")
 
 
-def int_attributes(ctx: TraceContext) -> dict[str, int]:
+def _int_attributes(ctx: TraceContext) -> dict[str, int]:
     """The running module's int attributes (the sizes its forward may read)."""
     return {k: v for k, v in vars(ctx.running_module).items()
             if isinstance(v, int) and not isinstance(v, bool)}
