@@ -97,8 +97,37 @@ def test_heads_the_config_cannot_hold_raise_before_pruning() -> None:
     with pytest.raises(ConfigError, match="hidden_size / num_attention_heads"):
         prune_hf(model, inputs, heads=0.5)
     model, inputs = _gpt2()
-    with pytest.raises(ConfigError, match="c_attn"):
-        prune_hf(model, inputs, heads=0.5, require_reloadable=False)
+    with pytest.raises(ConfigError, match=r"n_embd // n_head.*require_reloadable=False.*"
+                                          r"prunekit\.save.*prunekit\.load"):
+        prune_hf(model, inputs, heads=0.25)
+
+
+def test_gpt2_heads_leave_the_fused_c_attn_and_reload_with_prunekit(tmp_path: Path) -> None:
+    import prunekit as pk
+
+    torch.manual_seed(0)
+    model, inputs = _gpt2()
+    dense = _out(model, inputs)
+    result = pk.prune_hf(model, inputs, heads=0.25, require_reloadable=False)
+    assert result.widths_before.heads == (4, 4) and result.widths_after.heads == (3, 3)
+    assert not result.reloadable and "n_embd // n_head" in result.note
+    assert result.config_changes == {}  # GPT2Config cannot say it
+    for block in result.model.transformer.h:
+        attn = block.attn
+        assert (attn.num_heads, attn.split_size, attn.head_dim) == (3, 24, 8)
+        assert attn.c_attn.weight.shape == (32, 72) and attn.c_proj.weight.shape == (24, 32)
+    per_head = 3 * 8 * (32 + 1) + 8 * 32  # q/k/v columns and biases of c_attn, c_proj rows
+    assert result.params_before - result.params_after == 2 * per_head
+    out = _out(result.model, inputs)
+    assert out.shape == dense.shape and torch.isfinite(out).all()
+    assert torch.equal(_out(model, inputs), dense)  # the user's model is untouched
+    result.model.save_pretrained(tmp_path / "hf")  # the stale config fails loudly, not silently
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
+    pk.save(result, tmp_path / "pk")
+    loaded = pk.load(tmp_path / "pk", transformers.GPT2LMHeadModel(model.config).eval())
+    assert loaded.transformer.h[1].attn.split_size == 24
+    assert torch.equal(_out(loaded, inputs), out)
 
 
 def test_bert_heads_without_reload_are_flagged_and_save_with_prunekit(tmp_path: Path) -> None:
@@ -204,6 +233,20 @@ def test_gpt2_conv1d_consumers_are_refitted() -> None:
     fits = result.reconstruction.layers
     assert [f.name for f in fits] == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
     assert all(f.error_after < f.error_before for f in fits)
+    assert torch.isfinite(_out(result.model, inputs)).all()
+
+
+def test_gpt2_c_proj_is_refitted_after_head_pruning() -> None:
+    torch.manual_seed(0)
+    model, inputs = _gpt2()
+    calib = torch.randint(0, 100, (16, 16), generator=torch.Generator().manual_seed(5))
+    result = prune_hf(model, inputs, heads=0.5, calib=calib, reconstruct=True,
+                      require_reloadable=False)
+    assert result.reconstruction is not None and not result.reconstruction.skipped
+    fits = result.reconstruction.layers
+    assert [f.name for f in fits] == ["transformer.h.0.attn.c_proj", "transformer.h.1.attn.c_proj"]
+    assert all(f.error_after < 0.5 * f.error_before for f in fits)  # measured 0.45 -> 0.08
+    assert result.model.transformer.h[0].attn.c_proj.weight.shape == (16, 32)
     assert torch.isfinite(_out(result.model, inputs)).all()
 
 

@@ -70,8 +70,10 @@ def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
         if key in status:
             ok, reasons = status[key]
             reason = "; ".join(sorted(reasons)) or "blocked"
-            entries.append(CoverageEntry(name, "prunable" if ok else "fixed",
-                                         "in a dependency group" if ok else reason))
+            if ok:  # a layer may shrink along one dim and keep another whole: say why
+                reason = "in a dependency group" + (f"; kept whole in part: {reason}"
+                                                    if reasons else "")
+            entries.append(CoverageEntry(name, "prunable" if ok else "fixed", reason))
         elif name in graph.trace.params:
             ids = graph.trace.space.find(graph.trace.params[name].ids).unique().tolist()
             why = sorted({graph.blocked.get(int(u), "not coupled to any layer") for u in ids})

@@ -9,10 +9,19 @@ Three rules keep the replay sound after channels are removed:
   is rewritten), otherwise the last factor (a channel shuffle's
   ``[B, C] -> [B, groups, C/groups]``: channel ``j`` of every group goes together, so the
   group count written in the code stays valid; ``self.head_dim`` is rewritten if used);
-* ``chunk`` couples the pieces index by index, so all pieces shrink alike;
+  whole heads go only if the per-head size is left to -1 or held by an attribute
+  (``self.head_dim``): one computed in the code (nanoGPT's ``C // self.n_head``) keeps the
+  heads, and the input width of the layer they come from, whole;
+* ``chunk`` couples the pieces index by index, so all pieces shrink alike; so does a
+  ``split`` into equal parts whose width one int attribute of the running module holds
+  (a fused q/k/v projection, ``c_attn(x).split(self.split_size, 2)``), and that attribute
+  is rewritten;
 * a fixed-size selection along a channel dimension (``x[:, :32]``, ``narrow``, ``split``
-  with sizes, ``unbind``, ``select``) keeps those channels whole, since the sizes written
-  in the code would no longer match.
+  by a literal, a computed or an unequal size, ``unbind``, ``select``) keeps those channels
+  whole, since the sizes written in the code would no longer match.
+
+Attributes are matched by value, so a literal that happens to equal one is taken for it:
+the forward check after surgery then fails loudly, and the user's model is left as it was.
 """
 
 from __future__ import annotations
@@ -109,19 +118,20 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     group count written in the code stays valid), and if its size is written in the call
     and held by one int attribute (``self.head_dim``), that attribute is rewritten."""
     sizes = tensors_free(call.args[1:])
-    attrs = {k: v for k, v in vars(ctx.running_module).items()
-             if isinstance(v, int) and not isinstance(v, bool)}
+    attrs = _int_attributes(ctx)
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
         inferred = sizes.index(-1)
         if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
             heads = [k for k, v in attrs.items()
                      if v == labels.shape[inferred] and _counts_heads(k)]
+            _check_head_size(ctx, call, labels, bearing, inferred, sizes)
             return inferred, heads[0] if len(heads) == 1 else None
     written = set(sizes)
     for dim in bearing[:-1]:
         size = labels.shape[dim]
         heads = [k for k, v in attrs.items() if v == size and _counts_heads(k)]
         if size in written and len(heads) == 1:
+            _check_head_size(ctx, call, labels, bearing, dim, sizes)
             return dim, heads[0]
     last = bearing[-1]
     size = labels.shape[last]
@@ -135,6 +145,45 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
                           f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
         return last, None
     return last, holders[0]
+
+
+def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],
+                     heads: int, sizes: list[int]) -> None:
+    """Whole heads may go only if the per-head size stays what it is: the last factor (after
+    the head count) must be left to -1 or held by an int attribute (``self.head_dim``). A
+    size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
+    the head count or the input width, so the heads are kept whole — and, when the heads
+    span exactly the width read by their projection, that projection's input width too.
+    Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay."""
+    last = bearing[-1]
+    held = set(_int_attributes(ctx).values())
+    adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
+    if last <= heads or adapts or labels.shape[last] in held:
+        return
+    where = f"module {ctx.path!r}" if ctx.path else "the model"
+    reason = (f"{call.display} splits channels into heads of {labels.shape[last]}, a size "
+              f"that no int attribute of {where} holds (computed in the code, e.g. "
+              f"C // self.n_head?), so it would change when heads or the input width shrink; "
+              f"store it as self.head_dim or write -1 to prune heads")
+    width = 1
+    for d in bearing:
+        width *= labels.shape[d]
+    for inputs in _producer_inputs(ctx, labels):
+        if inputs.numel() == width:
+            ctx.block(inputs, reason)
+    ctx.block(labels, reason)
+
+
+def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
+    """The input channel labels of the layers whose outputs ``labels`` carry."""
+    roots = ctx.space.find(labels).unique()
+    found = []
+    for record in ctx.modules.values():
+        out, inp = record.dims.get("out"), record.dims.get("in")
+        if out is not None and inp is not None and bool(
+                torch.isin(ctx.space.find(out.labels), roots).any()):
+            found.append(inp.labels)
+    return found
 
 
 def _counts_heads(name: str) -> bool:
@@ -258,13 +307,55 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
     canon = ctx.space.find(ctx.labels(source))
     if not varies(canon, dim) or len(pieces) < 2:
         return
-    if call.name != "chunk" or len({p.shape[dim] for p in pieces}) != 1:
-        ctx.block(canon, f"{call.display} splits a channel dimension at sizes fixed in the "
-                         f"code (chunk() adapts to the width, split() does not)")
+    widths = {p.shape[dim] for p in pieces}
+    if len(widths) != 1:
+        ctx.block(canon, f"{call.display} splits a channel dimension into unequal parts at "
+                         f"sizes fixed in the code")
         return
+    attr = None
+    if call.name != "chunk":
+        attr, why = _split_attribute(ctx, call, widths.pop())
+        if attr is None:
+            ctx.block(canon, why)
+            return
     first = ctx.space.find(pieces[0])
     for piece in pieces[1:]:  # pieces shrink alike: couple them index by index
         ctx.space.union(first, ctx.space.find(piece))
+    if attr is not None:  # the split size is rewritten to the new width of one part
+        line = ctx.space.find(first).movedim(dim, -1).reshape(-1, first.shape[dim])[0]
+        ctx.bind_attribute(ctx.path, attr, line)
+
+
+def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str | None, str]:
+    """The int attribute of the running module that holds an equal split's part width
+    (``self.split_size``, ``self.n_embd``), or None and why the split keeps its width.
+
+    A fused q/k/v projection split by such a width (``c_attn(x).split(self.n_embd, 2)``)
+    stays prunable: the parts shrink alike and the attribute is rewritten. Several
+    attributes with that value are resolved by a name with ``split`` in it."""
+    if width not in tensors_free(call.args[1:2]) and width not in tensors_free(
+            (call.kwargs.get("split_size_or_sections", call.kwargs.get("split_size")),)):
+        return None, f"{call.display} splits a channel dimension at sizes fixed in the code"
+    holders = [k for k, v in _int_attributes(ctx).items() if v == width]
+    if len(holders) > 1:
+        holders = [k for k in holders if "split" in k.lower()] or holders
+    if len(holders) == 1:
+        return holders[0], ""
+    where = f"module {ctx.path!r}" if ctx.path else "the model"
+    if not holders:
+        return None, (f"{call.display} splits a channel dimension into parts of {width}, and "
+                      f"no int attribute of {where} holds that width (a literal or a width "
+                      f"computed in the code cannot be rewritten; store it as an attribute "
+                      f"such as self.split_size, or use chunk())")
+    return None, (f"{call.display} splits a channel dimension into parts of {width}, which "
+                  f"several attributes of {where} hold ({', '.join(holders)}), so prunekit "
+                  f"cannot tell which to rewrite; name the one the split reads split_size")
+
+
+def _int_attributes(ctx: TraceContext) -> dict[str, int]:
+    """The running module's int attributes (the sizes its forward may read)."""
+    return {k: v for k, v in vars(ctx.running_module).items()
+            if isinstance(v, int) and not isinstance(v, bool)}
 
 
 register_op(REPLAY, _replay_only)

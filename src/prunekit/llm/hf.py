@@ -2,7 +2,8 @@
 update its config, so that ``save_pretrained`` → ``from_pretrained`` gives the same model.
 
 Built on :func:`prunekit.structured.prune`: only the head groups (query heads with their
-key/value group under GQA) and FFN groups (gate/up/down together) get a ratio; hidden
+key/value group under GQA; GPT-2's heads through its fused ``c_attn``, q/k/v slices and
+``split_size``/``num_heads`` together) and FFN groups (gate/up/down together) get a ratio; hidden
 size, embeddings and norms keep their width, which is all an HF config can describe.
 With ``reconstruct=True`` the layers fed by removed channels (``o_proj``/``down_proj``,
 BERT's output denses) are refitted by least squares on calibration activations
@@ -176,7 +177,8 @@ def prune_hf(
         raise ConfigError(f"heads={heads}: {family.why_no_heads}; pass heads=0.0")
     if heads > 0 and family.heads_key is None and require_reloadable:
         raise ConfigError(f"heads={heads}: {family.why_no_heads}. Pass heads=0.0, or "
-                          f"require_reloadable=False and save with prunekit.save(result, dir)")
+                          f"require_reloadable=False and save with prunekit.save(result, dir) "
+                          f"/ prunekit.load(dir, base_model)")
     criterion = get_group_criterion(importance)
     needs_data = reconstruct or criterion.needs_data
     why = "reconstruct=True" if reconstruct else f"importance={criterion.name!r}"

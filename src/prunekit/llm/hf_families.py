@@ -4,8 +4,10 @@ A :class:`HFFamily` names, inside one decoder/encoder block, the query and key p
 (their output widths give the head counts) and the FFN up projection (its output width is
 the FFN width), and which config fields hold those sizes. A family whose attention derives
 the head size from ``hidden_size / num_attention_heads`` (BERT, GPT-2) cannot express fewer
-heads at the same hidden size, so ``heads_key`` is None there. No per-layer sizes fit in any
-of these configs: every layer must end up with the same widths to reload.
+heads at the same hidden size, so ``heads_key`` is None there. GPT-2's ``c_attn`` is one
+fused q/k/v projection (``parts=3``): its width is three times the heads' width. No
+per-layer sizes fit in any of these configs: every layer must end up with the same widths
+to reload.
 
 ``transformers`` is never imported here; the model and its config are plain objects.
 """
@@ -28,7 +30,8 @@ __all__ = ["FAMILIES", "HFFamily", "LayerWidths", "apply_config", "check_reloada
 @dataclass(frozen=True)
 class HFFamily:
     """Paths inside a block (``query``/``key`` None: head pruning not supported) and the
-    config fields that size them (``heads_key`` None: the config cannot express it)."""
+    config fields that size them (``heads_key`` None: the config cannot express it);
+    ``parts`` is how many of q/k/v the query projection holds (3 for a fused ``c_attn``)."""
 
     query: str | None
     key: str | None
@@ -37,6 +40,7 @@ class HFFamily:
     kv_key: str | None
     ffn_key: str
     why_no_heads: str = ""
+    parts: int = 1
 
 
 _LLAMA = HFFamily("self_attn.q_proj", "self_attn.k_proj", "mlp.up_proj",
@@ -46,10 +50,12 @@ _BERT = HFFamily("attention.self.query", "attention.self.key", "intermediate.den
                  why_no_heads="BERT's attention sizes a head as hidden_size / "
                               "num_attention_heads, so fewer heads at the same hidden size "
                               "cannot be written in BertConfig")
-_GPT2 = HFFamily(None, None, "mlp.c_fc", None, None, "n_inner",
-                 why_no_heads="GPT-2's fused c_attn projection is split by hidden size "
-                              "(q, k, v = c_attn(x).split(n_embd)), so its heads cannot be "
-                              "removed without changing the hidden size")
+_GPT2 = HFFamily("attn.c_attn", "attn.c_attn", "mlp.c_fc", None, None, "n_inner",
+                 why_no_heads="GPT-2's attention sizes a head as hidden_size / n_head "
+                              "(head_dim = n_embd // n_head), so fewer heads at the same hidden "
+                              "size cannot be written in GPT2Config and from_pretrained cannot "
+                              "reload it",
+                 parts=3)
 
 FAMILIES: dict[str, HFFamily] = {
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "bert": _BERT, "gpt2": _GPT2}
@@ -102,8 +108,8 @@ def layer_widths(blocks: nn.ModuleList, family: HFFamily, config: Any) -> LayerW
     if family.query is None or family.key is None:
         return LayerWidths(None, None, ffn)
     size = head_dim(config)
-    heads = tuple(_width(b.get_submodule(family.query)) // size for b in blocks)
-    kv = tuple(_width(b.get_submodule(family.key)) // size for b in blocks)
+    heads = tuple(_width(b.get_submodule(family.query)) // (family.parts * size) for b in blocks)
+    kv = tuple(_width(b.get_submodule(family.key)) // (family.parts * size) for b in blocks)
     return LayerWidths(heads, kv, ffn)
 
 
