@@ -118,6 +118,35 @@ def test_uniform_allocation_floor_and_rounding() -> None:
     assert int(mask.sum()) == 5
 
 
+def test_round_to_counts_channels_of_multi_channel_units() -> None:
+    units = torch.arange(4) + 10
+    heads = Group(0, units, (Member("module", "q", "out", units.repeat_interleave(8), True),))
+    (mask,) = allocate([heads], [torch.arange(4.0)], Allocation(ratio=0.5, round_to=8))
+    assert int(mask.sum()) == 2  # 2 heads x 8 rows = 16, already a multiple of 8
+    groups = Group(0, units, (Member("module", "c", "out", units.repeat_interleave(4), True),))
+    (mask,) = allocate([groups], [torch.arange(4.0)], Allocation(ratio=0.75, round_to=8))
+    assert int(mask.sum()) == 2  # 1 group x 4 channels rounds up to 2 groups = 8 channels
+
+
+@pytest.mark.parametrize("name", ["llama", "resnext"])
+def test_round_to_still_prunes_units_already_a_multiple_wide(name: str) -> None:
+    from tests.structured.zoo import BY_NAME
+
+    from prunekit.structured import prune
+
+    entry = BY_NAME[name]
+    plain = prune(entry.build().eval(), entry.example_inputs(), ratio=0.5)
+    rounded = prune(entry.build().eval(), entry.example_inputs(), ratio=0.5, round_to=8)
+    # heads of 8+ rows and ResNeXt groups of 8 channels need no rounding at all
+    assert rounded.params_kept == pytest.approx(plain.params_kept)
+    original = dict(entry.build().named_modules())
+    for path, module in rounded.model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            width, before = (getattr(m, "out_features", None) or m.out_channels
+                             for m in (module, original[path]))
+            assert width % 8 == 0 or width == before, path
+
+
 def test_per_layer_ratios_and_global_ranking() -> None:
     a, b = _group(4, "a"), _group(4, "b")
     masks = allocate([a, b], [torch.ones(4), torch.ones(4)], Allocation(ratios={"b": 0.5}))

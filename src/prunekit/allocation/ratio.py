@@ -7,8 +7,11 @@ the width of every prunable group; the resulting fraction of parameters and MACs
 wherever the (normalised) scores are lowest, so some groups lose more than others.
 Every group keeps at least ``max(1, ceil(min_keep · units))`` units and at most
 ``max(1, floor(max_keep · units))`` (so global ranking prunes every group a little), and
-``round_to`` keeps widths at multiples of N (rounded up, never above the original width;
-for groups whose unit spans several channels, such as a ResNeXt group, N counts units).
+``round_to`` keeps widths at multiples of N (rounded up, never above the original width).
+Widths are counted in channels: where a unit spans several channels of a layer (an
+attention head of ``head_dim`` rows, a ResNeXt group), the unit count is rounded so that
+every producing layer's width is a multiple of N — 8-row heads need no rounding for
+``round_to=8``, 4-channel groups keep an even count.
 """
 
 from __future__ import annotations
@@ -68,10 +71,24 @@ def _floor_keep(group: Group, config: Allocation) -> int:
     return min(group.size, max(1, math.ceil(config.min_keep * group.size)))
 
 
-def _rounded(keep: int, size: int, round_to: int | None) -> int:
+def _unit_step(group: Group, round_to: int) -> int:
+    """Smallest unit count whose width is a multiple of ``round_to`` in every producing layer
+    (root module members; parameter axes such as a per-head bias table do not count)."""
+    step = 1
+    for member in group.members:
+        if not member.root or member.kind != "module":
+            continue
+        channels = int(torch.isin(member.units, group.units).sum())
+        width = channels // group.size if channels % group.size == 0 else 1
+        step = math.lcm(step, round_to // math.gcd(round_to, max(width, 1)))
+    return step
+
+
+def _rounded(keep: int, group: Group, round_to: int | None) -> int:
     if round_to is None or round_to <= 1:
         return keep
-    return min(size, math.ceil(keep / round_to) * round_to)
+    step = _unit_step(group, round_to)
+    return min(group.size, math.ceil(keep / step) * step)
 
 
 def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation) -> list[Tensor]:
@@ -85,7 +102,7 @@ def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocati
     for group, score, keep in zip(groups, scores, counts, strict=True):
         ceiling = max(1, math.floor(config.max_keep * group.size + 1e-9))
         keep = max(min(keep, ceiling), _floor_keep(group, config))
-        keep = _rounded(keep, group.size, config.round_to)
+        keep = _rounded(keep, group, config.round_to)
         mask = torch.zeros(group.size, dtype=torch.bool)
         order = torch.argsort(score, descending=True, stable=True)
         mask[order[:keep]] = True
