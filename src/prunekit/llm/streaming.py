@@ -22,7 +22,10 @@ once; ``R = 1`` more with ``reconstruct``). Nothing scales with the number of bl
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -94,6 +97,28 @@ def release(module: nn.Module) -> None:
                 sub._parameters[name] = nn.Parameter(
                     torch.empty_like(param, device="meta"), requires_grad=param.requires_grad
                 )
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def return_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Tensors of a few MB come from the heap once glibc's dynamic mmap threshold has risen,
+    and a block's worth of them freed in a different order than allocated leaves the heap
+    fragmented: without this, resident memory creeps up by tens of MB per block.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _load(module: nn.Module, prefix: str, entries: dict[str, TensorEntry]) -> None:
@@ -222,6 +247,7 @@ def prune_checkpoint(
                 yield
             finally:
                 release(block)
+                return_free_memory()
 
         @contextlib.contextmanager
         def prune_turn(index: int, block: nn.Module) -> Iterator[None]:
@@ -231,6 +257,7 @@ def prune_checkpoint(
                 _write_block(tmp, layout, index, block, layers[index], result, weight_map)
             finally:
                 release(block)
+                return_free_memory()
             if progress is not None:
                 progress(index + 1, len(block_list))
 
@@ -309,3 +336,60 @@ def _capture(
         return inputs
 
     return capture
+
+
+def synthetic_checkpoint(
+    config: Any, directory: str | Path, *, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> int:
+    """Write a random checkpoint for ``config`` (a transformers config) one block at a time,
+    as ``save_pretrained`` lays it out (one shard per block); its size in bytes.
+
+    For tests and benchmarks of the streaming path: memory stays about one block, so a
+    checkpoint larger than RAM can be made. Matrices ~ N(0, 0.02²), 1-D tensors (norms, biases) 1.
+    """
+    try:
+        import transformers
+    except ImportError:
+        require("transformers", "hf")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    path, block_list = find_blocks(model)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    tied = {k for k in shapes if k.endswith(".weight") and _is_tied(model, k)}
+    groups: list[list[str]] = [[]]
+    prefixes = [f"{path}.{i}." for i in range(len(block_list))]
+    groups += [[k for k in shapes if k.startswith(p)] for p in prefixes]
+    groups[0] = [k for k in shapes if k not in tied and not any(k.startswith(p) for p in prefixes)]
+    gen = torch.Generator().manual_seed(seed)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, names in enumerate(groups):
+        tensors = {
+            k: (
+                torch.ones(shapes[k], dtype=dtype)
+                if len(shapes[k]) == 1
+                else (torch.randn(shapes[k], generator=gen) * 0.02).to(dtype)
+            )
+            for k in names
+        }
+        name = shard_name(i + 1, len(groups))
+        write_shard(out / name, tensors)
+        weight_map.update(dict.fromkeys(names, name))
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        del tensors
+    write_index(out, weight_map, total)
+    return total
+
+
+def _is_tied(model: nn.Module, key: str) -> bool:
+    """``key`` is the output embedding's weight and shares its tensor with the input one."""
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    if not (callable(get_in) and callable(get_out)) or get_out() is None:
+        return False
+    names = {m: n for n, m in model.named_modules()}
+    head = get_out()
+    return bool(head.weight is get_in().weight and key == f"{names[head]}.weight")
