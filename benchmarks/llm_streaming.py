@@ -28,7 +28,7 @@ seconds are noisy; 1 torch thread per child):
     in memory                           132.0     7.92 G    7.56 G         39.5x
     stream, mmap>=1M, RLIMIT_DATA       153.2     0.74 G    0.38 G          2.0x
     in memory, RLIMIT_DATA                7.0  failed: RuntimeError: unable to mmap 205538320
-                                               bytes from file .../model-00002-of-00017...
+                                               bytes from file .../src/... (truncated)
     streamed == in-memory: 147/147 tensors identical
 
 "growth" is peak RSS minus the RSS after imports. In memory holds the model plus
