@@ -9,6 +9,7 @@ from prunekit.llm.owl import OWLConfig, owl_sparsities
 from prunekit.llm.perplexity import perplexity
 from prunekit.llm.sequential import run_sequential
 from prunekit.llm.solvers import SOLVERS, LayerSolver, register_solver
+from prunekit.llm.streaming import prune_checkpoint
 
 __all__ = [
     "SOLVERS",
@@ -22,6 +23,7 @@ __all__ = [
     "find_blocks",
     "owl_sparsities",
     "perplexity",
+    "prune_checkpoint",
     "prune_llm",
     "register_solver",
     "run_sequential",

@@ -18,6 +18,7 @@ forward pass, never from layer names, so any architecture works.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,9 @@ from prunekit.llm.solvers import LayerSolver, SolverFactory
 
 Layers = dict[str, nn.Linear]
 Finish = Callable[[int, dict[str, LayerSolver]], None]
+# Entered around each block's whole turn (statistics, pruning, outputs): a streaming caller
+# loads the block's weights on entry and writes / releases them on exit.
+Around = Callable[[int, nn.Module], contextlib.AbstractContextManager[Any]]
 
 
 def prunable_layers(block: nn.Module) -> Layers:
@@ -99,32 +103,45 @@ def run_sequential(
     *,
     true_sequential: bool = True,
     reconstruct: ReconstructConfig | None = None,
+    around: Around | None = None,
 ) -> None:
     """Walk ``blocks`` in order, feeding solvers and calling ``finish(block_index, solvers)``
     once per stage; ``inputs`` are block 0's captured inputs (consumed).
 
     With ``reconstruct`` the dense block's outputs on the same inputs are kept while the
     block is pruned, and its kept weights are then fitted to them (one more set of
-    activations alive)."""
+    activations alive). Each block's turn runs inside ``around(block_index, block)``."""
     with torch.no_grad():
         for index, block in enumerate(blocks):
-            layers = prunable_layers(block)
-            dense = block_outputs(block, inputs) if reconstruct is not None else []
-            stages = (
-                execution_stages(block, layers, inputs[0])
-                if true_sequential and layers
-                else [layers]
-            )
-            for stage in stages:
-                solvers = _collect(block, inputs, stage, make_solver)
-                finish(index, solvers)
-                for solver in solvers.values():
-                    solver.free()
-                del solvers
-            if reconstruct is not None:
-                reconstruct_block(block, inputs, dense, list(layers.values()), reconstruct)
-                del dense
-            inputs = [
-                item.with_hidden(out)
-                for item, out in zip(inputs, block_outputs(block, inputs), strict=True)
-            ]
+            with contextlib.nullcontext() if around is None else around(index, block):
+                inputs = _process_block(
+                    index, block, inputs, make_solver, finish, true_sequential, reconstruct
+                )
+
+
+def _process_block(
+    index: int,
+    block: nn.Module,
+    inputs: list[BlockInput],
+    make_solver: SolverFactory,
+    finish: Finish,
+    true_sequential: bool,
+    reconstruct: ReconstructConfig | None,
+) -> list[BlockInput]:
+    """One block's turn in ``run_sequential``; returns the next block's inputs."""
+    layers = prunable_layers(block)
+    dense = block_outputs(block, inputs) if reconstruct is not None else []
+    stages = execution_stages(block, layers, inputs[0]) if true_sequential and layers else [layers]
+    for stage in stages:
+        solvers = _collect(block, inputs, stage, make_solver)
+        finish(index, solvers)
+        for solver in solvers.values():
+            solver.free()
+        del solvers
+    if reconstruct is not None:
+        reconstruct_block(block, inputs, dense, list(layers.values()), reconstruct)
+        del dense
+    return [
+        item.with_hidden(out)
+        for item, out in zip(inputs, block_outputs(block, inputs), strict=True)
+    ]
