@@ -26,6 +26,7 @@ _PUBLIC: dict[str, str] = {
     "replay_plan": "prunekit.structured.plan",
     "prune_llm": "prunekit.llm.api",
     "prune_hf": "prunekit.llm.hf",
+    "prune_checkpoint": "prunekit.llm.streaming",
     "drop_layers": "prunekit.llm.depth",
     "block_influence": "prunekit.llm.depth",
     "embedding_fidelity": "prunekit.llm.hf_fidelity",

@@ -130,6 +130,23 @@ def test_wanda_half_reloads_with_exact_sparsity(
     assert (out / "tokenizer.json").is_file()
 
 
+def test_stream_writes_what_the_in_memory_run_writes(
+    llama_dir: Path, text_file: Path, tmp_path: Path
+) -> None:
+    flags = ("--method", "sparsegpt", "--sparsity", "0.5")
+    assert _run(llama_dir, text_file, tmp_path / "memory", *flags) == 0
+    assert _run(llama_dir, text_file, tmp_path / "stream", *flags, "--stream") == 0
+    memory, stream = (
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / name)
+        for name in ("memory", "stream")
+    )
+    pairs = zip(memory.state_dict().items(), stream.state_dict().items(), strict=True)
+    for (name, a), (_, b) in pairs:
+        assert torch.allclose(a, b, atol=1e-6), name
+        assert torch.equal(a == 0, b == 0), name
+    assert (tmp_path / "stream" / "tokenizer.json").is_file()
+
+
 def test_two_four_pattern_alone_sets_the_sparsity(
     llama_dir: Path, text_file: Path, tmp_path: Path
 ) -> None:
@@ -229,6 +246,8 @@ def test_bert_heads_need_prunekit_format_and_reload_identically(
         (("--sparsity", "0.5", "--nsamples", "0"), "--nsamples 0"),
         (("--layers", "1", "--prunekit-format"), "cannot record dropped layers"),
         (("--sparsity", "0.3", "--pattern", "2:4"), "fixes the sparsity at 0.5"),
+        (("--stream", "--sparsity", "0.5", "--heads", "0.5"), "--stream prunes weights only"),
+        (("--stream", "--layers", "1"), "--stream prunes weights only; drop --layers"),
     ],
 )
 def test_bad_flags_fail_before_writing(

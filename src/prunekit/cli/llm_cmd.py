@@ -66,6 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prunekit-format", action="store_true",
                    help="save with prunekit.save (plan + safetensors) where the HF config "
                         "cannot describe the pruned widths (e.g. BERT/GPT-2 heads)")
+    p.add_argument("--stream", action="store_true",
+                   help="weight pruning only, one block in memory at a time (models larger "
+                        "than RAM; safetensors causal LMs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_run)
@@ -89,6 +92,15 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.sparsity is None and not (args.heads or args.ffn or args.layers):
         raise ConfigError("nothing to prune: pass --sparsity (or --pattern 2:4), --heads, "
                           "--ffn or --layers")
+    if args.stream:
+        given = [flag for flag, on in (("--heads", args.heads), ("--ffn", args.ffn),
+                                       ("--layers", args.layers), ("--eval", args.eval_file),
+                                       ("--prunekit-format", args.prunekit_format)) if on]
+        if given:
+            raise ConfigError(f"--stream prunes weights only; drop {', '.join(given)} (run "
+                              "them without --stream, on a model that fits in memory)")
+        if args.sparsity is None:
+            raise ConfigError("--stream needs --sparsity (or --pattern 2:4)")
     if args.prunekit_format and args.layers:
         raise ConfigError("--layers with --prunekit-format: the structured plan cannot record "
                           "dropped layers; run --layers on its own first")
@@ -142,18 +154,15 @@ class _Quality:
 def _run(args: argparse.Namespace) -> int:
     from prunekit.io.checkpoint import save
     from prunekit.llm.api import prune_llm
-    from prunekit.llm.calibration import calibration_batches, default_texts
     from prunekit.llm.depth import drop_layers
     from prunekit.llm.hf import prune_hf
     from prunekit.llm.hf_io import load_pretrained, save_pretrained
 
     _check_args(args)
+    if args.stream:
+        return _run_streaming(args)
     model, tokenizer = load_pretrained(args.model, tokenizer=args.tokenizer)
-    if tokenizer is None:
-        raise ConfigError(f"--model {args.model!r} holds no tokenizer; pass --tokenizer DIR")
-    texts = [_read_text(args.calib, "--calib")] if args.calib else default_texts()
-    calib = calibration_batches(texts, tokenizer=tokenizer, nsamples=args.nsamples,
-                                seqlen=args.seqlen, seed=args.seed)
+    calib = _calibration(args, tokenizer)
     quality = (_Quality(model, tokenizer, _read_text(args.eval_file, "--eval"), args.seqlen)
                if args.eval_file else None)
     torch.manual_seed(args.seed)
@@ -198,3 +207,32 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"saved to {args.out}: reload with from_pretrained({args.out!r})")
     return 0
 
+
+
+def _calibration(args: argparse.Namespace, tokenizer: Any) -> list[torch.Tensor]:
+    from prunekit.llm.calibration import calibration_batches, default_texts
+
+    if tokenizer is None:
+        raise ConfigError(f"--model {args.model!r} holds no tokenizer; pass --tokenizer DIR")
+    texts = [_read_text(args.calib, "--calib")] if args.calib else default_texts()
+    return calibration_batches(texts, tokenizer=tokenizer, nsamples=args.nsamples,
+                               seqlen=args.seqlen, seed=args.seed)
+
+
+def _run_streaming(args: argparse.Namespace) -> int:
+    from prunekit.llm.hf_io import load_tokenizer
+    from prunekit.llm.streaming import prune_checkpoint
+
+    calib = _calibration(args, load_tokenizer(args.tokenizer or args.model))
+    console = make_console()
+
+    def progress(done: int, total: int) -> None:
+        console.print(f"block {done}/{total} pruned and written")
+
+    result = prune_checkpoint(args.model, args.out, calib, method=args.method,
+                              sparsity=args.sparsity, pattern=args.pattern, owl=args.owl,
+                              reconstruct=args.reconstruct, progress=progress)
+    console.print(f"{args.method} {args.pattern}: {result.sparsity:.1%} of the block weights "
+                  f"zero, {result.seconds:.1f} s; saved to {args.out}: reload with "
+                  f"from_pretrained({args.out!r})")
+    return 0

@@ -19,9 +19,10 @@ from prunekit.errors import ConfigError
 from prunekit.io.atomic import AtomicDirectory
 from prunekit.sparse.masks import masked_tensors, strip
 
-__all__ = ["load_pretrained", "save_pretrained"]
+__all__ = ["load_pretrained", "load_tokenizer", "save_pretrained"]
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 def _transformers() -> Any:
@@ -55,19 +56,23 @@ def load_pretrained(
     causal = any(name.endswith(_CAUSAL_SUFFIXES) for name in config.architectures or ())
     auto = tf.AutoModelForCausalLM if causal else tf.AutoModel
     model = auto.from_pretrained(root).eval()
-    source = Path(tokenizer) if tokenizer is not None else root
-    tok = None
-    if tokenizer is not None or any(
-        (root / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
-    ):
-        try:
-            tok = tf.AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"cannot load a tokenizer from {str(source)!r} ({exc}); pass a directory "
-                "holding the model's tokenizer files"
-            ) from exc
-    return model, tok
+    if tokenizer is not None:
+        return model, load_tokenizer(tokenizer)
+    has_tokenizer = any((root / name).is_file() for name in _TOKENIZER_FILES)
+    return model, load_tokenizer(root) if has_tokenizer else None
+
+
+def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
+    """The Hugging Face tokenizer saved in ``directory`` (offline)."""
+    tf = _transformers()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return tf.AutoTokenizer.from_pretrained(Path(directory))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot load a tokenizer from {str(directory)!r} ({exc}); pass a directory "
+            "holding the model's tokenizer files (tokenizer.json / vocab.txt)"
+        ) from exc
 
 
 def save_pretrained(
