@@ -113,6 +113,8 @@ class TraceContext:
         self._path: list[str] = []
         self._running: list[nn.Module] = [model]
         self._atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
+        self._mode: TorchFunctionMode | None = None  # the recorder, once it runs
+        self._suspended: list[bool] = []
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self._param_names: dict[int, str] = {}
         for name, tensor in [
@@ -317,6 +319,7 @@ class TraceContext:
                 atomic_stack.append(atomic)
                 if atomic:
                     recorder._atomic_depth += 1
+                    recorder._suspend()
 
             def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *, _name: str = name,
                      _handler: Any = handler) -> None:
@@ -326,8 +329,12 @@ class TraceContext:
                 if atomic:
                     # still "inside" the module: the handler's own label arithmetic must not
                     # be recorded as ops of the model
-                    recorder.record_module(_handler, ModuleCall(_name, mod, args, kwargs, out))
-                    recorder._atomic_depth -= 1
+                    try:
+                        recorder.record_module(_handler,
+                                               ModuleCall(_name, mod, args, kwargs, out))
+                    finally:
+                        recorder._atomic_depth -= 1
+                        recorder._resume()
 
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
@@ -336,6 +343,21 @@ class TraceContext:
         finally:
             for handle in handles:
                 handle.remove()
+
+    def _suspend(self) -> None:
+        """Take the recording mode off the torch-function stack while an atomic module runs:
+        its inner ops and its handler's label arithmetic then run at full speed."""
+        depth = torch._C._len_torch_function_stack()
+        mode = self._mode
+        if mode is not None and depth and torch._C._get_function_stack_at(depth - 1) is mode:
+            torch._C._pop_torch_function_stack()
+            self._suspended.append(True)
+        else:
+            self._suspended.append(False)
+
+    def _resume(self) -> None:
+        if self._suspended.pop() and self._mode is not None:
+            torch._C._push_on_torch_function_stack(self._mode)
 
     @property
     def recording(self) -> bool:
@@ -403,7 +425,8 @@ def trace(
     for path, tensor in walk_tensors(example_inputs, "input"):
         bid = ctx.space.block_id(f"model input {path}")
         ctx.set_labels(tensor, torch.full(tensor.shape, bid, dtype=torch.long))
-    with torch.no_grad(), eval_mode(model), ctx.hooks(model, lookup), _Recorder(ctx):
+    recorder = ctx._mode = _Recorder(ctx)
+    with torch.no_grad(), eval_mode(model), ctx.hooks(model, lookup), recorder:
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):
         if ctx.is_tracked(tensor):
