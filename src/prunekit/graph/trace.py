@@ -98,6 +98,7 @@ class Trace:
     params: dict[str, ParamRecord]
     skipped_ops: list[str]
     bindings: dict[tuple[str, str], Tensor] = field(default_factory=dict)
+    output_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
 
 
 class TraceContext:
@@ -400,13 +401,21 @@ def walk_tensors(tree: Any, prefix: str = "output") -> Iterator[tuple[str, Tenso
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run ``model`` in eval mode (BatchNorm must not update its statistics), then restore."""
-    modes = {m: m.training for m in model.modules()}
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
+    if not any(modes):  # already in eval mode: nothing to switch or restore
+        yield
+        return
     model.eval()
     try:
         yield
     finally:
-        for module, training in modes.items():
-            module.train(training)
+        if all(type(m).train is nn.Module.train for m in modules):
+            for module, training in zip(modules, modes, strict=True):
+                module.training = training  # what train() sets, without its recursion
+        else:  # a module with its own train() gets it called, as it expects
+            for module, training in zip(modules, modes, strict=True):
+                module.train(training)
 
 
 def trace(
@@ -431,6 +440,7 @@ def trace(
     for path, tensor in walk_tensors(out):
         if ctx.is_tracked(tensor):
             ctx.block(ctx.labels(tensor), f"model output {path}")
-    leaves, _ = tree_flatten(out)
-    del leaves
-    return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings)
+    shapes = [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
+    ctx._mode = None  # no cycle keeps the activations and their labels alive
+    ctx._labels.clear()
+    return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes)
