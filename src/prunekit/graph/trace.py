@@ -147,7 +147,7 @@ class TraceContext:
         entry = self._labels.get(id(tensor))
         if entry is not None and entry[0] is tensor:
             return entry[1]
-        return torch.zeros(tensor.shape, dtype=torch.long)
+        return _constant(NEUTRAL, tensor.shape)
 
     def set_labels(self, tensor: Tensor, labels: Tensor) -> None:
         if tuple(labels.shape) != tuple(tensor.shape):
@@ -276,7 +276,7 @@ class TraceContext:
         for lab in live:
             self.space.union(lab.unique(), torch.tensor([bid]))
         for tensor in outputs:
-            self.set_labels(tensor, torch.full(tensor.shape, bid, dtype=torch.long))
+            self.set_labels(tensor, _constant(bid, tensor.shape))
 
     def _has_prunable(self, labels: Tensor) -> bool:
         real = labels[labels != NEUTRAL]
@@ -379,6 +379,11 @@ class _Recorder(TorchFunctionMode):
         return out
 
 
+def _constant(label: int, shape: torch.Size) -> Tensor:
+    """One label everywhere, as a broadcast view (no memory per element of a big input)."""
+    return torch.full((), label, dtype=torch.long).expand(shape)
+
+
 def _is_setitem(func: Any) -> bool:
     return getattr(func, "__name__", "") == "__setitem__"
 
@@ -433,7 +438,7 @@ def trace(
     ctx = TraceContext(model, strict)
     for path, tensor in walk_tensors(example_inputs, "input"):
         bid = ctx.space.block_id(f"model input {path}")
-        ctx.set_labels(tensor, torch.full(tensor.shape, bid, dtype=torch.long))
+        ctx.set_labels(tensor, _constant(bid, tensor.shape))
     recorder = ctx._mode = _Recorder(ctx)
     with torch.no_grad(), eval_mode(model), ctx.hooks(model, lookup), recorder:
         out = run_model(model, example_inputs)

@@ -272,7 +272,7 @@ def _shallow_clone(model: nn.Module) -> nn.Module:
         if isinstance(value, nn.Module):
             return clone(value)
         if isinstance(value, dict):
-            out = copy.copy(value)  # keeps the mapping's type (OrderedDict, ...)
+            out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
             for key, item in value.items():
                 if isinstance(item, nn.Module):
                     out[key] = clone(item)
