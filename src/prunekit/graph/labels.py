@@ -76,9 +76,9 @@ class LabelSpace:
         parent = self._parent
         roots = parent[flat]
         nxt = parent[roots]
-        if np.array_equal(nxt, roots):  # already one hop from its root: nothing to compress
+        if bool((nxt == roots).all()):  # already one hop from its root: nothing to compress
             return roots
-        while not np.array_equal(nxt, roots):
+        while not bool((nxt == roots).all()):
             roots = nxt
             nxt = parent[roots]
         parent[flat] = roots  # path compression
@@ -139,7 +139,7 @@ def _np(labels: Tensor) -> np.ndarray:
     """The int64 NumPy view of a label tensor (strides kept, nothing copied)."""
     if labels.dtype != torch.long:
         labels = labels.long()
-    return labels.detach().cpu().numpy()
+    return labels.numpy()
 
 
 def _first_along(ndim: int, dim: int) -> tuple[slice, ...]:
