@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import UnsupportedOpError
