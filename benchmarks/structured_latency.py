@@ -6,12 +6,14 @@ pruned with L2 filter norms at 30 % and 50 % of the channels of every group, wit
 ``round_to=8`` and without; the classifier (the output layer) is kept. For every batch
 size and thread count, the dense model and its pruned variants are timed *round-robin*
 (dense, p30, p50, ... then again), so load from other processes on a shared machine hits
-all of them alike; the per-model figure is the median over the rounds.
+all of them alike; each round gives a paired speed-up (dense time / pruned time) and the
+figure reported is the median over the rounds.
 
 Columns: ``prune s`` (the ``pk.prune`` call on a batch of 1, profiles excluded), MACs
 reduction (dense MACs / pruned MACs, from ``pk.profile``), measured
-latency speed-up (dense median / pruned median) and their ratio — 1.0 means latency falls
-exactly as MACs do; the goal is ≥ 0.9.
+latency speed-up (median of the paired per-round ratios) and their ratio — 1.0 means latency falls
+exactly as MACs do; the goal is ≥ 0.9. Latency is measured with ``torch.no_grad()`` in
+eval mode, one thread count at a time (``torch.set_num_threads``).
 
 Command (takes about 10 minutes on 2 shared cores at the defaults):
 
@@ -163,10 +165,11 @@ def _time_once(model: nn.Module, x: Tensor) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(models: list[nn.Module], x: Tensor, rounds: int,
-                        warmup: int = 2) -> list[float]:
-    """Median seconds per model over ``rounds``, the models timed one after another in
-    each round (so load from other processes falls on all of them alike)."""
+def interleaved_speedups(models: list[nn.Module], x: Tensor, rounds: int,
+                         warmup: int = 2) -> list[float]:
+    """Speed-up of every model after the first over the first: in each round the models
+    run one after another, each round gives ``t_first / t_model``, and the median over the
+    rounds is returned (paired ratios cancel the load other processes put on the machine)."""
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for model in models:
@@ -175,7 +178,8 @@ def interleaved_medians(models: list[nn.Module], x: Tensor, rounds: int,
         for _ in range(rounds):
             for i, model in enumerate(models):
                 times[i].append(_time_once(model, x))
-    return [statistics.median(t) for t in times]
+    return [statistics.median(d / t for d, t in zip(times[0], own, strict=True))
+            for own in times[1:]]
 
 
 def main() -> None:
@@ -217,9 +221,9 @@ def main() -> None:
             x = torch.randn(batch, 3, args.size, args.size)
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
-                medians = interleaved_medians([dense, *pruned], x, args.rounds)
+                speedups = interleaved_speedups([dense, *pruned], x, args.rounds)
                 for i, (variant, _, reduction) in enumerate(rows):
-                    speedup = medians[0] / medians[i + 1]
+                    speedup = speedups[i]
                     ratios.append((f"{name} {variant} b{batch} t{n_threads}",
                                    speedup / reduction))
                     cells[i].append(f"{speedup:.2f}x/{speedup / reduction:.2f}")

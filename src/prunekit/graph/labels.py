@@ -68,9 +68,13 @@ class LabelSpace:
 
     def find(self, labels: Tensor) -> Tensor:
         """The class representative of every id in ``labels`` (same shape)."""
-        small, expanded = _compact(labels)
-        roots = torch.from_numpy(self._find_np(_np(small).reshape(-1))).view(small.shape)
-        return roots.expand(labels.shape) if expanded else roots
+        roots = self.find_compact(labels)
+        return roots.expand(labels.shape) if roots.shape != labels.shape else roots
+
+    def find_compact(self, labels: Tensor) -> Tensor:
+        """Like :meth:`find`, with ``labels``' broadcast dims left at size 1."""
+        small, _ = _compact(labels)
+        return torch.from_numpy(self._find_np(_np(small).reshape(-1))).view(small.shape)
 
     def _find_np(self, flat: np.ndarray) -> np.ndarray:
         parent = self._parent
@@ -172,7 +176,7 @@ def varies(labels: Tensor, dim: int) -> bool:
 def rep_along(space: LabelSpace, labels: Tensor, dims: tuple[int, ...]) -> Tensor:
     """Join every label with the others along ``dims`` and return one label per remaining
     position (``dims`` kept with size 1). A NEUTRAL element does not join."""
-    canon, _ = _compact(space.find(labels))
+    canon = space.find_compact(labels)
     if not dims:
         return canon.expand(labels.shape)
     shape = [1 if d in dims else n for d, n in enumerate(labels.shape)]

@@ -149,7 +149,7 @@ class TraceContext:
         return _constant(NEUTRAL, tensor.shape)
 
     def set_labels(self, tensor: Tensor, labels: Tensor) -> None:
-        if tuple(labels.shape) != tuple(tensor.shape):
+        if labels.shape != tensor.shape:
             raise OpNotMappable(
                 f"label shape {tuple(labels.shape)} != tensor shape {tuple(tensor.shape)}"
             )

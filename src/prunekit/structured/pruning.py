@@ -121,7 +121,8 @@ def analyze(model: nn.Module, example_inputs: ExampleInputs, *,
                           f"them in first with prunekit.strip(model), then prune")
     graph = build_groups(model, traced, ignore, axes_of=_axes_of)
     modules = dict(model.named_modules())
-    inputs = [(g, _member_views(g, modules, model)) for g in graph.groups]
+    params = dict(model.named_parameters())
+    inputs = [(g, _member_views(g, modules, params, model)) for g in graph.groups]
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
     return Analysis(graph, scores, coverage_report(model, graph))
@@ -133,7 +134,7 @@ def _axes_of(module: nn.Module) -> list[tuple[str, int, str]] | None:
 
 
 def _member_views(group: Group, modules: Mapping[str, nn.Module],
-                  model: nn.Module) -> list[MemberViews]:
+                  params: Mapping[str, nn.Parameter], model: nn.Module) -> list[MemberViews]:
     out = []
     for member in group.members:
         if member.kind == "attr":
@@ -143,8 +144,8 @@ def _member_views(group: Group, modules: Mapping[str, nn.Module],
             adapter = find_adapter(module)
             views = adapter.weight_views(module, member.dim) if adapter is not None else []
         else:
-            tensor = model.get_parameter(member.name) if member.name in dict(
-                model.named_parameters()) else model.get_buffer(member.name)
+            tensor = params[member.name] if member.name in params \
+                else model.get_buffer(member.name)
             axis = member.axis if member.axis is not None else 0
             views = [WeightView(rows(tensor, axis), "weight", member.dim,
                                 grad_rows(tensor, axis))]
