@@ -170,7 +170,8 @@ def varies(labels: Tensor, dim: int) -> bool:
     """True if (canonical) ``labels`` are not constant along ``dim``."""
     if labels.dim() == 0 or labels.shape[dim] <= 1 or labels.stride(dim) == 0:
         return False
-    return _np_varies(_np(labels), dim)
+    small, _ = _compact(labels)  # compare each distinct position once, not every broadcast copy
+    return _np_varies(_np(small), dim)
 
 
 def rep_along(space: LabelSpace, labels: Tensor, dims: tuple[int, ...]) -> Tensor:
