@@ -14,7 +14,8 @@ surgery on a tensor-sharing clone and the validation forward pass that Torch-Pru
 not do. prunekit's before/after profiles (one flop-counting forward each) are measured when
 ``result.before`` / ``result.after`` are first read, so ``pk s`` leaves them out; the
 ``pk+prof`` column is the same call plus reading both profiles (the cost a caller that
-prints ``result.summary()`` pays), and the summary line gives both medians.
+prints ``result.summary()`` pays), and the summary line gives both medians. The two tools
+run in alternation (prunekit, Torch-Pruning, prunekit, ...) on fresh copies of the model.
 
 Both tools are told to leave the same output layers alone: the modules whose output is
 (a view of) a model output.
@@ -135,6 +136,27 @@ def attempt(tool: Callable[[nn.Module, Any, list[nn.Module]], Any], entry: ZooEn
             "profiled": statistics.median(profiled) if profiled else float("nan")}
 
 
+def attempt_both(entry: ZooEntry, repeats: int, timeout_s: int) -> tuple[dict[str, Any], ...]:
+    """``attempt`` for prunekit and Torch-Pruning in alternation, one repeat each per round
+    (load from other processes on a shared machine falls on both alike); a tool that fails
+    once is not run again."""
+    runs: list[list[dict[str, Any]]] = [[], []]
+    for _ in range(repeats):
+        for i, tool in enumerate((run_prunekit, run_torch_pruning)):
+            if not runs[i] or runs[i][-1]["ok"]:
+                runs[i].append(attempt(tool, entry, 1, timeout_s))
+    out = []
+    for results in runs:
+        if not results[-1]["ok"]:
+            out.append(results[-1])
+            continue
+        merged = dict(results[-1])
+        for key in ("seconds", "profiled"):
+            merged[key] = statistics.median(r[key] for r in results)
+        out.append(merged)
+    return tuple(out)
+
+
 def _batched(inputs: Any, factor: int) -> Any:
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
         return inputs.repeat(factor, *([1] * (inputs.dim() - 1)))
@@ -171,8 +193,7 @@ def main() -> None:
     for entry in ZOO:
         if wanted and entry.name not in wanted:
             continue
-        pk = attempt(run_prunekit, entry, args.repeats, args.timeout)
-        tp = attempt(run_torch_pruning, entry, args.repeats, args.timeout)
+        pk, tp = attempt_both(entry, args.repeats, args.timeout)
         ok_pk += pk["ok"]
         ok_tp += tp["ok"]
         params = macs = lat = ratio = "-"

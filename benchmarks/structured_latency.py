@@ -9,7 +9,8 @@ size and thread count, the dense model and its pruned variants are timed *round-
 all of them alike; each round gives a paired speed-up (dense time / pruned time) and the
 figure reported is the median over the rounds.
 
-Columns: ``prune s`` (the ``pk.prune`` call on a batch of 1, profiles excluded), MACs
+Columns: ``prune s`` (the ``pk.prune`` call on a batch of 1 with one thread, profiles
+excluded), MACs
 reduction (dense MACs / pruned MACs, from ``pk.profile``), measured
 latency speed-up (median of the paired per-round ratios) and their ratio — 1.0 means latency falls
 exactly as MACs do; the goal is ≥ 0.9. Latency is measured with ``torch.no_grad()`` in
@@ -199,6 +200,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     ratios: list[tuple[str, float]] = []
+    torch.set_num_threads(1)
     warm = MobileNetV2().eval()  # first call pays one-off imports: keep them out of "prune s"
     _ = prune(warm, torch.randn(1, 3, 32, 32), ratio=0.5, ignore=[warm.classifier[-1]]).after
     for name in args.models.split(","):
@@ -208,6 +210,7 @@ def main() -> None:
         one = torch.randn(1, 3, args.size, args.size)
         dense_macs = profile(dense, one).macs
         pruned, rows = [], []
+        torch.set_num_threads(1)  # prune on one thread: small ops + a busy pool = spin waits
         for ratio, round_to in VARIANTS:
             start = time.perf_counter()
             result = prune(dense, one, ratio=ratio, importance="l2", ignore=[head(dense)],

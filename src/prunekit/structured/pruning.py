@@ -39,7 +39,9 @@ class PruneResult:
     read, not by ``prune`` itself: a caller that only wants the model, such as a training
     callback pruning every epoch, does not pay for them. ``before`` describes the model as
     ``prune`` found it (its module tree is kept, sharing the tensors), ``after`` the pruned
-    model; read them before changing tensors of either in place.
+    model; read them before changing tensors of either in place. With ``inplace=True`` the
+    result holds the replaced (unpruned) tensors until ``before`` is read or the result is
+    dropped.
     """
 
     __slots__ = ("_after", "_before", "coverage", "groups", "model", "plan")
