@@ -255,6 +255,9 @@ def _root_copy(module: nn.Module) -> nn.Module:
     return root
 
 
+_CONTAINERS = (nn.Module, dict, list, set, tuple)
+
+
 def _shallow_clone(model: nn.Module) -> nn.Module:
     """The module tree copied, every tensor shared: new module objects whose attribute dicts
     and containers are copied one level, modules in them cloned (once each, so shared
@@ -268,7 +271,11 @@ def _shallow_clone(model: nn.Module) -> nn.Module:
             return done
         new = object.__new__(type(module))
         memo[id(module)] = new
-        new.__dict__.update({key: swap(value) for key, value in module.__dict__.items()})
+        state = module.__dict__.copy()
+        for key, value in state.items():
+            if isinstance(value, _CONTAINERS):
+                state[key] = swap(value)
+        new.__dict__.update(state)
         return new
 
     def swap(value: Any) -> Any:
