@@ -16,7 +16,7 @@ latency speed-up (median of the paired per-round ratios) and their ratio — 1.0
 exactly as MACs do; the goal is ≥ 0.9. Latency is measured with ``torch.no_grad()`` in
 eval mode, one thread count at a time (``torch.set_num_threads``).
 
-Command (takes about 10 minutes on 2 shared cores at the defaults):
+Command (took 9–15 minutes on 2 shared cores at the defaults):
 
     .venv/bin/python benchmarks/structured_latency.py [--size 224] [--batches 1,8]
         [--threads 1,2] [--rounds 7] [--models resnet18,resnet50,vgg16_bn,mobilenet_v2]
