@@ -32,6 +32,21 @@ def test_label_space_unions_and_blocks() -> None:
     assert int(space.find(ids[0:1])[0]) not in blocked
 
 
+def test_label_space_union_of_big_and_broadcast_labels() -> None:
+    space = LabelSpace()
+    a, b = space.new_ids(128), space.new_ids(128)
+    # materialised and bigger than the threshold: rows repeat, so only 128 pairs are joined
+    space.union(a.expand(64, 128).clone(), b.expand(64, 128).clone())
+    assert torch.equal(space.find(a), space.find(b))
+    c = space.new_ids(4)
+    wide = c.reshape(1, 4, 1).expand(2, 4, 9)  # a broadcast view, as layers emit
+    found = space.find(wide)
+    assert found.shape == (2, 4, 9) and found.stride() == (0, 1, 0)
+    space.union(wide, a[:4].reshape(1, 4, 1))
+    assert torch.equal(space.find(c), space.find(a[:4]))
+    assert not torch.equal(space.find(c), space.find(a[4:8]))
+
+
 def test_consume_joins_positions_of_one_channel() -> None:
     space = LabelSpace()
     a, b = space.new_ids(2), space.new_ids(2)

@@ -326,3 +326,50 @@ def test_masked_model_asks_for_strip(lenet: LeNet5, lenet_input: Tensor) -> None
 def test_summary_reports_params_and_macs(lenet: LeNet5, lenet_input: Tensor) -> None:
     text = prune(lenet, lenet_input, ratio=0.5).summary()
     assert "params" in text and "MACs" in text and "kept" in text
+
+
+def test_profiles_are_measured_on_first_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunekit.structured import pruning
+
+    calls: list[int] = []
+    real = pruning.profile
+
+    def counting(model: nn.Module, inputs: object) -> object:
+        calls.append(sum(p.numel() for p in model.parameters()))
+        return real(model, inputs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pruning, "profile", counting)
+    lenet, x = LeNet5().eval(), torch.randn(2, 1, 32, 32)
+    before_params = sum(p.numel() for p in lenet.parameters())
+    old_conv = lenet.conv1
+    result = prune(lenet, x, ratio=0.5, inplace=True)
+    assert calls == []  # prune itself runs no profile
+    assert result.before.total_params == before_params == calls[0]
+    assert result.after.total_params == sum(p.numel() for p in lenet.parameters()) < before_params
+    _ = result.before, result.after, result.summary()
+    assert len(calls) == 2  # measured once each
+    # inplace surgery cut a clone: the module objects the user held are as they were
+    assert old_conv is not lenet.conv1 and old_conv.weight.shape[0] == old_conv.out_channels == 6
+
+
+def test_shallow_clone_shares_tensors_and_keeps_module_sharing() -> None:
+    from prunekit.structured.pruning import _shallow_clone
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = self.a  # one module under two names
+            self.hidden = [self.a]  # a plain list that names a submodule
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.hidden[0](self.b(x))
+
+    model = Tied()
+    clone = _shallow_clone(model)
+    assert clone.a is clone.b is clone.hidden[0] and clone.a is not model.a
+    assert clone.a.weight is model.a.weight  # tensors shared, replaced (not written) by surgery
+    clone.a.weight = nn.Parameter(torch.zeros(2, 4))
+    assert model.a.weight.shape == (4, 4)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(_shallow_clone(model)(x), model(x), rtol=0, atol=0)

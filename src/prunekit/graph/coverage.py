@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import nn
 
 from prunekit.graph.dependency import DependencyGraph
@@ -49,16 +48,15 @@ class Coverage:
 
 def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
     """Classify every parameter of ``model`` (shared ones once)."""
-    prunable_units = (torch.cat([g.units for g in graph.groups]) if graph.groups
-                      else torch.zeros(0, dtype=torch.long))
+    prunable_set = {u for g in graph.groups for u in g.units.tolist()}
     status: dict[str, tuple[bool, set[str]]] = {}
-    prunable_set = set(prunable_units.tolist())
     for member in graph.members:
         if member.kind == "attr":
             continue
-        hit = bool(torch.isin(member.units, prunable_units).any())
-        reasons = {graph.blocked.get(int(u), "not produced by a prunable layer")
-                   for u in member.units.unique().tolist() if int(u) not in prunable_set}
+        units = set(member.units.reshape(-1).tolist())
+        hit = not prunable_set.isdisjoint(units)
+        reasons = {graph.blocked.get(u, "not produced by a prunable layer")
+                   for u in units - prunable_set}
         prev = status.get(member.name, (False, set()))
         status[member.name] = (prev[0] or hit, prev[1] | reasons)
     entries = []

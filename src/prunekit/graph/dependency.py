@@ -203,11 +203,11 @@ def _param_member(trace: Trace, param: ParamRecord, axis: int) -> Member:
 
 
 def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
-    blocked_ids = torch.tensor([*sorted(blocked), NEUTRAL], dtype=torch.long)
-    free: list[Tensor] = []
-    for member in members:
-        uniq = member.units.unique()
-        free.append(uniq[~torch.isin(uniq, blocked_ids)])
+    """Union the root members that share units; each class of members is one group.
+
+    Plain Python sets: a group check per member is a set lookup, not a tensor op."""
+    stop = {*blocked, NEUTRAL}
+    free = [sorted(set(member.units.reshape(-1).tolist()) - stop) for member in members]
     parent = list(range(len(members)))
 
     def find(i: int) -> int:
@@ -220,21 +220,25 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
     for i, member in enumerate(members):
         if not member.root:
             continue
-        for unit in free[i].tolist():
+        for unit in free[i]:
             j = owner.setdefault(unit, i)
             if j != i:
                 parent[find(i)] = find(j)
     by_root: dict[int, list[int]] = {}
     for unit, i in owner.items():
         by_root.setdefault(find(i), []).append(unit)
+    slot = {root: k for k, root in enumerate(by_root)}
+    holders: list[list[Member]] = [[] for _ in by_root]
+    for member, units_of in zip(members, free, strict=True):
+        hit = {slot[find(owner[u])] for u in units_of if u in owner}
+        for k in sorted(hit):
+            holders[k].append(member)
     groups: list[Group] = []
-    for units_list in by_root.values():
-        units = torch.tensor(sorted(units_list), dtype=torch.long)
-        holders = tuple(m for m, f in zip(members, free, strict=True)
-                        if bool(torch.isin(f, units).any()))
-        if not any(m.kind == "module" or m.layer for m in holders):
+    for units_list, held in zip(by_root.values(), holders, strict=True):
+        if not any(m.kind == "module" or m.layer for m in held):
             for unit in units_list:
                 blocked[unit] = "only used by parameters, not by any layer"
             continue
-        groups.append(Group(len(groups), units, holders))
+        units = torch.tensor(sorted(units_list), dtype=torch.long)
+        groups.append(Group(len(groups), units, tuple(held)))
     return groups

@@ -12,17 +12,25 @@ every unit that contains one keeps its shape (model inputs/outputs, unsupported 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 NEUTRAL = 0
+_BIG = 4096  # above this many elements, union first drops dims along which nothing varies
 
 
 class LabelSpace:
-    """Allocates channel ids and joins them; all operations work on whole tensors of ids."""
+    """Allocates channel ids and joins them; all operations work on whole tensors of ids.
+
+    The union-find parent array is a NumPy array: label tensors are small once their
+    broadcast dims are cut (:func:`_compact`), and on small arrays a NumPy op costs a
+    fraction of a torch op's dispatch. Label tensors go in and out as CPU int64 tensors
+    (``Tensor.numpy()`` / ``torch.from_numpy`` share memory, nothing is copied twice).
+    """
 
     def __init__(self) -> None:
-        self._parent = torch.arange(1024, dtype=torch.long)
+        self._parent = np.arange(1024, dtype=np.int64)
         self._size = 1  # id 0 is NEUTRAL
         self.block_reasons: dict[int, str] = {}
 
@@ -34,9 +42,8 @@ class LabelSpace:
     def new_ids(self, count: int) -> Tensor:
         """``count`` fresh ids, each its own class."""
         start, stop = self._size, self._size + count
-        if stop > self._parent.numel():
-            capacity = max(stop, 2 * self._parent.numel())
-            grown = torch.arange(capacity, dtype=torch.long)
+        if stop > self._parent.size:
+            grown = np.arange(max(stop, 2 * self._parent.size), dtype=np.int64)
             grown[: self._size] = self._parent[: self._size]
             self._parent = grown
         self._size = stop
@@ -44,94 +51,140 @@ class LabelSpace:
 
     def block_id(self, reason: str) -> int:
         """A fresh id that marks whatever joins it as unprunable, for ``reason``."""
-        bid = int(self.new_ids(1)[0])
+        bid = self._size
+        self.new_ids(1)
         self.block_reasons[bid] = reason
         return bid
 
     def block(self, labels: Tensor, reason: str) -> None:
         """Make every channel in ``labels`` unprunable, remembering ``reason``."""
-        real = labels[labels != NEUTRAL]
-        if real.numel() == 0:
+        small, _ = _compact(labels)
+        flat = _np(small).reshape(-1)
+        real = np.unique(flat[flat != NEUTRAL])
+        if real.size == 0:
             return
         bid = self.block_id(reason)
-        self.union(real.unique(), torch.full((1,), bid, dtype=torch.long))
+        self._union_np(real, np.full(real.shape, bid, dtype=np.int64))
 
     def find(self, labels: Tensor) -> Tensor:
         """The class representative of every id in ``labels`` (same shape)."""
-        small, expanded = _compact(labels)
-        if expanded:  # look up each distinct position once, then broadcast back
-            return self.find(small).expand(labels.shape)
+        roots = self.find_compact(labels)
+        return roots.expand(labels.shape) if roots.shape != labels.shape else roots
+
+    def find_compact(self, labels: Tensor) -> Tensor:
+        """Like :meth:`find`, with ``labels``' broadcast dims left at size 1."""
+        small, _ = _compact(labels)
+        return torch.from_numpy(self._find_np(_np(small).reshape(-1))).view(small.shape)
+
+    def _find_np(self, flat: np.ndarray) -> np.ndarray:
         parent = self._parent
-        flat = labels.reshape(-1)
-        roots = parent.index_select(0, flat)
-        while True:
-            nxt = parent.index_select(0, roots)
-            if torch.equal(nxt, roots):
-                break
+        roots = parent[flat]
+        nxt = parent[roots]
+        if bool((nxt == roots).all()):  # already one hop from its root: nothing to compress
+            return roots
+        while not bool((nxt == roots).all()):
             roots = nxt
-        if flat.numel():
-            parent[flat] = roots  # path compression
-        return roots.reshape(labels.shape)
+            nxt = parent[roots]
+        parent[flat] = roots  # path compression
+        return roots
 
     def union(self, a: Tensor, b: Tensor) -> None:
         """Join ``a[i]`` with ``b[i]`` elementwise (after broadcasting); NEUTRAL is skipped."""
-        a, b = torch.broadcast_tensors(a, b)
-        for dim in range(a.dim()):  # positions repeated along a dim add no new pairs
-            if a.shape[dim] > 1 and not varies(a, dim) and not varies(b, dim):
-                a, b = a.narrow(dim, 0, 1), b.narrow(dim, 0, 1)
-        a, b = a.reshape(-1), b.reshape(-1)
-        keep = (a != NEUTRAL) & (b != NEUTRAL) & (a != b)
-        if not bool(keep.any()):
+        if a is b:
             return
-        width = self._size
-        pairs = (a[keep] * width + b[keep]).unique()  # one int64 key per distinct pair
-        a, b = pairs // width, pairs % width
+        a, b = torch.broadcast_tensors(a, b)
+        # positions repeated along a dim add no new pairs: cut broadcast dims for free, and
+        # on big tensors also materialised dims along which neither side varies
+        keep_dims = [n if n <= 1 or sa or sb else 1
+                     for n, sa, sb in zip(a.shape, a.stride(), b.stride(), strict=True)]
+        na, nb = _np(a), _np(b)
+        if keep_dims != list(a.shape):
+            cut = tuple(slice(None) if n > 1 else slice(0, 1) for n in keep_dims)
+            na, nb = na[cut], nb[cut]
+        if na.size > _BIG:
+            for dim in range(na.ndim):
+                if na.shape[dim] > 1 and not _np_varies(na, dim) and not _np_varies(nb, dim):
+                    na, nb = na[_first_along(na.ndim, dim)], nb[_first_along(nb.ndim, dim)]
+        self._union_np(na.reshape(-1), nb.reshape(-1))
+
+    def _union_np(self, a: np.ndarray, b: np.ndarray) -> None:
+        keep = (a != NEUTRAL) & (b != NEUTRAL) & (a != b)
+        if not keep.any():
+            return
+        if keep.size > 1:
+            width = self._size
+            pairs = np.unique(a[keep] * width + b[keep])  # one int64 key per distinct pair
+            a, b = pairs // width, pairs % width
+        else:
+            a, b = a[keep], b[keep]
+        parent = self._parent
         while True:
-            ra, rb = self.find(a), self.find(b)
+            ra, rb = self._find_np(a), self._find_np(b)
             differ = ra != rb
-            if not bool(differ.any()):
+            if not differ.any():
                 return
-            high = torch.maximum(ra, rb)[differ]
-            low = torch.minimum(ra, rb)[differ]
-            self._parent.scatter_reduce_(0, high, low, reduce="amin")
+            high = np.maximum(ra, rb)[differ]
+            low = np.minimum(ra, rb)[differ]
+            np.minimum.at(parent, high, low)
 
     def blocked_roots(self) -> dict[int, str]:
         """Representative → reason, for every class that holds a block id."""
         if not self.block_reasons:
             return {}
-        ids = torch.tensor(list(self.block_reasons), dtype=torch.long)
-        roots = self.find(ids).tolist()
+        ids = np.fromiter(self.block_reasons, dtype=np.int64, count=len(self.block_reasons))
+        roots = self._find_np(ids).tolist()
         out: dict[int, str] = {}
         for bid, root in zip(self.block_reasons, roots, strict=True):
             out.setdefault(root, self.block_reasons[bid])
         return out
 
 
+def _np(labels: Tensor) -> np.ndarray:
+    """The int64 NumPy view of a label tensor (strides kept, nothing copied)."""
+    if labels.dtype != torch.long:
+        labels = labels.long()
+    return labels.numpy()
+
+
+def _first_along(ndim: int, dim: int) -> tuple[slice, ...]:
+    return tuple(slice(0, 1) if d == dim else slice(None) for d in range(ndim))
+
+
+def _np_varies(arr: np.ndarray, dim: int) -> bool:
+    return bool((arr != arr[_first_along(arr.ndim, dim)]).any())
+
+
 def _compact(labels: Tensor) -> tuple[Tensor, bool]:
     """``labels`` with its broadcast (stride-0) dims cut to size 1, and whether any was."""
-    small = labels
-    for dim in range(labels.dim()):
-        if labels.shape[dim] > 1 and labels.stride(dim) == 0:
-            small = small.narrow(dim, 0, 1)
-    return small, small is not labels
+    shape = labels.shape
+    stride = labels.stride()
+    if 0 not in stride:
+        return labels, False
+    small = [1 if n > 1 and st == 0 else n for n, st in zip(shape, stride, strict=True)]
+    if small == list(shape):
+        return labels, False
+    return labels.as_strided(small, stride, labels.storage_offset()), True
 
 
 def varies(labels: Tensor, dim: int) -> bool:
     """True if (canonical) ``labels`` are not constant along ``dim``."""
     if labels.dim() == 0 or labels.shape[dim] <= 1 or labels.stride(dim) == 0:
         return False
-    return bool((labels != labels.narrow(dim, 0, 1)).any())
+    small, _ = _compact(labels)  # compare each distinct position once, not every broadcast copy
+    return _np_varies(_np(small), dim)
 
 
 def rep_along(space: LabelSpace, labels: Tensor, dims: tuple[int, ...]) -> Tensor:
     """Join every label with the others along ``dims`` and return one label per remaining
     position (``dims`` kept with size 1). A NEUTRAL element does not join."""
-    canon, _ = _compact(space.find(labels))
+    canon = space.find_compact(labels)
     if not dims:
         return canon.expand(labels.shape)
+    shape = [1 if d in dims else n for d, n in enumerate(labels.shape)]
+    if all(canon.shape[d] == 1 for d in dims):  # one label along dims already: no join
+        return canon.expand(shape)
     rep = canon.amax(dim=dims, keepdim=True)
     space.union(rep.expand_as(canon), canon)
-    shape = [1 if d in dims else n for d, n in enumerate(labels.shape)]
     return rep.expand(shape)
 
 

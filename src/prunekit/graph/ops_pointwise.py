@@ -89,8 +89,6 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
             continue
         acc_over = any(varies(acc, d) for d in bcast)
         new_over = any(varies(full, d) for d in acc_bcast)
-        new_varies = any(varies(full, d) for d in range(full.dim()))
-        acc_varies = any(varies(acc, d) for d in range(acc.dim()))
         if not acc_over and not new_over:
             space.union(acc, full)
             acc = _broadcast_max(acc, full)
@@ -98,10 +96,10 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
         elif acc_over and not new_over:
             # ``full`` is broadcast along acc's channels, so it cannot follow them; its own
             # channels (along dims where acc is constant) cannot shrink either
-            if new_varies:
+            if any(varies(full, d) for d in range(full.dim())):
                 space.block(full, "broadcast against channels on another axis")
         elif new_over and not acc_over:
-            if acc_varies:
+            if any(varies(acc, d) for d in range(acc.dim())):
                 space.block(acc, "broadcast against channels on another axis")
             acc, acc_bcast = full, bcast
         else:
@@ -116,11 +114,15 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
 
 def _broadcast_max(a: Tensor, b: Tensor) -> Tensor:
     """``maximum(a, b)`` computed once per position that is not broadcast in both."""
-    small_a, small_b = a, b
-    for dim in range(a.dim()):
-        if a.shape[dim] > 1 and a.stride(dim) == 0 and b.stride(dim) == 0:
-            small_a, small_b = small_a.narrow(dim, 0, 1), small_b.narrow(dim, 0, 1)
-    return torch.maximum(small_a, small_b).expand(a.shape)
+    if a is b:
+        return a
+    shape, sa, sb = a.shape, a.stride(), b.stride()
+    small = [1 if n > 1 and x == 0 and y == 0 else n
+             for n, x, y in zip(shape, sa, sb, strict=True)]
+    if small == list(shape):
+        return torch.maximum(a, b)
+    return torch.maximum(a.as_strided(small, sa, a.storage_offset()),
+                         b.as_strided(small, sb, b.storage_offset())).expand(shape)
 
 
 def _setitem(ctx: TraceContext, call: OpCall) -> None:

@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import UnsupportedOpError
@@ -98,6 +97,7 @@ class Trace:
     params: dict[str, ParamRecord]
     skipped_ops: list[str]
     bindings: dict[tuple[str, str], Tensor] = field(default_factory=dict)
+    output_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
 
 
 class TraceContext:
@@ -113,6 +113,8 @@ class TraceContext:
         self._path: list[str] = []
         self._running: list[nn.Module] = [model]
         self._atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
+        self._mode: TorchFunctionMode | None = None  # the recorder, once it runs
+        self._suspended: list[bool] = []
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self._param_names: dict[int, str] = {}
         for name, tensor in [
@@ -144,10 +146,10 @@ class TraceContext:
         entry = self._labels.get(id(tensor))
         if entry is not None and entry[0] is tensor:
             return entry[1]
-        return torch.zeros(tensor.shape, dtype=torch.long)
+        return _constant(NEUTRAL, tensor.shape)
 
     def set_labels(self, tensor: Tensor, labels: Tensor) -> None:
-        if tuple(labels.shape) != tuple(tensor.shape):
+        if labels.shape != tensor.shape:
             raise OpNotMappable(
                 f"label shape {tuple(labels.shape)} != tensor shape {tuple(tensor.shape)}"
             )
@@ -273,7 +275,7 @@ class TraceContext:
         for lab in live:
             self.space.union(lab.unique(), torch.tensor([bid]))
         for tensor in outputs:
-            self.set_labels(tensor, torch.full(tensor.shape, bid, dtype=torch.long))
+            self.set_labels(tensor, _constant(bid, tensor.shape))
 
     def _has_prunable(self, labels: Tensor) -> bool:
         real = labels[labels != NEUTRAL]
@@ -317,6 +319,7 @@ class TraceContext:
                 atomic_stack.append(atomic)
                 if atomic:
                     recorder._atomic_depth += 1
+                    recorder._suspend()
 
             def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *, _name: str = name,
                      _handler: Any = handler) -> None:
@@ -326,8 +329,12 @@ class TraceContext:
                 if atomic:
                     # still "inside" the module: the handler's own label arithmetic must not
                     # be recorded as ops of the model
-                    recorder.record_module(_handler, ModuleCall(_name, mod, args, kwargs, out))
-                    recorder._atomic_depth -= 1
+                    try:
+                        recorder.record_module(_handler,
+                                               ModuleCall(_name, mod, args, kwargs, out))
+                    finally:
+                        recorder._atomic_depth -= 1
+                        recorder._resume()
 
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
@@ -336,6 +343,21 @@ class TraceContext:
         finally:
             for handle in handles:
                 handle.remove()
+
+    def _suspend(self) -> None:
+        """Take the recording mode off the torch-function stack while an atomic module runs:
+        its inner ops and its handler's label arithmetic then run at full speed."""
+        depth = torch._C._len_torch_function_stack()
+        mode = self._mode
+        if mode is not None and depth and torch._C._get_function_stack_at(depth - 1) is mode:
+            torch._C._pop_torch_function_stack()
+            self._suspended.append(True)
+        else:
+            self._suspended.append(False)
+
+    def _resume(self) -> None:
+        if self._suspended.pop() and self._mode is not None:
+            torch._C._push_on_torch_function_stack(self._mode)
 
     @property
     def recording(self) -> bool:
@@ -354,6 +376,11 @@ class _Recorder(TorchFunctionMode):
         if self.ctx.recording:
             self.ctx.record_op(func, tuple(args), dict(kwargs), out)
         return out
+
+
+def _constant(label: int, shape: torch.Size) -> Tensor:
+    """One label everywhere, as a broadcast view (no memory per element of a big input)."""
+    return torch.full((), label, dtype=torch.long).expand(shape)
 
 
 def _is_setitem(func: Any) -> bool:
@@ -378,13 +405,21 @@ def walk_tensors(tree: Any, prefix: str = "output") -> Iterator[tuple[str, Tenso
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run ``model`` in eval mode (BatchNorm must not update its statistics), then restore."""
-    modes = {m: m.training for m in model.modules()}
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
+    if not any(modes):  # already in eval mode: nothing to switch or restore
+        yield
+        return
     model.eval()
     try:
         yield
     finally:
-        for module, training in modes.items():
-            module.train(training)
+        if all(type(m).train is nn.Module.train for m in modules):
+            for module, training in zip(modules, modes, strict=True):
+                module.training = training  # what train() sets, without its recursion
+        else:  # a module with its own train() gets it called, as it expects
+            for module, training in zip(modules, modes, strict=True):
+                module.train(training)
 
 
 def trace(
@@ -402,12 +437,14 @@ def trace(
     ctx = TraceContext(model, strict)
     for path, tensor in walk_tensors(example_inputs, "input"):
         bid = ctx.space.block_id(f"model input {path}")
-        ctx.set_labels(tensor, torch.full(tensor.shape, bid, dtype=torch.long))
-    with torch.no_grad(), eval_mode(model), ctx.hooks(model, lookup), _Recorder(ctx):
+        ctx.set_labels(tensor, _constant(bid, tensor.shape))
+    recorder = ctx._mode = _Recorder(ctx)
+    with torch.no_grad(), eval_mode(model), ctx.hooks(model, lookup), recorder:
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):
         if ctx.is_tracked(tensor):
             ctx.block(ctx.labels(tensor), f"model output {path}")
-    leaves, _ = tree_flatten(out)
-    del leaves
-    return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings)
+    shapes = [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
+    ctx._mode = None  # no cycle keeps the activations and their labels alive
+    ctx._labels.clear()
+    return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,16 +32,47 @@ from prunekit.structured.plan import apply_plan, build_plan
 __all__ = ["Analysis", "PruneResult", "analyze", "prune"]
 
 
-@dataclass(frozen=True)
 class PruneResult:
-    """The pruned model, its plan (JSON data), before/after profiles and the coverage report."""
+    """The pruned model, its plan (JSON data), before/after profiles and the coverage report.
 
-    model: nn.Module
-    plan: dict[str, Any]
-    before: Profile
-    after: Profile
-    coverage: Coverage
-    groups: int
+    ``before`` and ``after`` are measured (one flop-counting forward pass each) when first
+    read, not by ``prune`` itself: a caller that only wants the model, such as a training
+    callback pruning every epoch, does not pay for them. ``before`` describes the model as
+    ``prune`` found it (its module tree is kept, sharing the tensors), ``after`` the pruned
+    model; read them before changing tensors of either in place. With ``inplace=True`` the
+    result holds the replaced (unpruned) tensors until ``before`` is read or the result is
+    dropped.
+    """
+
+    __slots__ = ("_after", "_before", "coverage", "groups", "model", "plan")
+
+    def __init__(self, model: nn.Module, plan: dict[str, Any],
+                 before: Profile | Callable[[], Profile], after: Profile | Callable[[], Profile],
+                 coverage: Coverage, groups: int) -> None:
+        self.model = model
+        self.plan = plan
+        self._before = before
+        self._after = after
+        self.coverage = coverage
+        self.groups = groups
+
+    @property
+    def before(self) -> Profile:
+        """Profile of the model before pruning (measured on first access)."""
+        if not isinstance(self._before, Profile):
+            self._before = self._before()
+        return self._before
+
+    @property
+    def after(self) -> Profile:
+        """Profile of the pruned model (measured on first access)."""
+        if not isinstance(self._after, Profile):
+            self._after = self._after()
+        return self._after
+
+    def __repr__(self) -> str:
+        return (f"PruneResult(model={type(self.model).__name__}, groups={self.groups}, "
+                f"modules cut={len(self.plan.get('modules', {}))})")
 
     @property
     def params_kept(self) -> float:
@@ -92,7 +123,8 @@ def analyze(model: nn.Module, example_inputs: ExampleInputs, *,
                           f"them in first with prunekit.strip(model), then prune")
     graph = build_groups(model, traced, ignore, axes_of=_axes_of)
     modules = dict(model.named_modules())
-    inputs = [(g, _member_views(g, modules, model)) for g in graph.groups]
+    params = dict(model.named_parameters())
+    inputs = [(g, _member_views(g, modules, params, model)) for g in graph.groups]
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
     return Analysis(graph, scores, coverage_report(model, graph))
@@ -104,7 +136,7 @@ def _axes_of(module: nn.Module) -> list[tuple[str, int, str]] | None:
 
 
 def _member_views(group: Group, modules: Mapping[str, nn.Module],
-                  model: nn.Module) -> list[MemberViews]:
+                  params: Mapping[str, nn.Parameter], model: nn.Module) -> list[MemberViews]:
     out = []
     for member in group.members:
         if member.kind == "attr":
@@ -114,8 +146,8 @@ def _member_views(group: Group, modules: Mapping[str, nn.Module],
             adapter = find_adapter(module)
             views = adapter.weight_views(module, member.dim) if adapter is not None else []
         else:
-            tensor = model.get_parameter(member.name) if member.name in dict(
-                model.named_parameters()) else model.get_buffer(member.name)
+            tensor = params[member.name] if member.name in params \
+                else model.get_buffer(member.name)
             axis = member.axis if member.axis is not None else 0
             views = [WeightView(rows(tensor, axis), "weight", member.dim,
                                 grad_rows(tensor, axis))]
@@ -174,14 +206,16 @@ def prune(
                         global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
                         max_keep=max_keep)
     norm = normalization or ("mean" if global_ranking or target is not None else "none")
-    reference = _output_shapes(model, example_inputs)
     found = analyze(model, example_inputs, importance=importance, ignore=ignore, strict=strict,
                     aggregation=aggregation, normalization=norm, seed=seed)
+    reference = found.graph.trace.output_shapes  # the trace ran the model in eval mode
     if target is not None:
         config = _search(model, example_inputs, found, config, target)
     masks = allocate(found.graph.groups, found.scores, config)
     plan = build_plan(model, found.graph, masks)
-    pruned = copy.deepcopy(model)
+    # surgery replaces tensors instead of writing into them, so with inplace=True a clone
+    # that shares them is enough to leave the user's model untouched on failure
+    pruned = _shallow_clone(model) if inplace else copy.deepcopy(model)
     try:
         apply_plan(pruned, plan)
         shapes = _output_shapes(pruned, example_inputs)
@@ -198,14 +232,67 @@ def prune(
             f"pruning changed the model's output shapes from {reference} to {shapes}; your "
             f"model is unchanged. Add the output layer to ignore=..."
         )
-    with eval_mode(model):  # BatchNorm in train mode would update its statistics
-        before = profile(model, example_inputs)
+    original = _root_copy(model) if inplace else _shallow_clone(model)
     if inplace:
         model.__dict__.update(pruned.__dict__)
         pruned = model
-    with eval_mode(pruned):
-        after = profile(pruned, example_inputs)
-    return PruneResult(pruned, plan, before, after, found.coverage, len(found.graph.groups))
+    return PruneResult(pruned, plan, _lazy_profile(original, example_inputs),
+                       _lazy_profile(pruned, example_inputs), found.coverage,
+                       len(found.graph.groups))
+
+
+def _lazy_profile(model: nn.Module, example_inputs: ExampleInputs) -> Callable[[], Profile]:
+    def measure() -> Profile:
+        with eval_mode(model):  # BatchNorm in train mode would update its statistics
+            return profile(model, example_inputs)
+    return measure
+
+
+def _root_copy(module: nn.Module) -> nn.Module:
+    """A second root object holding ``module``'s current attributes (children, tensors)."""
+    root = object.__new__(type(module))
+    root.__dict__.update(module.__dict__)
+    return root
+
+
+_CONTAINERS = (nn.Module, dict, list, set, tuple)
+
+
+def _shallow_clone(model: nn.Module) -> nn.Module:
+    """The module tree copied, every tensor shared: new module objects whose attribute dicts
+    and containers are copied one level, modules in them cloned (once each, so shared
+    submodules stay shared). Much cheaper than ``copy.deepcopy``; safe wherever tensors are
+    replaced rather than written into, as surgery does."""
+    memo: dict[int, nn.Module] = {}
+
+    def clone(module: nn.Module) -> nn.Module:
+        done = memo.get(id(module))
+        if done is not None:
+            return done
+        new = object.__new__(type(module))
+        memo[id(module)] = new
+        state = module.__dict__.copy()
+        for key, value in state.items():
+            if isinstance(value, _CONTAINERS):
+                state[key] = swap(value)
+        new.__dict__.update(state)
+        return new
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, nn.Module):
+            return clone(value)
+        if isinstance(value, dict):
+            out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
+            for key, item in value.items():
+                if isinstance(item, nn.Module):
+                    out[key] = clone(item)
+            return out
+        if isinstance(value, (list, set)) or type(value) is tuple:
+            items = [clone(v) if isinstance(v, nn.Module) else v for v in value]
+            return type(value)(items)
+        return value
+
+    return clone(model)
 
 
 def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
@@ -241,7 +328,7 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, found: Analysis,
         mid = (low + high) / 2
         trial = replace(config, ratio=mid, global_ranking=True)
         plan = build_plan(model, found.graph, allocate(found.graph.groups, found.scores, trial))
-        candidate = copy.deepcopy(model)
+        candidate = _shallow_clone(model)
         apply_plan(candidate, plan)
         kept = _measure(candidate, example_inputs, metric) / max(1, base)
         if kept <= goal:

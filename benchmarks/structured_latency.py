@@ -1,0 +1,245 @@
+"""Does measured CPU latency fall as MACs do, on realistic CNNs pruned by ``pk.prune``?
+
+ResNet-18, ResNet-50 (bottleneck), VGG-16-BN and MobileNetV2, written in plain torch with
+torchvision's layouts (torchvision is not a dependency), at 224×224 by default. Each is
+pruned with L2 filter norms at 30 % and 50 % of the channels of every group, with
+``round_to=8`` and without; the classifier (the output layer) is kept. For every batch
+size and thread count, the dense model and its pruned variants are timed *round-robin*
+(dense, p30, p50, ... then again), so load from other processes on a shared machine hits
+all of them alike; each round gives a paired speed-up (dense time / pruned time) and the
+figure reported is the median over the rounds.
+
+Columns: ``prune s`` (the ``pk.prune`` call on a batch of 1 with one thread, profiles
+excluded), MACs
+reduction (dense MACs / pruned MACs, from ``pk.profile``), measured
+latency speed-up (median of the paired per-round ratios) and their ratio — 1.0 means latency falls
+exactly as MACs do; the goal is ≥ 0.9. Latency is measured with ``torch.no_grad()`` in
+eval mode, one thread count at a time (``torch.set_num_threads``).
+
+Command (took 9–15 minutes on 2 shared cores at the defaults):
+
+    .venv/bin/python benchmarks/structured_latency.py [--size 224] [--batches 1,8]
+        [--threads 1,2] [--rounds 7] [--models resnet18,resnet50,vgg16_bn,mobilenet_v2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.metrics.profile import profile
+from prunekit.structured.pruning import prune
+
+# -- the models (torchvision's layouts, random weights) ---------------------------------------
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
+             relu: type[nn.Module] | None = nn.ReLU) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups,
+                                         bias=False), nn.BatchNorm2d(cout)]
+    if relu is not None:
+        layers.append(relu(inplace=True))
+    return layers
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.body = nn.Sequential(*_conv_bn(cin, width, 3, stride),
+                                  *_conv_bn(width, cout, 3, relu=None))
+        self.short = (nn.Sequential(*_conv_bn(cin, cout, 1, stride, relu=None))
+                      if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.body(x) + self.short(x))
+
+
+class Bottleneck(BasicBlock):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        nn.Module.__init__(self)
+        cout = width * self.expansion
+        self.body = nn.Sequential(*_conv_bn(cin, width, 1), *_conv_bn(width, width, 3, stride),
+                                  *_conv_bn(width, cout, 1, relu=None))
+        self.short = (nn.Sequential(*_conv_bn(cin, cout, 1, stride, relu=None))
+                      if stride != 1 or cin != cout else nn.Identity())
+
+
+class ResNet(nn.Module):
+    def __init__(self, block: type[BasicBlock], depths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1))
+        blocks: list[nn.Module] = []
+        cin = 64
+        for stage, depth in enumerate(depths):
+            width = 64 * 2 ** stage
+            for i in range(depth):
+                blocks.append(block(cin, width, 2 if i == 0 and stage > 0 else 1))
+                cin = width * block.expansion
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, 1000)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class VGG16BN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        cfg = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0]
+        layers: list[nn.Module] = []
+        cin = 3
+        for c in cfg:
+            if c == 0:
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += _conv_bn(cin, c, 3)
+                cin = c
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(7)
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, 1000))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = [] if expand == 1 else _conv_bn(cin, hidden, 1, relu=nn.ReLU6)
+        layers += _conv_bn(hidden, hidden, 3, stride, groups=hidden, relu=nn.ReLU6)
+        layers += _conv_bn(hidden, cout, 1, relu=None)
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+               (6, 160, 3, 2), (6, 320, 1, 1)]
+        layers: list[nn.Module] = _conv_bn(3, 32, 3, 2, relu=nn.ReLU6)
+        cin = 32
+        for t, c, n, s in cfg:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += _conv_bn(cin, 1280, 1, relu=nn.ReLU6)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, 1000))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], nn.Module]]] = {
+    "resnet18": (lambda: ResNet(BasicBlock, (2, 2, 2, 2)), lambda m: m.fc),
+    "resnet50": (lambda: ResNet(Bottleneck, (3, 4, 6, 3)), lambda m: m.fc),
+    "vgg16_bn": (VGG16BN, lambda m: m.classifier[-1]),
+    "mobilenet_v2": (MobileNetV2, lambda m: m.classifier[-1]),
+}
+VARIANTS = [(0.3, 8), (0.5, 8), (0.3, None), (0.5, None)]  # (channel ratio, round_to)
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def _time_once(model: nn.Module, x: Tensor) -> float:
+    start = time.perf_counter()
+    model(x)
+    return time.perf_counter() - start
+
+
+def interleaved_speedups(models: list[nn.Module], x: Tensor, rounds: int,
+                         warmup: int = 2) -> list[float]:
+    """Speed-up of every model after the first over the first: in each round the models
+    run one after another, each round gives ``t_first / t_model``, and the median over the
+    rounds is returned (paired ratios cancel the load other processes put on the machine)."""
+    times: list[list[float]] = [[] for _ in models]
+    with torch.no_grad():
+        for model in models:
+            for _ in range(warmup):
+                model(x)
+        for _ in range(rounds):
+            for i, model in enumerate(models):
+                times[i].append(_time_once(model, x))
+    return [statistics.median(d / t for d, t in zip(times[0], own, strict=True))
+            for own in times[1:]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224, help="input height = width")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--models", default=",".join(MODELS))
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    print(f"input {args.size}x{args.size}; {args.rounds} interleaved rounds; "
+          f"variants: channel ratio / round_to")
+    header = (f"{'model':<14}{'variant':>10}{'prune s':>9}{'MACs red':>10}"
+              + "".join(f"{f'b{b} t{t} sp/r':>16}" for b in batches for t in threads))
+    print(header)
+    print("-" * len(header))
+    ratios: list[tuple[str, float]] = []
+    torch.set_num_threads(1)
+    warm = MobileNetV2().eval()  # first call pays one-off imports: keep them out of "prune s"
+    _ = prune(warm, torch.randn(1, 3, 32, 32), ratio=0.5, ignore=[warm.classifier[-1]]).after
+    for name in args.models.split(","):
+        build, head = MODELS[name]
+        torch.manual_seed(0)
+        dense = build().eval()
+        one = torch.randn(1, 3, args.size, args.size)
+        dense_macs = profile(dense, one).macs
+        pruned, rows = [], []
+        torch.set_num_threads(1)  # prune on one thread: small ops + a busy pool = spin waits
+        for ratio, round_to in VARIANTS:
+            start = time.perf_counter()
+            result = prune(dense, one, ratio=ratio, importance="l2", ignore=[head(dense)],
+                           round_to=round_to)
+            seconds = time.perf_counter() - start  # the profiles are measured below
+            pruned.append(result.model.eval())
+            rows.append((f"{ratio:.0%}/{round_to or '-'}", seconds,
+                         dense_macs / max(1, result.after.macs)))
+        cells: list[list[str]] = [[] for _ in rows]
+        for batch in batches:
+            x = torch.randn(batch, 3, args.size, args.size)
+            for n_threads in threads:
+                torch.set_num_threads(n_threads)
+                speedups = interleaved_speedups([dense, *pruned], x, args.rounds)
+                for i, (variant, _, reduction) in enumerate(rows):
+                    speedup = speedups[i]
+                    ratios.append((f"{name} {variant} b{batch} t{n_threads}",
+                                   speedup / reduction))
+                    cells[i].append(f"{speedup:.2f}x/{speedup / reduction:.2f}")
+        for (variant, seconds, reduction), row in zip(rows, cells, strict=True):
+            print(f"{name:<14}{variant:>10}{seconds:>9.2f}{reduction:>9.2f}x"
+                  + "".join(f"{c:>16}" for c in row), flush=True)
+    print("-" * len(header))
+    print("cells: measured speed-up / (speed-up ÷ MACs reduction); goal ratio >= 0.9")
+    met = [label for label, r in ratios if r >= 0.9]
+    print(f"{len(met)}/{len(ratios)} configurations reach 0.9; ratio median "
+          f"{statistics.median(r for _, r in ratios):.2f}, min "
+          f"{min(r for _, r in ratios):.2f} ({min(ratios, key=lambda p: p[1])[0]})")
+
+
+if __name__ == "__main__":
+    main()
