@@ -13,8 +13,9 @@ dense model on the held-out texts and its spread (max − min). ``prune_llm`` ge
 ``(1, L)`` id tensor per text ([CLS] … [SEP], no padding), ``prune_hf`` padded batches of
 16. Rows: the three solvers as their reference codes run them (``true_sequential=False``:
 all of a block's layers see the block's inputs; blocks in sequence), SparseGPT with OWL
-(not in the best configuration: it lowers fidelity on this 6-block encoder), the best
-configuration ``prune_llm(method="sparsegpt", true_sequential=True, reconstruct=True)``
+(not in the best configuration: it lowers fidelity on this 6-block encoder), Wanda and
+SparseGPT each with true-sequential + reconstruction; the best of these is
+``prune_llm(method="sparsegpt", true_sequential=True, reconstruct=True)``
 (default ``ReconstructConfig``: 10 Adam passes at lr 1e-4 over the calibration inputs per
 block, masks fixed), and structured 25 % heads + 30 % FFN (``prune_hf``, activation
 importance) without / with the least-squares refit. "params" counts parameters kept,
@@ -22,7 +23,8 @@ importance) without / with the least-squares refit. "params" counts parameters k
 "prune s" is the wall time of the pruning call only. Memory: every row (and draw) runs in
 a fresh ``spawn`` child process; "peak MiB" is its ``resource.getrusage`` ``ru_maxrss``
 after pruning (torch + the loaded dense model + a copy ≈ 570 MiB before anything is
-pruned), "+MiB" the rise of that high-water mark during the pruning call. Times are on a
+pruned), "+MiB" the rise of that high-water mark during the pruning call (children run with
+``MALLOC_MMAP_THRESHOLD_=131072`` so freed large blocks leave the RSS). Times are on a
 machine shared with other jobs: compare them within one run.
 
 **LLaMA.** A random-init ``LlamaForCausalLM`` (from config; needs ``transformers``) is first
@@ -40,6 +42,7 @@ import argparse
 import copy
 import math
 import multiprocessing
+import os
 import random
 import resource
 import statistics
@@ -239,6 +242,8 @@ def minilm_rows(args: argparse.Namespace) -> list[MiniLMRow]:
         if pattern == "unstructured":
             settings.append((f"{name} sparsegpt + OWL + true-seq", "masks",
                              {"method": "sparsegpt", "owl": True, **extra}))
+        settings.append((f"{name} wanda + true-seq + rec", "masks",
+                         {**best, "method": "wanda", **extra}))
         settings.append((f"{name} sparsegpt + true-seq + rec (best)", "masks", {**best, **extra}))
     structured = {"heads": 0.25, "ffn": 0.3, "importance": "activation"}
     settings += [
@@ -259,6 +264,9 @@ def minilm_rows(args: argparse.Namespace) -> list[MiniLMRow]:
 def minilm_section(args: argparse.Namespace) -> None:
     """Prune all-MiniLM-L6-v2 every way in the table, one child process per row and draw."""
     results: dict[str, list[dict[str, float]]] = {}
+    # glibc's growing mmap threshold keeps freed large blocks resident, which makes the RSS
+    # high-water mark depend on allocation order; a fixed threshold returns them at once
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     context = multiprocessing.get_context("spawn")
     t0 = time.perf_counter()
     for row in minilm_rows(args):
