@@ -56,39 +56,31 @@ def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _saved(factory: pytest.TempPathFactory, model: nn.Module) -> Path:
+    path = factory.mktemp(type(model).__name__)
+    model.save_pretrained(path)  # type: ignore[operator]
+    _tokenizer().save_pretrained(path)  # type: ignore[attr-defined]
+    return path
+
+
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=len(WORDS) + 2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
+        vocab_size=len(WORDS) + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
     )
-    path = tmp_path_factory.mktemp("llama")
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    _tokenizer().save_pretrained(path)  # type: ignore[attr-defined]
-    return path
+    return _saved(tmp_path_factory, transformers.LlamaForCausalLM(config))
 
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=len(WORDS) + 2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
+        vocab_size=len(WORDS) + 2, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64,
     )
-    path = tmp_path_factory.mktemp("bert")
-    transformers.BertModel(config).save_pretrained(path)
-    _tokenizer().save_pretrained(path)  # type: ignore[attr-defined]
-    return path
+    return _saved(tmp_path_factory, transformers.BertModel(config))
 
 
 def _run(model: Path, text: Path, out: Path, *flags: str) -> int:
