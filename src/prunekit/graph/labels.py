@@ -199,6 +199,30 @@ def consume(space: LabelSpace, labels: Tensor, dim: int) -> Tensor:
     return rep_along(space, labels, others).reshape(-1)
 
 
+def in_sorted(values: Tensor, ids: Tensor) -> np.ndarray:
+    """Boolean NumPy mask: which elements of ``values`` occur in the sorted 1-D ``ids``
+    (``torch.isin`` for small id sets, without its per-call dispatch cost)."""
+    found, _ = _search_sorted(values, ids)
+    return found
+
+
+def _search_sorted(values: Tensor, ids: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    flat, sorted_ids = _np(values).reshape(-1), _np(ids)
+    if sorted_ids.size == 0:
+        return np.zeros(flat.shape, dtype=bool), np.zeros(flat.shape, dtype=np.int64)
+    pos = np.searchsorted(sorted_ids, flat)
+    found = sorted_ids[np.minimum(pos, sorted_ids.size - 1)] == flat
+    return found, pos
+
+
+def positions_in(values: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """(indices of the elements of 1-D ``values`` found in the sorted 1-D ``ids``, their
+    positions in ``ids``)."""
+    found, pos = _search_sorted(values, ids)
+    rows = np.flatnonzero(found)
+    return torch.from_numpy(rows), torch.from_numpy(pos[rows])
+
+
 def emit(vector: Tensor, dim: int, shape: torch.Size | tuple[int, ...]) -> Tensor:
     """A label tensor of ``shape`` whose index ``i`` along ``dim`` carries ``vector[i]``."""
     dim = dim % len(shape)

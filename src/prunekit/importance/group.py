@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunekit.errors import ConfigError, check_choice
 from prunekit.graph.dependency import Group, Member
+from prunekit.graph.labels import positions_in
 from prunekit.importance.base import get_criterion
 from prunekit.structured.adapters import WeightView
 
@@ -72,9 +73,7 @@ class GroupCriterion(Protocol):
 
 def unit_positions(group: Group, member: Member) -> tuple[Tensor, Tensor]:
     """(index rows of ``member`` inside the group, their unit position in ``group.units``)."""
-    inside = torch.isin(member.units, group.units)
-    rows = inside.nonzero().reshape(-1)
-    return rows, torch.searchsorted(group.units, member.units[rows])
+    return positions_in(member.units, group.units)
 
 
 @dataclass(frozen=True)
@@ -94,14 +93,14 @@ class ElementNorm:
             if not views:
                 continue
             rows, pos = unit_positions(group, entry.member)
-            raw = torch.zeros(group.size)
-            for view in views:
-                per_row = element.score(view.tensor, generator=generator).sum(1).float()
-                raw.index_add_(0, pos, per_row[rows])
-            held = torch.zeros(group.size, dtype=torch.bool)
-            held[pos] = True
+            per_row = element.score(views[0].tensor, generator=generator).sum(1).float()
+            for view in views[1:]:  # every view of a member has one row per index
+                per_row = per_row + element.score(view.tensor, generator=generator).sum(1).float()
+            if rows.numel() != per_row.numel():
+                per_row = per_row[rows]
+            raw = torch.zeros(group.size).index_add_(0, pos, per_row)
             combined = element.combine(raw.unsqueeze(1), 1)
-            out[i] = torch.where(held, combined, torch.tensor(float("nan")))
+            out[i, pos] = combined[pos]
         return out
 
 

@@ -255,15 +255,14 @@ def _root_copy(module: nn.Module) -> nn.Module:
     return root
 
 
-_CONTAINERS = (nn.Module, dict, list, set, tuple)
-
-
 def _shallow_clone(model: nn.Module) -> nn.Module:
     """The module tree copied, every tensor shared: new module objects whose attribute dicts
     and containers are copied one level, modules in them cloned (once each, so shared
     submodules stay shared). Much cheaper than ``copy.deepcopy``; safe wherever tensors are
-    replaced rather than written into, as surgery does."""
+    replaced rather than written into, as surgery does. A tuple without modules in it is
+    shared (it cannot change)."""
     memo: dict[int, nn.Module] = {}
+    module_type = nn.Module
 
     def clone(module: nn.Module) -> nn.Module:
         done = memo.get(id(module))
@@ -273,24 +272,20 @@ def _shallow_clone(model: nn.Module) -> nn.Module:
         memo[id(module)] = new
         state = module.__dict__.copy()
         for key, value in state.items():
-            if isinstance(value, _CONTAINERS):
-                state[key] = swap(value)
+            if isinstance(value, dict):
+                out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
+                for name, item in value.items():
+                    if isinstance(item, module_type):
+                        out[name] = clone(item)
+                state[key] = out
+            elif isinstance(value, module_type):
+                state[key] = clone(value)
+            elif isinstance(value, (list, set)) or (
+                    type(value) is tuple and any(isinstance(v, module_type) for v in value)):
+                state[key] = type(value)([clone(v) if isinstance(v, module_type) else v
+                                          for v in value])
         new.__dict__.update(state)
         return new
-
-    def swap(value: Any) -> Any:
-        if isinstance(value, nn.Module):
-            return clone(value)
-        if isinstance(value, dict):
-            out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
-            for key, item in value.items():
-                if isinstance(item, nn.Module):
-                    out[key] = clone(item)
-            return out
-        if isinstance(value, (list, set)) or type(value) is tuple:
-            items = [clone(v) if isinstance(v, nn.Module) else v for v in value]
-            return type(value)(items)
-        return value
 
     return clone(model)
 
