@@ -27,7 +27,7 @@ from prunekit.importance.group import (
 )
 from prunekit.metrics.profile import Profile, profile
 from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
-from prunekit.structured.plan import apply_plan, build_plan
+from prunekit.structured.plan import apply_plan, plan_with_indices
 
 __all__ = ["Analysis", "PruneResult", "analyze", "prune"]
 
@@ -212,12 +212,12 @@ def prune(
     if target is not None:
         config = _search(model, example_inputs, found, config, target)
     masks = allocate(found.graph.groups, found.scores, config)
-    plan = build_plan(model, found.graph, masks)
+    plan, indices = plan_with_indices(model, found.graph, masks)
     # surgery replaces tensors instead of writing into them, so with inplace=True a clone
     # that shares them is enough to leave the user's model untouched on failure
     pruned = _shallow_clone(model) if inplace else copy.deepcopy(model)
     try:
-        apply_plan(pruned, plan)
+        apply_plan(pruned, plan, indices=indices)
         shapes = _output_shapes(pruned, example_inputs)
     except ConfigError:
         raise
@@ -322,9 +322,10 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, found: Analysis,
     for _ in range(12):
         mid = (low + high) / 2
         trial = replace(config, ratio=mid, global_ranking=True)
-        plan = build_plan(model, found.graph, allocate(found.graph.groups, found.scores, trial))
+        plan, indices = plan_with_indices(model, found.graph,
+                                          allocate(found.graph.groups, found.scores, trial))
         candidate = _shallow_clone(model)
-        apply_plan(candidate, plan)
+        apply_plan(candidate, plan, indices=indices)
         kept = _measure(candidate, example_inputs, metric) / max(1, base)
         if kept <= goal:
             best, high = trial, mid
