@@ -215,12 +215,15 @@ def _search_sorted(values: Tensor, ids: Tensor) -> tuple[np.ndarray, np.ndarray]
     return found, pos
 
 
-def positions_in(values: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+def positions_in(values: Tensor, ids: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
     """(indices of the elements of 1-D ``values`` found in the sorted 1-D ``ids``, their
-    positions in ``ids``)."""
+    positions in ``ids`` plus ``offset``)."""
     found, pos = _search_sorted(values, ids)
     rows = np.flatnonzero(found)
-    return torch.from_numpy(rows), torch.from_numpy(pos[rows])
+    pos = pos[rows]
+    if offset:
+        pos += offset
+    return torch.from_numpy(rows), torch.from_numpy(pos)
 
 
 def emit(vector: Tensor, dim: int, shape: torch.Size | tuple[int, ...]) -> Tensor:

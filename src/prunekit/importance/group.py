@@ -96,17 +96,20 @@ class ElementNorm:
             views = [v for v in entry.views if v.kind in self.kinds]
             if not views:
                 continue
-            rows, pos = unit_positions(group, entry.member)
+            rows, pos = positions_in(entry.member.units, group.units, offset=i * size)
             per_row = element.score(views[0].tensor, generator=generator).sum(1).float()
             for view in views[1:]:  # every view of a member has one row per index
                 per_row = per_row + element.score(view.tensor, generator=generator).sum(1).float()
             values.append(per_row if rows.numel() == per_row.numel() else per_row[rows])
-            slots.append(pos + i * size)
-        out = torch.full((len(members) * size,), float("nan"))
-        if slots:
-            index = torch.cat(slots)
-            raw = torch.zeros(len(members) * size).index_add_(0, index, torch.cat(values))
-            out[index] = element.combine(raw.unsqueeze(1), 1)[index]
+            slots.append(pos)
+        total = len(members) * size
+        if not slots:
+            return torch.full((len(members), size), float("nan"))
+        index = torch.cat(slots) if len(slots) > 1 else slots[0]
+        value = torch.cat(values) if len(values) > 1 else values[0]
+        raw = torch.zeros(total).index_add_(0, index, value)
+        missing = torch.ones(total, dtype=torch.bool).index_fill_(0, index, False)
+        out = element.combine(raw.unsqueeze(1), 1).masked_fill_(missing, float("nan"))
         return out.view(len(members), size)
 
 
