@@ -75,7 +75,7 @@ def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | N
     adapter = find_adapter(module)
     if adapter is None or not _swaps(module):
         return None
-    return adapter.swap(module, keep)  # type: ignore[attr-defined, no-any-return]
+    return adapter.swap(module, keep)  # type: ignore[attr-defined]
 
 
 Indices = dict[tuple[str, str, str], Tensor]  # (section, name, dim or axis) -> keep indices
