@@ -222,7 +222,7 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
     if flat.size == 0:
         return []
     width = int(flat.max()) + 1
-    pairs = np.unique(owner_of * width + flat)  # sorted by member, then unit
+    pairs = _sorted_unique(owner_of * width + flat)  # sorted by member, then unit
     pair_member, pair_unit = pairs // width, pairs % width
     is_root = np.array([m.root for m in members], dtype=bool)
     rooted = is_root[pair_member]
@@ -250,16 +250,19 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[ra] = rb
-    slot_of_root: dict[int, int] = {}
-    unit_slot = np.empty(units.size, dtype=np.int64)
-    for k, member_index in enumerate(owner.tolist()):
-        unit_slot[k] = slot_of_root.setdefault(find(member_index), len(slot_of_root))
-    slots = len(slot_of_root)
+    # a group per class of members, numbered in the order the walk meets its first unit
+    member_root = np.array([find(i) for i in range(len(members))], dtype=np.int64)
+    roots, first_unit, root_index = np.unique(member_root[owner], return_index=True,
+                                              return_inverse=True)
+    slots = int(roots.size)
+    rank = np.empty(slots, dtype=np.int64)
+    rank[np.argsort(first_unit, kind="stable")] = np.arange(slots)
+    unit_slot = rank[root_index.reshape(-1)]
     slot_lookup = np.full(width, -1, dtype=np.int64)
     slot_lookup[units] = unit_slot
     pair_slot = slot_lookup[pair_unit]
     owned = pair_slot >= 0
-    held_pairs = np.unique(pair_member[owned] * slots + pair_slot[owned])
+    held_pairs = _sorted_unique(pair_member[owned] * slots + pair_slot[owned])
     holders: list[list[Member]] = [[] for _ in range(slots)]
     for member_index, k in zip((held_pairs // slots).tolist(), (held_pairs % slots).tolist(),
                                strict=True):
@@ -275,3 +278,11 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
             continue
         groups.append(Group(len(groups), torch.from_numpy(group_units), tuple(held)))
     return groups
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``np.unique`` of int64 keys by one sort (cheaper than its hashing path here)."""
+    ordered = np.sort(keys)
+    if ordered.size < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
