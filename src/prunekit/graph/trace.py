@@ -211,9 +211,15 @@ class TraceContext:
                                  f"different widths")
 
     # -- module dims -------------------------------------------------------------------
+    def _record(self, name: str, module: nn.Module) -> ModuleRecord:
+        record = self.modules.get(name)
+        if record is None:
+            record = self.modules[name] = ModuleRecord(name, module)
+        return record
+
     def module_ids(self, name: str, module: nn.Module, dim: str, count: int) -> Tensor:
         """Fresh ids for a module's own dimension, the same ones on every call."""
-        record = self.modules.setdefault(name, ModuleRecord(name, module))
+        record = self._record(name, module)
         existing = record.dims.get(dim)
         if existing is not None and existing.labels.numel() == count:
             return existing.labels
@@ -225,7 +231,7 @@ class TraceContext:
         self, name: str, module: nn.Module, dim: str, labels: Tensor, *, root: bool = False
     ) -> None:
         """Record the labels a module's dimension sees; a second call joins them."""
-        record = self.modules.setdefault(name, ModuleRecord(name, module))
+        record = self._record(name, module)
         existing = record.dims.get(dim)
         if existing is None:
             record.dims[dim] = ModuleDim(labels.reshape(-1).clone(), root=root)
