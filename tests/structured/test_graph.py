@@ -229,3 +229,15 @@ def test_sort_factories_and_topk() -> None:
 
     graph = _groups(Ranker(), torch.randn(2, 5, 4))
     assert len(graph.groups) == 1 and graph.groups[0].size == 6
+
+
+def test_sorted_id_lookups_match_isin_and_handle_empty_sets() -> None:
+    from prunekit.graph.labels import in_sorted, positions_in
+
+    values = torch.tensor([7, 3, 9, 3, 1])
+    ids = torch.tensor([3, 4, 7])
+    assert in_sorted(values, ids).tolist() == torch.isin(values, ids).tolist()
+    rows, pos = positions_in(values, ids, offset=10)
+    assert rows.tolist() == [0, 1, 3] and pos.tolist() == [12, 10, 10]
+    assert not in_sorted(values, torch.zeros(0, dtype=torch.long)).any()
+    assert positions_in(values, torch.zeros(0, dtype=torch.long))[0].numel() == 0
