@@ -12,7 +12,8 @@ graph: one autograd forward) plus ``pruner.step()``, in place; prunekit's
 ``prune(..., inplace=True)``: trace (one forward), groups, importance, allocation, plan,
 surgery on a tensor-sharing clone and the validation forward pass that Torch-Pruning does
 not do. prunekit's before/after profiles (one flop-counting forward each) are measured when
-``result.before`` / ``result.after`` are first read, so ``pk s`` leaves them out; the
+``result.before`` / ``result.after`` are first read (and ``result.coverage`` is built when
+first read, never here), so ``pk s`` leaves them out; the
 ``pk+prof`` column is the same call plus reading both profiles (the cost a caller that
 prints ``result.summary()`` pays), and the summary line gives both medians. The two tools
 run in alternation (prunekit, Torch-Pruning, prunekit, ...) on fresh copies of the model.

@@ -47,6 +47,31 @@ def test_label_space_union_of_big_and_broadcast_labels() -> None:
     assert not torch.equal(space.find(c), space.find(a[4:8]))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_label_space_union_matches_a_plain_union_find(seed: int) -> None:
+    # repeated and chained pairs (one root linked to several others in one call) must
+    # come out as the same classes as a one-pair-at-a-time union-find
+    gen = torch.Generator().manual_seed(seed)
+    space = LabelSpace()
+    ids = space.new_ids(300)
+    parent = list(range(int(ids.max()) + 1))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for size in (1, 5, 40, 400, 40):
+        a = ids[torch.randint(0, 300, (size,), generator=gen)]
+        b = ids[torch.randint(0, 300, (size,), generator=gen)]
+        space.union(a, b)
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            rx, ry = find(x), find(y)
+            parent[max(rx, ry)] = min(rx, ry)
+    assert space.find(ids).tolist() == [find(i) for i in ids.tolist()]
+    assert space.find(ids).tolist() != ids.tolist()
+
+
 def test_consume_joins_positions_of_one_channel() -> None:
     space = LabelSpace()
     a, b = space.new_ids(2), space.new_ids(2)
@@ -204,3 +229,15 @@ def test_sort_factories_and_topk() -> None:
 
     graph = _groups(Ranker(), torch.randn(2, 5, 4))
     assert len(graph.groups) == 1 and graph.groups[0].size == 6
+
+
+def test_sorted_id_lookups_match_isin_and_handle_empty_sets() -> None:
+    from prunekit.graph.labels import in_sorted, positions_in
+
+    values = torch.tensor([7, 3, 9, 3, 1])
+    ids = torch.tensor([3, 4, 7])
+    assert in_sorted(values, ids).tolist() == torch.isin(values, ids).tolist()
+    rows, pos = positions_in(values, ids, offset=10)
+    assert rows.tolist() == [0, 1, 3] and pos.tolist() == [12, 10, 10]
+    assert not in_sorted(values, torch.zeros(0, dtype=torch.long)).any()
+    assert positions_in(values, torch.zeros(0, dtype=torch.long))[0].numel() == 0

@@ -373,3 +373,20 @@ def test_shallow_clone_shares_tensors_and_keeps_module_sharing() -> None:
     assert model.a.weight.shape == (4, 4)
     x = torch.randn(3, 4)
     torch.testing.assert_close(_shallow_clone(model)(x), model(x), rtol=0, atol=0)
+
+
+def test_user_forward_hooks_are_traced_through_and_left_in_place() -> None:
+    # a hook that replaces a layer's output must not cut the channel chain, and the trace's
+    # own hooks must all be gone afterwards
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(),
+                          nn.LazyLinear(4))
+    x = torch.randn(2, 3, 10, 10)
+    model(x)
+    handle = model[0].register_forward_hook(lambda mod, args, out: out * 2.0)
+    expected = model(x)
+    result = prune(model, x, ratio=0.5, ignore=[model[4]])
+    assert result.model[0].out_channels == result.model[2].in_channels == 4
+    assert result.model(x).shape == expected.shape
+    assert list(model[0]._forward_hooks) == [handle.id]
+    assert not torch.nn.modules.module._global_forward_hooks
+    assert not torch.nn.modules.module._global_forward_pre_hooks

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from prunekit.errors import ConfigError, check_fraction
 from prunekit.graph.dependency import Group
+from prunekit.graph.labels import in_sorted
 
 __all__ = ["Allocation", "allocate"]
 
@@ -78,7 +79,7 @@ def _unit_step(group: Group, round_to: int) -> int:
     for member in group.members:
         if not member.root or member.kind != "module":
             continue
-        channels = int(torch.isin(member.units, group.units).sum())
+        channels = int(in_sorted(member.units, group.units).sum())
         width = channels // group.size if channels % group.size == 0 else 1
         step = math.lcm(step, round_to // math.gcd(round_to, max(width, 1)))
     return step

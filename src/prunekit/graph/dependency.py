@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -205,9 +206,36 @@ def _param_member(trace: Trace, param: ParamRecord, axis: int) -> Member:
 def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
     """Union the root members that share units; each class of members is one group.
 
-    Plain Python sets: a group check per member is a set lookup, not a tensor op."""
-    stop = {*blocked, NEUTRAL}
-    free = [sorted(set(member.units.reshape(-1).tolist()) - stop) for member in members]
+    Vectorised over all (member, unit) pairs at once with NumPy; only the few member-member
+    links go through a Python union-find. Group order, unit order and member order are
+    those of a walk over the members in order, each member's units ascending."""
+    if not members:
+        return []
+    stop = np.array(sorted({*blocked, NEUTRAL}), dtype=np.int64)
+    arrays = [member.units.reshape(-1).numpy() for member in members]
+    sizes = np.array([a.size for a in arrays], dtype=np.int64)
+    flat = np.concatenate(arrays).astype(np.int64, copy=False)
+    owner_of = np.repeat(np.arange(len(members), dtype=np.int64), sizes)
+    pos = np.minimum(np.searchsorted(stop, flat), stop.size - 1)
+    free = stop[pos] != flat
+    flat, owner_of = flat[free], owner_of[free]
+    if flat.size == 0:
+        return []
+    width = int(flat.max()) + 1
+    pairs = _sorted_unique(owner_of * width + flat)  # sorted by member, then unit
+    pair_member, pair_unit = pairs // width, pairs % width
+    is_root = np.array([m.root for m in members], dtype=bool)
+    rooted = is_root[pair_member]
+    root_member, root_unit = pair_member[rooted], pair_unit[rooted]
+    if root_unit.size == 0:
+        return []
+    # the first root member (in member order) that holds each unit owns it
+    units, first = np.unique(root_unit, return_index=True)
+    order = np.argsort(first, kind="stable")  # units in the order the walk meets them
+    units, first = units[order], first[order]
+    owner = root_member[first]
+    lookup = np.full(width, -1, dtype=np.int64)
+    lookup[units] = owner
     parent = list(range(len(members)))
 
     def find(i: int) -> int:
@@ -216,29 +244,45 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
             i = parent[i]
         return i
 
-    owner: dict[int, int] = {}
-    for i, member in enumerate(members):
-        if not member.root:
-            continue
-        for unit in free[i]:
-            j = owner.setdefault(unit, i)
-            if j != i:
-                parent[find(i)] = find(j)
-    by_root: dict[int, list[int]] = {}
-    for unit, i in owner.items():
-        by_root.setdefault(find(i), []).append(unit)
-    slot = {root: k for k, root in enumerate(by_root)}
-    holders: list[list[Member]] = [[] for _ in by_root]
-    for member, units_of in zip(members, free, strict=True):
-        hit = {slot[find(owner[u])] for u in units_of if u in owner}
-        for k in sorted(hit):
-            holders[k].append(member)
+    links = lookup[root_unit] != root_member
+    for a, b in np.unique(np.stack([root_member[links], lookup[root_unit[links]]]),
+                          axis=1).T.tolist():
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+    # a group per class of members, numbered in the order the walk meets its first unit
+    member_root = np.array([find(i) for i in range(len(members))], dtype=np.int64)
+    roots, first_unit, root_index = np.unique(member_root[owner], return_index=True,
+                                              return_inverse=True)
+    slots = int(roots.size)
+    rank = np.empty(slots, dtype=np.int64)
+    rank[np.argsort(first_unit, kind="stable")] = np.arange(slots)
+    unit_slot = rank[root_index.reshape(-1)]
+    slot_lookup = np.full(width, -1, dtype=np.int64)
+    slot_lookup[units] = unit_slot
+    pair_slot = slot_lookup[pair_unit]
+    owned = pair_slot >= 0
+    held_pairs = _sorted_unique(pair_member[owned] * slots + pair_slot[owned])
+    holders: list[list[Member]] = [[] for _ in range(slots)]
+    for member_index, k in zip((held_pairs // slots).tolist(), (held_pairs % slots).tolist(),
+                               strict=True):
+        holders[k].append(members[member_index])
+    by_slot = np.argsort(unit_slot, kind="stable")
+    bounds = np.searchsorted(unit_slot[by_slot], np.arange(slots + 1))
     groups: list[Group] = []
-    for units_list, held in zip(by_root.values(), holders, strict=True):
+    for k, held in enumerate(holders):
+        group_units = np.sort(units[by_slot[bounds[k]:bounds[k + 1]]])
         if not any(m.kind == "module" or m.layer for m in held):
-            for unit in units_list:
+            for unit in group_units.tolist():
                 blocked[unit] = "only used by parameters, not by any layer"
             continue
-        units = torch.tensor(sorted(units_list), dtype=torch.long)
-        groups.append(Group(len(groups), units, tuple(held)))
+        groups.append(Group(len(groups), torch.from_numpy(group_units), tuple(held)))
     return groups
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``np.unique`` of int64 keys by one sort (cheaper than its hashing path here)."""
+    ordered = np.sort(keys)
+    if ordered.size < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 NEUTRAL = 0
 _BIG = 4096  # above this many elements, union first drops dims along which nothing varies
+_DEDUP = 256  # above this many pairs, union drops repeated pairs before joining
 
 
 class LabelSpace:
@@ -108,24 +109,30 @@ class LabelSpace:
         self._union_np(na.reshape(-1), nb.reshape(-1))
 
     def _union_np(self, a: np.ndarray, b: np.ndarray) -> None:
-        keep = (a != NEUTRAL) & (b != NEUTRAL) & (a != b)
-        if not keep.any():
-            return
-        if keep.size > 1:
-            width = self._size
-            pairs = np.unique(a[keep] * width + b[keep])  # one int64 key per distinct pair
-            a, b = pairs // width, pairs % width
-        else:
+        # ids are >= 0, so min(a, b) != NEUTRAL iff neither is NEUTRAL
+        keep = (a != b) & (np.minimum(a, b) != NEUTRAL)
+        if not keep.all():
+            if not keep.any():
+                return
             a, b = a[keep], b[keep]
+        if a.size > _DEDUP:
+            width = self._size
+            pairs = np.unique(a * width + b)  # one int64 key per distinct pair
+            a, b = pairs // width, pairs % width
         parent = self._parent
         while True:
             ra, rb = self._find_np(a), self._find_np(b)
             differ = ra != rb
-            if not differ.any():
+            if not differ.all():
+                if not differ.any():
+                    return
+                ra, rb = ra[differ], rb[differ]
+            high = np.maximum(ra, rb)
+            low = np.minimum(ra, rb)
+            if high.size == 1 or _distinct(high):
+                parent[high] = low  # roots link to a smaller root: one pass joins them all
                 return
-            high = np.maximum(ra, rb)[differ]
-            low = np.minimum(ra, rb)[differ]
-            np.minimum.at(parent, high, low)
+            np.minimum.at(parent, high, low)  # a root linked twice keeps one: go round again
 
     def blocked_roots(self) -> dict[int, str]:
         """Representative → reason, for every class that holds a block id."""
@@ -137,6 +144,11 @@ class LabelSpace:
         for bid, root in zip(self.block_reasons, roots, strict=True):
             out.setdefault(root, self.block_reasons[bid])
         return out
+
+
+def _distinct(values: np.ndarray) -> bool:
+    ordered = np.sort(values)
+    return bool((ordered[1:] != ordered[:-1]).all())
 
 
 def _np(labels: Tensor) -> np.ndarray:
@@ -197,6 +209,33 @@ def consume(space: LabelSpace, labels: Tensor, dim: int) -> Tensor:
     dim = dim % labels.dim()
     others = tuple(d for d in range(labels.dim()) if d != dim)
     return rep_along(space, labels, others).reshape(-1)
+
+
+def in_sorted(values: Tensor, ids: Tensor) -> np.ndarray:
+    """Boolean NumPy mask: which elements of ``values`` occur in the sorted 1-D ``ids``
+    (``torch.isin`` for small id sets, without its per-call dispatch cost)."""
+    found, _ = _search_sorted(values, ids)
+    return found
+
+
+def _search_sorted(values: Tensor, ids: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    flat, sorted_ids = _np(values).reshape(-1), _np(ids)
+    if sorted_ids.size == 0:
+        return np.zeros(flat.shape, dtype=bool), np.zeros(flat.shape, dtype=np.int64)
+    pos = np.searchsorted(sorted_ids, flat)
+    found = sorted_ids[np.minimum(pos, sorted_ids.size - 1)] == flat
+    return found, pos
+
+
+def positions_in(values: Tensor, ids: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+    """(indices of the elements of 1-D ``values`` found in the sorted 1-D ``ids``, their
+    positions in ``ids`` plus ``offset``)."""
+    found, pos = _search_sorted(values, ids)
+    rows = np.flatnonzero(found)
+    pos = pos[rows]
+    if offset:
+        pos += offset
+    return torch.from_numpy(rows), torch.from_numpy(pos)
 
 
 def emit(vector: Tensor, dim: int, shape: torch.Size | tuple[int, ...]) -> Tensor:

@@ -211,9 +211,15 @@ class TraceContext:
                                  f"different widths")
 
     # -- module dims -------------------------------------------------------------------
+    def _record(self, name: str, module: nn.Module) -> ModuleRecord:
+        record = self.modules.get(name)
+        if record is None:
+            record = self.modules[name] = ModuleRecord(name, module)
+        return record
+
     def module_ids(self, name: str, module: nn.Module, dim: str, count: int) -> Tensor:
         """Fresh ids for a module's own dimension, the same ones on every call."""
-        record = self.modules.setdefault(name, ModuleRecord(name, module))
+        record = self._record(name, module)
         existing = record.dims.get(dim)
         if existing is not None and existing.labels.numel() == count:
             return existing.labels
@@ -225,7 +231,7 @@ class TraceContext:
         self, name: str, module: nn.Module, dim: str, labels: Tensor, *, root: bool = False
     ) -> None:
         """Record the labels a module's dimension sees; a second call joins them."""
-        record = self.modules.setdefault(name, ModuleRecord(name, module))
+        record = self._record(name, module)
         existing = record.dims.get(dim)
         if existing is None:
             record.dims[dim] = ModuleDim(labels.reshape(-1).clone(), root=root)
@@ -303,41 +309,75 @@ class TraceContext:
     @contextlib.contextmanager
     def hooks(self, model: nn.Module,
               lookup: Callable[[nn.Module], ModuleHandler | None]) -> Iterator[None]:
-        """Path-tracking hooks on every module; atomic handling for modules with a handler."""
-        handles: list[Any] = []
+        """Path-tracking hooks on every module; atomic handling for modules with a handler.
+
+        Two process-wide module hooks serve every module of ``model`` (registering two hooks
+        per module costs more than the rest of a small model's trace); a module that has
+        forward hooks of its own gets hooks of its own instead, registered after the
+        user's, so that its handler sees the output those hooks return."""
         atomic_stack: list[bool] = []
         recorder = self
+        table: dict[int, tuple[str, ModuleHandler | None]] = {}
+        handles: list[Any] = []
+
+        def enter(mod: nn.Module, name: str, handler: ModuleHandler | None) -> None:
+            recorder._path.append(name)
+            recorder._running.append(mod)
+            atomic = handler is not None and not any(atomic_stack)
+            atomic_stack.append(atomic)
+            if atomic:
+                recorder._atomic_depth += 1
+                recorder._suspend()
+
+        def leave(mod: nn.Module, name: str, handler: ModuleHandler | None, args: Any,
+                  kwargs: Any, out: Any, *, failed: bool = False) -> None:
+            recorder._path.pop()
+            recorder._running.pop()
+            if atomic_stack.pop():
+                # still "inside" the module: the handler's own label arithmetic must not
+                # be recorded as ops of the model
+                try:
+                    if not failed:
+                        recorder.record_module(handler,  # type: ignore[arg-type]
+                                               ModuleCall(name, mod, args, kwargs, out))
+                finally:
+                    recorder._atomic_depth -= 1
+                    recorder._resume()
+
+        def global_pre(mod: nn.Module, args: Any) -> None:
+            entry = table.get(id(mod))
+            if entry is not None:
+                enter(mod, entry[0], entry[1])
+
+        def global_post(mod: nn.Module, args: Any, *rest: Any) -> None:
+            entry = table.get(id(mod))
+            if entry is None:
+                return
+            if len(rest) == 2:
+                leave(mod, entry[0], entry[1], args, rest[0], rest[1])
+            else:  # the forward raised: torch calls always-call hooks without kwargs
+                leave(mod, entry[0], entry[1], args, {}, rest[0], failed=True)
 
         for name, module in model.named_modules():
             handler = lookup(module)
+            if not module._forward_hooks and not module._forward_pre_hooks:
+                table[id(module)] = (name, handler)
+                continue
 
             def pre(mod: nn.Module, args: Any, kwargs: Any, *, _name: str = name,
                     _handler: Any = handler) -> None:
-                recorder._path.append(_name)
-                recorder._running.append(mod)
-                atomic = _handler is not None and not any(atomic_stack)
-                atomic_stack.append(atomic)
-                if atomic:
-                    recorder._atomic_depth += 1
-                    recorder._suspend()
+                enter(mod, _name, _handler)
 
             def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *, _name: str = name,
                      _handler: Any = handler) -> None:
-                recorder._path.pop()
-                recorder._running.pop()
-                atomic = atomic_stack.pop()
-                if atomic:
-                    # still "inside" the module: the handler's own label arithmetic must not
-                    # be recorded as ops of the model
-                    try:
-                        recorder.record_module(_handler,
-                                               ModuleCall(_name, mod, args, kwargs, out))
-                    finally:
-                        recorder._atomic_depth -= 1
-                        recorder._resume()
+                leave(mod, _name, _handler, args, kwargs, out)
 
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
+        if table:
+            handles.append(nn.modules.module.register_module_forward_pre_hook(global_pre))
+            handles.append(nn.modules.module.register_module_forward_hook(
+                global_post, with_kwargs=True, always_call=True))
         try:
             yield
         finally:

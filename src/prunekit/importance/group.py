@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunekit.errors import ConfigError, check_choice
 from prunekit.graph.dependency import Group, Member
+from prunekit.graph.labels import positions_in
 from prunekit.importance.base import get_criterion
 from prunekit.structured.adapters import WeightView
 
@@ -72,9 +73,7 @@ class GroupCriterion(Protocol):
 
 def unit_positions(group: Group, member: Member) -> tuple[Tensor, Tensor]:
     """(index rows of ``member`` inside the group, their unit position in ``group.units``)."""
-    inside = torch.isin(member.units, group.units)
-    rows = inside.nonzero().reshape(-1)
-    return rows, torch.searchsorted(group.units, member.units[rows])
+    return positions_in(member.units, group.units)
 
 
 @dataclass(frozen=True)
@@ -88,21 +87,30 @@ class ElementNorm:
     def member_scores(self, group: Group, members: Sequence[MemberViews], *,
                       generator: torch.Generator) -> Tensor:
         element = get_criterion(self.name if self.name in {"l1", "l2", "random"} else "l2")
-        out = torch.full((len(members), group.size), float("nan"))
+        size = group.size
+        # every member's rows go into one flat [members * units] buffer: one index_add and
+        # one combine per group instead of a handful of small ops per member
+        slots: list[Tensor] = []
+        values: list[Tensor] = []
         for i, entry in enumerate(members):
             views = [v for v in entry.views if v.kind in self.kinds]
             if not views:
                 continue
-            rows, pos = unit_positions(group, entry.member)
-            raw = torch.zeros(group.size)
-            for view in views:
-                per_row = element.score(view.tensor, generator=generator).sum(1).float()
-                raw.index_add_(0, pos, per_row[rows])
-            held = torch.zeros(group.size, dtype=torch.bool)
-            held[pos] = True
-            combined = element.combine(raw.unsqueeze(1), 1)
-            out[i] = torch.where(held, combined, torch.tensor(float("nan")))
-        return out
+            rows, pos = positions_in(entry.member.units, group.units, offset=i * size)
+            per_row = element.score(views[0].tensor, generator=generator).sum(1).float()
+            for view in views[1:]:  # every view of a member has one row per index
+                per_row = per_row + element.score(view.tensor, generator=generator).sum(1).float()
+            values.append(per_row if rows.numel() == per_row.numel() else per_row[rows])
+            slots.append(pos)
+        total = len(members) * size
+        if not slots:
+            return torch.full((len(members), size), float("nan"))
+        index = torch.cat(slots) if len(slots) > 1 else slots[0]
+        value = torch.cat(values) if len(values) > 1 else values[0]
+        raw = torch.zeros(total).index_add_(0, index, value)
+        missing = torch.ones(total, dtype=torch.bool).index_fill_(0, index, False)
+        out = element.combine(raw.unsqueeze(1), 1).masked_fill_(missing, float("nan"))
+        return out.view(len(members), size)
 
 
 @dataclass(frozen=True)

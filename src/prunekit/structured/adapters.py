@@ -157,7 +157,7 @@ class ParamSlicer:
                 )
         else:
             index = index.to(current.device)
-            current = current.detach().index_select(axis, index).clone()
+            current = current.detach().index_select(axis, index)  # a new tensor
             done[axis] = index.cpu()
         self._state[key] = (orig, current, done)
 

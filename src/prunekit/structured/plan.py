@@ -25,12 +25,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError
 from prunekit.graph.dependency import DependencyGraph
+from prunekit.graph.labels import in_sorted
 from prunekit.structured.adapters import ParamSlicer, find_adapter
 
 __all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "apply_plan", "build_plan", "replay_plan"]
@@ -55,45 +57,80 @@ class SwapAdapter(Protocol):
         ...
 
 
+_IS_SWAP: dict[type, bool] = {}
+
+
+def _swaps(module: nn.Module) -> bool:
+    """Whether ``module``'s adapter is a SwapAdapter (the Protocol check cached per type)."""
+    adapter = find_adapter(module)
+    if adapter is None:
+        return False
+    kind = type(adapter)
+    if kind not in _IS_SWAP:
+        _IS_SWAP[kind] = isinstance(adapter, SwapAdapter)
+    return _IS_SWAP[kind]
+
+
 def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
     adapter = find_adapter(module)
-    return adapter.swap(module, keep) if isinstance(adapter, SwapAdapter) else None
+    if adapter is None or not _swaps(module):
+        return None
+    return adapter.swap(module, keep)  # type: ignore[attr-defined]
+
+
+Indices = dict[tuple[str, str, str], Tensor]  # (section, name, dim or axis) -> keep indices
 
 
 def build_plan(model: nn.Module, graph: DependencyGraph, masks: Sequence[Tensor]) -> dict[str, Any]:
     """The plan that removes every unit whose mask entry is False."""
+    return plan_with_indices(model, graph, masks)[0]
+
+
+def plan_with_indices(model: nn.Module, graph: DependencyGraph,
+                      masks: Sequence[Tensor]) -> tuple[dict[str, Any], Indices]:
+    """``build_plan`` and its keep lists as index tensors, which ``apply_plan(...,
+    indices=...)`` then uses instead of parsing the lists again."""
     removed_parts = [g.units[~m] for g, m in zip(graph.groups, masks, strict=True)]
-    removed = torch.cat(removed_parts) if removed_parts else torch.zeros(0, dtype=torch.long)
+    removed = (torch.cat(removed_parts).sort().values if removed_parts
+               else torch.zeros(0, dtype=torch.long))
     modules = dict(model.named_modules())
     plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}, "attrs": {}}
+    keeps: dict[str, dict[str, Tensor]] = {}
+    indices: Indices = {}
     for member in graph.members:
-        keep = (~torch.isin(member.units, removed)).nonzero().reshape(-1)
-        if keep.numel() == member.units.numel():
+        gone = in_sorted(member.units, removed)
+        if not gone.any():
             continue
+        keep = torch.from_numpy(np.flatnonzero(~gone))
         if member.kind == "attr":
             plan["attrs"].setdefault(member.name, {})[member.dim] = int(keep.numel())
         elif member.kind == "module":
             entry = plan["modules"].setdefault(
                 member.name, {"type": type(modules[member.name]).__name__, "keep": {}})
             entry["keep"][member.dim] = keep.tolist()
+            keeps.setdefault(member.name, {})[member.dim] = keep
+            indices["modules", member.name, member.dim] = keep
         else:
             entry = plan["params"].setdefault(member.name, {"sizes": {}, "keep": {}})
             entry["sizes"][str(member.axis)] = int(member.units.numel())
             entry["keep"][str(member.axis)] = keep.tolist()
+            indices["params", member.name, str(member.axis)] = keep
     for name, entry in plan["modules"].items():
-        keep_index = {dim: torch.tensor(v, dtype=torch.long) for dim, v in entry["keep"].items()}
-        replacement = _replacement(modules[name], keep_index)
+        if not _swaps(modules[name]):
+            continue
+        replacement = _replacement(modules[name], keeps[name])
         if replacement is not None:
             entry["swap"] = type(replacement).__name__
-    return plan
+    return plan, indices
 
 
 def _index(values: Any, where: str) -> Tensor:
-    if not isinstance(values, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
-    ):
+    # type() rather than isinstance(): bool is an int subclass and must not pass
+    if not isinstance(values, list) or not set(map(type, values)) <= {int}:
         raise ConfigError(f"plan entry {where} must be a list of non-negative ints")
     index = torch.tensor(values, dtype=torch.long)
+    if index.numel() and int(index.min()) < 0:
+        raise ConfigError(f"plan entry {where} must be a list of non-negative ints")
     if index.numel() and not bool((index[1:] > index[:-1]).all()):
         raise ConfigError(f"plan entry {where} must be sorted and without repeats")
     return index
@@ -118,8 +155,10 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return module, attr
 
 
-def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
-    """Cut ``model`` in place as ``plan`` says (see the module docstring).
+def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
+               indices: Mapping[tuple[str, str, str], Tensor] | None = None) -> None:
+    """Cut ``model`` in place as ``plan`` says (see the module docstring). ``indices``: the
+    plan's keep lists as tensors, from :func:`plan_with_indices` for this very plan.
 
     Raises ConfigError, before anything is changed, if the plan does not fit the model.
     """
@@ -142,7 +181,8 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
         if parametrize.is_parametrized(module):
             raise ConfigError(f"layer {name!r} carries a parametrization (a sparsity mask?); "
                               f"bake it in first with prunekit.strip(model), then prune")
-        keep = {dim: _index(v, f"{name}.{dim}") for dim, v in entry["keep"].items()}
+        keep = {dim: indices["modules", name, dim] if indices is not None
+                else _index(v, f"{name}.{dim}") for dim, v in entry["keep"].items()}
         if "swap" in entry:
             original, module = module, _swapped(name, module, keep, entry["swap"])
             swaps.append((original, module))
@@ -158,7 +198,9 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
             if not 0 <= axis < tensor.dim() or tensor.shape[axis] != size:
                 raise ConfigError(f"plan entry for parameter {name!r} (axis {key}, size "
                                   f"{size}) does not fit its shape {tuple(tensor.shape)}")
-            params.append((module, attr, axis, _index(keep, f"{name}[{key}]")))
+            index = (indices["params", name, key] if indices is not None
+                     else _index(keep, f"{name}[{key}]"))
+            params.append((module, attr, axis, index))
     skips = []
     for name in plan.get("skip", []):
         if not isinstance(name, str) or not name:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
+import gc
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -27,9 +29,31 @@ from prunekit.importance.group import (
 )
 from prunekit.metrics.profile import Profile, profile
 from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
-from prunekit.structured.plan import apply_plan, build_plan
+from prunekit.structured.plan import apply_plan, plan_with_indices
 
 __all__ = ["Analysis", "PruneResult", "analyze", "prune"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _gc_paused(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``func`` with the cyclic garbage collector off (and back on after, if it was on).
+
+    A prune allocates many small short-lived objects (label tensors, NumPy arrays, records)
+    that reference counting frees; with the collector on they trigger collections that walk
+    every object of the process (torch's own included), up to tens of ms each, and find
+    next to nothing to free."""
+    @functools.wraps(func)
+    def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if not gc.isenabled():
+            return func(*args, **kwargs)
+        gc.disable()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            gc.enable()
+    return paused
 
 
 class PruneResult:
@@ -40,21 +64,29 @@ class PruneResult:
     callback pruning every epoch, does not pay for them. ``before`` describes the model as
     ``prune`` found it (its module tree is kept, sharing the tensors), ``after`` the pruned
     model; read them before changing tensors of either in place. With ``inplace=True`` the
-    result holds the replaced (unpruned) tensors until ``before`` is read or the result is
-    dropped.
+    result holds the replaced (unpruned) tensors until ``before`` and ``coverage`` are read
+    or the result is dropped.
     """
 
-    __slots__ = ("_after", "_before", "coverage", "groups", "model", "plan")
+    __slots__ = ("_after", "_before", "_coverage", "groups", "model", "plan")
 
     def __init__(self, model: nn.Module, plan: dict[str, Any],
                  before: Profile | Callable[[], Profile], after: Profile | Callable[[], Profile],
-                 coverage: Coverage, groups: int) -> None:
+                 coverage: Coverage | Callable[[], Coverage], groups: int) -> None:
         self.model = model
         self.plan = plan
         self._before = before
         self._after = after
-        self.coverage = coverage
+        self._coverage = coverage
         self.groups = groups
+
+    @property
+    def coverage(self) -> Coverage:
+        """Which parameters are prunable, kept whole or unused, and why (built on first
+        access from the dependency graph, which the result holds until then)."""
+        if not isinstance(self._coverage, Coverage):
+            self._coverage = self._coverage()
+        return self._coverage
 
     @property
     def before(self) -> Profile:
@@ -109,11 +141,22 @@ class Analysis:
     coverage: Coverage
 
 
+@_gc_paused
 def analyze(model: nn.Module, example_inputs: ExampleInputs, *,
             importance: str | GroupCriterion = "l2",
             ignore: Iterable[nn.Module] = (), strict: bool = True, aggregation: Aggregation = "sum",
             normalization: Normalization = "none", seed: int = 0) -> Analysis:
     """Trace, group and score ``model`` without changing it."""
+    graph, scores = _graph_and_scores(model, example_inputs, importance=importance,
+                                      ignore=ignore, strict=strict, aggregation=aggregation,
+                                      normalization=normalization, seed=seed)
+    return Analysis(graph, scores, coverage_report(model, graph))
+
+
+def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
+                      importance: str | GroupCriterion, ignore: Iterable[nn.Module],
+                      strict: bool, aggregation: Aggregation, normalization: Normalization,
+                      seed: int) -> tuple[DependencyGraph, list[torch.Tensor]]:
     criterion = get_group_criterion(importance)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
     masked = [name for name, rec in traced.modules.items()
@@ -127,7 +170,7 @@ def analyze(model: nn.Module, example_inputs: ExampleInputs, *,
     inputs = [(g, _member_views(g, modules, params, model)) for g in graph.groups]
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
-    return Analysis(graph, scores, coverage_report(model, graph))
+    return graph, scores
 
 
 def _axes_of(module: nn.Module) -> list[tuple[str, int, str]] | None:
@@ -155,6 +198,7 @@ def _member_views(group: Group, modules: Mapping[str, nn.Module],
     return out
 
 
+@_gc_paused
 def prune(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -199,25 +243,26 @@ def prune(
     if ratio is None and target is None and not ratios:
         raise ConfigError("pass one of ratio=... (e.g. 0.5), ratios={layer: 0.5} or "
                           "target={'macs': 0.5}")
-    names = {id(m): n for n, m in model.named_modules()}
+    names = {id(m): n for n, m in model.named_modules()} if ratios else {}
     per_layer = {_module_key(k, names): check_fraction(f"ratios[{k!r}]", v)
                  for k, v in (ratios or {}).items()}
     config = Allocation(ratio=0.0 if ratio is None else ratio, ratios=per_layer,
                         global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
                         max_keep=max_keep)
     norm = normalization or ("mean" if global_ranking or target is not None else "none")
-    found = analyze(model, example_inputs, importance=importance, ignore=ignore, strict=strict,
-                    aggregation=aggregation, normalization=norm, seed=seed)
-    reference = found.graph.trace.output_shapes  # the trace ran the model in eval mode
+    graph, scores = _graph_and_scores(model, example_inputs, importance=importance,
+                                      ignore=ignore, strict=strict, aggregation=aggregation,
+                                      normalization=norm, seed=seed)
+    reference = graph.trace.output_shapes  # the trace ran the model in eval mode
     if target is not None:
-        config = _search(model, example_inputs, found, config, target)
-    masks = allocate(found.graph.groups, found.scores, config)
-    plan = build_plan(model, found.graph, masks)
+        config = _search(model, example_inputs, graph, scores, config, target)
+    masks = allocate(graph.groups, scores, config)
+    plan, indices = plan_with_indices(model, graph, masks)
     # surgery replaces tensors instead of writing into them, so with inplace=True a clone
     # that shares them is enough to leave the user's model untouched on failure
     pruned = _shallow_clone(model) if inplace else copy.deepcopy(model)
     try:
-        apply_plan(pruned, plan)
+        apply_plan(pruned, plan, indices=indices)
         shapes = _output_shapes(pruned, example_inputs)
     except ConfigError:
         raise
@@ -237,8 +282,8 @@ def prune(
         model.__dict__.update(pruned.__dict__)
         pruned = model
     return PruneResult(pruned, plan, _lazy_profile(original, example_inputs),
-                       _lazy_profile(pruned, example_inputs), found.coverage,
-                       len(found.graph.groups))
+                       _lazy_profile(pruned, example_inputs),
+                       functools.partial(coverage_report, original, graph), len(graph.groups))
 
 
 def _lazy_profile(model: nn.Module, example_inputs: ExampleInputs) -> Callable[[], Profile]:
@@ -255,15 +300,14 @@ def _root_copy(module: nn.Module) -> nn.Module:
     return root
 
 
-_CONTAINERS = (nn.Module, dict, list, set, tuple)
-
-
 def _shallow_clone(model: nn.Module) -> nn.Module:
     """The module tree copied, every tensor shared: new module objects whose attribute dicts
     and containers are copied one level, modules in them cloned (once each, so shared
     submodules stay shared). Much cheaper than ``copy.deepcopy``; safe wherever tensors are
-    replaced rather than written into, as surgery does."""
+    replaced rather than written into, as surgery does. A tuple without modules in it is
+    shared (it cannot change)."""
     memo: dict[int, nn.Module] = {}
+    module_type = nn.Module
 
     def clone(module: nn.Module) -> nn.Module:
         done = memo.get(id(module))
@@ -273,24 +317,20 @@ def _shallow_clone(model: nn.Module) -> nn.Module:
         memo[id(module)] = new
         state = module.__dict__.copy()
         for key, value in state.items():
-            if isinstance(value, _CONTAINERS):
-                state[key] = swap(value)
+            if isinstance(value, dict):
+                out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
+                for name, item in value.items():
+                    if isinstance(item, module_type):
+                        out[name] = clone(item)
+                state[key] = out
+            elif isinstance(value, module_type):
+                state[key] = clone(value)
+            elif isinstance(value, (list, set)) or (
+                    type(value) is tuple and any(isinstance(v, module_type) for v in value)):
+                state[key] = type(value)([clone(v) if isinstance(v, module_type) else v
+                                          for v in value])
         new.__dict__.update(state)
         return new
-
-    def swap(value: Any) -> Any:
-        if isinstance(value, nn.Module):
-            return clone(value)
-        if isinstance(value, dict):
-            out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
-            for key, item in value.items():
-                if isinstance(item, nn.Module):
-                    out[key] = clone(item)
-            return out
-        if isinstance(value, (list, set)) or type(value) is tuple:
-            items = [clone(v) if isinstance(v, nn.Module) else v for v in value]
-            return type(value)(items)
-        return value
 
     return clone(model)
 
@@ -312,7 +352,8 @@ def _output_shapes(model: nn.Module,
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
 
 
-def _search(model: nn.Module, example_inputs: ExampleInputs, found: Analysis,
+def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGraph,
+            scores: list[torch.Tensor],
             config: Allocation, target: Mapping[str, float]) -> Allocation:
     """Bisection on the global ratio until the kept fraction of params/MACs meets ``target``."""
     if not isinstance(target, Mapping) or len(target) != 1:
@@ -327,9 +368,9 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, found: Analysis,
     for _ in range(12):
         mid = (low + high) / 2
         trial = replace(config, ratio=mid, global_ranking=True)
-        plan = build_plan(model, found.graph, allocate(found.graph.groups, found.scores, trial))
+        plan, indices = plan_with_indices(model, graph, allocate(graph.groups, scores, trial))
         candidate = _shallow_clone(model)
-        apply_plan(candidate, plan)
+        apply_plan(candidate, plan, indices=indices)
         kept = _measure(candidate, example_inputs, metric) / max(1, base)
         if kept <= goal:
             best, high = trial, mid
