@@ -9,17 +9,23 @@ size and thread count, the dense model and its pruned variants are timed *round-
 all of them alike; each round gives a paired speed-up (dense time / pruned time) and the
 figure reported is the median over the rounds.
 
+Every configuration is timed twice over, in the same round-robin: dense and pruned as-is,
+and dense and pruned both BN-folded (``fold_batchnorm``, the deploy-time step, applied to
+both sides alike; folding changes no counted MAC).
+
 Columns: ``prune s`` (the ``pk.prune`` call on a batch of 1 with one thread, profiles
-excluded), MACs
-reduction (dense MACs / pruned MACs, from ``pk.profile``), measured
-latency speed-up (median of the paired per-round ratios) and their ratio — 1.0 means latency falls
-exactly as MACs do; the goal is ≥ 0.9. Latency is measured with ``torch.no_grad()`` in
-eval mode, one thread count at a time (``torch.set_num_threads``).
+excluded), MACs reduction (dense MACs / pruned MACs, both from ``pk.profile`` on the same
+input: FlopCounterMode counts conv/linear/matmul MACs only), then per batch/threads the
+measured latency speed-up (median of the paired per-round ratios) and its ratio to the MACs
+reduction, as-is | folded — 1.0 means latency falls exactly as MACs do; the goal is ≥ 0.9.
+Latency is measured with ``torch.no_grad()`` in eval mode, one thread count at a time
+(``torch.set_num_threads``). The summary counts the configurations that reach 0.9.
 
-Command (took 9–15 minutes on 2 shared cores at the defaults):
+Command (about 25 minutes on 2 shared cores at the defaults):
 
-    .venv/bin/python benchmarks/structured_latency.py [--size 224] [--batches 1,8]
-        [--threads 1,2] [--rounds 7] [--models resnet18,resnet50,vgg16_bn,mobilenet_v2]
+    PYTHONPATH=src .venv/bin/python benchmarks/structured_latency.py [--size 224]
+        [--batches 1,8] [--threads 1,2] [--rounds 7] [--variants 0.3/8,0.5/8,0.3/-,0.5/-]
+        [--models resnet18,resnet50,vgg16_bn,mobilenet_v2]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.metrics.profile import profile
+from prunekit.structured.fold import fold_batchnorm
 from prunekit.structured.pruning import prune
 
 # -- the models (torchvision's layouts, random weights) ---------------------------------------
@@ -166,11 +173,10 @@ def _time_once(model: nn.Module, x: Tensor) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_speedups(models: list[nn.Module], x: Tensor, rounds: int,
-                         warmup: int = 2) -> list[float]:
-    """Speed-up of every model after the first over the first: in each round the models
-    run one after another, each round gives ``t_first / t_model``, and the median over the
-    rounds is returned (paired ratios cancel the load other processes put on the machine)."""
+def interleaved_times(models: list[nn.Module], x: Tensor, rounds: int,
+                      warmup: int = 2) -> list[list[float]]:
+    """Per model, its time in each round; in every round the models run one after another,
+    so load from other processes hits all of them alike."""
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for model in models:
@@ -179,8 +185,20 @@ def interleaved_speedups(models: list[nn.Module], x: Tensor, rounds: int,
         for _ in range(rounds):
             for i, model in enumerate(models):
                 times[i].append(_time_once(model, x))
-    return [statistics.median(d / t for d, t in zip(times[0], own, strict=True))
-            for own in times[1:]]
+    return times
+
+
+def paired_speedup(base: list[float], own: list[float]) -> float:
+    """Median over the rounds of ``base / own`` (paired ratios cancel shared load)."""
+    return statistics.median(b / t for b, t in zip(base, own, strict=True))
+
+
+def _variants(text: str) -> list[tuple[float, int | None]]:
+    out: list[tuple[float, int | None]] = []
+    for item in text.split(","):
+        ratio, _, round_to = item.partition("/")
+        out.append((float(ratio), None if round_to in ("", "-") else int(round_to)))
+    return out
 
 
 def main() -> None:
@@ -190,19 +208,23 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--variants", default="0.3/8,0.5/8,0.3/-,0.5/-",
+                        help="channel ratio / round_to ('-' for none), comma-separated")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
+    variants = _variants(args.variants)
     print(f"input {args.size}x{args.size}; {args.rounds} interleaved rounds; "
-          f"variants: channel ratio / round_to")
-    header = (f"{'model':<14}{'variant':>10}{'prune s':>9}{'MACs red':>10}"
-              + "".join(f"{f'b{b} t{t} sp/r':>16}" for b in batches for t in threads))
+          f"variants: channel ratio / round_to; cells: as-is | BN-folded")
+    header = (f"{'model':<14}{'variant':>9}{'prune s':>8}{'MACs red':>9}"
+              + "".join(f"{f'b{b} t{t} sp/r as-is | folded':>30}"
+                        for b in batches for t in threads))
     print(header)
     print("-" * len(header))
-    ratios: list[tuple[str, float]] = []
+    ratios: dict[str, list[tuple[str, float]]] = {"as-is": [], "folded": []}
     torch.set_num_threads(1)
     warm = MobileNetV2().eval()  # first call pays one-off imports: keep them out of "prune s"
-    _ = prune(warm, torch.randn(1, 3, 32, 32), ratio=0.5, ignore=[warm.classifier[-1]]).after
+    _ = prune(warm, torch.randn(1, 3, 32, 32), ratio=0.5, ignore=[warm.classifier[-1]]).model
     for name in args.models.split(","):
         build, head = MODELS[name]
         torch.manual_seed(0)
@@ -211,34 +233,53 @@ def main() -> None:
         dense_macs = profile(dense, one).macs
         pruned, rows = [], []
         torch.set_num_threads(1)  # prune on one thread: small ops + a busy pool = spin waits
-        for ratio, round_to in VARIANTS:
+        for ratio, round_to in variants:
             start = time.perf_counter()
             result = prune(dense, one, ratio=ratio, importance="l2", ignore=[head(dense)],
                            round_to=round_to)
             seconds = time.perf_counter() - start  # the profiles are measured below
-            pruned.append(result.model.eval())
+            model = result.model.eval()
+            pruned.append(model)
+            # both counts by the same pk.profile on the same input (FlopCounterMode: conv,
+            # linear and matmul MACs; BN, activations, pooling and adds count zero)
             rows.append((f"{ratio:.0%}/{round_to or '-'}", seconds,
-                         dense_macs / max(1, result.after.macs)))
+                         dense_macs / max(1, profile(model, one).macs)))
+        # the deploy-time step, applied alike to the dense model and to every pruned one
+        folded = [fold_batchnorm(m, one) for m in (dense, *pruned)]
+        if profile(folded[0], one).macs != dense_macs:
+            raise RuntimeError("folding changed the counted MACs; the ratios would not compare")
         cells: list[list[str]] = [[] for _ in rows]
         for batch in batches:
             x = torch.randn(batch, 3, args.size, args.size)
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
-                speedups = interleaved_speedups([dense, *pruned], x, args.rounds)
+                times = interleaved_times([dense, *pruned, *folded], x, args.rounds)
+                as_is, fold_times = times[:len(rows) + 1], times[len(rows) + 1:]
                 for i, (variant, _, reduction) in enumerate(rows):
-                    speedup = speedups[i]
-                    ratios.append((f"{name} {variant} b{batch} t{n_threads}",
-                                   speedup / reduction))
-                    cells[i].append(f"{speedup:.2f}x/{speedup / reduction:.2f}")
+                    label = f"{name} {variant} b{batch} t{n_threads}"
+                    cell = []
+                    for mode, series in (("as-is", as_is), ("folded", fold_times)):
+                        speedup = paired_speedup(series[0], series[i + 1])
+                        ratios[mode].append((label, speedup / reduction))
+                        cell.append(f"{speedup:.2f}x/{speedup / reduction:.2f}")
+                    cells[i].append(" | ".join(cell))
         for (variant, seconds, reduction), row in zip(rows, cells, strict=True):
-            print(f"{name:<14}{variant:>10}{seconds:>9.2f}{reduction:>9.2f}x"
-                  + "".join(f"{c:>16}" for c in row), flush=True)
+            print(f"{name:<14}{variant:>9}{seconds:>8.2f}{reduction:>8.2f}x"
+                  + "".join(f"{c:>30}" for c in row), flush=True)
     print("-" * len(header))
-    print("cells: measured speed-up / (speed-up ÷ MACs reduction); goal ratio >= 0.9")
-    met = [label for label, r in ratios if r >= 0.9]
-    print(f"{len(met)}/{len(ratios)} configurations reach 0.9; ratio median "
-          f"{statistics.median(r for _, r in ratios):.2f}, min "
-          f"{min(r for _, r in ratios):.2f} ({min(ratios, key=lambda p: p[1])[0]})")
+    print("cells: measured speed-up / (speed-up ÷ MACs reduction), dense and pruned both as-is "
+          "| both BN-folded; goal ratio >= 0.9")
+    for mode, found in ratios.items():
+        met = [label for label, r in found if r >= 0.9]
+        print(f"{mode:>7}: {len(met)}/{len(found)} configurations reach 0.9; ratio median "
+              f"{statistics.median(r for _, r in found):.2f}, min "
+              f"{min(r for _, r in found):.2f} ({min(found, key=lambda p: p[1])[0]})")
+        for batch in batches:
+            for n_threads in threads:
+                tag = f" b{batch} t{n_threads}"
+                column = [r for label, r in found if label.endswith(tag)]
+                print(f"{'':>9}b{batch} t{n_threads}: {sum(r >= 0.9 for r in column)}/"
+                      f"{len(column)} reach 0.9, median {statistics.median(column):.2f}")
 
 
 if __name__ == "__main__":
