@@ -193,6 +193,72 @@ def paired_speedup(base: list[float], own: list[float]) -> float:
     return statistics.median(b / t for b, t in zip(base, own, strict=True))
 
 
+def _conv_macs(module: nn.Module, out: Tensor) -> int:
+    weight = module.weight  # (out, in / groups, *k): each output element costs in/g * k MACs
+    return out.numel() * weight[0].numel() if isinstance(weight, Tensor) else 0
+
+
+Breakdown = tuple[float, float, int, dict[str, tuple[float, int]]]
+
+
+class _ConvTimer:
+    """Forward hooks that add up the time and MACs of every conv and linear call, keyed by
+    the output width's class ('%16', '%8', 'other')."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, list[float]] = {}
+        self.starts: dict[int, float] = {}
+
+    def pre(self, module: nn.Module, args: object) -> None:
+        self.starts[id(module)] = time.perf_counter()
+
+    def post(self, module: nn.Module, args: object, out: Tensor) -> None:
+        seconds = time.perf_counter() - self.starts[id(module)]
+        width = out.shape[1] if out.dim() > 1 else out.shape[-1]
+        key = "%16" if width % 16 == 0 else "%8" if width % 8 == 0 else "other"
+        entry = self.spent.setdefault(key, [0.0, 0])
+        entry[0] += seconds
+        entry[1] += _conv_macs(module, out)
+
+
+def breakdown(model: nn.Module, x: Tensor, repeats: int = 3) -> Breakdown:
+    """Where one forward pass spends its time: (total s, conv/linear s, their MACs, per
+    output-width class: (s, MACs)); hooks around every conv and linear, best of ``repeats``
+    passes (with one thread the calls are synchronous)."""
+    best: Breakdown | None = None
+    for _ in range(repeats):
+        timer = _ConvTimer()
+        handles = []
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                handles += [module.register_forward_pre_hook(timer.pre),
+                            module.register_forward_hook(timer.post)]
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(x)
+            total = time.perf_counter() - start
+        for handle in handles:
+            handle.remove()
+        per = {k: (v[0], int(v[1])) for k, v in timer.spent.items()}
+        if best is None or total < best[0]:
+            best = (total, sum(v[0] for v in per.values()), sum(v[1] for v in per.values()), per)
+    if best is None:
+        raise ValueError(f"repeats={repeats} must be at least 1")
+    return best
+
+
+def print_breakdown(name: str, labels: list[str], models: list[nn.Module], x: Tensor) -> None:
+    print(f"{name}: per forward, batch {x.shape[0]}, {torch.get_num_threads()} thread(s); "
+          "conv+linear GMAC/s by output width (%16 / %8 / other)")
+    for label, model in zip(labels, models, strict=True):
+        total, conv_s, macs, per = breakdown(model, x)
+        rates = " ".join(f"{k}:{v[1] / v[0] / 1e9:.0f}({v[1] / max(1, macs):.0%})"
+                         for k, v in sorted(per.items()) if v[0] > 0)
+        print(f"  {label:<16} total {total * 1e3:8.1f} ms  conv/linear {conv_s * 1e3:8.1f} ms "
+              f"({conv_s / total:.0%})  other {(total - conv_s) * 1e3:7.1f} ms  "
+              f"{macs / conv_s / 1e9:6.1f} GMAC/s  [{rates}]", flush=True)
+
+
 def _variants(text: str) -> list[tuple[float, int | None]]:
     out: list[tuple[float, int | None]] = []
     for item in text.split(","):
@@ -210,11 +276,18 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--variants", default="0.3/8,0.5/8,0.3/-,0.5/-",
                         help="channel ratio / round_to ('-' for none), comma-separated")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run every model (dense and pruned, as-is and folded) and input "
+                             "in torch.channels_last memory format")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead of the round-robin, print where each model's forward "
+                             "spends its time (conv/linear vs the rest, GMAC/s by width)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     variants = _variants(args.variants)
-    print(f"input {args.size}x{args.size}; {args.rounds} interleaved rounds; "
+    print(f"input {args.size}x{args.size}"
+          f"{' channels_last' if args.channels_last else ''}; {args.rounds} interleaved rounds; "
           f"variants: channel ratio / round_to; cells: as-is | BN-folded")
     header = (f"{'model':<14}{'variant':>9}{'prune s':>8}{'MACs red':>9}"
               + "".join(f"{f'b{b} t{t} sp/r as-is | folded':>30}"
@@ -246,14 +319,23 @@ def main() -> None:
                          dense_macs / max(1, profile(model, one).macs)))
         # the deploy-time step, applied alike to the dense model and to every pruned one
         folded = [fold_batchnorm(m, one) for m in (dense, *pruned)]
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        timed = [m.to(memory_format=fmt) for m in (dense, *pruned, *folded)]
+        if args.breakdown:
+            torch.set_num_threads(threads[0])
+            labels = ["dense", *(r[0] for r in rows)]
+            print_breakdown(name, [*labels, *(f"{lab} folded" for lab in labels)],
+                            timed, torch.randn(batches[0], 3, args.size, args.size).to(
+                                memory_format=fmt))
+            continue
         if profile(folded[0], one).macs != dense_macs:
             raise RuntimeError("folding changed the counted MACs; the ratios would not compare")
         cells: list[list[str]] = [[] for _ in rows]
         for batch in batches:
-            x = torch.randn(batch, 3, args.size, args.size)
+            x = torch.randn(batch, 3, args.size, args.size).to(memory_format=fmt)
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
-                times = interleaved_times([dense, *pruned, *folded], x, args.rounds)
+                times = interleaved_times(timed, x, args.rounds)
                 as_is, fold_times = times[:len(rows) + 1], times[len(rows) + 1:]
                 for i, (variant, _, reduction) in enumerate(rows):
                     label = f"{name} {variant} b{batch} t{n_threads}"
@@ -266,6 +348,8 @@ def main() -> None:
         for (variant, seconds, reduction), row in zip(rows, cells, strict=True):
             print(f"{name:<14}{variant:>9}{seconds:>8.2f}{reduction:>8.2f}x"
                   + "".join(f"{c:>30}" for c in row), flush=True)
+    if args.breakdown:
+        return
     print("-" * len(header))
     print("cells: measured speed-up / (speed-up ÷ MACs reduction), dense and pruned both as-is "
           "| both BN-folded; goal ratio >= 0.9")
