@@ -25,7 +25,12 @@ Command (about 25 minutes on 2 shared cores at the defaults):
 
     PYTHONPATH=src .venv/bin/python benchmarks/structured_latency.py [--size 224]
         [--batches 1,8] [--threads 1,2] [--rounds 7] [--variants 0.3/8,0.5/8,0.3/-,0.5/-]
-        [--models resnet18,resnet50,vgg16_bn,mobilenet_v2]
+        [--models resnet18,resnet50,vgg16_bn,mobilenet_v2] [--channels-last] [--breakdown]
+
+``--channels-last`` runs every model and input in ``torch.channels_last`` (both sides);
+``--breakdown`` skips the round-robin and prints, per model, the time of one forward pass
+split into conv/linear and the rest, with conv GMAC/s by output-width class (%16/%8/other).
+Results and their reading: benchmarks/results/structured.md.
 """
 
 from __future__ import annotations
