@@ -8,7 +8,9 @@ the dense baseline you compare it with): a folded model no longer matches its pr
 Which pairs fold is decided from one forward pass on the example inputs, not from module
 order: a BatchNorm folds into a producer only if the producer ran once, the BatchNorm ran
 once, its input *is* the producer's output tensor, and nothing else (another op, the
-model's output, a hook) read that tensor. Anything else is left as it was.
+model's output, a hook) read that tensor; the BatchNorm must track running statistics and
+the producer must carry no parametrization (masks: ``pk.strip`` first). Anything else is
+left as it was; :func:`foldable_pairs` lists what folds.
 """
 
 from __future__ import annotations
