@@ -9,17 +9,28 @@ size and thread count, the dense model and its pruned variants are timed *round-
 all of them alike; each round gives a paired speed-up (dense time / pruned time) and the
 figure reported is the median over the rounds.
 
+Every configuration is timed twice over, in the same round-robin: dense and pruned as-is,
+and dense and pruned both BN-folded (``fold_batchnorm``, the deploy-time step, applied to
+both sides alike; folding changes no counted MAC).
+
 Columns: ``prune s`` (the ``pk.prune`` call on a batch of 1 with one thread, profiles
-excluded), MACs
-reduction (dense MACs / pruned MACs, from ``pk.profile``), measured
-latency speed-up (median of the paired per-round ratios) and their ratio — 1.0 means latency falls
-exactly as MACs do; the goal is ≥ 0.9. Latency is measured with ``torch.no_grad()`` in
-eval mode, one thread count at a time (``torch.set_num_threads``).
+excluded), MACs reduction (dense MACs / pruned MACs, both from ``pk.profile`` on the same
+input: FlopCounterMode counts conv/linear/matmul MACs only), then per batch/threads the
+measured latency speed-up (median of the paired per-round ratios) and its ratio to the MACs
+reduction, as-is | folded — 1.0 means latency falls exactly as MACs do; the goal is ≥ 0.9.
+Latency is measured with ``torch.no_grad()`` in eval mode, one thread count at a time
+(``torch.set_num_threads``). The summary counts the configurations that reach 0.9.
 
-Command (took 9–15 minutes on 2 shared cores at the defaults):
+Command (about 25 minutes on 2 shared cores at the defaults):
 
-    .venv/bin/python benchmarks/structured_latency.py [--size 224] [--batches 1,8]
-        [--threads 1,2] [--rounds 7] [--models resnet18,resnet50,vgg16_bn,mobilenet_v2]
+    PYTHONPATH=src .venv/bin/python benchmarks/structured_latency.py [--size 224]
+        [--batches 1,8] [--threads 1,2] [--rounds 7] [--variants 0.3/8,0.5/8,0.3/-,0.5/-]
+        [--models resnet18,resnet50,vgg16_bn,mobilenet_v2] [--channels-last] [--breakdown]
+
+``--channels-last`` runs every model and input in ``torch.channels_last`` (both sides);
+``--breakdown`` skips the round-robin and prints, per model, the time of one forward pass
+split into conv/linear and the rest, with conv GMAC/s by output-width class (%16/%8/other).
+Results and their reading: benchmarks/results/structured.md.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.metrics.profile import profile
+from prunekit.structured.fold import fold_batchnorm
 from prunekit.structured.pruning import prune
 
 # -- the models (torchvision's layouts, random weights) ---------------------------------------
@@ -166,11 +178,10 @@ def _time_once(model: nn.Module, x: Tensor) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_speedups(models: list[nn.Module], x: Tensor, rounds: int,
-                         warmup: int = 2) -> list[float]:
-    """Speed-up of every model after the first over the first: in each round the models
-    run one after another, each round gives ``t_first / t_model``, and the median over the
-    rounds is returned (paired ratios cancel the load other processes put on the machine)."""
+def interleaved_times(models: list[nn.Module], x: Tensor, rounds: int,
+                      warmup: int = 2) -> list[list[float]]:
+    """Per model, its time in each round; in every round the models run one after another,
+    so load from other processes hits all of them alike."""
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for model in models:
@@ -179,8 +190,86 @@ def interleaved_speedups(models: list[nn.Module], x: Tensor, rounds: int,
         for _ in range(rounds):
             for i, model in enumerate(models):
                 times[i].append(_time_once(model, x))
-    return [statistics.median(d / t for d, t in zip(times[0], own, strict=True))
-            for own in times[1:]]
+    return times
+
+
+def paired_speedup(base: list[float], own: list[float]) -> float:
+    """Median over the rounds of ``base / own`` (paired ratios cancel shared load)."""
+    return statistics.median(b / t for b, t in zip(base, own, strict=True))
+
+
+def _conv_macs(module: nn.Module, out: Tensor) -> int:
+    weight = module.weight  # (out, in / groups, *k): each output element costs in/g * k MACs
+    return out.numel() * weight[0].numel() if isinstance(weight, Tensor) else 0
+
+
+Breakdown = tuple[float, float, int, dict[str, tuple[float, int]]]
+
+
+class _ConvTimer:
+    """Forward hooks that add up the time and MACs of every conv and linear call, keyed by
+    the output width's class ('%16', '%8', 'other')."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, list[float]] = {}
+        self.starts: dict[int, float] = {}
+
+    def pre(self, module: nn.Module, args: object) -> None:
+        self.starts[id(module)] = time.perf_counter()
+
+    def post(self, module: nn.Module, args: object, out: Tensor) -> None:
+        seconds = time.perf_counter() - self.starts[id(module)]
+        width = out.shape[1] if out.dim() > 1 else out.shape[-1]
+        key = "%16" if width % 16 == 0 else "%8" if width % 8 == 0 else "other"
+        entry = self.spent.setdefault(key, [0.0, 0])
+        entry[0] += seconds
+        entry[1] += _conv_macs(module, out)
+
+
+def breakdown(model: nn.Module, x: Tensor, repeats: int = 3) -> Breakdown:
+    """Where one forward pass spends its time: (total s, conv/linear s, their MACs, per
+    output-width class: (s, MACs)); hooks around every conv and linear, best of ``repeats``
+    passes (with one thread the calls are synchronous)."""
+    best: Breakdown | None = None
+    for _ in range(repeats):
+        timer = _ConvTimer()
+        handles = []
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                handles += [module.register_forward_pre_hook(timer.pre),
+                            module.register_forward_hook(timer.post)]
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(x)
+            total = time.perf_counter() - start
+        for handle in handles:
+            handle.remove()
+        per = {k: (v[0], int(v[1])) for k, v in timer.spent.items()}
+        if best is None or total < best[0]:
+            best = (total, sum(v[0] for v in per.values()), sum(v[1] for v in per.values()), per)
+    if best is None:
+        raise ValueError(f"repeats={repeats} must be at least 1")
+    return best
+
+
+def print_breakdown(name: str, labels: list[str], models: list[nn.Module], x: Tensor) -> None:
+    print(f"{name}: per forward, batch {x.shape[0]}, {torch.get_num_threads()} thread(s); "
+          "conv+linear GMAC/s by output width (%16 / %8 / other)")
+    for label, model in zip(labels, models, strict=True):
+        total, conv_s, macs, per = breakdown(model, x)
+        rates = " ".join(f"{k}:{v[1] / v[0] / 1e9:.0f}({v[1] / max(1, macs):.0%})"
+                         for k, v in sorted(per.items()) if v[0] > 0)
+        print(f"  {label:<16} total {total * 1e3:8.1f} ms  conv/linear {conv_s * 1e3:8.1f} ms "
+              f"({conv_s / total:.0%})  other {(total - conv_s) * 1e3:7.1f} ms  "
+              f"{macs / conv_s / 1e9:6.1f} GMAC/s  [{rates}]", flush=True)
+
+
+def _variants(text: str) -> list[tuple[float, int | None]]:
+    out: list[tuple[float, int | None]] = []
+    for item in text.split(","):
+        ratio, _, round_to = item.partition("/")
+        out.append((float(ratio), None if round_to in ("", "-") else int(round_to)))
+    return out
 
 
 def main() -> None:
@@ -190,19 +279,30 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--variants", default="0.3/8,0.5/8,0.3/-,0.5/-",
+                        help="channel ratio / round_to ('-' for none), comma-separated")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run every model (dense and pruned, as-is and folded) and input "
+                             "in torch.channels_last memory format")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead of the round-robin, print where each model's forward "
+                             "spends its time (conv/linear vs the rest, GMAC/s by width)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
-    print(f"input {args.size}x{args.size}; {args.rounds} interleaved rounds; "
-          f"variants: channel ratio / round_to")
-    header = (f"{'model':<14}{'variant':>10}{'prune s':>9}{'MACs red':>10}"
-              + "".join(f"{f'b{b} t{t} sp/r':>16}" for b in batches for t in threads))
+    variants = _variants(args.variants)
+    print(f"input {args.size}x{args.size}"
+          f"{' channels_last' if args.channels_last else ''}; {args.rounds} interleaved rounds; "
+          f"variants: channel ratio / round_to; cells: as-is | BN-folded")
+    header = (f"{'model':<14}{'variant':>9}{'prune s':>8}{'MACs red':>9}"
+              + "".join(f"{f'b{b} t{t} sp/r as-is | folded':>30}"
+                        for b in batches for t in threads))
     print(header)
     print("-" * len(header))
-    ratios: list[tuple[str, float]] = []
+    ratios: dict[str, list[tuple[str, float]]] = {"as-is": [], "folded": []}
     torch.set_num_threads(1)
     warm = MobileNetV2().eval()  # first call pays one-off imports: keep them out of "prune s"
-    _ = prune(warm, torch.randn(1, 3, 32, 32), ratio=0.5, ignore=[warm.classifier[-1]]).after
+    _ = prune(warm, torch.randn(1, 3, 32, 32), ratio=0.5, ignore=[warm.classifier[-1]]).model
     for name in args.models.split(","):
         build, head = MODELS[name]
         torch.manual_seed(0)
@@ -211,34 +311,64 @@ def main() -> None:
         dense_macs = profile(dense, one).macs
         pruned, rows = [], []
         torch.set_num_threads(1)  # prune on one thread: small ops + a busy pool = spin waits
-        for ratio, round_to in VARIANTS:
+        for ratio, round_to in variants:
             start = time.perf_counter()
             result = prune(dense, one, ratio=ratio, importance="l2", ignore=[head(dense)],
                            round_to=round_to)
             seconds = time.perf_counter() - start  # the profiles are measured below
-            pruned.append(result.model.eval())
+            model = result.model.eval()
+            pruned.append(model)
+            # both counts by the same pk.profile on the same input (FlopCounterMode: conv,
+            # linear and matmul MACs; BN, activations, pooling and adds count zero)
             rows.append((f"{ratio:.0%}/{round_to or '-'}", seconds,
-                         dense_macs / max(1, result.after.macs)))
+                         dense_macs / max(1, profile(model, one).macs)))
+        # the deploy-time step, applied alike to the dense model and to every pruned one
+        folded = [fold_batchnorm(m, one) for m in (dense, *pruned)]
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        timed = [m.to(memory_format=fmt) for m in (dense, *pruned, *folded)]
+        if args.breakdown:
+            torch.set_num_threads(threads[0])
+            labels = ["dense", *(r[0] for r in rows)]
+            print_breakdown(name, [*labels, *(f"{lab} folded" for lab in labels)],
+                            timed, torch.randn(batches[0], 3, args.size, args.size).to(
+                                memory_format=fmt))
+            continue
+        if profile(folded[0], one).macs != dense_macs:
+            raise RuntimeError("folding changed the counted MACs; the ratios would not compare")
         cells: list[list[str]] = [[] for _ in rows]
         for batch in batches:
-            x = torch.randn(batch, 3, args.size, args.size)
+            x = torch.randn(batch, 3, args.size, args.size).to(memory_format=fmt)
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
-                speedups = interleaved_speedups([dense, *pruned], x, args.rounds)
+                times = interleaved_times(timed, x, args.rounds)
+                as_is, fold_times = times[:len(rows) + 1], times[len(rows) + 1:]
                 for i, (variant, _, reduction) in enumerate(rows):
-                    speedup = speedups[i]
-                    ratios.append((f"{name} {variant} b{batch} t{n_threads}",
-                                   speedup / reduction))
-                    cells[i].append(f"{speedup:.2f}x/{speedup / reduction:.2f}")
+                    label = f"{name} {variant} b{batch} t{n_threads}"
+                    cell = []
+                    for mode, series in (("as-is", as_is), ("folded", fold_times)):
+                        speedup = paired_speedup(series[0], series[i + 1])
+                        ratios[mode].append((label, speedup / reduction))
+                        cell.append(f"{speedup:.2f}x/{speedup / reduction:.2f}")
+                    cells[i].append(" | ".join(cell))
         for (variant, seconds, reduction), row in zip(rows, cells, strict=True):
-            print(f"{name:<14}{variant:>10}{seconds:>9.2f}{reduction:>9.2f}x"
-                  + "".join(f"{c:>16}" for c in row), flush=True)
+            print(f"{name:<14}{variant:>9}{seconds:>8.2f}{reduction:>8.2f}x"
+                  + "".join(f"{c:>30}" for c in row), flush=True)
+    if args.breakdown:
+        return
     print("-" * len(header))
-    print("cells: measured speed-up / (speed-up ÷ MACs reduction); goal ratio >= 0.9")
-    met = [label for label, r in ratios if r >= 0.9]
-    print(f"{len(met)}/{len(ratios)} configurations reach 0.9; ratio median "
-          f"{statistics.median(r for _, r in ratios):.2f}, min "
-          f"{min(r for _, r in ratios):.2f} ({min(ratios, key=lambda p: p[1])[0]})")
+    print("cells: measured speed-up / (speed-up ÷ MACs reduction), dense and pruned both as-is "
+          "| both BN-folded; goal ratio >= 0.9")
+    for mode, found in ratios.items():
+        met = [label for label, r in found if r >= 0.9]
+        print(f"{mode:>7}: {len(met)}/{len(found)} configurations reach 0.9; ratio median "
+              f"{statistics.median(r for _, r in found):.2f}, min "
+              f"{min(r for _, r in found):.2f} ({min(found, key=lambda p: p[1])[0]})")
+        for batch in batches:
+            for n_threads in threads:
+                tag = f" b{batch} t{n_threads}"
+                column = [r for label, r in found if label.endswith(tag)]
+                print(f"{'':>9}b{batch} t{n_threads}: {sum(r >= 0.9 for r in column)}/"
+                      f"{len(column)} reach 0.9, median {statistics.median(column):.2f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ _PUBLIC: dict[str, str] = {
     "find_adapter": "prunekit.structured.adapters",
     "WeightView": "prunekit.structured.adapters",
     "PrunedMultiheadAttention": "prunekit.structured.mha",
+    "fold_batchnorm": "prunekit.structured.fold",
 }
 
 __all__ = list(_PUBLIC)

@@ -1,0 +1,242 @@
+"""Fold inference-mode BatchNorm into the conv / linear layer that feeds it (an export step).
+
+``y = γ (W x + b − μ) / √(σ² + ε) + β`` is again an affine layer, ``W' x + b'`` with
+``W' = s W`` and ``b' = s (b − μ) + β`` per output channel, ``s = γ / √(σ² + ε)``; the
+BatchNorm becomes ``nn.Identity``. Apply it after pruning, to the model you deploy (and to
+the dense baseline you compare it with): a folded model no longer matches its pruning plan.
+
+Which pairs fold is decided from one forward pass on the example inputs, not from module
+order: a BatchNorm folds into a producer only if the producer ran once, the BatchNorm ran
+once, its input *is* the producer's output tensor, and nothing else (another op, the
+model's output, a hook) read that tensor; the BatchNorm must track running statistics and
+the producer must carry no parametrization (masks: ``pk.strip`` first). Anything else is
+left as it was; :func:`foldable_pairs` lists what folds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from prunekit._inputs import ExampleInputs, model_device, move_inputs, run_model
+from prunekit.errors import ConfigError, PruneValidationError
+
+__all__ = ["FoldPair", "fold_batchnorm", "foldable_pairs"]
+
+_PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+              nn.ConvTranspose3d, nn.Linear)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# reads of a tensor's metadata, not its values: folding cannot change what they return
+_METADATA = {"size", "dim", "ndimension", "numel", "stride", "is_contiguous", "shape",
+             "dtype", "device", "requires_grad", "is_floating_point", "element_size",
+             "layout", "ndim", "__len__", "is_cuda", "storage_offset", "data_ptr",
+             "nelement", "names", "grad_fn", "is_leaf", "__format__", "__repr__"}
+
+
+@dataclass(frozen=True)
+class FoldPair:
+    """A producer (conv / linear) and the BatchNorm folded into it, by qualified name."""
+
+    producer: str
+    norm: str
+
+
+def foldable_pairs(model: nn.Module, example_inputs: ExampleInputs) -> list[FoldPair]:
+    """The (producer, BatchNorm) pairs :func:`fold_batchnorm` would fold, in run order."""
+    _check_model(model)
+    return _find_pairs(model, move_inputs(example_inputs, model_device(model)))[0]
+
+
+def fold_batchnorm(model: nn.Module, example_inputs: ExampleInputs, *,
+                   rtol: float = 1e-5) -> nn.Module:
+    """A copy of ``model`` (in eval mode) with every foldable BatchNorm folded into its conv
+    or linear producer and replaced by ``nn.Identity``; ``model`` itself is not changed.
+
+    The copy is checked by a forward pass on ``example_inputs``: its outputs must match the
+    original's within ``rtol`` of their largest magnitude, else PruneValidationError.
+    """
+    _check_model(model)
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0:
+        raise ConfigError(f"rtol={rtol!r} must be a positive float, e.g. rtol=1e-5")
+    folded = copy.deepcopy(model)
+    inputs = move_inputs(example_inputs, model_device(folded))
+    pairs, reference = _find_pairs(folded, inputs)
+    modules = dict(folded.named_modules())
+    with torch.no_grad():
+        for pair in pairs:
+            _fold_into(modules[pair.producer], modules[pair.norm])
+            _set_module(folded, pair.norm, nn.Identity())
+        out = run_model(folded, inputs)
+    _check_close(reference, out, float(rtol))
+    return folded
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    training = [name or "(model)" for name, m in model.named_modules()
+                if isinstance(m, _NORMS) and m.training]
+    if model.training or training:
+        where = f" (BatchNorm in training mode: {', '.join(training[:3])})" if training else ""
+        raise ConfigError(
+            f"fold_batchnorm needs an eval-mode model{where}: training-mode BatchNorm uses "
+            "batch statistics, which no fixed weights can reproduce; call model.eval() first"
+        )
+
+
+class _Readers(TorchFunctionMode):
+    """Counts, per tracked tensor, the ops that read its values."""
+
+    def __init__(self, tracked: dict[int, Tensor], reads: dict[int, int]) -> None:
+        super().__init__()
+        self.tracked = tracked
+        self.reads = reads
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name == "__get__":  # a property such as Tensor.shape or Tensor.data
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
+        if name not in _METADATA:
+            for tensor in _tensors((args, kwargs)):
+                if self.tracked.get(id(tensor)) is tensor:
+                    self.reads[id(tensor)] = self.reads.get(id(tensor), 0) + 1
+        return func(*args, **kwargs)
+
+
+def _find_pairs(model: nn.Module, inputs: Any) -> tuple[list[FoldPair], Any]:
+    """Run ``model`` once, watching producers, BatchNorms and every op that reads a
+    producer's output; return the foldable pairs and the model's output."""
+    names = {id(m): n for n, m in model.named_modules()}
+    calls: dict[str, int] = {}
+    produced: dict[int, Tensor] = {}  # id -> producer output (kept alive for the run)
+    producer_of: dict[int, str] = {}
+    reads: dict[int, int] = {}
+    norm_inputs: dict[str, Tensor] = {}
+    order: list[str] = []
+
+    def after_producer(module: nn.Module, args: Any, out: Any) -> None:
+        name = names[id(module)]
+        calls[name] = calls.get(name, 0) + 1
+        if isinstance(out, Tensor):
+            produced[id(out)] = out
+            producer_of[id(out)] = name
+
+    def before_norm(module: nn.Module, args: Any) -> None:
+        name = names[id(module)]
+        calls[name] = calls.get(name, 0) + 1
+        if args and isinstance(args[0], Tensor):
+            norm_inputs[name] = args[0]
+            order.append(name)
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, _PRODUCERS):
+            handles.append(module.register_forward_hook(after_producer))
+        elif isinstance(module, _NORMS):
+            handles.append(module.register_forward_pre_hook(before_norm))
+    try:
+        with torch.no_grad(), _Readers(produced, reads):
+            out = run_model(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for tensor in _tensors(out):  # a producer output returned by the model is read too
+        if produced.get(id(tensor)) is tensor:
+            reads[id(tensor)] = reads.get(id(tensor), 0) + 1
+
+    modules = dict(model.named_modules())
+    pairs: list[FoldPair] = []
+    for norm_name in order:
+        x = norm_inputs[norm_name]
+        producer = producer_of.get(id(x)) if produced.get(id(x)) is x else None
+        if producer is None or calls[norm_name] != 1 or calls[producer] != 1:
+            continue
+        # the BatchNorm's own F.batch_norm is the one read allowed
+        if reads.get(id(x), 0) == 1 and _compatible(modules[producer], modules[norm_name], x):
+            pairs.append(FoldPair(producer, norm_name))
+    return pairs, out
+
+
+def _compatible(producer: nn.Module, norm: nn.Module, out: Tensor) -> bool:
+    """The BatchNorm normalises the producer's output channels (dim 1 of a batched output)
+    with fixed statistics, and the producer's weight can be rewritten in place."""
+    if getattr(norm, "running_mean", None) is None or hasattr(producer, "parametrizations"):
+        return False
+    if isinstance(producer, nn.Linear):
+        channels, batched_dim = producer.out_features, 2
+    else:
+        channels = producer.out_channels  # type: ignore[assignment]
+        batched_dim = 2 + len(producer.kernel_size)  # type: ignore[arg-type]
+    return out.dim() == batched_dim and norm.num_features == channels  # type: ignore[return-value]
+
+
+def _fold_into(producer: nn.Module, norm: nn.Module) -> None:
+    mean, var = norm.running_mean, norm.running_var
+    if not isinstance(mean, Tensor) or not isinstance(var, Tensor):  # _compatible checked
+        raise RuntimeError(f"BatchNorm {norm} has no running statistics to fold")
+    gamma, beta, eps = norm.weight, norm.bias, float(norm.eps)  # type: ignore[arg-type]
+    scale = torch.rsqrt(var.double() + eps)
+    if isinstance(gamma, Tensor):
+        scale = scale * gamma.double()
+    shift = -mean.double() * scale
+    if isinstance(beta, Tensor):
+        shift = shift + beta.double()
+    weight: Tensor = producer.weight  # type: ignore[assignment]
+    if isinstance(producer, nn.modules.conv._ConvTransposeNd):
+        # weight is (in, out / groups, *k): output channel g * (out / groups) + j
+        groups = producer.groups
+        view = weight.double().reshape(groups, weight.shape[0] // groups, weight.shape[1], -1)
+        view = view * scale.reshape(groups, 1, weight.shape[1], 1)
+        new_weight = view.reshape(weight.shape)
+    else:
+        new_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    bias = producer.bias
+    new_bias = bias.double() * scale + shift if isinstance(bias, Tensor) else shift
+    producer.weight = nn.Parameter(new_weight.to(weight.dtype),
+                                   requires_grad=weight.requires_grad)
+    producer.bias = nn.Parameter(new_bias.to(weight.dtype), requires_grad=weight.requires_grad)
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def _check_close(reference: Any, out: Any, rtol: float) -> None:
+    ref, new = list(_tensors(reference)), list(_tensors(out))
+    shapes = [tuple(t.shape) for t in ref], [tuple(t.shape) for t in new]
+    if shapes[0] != shapes[1]:
+        raise PruneValidationError(f"folding changed the output shapes from {shapes[0]} to "
+                                   f"{shapes[1]}; your model is unchanged")
+    for i, (a, b) in enumerate(zip(ref, new, strict=True)):
+        if not a.is_floating_point():
+            continue
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        err = float((a - b).abs().max()) if a.numel() else 0.0
+        if not math.isfinite(err) or err > rtol * max(scale, 1e-12):
+            raise PruneValidationError(
+                f"the folded model's output {i} differs from the original by {err:.3g} "
+                f"(largest magnitude {scale:.3g}, rtol={rtol}); your model is unchanged. "
+                "Report the architecture, or pass a larger rtol=... if this is rounding"
+            )
