@@ -24,6 +24,7 @@ _PUBLIC: dict[str, str] = {
     "prune": "prunekit.structured.pruning",
     "PruneResult": "prunekit.structured.pruning",
     "replay_plan": "prunekit.structured.plan",
+    "fold_batchnorm": "prunekit.structured.fold",
     "prune_llm": "prunekit.llm.api",
     "prune_hf": "prunekit.llm.hf",
     "prune_checkpoint": "prunekit.llm.streaming",
