@@ -25,6 +25,11 @@ Command (torch-pruning is a benchmark-only dependency):
 
     .venv/bin/pip install -c constraints.txt torch-pruning
     .venv/bin/python benchmarks/structured.py [--repeats 3] [--models lenet5,vgg_bn] [--timeout 60]
+    .venv/bin/python benchmarks/structured.py --realistic   # ResNet-18/50, VGG-16-BN, MobileNetV2
+                                                            # at 1x3x224x224 instead of the zoo
+
+``--realistic`` times the same two calls on the full-size models of
+``benchmarks/structured_latency.py`` (their classifier left alone), alternating the tools.
 """
 
 from __future__ import annotations
@@ -173,15 +178,42 @@ def latency_over_macs(entry: ZooEntry, pruned: nn.Module) -> float:
     return (dense / small) / macs_ratio
 
 
+def realistic(repeats: int) -> None:
+    """Graph+prune time of both tools on full-size CNNs at 224x224 (one thread)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from structured_latency import MODELS
+
+    print(f"{'model':<14}{'prunekit ms':>12}{'TP ms':>9}{'ratio':>7}")
+    ratios = []
+    for name, (build, head_of) in MODELS.items():
+        base, x = build().eval(), torch.randn(1, 3, 224, 224)
+        times: dict[str, list[float]] = {"pk": [], "tp": []}
+        for _ in range(repeats):
+            for key, tool in (("pk", run_prunekit), ("tp", run_torch_pruning)):
+                model = copy.deepcopy(base)
+                start = time.perf_counter()
+                tool(model, x, [head_of(model)])
+                times[key].append(time.perf_counter() - start)
+        pk, tp = (statistics.median(times[k]) for k in ("pk", "tp"))
+        ratios.append(pk / tp)
+        print(f"{name:<14}{pk * 1e3:>12.0f}{tp * 1e3:>9.0f}{pk / tp:>7.2f}")
+    print(f"median ratio prunekit / Torch-Pruning: {statistics.median(ratios):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="", help="comma-separated zoo names (default: all)")
     parser.add_argument("--timeout", type=int, default=60, help="seconds per prune attempt")
+    parser.add_argument("--realistic", action="store_true",
+                        help="full-size CNNs at 224x224 instead of the zoo")
     args = parser.parse_args()
     torch.set_num_threads(1)
     signal.signal(signal.SIGALRM, _timeout)
     warnings.filterwarnings("ignore", module="torch_pruning")  # its per-model chatter
+    if args.realistic:
+        realistic(args.repeats)
+        return
     wanted = {n for n in args.models.split(",") if n}
     header = (f"{'model':<20}{'prunekit':>10}{'TP':>10}{'pk s':>9}{'pk+prof':>9}{'TP s':>9}"
               f"{'ratio':>7}"
