@@ -116,15 +116,6 @@ def _read_text(path: str, flag: str) -> str:
     return text
 
 
-def _counts(model: nn.Module) -> tuple[int, int]:
-    from prunekit.sparse.masks import masked_tensors
-
-    masks = masked_tensors(model)
-    total = sum(p.numel() for p in model.parameters())
-    nonzero = total - sum(int((~m).sum()) for m in masks.values())
-    return total, nonzero
-
-
 class _Quality:
     """Before/after score on ``--eval``: perplexity (causal LM) or embedding cosine (encoder)."""
 
@@ -157,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     from prunekit.llm.depth import drop_layers
     from prunekit.llm.hf import prune_hf
     from prunekit.llm.hf_io import load_pretrained, save_pretrained
+    from prunekit.metrics.profile import count_params
 
     _check_args(args)
     if args.stream:
@@ -165,12 +157,11 @@ def _run(args: argparse.Namespace) -> int:
     calib = _calibration(args, tokenizer)
     quality = (_Quality(model, tokenizer, _read_text(args.eval_file, "--eval"), args.seqlen)
                if args.eval_file else None)
-    torch.manual_seed(args.seed)
 
     rows: list[dict[str, Any]] = []
 
     def row(stage: str, seconds: float) -> None:
-        params, nonzero = _counts(model)
+        params, nonzero = count_params(model)
         rows.append({"stage": stage, "params": params, "nonzero": nonzero, "seconds": seconds,
                      "quality": quality(model) if quality is not None else "-"})
 
@@ -206,7 +197,6 @@ def _run(args: argparse.Namespace) -> int:
         save_pretrained(model, args.out, tokenizer=tokenizer)
         console.print(f"saved to {args.out}: reload with from_pretrained({args.out!r})")
     return 0
-
 
 
 def _calibration(args: argparse.Namespace, tokenizer: Any) -> list[torch.Tensor]:

@@ -25,7 +25,7 @@ from prunekit.metrics._buffers import preserved_buffers
 from prunekit.metrics.compare import ProfileDiff, compare
 from prunekit.sparse.compressed import compressed_nbytes
 
-__all__ = ["LayerProfile", "Profile", "profile"]
+__all__ = ["LayerProfile", "Profile", "count_params", "profile"]
 
 
 @dataclass(frozen=True)
@@ -167,11 +167,11 @@ def _profile(model: nn.Module, inputs: ExampleInputs) -> Profile:
     skipped = sum(layer.macs - layer.sparse_macs for layer in layers)
     unique = _unique_effective_tensors(model)
     params = list(_unique_parameters(model))
-    total = sum(p.numel() for p in params)
+    total, nonzero = count_params(model)
     return Profile(
         total_params=total,
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
-        nonzero_params=sum(_count_nonzero(t) for t in unique),
+        nonzero_params=nonzero,
         macs=total_macs,
         sparse_macs=total_macs - skipped,
         bytes_fp32=4 * total,
@@ -273,6 +273,13 @@ def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
         for name in module.parametrizations:  # type: ignore[union-attr]
             out[name] = getattr(module, name)
     return out
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, non-zeros of the effective weights), tied tensors once — ``profile``'s
+    counts without its forward pass."""
+    total = sum(p.numel() for p in _unique_parameters(model))
+    return total, sum(_count_nonzero(t) for t in _unique_effective_tensors(model))
 
 
 def _unique_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
