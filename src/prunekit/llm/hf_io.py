@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, require
 from prunekit.io.atomic import AtomicDirectory
 from prunekit.sparse.masks import masked_tensors, strip
 
@@ -28,11 +28,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 def _transformers() -> Any:
     try:
         import transformers
-    except ImportError as exc:
-        raise ConfigError(
-            "Hugging Face models need the optional extra: pip install -c constraints.txt "
-            "'prunekit[hf]'"
-        ) from exc
+    except ImportError:
+        require("transformers", "hf")
     return transformers
 
 
@@ -51,11 +48,10 @@ def load_pretrained(
             "Face save_pretrained() wrote (config.json + *.safetensors)"
         )
     tf = _transformers()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub for a local directory
-    config = tf.AutoConfig.from_pretrained(root)
+    config = tf.AutoConfig.from_pretrained(root, local_files_only=True)
     causal = any(name.endswith(_CAUSAL_SUFFIXES) for name in config.architectures or ())
     auto = tf.AutoModelForCausalLM if causal else tf.AutoModel
-    model = auto.from_pretrained(root).eval()
+    model = auto.from_pretrained(root, local_files_only=True).eval()
     if tokenizer is not None:
         return model, load_tokenizer(tokenizer)
     has_tokenizer = any((root / name).is_file() for name in _TOKENIZER_FILES)
@@ -65,9 +61,8 @@ def load_pretrained(
 def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
     """The Hugging Face tokenizer saved in ``directory`` (offline)."""
     tf = _transformers()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        return tf.AutoTokenizer.from_pretrained(Path(directory))
+        return tf.AutoTokenizer.from_pretrained(Path(directory), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"cannot load a tokenizer from {str(directory)!r} ({exc}); pass a directory "
