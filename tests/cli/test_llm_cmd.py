@@ -266,3 +266,8 @@ def test_missing_inputs_are_named(
     (tmp_path / "file").write_text("x")
     assert _run(llama_dir, text_file, tmp_path / "file", "--sparsity", "0.5") == 1
     assert "is a file" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert _run(llama_dir, text_file, tmp_path / "busy", "--sparsity", "0.5") == 1
+    assert "not a Hugging Face model directory" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prunekit.errors import PrunekitError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
@@ -35,6 +37,25 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+class ReplaceRefusedError(PrunekitError, FileExistsError):
+    """The target of a directory write is a file, or a directory of some other kind."""
+
+
+def check_replaceable(target: Path, marker: str, what: str, argument: str = "path") -> None:
+    """Refuse to write directory ``target`` over a file or over a non-empty directory that
+    lacks ``marker`` (the file that says it is a ``what``, which may be replaced)."""
+    if target.exists() and not target.is_dir():
+        raise ReplaceRefusedError(
+            f"{argument}={str(target)!r} is a file; a {what} is a directory — pass a new "
+            "directory path"
+        )
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
+        raise ReplaceRefusedError(
+            f"{argument}={str(target)!r} is a non-empty directory that is not a {what}; "
+            "refusing to replace it — pass a new or empty directory path"
+        )
 
 
 class AtomicDirectory:

@@ -34,7 +34,7 @@ from torch.nn.utils import parametrize
 
 from prunekit import __version__
 from prunekit.errors import ConfigError, PrunekitError
-from prunekit.io.atomic import AtomicDirectory
+from prunekit.io.atomic import AtomicDirectory, check_replaceable
 from prunekit.sparse.masks import WeightMask, apply_mask, get_mask, masked_tensors
 from prunekit.sparse.storage import EncodedTensor, decode, encode, resolve_value_dtype
 
@@ -86,7 +86,7 @@ def save(
         )
     model, plan = _model_and_plan(obj)
     target = Path(path)
-    _check_replaceable(target)
+    check_replaceable(target, MANIFEST_FILE, "prunekit checkpoint")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError(
             f"metadata must be a dict of JSON-serialisable values, got {type(metadata).__name__}"
@@ -372,19 +372,6 @@ def _class_name(model: nn.Module) -> str:
     if parametrize.is_parametrized(model):  # the root itself was masked: name the base class
         cls = cls.__bases__[0]
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _check_replaceable(target: Path) -> None:
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(
-            f"path {str(target)!r} is a file; a prunekit checkpoint is a directory — "
-            "pass a new directory path"
-        )
-    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file():
-        raise FileExistsError(
-            f"path {str(target)!r} is a non-empty directory that is not a prunekit "
-            "checkpoint; refusing to replace it — pass a new or empty directory path"
-        )
 
 
 # --- loading ------------------------------------------------------------------------------

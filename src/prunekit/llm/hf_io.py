@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.errors import ConfigError, require
-from prunekit.io.atomic import AtomicDirectory
+from prunekit.io.atomic import AtomicDirectory, check_replaceable
 from prunekit.sparse.masks import masked_tensors, strip
 
 __all__ = ["load_pretrained", "load_tokenizer", "save_pretrained"]
@@ -81,13 +81,7 @@ def save_pretrained(
             "dir) instead"
         )
     target = Path(directory)
-    if target.exists() and not target.is_dir():
-        raise ConfigError(f"directory={str(target)!r} is a file; pass a directory path")
-    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
-        raise ConfigError(
-            f"directory={str(target)!r} is a non-empty directory that is not a model directory; "
-            "refusing to replace it — pass a new or empty directory"
-        )
+    check_replaceable(target, "config.json", "Hugging Face model directory", "directory")
     if masked_tensors(model):
         strip(model)
     with AtomicDirectory(target) as tmp:
