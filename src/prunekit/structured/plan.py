@@ -257,7 +257,7 @@ def _swapped(name: str, module: nn.Module, keep: Mapping[str, Tensor],
 def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     """Put ``new`` wherever ``model`` holds ``old`` (a shared module at several paths too)."""
     for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
+        for child_name, child in list(module._modules.items()):  # named_children() dedups
             if child is old:
                 setattr(module, child_name, new)
 
