@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from prunekit._inputs import ExampleInputs, model_device, move_inputs, run_model
 from prunekit.errors import ConfigError, PruneValidationError
 from prunekit.graph.ops import tensors_in
+from prunekit.structured.plan import _replace_module
 
 __all__ = ["FoldPair", "fold_batchnorm", "foldable_pairs"]
 
@@ -73,7 +74,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: ExampleInputs, *,
     with torch.no_grad():
         for pair in pairs:
             _fold_into(modules[pair.producer], modules[pair.norm])
-            _set_module(folded, pair.norm, nn.Identity())
+            _replace_module(folded, modules[pair.norm], nn.Identity())  # at every path
         out = run_model(folded, inputs)
     _check_close(reference, out, float(rtol))
     return folded
@@ -204,12 +205,6 @@ def _fold_into(producer: nn.Module, norm: nn.Module) -> None:
 
 def _double(tensor: Any) -> Tensor | None:
     return tensor.double() if isinstance(tensor, Tensor) else None
-
-
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
 
 
 def _check_close(reference: Any, out: Any, rtol: float) -> None:
