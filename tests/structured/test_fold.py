@@ -162,6 +162,29 @@ def test_transpose_conv1d_conv3d_and_linear_bn1d() -> None:
         _assert_close(conv3d(x3), folded3(x3))
 
 
+class AliasedBn(nn.Module):
+    """The BatchNorm is registered under two names and called through the second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.bn = nn.BatchNorm2d(3)
+        self.alias = self.bn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.alias(self.conv(x))
+
+
+def test_bn_under_two_names_is_replaced_at_both() -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(AliasedBn())
+    x = torch.randn(2, 3, 4, 4)
+    folded = fold_batchnorm(model, x)
+    assert isinstance(folded.bn, nn.Identity) and folded.alias is folded.bn
+    with torch.no_grad():
+        _assert_close(model(x), folded(x))
+
+
 def test_bn_without_running_stats_and_mismatched_channels_stay() -> None:
     torch.manual_seed(0)
     # Linear on a 3-d input: BatchNorm1d normalises dim 1 (the sequence), not the features

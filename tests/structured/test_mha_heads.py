@@ -421,3 +421,25 @@ def test_plans_that_do_not_fit_name_the_swap() -> None:
                              "swap": "PrunedMultiheadAttention"}}}
     with pytest.raises(ConfigError, match="swaps the model itself"):
         apply_plan(nn.MultiheadAttention(8, 2), root)
+
+
+class AliasedAttention(nn.Module):
+    """One attention registered under two names of the same parent, called through the second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.alias = self.attn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.alias(x, x, x, need_weights=False)[0]
+
+
+def test_swap_replaces_the_attention_under_every_name() -> None:
+    torch.manual_seed(0)
+    model, x = AliasedAttention().eval(), torch.randn(2, 6, 32)
+    result = prune(model, x, ratio=0.5)
+    assert isinstance(result.model.alias, PrunedMultiheadAttention)
+    assert result.model.alias is result.model.attn and result.model.alias.num_heads == 2
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 6, 32)

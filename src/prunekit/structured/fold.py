@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.overrides import TorchFunctionMode
 
 from prunekit._inputs import ExampleInputs, model_device, move_inputs, run_model
 from prunekit.errors import ConfigError, PruneValidationError
+from prunekit.graph.ops import tensors_in
+from prunekit.structured.plan import _replace_module
 
 __all__ = ["FoldPair", "fold_batchnorm", "foldable_pairs"]
 
@@ -72,7 +74,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: ExampleInputs, *,
     with torch.no_grad():
         for pair in pairs:
             _fold_into(modules[pair.producer], modules[pair.norm])
-            _set_module(folded, pair.norm, nn.Identity())
+            _replace_module(folded, modules[pair.norm], nn.Identity())  # at every path
         out = run_model(folded, inputs)
     _check_close(reference, out, float(rtol))
     return folded
@@ -106,7 +108,7 @@ class _Readers(TorchFunctionMode):
         if name == "__get__":  # a property such as Tensor.shape or Tensor.data
             name = getattr(getattr(func, "__self__", None), "__name__", name)
         if name not in _METADATA:
-            for tensor in _tensors((args, kwargs)):
+            for tensor in tensors_in((args, kwargs)):
                 if self.tracked.get(id(tensor)) is tensor:
                     self.reads[id(tensor)] = self.reads.get(id(tensor), 0) + 1
         return func(*args, **kwargs)
@@ -149,7 +151,7 @@ def _find_pairs(model: nn.Module, inputs: Any) -> tuple[list[FoldPair], Any]:
     finally:
         for handle in handles:
             handle.remove()
-    for tensor in _tensors(out):  # a producer output returned by the model is read too
+    for tensor in tensors_in(out):  # a producer output returned by the model is read too
         if produced.get(id(tensor)) is tensor:
             reads[id(tensor)] = reads.get(id(tensor), 0) + 1
 
@@ -183,48 +185,30 @@ def _fold_into(producer: nn.Module, norm: nn.Module) -> None:
     mean, var = norm.running_mean, norm.running_var
     if not isinstance(mean, Tensor) or not isinstance(var, Tensor):  # _compatible checked
         raise RuntimeError(f"BatchNorm {norm} has no running statistics to fold")
-    gamma, beta, eps = norm.weight, norm.bias, float(norm.eps)  # type: ignore[arg-type]
-    scale = torch.rsqrt(var.double() + eps)
-    if isinstance(gamma, Tensor):
-        scale = scale * gamma.double()
-    shift = -mean.double() * scale
-    if isinstance(beta, Tensor):
-        shift = shift + beta.double()
     weight: Tensor = producer.weight  # type: ignore[assignment]
-    if isinstance(producer, nn.modules.conv._ConvTransposeNd):
-        # weight is (in, out / groups, *k): output channel g * (out / groups) + j
-        groups = producer.groups
-        view = weight.double().reshape(groups, weight.shape[0] // groups, weight.shape[1], -1)
-        view = view * scale.reshape(groups, 1, weight.shape[1], 1)
-        new_weight = view.reshape(weight.shape)
-    else:
-        new_weight = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    bias = producer.bias
-    new_bias = bias.double() * scale + shift if isinstance(bias, Tensor) else shift
+    transpose = isinstance(producer, nn.modules.conv._ConvTransposeNd)
+    groups = int(producer.groups) if transpose else 1  # type: ignore[arg-type]
+    w = weight.double()
+    if transpose:
+        # weight is (in, out / groups, *k); as (in / groups, out, *k) dim 1 is the output
+        # channel g * (out / groups) + j, the layout torch's helper scales for transpose=True
+        w = w.unflatten(0, (groups, -1)).transpose(0, 1).flatten(1, 2)
+    new_weight, new_bias = fuse_conv_bn_weights(  # computed in float64, cast back below
+        w, _double(producer.bias), mean.double(), var.double(), float(norm.eps),  # type: ignore[arg-type]
+        _double(norm.weight), _double(norm.bias), transpose=transpose)
+    if transpose:
+        new_weight = new_weight.unflatten(1, (groups, -1)).transpose(0, 1).flatten(0, 1)
     producer.weight = nn.Parameter(new_weight.to(weight.dtype),
                                    requires_grad=weight.requires_grad)
     producer.bias = nn.Parameter(new_bias.to(weight.dtype), requires_grad=weight.requires_grad)
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
-
-
-def _tensors(obj: Any) -> Iterator[Tensor]:
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _tensors(value)
+def _double(tensor: Any) -> Tensor | None:
+    return tensor.double() if isinstance(tensor, Tensor) else None
 
 
 def _check_close(reference: Any, out: Any, rtol: float) -> None:
-    ref, new = list(_tensors(reference)), list(_tensors(out))
+    ref, new = list(tensors_in(reference)), list(tensors_in(out))
     shapes = [tuple(t.shape) for t in ref], [tuple(t.shape) for t in new]
     if shapes[0] != shapes[1]:
         raise PruneValidationError(f"folding changed the output shapes from {shapes[0]} to "

@@ -184,7 +184,9 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
                                                       *attn_mask.shape[1:])
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v in the order of torch's ``_in_projection_packed`` / ``_in_projection``."""
+        """q, k, v in the order of torch's ``_in_projection_packed`` / ``_in_projection``,
+        which cannot be called: both size the projections by the input width (``embed_dim``),
+        not ``num_heads · head_dim``."""
         inner = self.num_heads * self.head_dim
         bias = self.in_proj_bias
         if self.in_proj_weight is None:

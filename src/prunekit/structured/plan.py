@@ -57,25 +57,18 @@ class SwapAdapter(Protocol):
         ...
 
 
-_IS_SWAP: dict[type, bool] = {}
-
-
-def _swaps(module: nn.Module) -> bool:
-    """Whether ``module``'s adapter is a SwapAdapter (the Protocol check cached per type)."""
-    adapter = find_adapter(module)
-    if adapter is None:
-        return False
-    kind = type(adapter)
-    if kind not in _IS_SWAP:
-        _IS_SWAP[kind] = isinstance(adapter, SwapAdapter)
-    return _IS_SWAP[kind]
+_IS_SWAP: dict[type, bool] = {}  # the Protocol check, cached per adapter type
 
 
 def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
+    """What ``module``'s adapter swaps in for it (None: no SwapAdapter, or no swap)."""
     adapter = find_adapter(module)
-    if adapter is None or not _swaps(module):
+    if adapter is None:
         return None
-    return adapter.swap(module, keep)  # type: ignore[attr-defined]
+    kind = type(adapter)
+    if kind not in _IS_SWAP:
+        _IS_SWAP[kind] = isinstance(adapter, SwapAdapter)
+    return adapter.swap(module, keep) if _IS_SWAP[kind] else None  # type: ignore[attr-defined]
 
 
 Indices = dict[tuple[str, str, str], Tensor]  # (section, name, dim or axis) -> keep indices
@@ -95,7 +88,6 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
                else torch.zeros(0, dtype=torch.long))
     modules = dict(model.named_modules())
     plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}, "attrs": {}}
-    keeps: dict[str, dict[str, Tensor]] = {}
     indices: Indices = {}
     for member in graph.members:
         gone = in_sorted(member.units, removed)
@@ -108,7 +100,6 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
             entry = plan["modules"].setdefault(
                 member.name, {"type": type(modules[member.name]).__name__, "keep": {}})
             entry["keep"][member.dim] = keep.tolist()
-            keeps.setdefault(member.name, {})[member.dim] = keep
             indices["modules", member.name, member.dim] = keep
         else:
             entry = plan["params"].setdefault(member.name, {"sizes": {}, "keep": {}})
@@ -116,9 +107,8 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
             entry["keep"][str(member.axis)] = keep.tolist()
             indices["params", member.name, str(member.axis)] = keep
     for name, entry in plan["modules"].items():
-        if not _swaps(modules[name]):
-            continue
-        replacement = _replacement(modules[name], keeps[name])
+        kept = {dim: indices["modules", name, dim] for dim in entry["keep"]}
+        replacement = _replacement(modules[name], kept)
         if replacement is not None:
             entry["swap"] = type(replacement).__name__
     return plan, indices
@@ -267,7 +257,7 @@ def _swapped(name: str, module: nn.Module, keep: Mapping[str, Tensor],
 def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     """Put ``new`` wherever ``model`` holds ``old`` (a shared module at several paths too)."""
     for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
+        for child_name, child in list(module._modules.items()):  # named_children() dedups
             if child is old:
                 setattr(module, child_name, new)
 
