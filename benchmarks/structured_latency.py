@@ -309,7 +309,7 @@ def main() -> None:
         dense = build().eval()
         one = torch.randn(1, 3, args.size, args.size)
         dense_macs = profile(dense, one).macs
-        pruned, rows = [], []
+        pruned, rows, macs = [], [], [dense_macs]
         torch.set_num_threads(1)  # prune on one thread: small ops + a busy pool = spin waits
         for ratio, round_to in variants:
             start = time.perf_counter()
@@ -320,8 +320,8 @@ def main() -> None:
             pruned.append(model)
             # both counts by the same pk.profile on the same input (FlopCounterMode: conv,
             # linear and matmul MACs; BN, activations, pooling and adds count zero)
-            rows.append((f"{ratio:.0%}/{round_to or '-'}", seconds,
-                         dense_macs / max(1, profile(model, one).macs)))
+            macs.append(profile(model, one).macs)
+            rows.append((f"{ratio:.0%}/{round_to or '-'}", seconds, dense_macs / max(1, macs[-1])))
         # the deploy-time step, applied alike to the dense model and to every pruned one
         folded = [fold_batchnorm(m, one) for m in (dense, *pruned)]
         fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -333,7 +333,7 @@ def main() -> None:
                             timed, torch.randn(batches[0], 3, args.size, args.size).to(
                                 memory_format=fmt))
             continue
-        if profile(folded[0], one).macs != dense_macs:
+        if [profile(m, one).macs for m in folded] != macs:
             raise RuntimeError("folding changed the counted MACs; the ratios would not compare")
         cells: list[list[str]] = [[] for _ in rows]
         for batch in batches:

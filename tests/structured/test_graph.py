@@ -241,3 +241,48 @@ def test_sorted_id_lookups_match_isin_and_handle_empty_sets() -> None:
     assert rows.tolist() == [0, 1, 3] and pos.tolist() == [12, 10, 10]
     assert not in_sorted(values, torch.zeros(0, dtype=torch.long)).any()
     assert positions_in(values, torch.zeros(0, dtype=torch.long))[0].numel() == 0
+
+
+def _no_trace_hooks_left(model: nn.Module) -> bool:
+    hooks = torch.nn.modules.module
+    return (not hooks._global_forward_hooks and not hooks._global_forward_pre_hooks
+            and all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+            and torch._C._len_torch_function_stack() == 0)
+
+
+def test_trace_that_fails_removes_its_hooks_and_mode() -> None:
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(5, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(self.a(x))  # 6 features into a 5-input layer: raises inside b
+
+    model = Bad().train()
+    with pytest.raises(RuntimeError, match="shapes"):
+        _groups(model, torch.randn(2, 4))
+    assert _no_trace_hooks_left(model) and model.training
+
+    # a module with a hook of its own gets per-module trace hooks: those go too
+    handle = model.a.register_forward_hook(lambda mod, args, out: out)
+    with pytest.raises(RuntimeError, match="shapes"):
+        _groups(model, torch.randn(2, 4))
+    assert list(model.a._forward_hooks) == [handle.id]
+    handle.remove()
+    assert _no_trace_hooks_left(model)
+
+    # a lookup that raises half-way through registration (a, with a hook of its own, has
+    # its trace hooks already) leaves none of them behind
+    own = model.a.register_forward_hook(lambda mod, args, out: out)
+
+    def failing_lookup(module: nn.Module) -> None:
+        if module is model.b:
+            raise ValueError("lookup failed")
+        return None
+
+    with pytest.raises(ValueError, match="lookup failed"):
+        trace(model, torch.randn(2, 4), failing_lookup)  # type: ignore[arg-type]
+    assert list(model.a._forward_hooks) == [own.id]
+    own.remove()
+    assert _no_trace_hooks_left(model)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
-from prunekit.graph.labels import NEUTRAL
+from prunekit.graph.labels import NEUTRAL, in_sorted
 from prunekit.graph.trace import ParamRecord, Trace
 
 __all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
@@ -211,13 +211,12 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
     those of a walk over the members in order, each member's units ascending."""
     if not members:
         return []
-    stop = np.array(sorted({*blocked, NEUTRAL}), dtype=np.int64)
+    stop = torch.tensor(sorted({*blocked, NEUTRAL}), dtype=torch.long)
     arrays = [member.units.reshape(-1).numpy() for member in members]
     sizes = np.array([a.size for a in arrays], dtype=np.int64)
     flat = np.concatenate(arrays).astype(np.int64, copy=False)
     owner_of = np.repeat(np.arange(len(members), dtype=np.int64), sizes)
-    pos = np.minimum(np.searchsorted(stop, flat), stop.size - 1)
-    free = stop[pos] != flat
+    free = ~in_sorted(torch.from_numpy(flat), stop)
     flat, owner_of = flat[free], owner_of[free]
     if flat.size == 0:
         return []

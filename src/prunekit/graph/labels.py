@@ -59,8 +59,7 @@ class LabelSpace:
 
     def block(self, labels: Tensor, reason: str) -> None:
         """Make every channel in ``labels`` unprunable, remembering ``reason``."""
-        small, _ = _compact(labels)
-        flat = _np(small).reshape(-1)
+        flat = _np(_compact(labels)).reshape(-1)
         real = np.unique(flat[flat != NEUTRAL])
         if real.size == 0:
             return
@@ -74,7 +73,7 @@ class LabelSpace:
 
     def find_compact(self, labels: Tensor) -> Tensor:
         """Like :meth:`find`, with ``labels``' broadcast dims left at size 1."""
-        small, _ = _compact(labels)
+        small = _compact(labels)
         return torch.from_numpy(self._find_np(_np(small).reshape(-1))).view(small.shape)
 
     def _find_np(self, flat: np.ndarray) -> np.ndarray:
@@ -83,9 +82,11 @@ class LabelSpace:
         nxt = parent[roots]
         if bool((nxt == roots).all()):  # already one hop from its root: nothing to compress
             return roots
-        while not bool((nxt == roots).all()):
+        while True:
             roots = nxt
             nxt = parent[roots]
+            if bool((nxt == roots).all()):
+                break
         parent[flat] = roots  # path compression
         return roots
 
@@ -93,15 +94,10 @@ class LabelSpace:
         """Join ``a[i]`` with ``b[i]`` elementwise (after broadcasting); NEUTRAL is skipped."""
         if a is b:
             return
-        a, b = torch.broadcast_tensors(a, b)
         # positions repeated along a dim add no new pairs: cut broadcast dims for free, and
         # on big tensors also materialised dims along which neither side varies
-        keep_dims = [n if n <= 1 or sa or sb else 1
-                     for n, sa, sb in zip(a.shape, a.stride(), b.stride(), strict=True)]
+        a, b = cut_broadcast(*torch.broadcast_tensors(a, b))
         na, nb = _np(a), _np(b)
-        if keep_dims != list(a.shape):
-            cut = tuple(slice(None) if n > 1 else slice(0, 1) for n in keep_dims)
-            na, nb = na[cut], nb[cut]
         if na.size > _BIG:
             for dim in range(na.ndim):
                 if na.shape[dim] > 1 and not _np_varies(na, dim) and not _np_varies(nb, dim):
@@ -166,24 +162,32 @@ def _np_varies(arr: np.ndarray, dim: int) -> bool:
     return bool((arr != arr[_first_along(arr.ndim, dim)]).any())
 
 
-def _compact(labels: Tensor) -> tuple[Tensor, bool]:
-    """``labels`` with its broadcast (stride-0) dims cut to size 1, and whether any was."""
-    shape = labels.shape
-    stride = labels.stride()
-    if 0 not in stride:
-        return labels, False
-    small = [1 if n > 1 and st == 0 else n for n, st in zip(shape, stride, strict=True)]
+def cut_broadcast(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Same-shape ``a`` and ``b`` with the dims broadcast (stride 0) in both cut to size 1
+    (positions repeated along such a dim add nothing to an elementwise op on the pair)."""
+    sa, sb = a.stride(), b.stride()
+    if 0 not in sa or 0 not in sb:
+        return a, b
+    shape = a.shape
+    small = [1 if n > 1 and x == 0 and y == 0 else n
+             for n, x, y in zip(shape, sa, sb, strict=True)]
     if small == list(shape):
-        return labels, False
-    return labels.as_strided(small, stride, labels.storage_offset()), True
+        return a, b
+    return (a.as_strided(small, sa, a.storage_offset()),
+            b.as_strided(small, sb, b.storage_offset()))
+
+
+def _compact(labels: Tensor) -> Tensor:
+    """``labels`` with its broadcast (stride-0) dims cut to size 1."""
+    return cut_broadcast(labels, labels)[0]
 
 
 def varies(labels: Tensor, dim: int) -> bool:
     """True if (canonical) ``labels`` are not constant along ``dim``."""
     if labels.dim() == 0 or labels.shape[dim] <= 1 or labels.stride(dim) == 0:
         return False
-    small, _ = _compact(labels)  # compare each distinct position once, not every broadcast copy
-    return _np_varies(_np(small), dim)
+    # compare each distinct position once, not every broadcast copy
+    return _np_varies(_np(_compact(labels)), dim)
 
 
 def rep_along(space: LabelSpace, labels: Tensor, dims: tuple[int, ...]) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, varies
+from prunekit.graph.labels import NEUTRAL, cut_broadcast, varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -116,13 +116,10 @@ def _broadcast_max(a: Tensor, b: Tensor) -> Tensor:
     """``maximum(a, b)`` computed once per position that is not broadcast in both."""
     if a is b:
         return a
-    shape, sa, sb = a.shape, a.stride(), b.stride()
-    small = [1 if n > 1 and x == 0 and y == 0 else n
-             for n, x, y in zip(shape, sa, sb, strict=True)]
-    if small == list(shape):
+    small_a, small_b = cut_broadcast(a, b)
+    if small_a is a:
         return torch.maximum(a, b)
-    return torch.maximum(a.as_strided(small, sa, a.storage_offset()),
-                         b.as_strided(small, sb, b.storage_offset())).expand(shape)
+    return torch.maximum(small_a, small_b).expand(a.shape)
 
 
 def _setitem(ctx: TraceContext, call: OpCall) -> None:

@@ -124,14 +124,14 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
         if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
             heads = [k for k, v in attrs.items()
                      if v == labels.shape[inferred] and _counts_heads(k)]
-            _check_head_size(ctx, call, labels, bearing, inferred, sizes)
+            _check_head_size(ctx, call, labels, bearing, inferred, sizes, attrs)
             return inferred, heads[0] if len(heads) == 1 else None
     written = set(sizes)
     for dim in bearing[:-1]:
         size = labels.shape[dim]
         heads = [k for k, v in attrs.items() if v == size and _counts_heads(k)]
         if size in written and len(heads) == 1:
-            _check_head_size(ctx, call, labels, bearing, dim, sizes)
+            _check_head_size(ctx, call, labels, bearing, dim, sizes, attrs)
             return dim, heads[0]
     last = bearing[-1]
     size = labels.shape[last]
@@ -148,7 +148,7 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
 
 
 def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],
-                     heads: int, sizes: list[int]) -> None:
+                     heads: int, sizes: list[int], attrs: dict[str, int]) -> None:
     """Whole heads may go only if the per-head size stays what it is: the last factor (after
     the head count) must be left to -1 or held by an int attribute (``self.head_dim``). A
     size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
@@ -156,7 +156,7 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     span exactly the width read by their projection, that projection's input width too.
     Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay."""
     last = bearing[-1]
-    held = set(_int_attributes(ctx).values())
+    held = set(attrs.values())
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
     if last <= heads or adapts or labels.shape[last] in held:
         return
@@ -333,8 +333,8 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
     A fused q/k/v projection split by such a width (``c_attn(x).split(self.n_embd, 2)``)
     stays prunable: the parts shrink alike and the attribute is rewritten. Several
     attributes with that value are resolved by a name with ``split`` in it."""
-    if width not in tensors_free(call.args[1:2]) and width not in tensors_free(
-            (call.kwargs.get("split_size_or_sections", call.kwargs.get("split_size")),)):
+    size = call.kwargs.get("split_size_or_sections", call.kwargs.get("split_size"))
+    if width not in tensors_free((*call.args[1:2], size)):
         return None, f"{call.display} splits a channel dimension at sizes fixed in the code"
     holders = [k for k, v in _int_attributes(ctx).items() if v == width]
     if len(holders) > 1:

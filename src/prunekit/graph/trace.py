@@ -358,27 +358,28 @@ class TraceContext:
             else:  # the forward raised: torch calls always-call hooks without kwargs
                 leave(mod, entry[0], entry[1], args, {}, rest[0], failed=True)
 
-        for name, module in model.named_modules():
-            handler = lookup(module)
-            if not module._forward_hooks and not module._forward_pre_hooks:
-                table[id(module)] = (name, handler)
-                continue
+        try:  # registration too: a lookup that raises half-way must leave no hook behind
+            for name, module in model.named_modules():
+                handler = lookup(module)
+                if not module._forward_hooks and not module._forward_pre_hooks:
+                    table[id(module)] = (name, handler)
+                    continue
 
-            def pre(mod: nn.Module, args: Any, kwargs: Any, *, _name: str = name,
-                    _handler: Any = handler) -> None:
-                enter(mod, _name, _handler)
+                def pre(mod: nn.Module, args: Any, kwargs: Any, *, _name: str = name,
+                        _handler: Any = handler) -> None:
+                    enter(mod, _name, _handler)
 
-            def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *, _name: str = name,
-                     _handler: Any = handler) -> None:
-                leave(mod, _name, _handler, args, kwargs, out)
+                def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *,
+                         _name: str = name, _handler: Any = handler) -> None:
+                    leave(mod, _name, _handler, args, kwargs, out)
 
-            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
-        if table:
-            handles.append(nn.modules.module.register_module_forward_pre_hook(global_pre))
-            handles.append(nn.modules.module.register_module_forward_hook(
-                global_post, with_kwargs=True, always_call=True))
-        try:
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(module.register_forward_hook(post, with_kwargs=True,
+                                                            always_call=True))
+            if table:
+                handles.append(nn.modules.module.register_module_forward_pre_hook(global_pre))
+                handles.append(nn.modules.module.register_module_forward_hook(
+                    global_post, with_kwargs=True, always_call=True))
             yield
         finally:
             for handle in handles:
