@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -179,6 +180,14 @@ def test_write_shard_is_read_by_safetensors(tmp_path: Path) -> None:
     for key, value in tensors.items():
         assert torch.equal(first[key], value), key
     assert torch.equal(second["x"], tensors["b"]) and torch.equal(second["y"], tensors["a"].t())
+
+
+def test_read_header_rejects_a_range_that_does_not_fit_the_shape(tmp_path: Path) -> None:
+    header = json.dumps({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}).encode()
+    file = tmp_path / "bad.safetensors"
+    file.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(DataError, match=r"'a' spans 8 bytes, but .* need 12; the file is corrupt"):
+        read_checkpoint(tmp_path)
 
 
 def test_synthetic_checkpoint_loads_complete(tmp_path: Path) -> None:
