@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -181,6 +182,14 @@ def test_write_shard_is_read_by_safetensors(tmp_path: Path) -> None:
     assert torch.equal(second["x"], tensors["b"]) and torch.equal(second["y"], tensors["a"].t())
 
 
+def test_read_header_rejects_a_range_that_does_not_fit_the_shape(tmp_path: Path) -> None:
+    header = json.dumps({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}).encode()
+    file = tmp_path / "bad.safetensors"
+    file.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(DataError, match=r"'a' spans 8 bytes, but .* need 12; the file is corrupt"):
+        read_checkpoint(tmp_path)
+
+
 def test_synthetic_checkpoint_loads_complete(tmp_path: Path) -> None:
     size = synthetic_checkpoint(_config(layers=2, tied=True), tmp_path / "syn")
     model, info = transformers.AutoModelForCausalLM.from_pretrained(
@@ -198,7 +207,9 @@ _MEASURE = textwrap.dedent(
     torch.set_num_threads(1)
     transformers.LlamaForCausalLM  # import the model code before the baseline
     calib = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # the current RSS, not ru_maxrss: the import peak (~100 MB above it) would hide growth
+    status = open("/proc/self/status").read()
+    base = int(status.split("VmRSS:")[1].split()[0])
     prune_checkpoint(sys.argv[1], sys.argv[2], calib, method="wanda")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"growth": (peak - base) * 1024}))
@@ -207,7 +218,7 @@ _MEASURE = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB on Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc and ru_maxrss")
 def test_peak_memory_is_a_few_blocks_not_the_checkpoint(tmp_path: Path) -> None:
     config = transformers.LlamaConfig(
         hidden_size=1024,

@@ -75,6 +75,12 @@ def read_header(file: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
         begin, end = info["data_offsets"]
         if info["dtype"] not in _DTYPES:
             raise DataError(f"{str(file)!r}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        expected = math.prod(info["shape"]) * _DTYPES[info["dtype"]].itemsize
+        if end - begin != expected:
+            raise DataError(
+                f"{str(file)!r}: tensor {name!r} spans {end - begin} bytes, but its dtype and "
+                f"shape {info['shape']} need {expected}; the file is corrupt"
+            )
         entries[name] = TensorEntry(
             name, info["dtype"], tuple(info["shape"]), file, 8 + size + begin, end - begin
         )

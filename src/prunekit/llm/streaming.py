@@ -17,10 +17,12 @@ one byte per weight, while it is pruned), ``S`` the solver statistics of one sta
 ``E`` the input-embedding tensors, and ``A = nsamples × seqlen × hidden × dtype bytes``
 one set of calibration activations (inputs and outputs of the current block alive at
 once; ``R = 1`` more with ``reconstruct``). Nothing scales with the number of blocks.
-Measured with Wanda: about 2.2 blocks over the post-import baseline (tests/llm/
-test_streaming.py, benchmarks/llm_streaming.py). glibc's heap can add a few blocks of
-fragmentation on top when tensors are a few MB; freed pages are handed back after each
-block, and running with ``MALLOC_MMAP_THRESHOLD_=1048576`` avoids the fragmentation.
+Measured with Wanda and ``MALLOC_MMAP_THRESHOLD_=1048576``: about 2.3 blocks over the RSS
+after imports (8 blocks of 51 MB, tests/llm/test_streaming.py, which bounds it at 3; 2.0x
+of 196 MB blocks, over a higher baseline, in benchmarks/llm_streaming.py): a block above the
+formula, which leaves out transient copies. Without that setting glibc's heap
+fragments when tensors are a few MB and adds about 1-4 blocks, varying run to run;
+freed pages are handed back after each block.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ def return_free_memory() -> None:
 
     Tensors of a few MB come from the heap once glibc's dynamic mmap threshold has risen,
     and a block's worth of them freed in a different order than allocated leaves the heap
-    fragmented: without this, resident memory creeps up by tens of MB per block.
+    fragmented: without this, resident memory can creep up by tens of MB per block (8 blocks
+    of 51 MB, plain malloc, two runs each: 3.9-6.1 blocks of growth with it, 2.5-12.6
+    without).
     """
     trim = _malloc_trim()
     if trim is not None:
@@ -363,10 +367,9 @@ def synthetic_checkpoint(
     path, block_list = find_blocks(model)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     tied = {k for k in shapes if k.endswith(".weight") and _is_tied(model, k)}
-    groups: list[list[str]] = [[]]
     prefixes = [f"{path}.{i}." for i in range(len(block_list))]
-    groups += [[k for k in shapes if k.startswith(p)] for p in prefixes]
-    groups[0] = [k for k in shapes if k not in tied and not any(k.startswith(p) for p in prefixes)]
+    rest = [k for k in shapes if k not in tied and not any(k.startswith(p) for p in prefixes)]
+    groups = [rest] + [[k for k in shapes if k.startswith(p)] for p in prefixes]
     gen = torch.Generator().manual_seed(seed)
     weight_map: dict[str, str] = {}
     total = 0
