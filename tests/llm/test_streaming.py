@@ -212,7 +212,7 @@ _MEASURE = textwrap.dedent(
     base = int(status.split("VmRSS:")[1].split()[0])
     prune_checkpoint(sys.argv[1], sys.argv[2], calib, method="wanda")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"growth": (peak - base) * 1024}))
+    print(json.dumps({"growth": (peak - base) * 1024, "peak": peak, "base": base}))
     """
 )
 
@@ -223,7 +223,7 @@ def test_peak_memory_is_a_few_blocks_not_the_checkpoint(tmp_path: Path) -> None:
     config = transformers.LlamaConfig(
         hidden_size=1024,
         intermediate_size=2816,
-        num_hidden_layers=8,
+        num_hidden_layers=12,  # enough blocks that a third of the checkpoint exceeds 3 blocks
         num_attention_heads=8,
         vocab_size=512,
     )
@@ -240,7 +240,7 @@ def test_peak_memory_is_a_few_blocks_not_the_checkpoint(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr[-2000:]
     growth = json.loads(run.stdout.strip().splitlines()[-1])["growth"]
-    assert size > 8 * block
-    assert growth < 3 * block + 3 * activations + (16 << 20), (growth, block)
-    assert growth < size / 3
-    assert _load(tmp_path / "out").model.layers[7].mlp.down_proj.weight.eq(0).float().mean() == 0.5
+    assert size > 12 * block
+    assert growth < 3 * block + 3 * activations + (16 << 20), (growth, block, run.stdout[-300:])
+    assert growth < size / 3, run.stdout[-300:]
+    assert _load(tmp_path / "out").model.layers[11].mlp.down_proj.weight.eq(0).float().mean() == 0.5
