@@ -18,7 +18,7 @@ one byte per weight, while it is pruned), ``S`` the solver statistics of one sta
 one set of calibration activations (inputs and outputs of the current block alive at
 once; ``R = 1`` more with ``reconstruct``). Nothing scales with the number of blocks.
 Measured with Wanda and ``MALLOC_MMAP_THRESHOLD_=1048576``: about 2.3 blocks over the RSS
-after imports (8 blocks of 51 MB, tests/llm/test_streaming.py, which bounds it at 3; 2.0x
+after imports (51 MB blocks, tests/llm/test_streaming.py, which bounds it at 3; 2.0x
 of 196 MB blocks, over a higher baseline, in benchmarks/llm_streaming.py): a block above the
 formula, which leaves out transient copies. Without that setting glibc's heap
 fragments when tensors are a few MB and adds about 1-4 blocks, varying run to run;
