@@ -19,12 +19,14 @@ passes at lr 1e-4 over the calibration inputs per block, masks fixed; the best o
 named below the table), and structured 25 % heads + 30 % FFN (``prune_hf``, activation
 importance) without / with the least-squares refit. "params" counts parameters kept,
 "non-zero" the non-zero ones (embeddings included, so 50 % of the block weights is ~77 %).
-"prune s" is the wall time of the pruning call only. Memory: every row (and draw) runs in
-a fresh ``spawn`` child process; "peak MiB" is its ``resource.getrusage`` ``ru_maxrss``
-after pruning (torch + the loaded dense model + a copy ≈ 570 MiB before anything is
-pruned), "+MiB" the rise of that high-water mark during the pruning call (children run with
-``MALLOC_MMAP_THRESHOLD_=131072`` so freed large blocks leave the RSS). Times are on a
-machine shared with other jobs: compare them within one run.
+"prune s" is the wall time of the pruning call only. Memory: every row (and draw) runs in a
+fresh ``spawn`` child process; "peak MiB" is its RSS high-water mark (``VmHWM``; the table
+in benchmarks/results/llm.md was taken with ``ru_maxrss``, which Linux carries over from the
+forking parent, so its peaks are upper bounds) after pruning (torch + the loaded dense model
++ a copy ≈ 570 MiB before anything is pruned), "+MiB" the rise of that high-water mark
+during the pruning call (children run with ``MALLOC_MMAP_THRESHOLD_=131072`` so freed large
+blocks leave the RSS). Times are on a machine shared with other jobs: compare them within
+one run.
 
 Measured (2 shared cores, 2 draws): without the two Wanda + rec rows the MiniLM table took
 1230 s; each reconstruction row costs 2.5–7 min per draw depending on load, so the full
@@ -49,11 +51,11 @@ import math
 import multiprocessing
 import os
 import random
-import resource
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -185,8 +187,10 @@ class MiniLMRow:
 
 
 def _peak_rss_mib() -> float:
-    """This process's resident-set high-water mark (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's resident-set high-water mark: VmHWM (KiB), since Linux carries
+    ``ru_maxrss`` over from the parent that forked the child."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 def measure_minilm_row(row: MiniLMRow) -> dict[str, float]:

@@ -5,7 +5,7 @@
 
 A random LLaMA checkpoint (``synthetic_checkpoint``: one shard per block, written a block
 at a time) is generated in a temporary directory, then pruned with Wanda at 50 % in child
-processes, one at a time, each reporting its wall time and peak RSS (``ru_maxrss``):
+processes, one at a time, each reporting its wall time and peak RSS (``VmHWM``):
 
 * ``stream``: ``prune_checkpoint(src, out, calib)``, glibc's malloc as it comes;
 * ``stream, mmap>=1M``: the same with ``MALLOC_MMAP_THRESHOLD_=1048576`` (tensors of 1 MiB
@@ -31,12 +31,13 @@ seconds are noisy; 1 torch thread per child):
                                                bytes from file .../src/... (truncated)
     streamed == in-memory: 147/147 tensors identical
 
-"growth" is peak RSS minus the RSS after imports. The table above was measured against
-``ru_maxrss`` after imports, which sits ~100 MB (0.5 block here) above the current RSS, so
-its growth figures are low by about that; the script now takes the current RSS (Linux's
-``/proc/self/status``), with which tests/llm/test_streaming.py's 51 MB blocks measure 2.3x
-streamed with mmap>=1M. In memory holds the model plus ``prune_llm``'s rollback copy of
-every pruned weight (about 2x the checkpoint).
+"growth" is peak RSS minus the RSS after imports. The table above was measured with
+``ru_maxrss`` — which Linux carries over from the forking parent, so its peaks are upper
+bounds — and against ``ru_maxrss`` after imports, which sits ~100 MB (0.5 block here) above
+the current RSS, so its growth figures are low by about that; the script now takes the
+current RSS (Linux's ``/proc/self/status``), with which tests/llm/test_streaming.py's 51 MB
+blocks measure 2.3x streamed with mmap>=1M. In memory holds the model plus ``prune_llm``'s
+rollback copy of every pruned weight (about 2x the checkpoint).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ else:
     prune_llm(model, calib, method="wanda", sparsity=0.5)
     strip(model)
     model.save_pretrained(out)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
 print(json.dumps({"seconds": time.perf_counter() - start, "base": base, "peak": peak}))
 """
 
