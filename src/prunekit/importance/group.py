@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -86,31 +87,64 @@ class ElementNorm:
 
     def member_scores(self, group: Group, members: Sequence[MemberViews], *,
                       generator: torch.Generator) -> Tensor:
+        return self.batch_scores([(group, members)], generator=generator)[0]
+
+    def batch_scores(self, groups: Sequence[tuple[Group, Sequence[MemberViews]]], *,
+                     generator: torch.Generator) -> list[Tensor]:
+        """``member_scores`` of every group at once: each group's ``[members, units]`` block
+        is a slice of one flat buffer, filled by one index_add and one combine. Slots of
+        different groups are disjoint, so each slot sums the same values in the same order
+        as a group on its own."""
         element = get_criterion(self.name if self.name in {"l1", "l2", "random"} else "l2")
-        size = group.size
-        # every member's rows go into one flat [members * units] buffer: one index_add and
-        # one combine per group instead of a handful of small ops per member
-        slots: list[Tensor] = []
         values: list[Tensor] = []
-        for i, entry in enumerate(members):
-            views = [v for v in entry.views if v.kind in self.kinds]
-            if not views:
-                continue
-            rows, pos = positions_in(entry.member.units, group.units, offset=i * size)
-            per_row = element.score(views[0].tensor, generator=generator).sum(1).float()
-            for view in views[1:]:  # every view of a member has one row per index
-                per_row = per_row + element.score(view.tensor, generator=generator).sum(1).float()
-            values.append(per_row if rows.numel() == per_row.numel() else per_row[rows])
-            slots.append(pos)
-        total = len(members) * size
-        if not slots:
-            return torch.full((len(members), size), float("nan"))
-        index = torch.cat(slots) if len(slots) > 1 else slots[0]
-        value = torch.cat(values) if len(values) > 1 else values[0]
-        raw = torch.zeros(total).index_add_(0, index, value)
-        missing = torch.ones(total, dtype=torch.bool).index_fill_(0, index, False)
+        slots: list[np.ndarray] = []
+        blocks: list[tuple[int, int, int]] = []  # (start, members, units) per group
+        total = 0
+        for group, members in groups:
+            size = group.size
+            held: list[np.ndarray] = []
+            starts: list[int] = []
+            for i, entry in enumerate(members):
+                views = [v for v in entry.views if v.kind in self.kinds]
+                if not views:
+                    continue
+                per_row = element.score(views[0].tensor, generator=generator).sum(1).float()
+                for view in views[1:]:  # every view of a member has one row per index
+                    per_row = per_row + element.score(view.tensor,
+                                                      generator=generator).sum(1).float()
+                values.append(per_row)
+                held.append(entry.member.units.numpy().reshape(-1))
+                starts.append(total + i * size)
+            blocks.append((total, len(members), size))
+            total += len(members) * size
+            if held:
+                slots.append(_member_slots(held, starts, group.units.numpy()))
+        raw = torch.zeros(total)
+        missing = torch.ones(total, dtype=torch.bool)
+        if slots:
+            index = np.concatenate(slots) if len(slots) > 1 else slots[0]
+            value = torch.cat(values) if len(values) > 1 else values[0]
+            found = index >= 0
+            if not found.all():  # rows of units outside the group
+                value, index = value[torch.from_numpy(found)], index[found]
+            index_t = torch.from_numpy(index)
+            raw.index_add_(0, index_t, value)
+            missing.index_fill_(0, index_t, False)
         out = element.combine(raw.unsqueeze(1), 1).masked_fill_(missing, float("nan"))
-        return out.view(len(members), size)
+        return [out[start:start + count * size].view(count, size)
+                for start, count, size in blocks]
+
+
+def _member_slots(held: list[np.ndarray], starts: list[int], units: np.ndarray) -> np.ndarray:
+    """Flat buffer slot of every row of the members in ``held`` (``starts[i]`` + its unit's
+    position in the sorted ``units``), -1 where its unit is not in ``units``."""
+    flat = np.concatenate(held) if len(held) > 1 else held[0]
+    if units.size == 0:
+        return np.full(flat.shape, -1, dtype=np.int64)
+    pos = np.searchsorted(units, flat)
+    found = units[np.minimum(pos, units.size - 1)] == flat
+    base = np.repeat(np.asarray(starts, dtype=np.int64), [a.size for a in held])
+    return np.where(found, base + pos, -1)
 
 
 @dataclass(frozen=True)
@@ -122,10 +156,18 @@ class BNScale:
 
     def member_scores(self, group: Group, members: Sequence[MemberViews], *,
                       generator: torch.Generator) -> Tensor:
-        scales = ElementNorm("l1", kinds=("scale",)).member_scores(
-            group, members, generator=generator)
-        if bool(torch.isnan(scales).all()):
-            return ElementNorm("l2").member_scores(group, members, generator=generator)
+        return self.batch_scores([(group, members)], generator=generator)[0]
+
+    def batch_scores(self, groups: Sequence[tuple[Group, Sequence[MemberViews]]], *,
+                     generator: torch.Generator) -> list[Tensor]:
+        """``member_scores`` of every group (l1 and l2 draw nothing from ``generator``)."""
+        scales = ElementNorm("l1", kinds=("scale",)).batch_scores(groups, generator=generator)
+        bare = [i for i, s in enumerate(scales) if bool(torch.isnan(s).all())]
+        if bare:
+            fallback = ElementNorm("l2").batch_scores([groups[i] for i in bare],
+                                                      generator=generator)
+            for i, score in zip(bare, fallback, strict=True):
+                scales[i] = score
         return scales
 
 
@@ -194,16 +236,19 @@ def score_groups(
     check_choice("aggregation", aggregation, ("sum", "mean", "max"))
     check_choice("normalization", normalization, ("none", "mean", "max", "sum", "standard"))
     generator = torch.Generator().manual_seed(seed)
+    batch = getattr(criterion, "batch_scores", None) if type(criterion) in _BATCHED else None
+    per_group = (batch(groups, generator=generator) if batch is not None
+                 else [criterion.member_scores(group, members, generator=generator)
+                       for group, members in groups])
     out = []
-    for group, members in groups:
-        per_member = criterion.member_scores(group, members, generator=generator)
-        present = ~torch.isnan(per_member)
+    for per_member in per_group:
         filled = torch.nan_to_num(per_member, nan=0.0)
         if aggregation == "sum":
             score = filled.sum(0)
         elif aggregation == "mean":
-            score = filled.sum(0) / present.sum(0).clamp(min=1)
+            score = filled.sum(0) / (~torch.isnan(per_member)).sum(0).clamp(min=1)
         else:
+            present = ~torch.isnan(per_member)
             score = torch.where(present, per_member, torch.tensor(float("-inf"))).amax(0)
             score = torch.where(present.any(0), score, torch.zeros_like(score))
         out.append(_normalize(score, normalization))
@@ -234,6 +279,10 @@ def bn_l1_penalty(model: nn.Module, strength: float) -> Tensor:
         )
     return strength * torch.stack(terms).sum()
 
+
+# built-in criteria whose batch_scores(groups) equals member_scores group by group (exact
+# types: a subclass may override member_scores)
+_BATCHED: tuple[type, ...] = (ElementNorm, BNScale)
 
 for _criterion in (ElementNorm("l1"), ElementNorm("l2"), ElementNorm("random"), BNScale(), FPGM()):
     register_group_criterion(_criterion)

@@ -1,0 +1,70 @@
+"""Fast paths of the post-trace phases give exactly what the general paths give."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.structured.zoo import ZOO, ZooEntry
+
+from prunekit.graph.dependency import Group, build_groups
+from prunekit.graph.labels import positions_in
+from prunekit.graph.trace import trace
+from prunekit.importance.base import get_criterion
+from prunekit.importance.group import BNScale, ElementNorm, MemberViews
+from prunekit.structured.adapters import find_adapter
+from prunekit.structured.pruning import _axes_of, _member_views
+
+
+def _inputs(entry: ZooEntry) -> list[tuple[Group, list[MemberViews]]]:
+    model, example = entry.build().eval(), entry.example_inputs()
+    graph = build_groups(model, trace(model, example, find_adapter), axes_of=_axes_of)
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    return [(g, _member_views(g, modules, params, model)) for g in graph.groups]
+
+
+def _reference(criterion: ElementNorm, group: Group, members: list[MemberViews],
+               generator: torch.Generator) -> torch.Tensor:
+    """ElementNorm.member_scores as it was before batching: one group at a time."""
+    element = get_criterion(criterion.name)
+    size = group.size
+    slots, values = [], []
+    for i, entry in enumerate(members):
+        views = [v for v in entry.views if v.kind in criterion.kinds]
+        if not views:
+            continue
+        rows, pos = positions_in(entry.member.units, group.units, offset=i * size)
+        per_row = element.score(views[0].tensor, generator=generator).sum(1).float()
+        for view in views[1:]:
+            per_row = per_row + element.score(view.tensor, generator=generator).sum(1).float()
+        values.append(per_row if rows.numel() == per_row.numel() else per_row[rows])
+        slots.append(pos)
+    total = len(members) * size
+    if not slots:
+        return torch.full((len(members), size), float("nan"))
+    index, value = torch.cat(slots), torch.cat(values)
+    raw = torch.zeros(total).index_add_(0, index, value)
+    missing = torch.ones(total, dtype=torch.bool).index_fill_(0, index, False)
+    out = element.combine(raw.unsqueeze(1), 1).masked_fill_(missing, float("nan"))
+    return out.view(len(members), size)
+
+
+@pytest.mark.parametrize("entry", ZOO, ids=[e.name for e in ZOO])
+@pytest.mark.parametrize("criterion", [ElementNorm("l1"), ElementNorm("l2"),
+                                       ElementNorm("random"), BNScale()],
+                         ids=["l1", "l2", "random", "bn_scale"])
+def test_batched_scores_equal_group_by_group(entry: ZooEntry,
+                                             criterion: ElementNorm | BNScale) -> None:
+    inputs = _inputs(entry)
+    batched = criterion.batch_scores(inputs, generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    if isinstance(criterion, ElementNorm):
+        single = [_reference(criterion, g, m, generator) for g, m in inputs]
+    else:
+        single = []
+        for g, m in inputs:
+            scales = _reference(ElementNorm("l1", kinds=("scale",)), g, m, generator)
+            bare = bool(torch.isnan(scales).all())
+            single.append(_reference(ElementNorm("l2"), g, m, generator) if bare else scales)
+    assert len(batched) == len(single)
+    for got, want in zip(batched, single, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
