@@ -21,10 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
-from prunekit.graph.labels import NEUTRAL, in_sorted
+from prunekit.graph.labels import NEUTRAL, LabelSpace
 from prunekit.graph.trace import ParamRecord, Trace
 
 __all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
+
+
+MemberKind = Literal["module", "param", "attr"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class Member:
     """One dimension that shrinks when its units go: a module dim, a parameter axis, or an
     int attribute that code uses to size a reshape (``kind="attr"``, ``dim`` its name)."""
 
-    kind: Literal["module", "param", "attr"]
+    kind: MemberKind
     name: str
     dim: str
     units: Tensor
@@ -102,24 +105,52 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
             for vector, _ in param.axes.values():
                 space.block(vector, reason)
             space.block(param.ids, reason)
-    members: list[Member] = []
+    # (kind, name, dim, labels, root, axis, layer) of every member; the labels of all are
+    # resolved by one find after the last union (finds in between would give the same roots)
+    specs: list[tuple[MemberKind, str, str, Tensor, bool, int | None, bool]] = []
     for record in trace.modules.values():
         for dim_name, dim in record.dims.items():
-            members.append(Member("module", record.name, dim_name, space.find(dim.labels),
-                                  dim.root))
+            specs.append(("module", record.name, dim_name, dim.labels, dim.root, None, False))
     for (path, attr), labels in trace.bindings.items():
-        members.append(Member("attr", path, attr, space.find(labels), False))
-    for name, axis in param_axes.items():
-        if axis is not None:
-            members.append(_param_member(trace, trace.params[name], axis))
+        specs.append(("attr", path, attr, labels, False, None, False))
+    direct = [_param_member(trace, trace.params[name], axis)
+              for name, axis in param_axes.items() if axis is not None]
     for name, param in trace.params.items():
         if param.axes and not (param.whole or param.selected is not None):
             for weight_axis, (vector, root) in sorted(param.axes.items()):
-                members.append(Member("param", name, f"axis{weight_axis}", space.find(vector),
-                                      root, weight_axis, layer=True))
+                specs.append(("param", name, f"axis{weight_axis}", vector, root, weight_axis,
+                              True))
+    units = _find_all(space, [spec[3] for spec in specs])
+    members: list[Member] = []
+    arrays: list[np.ndarray] = []
+    for (kind, name, dim_name, labels, root, axis, layer), found in zip(specs, units,
+                                                                       strict=True):
+        vector = torch.from_numpy(found)
+        members.append(Member(kind, name, dim_name,
+                              vector if labels.dim() == 1 else vector.view(labels.shape),
+                              root, axis, layer=layer))
+        arrays.append(found)
+    # members of directly used parameters go between the attrs and the layer parameters
+    at = len(specs) - sum(1 for spec in specs if spec[0] == "param")
+    members[at:at] = direct
+    arrays[at:at] = [member.units.reshape(-1).numpy() for member in direct]
     blocked = space.blocked_roots()
-    groups = _components(members, blocked)
+    groups = _components(members, arrays, blocked)
     return DependencyGraph(trace, tuple(groups), tuple(members), blocked)
+
+
+def _find_all(space: LabelSpace, labels: Sequence[Tensor]) -> list[np.ndarray]:
+    """``space.find`` of every tensor in ``labels``, flattened, by one find over them all."""
+    flats = [_np_flat(vector) for vector in labels]
+    if not flats:
+        return []
+    roots = space.find(torch.from_numpy(np.concatenate(flats))).numpy()
+    bounds = np.cumsum([flat.size for flat in flats]).tolist()
+    return [roots[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+
+
+def _np_flat(labels: Tensor) -> np.ndarray:
+    return (labels if labels.dtype == torch.long else labels.long()).numpy().reshape(-1)
 
 
 def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
@@ -203,20 +234,21 @@ def _param_member(trace: Trace, param: ParamRecord, axis: int) -> Member:
     return Member("param", param.name, f"axis{axis}", per_index, True, axis)
 
 
-def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
+def _components(members: list[Member], arrays: list[np.ndarray],
+                blocked: dict[int, str]) -> list[Group]:
     """Union the root members that share units; each class of members is one group.
 
     Vectorised over all (member, unit) pairs at once with NumPy; only the few member-member
     links go through a Python union-find. Group order, unit order and member order are
-    those of a walk over the members in order, each member's units ascending."""
+    those of a walk over the members in order, each member's units ascending. ``arrays``:
+    each member's units, flat."""
     if not members:
         return []
-    stop = torch.tensor(sorted({*blocked, NEUTRAL}), dtype=torch.long)
-    arrays = [member.units.reshape(-1).numpy() for member in members]
+    stop = np.array(sorted({*blocked, NEUTRAL}), dtype=np.int64)
     sizes = np.array([a.size for a in arrays], dtype=np.int64)
     flat = np.concatenate(arrays).astype(np.int64, copy=False)
     owner_of = np.repeat(np.arange(len(members), dtype=np.int64), sizes)
-    free = ~in_sorted(torch.from_numpy(flat), stop)
+    free = stop[np.minimum(np.searchsorted(stop, flat), stop.size - 1)] != flat  # not in stop
     flat, owner_of = flat[free], owner_of[free]
     if flat.size == 0:
         return []
@@ -244,8 +276,9 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
         return i
 
     links = lookup[root_unit] != root_member
-    for a, b in np.unique(np.stack([root_member[links], lookup[root_unit[links]]]),
-                          axis=1).T.tolist():
+    count = len(members)  # distinct (a, b) links in (a, b) order, as one int64 key each
+    keys = _sorted_unique(root_member[links] * count + lookup[root_unit[links]])
+    for a, b in zip((keys // count).tolist(), (keys % count).tolist(), strict=True):
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[ra] = rb
