@@ -82,16 +82,22 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
     lets a tensor shared by several layers (tied weights) be cut consistently: the dims that
     cut the same axis are joined. Without it, shared tensors keep their shape."""
     space = trace.space
-    names = {id(m): n for n, m in model.named_modules()}
+    # a traced module is a submodule recorded under its named_modules() path, so only an
+    # ignored module the trace did not record needs the walk over the model
+    traced = {id(record.module): record for record in trace.modules.values()}
+    names: dict[int, str] | None = None
     for module in ignore:
-        if not isinstance(module, nn.Module) or id(module) not in names:
-            raise ConfigError(
-                f"ignore contains {type(module).__name__} which is not a submodule of the "
-                f"model; pass the layer objects themselves, e.g. ignore=[model.fc]"
-            )
-        record = trace.modules.get(names[id(module)])
-        if record is None:
-            continue
+        if isinstance(module, nn.Module) and id(module) in traced:
+            record = traced[id(module)]
+        else:
+            if names is None:
+                names = {id(m): n for n, m in model.named_modules()}
+            if not isinstance(module, nn.Module) or id(module) not in names:
+                raise ConfigError(
+                    f"ignore contains {type(module).__name__} which is not a submodule of "
+                    f"the model; pass the layer objects themselves, e.g. ignore=[model.fc]"
+                )
+            continue  # a submodule the trace did not record has no dims to block
         for dim_name, dim in record.dims.items():
             if dim_name != "in":
                 space.block(dim.labels, f"layer {record.name!r} is in ignore=")
@@ -159,7 +165,7 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
     holders: dict[int, list[tuple[str, int | None, str | None]]] = {}
     for record in trace.modules.values():
         axes = axes_of(record.module) if axes_of is not None else None
-        for attr, tensor in record.module.named_parameters(recurse=False):
+        for attr, tensor in _own_parameters(record.module):
             if axes is None:
                 holders.setdefault(id(tensor), []).append((record.name, None, None))
                 continue
@@ -196,6 +202,18 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
                     space.block(module_dim.labels, reason)
             elif owner in trace.params:
                 space.block(trace.params[owner].ids, reason)
+
+
+def _own_parameters(module: nn.Module) -> list[tuple[str, Tensor]]:
+    """What ``module.named_parameters(recurse=False)`` yields (no None, each tensor once),
+    without its generator machinery."""
+    seen: set[int] = set()
+    out = []
+    for attr, tensor in module._parameters.items():
+        if tensor is not None and id(tensor) not in seen:
+            seen.add(id(tensor))
+            out.append((attr, tensor))
+    return out
 
 
 def _param_axis(trace: Trace, param: ParamRecord) -> int | None:

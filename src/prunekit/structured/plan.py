@@ -32,7 +32,6 @@ from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError
 from prunekit.graph.dependency import DependencyGraph
-from prunekit.graph.labels import in_sorted
 from prunekit.structured.adapters import ParamSlicer, find_adapter
 
 __all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "apply_plan", "build_plan", "replay_plan"]
@@ -83,32 +82,45 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
                       masks: Sequence[Tensor]) -> tuple[dict[str, Any], Indices]:
     """``build_plan`` and its keep lists as index tensors, which ``apply_plan(...,
     indices=...)`` then uses instead of parsing the lists again."""
-    removed_parts = [g.units[~m] for g, m in zip(graph.groups, masks, strict=True)]
-    removed = (torch.cat(removed_parts).sort().values if removed_parts
-               else torch.zeros(0, dtype=torch.long))
-    modules = dict(model.named_modules())
+    # one flag per unit id: True where the unit is removed (member units are ids < size)
+    gone_id = np.zeros(max(graph.trace.space.size, 1), dtype=bool)
+    for group, mask in zip(graph.groups, masks, strict=True):
+        gone_id[group.units.numpy()[~mask.numpy()]] = True
+    # traced modules are the model's own under their named_modules() paths
+    traced = graph.trace.modules
+    walked: dict[str, nn.Module] | None = None
+
+    def module_at(name: str) -> nn.Module:
+        nonlocal walked
+        if name in traced:
+            return traced[name].module
+        if walked is None:
+            walked = dict(model.named_modules())
+        return walked[name]
+
     plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}, "attrs": {}}
     indices: Indices = {}
     for member in graph.members:
-        gone = in_sorted(member.units, removed)
+        gone = gone_id[member.units.numpy().reshape(-1)]
         if not gone.any():
             continue
-        keep = torch.from_numpy(np.flatnonzero(~gone))
+        kept_np = np.flatnonzero(~gone)
+        keep = torch.from_numpy(kept_np)
         if member.kind == "attr":
-            plan["attrs"].setdefault(member.name, {})[member.dim] = int(keep.numel())
+            plan["attrs"].setdefault(member.name, {})[member.dim] = int(kept_np.size)
         elif member.kind == "module":
             entry = plan["modules"].setdefault(
-                member.name, {"type": type(modules[member.name]).__name__, "keep": {}})
-            entry["keep"][member.dim] = keep.tolist()
+                member.name, {"type": type(module_at(member.name)).__name__, "keep": {}})
+            entry["keep"][member.dim] = kept_np.tolist()
             indices["modules", member.name, member.dim] = keep
         else:
             entry = plan["params"].setdefault(member.name, {"sizes": {}, "keep": {}})
             entry["sizes"][str(member.axis)] = int(member.units.numel())
-            entry["keep"][str(member.axis)] = keep.tolist()
+            entry["keep"][str(member.axis)] = kept_np.tolist()
             indices["params", member.name, str(member.axis)] = keep
     for name, entry in plan["modules"].items():
         kept = {dim: indices["modules", name, dim] for dim in entry["keep"]}
-        replacement = _replacement(modules[name], kept)
+        replacement = _replacement(module_at(name), kept)
         if replacement is not None:
             entry["swap"] = type(replacement).__name__
     return plan, indices

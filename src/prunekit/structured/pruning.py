@@ -165,8 +165,10 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
         raise ConfigError(f"layers {masked[:3]} carry parametrizations (sparsity masks?); bake "
                           f"them in first with prunekit.strip(model), then prune")
     graph = build_groups(model, traced, ignore, axes_of=_axes_of)
-    modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
+    # members name traced modules and tensors: the trace holds the same objects under the
+    # same paths as named_modules() / named_parameters() + named_buffers()
+    modules = {name: record.module for name, record in traced.modules.items()}
+    params = {name: record.tensor for name, record in traced.params.items()}
     inputs = [(g, _member_views(g, modules, params, model)) for g in graph.groups]
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
@@ -185,7 +187,8 @@ def _member_views(group: Group, modules: Mapping[str, nn.Module],
         if member.kind == "attr":
             views: list[WeightView] = []
         elif member.kind == "module":
-            module = modules[member.name]
+            module = modules[member.name] if member.name in modules \
+                else model.get_submodule(member.name)
             adapter = find_adapter(module)
             views = adapter.weight_views(module, member.dim) if adapter is not None else []
         else:
