@@ -142,13 +142,11 @@ class ParamSlicer:
         if not isinstance(original, Tensor):
             return
         key = id(original)
-        if key in self._state:
-            orig, current, done = self._state[key]
-        else:
-            orig, current, done = original, original, {}
-        self._holders.setdefault(key, [])
-        if (module, attr) not in self._holders[key]:
-            self._holders[key].append((module, attr))
+        state = self._state.get(key)
+        orig, current, done = state if state is not None else (original, original, {})
+        holders = self._holders.setdefault(key, [])
+        if (module, attr) not in holders:
+            holders.append((module, attr))
         if axis in done:
             if not torch.equal(done[axis], index):
                 raise ValueError(
@@ -156,9 +154,11 @@ class ParamSlicer:
                     f"would keep different indices along axis {axis}"
                 )
         else:
-            index = index.to(current.device)
+            # .to() / .cpu() return the tensor itself when it is there already
+            if index.device != current.device:
+                index = index.to(current.device)
             current = current.detach().index_select(axis, index)  # a new tensor
-            done[axis] = index.cpu()
+            done[axis] = index if index.device.type == "cpu" else index.cpu()
         self._state[key] = (orig, current, done)
 
     def finish(self) -> None:

@@ -172,8 +172,12 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
     slicer = ParamSlicer()
     cuts: list[tuple[Any, nn.Module, dict[str, Tensor]]] = []
     swaps: list[tuple[nn.Module, nn.Module]] = []
-    for name, entry in plan.get("modules", {}).items():
-        module = _submodule(model, name)
+    entries = plan.get("modules", {})
+    # one walk instead of a get_submodule per entry (a shared module's later paths and
+    # unknown names still go through get_submodule)
+    modules = dict(model.named_modules())
+    for name, entry in entries.items():
+        module = modules[name] if name in modules else _submodule(model, name)
         if type(module).__name__ != entry.get("type"):
             raise ConfigError(f"plan expects {name!r} to be a {entry.get('type')}, "
                               f"the model has a {type(module).__name__}")
@@ -212,7 +216,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
         skips.append((_submodule(model, parent) if parent else model, child))
     attrs = []
     for name, entry in plan.get("attrs", {}).items():
-        module = _submodule(model, name)
+        module = modules[name] if name in modules else _submodule(model, name)
         for attr, value in entry.items():
             if not isinstance(getattr(module, attr, None), int) or not isinstance(value, int) \
                     or value < 1:
