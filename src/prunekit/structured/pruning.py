@@ -303,6 +303,12 @@ def _root_copy(module: nn.Module) -> nn.Module:
     return root
 
 
+# attribute types that _shallow_clone shares as they are (exact types, none a dict, list,
+# set, tuple or Module): skips its isinstance chain for most attributes of a module
+_SHARED = frozenset({bool, int, float, str, type(None), torch.Tensor, nn.Parameter,
+                     torch.dtype, torch.device})
+
+
 def _shallow_clone(model: nn.Module) -> nn.Module:
     """The module tree copied, every tensor shared: new module objects whose attribute dicts
     and containers are copied one level, modules in them cloned (once each, so shared
@@ -320,6 +326,8 @@ def _shallow_clone(model: nn.Module) -> nn.Module:
         memo[id(module)] = new
         state = module.__dict__.copy()
         for key, value in state.items():
+            if type(value) in _SHARED:  # none of these types is copied below
+                continue
             if isinstance(value, dict):
                 out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
                 for name, item in value.items():
@@ -329,7 +337,8 @@ def _shallow_clone(model: nn.Module) -> nn.Module:
             elif isinstance(value, module_type):
                 state[key] = clone(value)
             elif isinstance(value, (list, set)) or (
-                    type(value) is tuple and any(isinstance(v, module_type) for v in value)):
+                    type(value) is tuple and not _SHARED.issuperset(map(type, value))
+                    and any(isinstance(v, module_type) for v in value)):
                 state[key] = type(value)([clone(v) if isinstance(v, module_type) else v
                                           for v in value])
         new.__dict__.update(state)
