@@ -17,7 +17,7 @@ redundant). Gradient-based criteria plug in here by reading ``WeightView.grad``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -29,7 +29,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from prunekit.errors import ConfigError, check_choice
 from prunekit.graph.dependency import Group, Member
 from prunekit.graph.labels import positions_in
-from prunekit.importance.base import get_criterion
+from prunekit.importance.base import Criterion, get_criterion
+from prunekit.importance.magnitude import L1Magnitude, L2Magnitude
 from prunekit.structured.adapters import WeightView
 
 __all__ = [
@@ -108,10 +109,9 @@ class ElementNorm:
                 views = [v for v in entry.views if v.kind in self.kinds]
                 if not views:
                     continue
-                per_row = element.score(views[0].tensor, generator=generator).sum(1).float()
+                per_row = _row_sums(element, views[0].tensor, generator)
                 for view in views[1:]:  # every view of a member has one row per index
-                    per_row = per_row + element.score(view.tensor,
-                                                      generator=generator).sum(1).float()
+                    per_row = per_row + _row_sums(element, view.tensor, generator)
                 values.append(per_row)
                 held.append(entry.member.units.numpy().reshape(-1))
                 starts.append(total + i * size)
@@ -133,6 +133,20 @@ class ElementNorm:
         out = element.combine(raw.unsqueeze(1), 1).masked_fill_(missing, float("nan"))
         return [out[start:start + count * size].view(count, size)
                 for start, count, size in blocks]
+
+
+# score() of these exact types on a float32 tensor without grad is detach().to(float32)
+# (both return the tensor's values as they are) and then this elementwise op
+_ELEMENTWISE: dict[type, Callable[[Tensor], Tensor]] = {L1Magnitude: torch.abs,
+                                                        L2Magnitude: torch.square}
+
+
+def _row_sums(element: Criterion, tensor: Tensor, generator: torch.Generator) -> Tensor:
+    """``element.score(tensor).sum(1).float()``: one value per row of a ``[rows, -1]`` view."""
+    direct = _ELEMENTWISE.get(type(element))
+    if direct is not None and tensor.dtype == torch.float32 and not tensor.requires_grad:
+        return direct(tensor).sum(1)
+    return element.score(tensor, generator=generator).sum(1).float()
 
 
 def _member_slots(held: list[np.ndarray], starts: list[int], units: np.ndarray) -> np.ndarray:
