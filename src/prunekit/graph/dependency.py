@@ -208,7 +208,7 @@ def _own_parameters(module: nn.Module) -> list[tuple[str, Tensor]]:
     """What ``module.named_parameters(recurse=False)`` yields (no None, each tensor once),
     without its generator machinery."""
     seen: set[int] = set()
-    out = []
+    out: list[tuple[str, Tensor]] = []
     for attr, tensor in module._parameters.items():
         if tensor is not None and id(tensor) not in seen:
             seen.add(id(tensor))

@@ -181,7 +181,7 @@ def _axes_of(module: nn.Module) -> list[tuple[str, int, str]] | None:
 
 
 def _member_views(group: Group, modules: Mapping[str, nn.Module],
-                  params: Mapping[str, nn.Parameter], model: nn.Module) -> list[MemberViews]:
+                  params: Mapping[str, torch.Tensor], model: nn.Module) -> list[MemberViews]:
     out = []
     for member in group.members:
         if member.kind == "attr":
