@@ -6,6 +6,7 @@ import pytest
 import torch
 from tests.structured.zoo import ZOO, ZooEntry
 
+from prunekit.allocation.ratio import _top_mask
 from prunekit.graph.dependency import Group, build_groups
 from prunekit.graph.labels import positions_in
 from prunekit.graph.trace import trace
@@ -68,3 +69,17 @@ def test_batched_scores_equal_group_by_group(entry: ZooEntry,
     assert len(batched) == len(single)
     for got, want in zip(batched, single, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_mask_numpy_equals_torch_sort(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(0)
+    cases = [torch.randn(50, generator=generator), torch.zeros(7),
+             torch.tensor([1.0, -0.0, 0.0, 1.0, float("inf"), -float("inf"), 2.0, 0.0]),
+             torch.randint(0, 3, (40,), generator=generator).float(), torch.zeros(0)]
+    for score in cases:
+        score = score.to(dtype)
+        for keep in range(score.numel() + 1):
+            want = torch.zeros(score.numel(), dtype=torch.bool)
+            want[torch.argsort(score, descending=True, stable=True)[:keep]] = True
+            assert torch.equal(_top_mask(score, score.numel(), keep), want)

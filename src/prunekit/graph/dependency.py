@@ -162,10 +162,23 @@ def _np_flat(labels: Tensor) -> np.ndarray:
 def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
     """Join the dims of layers that cut the same axis of one shared tensor; keep whole any
     dim that cuts an axis another holder cannot cut."""
+    owned = [(record, _own_parameters(record.module)) for record in trace.modules.values()]
+    # only a tensor with two owners (by name) is tied: skip axes_of for layers holding none
+    names_of: dict[int, set[str]] = {}
+    for record, own in owned:
+        for _, tensor in own:
+            names_of.setdefault(id(tensor), set()).add(record.name)
+    for param in trace.params.values():
+        names_of.setdefault(id(param.tensor), set()).add(param.name)
+    tied = {key for key, names in names_of.items() if len(names) > 1}
+    if not tied:
+        return
     holders: dict[int, list[tuple[str, int | None, str | None]]] = {}
-    for record in trace.modules.values():
+    for record, own in owned:
+        if not any(id(tensor) in tied for _, tensor in own):
+            continue  # all its tensors have one owner: their holder lists are never read
         axes = axes_of(record.module) if axes_of is not None else None
-        for attr, tensor in _own_parameters(record.module):
+        for attr, tensor in own:
             if axes is None:
                 holders.setdefault(id(tensor), []).append((record.name, None, None))
                 continue

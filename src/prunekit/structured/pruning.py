@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import gc
@@ -263,10 +264,13 @@ def prune(
     plan, indices = plan_with_indices(model, graph, masks)
     # surgery replaces tensors instead of writing into them, so with inplace=True a clone
     # that shares them is enough to leave the user's model untouched on failure
-    pruned = _shallow_clone(model) if inplace else copy.deepcopy(model)
+    clones: list[nn.Module] = []
+    pruned = _shallow_clone(model, clones) if inplace else copy.deepcopy(model)
     try:
         apply_plan(pruned, plan, indices=indices)
-        shapes = _output_shapes(pruned, example_inputs)
+        # no clone in train mode: eval_mode would switch nothing (clones ⊇ pruned.modules())
+        in_eval = bool(clones) and not any(module.training for module in clones)
+        shapes = _output_shapes(pruned, example_inputs, in_eval=in_eval)
     except ConfigError:
         raise
     except Exception as exc:
@@ -309,12 +313,12 @@ _SHARED = frozenset({bool, int, float, str, type(None), torch.Tensor, nn.Paramet
                      torch.dtype, torch.device})
 
 
-def _shallow_clone(model: nn.Module) -> nn.Module:
+def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> nn.Module:
     """The module tree copied, every tensor shared: new module objects whose attribute dicts
     and containers are copied one level, modules in them cloned (once each, so shared
     submodules stay shared). Much cheaper than ``copy.deepcopy``; safe wherever tensors are
     replaced rather than written into, as surgery does. A tuple without modules in it is
-    shared (it cannot change)."""
+    shared (it cannot change). ``clones`` receives every new module."""
     memo: dict[int, nn.Module] = {}
     module_type = nn.Module
 
@@ -344,7 +348,10 @@ def _shallow_clone(model: nn.Module) -> nn.Module:
         new.__dict__.update(state)
         return new
 
-    return clone(model)
+    root = clone(model)
+    if clones is not None:
+        clones.extend(memo.values())
+    return root
 
 
 def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
@@ -357,9 +364,11 @@ def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
     raise ConfigError(f"ratios keys must be submodules of the model or their paths, got {key!r}")
 
 
-def _output_shapes(model: nn.Module,
-                   example_inputs: ExampleInputs) -> list[tuple[str, tuple[int, ...]]]:
-    with torch.no_grad(), eval_mode(model):
+def _output_shapes(model: nn.Module, example_inputs: ExampleInputs, *,
+                   in_eval: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+    """Output paths and shapes of a no-grad forward in eval mode (``in_eval``: the caller
+    knows that no module is in train mode, so nothing needs switching)."""
+    with torch.no_grad(), contextlib.nullcontext() if in_eval else eval_mode(model):
         out = run_model(model, example_inputs)
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
 
