@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tests.structured.zoo import ZOO, ZooEntry
 
 from prunekit.allocation.ratio import _top_mask
-from prunekit.graph.dependency import Group, build_groups
+from prunekit.graph.dependency import Group, _unique_first, build_groups
 from prunekit.graph.labels import positions_in
 from prunekit.graph.trace import trace
 from prunekit.importance.base import get_criterion
@@ -83,3 +84,13 @@ def test_top_mask_numpy_equals_torch_sort(dtype: torch.dtype) -> None:
             want = torch.zeros(score.numel(), dtype=torch.bool)
             want[torch.argsort(score, descending=True, stable=True)[:keep]] = True
             assert torch.equal(_top_mask(score, score.numel(), keep), want)
+
+
+def test_unique_first_equals_numpy_unique() -> None:
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 7, 100, 1000):
+        for high in (1, 3, 50, 10_000):
+            values = rng.integers(0, high, size, dtype=np.int64)
+            want = np.unique(values, return_index=True, return_inverse=True)
+            for got, expected in zip(_unique_first(values), want, strict=True):
+                assert np.array_equal(got, expected.reshape(-1))
