@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from tests.structured.zoo import ZOO, ZooEntry
+from torch import nn
 
 from prunekit.allocation.ratio import _top_mask
 from prunekit.graph.dependency import Group, _unique_first, build_groups
@@ -13,7 +14,8 @@ from prunekit.graph.labels import positions_in
 from prunekit.graph.trace import trace
 from prunekit.importance.base import get_criterion
 from prunekit.importance.group import BNScale, ElementNorm, MemberViews
-from prunekit.structured.adapters import find_adapter
+from prunekit.structured.adapters import find_adapter, grad_rows, rows
+from prunekit.structured.adapters_conv import _grouped_rows
 from prunekit.structured.pruning import _axes_of, _member_views
 
 
@@ -94,3 +96,24 @@ def test_unique_first_equals_numpy_unique() -> None:
             want = np.unique(values, return_index=True, return_inverse=True)
             for got, expected in zip(_unique_first(values), want, strict=True):
                 assert np.array_equal(got, expected.reshape(-1))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_conv_rows_of_one_group_equal_the_grouped_path(transposed: bool) -> None:
+    conv = (nn.ConvTranspose2d(6, 4, 3) if transposed else nn.Conv2d(6, 4, 3))
+    weight = conv.weight.detach()
+    first, second = weight.shape[0], weight.shape[1]
+    general = weight.reshape(1, first, second, -1).transpose(1, 2).reshape(second, -1)
+    dim = "out" if transposed else "in"  # the dim on the weight's second axis
+    assert torch.equal(_grouped_rows(conv, weight, dim), general)
+
+
+def test_rows_of_axis_zero_equal_movedim_path() -> None:
+    tensor = torch.randn(3, 4, 5, requires_grad=True)
+    tensor.grad = torch.randn(3, 4, 5)
+    for axis in range(3):
+        want = tensor.detach().movedim(axis, 0).reshape(tensor.shape[axis], -1)
+        assert torch.equal(rows(tensor, axis), want)
+        grad = grad_rows(tensor, axis)
+        assert grad is not None
+        assert torch.equal(grad, tensor.grad.movedim(axis, 0).reshape(tensor.shape[axis], -1))

@@ -181,12 +181,17 @@ class ParamSlicer:
 
 def rows(tensor: Tensor, axis: int) -> Tensor:
     """``tensor`` as ``[size along axis, -1]``."""
-    return tensor.detach().movedim(axis, 0).reshape(tensor.shape[axis], -1)
+    detached = tensor.detach()
+    if axis != 0:  # movedim(0, 0) would be a view of the same layout
+        detached = detached.movedim(axis, 0)
+    return detached.reshape(tensor.shape[axis], -1)
 
 
 def grad_rows(tensor: Tensor, axis: int) -> Tensor | None:
     grad = tensor.grad
-    return None if grad is None else grad.movedim(axis, 0).reshape(tensor.shape[axis], -1)
+    if grad is None:
+        return None
+    return (grad if axis == 0 else grad.movedim(axis, 0)).reshape(tensor.shape[axis], -1)
 
 
 @dataclass(frozen=True)

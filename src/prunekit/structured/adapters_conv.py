@@ -107,6 +107,8 @@ def _grouped_rows(conv: _ConvNd, weight: Tensor, dim: str) -> Tensor:
     by_first = (dim == "out") != conv.transposed
     if by_first:
         return weight.reshape(first, -1)
+    if groups == 1:  # the general path below with one group: the same copy, in one op
+        return weight.transpose(0, 1).reshape(second, -1)
     per = weight.reshape(groups, first // groups, second, -1).transpose(1, 2)
     return per.reshape(groups * second, -1)
 
