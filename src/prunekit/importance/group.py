@@ -232,7 +232,8 @@ def group_criterion_names() -> list[str]:
 
 def get_group_criterion(name: str | GroupCriterion) -> GroupCriterion:
     """The registered group criterion ``name`` (an object is returned as is)."""
-    if isinstance(name, GroupCriterion):
+    # a str has none of the protocol's attributes: skip the (slow) runtime protocol check
+    if not isinstance(name, str) and isinstance(name, GroupCriterion):
         return name
     check_choice("importance", name, _CRITERIA)
     return _CRITERIA[name]
