@@ -23,7 +23,9 @@ for ln in lines:
         pass
 body = '\n'.join(out)
 bl = body.split('\n'); ds = [i for i, l in enumerate(bl) if '"""' in l]
-at = ds[1] if len(ds) > 1 and bl[ds[0]].count('"""') == 1 else ds[0]
+import re as _re
+sig = next(i for i, l in enumerate(bl) if _re.search(r'\)\s*(->.*)?:\s*$', l))
+at = (ds[1] if len(ds) > 1 and bl[ds[0]].count('"""') == 1 else ds[0]) if ds and ds[0] == sig + 1 else sig
 bl.insert(at + 1, '    _t0 = _pc()'); body = '\n'.join(bl)
 ns = dict(D.__dict__); ns['_T'] = T; ns['_pc'] = time.perf_counter
 exec(body, ns)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from tests.structured.zoo import ZOO, ZooEntry
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prunekit.allocation.ratio import _top_mask
 from prunekit.graph.dependency import Group, _unique_first, build_groups
@@ -16,6 +17,7 @@ from prunekit.importance.base import get_criterion
 from prunekit.importance.group import BNScale, ElementNorm, MemberViews
 from prunekit.structured.adapters import find_adapter, grad_rows, rows
 from prunekit.structured.adapters_conv import _grouped_rows
+from prunekit.structured.plan import is_parametrized
 from prunekit.structured.pruning import _axes_of, _member_views
 
 
@@ -117,3 +119,20 @@ def test_rows_of_axis_zero_equal_movedim_path() -> None:
         grad = grad_rows(tensor, axis)
         assert grad is not None
         assert torch.equal(grad, tensor.grad.movedim(axis, 0).reshape(tensor.shape[axis], -1))
+
+
+def test_is_parametrized_equals_torch() -> None:
+    masked = nn.Linear(3, 4)
+    parametrize.register_parametrization(masked, "weight", _Identity())
+    emptied = nn.Linear(3, 4)
+    parametrize.register_parametrization(emptied, "weight", _Identity())
+    parametrize.remove_parametrizations(emptied, "weight")
+    modules = [masked, emptied, nn.Linear(3, 4), nn.Sequential(masked)]
+    modules += [m for e in ZOO for m in e.build().modules()]
+    for module in modules:
+        assert is_parametrized(module) == parametrize.is_parametrized(module)
+
+
+class _Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x

@@ -70,6 +70,17 @@ def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | N
     return adapter.swap(module, keep) if _IS_SWAP[kind] else None  # type: ignore[attr-defined]
 
 
+def is_parametrized(module: nn.Module) -> bool:
+    """``parametrize.is_parametrized(module)``, which reads ``module.parametrizations``: set
+    by ``register_parametrization`` as a submodule; where it is in none of the places
+    attribute lookup tries before ``nn.Module.__getattr__`` (whose miss raises, slowly), the
+    answer is False."""
+    if "parametrizations" not in module._modules and "parametrizations" not in \
+            module.__dict__ and not hasattr(type(module), "parametrizations"):
+        return False
+    return parametrize.is_parametrized(module)
+
+
 Indices = dict[tuple[str, str, str], Tensor]  # (section, name, dim or axis) -> keep indices
 
 
@@ -184,7 +195,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
         adapter = find_adapter(module)
         if adapter is None:
             raise ConfigError(f"no layer adapter for {type(module).__name__} at {name!r}")
-        if parametrize.is_parametrized(module):
+        if is_parametrized(module):
             raise ConfigError(f"layer {name!r} carries a parametrization (a sparsity mask?); "
                               f"bake it in first with prunekit.strip(model), then prune")
         keep = {dim: indices["modules", name, dim] if indices is not None

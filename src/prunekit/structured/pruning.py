@@ -12,7 +12,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.allocation.ratio import Allocation, allocate
@@ -30,7 +29,7 @@ from prunekit.importance.group import (
 )
 from prunekit.metrics.profile import Profile, profile
 from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
-from prunekit.structured.plan import apply_plan, plan_with_indices
+from prunekit.structured.plan import apply_plan, is_parametrized, plan_with_indices
 
 __all__ = ["Analysis", "PruneResult", "analyze", "prune"]
 
@@ -160,8 +159,7 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
                       seed: int) -> tuple[DependencyGraph, list[torch.Tensor]]:
     criterion = get_group_criterion(importance)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
-    masked = [name for name, rec in traced.modules.items()
-              if parametrize.is_parametrized(rec.module)]
+    masked = [name for name, rec in traced.modules.items() if is_parametrized(rec.module)]
     if masked:
         raise ConfigError(f"layers {masked[:3]} carry parametrizations (sparsity masks?); bake "
                           f"them in first with prunekit.strip(model), then prune")
