@@ -18,7 +18,7 @@ from prunekit.importance.group import BNScale, ElementNorm, MemberViews
 from prunekit.structured.adapters import find_adapter, grad_rows, rows
 from prunekit.structured.adapters_conv import _grouped_rows
 from prunekit.structured.plan import is_parametrized
-from prunekit.structured.pruning import _axes_of, _member_views
+from prunekit.structured.pruning import _axes_of, _member_views, prune
 
 
 def _inputs(entry: ZooEntry) -> list[tuple[Group, list[MemberViews]]]:
@@ -136,3 +136,16 @@ def test_is_parametrized_equals_torch() -> None:
 class _Identity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_validation_forward_runs_in_eval_mode_either_way(training: bool) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model.train(training)
+    with torch.no_grad():
+        model[1].running_mean.uniform_()
+    stats = model[1].running_mean.clone()
+    result = prune(model, torch.randn(2, 3, 8, 8), ratio=0.5, inplace=True)
+    assert result.model is model and all(m.training == training for m in model.modules())
+    kept = result.plan["modules"]["1"]["keep"]["channels"]
+    torch.testing.assert_close(model[1].running_mean, stats[kept], rtol=0, atol=0)

@@ -266,8 +266,10 @@ def prune(
     pruned = _shallow_clone(model, clones) if inplace else copy.deepcopy(model)
     try:
         apply_plan(pruned, plan, indices=indices)
-        # no clone in train mode: eval_mode would switch nothing (clones ⊇ pruned.modules())
-        in_eval = bool(clones) and not any(module.training for module in clones)
+        # no clone in train mode and no module swapped in: eval_mode would switch nothing
+        # (the clones are then a superset of pruned.modules())
+        in_eval = bool(clones) and not any(module.training for module in clones) and \
+            not any("swap" in entry for entry in plan["modules"].values())
         shapes = _output_shapes(pruned, example_inputs, in_eval=in_eval)
     except ConfigError:
         raise
