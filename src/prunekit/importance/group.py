@@ -98,13 +98,13 @@ class ElementNorm:
         as a group on its own."""
         element = get_criterion(self.name if self.name in {"l1", "l2", "random"} else "l2")
         values: list[Tensor] = []
-        slots: list[np.ndarray] = []
+        held: list[np.ndarray] = []  # units of every member with views, all groups
+        starts: list[int] = []  # its row's first slot
+        owners: list[int] = []  # its group
         blocks: list[tuple[int, int, int]] = []  # (start, members, units) per group
         total = 0
-        for group, members in groups:
+        for g, (group, members) in enumerate(groups):
             size = group.size
-            held: list[np.ndarray] = []
-            starts: list[int] = []
             for i, entry in enumerate(members):
                 views = [v for v in entry.views if v.kind in self.kinds]
                 if not views:
@@ -115,14 +115,14 @@ class ElementNorm:
                 values.append(per_row)
                 held.append(entry.member.units.numpy().reshape(-1))
                 starts.append(total + i * size)
+                owners.append(g)
             blocks.append((total, len(members), size))
             total += len(members) * size
-            if held:
-                slots.append(_member_slots(held, starts, group.units.numpy()))
         raw = torch.zeros(total)
         missing = torch.ones(total, dtype=torch.bool)
-        if slots:
-            index = np.concatenate(slots) if len(slots) > 1 else slots[0]
+        if held:
+            index = _member_slots(held, starts, owners,
+                                  [group.units.numpy() for group, _ in groups])
             value = torch.cat(values) if len(values) > 1 else values[0]
             found = index >= 0
             if not found.all():  # rows of units outside the group
@@ -149,15 +149,25 @@ def _row_sums(element: Criterion, tensor: Tensor, generator: torch.Generator) ->
     return element.score(tensor, generator=generator).sum(1).float()
 
 
-def _member_slots(held: list[np.ndarray], starts: list[int], units: np.ndarray) -> np.ndarray:
-    """Flat buffer slot of every row of the members in ``held`` (``starts[i]`` + its unit's
-    position in the sorted ``units``), -1 where its unit is not in ``units``."""
+def _member_slots(held: list[np.ndarray], starts: list[int], owners: list[int],
+                  units: list[np.ndarray]) -> np.ndarray:
+    """Flat buffer slot of every row of the members in ``held`` (``starts[i]`` + the
+    position of its unit in the sorted ``units[owners[i]]``), -1 where its unit is not
+    there. One search over all groups: ``group · width + unit`` keys stay sorted."""
     flat = np.concatenate(held) if len(held) > 1 else held[0]
-    if units.size == 0:
+    counts = [a.size for a in held]
+    sizes = np.array([a.size for a in units], dtype=np.int64)
+    every = np.concatenate(units).astype(np.int64, copy=False)
+    width = int(max(flat.max(initial=0), every.max(initial=0))) + 1
+    owner = np.repeat(np.asarray(owners, dtype=np.int64), counts)
+    keys = np.repeat(np.arange(len(units), dtype=np.int64), sizes) * width + every
+    wanted = owner * width + flat
+    if keys.size == 0:
         return np.full(flat.shape, -1, dtype=np.int64)
-    pos = np.searchsorted(units, flat)
-    found = units[np.minimum(pos, units.size - 1)] == flat
-    base = np.repeat(np.asarray(starts, dtype=np.int64), [a.size for a in held])
+    pos = np.searchsorted(keys, wanted)
+    found = keys[np.minimum(pos, keys.size - 1)] == wanted
+    first = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # each group's first key
+    base = np.repeat(np.asarray(starts, dtype=np.int64), counts) - first[owner]
     return np.where(found, base + pos, -1)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -164,7 +164,7 @@ class ParamSlicer:
     def finish(self) -> None:
         """Install the cut tensors (as Parameters where the original was one)."""
         for key, (orig, current, _) in self._state.items():
-            if isinstance(orig, nn.Parameter):
+            if is_parameter(orig):
                 new: Tensor = nn.Parameter(current, requires_grad=orig.requires_grad)
             else:
                 new = current
@@ -177,6 +177,12 @@ class ParamSlicer:
                     setattr(module, attr, new)
         self._state.clear()
         self._holders.clear()
+
+
+def is_parameter(value: object) -> TypeGuard[nn.Parameter]:
+    """``isinstance(value, nn.Parameter)``; an exact Parameter skips the metaclass's
+    Python-level ``__instancecheck__``."""
+    return type(value) is nn.Parameter or isinstance(value, nn.Parameter)
 
 
 def rows(tensor: Tensor, axis: int) -> Tensor:
@@ -209,7 +215,7 @@ def views_from_axes(module: nn.Module, dim: str, axes: tuple[Axis, ...]) -> list
     out = []
     for spec in axes:
         tensor = getattr(module, spec.attr, None)
-        if spec.dim == dim and isinstance(tensor, nn.Parameter):
+        if spec.dim == dim and is_parameter(tensor):
             out.append(WeightView(rows(tensor, spec.axis), spec.kind, dim,
                                   grad_rows(tensor, spec.axis)))
     return out

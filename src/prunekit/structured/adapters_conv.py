@@ -21,7 +21,13 @@ from torch.nn.modules.conv import _ConvNd
 
 from prunekit.graph.labels import consume, emit, rep_along
 from prunekit.graph.trace import ModuleCall, TraceContext
-from prunekit.structured.adapters import ParamSlicer, WeightView, grad_rows, register_adapter
+from prunekit.structured.adapters import (
+    ParamSlicer,
+    WeightView,
+    grad_rows,
+    is_parameter,
+    register_adapter,
+)
 from prunekit.structured.adapters_linear import _first, _output
 
 
@@ -58,7 +64,7 @@ class ConvAdapter:
                             None if weight.grad is None
                             else _grouped_rows(module, weight.grad, dim))]
         bias = module.bias
-        if dim == "out" and isinstance(bias, nn.Parameter):
+        if dim == "out" and is_parameter(bias):
             views.append(WeightView(bias.detach().reshape(-1, 1), "bias", dim, grad_rows(bias, 0)))
         return views
 
