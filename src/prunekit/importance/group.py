@@ -145,7 +145,9 @@ def _row_sums(element: Criterion, tensor: Tensor, generator: torch.Generator) ->
     """``element.score(tensor).sum(1).float()``: one value per row of a ``[rows, -1]`` view."""
     direct = _ELEMENTWISE.get(type(element))
     if direct is not None and tensor.dtype == torch.float32 and not tensor.requires_grad:
-        return direct(tensor).sum(1)
+        scored = direct(tensor)
+        # a row of one value sums to that value (abs and square never give -0.0)
+        return scored.view(-1) if scored.shape[1] == 1 else scored.sum(1)
     return element.score(tensor, generator=generator).sum(1).float()
 
 
