@@ -155,10 +155,10 @@ class ParamSlicer:
                 )
         else:
             # .to() / .cpu() return the tensor itself when it is there already
-            if index.device != current.device:
+            if not (index.is_cpu and current.is_cpu) and index.device != current.device:
                 index = index.to(current.device)
             current = current.detach().index_select(axis, index)  # a new tensor
-            done[axis] = index if index.device.type == "cpu" else index.cpu()
+            done[axis] = index if index.is_cpu else index.cpu()
         self._state[key] = (orig, current, done)
 
     def finish(self) -> None:
