@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,9 +12,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.allocation.ratio import _top_mask
-from prunekit.graph.dependency import Group, _unique_first, build_groups
-from prunekit.graph.labels import positions_in
-from prunekit.graph.trace import trace
+from prunekit.graph.dependency import (
+    Group,
+    _param_axis,
+    _param_member,
+    _unique_first,
+    build_groups,
+)
+from prunekit.graph.labels import LabelSpace, positions_in
+from prunekit.graph.trace import ParamRecord, Trace, trace
 from prunekit.importance.base import get_criterion
 from prunekit.importance.group import BNScale, ElementNorm, MemberViews
 from prunekit.structured.adapters import find_adapter, grad_rows, rows
@@ -149,3 +157,51 @@ def test_validation_forward_runs_in_eval_mode_either_way(training: bool) -> None
     assert result.model is model and all(m.training == training for m in model.modules())
     kept = result.plan["modules"]["1"]["keep"]["channels"]
     torch.testing.assert_close(model[1].running_mean, stats[kept], rtol=0, atol=0)
+
+
+def _reference_axis(units: torch.Tensor, read: torch.Tensor) -> int | None:
+    """The torch computation _param_axis did before it moved to NumPy (axis test only)."""
+    for axis in range(units.dim()):
+        if units.shape[axis] <= 1:
+            continue
+        flat = units.movedim(axis, 0).reshape(units.shape[axis], -1)
+        seen = read.movedim(axis, 0).reshape(units.shape[axis], -1)
+        first = torch.where(seen, flat, torch.full_like(flat, -1)).amax(1, keepdim=True)
+        if bool(((flat == first) | ~seen).all()):
+            return axis
+    return None
+
+
+def _reference_member_units(units: torch.Tensor, read: torch.Tensor, axis: int) -> torch.Tensor:
+    flat = units.movedim(axis, 0).reshape(units.shape[axis], -1)
+    seen = read.movedim(axis, 0).reshape(units.shape[axis], -1)
+    per_index = torch.where(seen, flat, torch.zeros_like(flat)).amax(1)
+    return torch.where(seen.any(1), per_index, flat[:, 0])
+
+
+def test_param_axis_numpy_equals_torch() -> None:
+    generator = torch.Generator().manual_seed(0)
+    space = LabelSpace()
+    checked, blocked = 0, 0
+    layouts = [(shape, along) for shape in [(1, 5, 8), (4, 6), (3, 1, 2), (7,), (2, 3, 4)]
+               for along in (None, *range(len(shape)))]
+    for shape, along in layouts:
+        ids = space.new_ids(math.prod(shape)).reshape(shape)
+        if along is not None:  # join all elements of each index along ``along``
+            others = tuple(d for d in range(len(shape)) if d != along)
+            if others:
+                space.union(ids, ids.amax(dim=others, keepdim=True).expand(shape))
+        for selected in (None, torch.rand(shape, generator=generator) > 0.3,
+                         torch.zeros(shape, dtype=torch.bool)):
+            param = ParamRecord("p", torch.zeros(shape), ids, selected=selected)
+            units = space.find(ids)
+            read = selected if selected is not None else torch.ones(shape, dtype=torch.bool)
+            want = _reference_axis(units, read)
+            trace = Trace(space, {}, {"p": param}, [])
+            assert _param_axis(trace, param) == want
+            blocked += want is None
+            if want is not None:
+                got = _param_member(trace, param, want).units
+                assert torch.equal(got, _reference_member_units(units, read, want))
+                checked += 1
+    assert checked > 0 and blocked > 0

@@ -234,15 +234,13 @@ def _param_axis(trace: Trace, param: ParamRecord) -> int | None:
 
     Elements never read (a positional table sliced to the sequence length) do not count."""
     space = trace.space
-    units = space.find(param.ids)
-    read = (param.selected if param.selected is not None and not param.whole
-            else torch.ones(units.shape, dtype=torch.bool))
-    for axis in range(units.dim()):
+    units = space.find(param.ids).numpy()
+    read = _read_mask(param, units.shape)
+    for axis in range(units.ndim):
         if units.shape[axis] <= 1:
             continue
-        flat = units.movedim(axis, 0).reshape(units.shape[axis], -1)
-        seen = read.movedim(axis, 0).reshape(units.shape[axis], -1)
-        first = torch.where(seen, flat, torch.full_like(flat, -1)).amax(1, keepdim=True)
+        flat, seen = _rows_np(units, axis), _rows_np(read, axis)
+        first = np.where(seen, flat, -1).max(1, keepdims=True)
         if bool(((flat == first) | ~seen).all()):
             if axis in param.sliced_axes:
                 space.block(param.ids, f"parameter {param.name!r} is sliced along its channel "
@@ -255,14 +253,26 @@ def _param_axis(trace: Trace, param: ParamRecord) -> int | None:
 
 
 def _param_member(trace: Trace, param: ParamRecord, axis: int) -> Member:
-    units = trace.space.find(param.ids)
-    read = (param.selected if param.selected is not None and not param.whole
-            else torch.ones(units.shape, dtype=torch.bool))
-    flat = units.movedim(axis, 0).reshape(units.shape[axis], -1)
-    seen = read.movedim(axis, 0).reshape(units.shape[axis], -1)
-    per_index = torch.where(seen, flat, torch.zeros_like(flat)).amax(1)
-    per_index = torch.where(seen.any(1), per_index, flat[:, 0])
-    return Member("param", param.name, f"axis{axis}", per_index, True, axis)
+    units = trace.space.find(param.ids).numpy()
+    flat, seen = _rows_np(units, axis), _rows_np(_read_mask(param, units.shape), axis)
+    per_index = np.where(seen, flat, 0).max(1)
+    per_index = np.where(seen.any(1), per_index, flat[:, 0])
+    return Member("param", param.name, f"axis{axis}", torch.from_numpy(per_index), True, axis)
+
+
+def _read_mask(param: ParamRecord, shape: tuple[int, ...]) -> np.ndarray:
+    """Which elements of ``param`` traced code read (all, unless it only sliced it)."""
+    if param.selected is not None and not param.whole:
+        return param.selected.numpy()
+    return np.ones(shape, dtype=bool)
+
+
+def _rows_np(array: np.ndarray, axis: int) -> np.ndarray:
+    """``array`` as ``[size along axis, -1]`` (label and mask arrays are small: NumPy)."""
+    rows = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+    if rows.shape[1] == 0:  # as torch's amax over the empty dim did
+        raise RuntimeError("amax(): Expected reduction dim 1 to have non-zero size.")
+    return rows
 
 
 def _components(members: list[Member], arrays: list[np.ndarray],
