@@ -46,6 +46,11 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
     outputs = tensors_in(call.out)
     if not inputs:
         raise OpNotMappable("no tensor input")
+    vector = ctx.vector_of(inputs[0])
+    if vector is not None and all(t.shape == inputs[0].shape for t in outputs):
+        for tensor in outputs:  # the same labels, still in vector form
+            ctx.set_vector(tensor, vector[1], vector[0])
+        return
     source = ctx.labels(inputs[0])
     for tensor in outputs:
         if tensor.shape != source.shape:
@@ -63,9 +68,31 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     target = outputs[0] if outputs else call.args[0]
     shape = target.shape
     operands = tensors_in((call.args, call.kwargs))
+    if _same_vectors(ctx, operands, shape, outputs or [target]):
+        return
     labels = combine(ctx, [ctx.labels(t) for t in operands], shape)
     for tensor in outputs or [target]:
         ctx.set_labels(tensor, labels)
+
+
+def _same_vectors(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
+                  outputs: list[Tensor]) -> bool:
+    """``combine`` for one or two operands of the result's shape whose labels are vectors
+    along one dim: nothing is broadcast, so combine joins the two vectors' roots and keeps
+    their maximum. False (nothing done) for any other call."""
+    if not 1 <= len(operands) <= 2 or any(t.shape != shape for t in (*operands, *outputs)):
+        return False
+    vectors = [ctx.vector_of(t) for t in operands]
+    if any(v is None or v[0] != vectors[0][0] for v in vectors):  # type: ignore[index]
+        return False
+    space = ctx.space
+    roots = [space.find(v[1]) for v in vectors]  # type: ignore[index]
+    if len(roots) == 2:
+        space.union(roots[0], roots[1])
+        roots[0] = _broadcast_max(roots[0], roots[1])
+    for tensor in outputs:
+        ctx.set_vector(tensor, roots[0], vectors[0][0])  # type: ignore[index]
+    return True
 
 
 def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Tensor:

@@ -103,12 +103,23 @@ def _spatial(ctx: TraceContext, call: OpCall) -> None:
     if width <= 0 or width >= source.dim() + 1:
         raise OpNotMappable(f"unexpected input rank {source.dim()}")
     trailing = tuple(range(source.dim() - width, source.dim()))
+    lead = tuple(source.shape[: source.dim() - width])
+    vector = ctx.vector_of(source)
+    outputs = tensors_in(call.out)
+    if vector is not None and vector[0] < len(lead) and all(
+            out.dim() == source.dim() and tuple(out.shape[: len(lead)]) == lead
+            for out in outputs):
+        # channels on a leading dim only: nothing varies along the trailing dims, so there
+        # is nothing to join or block, and every output keeps the vector's roots
+        roots = ctx.space.find(vector[1])
+        for out in outputs:
+            ctx.set_vector(out, roots, vector[0])
+        return
     canon = ctx.space.find(ctx.labels(source))
     if call.name == "pad" and any(varies(canon, d) for d in trailing):
         ctx.block(canon, f"{call.display} pads a channel dimension by a fixed amount")
     rep = rep_along(ctx.space, canon, trailing)
-    lead = tuple(source.shape[: source.dim() - width])
-    for out in tensors_in(call.out):
+    for out in outputs:
         if tuple(out.shape[: len(lead)]) != lead:
             raise OpNotMappable("it changes the leading (channel) dimensions")
         ctx.set_labels(out, ctx.space.find(rep).expand(tuple(out.shape)))

@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import UnsupportedOpError
-from prunekit.graph.labels import NEUTRAL, LabelSpace
+from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit
 from prunekit.graph.ops import OpCall, OpNotMappable, get_op_handler, op_name, tensors_in
 
 __all__ = [
@@ -110,6 +110,9 @@ class TraceContext:
         self.params: dict[str, ParamRecord] = {}
         self.skipped_ops: list[str] = []
         self._labels: dict[int, tuple[Tensor, Tensor]] = {}
+        # tensors whose labels are ``emit(vector, dim, shape)`` (most CNN activations): kept
+        # as (tensor, dim, vector), the label tensor is only built when someone asks for it
+        self._vectors: dict[int, tuple[Tensor, int, Tensor]] = {}
         self._path: list[str] = []
         self._running: list[nn.Module] = [model]
         self._atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
@@ -126,13 +129,17 @@ class TraceContext:
 
     # -- labels of tensors -------------------------------------------------------------
     def is_tracked(self, tensor: Tensor) -> bool:
-        return id(tensor) in self._labels or id(tensor) in self._param_names
+        key = id(tensor)
+        return key in self._labels or key in self._vectors or key in self._param_names
 
     def labels(self, tensor: Tensor, *, partial: bool = False) -> Tensor:
         """The label tensor of ``tensor`` (a param node's ids, NEUTRAL if never seen).
 
         ``partial`` marks a read of a parameter through slicing, so elements it never
         reads do not decide its channel axis."""
+        vector = self._vectors.get(id(tensor))
+        if vector is not None and id(tensor) not in self._labels:
+            self._labels[id(tensor)] = (vector[0], emit(vector[2], vector[1], vector[0].shape))
         record = self.param_record(tensor)
         if record is None and id(tensor) in self._param_names and \
                 id(tensor) not in self._labels:
@@ -154,6 +161,34 @@ class TraceContext:
                 f"label shape {tuple(labels.shape)} != tensor shape {tuple(tensor.shape)}"
             )
         self._labels[id(tensor)] = (tensor, labels)
+        self._vectors.pop(id(tensor), None)
+
+    def set_vector(self, tensor: Tensor, vector: Tensor, dim: int) -> None:
+        """``set_labels(tensor, emit(vector, dim, tensor.shape))``, kept in vector form."""
+        dim = dim % max(tensor.dim(), 1)
+        if vector.dim() != 1 or tensor.dim() == 0 or vector.numel() != tensor.shape[dim]:
+            self.set_labels(tensor, emit(vector, dim, tensor.shape))
+            return
+        self._vectors[id(tensor)] = (tensor, dim, vector)
+        self._labels.pop(id(tensor), None)
+
+    def vector_of(self, tensor: Tensor) -> tuple[int, Tensor] | None:
+        """(dim, vector) if the labels of ``tensor`` are ``emit(vector, dim, tensor.shape)``
+        (never for a parameter or buffer: those are param nodes), else None."""
+        entry = self._vectors.get(id(tensor))
+        if entry is None or entry[0] is not tensor or id(tensor) in self._param_names:
+            return None
+        return entry[1], entry[2]
+
+    def consume(self, tensor: Tensor, dim: int) -> Tensor:
+        """``consume(ctx.space, ctx.labels(tensor), dim)``: the label of each channel along
+        ``dim`` of a tensor that a layer reads."""
+        vector = self.vector_of(tensor)
+        if vector is not None and vector[0] == dim % tensor.dim():
+            # one label per index along dim, the same at every other position: nothing to
+            # join, and consume's result is that vector's roots
+            return self.space.find(vector[1])
+        return consume(self.space, self.labels(tensor), dim)
 
     def block(self, labels: Tensor, reason: str) -> None:
         self.space.block(labels, reason)
@@ -488,4 +523,5 @@ def trace(
     shapes = [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
     ctx._mode = None  # no cycle keeps the activations and their labels alive
     ctx._labels.clear()
+    ctx._vectors.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes)
