@@ -68,6 +68,8 @@ class LabelSpace:
 
     def find(self, labels: Tensor) -> Tensor:
         """The class representative of every id in ``labels`` (same shape)."""
+        if labels.dim() == 1:  # a vector (the common case): nothing to compact
+            return torch.from_numpy(self._find_np(_np(labels)))
         roots = self.find_compact(labels)
         return roots.expand(labels.shape) if roots.shape != labels.shape else roots
 
@@ -96,7 +98,9 @@ class LabelSpace:
             return
         # positions repeated along a dim add no new pairs: cut broadcast dims for free, and
         # on big tensors also materialised dims along which neither side varies
-        a, b = cut_broadcast(*torch.broadcast_tensors(a, b))
+        if a.shape != b.shape:
+            a, b = torch.broadcast_tensors(a, b)
+        a, b = cut_broadcast(a, b)
         na, nb = _np(a), _np(b)
         if na.size > _BIG:
             for dim in range(na.ndim):

@@ -120,12 +120,22 @@ class TraceContext:
         self._suspended: list[bool] = []
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self._param_names: dict[int, str] = {}
-        for name, tensor in [
-            *model.named_parameters(remove_duplicate=False),
-            *model.named_buffers(remove_duplicate=False),
-        ]:
-            if tensor.is_floating_point():  # int/bool buffers are indices and masks
-                self._param_names.setdefault(id(tensor), name)
+        # one walk of the module tree serves the param names, the hooks and eval mode
+        walk = list(model.named_modules(remove_duplicate=False))
+        for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
+            for prefix, module in walk:
+                for key, tensor in getattr(module, members).items():
+                    # int/bool buffers are indices and masks
+                    if tensor is not None and tensor.is_floating_point():
+                        self._param_names.setdefault(id(tensor),
+                                                     f"{prefix}.{key}" if prefix else key)
+        self._named_modules: list[tuple[str, nn.Module]] = []  # what named_modules() gives:
+        seen: set[int] = set()  # each module once, at its first path
+        for name, module in walk:
+            if id(module) not in seen:
+                seen.add(id(module))
+                self._named_modules.append((name, module))
+        self._model = model
 
     # -- labels of tensors -------------------------------------------------------------
     def is_tracked(self, tensor: Tensor) -> bool:
@@ -358,7 +368,7 @@ class TraceContext:
         def enter(mod: nn.Module, name: str, handler: ModuleHandler | None) -> None:
             recorder._path.append(name)
             recorder._running.append(mod)
-            atomic = handler is not None and not any(atomic_stack)
+            atomic = handler is not None and recorder._atomic_depth == 0  # none around it
             atomic_stack.append(atomic)
             if atomic:
                 recorder._atomic_depth += 1
@@ -394,7 +404,8 @@ class TraceContext:
                 leave(mod, entry[0], entry[1], args, {}, rest[0], failed=True)
 
         try:  # registration too: a lookup that raises half-way must leave no hook behind
-            for name, module in model.named_modules():
+            for name, module in (self._named_modules if model is self._model
+                                 else model.named_modules()):
                 handler = lookup(module)
                 if not module._forward_hooks and not module._forward_pre_hooks:
                     table[id(module)] = (name, handler)
@@ -479,9 +490,11 @@ def walk_tensors(tree: Any, prefix: str = "output") -> Iterator[tuple[str, Tenso
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode (BatchNorm must not update its statistics), then restore."""
-    modules = list(model.modules())
+def eval_mode(model: nn.Module, modules: list[nn.Module] | None = None) -> Iterator[None]:
+    """Run ``model`` in eval mode (BatchNorm must not update its statistics), then restore.
+
+    ``modules`` is ``list(model.modules())`` when the caller has it already."""
+    modules = list(model.modules()) if modules is None else modules
     modes = [m.training for m in modules]
     if not any(modes):  # already in eval mode: nothing to switch or restore
         yield
@@ -515,7 +528,8 @@ def trace(
         bid = ctx.space.block_id(f"model input {path}")
         ctx.set_labels(tensor, _constant(bid, tensor.shape))
     recorder = ctx._mode = _Recorder(ctx)
-    with torch.no_grad(), eval_mode(model), ctx.hooks(model, lookup), recorder:
+    modules = [module for _, module in ctx._named_modules]
+    with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, lookup), recorder:
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):
         if ctx.is_tracked(tensor):
