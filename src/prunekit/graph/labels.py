@@ -48,7 +48,7 @@ class LabelSpace:
             grown[: self._size] = self._parent[: self._size]
             self._parent = grown
         self._size = stop
-        return torch.arange(start, stop, dtype=torch.long)
+        return torch.from_numpy(np.arange(start, stop, dtype=np.int64))  # cheaper than torch's
 
     def block_id(self, reason: str) -> int:
         """A fresh id that marks whatever joins it as unprunable, for ``reason``."""
@@ -82,12 +82,12 @@ class LabelSpace:
         parent = self._parent
         roots = parent[flat]
         nxt = parent[roots]
-        if bool((nxt == roots).all()):  # already one hop from its root: nothing to compress
+        if _equal(nxt, roots):  # already one hop from its root: nothing to compress
             return roots
         while True:
             roots = nxt
             nxt = parent[roots]
-            if bool((nxt == roots).all()):
+            if _equal(nxt, roots):
                 break
         parent[flat] = roots  # path compression
         return roots
@@ -111,8 +111,9 @@ class LabelSpace:
     def _union_np(self, a: np.ndarray, b: np.ndarray) -> None:
         # ids are >= 0, so min(a, b) != NEUTRAL iff neither is NEUTRAL
         keep = (a != b) & (np.minimum(a, b) != NEUTRAL)
-        if not keep.all():
-            if not keep.any():
+        kept = np.count_nonzero(keep)  # (cheaper than keep.all() / keep.any())
+        if kept < keep.size:
+            if not kept:
                 return
             a, b = a[keep], b[keep]
         if a.size > _DEDUP:
@@ -123,8 +124,9 @@ class LabelSpace:
         while True:
             ra, rb = self._find_np(a), self._find_np(b)
             differ = ra != rb
-            if not differ.all():
-                if not differ.any():
+            count = np.count_nonzero(differ)
+            if count < differ.size:
+                if not count:
                     return
                 ra, rb = ra[differ], rb[differ]
             high = np.maximum(ra, rb)
@@ -146,9 +148,14 @@ class LabelSpace:
         return out
 
 
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """``(a == b).all()`` for same-shape arrays (without ``ndarray.all``'s Python wrapper)."""
+    return np.count_nonzero(a != b) == 0
+
+
 def _distinct(values: np.ndarray) -> bool:
     ordered = np.sort(values)
-    return bool((ordered[1:] != ordered[:-1]).all())
+    return not np.count_nonzero(ordered[1:] == ordered[:-1])
 
 
 def _np(labels: Tensor) -> np.ndarray:

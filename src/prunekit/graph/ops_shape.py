@@ -26,6 +26,7 @@ the forward check after surgery then fails loudly, and the user's model is left 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -90,6 +91,8 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
 
 def _reshape(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
+    if _reshape_vector(ctx, call, source):
+        return
     _replay(ctx, call)
     out = tensors_in(call.out)[0]
     labels = ctx.labels(out)
@@ -105,6 +108,31 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
         if attr is not None:
             line = ctx.space.find(canon).movedim(shrink, -1).reshape(-1, canon.shape[shrink])[0]
             ctx.bind_attribute(ctx.path, attr, line)
+
+
+def _reshape_vector(ctx: TraceContext, call: OpCall, source: Tensor) -> bool:
+    """``_reshape`` for labels in vector form whose channel dim stays whole or merges with
+    others into one dim (``flatten(1)``): the result is again a vector, each channel
+    repeated over the positions merged with it, and no split needs checking (only one
+    dim varies). False (nothing done) for any other reshape."""
+    vector = ctx.vector_of(source)
+    outs = tensors_in(call.out)
+    if vector is None or len(outs) != 1 or any(
+            isinstance(a, torch.dtype) for a in (*call.args[1:], *call.kwargs.values())):
+        return False
+    dim, roots = vector[0], ctx.space.find(vector[1])
+    out = outs[0]
+    for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
+        if dim not in src_dims:
+            continue
+        if len(out_dims) != 1:
+            return False
+        before = math.prod(source.shape[d] for d in src_dims if d < dim)
+        after = math.prod(source.shape[d] for d in src_dims if d > dim)
+        merged = roots.reshape(1, -1, 1).expand(before, -1, after).reshape(-1)
+        ctx.set_vector(out, merged, out_dims[0])
+        return True
+    return False
 
 
 def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,

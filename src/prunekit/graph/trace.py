@@ -26,7 +26,14 @@ from torch.overrides import TorchFunctionMode
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import UnsupportedOpError
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit
-from prunekit.graph.ops import OpCall, OpNotMappable, get_op_handler, op_name, tensors_in
+from prunekit.graph.ops import (
+    OpCall,
+    OpHandler,
+    OpNotMappable,
+    get_op_handler,
+    op_name,
+    tensors_in,
+)
 
 __all__ = [
     "ModuleCall",
@@ -118,6 +125,7 @@ class TraceContext:
         self._atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
         self._mode: TorchFunctionMode | None = None  # the recorder, once it runs
         self._suspended: list[bool] = []
+        self._ops: dict[Callable[..., Any], tuple[str, str, OpHandler | None]] = {}
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self._param_names: dict[int, str] = {}
         # one walk of the module tree serves the param names, the hooks and eval mode
@@ -279,7 +287,8 @@ class TraceContext:
         record = self._record(name, module)
         existing = record.dims.get(dim)
         if existing is None:
-            record.dims[dim] = ModuleDim(labels.reshape(-1).clone(), root=root)
+            flat = labels if labels.dim() == 1 else labels.reshape(-1)
+            record.dims[dim] = ModuleDim(flat.clone(), root=root)
         elif existing.labels.numel() == labels.numel():
             self.space.union(existing.labels, labels.reshape(-1))
         else:
@@ -289,14 +298,13 @@ class TraceContext:
     def record_op(self, func: Callable[..., Any], args: tuple[Any, ...],
                   kwargs: dict[str, Any], out: Any) -> None:
         inputs = tensors_in((args, kwargs))
-        outputs = tensors_in(out)
+        outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
         if not outputs and not (inputs and _is_setitem(func)):
             return
         if not any(self.is_tracked(t) for t in inputs):
             return
-        name, display = op_name(func)
+        name, display, handler = self._op(func)
         call = OpCall(func, name, display, args, kwargs, out)
-        handler = get_op_handler(name)
         reason = f"no handler for op {display}"
         if handler is not None:
             try:
@@ -305,6 +313,18 @@ class TraceContext:
             except OpNotMappable as exc:
                 reason = f"op {display} cannot be mapped here ({exc})"
         self._unsupported(call, inputs, outputs, reason)
+
+    def _op(self, func: Callable[..., Any]) -> tuple[str, str, OpHandler | None]:
+        """(name, display name, handler) of ``func``, worked out once per trace."""
+        try:
+            found = self._ops.get(func)
+        except TypeError:  # an unhashable callable
+            name, display = op_name(func)
+            return name, display, get_op_handler(name)
+        if found is None:
+            name, display = op_name(func)
+            found = self._ops[func] = (name, display, get_op_handler(name))
+        return found
 
     def _unsupported(self, call: OpCall, inputs: list[Tensor], outputs: list[Tensor],
                      reason: str) -> None:

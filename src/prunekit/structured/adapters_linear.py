@@ -103,6 +103,8 @@ class EmbeddingAdapter:
 
 
 def _first(call: ModuleCall) -> Tensor:
+    if call.args and isinstance(call.args[0], Tensor):  # what tensors_in would find first
+        return call.args[0]
     found = tensors_in((call.args, call.kwargs))
     if not found:
         raise OpNotMappable("called without a tensor input")
