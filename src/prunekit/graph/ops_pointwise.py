@@ -68,22 +68,28 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     target = outputs[0] if outputs else call.args[0]
     shape = target.shape
     operands = tensors_in((call.args, call.kwargs))
-    if _same_vectors(ctx, operands, shape, outputs or [target]):
+    if _vector_operands(ctx, operands, shape, outputs or [target]):
         return
     labels = combine(ctx, [ctx.labels(t) for t in operands], shape)
     for tensor in outputs or [target]:
         ctx.set_labels(tensor, labels)
 
 
-def _same_vectors(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
-                  outputs: list[Tensor]) -> bool:
-    """``combine`` for one or two operands of the result's shape whose labels are vectors
-    along one dim: nothing is broadcast, so combine joins the two vectors' roots and keeps
-    their maximum. False (nothing done) for any other call."""
-    if not 1 <= len(operands) <= 2 or any(t.shape != shape for t in (*operands, *outputs)):
+def _vector_operands(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
+                     outputs: list[Tensor]) -> bool:
+    """``combine`` for one or two operands whose labels are vectors along the same dim, of
+    the result's full size there (``x + y``, an SE gate ``x * s[B, C, 1, 1]``): neither
+    varies along a dim the other is broadcast on, so combine joins the two vectors' roots
+    and keeps their maximum. False (nothing done) for any other call."""
+    if not 1 <= len(operands) <= 2 or any(t.shape != shape for t in outputs):
         return False
     vectors = [ctx.vector_of(t) for t in operands]
-    if any(v is None or v[0] != vectors[0][0] for v in vectors):  # type: ignore[index]
+    first = vectors[0]
+    if first is None:
+        return False
+    dim = first[0]
+    if any(v is None or v[0] != dim or t.dim() != len(shape) or t.shape[dim] != shape[dim]
+           for v, t in zip(vectors, operands, strict=True)):
         return False
     space = ctx.space
     roots = [space.find(v[1]) for v in vectors]  # type: ignore[index]
@@ -91,7 +97,7 @@ def _same_vectors(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
         space.union(roots[0], roots[1])
         roots[0] = _broadcast_max(roots[0], roots[1])
     for tensor in outputs:
-        ctx.set_vector(tensor, roots[0], vectors[0][0])  # type: ignore[index]
+        ctx.set_vector(tensor, roots[0], dim)
     return True
 
 

@@ -86,7 +86,32 @@ def _replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
 
 
 def _replay_only(ctx: TraceContext, call: OpCall) -> None:
+    if call.name in {"cat", "concat", "concatenate"} and _cat_vectors(ctx, call):
+        return
     _replay(ctx, call)
+
+
+def _cat_vectors(ctx: TraceContext, call: OpCall) -> bool:
+    """``cat`` along the channel dim of tensors whose labels are vectors along it: the
+    replay concatenates the vectors' roots. False (nothing done) for any other call."""
+    parts = call.args[0] if call.args else call.kwargs.get("tensors")
+    outs = tensors_in(call.out)
+    if not isinstance(parts, (list, tuple)) or not parts or len(outs) != 1 or (
+            set(call.kwargs) - {"tensors", "dim"}):  # (axis=, out=: left to the replay)
+        return False
+    out = outs[0]
+    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
+    if not isinstance(dim, int) or out.dim() == 0:
+        return False
+    dim %= out.dim()
+    vectors = []
+    for part in parts:
+        vector = ctx.vector_of(part) if isinstance(part, Tensor) else None
+        if vector is None or vector[0] != dim or part.dim() != out.dim():
+            return False
+        vectors.append(ctx.space.find(vector[1]))
+    ctx.set_vector(out, torch.cat(vectors), dim)
+    return True
 
 
 def _reshape(ctx: TraceContext, call: OpCall) -> None:
@@ -397,6 +422,17 @@ def _glu(ctx: TraceContext, call: OpCall) -> None:
     index by index and the result carries a's channels."""
     source = tensors_in(call.args[:1])[0]
     dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", -1)
+    vector = ctx.vector_of(source)
+    out = tensors_in(call.out)[0]
+    if vector is not None and isinstance(dim, int) and out.dim() == source.dim():
+        # labels in vector form: the halves along the channel dim are the vector's halves;
+        # along another dim they are equal (nothing to join) and the result keeps it
+        roots = ctx.space.find(vector[1])
+        if dim % source.dim() == vector[0]:
+            roots, second = roots.chunk(2)
+            ctx.space.union(roots, second)
+        ctx.set_vector(out, roots, vector[0])
+        return
     labels = ctx.space.find(ctx.labels(source))
     first, second = labels.chunk(2, dim=dim)
     ctx.space.union(first, second)
