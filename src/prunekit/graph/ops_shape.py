@@ -88,7 +88,41 @@ def _replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
 def _replay_only(ctx: TraceContext, call: OpCall) -> None:
     if call.name in {"cat", "concat", "concatenate"} and _cat_vectors(ctx, call):
         return
+    if call.name in _MOVES and _move_vector(ctx, call):
+        return
     _replay(ctx, call)
+
+
+_MOVES = {"transpose", "swapaxes", "swapdims", "permute"}
+
+
+def _move_vector(ctx: TraceContext, call: OpCall) -> bool:
+    """``transpose``/``permute`` of labels in vector form: the replay only moves the vector's
+    dim (positional dims only; False, nothing done, for any other call)."""
+    source = call.args[0] if call.args else None
+    outs = tensors_in(call.out)
+    if not isinstance(source, Tensor) or call.kwargs or len(outs) != 1:
+        return False
+    vector = ctx.vector_of(source)
+    ndim = source.dim()
+    dims = call.args[1:]
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    if vector is None or ndim == 0 or outs[0].dim() != ndim or not all(
+            isinstance(d, int) for d in dims):
+        return False
+    old = vector[0]
+    moved = [d % ndim for d in dims]
+    if call.name == "permute":
+        if sorted(moved) != list(range(ndim)):
+            return False
+        new = moved.index(old)
+    elif len(moved) == 2:
+        new = moved[1] if old == moved[0] else moved[0] if old == moved[1] else old
+    else:
+        return False
+    ctx.set_vector(outs[0], ctx.space.find(vector[1]), new)
+    return True
 
 
 def _cat_vectors(ctx: TraceContext, call: OpCall) -> bool:
