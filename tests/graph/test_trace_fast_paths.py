@@ -60,8 +60,8 @@ def test_zoo_traces_match_the_general_path(entry: ZooEntry,
 
 
 class _EveryFastPath(nn.Module):
-    """conv/BN/ReLU, a residual add, an SE gate, glu, cat, pooling, permute/transpose, mean,
-    flatten, Linear."""
+    """conv/BN/ReLU, a residual add, SE and spatial gates, an untracked mask, glu, cat,
+    pooling, permute/transpose, mean, flatten, Linear."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,6 +70,7 @@ class _EveryFastPath(nn.Module):
         self.fc1, self.fc2 = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
         self.wide = nn.Conv2d(16, 32, 1)
         self.side = nn.Conv2d(16, 8, 1)
+        self.gate = nn.Conv2d(16, 1, 1)
         self.norm = nn.GroupNorm(4, 24)
         self.head = nn.Linear(24 * 4 * 4, 10)
         self.tail = nn.Linear(24, 5)
@@ -78,6 +79,7 @@ class _EveryFastPath(nn.Module):
         x = self.stem(x)
         x = F.relu(self.conv(x)) + x
         x = x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        x = x * torch.sigmoid(self.gate(x)) * torch.ones(x.shape[-1])  # spatial gate, mask
         x = torch.cat([F.glu(self.wide(x), dim=1), self.side(x)], dim=1)
         x = F.max_pool2d(self.norm(x), 2)
         x = F.adaptive_avg_pool2d(x, 4)
@@ -136,3 +138,27 @@ def test_parameters_never_take_the_vector_form() -> None:
     ctx = TraceContext(model, strict=True)
     ctx.set_vector(model.weight, ctx.space.new_ids(3), 0)
     assert ctx.vector_of(model.weight) is None
+
+
+class _ConstantChannels(nn.Module):
+    """A depthwise conv of the model input: its four channels carry one class, so a
+    one-channel gate is joined with them rather than dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spread = nn.Conv2d(2, 4, 3, padding=1, groups=2)
+        self.gate = nn.Conv2d(4, 1, 1)
+        self.out = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.spread(x)
+        return self.out(x * torch.sigmoid(self.gate(x)))
+
+
+def test_gate_against_constant_channels_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _ConstantChannels().eval(), torch.randn(2, 2, 8, 8)
+    fast = _summary(trace(model, x, find_adapter))
+    with monkeypatch.context() as patch:
+        _general_only(patch)
+        general = _summary(trace(model, x, find_adapter))
+    assert fast == general

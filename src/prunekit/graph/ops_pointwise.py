@@ -68,7 +68,8 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     target = outputs[0] if outputs else call.args[0]
     shape = target.shape
     operands = tensors_in((call.args, call.kwargs))
-    if _vector_operands(ctx, operands, shape, outputs or [target]):
+    if _vector_operands(ctx, operands, shape, outputs or [target]) or _vector_and_passive(
+            ctx, operands, shape, outputs or [target]):
         return
     labels = combine(ctx, [ctx.labels(t) for t in operands], shape)
     for tensor in outputs or [target]:
@@ -99,6 +100,32 @@ def _vector_operands(ctx: TraceContext, operands: list[Tensor], shape: torch.Siz
     for tensor in outputs:
         ctx.set_vector(tensor, roots[0], dim)
     return True
+
+
+def _vector_and_passive(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
+                        outputs: list[Tensor]) -> bool:
+    """``combine`` of an operand whose labels are a vector along dim d (of the result's full
+    size there) with one that carries no channels against it: an untracked tensor (NEUTRAL,
+    never joined, never varies) or a single label broadcast along d while the vector varies
+    (combine's broadcasting rule drops it, and blocks nothing: it varies nowhere). The
+    result keeps the vector's roots. False (nothing done) for any other call."""
+    if len(operands) != 2 or any(t.shape != shape for t in outputs):
+        return False
+    for main, other in (operands, operands[::-1]):
+        vector = ctx.vector_of(main)
+        if vector is None or main.dim() != len(shape) or main.shape[vector[0]] != shape[
+                vector[0]]:
+            continue
+        dim, roots = vector[0], ctx.space.find(vector[1])
+        if ctx.is_tracked(other):
+            side = ctx.vector_of(other)
+            if side is None or side[0] != dim or other.dim() != len(shape) or (
+                    other.shape[dim] != 1 or not varies(roots, 0)):
+                continue
+        for tensor in outputs:
+            ctx.set_vector(tensor, roots, dim)
+        return True
+    return False
 
 
 def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Tensor:
