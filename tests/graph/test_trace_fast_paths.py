@@ -60,8 +60,8 @@ def test_zoo_traces_match_the_general_path(entry: ZooEntry,
 
 
 class _EveryFastPath(nn.Module):
-    """conv/BN/ReLU, a residual add, SE and spatial gates, an untracked mask, glu, cat,
-    pooling, permute/transpose, mean, flatten, Linear."""
+    """conv/BN/ReLU, a residual add, SE and spatial gates, an untracked mask, glu, chunk,
+    cat, pooling, permute/transpose, mean, flatten, Linear."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,6 +81,8 @@ class _EveryFastPath(nn.Module):
         x = x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
         x = x * torch.sigmoid(self.gate(x)) * torch.ones(x.shape[-1])  # spatial gate, mask
         x = torch.cat([F.glu(self.wide(x), dim=1), self.side(x)], dim=1)
+        first, second = x.chunk(2, dim=1)  # the halves shrink alike
+        x = torch.cat([first * second, second], dim=1)
         x = F.max_pool2d(self.norm(x), 2)
         x = F.adaptive_avg_pool2d(x, 4)
         y = x.permute(0, 2, 3, 1).transpose(1, 2).mean((1, 2))  # channels last, then kept

@@ -389,9 +389,25 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
     dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
     dim = dim % source.dim()
-    result = _replay(ctx, call)
-    pieces = tensors_in(result)
-    canon = ctx.space.find(ctx.labels(source))
+    vector = ctx.vector_of(source)
+    outs = tensors_in(call.out)
+    if vector is not None and all(out.dim() == source.dim() for out in outs) and sum(
+            out.shape[dim] for out in outs) == source.shape[dim]:
+        # labels in vector form: the pieces' labels are consecutive slices of the vector
+        # (all of it, split along another dim: nothing varies there, nothing to check);
+        # the checks below then read the 1-D roots, which vary as the labels do along dim
+        roots = ctx.space.find(vector[1])
+        if vector[0] != dim:
+            for out in outs:
+                ctx.set_vector(out, roots, vector[0])
+            return
+        pieces = list(roots.split([out.shape[dim] for out in outs]))
+        for out, piece in zip(outs, pieces, strict=True):
+            ctx.set_vector(out, piece, dim)
+        canon, dim = roots, 0
+    else:
+        pieces = tensors_in(_replay(ctx, call))
+        canon = ctx.space.find(ctx.labels(source))
     if not varies(canon, dim) or len(pieces) < 2:
         return
     widths = {p.shape[dim] for p in pieces}
