@@ -135,6 +135,19 @@ def test_vector_labels_materialise_as_emit() -> None:
     assert int(ctx.labels(t).sum()) == 0
 
 
+def test_broadcast_label_tensors_are_recognised_as_vectors() -> None:
+    ctx = TraceContext(nn.Identity(), strict=True)
+    t, u, w = torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)
+    vector = ctx.space.new_ids(4)
+    ctx.set_labels(t, emit(vector, 2, t.shape))
+    found = ctx.vector_of(t)
+    assert found is not None and found[0] == 2 and found[1].tolist() == vector.tolist()
+    ctx.set_labels(u, torch.arange(24).reshape(2, 3, 4))  # varies along three dims
+    assert ctx.vector_of(u) is None
+    ctx.set_labels(w, torch.full((), 5).expand(2, 3, 4))  # one label: no dim to pick
+    assert ctx.vector_of(w) is None
+
+
 def test_parameters_never_take_the_vector_form() -> None:
     model = nn.Linear(3, 3)
     ctx = TraceContext(model, strict=True)

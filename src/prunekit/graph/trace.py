@@ -179,7 +179,11 @@ class TraceContext:
                 f"label shape {tuple(labels.shape)} != tensor shape {tuple(tensor.shape)}"
             )
         self._labels[id(tensor)] = (tensor, labels)
-        self._vectors.pop(id(tensor), None)
+        found = _as_vector(labels)
+        if found is None:
+            self._vectors.pop(id(tensor), None)
+        else:  # a broadcast vector already (an expand, a slice of one): fast paths may use it
+            self._vectors[id(tensor)] = (tensor, found[0], found[1])
 
     def set_vector(self, tensor: Tensor, vector: Tensor, dim: int) -> None:
         """``set_labels(tensor, emit(vector, dim, tensor.shape))``, kept in vector form."""
@@ -488,6 +492,22 @@ class _Recorder(TorchFunctionMode):
 def _constant(label: int, shape: torch.Size) -> Tensor:
     """One label everywhere, as a broadcast view (no memory per element of a big input)."""
     return torch.full((), label, dtype=torch.long).expand(shape)
+
+
+def _as_vector(labels: Tensor) -> tuple[int, Tensor] | None:
+    """(dim, vector) if ``labels`` is ``emit(vector, dim, shape)`` by its strides: exactly one
+    dim of size > 1 that is not broadcast (stride 0); a view of that line, else None."""
+    strides = labels.stride()
+    found = -1
+    for dim, (size, stride) in enumerate(zip(labels.shape, strides, strict=True)):
+        if size > 1 and stride != 0:
+            if found >= 0:
+                return None
+            found = dim
+    if found < 0:
+        return None
+    line = labels.as_strided((labels.shape[found],), (strides[found],), labels.storage_offset())
+    return found, line
 
 
 def _is_setitem(func: Any) -> bool:
