@@ -177,3 +177,25 @@ def test_gate_against_constant_channels_matches(monkeypatch: pytest.MonkeyPatch)
         _general_only(patch)
         general = _summary(trace(model, x, find_adapter))
     assert fast == general
+
+
+class _InPlaceReshape(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.head = nn.Conv3d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        y.unsqueeze_(2)  # [B, 4, 1, H, W]: the labels set before must follow the replay
+        return self.head(y)
+
+
+def test_in_place_reshape_of_vector_labels_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _InPlaceReshape().eval(), torch.randn(2, 3, 4, 4)
+    fast = _summary(trace(model, x, find_adapter))
+    with monkeypatch.context() as patch:
+        _general_only(patch)
+        general = _summary(trace(model, x, find_adapter))
+    assert fast == general
+    assert fast["modules"]["head"]["in"][0][1] == fast["modules"]["conv"]["out"][0][1]

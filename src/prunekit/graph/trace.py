@@ -118,8 +118,9 @@ class TraceContext:
         self.skipped_ops: list[str] = []
         self._labels: dict[int, tuple[Tensor, Tensor]] = {}
         # tensors whose labels are ``emit(vector, dim, shape)`` (most CNN activations): kept
-        # as (tensor, dim, vector), the label tensor is only built when someone asks for it
-        self._vectors: dict[int, tuple[Tensor, int, Tensor]] = {}
+        # as (tensor, dim, vector, shape), the label tensor is only built when asked for
+        # (``shape``: the tensor's when set; an in-place op may change it before relabelling)
+        self._vectors: dict[int, tuple[Tensor, int, Tensor, torch.Size]] = {}
         self._path: list[str] = []
         self._running: list[nn.Module] = [model]
         self._atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
@@ -157,7 +158,7 @@ class TraceContext:
         reads do not decide its channel axis."""
         vector = self._vectors.get(id(tensor))
         if vector is not None and id(tensor) not in self._labels:
-            self._labels[id(tensor)] = (vector[0], emit(vector[2], vector[1], vector[0].shape))
+            self._labels[id(tensor)] = (vector[0], emit(vector[2], vector[1], vector[3]))
         record = self.param_record(tensor)
         if record is None and id(tensor) in self._param_names and \
                 id(tensor) not in self._labels:
@@ -183,7 +184,7 @@ class TraceContext:
         if found is None:
             self._vectors.pop(id(tensor), None)
         else:  # a broadcast vector already (an expand, a slice of one): fast paths may use it
-            self._vectors[id(tensor)] = (tensor, found[0], found[1])
+            self._vectors[id(tensor)] = (tensor, found[0], found[1], labels.shape)
 
     def set_vector(self, tensor: Tensor, vector: Tensor, dim: int) -> None:
         """``set_labels(tensor, emit(vector, dim, tensor.shape))``, kept in vector form."""
@@ -191,14 +192,15 @@ class TraceContext:
         if vector.dim() != 1 or tensor.dim() == 0 or vector.numel() != tensor.shape[dim]:
             self.set_labels(tensor, emit(vector, dim, tensor.shape))
             return
-        self._vectors[id(tensor)] = (tensor, dim, vector)
+        self._vectors[id(tensor)] = (tensor, dim, vector, tensor.shape)
         self._labels.pop(id(tensor), None)
 
     def vector_of(self, tensor: Tensor) -> tuple[int, Tensor] | None:
         """(dim, vector) if the labels of ``tensor`` are ``emit(vector, dim, tensor.shape)``
         (never for a parameter or buffer: those are param nodes), else None."""
         entry = self._vectors.get(id(tensor))
-        if entry is None or entry[0] is not tensor or id(tensor) in self._param_names:
+        if entry is None or entry[0] is not tensor or id(tensor) in self._param_names or (
+                entry[3] != tensor.shape):  # reshaped in place since: the general path
             return None
         return entry[1], entry[2]
 
