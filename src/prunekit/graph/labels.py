@@ -48,7 +48,7 @@ class LabelSpace:
             grown[: self._size] = self._parent[: self._size]
             self._parent = grown
         self._size = stop
-        return torch.arange(start, stop, dtype=torch.long)
+        return torch.from_numpy(np.arange(start, stop, dtype=np.int64))  # cheaper than torch's
 
     def block_id(self, reason: str) -> int:
         """A fresh id that marks whatever joins it as unprunable, for ``reason``."""
@@ -68,6 +68,8 @@ class LabelSpace:
 
     def find(self, labels: Tensor) -> Tensor:
         """The class representative of every id in ``labels`` (same shape)."""
+        if labels.dim() == 1:  # a vector (the common case): nothing to compact
+            return torch.from_numpy(self._find_np(_np(labels)))
         roots = self.find_compact(labels)
         return roots.expand(labels.shape) if roots.shape != labels.shape else roots
 
@@ -80,12 +82,12 @@ class LabelSpace:
         parent = self._parent
         roots = parent[flat]
         nxt = parent[roots]
-        if bool((nxt == roots).all()):  # already one hop from its root: nothing to compress
+        if _equal(nxt, roots):  # already one hop from its root: nothing to compress
             return roots
         while True:
             roots = nxt
             nxt = parent[roots]
-            if bool((nxt == roots).all()):
+            if _equal(nxt, roots):
                 break
         parent[flat] = roots  # path compression
         return roots
@@ -96,7 +98,9 @@ class LabelSpace:
             return
         # positions repeated along a dim add no new pairs: cut broadcast dims for free, and
         # on big tensors also materialised dims along which neither side varies
-        a, b = cut_broadcast(*torch.broadcast_tensors(a, b))
+        if a.shape != b.shape:
+            a, b = torch.broadcast_tensors(a, b)
+        a, b = cut_broadcast(a, b)
         na, nb = _np(a), _np(b)
         if na.size > _BIG:
             for dim in range(na.ndim):
@@ -107,8 +111,9 @@ class LabelSpace:
     def _union_np(self, a: np.ndarray, b: np.ndarray) -> None:
         # ids are >= 0, so min(a, b) != NEUTRAL iff neither is NEUTRAL
         keep = (a != b) & (np.minimum(a, b) != NEUTRAL)
-        if not keep.all():
-            if not keep.any():
+        kept = np.count_nonzero(keep)  # (cheaper than keep.all() / keep.any())
+        if kept < keep.size:
+            if not kept:
                 return
             a, b = a[keep], b[keep]
         if a.size > _DEDUP:
@@ -119,8 +124,9 @@ class LabelSpace:
         while True:
             ra, rb = self._find_np(a), self._find_np(b)
             differ = ra != rb
-            if not differ.all():
-                if not differ.any():
+            count = np.count_nonzero(differ)
+            if count < differ.size:
+                if not count:
                     return
                 ra, rb = ra[differ], rb[differ]
             high = np.maximum(ra, rb)
@@ -142,9 +148,14 @@ class LabelSpace:
         return out
 
 
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """``(a == b).all()`` for same-shape arrays (without ``ndarray.all``'s Python wrapper)."""
+    return np.count_nonzero(a != b) == 0
+
+
 def _distinct(values: np.ndarray) -> bool:
     ordered = np.sort(values)
-    return bool((ordered[1:] != ordered[:-1]).all())
+    return not np.count_nonzero(ordered[1:] == ordered[:-1])
 
 
 def _np(labels: Tensor) -> np.ndarray:

@@ -46,6 +46,11 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
     outputs = tensors_in(call.out)
     if not inputs:
         raise OpNotMappable("no tensor input")
+    vector = ctx.vector_of(inputs[0])
+    if vector is not None and all(t.shape == inputs[0].shape for t in outputs):
+        for tensor in outputs:  # the same labels, still in vector form
+            ctx.set_vector(tensor, vector[1], vector[0])
+        return
     source = ctx.labels(inputs[0])
     for tensor in outputs:
         if tensor.shape != source.shape:
@@ -63,9 +68,64 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     target = outputs[0] if outputs else call.args[0]
     shape = target.shape
     operands = tensors_in((call.args, call.kwargs))
+    if _vector_operands(ctx, operands, shape, outputs or [target]) or _vector_and_passive(
+            ctx, operands, shape, outputs or [target]):
+        return
     labels = combine(ctx, [ctx.labels(t) for t in operands], shape)
     for tensor in outputs or [target]:
         ctx.set_labels(tensor, labels)
+
+
+def _vector_operands(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
+                     outputs: list[Tensor]) -> bool:
+    """``combine`` for one or two operands whose labels are vectors along the same dim, of
+    the result's full size there (``x + y``, an SE gate ``x * s[B, C, 1, 1]``): neither
+    varies along a dim the other is broadcast on, so combine joins the two vectors' roots
+    and keeps their maximum. False (nothing done) for any other call."""
+    if not 1 <= len(operands) <= 2 or any(t.shape != shape for t in outputs):
+        return False
+    vectors = [ctx.vector_of(t) for t in operands]
+    first = vectors[0]
+    if first is None:
+        return False
+    dim = first[0]
+    if any(v is None or v[0] != dim or t.dim() != len(shape) or t.shape[dim] != shape[dim]
+           for v, t in zip(vectors, operands, strict=True)):
+        return False
+    space = ctx.space
+    roots = [space.find(v[1]) for v in vectors]  # type: ignore[index]
+    if len(roots) == 2:
+        space.union(roots[0], roots[1])
+        roots[0] = _broadcast_max(roots[0], roots[1])
+    for tensor in outputs:
+        ctx.set_vector(tensor, roots[0], dim)
+    return True
+
+
+def _vector_and_passive(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
+                        outputs: list[Tensor]) -> bool:
+    """``combine`` of an operand whose labels are a vector along dim d (of the result's full
+    size there) with one that carries no channels against it: an untracked tensor (NEUTRAL,
+    never joined, never varies) or a single label broadcast along d while the vector varies
+    (combine's broadcasting rule drops it, and blocks nothing: it varies nowhere). The
+    result keeps the vector's roots. False (nothing done) for any other call."""
+    if len(operands) != 2 or any(t.shape != shape for t in outputs):
+        return False
+    for main, other in (operands, operands[::-1]):
+        vector = ctx.vector_of(main)
+        if vector is None or main.dim() != len(shape) or main.shape[vector[0]] != shape[
+                vector[0]]:
+            continue
+        dim, roots = vector[0], ctx.space.find(vector[1])
+        if ctx.is_tracked(other):
+            side = ctx.vector_of(other)
+            if side is None or side[0] != dim or other.dim() != len(shape) or (
+                    other.shape[dim] != 1 or not varies(roots, 0)):
+                continue
+        for tensor in outputs:
+            ctx.set_vector(tensor, roots, dim)
+        return True
+    return False
 
 
 def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Tensor:

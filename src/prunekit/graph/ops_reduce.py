@@ -60,10 +60,12 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
         ctx.set_labels(out, combine(ctx, [ctx.labels(t) for t in tensors_in(call.args)],
                                     out.shape))
         return
-    canon = ctx.space.find(ctx.labels(source))
     ndim = source.dim()
     dims = _dims(call, ndim)
     reduced = tuple(range(ndim)) if dims is None else dims
+    if _reduce_vector(ctx, call, source, reduced):
+        return
+    canon = ctx.space.find(ctx.labels(source))
     kept = [d for d in range(ndim) if d not in reduced]
     over_r = any(varies(canon, d) for d in reduced)
     over_k = any(varies(canon, d) for d in kept)
@@ -76,6 +78,31 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
         rep = rep_along(ctx.space, canon, reduced)
     for out in tensors_in(call.out):
         ctx.set_labels(out, _fit(rep, reduced, tuple(out.shape)))
+
+
+def _reduce_vector(ctx: TraceContext, call: OpCall, source: Tensor,
+                   reduced: tuple[int, ...]) -> bool:
+    """``_reduce`` for labels in vector form whose channel dim is kept (a spatial mean):
+    nothing varies along the reduced dims, so every output keeps the vector's roots, on
+    the channel dim as renumbered without the reduced dims. False for any other call."""
+    vector = ctx.vector_of(source)
+    if vector is None or vector[0] in reduced:
+        return False
+    dim, shape = vector[0], tuple(source.shape)
+    keepdim = tuple(1 if d in reduced else n for d, n in enumerate(shape))
+    squeezed = tuple(n for d, n in enumerate(shape) if d not in reduced)
+    plan = []
+    for out in tensors_in(call.out):
+        if tuple(out.shape) == keepdim:
+            plan.append((out, dim))
+        elif tuple(out.shape) == squeezed and squeezed:
+            plan.append((out, dim - sum(1 for d in reduced if d < dim)))
+        else:
+            return False
+    roots = ctx.space.find(vector[1])
+    for out, out_dim in plan:
+        ctx.set_vector(out, roots, out_dim)
+    return True
 
 
 def _fit(rep: Tensor, reduced: tuple[int, ...], shape: tuple[int, ...]) -> Tensor:
@@ -103,12 +130,23 @@ def _spatial(ctx: TraceContext, call: OpCall) -> None:
     if width <= 0 or width >= source.dim() + 1:
         raise OpNotMappable(f"unexpected input rank {source.dim()}")
     trailing = tuple(range(source.dim() - width, source.dim()))
+    lead = tuple(source.shape[: source.dim() - width])
+    vector = ctx.vector_of(source)
+    outputs = tensors_in(call.out)
+    if vector is not None and vector[0] < len(lead) and all(
+            out.dim() == source.dim() and tuple(out.shape[: len(lead)]) == lead
+            for out in outputs):
+        # channels on a leading dim only: nothing varies along the trailing dims, so there
+        # is nothing to join or block, and every output keeps the vector's roots
+        roots = ctx.space.find(vector[1])
+        for out in outputs:
+            ctx.set_vector(out, roots, vector[0])
+        return
     canon = ctx.space.find(ctx.labels(source))
     if call.name == "pad" and any(varies(canon, d) for d in trailing):
         ctx.block(canon, f"{call.display} pads a channel dimension by a fixed amount")
     rep = rep_along(ctx.space, canon, trailing)
-    lead = tuple(source.shape[: source.dim() - width])
-    for out in tensors_in(call.out):
+    for out in outputs:
         if tuple(out.shape[: len(lead)]) != lead:
             raise OpNotMappable("it changes the leading (channel) dimensions")
         ctx.set_labels(out, ctx.space.find(rep).expand(tuple(out.shape)))

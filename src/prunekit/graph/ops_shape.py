@@ -26,6 +26,7 @@ the forward check after surgery then fails loudly, and the user's model is left 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -85,11 +86,72 @@ def _replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
 
 
 def _replay_only(ctx: TraceContext, call: OpCall) -> None:
+    if call.name in {"cat", "concat", "concatenate"} and _cat_vectors(ctx, call):
+        return
+    if call.name in _MOVES and _move_vector(ctx, call):
+        return
     _replay(ctx, call)
+
+
+_MOVES = {"transpose", "swapaxes", "swapdims", "permute"}
+
+
+def _move_vector(ctx: TraceContext, call: OpCall) -> bool:
+    """``transpose``/``permute`` of labels in vector form: the replay only moves the vector's
+    dim (positional dims only; False, nothing done, for any other call)."""
+    source = call.args[0] if call.args else None
+    outs = tensors_in(call.out)
+    if not isinstance(source, Tensor) or call.kwargs or len(outs) != 1:
+        return False
+    vector = ctx.vector_of(source)
+    ndim = source.dim()
+    dims = call.args[1:]
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    if vector is None or ndim == 0 or outs[0].dim() != ndim or not all(
+            isinstance(d, int) for d in dims):
+        return False
+    old = vector[0]
+    moved = [d % ndim for d in dims]
+    if call.name == "permute":
+        if sorted(moved) != list(range(ndim)):
+            return False
+        new = moved.index(old)
+    elif len(moved) == 2:
+        new = moved[1] if old == moved[0] else moved[0] if old == moved[1] else old
+    else:
+        return False
+    ctx.set_vector(outs[0], ctx.space.find(vector[1]), new)
+    return True
+
+
+def _cat_vectors(ctx: TraceContext, call: OpCall) -> bool:
+    """``cat`` along the channel dim of tensors whose labels are vectors along it: the
+    replay concatenates the vectors' roots. False (nothing done) for any other call."""
+    parts = call.args[0] if call.args else call.kwargs.get("tensors")
+    outs = tensors_in(call.out)
+    if not isinstance(parts, (list, tuple)) or not parts or len(outs) != 1 or (
+            set(call.kwargs) - {"tensors", "dim"}):  # (axis=, out=: left to the replay)
+        return False
+    out = outs[0]
+    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
+    if not isinstance(dim, int) or out.dim() == 0:
+        return False
+    dim %= out.dim()
+    vectors = []
+    for part in parts:
+        vector = ctx.vector_of(part) if isinstance(part, Tensor) else None
+        if vector is None or vector[0] != dim or part.dim() != out.dim():
+            return False
+        vectors.append(ctx.space.find(vector[1]))
+    ctx.set_vector(out, torch.cat(vectors), dim)
+    return True
 
 
 def _reshape(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
+    if _reshape_vector(ctx, call, source):
+        return
     _replay(ctx, call)
     out = tensors_in(call.out)[0]
     labels = ctx.labels(out)
@@ -105,6 +167,31 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
         if attr is not None:
             line = ctx.space.find(canon).movedim(shrink, -1).reshape(-1, canon.shape[shrink])[0]
             ctx.bind_attribute(ctx.path, attr, line)
+
+
+def _reshape_vector(ctx: TraceContext, call: OpCall, source: Tensor) -> bool:
+    """``_reshape`` for labels in vector form whose channel dim stays whole or merges with
+    others into one dim (``flatten(1)``): the result is again a vector, each channel
+    repeated over the positions merged with it, and no split needs checking (only one
+    dim varies). False (nothing done) for any other reshape."""
+    vector = ctx.vector_of(source)
+    outs = tensors_in(call.out)
+    if vector is None or len(outs) != 1 or any(
+            isinstance(a, torch.dtype) for a in (*call.args[1:], *call.kwargs.values())):
+        return False
+    dim, roots = vector[0], ctx.space.find(vector[1])
+    out = outs[0]
+    for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
+        if dim not in src_dims:
+            continue
+        if len(out_dims) != 1:
+            return False
+        before = math.prod(source.shape[d] for d in src_dims if d < dim)
+        after = math.prod(source.shape[d] for d in src_dims if d > dim)
+        merged = roots.reshape(1, -1, 1).expand(before, -1, after).reshape(-1)
+        ctx.set_vector(out, merged, out_dims[0])
+        return True
+    return False
 
 
 def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
@@ -302,9 +389,25 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
     dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
     dim = dim % source.dim()
-    result = _replay(ctx, call)
-    pieces = tensors_in(result)
-    canon = ctx.space.find(ctx.labels(source))
+    vector = ctx.vector_of(source)
+    outs = tensors_in(call.out)
+    if vector is not None and all(out.dim() == source.dim() for out in outs) and sum(
+            out.shape[dim] for out in outs) == source.shape[dim]:
+        # labels in vector form: the pieces' labels are consecutive slices of the vector
+        # (all of it, split along another dim: nothing varies there, nothing to check);
+        # the checks below then read the 1-D roots, which vary as the labels do along dim
+        roots = ctx.space.find(vector[1])
+        if vector[0] != dim:
+            for out in outs:
+                ctx.set_vector(out, roots, vector[0])
+            return
+        pieces = list(roots.split([out.shape[dim] for out in outs]))
+        for out, piece in zip(outs, pieces, strict=True):
+            ctx.set_vector(out, piece, dim)
+        canon, dim = roots, 0
+    else:
+        pieces = tensors_in(_replay(ctx, call))
+        canon = ctx.space.find(ctx.labels(source))
     if not varies(canon, dim) or len(pieces) < 2:
         return
     widths = {p.shape[dim] for p in pieces}
@@ -369,6 +472,17 @@ def _glu(ctx: TraceContext, call: OpCall) -> None:
     index by index and the result carries a's channels."""
     source = tensors_in(call.args[:1])[0]
     dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", -1)
+    vector = ctx.vector_of(source)
+    out = tensors_in(call.out)[0]
+    if vector is not None and isinstance(dim, int) and out.dim() == source.dim():
+        # labels in vector form: the halves along the channel dim are the vector's halves;
+        # along another dim they are equal (nothing to join) and the result keeps it
+        roots = ctx.space.find(vector[1])
+        if dim % source.dim() == vector[0]:
+            roots, second = roots.chunk(2)
+            ctx.space.union(roots, second)
+        ctx.set_vector(out, roots, vector[0])
+        return
     labels = ctx.space.find(ctx.labels(source))
     first, second = labels.chunk(2, dim=dim)
     ctx.space.union(first, second)

@@ -25,8 +25,15 @@ from torch.overrides import TorchFunctionMode
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import UnsupportedOpError
-from prunekit.graph.labels import NEUTRAL, LabelSpace
-from prunekit.graph.ops import OpCall, OpNotMappable, get_op_handler, op_name, tensors_in
+from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit
+from prunekit.graph.ops import (
+    OpCall,
+    OpHandler,
+    OpNotMappable,
+    get_op_handler,
+    op_name,
+    tensors_in,
+)
 
 __all__ = [
     "ModuleCall",
@@ -110,29 +117,48 @@ class TraceContext:
         self.params: dict[str, ParamRecord] = {}
         self.skipped_ops: list[str] = []
         self._labels: dict[int, tuple[Tensor, Tensor]] = {}
+        # tensors whose labels are ``emit(vector, dim, shape)`` (most CNN activations): kept
+        # as (tensor, dim, vector, shape), the label tensor is only built when asked for
+        # (``shape``: the tensor's when set; an in-place op may change it before relabelling)
+        self._vectors: dict[int, tuple[Tensor, int, Tensor, torch.Size]] = {}
         self._path: list[str] = []
         self._running: list[nn.Module] = [model]
         self._atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
         self._mode: TorchFunctionMode | None = None  # the recorder, once it runs
         self._suspended: list[bool] = []
+        self._ops: dict[Callable[..., Any], tuple[str, str, OpHandler | None]] = {}
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self._param_names: dict[int, str] = {}
-        for name, tensor in [
-            *model.named_parameters(remove_duplicate=False),
-            *model.named_buffers(remove_duplicate=False),
-        ]:
-            if tensor.is_floating_point():  # int/bool buffers are indices and masks
-                self._param_names.setdefault(id(tensor), name)
+        # one walk of the module tree serves the param names, the hooks and eval mode
+        walk = list(model.named_modules(remove_duplicate=False))
+        for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
+            for prefix, module in walk:
+                for key, tensor in getattr(module, members).items():
+                    # int/bool buffers are indices and masks
+                    if tensor is not None and tensor.is_floating_point():
+                        self._param_names.setdefault(id(tensor),
+                                                     f"{prefix}.{key}" if prefix else key)
+        self._named_modules: list[tuple[str, nn.Module]] = []  # what named_modules() gives:
+        seen: set[int] = set()  # each module once, at its first path
+        for name, module in walk:
+            if id(module) not in seen:
+                seen.add(id(module))
+                self._named_modules.append((name, module))
+        self._model = model
 
     # -- labels of tensors -------------------------------------------------------------
     def is_tracked(self, tensor: Tensor) -> bool:
-        return id(tensor) in self._labels or id(tensor) in self._param_names
+        key = id(tensor)
+        return key in self._labels or key in self._vectors or key in self._param_names
 
     def labels(self, tensor: Tensor, *, partial: bool = False) -> Tensor:
         """The label tensor of ``tensor`` (a param node's ids, NEUTRAL if never seen).
 
         ``partial`` marks a read of a parameter through slicing, so elements it never
         reads do not decide its channel axis."""
+        vector = self._vectors.get(id(tensor))
+        if vector is not None and id(tensor) not in self._labels:
+            self._labels[id(tensor)] = (vector[0], emit(vector[2], vector[1], vector[3]))
         record = self.param_record(tensor)
         if record is None and id(tensor) in self._param_names and \
                 id(tensor) not in self._labels:
@@ -154,6 +180,39 @@ class TraceContext:
                 f"label shape {tuple(labels.shape)} != tensor shape {tuple(tensor.shape)}"
             )
         self._labels[id(tensor)] = (tensor, labels)
+        found = _as_vector(labels)
+        if found is None:
+            self._vectors.pop(id(tensor), None)
+        else:  # a broadcast vector already (an expand, a slice of one): fast paths may use it
+            self._vectors[id(tensor)] = (tensor, found[0], found[1], labels.shape)
+
+    def set_vector(self, tensor: Tensor, vector: Tensor, dim: int) -> None:
+        """``set_labels(tensor, emit(vector, dim, tensor.shape))``, kept in vector form."""
+        dim = dim % max(tensor.dim(), 1)
+        if vector.dim() != 1 or tensor.dim() == 0 or vector.numel() != tensor.shape[dim]:
+            self.set_labels(tensor, emit(vector, dim, tensor.shape))
+            return
+        self._vectors[id(tensor)] = (tensor, dim, vector, tensor.shape)
+        self._labels.pop(id(tensor), None)
+
+    def vector_of(self, tensor: Tensor) -> tuple[int, Tensor] | None:
+        """(dim, vector) if the labels of ``tensor`` are ``emit(vector, dim, tensor.shape)``
+        (never for a parameter or buffer: those are param nodes), else None."""
+        entry = self._vectors.get(id(tensor))
+        if entry is None or entry[0] is not tensor or id(tensor) in self._param_names or (
+                entry[3] != tensor.shape):  # reshaped in place since: the general path
+            return None
+        return entry[1], entry[2]
+
+    def consume(self, tensor: Tensor, dim: int) -> Tensor:
+        """``consume(ctx.space, ctx.labels(tensor), dim)``: the label of each channel along
+        ``dim`` of a tensor that a layer reads."""
+        vector = self.vector_of(tensor)
+        if vector is not None and vector[0] == dim % tensor.dim():
+            # one label per index along dim, the same at every other position: nothing to
+            # join, and consume's result is that vector's roots
+            return self.space.find(vector[1])
+        return consume(self.space, self.labels(tensor), dim)
 
     def block(self, labels: Tensor, reason: str) -> None:
         self.space.block(labels, reason)
@@ -234,7 +293,8 @@ class TraceContext:
         record = self._record(name, module)
         existing = record.dims.get(dim)
         if existing is None:
-            record.dims[dim] = ModuleDim(labels.reshape(-1).clone(), root=root)
+            flat = labels if labels.dim() == 1 else labels.reshape(-1)
+            record.dims[dim] = ModuleDim(flat.clone(), root=root)
         elif existing.labels.numel() == labels.numel():
             self.space.union(existing.labels, labels.reshape(-1))
         else:
@@ -244,14 +304,13 @@ class TraceContext:
     def record_op(self, func: Callable[..., Any], args: tuple[Any, ...],
                   kwargs: dict[str, Any], out: Any) -> None:
         inputs = tensors_in((args, kwargs))
-        outputs = tensors_in(out)
+        outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
         if not outputs and not (inputs and _is_setitem(func)):
             return
         if not any(self.is_tracked(t) for t in inputs):
             return
-        name, display = op_name(func)
+        name, display, handler = self._op(func)
         call = OpCall(func, name, display, args, kwargs, out)
-        handler = get_op_handler(name)
         reason = f"no handler for op {display}"
         if handler is not None:
             try:
@@ -260,6 +319,18 @@ class TraceContext:
             except OpNotMappable as exc:
                 reason = f"op {display} cannot be mapped here ({exc})"
         self._unsupported(call, inputs, outputs, reason)
+
+    def _op(self, func: Callable[..., Any]) -> tuple[str, str, OpHandler | None]:
+        """(name, display name, handler) of ``func``, worked out once per trace."""
+        try:
+            found = self._ops.get(func)
+        except TypeError:  # an unhashable callable
+            name, display = op_name(func)
+            return name, display, get_op_handler(name)
+        if found is None:
+            name, display = op_name(func)
+            found = self._ops[func] = (name, display, get_op_handler(name))
+        return found
 
     def _unsupported(self, call: OpCall, inputs: list[Tensor], outputs: list[Tensor],
                      reason: str) -> None:
@@ -323,7 +394,7 @@ class TraceContext:
         def enter(mod: nn.Module, name: str, handler: ModuleHandler | None) -> None:
             recorder._path.append(name)
             recorder._running.append(mod)
-            atomic = handler is not None and not any(atomic_stack)
+            atomic = handler is not None and recorder._atomic_depth == 0  # none around it
             atomic_stack.append(atomic)
             if atomic:
                 recorder._atomic_depth += 1
@@ -359,7 +430,8 @@ class TraceContext:
                 leave(mod, entry[0], entry[1], args, {}, rest[0], failed=True)
 
         try:  # registration too: a lookup that raises half-way must leave no hook behind
-            for name, module in model.named_modules():
+            for name, module in (self._named_modules if model is self._model
+                                 else model.named_modules()):
                 handler = lookup(module)
                 if not module._forward_hooks and not module._forward_pre_hooks:
                     table[id(module)] = (name, handler)
@@ -424,6 +496,22 @@ def _constant(label: int, shape: torch.Size) -> Tensor:
     return torch.full((), label, dtype=torch.long).expand(shape)
 
 
+def _as_vector(labels: Tensor) -> tuple[int, Tensor] | None:
+    """(dim, vector) if ``labels`` is ``emit(vector, dim, shape)`` by its strides: exactly one
+    dim of size > 1 that is not broadcast (stride 0); a view of that line, else None."""
+    strides = labels.stride()
+    found = -1
+    for dim, (size, stride) in enumerate(zip(labels.shape, strides, strict=True)):
+        if size > 1 and stride != 0:
+            if found >= 0:
+                return None
+            found = dim
+    if found < 0:
+        return None
+    line = labels.as_strided((labels.shape[found],), (strides[found],), labels.storage_offset())
+    return found, line
+
+
 def _is_setitem(func: Any) -> bool:
     return getattr(func, "__name__", "") == "__setitem__"
 
@@ -444,9 +532,11 @@ def walk_tensors(tree: Any, prefix: str = "output") -> Iterator[tuple[str, Tenso
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode (BatchNorm must not update its statistics), then restore."""
-    modules = list(model.modules())
+def eval_mode(model: nn.Module, modules: list[nn.Module] | None = None) -> Iterator[None]:
+    """Run ``model`` in eval mode (BatchNorm must not update its statistics), then restore.
+
+    ``modules`` is ``list(model.modules())`` when the caller has it already."""
+    modules = list(model.modules()) if modules is None else modules
     modes = [m.training for m in modules]
     if not any(modes):  # already in eval mode: nothing to switch or restore
         yield
@@ -480,7 +570,8 @@ def trace(
         bid = ctx.space.block_id(f"model input {path}")
         ctx.set_labels(tensor, _constant(bid, tensor.shape))
     recorder = ctx._mode = _Recorder(ctx)
-    with torch.no_grad(), eval_mode(model), ctx.hooks(model, lookup), recorder:
+    modules = [module for _, module in ctx._named_modules]
+    with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, lookup), recorder:
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):
         if ctx.is_tracked(tensor):
@@ -488,4 +579,5 @@ def trace(
     shapes = [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
     ctx._mode = None  # no cycle keeps the activations and their labels alive
     ctx._labels.clear()
+    ctx._vectors.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-from prunekit.graph.labels import consume, emit, rep_along
+from prunekit.graph.labels import rep_along
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
     ParamSlicer,
@@ -40,7 +40,7 @@ class ConvAdapter:
         x = _first(call)
         cdim = 1 if x.dim() == len(conv.kernel_size) + 2 else 0
         space = ctx.space
-        in_labels = consume(space, ctx.labels(x), cdim)
+        in_labels = ctx.consume(x, cdim)
         groups, cin, cout = conv.groups, conv.in_channels, conv.out_channels
         if groups == 1:
             ctx.record_dim(call.name, conv, "in", in_labels)
@@ -55,7 +55,7 @@ class ConvAdapter:
             out_labels = ctx.module_ids(call.name, conv, "out", cout)
             rep_along(space, out_labels.view(groups, -1), (0,))
         out = _output(call)
-        ctx.set_labels(out, emit(space.find(out_labels), cdim, out.shape))
+        ctx.set_vector(out, space.find(out_labels), cdim)
 
     def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
         assert isinstance(module, _ConvNd)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from prunekit.graph.labels import consume, emit, varies
+from prunekit.graph.labels import consume, varies
 from prunekit.graph.ops import OpNotMappable, tensors_in
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
@@ -37,9 +37,13 @@ class LinearAdapter:
         assert isinstance(module, nn.Linear)
         x = _first(call)
         out = _output(call)
-        labels = ctx.space.find(ctx.labels(x))
+        vector = ctx.vector_of(x)
+        # labels that are a vector along the last dim vary along no other dim: the layer
+        # reads them as its input features, without building the full label tensor
+        along_last = vector is not None and vector[0] == x.dim() - 1
+        labels = None if along_last else ctx.space.find(ctx.labels(x))
         ids = ctx.module_ids(call.name, module, "out", module.out_features)
-        if x.dim() > 1 and not varies(labels, -1) and any(
+        if labels is not None and x.dim() > 1 and not varies(labels, -1) and any(
                 varies(labels, d) for d in range(x.dim() - 1)):
             # applied along an axis that is not a channel axis (MLP-Mixer token mixing):
             # the channels of the other axes pass through; this layer's width stays
@@ -48,8 +52,9 @@ class LinearAdapter:
             ctx.block(ids, f"layer {call.name!r} mixes along a non-channel axis")
             ctx.set_labels(out, labels.amax(dim=-1, keepdim=True).expand(out.shape))
             return
-        ctx.record_dim(call.name, module, "in", consume(ctx.space, labels, -1))
-        ctx.set_labels(out, emit(ids, -1, out.shape))
+        ctx.record_dim(call.name, module, "in",
+                       ctx.consume(x, -1) if labels is None else consume(ctx.space, labels, -1))
+        ctx.set_vector(out, ids, -1)
 
     def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
         return views_from_axes(module, dim, _LINEAR_AXES)
@@ -78,7 +83,7 @@ class EmbeddingAdapter:
         assert isinstance(module, nn.Embedding)
         ids = ctx.module_ids(call.name, module, "out", module.embedding_dim)
         out = _output(call)
-        ctx.set_labels(out, emit(ids, -1, out.shape))
+        ctx.set_vector(out, ids, -1)
 
     def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
         return views_from_axes(module, dim, _EMBEDDING_AXES)
@@ -98,6 +103,8 @@ class EmbeddingAdapter:
 
 
 def _first(call: ModuleCall) -> Tensor:
+    if call.args and isinstance(call.args[0], Tensor):  # what tensors_in would find first
+        return call.args[0]
     found = tensors_in((call.args, call.kwargs))
     if not found:
         raise OpNotMappable("called without a tensor input")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from prunekit.graph.labels import consume, emit, rep_along
+from prunekit.graph.labels import rep_along
 from prunekit.graph.ops import OpNotMappable
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
@@ -51,14 +51,14 @@ class ChannelNormAdapter:
     def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
         x = _first(call)
         dim = self._dim(call.module, x)
-        labels = consume(ctx.space, ctx.labels(x), dim)
+        labels = ctx.consume(x, dim)
         groups = getattr(call.module, self.groups_attr, 1) if self.groups_attr else 1
         if groups > 1:  # channel j of every group leaves together: the group count stays
             labels = rep_along(ctx.space, labels.view(groups, -1), (0,)).expand(groups, -1)
             labels = labels.reshape(-1)
         ctx.record_dim(call.name, call.module, "channels", labels)
         out = _output(call)
-        ctx.set_labels(out, emit(ctx.space.find(labels), dim, out.shape))
+        ctx.set_vector(out, ctx.space.find(labels), dim)
 
     def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
         return views_from_axes(module, dim, _AXES[:2])

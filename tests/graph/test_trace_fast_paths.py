@@ -1,0 +1,201 @@
+"""The tracer's vector-form fast paths give exactly what the general label arithmetic gives.
+
+Most CNN activations carry labels ``emit(vector, dim, shape)``; the tracer keeps those as
+the vector and lets layers and pointwise/spatial/reduce/reshape/cat/glu handlers work on
+it directly. Switching the fast paths off (``vector_of`` answering None) must change
+nothing: not the ids, not the classes, not the blocks, not a module's recorded labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.structured.zoo import ZOO, ZooEntry
+from torch import Tensor, nn
+
+from prunekit.graph.labels import emit
+from prunekit.graph.trace import Trace, TraceContext, trace
+from prunekit.structured.adapters import find_adapter
+
+
+def _summary(result: Trace) -> dict[str, Any]:
+    """Everything a trace hands on, with raw ids and their classes."""
+    space = result.space
+
+    def ids(labels: Tensor) -> tuple[list[int], list[int]]:
+        return labels.reshape(-1).tolist(), space.find(labels).reshape(-1).tolist()
+
+    return {
+        "modules": {name: {dim: (ids(d.labels), d.root) for dim, d in rec.dims.items()}
+                    for name, rec in result.modules.items()},
+        "params": {name: (ids(p.ids), p.whole, sorted(p.sliced_axes),
+                          None if p.selected is None else p.selected.tolist(),
+                          {axis: (ids(lab), root) for axis, (lab, root) in p.axes.items()})
+                   for name, p in result.params.items()},
+        "classes": space.find(torch.arange(space.size)).tolist(),
+        "blocked": space.blocked_roots(),
+        "reasons": dict(space.block_reasons),
+        "skipped": list(result.skipped_ops),
+        "bindings": {key: ids(lab) for key, lab in result.bindings.items()},
+        "shapes": list(result.output_shapes),
+    }
+
+
+def _general_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TraceContext, "vector_of", lambda self, tensor: None)
+
+
+@pytest.mark.parametrize("entry", ZOO, ids=lambda e: e.name)
+def test_zoo_traces_match_the_general_path(entry: ZooEntry,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    model, inputs = entry.build(), entry.example_inputs()
+    fast = _summary(trace(model, inputs, find_adapter, strict=False))
+    with monkeypatch.context() as patch:
+        _general_only(patch)
+        general = _summary(trace(model, inputs, find_adapter, strict=False))
+    assert fast == general
+
+
+class _EveryFastPath(nn.Module):
+    """conv/BN/ReLU, a residual add, SE and spatial gates, an untracked mask, glu, chunk,
+    cat, pooling, permute/transpose, mean, flatten, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.wide = nn.Conv2d(16, 32, 1)
+        self.side = nn.Conv2d(16, 8, 1)
+        self.gate = nn.Conv2d(16, 1, 1)
+        self.norm = nn.GroupNorm(4, 24)
+        self.head = nn.Linear(24 * 4 * 4, 10)
+        self.tail = nn.Linear(24, 5)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.stem(x)
+        x = F.relu(self.conv(x)) + x
+        x = x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        x = x * torch.sigmoid(self.gate(x)) * torch.ones(x.shape[-1])  # spatial gate, mask
+        x = torch.cat([F.glu(self.wide(x), dim=1), self.side(x)], dim=1)
+        first, second = x.chunk(2, dim=1)  # the halves shrink alike
+        x = torch.cat([first * second, second], dim=1)
+        x = F.max_pool2d(self.norm(x), 2)
+        x = F.adaptive_avg_pool2d(x, 4)
+        y = x.permute(0, 2, 3, 1).transpose(1, 2).mean((1, 2))  # channels last, then kept
+        return self.head(torch.flatten(x, 1)), self.tail(y)
+
+
+def test_every_fast_path_is_taken_and_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _EveryFastPath().eval(), torch.randn(2, 3, 16, 16)
+    taken = 0
+    original = TraceContext.vector_of
+
+    def counting(self: TraceContext, tensor: Tensor) -> tuple[int, Tensor] | None:
+        nonlocal taken
+        found = original(self, tensor)
+        taken += found is not None
+        return found
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TraceContext, "vector_of", counting)
+        fast = _summary(trace(model, x, find_adapter))
+    assert taken >= 20
+    with monkeypatch.context() as patch:
+        _general_only(patch)
+        general = _summary(trace(model, x, find_adapter))
+    assert fast == general
+    # the SE gate couples fc2's outputs with the channels it scales
+    dims = trace(model, x, find_adapter)
+    space = dims.space
+    gate = space.find(dims.modules["fc2"].dims["out"].labels)
+    assert gate.tolist() == space.find(dims.modules["conv"].dims["out"].labels).tolist()
+
+
+def test_vector_labels_materialise_as_emit() -> None:
+    ctx = TraceContext(nn.Identity(), strict=True)
+    t = torch.zeros(2, 3, 4)
+    vector = ctx.space.new_ids(3)
+    ctx.set_vector(t, vector, 1)
+    assert ctx.is_tracked(t)
+    assert ctx.vector_of(t) is not None
+    assert torch.equal(ctx.labels(t), emit(vector, 1, t.shape))
+    assert ctx.consume(t, 1).tolist() == vector.tolist()
+    # a vector that does not fit the dim is stored as its emitted label tensor
+    u = torch.zeros(2, 3, 4)
+    ctx.set_vector(u, ctx.space.new_ids(1), 2)
+    assert ctx.vector_of(u) is None
+    assert ctx.labels(u).shape == u.shape
+    # set_labels replaces a vector form
+    ctx.set_labels(t, torch.zeros(2, 3, 4, dtype=torch.long))
+    assert ctx.vector_of(t) is None
+    assert int(ctx.labels(t).sum()) == 0
+
+
+def test_broadcast_label_tensors_are_recognised_as_vectors() -> None:
+    ctx = TraceContext(nn.Identity(), strict=True)
+    t, u, w = torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)
+    vector = ctx.space.new_ids(4)
+    ctx.set_labels(t, emit(vector, 2, t.shape))
+    found = ctx.vector_of(t)
+    assert found is not None and found[0] == 2 and found[1].tolist() == vector.tolist()
+    ctx.set_labels(u, torch.arange(24).reshape(2, 3, 4))  # varies along three dims
+    assert ctx.vector_of(u) is None
+    ctx.set_labels(w, torch.full((), 5).expand(2, 3, 4))  # one label: no dim to pick
+    assert ctx.vector_of(w) is None
+
+
+def test_parameters_never_take_the_vector_form() -> None:
+    model = nn.Linear(3, 3)
+    ctx = TraceContext(model, strict=True)
+    ctx.set_vector(model.weight, ctx.space.new_ids(3), 0)
+    assert ctx.vector_of(model.weight) is None
+
+
+class _ConstantChannels(nn.Module):
+    """A depthwise conv of the model input: its four channels carry one class, so a
+    one-channel gate is joined with them rather than dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spread = nn.Conv2d(2, 4, 3, padding=1, groups=2)
+        self.gate = nn.Conv2d(4, 1, 1)
+        self.out = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.spread(x)
+        return self.out(x * torch.sigmoid(self.gate(x)))
+
+
+def test_gate_against_constant_channels_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _ConstantChannels().eval(), torch.randn(2, 2, 8, 8)
+    fast = _summary(trace(model, x, find_adapter))
+    with monkeypatch.context() as patch:
+        _general_only(patch)
+        general = _summary(trace(model, x, find_adapter))
+    assert fast == general
+
+
+class _InPlaceReshape(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.head = nn.Conv3d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        y.unsqueeze_(2)  # [B, 4, 1, H, W]: the labels set before must follow the replay
+        return self.head(y)
+
+
+def test_in_place_reshape_of_vector_labels_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _InPlaceReshape().eval(), torch.randn(2, 3, 4, 4)
+    fast = _summary(trace(model, x, find_adapter))
+    with monkeypatch.context() as patch:
+        _general_only(patch)
+        general = _summary(trace(model, x, find_adapter))
+    assert fast == general
+    assert fast["modules"]["head"]["in"][0][1] == fast["modules"]["conv"]["out"][0][1]
