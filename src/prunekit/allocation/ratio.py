@@ -80,7 +80,7 @@ def _unit_step(group: Group, round_to: int) -> int:
     for member in group.members:
         if not member.root or member.kind != "module":
             continue
-        channels = int(in_sorted(member.units, group.units).sum())
+        channels = int(in_sorted(member.units, group.units).sum()) * member.width
         width = channels // group.size if channels % group.size == 0 else 1
         step = math.lcm(step, round_to // math.gcd(round_to, max(width, 1)))
     return step

@@ -42,6 +42,7 @@ class Member:
     root: bool
     axis: int | None = None
     layer: bool = False  # a parameter axis that code uses as a layer weight's axis
+    width: int = 1  # channels of the layer per index (head_dim for a dim of whole heads)
 
 
 @dataclass(frozen=True)
@@ -111,30 +112,31 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
             for vector, _ in param.axes.values():
                 space.block(vector, reason)
             space.block(param.ids, reason)
-    # (kind, name, dim, labels, root, axis, layer) of every member; the labels of all are
-    # resolved by one find after the last union (finds in between would give the same roots)
-    specs: list[tuple[MemberKind, str, str, Tensor, bool, int | None, bool]] = []
+    # (kind, name, dim, labels, root, axis, layer, width) of every member; the labels of all
+    # are resolved by one find after the last union (finds in between give the same roots)
+    specs: list[tuple[MemberKind, str, str, Tensor, bool, int | None, bool, int]] = []
     for record in trace.modules.values():
         for dim_name, dim in record.dims.items():
-            specs.append(("module", record.name, dim_name, dim.labels, dim.root, None, False))
+            specs.append(("module", record.name, dim_name, dim.labels, dim.root, None, False,
+                          dim.width))
     for (path, attr), labels in trace.bindings.items():
-        specs.append(("attr", path, attr, labels, False, None, False))
+        specs.append(("attr", path, attr, labels, False, None, False, 1))
     direct = [_param_member(trace, trace.params[name], axis)
               for name, axis in param_axes.items() if axis is not None]
     for name, param in trace.params.items():
         if param.axes and not (param.whole or param.selected is not None):
             for weight_axis, (vector, root) in sorted(param.axes.items()):
                 specs.append(("param", name, f"axis{weight_axis}", vector, root, weight_axis,
-                              True))
+                              True, 1))
     units = _find_all(space, [spec[3] for spec in specs])
     members: list[Member] = []
     arrays: list[np.ndarray] = []
-    for (kind, name, dim_name, labels, root, axis, layer), found in zip(specs, units,
-                                                                       strict=True):
+    for (kind, name, dim_name, labels, root, axis, layer, width), found in zip(
+            specs, units, strict=True):
         vector = torch.from_numpy(found)
         members.append(Member(kind, name, dim_name,
                               vector if labels.dim() == 1 else vector.view(labels.shape),
-                              root, axis, layer=layer))
+                              root, axis, layer=layer, width=width))
         arrays.append(found)
     # members of directly used parameters go between the attrs and the layer parameters
     at = len(specs) - sum(1 for spec in specs if spec[0] == "param")

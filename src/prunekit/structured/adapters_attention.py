@@ -73,7 +73,7 @@ class MultiheadAttentionAdapter:
         else:
             ctx.record_dim(call.name, mha, "kdim", keys)
             ctx.record_dim(call.name, mha, "vdim", values)
-        heads = ctx.module_ids(call.name, mha, "heads", mha.num_heads)
+        heads = ctx.module_ids(call.name, mha, "heads", mha.num_heads, width=mha.head_dim)
         if not _swappable(mha):  # cut as torch's module allows: channel j of every head
             if mha.in_proj_weight is None:
                 raise OpNotMappable("a subclass with kdim/vdim different from embed_dim")
