@@ -50,6 +50,11 @@ class SkipBlock(nn.Module):
 class SwapAdapter(Protocol):
     """A layer adapter that cuts some modules through a replacement of another class."""
 
+    def swap_type(self, module: nn.Module, keep: Mapping[str, Tensor]) -> type[nn.Module] | None:
+        """The class ``swap`` would build for these cuts (None: no swap), without building
+        it: the plan records its name."""
+        ...
+
     def swap(self, module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
         """The module to install and cut in place of ``module`` (sharing its parameters),
         or None to cut ``module`` itself."""
@@ -59,15 +64,26 @@ class SwapAdapter(Protocol):
 _IS_SWAP: dict[type, bool] = {}  # the Protocol check, cached per adapter type
 
 
-def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
-    """What ``module``'s adapter swaps in for it (None: no SwapAdapter, or no swap)."""
+def _swap_adapter(module: nn.Module) -> SwapAdapter | None:
     adapter = find_adapter(module)
     if adapter is None:
         return None
     kind = type(adapter)
     if kind not in _IS_SWAP:
         _IS_SWAP[kind] = isinstance(adapter, SwapAdapter)
-    return adapter.swap(module, keep) if _IS_SWAP[kind] else None  # type: ignore[attr-defined]
+    return adapter if _IS_SWAP[kind] else None  # type: ignore[return-value]
+
+
+def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
+    """What ``module``'s adapter swaps in for it (None: no SwapAdapter, or no swap)."""
+    adapter = _swap_adapter(module)
+    return adapter.swap(module, keep) if adapter is not None else None
+
+
+def _replacement_name(module: nn.Module, keep: Mapping[str, Tensor]) -> str | None:
+    adapter = _swap_adapter(module)
+    kind = adapter.swap_type(module, keep) if adapter is not None else None
+    return kind.__name__ if kind is not None else None
 
 
 def is_parametrized(module: nn.Module) -> bool:
@@ -131,9 +147,9 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
             indices["params", member.name, str(member.axis)] = keep
     for name, entry in plan["modules"].items():
         kept = {dim: indices["modules", name, dim] for dim in entry["keep"]}
-        replacement = _replacement(module_at(name), kept)
+        replacement = _replacement_name(module_at(name), kept)
         if replacement is not None:
-            entry["swap"] = type(replacement).__name__
+            entry["swap"] = replacement
     return plan, indices
 
 
