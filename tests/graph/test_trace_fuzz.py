@@ -465,6 +465,88 @@ class _InPlace(_Block):
         return y
 
 
+class _Mutate(_Block):
+    """Writes into views and in-place reshapes of a fresh conv output: setitem, in-place
+    ops through a slice/transpose/view, transpose_, masked_fill, where, clamp, pad."""
+
+    def __init__(self, rng: random.Random, shape: Shape) -> None:
+        super().__init__(rng, shape)
+        c, h, w = shape
+        self.variant = rng.choice(["set_channels", "set_rows", "slice_add_", "view_mul_",
+                                   "transpose_", "masked_fill", "where", "clamp", "pad",
+                                   "set_from_other"])
+        self.conv = _conv(rng, c, c)
+        self.k = rng.randint(1, c - 1)
+        self.scale = nn.Parameter(torch.rand(1, c, 1, 1) + 0.5)
+        self.shape = (c, h + 2, w + 2) if self.variant == "pad" else shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        if self.variant == "set_channels":
+            y[:, : self.k] = 0.0
+        elif self.variant == "set_rows":
+            y[:, :, :1] = y[:, :, -1:]
+        elif self.variant == "slice_add_":
+            y[:, self.k:].add_(x[:, self.k:])
+        elif self.variant == "view_mul_":
+            y.view(y.shape[0], y.shape[1], -1).mul_(self.scale.view(1, -1, 1))
+        elif self.variant == "transpose_":
+            y.transpose_(1, 3)
+            y = F.relu(y).transpose(1, 3)
+        elif self.variant == "masked_fill":
+            y = y.masked_fill(x > 0, 0.0)
+        elif self.variant == "where":
+            y = torch.where(y > 0, y, x)
+        elif self.variant == "clamp":
+            y = y.clamp(min=-1.0, max=1.0) * self.scale
+        elif self.variant == "pad":
+            y = F.pad(y, (1, 1, 1, 1))
+        else:
+            y[:, : self.k] = x[:, -self.k:]
+        return y
+
+
+class _Reduce(_Block):
+    """Reductions and stacks written with negative dims, a channel-reduced gate, softmax
+    over channels, an expanded SE gate, batch-channel flatten, repeat and interpolate."""
+
+    def __init__(self, rng: random.Random, shape: Shape) -> None:
+        super().__init__(rng, shape)
+        c, h, w = shape
+        self.variant = rng.choice(["center", "row_mean", "channel_gate", "softmax_c",
+                                   "amax_c", "stack", "flatten_batch", "se_expand",
+                                   "repeat", "interpolate"])
+        self.conv = _conv(rng, c, c)
+        self.shape = {"repeat": (c, 2 * h, w), "interpolate": (c, 2 * h, 2 * w)}.get(
+            self.variant, shape)
+
+    @classmethod
+    def fits(cls, shape: Shape) -> bool:
+        return len(shape) == 3 and max(shape[1:]) <= 8
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        if self.variant == "center":
+            return x - x.mean((-2, -1), keepdim=True)
+        if self.variant == "row_mean":
+            return x * x.mean(-1, keepdim=True)
+        if self.variant == "channel_gate":
+            return x * torch.sigmoid(x.sum(-3, keepdim=True))
+        if self.variant == "softmax_c":
+            return torch.softmax(x, dim=-3)
+        if self.variant == "amax_c":
+            return x - x.amax(dim=1, keepdim=True)
+        if self.variant == "stack":
+            return torch.stack([x, self.conv(x)], dim=-1).sum(-1)
+        if self.variant == "flatten_batch":
+            return F.relu(x.flatten(0, 1)).view(b, c, h, w)
+        if self.variant == "se_expand":
+            return x * torch.sigmoid(x.mean((2, 3)))[..., None, None].expand(-1, -1, h, w)
+        if self.variant == "repeat":
+            return x.repeat(1, 1, 2, 1)
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
 class _Broadcast(_Block):
     """Layer scale (1,C,1,1), a (1,1,H,W) gate, a scalar, a (1,C,H,W) positional term."""
 
@@ -634,7 +716,7 @@ class _TokenMisc(_Block):
 BLOCKS: tuple[type[_Block], ...] = (
     _Conv, _Norm, _SqueezeExcite, _Residual, _CatChannels, _CatOther, _SplitChannels,
     _SplitSpatial, _Shuffle, _Permute, _GroupView, _Slice, _Unsqueeze, _InPlace, _Broadcast,
-    _Pool, _ToTokens, _TokenLinear, _TokenMlp, _Attention, _TokenMisc,
+    _Pool, _Mutate, _Reduce, _ToTokens, _TokenLinear, _TokenMlp, _Attention, _TokenMisc,
 )
 
 
