@@ -6,8 +6,10 @@ parameters, token blocks with attention) whose shapes are valid by construction,
 checks that (a) switching the vector-form fast paths off changes nothing in the trace and
 (b) ``prune(model, x, ratio=0.5)`` either raises a prunekit error or returns a model whose
 forward runs with the same output shapes. A failing seed is rebuilt by ``_build(seed)``;
-``_RandomNet.recipe`` names its blocks. About one seed in eight raises PruneValidationError
-(the pruned model's own check): the minimised causes are the xfail regressions at the end.
+``_RandomNet.recipe`` names its blocks. About one seed in eight used to raise
+PruneValidationError (the pruned model's own check); the minimised causes are the
+regressions at the end. Now 999 of seeds 0-999 prune (seed 12, a group sum over a cat of a
+depthwise output with itself, still fails that check, loudly and with the model untouched).
 """
 
 from __future__ import annotations
@@ -870,7 +872,7 @@ def test_fast_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_most_random_nets_prune() -> None:
     """The property above is not vacuous: most seeds prune rather than raise."""
     pruned = sum(_prunes_cleanly(*_build(seed)) for seed in SEEDS[:60])
-    assert pruned >= 40
+    assert pruned >= 59  # all but seed 12 (see the module docstring)
 
 
 
@@ -887,8 +889,6 @@ def _prune_keeps_shapes(model: nn.Module, x: Tensor) -> prunekit.PruneResult:
     return result
 
 
-@pytest.mark.xfail(strict=True, reason="labels._first_along compares d == dim, so varies() is "
-                                       "False along any negative dim")
 def test_varies_sees_negative_dims() -> None:
     labels = torch.arange(6).reshape(2, 3)
     assert varies(labels, -1) == varies(labels, 1) is True
@@ -909,9 +909,6 @@ class _ClassToken(nn.Module):
         return self.head(torch.cat([self.cls.expand(y.shape[0], -1, -1), y], dim=self.along))
 
 
-@pytest.mark.xfail(strict=True, reason="varies(labels, -1) is False, so the Linear head takes "
-                                       "its labels for token mixing: head.in is recorded as "
-                                       "NEUTRAL, fc.out is pruned but cls is not joined with it")
 @pytest.mark.parametrize("along", [1, 0])
 def test_class_token_cat_prunes(along: int) -> None:
     torch.manual_seed(0)
@@ -969,10 +966,6 @@ class _SumOfGroups(nn.Module):
         return self.head(x.view(b, self.groups, c // self.groups, h, w).sum(1))
 
 
-@pytest.mark.xfail(strict=True, reason="ops_shape._reshape skips a split whose labels vary "
-                                       "along one factor only: the size written for it "
-                                       "(self.head_dim, a group count) is neither bound "
-                                       "nor blocked, so the pruned view is invalid")
 @pytest.mark.parametrize("build", [_OneHead, _TwoShuffles, _SumOfGroups],
                          ids=["one_head", "two_shuffles", "sum_of_groups"])
 def test_split_with_one_varying_factor_prunes(build: type[nn.Module]) -> None:
@@ -995,9 +988,6 @@ class _CatRows(nn.Module):
         return self.head(torch.cat([y, self.conv(y)], dim=2).flatten(1))
 
 
-@pytest.mark.xfail(strict=True, reason="cat along a non-channel dim does not join the parts' "
-                                       "channels index by index: conv.out is pruned while "
-                                       "the blocked part keeps 2 channels")
 def test_cat_along_rows_joins_the_parts_channels() -> None:
     torch.manual_seed(0)
     _prune_keeps_shapes(_CatRows().eval(), torch.randn(2, 3, 4, 4))
@@ -1020,9 +1010,6 @@ class _ScaledCat(nn.Module):
         return self.head(torch.cat([self.a(x), x], 1) + self.gamma)
 
 
-@pytest.mark.xfail(strict=True, reason="the 7 channels form one group ranked together; the "
-                                       "residual's 4 are kept and a loses all 3 (a zero-width "
-                                       "Conv2d)")
 def test_group_spanning_a_cat_keeps_every_member() -> None:
     torch.manual_seed(0)
     model = _ScaledCat().eval()

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from prunekit.errors import ConfigError, check_fraction
 from prunekit.graph.dependency import Group
-from prunekit.graph.labels import in_sorted
+from prunekit.graph.labels import in_sorted, positions_in
 
 __all__ = ["Allocation", "allocate"]
 
@@ -105,8 +105,23 @@ def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocati
         ceiling = max(1, math.floor(config.max_keep * group.size + 1e-9))
         keep = max(min(keep, ceiling), _floor_keep(group, config))
         keep = _rounded(keep, group, config.round_to)
-        masks.append(_top_mask(score, group.size, keep))
+        masks.append(_every_layer_keeps_one(group, score, _top_mask(score, group.size, keep)))
     return masks
+
+
+def _every_layer_keeps_one(group: Group, score: Tensor, mask: Tensor) -> Tensor:
+    """A group that spans a concat holds the channels of several producing layers; a layer
+    whose channels all ranked lowest keeps its best one (a layer with no channel left cannot
+    run). Where every producing layer has one index per unit of the group (no concat: the
+    common case), each holds all of them and nothing is checked."""
+    producers = [m for m in group.members if m.root and m.kind == "module"]
+    if all(m.units.numel() == group.size for m in producers):
+        return mask
+    for member in producers:
+        _, pos = positions_in(member.units, group.units)
+        if pos.numel() and not bool(mask[pos].any()):
+            mask[pos[int(score[pos].argmax())]] = True
+    return mask
 
 
 def _top_mask(score: Tensor, size: int, keep: int) -> Tensor:

@@ -166,6 +166,7 @@ def _np(labels: Tensor) -> np.ndarray:
 
 
 def _first_along(ndim: int, dim: int) -> tuple[slice, ...]:
+    dim %= ndim
     return tuple(slice(0, 1) if d == dim else slice(None) for d in range(ndim))
 
 

@@ -86,11 +86,40 @@ def _replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
 
 
 def _replay_only(ctx: TraceContext, call: OpCall) -> None:
-    if call.name in {"cat", "concat", "concatenate"} and _cat_vectors(ctx, call):
+    if call.name in {"cat", "concat", "concatenate"}:
+        if _cat_vectors(ctx, call):
+            return
+        _replay(ctx, call)
+        _join_cat_parts(ctx, call)
         return
     if call.name in _MOVES and _move_vector(ctx, call):
         return
     _replay(ctx, call)
+
+
+def _join_cat_parts(ctx: TraceContext, call: OpCall) -> None:
+    """The parts of a ``cat`` keep equal sizes on every other dim: where the parts' labels
+    vary along one such dim only (channels of feature maps stacked along H, a class token
+    before the tokens), index ``i`` of it leaves all parts together, and a part of fixed
+    width (constant labels: blocked, or untracked) holds the others' width. (A consumer that
+    joins positions, a conv or a norm, would join them too; one that does not, flatten into
+    a Linear, would otherwise cut the parts apart.)"""
+    parts = call.args[0] if call.args else call.kwargs.get("tensors")
+    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
+    if not isinstance(parts, (list, tuple)) or len(parts) < 2 or not isinstance(dim, int) \
+            or not all(isinstance(p, Tensor) and p.numel() > 0 for p in parts) \
+            or len({p.dim() for p in parts}) != 1:  # (cat takes legacy empty 1-D parts)
+        return
+    canons = [ctx.space.find(ctx.labels(part)) for part in parts]
+    along = {d for canon in canons for d in range(canon.dim())
+             if d != dim % canon.dim() and varies(canon, d)}
+    if len(along) != 1:
+        return
+    (line_dim,) = along
+    lines = [canon.movedim(line_dim, -1).reshape(-1, canon.shape[line_dim])[0]
+             for canon in canons]
+    for line in lines[1:]:
+        ctx.space.union(lines[0], line)
 
 
 _MOVES = {"transpose", "swapaxes", "swapdims", "permute"}
@@ -160,6 +189,8 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
             continue
         canon = ctx.space.find(labels)
         bearing = [d for d in out_dims if varies(canon, d)]
+        if len(bearing) == 1:
+            _one_varying_factor(ctx, call, canon, out_dims, bearing[0])
         if len(bearing) < 2:
             continue
         shrink, attr = _shrinking_factor(ctx, call, canon, bearing)
@@ -192,6 +223,33 @@ def _reshape_vector(ctx: TraceContext, call: OpCall, source: Tensor) -> bool:
         ctx.set_vector(out, merged, out_dims[0])
         return True
     return False
+
+
+def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
+                        segment: list[int], dim: int) -> None:
+    """A split whose labels vary along one factor only (one head, channels already tied
+    across groups): every channel that leaves the segment leaves that factor, so its size
+    must follow. It does when the call leaves it to -1, when one int attribute of the running
+    module holds it (``self.head_dim``, ``self.groups``: bound, then rewritten), or — for the
+    trailing factor — when the code computes it (``C // groups``, as the general split
+    assumes). A leading factor of a size fixed in the code keeps its channels whole."""
+    sizes = tensors_free(call.args[1:])
+    if len(sizes) == labels.dim() and sizes[dim] == -1:
+        return
+    size = labels.shape[dim]
+    holders = [k for k, v in _int_attributes(ctx).items() if v == size]
+    if len(holders) == 1 and size in sizes:
+        line = ctx.space.find(labels).movedim(dim, -1).reshape(-1, size)[0]
+        ctx.bind_attribute(ctx.path, holders[0], line)
+        return
+    trailing = all(labels.shape[d] == 1 for d in segment if d > dim)
+    if trailing and not holders:
+        return
+    where = f"module {ctx.path!r}" if ctx.path else "the model"
+    held = f" (held by {', '.join(holders)})" if holders else ""
+    ctx.block(labels, f"{call.display} splits channels along a factor of {size}{held}, a "
+                      f"size {where} fixes in its code; write -1 for it or keep it in one "
+                      f"int attribute to prune these channels")
 
 
 def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
