@@ -60,7 +60,7 @@ class LabelSpace:
     def block(self, labels: Tensor, reason: str) -> None:
         """Make every channel in ``labels`` unprunable, remembering ``reason``."""
         flat = _np(_compact(labels)).reshape(-1)
-        real = np.unique(flat[flat != NEUTRAL])
+        real = _unique(flat[flat != NEUTRAL])
         if real.size == 0:
             return
         bid = self.block_id(reason)
@@ -118,7 +118,7 @@ class LabelSpace:
             a, b = a[keep], b[keep]
         if a.size > _DEDUP:
             width = self._size
-            pairs = np.unique(a * width + b)  # one int64 key per distinct pair
+            pairs = _unique(a * width + b)  # one int64 key per distinct pair
             a, b = pairs // width, pairs % width
         parent = self._parent
         while True:
@@ -151,6 +151,18 @@ class LabelSpace:
 def _equal(a: np.ndarray, b: np.ndarray) -> bool:
     """``(a == b).all()`` for same-shape arrays (without ``ndarray.all``'s Python wrapper)."""
     return np.count_nonzero(a != b) == 0
+
+
+def _unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` for a 1-D array, by sorting (NumPy 2's hash-based unique costs
+    ~20x more on the few thousand ids of a label tensor)."""
+    ordered = np.sort(values)
+    if ordered.size < 2:
+        return ordered
+    keep = np.empty(ordered.shape, dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
 
 
 def _distinct(values: np.ndarray) -> bool:
@@ -199,6 +211,22 @@ def varies(labels: Tensor, dim: int) -> bool:
         return False
     # compare each distinct position once, not every broadcast copy
     return _np_varies(_np(_compact(labels)), dim)
+
+
+def as_line(labels: Tensor) -> tuple[int, Tensor] | None:
+    """(dim, vector) if the values of ``labels`` are ``emit(vector, dim, labels.shape)``:
+    constant along every dim but one (compared once per distinct position), else None."""
+    small = _compact(labels)
+    arr = _np(small)
+    found = -1
+    for dim in range(arr.ndim):
+        if arr.shape[dim] > 1 and _np_varies(arr, dim):
+            if found >= 0:
+                return None
+            found = dim
+    if found < 0:
+        return None
+    return found, small[tuple(slice(None) if d == found else 0 for d in range(arr.ndim))]
 
 
 def rep_along(space: LabelSpace, labels: Tensor, dims: tuple[int, ...]) -> Tensor:
