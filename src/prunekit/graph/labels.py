@@ -229,6 +229,14 @@ def as_line(labels: Tensor) -> tuple[int, Tensor] | None:
     return found, small[tuple(slice(None) if d == found else 0 for d in range(arr.ndim))]
 
 
+def varying(labels: Tensor) -> set[int]:
+    """``{d for d in range(labels.dim()) if varies(labels, d)}``, compacting ``labels`` once."""
+    if labels.dim() == 0:
+        return set()
+    arr = _np(_compact(labels))
+    return {d for d in range(arr.ndim) if arr.shape[d] > 1 and _np_varies(arr, d)}
+
+
 def rep_along(space: LabelSpace, labels: Tensor, dims: tuple[int, ...]) -> Tensor:
     """Join every label with the others along ``dims`` and return one label per remaining
     position (``dims`` kept with size 1). A NEUTRAL element does not join."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, as_line, cut_broadcast, varies
+from prunekit.graph.labels import NEUTRAL, as_line, cut_broadcast, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -182,8 +182,9 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
         if acc is None:
             acc, acc_bcast = full, bcast
             continue
-        acc_over = any(varies(acc, d) for d in bcast)
-        new_over = any(varies(full, d) for d in acc_bcast)
+        acc_dims, full_dims = varying(acc), varying(full)
+        acc_over = not acc_dims.isdisjoint(bcast)
+        new_over = not full_dims.isdisjoint(acc_bcast)
         if not acc_over and not new_over:
             space.union(acc, full)
             # the root (after the join) of either side: a channel's class, however it
@@ -193,10 +194,10 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
         elif acc_over and not new_over:
             # ``full`` is broadcast along acc's channels, so it cannot follow them; its own
             # channels (along dims where acc is constant) cannot shrink either
-            if any(varies(full, d) for d in range(full.dim())):
+            if full_dims:
                 space.block(full, "broadcast against channels on another axis")
         elif new_over and not acc_over:
-            if any(varies(acc, d) for d in range(acc.dim())):
+            if acc_dims:
                 space.block(acc, "broadcast against channels on another axis")
             acc, acc_bcast = full, bcast
         else:

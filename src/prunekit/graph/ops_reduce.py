@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, rep_along, varies
+from prunekit.graph.labels import NEUTRAL, rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -67,8 +67,9 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
         return
     canon = ctx.space.find(ctx.labels(source))
     kept = [d for d in range(ndim) if d not in reduced]
-    over_r = any(varies(canon, d) for d in reduced)
-    over_k = any(varies(canon, d) for d in kept)
+    dims = varying(canon)
+    over_r = not dims.isdisjoint(reduced)
+    over_k = not dims.isdisjoint(kept)
     if not over_r:
         rep = canon.amax(dim=reduced, keepdim=True) if reduced else canon
     elif not over_k:

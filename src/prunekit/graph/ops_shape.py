@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import rep_along, varies
+from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import ParamRecord, TraceContext
 
@@ -159,7 +159,8 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
         if len(out_dims) < 2:
             continue
         canon = ctx.space.find(labels)
-        bearing = [d for d in out_dims if varies(canon, d)]
+        dims = varying(canon)
+        bearing = [d for d in out_dims if d in dims]
         if len(bearing) < 2:
             continue
         shrink, attr = _shrinking_factor(ctx, call, canon, bearing)
