@@ -204,7 +204,8 @@ def test_in_place_reshape_of_vector_labels_matches(monkeypatch: pytest.MonkeyPat
 class _TokensAndParams(nn.Module):
     """Tokens combined with param nodes: a positional embedding (either side), a per-channel
     scale, a per-token bias (broadcast along the channels: the general path) and a class
-    token whose cat makes the labels vary along two dims until the embedding joins them."""
+    token whose cat makes the labels vary along two dims until the embedding joins them,
+    and a mean over the channels."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -224,6 +225,7 @@ class _TokensAndParams(nn.Module):
         x = self.scale * self.norm(x)
         x = self.pos2 + x
         x = x + self.token_bias
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # RMSNorm: reduces C
         return self.head(x)
 
 
