@@ -111,8 +111,9 @@ def _vector_and_passive(ctx: TraceContext, operands: list[Tensor], shape: torch.
                         outputs: list[Tensor]) -> bool:
     """``combine`` of an operand whose labels are a vector along dim d (of the result's full
     size there) with one that carries no channels against it: an untracked tensor (NEUTRAL,
-    never joined, never varies) or a single label broadcast along d while the vector varies
-    (combine's broadcasting rule drops it, and blocks nothing: it varies nowhere). The
+    never joined, never varies) or a single label (a one-label vector or a broadcast
+    constant) broadcast along d while the vector varies (combine's broadcasting rule drops
+    it, and blocks nothing: it varies nowhere). The
     result keeps the vector's roots. False (nothing done) for any other call."""
     if len(operands) != 2 or any(t.shape != shape for t in outputs):
         return False
@@ -124,13 +125,26 @@ def _vector_and_passive(ctx: TraceContext, operands: list[Tensor], shape: torch.
         dim, roots = vector[0], ctx.space.find(vector[1])
         if ctx.is_tracked(other):
             side = ctx.vector_of(other)
-            if side is None or side[0] != dim or other.dim() != len(shape) or (
-                    other.shape[dim] != 1 or not varies(roots, 0)):
+            if side is not None:
+                if side[0] != dim or other.dim() != len(shape) or (
+                        other.shape[dim] != 1 or not varies(roots, 0)):
+                    continue
+            elif not _one_label_along(ctx.labels(other), dim, len(shape)) or not varies(
+                    roots, 0):
                 continue
         for tensor in outputs:
             ctx.set_vector(tensor, roots, dim)
         return True
     return False
+
+
+def _one_label_along(labels: Tensor, dim: int, ndim: int) -> bool:
+    """True if ``labels`` (of an operand of a result with ``ndim`` dims) hold one label,
+    broadcast (every dim of size > 1 has stride 0), and the operand is broadcast along
+    ``dim`` of the result (``rsqrt(x.pow(2).mean(-1, keepdim=True))``, a scalar param)."""
+    pad = ndim - labels.dim()
+    return pad >= 0 and (pad > dim or labels.shape[dim - pad] == 1) and all(
+        n <= 1 or s == 0 for n, s in zip(labels.shape, labels.stride(), strict=True))
 
 
 def _vector_and_full(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
