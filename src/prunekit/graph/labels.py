@@ -59,7 +59,7 @@ class LabelSpace:
 
     def block(self, labels: Tensor, reason: str) -> None:
         """Make every channel in ``labels`` unprunable, remembering ``reason``."""
-        flat = _np(_compact(labels)).reshape(-1)
+        flat = _np_compact(labels).reshape(-1)
         real = _unique(flat[flat != NEUTRAL])
         if real.size == 0:
             return
@@ -75,8 +75,8 @@ class LabelSpace:
 
     def find_compact(self, labels: Tensor) -> Tensor:
         """Like :meth:`find`, with ``labels``' broadcast dims left at size 1."""
-        small = _compact(labels)
-        return torch.from_numpy(self._find_np(_np(small).reshape(-1))).view(small.shape)
+        small = _np_compact(labels)
+        return torch.from_numpy(self._find_np(small.reshape(-1)).reshape(small.shape))
 
     def _find_np(self, flat: np.ndarray) -> np.ndarray:
         parent = self._parent
@@ -100,8 +100,11 @@ class LabelSpace:
         # on big tensors also materialised dims along which neither side varies
         if a.shape != b.shape:
             a, b = torch.broadcast_tensors(a, b)
-        a, b = cut_broadcast(a, b)
         na, nb = _np(a), _np(b)
+        if 0 in na.strides and 0 in nb.strides:  # cut_broadcast, by NumPy slicing
+            cut = tuple(slice(0, 1) if n > 1 and x == 0 and y == 0 else slice(None)
+                        for n, x, y in zip(na.shape, na.strides, nb.strides, strict=True))
+            na, nb = na[cut], nb[cut]
         if na.size > _BIG:
             for dim in range(na.ndim):
                 if na.shape[dim] > 1 and not _np_varies(na, dim) and not _np_varies(nb, dim):
@@ -200,6 +203,16 @@ def cut_broadcast(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
             b.as_strided(small, sb, b.storage_offset()))
 
 
+def _np_compact(labels: Tensor) -> np.ndarray:
+    """``_np(_compact(labels))`` by NumPy slicing (cheaper than a torch ``as_strided``)."""
+    arr = _np(labels)
+    strides = arr.strides
+    if 0 not in strides:
+        return arr
+    return arr[tuple(slice(0, 1) if x == 0 and n > 1 else slice(None)
+                     for n, x in zip(arr.shape, strides, strict=True))]
+
+
 def _compact(labels: Tensor) -> Tensor:
     """``labels`` with its broadcast (stride-0) dims cut to size 1."""
     return cut_broadcast(labels, labels)[0]
@@ -210,7 +223,7 @@ def varies(labels: Tensor, dim: int) -> bool:
     if labels.dim() == 0 or labels.shape[dim] <= 1 or labels.stride(dim) == 0:
         return False
     # compare each distinct position once, not every broadcast copy
-    return _np_varies(_np(_compact(labels)), dim)
+    return _np_varies(_np_compact(labels), dim)
 
 
 def as_line(labels: Tensor) -> tuple[int, Tensor] | None:
@@ -233,7 +246,7 @@ def varying(labels: Tensor) -> set[int]:
     """``{d for d in range(labels.dim()) if varies(labels, d)}``, compacting ``labels`` once."""
     if labels.dim() == 0:
         return set()
-    arr = _np(_compact(labels))
+    arr = _np_compact(labels)
     return {d for d in range(arr.ndim) if arr.shape[d] > 1 and _np_varies(arr, d)}
 
 
