@@ -185,7 +185,8 @@ def _first_along(ndim: int, dim: int) -> tuple[slice, ...]:
 
 
 def _np_varies(arr: np.ndarray, dim: int) -> bool:
-    return bool((arr != arr[_first_along(arr.ndim, dim)]).any())
+    first = arr[(slice(None),) * dim + (slice(0, 1),)] if 0 <= dim < arr.ndim else arr
+    return np.count_nonzero(arr != first) != 0  # (cheaper than ndarray.any)
 
 
 def cut_broadcast(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

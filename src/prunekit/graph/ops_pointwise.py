@@ -73,7 +73,9 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
             ctx, operands, shape, outputs or [target]):
         return
     labels = combine(ctx, [ctx.labels(t) for t in operands], shape)
-    line = as_line(labels) if labels.dim() > 1 else None
+    # (x + pos_embedding after a class token: x's roots again, but by value only)
+    line = as_line(labels) if labels.dim() > 1 and any(
+        ctx.param_record(t) is not None for t in operands) else None
     for tensor in outputs or [target]:
         if line is not None:  # the same values, kept in vector form for the next ops
             ctx.set_vector(tensor, line[1], line[0])
