@@ -26,10 +26,15 @@ Command (about 25 minutes on 2 shared cores at the defaults):
     PYTHONPATH=src .venv/bin/python benchmarks/structured_latency.py [--size 224]
         [--batches 1,8] [--threads 1,2] [--rounds 7] [--variants 0.3/8,0.5/8,0.3/-,0.5/-]
         [--models resnet18,resnet50,vgg16_bn,mobilenet_v2] [--channels-last] [--breakdown]
+        [--traffic]
 
 ``--channels-last`` runs every model and input in ``torch.channels_last`` (both sides);
 ``--breakdown`` skips the round-robin and prints, per model, the time of one forward pass
 split into conv/linear and the rest, with conv GMAC/s by output-width class (%16/%8/other).
+``--traffic`` skips the timing and prints, per variant, the MACs reduction beside the
+reduction of memory traffic (bytes of every tensor each op reads and writes, weights
+included; views are free): a memory-bound layer's time follows its traffic, which falls
+linearly with the channels kept while its MACs fall with their square.
 Results and their reading: benchmarks/results/structured.md.
 """
 
@@ -42,6 +47,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from prunekit.metrics.profile import profile
 from prunekit.structured.fold import fold_batchnorm
@@ -264,6 +270,34 @@ def print_breakdown(name: str, labels: list[str], models: list[nn.Module], x: Te
               f"{macs / conv_s / 1e9:6.1f} GMAC/s  [{rates}]", flush=True)
 
 
+class _TrafficCounter(TorchFunctionMode):
+    """Adds up the bytes of every tensor each torch call reads and writes (one pass, batch
+    of the caller's input); calls that return a view move nothing and are skipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_function__(self, func: object, types: object, args: tuple = (),
+                           kwargs: dict | None = None) -> object:
+        out = func(*args, **(kwargs or {}))  # type: ignore[operator]
+        outs = [t for t in (out if isinstance(out, (tuple, list)) else (out,))
+                if isinstance(t, Tensor)]
+        if outs and all(t._base is None for t in outs):
+            moved = [*(a for a in args if isinstance(a, Tensor)),
+                     *(v for v in (kwargs or {}).values() if isinstance(v, Tensor)), *outs]
+            self.bytes += sum(t.numel() * t.element_size() for t in moved)
+        return out
+
+
+def traffic(model: nn.Module, x: Tensor) -> int:
+    """Bytes read and written by one forward pass of ``model`` on ``x`` (see _TrafficCounter)."""
+    counter = _TrafficCounter()
+    with torch.no_grad(), counter:
+        model(x)
+    return counter.bytes
+
+
 def _variants(text: str) -> list[tuple[float, int | None]]:
     out: list[tuple[float, int | None]] = []
     for item in text.split(","):
@@ -284,6 +318,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true",
                         help="run every model (dense and pruned, as-is and folded) and input "
                              "in torch.channels_last memory format")
+    parser.add_argument("--traffic", action="store_true",
+                        help="instead of timing, print MACs and memory-traffic reductions")
     parser.add_argument("--breakdown", action="store_true",
                         help="instead of the round-robin, print where each model's forward "
                              "spends its time (conv/linear vs the rest, GMAC/s by width)")
@@ -297,8 +333,9 @@ def main() -> None:
     header = (f"{'model':<14}{'variant':>9}{'prune s':>8}{'MACs red':>9}"
               + "".join(f"{f'b{b} t{t} sp/r as-is | folded':>30}"
                         for b in batches for t in threads))
-    print(header)
-    print("-" * len(header))
+    if not args.traffic:
+        print(header)
+        print("-" * len(header))
     ratios: dict[str, list[tuple[str, float]]] = {"as-is": [], "folded": []}
     torch.set_num_threads(1)
     warm = MobileNetV2().eval()  # first call pays one-off imports: keep them out of "prune s"
@@ -322,6 +359,15 @@ def main() -> None:
             # linear and matmul MACs; BN, activations, pooling and adds count zero)
             macs.append(profile(model, one).macs)
             rows.append((f"{ratio:.0%}/{round_to or '-'}", seconds, dense_macs / max(1, macs[-1])))
+        if args.traffic:
+            x = torch.randn(batches[0], 3, args.size, args.size)
+            dense_bytes = traffic(fold_batchnorm(dense, one), x)
+            for (variant, _, reduction), model in zip(rows, pruned, strict=True):
+                moved = traffic(fold_batchnorm(model, one), x)
+                print(f"{name:<14}{variant:>9}  MACs reduction {reduction:5.2f}x  traffic "
+                      f"reduction {dense_bytes / moved:5.2f}x (BN-folded, batch {batches[0]}: "
+                      f"{dense_bytes / 2**20:.0f} -> {moved / 2**20:.0f} MiB)", flush=True)
+            continue
         # the deploy-time step, applied alike to the dense model and to every pruned one
         folded = [fold_batchnorm(m, one) for m in (dense, *pruned)]
         fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -353,7 +399,7 @@ def main() -> None:
         for (variant, seconds, reduction), row in zip(rows, cells, strict=True):
             print(f"{name:<14}{variant:>9}{seconds:>8.2f}{reduction:>8.2f}x"
                   + "".join(f"{c:>30}" for c in row), flush=True)
-    if args.breakdown:
+    if args.breakdown or args.traffic:
         return
     print("-" * len(header))
     print("cells: measured speed-up / (speed-up ÷ MACs reduction), dense and pruned both as-is "

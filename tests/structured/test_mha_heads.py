@@ -220,6 +220,18 @@ def test_heads_scores_read_each_heads_tensors() -> None:
     assert result.plan["modules"]["attn"]["keep"]["heads"] == [1]
 
 
+@pytest.mark.parametrize(("ratio", "round_to", "heads"),
+                         [(0.5, 8, 2), (0.5, 16, 2), (0.75, 16, 2), (0.75, 8, 1), (0.5, 32, 4)])
+def test_round_to_counts_each_head_as_head_dim_channels(ratio: float, round_to: int,
+                                                        heads: int) -> None:
+    # 4 heads of 8 channels: round_to=16 needs an even head count, 32 all four
+    torch.manual_seed(0)
+    model, x = Wrapped().eval(), torch.randn(2, 6, 32)
+    attn = prune(model, x, ratio=ratio, round_to=round_to).model.attn
+    assert attn.num_heads == heads
+    assert attn.num_heads * attn.head_dim % round_to == 0 or attn.num_heads == 4
+
+
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 @pytest.mark.parametrize("name", ["vit", "transformer_encoder"])
 def test_zoo_attention_loses_whole_heads(name: str, ratio: float) -> None:

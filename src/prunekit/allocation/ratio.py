@@ -20,6 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -79,7 +80,7 @@ def _unit_step(group: Group, round_to: int) -> int:
     for member in group.members:
         if not member.root or member.kind != "module":
             continue
-        channels = int(in_sorted(member.units, group.units).sum())
+        channels = int(in_sorted(member.units, group.units).sum()) * member.width
         width = channels // group.size if channels % group.size == 0 else 1
         step = math.lcm(step, round_to // math.gcd(round_to, max(width, 1)))
     return step
@@ -104,11 +105,26 @@ def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocati
         ceiling = max(1, math.floor(config.max_keep * group.size + 1e-9))
         keep = max(min(keep, ceiling), _floor_keep(group, config))
         keep = _rounded(keep, group, config.round_to)
-        mask = torch.zeros(group.size, dtype=torch.bool)
-        order = torch.argsort(score, descending=True, stable=True)
-        mask[order[:keep]] = True
-        masks.append(mask)
+        masks.append(_top_mask(score, group.size, keep))
     return masks
+
+
+def _top_mask(score: Tensor, size: int, keep: int) -> Tensor:
+    """True at the ``keep`` highest scores, ties to the lower index."""
+    if score.device.type == "cpu" and score.dtype in _NUMPY_SORTED and not score.requires_grad:
+        values = score.numpy()
+        if not np.isnan(values).any():
+            # without NaN, a stable ascending sort of -score is torch's stable descending one
+            flags = np.zeros(size, dtype=bool)
+            flags[np.argsort(-values, kind="stable")[:keep]] = True
+            return torch.from_numpy(flags)
+    mask = torch.zeros(size, dtype=torch.bool)
+    order = torch.argsort(score, descending=True, stable=True)
+    mask[order[:keep]] = True
+    return mask
+
+
+_NUMPY_SORTED = (torch.float32, torch.float64)
 
 
 def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],

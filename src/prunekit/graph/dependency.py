@@ -21,10 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
-from prunekit.graph.labels import NEUTRAL, in_sorted
+from prunekit.graph.labels import NEUTRAL, LabelSpace
 from prunekit.graph.trace import ParamRecord, Trace
 
 __all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
+
+
+MemberKind = Literal["module", "param", "attr"]
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,14 @@ class Member:
     """One dimension that shrinks when its units go: a module dim, a parameter axis, or an
     int attribute that code uses to size a reshape (``kind="attr"``, ``dim`` its name)."""
 
-    kind: Literal["module", "param", "attr"]
+    kind: MemberKind
     name: str
     dim: str
     units: Tensor
     root: bool
     axis: int | None = None
     layer: bool = False  # a parameter axis that code uses as a layer weight's axis
+    width: int = 1  # channels of the layer per index (head_dim for a dim of whole heads)
 
 
 @dataclass(frozen=True)
@@ -79,16 +83,22 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
     lets a tensor shared by several layers (tied weights) be cut consistently: the dims that
     cut the same axis are joined. Without it, shared tensors keep their shape."""
     space = trace.space
-    names = {id(m): n for n, m in model.named_modules()}
+    # a traced module is a submodule recorded under its named_modules() path, so only an
+    # ignored module the trace did not record needs the walk over the model
+    traced = {id(record.module): record for record in trace.modules.values()}
+    names: dict[int, str] | None = None
     for module in ignore:
-        if not isinstance(module, nn.Module) or id(module) not in names:
-            raise ConfigError(
-                f"ignore contains {type(module).__name__} which is not a submodule of the "
-                f"model; pass the layer objects themselves, e.g. ignore=[model.fc]"
-            )
-        record = trace.modules.get(names[id(module)])
-        if record is None:
-            continue
+        if isinstance(module, nn.Module) and id(module) in traced:
+            record = traced[id(module)]
+        else:
+            if names is None:
+                names = {id(m): n for n, m in model.named_modules()}
+            if not isinstance(module, nn.Module) or id(module) not in names:
+                raise ConfigError(
+                    f"ignore contains {type(module).__name__} which is not a submodule of "
+                    f"the model; pass the layer objects themselves, e.g. ignore=[model.fc]"
+                )
+            continue  # a submodule the trace did not record has no dims to block
         for dim_name, dim in record.dims.items():
             if dim_name != "in":
                 space.block(dim.labels, f"layer {record.name!r} is in ignore=")
@@ -102,33 +112,75 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
             for vector, _ in param.axes.values():
                 space.block(vector, reason)
             space.block(param.ids, reason)
-    members: list[Member] = []
+    # (kind, name, dim, labels, root, axis, layer, width) of every member; the labels of all
+    # are resolved by one find after the last union (finds in between give the same roots)
+    specs: list[tuple[MemberKind, str, str, Tensor, bool, int | None, bool, int]] = []
     for record in trace.modules.values():
         for dim_name, dim in record.dims.items():
-            members.append(Member("module", record.name, dim_name, space.find(dim.labels),
-                                  dim.root))
+            specs.append(("module", record.name, dim_name, dim.labels, dim.root, None, False,
+                          dim.width))
     for (path, attr), labels in trace.bindings.items():
-        members.append(Member("attr", path, attr, space.find(labels), False))
-    for name, axis in param_axes.items():
-        if axis is not None:
-            members.append(_param_member(trace, trace.params[name], axis))
+        specs.append(("attr", path, attr, labels, False, None, False, 1))
+    direct = [_param_member(trace, trace.params[name], axis)
+              for name, axis in param_axes.items() if axis is not None]
     for name, param in trace.params.items():
         if param.axes and not (param.whole or param.selected is not None):
             for weight_axis, (vector, root) in sorted(param.axes.items()):
-                members.append(Member("param", name, f"axis{weight_axis}", space.find(vector),
-                                      root, weight_axis, layer=True))
+                specs.append(("param", name, f"axis{weight_axis}", vector, root, weight_axis,
+                              True, 1))
+    units = _find_all(space, [spec[3] for spec in specs])
+    members: list[Member] = []
+    arrays: list[np.ndarray] = []
+    for (kind, name, dim_name, labels, root, axis, layer, width), found in zip(
+            specs, units, strict=True):
+        vector = torch.from_numpy(found)
+        members.append(Member(kind, name, dim_name,
+                              vector if labels.dim() == 1 else vector.view(labels.shape),
+                              root, axis, layer=layer, width=width))
+        arrays.append(found)
+    # members of directly used parameters go between the attrs and the layer parameters
+    at = len(specs) - sum(1 for spec in specs if spec[0] == "param")
+    members[at:at] = direct
+    arrays[at:at] = [member.units.reshape(-1).numpy() for member in direct]
     blocked = space.blocked_roots()
-    groups = _components(members, blocked)
+    groups = _components(members, arrays, blocked)
     return DependencyGraph(trace, tuple(groups), tuple(members), blocked)
+
+
+def _find_all(space: LabelSpace, labels: Sequence[Tensor]) -> list[np.ndarray]:
+    """``space.find`` of every tensor in ``labels``, flattened, by one find over them all."""
+    flats = [_np_flat(vector) for vector in labels]
+    if not flats:
+        return []
+    roots = space.find(torch.from_numpy(np.concatenate(flats))).numpy()
+    bounds = np.cumsum([flat.size for flat in flats]).tolist()
+    return [roots[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+
+
+def _np_flat(labels: Tensor) -> np.ndarray:
+    return (labels if labels.dtype == torch.long else labels.long()).numpy().reshape(-1)
 
 
 def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
     """Join the dims of layers that cut the same axis of one shared tensor; keep whole any
     dim that cuts an axis another holder cannot cut."""
+    owned = [(record, _own_parameters(record.module)) for record in trace.modules.values()]
+    # only a tensor with two owners (by name) is tied: skip axes_of for layers holding none
+    names_of: dict[int, set[str]] = {}
+    for record, own in owned:
+        for _, tensor in own:
+            names_of.setdefault(id(tensor), set()).add(record.name)
+    for param in trace.params.values():
+        names_of.setdefault(id(param.tensor), set()).add(param.name)
+    tied = {key for key, names in names_of.items() if len(names) > 1}
+    if not tied:
+        return
     holders: dict[int, list[tuple[str, int | None, str | None]]] = {}
-    for record in trace.modules.values():
+    for record, own in owned:
+        if not any(id(tensor) in tied for _, tensor in own):
+            continue  # all its tensors have one owner: their holder lists are never read
         axes = axes_of(record.module) if axes_of is not None else None
-        for attr, tensor in record.module.named_parameters(recurse=False):
+        for attr, tensor in own:
             if axes is None:
                 holders.setdefault(id(tensor), []).append((record.name, None, None))
                 continue
@@ -167,20 +219,30 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
                 space.block(trace.params[owner].ids, reason)
 
 
+def _own_parameters(module: nn.Module) -> list[tuple[str, Tensor]]:
+    """What ``module.named_parameters(recurse=False)`` yields (no None, each tensor once),
+    without its generator machinery."""
+    seen: set[int] = set()
+    out: list[tuple[str, Tensor]] = []
+    for attr, tensor in module._parameters.items():
+        if tensor is not None and id(tensor) not in seen:
+            seen.add(id(tensor))
+            out.append((attr, tensor))
+    return out
+
+
 def _param_axis(trace: Trace, param: ParamRecord) -> int | None:
     """The axis along which a directly used parameter's units run, or block it (None).
 
     Elements never read (a positional table sliced to the sequence length) do not count."""
     space = trace.space
-    units = space.find(param.ids)
-    read = (param.selected if param.selected is not None and not param.whole
-            else torch.ones(units.shape, dtype=torch.bool))
-    for axis in range(units.dim()):
+    units = space.find(param.ids).numpy()
+    read = _read_mask(param, units.shape)
+    for axis in range(units.ndim):
         if units.shape[axis] <= 1:
             continue
-        flat = units.movedim(axis, 0).reshape(units.shape[axis], -1)
-        seen = read.movedim(axis, 0).reshape(units.shape[axis], -1)
-        first = torch.where(seen, flat, torch.full_like(flat, -1)).amax(1, keepdim=True)
+        flat, seen = _rows_np(units, axis), _rows_np(read, axis)
+        first = np.where(seen, flat, -1).max(1, keepdims=True)
         if bool(((flat == first) | ~seen).all()):
             if axis in param.sliced_axes:
                 space.block(param.ids, f"parameter {param.name!r} is sliced along its channel "
@@ -193,30 +255,43 @@ def _param_axis(trace: Trace, param: ParamRecord) -> int | None:
 
 
 def _param_member(trace: Trace, param: ParamRecord, axis: int) -> Member:
-    units = trace.space.find(param.ids)
-    read = (param.selected if param.selected is not None and not param.whole
-            else torch.ones(units.shape, dtype=torch.bool))
-    flat = units.movedim(axis, 0).reshape(units.shape[axis], -1)
-    seen = read.movedim(axis, 0).reshape(units.shape[axis], -1)
-    per_index = torch.where(seen, flat, torch.zeros_like(flat)).amax(1)
-    per_index = torch.where(seen.any(1), per_index, flat[:, 0])
-    return Member("param", param.name, f"axis{axis}", per_index, True, axis)
+    units = trace.space.find(param.ids).numpy()
+    flat, seen = _rows_np(units, axis), _rows_np(_read_mask(param, units.shape), axis)
+    per_index = np.where(seen, flat, 0).max(1)
+    per_index = np.where(seen.any(1), per_index, flat[:, 0])
+    return Member("param", param.name, f"axis{axis}", torch.from_numpy(per_index), True, axis)
 
 
-def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
+def _read_mask(param: ParamRecord, shape: tuple[int, ...]) -> np.ndarray:
+    """Which elements of ``param`` traced code read (all, unless it only sliced it)."""
+    if param.selected is not None and not param.whole:
+        return param.selected.numpy()
+    return np.ones(shape, dtype=bool)
+
+
+def _rows_np(array: np.ndarray, axis: int) -> np.ndarray:
+    """``array`` as ``[size along axis, -1]`` (label and mask arrays are small: NumPy)."""
+    rows = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+    if rows.shape[1] == 0:  # as torch's amax over the empty dim did
+        raise RuntimeError("amax(): Expected reduction dim 1 to have non-zero size.")
+    return rows
+
+
+def _components(members: list[Member], arrays: list[np.ndarray],
+                blocked: dict[int, str]) -> list[Group]:
     """Union the root members that share units; each class of members is one group.
 
     Vectorised over all (member, unit) pairs at once with NumPy; only the few member-member
     links go through a Python union-find. Group order, unit order and member order are
-    those of a walk over the members in order, each member's units ascending."""
+    those of a walk over the members in order, each member's units ascending. ``arrays``:
+    each member's units, flat."""
     if not members:
         return []
-    stop = torch.tensor(sorted({*blocked, NEUTRAL}), dtype=torch.long)
-    arrays = [member.units.reshape(-1).numpy() for member in members]
+    stop = np.array(sorted({*blocked, NEUTRAL}), dtype=np.int64)
     sizes = np.array([a.size for a in arrays], dtype=np.int64)
     flat = np.concatenate(arrays).astype(np.int64, copy=False)
     owner_of = np.repeat(np.arange(len(members), dtype=np.int64), sizes)
-    free = ~in_sorted(torch.from_numpy(flat), stop)
+    free = stop[np.minimum(np.searchsorted(stop, flat), stop.size - 1)] != flat  # not in stop
     flat, owner_of = flat[free], owner_of[free]
     if flat.size == 0:
         return []
@@ -229,7 +304,7 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
     if root_unit.size == 0:
         return []
     # the first root member (in member order) that holds each unit owns it
-    units, first = np.unique(root_unit, return_index=True)
+    units, first, _ = _unique_first(root_unit)
     order = np.argsort(first, kind="stable")  # units in the order the walk meets them
     units, first = units[order], first[order]
     owner = root_member[first]
@@ -244,15 +319,15 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
         return i
 
     links = lookup[root_unit] != root_member
-    for a, b in np.unique(np.stack([root_member[links], lookup[root_unit[links]]]),
-                          axis=1).T.tolist():
+    count = len(members)  # distinct (a, b) links in (a, b) order, as one int64 key each
+    keys = _sorted_unique(root_member[links] * count + lookup[root_unit[links]])
+    for a, b in zip((keys // count).tolist(), (keys % count).tolist(), strict=True):
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[ra] = rb
     # a group per class of members, numbered in the order the walk meets its first unit
     member_root = np.array([find(i) for i in range(len(members))], dtype=np.int64)
-    roots, first_unit, root_index = np.unique(member_root[owner], return_index=True,
-                                              return_inverse=True)
+    roots, first_unit, root_index = _unique_first(member_root[owner])
     slots = int(roots.size)
     rank = np.empty(slots, dtype=np.int64)
     rank[np.argsort(first_unit, kind="stable")] = np.arange(slots)
@@ -277,6 +352,19 @@ def _components(members: list[Member], blocked: dict[int, str]) -> list[Group]:
             continue
         groups.append(Group(len(groups), torch.from_numpy(group_units), tuple(held)))
     return groups
+
+
+def _unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(values, return_index=True, return_inverse=True)`` of a non-empty 1-D
+    int64 array, by the same stable sort without its wrapper's overhead."""
+    perm = np.argsort(values, kind="stable")
+    ordered = values[perm]
+    head = np.empty(ordered.size, dtype=bool)
+    head[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=head[1:])
+    inverse = np.empty(values.size, dtype=np.int64)
+    inverse[perm] = np.cumsum(head) - 1
+    return ordered[head], perm[head], inverse
 
 
 def _sorted_unique(keys: np.ndarray) -> np.ndarray:

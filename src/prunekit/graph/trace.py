@@ -69,10 +69,12 @@ class ModuleHandler(Protocol):
 
 @dataclass
 class ModuleDim:
-    """One prunable dimension of a module: a label per index; ``root`` if it made fresh ids."""
+    """One prunable dimension of a module: a label per index; ``root`` if it made fresh ids;
+    ``width``: channels of the layer per index (``head_dim`` for a dim of whole heads)."""
 
     labels: Tensor
     root: bool
+    width: int = 1
 
 
 @dataclass
@@ -276,14 +278,16 @@ class TraceContext:
             record = self.modules[name] = ModuleRecord(name, module)
         return record
 
-    def module_ids(self, name: str, module: nn.Module, dim: str, count: int) -> Tensor:
-        """Fresh ids for a module's own dimension, the same ones on every call."""
+    def module_ids(self, name: str, module: nn.Module, dim: str, count: int, *,
+                   width: int = 1) -> Tensor:
+        """Fresh ids for a module's own dimension, the same ones on every call; ``width``
+        channels of the layer per id (``round_to`` counts them)."""
         record = self._record(name, module)
         existing = record.dims.get(dim)
         if existing is not None and existing.labels.numel() == count:
             return existing.labels
         ids = self.space.new_ids(count)
-        record.dims[dim] = ModuleDim(ids, root=True)
+        record.dims[dim] = ModuleDim(ids, root=True, width=width)
         return ids
 
     def record_dim(

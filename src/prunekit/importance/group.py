@@ -17,10 +17,11 @@ redundant). Gradient-based criteria plug in here by reading ``WeightView.grad``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -28,7 +29,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from prunekit.errors import ConfigError, check_choice
 from prunekit.graph.dependency import Group, Member
 from prunekit.graph.labels import positions_in
-from prunekit.importance.base import get_criterion
+from prunekit.importance.base import Criterion, get_criterion
+from prunekit.importance.magnitude import L1Magnitude, L2Magnitude
 from prunekit.structured.adapters import WeightView
 
 __all__ = [
@@ -86,31 +88,89 @@ class ElementNorm:
 
     def member_scores(self, group: Group, members: Sequence[MemberViews], *,
                       generator: torch.Generator) -> Tensor:
+        return self.batch_scores([(group, members)], generator=generator)[0]
+
+    def batch_scores(self, groups: Sequence[tuple[Group, Sequence[MemberViews]]], *,
+                     generator: torch.Generator) -> list[Tensor]:
+        """``member_scores`` of every group at once: each group's ``[members, units]`` block
+        is a slice of one flat buffer, filled by one index_add and one combine. Slots of
+        different groups are disjoint, so each slot sums the same values in the same order
+        as a group on its own."""
         element = get_criterion(self.name if self.name in {"l1", "l2", "random"} else "l2")
-        size = group.size
-        # every member's rows go into one flat [members * units] buffer: one index_add and
-        # one combine per group instead of a handful of small ops per member
-        slots: list[Tensor] = []
         values: list[Tensor] = []
-        for i, entry in enumerate(members):
-            views = [v for v in entry.views if v.kind in self.kinds]
-            if not views:
-                continue
-            rows, pos = positions_in(entry.member.units, group.units, offset=i * size)
-            per_row = element.score(views[0].tensor, generator=generator).sum(1).float()
-            for view in views[1:]:  # every view of a member has one row per index
-                per_row = per_row + element.score(view.tensor, generator=generator).sum(1).float()
-            values.append(per_row if rows.numel() == per_row.numel() else per_row[rows])
-            slots.append(pos)
-        total = len(members) * size
-        if not slots:
-            return torch.full((len(members), size), float("nan"))
-        index = torch.cat(slots) if len(slots) > 1 else slots[0]
-        value = torch.cat(values) if len(values) > 1 else values[0]
-        raw = torch.zeros(total).index_add_(0, index, value)
-        missing = torch.ones(total, dtype=torch.bool).index_fill_(0, index, False)
+        held: list[np.ndarray] = []  # units of every member with views, all groups
+        starts: list[int] = []  # its row's first slot
+        owners: list[int] = []  # its group
+        blocks: list[tuple[int, int, int]] = []  # (start, members, units) per group
+        total = 0
+        for g, (group, members) in enumerate(groups):
+            size = group.size
+            for i, entry in enumerate(members):
+                views = [v for v in entry.views if v.kind in self.kinds]
+                if not views:
+                    continue
+                per_row = _row_sums(element, views[0].tensor, generator)
+                for view in views[1:]:  # every view of a member has one row per index
+                    per_row = per_row + _row_sums(element, view.tensor, generator)
+                values.append(per_row)
+                held.append(entry.member.units.numpy().reshape(-1))
+                starts.append(total + i * size)
+                owners.append(g)
+            blocks.append((total, len(members), size))
+            total += len(members) * size
+        raw = torch.zeros(total)
+        missing = torch.ones(total, dtype=torch.bool)
+        if held:
+            index = _member_slots(held, starts, owners,
+                                  [group.units.numpy() for group, _ in groups])
+            value = torch.cat(values) if len(values) > 1 else values[0]
+            found = index >= 0
+            if not found.all():  # rows of units outside the group
+                value, index = value[torch.from_numpy(found)], index[found]
+            index_t = torch.from_numpy(index)
+            raw.index_add_(0, index_t, value)
+            missing.index_fill_(0, index_t, False)
         out = element.combine(raw.unsqueeze(1), 1).masked_fill_(missing, float("nan"))
-        return out.view(len(members), size)
+        return [out[start:start + count * size].view(count, size)
+                for start, count, size in blocks]
+
+
+# score() of these exact types on a float32 tensor without grad is detach().to(float32)
+# (both return the tensor's values as they are) and then this elementwise op
+_ELEMENTWISE: dict[type, Callable[[Tensor], Tensor]] = {L1Magnitude: torch.abs,
+                                                        L2Magnitude: torch.square}
+
+
+def _row_sums(element: Criterion, tensor: Tensor, generator: torch.Generator) -> Tensor:
+    """``element.score(tensor).sum(1).float()``: one value per row of a ``[rows, -1]`` view."""
+    direct = _ELEMENTWISE.get(type(element))
+    if direct is not None and tensor.dtype == torch.float32 and not tensor.requires_grad:
+        scored = direct(tensor)
+        # a row of one value sums to that value (abs and square never give -0.0)
+        return scored.view(-1) if scored.shape[1] == 1 else scored.sum(1)
+    return element.score(tensor, generator=generator).sum(1).float()
+
+
+def _member_slots(held: list[np.ndarray], starts: list[int], owners: list[int],
+                  units: list[np.ndarray]) -> np.ndarray:
+    """Flat buffer slot of every row of the members in ``held`` (``starts[i]`` + the
+    position of its unit in the sorted ``units[owners[i]]``), -1 where its unit is not
+    there. One search over all groups: ``group · width + unit`` keys stay sorted."""
+    flat = np.concatenate(held) if len(held) > 1 else held[0]
+    counts = [a.size for a in held]
+    sizes = np.array([a.size for a in units], dtype=np.int64)
+    every = np.concatenate(units).astype(np.int64, copy=False)
+    width = int(max(flat.max(initial=0), every.max(initial=0))) + 1
+    owner = np.repeat(np.asarray(owners, dtype=np.int64), counts)
+    keys = np.repeat(np.arange(len(units), dtype=np.int64), sizes) * width + every
+    wanted = owner * width + flat
+    if keys.size == 0:
+        return np.full(flat.shape, -1, dtype=np.int64)
+    pos = np.searchsorted(keys, wanted)
+    found = keys[np.minimum(pos, keys.size - 1)] == wanted
+    first = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # each group's first key
+    base = np.repeat(np.asarray(starts, dtype=np.int64), counts) - first[owner]
+    return np.where(found, base + pos, -1)
 
 
 @dataclass(frozen=True)
@@ -122,10 +182,18 @@ class BNScale:
 
     def member_scores(self, group: Group, members: Sequence[MemberViews], *,
                       generator: torch.Generator) -> Tensor:
-        scales = ElementNorm("l1", kinds=("scale",)).member_scores(
-            group, members, generator=generator)
-        if bool(torch.isnan(scales).all()):
-            return ElementNorm("l2").member_scores(group, members, generator=generator)
+        return self.batch_scores([(group, members)], generator=generator)[0]
+
+    def batch_scores(self, groups: Sequence[tuple[Group, Sequence[MemberViews]]], *,
+                     generator: torch.Generator) -> list[Tensor]:
+        """``member_scores`` of every group (l1 and l2 draw nothing from ``generator``)."""
+        scales = ElementNorm("l1", kinds=("scale",)).batch_scores(groups, generator=generator)
+        bare = [i for i, s in enumerate(scales) if bool(torch.isnan(s).all())]
+        if bare:
+            fallback = ElementNorm("l2").batch_scores([groups[i] for i in bare],
+                                                      generator=generator)
+            for i, score in zip(bare, fallback, strict=True):
+                scales[i] = score
         return scales
 
 
@@ -176,7 +244,8 @@ def group_criterion_names() -> list[str]:
 
 def get_group_criterion(name: str | GroupCriterion) -> GroupCriterion:
     """The registered group criterion ``name`` (an object is returned as is)."""
-    if isinstance(name, GroupCriterion):
+    # a str has none of the protocol's attributes: skip the (slow) runtime protocol check
+    if not isinstance(name, str) and isinstance(name, GroupCriterion):
         return name
     check_choice("importance", name, _CRITERIA)
     return _CRITERIA[name]
@@ -194,16 +263,19 @@ def score_groups(
     check_choice("aggregation", aggregation, ("sum", "mean", "max"))
     check_choice("normalization", normalization, ("none", "mean", "max", "sum", "standard"))
     generator = torch.Generator().manual_seed(seed)
+    batch = getattr(criterion, "batch_scores", None) if type(criterion) in _BATCHED else None
+    per_group = (batch(groups, generator=generator) if batch is not None
+                 else [criterion.member_scores(group, members, generator=generator)
+                       for group, members in groups])
     out = []
-    for group, members in groups:
-        per_member = criterion.member_scores(group, members, generator=generator)
-        present = ~torch.isnan(per_member)
+    for per_member in per_group:
         filled = torch.nan_to_num(per_member, nan=0.0)
         if aggregation == "sum":
             score = filled.sum(0)
         elif aggregation == "mean":
-            score = filled.sum(0) / present.sum(0).clamp(min=1)
+            score = filled.sum(0) / (~torch.isnan(per_member)).sum(0).clamp(min=1)
         else:
+            present = ~torch.isnan(per_member)
             score = torch.where(present, per_member, torch.tensor(float("-inf"))).amax(0)
             score = torch.where(present.any(0), score, torch.zeros_like(score))
         out.append(_normalize(score, normalization))
@@ -234,6 +306,10 @@ def bn_l1_penalty(model: nn.Module, strength: float) -> Tensor:
         )
     return strength * torch.stack(terms).sum()
 
+
+# built-in criteria whose batch_scores(groups) equals member_scores group by group (exact
+# types: a subclass may override member_scores)
+_BATCHED: tuple[type, ...] = (ElementNorm, BNScale)
 
 for _criterion in (ElementNorm("l1"), ElementNorm("l2"), ElementNorm("random"), BNScale(), FPGM()):
     register_group_criterion(_criterion)

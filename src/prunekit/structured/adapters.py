@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -142,13 +142,11 @@ class ParamSlicer:
         if not isinstance(original, Tensor):
             return
         key = id(original)
-        if key in self._state:
-            orig, current, done = self._state[key]
-        else:
-            orig, current, done = original, original, {}
-        self._holders.setdefault(key, [])
-        if (module, attr) not in self._holders[key]:
-            self._holders[key].append((module, attr))
+        state = self._state.get(key)
+        orig, current, done = state if state is not None else (original, original, {})
+        holders = self._holders.setdefault(key, [])
+        if (module, attr) not in holders:
+            holders.append((module, attr))
         if axis in done:
             if not torch.equal(done[axis], index):
                 raise ValueError(
@@ -156,15 +154,17 @@ class ParamSlicer:
                     f"would keep different indices along axis {axis}"
                 )
         else:
-            index = index.to(current.device)
+            # .to() / .cpu() return the tensor itself when it is there already
+            if not (index.is_cpu and current.is_cpu) and index.device != current.device:
+                index = index.to(current.device)
             current = current.detach().index_select(axis, index)  # a new tensor
-            done[axis] = index.cpu()
+            done[axis] = index if index.is_cpu else index.cpu()
         self._state[key] = (orig, current, done)
 
     def finish(self) -> None:
         """Install the cut tensors (as Parameters where the original was one)."""
         for key, (orig, current, _) in self._state.items():
-            if isinstance(orig, nn.Parameter):
+            if is_parameter(orig):
                 new: Tensor = nn.Parameter(current, requires_grad=orig.requires_grad)
             else:
                 new = current
@@ -179,14 +179,25 @@ class ParamSlicer:
         self._holders.clear()
 
 
+def is_parameter(value: object) -> TypeGuard[nn.Parameter]:
+    """``isinstance(value, nn.Parameter)``; an exact Parameter skips the metaclass's
+    Python-level ``__instancecheck__``."""
+    return type(value) is nn.Parameter or isinstance(value, nn.Parameter)
+
+
 def rows(tensor: Tensor, axis: int) -> Tensor:
     """``tensor`` as ``[size along axis, -1]``."""
-    return tensor.detach().movedim(axis, 0).reshape(tensor.shape[axis], -1)
+    detached = tensor.detach()
+    if axis != 0:  # movedim(0, 0) would be a view of the same layout
+        detached = detached.movedim(axis, 0)
+    return detached.reshape(tensor.shape[axis], -1)
 
 
 def grad_rows(tensor: Tensor, axis: int) -> Tensor | None:
     grad = tensor.grad
-    return None if grad is None else grad.movedim(axis, 0).reshape(tensor.shape[axis], -1)
+    if grad is None:
+        return None
+    return (grad if axis == 0 else grad.movedim(axis, 0)).reshape(tensor.shape[axis], -1)
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,7 @@ def views_from_axes(module: nn.Module, dim: str, axes: tuple[Axis, ...]) -> list
     out = []
     for spec in axes:
         tensor = getattr(module, spec.attr, None)
-        if spec.dim == dim and isinstance(tensor, nn.Parameter):
+        if spec.dim == dim and is_parameter(tensor):
             out.append(WeightView(rows(tensor, spec.axis), spec.kind, dim,
                                   grad_rows(tensor, spec.axis)))
     return out

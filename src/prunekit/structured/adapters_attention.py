@@ -73,7 +73,7 @@ class MultiheadAttentionAdapter:
         else:
             ctx.record_dim(call.name, mha, "kdim", keys)
             ctx.record_dim(call.name, mha, "vdim", values)
-        heads = ctx.module_ids(call.name, mha, "heads", mha.num_heads)
+        heads = ctx.module_ids(call.name, mha, "heads", mha.num_heads, width=mha.head_dim)
         if not _swappable(mha):  # cut as torch's module allows: channel j of every head
             if mha.in_proj_weight is None:
                 raise OpNotMappable("a subclass with kdim/vdim different from embed_dim")
@@ -123,11 +123,19 @@ class MultiheadAttentionAdapter:
                        .reshape(heads, -1))
         return views
 
+    def swap_type(self, module: nn.Module,
+                  keep: Mapping[str, Tensor]) -> type[PrunedMultiheadAttention] | None:
+        """torch's own module cannot hold fewer heads: any cut swaps it for the drop-in."""
+        return PrunedMultiheadAttention if keep and type(module) is nn.MultiheadAttention \
+            else None
+
     def swap(self, module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
-        """The module to cut instead of ``module``: torch's own cannot hold fewer heads."""
-        if keep and type(module) is nn.MultiheadAttention:
-            return PrunedMultiheadAttention.from_module(module)
-        return None
+        """The module to cut instead of ``module`` (see ``swap_type``)."""
+        kind = self.swap_type(module, keep)
+        if kind is None:
+            return None
+        assert isinstance(module, nn.MultiheadAttention)
+        return kind.from_module(module)
 
     def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
         assert isinstance(module, nn.MultiheadAttention)

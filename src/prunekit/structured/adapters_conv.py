@@ -21,7 +21,13 @@ from torch.nn.modules.conv import _ConvNd
 
 from prunekit.graph.labels import rep_along
 from prunekit.graph.trace import ModuleCall, TraceContext
-from prunekit.structured.adapters import ParamSlicer, WeightView, grad_rows, register_adapter
+from prunekit.structured.adapters import (
+    ParamSlicer,
+    WeightView,
+    grad_rows,
+    is_parameter,
+    register_adapter,
+)
 from prunekit.structured.adapters_linear import _first, _output
 
 
@@ -58,7 +64,7 @@ class ConvAdapter:
                             None if weight.grad is None
                             else _grouped_rows(module, weight.grad, dim))]
         bias = module.bias
-        if dim == "out" and isinstance(bias, nn.Parameter):
+        if dim == "out" and is_parameter(bias):
             views.append(WeightView(bias.detach().reshape(-1, 1), "bias", dim, grad_rows(bias, 0)))
         return views
 
@@ -107,6 +113,8 @@ def _grouped_rows(conv: _ConvNd, weight: Tensor, dim: str) -> Tensor:
     by_first = (dim == "out") != conv.transposed
     if by_first:
         return weight.reshape(first, -1)
+    if groups == 1:  # the general path below with one group: the same copy, in one op
+        return weight.transpose(0, 1).reshape(second, -1)
     per = weight.reshape(groups, first // groups, second, -1).transpose(1, 2)
     return per.reshape(groups * second, -1)
 

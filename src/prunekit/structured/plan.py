@@ -32,7 +32,6 @@ from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError
 from prunekit.graph.dependency import DependencyGraph
-from prunekit.graph.labels import in_sorted
 from prunekit.structured.adapters import ParamSlicer, find_adapter
 
 __all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "apply_plan", "build_plan", "replay_plan"]
@@ -51,6 +50,11 @@ class SkipBlock(nn.Module):
 class SwapAdapter(Protocol):
     """A layer adapter that cuts some modules through a replacement of another class."""
 
+    def swap_type(self, module: nn.Module, keep: Mapping[str, Tensor]) -> type[nn.Module] | None:
+        """The class ``swap`` would build for these cuts (None: no swap), without building
+        it: the plan records its name."""
+        ...
+
     def swap(self, module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
         """The module to install and cut in place of ``module`` (sharing its parameters),
         or None to cut ``module`` itself."""
@@ -60,15 +64,37 @@ class SwapAdapter(Protocol):
 _IS_SWAP: dict[type, bool] = {}  # the Protocol check, cached per adapter type
 
 
-def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
-    """What ``module``'s adapter swaps in for it (None: no SwapAdapter, or no swap)."""
+def _swap_adapter(module: nn.Module) -> SwapAdapter | None:
     adapter = find_adapter(module)
     if adapter is None:
         return None
     kind = type(adapter)
     if kind not in _IS_SWAP:
         _IS_SWAP[kind] = isinstance(adapter, SwapAdapter)
-    return adapter.swap(module, keep) if _IS_SWAP[kind] else None  # type: ignore[attr-defined]
+    return adapter if _IS_SWAP[kind] else None  # type: ignore[return-value]
+
+
+def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
+    """What ``module``'s adapter swaps in for it (None: no SwapAdapter, or no swap)."""
+    adapter = _swap_adapter(module)
+    return adapter.swap(module, keep) if adapter is not None else None
+
+
+def _replacement_name(module: nn.Module, keep: Mapping[str, Tensor]) -> str | None:
+    adapter = _swap_adapter(module)
+    kind = adapter.swap_type(module, keep) if adapter is not None else None
+    return kind.__name__ if kind is not None else None
+
+
+def is_parametrized(module: nn.Module) -> bool:
+    """``parametrize.is_parametrized(module)``, which reads ``module.parametrizations``: set
+    by ``register_parametrization`` as a submodule; where it is in none of the places
+    attribute lookup tries before ``nn.Module.__getattr__`` (whose miss raises, slowly), the
+    answer is False."""
+    if "parametrizations" not in module._modules and "parametrizations" not in \
+            module.__dict__ and not hasattr(type(module), "parametrizations"):
+        return False
+    return parametrize.is_parametrized(module)
 
 
 Indices = dict[tuple[str, str, str], Tensor]  # (section, name, dim or axis) -> keep indices
@@ -83,34 +109,47 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
                       masks: Sequence[Tensor]) -> tuple[dict[str, Any], Indices]:
     """``build_plan`` and its keep lists as index tensors, which ``apply_plan(...,
     indices=...)`` then uses instead of parsing the lists again."""
-    removed_parts = [g.units[~m] for g, m in zip(graph.groups, masks, strict=True)]
-    removed = (torch.cat(removed_parts).sort().values if removed_parts
-               else torch.zeros(0, dtype=torch.long))
-    modules = dict(model.named_modules())
+    # one flag per unit id: True where the unit is removed (member units are ids < size)
+    gone_id = np.zeros(max(graph.trace.space.size, 1), dtype=bool)
+    for group, mask in zip(graph.groups, masks, strict=True):
+        gone_id[group.units.numpy()[~mask.numpy()]] = True
+    # traced modules are the model's own under their named_modules() paths
+    traced = graph.trace.modules
+    walked: dict[str, nn.Module] | None = None
+
+    def module_at(name: str) -> nn.Module:
+        nonlocal walked
+        if name in traced:
+            return traced[name].module
+        if walked is None:
+            walked = dict(model.named_modules())
+        return walked[name]
+
     plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}, "attrs": {}}
     indices: Indices = {}
     for member in graph.members:
-        gone = in_sorted(member.units, removed)
+        gone = gone_id[member.units.numpy().reshape(-1)]
         if not gone.any():
             continue
-        keep = torch.from_numpy(np.flatnonzero(~gone))
+        kept_np = np.flatnonzero(~gone)
+        keep = torch.from_numpy(kept_np)
         if member.kind == "attr":
-            plan["attrs"].setdefault(member.name, {})[member.dim] = int(keep.numel())
+            plan["attrs"].setdefault(member.name, {})[member.dim] = int(kept_np.size)
         elif member.kind == "module":
             entry = plan["modules"].setdefault(
-                member.name, {"type": type(modules[member.name]).__name__, "keep": {}})
-            entry["keep"][member.dim] = keep.tolist()
+                member.name, {"type": type(module_at(member.name)).__name__, "keep": {}})
+            entry["keep"][member.dim] = kept_np.tolist()
             indices["modules", member.name, member.dim] = keep
         else:
             entry = plan["params"].setdefault(member.name, {"sizes": {}, "keep": {}})
             entry["sizes"][str(member.axis)] = int(member.units.numel())
-            entry["keep"][str(member.axis)] = keep.tolist()
+            entry["keep"][str(member.axis)] = kept_np.tolist()
             indices["params", member.name, str(member.axis)] = keep
     for name, entry in plan["modules"].items():
         kept = {dim: indices["modules", name, dim] for dim in entry["keep"]}
-        replacement = _replacement(modules[name], kept)
+        replacement = _replacement_name(module_at(name), kept)
         if replacement is not None:
-            entry["swap"] = type(replacement).__name__
+            entry["swap"] = replacement
     return plan, indices
 
 
@@ -160,15 +199,19 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
     slicer = ParamSlicer()
     cuts: list[tuple[Any, nn.Module, dict[str, Tensor]]] = []
     swaps: list[tuple[nn.Module, nn.Module]] = []
-    for name, entry in plan.get("modules", {}).items():
-        module = _submodule(model, name)
+    entries = plan.get("modules", {})
+    # one walk instead of a get_submodule per entry (a shared module's later paths and
+    # unknown names still go through get_submodule)
+    modules = dict(model.named_modules())
+    for name, entry in entries.items():
+        module = modules[name] if name in modules else _submodule(model, name)
         if type(module).__name__ != entry.get("type"):
             raise ConfigError(f"plan expects {name!r} to be a {entry.get('type')}, "
                               f"the model has a {type(module).__name__}")
         adapter = find_adapter(module)
         if adapter is None:
             raise ConfigError(f"no layer adapter for {type(module).__name__} at {name!r}")
-        if parametrize.is_parametrized(module):
+        if is_parametrized(module):
             raise ConfigError(f"layer {name!r} carries a parametrization (a sparsity mask?); "
                               f"bake it in first with prunekit.strip(model), then prune")
         keep = {dim: indices["modules", name, dim] if indices is not None
@@ -200,7 +243,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
         skips.append((_submodule(model, parent) if parent else model, child))
     attrs = []
     for name, entry in plan.get("attrs", {}).items():
-        module = _submodule(model, name)
+        module = modules[name] if name in modules else _submodule(model, name)
         for attr, value in entry.items():
             if not isinstance(getattr(module, attr, None), int) or not isinstance(value, int) \
                     or value < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import gc
@@ -11,7 +12,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.allocation.ratio import Allocation, allocate
@@ -29,7 +29,7 @@ from prunekit.importance.group import (
 )
 from prunekit.metrics.profile import Profile, profile
 from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
-from prunekit.structured.plan import apply_plan, plan_with_indices
+from prunekit.structured.plan import apply_plan, is_parametrized, plan_with_indices
 
 __all__ = ["Analysis", "PruneResult", "analyze", "prune"]
 
@@ -159,14 +159,15 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
                       seed: int) -> tuple[DependencyGraph, list[torch.Tensor]]:
     criterion = get_group_criterion(importance)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
-    masked = [name for name, rec in traced.modules.items()
-              if parametrize.is_parametrized(rec.module)]
+    masked = [name for name, rec in traced.modules.items() if is_parametrized(rec.module)]
     if masked:
         raise ConfigError(f"layers {masked[:3]} carry parametrizations (sparsity masks?); bake "
                           f"them in first with prunekit.strip(model), then prune")
     graph = build_groups(model, traced, ignore, axes_of=_axes_of)
-    modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
+    # members name traced modules and tensors: the trace holds the same objects under the
+    # same paths as named_modules() / named_parameters() + named_buffers()
+    modules = {name: record.module for name, record in traced.modules.items()}
+    params = {name: record.tensor for name, record in traced.params.items()}
     inputs = [(g, _member_views(g, modules, params, model)) for g in graph.groups]
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
@@ -179,13 +180,14 @@ def _axes_of(module: nn.Module) -> list[tuple[str, int, str]] | None:
 
 
 def _member_views(group: Group, modules: Mapping[str, nn.Module],
-                  params: Mapping[str, nn.Parameter], model: nn.Module) -> list[MemberViews]:
+                  params: Mapping[str, torch.Tensor], model: nn.Module) -> list[MemberViews]:
     out = []
     for member in group.members:
         if member.kind == "attr":
             views: list[WeightView] = []
         elif member.kind == "module":
-            module = modules[member.name]
+            module = modules[member.name] if member.name in modules \
+                else model.get_submodule(member.name)
             adapter = find_adapter(module)
             views = adapter.weight_views(module, member.dim) if adapter is not None else []
         else:
@@ -260,10 +262,15 @@ def prune(
     plan, indices = plan_with_indices(model, graph, masks)
     # surgery replaces tensors instead of writing into them, so with inplace=True a clone
     # that shares them is enough to leave the user's model untouched on failure
-    pruned = _shallow_clone(model) if inplace else copy.deepcopy(model)
+    clones: list[nn.Module] = []
+    pruned = _shallow_clone(model, clones) if inplace else copy.deepcopy(model)
     try:
         apply_plan(pruned, plan, indices=indices)
-        shapes = _output_shapes(pruned, example_inputs)
+        # no clone in train mode and no module swapped in: eval_mode would switch nothing
+        # (the clones are then a superset of pruned.modules())
+        in_eval = bool(clones) and not any(module.training for module in clones) and \
+            not any("swap" in entry for entry in plan["modules"].values())
+        shapes = _output_shapes(pruned, example_inputs, in_eval=in_eval)
     except ConfigError:
         raise
     except Exception as exc:
@@ -300,12 +307,18 @@ def _root_copy(module: nn.Module) -> nn.Module:
     return root
 
 
-def _shallow_clone(model: nn.Module) -> nn.Module:
+# attribute types that _shallow_clone shares as they are (exact types, none a dict, list,
+# set, tuple or Module): skips its isinstance chain for most attributes of a module
+_SHARED = frozenset({bool, int, float, str, type(None), torch.Tensor, nn.Parameter,
+                     torch.dtype, torch.device})
+
+
+def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> nn.Module:
     """The module tree copied, every tensor shared: new module objects whose attribute dicts
     and containers are copied one level, modules in them cloned (once each, so shared
     submodules stay shared). Much cheaper than ``copy.deepcopy``; safe wherever tensors are
     replaced rather than written into, as surgery does. A tuple without modules in it is
-    shared (it cannot change)."""
+    shared (it cannot change). ``clones`` receives every new module."""
     memo: dict[int, nn.Module] = {}
     module_type = nn.Module
 
@@ -317,6 +330,8 @@ def _shallow_clone(model: nn.Module) -> nn.Module:
         memo[id(module)] = new
         state = module.__dict__.copy()
         for key, value in state.items():
+            if type(value) in _SHARED:  # none of these types is copied below
+                continue
             if isinstance(value, dict):
                 out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
                 for name, item in value.items():
@@ -326,13 +341,17 @@ def _shallow_clone(model: nn.Module) -> nn.Module:
             elif isinstance(value, module_type):
                 state[key] = clone(value)
             elif isinstance(value, (list, set)) or (
-                    type(value) is tuple and any(isinstance(v, module_type) for v in value)):
+                    type(value) is tuple and not _SHARED.issuperset(map(type, value))
+                    and any(isinstance(v, module_type) for v in value)):
                 state[key] = type(value)([clone(v) if isinstance(v, module_type) else v
                                           for v in value])
         new.__dict__.update(state)
         return new
 
-    return clone(model)
+    root = clone(model)
+    if clones is not None:
+        clones.extend(memo.values())
+    return root
 
 
 def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
@@ -345,9 +364,11 @@ def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
     raise ConfigError(f"ratios keys must be submodules of the model or their paths, got {key!r}")
 
 
-def _output_shapes(model: nn.Module,
-                   example_inputs: ExampleInputs) -> list[tuple[str, tuple[int, ...]]]:
-    with torch.no_grad(), eval_mode(model):
+def _output_shapes(model: nn.Module, example_inputs: ExampleInputs, *,
+                   in_eval: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+    """Output paths and shapes of a no-grad forward in eval mode (``in_eval``: the caller
+    knows that no module is in train mode, so nothing needs switching)."""
+    with torch.no_grad(), contextlib.nullcontext() if in_eval else eval_mode(model):
         out = run_model(model, example_inputs)
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
 
