@@ -199,3 +199,46 @@ def test_in_place_reshape_of_vector_labels_matches(monkeypatch: pytest.MonkeyPat
         general = _summary(trace(model, x, find_adapter))
     assert fast == general
     assert fast["modules"]["head"]["in"][0][1] == fast["modules"]["conv"]["out"][0][1]
+
+
+class _TokensAndParams(nn.Module):
+    """Tokens combined with param nodes: a positional embedding (either side), a per-channel
+    scale, a per-token bias (broadcast along the channels: the general path) and a class
+    token whose cat makes the labels vary along two dims until the embedding joins them,
+    and a mean over the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 8))
+        self.pos = nn.Parameter(torch.randn(1, 5, 8))
+        self.scale = nn.Parameter(torch.ones(8))
+        self.token_bias = nn.Parameter(torch.zeros(5, 1))
+        self.pos2 = nn.Parameter(torch.randn(5, 8))
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed(x)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos
+        x = self.scale * self.norm(x)
+        x = self.pos2 + x
+        x = x + self.token_bias
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)  # RMSNorm: reduces C
+        return self.head(x)
+
+
+def test_param_nodes_against_vector_labels_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _TokensAndParams().eval(), torch.randn(2, 4, 3)
+    fast = _summary(trace(model, x, find_adapter))
+    with monkeypatch.context() as patch:
+        _general_only(patch)
+        general = _summary(trace(model, x, find_adapter))
+    assert fast == general
+    # the embedding's channels, the class token's, the scale's and both embeddings' columns
+    # are one set of classes
+    classes = fast["modules"]["embed"]["out"][0][1]
+    assert fast["modules"]["head"]["in"][0][1] == classes
+    space = trace(model, x, find_adapter)
+    assert space.space.find(space.params["pos2"].ids)[3].tolist() == classes

@@ -59,8 +59,8 @@ class LabelSpace:
 
     def block(self, labels: Tensor, reason: str) -> None:
         """Make every channel in ``labels`` unprunable, remembering ``reason``."""
-        flat = _np(_compact(labels)).reshape(-1)
-        real = np.unique(flat[flat != NEUTRAL])
+        flat = _np_compact(labels).reshape(-1)
+        real = _unique(flat[flat != NEUTRAL])
         if real.size == 0:
             return
         bid = self.block_id(reason)
@@ -75,8 +75,8 @@ class LabelSpace:
 
     def find_compact(self, labels: Tensor) -> Tensor:
         """Like :meth:`find`, with ``labels``' broadcast dims left at size 1."""
-        small = _compact(labels)
-        return torch.from_numpy(self._find_np(_np(small).reshape(-1))).view(small.shape)
+        small = _np_compact(labels)
+        return torch.from_numpy(self._find_np(small.reshape(-1)).reshape(small.shape))
 
     def _find_np(self, flat: np.ndarray) -> np.ndarray:
         parent = self._parent
@@ -100,8 +100,11 @@ class LabelSpace:
         # on big tensors also materialised dims along which neither side varies
         if a.shape != b.shape:
             a, b = torch.broadcast_tensors(a, b)
-        a, b = cut_broadcast(a, b)
         na, nb = _np(a), _np(b)
+        if 0 in na.strides and 0 in nb.strides:  # cut_broadcast, by NumPy slicing
+            cut = tuple(slice(0, 1) if n > 1 and x == 0 and y == 0 else slice(None)
+                        for n, x, y in zip(na.shape, na.strides, nb.strides, strict=True))
+            na, nb = na[cut], nb[cut]
         if na.size > _BIG:
             for dim in range(na.ndim):
                 if na.shape[dim] > 1 and not _np_varies(na, dim) and not _np_varies(nb, dim):
@@ -118,7 +121,7 @@ class LabelSpace:
             a, b = a[keep], b[keep]
         if a.size > _DEDUP:
             width = self._size
-            pairs = np.unique(a * width + b)  # one int64 key per distinct pair
+            pairs = _unique(a * width + b)  # one int64 key per distinct pair
             a, b = pairs // width, pairs % width
         parent = self._parent
         while True:
@@ -153,6 +156,18 @@ def _equal(a: np.ndarray, b: np.ndarray) -> bool:
     return np.count_nonzero(a != b) == 0
 
 
+def _unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` for a 1-D array, by sorting (NumPy 2's hash-based unique costs
+    ~20x more on the few thousand ids of a label tensor)."""
+    ordered = np.sort(values)
+    if ordered.size < 2:
+        return ordered
+    keep = np.empty(ordered.shape, dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 def _distinct(values: np.ndarray) -> bool:
     ordered = np.sort(values)
     return not np.count_nonzero(ordered[1:] == ordered[:-1])
@@ -171,7 +186,10 @@ def _first_along(ndim: int, dim: int) -> tuple[slice, ...]:
 
 
 def _np_varies(arr: np.ndarray, dim: int) -> bool:
-    return bool((arr != arr[_first_along(arr.ndim, dim)]).any())
+    if arr.ndim == 0:
+        return False
+    first = arr[(slice(None),) * (dim % arr.ndim) + (slice(0, 1),)]
+    return bool(np.count_nonzero(arr != first))  # (cheaper than ndarray.any)
 
 
 def cut_broadcast(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -189,6 +207,16 @@ def cut_broadcast(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
             b.as_strided(small, sb, b.storage_offset()))
 
 
+def _np_compact(labels: Tensor) -> np.ndarray:
+    """``_np(_compact(labels))`` by NumPy slicing (cheaper than a torch ``as_strided``)."""
+    arr = _np(labels)
+    strides = arr.strides
+    if 0 not in strides:
+        return arr
+    return arr[tuple(slice(0, 1) if x == 0 and n > 1 else slice(None)
+                     for n, x in zip(arr.shape, strides, strict=True))]
+
+
 def _compact(labels: Tensor) -> Tensor:
     """``labels`` with its broadcast (stride-0) dims cut to size 1."""
     return cut_broadcast(labels, labels)[0]
@@ -199,7 +227,31 @@ def varies(labels: Tensor, dim: int) -> bool:
     if labels.dim() == 0 or labels.shape[dim] <= 1 or labels.stride(dim) == 0:
         return False
     # compare each distinct position once, not every broadcast copy
-    return _np_varies(_np(_compact(labels)), dim)
+    return _np_varies(_np_compact(labels), dim)
+
+
+def as_line(labels: Tensor) -> tuple[int, Tensor] | None:
+    """(dim, vector) if the values of ``labels`` are ``emit(vector, dim, labels.shape)``:
+    constant along every dim but one (compared once per distinct position), else None."""
+    small = _compact(labels)
+    arr = _np(small)
+    found = -1
+    for dim in range(arr.ndim):
+        if arr.shape[dim] > 1 and _np_varies(arr, dim):
+            if found >= 0:
+                return None
+            found = dim
+    if found < 0:
+        return None
+    return found, small[tuple(slice(None) if d == found else 0 for d in range(arr.ndim))]
+
+
+def varying(labels: Tensor) -> set[int]:
+    """``{d for d in range(labels.dim()) if varies(labels, d)}``, compacting ``labels`` once."""
+    if labels.dim() == 0:
+        return set()
+    arr = _np_compact(labels)
+    return {d for d in range(arr.ndim) if arr.shape[d] > 1 and _np_varies(arr, d)}
 
 
 def rep_along(space: LabelSpace, labels: Tensor, dims: tuple[int, ...]) -> Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, varies
+from prunekit.graph.labels import NEUTRAL, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -28,7 +28,7 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
     sides = []
     for lab, k_dim, free_dim in ((a, -1, -2), (b, -2, -1)):
         on_k, on_free = varies(lab, k_dim), varies(lab, free_dim)
-        on_batch = any(varies(lab, d) for d in range(lab.dim() - 2))
+        on_batch = any(d < lab.dim() - 2 for d in varying(lab))
         if (on_k and on_free) or (on_batch and (on_k or on_free)):
             space.block(lab, reason)
             on_k = on_free = on_batch = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, cut_broadcast, varies
+from prunekit.graph.labels import NEUTRAL, as_line, cut_broadcast, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -69,11 +69,18 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     shape = target.shape
     operands = tensors_in((call.args, call.kwargs))
     if _vector_operands(ctx, operands, shape, outputs or [target]) or _vector_and_passive(
+            ctx, operands, shape, outputs or [target]) or _vector_and_full(
             ctx, operands, shape, outputs or [target]):
         return
     labels = combine(ctx, [ctx.labels(t) for t in operands], shape)
+    # (x + pos_embedding after a class token: x's roots again, but by value only)
+    line = as_line(labels) if labels.dim() > 1 and any(
+        ctx.param_record(t) is not None for t in operands) else None
     for tensor in outputs or [target]:
-        ctx.set_labels(tensor, labels)
+        if line is not None:  # the same values, kept in vector form for the next ops
+            ctx.set_vector(tensor, line[1], line[0])
+        else:
+            ctx.set_labels(tensor, labels)
 
 
 def _vector_operands(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
@@ -81,7 +88,7 @@ def _vector_operands(ctx: TraceContext, operands: list[Tensor], shape: torch.Siz
     """``combine`` for one or two operands whose labels are vectors along the same dim, of
     the result's full size there (``x + y``, an SE gate ``x * s[B, C, 1, 1]``): neither
     varies along a dim the other is broadcast on, so combine joins the two vectors' roots
-    and keeps their maximum. False (nothing done) for any other call."""
+    and keeps the root of their maximum. False (nothing done) for any other call."""
     if not 1 <= len(operands) <= 2 or any(t.shape != shape for t in outputs):
         return False
     vectors = [ctx.vector_of(t) for t in operands]
@@ -96,7 +103,7 @@ def _vector_operands(ctx: TraceContext, operands: list[Tensor], shape: torch.Siz
     roots = [space.find(v[1]) for v in vectors]  # type: ignore[index]
     if len(roots) == 2:
         space.union(roots[0], roots[1])
-        roots[0] = _broadcast_max(roots[0], roots[1])
+        roots[0] = space.find(_broadcast_max(roots[0], roots[1]))
     for tensor in outputs:
         ctx.set_vector(tensor, roots[0], dim)
     return True
@@ -106,8 +113,9 @@ def _vector_and_passive(ctx: TraceContext, operands: list[Tensor], shape: torch.
                         outputs: list[Tensor]) -> bool:
     """``combine`` of an operand whose labels are a vector along dim d (of the result's full
     size there) with one that carries no channels against it: an untracked tensor (NEUTRAL,
-    never joined, never varies) or a single label broadcast along d while the vector varies
-    (combine's broadcasting rule drops it, and blocks nothing: it varies nowhere). The
+    never joined, never varies) or a single label (a one-label vector or a broadcast
+    constant) broadcast along d while the vector varies (combine's broadcasting rule drops
+    it, and blocks nothing: it varies nowhere). The
     result keeps the vector's roots. False (nothing done) for any other call."""
     if len(operands) != 2 or any(t.shape != shape for t in outputs):
         return False
@@ -119,9 +127,52 @@ def _vector_and_passive(ctx: TraceContext, operands: list[Tensor], shape: torch.
         dim, roots = vector[0], ctx.space.find(vector[1])
         if ctx.is_tracked(other):
             side = ctx.vector_of(other)
-            if side is None or side[0] != dim or other.dim() != len(shape) or (
-                    other.shape[dim] != 1 or not varies(roots, 0)):
+            if side is not None:
+                if side[0] != dim or other.dim() != len(shape) or (
+                        other.shape[dim] != 1 or not varies(roots, 0)):
+                    continue
+            elif not _one_label_along(ctx.labels(other), dim, len(shape)) or not varies(
+                    roots, 0):
                 continue
+        for tensor in outputs:
+            ctx.set_vector(tensor, roots, dim)
+        return True
+    return False
+
+
+def _one_label_along(labels: Tensor, dim: int, ndim: int) -> bool:
+    """True if ``labels`` (of an operand of a result with ``ndim`` dims) hold one label,
+    broadcast (every dim of size > 1 has stride 0), and the operand is broadcast along
+    ``dim`` of the result (``rsqrt(x.pow(2).mean(-1, keepdim=True))``, a scalar param)."""
+    pad = ndim - labels.dim()
+    return pad >= 0 and (pad > dim or labels.shape[dim - pad] == 1) and all(
+        n <= 1 or s == 0 for n, s in zip(labels.shape, labels.stride(), strict=True))
+
+
+def _vector_and_full(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
+                     outputs: list[Tensor]) -> bool:
+    """``combine`` of an operand of the result's shape whose labels are a vector of
+    non-NEUTRAL roots along dim d with any tracked operand that is not broadcast along d
+    (``x + pos_embedding``, ``x * scale``): x is broadcast nowhere and varies only along d,
+    so combine joins every label of the other with x's label at that index along d, and
+    the result's root there is x's root: a vector again. False (nothing done) otherwise."""
+    if len(operands) != 2 or any(t.shape != shape for t in outputs):
+        return False
+    for main, other in (operands, operands[::-1]):
+        vector = ctx.vector_of(main)
+        if vector is None or main.shape != shape or not ctx.is_tracked(other):
+            continue
+        dim, pad = vector[0], len(shape) - other.dim()
+        if pad < 0 or dim < pad or other.shape[dim - pad] != shape[dim]:
+            continue
+        roots = ctx.space.find(vector[1])
+        if roots.numel() and int(roots.min()) == NEUTRAL:
+            continue
+        labels = ctx.labels(other)
+        view = [1] * other.dim()
+        view[dim - pad] = roots.numel()
+        ctx.space.union(roots.view(view), labels)
+        roots = ctx.space.find(roots)
         for tensor in outputs:
             ctx.set_vector(tensor, roots, dim)
         return True
@@ -147,19 +198,22 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
         if acc is None:
             acc, acc_bcast = full, bcast
             continue
-        acc_over = any(varies(acc, d) for d in bcast)
-        new_over = any(varies(full, d) for d in acc_bcast)
+        acc_dims, full_dims = varying(acc), varying(full)
+        acc_over = not acc_dims.isdisjoint(bcast)
+        new_over = not full_dims.isdisjoint(acc_bcast)
         if not acc_over and not new_over:
             space.union(acc, full)
-            acc = _broadcast_max(acc, full)
+            # the root (after the join) of either side: a channel's class, however it
+            # was reached (so ``x + pos_embedding`` is again a vector of x's roots)
+            acc = space.find(_broadcast_max(acc, full))
             acc_bcast &= bcast
         elif acc_over and not new_over:
             # ``full`` is broadcast along acc's channels, so it cannot follow them; its own
             # channels (along dims where acc is constant) cannot shrink either
-            if any(varies(full, d) for d in range(full.dim())):
+            if full_dims:
                 space.block(full, "broadcast against channels on another axis")
         elif new_over and not acc_over:
-            if any(varies(acc, d) for d in range(acc.dim())):
+            if acc_dims:
                 space.block(acc, "broadcast against channels on another axis")
             acc, acc_bcast = full, bcast
         else:

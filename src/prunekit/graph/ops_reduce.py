@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, rep_along, varies
+from prunekit.graph.labels import NEUTRAL, rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -65,15 +65,22 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
     reduced = tuple(range(ndim)) if dims is None else dims
     if _reduce_vector(ctx, call, source, reduced):
         return
-    canon = ctx.space.find(ctx.labels(source))
     kept = [d for d in range(ndim) if d not in reduced]
-    over_r = any(varies(canon, d) for d in reduced)
-    over_k = any(varies(canon, d) for d in kept)
+    vector = ctx.vector_of(source)
+    if vector is not None and vector[0] in reduced and varies(ctx.space.find(vector[1]), 0):
+        # (RMSNorm's x.pow(2).mean(-1)) labels that vary along the reduced channel dim
+        # only: the branch below that needs no label tensor
+        canon, bearing, shape = vector[1], {vector[0]}, source.shape
+    else:
+        canon = ctx.space.find(ctx.labels(source))
+        bearing, shape = varying(canon), canon.shape
+    over_r = not bearing.isdisjoint(reduced)
+    over_k = not bearing.isdisjoint(kept)
     if not over_r:
         rep = canon.amax(dim=reduced, keepdim=True) if reduced else canon
     elif not over_k:
         rep = torch.zeros([1] * ndim, dtype=torch.long).expand(
-            [1 if d in reduced else canon.shape[d] for d in range(ndim)])
+            [1 if d in reduced else shape[d] for d in range(ndim)])
     else:
         rep = rep_along(ctx.space, canon, reduced)
     for out in tensors_in(call.out):

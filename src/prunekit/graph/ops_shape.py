@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import rep_along, varies
+from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import ParamRecord, TraceContext
 
@@ -188,7 +188,8 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
         if len(out_dims) < 2:
             continue
         canon = ctx.space.find(labels)
-        bearing = [d for d in out_dims if varies(canon, d)]
+        dims = varying(canon)
+        bearing = [d for d in out_dims if d in dims]
         if len(bearing) == 1:
             _one_varying_factor(ctx, call, canon, out_dims, bearing[0])
         if len(bearing) < 2:

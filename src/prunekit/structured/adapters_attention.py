@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from prunekit.graph.labels import consume, emit, rep_along
+from prunekit.graph.labels import emit, rep_along
 from prunekit.graph.ops import OpNotMappable
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import ParamSlicer, ViewKind, WeightView, register_adapter
@@ -63,9 +63,9 @@ class MultiheadAttentionAdapter:
         if query.is_nested or key.is_nested or value.is_nested:
             raise OpNotMappable("NestedTensor inputs cannot be traced")
         space = ctx.space
-        embed = consume(space, ctx.labels(query), -1)
-        keys = consume(space, ctx.labels(key), -1)
-        values = consume(space, ctx.labels(value), -1)
+        embed = ctx.consume(query, -1)  # (a vector along the last dim: no label tensor)
+        keys = ctx.consume(key, -1)
+        values = ctx.consume(value, -1)
         if mha.in_proj_weight is not None:  # one packed weight reads all three inputs
             space.union(embed, keys)
             space.union(embed, values)
@@ -86,7 +86,7 @@ class MultiheadAttentionAdapter:
                              "replaces the module, which needs a parent module")
         ctx.record_dim(call.name, mha, "embed", embed)
         outputs = call.out if isinstance(call.out, tuple) else (call.out,)
-        ctx.set_labels(outputs[0], emit(space.find(embed), -1, outputs[0].shape))
+        ctx.set_vector(outputs[0], space.find(embed), -1)
         weights = outputs[1] if len(outputs) > 1 else None
         if isinstance(weights, Tensor):
             if args.get("average_attn_weights", True):
