@@ -253,13 +253,14 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
             attrs.append((module, attr, value))
     installed: list[tuple[nn.Module, nn.Module]] = []
     try:
-        for old, new in swaps:
-            _replace_module(model, old, new)
-            installed.append((old, new))
-        for adapter, module, keep in cuts:
-            adapter.prune(module, keep, slicer)
-        for module, attr, axis, index in params:
-            slicer.slice(module, attr, axis, index)
+        with torch.no_grad():  # the cuts are new tensors, not graph nodes (ParamSlicer.slice)
+            for old, new in swaps:
+                _replace_module(model, old, new)
+                installed.append((old, new))
+            for adapter, module, keep in cuts:
+                adapter.prune(module, keep, slicer)
+            for module, attr, axis, index in params:
+                slicer.slice(module, attr, axis, index)
     except BaseException as exc:
         for old, new in reversed(installed):
             _replace_module(model, new, old)

@@ -1,0 +1,64 @@
+"""Fast paths of apply_plan and _shallow_clone give exactly what the general paths give."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.structured.adapters import ParamSlicer, set_size
+from prunekit.structured.pruning import _shallow_clone
+
+
+class _Watched(nn.Conv2d):
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "out_channels":
+            self.__dict__["seen"] = value
+        super().__setattr__(name, value)
+
+
+def test_set_size_equals_setattr() -> None:
+    conv = nn.Conv2d(4, 8, 3)
+    set_size(conv, "out_channels", 5)
+    assert conv.out_channels == 5 and "out_channels" in conv.__dict__
+    norm = nn.LayerNorm(8)
+    set_size(norm, "normalized_shape", (3,))
+    assert norm.normalized_shape == (3,)
+    watched = _Watched(4, 8, 3)
+    set_size(watched, "out_channels", 6)  # its own __setattr__ still runs
+    assert watched.out_channels == 6 and watched.__dict__["seen"] == 6
+    with pytest.raises(TypeError):  # a parameter's name goes through nn.Module's checks
+        set_size(conv, "bias", 3)
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_slice_without_grad_mode_equals_detached_slice(grad_mode: bool) -> None:
+    conv = nn.Conv2d(4, 8, 3)
+    weight = conv.weight
+    index = torch.tensor([0, 2, 5])
+    slicer = ParamSlicer()
+    with torch.set_grad_enabled(grad_mode):
+        slicer.slice(conv, "weight", 0, index)
+        slicer.slice(conv, "weight", 1, torch.tensor([1, 3]))
+    slicer.finish()
+    expected = weight.detach().index_select(0, index).index_select(1, torch.tensor([1, 3]))
+    assert type(conv.weight) is nn.Parameter and conv.weight.requires_grad
+    assert conv.weight.grad_fn is None and conv.weight.is_leaf
+    assert torch.equal(conv.weight, expected)
+
+
+def test_shallow_clone_copies_empty_containers() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    model.extra = {}  # type: ignore[assignment]
+    model.tags = set()  # type: ignore[assignment]
+    model.table = OrderedDict(conv=model[0])  # type: ignore[assignment]
+    clones: list[nn.Module] = []
+    copy = _shallow_clone(model, clones)
+    assert len(clones) == 3
+    for name in ("extra", "tags", "_forward_hooks", "_non_persistent_buffers_set"):
+        got, original = getattr(copy, name), getattr(model, name)
+        assert got == original and got is not original and type(got) is type(original)
+    assert type(copy.table) is OrderedDict and copy.table["conv"] is copy[0]
+    assert copy[0].weight is model[0].weight and copy[0] is not model[0]
