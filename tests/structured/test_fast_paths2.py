@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from prunekit.structured.adapters import ParamSlicer, set_size
+from prunekit.structured.mha import PrunedMultiheadAttention
 from prunekit.structured.pruning import _shallow_clone
 
 
@@ -62,3 +63,33 @@ def test_shallow_clone_copies_empty_containers() -> None:
         assert got == original and got is not original and type(got) is type(original)
     assert type(copy.table) is OrderedDict and copy.table["conv"] is copy[0]
     assert copy[0].weight is model[0].weight and copy[0] is not model[0]
+
+
+class _SubAttention(PrunedMultiheadAttention):
+    """Its __init__ is PrunedMultiheadAttention's, but from_module takes the general path."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("options", [{}, {"bias": False}, {"add_bias_kv": True},
+                                     {"kdim": 8, "vdim": 12}, {"batch_first": True}])
+def test_mha_from_module_equals_the_general_path(options: dict[str, object]) -> None:
+    source = nn.MultiheadAttention(16, 4, **options)  # type: ignore[arg-type]
+    source.eval()
+    fast = PrunedMultiheadAttention.from_module(source)
+    general = _SubAttention.from_module(source)
+    assert type(general) is _SubAttention
+    assert list(fast.__dict__) == list(general.__dict__)
+    for key, value in fast.__dict__.items():
+        other = general.__dict__[key]
+        if isinstance(value, dict):
+            assert list(value) == list(other) and all(
+                value[k] is other[k] for k in value), key
+        elif not isinstance(value, set):
+            assert value == other, key
+    assert fast.out_proj is source.out_proj and not fast.training
+    x = torch.randn(5, 2, 16) if not options.get("batch_first") else torch.randn(2, 5, 16)
+    kv = x if "kdim" not in options else None
+    if kv is not None:
+        assert torch.equal(fast(x, x, x)[0], source(x, x, x)[0])

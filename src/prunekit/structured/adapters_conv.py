@@ -24,10 +24,10 @@ from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
     ParamSlicer,
     WeightView,
-    set_size,
     grad_rows,
     is_parameter,
     register_adapter,
+    set_size,
 )
 from prunekit.structured.adapters_linear import _first, _output
 

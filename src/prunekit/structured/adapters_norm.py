@@ -14,10 +14,10 @@ from prunekit.structured.adapters import (
     Axis,
     ParamSlicer,
     WeightView,
-    set_size,
     axes_list,
     cut_axes,
     register_adapter,
+    set_size,
     views_from_axes,
 )
 from prunekit.structured.adapters_linear import _first, _output
