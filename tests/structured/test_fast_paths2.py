@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
+from tests.structured.zoo import ZOO
 from torch import nn
 
-from prunekit.structured.adapters import ParamSlicer, set_size
+from prunekit.graph.dependency import build_groups
+from prunekit.graph.trace import trace
+from prunekit.structured.adapters import ParamSlicer, find_adapter, set_size
 from prunekit.structured.mha import PrunedMultiheadAttention
-from prunekit.structured.pruning import _shallow_clone
+from prunekit.structured.plan import plan_with_indices
+from prunekit.structured.pruning import _axes_of, _shallow_clone
 
 
 class _Watched(nn.Conv2d):
@@ -93,3 +98,27 @@ def test_mha_from_module_equals_the_general_path(options: dict[str, object]) -> 
     kv = x if "kdim" not in options else None
     if kv is not None:
         assert torch.equal(fast(x, x, x)[0], source(x, x, x)[0])
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "mobilenet_v2", "vit", "split_glu"])
+def test_plan_keep_lists_equal_per_member_lookup(name: str) -> None:
+    entry = next(e for e in ZOO if e.name == name)
+    model = entry.build().eval()
+    graph = build_groups(model, trace(model, entry.example_inputs(), find_adapter),
+                         axes_of=_axes_of)
+    generator = torch.Generator().manual_seed(0)
+    masks = [torch.rand(g.size, generator=generator) < 0.6 for g in graph.groups]
+    _, indices = plan_with_indices(model, graph, masks)
+    gone_id = np.zeros(max(graph.trace.space.size, 1), dtype=bool)
+    for group, mask in zip(graph.groups, masks, strict=True):
+        gone_id[group.units.numpy()[~mask.numpy()]] = True
+    expected = {}
+    for member in graph.members:
+        gone = gone_id[member.units.numpy().reshape(-1)]
+        if member.kind != "attr" and gone.any():
+            key = ("modules", member.name, member.dim) if member.kind == "module" else (
+                "params", member.name, str(member.axis))
+            expected[key] = np.flatnonzero(~gone)
+    assert list(indices) == list(expected)
+    for key, keep in indices.items():
+        assert keep.dtype == torch.int64 and np.array_equal(keep.numpy(), expected[key]), key
