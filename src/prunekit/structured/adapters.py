@@ -157,7 +157,11 @@ class ParamSlicer:
             # .to() / .cpu() return the tensor itself when it is there already
             if not (index.is_cpu and current.is_cpu) and index.device != current.device:
                 index = index.to(current.device)
-            current = current.detach().index_select(axis, index)  # a new tensor
+            # without grad mode (apply_plan cuts under no_grad) index_select records no
+            # graph, so the result equals detach().index_select()
+            if current.requires_grad and torch.is_grad_enabled():
+                current = current.detach()
+            current = current.index_select(axis, index)  # a new tensor
             done[axis] = index if index.is_cpu else index.cpu()
         self._state[key] = (orig, current, done)
 
@@ -177,6 +181,21 @@ class ParamSlicer:
                     setattr(module, attr, new)
         self._state.clear()
         self._holders.clear()
+
+
+_MODULE_SETATTR = nn.Module.__setattr__
+
+
+def set_size(module: nn.Module, attr: str, value: int | tuple[int, ...]) -> None:
+    """``setattr(module, attr, value)`` for a size attribute (an int or a tuple of ints).
+    Equivalent fast path: for a name already in the instance dict, not on the class, of a
+    module without its own ``__setattr__``, nn.Module's ends in ``object.__setattr__``
+    (the value is no Parameter, Buffer or Module, the name in none of their registries)."""
+    if type(module).__setattr__ is _MODULE_SETATTR and attr in module.__dict__ \
+            and not hasattr(type(module), attr):
+        module.__dict__[attr] = value
+    else:
+        setattr(module, attr, value)
 
 
 def is_parameter(value: object) -> TypeGuard[nn.Parameter]:

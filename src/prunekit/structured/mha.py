@@ -42,6 +42,15 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
                  kdim: int | None = None, vdim: int | None = None, batch_first: bool = False,
                  device: Any = None, dtype: Any = None, *, head_dim: int | None = None) -> None:
         nn.Module.__init__(self)
+        self._setup(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
+                    batch_first, {"device": device, "dtype": dtype}, head_dim, None)
+        self._reset_parameters()
+
+    def _setup(self, embed_dim: int, num_heads: int, dropout: float, bias: bool,
+               add_bias_kv: bool, add_zero_attn: bool, kdim: int | None, vdim: int | None,
+               batch_first: bool, factory: dict[str, Any], head_dim: int | None,
+               out_proj: NonDynamicallyQuantizableLinear | None) -> None:
+        """__init__ without the parameter init; ``out_proj`` given: used instead of a new one."""
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads),
                             ("head_dim", head_dim), ("kdim", kdim), ("vdim", vdim)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
@@ -53,7 +62,6 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
                 raise ValueError(f"PrunedMultiheadAttention: embed_dim={embed_dim} is not "
                                  f"divisible by num_heads={num_heads}; pass head_dim=...")
             head_dim = embed_dim // num_heads
-        factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
         self.vdim = vdim if vdim is not None else embed_dim
@@ -74,13 +82,13 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
             self.in_proj_bias = nn.Parameter(torch.empty(3 * inner, **factory))
         else:
             self.register_parameter("in_proj_bias", None)
-        self.out_proj = NonDynamicallyQuantizableLinear(inner, embed_dim, bias=bias, **factory)
+        self.out_proj = out_proj if out_proj is not None else \
+            NonDynamicallyQuantizableLinear(inner, embed_dim, bias=bias, **factory)
         if add_bias_kv:
             self.bias_k = nn.Parameter(torch.empty(1, 1, inner, **factory))
             self.bias_v = nn.Parameter(torch.empty(1, 1, inner, **factory))
         else:
             self.bias_k = self.bias_v = None
-        self._reset_parameters()
 
     @classmethod
     def from_module(cls, source: nn.MultiheadAttention) -> PrunedMultiheadAttention:
@@ -88,10 +96,18 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         if not isinstance(source, nn.MultiheadAttention):
             raise TypeError(f"from_module() needs an nn.MultiheadAttention, got "
                             f"{type(source).__name__}")
-        new = cls(source.embed_dim, source.num_heads, source.dropout,
-                  source.in_proj_bias is not None, source.bias_k is not None,
-                  source.add_zero_attn, source.kdim, source.vdim, source.batch_first,
-                  device="meta", head_dim=source.head_dim)
+        args = (source.embed_dim, source.num_heads, source.dropout,
+                source.in_proj_bias is not None, source.bias_k is not None,
+                source.add_zero_attn, source.kdim, source.vdim, source.batch_first)
+        if cls.__init__ is PrunedMultiheadAttention.__init__:
+            # what cls(*args, device="meta") builds, minus the parameter init (meta tensors
+            # hold no values, it draws no random numbers) and the out_proj replaced below
+            new = cls.__new__(cls)
+            nn.Module.__init__(new)
+            new._setup(*args, {"device": "meta", "dtype": None}, source.head_dim,
+                       source.out_proj)
+        else:  # a subclass's own __init__ runs
+            new = cls(*args, device="meta", head_dim=source.head_dim)
         for name in new._parameters:  # the same layout: registered (or None) on both
             new._parameters[name] = getattr(source, name)
         new.out_proj = source.out_proj

@@ -127,11 +127,20 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
 
     plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}, "attrs": {}}
     indices: Indices = {}
-    for member in graph.members:
-        gone = gone_id[member.units.numpy().reshape(-1)]
-        if not gone.any():
+    # every member's removed flags in one lookup; its kept positions are its slice of the
+    # kept positions of all members' units together, less its first position
+    members = graph.members
+    arrays = [member.units.numpy().reshape(-1) for member in members]
+    ends = np.cumsum([a.size for a in arrays], dtype=np.int64)
+    starts = ends - np.array([a.size for a in arrays], dtype=np.int64)
+    kept_flag = ~gone_id[np.concatenate(arrays)] if arrays else np.zeros(0, dtype=bool)
+    kept_all = np.flatnonzero(kept_flag)
+    before = np.concatenate(([0], np.cumsum(kept_flag)))  # kept positions before each one
+    first_kept, end_kept = before[starts].tolist(), before[ends].tolist()
+    for i, (member, start) in enumerate(zip(members, starts.tolist(), strict=True)):
+        if end_kept[i] - first_kept[i] == arrays[i].size:  # nothing of it is removed
             continue
-        kept_np = np.flatnonzero(~gone)
+        kept_np = kept_all[first_kept[i]:end_kept[i]] - start
         keep = torch.from_numpy(kept_np)
         if member.kind == "attr":
             plan["attrs"].setdefault(member.name, {})[member.dim] = int(kept_np.size)
@@ -253,13 +262,14 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
             attrs.append((module, attr, value))
     installed: list[tuple[nn.Module, nn.Module]] = []
     try:
-        for old, new in swaps:
-            _replace_module(model, old, new)
-            installed.append((old, new))
-        for adapter, module, keep in cuts:
-            adapter.prune(module, keep, slicer)
-        for module, attr, axis, index in params:
-            slicer.slice(module, attr, axis, index)
+        with torch.no_grad():  # the cuts are new tensors, not graph nodes (ParamSlicer.slice)
+            for old, new in swaps:
+                _replace_module(model, old, new)
+                installed.append((old, new))
+            for adapter, module, keep in cuts:
+                adapter.prune(module, keep, slicer)
+            for module, attr, axis, index in params:
+                slicer.slice(module, attr, axis, index)
     except BaseException as exc:
         for old, new in reversed(installed):
             _replace_module(model, new, old)

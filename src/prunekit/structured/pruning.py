@@ -6,6 +6,7 @@ import contextlib
 import copy
 import functools
 import gc
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar
@@ -330,21 +331,25 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> n
         memo[id(module)] = new
         state = module.__dict__.copy()
         for key, value in state.items():
-            if type(value) in _SHARED:  # none of these types is copied below
+            kind = type(value)
+            if kind in _SHARED:  # none of these types is copied below
                 continue
-            if isinstance(value, dict):
+            if kind is OrderedDict or kind is dict or isinstance(value, dict):
                 out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
-                for name, item in value.items():
-                    if isinstance(item, module_type):
-                        out[name] = clone(item)
+                if value:  # most of a module's hook dicts are empty
+                    for name, item in value.items():
+                        if isinstance(item, module_type):
+                            out[name] = clone(item)
                 state[key] = out
             elif isinstance(value, module_type):
                 state[key] = clone(value)
+            elif kind is set and not value:
+                state[key] = set()  # what the general branch builds from an empty set
             elif isinstance(value, (list, set)) or (
-                    type(value) is tuple and not _SHARED.issuperset(map(type, value))
+                    kind is tuple and not _SHARED.issuperset(map(type, value))
                     and any(isinstance(v, module_type) for v in value)):
-                state[key] = type(value)([clone(v) if isinstance(v, module_type) else v
-                                          for v in value])
+                state[key] = kind([clone(v) if isinstance(v, module_type) else v
+                                   for v in value])
         new.__dict__.update(state)
         return new
 
