@@ -48,6 +48,32 @@ def _general_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(TraceContext, "vector_of", lambda self, tensor: None)
 
 
+def _fast_matches_general(model: nn.Module, x: Tensor,
+                          monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The trace summary with the fast paths, asserted equal to the one without."""
+    fast = _summary(trace(model, x, find_adapter))
+    with monkeypatch.context() as patch:
+        _general_only(patch)
+        general = _summary(trace(model, x, find_adapter))
+    assert fast == general
+    return fast
+
+
+def count_vector_hits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make ``TraceContext.vector_of`` count the lookups that find a vector form: the
+    returned one-element list holds the count."""
+    hits = [0]
+    original = TraceContext.vector_of
+
+    def counting(self: TraceContext, tensor: Tensor) -> tuple[int, Tensor] | None:
+        found = original(self, tensor)
+        hits[0] += found is not None
+        return found
+
+    monkeypatch.setattr(TraceContext, "vector_of", counting)
+    return hits
+
+
 @pytest.mark.parametrize("entry", ZOO, ids=lambda e: e.name)
 def test_zoo_traces_match_the_general_path(entry: ZooEntry,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,23 +117,11 @@ class _EveryFastPath(nn.Module):
 
 def test_every_fast_path_is_taken_and_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x = _EveryFastPath().eval(), torch.randn(2, 3, 16, 16)
-    taken = 0
-    original = TraceContext.vector_of
-
-    def counting(self: TraceContext, tensor: Tensor) -> tuple[int, Tensor] | None:
-        nonlocal taken
-        found = original(self, tensor)
-        taken += found is not None
-        return found
-
     with monkeypatch.context() as patch:
-        patch.setattr(TraceContext, "vector_of", counting)
-        fast = _summary(trace(model, x, find_adapter))
-    assert taken >= 20
-    with monkeypatch.context() as patch:
-        _general_only(patch)
-        general = _summary(trace(model, x, find_adapter))
-    assert fast == general
+        hits = count_vector_hits(patch)
+        trace(model, x, find_adapter)
+    assert hits[0] >= 20
+    _fast_matches_general(model, x, monkeypatch)
     # the SE gate couples fc2's outputs with the channels it scales
     dims = trace(model, x, find_adapter)
     space = dims.space
@@ -172,11 +186,7 @@ class _ConstantChannels(nn.Module):
 
 def test_gate_against_constant_channels_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x = _ConstantChannels().eval(), torch.randn(2, 2, 8, 8)
-    fast = _summary(trace(model, x, find_adapter))
-    with monkeypatch.context() as patch:
-        _general_only(patch)
-        general = _summary(trace(model, x, find_adapter))
-    assert fast == general
+    _fast_matches_general(model, x, monkeypatch)
 
 
 class _InPlaceReshape(nn.Module):
@@ -193,11 +203,7 @@ class _InPlaceReshape(nn.Module):
 
 def test_in_place_reshape_of_vector_labels_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x = _InPlaceReshape().eval(), torch.randn(2, 3, 4, 4)
-    fast = _summary(trace(model, x, find_adapter))
-    with monkeypatch.context() as patch:
-        _general_only(patch)
-        general = _summary(trace(model, x, find_adapter))
-    assert fast == general
+    fast = _fast_matches_general(model, x, monkeypatch)
     assert fast["modules"]["head"]["in"][0][1] == fast["modules"]["conv"]["out"][0][1]
 
 
@@ -231,11 +237,7 @@ class _TokensAndParams(nn.Module):
 
 def test_param_nodes_against_vector_labels_match(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x = _TokensAndParams().eval(), torch.randn(2, 4, 3)
-    fast = _summary(trace(model, x, find_adapter))
-    with monkeypatch.context() as patch:
-        _general_only(patch)
-        general = _summary(trace(model, x, find_adapter))
-    assert fast == general
+    fast = _fast_matches_general(model, x, monkeypatch)
     # the embedding's channels, the class token's, the scale's and both embeddings' columns
     # are one set of classes
     classes = fast["modules"]["embed"]["out"][0][1]

@@ -20,13 +20,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.graph.test_trace_fast_paths import _general_only, _summary
+from tests.graph.test_trace_fast_paths import _general_only, _summary, count_vector_hits
 from torch import Tensor, nn
 
 import prunekit
 from prunekit.errors import PrunekitError
 from prunekit.graph.labels import varies
-from prunekit.graph.trace import TraceContext, trace
+from prunekit.graph.trace import trace
 from prunekit.structured.adapters import find_adapter
 
 Shape = tuple[int, ...]  # (C, H, W) for images, (T, C) for tokens; batch is always 2
@@ -851,22 +851,13 @@ def test_recipes_are_deterministic_and_cover_every_block() -> None:
 
 def test_fast_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast/general comparison is not vacuous: the random nets hit the vector form."""
-    taken = 0
-    original = TraceContext.vector_of
-
-    def counting(self: TraceContext, tensor: Tensor) -> tuple[int, Tensor] | None:
-        nonlocal taken
-        found = original(self, tensor)
-        taken += found is not None
-        return found
-
-    monkeypatch.setattr(TraceContext, "vector_of", counting)
+    hits = count_vector_hits(monkeypatch)
     for seed in SEEDS[:20]:
         model, x = _build(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trace(model, x, find_adapter, strict=False)
-    assert taken >= 100
+    assert hits[0] >= 100
 
 
 def test_most_random_nets_prune() -> None:
