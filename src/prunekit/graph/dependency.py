@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
-from prunekit.graph.labels import NEUTRAL, LabelSpace
+from prunekit.graph.labels import NEUTRAL, LabelSpace, sorted_unique
 from prunekit.graph.trace import ParamRecord, Trace
 
 __all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
@@ -296,7 +296,7 @@ def _components(members: list[Member], arrays: list[np.ndarray],
     if flat.size == 0:
         return []
     width = int(flat.max()) + 1
-    pairs = _sorted_unique(owner_of * width + flat)  # sorted by member, then unit
+    pairs = sorted_unique(owner_of * width + flat)  # sorted by member, then unit
     pair_member, pair_unit = pairs // width, pairs % width
     is_root = np.array([m.root for m in members], dtype=bool)
     rooted = is_root[pair_member]
@@ -320,7 +320,7 @@ def _components(members: list[Member], arrays: list[np.ndarray],
 
     links = lookup[root_unit] != root_member
     count = len(members)  # distinct (a, b) links in (a, b) order, as one int64 key each
-    keys = _sorted_unique(root_member[links] * count + lookup[root_unit[links]])
+    keys = sorted_unique(root_member[links] * count + lookup[root_unit[links]])
     for a, b in zip((keys // count).tolist(), (keys % count).tolist(), strict=True):
         ra, rb = find(a), find(b)
         if ra != rb:
@@ -336,7 +336,7 @@ def _components(members: list[Member], arrays: list[np.ndarray],
     slot_lookup[units] = unit_slot
     pair_slot = slot_lookup[pair_unit]
     owned = pair_slot >= 0
-    held_pairs = _sorted_unique(pair_member[owned] * slots + pair_slot[owned])
+    held_pairs = sorted_unique(pair_member[owned] * slots + pair_slot[owned])
     holders: list[list[Member]] = [[] for _ in range(slots)]
     for member_index, k in zip((held_pairs // slots).tolist(), (held_pairs % slots).tolist(),
                                strict=True):
@@ -366,10 +366,3 @@ def _unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     inverse[perm] = np.cumsum(head) - 1
     return ordered[head], perm[head], inverse
 
-
-def _sorted_unique(keys: np.ndarray) -> np.ndarray:
-    """``np.unique`` of int64 keys by one sort (cheaper than its hashing path here)."""
-    ordered = np.sort(keys)
-    if ordered.size < 2:
-        return ordered
-    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]

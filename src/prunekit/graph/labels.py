@@ -25,7 +25,7 @@ class LabelSpace:
     """Allocates channel ids and joins them; all operations work on whole tensors of ids.
 
     The union-find parent array is a NumPy array: label tensors are small once their
-    broadcast dims are cut (:func:`_compact`), and on small arrays a NumPy op costs a
+    broadcast dims are cut (:func:`cut_broadcast`), and on small arrays a NumPy op costs a
     fraction of a torch op's dispatch. Label tensors go in and out as CPU int64 tensors
     (``Tensor.numpy()`` / ``torch.from_numpy`` share memory, nothing is copied twice).
     """
@@ -60,7 +60,7 @@ class LabelSpace:
     def block(self, labels: Tensor, reason: str) -> None:
         """Make every channel in ``labels`` unprunable, remembering ``reason``."""
         flat = _np_compact(labels).reshape(-1)
-        real = _unique(flat[flat != NEUTRAL])
+        real = sorted_unique(flat[flat != NEUTRAL])
         if real.size == 0:
             return
         bid = self.block_id(reason)
@@ -100,11 +100,7 @@ class LabelSpace:
         # on big tensors also materialised dims along which neither side varies
         if a.shape != b.shape:
             a, b = torch.broadcast_tensors(a, b)
-        na, nb = _np(a), _np(b)
-        if 0 in na.strides and 0 in nb.strides:  # cut_broadcast, by NumPy slicing
-            cut = tuple(slice(0, 1) if n > 1 and x == 0 and y == 0 else slice(None)
-                        for n, x, y in zip(na.shape, na.strides, nb.strides, strict=True))
-            na, nb = na[cut], nb[cut]
+        na, nb = _np_cut_broadcast(_np(a), _np(b))
         if na.size > _BIG:
             for dim in range(na.ndim):
                 if na.shape[dim] > 1 and not _np_varies(na, dim) and not _np_varies(nb, dim):
@@ -121,7 +117,7 @@ class LabelSpace:
             a, b = a[keep], b[keep]
         if a.size > _DEDUP:
             width = self._size
-            pairs = _unique(a * width + b)  # one int64 key per distinct pair
+            pairs = sorted_unique(a * width + b)  # one int64 key per distinct pair
             a, b = pairs // width, pairs % width
         parent = self._parent
         while True:
@@ -156,7 +152,7 @@ def _equal(a: np.ndarray, b: np.ndarray) -> bool:
     return np.count_nonzero(a != b) == 0
 
 
-def _unique(values: np.ndarray) -> np.ndarray:
+def sorted_unique(values: np.ndarray) -> np.ndarray:
     """``np.unique(values)`` for a 1-D array, by sorting (NumPy 2's hash-based unique costs
     ~20x more on the few thousand ids of a label tensor)."""
     ordered = np.sort(values)
@@ -181,15 +177,13 @@ def _np(labels: Tensor) -> np.ndarray:
 
 
 def _first_along(ndim: int, dim: int) -> tuple[slice, ...]:
-    dim %= ndim
-    return tuple(slice(0, 1) if d == dim else slice(None) for d in range(ndim))
+    return (slice(None),) * (dim % ndim) + (slice(0, 1),)
 
 
 def _np_varies(arr: np.ndarray, dim: int) -> bool:
     if arr.ndim == 0:
         return False
-    first = arr[(slice(None),) * (dim % arr.ndim) + (slice(0, 1),)]
-    return bool(np.count_nonzero(arr != first))  # (cheaper than ndarray.any)
+    return bool(np.count_nonzero(arr != arr[_first_along(arr.ndim, dim)]))
 
 
 def cut_broadcast(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -207,19 +201,20 @@ def cut_broadcast(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
             b.as_strided(small, sb, b.storage_offset()))
 
 
+def _np_cut_broadcast(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cut_broadcast` of two same-shape arrays, by NumPy slicing (cheaper than a
+    torch ``as_strided``)."""
+    if 0 not in a.strides or 0 not in b.strides:
+        return a, b
+    cut = tuple(slice(0, 1) if n > 1 and x == 0 and y == 0 else slice(None)
+                for n, x, y in zip(a.shape, a.strides, b.strides, strict=True))
+    return a[cut], b[cut]
+
+
 def _np_compact(labels: Tensor) -> np.ndarray:
-    """``_np(_compact(labels))`` by NumPy slicing (cheaper than a torch ``as_strided``)."""
+    """``labels`` as NumPy, its broadcast (stride-0) dims cut to size 1."""
     arr = _np(labels)
-    strides = arr.strides
-    if 0 not in strides:
-        return arr
-    return arr[tuple(slice(0, 1) if x == 0 and n > 1 else slice(None)
-                     for n, x in zip(arr.shape, strides, strict=True))]
-
-
-def _compact(labels: Tensor) -> Tensor:
-    """``labels`` with its broadcast (stride-0) dims cut to size 1."""
-    return cut_broadcast(labels, labels)[0]
+    return _np_cut_broadcast(arr, arr)[0]
 
 
 def varies(labels: Tensor, dim: int) -> bool:
@@ -233,24 +228,23 @@ def varies(labels: Tensor, dim: int) -> bool:
 def as_line(labels: Tensor) -> tuple[int, Tensor] | None:
     """(dim, vector) if the values of ``labels`` are ``emit(vector, dim, labels.shape)``:
     constant along every dim but one (compared once per distinct position), else None."""
-    small = _compact(labels)
-    arr = _np(small)
-    found = -1
-    for dim in range(arr.ndim):
-        if arr.shape[dim] > 1 and _np_varies(arr, dim):
-            if found >= 0:
-                return None
-            found = dim
-    if found < 0:
+    if labels.dim() == 0:
         return None
-    return found, small[tuple(slice(None) if d == found else 0 for d in range(arr.ndim))]
+    arr = _np_compact(labels)
+    dims = _np_varying(arr)
+    if len(dims) != 1:
+        return None
+    (found,) = dims
+    return found, torch.from_numpy(arr[tuple(slice(None) if d == found else 0
+                                             for d in range(arr.ndim))])
 
 
 def varying(labels: Tensor) -> set[int]:
     """``{d for d in range(labels.dim()) if varies(labels, d)}``, compacting ``labels`` once."""
-    if labels.dim() == 0:
-        return set()
-    arr = _np_compact(labels)
+    return _np_varying(_np_compact(labels)) if labels.dim() else set()
+
+
+def _np_varying(arr: np.ndarray) -> set[int]:
     return {d for d in range(arr.ndim) if arr.shape[d] > 1 and _np_varies(arr, d)}
 
 
