@@ -68,15 +68,15 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     target = outputs[0] if outputs else call.args[0]
     shape = target.shape
     operands = tensors_in((call.args, call.kwargs))
-    if _vector_operands(ctx, operands, shape, outputs or [target]) or _vector_and_passive(
-            ctx, operands, shape, outputs or [target]) or _vector_and_full(
-            ctx, operands, shape, outputs or [target]):
+    results = outputs or [target]
+    if any(fast(ctx, operands, shape, results)
+           for fast in (_vector_operands, _vector_and_passive, _vector_and_full)):
         return
     labels = combine(ctx, [ctx.labels(t) for t in operands], shape)
     # (x + pos_embedding after a class token: x's roots again, but by value only)
     line = as_line(labels) if labels.dim() > 1 and any(
         ctx.param_record(t) is not None for t in operands) else None
-    for tensor in outputs or [target]:
+    for tensor in results:
         if line is not None:  # the same values, kept in vector form for the next ops
             ctx.set_vector(tensor, line[1], line[0])
         else:

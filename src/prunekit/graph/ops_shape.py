@@ -97,6 +97,17 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
     _replay(ctx, call)
 
 
+def _cat_args(call: OpCall) -> tuple[Any, Any]:
+    """(tensors, dim) of a ``cat`` call, positional or keyword."""
+    parts = call.args[0] if call.args else call.kwargs.get("tensors")
+    return parts, call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
+
+
+def _line(labels: Tensor, dim: int) -> Tensor:
+    """The labels along ``dim`` at index 0 of every other dim (a 1-D view)."""
+    return labels.movedim(dim, -1).reshape(-1, labels.shape[dim])[0]
+
+
 def _join_cat_parts(ctx: TraceContext, call: OpCall) -> None:
     """The parts of a ``cat`` keep equal sizes on every other dim: where the parts' labels
     vary along one such dim only (channels of feature maps stacked along H, a class token
@@ -104,20 +115,17 @@ def _join_cat_parts(ctx: TraceContext, call: OpCall) -> None:
     width (constant labels: blocked, or untracked) holds the others' width. (A consumer that
     joins positions, a conv or a norm, would join them too; one that does not, flatten into
     a Linear, would otherwise cut the parts apart.)"""
-    parts = call.args[0] if call.args else call.kwargs.get("tensors")
-    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
+    parts, dim = _cat_args(call)
     if not isinstance(parts, (list, tuple)) or len(parts) < 2 or not isinstance(dim, int) \
             or not all(isinstance(p, Tensor) and p.numel() > 0 for p in parts) \
             or len({p.dim() for p in parts}) != 1:  # (cat takes legacy empty 1-D parts)
         return
     canons = [ctx.space.find(ctx.labels(part)) for part in parts]
-    along = {d for canon in canons for d in range(canon.dim())
-             if d != dim % canon.dim() and varies(canon, d)}
+    along = set().union(*map(varying, canons)) - {dim % canons[0].dim()}
     if len(along) != 1:
         return
     (line_dim,) = along
-    lines = [canon.movedim(line_dim, -1).reshape(-1, canon.shape[line_dim])[0]
-             for canon in canons]
+    lines = [_line(canon, line_dim) for canon in canons]
     for line in lines[1:]:
         ctx.space.union(lines[0], line)
 
@@ -157,13 +165,12 @@ def _move_vector(ctx: TraceContext, call: OpCall) -> bool:
 def _cat_vectors(ctx: TraceContext, call: OpCall) -> bool:
     """``cat`` along the channel dim of tensors whose labels are vectors along it: the
     replay concatenates the vectors' roots. False (nothing done) for any other call."""
-    parts = call.args[0] if call.args else call.kwargs.get("tensors")
+    parts, dim = _cat_args(call)
     outs = tensors_in(call.out)
     if not isinstance(parts, (list, tuple)) or not parts or len(outs) != 1 or (
             set(call.kwargs) - {"tensors", "dim"}):  # (axis=, out=: left to the replay)
         return False
     out = outs[0]
-    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
     if not isinstance(dim, int) or out.dim() == 0:
         return False
     dim %= out.dim()
@@ -197,7 +204,7 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
         shrink, attr = _shrinking_factor(ctx, call, canon, bearing)
         rep_along(ctx.space, canon, tuple(d for d in bearing if d != shrink))
         if attr is not None:
-            line = ctx.space.find(canon).movedim(shrink, -1).reshape(-1, canon.shape[shrink])[0]
+            line = _line(ctx.space.find(canon), shrink)
             ctx.bind_attribute(ctx.path, attr, line)
 
 
@@ -240,7 +247,7 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     size = labels.shape[dim]
     holders = [k for k, v in _int_attributes(ctx).items() if v == size]
     if len(holders) == 1 and size in sizes:
-        line = ctx.space.find(labels).movedim(dim, -1).reshape(-1, size)[0]
+        line = _line(ctx.space.find(labels), dim)
         ctx.bind_attribute(ctx.path, holders[0], line)
         return
     trailing = all(labels.shape[d] == 1 for d in segment if d > dim)
@@ -484,7 +491,7 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
     for piece in pieces[1:]:  # pieces shrink alike: couple them index by index
         ctx.space.union(first, ctx.space.find(piece))
     if attr is not None:  # the split size is rewritten to the new width of one part
-        line = ctx.space.find(first).movedim(dim, -1).reshape(-1, first.shape[dim])[0]
+        line = _line(ctx.space.find(first), dim)
         ctx.bind_attribute(ctx.path, attr, line)
 
 
