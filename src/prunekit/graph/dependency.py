@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
-from prunekit.graph.labels import NEUTRAL, LabelSpace, sorted_unique
+from prunekit.graph.labels import NEUTRAL, LabelSpace, in_sorted, sorted_unique
 from prunekit.graph.trace import ParamRecord, Trace
 
 __all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
@@ -291,7 +291,7 @@ def _components(members: list[Member], arrays: list[np.ndarray],
     sizes = np.array([a.size for a in arrays], dtype=np.int64)
     flat = np.concatenate(arrays).astype(np.int64, copy=False)
     owner_of = np.repeat(np.arange(len(members), dtype=np.int64), sizes)
-    free = stop[np.minimum(np.searchsorted(stop, flat), stop.size - 1)] != flat  # not in stop
+    free = ~in_sorted(flat, stop)
     flat, owner_of = flat[free], owner_of[free]
     if flat.size == 0:
         return []

@@ -273,15 +273,17 @@ def consume(space: LabelSpace, labels: Tensor, dim: int) -> Tensor:
     return rep_along(space, labels, others).reshape(-1)
 
 
-def in_sorted(values: Tensor, ids: Tensor) -> np.ndarray:
+def in_sorted(values: Tensor | np.ndarray, ids: Tensor | np.ndarray) -> np.ndarray:
     """Boolean NumPy mask: which elements of ``values`` occur in the sorted 1-D ``ids``
     (``torch.isin`` for small id sets, without its per-call dispatch cost)."""
     found, _ = _search_sorted(values, ids)
     return found
 
 
-def _search_sorted(values: Tensor, ids: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    flat, sorted_ids = _np(values).reshape(-1), _np(ids)
+def _search_sorted(values: Tensor | np.ndarray,
+                   ids: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = (values if isinstance(values, np.ndarray) else _np(values)).reshape(-1)
+    sorted_ids = ids if isinstance(ids, np.ndarray) else _np(ids)
     if sorted_ids.size == 0:
         return np.zeros(flat.shape, dtype=bool), np.zeros(flat.shape, dtype=np.int64)
     pos = np.searchsorted(sorted_ids, flat)
