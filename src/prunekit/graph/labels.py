@@ -276,12 +276,14 @@ def consume(space: LabelSpace, labels: Tensor, dim: int) -> Tensor:
 def in_sorted(values: Tensor | np.ndarray, ids: Tensor | np.ndarray) -> np.ndarray:
     """Boolean NumPy mask: which elements of ``values`` occur in the sorted 1-D ``ids``
     (``torch.isin`` for small id sets, without its per-call dispatch cost)."""
-    found, _ = _search_sorted(values, ids)
+    found, _ = search_sorted(values, ids)
     return found
 
 
-def _search_sorted(values: Tensor | np.ndarray,
-                   ids: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def search_sorted(values: Tensor | np.ndarray,
+                  ids: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(which elements of ``values``, flattened, occur in the sorted 1-D ``ids``, and the
+    position in ``ids`` of each: where it is or would be inserted)."""
     flat = (values if isinstance(values, np.ndarray) else _np(values)).reshape(-1)
     sorted_ids = ids if isinstance(ids, np.ndarray) else _np(ids)
     if sorted_ids.size == 0:
@@ -294,7 +296,7 @@ def _search_sorted(values: Tensor | np.ndarray,
 def positions_in(values: Tensor, ids: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
     """(indices of the elements of 1-D ``values`` found in the sorted 1-D ``ids``, their
     positions in ``ids`` plus ``offset``)."""
-    found, pos = _search_sorted(values, ids)
+    found, pos = search_sorted(values, ids)
     rows = np.flatnonzero(found)
     pos = pos[rows]
     if offset:

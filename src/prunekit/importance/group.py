@@ -17,7 +17,7 @@ redundant). Gradient-based criteria plug in here by reading ``WeightView.grad``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -28,9 +28,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunekit.errors import ConfigError, check_choice
 from prunekit.graph.dependency import Group, Member
-from prunekit.graph.labels import positions_in
+from prunekit.graph.labels import positions_in, search_sorted
 from prunekit.importance.base import Criterion, get_criterion
-from prunekit.importance.magnitude import L1Magnitude, L2Magnitude
 from prunekit.structured.adapters import WeightView
 
 __all__ = [
@@ -135,20 +134,10 @@ class ElementNorm:
                 for start, count, size in blocks]
 
 
-# score() of these exact types on a float32 tensor without grad is detach().to(float32)
-# (both return the tensor's values as they are) and then this elementwise op
-_ELEMENTWISE: dict[type, Callable[[Tensor], Tensor]] = {L1Magnitude: torch.abs,
-                                                        L2Magnitude: torch.square}
-
-
 def _row_sums(element: Criterion, tensor: Tensor, generator: torch.Generator) -> Tensor:
     """``element.score(tensor).sum(1).float()``: one value per row of a ``[rows, -1]`` view."""
-    direct = _ELEMENTWISE.get(type(element))
-    if direct is not None and tensor.dtype == torch.float32 and not tensor.requires_grad:
-        scored = direct(tensor)
-        # a row of one value sums to that value (abs and square never give -0.0)
-        return scored.view(-1) if scored.shape[1] == 1 else scored.sum(1)
-    return element.score(tensor, generator=generator).sum(1).float()
+    summed = element.score(tensor, generator=generator).sum(1)
+    return summed if summed.dtype == torch.float32 else summed.float()
 
 
 def _member_slots(held: list[np.ndarray], starts: list[int], owners: list[int],
@@ -164,10 +153,7 @@ def _member_slots(held: list[np.ndarray], starts: list[int], owners: list[int],
     owner = np.repeat(np.asarray(owners, dtype=np.int64), counts)
     keys = np.repeat(np.arange(len(units), dtype=np.int64), sizes) * width + every
     wanted = owner * width + flat
-    if keys.size == 0:
-        return np.full(flat.shape, -1, dtype=np.int64)
-    pos = np.searchsorted(keys, wanted)
-    found = keys[np.minimum(pos, keys.size - 1)] == wanted
+    found, pos = search_sorted(wanted, keys)
     first = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # each group's first key
     base = np.repeat(np.asarray(starts, dtype=np.int64), counts) - first[owner]
     return np.where(found, base + pos, -1)

@@ -17,7 +17,7 @@ class L1Magnitude:
     needs_data: bool = False
 
     def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        return weight.detach().to(score_dtype(weight)).abs()
+        return _values(weight).abs()
 
     def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
         return scores.sum(dim=dim)
@@ -31,7 +31,7 @@ class L2Magnitude:
     needs_data: bool = False
 
     def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        return weight.detach().to(score_dtype(weight)).square()
+        return _values(weight).square()
 
     def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
         return scores.sum(dim=dim).sqrt()
@@ -77,3 +77,12 @@ L1 = register_criterion(L1Magnitude())
 L2 = register_criterion(L2Magnitude())
 NORMALIZED = register_criterion(NormalizedMagnitude())
 RANDOM = register_criterion(RandomScore())
+
+
+def _values(weight: torch.Tensor) -> torch.Tensor:
+    """``weight.detach().to(score_dtype(weight))``, skipping the calls that would return the
+    tensor itself (magnitudes score every layer of a model on every prune)."""
+    if weight.requires_grad:
+        weight = weight.detach()
+    dtype = score_dtype(weight)
+    return weight if weight.dtype == dtype else weight.to(dtype)
