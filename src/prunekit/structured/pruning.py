@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import gc
@@ -267,11 +266,10 @@ def prune(
     pruned = _shallow_clone(model, clones) if inplace else copy.deepcopy(model)
     try:
         apply_plan(pruned, plan, indices=indices)
-        # no clone in train mode and no module swapped in: eval_mode would switch nothing
-        # (the clones are then a superset of pruned.modules())
-        in_eval = bool(clones) and not any(module.training for module in clones) and \
-            not any("swap" in entry for entry in plan["modules"].values())
-        shapes = _output_shapes(pruned, example_inputs, in_eval=in_eval)
+        # without a module swapped in, the clones are pruned.modules(): no second walk
+        swapped = any("swap" in entry for entry in plan["modules"].values())
+        shapes = _output_shapes(pruned, example_inputs,
+                                clones if clones and not swapped else None)
     except ConfigError:
         raise
     except Exception as exc:
@@ -343,8 +341,6 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> n
                 state[key] = out
             elif isinstance(value, module_type):
                 state[key] = clone(value)
-            elif kind is set and not value:
-                state[key] = set()  # what the general branch builds from an empty set
             elif isinstance(value, (list, set)) or (
                     kind is tuple and not _SHARED.issuperset(map(type, value))
                     and any(isinstance(v, module_type) for v in value)):
@@ -369,11 +365,11 @@ def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
     raise ConfigError(f"ratios keys must be submodules of the model or their paths, got {key!r}")
 
 
-def _output_shapes(model: nn.Module, example_inputs: ExampleInputs, *,
-                   in_eval: bool = False) -> list[tuple[str, tuple[int, ...]]]:
-    """Output paths and shapes of a no-grad forward in eval mode (``in_eval``: the caller
-    knows that no module is in train mode, so nothing needs switching)."""
-    with torch.no_grad(), contextlib.nullcontext() if in_eval else eval_mode(model):
+def _output_shapes(model: nn.Module, example_inputs: ExampleInputs,
+                   modules: list[nn.Module] | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """Output paths and shapes of a no-grad forward in eval mode (``modules``: the model's
+    modules, when the caller has them)."""
+    with torch.no_grad(), eval_mode(model, modules):
         out = run_model(model, example_inputs)
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
 
