@@ -12,31 +12,10 @@ from torch import nn
 
 from prunekit.graph.dependency import build_groups
 from prunekit.graph.trace import trace
-from prunekit.structured.adapters import ParamSlicer, find_adapter, set_size
+from prunekit.structured.adapters import ParamSlicer, find_adapter
 from prunekit.structured.mha import PrunedMultiheadAttention
 from prunekit.structured.plan import plan_with_indices
 from prunekit.structured.pruning import _axes_of, _shallow_clone
-
-
-class _Watched(nn.Conv2d):
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "out_channels":
-            self.__dict__["seen"] = value
-        super().__setattr__(name, value)
-
-
-def test_set_size_equals_setattr() -> None:
-    conv = nn.Conv2d(4, 8, 3)
-    set_size(conv, "out_channels", 5)
-    assert conv.out_channels == 5 and "out_channels" in conv.__dict__
-    norm = nn.LayerNorm(8)
-    set_size(norm, "normalized_shape", (3,))
-    assert norm.normalized_shape == (3,)
-    watched = _Watched(4, 8, 3)
-    set_size(watched, "out_channels", 6)  # its own __setattr__ still runs
-    assert watched.out_channels == 6 and watched.__dict__["seen"] == 6
-    with pytest.raises(TypeError):  # a parameter's name goes through nn.Module's checks
-        set_size(conv, "bias", 3)
 
 
 @pytest.mark.parametrize("grad_mode", [True, False])

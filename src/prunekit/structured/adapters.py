@@ -183,21 +183,6 @@ class ParamSlicer:
         self._holders.clear()
 
 
-_MODULE_SETATTR = nn.Module.__setattr__
-
-
-def set_size(module: nn.Module, attr: str, value: int | tuple[int, ...]) -> None:
-    """``setattr(module, attr, value)`` for a size attribute (an int or a tuple of ints).
-    Equivalent fast path: for a name already in the instance dict, not on the class, of a
-    module without its own ``__setattr__``, nn.Module's ends in ``object.__setattr__``
-    (the value is no Parameter, Buffer or Module, the name in none of their registries)."""
-    if type(module).__setattr__ is _MODULE_SETATTR and attr in module.__dict__ \
-            and not hasattr(type(module), attr):
-        module.__dict__[attr] = value
-    else:
-        setattr(module, attr, value)
-
-
 def is_parameter(value: object) -> TypeGuard[nn.Parameter]:
     """``isinstance(value, nn.Parameter)``; an exact Parameter skips the metaclass's
     Python-level ``__instancecheck__``."""

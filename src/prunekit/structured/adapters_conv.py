@@ -27,7 +27,6 @@ from prunekit.structured.adapters import (
     grad_rows,
     is_parameter,
     register_adapter,
-    set_size,
 )
 from prunekit.structured.adapters_linear import _first, _output
 
@@ -90,11 +89,11 @@ class ConvAdapter:
             slicer.slice(conv, "weight", axis, index)
         if keep_out is not None:
             slicer.slice(conv, "bias", 0, keep_out)
-            set_size(conv, "out_channels", int(keep_out.numel()))
+            conv.out_channels = int(keep_out.numel())
         if keep_in is not None:
-            set_size(conv, "in_channels", int(keep_in.numel()))
+            conv.in_channels = int(keep_in.numel())
             if groups > 1 and cin == groups:
-                set_size(conv, "groups", conv.in_channels)
+                conv.groups = conv.in_channels
 
     def sync(self, module: nn.Module) -> None:
         return None

@@ -17,7 +17,6 @@ from prunekit.structured.adapters import (
     axes_list,
     cut_axes,
     register_adapter,
-    set_size,
     views_from_axes,
 )
 
@@ -64,9 +63,9 @@ class LinearAdapter:
         assert isinstance(module, nn.Linear)
         cut_axes(module, keep, slicer, _LINEAR_AXES)
         if "out" in keep:
-            set_size(module, "out_features", int(keep["out"].numel()))
+            module.out_features = int(keep["out"].numel())
         if "in" in keep:
-            set_size(module, "in_features", int(keep["in"].numel()))
+            module.in_features = int(keep["in"].numel())
 
     def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
         return axes_list(_LINEAR_AXES)
