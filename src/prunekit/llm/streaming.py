@@ -259,13 +259,9 @@ def prune_checkpoint(
 
         @contextlib.contextmanager
         def prune_turn(index: int, block: nn.Module) -> Iterator[None]:
-            _load(block, layout.prefixes[index], entries)
-            try:
+            with stats_turn(index, block):  # loaded, pruned, then written before release
                 yield
                 _write_block(tmp, layout, index, block, layers[index], result, weight_map)
-            finally:
-                release(block)
-                return_free_memory()
             if progress is not None:
                 progress(index + 1, len(block_list))
 
