@@ -154,7 +154,8 @@ def _equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
     """``np.unique(values)`` for a 1-D array, by sorting (NumPy 2's hash-based unique costs
-    ~20x more on the few thousand ids of a label tensor)."""
+    several times more on the few thousand ids of a label tensor: 110 vs 13 us for 3,000
+    ids with NumPy 2.4)."""
     ordered = np.sort(values)
     if ordered.size < 2:
         return ordered
