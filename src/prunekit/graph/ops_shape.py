@@ -1,17 +1,8 @@
-"""Shape ops: the op itself is replayed on the label tensor, so concat offsets, flatten
-blocks, permutes and channel shuffles map indices exactly as they map data.
+"""Shape ops: the op itself is replayed on the label tensor, so concat offsets, permutes
+and stacks map indices exactly as they map data (reshapes: :mod:`prunekit.graph.ops_reshape`).
 
-Three rules keep the replay sound after channels are removed:
+Two rules keep the replay sound after channels are removed:
 
-* a reshape that *splits* a dimension along which channels vary in more than one of the
-  new factors lets one factor shrink: whole heads when the head count comes from a
-  ``*head*`` attribute (``[B, T, C] -> [B, T, self.num_heads, head_dim]``, the attribute
-  is rewritten), otherwise the last factor (a channel shuffle's
-  ``[B, C] -> [B, groups, C/groups]``: channel ``j`` of every group goes together, so the
-  group count written in the code stays valid; ``self.head_dim`` is rewritten if used);
-  whole heads go only if the per-head size is left to -1 or held by an attribute
-  (``self.head_dim``): one computed in the code (nanoGPT's ``C // self.n_head``) keeps the
-  heads, and the input width of the layer they come from, whole;
 * ``chunk`` couples the pieces index by index, so all pieces shrink alike; so does a
   ``split`` into equal parts whose width one int attribute of the running module holds
   (a fused q/k/v projection, ``c_attn(x).split(self.split_size, 2)``), and that attribute
@@ -26,13 +17,12 @@ the forward check after surgery then fails loudly, and the user's model is left 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import rep_along, varies, varying
+from prunekit.graph.labels import varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import ParamRecord, TraceContext
 
@@ -43,7 +33,6 @@ REPLAY = (
     "cat", "concat", "concatenate", "broadcast_to", "view_as_real", "atleast_2d",
     "diag_embed", "tril", "triu",
 )
-RESHAPE = ("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "ravel")
 SLICING = ("getitem", "narrow", "select", "index_select", "unbind", "tensor_split")
 CHUNKING = ("chunk", "split", "split_with_sizes")
 
@@ -65,7 +54,7 @@ def _replace_first(call: OpCall, ctx: TraceContext, partial: bool = False
     return (), {**call.kwargs, key: swap(call.kwargs[key])}
 
 
-def _replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
+def replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
     args, kwargs = _replace_first(call, ctx, partial)
     try:
         result = call.func(*args, **kwargs)
@@ -89,12 +78,12 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
     if call.name in {"cat", "concat", "concatenate"}:
         if _cat_vectors(ctx, call):
             return
-        _replay(ctx, call)
+        replay(ctx, call)
         _join_cat_parts(ctx, call)
         return
     if call.name in _MOVES and _move_vector(ctx, call):
         return
-    _replay(ctx, call)
+    replay(ctx, call)
 
 
 def _cat_args(call: OpCall) -> tuple[Any, Any]:
@@ -103,7 +92,7 @@ def _cat_args(call: OpCall) -> tuple[Any, Any]:
     return parts, call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
 
 
-def _line(labels: Tensor, dim: int) -> Tensor:
+def first_line(labels: Tensor, dim: int) -> Tensor:
     """The labels along ``dim`` at index 0 of every other dim (a 1-D view)."""
     return labels.movedim(dim, -1).reshape(-1, labels.shape[dim])[0]
 
@@ -125,7 +114,7 @@ def _join_cat_parts(ctx: TraceContext, call: OpCall) -> None:
     if len(along) != 1:
         return
     (line_dim,) = along
-    lines = [_line(canon, line_dim) for canon in canons]
+    lines = [first_line(canon, line_dim) for canon in canons]
     for line in lines[1:]:
         ctx.space.union(lines[0], line)
 
@@ -184,166 +173,6 @@ def _cat_vectors(ctx: TraceContext, call: OpCall) -> bool:
     return True
 
 
-def _reshape(ctx: TraceContext, call: OpCall) -> None:
-    source = tensors_in(call.args[:1])[0]
-    if _reshape_vector(ctx, call, source):
-        return
-    _replay(ctx, call)
-    out = tensors_in(call.out)[0]
-    labels = ctx.labels(out)
-    for _, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
-        if len(out_dims) < 2:
-            continue
-        canon = ctx.space.find(labels)
-        dims = varying(canon)
-        bearing = [d for d in out_dims if d in dims]
-        if len(bearing) == 1:
-            _one_varying_factor(ctx, call, canon, out_dims, bearing[0])
-        if len(bearing) < 2:
-            continue
-        shrink, attr = _shrinking_factor(ctx, call, canon, bearing)
-        rep_along(ctx.space, canon, tuple(d for d in bearing if d != shrink))
-        if attr is not None:
-            line = _line(ctx.space.find(canon), shrink)
-            ctx.bind_attribute(ctx.path, attr, line)
-
-
-def _reshape_vector(ctx: TraceContext, call: OpCall, source: Tensor) -> bool:
-    """``_reshape`` for labels in vector form whose channel dim stays whole or merges with
-    others into one dim (``flatten(1)``): the result is again a vector, each channel
-    repeated over the positions merged with it, and no split needs checking (only one
-    dim varies). False (nothing done) for any other reshape."""
-    vector = ctx.vector_of(source)
-    outs = tensors_in(call.out)
-    if vector is None or len(outs) != 1 or any(
-            isinstance(a, torch.dtype) for a in (*call.args[1:], *call.kwargs.values())):
-        return False
-    dim, roots = vector[0], ctx.space.find(vector[1])
-    out = outs[0]
-    for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
-        if dim not in src_dims:
-            continue
-        if len(out_dims) != 1:
-            return False
-        before = math.prod(source.shape[d] for d in src_dims if d < dim)
-        after = math.prod(source.shape[d] for d in src_dims if d > dim)
-        merged = roots.reshape(1, -1, 1).expand(before, -1, after).reshape(-1)
-        ctx.set_vector(out, merged, out_dims[0])
-        return True
-    return False
-
-
-def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
-                        segment: list[int], dim: int) -> None:
-    """A split whose labels vary along one factor only (one head, channels already tied
-    across groups): every channel that leaves the segment leaves that factor, so its size
-    must follow. It does when the call leaves it to -1, when one int attribute of the running
-    module holds it (``self.head_dim``, ``self.groups``: bound, then rewritten), or — for the
-    trailing factor — when the code computes it (``C // groups``, as the general split
-    assumes). A leading factor of a size fixed in the code keeps its channels whole."""
-    sizes = tensors_free(call.args[1:])
-    if len(sizes) == labels.dim() and sizes[dim] == -1:
-        return
-    size = labels.shape[dim]
-    holders = [k for k, v in _int_attributes(ctx).items() if v == size]
-    if len(holders) == 1 and size in sizes:
-        line = _line(ctx.space.find(labels), dim)
-        ctx.bind_attribute(ctx.path, holders[0], line)
-        return
-    trailing = all(labels.shape[d] == 1 for d in segment if d > dim)
-    if trailing and not holders:
-        return
-    where = f"module {ctx.path!r}" if ctx.path else "the model"
-    held = f" (held by {', '.join(holders)})" if holders else ""
-    ctx.block(labels, f"{call.display} splits channels along a factor of {size}{held}, a "
-                      f"size {where} fixes in its code; write -1 for it or keep it in one "
-                      f"int attribute to prune these channels")
-
-
-def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
-                      bearing: list[int]) -> tuple[int, str | None]:
-    """Which factor of a split shrinks, and the module attribute that holds its size.
-
-    A leading factor left to ``-1`` in the call, or written from a unique ``*head*``
-    attribute of the running module (``self.num_heads``, ``self.num_key_value_heads``, which
-    is then rewritten) shrinks: whole heads go.
-    Otherwise the last factor shrinks (channel ``j`` of every group goes together, so a
-    group count written in the code stays valid), and if its size is written in the call
-    and held by one int attribute (``self.head_dim``), that attribute is rewritten."""
-    sizes = tensors_free(call.args[1:])
-    attrs = _int_attributes(ctx)
-    if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
-        inferred = sizes.index(-1)
-        if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
-            heads = [k for k, v in attrs.items()
-                     if v == labels.shape[inferred] and _counts_heads(k)]
-            _check_head_size(ctx, call, labels, bearing, inferred, sizes, attrs)
-            return inferred, heads[0] if len(heads) == 1 else None
-    written = set(sizes)
-    for dim in bearing[:-1]:
-        size = labels.shape[dim]
-        heads = [k for k, v in attrs.items() if v == size and _counts_heads(k)]
-        if size in written and len(heads) == 1:
-            _check_head_size(ctx, call, labels, bearing, dim, sizes, attrs)
-            return dim, heads[0]
-    last = bearing[-1]
-    size = labels.shape[last]
-    holders = [k for k, v in attrs.items() if v == size]
-    if size not in written or last != labels.dim() - 1 or not holders:
-        return last, None
-    if len(holders) > 1:
-        holders = [k for k in holders if "head" in k and not _counts_heads(k)] or holders
-    if len(holders) > 1:
-        ctx.block(labels, f"{call.display} splits channels by {size}, which several "
-                          f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
-        return last, None
-    return last, holders[0]
-
-
-def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],
-                     heads: int, sizes: list[int], attrs: dict[str, int]) -> None:
-    """Whole heads may go only if the per-head size stays what it is: the last factor (after
-    the head count) must be left to -1 or held by an int attribute (``self.head_dim``). A
-    size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
-    the head count or the input width, so the heads are kept whole — and, when the heads
-    span exactly the width read by their projection, that projection's input width too.
-    Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay."""
-    last = bearing[-1]
-    held = set(attrs.values())
-    adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
-    if last <= heads or adapts or labels.shape[last] in held:
-        return
-    where = f"module {ctx.path!r}" if ctx.path else "the model"
-    reason = (f"{call.display} splits channels into heads of {labels.shape[last]}, a size "
-              f"that no int attribute of {where} holds (computed in the code, e.g. "
-              f"C // self.n_head?), so it would change when heads or the input width shrink; "
-              f"store it as self.head_dim or write -1 to prune heads")
-    width = 1
-    for d in bearing:
-        width *= labels.shape[d]
-    for inputs in _producer_inputs(ctx, labels):
-        if inputs.numel() == width:
-            ctx.block(inputs, reason)
-    ctx.block(labels, reason)
-
-
-def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
-    """The input channel labels of the layers whose outputs ``labels`` carry."""
-    roots = ctx.space.find(labels).unique()
-    found = []
-    for record in ctx.modules.values():
-        out, inp = record.dims.get("out"), record.dims.get("in")
-        if out is not None and inp is not None and bool(
-                torch.isin(ctx.space.find(out.labels), roots).any()):
-            found.append(inp.labels)
-    return found
-
-
-def _counts_heads(name: str) -> bool:
-    """``num_heads``, ``n_head``, ``num_key_value_heads`` — not ``head_dim``/``head_size``."""
-    return "head" in name and "dim" not in name and "size" not in name
-
-
 def tensors_free(values: tuple[Any, ...]) -> list[int]:
     """Every int written in ``values`` (nested tuples/lists/Size included)."""
     out: list[int] = []
@@ -352,30 +181,6 @@ def tensors_free(values: tuple[Any, ...]) -> list[int]:
             out.extend(tensors_free(tuple(value)))
         elif isinstance(value, int) and not isinstance(value, bool):
             out.append(value)
-    return out
-
-
-def _segments(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
-    """Group the dims of a reshape into runs of equal element count: (src dims, dst dims)."""
-    out: list[tuple[list[int], list[int]]] = []
-    i = j = 0
-    while i < len(src) and j < len(dst):
-        si, sj = [i], [j]
-        pi, pj = src[i], dst[j]
-        while pi != pj:
-            if pi < pj and i + 1 < len(src):
-                i += 1
-                pi *= src[i]
-                si.append(i)
-            elif j + 1 < len(dst):
-                j += 1
-                pj *= dst[j]
-                sj.append(j)
-            else:
-                return out
-        out.append((si, sj))
-        i += 1
-        j += 1
     return out
 
 
@@ -389,7 +194,7 @@ def _slicing(ctx: TraceContext, call: OpCall) -> None:
         _mark_selected(call, source, record)
     elif any(varies(canon, d) for d in touched):
         ctx.block(canon, f"{call.display} selects a fixed part of a channel dimension")
-    _replay(ctx, call, partial=True)
+    replay(ctx, call, partial=True)
 
 
 def _mark_selected(call: OpCall, source: Tensor, record: ParamRecord) -> None:
@@ -472,7 +277,7 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
             ctx.set_vector(out, piece, dim)
         canon, dim = roots, 0
     else:
-        pieces = tensors_in(_replay(ctx, call))
+        pieces = tensors_in(replay(ctx, call))
         canon = ctx.space.find(ctx.labels(source))
     if not varies(canon, dim) or len(pieces) < 2:
         return
@@ -491,7 +296,7 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
     for piece in pieces[1:]:  # pieces shrink alike: couple them index by index
         ctx.space.union(first, ctx.space.find(piece))
     if attr is not None:  # the split size is rewritten to the new width of one part
-        line = _line(ctx.space.find(first), dim)
+        line = first_line(ctx.space.find(first), dim)
         ctx.bind_attribute(ctx.path, attr, line)
 
 
@@ -505,7 +310,7 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
     size = call.kwargs.get("split_size_or_sections", call.kwargs.get("split_size"))
     if width not in tensors_free((*call.args[1:2], size)):
         return None, f"{call.display} splits a channel dimension at sizes fixed in the code"
-    holders = [k for k, v in _int_attributes(ctx).items() if v == width]
+    holders = [k for k, v in int_attributes(ctx).items() if v == width]
     if len(holders) > 1:
         holders = [k for k in holders if "split" in k.lower()] or holders
     if len(holders) == 1:
@@ -521,14 +326,13 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
                   f"cannot tell which to rewrite; name the one the split reads split_size")
 
 
-def _int_attributes(ctx: TraceContext) -> dict[str, int]:
+def int_attributes(ctx: TraceContext) -> dict[str, int]:
     """The running module's int attributes (the sizes its forward may read)."""
     return {k: v for k, v in vars(ctx.running_module).items()
             if isinstance(v, int) and not isinstance(v, bool)}
 
 
 register_op(REPLAY, _replay_only)
-register_op(RESHAPE, _reshape)
 register_op(SLICING, _slicing)
 register_op(CHUNKING, _chunking)
 

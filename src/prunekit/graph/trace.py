@@ -16,15 +16,15 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, is_dataclass
-from typing import Any, Protocol
+from dataclasses import is_dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import UnsupportedOpError
+from prunekit.graph.hooks import CallStack, Recorder
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit
 from prunekit.graph.ops import (
     OpCall,
@@ -33,6 +33,14 @@ from prunekit.graph.ops import (
     get_op_handler,
     op_name,
     tensors_in,
+)
+from prunekit.graph.records import (  # (defined there, imported from here by the adapters)
+    ModuleCall,
+    ModuleDim,
+    ModuleHandler,
+    ModuleRecord,
+    ParamRecord,
+    Trace,
 )
 
 __all__ = [
@@ -46,67 +54,6 @@ __all__ = [
     "trace",
     "walk_tensors",
 ]
-
-
-@dataclass(frozen=True)
-class ModuleCall:
-    """One call of an atomic module, as its forward hooks saw it."""
-
-    name: str
-    module: nn.Module
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    out: Any
-
-
-class ModuleHandler(Protocol):
-    """Trace-time half of a layer adapter: couples a module's input and output labels."""
-
-    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
-        """Record the module's dims with ``ctx.record_dim`` and label its output."""
-        ...
-
-
-@dataclass
-class ModuleDim:
-    """One prunable dimension of a module: a label per index; ``root`` if it made fresh ids;
-    ``width``: channels of the layer per index (``head_dim`` for a dim of whole heads)."""
-
-    labels: Tensor
-    root: bool
-    width: int = 1
-
-
-@dataclass
-class ModuleRecord:
-    name: str
-    module: nn.Module
-    dims: dict[str, ModuleDim] = field(default_factory=dict)
-
-
-@dataclass
-class ParamRecord:
-    """A parameter or buffer used directly by traced code; ``ids`` has its shape."""
-
-    name: str
-    tensor: Tensor
-    ids: Tensor
-    sliced_axes: set[int] = field(default_factory=set)
-    whole: bool = False  # read as a whole by some op
-    selected: Tensor | None = None  # elements read through slicing (bool, like ``ids``)
-    axes: dict[int, tuple[Tensor, bool]] = field(default_factory=dict)  # as a layer weight
-
-
-@dataclass
-class Trace:
-    """Everything the dependency builder needs from one forward pass."""
-
-    space: LabelSpace
-    modules: dict[str, ModuleRecord]
-    params: dict[str, ParamRecord]
-    skipped_ops: list[str]
-    bindings: dict[tuple[str, str], Tensor] = field(default_factory=dict)
-    output_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
 
 
 class TraceContext:
@@ -123,11 +70,7 @@ class TraceContext:
         # as (tensor, dim, vector, shape), the label tensor is only built when asked for
         # (``shape``: the tensor's when set; an in-place op may change it before relabelling)
         self._vectors: dict[int, tuple[Tensor, int, Tensor, torch.Size]] = {}
-        self._path: list[str] = []
-        self._running: list[nn.Module] = [model]
-        self._atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
-        self._mode: TorchFunctionMode | None = None  # the recorder, once it runs
-        self._suspended: list[bool] = []
+        self._calls = CallStack(model)  # the running modules; whether ops are recorded
         self._ops: dict[Callable[..., Any], tuple[str, str, OpHandler | None]] = {}
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self._param_names: dict[int, str] = {}
@@ -250,12 +193,13 @@ class TraceContext:
     @property
     def path(self) -> str:
         """Dotted path of the innermost module running now ('' for the model itself)."""
-        return self._path[-1] if self._path else ""
+        paths = self._calls.paths
+        return paths[-1] if paths else ""
 
     @property
     def running_module(self) -> nn.Module:
         """The innermost module whose forward is running now."""
-        return self._running[-1]
+        return self._calls.modules[-1]
 
     def bind_attribute(self, name: str, attr: str, labels: Tensor) -> None:
         """Module ``name``'s int attribute ``attr`` counts the channels in ``labels``; it is
@@ -371,128 +315,26 @@ class TraceContext:
             handler.trace(self, call)
         except OpNotMappable as exc:
             reason = f"layer {type(call.module).__name__} cannot be mapped here ({exc})"
-            self._path.append(call.name)
+            self._calls.paths.append(call.name)
             try:
                 op = OpCall(type(call.module), type(call.module).__name__,
                             type(call.module).__qualname__, call.args, call.kwargs, call.out)
                 self._unsupported(op, tensors_in((call.args, call.kwargs)),
                                   tensors_in(call.out), reason)
             finally:
-                self._path.pop()
+                self._calls.paths.pop()
 
-    # -- hooks -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def hooks(self, model: nn.Module,
-              lookup: Callable[[nn.Module], ModuleHandler | None]) -> Iterator[None]:
-        """Path-tracking hooks on every module; atomic handling for modules with a handler.
-
-        Two process-wide module hooks serve every module of ``model`` (registering two hooks
-        per module costs more than the rest of a small model's trace); a module that has
-        forward hooks of its own gets hooks of its own instead, registered after the
-        user's, so that its handler sees the output those hooks return."""
-        atomic_stack: list[bool] = []
-        recorder = self
-        table: dict[int, tuple[str, ModuleHandler | None]] = {}
-        handles: list[Any] = []
-
-        def enter(mod: nn.Module, name: str, handler: ModuleHandler | None) -> None:
-            recorder._path.append(name)
-            recorder._running.append(mod)
-            atomic = handler is not None and recorder._atomic_depth == 0  # none around it
-            atomic_stack.append(atomic)
-            if atomic:
-                recorder._atomic_depth += 1
-                recorder._suspend()
-
-        def leave(mod: nn.Module, name: str, handler: ModuleHandler | None, args: Any,
-                  kwargs: Any, out: Any, *, failed: bool = False) -> None:
-            recorder._path.pop()
-            recorder._running.pop()
-            if atomic_stack.pop():
-                # still "inside" the module: the handler's own label arithmetic must not
-                # be recorded as ops of the model
-                try:
-                    if not failed:
-                        recorder.record_module(handler,  # type: ignore[arg-type]
-                                               ModuleCall(name, mod, args, kwargs, out))
-                finally:
-                    recorder._atomic_depth -= 1
-                    recorder._resume()
-
-        def global_pre(mod: nn.Module, args: Any) -> None:
-            entry = table.get(id(mod))
-            if entry is not None:
-                enter(mod, entry[0], entry[1])
-
-        def global_post(mod: nn.Module, args: Any, *rest: Any) -> None:
-            entry = table.get(id(mod))
-            if entry is None:
-                return
-            if len(rest) == 2:
-                leave(mod, entry[0], entry[1], args, rest[0], rest[1])
-            else:  # the forward raised: torch calls always-call hooks without kwargs
-                leave(mod, entry[0], entry[1], args, {}, rest[0], failed=True)
-
-        try:  # registration too: a lookup that raises half-way must leave no hook behind
-            for name, module in (self._named_modules if model is self._model
-                                 else model.named_modules()):
-                handler = lookup(module)
-                if not module._forward_hooks and not module._forward_pre_hooks:
-                    table[id(module)] = (name, handler)
-                    continue
-
-                def pre(mod: nn.Module, args: Any, kwargs: Any, *, _name: str = name,
-                        _handler: Any = handler) -> None:
-                    enter(mod, _name, _handler)
-
-                def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *,
-                         _name: str = name, _handler: Any = handler) -> None:
-                    leave(mod, _name, _handler, args, kwargs, out)
-
-                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-                handles.append(module.register_forward_hook(post, with_kwargs=True,
-                                                            always_call=True))
-            if table:
-                handles.append(nn.modules.module.register_module_forward_pre_hook(global_pre))
-                handles.append(nn.modules.module.register_module_forward_hook(
-                    global_post, with_kwargs=True, always_call=True))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _suspend(self) -> None:
-        """Take the recording mode off the torch-function stack while an atomic module runs:
-        its inner ops and its handler's label arithmetic then run at full speed."""
-        depth = torch._C._len_torch_function_stack()
-        mode = self._mode
-        if mode is not None and depth and torch._C._get_function_stack_at(depth - 1) is mode:
-            torch._C._pop_torch_function_stack()
-            self._suspended.append(True)
-        else:
-            self._suspended.append(False)
-
-    def _resume(self) -> None:
-        if self._suspended.pop() and self._mode is not None:
-            torch._C._push_on_torch_function_stack(self._mode)
+    def hooks(self, model: nn.Module, lookup: Callable[[nn.Module], ModuleHandler | None]
+              ) -> contextlib.AbstractContextManager[None]:
+        """Hooks on every module of ``model`` while it runs (see :class:`CallStack`): each
+        module with a handler is atomic, and its handler records it."""
+        modules = self._named_modules if model is self._model else model.named_modules()
+        return self._calls.hooks(modules, lookup, self.record_module)
 
     @property
     def recording(self) -> bool:
         """False while an atomic module runs (its inner ops are not recorded)."""
-        return self._atomic_depth == 0
-
-
-class _Recorder(TorchFunctionMode):
-    def __init__(self, ctx: TraceContext) -> None:
-        super().__init__()
-        self.ctx = ctx
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.ctx.recording:
-            self.ctx.record_op(func, tuple(args), dict(kwargs), out)
-        return out
+        return self._calls.recording
 
 
 def _constant(label: int, shape: torch.Size) -> Tensor:
@@ -573,7 +415,7 @@ def trace(
     for path, tensor in walk_tensors(example_inputs, "input"):
         bid = ctx.space.block_id(f"model input {path}")
         ctx.set_labels(tensor, _constant(bid, tensor.shape))
-    recorder = ctx._mode = _Recorder(ctx)
+    recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op)
     modules = [module for _, module in ctx._named_modules]
     with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, lookup), recorder:
         out = run_model(model, example_inputs)
@@ -581,7 +423,7 @@ def trace(
         if ctx.is_tracked(tensor):
             ctx.block(ctx.labels(tensor), f"model output {path}")
     shapes = [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
-    ctx._mode = None  # no cycle keeps the activations and their labels alive
+    ctx._calls.mode = None  # no cycle keeps the activations and their labels alive
     ctx._labels.clear()
     ctx._vectors.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes)

@@ -1,0 +1,154 @@
+"""How a trace sees the model run: module hooks that track the running module, and the
+torch-function mode that hands every other op to the recorder.
+
+Modules with a handler are *atomic*: while one runs, the mode is taken off the
+torch-function stack, so neither its inner ops nor its handler's label arithmetic are
+recorded as ops of the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from prunekit.graph.records import ModuleCall, ModuleHandler
+
+__all__ = ["CallStack", "Recorder"]
+
+OnModule = Callable[[ModuleHandler, ModuleCall], None]
+OnOp = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], None]
+
+
+class CallStack:
+    """The modules whose forward is running (innermost last), and whether ops are recorded
+    now: not while an atomic module runs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.paths: list[str] = []  # dotted paths; the model itself has none
+        self.modules: list[nn.Module] = [model]
+        self.atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
+        self.mode: TorchFunctionMode | None = None  # the recorder, once it runs
+        self._suspended: list[bool] = []
+
+    @property
+    def recording(self) -> bool:
+        """False while an atomic module runs (its inner ops are not recorded)."""
+        return self.atomic_depth == 0
+
+    @contextlib.contextmanager
+    def hooks(self, named_modules: Iterable[tuple[str, nn.Module]],
+              lookup: Callable[[nn.Module], ModuleHandler | None],
+              on_module: OnModule) -> Iterator[None]:
+        """Path-tracking hooks on every module; ``on_module(handler, call)`` after each call
+        of a module with a handler (none around it).
+
+        Two process-wide module hooks serve every module of ``named_modules`` (registering
+        two hooks per module costs more than the rest of a small model's trace); a module
+        that has forward hooks of its own gets hooks of its own instead, registered after
+        the user's, so that its handler sees the output those hooks return."""
+        atomic_stack: list[bool] = []
+        stack = self
+        table: dict[int, tuple[str, ModuleHandler | None]] = {}
+        handles: list[Any] = []
+
+        def enter(mod: nn.Module, name: str, handler: ModuleHandler | None) -> None:
+            stack.paths.append(name)
+            stack.modules.append(mod)
+            atomic = handler is not None and stack.atomic_depth == 0  # none around it
+            atomic_stack.append(atomic)
+            if atomic:
+                stack.atomic_depth += 1
+                stack.suspend()
+
+        def leave(mod: nn.Module, name: str, handler: ModuleHandler | None, args: Any,
+                  kwargs: Any, out: Any, *, failed: bool = False) -> None:
+            stack.paths.pop()
+            stack.modules.pop()
+            if atomic_stack.pop():
+                # still "inside" the module: the handler's own label arithmetic must not
+                # be recorded as ops of the model
+                try:
+                    if not failed:
+                        on_module(handler,  # type: ignore[arg-type]
+                                  ModuleCall(name, mod, args, kwargs, out))
+                finally:
+                    stack.atomic_depth -= 1
+                    stack.resume()
+
+        def global_pre(mod: nn.Module, args: Any) -> None:
+            entry = table.get(id(mod))
+            if entry is not None:
+                enter(mod, entry[0], entry[1])
+
+        def global_post(mod: nn.Module, args: Any, *rest: Any) -> None:
+            entry = table.get(id(mod))
+            if entry is None:
+                return
+            if len(rest) == 2:
+                leave(mod, entry[0], entry[1], args, rest[0], rest[1])
+            else:  # the forward raised: torch calls always-call hooks without kwargs
+                leave(mod, entry[0], entry[1], args, {}, rest[0], failed=True)
+
+        try:  # registration too: a lookup that raises half-way must leave no hook behind
+            for name, module in named_modules:
+                handler = lookup(module)
+                if not module._forward_hooks and not module._forward_pre_hooks:
+                    table[id(module)] = (name, handler)
+                    continue
+
+                def pre(mod: nn.Module, args: Any, kwargs: Any, *, _name: str = name,
+                        _handler: Any = handler) -> None:
+                    enter(mod, _name, _handler)
+
+                def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *,
+                         _name: str = name, _handler: Any = handler) -> None:
+                    leave(mod, _name, _handler, args, kwargs, out)
+
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(module.register_forward_hook(post, with_kwargs=True,
+                                                            always_call=True))
+            if table:
+                handles.append(nn.modules.module.register_module_forward_pre_hook(global_pre))
+                handles.append(nn.modules.module.register_module_forward_hook(
+                    global_post, with_kwargs=True, always_call=True))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def suspend(self) -> None:
+        """Take the recording mode off the torch-function stack while an atomic module runs:
+        its inner ops and its handler's label arithmetic then run at full speed."""
+        depth = torch._C._len_torch_function_stack()
+        mode = self.mode
+        if mode is not None and depth and torch._C._get_function_stack_at(depth - 1) is mode:
+            torch._C._pop_torch_function_stack()
+            self._suspended.append(True)
+        else:
+            self._suspended.append(False)
+
+    def resume(self) -> None:
+        if self._suspended.pop() and self.mode is not None:
+            torch._C._push_on_torch_function_stack(self.mode)
+
+
+class Recorder(TorchFunctionMode):
+    """Runs every torch function, then hands it to ``on_op(func, args, kwargs, out)``
+    unless an atomic module of ``stack`` runs."""
+
+    def __init__(self, stack: CallStack, on_op: OnOp) -> None:
+        super().__init__()
+        self.stack = stack
+        self.on_op = on_op
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.stack.recording:
+            self.on_op(func, tuple(args), dict(kwargs), out)
+        return out

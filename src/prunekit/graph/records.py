@@ -1,0 +1,80 @@
+"""What one trace records: atomic module calls and their dims, param nodes, the result.
+
+These are plain data; :mod:`prunekit.graph.trace` fills them while the model runs and
+:mod:`prunekit.graph.dependency` turns a :class:`Trace` into groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from torch import Tensor, nn
+
+from prunekit.graph.labels import LabelSpace
+
+if TYPE_CHECKING:
+    from prunekit.graph.trace import TraceContext
+
+__all__ = ["ModuleCall", "ModuleDim", "ModuleHandler", "ModuleRecord", "ParamRecord", "Trace"]
+
+
+@dataclass(frozen=True)
+class ModuleCall:
+    """One call of an atomic module, as its forward hooks saw it."""
+
+    name: str
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    out: Any
+
+
+class ModuleHandler(Protocol):
+    """Trace-time half of a layer adapter: couples a module's input and output labels."""
+
+    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
+        """Record the module's dims with ``ctx.record_dim`` and label its output."""
+        ...
+
+
+@dataclass
+class ModuleDim:
+    """One prunable dimension of a module: a label per index; ``root`` if it made fresh ids;
+    ``width``: channels of the layer per index (``head_dim`` for a dim of whole heads)."""
+
+    labels: Tensor
+    root: bool
+    width: int = 1
+
+
+@dataclass
+class ModuleRecord:
+    name: str
+    module: nn.Module
+    dims: dict[str, ModuleDim] = field(default_factory=dict)
+
+
+@dataclass
+class ParamRecord:
+    """A parameter or buffer used directly by traced code; ``ids`` has its shape."""
+
+    name: str
+    tensor: Tensor
+    ids: Tensor
+    sliced_axes: set[int] = field(default_factory=set)
+    whole: bool = False  # read as a whole by some op
+    selected: Tensor | None = None  # elements read through slicing (bool, like ``ids``)
+    axes: dict[int, tuple[Tensor, bool]] = field(default_factory=dict)  # as a layer weight
+
+
+@dataclass
+class Trace:
+    """Everything the dependency builder needs from one forward pass."""
+
+    space: LabelSpace
+    modules: dict[str, ModuleRecord]
+    params: dict[str, ParamRecord]
+    skipped_ops: list[str]
+    bindings: dict[tuple[str, str], Tensor] = field(default_factory=dict)
+    output_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
