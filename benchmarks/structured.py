@@ -5,7 +5,12 @@ prune a fresh copy; a run counts as a success when the pruned model runs and kee
 shapes *and* lost parameters. Columns: success per tool, graph+prune wall time and their
 ratio (prunekit / Torch-Pruning, median of `--repeats`), parameters and MACs kept, and for the
 convolutional models the measured CPU latency speed-up divided by the MACs reduction
-(1.0 = latency falls exactly as MACs do).
+(1.0 = latency falls exactly as MACs do), for prunekit's pruned model (``lat/MACs``) and for
+Torch-Pruning's (``TP l/M``): where both are low the architecture, not the pruner, is why.
+
+``floor`` is the time ratio prunekit would reach if everything but the two forwards it runs
+(the trace and the validation of the pruned model, ~the median no-grad forward of each)
+took no time: a lower bound that no reduction of prunekit's own overhead can beat.
 
 What is timed, like for like: Torch-Pruning's ``MetaPruner`` construction (its dependency
 graph: one autograd forward) plus ``pruner.step()``, in place; prunekit's
@@ -169,6 +174,17 @@ def _batched(inputs: Any, factor: int) -> Any:
     return inputs
 
 
+def _forward_s(model: nn.Module, inputs: Any, repeats: int = 15) -> float:
+    """Median seconds of a no-grad forward (after one warm-up call)."""
+    seconds = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            run_model(model, inputs)
+            seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds[1:])
+
+
 def latency_over_macs(entry: ZooEntry, pruned: nn.Module) -> float:
     base = entry.build().eval()
     inputs = _batched(entry.example_inputs(), 16)
@@ -217,19 +233,20 @@ def main() -> None:
     wanted = {n for n in args.models.split(",") if n}
     header = (f"{'model':<20}{'prunekit':>10}{'TP':>10}{'pk s':>9}{'pk+prof':>9}{'TP s':>9}"
               f"{'ratio':>7}"
-              f"{'params':>8}{'MACs':>8}{'lat/MACs':>9}  note")
+              f"{'floor':>7}{'params':>8}{'MACs':>8}{'lat/MACs':>9}{'TP l/M':>8}  note")
     print(header)
     print("-" * len(header))
     ok_pk = ok_tp = 0
     ratios: list[float] = []
     ratios_profiled: list[float] = []
+    floors: list[float] = []
     for entry in ZOO:
         if wanted and entry.name not in wanted:
             continue
         pk, tp = attempt_both(entry, args.repeats, args.timeout)
         ok_pk += pk["ok"]
         ok_tp += tp["ok"]
-        params = macs = lat = ratio = "-"
+        params = macs = lat = tp_lat = ratio = floor = "-"
         if pk["ok"]:
             base = entry.build().eval()
             inputs = entry.example_inputs()
@@ -238,24 +255,32 @@ def main() -> None:
             macs = f"{after.macs / max(1, before.macs):.2f}"
             if entry.name in CONV_FAMILIES:
                 lat = f"{latency_over_macs(entry, pk['model']):.2f}"
+                if tp["ok"]:
+                    tp_lat = f"{latency_over_macs(entry, tp['model']):.2f}"
         if pk["ok"] and tp["ok"]:
             r = pk["seconds"] / tp["seconds"]
             ratios.append(r)
             ratios_profiled.append(pk["profiled"] / tp["seconds"])
             ratio = f"{r:.2f}"
+            both = _forward_s(base, inputs) + _forward_s(pk["model"].eval(), inputs)
+            floors.append(both / tp["seconds"])
+            floor = f"{floors[-1]:.2f}"
         note = "; ".join(f"{tool}: {res['why']}" for tool, res in (("pk", pk), ("TP", tp))
                          if not res["ok"])
         status = ["ok" if res["ok"] else "FAIL" for res in (pk, tp)]
         print(f"{entry.name:<20}{status[0]:>10}{status[1]:>10}"
               f"{pk.get('seconds', float('nan')):>9.3f}{pk.get('profiled', float('nan')):>9.3f}"
               f"{tp.get('seconds', float('nan')):>9.3f}"
-              f"{ratio:>7}{params:>8}{macs:>8}{lat:>9}  {note}")
+              f"{ratio:>7}{floor:>7}{params:>8}{macs:>8}{lat:>9}{tp_lat:>8}  {note}")
     print("-" * len(header))
     med = statistics.median(ratios) if ratios else float("nan")
     med_prof = statistics.median(ratios_profiled) if ratios_profiled else float("nan")
+    med_floor = statistics.median(floors) if floors else float("nan")
     print(f"success: prunekit {ok_pk}, Torch-Pruning {ok_tp}; median time ratio "
           f"(prunekit / Torch-Pruning, where both succeed) {med:.2f}; with prunekit's "
-          f"before/after profiles read {med_prof:.2f}")
+          f"before/after profiles read {med_prof:.2f}; floor (its two forwards alone) "
+          f"{med_floor:.2f}, at or under 0.5 on {sum(f <= 0.5 for f in floors)} of "
+          f"{len(floors)}")
 
 
 if __name__ == "__main__":
