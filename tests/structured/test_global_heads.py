@@ -99,49 +99,60 @@ def test_max_keep_and_min_keep_count_heads_in_channels() -> None:
     assert _removed(masks) == [1, 16]
 
 
-def _old_global_counts(sizes: list[int], scores: list[Tensor], config: Allocation) -> list[int]:
-    """Units kept per group, as global ranking counted them before unit widths (and as
-    ``allocate`` bounds them by max_keep and min_keep)."""
-    total = sum(sizes)
-    budget = math.floor(config.ratio * total + 1e-9)
-    budget -= sum(s - max(1, math.floor(config.max_keep * s + 1e-9)) for s in sizes)
-    entries = sorted((float(v), gi) for gi, score in enumerate(scores) for v in score.tolist())
-    keep = [min(s, max(1, math.floor(config.max_keep * s + 1e-9))) for s in sizes]
+def test_max_keep_ranks_the_rest_above_the_units_it_took() -> None:
+    a, b = _group(4, "a"), _group(4, "b", index=1)
+    low, mid = torch.tensor([0.1, 0.2, 0.9, 0.95]), torch.tensor([0.3, 0.4, 0.5, 0.6])
+    masks = allocate([a, b], [low, mid],
+                     Allocation(ratio=0.5, global_ranking=True, max_keep=0.75))
+    # max_keep takes 0.1 and 0.3; the two lowest left are 0.2 and 0.4, not 0.2 and 0.9
+    assert low[~masks[0]].tolist() == pytest.approx([0.1, 0.2])
+    assert mid[~masks[1]].tolist() == pytest.approx([0.3, 0.4])
+
+
+def _reference_counts(sizes: list[int], scores: list[Tensor], config: Allocation) -> list[int]:
+    """Units kept per group by the definition, every unit one channel: max_keep takes each
+    group's lowest, then the lowest of the rest go, down to min_keep, until ``ratio`` of all
+    units went. With max_keep=1 it is the loop global ranking ran before widths counted."""
+    ceilings = [max(1, math.floor(config.max_keep * s + 1e-9)) for s in sizes]
     floors = [min(s, max(1, math.ceil(config.min_keep * s))) for s in sizes]
-    removed = 0
-    for _, gi in entries:
-        if removed >= budget:
+    budget = math.floor(config.ratio * sum(sizes) + 1e-9) - sum(
+        s - c for s, c in zip(sizes, ceilings, strict=True))
+    rest = sorted((float(v), gi) for gi, score in enumerate(scores)
+                  for v in sorted(score.tolist())[sizes[gi] - ceilings[gi]:])
+    keep = list(ceilings)
+    for _, gi in rest:
+        if budget <= 0:
             break
         if keep[gi] > floors[gi]:
             keep[gi] -= 1
-            removed += 1
-    ceilings = [max(1, math.floor(config.max_keep * s + 1e-9)) for s in sizes]
+            budget -= 1
     return [max(min(k, c), f) for k, c, f in zip(keep, ceilings, floors, strict=True)]
 
 
-def test_one_channel_units_are_allocated_as_before() -> None:
+def test_one_channel_units_are_ranked_by_the_definition() -> None:
     rng = random.Random(0)
-    for _ in range(200):
+    for _ in range(300):
         sizes = [rng.randint(1, 40) for _ in range(rng.randint(1, 6))]
         groups = [_group(s, f"g{i}", index=i) for i, s in enumerate(sizes)]
         scores = [torch.rand(s, generator=torch.Generator().manual_seed(rng.randint(0, 99)))
                   .round(decimals=1) for s in sizes]  # rounded: ties across groups too
         min_keep = rng.choice([0.0, 0.2, 0.5])
+        max_keep = rng.choice([1.0, 1.0, 0.8, max(min_keep, 0.6)])
         config = Allocation(ratio=rng.choice([0.1, 0.3, 0.5, 0.9]), global_ranking=True,
-                            min_keep=min_keep, max_keep=rng.choice([1.0, 0.8, max(min_keep, 0.6)]))
+                            min_keep=min_keep, max_keep=max_keep)
         masks = allocate(groups, scores, config)
-        want = _old_global_counts(sizes, scores, config)
-        assert [int(m.sum()) for m in masks] == want
+        assert [int(m.sum()) for m in masks] == _reference_counts(sizes, scores, config)
 
 
 # --- whole models ------------------------------------------------------------------------
 
 
-def _weak_heads(model: ViT, heads: list[int], scale: float) -> ViT:
-    """Scale the q/k/v rows and out_proj columns of ``heads`` in every block."""
+def _weak_heads(model: nn.Module, heads: list[int], scale: float) -> nn.Module:
+    """Scale the q/k/v rows and out_proj columns of ``heads`` in every attention layer."""
     with torch.no_grad():
-        for block in model.blocks:
-            attn = block.self_attention
+        for attn in model.modules():
+            if not isinstance(attn, nn.MultiheadAttention):
+                continue
             rows = attn.in_proj_weight.view(3, attn.num_heads, attn.head_dim, -1)
             rows[:, heads] *= scale
             attn.in_proj_bias.view(3, attn.num_heads, -1)[:, heads] *= scale
@@ -164,6 +175,7 @@ def _vit_channels(model: nn.Module) -> tuple[int, list[int]]:
 def test_vit_loses_its_weak_heads_and_half_its_channels() -> None:
     torch.manual_seed(0)
     model = _weak_heads(ViT().eval(), [0], 0.1)
+    assert isinstance(model, ViT)
     x = torch.randn(2, 3, 32, 32)
     before, _ = _vit_channels(model)
     result = pk.prune(model, x, ratio=0.5, global_ranking=True)
@@ -175,6 +187,16 @@ def test_vit_loses_its_weak_heads_and_half_its_channels() -> None:
     # 704 channels, 352 go (heads counted as 16 each); counted as one each, 322 went
     assert before == 704
     assert 0.49 <= (before - after) / before <= 0.5
+
+
+def test_transformer_encoder_loses_its_weak_heads() -> None:
+    entry = BY_NAME["transformer_encoder"]
+    model = _weak_heads(entry.build().eval(), [1, 3], 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pk.prune(model, entry.example_inputs(), ratio=0.5, global_ranking=True)
+    for path in ("encoder.layers.0.self_attn", "encoder.layers.1.self_attn"):
+        assert result.plan["modules"][path]["keep"]["heads"] == [0, 2]
 
 
 @pytest.mark.parametrize("ratio", [0.3, 0.4, 0.5, 0.6])

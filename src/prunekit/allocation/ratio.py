@@ -195,11 +195,16 @@ def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],
     keep = [min(g.size, c) for g, c in zip(groups, ceilings, strict=True)]
     floors = [_floor_keep(g, config) for g in groups]
     narrowest = min(widths, default=1)
+    # max_keep already took each group's lowest units: the ranking starts above them (else a
+    # group's next unit would go at the rank of one already gone, before better-ranked ones)
+    taken = [g.size - k for g, k in zip(groups, keep, strict=True)]
     removed = 0
     for _, gi in entries:
         if budget - removed < narrowest:
             break
-        if keep[gi] > floors[gi] and removed + widths[gi] <= budget:
+        if taken[gi]:
+            taken[gi] -= 1
+        elif keep[gi] > floors[gi] and removed + widths[gi] <= budget:
             keep[gi] -= 1
             removed += widths[gi]
     return keep
