@@ -3,8 +3,9 @@
 ``ratio`` is the fraction of a group's *channels* (units) removed — ``ratio=0.5`` halves
 the width of every prunable group; the resulting fraction of parameters and MACs differs
 (a conv between two halved groups keeps about a quarter of its weights), and
-``prune`` reports it. With ``global_ranking`` the same total number of units is removed
-wherever the (normalised) scores are lowest, so some groups lose more than others.
+``prune`` reports it. With ``global_ranking`` the same total number of channels is removed
+wherever the (normalised) scores are lowest, so some groups lose more than others; a unit of
+several channels (an attention head) costs that many (:func:`unit_width`).
 Every group keeps at least ``max(1, ceil(min_keep · units))`` units and at most
 ``max(1, floor(max_keep · units))`` (so global ranking prunes every group a little), and
 ``round_to`` keeps widths at multiples of N (rounded up, never above the original width).
@@ -28,7 +29,7 @@ from prunekit.errors import ConfigError, check_fraction
 from prunekit.graph.dependency import Group
 from prunekit.graph.labels import in_sorted, positions_in
 
-__all__ = ["Allocation", "allocate"]
+__all__ = ["Allocation", "allocate", "unit_width"]
 
 
 @dataclass(frozen=True)
@@ -142,22 +143,68 @@ def _top_mask(score: Tensor, size: int, keep: int) -> Tensor:
 _NUMPY_SORTED = (torch.float32, torch.float64)
 
 
+def unit_width(group: Group) -> int:
+    """Channels one unit of ``group`` spans: the fewest it takes from any layer dim that holds
+    it — 1 for a conv channel (also one feeding a flatten block), ``head_dim`` for an attention
+    head (the heads dim of ``nn.MultiheadAttention``, a hand-written head's rows in its output
+    projection), a ResNeXt group's width. Units of one group that differ (a concat of unlike
+    producers) count their mean, rounded."""
+    size = group.size
+    ids = group.units.numpy()
+    unset = np.iinfo(np.int64).max
+    fewest: np.ndarray | int = unset
+    for member in group.members:
+        if member.kind != "module":
+            continue  # parameter axes and size attributes are not layer channels
+        flat = member.units.numpy().reshape(-1)
+        if flat.size == size and np.array_equal(flat, ids):  # one index per unit
+            if member.width == 1:
+                return 1  # nothing is narrower than one channel
+            fewest = np.minimum(fewest, member.width)
+            continue
+        pos = np.searchsorted(ids, flat).clip(max=max(size - 1, 0))
+        pos = pos[ids[pos] == flat] if size else pos[:0]
+        counts = np.bincount(pos, minlength=size) * member.width
+        fewest = np.where(counts > 0, np.minimum(fewest, counts), fewest)
+    held = np.asarray(fewest).reshape(-1)
+    held = held[held < unset]
+    return max(1, round(float(held.mean()))) if held.size else 1
+
+
 def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],
                    config: Allocation) -> list[int]:
-    """Units kept per group when the lowest scores across all groups go first."""
-    total = sum(g.size for g in groups)
+    """Units kept per group when the lowest scores across all groups go first.
+
+    The budget is ``ratio`` of all prunable *channels*, and a unit removed costs its
+    :func:`unit_width`: a head of ``head_dim`` rows counts as ``head_dim`` channels, not one
+    (counted as one, every head that survives shrank the budget and the removed fraction
+    missed ``ratio``). A group's mean-normalised scores are relative to its average unit,
+    which for units of one width is its average channel, so a head ranks per channel against
+    channels. A unit wider than what is left of the budget is passed over and the ranking
+    goes on to narrower ones below it, so the budget is met without being exceeded. With
+    every unit one channel wide this is the plain count of units.
+    """
+    widths = [unit_width(g) for g in groups]
+    ceilings = [max(1, math.floor(config.max_keep * g.size + 1e-9)) for g in groups]
+    total = sum(g.size * w for g, w in zip(groups, widths, strict=True))
     budget = math.floor(config.ratio * total + 1e-9)
-    budget -= sum(g.size - max(1, math.floor(config.max_keep * g.size + 1e-9)) for g in groups)
+    budget -= sum((g.size - c) * w for g, c, w in zip(groups, ceilings, widths, strict=True))
     entries = sorted(
         (float(s), gi) for gi, score in enumerate(scores) for s in score.tolist()
     )
-    keep = [min(g.size, max(1, math.floor(config.max_keep * g.size + 1e-9))) for g in groups]
+    keep = [min(g.size, c) for g, c in zip(groups, ceilings, strict=True)]
     floors = [_floor_keep(g, config) for g in groups]
+    narrowest = min(widths, default=1)
+    # max_keep already took each group's lowest units: the ranking starts above them (else a
+    # group's next unit would go at the rank of one already gone, before better-ranked ones)
+    taken = [g.size - k for g, k in zip(groups, keep, strict=True)]
     removed = 0
     for _, gi in entries:
-        if removed >= budget:
+        if budget - removed < narrowest:
             break
-        if keep[gi] > floors[gi]:
+        if taken[gi]:
+            taken[gi] -= 1
+        elif keep[gi] > floors[gi] and removed + widths[gi] <= budget:
             keep[gi] -= 1
-            removed += 1
+            removed += widths[gi]
     return keep
