@@ -14,6 +14,7 @@ from prunekit.graph.labels import (
     as_line,
     cut_broadcast,
     emit,
+    fixed_shape,
     sorted_unique,
     varies,
     varying,
@@ -66,3 +67,17 @@ def test_union_of_broadcast_operands_joins_each_pair_once() -> None:
     space.union(emit(a, 1, (4, 3)).unsqueeze(0).expand(2, 4, 3), b.unsqueeze(1).expand(2, 4, 3))
     roots = space.find(torch.cat([a, b.reshape(-1)]))
     assert roots.tolist() == [1, 2, 3, 1, 2, 3, 1, 2, 3]
+
+
+def test_fixed_shape_keeps_whole_what_meets_it() -> None:
+    """One fresh block id, broadcast (no memory per element); channels joined with it are
+    blocked for its reason, unlike NEUTRAL, which joins nothing."""
+    space = LabelSpace()
+    channels = space.new_ids(3)
+    labels = fixed_shape(space, (2, 3), "a sum over all its channels")
+    assert labels.shape == (2, 3) and labels.stride() == (0, 0)
+    assert int(labels[0, 0]) != 0 and labels.unique().numel() == 1
+    space.union(labels, emit(channels, 1, (2, 3)))
+    blocked = space.blocked_roots()
+    assert set(space.find(channels).tolist()) <= set(blocked)
+    assert set(blocked.values()) == {"a sum over all its channels"}

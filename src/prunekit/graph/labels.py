@@ -8,6 +8,9 @@ are joined in the union-find. After tracing, each equivalence class is one pruna
 Label 0 (``NEUTRAL``) marks elements that belong to no channel (constants, tensors created
 inside ``forward``); it is never joined. A *block* id is a fresh label carrying a reason;
 every unit that contains one keeps its shape (model inputs/outputs, unsupported ops, ...).
+A tensor that carries no channels but whose shape no pruning changes (a sum over all its
+channels) gets a block id rather than NEUTRAL (:func:`fixed_shape`), so that a channel
+dimension lined up with one of its dims position by position keeps its width too.
 """
 
 from __future__ import annotations
@@ -311,3 +314,12 @@ def emit(vector: Tensor, dim: int, shape: torch.Size | tuple[int, ...]) -> Tenso
     view = [1] * len(shape)
     view[dim] = vector.numel()
     return vector.reshape(view).expand(tuple(shape))
+
+
+def fixed_shape(space: LabelSpace, shape: torch.Size | tuple[int, ...] | list[int],
+                reason: str) -> Tensor:
+    """Labels of a tensor that carries no channels and whose shape no pruning changes (a
+    reduction or product over all its channels): one fresh block id, broadcast. NEUTRAL
+    would join nothing, so a channel dim that meets one of its dims position by position
+    (``x.sum(1) * gate``) could shrink while this dim cannot."""
+    return torch.full((), space.block_id(reason), dtype=torch.long).expand(tuple(shape))

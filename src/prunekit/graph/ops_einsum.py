@@ -4,15 +4,15 @@ Each operand may carry channels along at most one of its letters (a tensor whose
 vary along two letters, such as a weight used directly, is kept whole). Operands that carry
 channels along the same letter are coupled index by index; an operand that has the letter
 but no channels along it (and is not broadcast there) cannot shrink, so the channels on
-that letter are kept whole. The result carries the channels of its one channel letter.
+that letter are kept whole. The result carries the channels of its one channel letter (with
+none, it has a shape no pruning changes: :func:`labels.fixed_shape`).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, emit, varies
+from prunekit.graph.labels import emit, fixed_shape, varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_matmul import contract
 from prunekit.graph.ops_pointwise import combine
@@ -56,7 +56,8 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
     out = tensors_in(call.out)[0]
     carried = [letter for letter in rhs if letter in vectors]
     if not carried:
-        ctx.set_labels(out, torch.full(tuple(out.shape), NEUTRAL, dtype=torch.long))
+        reason = f"{call.display} contracts all its channels: a shape no pruning changes"
+        ctx.set_labels(out, fixed_shape(space, out.shape, reason))
         return
     for letter in carried[1:]:
         for vector in vectors[letter]:

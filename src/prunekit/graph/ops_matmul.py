@@ -4,8 +4,9 @@
 For ``a [..., n, k] @ b [..., k, m]``: if channels vary along k on either side, both sides
 must drop the same k indices, so their k labels are joined (a side whose k dimension does
 not carry channels cannot shrink, so the other side's k channels are kept whole). The
-result carries b's channels along m, else a's along n; a side that carries channels along
-both of its dims, or along batch dims, is kept whole.
+result carries b's channels along m, else a's along n, else none, in a shape no pruning
+changes (:func:`labels.fixed_shape`); a side that carries channels along both of its dims,
+or along batch dims, is kept whole.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, varies, varying
+from prunekit.graph.labels import fixed_shape, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -53,7 +54,8 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
     if a_n:
         col = a.amax(dim=-1, keepdim=True)
         return col.expand(out_shape) if col.dim() == len(out_shape) else _lift(col, out_shape)
-    return torch.full(out_shape, NEUTRAL, dtype=torch.long)
+    return fixed_shape(space, out_shape, "a matrix product contracts all its channels, so "
+                                         "its result has a shape no pruning changes")
 
 
 def _batched(ctx: TraceContext, a: Tensor, b: Tensor, per_head: tuple[bool, bool],
@@ -63,9 +65,9 @@ def _batched(ctx: TraceContext, a: Tensor, b: Tensor, per_head: tuple[bool, bool
     la = a.amax(dim=(-2, -1), keepdim=True)
     lb = b.amax(dim=(-2, -1), keepdim=True)
     if not all(per_head):  # one side is shared by all heads: the heads cannot shrink
-        space.block(la if per_head[0] else lb,
-                    "a per-head tensor is multiplied with one shared by all heads")
-        return torch.full(out_shape, NEUTRAL, dtype=torch.long)
+        reason = "a per-head tensor is multiplied with one shared by all heads"
+        space.block(la if per_head[0] else lb, reason)
+        return fixed_shape(space, out_shape, reason)
     la_, lb_ = torch.broadcast_tensors(la, lb)
     space.union(la_, lb_)
     return _lift(torch.maximum(la_, lb_), out_shape)

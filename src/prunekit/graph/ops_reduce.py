@@ -1,11 +1,13 @@
 """Reductions (mean/sum/max over dims) and spatial ops (pooling, interpolation, padding).
 
 A reduction over dims R keeps the label of the kept positions when channels do not vary
-along R (spatial mean keeps channel c); it yields NEUTRAL when channels vary only along R
-(a mean over channels no longer depends on which channels exist); when channels vary both
-along R and elsewhere, the positions reduced together are joined (conservative). Spatial
-ops act on the trailing dims, which must not carry channels: the channels of the leading
-dims pass through, and everything pooled into one output position is joined.
+along R (spatial mean keeps channel c); when channels vary only along R, a block id (a mean
+over channels no longer depends on which channels exist, but no pruning changes its shape,
+so what meets it position by position keeps its width: :func:`labels.fixed_shape`); when
+channels vary both along R and elsewhere, the positions reduced together are joined
+(conservative). Spatial ops act on the trailing dims, which must not carry channels: the
+channels of the leading dims pass through, and everything pooled into one output position
+is joined.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, rep_along, varies, varying
+from prunekit.graph.labels import NEUTRAL, fixed_shape, rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -78,9 +80,10 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
     over_k = not bearing.isdisjoint(kept)
     if not over_r:
         rep = canon.amax(dim=reduced, keepdim=True) if reduced else canon
-    elif not over_k:
-        rep = torch.zeros([1] * ndim, dtype=torch.long).expand(
-            [1 if d in reduced else shape[d] for d in range(ndim)])
+    elif not over_k:  # (``x.view(b, g, c // g, h, w).sum(1) * gate``: c // g stays)
+        rep = fixed_shape(ctx.space, [1 if d in reduced else shape[d] for d in range(ndim)],
+                          f"{call.display} reduces over all its channels, so its result has "
+                          f"a shape no pruning changes")
     else:
         rep = rep_along(ctx.space, canon, reduced)
     for out in tensors_in(call.out):
