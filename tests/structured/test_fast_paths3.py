@@ -65,3 +65,31 @@ def test_narrow_views_are_scored_in_one_call() -> None:
     _all_row_sums(Counting(), views, torch.Generator())  # type: ignore[arg-type]
     # six one-column float32 CPU views in one call; two wide, one float64, one half apart
     assert Counting.calls == 1 + 4
+
+
+def test_update_attr_sets_what_setattr_sets() -> None:
+    from torch import nn
+
+    from prunekit.structured.adapters import update_attr
+
+    for old, new in [(4, 4), (4, 3), (True, 1), (1, True), (4, 4.0), ((4,), (4,)), ((4,), [4])]:
+        fast, general = nn.Linear(2, 2), nn.Linear(2, 2)
+        fast.size = general.size = old  # type: ignore[assignment]
+        update_attr(fast, "size", new)
+        general.size = new  # type: ignore[assignment]
+        assert type(fast.size) is type(general.size) and fast.size == general.size
+    layer = nn.Linear(2, 2)
+    update_attr(layer, "fresh", 3)  # not there yet: set
+    assert layer.fresh == 3
+    calls = []
+
+    class Recording(nn.Linear):
+        def __setattr__(self, name: str, value: object) -> None:
+            calls.append(name)
+            super().__setattr__(name, value)
+
+    skipped = Recording(2, 3)
+    calls.clear()
+    update_attr(skipped, "out_features", 3)
+    update_attr(skipped, "in_features", 5)
+    assert calls == ["in_features"] and skipped.in_features == 5
