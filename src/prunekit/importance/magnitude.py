@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -15,6 +16,8 @@ class L1Magnitude:
 
     name: str = "l1"
     needs_data: bool = False
+    # score(cat(ts)) == cat(score(t)): callers may score several tensors in one call
+    elementwise: ClassVar[bool] = True
 
     def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         return _values(weight).abs()
@@ -29,6 +32,7 @@ class L2Magnitude:
 
     name: str = "l2"
     needs_data: bool = False
+    elementwise: ClassVar[bool] = True  # as L1Magnitude's
 
     def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         return _values(weight).square()

@@ -29,7 +29,13 @@ from torch import Tensor, nn
 from prunekit.graph.labels import emit, rep_along
 from prunekit.graph.ops import OpNotMappable
 from prunekit.graph.trace import ModuleCall, TraceContext
-from prunekit.structured.adapters import ParamSlicer, ViewKind, WeightView, register_adapter
+from prunekit.structured.adapters import (
+    ParamSlicer,
+    ViewKind,
+    WeightView,
+    register_adapter,
+    update_attr,
+)
 from prunekit.structured.mha import PrunedMultiheadAttention
 
 _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
@@ -179,15 +185,18 @@ class MultiheadAttentionAdapter:
     def sync(self, module: nn.Module) -> None:
         if not isinstance(module, PrunedMultiheadAttention):
             return
-        weight = module.out_proj.weight
-        module.embed_dim, inner = weight.shape
-        module.num_heads = inner // module.head_dim
-        module.out_proj.out_features, module.out_proj.in_features = weight.shape
+        out = module.out_proj
+        embed, inner = out.weight.shape
+        update_attr(module, "embed_dim", embed)
+        update_attr(module, "num_heads", inner // module.head_dim)
+        update_attr(out, "out_features", embed)
+        update_attr(out, "in_features", inner)
         if module.in_proj_weight is not None:
-            module.kdim = module.vdim = module.embed_dim
+            update_attr(module, "kdim", embed)
+            update_attr(module, "vdim", embed)
         else:
-            module.kdim = module.k_proj_weight.shape[1]
-            module.vdim = module.v_proj_weight.shape[1]
+            update_attr(module, "kdim", module.k_proj_weight.shape[1])
+            update_attr(module, "vdim", module.v_proj_weight.shape[1])
 
     def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
         return None

@@ -17,6 +17,7 @@ from prunekit.structured.adapters import (
     axes_list,
     cut_axes,
     register_adapter,
+    update_attr,
     views_from_axes,
 )
 
@@ -72,7 +73,9 @@ class LinearAdapter:
 
     def sync(self, module: nn.Module) -> None:
         assert isinstance(module, nn.Linear)
-        module.out_features, module.in_features = module.weight.shape
+        out_features, in_features = module.weight.shape
+        update_attr(module, "out_features", out_features)
+        update_attr(module, "in_features", in_features)
 
 
 class EmbeddingAdapter:
@@ -99,7 +102,7 @@ class EmbeddingAdapter:
 
     def sync(self, module: nn.Module) -> None:
         assert isinstance(module, nn.Embedding)
-        module.embedding_dim = module.weight.shape[1]
+        update_attr(module, "embedding_dim", module.weight.shape[1])
 
 
 def _first(call: ModuleCall) -> Tensor:

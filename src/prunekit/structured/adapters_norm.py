@@ -17,6 +17,7 @@ from prunekit.structured.adapters import (
     axes_list,
     cut_axes,
     register_adapter,
+    update_attr,
     views_from_axes,
 )
 from prunekit.structured.adapters_linear import _first, _output
@@ -69,7 +70,7 @@ class ChannelNormAdapter:
             self._set_size(module, int(keep["channels"].numel()))
 
     def _set_size(self, module: nn.Module, size: int) -> None:
-        setattr(module, self.size_attr, (size,) if self.as_shape else size)
+        update_attr(module, self.size_attr, (size,) if self.as_shape else size)
 
     def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
         return axes_list(_AXES)

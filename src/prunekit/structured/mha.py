@@ -106,11 +106,11 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
             nn.Module.__init__(new)
             new._setup(*args, {"device": "meta", "dtype": None}, source.head_dim,
                        source.out_proj)
-        else:  # a subclass's own __init__ runs
+        else:  # a subclass's own __init__ runs (and builds its own out_proj)
             new = cls(*args, device="meta", head_dim=source.head_dim)
+            new.out_proj = source.out_proj
         for name in new._parameters:  # the same layout: registered (or None) on both
             new._parameters[name] = getattr(source, name)
-        new.out_proj = source.out_proj
         new.head_origin = getattr(source, "head_origin", None)
         new.train(source.training)
         return new

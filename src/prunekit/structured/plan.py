@@ -131,22 +131,27 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
     # kept positions of all members' units together, less its first position
     members = graph.members
     arrays = [member.units.numpy().reshape(-1) for member in members]
-    ends = np.cumsum([a.size for a in arrays], dtype=np.int64)
-    starts = ends - np.array([a.size for a in arrays], dtype=np.int64)
+    sizes = [a.size for a in arrays]
+    ends = np.cumsum(sizes, dtype=np.int64)
+    starts = ends - np.array(sizes, dtype=np.int64)
     kept_flag = ~gone_id[np.concatenate(arrays)] if arrays else np.zeros(0, dtype=bool)
     kept_all = np.flatnonzero(kept_flag)
     before = np.concatenate(([0], np.cumsum(kept_flag)))  # kept positions before each one
-    first_kept, end_kept = before[starts].tolist(), before[ends].tolist()
-    for i, (member, start) in enumerate(zip(members, starts.tolist(), strict=True)):
-        if end_kept[i] - first_kept[i] == arrays[i].size:  # nothing of it is removed
+    rows = zip(members, sizes, starts.tolist(), before[starts].tolist(), before[ends].tolist(),
+               strict=True)
+    module_entries = plan["modules"]
+    for member, size, start, first_kept, end_kept in rows:
+        if end_kept - first_kept == size:  # nothing of it is removed
             continue
-        kept_np = kept_all[first_kept[i]:end_kept[i]] - start
+        kept_np = kept_all[first_kept:end_kept] - start
         keep = torch.from_numpy(kept_np)
         if member.kind == "attr":
             plan["attrs"].setdefault(member.name, {})[member.dim] = int(kept_np.size)
         elif member.kind == "module":
-            entry = plan["modules"].setdefault(
-                member.name, {"type": type(module_at(member.name)).__name__, "keep": {}})
+            entry = module_entries.get(member.name)
+            if entry is None:
+                entry = module_entries[member.name] = {
+                    "type": type(module_at(member.name)).__name__, "keep": {}}
             entry["keep"][member.dim] = kept_np.tolist()
             indices["modules", member.name, member.dim] = keep
         else:
@@ -155,8 +160,11 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
             entry["keep"][str(member.axis)] = kept_np.tolist()
             indices["params", member.name, str(member.axis)] = keep
     for name, entry in plan["modules"].items():
+        module = module_at(name)
+        if _swap_adapter(module) is None:  # what _replacement_name answers without the keep dict
+            continue
         kept = {dim: indices["modules", name, dim] for dim in entry["keep"]}
-        replacement = _replacement_name(module_at(name), kept)
+        replacement = _replacement_name(module, kept)
         if replacement is not None:
             entry["swap"] = replacement
     return plan, indices
