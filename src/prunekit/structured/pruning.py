@@ -228,7 +228,9 @@ def prune(
     ``{"macs": 0.5}`` instead searches the global ratio that *keeps* that fraction.
     ``ratios`` sets per-layer ratios (by module or path) for the groups those layers
     produce (uniform allocation only); ``global_ranking`` ranks units of all groups together
-    (scores normalised per group, ``normalization="mean"`` unless given). Every group keeps at least
+    (scores normalised per group, ``normalization="mean"`` unless given) and removes ``ratio``
+    of all prunable channels, a unit costing its width (an attention head ``head_dim``
+    channels, a grouped-conv group its channels). Every group keeps at least
     ``max(1, ceil(min_keep · width))`` and at most ``floor(max_keep · width)`` channels;
     ``round_to`` keeps widths at multiples of N.
     ``ignore`` layers keep their output width. ``strict=False`` turns unknown ops into a
