@@ -6,7 +6,10 @@ layer types:
 
 * ``trace(ctx, call)`` — which input dim it reads as channels, which output dim it makes;
 * ``weight_views(module, dim)`` — its tensors as 2-D views ``[units, -1]`` along ``dim``;
-* ``prune(module, keep, slicer)`` — cut ``keep[dim]`` indices and update attributes;
+* ``prune(module, keep, slicer)`` — cut ``keep[dim]`` indices and update attributes (it
+  runs under ``torch.no_grad()``: install new ``nn.Parameter``/buffer tensors, e.g. through
+  ``slicer``, rather than tensors computed from the old parameters that should keep an
+  autograd history);
 * ``sync(module)`` — re-derive attributes from parameter shapes (after a parameter the
   module uses directly was sliced from outside);
 * ``axes(module)`` — which axis of which own tensor each dim cuts (for tied weights).
