@@ -251,11 +251,16 @@ class TraceContext:
     # -- recording ---------------------------------------------------------------------
     def record_op(self, func: Callable[..., Any], args: tuple[Any, ...],
                   kwargs: dict[str, Any], out: Any) -> None:
-        inputs = tensors_in((args, kwargs))
+        inputs = tensors_in(args) if not kwargs else tensors_in((args, kwargs))
         outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
         if not outputs and not (inputs and _is_setitem(func)):
             return
-        if not any(self.is_tracked(t) for t in inputs):
+        labels, vectors, params = self._labels, self._vectors, self._param_names
+        for t in inputs:  # any(self.is_tracked(t) for t in inputs), inlined: once per op
+            key = id(t)
+            if key in labels or key in vectors or key in params:
+                break
+        else:
             return
         name, display, handler = self._op(func)
         call = OpCall(func, name, display, args, kwargs, out)
