@@ -17,7 +17,7 @@ from tests.structured.zoo import ZOO, ZooEntry
 from torch import Tensor, nn
 
 from prunekit.graph.labels import emit
-from prunekit.graph.trace import Trace, TraceContext, trace
+from prunekit.graph.trace import Trace, TraceContext, _walk, trace
 from prunekit.structured.adapters import find_adapter
 
 
@@ -244,3 +244,19 @@ def test_param_nodes_against_vector_labels_match(monkeypatch: pytest.MonkeyPatch
     assert fast["modules"]["head"]["in"][0][1] == classes
     space = trace(model, x, find_adapter)
     assert space.space.find(space.params["pos2"].ids)[3].tolist() == classes
+
+
+def test_module_walk_is_named_modules() -> None:
+    """The tracer's own module walk lists what ``named_modules(remove_duplicate=False)``
+    does, shared modules at every path, and defers to a module's own override."""
+
+    class Listed(nn.Sequential):
+        def named_modules(self, *args: Any, **kwargs: Any) -> Any:
+            yield "only", self
+
+    shared = nn.ReLU()
+    for model in [entry.build() for entry in ZOO] + [
+            nn.Sequential(shared, nn.Sequential(shared, nn.Linear(2, 2))),
+            nn.Sequential(nn.ReLU(), Listed(nn.ReLU()))]:
+        assert _walk(model) == list(model.named_modules(remove_duplicate=False))
+    assert len(_walk(nn.Sequential(shared, nn.Sequential(shared)))) == 4
