@@ -254,7 +254,9 @@ class TraceContext:
     # -- recording ---------------------------------------------------------------------
     def record_op(self, func: Callable[..., Any], args: tuple[Any, ...],
                   kwargs: dict[str, Any], out: Any) -> None:
-        inputs = tensors_in(args) if not kwargs else tensors_in((args, kwargs))
+        inputs = tensors_in(args)  # == tensors_in((args, kwargs)): the same pytree order
+        if kwargs:  # (F.relu(x, inplace=False) and the like: mostly no tensors)
+            inputs += tensors_in(tuple(kwargs.values()))
         outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
         if not outputs and not (inputs and _is_setitem(func)):
             return
