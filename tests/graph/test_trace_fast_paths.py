@@ -8,6 +8,7 @@ nothing: not the ids, not the classes, not the blocks, not a module's recorded l
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 from tests.structured.zoo import ZOO, ZooEntry
 from torch import Tensor, nn
 
-from prunekit.graph.labels import emit
-from prunekit.graph.trace import Trace, TraceContext, trace
+from prunekit.graph.labels import LabelSpace, emit
+from prunekit.graph.trace import Trace, TraceContext, _walk, trace
 from prunekit.structured.adapters import find_adapter
 
 
@@ -244,3 +245,66 @@ def test_param_nodes_against_vector_labels_match(monkeypatch: pytest.MonkeyPatch
     assert fast["modules"]["head"]["in"][0][1] == classes
     space = trace(model, x, find_adapter)
     assert space.space.find(space.params["pos2"].ids)[3].tolist() == classes
+
+
+def test_module_walk_is_named_modules() -> None:
+    """The tracer's own module walk lists what ``named_modules(remove_duplicate=False)``
+    does, shared modules at every path, and defers to a module's own override."""
+
+    class Listed(nn.Sequential):
+        def named_modules(self, *args: Any, **kwargs: Any) -> Any:
+            yield "only", self
+
+    shared = nn.ReLU()
+    for model in [entry.build() for entry in ZOO] + [
+            nn.Sequential(shared, nn.Sequential(shared, nn.Linear(2, 2))),
+            nn.Sequential(nn.ReLU(), Listed(nn.ReLU()))]:
+        assert _walk(model) == list(model.named_modules(remove_duplicate=False))
+    assert len(_walk(nn.Sequential(shared, nn.Sequential(shared)))) == 4
+
+
+def test_find_of_known_roots_is_fresh_after_a_union() -> None:
+    """``find`` answers a vector it returned (or ``new_ids`` made) with itself until a union
+    links roots; after one it finds again."""
+    space = LabelSpace()
+    a, b = space.new_ids(3), space.new_ids(3)
+    assert space.find(a) is a  # fresh ids are their own roots
+    roots = space.find(b[[2, 1, 0]])
+    assert space.find(roots) is roots and roots.tolist() == [6, 5, 4]
+    space.union(a, b)
+    assert space.find(b).tolist() == [1, 2, 3]
+    assert space.find(roots).tolist() == [3, 2, 1]  # not the stale answer [6, 5, 4]
+    space.block(a[:1], "kept")  # a block links roots too
+    assert space.find(space.find(a)).tolist() == [space.find(a)[0].item(), 2, 3]
+    assert space.find(a)[0].item() == 1 and len(space.blocked_roots()) == 1
+
+
+class _NoRootsMemo(LabelSpace):
+    """A label space that finds every vector again (its known-roots shortcut off)."""
+
+    def find(self, labels: Tensor) -> Tensor:
+        self._roots.clear()
+        return super().find(labels)
+
+
+@pytest.mark.parametrize("seed", range(0, 200, 5))
+def test_roots_shortcut_changes_no_trace(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.graph.test_trace_fuzz import _build
+
+    model, x = _build(seed)
+    with_memo = _summary(trace(model, x, find_adapter, strict=False))
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["prunekit.graph.trace"], "LabelSpace", _NoRootsMemo)
+        without = _summary(trace(model, x, find_adapter, strict=False))
+    assert with_memo == without
+
+
+@pytest.mark.parametrize("entry", ZOO, ids=lambda e: e.name)
+def test_roots_shortcut_changes_no_zoo_trace(entry: ZooEntry,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    model, inputs = entry.build(), entry.example_inputs()
+    with_memo = _summary(trace(model, inputs, find_adapter, strict=False))
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["prunekit.graph.trace"], "LabelSpace", _NoRootsMemo)
+        without = _summary(trace(model, inputs, find_adapter, strict=False))
+    assert with_memo == without

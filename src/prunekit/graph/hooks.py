@@ -82,14 +82,24 @@ class CallStack:
 
         def global_pre(mod: nn.Module, args: Any) -> None:
             entry = table.get(id(mod))
-            if entry is not None:
-                enter(mod, entry[0], entry[1])
+            if entry is not None:  # enter(mod, *entry), inlined: once per module call
+                stack.paths.append(entry[0])
+                stack.modules.append(mod)
+                atomic = entry[1] is not None and stack.atomic_depth == 0
+                atomic_stack.append(atomic)
+                if atomic:
+                    stack.atomic_depth += 1
+                    stack.suspend()
 
         def global_post(mod: nn.Module, args: Any, *rest: Any) -> None:
             entry = table.get(id(mod))
             if entry is None:
                 return
-            if len(rest) == 2:
+            if not atomic_stack[-1]:  # leave() of a module that is not atomic, inlined
+                stack.paths.pop()
+                stack.modules.pop()
+                atomic_stack.pop()
+            elif len(rest) == 2:
                 leave(mod, entry[0], entry[1], args, rest[0], rest[1])
             else:  # the forward raised: torch calls always-call hooks without kwargs
                 leave(mod, entry[0], entry[1], args, {}, rest[0], failed=True)
@@ -149,6 +159,6 @@ class Recorder(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.stack.recording:
+        if self.stack.atomic_depth == 0:  # stack.recording, without a property call per op
             self.on_op(func, tuple(args), dict(kwargs), out)
         return out

@@ -37,6 +37,10 @@ class LabelSpace:
         self._parent = np.arange(1024, dtype=np.int64)
         self._size = 1  # id 0 is NEUTRAL
         self.block_reasons: dict[int, str] = {}
+        # 1-D tensors that :meth:`find` (or :meth:`new_ids`) returned since the last union
+        # linked two roots: their ids are roots still, so finding them again is the identity
+        # (a layer's input vector is mostly the previous layer's roots). Any link clears it.
+        self._roots: dict[int, Tensor] = {}
 
     @property
     def size(self) -> int:
@@ -51,7 +55,9 @@ class LabelSpace:
             grown[: self._size] = self._parent[: self._size]
             self._parent = grown
         self._size = stop
-        return torch.from_numpy(np.arange(start, stop, dtype=np.int64))  # cheaper than torch's
+        ids = torch.from_numpy(np.arange(start, stop, dtype=np.int64))  # cheaper than torch's
+        self._roots[id(ids)] = ids
+        return ids
 
     def block_id(self, reason: str) -> int:
         """A fresh id that marks whatever joins it as unprunable, for ``reason``."""
@@ -72,7 +78,11 @@ class LabelSpace:
     def find(self, labels: Tensor) -> Tensor:
         """The class representative of every id in ``labels`` (same shape)."""
         if labels.dim() == 1:  # a vector (the common case): nothing to compact
-            return torch.from_numpy(self._find_np(_np(labels)))
+            if self._roots.get(id(labels)) is labels:  # roots already (see __init__)
+                return labels
+            roots = torch.from_numpy(self._find_np(_np(labels)))
+            self._roots[id(roots)] = roots
+            return roots
         roots = self.find_compact(labels)
         return roots.expand(labels.shape) if roots.shape != labels.shape else roots
 
@@ -133,6 +143,7 @@ class LabelSpace:
                 ra, rb = ra[differ], rb[differ]
             high = np.maximum(ra, rb)
             low = np.minimum(ra, rb)
+            self._roots.clear()  # roots are about to be linked: no find result is sure now
             if high.size == 1 or _distinct(high):
                 parent[high] = low  # roots link to a smaller root: one pass joins them all
                 return

@@ -138,8 +138,18 @@ def tensors_in(tree: Any) -> list[Tensor]:
     types go through the (much slower) general pytree flattening.
     """
     found: list[Tensor] = []
+    if type(tree) is tuple:  # an op's args: mostly tensors and scalars, rarely nested
+        for item in tree:
+            if isinstance(item, Tensor):
+                found.append(item)
+            elif item is not None and not isinstance(item, _SCALARS):
+                _collect(item, found)
+        return found
     _collect(tree, found)
     return found
+
+
+_SCALARS = (int, float, bool, str, slice, type(...))
 
 
 def _collect(obj: Any, found: list[Tensor]) -> None:
@@ -151,6 +161,6 @@ def _collect(obj: Any, found: list[Tensor]) -> None:
     elif isinstance(obj, dict):
         for item in obj.values():
             _collect(item, found)
-    elif obj is not None and not isinstance(obj, (int, float, bool, str, slice, type(...))):
+    elif obj is not None and not isinstance(obj, _SCALARS):
         leaves, _ = tree_flatten(obj)
         found.extend(leaf for leaf in leaves if isinstance(leaf, Tensor))

@@ -42,6 +42,13 @@ BINARY = (
 
 
 def _unary(ctx: TraceContext, call: OpCall) -> None:
+    first, out = call.args[0] if call.args else None, call.out
+    if isinstance(first, Tensor) and isinstance(out, Tensor) and out.shape == first.shape:
+        # the common call (one tensor in and out, same shape): the vector path below, direct
+        vector = ctx.vector_of(first)
+        if vector is not None:
+            ctx.set_vector(out, vector[1], vector[0])
+            return
     inputs = tensors_in(call.args[:1]) or tensors_in(call.kwargs.get("input"))
     outputs = tensors_in(call.out)
     if not inputs:
@@ -64,10 +71,11 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
 
 
 def _binary(ctx: TraceContext, call: OpCall) -> None:
-    outputs = tensors_in(call.out)
+    outputs = [call.out] if isinstance(call.out, Tensor) else tensors_in(call.out)
     target = outputs[0] if outputs else call.args[0]
     shape = target.shape
-    operands = tensors_in((call.args, call.kwargs))
+    operands = tensors_in(call.args) if not call.kwargs else tensors_in((call.args,
+                                                                          call.kwargs))
     results = outputs or [target]
     if any(fast(ctx, operands, shape, results)
            for fast in (_vector_operands, _vector_and_passive, _vector_and_full)):
