@@ -84,12 +84,27 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     must follow. It does when the call leaves it to -1, when one int attribute of the running
     module holds it (``self.head_dim``, ``self.groups``: bound, then rewritten), or — for the
     trailing factor — when the code computes it (``C // groups``, as the general split
-    assumes). A leading factor of a size fixed in the code keeps its channels whole."""
+    assumes). A leading factor of a size fixed in the code keeps its channels whole.
+
+    Attributes are matched by value, so when the call writes the factor's size for another
+    factor of the split too (``view(b, self.groups, c // self.groups)`` with 3 and 3), the
+    attribute may size either: binding it could rewrite the wrong one, and not binding it
+    would leave it stale if it sizes this one, so the channels are kept whole."""
     sizes = tensors_free(call.args[1:])
     if len(sizes) == labels.dim() and sizes[dim] == -1:
         return
     size = labels.shape[dim]
     holders = [k for k, v in int_attributes(ctx).items() if v == size]
+    # the sizes written for this split's factors (every int written, if the call's sizes
+    # do not line up with the result's dims, as for unflatten)
+    written = [sizes[d] for d in segment] if len(sizes) == labels.dim() else sizes
+    if len(holders) == 1 and written.count(size) > 1:
+        ctx.block(labels, f"{call.display} splits channels along a factor of {size}, and "
+                          f"{holders[0]!r} of module {ctx.path!r} holds {size}, but the call "
+                          f"writes {size} for another factor too, so which factor it sizes "
+                          f"is unknown; write -1 for the factor that holds the channels to "
+                          f"prune them")
+        return
     if len(holders) == 1 and size in sizes:
         line = first_line(ctx.space.find(labels), dim)
         ctx.bind_attribute(ctx.path, holders[0], line)
