@@ -45,7 +45,7 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
             _one_varying_factor(ctx, call, canon, out_dims, bearing[0])
         if len(bearing) < 2:
             continue
-        shrink, attr = _shrinking_factor(ctx, call, canon, bearing)
+        shrink, attr = _shrinking_factor(ctx, call, canon, bearing, out_dims)
         rep_along(ctx.space, canon, tuple(d for d in bearing if d != shrink))
         if attr is not None:
             line = first_line(ctx.space.find(canon), shrink)
@@ -95,15 +95,8 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
         return
     size = labels.shape[dim]
     holders = [k for k, v in int_attributes(ctx).items() if v == size]
-    # the sizes written for this split's factors (every int written, if the call's sizes
-    # do not line up with the result's dims, as for unflatten)
-    written = [sizes[d] for d in segment] if len(sizes) == labels.dim() else sizes
-    if len(holders) == 1 and written.count(size) > 1:
-        ctx.block(labels, f"{call.display} splits channels along a factor of {size}, and "
-                          f"{holders[0]!r} of module {ctx.path!r} holds {size}, but the call "
-                          f"writes {size} for another factor too, so which factor it sizes "
-                          f"is unknown; write -1 for the factor that holds the channels to "
-                          f"prune them")
+    if len(holders) == 1 and _written_twice(sizes, labels, segment, dim):
+        _block_ambiguous(ctx, call, labels, size, holders[0])
         return
     if len(holders) == 1 and size in sizes:
         line = first_line(ctx.space.find(labels), dim)
@@ -119,8 +112,27 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
                       f"int attribute to prune these channels")
 
 
-def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
-                      bearing: list[int]) -> tuple[int, str | None]:
+def _written_twice(sizes: list[int], labels: Tensor, segment: list[int], dim: int) -> bool:
+    """True if the call writes the size of factor ``dim`` for another factor of its split
+    ``segment`` too (every int written counts if ``sizes`` do not line up with the result's
+    dims, as for unflatten). An attribute holding that size, matched by value, may then size
+    either factor."""
+    written = [sizes[d] for d in segment] if len(sizes) == labels.dim() else sizes
+    return written.count(labels.shape[dim]) > 1
+
+
+def _block_ambiguous(ctx: TraceContext, call: OpCall, labels: Tensor, size: int,
+                     holder: str) -> None:
+    """Keep whole the channels of a split whose attribute may size either of two factors:
+    binding it could rewrite the wrong one, and not binding it would leave it stale."""
+    ctx.block(labels, f"{call.display} splits channels along a factor of {size}, and "
+                      f"{holder!r} of module {ctx.path!r} holds {size}, but the call writes "
+                      f"{size} for another factor too, so which factor it sizes is unknown; "
+                      f"write -1 for the factor that holds the channels to prune them")
+
+
+def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],
+                      segment: list[int]) -> tuple[int, str | None]:
     """Which factor of a split shrinks, and the module attribute that holds its size.
 
     A leading factor left to ``-1`` in the call, or written from a unique ``*head*``
@@ -128,7 +140,9 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     is then rewritten) shrinks: whole heads go.
     Otherwise the last factor shrinks (channel ``j`` of every group goes together, so a
     group count written in the code stays valid), and if its size is written in the call
-    and held by one int attribute (``self.head_dim``), that attribute is rewritten."""
+    and held by one int attribute (``self.head_dim``), that attribute is rewritten; if the
+    call writes that size for another factor too, only a per-head size's name
+    (``head_dim``, ``head_size``) tells which it sizes, else the channels are kept whole."""
     sizes = tensors_free(call.args[1:])
     attrs = int_attributes(ctx)
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
@@ -155,6 +169,10 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     if len(holders) > 1:
         ctx.block(labels, f"{call.display} splits channels by {size}, which several "
                           f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
+        return last, None
+    per_head_size = "head" in holders[0] and not _counts_heads(holders[0])
+    if not per_head_size and _written_twice(sizes, labels, segment, last):
+        _block_ambiguous(ctx, call, labels, size, holders[0])
         return last, None
     return last, holders[0]
 
