@@ -126,3 +126,36 @@ def test_per_head_size_named_by_its_attribute_still_prunes() -> None:
     pruned = _prune(_TokenGroups(per_head=True).eval(), torch.randn(2, 5, 8))
     assert isinstance(pruned, _TokenGroups)
     assert (pruned.head_dim, pruned.fc.out_features, pruned.scale.shape[-1]) == (2, 8, 2)
+
+
+class _SquareHeads(nn.Module):
+    """nanoGPT-style attention whose per-head size is computed, ``C // self.n_head``, with
+    as many heads as channels per head (4 of 4), then an MLP. The per-head size was taken to
+    be held by ``n_head`` (equal value), so heads went while ``C`` (read from the residual
+    stream) stayed and the view failed; the heads are kept whole, as for any computed
+    per-head size, and the MLP still prunes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_head, self.n_embd = 4, 16
+        self.inp = nn.Linear(8, 16)
+        self.c_attn, self.c_proj = nn.Linear(16, 48), nn.Linear(16, 16)
+        self.fc1, self.fc2 = nn.Linear(16, 12), nn.Linear(12, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        b, t, c = h.shape
+        q, k, v = (part.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+                   for part in self.c_attn(h).split(self.n_embd, dim=2))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        h = h + self.c_proj(y.transpose(1, 2).reshape(b, t, c))
+        return self.out(h + self.fc2(torch.relu(self.fc1(h))))
+
+
+def test_head_count_does_not_hold_an_equal_per_head_size() -> None:
+    torch.manual_seed(0)
+    pruned = _prune(_SquareHeads().eval(), torch.randn(2, 5, 8))
+    assert isinstance(pruned, _SquareHeads)
+    assert (pruned.n_head, pruned.c_attn.out_features, pruned.inp.out_features) == (4, 48, 16)
+    assert pruned.fc1.out_features == 6

@@ -184,9 +184,11 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
     the head count or the input width, so the heads are kept whole — and, when the heads
     span exactly the width read by their projection, that projection's input width too.
-    Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay."""
+    Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay.
+    A head count attribute does not hold a per-head size, even of equal value (nanoGPT's
+    ``C // self.n_head`` with 4 heads of 4)."""
     last = bearing[-1]
-    held = set(attrs.values())
+    held = {v for k, v in attrs.items() if not _counts_heads(k)}
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
     if last <= heads or adapts or labels.shape[last] in held:
         return
