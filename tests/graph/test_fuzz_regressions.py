@@ -6,7 +6,10 @@ c // self.groups, h, w)`` then splits channels along the trailing factor only. W
 ``self.groups == c // self.groups``, the call writes that size twice and the attribute,
 matched by value, was taken to size the trailing factor: it was rewritten with the channels
 and the pruned forward failed. Which factor it sizes cannot be told from the values, so
-those channels are now kept whole (a ``-1`` for the trailing factor lets them go).
+those channels are now kept whole (a ``-1`` for the trailing factor lets them go), unless
+the attribute's name says which factor it sizes (``head_dim``). The same ambiguity on a
+split along two varying factors (tokens) and in the per-head size check (nanoGPT with as
+many heads as channels per head) follows.
 """
 
 from __future__ import annotations
@@ -159,3 +162,27 @@ def test_head_count_does_not_hold_an_equal_per_head_size() -> None:
     assert isinstance(pruned, _SquareHeads)
     assert (pruned.n_head, pruned.c_attn.out_features, pruned.inp.out_features) == (4, 48, 16)
     assert pruned.fc1.out_features == 6
+
+
+class _TiedHeadView(_TiedGroupView):
+    """The grouped conv's output viewed as ``(b, c // self.head_dim, self.head_dim, h, w)``
+    with 2 and 2: the call writes 2 twice, but the name says ``head_dim`` sizes the trailing
+    factor, so it is bound and shrinks with the channels."""
+
+    def __init__(self) -> None:
+        super().__init__("scale_within")
+        del self.groups
+        self.head_dim = 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.grouped(self.stem(x))
+        b, c, h, w = x.shape
+        y = x.view(b, c // self.head_dim, self.head_dim, h, w) * self.within
+        return self.head(y.reshape(b, -1, h, w))
+
+
+def test_per_head_size_named_on_a_tied_split_still_prunes() -> None:
+    torch.manual_seed(0)
+    pruned = _prune(_TiedHeadView().eval(), torch.randn(2, 3, 4, 4))
+    assert isinstance(pruned, _TiedHeadView)
+    assert (pruned.head_dim, pruned.grouped.out_channels, pruned.within.shape[2]) == (1, 2, 1)

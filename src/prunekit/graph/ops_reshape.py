@@ -10,7 +10,10 @@ every group goes together, so the group count written in the code stays valid;
 ``self.head_dim`` is rewritten if used); whole heads go only if the per-head size is left
 to -1 or held by an attribute (``self.head_dim``): one computed in the code (nanoGPT's
 ``C // self.n_head``) keeps the heads, and the input width of the layer they come from,
-whole. As for splits, attributes are matched by value (see :mod:`prunekit.graph.ops_shape`).
+whole. As for splits, attributes are matched by value (see :mod:`prunekit.graph.ops_shape`);
+where the call writes the matched size for two factors of one split (``view(b, self.groups,
+c // self.groups, h, w)`` with 3 groups of 3), the attribute might size either, so those
+channels are kept whole unless its name says (``*head*``).
 """
 
 from __future__ import annotations
@@ -89,13 +92,15 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     Attributes are matched by value, so when the call writes the factor's size for another
     factor of the split too (``view(b, self.groups, c // self.groups)`` with 3 and 3), the
     attribute may size either: binding it could rewrite the wrong one, and not binding it
-    would leave it stale if it sizes this one, so the channels are kept whole."""
+    would leave it stale if it sizes this one, so the channels are kept whole, unless the
+    attribute's name says which factor it sizes (:func:`_named_for`)."""
     sizes = tensors_free(call.args[1:])
     if len(sizes) == labels.dim() and sizes[dim] == -1:
         return
     size = labels.shape[dim]
     holders = [k for k, v in int_attributes(ctx).items() if v == size]
-    if len(holders) == 1 and _written_twice(sizes, labels, segment, dim):
+    if len(holders) == 1 and _written_twice(sizes, labels, segment, dim) \
+            and not _named_for(holders[0], dim, segment):
         _block_ambiguous(ctx, call, labels, size, holders[0])
         return
     if len(holders) == 1 and size in sizes:
@@ -121,6 +126,14 @@ def _written_twice(sizes: list[int], labels: Tensor, segment: list[int], dim: in
     return written.count(labels.shape[dim]) > 1
 
 
+def _named_for(attr: str, dim: int, segment: list[int]) -> bool:
+    """True if ``attr``'s name says it sizes factor ``dim`` of a split: a per-head size
+    (``head_dim``, ``head_size``) the last factor, a head count (``num_heads``) another."""
+    if "head" not in attr:
+        return False
+    return (dim == segment[-1]) != _counts_heads(attr)
+
+
 def _block_ambiguous(ctx: TraceContext, call: OpCall, labels: Tensor, size: int,
                      holder: str) -> None:
     """Keep whole the channels of a split whose attribute may size either of two factors:
@@ -142,7 +155,8 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     group count written in the code stays valid), and if its size is written in the call
     and held by one int attribute (``self.head_dim``), that attribute is rewritten; if the
     call writes that size for another factor too, only a per-head size's name
-    (``head_dim``, ``head_size``) tells which it sizes, else the channels are kept whole."""
+    (``head_dim``, ``head_size``: :func:`_named_for`) tells which it sizes, else the
+    channels are kept whole."""
     sizes = tensors_free(call.args[1:])
     attrs = int_attributes(ctx)
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
@@ -170,8 +184,8 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         ctx.block(labels, f"{call.display} splits channels by {size}, which several "
                           f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
         return last, None
-    per_head_size = "head" in holders[0] and not _counts_heads(holders[0])
-    if not per_head_size and _written_twice(sizes, labels, segment, last):
+    if _written_twice(sizes, labels, segment, last) and not _named_for(holders[0], last,
+                                                                       segment):
         _block_ambiguous(ctx, call, labels, size, holders[0])
         return last, None
     return last, holders[0]
