@@ -10,7 +10,10 @@ every group goes together, so the group count written in the code stays valid;
 ``self.head_dim`` is rewritten if used); whole heads go only if the per-head size is left
 to -1 or held by an attribute (``self.head_dim``): one computed in the code (nanoGPT's
 ``C // self.n_head``) keeps the heads, and the input width of the layer they come from,
-whole. As for splits, attributes are matched by value (see :mod:`prunekit.graph.ops_shape`).
+whole. As for splits, attributes are matched by value (see :mod:`prunekit.graph.ops_shape`);
+where the call writes the matched size for two factors of one split (``view(b, self.groups,
+c // self.groups, h, w)`` with 3 groups of 3), the attribute might size either, so those
+channels are kept whole unless its name says (``*head*``).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
             _one_varying_factor(ctx, call, canon, out_dims, bearing[0])
         if len(bearing) < 2:
             continue
-        shrink, attr = _shrinking_factor(ctx, call, canon, bearing)
+        shrink, attr = _shrinking_factor(ctx, call, canon, bearing, out_dims)
         rep_along(ctx.space, canon, tuple(d for d in bearing if d != shrink))
         if attr is not None:
             line = first_line(ctx.space.find(canon), shrink)
@@ -84,12 +87,22 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     must follow. It does when the call leaves it to -1, when one int attribute of the running
     module holds it (``self.head_dim``, ``self.groups``: bound, then rewritten), or — for the
     trailing factor — when the code computes it (``C // groups``, as the general split
-    assumes). A leading factor of a size fixed in the code keeps its channels whole."""
+    assumes). A leading factor of a size fixed in the code keeps its channels whole.
+
+    Attributes are matched by value, so when the call writes the factor's size for another
+    factor of the split too (``view(b, self.groups, c // self.groups)`` with 3 and 3), the
+    attribute may size either: binding it could rewrite the wrong one, and not binding it
+    would leave it stale if it sizes this one, so the channels are kept whole, unless the
+    attribute's name says which factor it sizes (:func:`_named_for`)."""
     sizes = tensors_free(call.args[1:])
     if len(sizes) == labels.dim() and sizes[dim] == -1:
         return
     size = labels.shape[dim]
     holders = [k for k, v in int_attributes(ctx).items() if v == size]
+    if len(holders) == 1 and _written_twice(sizes, labels, segment, dim) \
+            and not _named_for(holders[0], dim, segment):
+        _block_ambiguous(ctx, call, labels, size, holders[0])
+        return
     if len(holders) == 1 and size in sizes:
         line = first_line(ctx.space.find(labels), dim)
         ctx.bind_attribute(ctx.path, holders[0], line)
@@ -104,8 +117,35 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
                       f"int attribute to prune these channels")
 
 
-def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
-                      bearing: list[int]) -> tuple[int, str | None]:
+def _written_twice(sizes: list[int], labels: Tensor, segment: list[int], dim: int) -> bool:
+    """True if the call writes the size of factor ``dim`` for another factor of its split
+    ``segment`` too (every int written counts if ``sizes`` do not line up with the result's
+    dims, as for unflatten). An attribute holding that size, matched by value, may then size
+    either factor."""
+    written = [sizes[d] for d in segment] if len(sizes) == labels.dim() else sizes
+    return written.count(labels.shape[dim]) > 1
+
+
+def _named_for(attr: str, dim: int, segment: list[int]) -> bool:
+    """True if ``attr``'s name says it sizes factor ``dim`` of a split: a per-head size
+    (``head_dim``, ``head_size``) the last factor, a head count (``num_heads``) another."""
+    if "head" not in attr:
+        return False
+    return (dim == segment[-1]) != _counts_heads(attr)
+
+
+def _block_ambiguous(ctx: TraceContext, call: OpCall, labels: Tensor, size: int,
+                     holder: str) -> None:
+    """Keep whole the channels of a split whose attribute may size either of two factors:
+    binding it could rewrite the wrong one, and not binding it would leave it stale."""
+    ctx.block(labels, f"{call.display} splits channels along a factor of {size}, and "
+                      f"{holder!r} of module {ctx.path!r} holds {size}, but the call writes "
+                      f"{size} for another factor too, so which factor it sizes is unknown; "
+                      f"write -1 for the factor that holds the channels to prune them")
+
+
+def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],
+                      segment: list[int]) -> tuple[int, str | None]:
     """Which factor of a split shrinks, and the module attribute that holds its size.
 
     A leading factor left to ``-1`` in the call, or written from a unique ``*head*``
@@ -113,7 +153,10 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     is then rewritten) shrinks: whole heads go.
     Otherwise the last factor shrinks (channel ``j`` of every group goes together, so a
     group count written in the code stays valid), and if its size is written in the call
-    and held by one int attribute (``self.head_dim``), that attribute is rewritten."""
+    and held by one int attribute (``self.head_dim``), that attribute is rewritten; if the
+    call writes that size for another factor too, only a per-head size's name
+    (``head_dim``, ``head_size``: :func:`_named_for`) tells which it sizes, else the
+    channels are kept whole."""
     sizes = tensors_free(call.args[1:])
     attrs = int_attributes(ctx)
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
@@ -141,6 +184,10 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
         ctx.block(labels, f"{call.display} splits channels by {size}, which several "
                           f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
         return last, None
+    if _written_twice(sizes, labels, segment, last) and not _named_for(holders[0], last,
+                                                                       segment):
+        _block_ambiguous(ctx, call, labels, size, holders[0])
+        return last, None
     return last, holders[0]
 
 
@@ -151,9 +198,11 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
     the head count or the input width, so the heads are kept whole — and, when the heads
     span exactly the width read by their projection, that projection's input width too.
-    Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay."""
+    Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay.
+    A head count attribute does not hold a per-head size, even of equal value (nanoGPT's
+    ``C // self.n_head`` with 4 heads of 4)."""
     last = bearing[-1]
-    held = set(attrs.values())
+    held = {v for k, v in attrs.items() if not _counts_heads(k)}
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
     if last <= heads or adapts or labels.shape[last] in held:
         return
