@@ -48,7 +48,8 @@ class LabelSpace:
         return self._size
 
     def new_ids(self, count: int) -> Tensor:
-        """``count`` fresh ids, each its own class."""
+        """``count`` fresh ids, each its own class (not to be written to: :meth:`find` may
+        answer them with themselves)."""
         start, stop = self._size, self._size + count
         if stop > self._parent.size:
             grown = np.arange(max(stop, 2 * self._parent.size), dtype=np.int64)
@@ -76,7 +77,8 @@ class LabelSpace:
         self._union_np(real, np.full(real.shape, bid, dtype=np.int64))
 
     def find(self, labels: Tensor) -> Tensor:
-        """The class representative of every id in ``labels`` (same shape)."""
+        """The class representative of every id in ``labels`` (same shape). A vector result
+        may be ``labels`` itself or one returned before (see ``_roots``): never write to it."""
         if labels.dim() == 1:  # a vector (the common case): nothing to compact
             if self._roots.get(id(labels)) is labels:  # roots already (see __init__)
                 return labels

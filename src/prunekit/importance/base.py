@@ -30,7 +30,11 @@ from prunekit.importance.data import CalibrationData, LossFn, as_calibration, mi
 
 @runtime_checkable
 class Criterion(Protocol):
-    """Scores the elements of a weight tensor; ``combine`` reduces a group of them."""
+    """Scores the elements of a weight tensor; ``combine`` reduces a group of them.
+
+    Optional: a class attribute ``elementwise = True`` promises ``score(cat(ts)) ==
+    cat(score(t) for t in ts)`` (each element's score depends on it alone, no draws), so
+    group scoring may score several small views in one call (L1/L2 set it)."""
 
     @property
     def name(self) -> str:

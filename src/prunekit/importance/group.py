@@ -146,16 +146,19 @@ def _row_sums(element: Criterion, tensor: Tensor, generator: torch.Generator) ->
     return summed if summed.dtype == torch.float32 else summed.float()
 
 
+_BATCH_MIN = 6  # one-column views below which _all_row_sums scores them one by one
+
+
 def _all_row_sums(element: Criterion, tensors: Sequence[Tensor],
                   generator: torch.Generator) -> list[Tensor]:
     """``_row_sums`` of every tensor. An element-wise criterion scores the one-column
     float32 CPU views (biases, norm scales: half the views of a CNN) in one call on their
     concatenation, whose rows are theirs: the same values in one op instead of one per view
-    (below six such views the cat and split cost what they save)."""
+    (below ``_BATCH_MIN`` such views the cat and split cost what they save)."""
     narrow = [i for i, t in enumerate(tensors)
               if t.shape[1] == 1 and t.dtype == torch.float32 and t.is_cpu] \
         if getattr(element, "elementwise", False) else []
-    if len(narrow) < 6:
+    if len(narrow) < _BATCH_MIN:
         return [_row_sums(element, t, generator) for t in tensors]
     out: list[Tensor | None] = [None] * len(tensors)
     joined = torch.cat([tensors[i] for i in narrow])
