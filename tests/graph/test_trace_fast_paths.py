@@ -18,6 +18,7 @@ from tests.structured.zoo import ZOO, ZooEntry
 from torch import Tensor, nn
 
 from prunekit.graph.labels import LabelSpace, emit
+from prunekit.graph.ops import call_tensors, tensors_in
 from prunekit.graph.trace import Trace, TraceContext, _walk, trace
 from prunekit.structured.adapters import find_adapter
 
@@ -287,24 +288,39 @@ class _NoRootsMemo(LabelSpace):
         return super().find(labels)
 
 
-@pytest.mark.parametrize("seed", range(0, 200, 5))
-def test_roots_shortcut_changes_no_trace(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.graph.test_trace_fuzz import _build
-
-    model, x = _build(seed)
-    with_memo = _summary(trace(model, x, find_adapter, strict=False))
-    with monkeypatch.context() as patch:
-        patch.setattr(sys.modules["prunekit.graph.trace"], "LabelSpace", _NoRootsMemo)
-        without = _summary(trace(model, x, find_adapter, strict=False))
-    assert with_memo == without
-
-
-@pytest.mark.parametrize("entry", ZOO, ids=lambda e: e.name)
-def test_roots_shortcut_changes_no_zoo_trace(entry: ZooEntry,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    model, inputs = entry.build(), entry.example_inputs()
+def _same_without_roots_memo(model: nn.Module, inputs: Any,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
     with_memo = _summary(trace(model, inputs, find_adapter, strict=False))
     with monkeypatch.context() as patch:
         patch.setattr(sys.modules["prunekit.graph.trace"], "LabelSpace", _NoRootsMemo)
         without = _summary(trace(model, inputs, find_adapter, strict=False))
     assert with_memo == without
+
+
+@pytest.mark.parametrize("seed", range(0, 200, 5))
+def test_roots_shortcut_changes_no_trace(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.graph.test_trace_fuzz import _build
+
+    _same_without_roots_memo(*_build(seed), monkeypatch)
+
+
+@pytest.mark.parametrize("entry", ZOO, ids=lambda e: e.name)
+def test_roots_shortcut_changes_no_zoo_trace(entry: ZooEntry,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _same_without_roots_memo(entry.build(), entry.example_inputs(), monkeypatch)
+
+
+def test_call_tensors_is_tensors_in_of_the_pair() -> None:
+    """An op's tensors: the args' (nested too), then the kwargs values', as the pytree walk of
+    ``(args, kwargs)`` lists them."""
+    a, b, c, d = (torch.zeros(i + 1) for i in range(4))
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((a, 2, None), {}),
+        ((a, [b, (c, 1.0)], slice(1)), {"weight": d}),
+        ((), {"input": a, "other": {"x": b, "y": [c]}, "alpha": 2}),
+        ((a,), {"inplace": False}),
+    ]
+    for args, kwargs in calls:
+        got = call_tensors(args, kwargs)
+        assert [id(t) for t in got] == [id(t) for t in tensors_in((args, kwargs))]
+    assert [id(t) for t in call_tensors(*calls[1])] == [id(a), id(b), id(c), id(d)]

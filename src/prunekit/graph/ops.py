@@ -32,6 +32,7 @@ __all__ = [
     "OpCall",
     "OpHandler",
     "OpNotMappable",
+    "call_tensors",
     "get_op_handler",
     "op_name",
     "register_op",
@@ -150,6 +151,15 @@ def tensors_in(tree: Any) -> list[Tensor]:
 
 
 _SCALARS = (int, float, bool, str, slice, type(...))
+
+
+def call_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
+    """``tensors_in((args, kwargs))``, in the same order: the args' tensors, then those of the
+    kwargs' values (mostly none: ``F.relu(x, inplace=False)``), with no walk of the pair."""
+    found = tensors_in(args)
+    if kwargs:
+        found += tensors_in(tuple(kwargs.values()))
+    return found
 
 
 def _collect(obj: Any, found: list[Tensor]) -> None:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from prunekit.graph.labels import NEUTRAL, as_line, cut_broadcast, varies, varying
-from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.ops import OpCall, OpNotMappable, call_tensors, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
 UNARY = (
@@ -74,8 +74,7 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     outputs = [call.out] if isinstance(call.out, Tensor) else tensors_in(call.out)
     target = outputs[0] if outputs else call.args[0]
     shape = target.shape
-    operands = tensors_in(call.args) if not call.kwargs else tensors_in((call.args,
-                                                                          call.kwargs))
+    operands = call_tensors(call.args, call.kwargs)
     results = outputs or [target]
     if any(fast(ctx, operands, shape, results)
            for fast in (_vector_operands, _vector_and_passive, _vector_and_full)):

@@ -30,6 +30,7 @@ from prunekit.graph.ops import (
     OpCall,
     OpHandler,
     OpNotMappable,
+    call_tensors,
     get_op_handler,
     op_name,
     tensors_in,
@@ -254,9 +255,7 @@ class TraceContext:
     # -- recording ---------------------------------------------------------------------
     def record_op(self, func: Callable[..., Any], args: tuple[Any, ...],
                   kwargs: dict[str, Any], out: Any) -> None:
-        inputs = tensors_in(args)  # == tensors_in((args, kwargs)): the same pytree order
-        if kwargs:  # (F.relu(x, inplace=False) and the like: mostly no tensors)
-            inputs += tensors_in(tuple(kwargs.values()))
+        inputs = call_tensors(args, kwargs)
         outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
         if not outputs and not (inputs and _is_setitem(func)):
             return
