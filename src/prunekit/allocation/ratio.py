@@ -74,6 +74,11 @@ def _floor_keep(group: Group, config: Allocation) -> int:
     return min(group.size, max(1, math.ceil(config.min_keep * group.size)))
 
 
+def _ceiling_keep(group: Group, config: Allocation) -> int:
+    """Most units ``max_keep`` lets ``group`` keep (at least one)."""
+    return max(1, math.floor(config.max_keep * group.size + 1e-9))
+
+
 def _unit_step(group: Group, round_to: int) -> int:
     """Smallest unit count whose width is a multiple of ``round_to`` in every producing layer
     (root module members; parameter axes such as a per-head bias table do not count)."""
@@ -96,15 +101,13 @@ def _rounded(keep: int, group: Group, round_to: int | None) -> int:
 
 def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation) -> list[Tensor]:
     """A boolean keep-mask over ``group.units`` for every group (scores: higher = keep)."""
-    counts = [group.size for group in groups]
     if config.global_ranking:
         counts = _global_counts(groups, scores, config)
     else:
         counts = [g.size - math.floor(_group_ratio(g, config) * g.size + 1e-9) for g in groups]
     masks = []
     for group, score, keep in zip(groups, scores, counts, strict=True):
-        ceiling = max(1, math.floor(config.max_keep * group.size + 1e-9))
-        keep = max(min(keep, ceiling), _floor_keep(group, config))
+        keep = max(min(keep, _ceiling_keep(group, config)), _floor_keep(group, config))
         keep = _rounded(keep, group, config.round_to)
         masks.append(_every_layer_keeps_one(group, score, _top_mask(score, group.size, keep)))
     return masks
@@ -185,7 +188,7 @@ def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],
     every unit one channel wide this is the plain count of units.
     """
     widths = [unit_width(g) for g in groups]
-    ceilings = [max(1, math.floor(config.max_keep * g.size + 1e-9)) for g in groups]
+    ceilings = [_ceiling_keep(g, config) for g in groups]
     total = sum(g.size * w for g, w in zip(groups, widths, strict=True))
     budget = math.floor(config.ratio * total + 1e-9)
     budget -= sum((g.size - c) * w for g, c, w in zip(groups, ceilings, widths, strict=True))
