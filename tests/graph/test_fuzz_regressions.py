@@ -74,6 +74,7 @@ def test_ambiguous_group_count_keeps_the_split_channels(variant: str) -> None:
     assert pruned.stem.out_channels == 2  # the grouped conv's inputs still prune
     reasons = analyze(model, x).graph.blocked.values()
     assert any("writes 2 for another factor too" in r for r in reasons)
+    assert any("'groups' of the model holds 2" in r for r in reasons)  # not "module ''"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -25,7 +25,13 @@ from torch import Tensor
 
 from prunekit.graph.labels import rep_along, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
-from prunekit.graph.ops_shape import first_line, int_attributes, replay, tensors_free
+from prunekit.graph.ops_shape import (
+    first_line,
+    int_attributes,
+    replay,
+    running_module_phrase,
+    tensors_free,
+)
 from prunekit.graph.trace import TraceContext
 
 RESHAPE = ("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "ravel")
@@ -110,7 +116,7 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     trailing = all(labels.shape[d] == 1 for d in segment if d > dim)
     if trailing and not holders:
         return
-    where = f"module {ctx.path!r}" if ctx.path else "the model"
+    where = running_module_phrase(ctx)
     held = f" (held by {', '.join(holders)})" if holders else ""
     ctx.block(labels, f"{call.display} splits channels along a factor of {size}{held}, a "
                       f"size {where} fixes in its code; write -1 for it or keep it in one "
@@ -138,8 +144,9 @@ def _block_ambiguous(ctx: TraceContext, call: OpCall, labels: Tensor, size: int,
                      holder: str) -> None:
     """Keep whole the channels of a split whose attribute may size either of two factors:
     binding it could rewrite the wrong one, and not binding it would leave it stale."""
+    where = running_module_phrase(ctx)
     ctx.block(labels, f"{call.display} splits channels along a factor of {size}, and "
-                      f"{holder!r} of module {ctx.path!r} holds {size}, but the call writes "
+                      f"{holder!r} of {where} holds {size}, but the call writes "
                       f"{size} for another factor too, so which factor it sizes is unknown; "
                       f"write -1 for the factor that holds the channels to prune them")
 
@@ -206,7 +213,7 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
     if last <= heads or adapts or labels.shape[last] in held:
         return
-    where = f"module {ctx.path!r}" if ctx.path else "the model"
+    where = running_module_phrase(ctx)
     reason = (f"{call.display} splits channels into heads of {labels.shape[last]}, a size "
               f"that no int attribute of {where} holds (computed in the code, e.g. "
               f"C // self.n_head?), so it would change when heads or the input width shrink; "

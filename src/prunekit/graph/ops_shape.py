@@ -315,7 +315,7 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
         holders = [k for k in holders if "split" in k.lower()] or holders
     if len(holders) == 1:
         return holders[0], ""
-    where = f"module {ctx.path!r}" if ctx.path else "the model"
+    where = running_module_phrase(ctx)
     if not holders:
         return None, (f"{call.display} splits a channel dimension into parts of {width}, and "
                       f"no int attribute of {where} holds that width (a literal or a width "
@@ -330,6 +330,12 @@ def int_attributes(ctx: TraceContext) -> dict[str, int]:
     """The running module's int attributes (the sizes its forward may read)."""
     return {k: v for k, v in vars(ctx.running_module).items()
             if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def running_module_phrase(ctx: TraceContext) -> str:
+    """``module 'a.b'`` for the module running now, ``the model`` for the model's own forward
+    (for messages)."""
+    return f"module {ctx.path!r}" if ctx.path else "the model"
 
 
 register_op(REPLAY, _replay_only)
