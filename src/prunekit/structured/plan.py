@@ -80,12 +80,6 @@ def _replacement(module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | N
     return adapter.swap(module, keep) if adapter is not None else None
 
 
-def _replacement_name(module: nn.Module, keep: Mapping[str, Tensor]) -> str | None:
-    adapter = _swap_adapter(module)
-    kind = adapter.swap_type(module, keep) if adapter is not None else None
-    return kind.__name__ if kind is not None else None
-
-
 def is_parametrized(module: nn.Module) -> bool:
     """``parametrize.is_parametrized(module)``, which reads ``module.parametrizations``: set
     by ``register_parametrization`` as a submodule; where it is in none of the places
@@ -161,12 +155,13 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
             indices["params", member.name, str(member.axis)] = keep
     for name, entry in plan["modules"].items():
         module = module_at(name)
-        if _swap_adapter(module) is None:  # what _replacement_name answers without the keep dict
+        adapter = _swap_adapter(module)
+        if adapter is None:  # no swap: its keep dict is not built
             continue
-        kept = {dim: indices["modules", name, dim] for dim in entry["keep"]}
-        replacement = _replacement_name(module, kept)
-        if replacement is not None:
-            entry["swap"] = replacement
+        kind = adapter.swap_type(module, {dim: indices["modules", name, dim]
+                                          for dim in entry["keep"]})
+        if kind is not None:
+            entry["swap"] = kind.__name__
     return plan, indices
 
 
