@@ -53,79 +53,64 @@ class CallStack:
         the user's, so that its handler sees the output those hooks return."""
         atomic_stack: list[bool] = []
         stack = self
-        table: dict[int, tuple[str, ModuleHandler | None]] = {}
+        shared: dict[int, tuple[str, ModuleHandler | None]] = {}  # the process-wide hooks'
+        own: dict[int, tuple[str, ModuleHandler | None]] = {}  # modules with hooks of theirs
         handles: list[Any] = []
 
-        def enter(mod: nn.Module, name: str, handler: ModuleHandler | None) -> None:
-            stack.paths.append(name)
-            stack.modules.append(mod)
-            atomic = handler is not None and stack.atomic_depth == 0  # none around it
-            atomic_stack.append(atomic)
-            if atomic:
-                stack.atomic_depth += 1
-                stack.suspend()
+        def hook_pair(entries: dict[int, tuple[str, ModuleHandler | None]]) -> tuple[
+                Callable[..., None], Callable[..., None]]:
+            """A (pre, post) pair of forward hooks for the modules in ``entries``; both take
+            the arguments of either registration (``with_kwargs`` or not)."""
 
-        def leave(mod: nn.Module, name: str, handler: ModuleHandler | None, args: Any,
-                  kwargs: Any, out: Any, *, failed: bool = False) -> None:
-            stack.paths.pop()
-            stack.modules.pop()
-            if atomic_stack.pop():
-                # still "inside" the module: the handler's own label arithmetic must not
-                # be recorded as ops of the model
-                try:
-                    if not failed:
-                        on_module(handler,  # type: ignore[arg-type]
-                                  ModuleCall(name, mod, args, kwargs, out))
-                finally:
-                    stack.atomic_depth -= 1
-                    stack.resume()
-
-        def global_pre(mod: nn.Module, args: Any) -> None:
-            entry = table.get(id(mod))
-            if entry is not None:  # enter(mod, *entry), inlined: once per module call
+            def pre(mod: nn.Module, args: Any, *_kwargs: Any) -> None:
+                entry = entries.get(id(mod))
+                if entry is None:
+                    return
                 stack.paths.append(entry[0])
                 stack.modules.append(mod)
-                atomic = entry[1] is not None and stack.atomic_depth == 0
+                atomic = entry[1] is not None and stack.atomic_depth == 0  # none around it
                 atomic_stack.append(atomic)
                 if atomic:
                     stack.atomic_depth += 1
                     stack.suspend()
 
-        def global_post(mod: nn.Module, args: Any, *rest: Any) -> None:
-            entry = table.get(id(mod))
-            if entry is None:
-                return
-            if not atomic_stack[-1]:  # leave() of a module that is not atomic, inlined
+            def post(mod: nn.Module, args: Any, *rest: Any) -> None:
+                entry = entries.get(id(mod))
+                if entry is None:
+                    return
                 stack.paths.pop()
                 stack.modules.pop()
-                atomic_stack.pop()
-            elif len(rest) == 2:
-                leave(mod, entry[0], entry[1], args, rest[0], rest[1])
-            else:  # the forward raised: torch calls always-call hooks without kwargs
-                leave(mod, entry[0], entry[1], args, {}, rest[0], failed=True)
+                if not atomic_stack.pop():
+                    return
+                # still "inside" the module: the handler's own label arithmetic must not be
+                # recorded as ops of the model
+                try:
+                    if len(rest) == 2:  # (kwargs, out); a global always-call hook of a forward
+                        # that raised gets (out,) only
+                        on_module(entry[1],  # type: ignore[arg-type]
+                                  ModuleCall(entry[0], mod, args, rest[0], rest[1]))
+                finally:
+                    stack.atomic_depth -= 1
+                    stack.resume()
 
+            return pre, post
+
+        own_pre, own_post = hook_pair(own)
         try:  # registration too: a lookup that raises half-way must leave no hook behind
             for name, module in named_modules:
                 handler = lookup(module)
                 if not module._forward_hooks and not module._forward_pre_hooks:
-                    table[id(module)] = (name, handler)
+                    shared[id(module)] = (name, handler)
                     continue
-
-                def pre(mod: nn.Module, args: Any, kwargs: Any, *, _name: str = name,
-                        _handler: Any = handler) -> None:
-                    enter(mod, _name, _handler)
-
-                def post(mod: nn.Module, args: Any, kwargs: Any, out: Any, *,
-                         _name: str = name, _handler: Any = handler) -> None:
-                    leave(mod, _name, _handler, args, kwargs, out)
-
-                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-                handles.append(module.register_forward_hook(post, with_kwargs=True,
+                own[id(module)] = (name, handler)
+                handles.append(module.register_forward_pre_hook(own_pre, with_kwargs=True))
+                handles.append(module.register_forward_hook(own_post, with_kwargs=True,
                                                             always_call=True))
-            if table:
-                handles.append(nn.modules.module.register_module_forward_pre_hook(global_pre))
+            if shared:
+                shared_pre, shared_post = hook_pair(shared)
+                handles.append(nn.modules.module.register_module_forward_pre_hook(shared_pre))
                 handles.append(nn.modules.module.register_module_forward_hook(
-                    global_post, with_kwargs=True, always_call=True))
+                    shared_post, with_kwargs=True, always_call=True))
             yield
         finally:
             for handle in handles:
