@@ -85,8 +85,9 @@ class CallStack:
                 # still "inside" the module: the handler's own label arithmetic must not be
                 # recorded as ops of the model
                 try:
-                    if len(rest) == 2:  # (kwargs, out); a global always-call hook of a forward
-                        # that raised gets (out,) only
+                    # rest is (kwargs, out), or (out,) for a process-wide always-call hook
+                    # of a forward that raised: then nothing is recorded
+                    if len(rest) == 2:
                         on_module(entry[1],  # type: ignore[arg-type]
                                   ModuleCall(entry[0], mod, args, rest[0], rest[1]))
                 finally:
