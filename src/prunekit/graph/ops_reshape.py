@@ -199,19 +199,19 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
 
 
 def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],
-                     heads: int, sizes: list[int], attrs: dict[str, int]) -> None:
-    """Whole heads may go only if the per-head size stays what it is: the last factor (after
-    the head count) must be left to -1 or held by an int attribute (``self.head_dim``). A
-    size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
-    the head count or the input width, so the heads are kept whole — and, when the heads
-    span exactly the width read by their projection, that projection's input width too.
-    Factors between the two (Bloom's ``(heads, 3, head_dim)``) are counts that stay.
-    A head count attribute does not hold a per-head size, even of equal value (nanoGPT's
-    ``C // self.n_head`` with 4 heads of 4)."""
+                     count_dim: int, sizes: list[int], attrs: dict[str, int]) -> None:
+    """Whole heads (the factor at ``count_dim``) may go only if the per-head size stays what
+    it is: the last factor (after the head count) must be left to -1 or held by an int
+    attribute (``self.head_dim``). A size computed in the code (``C // self.n_head``, ``C``
+    read from the input) would follow the head count or the input width, so the heads are
+    kept whole — and, when the heads span exactly the width read by their projection, that
+    projection's input width too. Factors between the two (Bloom's ``(heads, 3,
+    head_dim)``) are counts that stay. A head count attribute does not hold a per-head
+    size, even of equal value (nanoGPT's ``C // self.n_head`` with 4 heads of 4)."""
     last = bearing[-1]
     held = {v for k, v in attrs.items() if not _counts_heads(k)}
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
-    if last <= heads or adapts or labels.shape[last] in held:
+    if last <= count_dim or adapts or labels.shape[last] in held:
         return
     where = running_module_phrase(ctx)
     reason = (f"{call.display} splits channels into heads of {labels.shape[last]}, a size "
