@@ -27,3 +27,29 @@ def test_modules_with_hooks_of_their_own_trace_the_same(name: str) -> None:
         for handle in handles:
             handle.remove()
     assert len(handles) > 4 and own == shared
+
+
+def test_a_failing_layer_with_hooks_of_its_own_raises_its_error_and_nothing_else() -> None:
+    """torch calls an always-call hook of a failed forward as it calls a returned one: the
+    trace must not record (and fail on) an output that does not exist, which torch would
+    report as a second, silenced error."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2))  # the second layer cannot run
+    handle = model[1].register_forward_hook(lambda mod, args, out: None)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(RuntimeError, match="cannot be multiplied"):
+                trace(model, torch.randn(2, 3), find_adapter)
+        assert [str(w.message) for w in caught] == []
+        assert torch._C._len_torch_function_stack() == 0  # the recording mode is gone
+        model[1] = nn.Linear(4, 2)  # fixed: the same hooks trace it now
+        model[1].register_forward_hook(lambda mod, args, out: None)
+        traced = trace(model, torch.randn(2, 3), find_adapter)
+        assert set(traced.modules) == {"0", "1"}
+    finally:
+        handle.remove()

@@ -96,7 +96,26 @@ class CallStack:
 
             return pre, post
 
-        own_pre, own_post = hook_pair(own)
+        pre_of_own, post_of_own = hook_pair(own)
+        # torch calls a module's own always-call hook as (args, kwargs, None) when the
+        # forward (or a hook of the user's) raised, the same form as a forward that returned
+        # None: a plain hook registered before it says which it was (one flag per running
+        # call of such a module, innermost last)
+        returned: list[bool] = []
+
+        def own_pre(mod: nn.Module, args: Any, kwargs: Any) -> None:
+            returned.append(False)
+            pre_of_own(mod, args, kwargs)
+
+        def own_returned(mod: nn.Module, args: Any, out: Any) -> None:
+            returned[-1] = True
+
+        def own_post(mod: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
+            if returned.pop():
+                post_of_own(mod, args, kwargs, out)
+            else:  # the form of a failed forward: the path is popped, nothing recorded
+                post_of_own(mod, args, out)
+
         try:  # registration too: a lookup that raises half-way must leave no hook behind
             for name, module in named_modules:
                 handler = lookup(module)
@@ -105,6 +124,7 @@ class CallStack:
                     continue
                 own[id(module)] = (name, handler)
                 handles.append(module.register_forward_pre_hook(own_pre, with_kwargs=True))
+                handles.append(module.register_forward_hook(own_returned))
                 handles.append(module.register_forward_hook(own_post, with_kwargs=True,
                                                             always_call=True))
             if shared:

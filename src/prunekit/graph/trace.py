@@ -446,13 +446,15 @@ def trace(
         ctx.set_labels(tensor, _constant(bid, tensor.shape))
     recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op)
     modules = [module for _, module in ctx._named_modules]
-    with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, lookup), recorder:
-        out = run_model(model, example_inputs)
-    for path, tensor in walk_tensors(out):
-        if ctx.is_tracked(tensor):
-            ctx.block(ctx.labels(tensor), f"model output {path}")
-    shapes = [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
-    ctx._calls.mode = None  # no cycle keeps the activations and their labels alive
-    ctx._labels.clear()
-    ctx._vectors.clear()
+    try:
+        with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, lookup), recorder:
+            out = run_model(model, example_inputs)
+        for path, tensor in walk_tensors(out):
+            if ctx.is_tracked(tensor):
+                ctx.block(ctx.labels(tensor), f"model output {path}")
+        shapes = [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
+    finally:  # also when the forward raised: no cycle keeps activations and labels alive
+        ctx._calls.mode = None
+        ctx._labels.clear()
+        ctx._vectors.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes)
