@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.importance.base import get_criterion
+from prunekit.importance.base import ElementwiseCriterion, get_criterion, is_elementwise
 from prunekit.importance.group import _all_row_sums, _row_sums
 
 
@@ -42,9 +42,28 @@ def test_row_sums_of_narrow_views_together_equal_one_by_one(name: str) -> None:
 
 
 def test_only_elementwise_criteria_batch() -> None:
-    assert get_criterion("l1").elementwise and get_criterion("l2").elementwise  # type: ignore[attr-defined]
+    for name in ("l1", "l2"):
+        element = get_criterion(name)
+        assert isinstance(element, ElementwiseCriterion) and element.elementwise
+        assert is_elementwise(element)
     for name in ("random", "normalized"):  # draws per tensor / divides by its total
-        assert not getattr(get_criterion(name), "elementwise", False)
+        assert not isinstance(get_criterion(name), ElementwiseCriterion)
+        assert not is_elementwise(get_criterion(name))
+
+
+def test_elementwise_false_opts_out() -> None:
+    l2 = get_criterion("l2")
+
+    class OptedOut:
+        name, needs_data, elementwise = "l2", False, False
+
+        def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+            return l2.score(weight, generator=generator)
+
+        def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
+            return l2.combine(scores, dim)
+
+    assert isinstance(OptedOut(), ElementwiseCriterion) and not is_elementwise(OptedOut())
 
 
 def test_narrow_views_are_scored_in_one_call() -> None:
