@@ -188,8 +188,12 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     if len(holders) > 1:
         holders = [k for k in holders if "head" in k and not _counts_heads(k)] or holders
     if len(holders) > 1:
+        where = running_module_phrase(ctx)
         ctx.block(labels, f"{call.display} splits channels by {size}, which several "
-                          f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
+                          f"attributes of {where} hold ({', '.join(holders)}), so "
+                          f"which one sizes the factor is unknown; write -1 for that "
+                          f"factor, or keep its size in one int attribute (a per-head size "
+                          f"named head_dim) to prune these channels")
         return last, None
     if _written_twice(sizes, labels, segment, last) and not _named_for(holders[0], last,
                                                                        segment):
