@@ -7,11 +7,27 @@ import torch
 from tests.structured.zoo import BY_NAME
 
 import prunekit.allocation.ratio as ratio
-from prunekit.allocation.ratio import Allocation, allocate, unit_width
-from prunekit.graph.dependency import build_groups
+from prunekit.allocation.ratio import Allocation, _top_mask, allocate, unit_width
+from prunekit.graph.dependency import (
+    build_groups,
+)
 from prunekit.graph.trace import trace
 from prunekit.structured.adapters import find_adapter
 from prunekit.structured.pruning import _axes_of, prune
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_mask_numpy_equals_torch_sort(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(0)
+    cases = [torch.randn(50, generator=generator), torch.zeros(7),
+             torch.tensor([1.0, -0.0, 0.0, 1.0, float("inf"), -float("inf"), 2.0, 0.0]),
+             torch.randint(0, 3, (40,), generator=generator).float(), torch.zeros(0)]
+    for score in cases:
+        score = score.to(dtype)
+        for keep in range(score.numel() + 1):
+            want = torch.zeros(score.numel(), dtype=torch.bool)
+            want[torch.argsort(score, descending=True, stable=True)[:keep]] = True
+            assert torch.equal(_top_mask(score, score.numel(), keep), want)
 
 
 @pytest.mark.parametrize("name", ["vit", "resnext", "gpt"])
