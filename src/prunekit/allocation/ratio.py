@@ -81,7 +81,11 @@ def _ceiling_keep(group: Group, config: Allocation) -> int:
 
 def _unit_step(group: Group, round_to: int) -> int:
     """Smallest unit count whose width is a multiple of ``round_to`` in every producing layer
-    (root module members; parameter axes such as a per-head bias table do not count)."""
+    (root module members; parameter axes such as a per-head bias table do not count).
+
+    Not :func:`unit_width`: ``round_to`` is about each producing layer's own width, so every
+    root layer's average channels per unit counts (a layer whose channels do not split evenly
+    into units counts 1), where the budget's cost of a unit is the narrowest of them all."""
     step = 1
     for member in group.members:
         if not member.root or member.kind != "module":
@@ -99,10 +103,15 @@ def _rounded(keep: int, group: Group, round_to: int | None) -> int:
     return min(group.size, math.ceil(keep / step) * step)
 
 
-def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation) -> list[Tensor]:
-    """A boolean keep-mask over ``group.units`` for every group (scores: higher = keep)."""
+def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation, *,
+             _widths: Sequence[int] | None = None) -> list[Tensor]:
+    """A boolean keep-mask over ``group.units`` for every group (scores: higher = keep).
+
+    ``_widths`` (private): :func:`unit_width` of every group, for a caller that allocates the
+    same groups many times (a target search); computed here when None."""
     if config.global_ranking:
-        counts = _global_counts(groups, scores, config)
+        widths = [unit_width(g) for g in groups] if _widths is None else _widths
+        counts = _global_counts(groups, scores, config, widths)
     else:
         counts = [g.size - math.floor(_group_ratio(g, config) * g.size + 1e-9) for g in groups]
     masks = []
@@ -151,7 +160,11 @@ def unit_width(group: Group) -> int:
     it — 1 for a conv channel (also one feeding a flatten block), ``head_dim`` for an attention
     head (the heads dim of ``nn.MultiheadAttention``, a hand-written head's rows in its output
     projection), a ResNeXt group's width. Units of one group that differ (a concat of unlike
-    producers) count their mean, rounded."""
+    producers) count their mean, rounded.
+
+    Not :func:`_unit_step`: this is what removing one unit costs the global budget, read from
+    every layer that holds the unit, consumers too (a head's rows in its output projection),
+    and the narrowest wins, where rounding needs each producing layer's width on its own."""
     size = group.size
     ids = group.units.numpy()
     unset = np.iinfo(np.int64).max
@@ -175,7 +188,7 @@ def unit_width(group: Group) -> int:
 
 
 def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],
-                   config: Allocation) -> list[int]:
+                   config: Allocation, widths: Sequence[int]) -> list[int]:
     """Units kept per group when the lowest scores across all groups go first.
 
     The budget is ``ratio`` of all prunable *channels*, and a unit removed costs its
@@ -187,7 +200,6 @@ def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],
     goes on to narrower ones below it, so the budget is met without being exceeded. With
     every unit one channel wide this is the plain count of units.
     """
-    widths = [unit_width(g) for g in groups]
     ceilings = [_ceiling_keep(g, config) for g in groups]
     total = sum(g.size * w for g, w in zip(groups, widths, strict=True))
     budget = math.floor(config.ratio * total + 1e-9)

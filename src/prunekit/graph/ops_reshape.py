@@ -1,19 +1,22 @@
 """Reshape ops (``view``, ``reshape``, ``flatten``, ...): the reshape is replayed on the
 label tensor, so flatten blocks and channel shuffles map indices exactly as they map data.
 
-One rule keeps the replay sound after channels are removed: a reshape that *splits* a
-dimension along which channels vary in more than one of the new factors lets one factor
-shrink: whole heads when the head count comes from a ``*head*`` attribute
-(``[B, T, C] -> [B, T, self.num_heads, head_dim]``, the attribute is rewritten), otherwise
-the last factor (a channel shuffle's ``[B, C] -> [B, groups, C/groups]``: channel ``j`` of
-every group goes together, so the group count written in the code stays valid;
-``self.head_dim`` is rewritten if used); whole heads go only if the per-head size is left
-to -1 or held by an attribute (``self.head_dim``): one computed in the code (nanoGPT's
-``C // self.n_head``) keeps the heads, and the input width of the layer they come from,
-whole. As for splits, attributes are matched by value (see :mod:`prunekit.graph.ops_shape`);
-where the call writes the matched size for two factors of one split (``view(b, self.groups,
-c // self.groups, h, w)`` with 3 groups of 3), the attribute might size either, so those
-channels are kept whole unless its name says (``*head*``).
+Rules that keep the replay sound after channels are removed:
+
+- A reshape that *splits* a dimension along which channels vary in more than one of the
+  new factors lets one factor shrink.
+- Whole heads shrink when the head count comes from a ``*head*`` attribute
+  (``[B, T, C] -> [B, T, self.num_heads, head_dim]``); the attribute is rewritten.
+- Otherwise the last factor shrinks (a channel shuffle's ``[B, C] -> [B, groups,
+  C/groups]``: channel ``j`` of every group goes together, so the group count written in
+  the code stays valid); ``self.head_dim`` is rewritten if used.
+- Whole heads go only if the per-head size is left to -1 or held by an attribute
+  (``self.head_dim``); one computed in the code (nanoGPT's ``C // self.n_head``) keeps the
+  heads, and the input width of the layer they come from, whole.
+- As for splits, attributes are matched by value (see :mod:`prunekit.graph.ops_shape`);
+  where the call writes the matched size for two factors of one split (``view(b,
+  self.groups, c // self.groups, h, w)`` with 3 groups of 3), the attribute might size
+  either, so those channels are kept whole unless its name says (``*head*``).
 """
 
 from __future__ import annotations
@@ -188,8 +191,12 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     if len(holders) > 1:
         holders = [k for k in holders if "head" in k and not _counts_heads(k)] or holders
     if len(holders) > 1:
+        where = running_module_phrase(ctx)
         ctx.block(labels, f"{call.display} splits channels by {size}, which several "
-                          f"attributes of {ctx.path!r} hold ({', '.join(holders)})")
+                          f"attributes of {where} hold ({', '.join(holders)}), so "
+                          f"which one sizes the factor is unknown; write -1 for that "
+                          f"factor, or keep its size in one int attribute (a per-head size "
+                          f"named head_dim) to prune these channels")
         return last, None
     if _written_twice(sizes, labels, segment, last) and not _named_for(holders[0], last,
                                                                        segment):

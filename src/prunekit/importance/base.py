@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -32,9 +32,8 @@ from prunekit.importance.data import CalibrationData, LossFn, as_calibration, mi
 class Criterion(Protocol):
     """Scores the elements of a weight tensor; ``combine`` reduces a group of them.
 
-    Optional: a class attribute ``elementwise = True`` promises ``score(cat(ts)) ==
-    cat(score(t) for t in ts)`` (each element's score depends on it alone, no draws), so
-    group scoring may score several small views in one call (L1/L2 set it)."""
+    Optional: :class:`ElementwiseCriterion` says a criterion's scores are element by
+    element."""
 
     @property
     def name(self) -> str:
@@ -55,6 +54,21 @@ class Criterion(Protocol):
     def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
         """One score per group: reduce element ``scores`` along ``dim``."""
         ...
+
+
+@runtime_checkable
+class ElementwiseCriterion(Criterion, Protocol):
+    """A criterion that opts in with a class attribute ``elementwise = True``, promising
+    ``score(cat(ts)) == cat(score(t) for t in ts)`` (each element's score depends on it
+    alone, no draws), so group scoring may score several small views in one call (L1/L2
+    opt in; a criterion without the attribute, or with it False, is scored view by view)."""
+
+    elementwise: ClassVar[bool]
+
+
+def is_elementwise(criterion: Criterion) -> bool:
+    """True if ``criterion`` is an :class:`ElementwiseCriterion` with ``elementwise`` set."""
+    return isinstance(criterion, ElementwiseCriterion) and criterion.elementwise
 
 
 @runtime_checkable

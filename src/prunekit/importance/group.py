@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from prunekit.errors import ConfigError, check_choice
 from prunekit.graph.dependency import Group, Member
 from prunekit.graph.labels import positions_in, search_sorted
-from prunekit.importance.base import Criterion, get_criterion
+from prunekit.importance.base import Criterion, get_criterion, is_elementwise
 from prunekit.structured.adapters import WeightView
 
 __all__ = [
@@ -157,7 +157,7 @@ def _all_row_sums(element: Criterion, tensors: Sequence[Tensor],
     (below ``_BATCH_MIN`` such views the cat and split cost what they save)."""
     narrow = [i for i, t in enumerate(tensors)
               if t.shape[1] == 1 and t.dtype == torch.float32 and t.is_cpu] \
-        if getattr(element, "elementwise", False) else []
+        if is_elementwise(element) else []
     if len(narrow) < _BATCH_MIN:
         return [_row_sums(element, t, generator) for t in tensors]
     out: list[Tensor | None] = [None] * len(tensors)

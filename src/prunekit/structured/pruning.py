@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs, run_model
-from prunekit.allocation.ratio import Allocation, allocate
+from prunekit.allocation.ratio import Allocation, allocate, unit_width
 from prunekit.errors import ConfigError, PruneValidationError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
 from prunekit.graph.dependency import DependencyGraph, Group, build_groups
@@ -389,10 +389,12 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
     base = _measure(model, example_inputs, metric)
     low, high = 0.0, 0.99
     best: Allocation | None = None
+    widths = [unit_width(g) for g in graph.groups]  # the same groups in every trial
     for _ in range(12):
         mid = (low + high) / 2
         trial = replace(config, ratio=mid, global_ranking=True)
-        plan, indices = plan_with_indices(model, graph, allocate(graph.groups, scores, trial))
+        masks = allocate(graph.groups, scores, trial, _widths=widths)
+        plan, indices = plan_with_indices(model, graph, masks)
         candidate = _shallow_clone(model)
         apply_plan(candidate, plan, indices=indices)
         kept = _measure(candidate, example_inputs, metric) / max(1, base)

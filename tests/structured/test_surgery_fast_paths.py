@@ -1,4 +1,5 @@
-"""Fast paths of apply_plan and _shallow_clone give exactly what the general paths give."""
+"""Fast paths of planning, cloning, cutting and checking a pruned model give exactly what
+the general paths give."""
 
 from __future__ import annotations
 
@@ -9,29 +10,46 @@ import pytest
 import torch
 from tests.structured.zoo import ZOO
 from torch import nn
+from torch.nn.utils import parametrize
 
-from prunekit.graph.dependency import build_groups
+from prunekit.graph.dependency import (
+    build_groups,
+)
 from prunekit.graph.trace import trace
-from prunekit.structured.adapters import ParamSlicer, find_adapter
+from prunekit.structured.adapters import find_adapter
 from prunekit.structured.mha import PrunedMultiheadAttention
-from prunekit.structured.plan import plan_with_indices
-from prunekit.structured.pruning import _axes_of, _shallow_clone
+from prunekit.structured.plan import is_parametrized, plan_with_indices
+from prunekit.structured.pruning import _axes_of, _shallow_clone, prune
 
 
-@pytest.mark.parametrize("grad_mode", [True, False])
-def test_slice_without_grad_mode_equals_detached_slice(grad_mode: bool) -> None:
-    conv = nn.Conv2d(4, 8, 3)
-    weight = conv.weight
-    index = torch.tensor([0, 2, 5])
-    slicer = ParamSlicer()
-    with torch.set_grad_enabled(grad_mode):
-        slicer.slice(conv, "weight", 0, index)
-        slicer.slice(conv, "weight", 1, torch.tensor([1, 3]))
-    slicer.finish()
-    expected = weight.detach().index_select(0, index).index_select(1, torch.tensor([1, 3]))
-    assert type(conv.weight) is nn.Parameter and conv.weight.requires_grad
-    assert conv.weight.grad_fn is None and conv.weight.is_leaf
-    assert torch.equal(conv.weight, expected)
+def test_is_parametrized_equals_torch() -> None:
+    masked = nn.Linear(3, 4)
+    parametrize.register_parametrization(masked, "weight", _Identity())
+    emptied = nn.Linear(3, 4)
+    parametrize.register_parametrization(emptied, "weight", _Identity())
+    parametrize.remove_parametrizations(emptied, "weight")
+    modules = [masked, emptied, nn.Linear(3, 4), nn.Sequential(masked)]
+    modules += [m for e in ZOO for m in e.build().modules()]
+    for module in modules:
+        assert is_parametrized(module) == parametrize.is_parametrized(module)
+
+
+class _Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_validation_forward_runs_in_eval_mode_either_way(training: bool) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model.train(training)
+    with torch.no_grad():
+        model[1].running_mean.uniform_()
+    stats = model[1].running_mean.clone()
+    result = prune(model, torch.randn(2, 3, 8, 8), ratio=0.5, inplace=True)
+    assert result.model is model and all(m.training == training for m in model.modules())
+    kept = result.plan["modules"]["1"]["keep"]["channels"]
+    torch.testing.assert_close(model[1].running_mean, stats[kept], rtol=0, atol=0)
 
 
 def test_shallow_clone_copies_empty_containers() -> None:
