@@ -50,7 +50,9 @@ class CallStack:
         Two process-wide module hooks serve every module of ``named_modules`` (registering
         two hooks per module costs more than the rest of a small model's trace); a module
         that has forward hooks of its own gets hooks of its own instead, registered after
-        the user's, so that its handler sees the output those hooks return."""
+        the user's, so that its handler sees the output those hooks return. The
+        process-wide hooks pass over modules of other models; calling the traced model from
+        another thread while the trace runs is not supported."""
         atomic_stack: list[bool] = []
         stack = self
         shared: dict[int, tuple[str, ModuleHandler | None]] = {}  # the process-wide hooks'
