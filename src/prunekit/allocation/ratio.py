@@ -27,7 +27,7 @@ from torch import Tensor
 
 from prunekit.errors import ConfigError, check_fraction
 from prunekit.graph.dependency import Group
-from prunekit.graph.labels import in_sorted, positions_in
+from prunekit.graph.labels import in_sorted, positions_in, search_sorted
 
 __all__ = ["Allocation", "allocate", "unit_width"]
 
@@ -178,9 +178,8 @@ def unit_width(group: Group) -> int:
                 return 1  # nothing is narrower than one channel
             fewest = np.minimum(fewest, member.width)
             continue
-        pos = np.searchsorted(ids, flat).clip(max=max(size - 1, 0))
-        pos = pos[ids[pos] == flat] if size else pos[:0]
-        counts = np.bincount(pos, minlength=size) * member.width
+        found, pos = search_sorted(flat, ids)
+        counts = np.bincount(pos[found], minlength=size) * member.width
         fewest = np.where(counts > 0, np.minimum(fewest, counts), fewest)
     held = np.asarray(fewest).reshape(-1)
     held = held[held < unset]
