@@ -36,7 +36,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from prunekit.importance.base import register_criterion, score_dtype
+from prunekit.importance.base import register_criterion, score_dtype, score_values
 from prunekit.importance.data import (
     CalibrationData,
     DataAwareScoring,
@@ -74,10 +74,6 @@ def gradient_statistic(
     return {name: finite_or_zero(_pick(s, statistic)) for name, s in stats.items()}
 
 
-def _weight(weight: Tensor) -> Tensor:
-    return weight.detach().to(score_dtype(weight))
-
-
 class _GradientCriterion(DataAwareScoring):
     """Shared parts: needs data; its statistic is a gradient statistic."""
 
@@ -110,7 +106,7 @@ class Taylor(_GradientCriterion):
     statistic: Statistic = "abs_mean"
 
     def score_with(self, weight: Tensor, statistic: Tensor) -> Tensor:
-        return (_weight(weight) * statistic.to(score_dtype(weight))).abs()
+        return (score_values(weight) * statistic.to(score_dtype(weight))).abs()
 
 
 @dataclass(frozen=True)
@@ -125,7 +121,7 @@ class WeightPlusGradient(_GradientCriterion):
         check_positive("lam", self.lam)
 
     def score_with(self, weight: Tensor, statistic: Tensor) -> Tensor:
-        return _weight(weight).abs() + self.lam * statistic.to(score_dtype(weight)).abs()
+        return score_values(weight).abs() + self.lam * statistic.to(score_dtype(weight)).abs()
 
 
 @dataclass(frozen=True)
@@ -139,13 +135,13 @@ class SNIP(_GradientCriterion):
         self, model: nn.Module, params: Mapping[str, Tensor], data: CalibrationData
     ) -> Mapping[str, Tensor]:
         stats = gradient_statistic(model, params, data, self.statistic)
-        total = sum(float((_weight(params[n]) * s).abs().sum()) for n, s in stats.items())
+        total = sum(float((score_values(params[n]) * s).abs().sum()) for n, s in stats.items())
         if total == 0:
             return stats
         return {name: s / total for name, s in stats.items()}
 
     def score_with(self, weight: Tensor, statistic: Tensor) -> Tensor:
-        return (_weight(weight) * statistic.to(score_dtype(weight))).abs()
+        return (score_values(weight) * statistic.to(score_dtype(weight))).abs()
 
 
 @dataclass(frozen=True)
@@ -156,7 +152,7 @@ class Fisher(_GradientCriterion):
     statistic: Statistic = "rms"
 
     def score_with(self, weight: Tensor, statistic: Tensor) -> Tensor:
-        return 0.5 * (_weight(weight) * statistic.to(score_dtype(weight))).square()
+        return 0.5 * (score_values(weight) * statistic.to(score_dtype(weight))).square()
 
 
 GRAD = register_criterion(GradientMagnitude())

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prunekit.importance.base import register_criterion, score_dtype
+from prunekit.importance.base import register_criterion, score_values
 
 __all__ = ["LAMP", "lamp_scores"]
 
 
 def lamp_scores(weight: Tensor) -> Tensor:
     """LAMP score of every element of ``weight`` (same shape), computed over the whole tensor."""
-    squared = weight.detach().to(score_dtype(weight)).reshape(-1).square()
+    squared = score_values(weight).reshape(-1).square()
     ordered, order = torch.sort(squared, stable=True)
     # Σ of the squares from each position to the end of the ascending order
     tail = ordered.flip(0).cumsum(0).flip(0)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from prunekit.importance.base import register_criterion, score_dtype
+from prunekit.importance.base import register_criterion, score_dtype, score_values
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class L1Magnitude:
     elementwise: ClassVar[bool] = True
 
     def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        return _values(weight).abs()
+        return score_values(weight).abs()
 
     def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
         return scores.sum(dim=dim)
@@ -35,7 +35,7 @@ class L2Magnitude:
     elementwise: ClassVar[bool] = True  # as L1Magnitude's
 
     def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        return _values(weight).square()
+        return score_values(weight).square()
 
     def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
         return scores.sum(dim=dim).sqrt()
@@ -52,7 +52,7 @@ class NormalizedMagnitude:
     needs_data: bool = False
 
     def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        magnitude = weight.detach().to(score_dtype(weight)).abs()
+        magnitude = score_values(weight).abs()
         total = magnitude.sum()
         if total == 0:
             return magnitude
@@ -81,12 +81,3 @@ L1 = register_criterion(L1Magnitude())
 L2 = register_criterion(L2Magnitude())
 NORMALIZED = register_criterion(NormalizedMagnitude())
 RANDOM = register_criterion(RandomScore())
-
-
-def _values(weight: torch.Tensor) -> torch.Tensor:
-    """``weight.detach().to(score_dtype(weight))``, skipping the calls that would return the
-    tensor itself (magnitudes score every layer of a model on every prune)."""
-    if weight.requires_grad:
-        weight = weight.detach()
-    dtype = score_dtype(weight)
-    return weight if weight.dtype == dtype else weight.to(dtype)
