@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.graph.labels import consume, varies
-from prunekit.graph.ops import OpNotMappable, tensors_in
+from prunekit.graph.ops import OpNotMappable, call_tensors
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
     Axis,
@@ -106,9 +106,9 @@ class EmbeddingAdapter:
 
 
 def _first(call: ModuleCall) -> Tensor:
-    if call.args and isinstance(call.args[0], Tensor):  # what tensors_in would find first
+    if call.args and isinstance(call.args[0], Tensor):  # what call_tensors would find first
         return call.args[0]
-    found = tensors_in((call.args, call.kwargs))
+    found = call_tensors(call.args, call.kwargs)
     if not found:
         raise OpNotMappable("called without a tensor input")
     return found[0]
