@@ -220,3 +220,22 @@ def test_macs_target_is_met_on_attention_models(name: str) -> None:
         warnings.simplefilter("ignore")
         result = pk.prune(entry.build().eval(), entry.example_inputs(), target={"macs": 0.5})
     assert 0.48 <= result.macs_kept <= 0.5
+
+
+@pytest.mark.parametrize(("normalization", "heads"), [
+    ("mean", [8, 8, 7, 4, 2, 2]),  # the heads' scores bunch: they all go between 0.35 and 0.6
+    ("standard", [6, 6, 5, 4, 4, 2]),  # spread over the ratios
+])
+def test_head_removal_over_ratios_by_normalization(normalization: str,
+                                                   heads: list[int]) -> None:
+    """README's global_ranking note: the zoo ViT (random weights, 2 blocks × 4 heads)."""
+    entry = BY_NAME["vit"]
+    kept = []
+    for ratio in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = pk.prune(entry.build().eval(), entry.example_inputs(), ratio=ratio,
+                             global_ranking=True, normalization=normalization).model
+        kept.append(sum(m.num_heads for m in model.modules()
+                        if isinstance(m, nn.MultiheadAttention)))
+    assert kept == heads
