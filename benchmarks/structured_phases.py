@@ -2,7 +2,8 @@
 
 For each model: the median over ``--repeats`` calls of ``prune(model, x, ratio=0.5,
 importance="l2", inplace=True)`` on fresh copies (one thread), the model's own no-grad
-forward, and the mean time of each phase — the functions ``prune`` calls, timed by wrapping
+forward, and the mean time per prune spent in each phase (summed over its calls:
+``_member_views`` runs once per group) — the functions ``prune`` calls, timed by wrapping
 them in ``prunekit.structured.pruning`` for the run: trace, build_groups, _member_views
 (the adapters' weight views), score_groups, allocate, plan_with_indices, _shallow_clone,
 apply_plan and the validation forward (_output_shapes). ``trace - forward`` is the
@@ -55,7 +56,7 @@ def _timed(spent: dict[str, list[float]], name: str,
 
 
 def measure(name: str, repeats: int) -> tuple[float, float, dict[str, float]]:
-    """(median prune s, median forward s, mean s per call of each phase)."""
+    """(median prune s, median forward s, mean s per prune spent in each phase)."""
     entry = next(e for e in ZOO if e.name == name)
     base, x = entry.build().eval(), entry.example_inputs()
     spent: dict[str, list[float]] = collections.defaultdict(list)
@@ -97,7 +98,8 @@ def main() -> None:
              "_shallow_clone": "clone", "apply_plan": "apply", "_output_shapes": "validate",
              "build_groups": "groups"}
     columns = ["total", "forward", *(short.get(p, p) for p in PHASES), "trace-fwd"]
-    print(f"ms per prune (median of {args.repeats}; phases: mean per call), one thread")
+    print(f"ms per prune (median of {args.repeats}; phases: mean per prune, all their calls), "
+          "one thread")
     print(f"{'model':<18}" + "".join(f"{c:>10}" for c in columns))
     for name in names:
         total, forward, per_call = measure(name, args.repeats)

@@ -2,17 +2,17 @@
 
 Each seed draws a recipe of building blocks (convs of every grouping, norms, gates,
 residuals, cats, splits, shuffles, permutes, views, slices, in-place ops, broadcast
-parameters, token blocks with attention) whose shapes are valid by construction, and
-checks that (a) switching the vector-form fast paths off changes nothing in the trace and
-(b) ``prune(model, x, ratio=0.5)`` either raises a prunekit error or returns a model whose
-forward runs with the same output shapes. A failing seed is rebuilt by ``_build(seed)``;
-``_RandomNet.recipe`` names its blocks. About one seed in eight used to raise
-PruneValidationError (the pruned model's own check); the minimised causes are the
-regressions at the end and in tests/graph/test_fuzz_regressions.py. Now all of seeds 0-3999
-prune, and a PruneValidationError fails a seed (seed 12, a gate times a group sum over a cat
-of a depthwise output with itself, was the last below 1000: the sum's fixed width had
-NEUTRAL labels, which let the gate's channels shrink; seeds 1541, 1574 and 2159 bound
-``self.groups`` to the wrong factor of a group view).
+parameters, token blocks with attention) whose shapes are valid by construction, and checks
+that (a) switching the vector-form fast paths off changes nothing in the trace and (b)
+``prune(model, x, ratio=0.5)`` returns a model whose forward runs with the same output
+shapes (a prunekit error that refuses up front fails a seed too: every seed prunes now). A
+failing seed is rebuilt by ``_build(seed)``; ``_RandomNet.recipe`` names its blocks. About
+one seed in eight used to raise PruneValidationError (the pruned model's own check); the
+minimised causes are the regressions at the end and in tests/graph/test_fuzz_regressions.py.
+Now all of seeds 0-3999 prune, and a PruneValidationError fails a seed (seed 12, a gate
+times a group sum over a cat of a depthwise output with itself, was the last below 1000: the
+sum's fixed width had NEUTRAL labels, which let the gate's channels shrink; seeds 1541, 1574
+and 2159 bound ``self.groups`` to the wrong factor of a group view).
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def test_random_net_trace_fast_equals_general(seed: int,
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_net_prunes_cleanly(seed: int) -> None:
     model, x = _build(seed)
-    _prunes_cleanly(model, x)
+    assert _prunes_cleanly(model, x), "prune refused"
 
 
 @pytest.mark.slow
@@ -185,7 +185,7 @@ def test_random_net_prunes_cleanly(seed: int) -> None:
 def test_random_net_sweep(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     model, x = _build(seed)
     _traces_agree(model, x, monkeypatch)
-    _prunes_cleanly(model, x)
+    assert _prunes_cleanly(model, x), "prune refused"
 
 
 def test_recipes_are_deterministic_and_cover_every_block() -> None:
@@ -209,13 +209,7 @@ def test_fast_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trace(model, x, find_adapter, strict=False)
-    assert hits[0] >= 100
-
-
-def test_most_random_nets_prune() -> None:
-    """The property above is not vacuous: the seeds prune rather than raise."""
-    pruned = [seed for seed in SEEDS[:60] if _prunes_cleanly(*_build(seed))]
-    assert pruned == list(SEEDS[:60])  # seed 12 too (see the module docstring)
+    assert hits[0] >= 250  # 287 when written: a fast path that stops matching fails this
 
 
 # -- regressions the fuzz found, minimised ----------------------------------------------
@@ -420,5 +414,6 @@ def test_group_spanning_a_cat_keeps_every_member() -> None:
     model = _ScaledCat().eval()
     with torch.no_grad():
         model.a.weight.mul_(1e-3)  # a's channels rank lowest
-    result = _prune_keeps_shapes(model, torch.randn(2, 3, 4, 4))
-    assert result.model.a.out_channels >= 1
+    pruned = _prune_keeps_shapes(model, torch.randn(2, 3, 4, 4)).model
+    # a loses its two weakest channels but not all three; the residual stream stays whole
+    assert (pruned.a.out_channels, pruned.stem.out_channels, pruned.head.in_channels) == (1, 4, 5)

@@ -121,14 +121,19 @@ def test_elementwise_false_opts_out() -> None:
 
     class OptedOut:
         name, needs_data, elementwise = "l2", False, False
+        calls = 0
 
         def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+            OptedOut.calls += 1
             return l2.score(weight, generator=generator)
 
         def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
             return l2.combine(scores, dim)
 
     assert isinstance(OptedOut(), ElementwiseCriterion) and not is_elementwise(OptedOut())
+    views = _views()
+    _all_row_sums(OptedOut(), views, torch.Generator())  # type: ignore[arg-type]
+    assert OptedOut.calls == len(views)  # one call a view: nothing batched
 
 
 def test_narrow_views_are_scored_in_one_call() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.structured.adapters import ParamSlicer, grad_rows, rows
+from prunekit.structured.adapters import ParamSlicer, grad_rows, rows, update_attr
 from prunekit.structured.adapters_conv import _grouped_rows
 
 
@@ -49,10 +49,6 @@ def test_slice_without_grad_mode_equals_detached_slice(grad_mode: bool) -> None:
 
 
 def test_update_attr_sets_what_setattr_sets() -> None:
-    from torch import nn
-
-    from prunekit.structured.adapters import update_attr
-
     for old, new in [(4, 4), (4, 3), (True, 1), (1, True), (4, 4.0), ((4,), (4,)), ((4,), [4])]:
         fast, general = nn.Linear(2, 2), nn.Linear(2, 2)
         fast.size = general.size = old  # type: ignore[assignment]

@@ -91,10 +91,12 @@ def test_mha_from_module_equals_the_general_path(options: dict[str, object]) -> 
         elif not isinstance(value, set):
             assert value == other, key
     assert fast.out_proj is source.out_proj and not fast.training
-    x = torch.randn(5, 2, 16) if not options.get("batch_first") else torch.randn(2, 5, 16)
-    kv = x if "kdim" not in options else None
-    if kv is not None:
-        assert torch.equal(fast(x, x, x)[0], source(x, x, x)[0])
+    shape = (2, 5) if options.get("batch_first") else (5, 2)
+    x = torch.randn(*shape, 16)
+    kdim, vdim = options.get("kdim", 16), options.get("vdim", 16)
+    assert isinstance(kdim, int) and isinstance(vdim, int)
+    k, v = torch.randn(*shape, kdim), torch.randn(*shape, vdim)
+    assert torch.equal(fast(x, k, v)[0], source(x, k, v)[0])
 
 
 @pytest.mark.parametrize("name", ["resnet_basic", "mobilenet_v2", "vit", "split_glu"])
