@@ -34,7 +34,8 @@ from prunekit.errors import ConfigError
 from prunekit.graph.dependency import DependencyGraph
 from prunekit.structured.adapters import ParamSlicer, find_adapter
 
-__all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "apply_plan", "build_plan", "replay_plan"]
+__all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "SwapTypeAdapter", "apply_plan", "build_plan",
+           "replay_plan"]
 
 PLAN_FORMAT = "prunekit.structured.plan/1"
 
@@ -50,15 +51,28 @@ class SkipBlock(nn.Module):
 class SwapAdapter(Protocol):
     """A layer adapter that cuts some modules through a replacement of another class."""
 
-    def swap_type(self, module: nn.Module, keep: Mapping[str, Tensor]) -> type[nn.Module] | None:
-        """The class ``swap`` would build for these cuts (None: no swap), without building
-        it: the plan records its name."""
-        ...
-
     def swap(self, module: nn.Module, keep: Mapping[str, Tensor]) -> nn.Module | None:
         """The module to install and cut in place of ``module`` (sharing its parameters),
         or None to cut ``module`` itself."""
         ...
+
+
+@runtime_checkable
+class SwapTypeAdapter(SwapAdapter, Protocol):
+    """A :class:`SwapAdapter` that can also name the class it would swap in without
+    building it (optional: the plan otherwise builds the swap to read its class)."""
+
+    def swap_type(self, module: nn.Module, keep: Mapping[str, Tensor]) -> type[nn.Module] | None:
+        """The class ``swap`` would build for these cuts (None: no swap)."""
+        ...
+
+
+def _swap_type(adapter: SwapAdapter, module: nn.Module,
+               keep: Mapping[str, Tensor]) -> type[nn.Module] | None:
+    if isinstance(adapter, SwapTypeAdapter):
+        return adapter.swap_type(module, keep)
+    replacement = adapter.swap(module, keep)
+    return type(replacement) if replacement is not None else None
 
 
 _IS_SWAP: dict[type, bool] = {}  # the Protocol check, cached per adapter type
@@ -158,8 +172,8 @@ def plan_with_indices(model: nn.Module, graph: DependencyGraph,
         adapter = _swap_adapter(module)
         if adapter is None:  # no swap: its keep dict is not built
             continue
-        kind = adapter.swap_type(module, {dim: indices["modules", name, dim]
-                                          for dim in entry["keep"]})
+        kind = _swap_type(adapter, module, {dim: indices["modules", name, dim]
+                                            for dim in entry["keep"]})
         if kind is not None:
             entry["swap"] = kind.__name__
     return plan, indices
