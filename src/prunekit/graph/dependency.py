@@ -178,9 +178,11 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
     holders: dict[int, list[tuple[str, int | None, str | None]]] = {}
     for record, own in owned:
         if not any(id(tensor) in tied for _, tensor in own):
-            continue  # all its tensors have one owner: their holder lists are never read
+            continue  # all its tensors have one owner (and axes_of is not needed)
         axes = axes_of(record.module) if axes_of is not None else None
         for attr, tensor in own:
+            if id(tensor) not in tied:
+                continue  # one owner: nothing to tie
             if axes is None:
                 holders.setdefault(id(tensor), []).append((record.name, None, None))
                 continue
@@ -189,12 +191,11 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
                     holders.setdefault(id(tensor), []).append((record.name, axis, dim))
             holders.setdefault(id(tensor), []).append((record.name, -1, None))
     for param in trace.params.values():
-        holders.setdefault(id(param.tensor), []).append((param.name, None, None))
+        if id(param.tensor) in tied:
+            holders.setdefault(id(param.tensor), []).append((param.name, None, None))
     space = trace.space
     for entries in holders.values():
-        owners = {name for name, _, _ in entries}
-        if len(owners) < 2:
-            continue
+        owners = {name for name, _, _ in entries}  # two or more: the tensor is tied
         reason = f"a weight is shared by {', '.join(sorted(owners))} (tied weights)"
         unknown = [entry[0] for entry in entries if entry[1] is None]
         cuts: dict[int, list[tuple[str, str]]] = {}
@@ -365,4 +366,3 @@ def _unique_first(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     inverse = np.empty(values.size, dtype=np.int64)
     inverse[perm] = np.cumsum(head) - 1
     return ordered[head], perm[head], inverse
-

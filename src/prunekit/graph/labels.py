@@ -198,8 +198,7 @@ def _first_along(ndim: int, dim: int) -> tuple[slice, ...]:
 
 
 def _np_varies(arr: np.ndarray, dim: int) -> bool:
-    if arr.ndim == 0:
-        return False
+    """True if ``arr`` (not 0-d: every caller skips those) varies along ``dim``."""
     return bool(np.count_nonzero(arr != arr[_first_along(arr.ndim, dim)]))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import fixed_shape, varies, varying
+from prunekit.graph.labels import fixed_shape, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -28,8 +28,9 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
     reason = "a matrix product mixes its channels"
     sides = []
     for lab, k_dim, free_dim in ((a, -1, -2), (b, -2, -1)):
-        on_k, on_free = varies(lab, k_dim), varies(lab, free_dim)
-        on_batch = any(d < lab.dim() - 2 for d in varying(lab))
+        dims, ndim = varying(lab), lab.dim()  # (one compaction, not one per varies call)
+        on_k, on_free = ndim + k_dim in dims, ndim + free_dim in dims
+        on_batch = any(d < ndim - 2 for d in dims)
         if (on_k and on_free) or (on_batch and (on_k or on_free)):
             space.block(lab, reason)
             on_k = on_free = on_batch = False

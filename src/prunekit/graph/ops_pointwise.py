@@ -43,14 +43,10 @@ BINARY = (
 
 def _unary(ctx: TraceContext, call: OpCall) -> None:
     first, out = call.args[0] if call.args else None, call.out
-    if isinstance(first, Tensor) and isinstance(out, Tensor) and out.shape == first.shape:
-        # the common call (one tensor in and out, same shape): the vector path below, direct
-        vector = ctx.vector_of(first)
-        if vector is not None:
-            ctx.set_vector(out, vector[1], vector[0])
-            return
-    inputs = tensors_in(call.args[:1]) or tensors_in(call.kwargs.get("input"))
-    outputs = tensors_in(call.out)
+    # (the common call, one tensor in and out, without walking args and result)
+    inputs = [first] if isinstance(first, Tensor) else (
+        tensors_in(call.args[:1]) or tensors_in(call.kwargs.get("input")))
+    outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
     if not inputs:
         raise OpNotMappable("no tensor input")
     vector = ctx.vector_of(inputs[0])
@@ -122,8 +118,8 @@ def _vector_and_passive(ctx: TraceContext, operands: list[Tensor], shape: torch.
     size there) with one that carries no channels against it: an untracked tensor (NEUTRAL,
     never joined, never varies) or a single label (a one-label vector or a broadcast
     constant) broadcast along d while the vector varies (combine's broadcasting rule drops
-    it, and blocks nothing: it varies nowhere). The
-    result keeps the vector's roots. False (nothing done) for any other call."""
+    it, and blocks nothing: it varies nowhere). The result keeps the vector's roots.
+    False (nothing done) for any other call."""
     if len(operands) != 2 or any(t.shape != shape for t in outputs):
         return False
     for main, other in (operands, operands[::-1]):

@@ -65,10 +65,10 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
     ndim = source.dim()
     dims = _dims(call, ndim)
     reduced = tuple(range(ndim)) if dims is None else dims
-    if _reduce_vector(ctx, call, source, reduced):
+    vector = ctx.vector_of(source)
+    if vector is not None and _reduce_vector(ctx, call, source, vector, reduced):
         return
     kept = [d for d in range(ndim) if d not in reduced]
-    vector = ctx.vector_of(source)
     if vector is not None and vector[0] in reduced and varies(ctx.space.find(vector[1]), 0):
         # (RMSNorm's x.pow(2).mean(-1)) labels that vary along the reduced channel dim
         # only: the branch below that needs no label tensor
@@ -91,12 +91,12 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
 
 
 def _reduce_vector(ctx: TraceContext, call: OpCall, source: Tensor,
-                   reduced: tuple[int, ...]) -> bool:
+                   vector: tuple[int, Tensor], reduced: tuple[int, ...]) -> bool:
     """``_reduce`` for labels in vector form whose channel dim is kept (a spatial mean):
     nothing varies along the reduced dims, so every output keeps the vector's roots, on
-    the channel dim as renumbered without the reduced dims. False for any other call."""
-    vector = ctx.vector_of(source)
-    if vector is None or vector[0] in reduced:
+    the channel dim as renumbered without the reduced dims (``vector``: ``ctx.vector_of``
+    of ``source``). False for any other call."""
+    if vector[0] in reduced:
         return False
     dim, shape = vector[0], tuple(source.shape)
     keepdim = tuple(1 if d in reduced else n for d, n in enumerate(shape))

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import UnsupportedOpError
 from prunekit.graph.hooks import CallStack, Recorder
-from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit
+from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
 from prunekit.graph.ops import (
     OpCall,
     OpHandler,
@@ -442,8 +442,7 @@ def trace(
     """
     ctx = TraceContext(model, strict)
     for path, tensor in walk_tensors(example_inputs, "input"):
-        bid = ctx.space.block_id(f"model input {path}")
-        ctx.set_labels(tensor, _constant(bid, tensor.shape))
+        ctx.set_labels(tensor, fixed_shape(ctx.space, tensor.shape, f"model input {path}"))
     recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op)
     modules = [module for _, module in ctx._named_modules]
     try:
