@@ -3,6 +3,8 @@ element-wise criterion in one call) gives exactly what scoring one by one gives.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from tests.structured.zoo import ZOO, ZooEntry
@@ -116,31 +118,12 @@ def test_only_elementwise_criteria_batch() -> None:
         assert not is_elementwise(get_criterion(name))
 
 
-def test_elementwise_false_opts_out() -> None:
-    l2 = get_criterion("l2")
-
-    class OptedOut:
-        name, needs_data, elementwise = "l2", False, False
-        calls = 0
-
-        def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-            OptedOut.calls += 1
-            return l2.score(weight, generator=generator)
-
-        def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
-            return l2.combine(scores, dim)
-
-    assert isinstance(OptedOut(), ElementwiseCriterion) and not is_elementwise(OptedOut())
-    views = _views()
-    _all_row_sums(OptedOut(), views, torch.Generator())  # type: ignore[arg-type]
-    assert OptedOut.calls == len(views)  # one call a view: nothing batched
-
-
-def test_narrow_views_are_scored_in_one_call() -> None:
+def _counting_l2(flag: bool) -> Any:
+    """L2 under a criterion class that counts its ``score`` calls (``.calls``)."""
     l2 = get_criterion("l2")
 
     class Counting:
-        name, needs_data, elementwise = "l2", False, True
+        name, needs_data, elementwise = "l2", False, flag
         calls = 0
 
         def score(self, weight: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
@@ -150,7 +133,20 @@ def test_narrow_views_are_scored_in_one_call() -> None:
         def combine(self, scores: torch.Tensor, dim: int) -> torch.Tensor:
             return l2.combine(scores, dim)
 
+    return Counting()
+
+
+def test_elementwise_false_opts_out() -> None:
+    opted_out = _counting_l2(False)
+    assert isinstance(opted_out, ElementwiseCriterion) and not is_elementwise(opted_out)
     views = _views()
-    _all_row_sums(Counting(), views, torch.Generator())  # type: ignore[arg-type]
+    _all_row_sums(opted_out, views, torch.Generator())
+    assert opted_out.calls == len(views)  # one call a view: nothing batched
+
+
+def test_narrow_views_are_scored_in_one_call() -> None:
+    counting = _counting_l2(True)
+    views = _views()
+    _all_row_sums(counting, views, torch.Generator())
     # six one-column float32 CPU views in one call; two wide, one float64, one half apart
-    assert Counting.calls == 1 + 4
+    assert counting.calls == 1 + 4
