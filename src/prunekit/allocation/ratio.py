@@ -105,19 +105,24 @@ def _rounded(keep: int, group: Group, round_to: int | None) -> int:
     return min(group.size, math.ceil(keep / step) * step)
 
 
-def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation, *,
-             _widths: Sequence[int] | None = None) -> list[Tensor]:
-    """A boolean keep-mask over ``group.units`` for every group (scores: higher = keep).
+def allocate(groups: Sequence[Group], scores: Sequence[Tensor],
+             config: Allocation) -> list[Tensor]:
+    """A boolean keep-mask over ``group.units`` for every group (scores: higher = keep)."""
+    return _allocate(groups, scores, config, None)
 
-    ``_widths`` (private): :func:`unit_width` of every group, for a caller that allocates the
-    same groups many times (a target search); computed here when None."""
+
+def _allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation,
+              widths: Sequence[int] | None) -> list[Tensor]:
+    """:func:`allocate` given :func:`unit_width` of every group, for a caller that allocates
+    the same groups many times (a target search); computed here when None."""
     parts = [_partial_producers(g) for g in groups]
     reserved = [None if p is None else _reserved(p, s, g.size)
                 for g, s, p in zip(groups, scores, parts, strict=True)]
     bounds = [_keep_bounds(g, config, 0 if r is None else int(r.sum()))
               for g, r in zip(groups, reserved, strict=True)]
     if config.global_ranking:
-        widths = [unit_width(g) for g in groups] if _widths is None else _widths
+        if widths is None:
+            widths = [unit_width(g) for g in groups]
         counts = _global_counts(groups, scores, config.ratio, widths, bounds)
     else:
         counts = [g.size - math.floor(_group_ratio(g, config) * g.size + 1e-9) for g in groups]
