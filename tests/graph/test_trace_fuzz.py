@@ -415,5 +415,5 @@ def test_group_spanning_a_cat_keeps_every_member() -> None:
     with torch.no_grad():
         model.a.weight.mul_(1e-3)  # a's channels rank lowest
     pruned = _prune_keeps_shapes(model, torch.randn(2, 3, 4, 4)).model
-    # a loses its two weakest channels but not all three; the residual stream stays whole
-    assert (pruned.a.out_channels, pruned.stem.out_channels, pruned.head.in_channels) == (1, 4, 5)
+    # the 7-unit group keeps 4: a keeps its best channel (not none), the residual stream 3
+    assert (pruned.a.out_channels, pruned.stem.out_channels, pruned.head.in_channels) == (1, 3, 4)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from tests.structured.zoo import BY_NAME
 
 import prunekit.allocation.ratio as ratio
-from prunekit.allocation.ratio import Allocation, _top_mask, allocate, unit_width
+from prunekit.allocation.ratio import Allocation, _allocate, _top_mask, allocate, unit_width
 from prunekit.graph.dependency import (
     build_groups,
 )
@@ -41,9 +43,13 @@ def test_allocate_with_given_widths_equals_computed(name: str) -> None:
     widths = [unit_width(g) for g in groups]
     for r in (0.1, 0.4, 0.7):
         config = Allocation(ratio=r, global_ranking=True)
-        got = allocate(groups, scores, config, _widths=widths)
+        got = _allocate(groups, scores, config, widths)
         want = allocate(groups, scores, config)
         assert [m.tolist() for m in got] == [m.tolist() for m in want]
+
+
+def test_allocate_signature_has_no_private_keyword() -> None:
+    assert list(inspect.signature(allocate).parameters) == ["groups", "scores", "config"]
 
 
 def test_target_search_reads_unit_widths_once(monkeypatch: pytest.MonkeyPatch) -> None:

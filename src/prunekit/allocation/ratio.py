@@ -9,6 +9,8 @@ several channels (an attention head) costs that many (:func:`unit_width`).
 Every group keeps at least ``max(1, ceil(min_keep · units))`` units and at most
 ``max(1, floor(max_keep · units))`` (so global ranking prunes every group a little), and
 ``round_to`` keeps widths at multiples of N (rounded up, never above the original width).
+A group that spans a concat keeps a channel of every layer in it (a layer with none cannot
+run) within that count: the count is raised only where it is below the number of such layers.
 Widths are counted in channels: where a unit spans several channels of a layer (an
 attention head of ``head_dim`` rows, a ResNeXt group), the unit count is rounded so that
 every producing layer's width is a multiple of N — 8-row heads need no rounding for
@@ -103,37 +105,78 @@ def _rounded(keep: int, group: Group, round_to: int | None) -> int:
     return min(group.size, math.ceil(keep / step) * step)
 
 
-def allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation, *,
-             _widths: Sequence[int] | None = None) -> list[Tensor]:
-    """A boolean keep-mask over ``group.units`` for every group (scores: higher = keep).
+def allocate(groups: Sequence[Group], scores: Sequence[Tensor],
+             config: Allocation) -> list[Tensor]:
+    """A boolean keep-mask over ``group.units`` for every group (scores: higher = keep)."""
+    return _allocate(groups, scores, config, None)
 
-    ``_widths`` (private): :func:`unit_width` of every group, for a caller that allocates the
-    same groups many times (a target search); computed here when None."""
+
+def _allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocation,
+              widths: Sequence[int] | None) -> list[Tensor]:
+    """:func:`allocate` given :func:`unit_width` of every group, for a caller that allocates
+    the same groups many times (a target search); computed here when None."""
+    parts = [_partial_producers(g) for g in groups]
+    reserved = [None if p is None else _reserved(p, s, g.size)
+                for g, s, p in zip(groups, scores, parts, strict=True)]
+    bounds = [_keep_bounds(g, config, 0 if r is None else int(r.sum()))
+              for g, r in zip(groups, reserved, strict=True)]
     if config.global_ranking:
-        widths = [unit_width(g) for g in groups] if _widths is None else _widths
-        counts = _global_counts(groups, scores, config, widths)
+        if widths is None:
+            widths = [unit_width(g) for g in groups]
+        counts = _global_counts(groups, scores, config.ratio, widths, bounds)
     else:
         counts = [g.size - math.floor(_group_ratio(g, config) * g.size + 1e-9) for g in groups]
     masks = []
-    for group, score, keep in zip(groups, scores, counts, strict=True):
-        keep = max(min(keep, _ceiling_keep(group, config)), _floor_keep(group, config))
-        keep = _rounded(keep, group, config.round_to)
-        masks.append(_every_layer_keeps_one(group, score, _top_mask(score, group.size, keep)))
+    for group, score, keep, (floor, ceiling), part, held in zip(
+            groups, scores, counts, bounds, parts, reserved, strict=True):
+        keep = _rounded(max(min(keep, ceiling), floor), group, config.round_to)
+        mask = _top_mask(score, group.size, keep)
+        if part is not None and held is not None and not all(bool(mask[p].any()) for p in part):
+            mask = _reserved_then_top(score, keep, held)
+        masks.append(mask)
     return masks
 
 
-def _every_layer_keeps_one(group: Group, score: Tensor, mask: Tensor) -> Tensor:
-    """A group that spans a concat holds the channels of several producing layers; a layer
-    whose channels all ranked lowest keeps its best one (a layer with no channel left cannot
-    run). Where every producing layer has one index per unit of the group (no concat: the
-    common case), each holds all of them and nothing is checked."""
+def _keep_bounds(group: Group, config: Allocation, reserved: int) -> tuple[int, int]:
+    """Fewest and most units ``group`` keeps: ``min_keep`` and ``max_keep``, both raised to
+    the ``reserved`` units that keep every layer of a concat a channel."""
+    return (max(_floor_keep(group, config), reserved),
+            max(_ceiling_keep(group, config), reserved))
+
+
+def _partial_producers(group: Group) -> list[Tensor] | None:
+    """Positions in ``group.units`` of each producing layer that holds only some of them (a
+    group that spans a concat), ascending; None where every producing layer holds every unit
+    (no concat: the common case)."""
     producers = [m for m in group.members if m.root and m.kind == "module"]
     if all(m.units.numel() == group.size for m in producers):
-        return mask
+        return None
+    parts = []
     for member in producers:
-        _, pos = positions_in(member.units, group.units)
-        if pos.numel() and not bool(mask[pos].any()):
-            mask[pos[int(score[pos].argmax())]] = True
+        _, pos = positions_in(member.units.reshape(-1), group.units)
+        pos = torch.unique(pos)  # a unit of several channels appears once per channel
+        if 0 < pos.numel() < group.size:
+            parts.append(pos)
+    return parts or None
+
+
+def _reserved(parts: list[Tensor], score: Tensor, size: int) -> Tensor:
+    """Mask of the units a concat group keeps whatever the count, so that no producing layer
+    is left without a channel (it could not run): each layer's best unit, ties to the lower
+    position, unless a unit kept for an earlier layer is already one of its own."""
+    held = torch.zeros(size, dtype=torch.bool)
+    for pos in parts:
+        if not bool(held[pos].any()):
+            held[pos[_top_mask(score[pos], pos.numel(), 1)]] = True
+    return held
+
+
+def _reserved_then_top(score: Tensor, keep: int, held: Tensor) -> Tensor:
+    """The ``held`` units and the best of the rest up to ``keep`` in all (``keep`` is at least
+    as many as ``held``: :func:`_keep_bounds`), ties to the lower index."""
+    free = (~held).nonzero().flatten()
+    mask = held.clone()
+    mask[free[_top_mask(score[free], free.numel(), keep - int(held.sum()))]] = True
     return mask
 
 
@@ -186,8 +229,8 @@ def unit_width(group: Group) -> int:
     return max(1, round(float(held.mean()))) if held.size else 1
 
 
-def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],
-                   config: Allocation, widths: Sequence[int]) -> list[int]:
+def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor], ratio: float,
+                   widths: Sequence[int], bounds: Sequence[tuple[int, int]]) -> list[int]:
     """Units kept per group when the lowest scores across all groups go first.
 
     The budget is ``ratio`` of all prunable *channels*, and a unit removed costs its
@@ -197,17 +240,18 @@ def _global_counts(groups: Sequence[Group], scores: Sequence[Tensor],
     which for units of one width is its average channel, so a head ranks per channel against
     channels. A unit wider than what is left of the budget is passed over and the ranking
     goes on to narrower ones below it, so the budget is met without being exceeded. With
-    every unit one channel wide this is the plain count of units.
+    every unit one channel wide this is the plain count of units. ``bounds``: each group's
+    (fewest, most) units kept, from :func:`_keep_bounds`.
     """
-    ceilings = [_ceiling_keep(g, config) for g in groups]
+    floors = [floor for floor, _ in bounds]
+    ceilings = [ceiling for _, ceiling in bounds]
     total = sum(g.size * w for g, w in zip(groups, widths, strict=True))
-    budget = math.floor(config.ratio * total + 1e-9)
+    budget = math.floor(ratio * total + 1e-9)
     budget -= sum((g.size - c) * w for g, c, w in zip(groups, ceilings, widths, strict=True))
     entries = sorted(
         (float(s), gi) for gi, score in enumerate(scores) for s in score.tolist()
     )
     keep = [min(g.size, c) for g, c in zip(groups, ceilings, strict=True)]
-    floors = [_floor_keep(g, config) for g in groups]
     narrowest = min(widths, default=1)
     # max_keep already took each group's lowest units: the ranking starts above them (else a
     # group's next unit would go at the rank of one already gone, before better-ranked ones)

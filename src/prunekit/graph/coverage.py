@@ -75,6 +75,8 @@ def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
         elif name in graph.trace.params:
             ids = graph.trace.space.find(graph.trace.params[name].ids).unique().tolist()
             why = sorted({graph.blocked.get(int(u), "not coupled to any layer") for u in ids})
+            if not ids:
+                why = ["it has no elements (an axis of size 0): nothing to cut"]
             entries.append(CoverageEntry(name, "fixed", "; ".join(why[:3])))
         elif owner in graph.trace.modules:
             entries.append(CoverageEntry(name, "fixed", "its layer has no prunable dimension"))

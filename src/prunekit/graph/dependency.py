@@ -235,8 +235,22 @@ def _own_parameters(module: nn.Module) -> list[tuple[str, Tensor]]:
 def _param_axis(trace: Trace, param: ParamRecord) -> int | None:
     """The axis along which a directly used parameter's units run, or block it (None).
 
-    Elements never read (a positional table sliced to the sequence length) do not count."""
+    Elements never read (a positional table sliced to the sequence length) do not count.
+    A parameter with no elements (an axis of size 0) has nothing to cut and stays as it is;
+    channels are followed through elements, so which channels its other axes match is
+    unknown: where one of them is wider than 1 (one that could shrink) that is an error."""
     space = trace.space
+    if param.ids.numel() == 0:
+        shape = tuple(param.ids.shape)
+        wide = [axis for axis, size in enumerate(shape) if size > 1]
+        if wide:
+            raise ConfigError(
+                f"parameter {param.name!r} has no elements (shape {shape}) and is used "
+                f"directly in forward; prunekit follows channels through a tensor's "
+                f"elements, so it cannot tell which channels its axis {wide[0]} (size "
+                f"{shape[wide[0]]}) must match, and cutting them would break the model. "
+                f"It holds no values: remove it from the model before pruning")
+        return None
     units = space.find(param.ids).numpy()
     read = _read_mask(param, units.shape)
     for axis in range(units.ndim):
@@ -271,11 +285,9 @@ def _read_mask(param: ParamRecord, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _rows_np(array: np.ndarray, axis: int) -> np.ndarray:
-    """``array`` as ``[size along axis, -1]`` (label and mask arrays are small: NumPy)."""
-    rows = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
-    if rows.shape[1] == 0:  # as torch's amax over the empty dim did
-        raise RuntimeError("amax(): Expected reduction dim 1 to have non-zero size.")
-    return rows
+    """``array`` (not empty: :func:`_param_axis` passes over an empty parameter) as
+    ``[size along axis, -1]`` (label and mask arrays are small: NumPy)."""
+    return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
 
 
 def _components(members: list[Member], arrays: list[np.ndarray],

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs, run_model
-from prunekit.allocation.ratio import Allocation, allocate, unit_width
+from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_width
 from prunekit.errors import ConfigError, PruneValidationError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
 from prunekit.graph.dependency import DependencyGraph, Group, build_groups
@@ -393,7 +393,7 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
     for _ in range(12):
         mid = (low + high) / 2
         trial = replace(config, ratio=mid, global_ranking=True)
-        masks = allocate(graph.groups, scores, trial, _widths=widths)
+        masks = _allocate(graph.groups, scores, trial, widths)
         plan, indices = plan_with_indices(model, graph, masks)
         candidate = _shallow_clone(model)
         apply_plan(candidate, plan, indices=indices)
