@@ -34,6 +34,7 @@ __all__ = [
     "OpNotMappable",
     "call_tensors",
     "get_op_handler",
+    "on_cpu",
     "op_name",
     "register_op",
     "tensors_in",
@@ -160,6 +161,23 @@ def call_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Tensor]:
     if kwargs:
         found += tensors_in(tuple(kwargs.values()))
     return found
+
+
+def on_cpu(tree: Any) -> Any:
+    """``tree`` with every tensor in nested tuples/lists/dicts on the CPU, where label
+    tensors live: an op replayed on labels takes its index tensors from the model's own
+    arguments, which may be on a GPU. Returns ``tree`` itself when nothing needed moving."""
+    if isinstance(tree, Tensor):
+        return tree if tree.is_cpu else tree.cpu()
+    if isinstance(tree, (tuple, list)):
+        moved = [on_cpu(item) for item in tree]
+        if all(new is old for new, old in zip(moved, tree, strict=True)):
+            return tree
+        return type(tree)(moved) if type(tree) in (tuple, list) else type(tree)(*moved)
+    if isinstance(tree, dict):
+        items = {key: on_cpu(value) for key, value in tree.items()}
+        return tree if all(items[k] is v for k, v in tree.items()) else items
+    return tree
 
 
 def _collect(obj: Any, found: list[Tensor]) -> None:

@@ -12,7 +12,14 @@ import torch
 from torch import Tensor
 
 from prunekit.graph.labels import NEUTRAL, as_line, cut_broadcast, varies, varying
-from prunekit.graph.ops import OpCall, OpNotMappable, call_tensors, register_op, tensors_in
+from prunekit.graph.ops import (
+    OpCall,
+    OpNotMappable,
+    call_tensors,
+    on_cpu,
+    register_op,
+    tensors_in,
+)
 from prunekit.graph.trace import TraceContext
 
 UNARY = (
@@ -240,7 +247,7 @@ def _broadcast_max(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _setitem(ctx: TraceContext, call: OpCall) -> None:
-    target, index = call.args[0], call.args[1]
+    target, index = call.args[0], on_cpu(call.args[1])  # labels live on the CPU
     value = call.args[2] if len(call.args) > 2 else None
     labels = ctx.space.find(ctx.labels(target)).clone()
     region = labels[index]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from prunekit.graph.labels import varies, varying
-from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
 from prunekit.graph.trace import ParamRecord, TraceContext
 
 REPLAY = (
@@ -48,10 +48,11 @@ def _replace_first(call: OpCall, ctx: TraceContext, partial: bool = False
             return type(value)(swap(v) for v in value)
         return value
 
+    # the other arguments (index tensors, repeats) may be on the model's GPU
     if call.args:
-        return (swap(call.args[0]), *call.args[1:]), call.kwargs
+        return (swap(call.args[0]), *on_cpu(call.args[1:])), on_cpu(call.kwargs)
     key = "tensors" if "tensors" in call.kwargs else "input"
-    return (), {**call.kwargs, key: swap(call.kwargs[key])}
+    return (), {**on_cpu(call.kwargs), key: swap(call.kwargs[key])}
 
 
 def replay(ctx: TraceContext, call: OpCall, partial: bool = False) -> Any:
@@ -200,7 +201,7 @@ def _slicing(ctx: TraceContext, call: OpCall) -> None:
 def _mark_selected(call: OpCall, source: Tensor, record: ParamRecord) -> None:
     """Remember which elements of a parameter a slicing call reads."""
     positions = torch.arange(source.numel()).reshape(source.shape)
-    picked = tensors_in(call.func(positions, *call.args[1:], **call.kwargs))
+    picked = tensors_in(call.func(positions, *on_cpu(call.args[1:]), **on_cpu(call.kwargs)))
     mask = torch.zeros(source.numel(), dtype=torch.bool)
     for part in picked:
         mask[part.reshape(-1)] = True

@@ -141,9 +141,12 @@ class ElementNorm:
 
 
 def _row_sums(element: Criterion, tensor: Tensor, generator: torch.Generator) -> Tensor:
-    """``element.score(tensor).sum(1).float()``: one value per row of a ``[rows, -1]`` view."""
+    """``element.score(tensor).sum(1).float()``: one value per row of a ``[rows, -1]`` view,
+    on the CPU (where the flat score buffer and the allocation live; the weights may be on a
+    GPU)."""
     summed = element.score(tensor, generator=generator).sum(1)
-    return summed if summed.dtype == torch.float32 else summed.float()
+    summed = summed if summed.dtype == torch.float32 else summed.float()
+    return summed if summed.is_cpu else summed.cpu()
 
 
 _BATCH_MIN = 6  # one-column views below which _all_row_sums scores them one by one
@@ -223,7 +226,7 @@ class FPGM:
                       generator: torch.Generator) -> Tensor:
         out = torch.full((len(members), group.size), float("nan"))
         for i, entry in enumerate(members):
-            views = [v.tensor.float() for v in entry.views if v.kind == "weight"]
+            views = [v.tensor.float().cpu() for v in entry.views if v.kind == "weight"]
             if not entry.member.root or not views:
                 continue
             rows, pos = unit_positions(group, entry.member)
