@@ -2,8 +2,8 @@
 
 Labels, scores and plans live on the CPU; the model's tensors stay on its device. Every zoo
 model is pruned on CUDA and its plan replayed on the CPU copy: the same cut must give the
-same outputs (up to kernel rounding, TF32 included), so the device changes where tensors are, not which
-channels go.
+same outputs (up to kernel rounding, TF32 included), so the device changes where tensors
+are, not which channels go.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit._inputs import ExampleInputs, run_model
-from prunekit.errors import UnsupportedOpError
+from prunekit.errors import ConfigError, UnsupportedOpError
 from prunekit.graph.hooks import CallStack, Recorder
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
 from prunekit.graph.ops import (
@@ -87,6 +87,8 @@ class TraceContext:
         self._named_modules: list[tuple[str, nn.Module]] = []  # what named_modules() gives:
         seen: set[int] = set()  # each module once, at its first path
         for name, module in walk:
+            if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
+                raise _compiled_error(name)
             if id(module) not in seen:
                 seen.add(id(module))
                 self._named_modules.append((name, module))
@@ -364,6 +366,17 @@ def _walk(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 _NAMED_MODULES = nn.Module.named_modules
+
+
+def _compiled_error(path: str) -> ConfigError:
+    """A ``torch.compile`` wrapper cannot be traced op by op (its compiled graph runs instead
+    of the module's forward and is specialised to the current widths)."""
+    where = f"model.{path}" if path else "the model"
+    return ConfigError(
+        f"{where} is a torch.compile wrapper (OptimizedModule); prune the module it wraps "
+        f"({where}._orig_mod) and compile the pruned model afterwards (or use "
+        f"module.compile(), which prunes as is)"
+    )
 
 
 def _constant(label: int, shape: torch.Size) -> Tensor:

@@ -1,0 +1,40 @@
+"""A ``torch.compile`` wrapper is refused with the fix; ``module.compile()`` prunes as is."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.errors import ConfigError
+from prunekit.structured.pruning import analyze
+from prunekit.zoo import LeNet5
+
+
+def test_compiled_wrapper_is_refused_with_the_fix() -> None:
+    model, x = LeNet5().eval(), torch.randn(2, 1, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"torch.compile wrapper.*the model._orig_mod"):
+        pk.prune(torch.compile(model), x, ratio=0.5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_compiled_submodule_is_named() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    model[2] = torch.compile(model[2])  # type: ignore[assignment]
+    fix = r"model\.2 is a torch.compile wrapper.*model\.2\._orig_mod"
+    with pytest.raises(ConfigError, match=fix):
+        analyze(model, torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.slow  # compiles LeNet-5 (several seconds)
+def test_in_place_compiled_module_prunes() -> None:
+    model, x = LeNet5().eval(), torch.randn(2, 1, 32, 32)
+    plain = pk.prune(copy.deepcopy(model), x, ratio=0.5)
+    model.compile()
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.plan == plain.plan
+    assert result.model(x).shape == (2, 10)
