@@ -159,10 +159,10 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
                       seed: int) -> tuple[DependencyGraph, list[torch.Tensor]]:
     criterion = get_group_criterion(importance)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
-    masked = [name for name, rec in traced.modules.items() if is_parametrized(rec.module)]
+    masked = [(name, rec.module) for name, rec in traced.modules.items()
+              if is_parametrized(rec.module)]
     if masked:
-        raise ConfigError(f"layers {masked[:3]} carry parametrizations (sparsity masks?); bake "
-                          f"them in first with prunekit.strip(model), then prune")
+        raise _parametrized_error(masked)
     graph = build_groups(model, traced, ignore, axes_of=_axes_of)
     # members name traced modules and tensors: the trace holds the same objects under the
     # same paths as named_modules() / named_parameters() + named_buffers()
@@ -172,6 +172,25 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
     return graph, scores
+
+
+def _parametrized_error(masked: list[tuple[str, nn.Module]]) -> ConfigError:
+    """What to do about layers whose tensors are computed by parametrizations: prunekit's
+    sparsity masks are baked in by ``strip``; torch's own (weight_norm, spectral_norm, ...)
+    by ``remove_parametrizations``, which keeps the tensor's current value."""
+    found = [f"{name or 'the model'}.{tensor} ({', '.join(type(p).__name__ for p in chain)})"
+             for name, module in masked[:3]
+             for tensor, chain in module.parametrizations.items()]
+    name, module = masked[0]
+    tensor = next(iter(module.parametrizations))
+    where = f"model.get_submodule({name!r})" if name else "model"
+    return ConfigError(
+        f"tensors {found} are computed by parametrizations, which structured pruning cannot "
+        f"cut. Bake them in first: prunekit's sparsity masks (WeightMask) with "
+        f"prunekit.strip(model); torch's (weight_norm, spectral_norm, ...) with "
+        f"torch.nn.utils.parametrize.remove_parametrizations({where}, {tensor!r}) for each "
+        f"(outputs unchanged), then prune and re-apply them if you train with them"
+    )
 
 
 def _axes_of(module: nn.Module) -> list[tuple[str, int, str]] | None:
