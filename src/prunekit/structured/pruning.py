@@ -8,7 +8,7 @@ import gc
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 from torch import nn
@@ -178,11 +178,11 @@ def _parametrized_error(masked: list[tuple[str, nn.Module]]) -> ConfigError:
     """What to do about layers whose tensors are computed by parametrizations: prunekit's
     sparsity masks are baked in by ``strip``; torch's own (weight_norm, spectral_norm, ...)
     by ``remove_parametrizations``, which keeps the tensor's current value."""
+    chains = [(name, cast(nn.ModuleDict, module.parametrizations)) for name, module in masked]
     found = [f"{name or 'the model'}.{tensor} ({', '.join(type(p).__name__ for p in chain)})"
-             for name, module in masked[:3]
-             for tensor, chain in module.parametrizations.items()]
-    name, module = masked[0]
-    tensor = next(iter(module.parametrizations))
+             for name, tensors in chains[:3] for tensor, chain in tensors.items()]
+    name, tensors = chains[0]
+    tensor = next(iter(tensors))
     where = f"model.get_submodule({name!r})" if name else "model"
     return ConfigError(
         f"tensors {found} are computed by parametrizations, which structured pruning cannot "
