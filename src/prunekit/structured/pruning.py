@@ -178,7 +178,8 @@ def _parametrized_error(masked: list[tuple[str, nn.Module]]) -> ConfigError:
     """What to do about layers whose tensors are computed by parametrizations: prunekit's
     sparsity masks are baked in by ``strip``; torch's own (weight_norm, spectral_norm, ...)
     by ``remove_parametrizations``, which keeps the tensor's current value."""
-    chains = [(name, cast(nn.ModuleDict, module.parametrizations)) for name, module in masked]
+    chains = [(name, cast(dict[str, nn.ModuleList], module.parametrizations))
+              for name, module in masked]  # a ModuleDict of ParametrizationLists
     found = [f"{name or 'the model'}.{tensor} ({', '.join(type(p).__name__ for p in chain)})"
              for name, tensors in chains[:3] for tensor, chain in tensors.items()]
     name, tensors = chains[0]
