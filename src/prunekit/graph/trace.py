@@ -97,7 +97,8 @@ class TraceContext:
     # -- labels of tensors -------------------------------------------------------------
     def is_tracked(self, tensor: Tensor) -> bool:
         key = id(tensor)
-        return key in self._labels or key in self._vectors or key in self._param_names
+        return key in self._labels or key in self._vectors or key in self._param_names or \
+            self._attribute_node(tensor)
 
     def labels(self, tensor: Tensor, *, partial: bool = False) -> Tensor:
         """The label tensor of ``tensor`` (a param node's ids, NEUTRAL if never seen).
@@ -120,7 +121,25 @@ class TraceContext:
         entry = self._labels.get(id(tensor))
         if entry is not None and entry[0] is tensor:
             return entry[1]
+        if self._attribute_node(tensor):
+            return self.labels(tensor, partial=partial)
         return _constant(NEUTRAL, tensor.shape)
+
+    def _attribute_node(self, tensor: Tensor) -> bool:
+        """Make ``tensor`` a param node if a running module holds it as a plain attribute
+        (``self.scale = torch.ones(1, C, 1, 1)``, neither parameter nor buffer): its shape is
+        as fixed as a buffer's, and surgery cuts it like one. Looked up only for tensors the
+        trace has not seen (rare), in the modules whose forward is running."""
+        if not tensor.is_floating_point():  # int/bool tensors are indices and masks
+            return False
+        modules, paths = self._calls.modules, self._calls.paths
+        for depth in range(len(modules) - 1, -1, -1):
+            for attr, value in modules[depth].__dict__.items():
+                if value is tensor:
+                    path = paths[depth - 1] if depth else ""
+                    self._param_names[id(tensor)] = f"{path}.{attr}" if path else attr
+                    return True
+        return False
 
     def set_labels(self, tensor: Tensor, labels: Tensor) -> None:
         if labels.shape != tensor.shape:
@@ -368,6 +387,29 @@ def _walk(model: nn.Module) -> list[tuple[str, nn.Module]]:
 _NAMED_MODULES = nn.Module.named_modules
 
 
+class _Scripted:
+    """The handler of a TorchScript submodule: its ops run in the TorchScript interpreter,
+    out of the trace's sight, so what it touches cannot be mapped (an error, or kept whole
+    with ``strict=False``)."""
+
+    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
+        raise OpNotMappable("a TorchScript module runs its ops outside Python, where the trace "
+                            "cannot see them; prune the Python module before scripting it")
+
+
+_SCRIPTED = _Scripted()
+
+
+def _opaque_scripts(lookup: Callable[[nn.Module], ModuleHandler | None]
+                    ) -> Callable[[nn.Module], ModuleHandler | None]:
+    """``lookup``, with TorchScript submodules atomic and unmappable."""
+    def found(module: nn.Module) -> ModuleHandler | None:
+        if isinstance(module, torch.jit.ScriptModule):
+            return _SCRIPTED
+        return lookup(module)
+    return found
+
+
 def _compiled_error(path: str) -> ConfigError:
     """A ``torch.compile`` wrapper cannot be traced op by op (its compiled graph runs instead
     of the module's forward and is specialised to the current widths)."""
@@ -453,13 +495,20 @@ def trace(
     ``lookup(module)`` gives the handler of an atomic module or None. Inputs and outputs
     of the model keep their shape (their labels are blocked).
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConfigError(
+            f"the model is a TorchScript module ({type(model).__name__}), whose ops run "
+            f"outside Python where no trace sees them; prune the Python module, then "
+            f"torch.jit.script/trace the pruned model"
+        )
     ctx = TraceContext(model, strict)
     for path, tensor in walk_tensors(example_inputs, "input"):
         ctx.set_labels(tensor, fixed_shape(ctx.space, tensor.shape, f"model input {path}"))
     recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op)
     modules = [module for _, module in ctx._named_modules]
     try:
-        with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, lookup), recorder:
+        with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, _opaque_scripts(
+                lookup)), recorder:
             out = run_model(model, example_inputs)
         for path, tensor in walk_tensors(out):
             if ctx.is_tracked(tensor):

@@ -1,0 +1,80 @@
+"""Tensors the trace does not see being made: plain tensor attributes and TorchScript modules.
+
+A float tensor that a module holds as a plain attribute (``self.scale = torch.ones(1, C, 1,
+1)``, neither parameter nor buffer) has a fixed shape like a buffer: it becomes a param node
+and surgery cuts it (it used to count as a constant, so the channels it meets were pruned
+and the forward check failed). A TorchScript submodule runs its ops outside Python: the
+trace refuses it by name, or keeps what it touches whole with ``strict=False``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import prunekit as pk
+from prunekit.errors import ConfigError, UnsupportedOpError
+
+
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.scale = torch.linspace(0.5, 1.5, 8).reshape(1, 8, 1, 1)  # a plain attribute
+        self.window = torch.rand(1, 1, 6, 6)  # spatial: broadcast against the channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) * self.scale * self.window
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3)
+        self.block = _Scaled()
+        self.head = nn.Conv2d(8, 4, 1)
+        self.bias = torch.linspace(-1, 1, 8).reshape(1, 8, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.block(self.stem(x)) + self.bias)).mean((2, 3))
+
+
+def test_plain_tensor_attributes_are_cut_like_buffers(tmp_path: Path) -> None:
+    model, x = _Net().eval(), torch.randn(2, 3, 8, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert {"bias", "block.scale"} <= set(result.plan["params"])
+    assert pruned.bias.shape == pruned.block.scale.shape == (1, 4, 1, 1)
+    assert pruned.block.window.shape == (1, 1, 6, 6)  # no channel axis: kept whole
+    kept = result.plan["modules"]["block.conv"]["keep"]["out"]
+    assert torch.equal(pruned.block.scale.flatten(), model.block.scale.flatten()[kept])
+    pk.save(result, tmp_path / "out")
+    reloaded = pk.load(tmp_path / "out", _Net().eval())
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), pruned(x))
+
+
+def test_script_submodule_is_refused_by_name() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), torch.jit.script(nn.ReLU()), nn.Conv2d(8, 8, 3),
+                          nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UnsupportedOpError, match=r"TorchScript.*module '1'"):
+        pk.prune(model, x, ratio=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pk.prune(model, x, ratio=0.5, strict=False)
+    pruned = result.model
+    assert pruned[0].out_channels == pruned[2].in_channels == 8  # around the script: whole
+    assert pruned[2].out_channels == pruned[4].in_channels == 4  # the rest is pruned
+    assert any("TorchScript" in reason for reason in result.coverage.fixed.values())
+
+
+def test_scripted_model_is_refused_with_the_fix() -> None:
+    model = torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)))
+    with pytest.raises(ConfigError, match=r"TorchScript module.*prune the Python module"):
+        pk.prune(model, torch.randn(1, 3, 8, 8), ratio=0.5)
