@@ -1,10 +1,13 @@
-"""Functional layers: ``F.linear`` and ``F.conv1d/2d/3d`` called by code with a weight.
+"""Functional layers: ``F.linear``, ``F.conv1d/2d/3d`` and ``F.embedding`` called by code
+with a weight.
 
 When the weight is a parameter of the model (``F.linear(x, self.weight, self.bias)``, a
 weight-standardised conv), it is treated like the weight of a Linear/Conv layer: its
 output axis makes fresh channels, its input axis reads the input's channels, and both are
 cut with their groups (the plan lists the parameter's axes). With a computed weight,
-``F.linear`` is a matrix product; a computed conv weight is not supported.
+``F.linear`` is a matrix product; a computed conv weight is not supported. ``F.embedding``
+(an ``nn.Embedding`` subclass with a forward of its own, such as a scaled word embedding)
+makes its weight's columns the output's channels; the indices couple nothing.
 """
 
 from __future__ import annotations
@@ -52,4 +55,18 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_labels(out, labels)
 
 
+def _embedding(ctx: TraceContext, call: OpCall) -> None:
+    ids, weight = _arg(call, 0, "input"), _arg(call, 1, "weight")
+    out = tensors_in(call.out)[0]
+    if not isinstance(ids, Tensor) or not isinstance(weight, Tensor) or weight.dim() != 2:
+        raise OpNotMappable("input and a 2-D weight must be tensors")
+    record = ctx.layer_weight(weight)
+    if record is None:  # a computed table: output channel d is column d of every row
+        columns = consume(ctx.space, ctx.labels(weight), 1)
+    else:
+        columns = ctx.space.find(ctx.weight_axis(record, 1, count=int(weight.shape[1])))
+    ctx.set_vector(out, columns, -1)
+
+
 register_op(("linear", "conv1d", "conv2d", "conv3d"), _functional_layer)
+register_op(("embedding",), _embedding)
