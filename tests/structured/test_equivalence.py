@@ -268,3 +268,36 @@ def test_weight_used_directly_in_einsum_is_kept_whole() -> None:
 
     result = prune(Direct(), torch.randn(2, 6), ratio=0.5)
     assert "w" in result.coverage.fixed and result.model.a.out_features == 8
+
+
+class KeywordMatmuls(nn.Module):
+    """``baddbmm``/``addmm`` with their operands by name (Bloom's ``alibi.baddbmm(batch1=q,
+    batch2=k, beta=1.0, alpha=s)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.mix = nn.Parameter(torch.randn(5, 5))
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        bias = torch.zeros(x.shape[0], x.shape[1], x.shape[1])
+        scores = bias.baddbmm(batch1=h, batch2=h.transpose(1, 2), beta=1.0, alpha=0.5)
+        y = torch.bmm(scores.softmax(-1), h)
+        flat = torch.addmm(input=torch.zeros(1, y.shape[-1]), mat1=self.mix, mat2=y[0])
+        return self.out(F.relu(y + flat))
+
+
+def test_matmuls_with_keyword_operands_equivalence() -> None:
+    torch.manual_seed(0)
+    model, x = KeywordMatmuls().eval(), torch.randn(2, 5, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=1)
+    drop = sorted(set(range(8)) - set(result.plan["modules"]["a"]["keep"]["out"]))
+    assert len(drop) == 4 and result.model.out.in_features == 4
+    zeroed = KeywordMatmuls().eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed.a.weight[drop] = 0
+        zeroed.a.bias[drop] = 0
+        torch.testing.assert_close(result.model(x), zeroed(x), rtol=1e-4, atol=1e-5)

@@ -67,8 +67,14 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
 
 
 def _addmm(ctx: TraceContext, call: OpCall) -> None:
-    """``addmm(input, a, b)`` (and ``baddbmm``) = ``input + a @ b``."""
-    bias, a, b = tensors_in(call.args[:3])
+    """``addmm(input, a, b)`` (and ``baddbmm``) = ``input + a @ b``; the operands positional
+    or by name (Bloom's ``alibi.baddbmm(batch1=q, batch2=k, beta=..., alpha=...)``)."""
+    names = ("input", "mat1", "mat2") if call.name == "addmm" else ("input", "batch1", "batch2")
+    operands = [call.args[i] if len(call.args) > i else call.kwargs.get(name)
+                for i, name in enumerate(names)]
+    bias, a, b = operands
+    if not (isinstance(bias, Tensor) and isinstance(a, Tensor) and isinstance(b, Tensor)):
+        raise OpNotMappable(f"expected tensors {', '.join(names)}")
     out = tensors_in(call.out)[0]
     product = contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape))
     ctx.set_labels(out, combine(ctx, [product, ctx.labels(bias)], out.shape))
