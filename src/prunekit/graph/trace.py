@@ -23,9 +23,15 @@ import torch
 from torch import Tensor, nn
 
 from prunekit._inputs import ExampleInputs, run_model
-from prunekit.errors import ConfigError, UnsupportedOpError
+from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.hooks import CallStack, Recorder
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
+from prunekit.graph.opaque import (
+    check_traceable,
+    compiled_error,
+    handler_failed,
+    opaque_scripts,
+)
 from prunekit.graph.ops import (
     OpCall,
     OpHandler,
@@ -88,7 +94,7 @@ class TraceContext:
         seen: set[int] = set()  # each module once, at its first path
         for name, module in walk:
             if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
-                raise _compiled_error(name)
+                raise compiled_error(name)
             if id(module) not in seen:
                 seen.add(id(module))
                 self._named_modules.append((name, module))
@@ -296,6 +302,10 @@ class TraceContext:
                 return
             except OpNotMappable as exc:
                 reason = f"op {display} cannot be mapped here ({exc})"
+            except PrunekitError:
+                raise
+            except Exception as exc:  # a handler's own failure: refused by name, not a crash
+                reason = handler_failed(f"op {display}", exc)
         self._unsupported(call, inputs, outputs, reason)
 
     def _op(self, func: Callable[..., Any]) -> tuple[str, str, OpHandler | None]:
@@ -341,18 +351,24 @@ class TraceContext:
         return bool((~torch.isin(roots, blocked)).any())
 
     def record_module(self, handler: ModuleHandler, call: ModuleCall) -> None:
+        layer = type(call.module).__name__
         try:
             handler.trace(self, call)
+            return
         except OpNotMappable as exc:
-            reason = f"layer {type(call.module).__name__} cannot be mapped here ({exc})"
-            self._calls.paths.append(call.name)
-            try:
-                op = OpCall(type(call.module), type(call.module).__name__,
-                            type(call.module).__qualname__, call.args, call.kwargs, call.out)
-                self._unsupported(op, tensors_in((call.args, call.kwargs)),
-                                  tensors_in(call.out), reason)
-            finally:
-                self._calls.paths.pop()
+            reason = f"layer {layer} cannot be mapped here ({exc})"
+        except PrunekitError:
+            raise
+        except Exception as exc:  # a handler's own failure: refused by name, not a crash
+            reason = handler_failed(f"layer {layer}", exc)
+        self._calls.paths.append(call.name)
+        try:
+            op = OpCall(type(call.module), layer, type(call.module).__qualname__, call.args,
+                        call.kwargs, call.out)
+            self._unsupported(op, tensors_in((call.args, call.kwargs)), tensors_in(call.out),
+                              reason)
+        finally:
+            self._calls.paths.pop()
 
     def hooks(self, model: nn.Module, lookup: Callable[[nn.Module], ModuleHandler | None]
               ) -> contextlib.AbstractContextManager[None]:
@@ -385,40 +401,6 @@ def _walk(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 _NAMED_MODULES = nn.Module.named_modules
-
-
-class _Scripted:
-    """The handler of a TorchScript submodule: its ops run in the TorchScript interpreter,
-    out of the trace's sight, so what it touches cannot be mapped (an error, or kept whole
-    with ``strict=False``)."""
-
-    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
-        raise OpNotMappable("a TorchScript module runs its ops outside Python, where the trace "
-                            "cannot see them; prune the Python module before scripting it")
-
-
-_SCRIPTED = _Scripted()
-
-
-def _opaque_scripts(lookup: Callable[[nn.Module], ModuleHandler | None]
-                    ) -> Callable[[nn.Module], ModuleHandler | None]:
-    """``lookup``, with TorchScript submodules atomic and unmappable."""
-    def found(module: nn.Module) -> ModuleHandler | None:
-        if isinstance(module, torch.jit.ScriptModule):
-            return _SCRIPTED
-        return lookup(module)
-    return found
-
-
-def _compiled_error(path: str) -> ConfigError:
-    """A ``torch.compile`` wrapper cannot be traced op by op (its compiled graph runs instead
-    of the module's forward and is specialised to the current widths)."""
-    where = f"model.{path}" if path else "the model"
-    return ConfigError(
-        f"{where} is a torch.compile wrapper (OptimizedModule); prune the module it wraps "
-        f"({where}._orig_mod) and compile the pruned model afterwards (or use "
-        f"module.compile(), which prunes as is)"
-    )
 
 
 def _constant(label: int, shape: torch.Size) -> Tensor:
@@ -495,19 +477,14 @@ def trace(
     ``lookup(module)`` gives the handler of an atomic module or None. Inputs and outputs
     of the model keep their shape (their labels are blocked).
     """
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ConfigError(
-            f"the model is a TorchScript module ({type(model).__name__}), whose ops run "
-            f"outside Python where no trace sees them; prune the Python module, then "
-            f"torch.jit.script/trace the pruned model"
-        )
+    check_traceable(model)
     ctx = TraceContext(model, strict)
     for path, tensor in walk_tensors(example_inputs, "input"):
         ctx.set_labels(tensor, fixed_shape(ctx.space, tensor.shape, f"model input {path}"))
     recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op)
     modules = [module for _, module in ctx._named_modules]
     try:
-        with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, _opaque_scripts(
+        with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, opaque_scripts(
                 lookup)), recorder:
             out = run_model(model, example_inputs)
         for path, tensor in walk_tensors(out):
