@@ -301,3 +301,53 @@ def test_matmuls_with_keyword_operands_equivalence() -> None:
         zeroed.a.weight[drop] = 0
         zeroed.a.bias[drop] = 0
         torch.testing.assert_close(result.model(x), zeroed(x), rtol=1e-4, atol=1e-5)
+
+
+class HandWrittenLinears(nn.Module):
+    """Linear layers written as products with parameters: ``x @ W.t()`` (W [out, in], as
+    Falcon's FalconLinear) and ``x @ V`` (V [in, out]), and a transposed weight that is
+    also read elementwise (kept whole)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 6) * 0.5)
+        self.b = nn.Parameter(torch.randn(8) * 0.1)
+        self.v = nn.Parameter(torch.randn(8, 5) * 0.5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(x @ self.w.t() + self.b)
+        return self.out(F.relu(h @ self.v))
+
+
+def test_hand_written_linears_equivalence() -> None:
+    torch.manual_seed(0)
+    model, x = HandWrittenLinears().eval(), torch.randn(2, 4, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    pruned = result.model
+    assert pruned.w.shape == (4, 6) and pruned.b.shape == (4,) and pruned.v.shape == (4, 3)
+    assert pruned.out.in_features == 3
+    drop_h = sorted(set(range(8)) - set(result.plan["params"]["w"]["keep"]["0"]))
+    drop_v = sorted(set(range(5)) - set(result.plan["params"]["v"]["keep"]["1"]))
+    zeroed = HandWrittenLinears().eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed.w[drop_h] = 0
+        zeroed.b[drop_h] = 0
+        zeroed.v[:, drop_v] = 0
+        torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_transposed_weight_also_read_elementwise_is_kept_whole() -> None:
+    class Both(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8, 6))
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            wt = self.w.t()
+            return self.out(x @ wt) + wt.sum()
+
+    result = prune(Both(), torch.randn(3, 6), ratio=0.5)
+    assert result.model.w.shape == (8, 6) and "w" in result.coverage.fixed

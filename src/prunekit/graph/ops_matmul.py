@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import fixed_shape, varying
+from prunekit.graph.labels import consume, fixed_shape, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -83,7 +83,33 @@ def _lift(labels: Tensor, shape: tuple[int, ...]) -> Tensor:
 def _matmul(ctx: TraceContext, call: OpCall) -> None:
     a, b = tensors_in(call.args)[:2]
     out = tensors_in(call.out)[0]
+    if _layer_weight(ctx, a, b, out):
+        return
     ctx.set_labels(out, contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape)))
+
+
+def _layer_weight(ctx: TraceContext, x: Tensor, b: Tensor, out: Tensor) -> bool:
+    """``x @ W.t()`` (``W [out, in]``, as ``F.linear``) or ``x @ W`` (``W [in, out]``) with a
+    2-D parameter ``W``: a hand-written linear layer, whose weight axes are cut like a Linear
+    layer's (input axis with x's channels, output axis making fresh channels). False
+    (nothing done) for any other product."""
+    if x.dim() < 1 or b.dim() != 2 or out.dim() < 1:
+        return False
+    weight = ctx.transposed_weight(b)
+    if weight is not None:
+        in_axis, out_axis = 1, 0
+    elif ctx.is_param(b):
+        weight, in_axis, out_axis = b, 0, 1
+    else:
+        return False
+    record = ctx.layer_weight(weight)
+    if record is None:
+        return False
+    space = ctx.space
+    ctx.weight_axis(record, in_axis, labels=consume(space, ctx.labels(x), -1))
+    ids = ctx.weight_axis(record, out_axis, count=int(weight.shape[out_axis]))
+    ctx.set_vector(out, space.find(ids), -1)
+    return True
 
 
 def _sdpa(ctx: TraceContext, call: OpCall) -> None:

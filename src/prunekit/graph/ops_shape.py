@@ -84,7 +84,25 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
         return
     if call.name in _MOVES and _move_vector(ctx, call):
         return
+    if call.name in _TRANSPOSES and _defer_weight_transpose(ctx, call):
+        return
     replay(ctx, call)
+
+
+_TRANSPOSES = {"t", "T", "mT", "transpose", "swapaxes", "swapdims", "permute"}
+
+
+def _defer_weight_transpose(ctx: TraceContext, call: OpCall) -> bool:
+    """``W.t()`` of a 2-D parameter: left for a matrix product to take as a layer weight
+    (``x @ self.weight.t()``, a hand-written linear); labelled like a replay if anything
+    else reads it. False (nothing done) for any other call."""
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    out = call.out
+    if not (isinstance(source, Tensor) and isinstance(out, Tensor) and source.dim() == 2
+            and out.shape == source.shape[::-1] and ctx.is_param(source)):
+        return False
+    ctx.defer_transpose(out, source)
+    return True
 
 
 def _cat_args(call: OpCall) -> tuple[Any, Any]:

@@ -81,6 +81,9 @@ class TraceContext:
         self._ops: dict[Callable[..., Any], tuple[str, str, OpHandler | None]] = {}
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self._param_names: dict[int, str] = {}
+        # W.t() of a 2-D parameter W: (view, W), labelled only when something other than a
+        # matrix product reads it (``x @ self.weight.t()`` is a layer weight, not elementwise)
+        self._param_views: dict[int, tuple[Tensor, Tensor]] = {}
         # one walk of the module tree serves the param names, the hooks and eval mode
         walk = _walk(model)
         for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
@@ -104,7 +107,7 @@ class TraceContext:
     def is_tracked(self, tensor: Tensor) -> bool:
         key = id(tensor)
         return key in self._labels or key in self._vectors or key in self._param_names or \
-            self._attribute_node(tensor)
+            key in self._param_views or self._attribute_node(tensor)
 
     def labels(self, tensor: Tensor, *, partial: bool = False) -> Tensor:
         """The label tensor of ``tensor`` (a param node's ids, NEUTRAL if never seen).
@@ -127,6 +130,10 @@ class TraceContext:
         entry = self._labels.get(id(tensor))
         if entry is not None and entry[0] is tensor:
             return entry[1]
+        view = self._param_views.pop(id(tensor), None)
+        if view is not None and view[0] is tensor:  # read as a tensor after all
+            self.set_labels(tensor, self.labels(view[1], partial=partial).t())
+            return self.labels(tensor)
         if self._attribute_node(tensor):
             return self.labels(tensor, partial=partial)
         return _constant(NEUTRAL, tensor.shape)
@@ -215,6 +222,20 @@ class TraceContext:
             record.axes[axis] = (self.space.new_ids(count), True)
         return record.axes[axis][0]
 
+    def defer_transpose(self, view: Tensor, weight: Tensor) -> None:
+        """``view`` is ``weight.t()`` of a 2-D parameter: labelled when first read, unless a
+        matrix product takes it as a layer weight (:meth:`transposed_weight`)."""
+        self._param_views[id(view)] = (view, weight)
+
+    def transposed_weight(self, tensor: Tensor) -> Tensor | None:
+        """The 2-D parameter ``W`` if ``tensor`` is ``W.t()`` and nothing has read it yet."""
+        view = self._param_views.get(id(tensor))
+        return view[1] if view is not None and view[0] is tensor else None
+
+    def is_param(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is a parameter or float buffer of the model."""
+        return id(tensor) in self._param_names
+
     def param_record(self, tensor: Tensor) -> ParamRecord | None:
         """The param node of ``tensor`` if it is a parameter/buffer used directly."""
         name = self._param_names.get(id(tensor))
@@ -289,7 +310,7 @@ class TraceContext:
         labels, vectors, params = self._labels, self._vectors, self._param_names
         for t in inputs:  # any(self.is_tracked(t) for t in inputs), inlined: once per op
             key = id(t)
-            if key in labels or key in vectors or key in params:
+            if key in labels or key in vectors or key in params or key in self._param_views:
                 break
         else:
             return
@@ -495,4 +516,5 @@ def trace(
         ctx._calls.mode = None
         ctx._labels.clear()
         ctx._vectors.clear()
+        ctx._param_views.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes)
