@@ -13,6 +13,11 @@ Rules that keep the replay sound after channels are removed:
 - Whole heads go only if the per-head size is left to -1 or held by an attribute
   (``self.head_dim``); one computed in the code (nanoGPT's ``C // self.n_head``) keeps the
   heads, and the input width of the layer they come from, whole.
+- A reshape that *merges* heads back into one dim and writes the merged size from an
+  attribute named for it (``view(B, T, self.all_head_size)``, ``self.inner_dim``) binds
+  that attribute, which is rewritten. Only such names: a model width of equal value
+  (``self.hidden_size`` where the code writes ``self.num_heads * self.head_dim``) is not
+  what sized it and must not be rewritten.
 - As for splits, attributes are matched by value (see :mod:`prunekit.graph.ops_shape`);
   where the call writes the matched size for two factors of one split (``view(b,
   self.groups, c // self.groups, h, w)`` with 3 groups of 3), the attribute might size
@@ -47,7 +52,11 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
     replay(ctx, call)
     out = tensors_in(call.out)[0]
     labels = ctx.labels(out)
-    for _, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
+    for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
+        if len(src_dims) > 1 and len(out_dims) == 1:
+            canon = ctx.space.find(labels)
+            if out_dims[0] in varying(canon):
+                _bind_merged_size(ctx, call, canon, out_dims[0])
         if len(out_dims) < 2:
             continue
         canon = ctx.space.find(labels)
@@ -85,8 +94,35 @@ def _reshape_vector(ctx: TraceContext, call: OpCall, source: Tensor) -> bool:
         after = math.prod(source.shape[d] for d in src_dims if d > dim)
         merged = roots.reshape(1, -1, 1).expand(before, -1, after).reshape(-1)
         ctx.set_vector(out, merged, out_dims[0])
+        if len(src_dims) > 1:
+            _bind_merged_size(ctx, call, ctx.labels(out), out_dims[0])
         return True
     return False
+
+
+def _bind_merged_size(ctx: TraceContext, call: OpCall, labels: Tensor, dim: int) -> None:
+    """Dims merged into ``dim``, which carries channels: where the call writes its size and
+    one int attribute of the running module named for a merged heads width holds it
+    (``view(B, T, self.all_head_size)``, as MobileViT and older BERT code write it), that
+    attribute is bound and rewritten with the channels kept; where several do, which one
+    sized it is unknown, so the channels are kept whole. A size left to -1, or computed
+    (``self.num_heads * self.head_dim``), follows by itself; an attribute of equal value
+    by another name (a model width) is not bound, since it may size something else."""
+    if call.name not in ("view", "reshape"):
+        return
+    sizes = tensors_free(call.args[1:]) or tensors_free(tuple(call.kwargs.values()))
+    size = labels.shape[dim]
+    if (len(sizes) == labels.dim() and sizes[dim] == -1) or size not in sizes:
+        return
+    holders = [k for k, v in int_attributes(ctx).items() if v == size and _merges_heads(k)]
+    if len(holders) == 1:
+        ctx.bind_attribute(ctx.path, holders[0], first_line(ctx.space.find(labels), dim))
+    elif holders:
+        where = running_module_phrase(ctx)
+        ctx.block(labels, f"{call.display} merges channels into a size of {size}, which "
+                          f"several attributes of {where} hold ({', '.join(holders)}), so "
+                          f"which one sizes it is unknown; write -1 for it, or keep it in "
+                          f"one int attribute, to prune these channels")
 
 
 def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
@@ -244,6 +280,11 @@ def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
                 torch.isin(ctx.space.find(out.labels), roots).any()):
             found.append(inp.labels)
     return found
+
+
+def _merges_heads(name: str) -> bool:
+    """``all_head_size``, ``inner_dim``: the width of all heads side by side."""
+    return "all_head" in name or "inner" in name
 
 
 def _counts_heads(name: str) -> bool:
