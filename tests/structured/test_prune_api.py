@@ -395,6 +395,26 @@ def test_shallow_clone_shares_tensors_and_keeps_module_sharing() -> None:
     torch.testing.assert_close(_shallow_clone(model)(x), model(x), rtol=0, atol=0)
 
 
+def test_inplace_prune_runs_a_forward_bound_on_the_instance() -> None:
+    # a block that picks its forward in __init__ (self.forward = self.forward_split_cat, as
+    # timm's FasterNet does) must run the pruned clone, not the module it was copied from
+    class Partial(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3, padding=1)
+            self.forward = self.forward_conv  # type: ignore[method-assign]
+
+        def forward_conv(self, x: Tensor) -> Tensor:
+            return self.conv(x)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Partial(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    result = prune(model, x, ratio=0.5, ignore=[model[3]], inplace=True)
+    assert result.model is model and model[1].conv.out_channels == 4
+    assert model[1].forward.__self__ is model[1]
+    assert model(x).shape == (1, 4, 6, 6)
+
+
 def test_user_forward_hooks_are_traced_through_and_left_in_place() -> None:
     # a hook that replaces a layer's output must not cut the channel chain, and the trace's
     # own hooks must all be gone afterwards

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import gc
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -339,7 +340,8 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> n
     and containers are copied one level, modules in them cloned (once each, so shared
     submodules stay shared). Much cheaper than ``copy.deepcopy``; safe wherever tensors are
     replaced rather than written into, as surgery does. A tuple without modules in it is
-    shared (it cannot change). ``clones`` receives every new module."""
+    shared (it cannot change); a method bound to a module is bound to its clone. ``clones``
+    receives every new module."""
     memo: dict[int, nn.Module] = {}
     module_type = nn.Module
 
@@ -363,6 +365,10 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> n
                 state[key] = out
             elif isinstance(value, module_type):
                 state[key] = clone(value)
+            elif kind is types.MethodType and isinstance(value.__self__, module_type):
+                # a method bound to a module (``self.forward = self.forward_fast``) runs
+                # the clone, not the module it was copied from
+                state[key] = types.MethodType(value.__func__, clone(value.__self__))
             elif isinstance(value, (list, set)) or (
                     kind is tuple and not _SHARED.issuperset(map(type, value))
                     and any(isinstance(v, module_type) for v in value)):
