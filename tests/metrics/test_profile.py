@@ -193,3 +193,22 @@ def test_functional_attention_is_counted_on_cpu() -> None:
     prof = profile(Attend(), (q, k, v))
     assert prof.macs == prof.sparse_macs == 2 * (2 * 5 * 5 * 8)  # QKᵀ and AV, 2 heads
     assert [(layer.name, layer.macs) for layer in prof.layers] == [("", 800)]
+
+
+def test_a_parameter_view_passed_to_a_submodule_is_counted() -> None:
+    # under no_grad a view of a parameter (a class token expanded to the batch, as timm's
+    # CaiT passes to its class-attention blocks) requires grad but has no grad_fn; torch's
+    # module tracker inside FlopCounterMode asserted on it
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = nn.Parameter(torch.randn(1, 1, 4))
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.token.expand(x.shape[0], -1, -1)) + x.sum()
+
+    model = Tokens()
+    result = profile(model, torch.randn(2, 5))
+    assert result.macs == 2 * 4 * 3
+    assert result.trainable_params == 4 + 15 and model.token.requires_grad

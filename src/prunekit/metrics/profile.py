@@ -150,6 +150,7 @@ def _profile(model: nn.Module, inputs: ExampleInputs) -> Profile:
         preserved_buffers(model),
         _shape_hooks(modules, shapes, calls),
         _mha_fastpath_off(),
+        _grad_off(model),
         counter,
     ):
         run_model(model, inputs)
@@ -193,6 +194,21 @@ if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _EXTRA_FLOP_FORMULAS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = (
         _sdpa_cpu_flop
     )
+
+
+@contextlib.contextmanager
+def _grad_off(model: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring grad for the run. Under no_grad a view of one (a class
+    token ``expand``-ed to the batch) still requires grad but has no grad_fn, and the module
+    tracker inside FlopCounterMode asserts on such a tensor passed to a submodule."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for param in trainable:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in trainable:
+            param.requires_grad_(True)
 
 
 @contextlib.contextmanager
