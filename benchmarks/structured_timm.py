@@ -1,0 +1,188 @@
+"""Structured pruning of ~60 timm architectures: prunekit vs Torch-Pruning, side by side.
+
+One small variant per timm family (CNNs, hybrids, MLPs, vision transformers), randomly
+initialised, in eval mode, on one 1x3xSxS input: S is the model's ``pretrained_cfg``
+input size where the model fixes it, else ``--size`` (default 128, to keep the run short)
+or the configured size if the model does not run at the small one. Each tool prunes its own
+fresh copy at ratio 0.5 with L2 filter norms, both told to leave the output layers alone
+(``output_layers`` of ``benchmarks/structured.py``). A tool's run is
+
+* ``ok``       it returned, the pruned model runs, output shape unchanged, parameters dropped;
+* ``refused``  (prunekit only) a prunekit error raised before any surgery, e.g. an
+               ``UnsupportedOpError`` naming the op it cannot map channels through;
+* ``nothing``  it returned but removed no parameter (prunekit: ``NothingToPruneError``);
+* ``FAIL``     ``PruneValidationError``, any other exception or time-out, a pruned model
+               that does not run or changes its output shape.
+
+Columns: the two statuses, parameters and MACs kept by prunekit (``prunekit.profile``),
+Torch-Pruning's parameters kept, each tool's wall time (graph + prune; prunekit's includes
+its validation forward) and their ratio (prunekit / Torch-Pruning). The summary counts each
+status per tool and gives the median time ratio over the models both tools prune ``ok``.
+
+Command (timm, torchvision and torch-pruning are benchmark-only dependencies):
+
+    .venv/bin/pip install -c constraints.txt torchvision==0.28.0 timm torch-pruning
+    .venv/bin/python benchmarks/structured_timm.py [--models resnet18,vit_tiny_patch16_224]
+                                                   [--timeout 120] [--size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import signal
+import statistics
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _vision_models import import_vision
+
+from prunekit.errors import NothingToPruneError, PrunekitError, PruneValidationError
+from prunekit.metrics.profile import profile
+from prunekit.structured.pruning import PruneResult
+from structured import output_layers, run_prunekit, run_torch_pruning
+
+MODELS = (
+    # residual CNNs and their variants
+    "resnet18", "resnext26ts", "seresnet18", "skresnet18", "resnest14d", "res2net50_14w_8s",
+    "gcresnet33ts", "halonet26t", "tresnet_m", "nf_resnet26", "regnetx_002", "gernet_s",
+    "repvgg_a0", "mobileone_s0", "selecsls42b", "dla34", "dpn48b", "hrnet_w18_small",
+    "cspresnet50", "cs3darknet_s", "densenet121", "ese_vovnet19b_dw", "inception_v3",
+    "legacy_xception", "hgnet_tiny",
+    # mobile CNNs
+    "efficientnet_b0", "tinynet_a", "mobilenetv3_small_100", "mobilenetv4_conv_small",
+    "ghostnet_100", "ghostnetv2_100", "mnasnet_100", "rexnet_100", "lcnet_050", "repvit_m0_9",
+    "fasternet_t0", "starnet_s1",
+    # modern CNNs and conv/attention hybrids
+    "convnext_atto", "convnextv2_atto", "inception_next_atto", "mambaout_femto",
+    "poolformer_s12", "convmixer_768_32", "edgenext_xx_small", "fastvit_t8", "mobilevit_xxs",
+    "mobilevitv2_050", "efficientformer_l1", "efficientvit_b0", "efficientvit_m0",
+    "levit_128s", "tiny_vit_5m_224", "coatnet_pico_rw_224", "maxvit_pico_rw_256",
+    # vision transformers and MLPs
+    "vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "eva02_tiny_patch14_224",
+    "cait_xxs24_224", "xcit_nano_12_p16_224", "convit_tiny", "pit_ti_224", "crossvit_tiny_240",
+    "tnt_s_patch16_224", "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256",
+    "pvt_v2_b0", "twins_pcpvt_small", "mixer_s16_224", "resmlp_12_224", "gmlp_ti16_224",
+)
+
+
+def _timeout(signum: int, frame: Any) -> None:
+    raise TimeoutError("no result within the time limit")
+
+
+def build(timm: Any, name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
+    """The randomly initialised model in eval mode and its 1x3xSxS input."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    cfg = model.pretrained_cfg
+    full = int(cfg["input_size"][-1])
+    if not cfg.get("fixed_input_size", False) and size < full:
+        x = torch.randn(1, 3, size, size)
+        try:
+            with torch.no_grad():
+                model(x)
+            return model, x
+        except Exception:  # the model needs its configured size
+            pass
+    return model, torch.randn(1, 3, full, full)
+
+
+def _classify_error(tool: str, exc: Exception) -> tuple[str, str]:
+    why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+    if tool == "pk" and isinstance(exc, NothingToPruneError):
+        return "nothing", why
+    if tool == "pk" and isinstance(exc, PrunekitError) and not isinstance(
+            exc, PruneValidationError):
+        return "refused", why
+    return "FAIL", why
+
+
+def attempt(tool: str, run: Callable[[nn.Module, Any, list[nn.Module]], Any], base: nn.Module,
+            x: torch.Tensor, timeout_s: int) -> dict[str, Any]:
+    """Prune a fresh copy of ``base``; status, reason, seconds and the pruned model."""
+    model = copy.deepcopy(base)
+    ignore = output_layers(model, x)
+    with torch.no_grad():
+        expected = tuple(base(x).shape)
+    signal.alarm(timeout_s)
+    start = time.perf_counter()
+    try:
+        out = run(model, x, ignore)
+        seconds = time.perf_counter() - start
+        pruned = out.model if isinstance(out, PruneResult) else out
+        with torch.no_grad():
+            got = tuple(pruned(x).shape)
+    except Exception as exc:  # a benchmark reports failures instead of stopping
+        status, why = _classify_error(tool, exc)
+        return {"status": status, "why": why}
+    finally:
+        signal.alarm(0)
+    if got != expected:
+        return {"status": "FAIL", "why": f"output shape {got} != {expected}"}
+    kept = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in base.parameters())
+    if kept >= 1.0:
+        return {"status": "nothing", "why": "no parameter removed"}
+    return {"status": "ok", "why": "", "seconds": seconds, "model": pruned, "params": kept}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="", help="comma-separated timm names (default: all)")
+    parser.add_argument("--timeout", type=int, default=120, help="seconds per prune attempt")
+    parser.add_argument("--size", type=int, default=128,
+                        help="input side for models that accept any size")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGALRM, _timeout)
+    warnings.filterwarnings("ignore")  # timm's and Torch-Pruning's per-model chatter
+    _, timm = import_vision()
+    names = [n for n in args.models.split(",") if n] or list(MODELS)
+    header = (f"{'model':<32}{'size':>5}{'prunekit':>9}{'TP':>9}{'params':>8}{'MACs':>7}"
+              f"{'TP par':>8}{'pk s':>8}{'TP s':>8}{'ratio':>7}  note")
+    print(header)
+    print("-" * len(header))
+    counts: dict[str, Counter[str]] = {"pk": Counter(), "TP": Counter()}
+    ratios: list[float] = []
+    for name in names:
+        base, x = build(timm, name, args.size)
+        pk = attempt("pk", run_prunekit, base, x, args.timeout)
+        tp = attempt("TP", run_torch_pruning, base, x, args.timeout)
+        counts["pk"][pk["status"]] += 1
+        counts["TP"][tp["status"]] += 1
+        params = macs = tp_params = ratio = "-"
+        if pk["status"] == "ok":
+            params = f"{pk['params']:.2f}"
+            macs = f"{profile(pk['model'], x).macs / max(1, profile(base, x).macs):.2f}"
+        if tp["status"] == "ok":
+            tp_params = f"{tp['params']:.2f}"
+        if pk["status"] == "ok" and tp["status"] == "ok":
+            ratios.append(pk["seconds"] / tp["seconds"])
+            ratio = f"{ratios[-1]:.2f}"
+        note = "; ".join(f"{tool}: {res['why']}" for tool, res in (("pk", pk), ("TP", tp))
+                         if res["why"])
+        print(f"{name:<32}{x.shape[-1]:>5}{pk['status']:>9}{tp['status']:>9}{params:>8}"
+              f"{macs:>7}{tp_params:>8}{pk.get('seconds', float('nan')):>8.2f}"
+              f"{tp.get('seconds', float('nan')):>8.2f}{ratio:>7}  {note}", flush=True)
+    print("-" * len(header))
+    statuses = ("ok", "refused", "nothing", "FAIL")
+    summary = "; ".join(
+        f"{label} " + ", ".join(f"{s} {counts[key][s]}" for s in statuses
+                                if counts[key][s] or s == "ok")
+        for key, label in (("pk", "prunekit"), ("TP", "Torch-Pruning")))
+    med = statistics.median(ratios) if ratios else float("nan")
+    print(f"{len(names)} models: {summary}; median time ratio (prunekit / Torch-Pruning, "
+          f"both ok on {len(ratios)}) {med:.2f}")
+
+
+if __name__ == "__main__":
+    main()
