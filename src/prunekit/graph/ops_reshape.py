@@ -14,10 +14,10 @@ Rules that keep the replay sound after channels are removed:
   (``self.head_dim``); one computed in the code (nanoGPT's ``C // self.n_head``) keeps the
   heads, and the input width of the layer they come from, whole.
 - A reshape that *merges* heads back into one dim and writes the merged size from an
-  attribute named for it (``view(B, T, self.all_head_size)``, ``self.inner_dim``) binds
-  that attribute, which is rewritten. Only such names: a model width of equal value
-  (``self.hidden_size`` where the code writes ``self.num_heads * self.head_dim``) is not
-  what sized it and must not be rewritten.
+  attribute named for it (``view(B, T, self.all_head_size)``, ``self.inner_dim``,
+  ``self.attn_dim``) binds that attribute, which is rewritten. Only such names: a model
+  width of equal value (``self.hidden_size`` where the code writes ``self.num_heads *
+  self.head_dim``) is not what sized it and must not be rewritten.
 - As for splits, attributes are matched by value (see :mod:`prunekit.graph.ops_shape`);
   where the call writes the matched size for two factors of one split (``view(b,
   self.groups, c // self.groups, h, w)`` with 3 groups of 3), the attribute might size
@@ -283,8 +283,10 @@ def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
 
 
 def _merges_heads(name: str) -> bool:
-    """``all_head_size``, ``inner_dim``: the width of all heads side by side."""
-    return "all_head" in name or "inner" in name
+    """``all_head_size``, ``inner_dim``, timm's ``attn_dim``: the width of all heads side by
+    side (not a per-head size such as ``attention_head_size``)."""
+    return "all_head" in name or "inner" in name or (
+        name.startswith(("attn", "attention")) and "head" not in name)
 
 
 def _counts_heads(name: str) -> bool:
