@@ -6,6 +6,7 @@ import copy
 import functools
 import gc
 import types
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -31,6 +32,7 @@ from prunekit.importance.group import (
 from prunekit.metrics.profile import Profile, profile
 from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
 from prunekit.structured.plan import apply_plan, is_parametrized, plan_with_indices
+from prunekit.structured.repair import breaking_groups
 
 __all__ = ["Analysis", "PruneResult", "analyze", "prune"]
 
@@ -282,6 +284,34 @@ def prune(
     if target is not None:
         config = _search(model, example_inputs, graph, scores, config, target)
     masks = allocate(graph.groups, scores, config)
+    try:
+        pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
+    except _CheckFailed as failed:
+        graph, masks = _without_breaking_groups(model, example_inputs, graph, masks, reference,
+                                                failed, strict=strict)
+        pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
+    original = _root_copy(model) if inplace else _shallow_clone(model)
+    if inplace:
+        model.__dict__.update(pruned.__dict__)
+        pruned = model
+    return PruneResult(pruned, plan, _lazy_profile(original, example_inputs),
+                       _lazy_profile(pruned, example_inputs),
+                       functools.partial(coverage_report, original, graph), len(graph.groups))
+
+
+class _CheckFailed(Exception):
+    """The pruned model's forward check failed: ``message`` says how (``cause``: the error)."""
+
+    def __init__(self, message: str, cause: BaseException | None) -> None:
+        super().__init__(message)
+        self.message, self.cause = message, cause
+
+
+def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGraph,
+                   masks: list[torch.Tensor], reference: list[tuple[str, tuple[int, ...]]],
+                   inplace: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """The plan for ``masks`` applied to a copy of ``model``, checked by a forward pass with
+    unchanged output shapes; _CheckFailed if that fails (``model`` is never touched)."""
     plan, indices = plan_with_indices(model, graph, masks)
     # surgery replaces tensors instead of writing into them, so with inplace=True a clone
     # that shares them is enough to leave the user's model untouched on failure
@@ -296,23 +326,54 @@ def prune(
     except ConfigError:
         raise
     except Exception as exc:
-        raise PruneValidationError(
-            f"the pruned model failed its forward check ({type(exc).__name__}: {exc}); your "
-            f"model is unchanged. Add the layer named in the error to ignore=..., or report "
-            f"the architecture"
-        ) from exc
+        raise _CheckFailed(f"the pruned model failed its forward check ({type(exc).__name__}: "
+                           f"{exc})", exc) from exc
     if shapes != reference:
-        raise PruneValidationError(
-            f"pruning changed the model's output shapes from {reference} to {shapes}; your "
-            f"model is unchanged. Add the output layer to ignore=..."
-        )
-    original = _root_copy(model) if inplace else _shallow_clone(model)
-    if inplace:
-        model.__dict__.update(pruned.__dict__)
-        pruned = model
-    return PruneResult(pruned, plan, _lazy_profile(original, example_inputs),
-                       _lazy_profile(pruned, example_inputs),
-                       functools.partial(coverage_report, original, graph), len(graph.groups))
+        raise _CheckFailed(f"pruning changed the model's output shapes from {reference} to "
+                           f"{shapes}", None)
+    return pruned, plan
+
+
+def _without_breaking_groups(
+        model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGraph,
+        masks: list[torch.Tensor], reference: list[tuple[str, tuple[int, ...]]],
+        failed: _CheckFailed, *, strict: bool) -> tuple[DependencyGraph, list[torch.Tensor]]:
+    """After a failed check: find the groups whose cut breaks it (:mod:`.repair`). With
+    ``strict`` (the default) raise PruneValidationError naming them; else keep them whole,
+    with a warning and the reason in the coverage report, and return the graph and masks
+    for the rest."""
+    whole = [torch.ones_like(m) for m in masks]
+    cutting = [i for i, m in enumerate(masks) if not bool(m.all())]
+
+    def passes(selected: list[int]) -> bool:
+        trial = list(whole)
+        for i in selected:
+            trial[i] = masks[i]
+        try:
+            _cut_and_check(model, example_inputs, graph, trial, reference, inplace=True)
+        except _CheckFailed:
+            return False
+        return True
+
+    bad = breaking_groups(cutting, passes)
+    if not bad or strict:
+        named = "; ".join(graph.groups[i].describe() for i in bad[:3])
+        hint = (f" Cutting {named} breaks it (the code sizes something by these channels in "
+                f"a way the trace cannot see: a width read from another tensor's shape, a "
+                f"tuple attribute, a cached tensor); pass strict=False to keep them whole "
+                f"and prune the rest, or add their layers to ignore=..." if bad else
+                " Add the layer named in the error to ignore=..., or report the architecture")
+        raise PruneValidationError(f"{failed.message}; your model is unchanged.{hint}") \
+            from failed.cause
+    reason = f"cutting it broke the pruned model's forward check ({failed.message})"
+    warnings.warn(f"kept whole: {'; '.join(graph.groups[i].describe() for i in bad)}: "
+                  f"{reason}", stacklevel=4)
+    blocked = dict(graph.blocked)
+    for i in bad:
+        blocked.update(dict.fromkeys(graph.groups[i].units.tolist(), reason))
+    kept = [i for i in range(len(graph.groups)) if i not in set(bad)]
+    graph = replace(graph, groups=tuple(graph.groups[i] for i in kept), blocked=blocked)
+    return graph, [masks[i] for i in kept]
 
 
 def _lazy_profile(model: nn.Module, example_inputs: ExampleInputs) -> Callable[[], Profile]:
