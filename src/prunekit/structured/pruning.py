@@ -257,11 +257,14 @@ def prune(
     ``max(1, ceil(min_keep · width))`` and at most ``floor(max_keep · width)`` channels;
     ``round_to`` keeps widths at multiples of N.
     ``ignore`` layers keep their output width. ``strict=False`` turns unknown ops into a
-    warning and keeps the tensors they touch whole (see ``result.coverage``).
+    warning and keeps the tensors they touch whole, and keeps whole the groups whose cut
+    fails the forward check (see ``result.coverage``).
 
     The user's model is not modified unless ``inplace=True``; either way the pruned model is
-    checked by a forward pass with unchanged output shapes before it is returned, and on
-    any failure the error is raised and the user's model is left as it was.
+    checked by a forward pass with unchanged output shapes before it is returned. If that
+    fails, the groups whose cut breaks it are found by bisection: with ``strict=True`` the
+    error names them and the user's model is left as it was; with ``strict=False`` they are
+    kept whole and the rest is pruned.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
