@@ -212,9 +212,11 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     attribute (``self.head_dim``). A size computed in the code (``C // self.n_head``, ``C``
     read from the input) would follow the head count or the input width, so the heads are
     kept whole — and, when the heads span exactly the width read by their projection, that
-    projection's input width too. Factors between the two (Bloom's ``(heads, 3,
-    head_dim)``) are counts that stay. A head count attribute does not hold a per-head
-    size, even of equal value (nanoGPT's ``C // self.n_head`` with 4 heads of 4)."""
+    projection's input width too (the factors from any one up to the per-head size: Swin's
+    fused ``(3, heads, C // heads)`` spans three inputs, its heads one). Factors between the
+    two (Bloom's ``(heads, 3, head_dim)``) are counts that stay. A head count attribute does
+    not hold a per-head size, even of equal value (nanoGPT's ``C // self.n_head`` with 4
+    heads of 4)."""
     last = bearing[-1]
     held = {v for k, v in attrs.items() if not _counts_heads(k)}
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
@@ -225,11 +227,10 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
               f"that no int attribute of {where} holds (computed in the code, e.g. "
               f"C // self.n_head?), so it would change when heads or the input width shrink; "
               f"store it as self.head_dim or write -1 to prune heads")
-    width = 1
-    for d in bearing:
-        width *= labels.shape[d]
+    widths = {math.prod(labels.shape[d] for d in bearing if d >= start)
+              for start in bearing[:-1]}
     for inputs in _producer_inputs(ctx, labels):
-        if inputs.numel() == width:
+        if inputs.numel() in widths:
             ctx.block(inputs, reason)
     ctx.block(labels, reason)
 
