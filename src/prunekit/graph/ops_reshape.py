@@ -236,15 +236,14 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
 
 
 def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
-    """The input channel labels of the layers whose outputs ``labels`` carry."""
+    """The input channel labels of the layers whose outputs ``labels`` carry: modules, and
+    parameters used as a layer weight (Swin's ``F.linear(x, self.qkv.weight, ...)``)."""
     roots = ctx.space.find(labels).unique()
-    found = []
-    for record in ctx.modules.values():
-        out, inp = record.dims.get("out"), record.dims.get("in")
-        if out is not None and inp is not None and bool(
-                torch.isin(ctx.space.find(out.labels), roots).any()):
-            found.append(inp.labels)
-    return found
+    pairs = [(r.dims["out"].labels, r.dims["in"].labels) for r in ctx.modules.values()
+             if "out" in r.dims and "in" in r.dims]
+    pairs += [(p.axes[0][0], p.axes[1][0]) for p in ctx.params.values()
+              if 0 in p.axes and 1 in p.axes]
+    return [inp for out, inp in pairs if bool(torch.isin(ctx.space.find(out), roots).any())]
 
 
 def _counts_heads(name: str) -> bool:
