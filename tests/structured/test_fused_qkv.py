@@ -21,8 +21,8 @@ from prunekit.errors import PruneValidationError
 from prunekit.structured import prune
 
 Style = Literal["split", "chunk", "view", "bloom", "computed", "computed_view",
-                "functional_view", "literal", "ambiguous"]
-COMPUTED = ("computed", "computed_view", "functional_view")  # styles without a head size
+                "functional_view", "sliced_bias", "literal", "ambiguous"]
+COMPUTED = ("computed", "computed_view", "functional_view", "sliced_bias")  # no head size
 DIM, HEADS, VOCAB = 32, 4, 50
 HEAD_DIM = DIM // HEADS
 
@@ -34,7 +34,8 @@ class FusedAttention(nn.Module):
     input and no attribute holds it, so neither the heads nor the input width can change
     without editing the code. ``computed_view`` is Swin's: the same size in a ``(3, heads,
     C // heads)`` view of the fused output, ``functional_view`` the same through
-    ``F.linear(x, self.c_attn.weight, ...)``, as Swin calls it."""
+    ``F.linear(x, self.c_attn.weight, ...)``, as Swin calls it, ``sliced_bias`` Swin V2's,
+    which zeroes the k part of a copy of the bias first (so q/k/v are kept whole)."""
 
     def __init__(self, style: Style) -> None:
         super().__init__()
@@ -53,12 +54,16 @@ class FusedAttention(nn.Module):
         b, t, c = x.size()
         if self.style == "functional_view":
             fused = F.linear(x, self.c_attn.weight, self.c_attn.bias)
+        elif self.style == "sliced_bias":
+            bias = self.c_attn.bias.clone()
+            bias[c: 2 * c].zero_()
+            fused = F.linear(x, self.c_attn.weight, bias)
         else:
             fused = self.c_attn(x)
         if self.style == "view":
             qkv = fused.view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
-        elif self.style in ("computed_view", "functional_view"):
+        elif self.style in ("computed_view", "functional_view", "sliced_bias"):
             qkv = fused.view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]
         elif self.style == "bloom":  # rows laid out as (heads, 3, head_dim)
@@ -204,6 +209,7 @@ def test_save_then_load_replays_heads_and_attributes(style: Style, tmp_path: Pat
     ("computed_view", r"heads of 8, a size that no int attribute of module 'h\.0\.attn' holds"),
     ("functional_view",
      r"heads of 8, a size that no int attribute of module 'h\.0\.attn' holds"),
+    ("sliced_bias", r"selects a fixed part of a channel dimension"),
     ("literal", r"no int attribute of module 'h\.0\.attn' holds that width"),
     ("ambiguous", r"several attributes of module 'h\.0\.attn' hold \(n_embd, width\)"),
 ])

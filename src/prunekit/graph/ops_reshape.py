@@ -53,6 +53,8 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
         canon = ctx.space.find(labels)
         dims = varying(canon)
         bearing = [d for d in out_dims if d in dims]
+        if not bearing:
+            _check_fixed_split(ctx, call, canon, out_dims)
         if len(bearing) == 1:
             _one_varying_factor(ctx, call, canon, out_dims, bearing[0])
         if len(bearing) < 2:
@@ -233,6 +235,33 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
         if inputs.numel() in widths:
             ctx.block(inputs, reason)
     ctx.block(labels, reason)
+
+
+def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,
+                       segment: list[int]) -> None:
+    """A split of channels already kept whole (Swin V2's fused q/k/v output, whose bias is
+    sliced) by a last factor that is neither -1 nor held by an int attribute: that size is
+    computed in the code, perhaps from the producing layer's input width (``C //
+    num_heads``), so, as in :func:`_check_head_size`, that input is kept whole where the
+    factors from any one up to the last span it."""
+    roots = ctx.space.find(labels).unique()
+    if roots.numel() != 1 or int(roots) not in ctx.space.blocked_roots():
+        return
+    sizes = tensors_free(call.args[1:])
+    last = segment[-1]
+    adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
+    held = set(int_attributes(ctx).values())
+    if adapts or labels.shape[last] in held:
+        return
+    widths = {math.prod(labels.shape[d] for d in segment if d >= start)
+              for start in segment[:-1]}
+    reason = (f"{call.display} splits channels kept whole into parts of "
+              f"{labels.shape[last]}, a size that no int attribute of "
+              f"{running_module_phrase(ctx)} holds (computed in the code from the input "
+              f"width?); store it in an attribute or write -1 to prune the input")
+    for inputs in _producer_inputs(ctx, labels):
+        if inputs.numel() in widths:
+            ctx.block(inputs, reason)
 
 
 def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
