@@ -20,7 +20,9 @@ import prunekit as pk
 from prunekit.errors import PruneValidationError
 from prunekit.structured import prune
 
-Style = Literal["split", "chunk", "view", "bloom", "computed", "literal", "ambiguous"]
+Style = Literal["split", "chunk", "view", "bloom", "computed", "computed_view",
+                "functional_view", "sliced_bias", "literal", "ambiguous"]
+COMPUTED = ("computed", "computed_view", "functional_view", "sliced_bias")  # no head size
 DIM, HEADS, VOCAB = 32, 4, 50
 HEAD_DIM = DIM // HEADS
 
@@ -30,7 +32,10 @@ class FusedAttention(nn.Module):
 
     ``computed`` is nanoGPT's: the head size is ``C // n_head`` with ``C`` read from the
     input and no attribute holds it, so neither the heads nor the input width can change
-    without editing the code."""
+    without editing the code. ``computed_view`` is Swin's: the same size in a ``(3, heads,
+    C // heads)`` view of the fused output, ``functional_view`` the same through
+    ``F.linear(x, self.c_attn.weight, ...)``, as Swin calls it, ``sliced_bias`` Swin V2's,
+    which zeroes the k part of a copy of the bias first (so q/k/v are kept whole)."""
 
     def __init__(self, style: Style) -> None:
         super().__init__()
@@ -38,7 +43,7 @@ class FusedAttention(nn.Module):
         self.n_head = HEADS
         if style != "literal":  # (a literal equal to an attribute would pass for it)
             self.n_embd = DIM
-        if style != "computed":  # nanoGPT keeps no head size
+        if style not in COMPUTED:  # nanoGPT keeps no head size
             self.head_dim = HEAD_DIM
         if style == "ambiguous":
             self.width = DIM  # a second attribute with the split width
@@ -47,10 +52,20 @@ class FusedAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, c = x.size()
-        fused = self.c_attn(x)
+        if self.style == "functional_view":
+            fused = F.linear(x, self.c_attn.weight, self.c_attn.bias)
+        elif self.style == "sliced_bias":
+            bias = self.c_attn.bias.clone()
+            bias[c: 2 * c].zero_()
+            fused = F.linear(x, self.c_attn.weight, bias)
+        else:
+            fused = self.c_attn(x)
         if self.style == "view":
             qkv = fused.view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
+        elif self.style in ("computed_view", "functional_view", "sliced_bias"):
+            qkv = fused.view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
         elif self.style == "bloom":  # rows laid out as (heads, 3, head_dim)
             qkv = fused.view(b, t, self.n_head, 3, self.head_dim).transpose(1, 2)
             q, k, v = qkv.unbind(3)
@@ -191,6 +206,10 @@ def test_save_then_load_replays_heads_and_attributes(style: Style, tmp_path: Pat
 
 @pytest.mark.parametrize(("style", "why"), [
     ("computed", r"heads of 8, a size that no int attribute of module 'h\.0\.attn' holds"),
+    ("computed_view", r"heads of 8, a size that no int attribute of module 'h\.0\.attn' holds"),
+    ("functional_view",
+     r"heads of 8, a size that no int attribute of module 'h\.0\.attn' holds"),
+    ("sliced_bias", r"selects a fixed part of a channel dimension"),
     ("literal", r"no int attribute of module 'h\.0\.attn' holds that width"),
     ("ambiguous", r"several attributes of module 'h\.0\.attn' hold \(n_embd, width\)"),
 ])
@@ -206,7 +225,7 @@ def test_widths_that_cannot_be_rewritten_keep_attention_whole(style: Style, why:
     assert re.search(why, reasons["h.0.attn.c_attn.weight"])
     with torch.no_grad():
         assert result.model(ids).shape == (2, 8, VOCAB)
-    if style == "computed":  # C // n_head reads the input width: the residual stays too
+    if style in COMPUTED:  # C // n_head reads the input width: the residual stays too
         assert result.model.wte.embedding_dim == DIM
     else:
         assert result.model.wte.embedding_dim == DIM // 2

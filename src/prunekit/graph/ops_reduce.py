@@ -7,7 +7,7 @@ so what meets it position by position keeps its width: :func:`labels.fixed_shape
 channels vary both along R and elsewhere, the positions reduced together are joined
 (conservative). Spatial ops act on the trailing dims, which must not carry channels: the
 channels of the leading dims pass through, and everything pooled into one output position
-is joined.
+is joined; padding only touches the dims it pads by a non-zero amount.
 """
 
 from __future__ import annotations
@@ -132,9 +132,6 @@ def _fit(rep: Tensor, reduced: tuple[int, ...], shape: tuple[int, ...]) -> Tenso
 def _spatial(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
     width = SPATIAL.get(call.name, -1)
-    if call.name == "pad":
-        pad = call.args[1] if len(call.args) > 1 else call.kwargs["pad"]
-        width = len(pad) // 2
     if width < 0:
         width = source.dim() - 2
     if width <= 0 or width >= source.dim() + 1:
@@ -153,8 +150,6 @@ def _spatial(ctx: TraceContext, call: OpCall) -> None:
             ctx.set_vector(out, roots, vector[0])
         return
     canon = ctx.space.find(ctx.labels(source))
-    if call.name == "pad" and any(varies(canon, d) for d in trailing):
-        ctx.block(canon, f"{call.display} pads a channel dimension by a fixed amount")
     rep = rep_along(ctx.space, canon, trailing)
     for out in outputs:
         if tuple(out.shape[: len(lead)]) != lead:
@@ -163,7 +158,41 @@ def _spatial(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(REDUCE, _reduce)
-register_op((*SPATIAL, "pad"), _spatial)
+
+
+def _pad(ctx: TraceContext, call: OpCall) -> None:
+    """``F.pad``: a dim padded by a non-zero amount must not carry channels (kept whole where
+    it does); every other dim passes its labels, a channel dim listed with a zero pad
+    included (Swin's ``F.pad(x, (0, 0, 0, pad_w, 0, pad_h))`` on ``(b, h, w, c)``)."""
+    source = tensors_in(call.args[:1])[0]
+    pad = [int(p) for p in (call.args[1] if len(call.args) > 1 else call.kwargs["pad"])]
+    ndim = source.dim()
+    if len(pad) % 2 or len(pad) // 2 > ndim:
+        raise OpNotMappable(f"unexpected pad {pad} for input rank {ndim}")
+    # ``pad`` lists (before, after) pairs from the last dim backwards
+    padded = tuple(sorted(ndim - 1 - i // 2 for i in range(0, len(pad), 2)
+                          if pad[i] or pad[i + 1]))
+    outputs = tensors_in(call.out)
+    for out in outputs:
+        if out.dim() != ndim or any(out.shape[d] != source.shape[d]
+                                    for d in range(ndim) if d not in padded):
+            raise OpNotMappable("it changes the size of a dimension it does not pad")
+    vector = ctx.vector_of(source)
+    if vector is not None and vector[0] not in padded:
+        roots = ctx.space.find(vector[1])
+        for out in outputs:
+            ctx.set_vector(out, roots, vector[0])
+        return
+    canon = ctx.space.find(ctx.labels(source))
+    if any(varies(canon, d) for d in padded):
+        ctx.block(canon, f"{call.display} pads a channel dimension by a fixed amount")
+    rep = rep_along(ctx.space, canon, padded)
+    for out in outputs:
+        ctx.set_labels(out, ctx.space.find(rep).expand(tuple(out.shape)))
+
+
+register_op(tuple(SPATIAL), _spatial)
+register_op(("pad",), _pad)
 
 
 def _reorder(ctx: TraceContext, call: OpCall) -> None:

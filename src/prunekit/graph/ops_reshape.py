@@ -62,6 +62,8 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
         canon = ctx.space.find(labels)
         dims = varying(canon)
         bearing = [d for d in out_dims if d in dims]
+        if not bearing:
+            _check_fixed_split(ctx, call, canon, out_dims)
         if len(bearing) == 1:
             _one_varying_factor(ctx, call, canon, out_dims, bearing[0])
         if len(bearing) < 2:
@@ -248,9 +250,11 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     attribute (``self.head_dim``). A size computed in the code (``C // self.n_head``, ``C``
     read from the input) would follow the head count or the input width, so the heads are
     kept whole — and, when the heads span exactly the width read by their projection, that
-    projection's input width too. Factors between the two (Bloom's ``(heads, 3,
-    head_dim)``) are counts that stay. A head count attribute does not hold a per-head
-    size, even of equal value (nanoGPT's ``C // self.n_head`` with 4 heads of 4)."""
+    projection's input width too (the factors from any one up to the per-head size: Swin's
+    fused ``(3, heads, C // heads)`` spans three inputs, its heads one). Factors between the
+    two (Bloom's ``(heads, 3, head_dim)``) are counts that stay. A head count attribute does
+    not hold a per-head size, even of equal value (nanoGPT's ``C // self.n_head`` with 4
+    heads of 4)."""
     last = bearing[-1]
     held = {v for k, v in attrs.items() if not _counts_heads(k)}
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
@@ -261,25 +265,50 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
               f"that no int attribute of {where} holds (computed in the code, e.g. "
               f"C // self.n_head?), so it would change when heads or the input width shrink; "
               f"store it as self.head_dim or write -1 to prune heads")
-    width = 1
-    for d in bearing:
-        width *= labels.shape[d]
+    widths = {math.prod(labels.shape[d] for d in bearing if d >= start)
+              for start in bearing[:-1]}
     for inputs in _producer_inputs(ctx, labels):
-        if inputs.numel() == width:
+        if inputs.numel() in widths:
             ctx.block(inputs, reason)
     ctx.block(labels, reason)
 
 
-def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
-    """The input channel labels of the layers whose outputs ``labels`` carry."""
+def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,
+                       segment: list[int]) -> None:
+    """A split of channels already kept whole (Swin V2's fused q/k/v output, whose bias is
+    sliced) by a last factor that is neither -1 nor held by an int attribute: that size is
+    computed in the code, perhaps from the producing layer's input width (``C //
+    num_heads``), so, as in :func:`_check_head_size`, that input is kept whole where the
+    factors from any one up to the last span it."""
     roots = ctx.space.find(labels).unique()
-    found = []
-    for record in ctx.modules.values():
-        out, inp = record.dims.get("out"), record.dims.get("in")
-        if out is not None and inp is not None and bool(
-                torch.isin(ctx.space.find(out.labels), roots).any()):
-            found.append(inp.labels)
-    return found
+    if roots.numel() != 1 or int(roots) not in ctx.space.blocked_roots():
+        return
+    sizes = tensors_free(call.args[1:])
+    last = segment[-1]
+    adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
+    held = set(int_attributes(ctx).values())
+    if adapts or labels.shape[last] in held:
+        return
+    widths = {math.prod(labels.shape[d] for d in segment if d >= start)
+              for start in segment[:-1]}
+    reason = (f"{call.display} splits channels kept whole into parts of "
+              f"{labels.shape[last]}, a size that no int attribute of "
+              f"{running_module_phrase(ctx)} holds (computed in the code from the input "
+              f"width?); store it in an attribute or write -1 to prune the input")
+    for inputs in _producer_inputs(ctx, labels):
+        if inputs.numel() in widths:
+            ctx.block(inputs, reason)
+
+
+def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
+    """The input channel labels of the layers whose outputs ``labels`` carry: modules, and
+    parameters used as a layer weight (Swin's ``F.linear(x, self.qkv.weight, ...)``)."""
+    roots = ctx.space.find(labels).unique()
+    pairs = [(r.dims["out"].labels, r.dims["in"].labels) for r in ctx.modules.values()
+             if "out" in r.dims and "in" in r.dims]
+    pairs += [(p.axes[0][0], p.axes[1][0]) for p in ctx.params.values()
+              if 0 in p.axes and 1 in p.axes]
+    return [inp for out, inp in pairs if bool(torch.isin(ctx.space.find(out), roots).any())]
 
 
 def _merges_heads(name: str) -> bool:
