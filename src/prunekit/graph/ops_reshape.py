@@ -306,8 +306,11 @@ def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
     roots = ctx.space.find(labels).unique()
     pairs = [(r.dims["out"].labels, r.dims["in"].labels) for r in ctx.modules.values()
              if "out" in r.dims and "in" in r.dims]
-    pairs += [(p.axes[0][0], p.axes[1][0]) for p in ctx.params.values()
-              if 0 in p.axes and 1 in p.axes]
+    for param in ctx.params.values():  # the axis with fresh ids is the output's
+        made = [labels for labels, root in param.axes.values() if root]
+        read = [labels for labels, root in param.axes.values() if not root]
+        if len(made) == 1 and len(read) == 1:
+            pairs.append((made[0], read[0]))
     return [inp for out, inp in pairs if bool(torch.isin(ctx.space.find(out), roots).any())]
 
 
