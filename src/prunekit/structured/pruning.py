@@ -6,7 +6,6 @@ import copy
 import functools
 import gc
 import types
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -17,7 +16,7 @@ from torch import nn
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_width
-from prunekit.errors import ConfigError, PruneValidationError, check_choice, check_fraction
+from prunekit.errors import ConfigError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
 from prunekit.graph.dependency import DependencyGraph, Group, build_groups
 from prunekit.graph.trace import eval_mode, trace, walk_tensors
@@ -32,7 +31,7 @@ from prunekit.importance.group import (
 from prunekit.metrics.profile import Profile, profile
 from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
 from prunekit.structured.plan import apply_plan, is_parametrized, plan_with_indices
-from prunekit.structured.repair import breaking_groups
+from prunekit.structured.repair import CheckFailed, without_breaking_groups
 
 __all__ = ["Analysis", "PruneResult", "analyze", "prune"]
 
@@ -289,9 +288,11 @@ def prune(
     masks = allocate(graph.groups, scores, config)
     try:
         pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
-    except _CheckFailed as failed:
-        graph, masks = _without_breaking_groups(model, example_inputs, graph, masks, reference,
-                                                failed, strict=strict)
+    except CheckFailed as failed:
+        graph, masks = without_breaking_groups(
+            graph, masks, failed, strict=strict,
+            check=lambda trial: _cut_and_check(model, example_inputs, graph, trial, reference,
+                                               inplace=True))
         pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
     original = _root_copy(model) if inplace else _shallow_clone(model)
     if inplace:
@@ -302,19 +303,11 @@ def prune(
                        functools.partial(coverage_report, original, graph), len(graph.groups))
 
 
-class _CheckFailed(Exception):
-    """The pruned model's forward check failed: ``message`` says how (``cause``: the error)."""
-
-    def __init__(self, message: str, cause: BaseException | None) -> None:
-        super().__init__(message)
-        self.message, self.cause = message, cause
-
-
 def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGraph,
                    masks: list[torch.Tensor], reference: list[tuple[str, tuple[int, ...]]],
                    inplace: bool) -> tuple[nn.Module, dict[str, Any]]:
     """The plan for ``masks`` applied to a copy of ``model``, checked by a forward pass with
-    unchanged output shapes; _CheckFailed if that fails (``model`` is never touched)."""
+    unchanged output shapes; CheckFailed if that fails (``model`` is never touched)."""
     plan, indices = plan_with_indices(model, graph, masks)
     # surgery replaces tensors instead of writing into them, so with inplace=True a clone
     # that shares them is enough to leave the user's model untouched on failure
@@ -329,54 +322,12 @@ def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: Depen
     except ConfigError:
         raise
     except Exception as exc:
-        raise _CheckFailed(f"the pruned model failed its forward check ({type(exc).__name__}: "
+        raise CheckFailed(f"the pruned model failed its forward check ({type(exc).__name__}: "
                            f"{exc})", exc) from exc
     if shapes != reference:
-        raise _CheckFailed(f"pruning changed the model's output shapes from {reference} to "
+        raise CheckFailed(f"pruning changed the model's output shapes from {reference} to "
                            f"{shapes}", None)
     return pruned, plan
-
-
-def _without_breaking_groups(
-        model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGraph,
-        masks: list[torch.Tensor], reference: list[tuple[str, tuple[int, ...]]],
-        failed: _CheckFailed, *, strict: bool) -> tuple[DependencyGraph, list[torch.Tensor]]:
-    """After a failed check: find the groups whose cut breaks it (:mod:`.repair`). With
-    ``strict`` (the default) raise PruneValidationError naming them; else keep them whole,
-    with a warning and the reason in the coverage report, and return the graph and masks
-    for the rest."""
-    whole = [torch.ones_like(m) for m in masks]
-    cutting = [i for i, m in enumerate(masks) if not bool(m.all())]
-
-    def passes(selected: list[int]) -> bool:
-        trial = list(whole)
-        for i in selected:
-            trial[i] = masks[i]
-        try:
-            _cut_and_check(model, example_inputs, graph, trial, reference, inplace=True)
-        except _CheckFailed:
-            return False
-        return True
-
-    bad = breaking_groups(cutting, passes)
-    if not bad or strict:
-        named = "; ".join(graph.groups[i].describe() for i in bad[:3])
-        hint = (f" Cutting {named} breaks it (the code sizes something by these channels in "
-                f"a way the trace cannot see: a width read from another tensor's shape, a "
-                f"tuple attribute, a cached tensor); pass strict=False to keep them whole "
-                f"and prune the rest, or add their layers to ignore=..." if bad else
-                " Add the layer named in the error to ignore=..., or report the architecture")
-        raise PruneValidationError(f"{failed.message}; your model is unchanged.{hint}") \
-            from failed.cause
-    reason = f"cutting it broke the pruned model's forward check ({failed.message})"
-    warnings.warn(f"kept whole: {'; '.join(graph.groups[i].describe() for i in bad)}: "
-                  f"{reason}", stacklevel=4)
-    blocked = dict(graph.blocked)
-    for i in bad:
-        blocked.update(dict.fromkeys(graph.groups[i].units.tolist(), reason))
-    kept = [i for i in range(len(graph.groups)) if i not in set(bad)]
-    graph = replace(graph, groups=tuple(graph.groups[i] for i in kept), blocked=blocked)
-    return graph, [masks[i] for i in kept]
 
 
 def _lazy_profile(model: nn.Module, example_inputs: ExampleInputs) -> Callable[[], Profile]:

@@ -12,9 +12,25 @@ failed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
-__all__ = ["breaking_groups"]
+import torch
+
+from prunekit.errors import PruneValidationError
+from prunekit.graph.dependency import DependencyGraph
+
+__all__ = ["CheckFailed", "breaking_groups", "without_breaking_groups"]
+
+
+class CheckFailed(Exception):
+    """The pruned model's forward check failed: ``message`` says how (``cause``: the error)."""
+
+    def __init__(self, message: str, cause: BaseException | None) -> None:
+        super().__init__(message)
+        self.message, self.cause = message, cause
 
 
 def breaking_groups(candidates: Sequence[int], passes: Callable[[list[int]], bool]) -> list[int]:
@@ -38,3 +54,44 @@ def breaking_groups(candidates: Sequence[int], passes: Callable[[list[int]], boo
         bad.append(remaining[low])
         remaining = remaining[low + 1:]
     return bad
+
+
+def without_breaking_groups(
+        graph: DependencyGraph, masks: list[torch.Tensor], failed: CheckFailed, *,
+        strict: bool, check: Callable[[list[torch.Tensor]], Any],
+) -> tuple[DependencyGraph, list[torch.Tensor]]:
+    """After a failed check (``check(masks)`` cuts a copy and raises CheckFailed): find the
+    groups whose cut breaks it. With ``strict`` raise PruneValidationError naming them; else
+    keep them whole, with a warning and the reason in the coverage report, and return the
+    graph and masks of the rest."""
+    whole = [torch.ones_like(m) for m in masks]
+
+    def passes(selected: list[int]) -> bool:
+        trial = list(whole)
+        for i in selected:
+            trial[i] = masks[i]
+        try:
+            check(trial)
+        except CheckFailed:
+            return False
+        return True
+
+    bad = breaking_groups([i for i, m in enumerate(masks) if not bool(m.all())], passes)
+    if not bad or strict:
+        named = "; ".join(graph.groups[i].describe() for i in bad[:3])
+        hint = (f" Cutting {named} breaks it (the code sizes something by these channels in "
+                f"a way the trace cannot see: a width read from another tensor's shape, a "
+                f"tuple attribute, a cached tensor); pass strict=False to keep them whole "
+                f"and prune the rest, or add their layers to ignore=..." if bad else
+                " Add the layer named in the error to ignore=..., or report the architecture")
+        raise PruneValidationError(f"{failed.message}; your model is unchanged.{hint}") \
+            from failed.cause
+    reason = f"cutting it broke the pruned model's forward check ({failed.message})"
+    warnings.warn(f"kept whole: {'; '.join(graph.groups[i].describe() for i in bad)}: "
+                  f"{reason}", stacklevel=5)
+    blocked = dict(graph.blocked)
+    for i in bad:
+        blocked.update(dict.fromkeys(graph.groups[i].units.tolist(), reason))
+    kept = [i for i in range(len(graph.groups)) if i not in set(bad)]
+    graph = replace(graph, groups=tuple(graph.groups[i] for i in kept), blocked=blocked)
+    return graph, [masks[i] for i in kept]
