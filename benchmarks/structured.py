@@ -86,8 +86,10 @@ def _shapes(out: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in output_tensors(out)]
 
 
-def run_prunekit(model: nn.Module, inputs: Any, ignore: list[nn.Module]) -> PruneResult:
-    return prune(model, inputs, ratio=0.5, importance="l2", ignore=ignore, inplace=True)
+def run_prunekit(model: nn.Module, inputs: Any, ignore: list[nn.Module], *,
+                 strict: bool = True) -> PruneResult:
+    return prune(model, inputs, ratio=0.5, importance="l2", ignore=ignore, inplace=True,
+                 strict=strict)
 
 
 def run_torch_pruning(model: nn.Module, inputs: Any, ignore: list[nn.Module]) -> nn.Module:

@@ -24,12 +24,14 @@ Command (timm, torchvision and torch-pruning are benchmark-only dependencies):
     .venv/bin/pip install -c constraints.txt torchvision==0.28.0 timm torch-pruning
     .venv/bin/python benchmarks/structured_timm.py [--models resnet18,vit_tiny_patch16_224]
                                                    [--timeout 120] [--size 128]
+                                                   [--no-strict] [--skip-tp]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import signal
 import statistics
 import sys
@@ -141,6 +143,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=120, help="seconds per prune attempt")
     parser.add_argument("--size", type=int, default=128,
                         help="input side for models that accept any size")
+    parser.add_argument("--no-strict", action="store_true",
+                        help="prunekit with strict=False (unmappable ops and groups whose cut "
+                             "fails the forward check kept whole)")
+    parser.add_argument("--skip-tp", action="store_true", help="prunekit only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     signal.signal(signal.SIGALRM, _timeout)
@@ -149,14 +155,18 @@ def main() -> None:
     names = [n for n in args.models.split(",") if n] or list(MODELS)
     header = (f"{'model':<32}{'size':>5}{'prunekit':>9}{'TP':>9}{'params':>8}{'MACs':>7}"
               f"{'TP par':>8}{'pk s':>8}{'TP s':>8}{'ratio':>7}  note")
+    if args.no_strict:
+        print("prunekit runs with strict=False")
     print(header)
     print("-" * len(header))
     counts: dict[str, Counter[str]] = {"pk": Counter(), "TP": Counter()}
     ratios: list[float] = []
     for name in names:
         base, x = build(timm, name, args.size)
-        pk = attempt("pk", run_prunekit, base, x, args.timeout)
-        tp = attempt("TP", run_torch_pruning, base, x, args.timeout)
+        pk = attempt("pk", functools.partial(run_prunekit, strict=not args.no_strict), base, x,
+                     args.timeout)
+        tp = ({"status": "skipped", "why": ""} if args.skip_tp
+              else attempt("TP", run_torch_pruning, base, x, args.timeout))
         counts["pk"][pk["status"]] += 1
         counts["TP"][tp["status"]] += 1
         params = macs = tp_params = ratio = "-"
