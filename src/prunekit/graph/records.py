@@ -78,3 +78,5 @@ class Trace:
     skipped_ops: list[str]
     bindings: dict[tuple[str, str], Tensor] = field(default_factory=dict)
     output_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    # the shapes of a second pass in training mode, run when eval mode left layers unvisited
+    train_output_shapes: list[tuple[str, tuple[int, ...]]] | None = None

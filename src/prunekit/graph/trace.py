@@ -22,10 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit._buffers import preserved_buffers
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.hooks import CallStack, Recorder
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
+from prunekit.graph.modes import model_mode
 from prunekit.graph.opaque import (
     check_traceable,
     compiled_error,
@@ -464,28 +466,6 @@ def walk_tensors(tree: Any, prefix: str = "output") -> Iterator[tuple[str, Tenso
             yield from walk_tensors(getattr(tree, key), f"{prefix}.{key}")
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module, modules: list[nn.Module] | None = None) -> Iterator[None]:
-    """Run ``model`` in eval mode (BatchNorm must not update its statistics), then restore.
-
-    ``modules`` is ``list(model.modules())`` when the caller has it already."""
-    modules = list(model.modules()) if modules is None else modules
-    modes = [m.training for m in modules]
-    if not any(modes):  # already in eval mode: nothing to switch or restore
-        yield
-        return
-    model.eval()
-    try:
-        yield
-    finally:
-        if all(type(m).train is nn.Module.train for m in modules):
-            for module, training in zip(modules, modes, strict=True):
-                module.training = training  # what train() sets, without its recursion
-        else:  # a module with its own train() gets it called, as it expects
-            for module, training in zip(modules, modes, strict=True):
-                module.train(training)
-
-
 def trace(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -496,7 +476,10 @@ def trace(
     """Run ``model`` once and return its channel labels, module dims and param nodes.
 
     ``lookup(module)`` gives the handler of an atomic module or None. Inputs and outputs
-    of the model keep their shape (their labels are blocked).
+    of the model keep their shape (their labels are blocked). The model runs in eval mode;
+    if that leaves layers unvisited, it runs once more in training mode (buffers restored),
+    so that layers only training runs (auxiliary heads) are coupled too, and the shapes of
+    that pass are kept for the forward check.
     """
     check_traceable(model)
     ctx = TraceContext(model, strict)
@@ -504,17 +487,51 @@ def trace(
         ctx.set_labels(tensor, fixed_shape(ctx.space, tensor.shape, f"model input {path}"))
     recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op)
     modules = [module for _, module in ctx._named_modules]
+    handlers = opaque_scripts(lookup)
+    train_shapes = None
     try:
-        with torch.no_grad(), eval_mode(model, modules), ctx.hooks(model, opaque_scripts(
-                lookup)), recorder:
-            out = run_model(model, example_inputs)
-        for path, tensor in walk_tensors(out):
-            if ctx.is_tracked(tensor):
-                ctx.block(ctx.labels(tensor), f"model output {path}")
-        shapes = [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
+        shapes = _traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
+                              training=False)
+        if _unvisited_layers(ctx, handlers):
+            with preserved_buffers(model):
+                try:
+                    train_shapes = _traced_pass(ctx, model, example_inputs, handlers, recorder,
+                                                modules, training=True)
+                except Exception:
+                    train_shapes = None
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx._calls.mode = None
         ctx._labels.clear()
         ctx._vectors.clear()
         ctx._param_views.clear()
-    return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes)
+    return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
+                 train_shapes)
+
+
+def _traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInputs,
+                 handlers: Callable[[nn.Module], ModuleHandler | None], recorder: Recorder,
+                 modules: list[nn.Module], *, training: bool
+                 ) -> list[tuple[str, tuple[int, ...]]]:
+    """One forward pass under the hooks in one mode; the model's outputs keep their shape."""
+    with torch.no_grad(), model_mode(model, training, modules), ctx.hooks(model, handlers), \
+            recorder:
+        out = run_model(model, example_inputs)
+    for path, tensor in walk_tensors(out):
+        if ctx.is_tracked(tensor):
+            ctx.block(ctx.labels(tensor), f"model output {path}")
+    return [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
+
+
+def _unvisited_layers(ctx: TraceContext, handlers: Callable[[nn.Module], ModuleHandler | None]
+                      ) -> bool:
+    """True if a layer with a handler, not inside one that ran, never ran. (The traced
+    layers are ``ctx.modules``; the walk lists a module's children right after it.)"""
+    inside: str | None = None  # "path." of the last traced layer: its children did not run
+    for name, module in ctx._named_modules:
+        if not name or (inside is not None and name.startswith(inside)):
+            continue
+        if name in ctx.modules:
+            inside = f"{name}."
+        elif handlers(module) is not None:
+            return True
+    return False

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._buffers import preserved_buffers
 from prunekit._inputs import ExampleInputs, model_device, move_inputs, run_model
 from prunekit.errors import ConfigError
-from prunekit.metrics._buffers import preserved_buffers
 
 __all__ = ["LatencyResult", "benchmark_latency", "num_threads"]
 

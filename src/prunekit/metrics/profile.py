@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from prunekit._buffers import preserved_buffers
 from prunekit._inputs import ExampleInputs, model_device, move_inputs, run_model
-from prunekit.metrics._buffers import preserved_buffers
 from prunekit.metrics.compare import ProfileDiff, compare
 from prunekit.sparse.compressed import compressed_nbytes
 

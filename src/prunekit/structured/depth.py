@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import ConfigError, PruneValidationError
-from prunekit.graph.trace import eval_mode, walk_tensors
+from prunekit.graph.modes import eval_mode
+from prunekit.graph.trace import walk_tensors
 from prunekit.structured.plan import PLAN_FORMAT, SkipBlock, apply_plan
 
 __all__ = ["DepthResult", "SkipBlock", "block_scores", "prune_depth"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import gc
@@ -14,12 +15,14 @@ from typing import Any, ParamSpec, TypeVar, cast
 import torch
 from torch import nn
 
+from prunekit._buffers import preserved_buffers
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_width
 from prunekit.errors import ConfigError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
 from prunekit.graph.dependency import DependencyGraph, Group, build_groups
-from prunekit.graph.trace import eval_mode, trace, walk_tensors
+from prunekit.graph.modes import eval_mode, model_mode
+from prunekit.graph.trace import trace, walk_tensors
 from prunekit.importance.group import (
     Aggregation,
     GroupCriterion,
@@ -326,7 +329,17 @@ def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: Depen
                            f"{exc})", exc) from exc
     if shapes != reference:
         raise CheckFailed(f"pruning changed the model's output shapes from {reference} to "
-                           f"{shapes}", None)
+                          f"{shapes}", None)
+    trained = graph.trace.train_output_shapes  # layers only training runs were traced too
+    if trained is not None:
+        try:
+            shapes = _output_shapes(pruned, example_inputs, training=True)
+        except Exception as exc:
+            raise CheckFailed(f"the pruned model failed its forward check in training mode "
+                              f"({type(exc).__name__}: {exc})", exc) from exc
+        if shapes != trained:
+            raise CheckFailed(f"pruning changed the model's output shapes in training mode "
+                              f"from {trained} to {shapes}", None)
     return pruned, plan
 
 
@@ -409,10 +422,13 @@ def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
 
 
 def _output_shapes(model: nn.Module, example_inputs: ExampleInputs,
-                   modules: list[nn.Module] | None = None) -> list[tuple[str, tuple[int, ...]]]:
-    """Output paths and shapes of a no-grad forward in eval mode (``modules``: the model's
-    modules, when the caller has them)."""
-    with torch.no_grad(), eval_mode(model, modules):
+                   modules: list[nn.Module] | None = None, *, training: bool = False
+                   ) -> list[tuple[str, tuple[int, ...]]]:
+    """Output paths and shapes of a no-grad forward in eval mode, or in training mode with
+    every buffer restored after it (``modules``: the model's modules, when the caller has
+    them)."""
+    with torch.no_grad(), model_mode(model, training, modules), \
+            preserved_buffers(model) if training else contextlib.nullcontext():
         out = run_model(model, example_inputs)
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
 
