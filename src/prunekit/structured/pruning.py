@@ -318,28 +318,16 @@ def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: Depen
     pruned = _shallow_clone(model, clones) if inplace else copy.deepcopy(model)
     try:
         apply_plan(pruned, plan, indices=indices)
-        # without a module swapped in, the clones are pruned.modules(): no second walk
-        swapped = any("swap" in entry for entry in plan["modules"].values())
-        shapes = _output_shapes(pruned, example_inputs,
-                                clones if clones and not swapped else None)
     except ConfigError:
         raise
     except Exception as exc:
         raise CheckFailed(f"the pruned model failed its forward check ({type(exc).__name__}: "
-                           f"{exc})", exc) from exc
-    if shapes != reference:
-        raise CheckFailed(f"pruning changed the model's output shapes from {reference} to "
-                          f"{shapes}", None)
-    trained = graph.trace.train_output_shapes  # layers only training runs were traced too
-    if trained is not None:
-        try:
-            shapes = _output_shapes(pruned, example_inputs, training=True)
-        except Exception as exc:
-            raise CheckFailed(f"the pruned model failed its forward check in training mode "
-                              f"({type(exc).__name__}: {exc})", exc) from exc
-        if shapes != trained:
-            raise CheckFailed(f"pruning changed the model's output shapes in training mode "
-                              f"from {trained} to {shapes}", None)
+                          f"{exc})", exc) from exc
+    # without a module swapped in, the clones are pruned.modules(): no second walk
+    swapped = any("swap" in entry for entry in plan["modules"].values())
+    _check_shapes(pruned, example_inputs, reference, clones if clones and not swapped else None)
+    if graph.trace.train_output_shapes is not None:  # layers only training runs were traced
+        _check_shapes(pruned, example_inputs, graph.trace.train_output_shapes, training=True)
     return pruned, plan
 
 
@@ -419,6 +407,24 @@ def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
     if isinstance(key, nn.Module) and id(key) in names:
         return names[id(key)]
     raise ConfigError(f"ratios keys must be submodules of the model or their paths, got {key!r}")
+
+
+def _check_shapes(model: nn.Module, example_inputs: ExampleInputs,
+                  reference: list[tuple[str, tuple[int, ...]]],
+                  modules: list[nn.Module] | None = None, *, training: bool = False) -> None:
+    """The forward check: ``model`` runs and gives the ``reference`` output shapes, else
+    CheckFailed saying how it failed."""
+    mode = " in training mode" if training else ""
+    try:
+        shapes = _output_shapes(model, example_inputs, modules, training=training)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise CheckFailed(f"the pruned model failed its forward check{mode} "
+                          f"({type(exc).__name__}: {exc})", exc) from exc
+    if shapes != reference:
+        raise CheckFailed(f"pruning changed the model's output shapes{mode} from {reference} "
+                          f"to {shapes}", None)
 
 
 def _output_shapes(model: nn.Module, example_inputs: ExampleInputs,
