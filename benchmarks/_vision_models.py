@@ -4,9 +4,14 @@ The torchvision wheels these machines can install are built against another torc
 compiled ops library (``torchvision/_C.so``) does not load, and ``import torchvision`` stops
 at its fake registrations for ``nms``/``qnms``. Classification models use no compiled op:
 defining those two schemas (no kernels) lets torchvision, and timm on top of it, import.
-Benchmark-only; prunekit never imports either.
+Benchmark-only; prunekit never imports either. Install them in a venv of their own: in the
+dev venv, ``import transformers`` (which imports torchvision when it is installed, without
+this shim) would fail and take the Hugging Face tests with it.
 
-    .venv/bin/pip install -c constraints.txt torchvision==0.28.0 timm
+    python3 -m venv .venv-vision
+    .venv-vision/bin/pip install -c constraints.txt torch==2.13.0
+    .venv-vision/bin/pip install -c constraints.txt -e . torchvision==0.28.0 timm torch-pruning
+    .venv-vision/bin/python benchmarks/structured_timm.py   # or structured_torchvision.py
 """
 
 from __future__ import annotations

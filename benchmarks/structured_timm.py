@@ -21,8 +21,8 @@ status per tool and gives the median time ratio over the models both tools prune
 
 Command (timm, torchvision and torch-pruning are benchmark-only dependencies):
 
-    .venv/bin/pip install -c constraints.txt torchvision==0.28.0 timm torch-pruning
-    .venv/bin/python benchmarks/structured_timm.py [--models resnet18,vit_tiny_patch16_224]
+    (in the venv of benchmarks/_vision_models.py, whose docstring says how to make it)
+    .venv-vision/bin/python benchmarks/structured_timm.py [--models resnet18,vit_tiny_patch16_224]
                                                    [--timeout 120] [--size 128]
                                                    [--no-strict] [--skip-tp]
 """

@@ -16,8 +16,8 @@ Torch-Pruning's (graph + prune, one run each, prunekit's including its validatio
 
 Command (torchvision, timm and torch-pruning are benchmark-only dependencies):
 
-    .venv/bin/pip install -c constraints.txt torchvision==0.28.0 timm torch-pruning
-    PYTHONPATH=src .venv/bin/python benchmarks/structured_torchvision.py \
+    (in the venv of benchmarks/_vision_models.py, whose docstring says how to make it)
+    PYTHONPATH=src .venv-vision/bin/python benchmarks/structured_torchvision.py \
         [--models resnet18,swin_t] [--timeout 180] [--size 128] [--max-params 62e6]
 """
 
