@@ -430,3 +430,15 @@ def test_user_forward_hooks_are_traced_through_and_left_in_place() -> None:
     assert list(model[0]._forward_hooks) == [handle.id]
     assert not torch.nn.modules.module._global_forward_hooks
     assert not torch.nn.modules.module._global_forward_pre_hooks
+
+
+def test_hook_handle_taken_before_an_in_place_prune_still_removes_its_hook() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    calls: list[int] = []
+    handle = model[0].register_forward_hook(lambda mod, args, out: calls.append(1))
+    prune(model, torch.randn(1, 3, 6, 6), ratio=0.5, inplace=True)
+    handle.remove()
+    calls.clear()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 6, 6))
+    assert calls == [] and not model[0]._forward_hooks

@@ -60,9 +60,10 @@ def test_shallow_clone_copies_empty_containers() -> None:
     clones: list[nn.Module] = []
     copy = _shallow_clone(model, clones)
     assert len(clones) == 3
-    for name in ("extra", "tags", "_forward_hooks", "_non_persistent_buffers_set"):
+    for name in ("extra", "tags", "_non_persistent_buffers_set"):
         got, original = getattr(copy, name), getattr(model, name)
         assert got == original and got is not original and type(got) is type(original)
+    assert copy._forward_hooks is model._forward_hooks  # a user's handle must reach it
     assert type(copy.table) is OrderedDict and copy.table["conv"] is copy[0]
     assert copy[0].weight is model[0].weight and copy[0] is not model[0]
 

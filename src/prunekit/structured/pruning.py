@@ -351,13 +351,24 @@ _SHARED = frozenset({bool, int, float, str, type(None), torch.Tensor, nn.Paramet
                      torch.dtype, torch.device})
 
 
+# nn.Module's hook registries: a RemovableHandle holds a weak reference to the dict itself
+_HOOK_DICTS = frozenset({
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+    "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+})
+
+
 def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> nn.Module:
     """The module tree copied, every tensor shared: new module objects whose attribute dicts
     and containers are copied one level, modules in them cloned (once each, so shared
     submodules stay shared). Much cheaper than ``copy.deepcopy``; safe wherever tensors are
     replaced rather than written into, as surgery does. A tuple without modules in it is
-    shared (it cannot change); a method bound to a module is bound to its clone. ``clones``
-    receives every new module."""
+    shared (it cannot change); a method bound to a module is bound to its clone. The hook
+    dicts are shared, so that a handle the user holds still removes its hook from the module
+    that an in-place prune leaves (surgery never adds or removes hooks). ``clones`` receives
+    every new module."""
     memo: dict[int, nn.Module] = {}
     module_type = nn.Module
 
@@ -370,7 +381,7 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> n
         state = module.__dict__.copy()
         for key, value in state.items():
             kind = type(value)
-            if kind in _SHARED:  # none of these types is copied below
+            if kind in _SHARED or key in _HOOK_DICTS:  # none of these is copied below
                 continue
             if kind is OrderedDict or kind is dict or isinstance(value, dict):
                 out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
