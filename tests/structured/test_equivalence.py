@@ -352,3 +352,24 @@ def test_transposed_weight_also_read_elementwise_is_kept_whole() -> None:
 
     result = prune(Both(), torch.randn(3, 6), ratio=0.5)
     assert result.model.w.shape == (8, 6) and "w" in result.coverage.fixed
+
+
+def test_square_weight_permuted_in_place_is_not_taken_for_its_transpose() -> None:
+    class Square(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 8)
+            self.w = nn.Parameter(torch.randn(8, 8) * 0.5)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x: Tensor) -> Tensor:  # permute(0, 1) keeps W as it is
+            return self.out(F.relu(F.relu(self.a(x)) @ self.w.permute(0, 1)))
+
+    torch.manual_seed(0)
+    model, x = Square().eval(), torch.randn(2, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=4)
+    # W's elements are read through a view that is no transpose: kept whole, and so are the
+    # channels it mixes (taken for W.t(), its axes were cut the wrong way round)
+    assert result.model.w.shape == (8, 8) and result.model.a.out_features == 8
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), model(x), rtol=0, atol=0)

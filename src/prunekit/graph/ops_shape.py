@@ -98,8 +98,10 @@ def _defer_weight_transpose(ctx: TraceContext, call: OpCall) -> bool:
     else reads it. False (nothing done) for any other call."""
     source = call.args[0] if call.args else call.kwargs.get("input")
     out = call.out
+    # a swap of the two dims, not any call that keeps a square weight's shape (permute(0, 1))
     if not (isinstance(source, Tensor) and isinstance(out, Tensor) and source.dim() == 2
-            and out.shape == source.shape[::-1] and ctx.is_param(source)):
+            and out.shape == source.shape[::-1] and out.stride() == source.stride()[::-1]
+            and out.stride() != source.stride() and ctx.is_param(source)):
         return False
     ctx.defer_transpose(out, source)
     return True

@@ -309,10 +309,11 @@ class TraceContext:
         outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
         if not outputs and not (inputs and _is_setitem(func)):
             return
-        labels, vectors, params = self._labels, self._vectors, self._param_names
+        labels, vectors, params, views = (self._labels, self._vectors, self._param_names,
+                                          self._param_views)
         for t in inputs:  # any(self.is_tracked(t) for t in inputs), inlined: once per op
             key = id(t)
-            if key in labels or key in vectors or key in params or key in self._param_views:
+            if key in labels or key in vectors or key in params or key in views:
                 break
         else:
             return
@@ -497,7 +498,8 @@ def trace(
                 try:
                     train_shapes = _traced_pass(ctx, model, example_inputs, handlers, recorder,
                                                 modules, training=True)
-                except Exception:
+                except Exception:  # best effort (one-sample BatchNorm, an op only training
+                    # runs): what ran is coupled; without its shapes no training-mode check
                     train_shapes = None
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx._calls.mode = None

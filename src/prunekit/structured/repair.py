@@ -92,6 +92,7 @@ def without_breaking_groups(
     blocked = dict(graph.blocked)
     for i in bad:
         blocked.update(dict.fromkeys(graph.groups[i].units.tolist(), reason))
-    kept = [i for i in range(len(graph.groups)) if i not in set(bad)]
+    dropped = set(bad)
+    kept = [i for i in range(len(graph.groups)) if i not in dropped]
     graph = replace(graph, groups=tuple(graph.groups[i] for i in kept), blocked=blocked)
     return graph, [masks[i] for i in kept]
