@@ -315,9 +315,10 @@ def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
 
 
 def _merges_heads(name: str) -> bool:
-    """``all_head_size``, ``inner_dim``, timm's ``attn_dim``: the width of all heads side by
-    side (not a per-head size such as ``attention_head_size``)."""
-    return "all_head" in name or "inner" in name or (
+    """``all_head_size``, ``inner_dim``, timm's ``attn_dim`` and ``val_attn_dim`` (LeViT,
+    EfficientFormer): the width of all heads side by side (not a per-head size such as
+    ``attention_head_size``)."""
+    return "all_head" in name or "inner" in name or "attn_dim" in name or (
         name.startswith(("attn", "attention")) and "head" not in name)
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit._buffers import preserved_buffers
+from prunekit._caches import recomputed_caches
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.hooks import CallStack, Recorder
@@ -491,16 +492,18 @@ def trace(
     handlers = opaque_scripts(lookup)
     train_shapes = None
     try:
-        shapes = _traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
-                              training=False)
-        if _unvisited_layers(ctx, handlers):
-            with preserved_buffers(model):
-                try:
-                    train_shapes = _traced_pass(ctx, model, example_inputs, handlers, recorder,
-                                                modules, training=True)
-                except Exception:  # best effort (one-sample BatchNorm, an op only training
-                    # runs): what ran is coupled; without its shapes no training-mode check
-                    train_shapes = None
+        with recomputed_caches(modules):
+            shapes = _traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
+                                  training=False)
+            if _unvisited_layers(ctx, handlers):
+                with preserved_buffers(model):
+                    try:
+                        train_shapes = _traced_pass(ctx, model, example_inputs, handlers,
+                                                    recorder, modules, training=True)
+                    except Exception:  # best effort (one-sample BatchNorm, an op only
+                        # training runs): what ran is coupled; without its shapes no
+                        # training-mode check
+                        train_shapes = None
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx._calls.mode = None
         ctx._labels.clear()

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from prunekit._caches import clear_caches
 from prunekit.errors import ConfigError
 from prunekit.graph.dependency import DependencyGraph
 from prunekit.structured.adapters import ParamSlicer, find_adapter
@@ -298,6 +299,7 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
         setattr(parent_module, child, SkipBlock())
     for module, attr, value in attrs:
         setattr(module, attr, value)
+    clear_caches(modules.values())  # tensors cached at the old widths (prunekit._caches)
     for adapter, module, _ in cuts:
         adapter.sync(module)
     for module, *_ in params:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import gc
 import types
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from prunekit._buffers import preserved_buffers
+from prunekit._caches import copy_model
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_width
 from prunekit.errors import ConfigError, check_choice, check_fraction
@@ -315,7 +315,7 @@ def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: Depen
     # surgery replaces tensors instead of writing into them, so with inplace=True a clone
     # that shares them is enough to leave the user's model untouched on failure
     clones: list[nn.Module] = []
-    pruned = _shallow_clone(model, clones) if inplace else copy.deepcopy(model)
+    pruned = _shallow_clone(model, clones) if inplace else copy_model(model)
     try:
         apply_plan(pruned, plan, indices=indices)
     except ConfigError:

@@ -1,0 +1,103 @@
+"""Tensors a model caches in plain dict attributes, and copying a model that holds some.
+
+Models keep tensors computed from their parameters in dicts between calls: timm's LeViT,
+EfficientFormer and TinyViT fill ``self.attention_bias_cache`` in eval mode with the
+attention biases gathered for the current device. Such a dict is a *cache* here when its
+attribute name says so (``*cache*``): its entries can be dropped at any time, since the
+forward recomputes them. Structured pruning relies on that twice:
+
+- the trace runs with every cache emptied (:func:`recomputed_caches`), so that it sees the
+  cached tensor being computed from its parameters (and cuts them with their channels)
+  instead of meeting a tensor of unknown origin; the contents are put back afterwards,
+  and entries the traced forward added to any other dict attribute are removed again, so
+  the model is left as it was;
+- the pruned model starts with its caches empty (:func:`clear_caches`): a tensor cached
+  before the cut would have the old width.
+
+``copy.deepcopy`` refuses tensors that are not graph leaves, which a cache filled while
+autograd recorded holds; :func:`copy_model` copies such tensors detached instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["clear_caches", "copy_model", "recomputed_caches"]
+
+# nn.Module's own attributes (parameter, buffer, submodule and hook registries): never a
+# cache of the model's code
+_MODULE_OWN = frozenset(nn.Module().__dict__)
+
+
+def _dict_attributes(module: nn.Module) -> Iterator[tuple[str, dict[Any, Any]]]:
+    for key, value in module.__dict__.items():
+        if isinstance(value, dict) and key not in _MODULE_OWN:
+            yield key, value
+
+
+def _is_cache(name: str) -> bool:
+    return "cache" in name.lower()
+
+
+@contextlib.contextmanager
+def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Run the block with every cache dict of ``modules`` emptied; afterwards each cache
+    holds what it held before, and every other dict attribute loses the keys the block
+    added (values it replaced are left replaced)."""
+    caches: list[tuple[dict[Any, Any], dict[Any, Any]]] = []
+    others: list[tuple[dict[Any, Any], frozenset[Any]]] = []
+    for module in modules:
+        for key, value in _dict_attributes(module):
+            if _is_cache(key):
+                caches.append((value, dict(value)))
+                value.clear()
+            else:
+                others.append((value, frozenset(value)))
+    try:
+        yield
+    finally:
+        for cache, saved in caches:
+            cache.clear()
+            cache.update(saved)
+        for mapping, keys in others:
+            if len(mapping) != len(keys) or not keys.issuperset(mapping):
+                for added in [k for k in mapping if k not in keys]:
+                    del mapping[added]
+
+
+def clear_caches(modules: Iterable[nn.Module]) -> None:
+    """Empty every cache dict of ``modules`` (the dict objects are kept)."""
+    for module in modules:
+        for key, value in _dict_attributes(module):
+            if _is_cache(key):
+                value.clear()
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, except that caches are copied empty and a tensor attribute
+    that is not a graph leaf (cached while autograd recorded) is copied detached, where
+    deepcopy would raise."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for key, value in module.__dict__.items():
+            if key in _MODULE_OWN:
+                continue
+            if isinstance(value, dict):
+                if _is_cache(key):
+                    memo[id(value)] = empty = copy.copy(value)  # keeps its type
+                    empty.clear()
+                    continue
+                values: Iterable[Any] = value.values()
+            elif isinstance(value, (list, tuple)):
+                values = value
+            else:
+                values = (value,)
+            for item in values:
+                if isinstance(item, Tensor) and not item.is_leaf:
+                    memo[id(item)] = item.detach().clone()
+    return copy.deepcopy(model, memo)

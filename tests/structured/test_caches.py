@@ -1,0 +1,152 @@
+"""Tensors a model caches in dict attributes (timm's LeViT / EfficientFormer / TinyViT
+``attention_bias_cache``): the trace recomputes them from their parameters, the pruned
+model starts without the stale ones, and the user's model keeps its own."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from prunekit._caches import copy_model, recomputed_caches
+from prunekit.io.checkpoint import load, save
+from prunekit.structured import prune
+
+
+class BiasCacheAttention(nn.Module):
+    """LeViT's attention: per-head biases over relative offsets, gathered once per device
+    in eval mode and kept in ``attention_bias_cache``; heads merged into ``val_attn_dim``."""
+
+    def __init__(self, dim: int = 24, heads: int = 4, key_dim: int = 6, res: int = 3) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim = heads, key_dim
+        self.val_attn_dim = heads * key_dim
+        self.qkv = nn.Linear(dim, heads * key_dim * 3)
+        self.proj = nn.Linear(heads * key_dim, dim)
+        points = list(itertools.product(range(res), range(res)))
+        offsets: dict[tuple[int, int], int] = {}
+        idxs = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets))
+                for a in points for b in points]
+        self.attention_biases = nn.Parameter(torch.randn(heads, len(offsets)))
+        self.register_buffer("attention_bias_idxs",
+                             torch.tensor(idxs).view(len(points), len(points)), persistent=False)
+        self.attention_bias_cache: dict[str, Tensor] = {}
+
+    def biases(self, device: torch.device) -> Tensor:
+        if self.training:
+            return self.attention_biases[:, self.attention_bias_idxs]
+        key = str(device)
+        if key not in self.attention_bias_cache:
+            self.attention_bias_cache[key] = self.attention_biases[:, self.attention_bias_idxs]
+        return self.attention_bias_cache[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.num_heads, -1).split([self.key_dim] * 3, dim=3)
+        q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+        attn = (q @ k.transpose(-2, -1) + self.biases(x.device)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.val_attn_dim))
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = BiasCacheAttention()
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head((x + self.attn(x)).mean(1))
+
+
+def _net_and_input() -> tuple[Net, Tensor]:
+    torch.manual_seed(0)
+    return Net().eval(), torch.randn(2, 9, 24)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("filled", ["fresh", "no_grad", "grad"])
+def test_cached_biases_are_cut_with_their_heads(filled: str, inplace: bool) -> None:
+    model, x = _net_and_input()
+    if filled == "no_grad":
+        with torch.no_grad():
+            model(x)
+    elif filled == "grad":
+        model(x)  # the cache holds a tensor autograd recorded: not a graph leaf
+    with torch.no_grad():
+        expected = model(x) if filled != "fresh" else None
+    cached = dict(model.attn.attention_bias_cache)
+    biases = model.attn.attention_biases.detach().clone()
+    result = prune(model, x, ratio=0.5, ignore=[model.head], inplace=inplace)
+    pruned = result.model.attn
+    assert pruned.num_heads == 2 and pruned.val_attn_dim == 12
+    kept = result.plan["params"]["attn.attention_biases"]["keep"]["0"]
+    assert torch.equal(pruned.attention_biases, biases[kept])
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 5)
+    # the validation forward cached the pruned biases, not the old ones
+    assert all(t.shape[0] == 2 for t in pruned.attention_bias_cache.values())
+    if not inplace:  # the user's model, its cache included, is as it was
+        assert model.attn.attention_bias_cache.keys() == cached.keys()
+        assert all(model.attn.attention_bias_cache[k] is v for k, v in cached.items())
+        if expected is not None:
+            with torch.no_grad():
+                assert torch.equal(model(x), expected)
+
+
+def test_cached_model_at_ratio_zero_and_reloaded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, x = _net_and_input()
+    with torch.no_grad():
+        model(x)
+        expected = model(x)
+    same = prune(model, x, ratio=0.0, ignore=[model.head])
+    with torch.no_grad():
+        assert torch.equal(same.model(x), expected)
+    result = prune(model, x, ratio=0.5, ignore=[model.head])
+    save(result, tmp_path / "p")
+    fresh, _ = _net_and_input()
+    with torch.no_grad():
+        fresh(x)  # a base model that cached its full-width biases before the replay
+    loaded = load(tmp_path / "p", fresh)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
+
+
+class Recorder(nn.Module):
+    """Writes into a dict attribute that is not a cache: the trace's entries are removed
+    again; what was there before stays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.seen: dict[tuple[int, ...], Tensor] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        self.seen[tuple(x.shape)] = y.mean()
+        return y.mean((2, 3))
+
+
+def test_dict_entries_the_trace_adds_are_removed() -> None:
+    model = Recorder()
+    earlier = torch.tensor(1.0)
+    model.seen[(1,)] = earlier
+    with recomputed_caches(model.modules()):
+        model(torch.randn(1, 3, 8, 8))
+        assert len(model.seen) == 2
+    assert model.seen == {(1,): earlier}
+
+
+def test_copy_model_detaches_non_leaf_tensors_and_empties_caches() -> None:
+    model, x = _net_and_input()
+    model(x)
+    model.attn.extra = {"sum": model.attn.attention_biases.sum() * 2}  # not a graph leaf
+    with pytest.raises(RuntimeError, match="graph leaves"):
+        copy.deepcopy(model)
+    copied = copy_model(model)
+    assert copied.attn.attention_bias_cache == {} and len(model.attn.attention_bias_cache) == 1
+    assert copied.attn.extra["sum"].is_leaf
+    assert torch.equal(copied.attn.extra["sum"], model.attn.extra["sum"].detach())
+    assert copied.attn.attention_biases is not model.attn.attention_biases
