@@ -290,20 +290,6 @@ def test_functional_layers_with_own_weights() -> None:
     assert fresh.w1.shape == (4, 3, 3, 3)
 
 
-def test_functional_grouped_conv_is_reported() -> None:
-    class Grouped(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 1)
-            self.weight = nn.Parameter(torch.randn(8, 4, 1, 1))
-
-        def forward(self, x: Tensor) -> Tensor:
-            return F.conv2d(self.conv(x), self.weight, groups=2)
-
-    with pytest.raises(UnsupportedOpError, match="conv2d"):
-        prune(Grouped(), torch.randn(1, 3, 6, 6), ratio=0.5)
-
-
 def test_train_mode_model_keeps_its_statistics_and_mode() -> None:
     entry = BY_NAME["resnet_basic"]
     model, inputs = entry.build().train(), entry.example_inputs()

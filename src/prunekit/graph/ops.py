@@ -73,6 +73,7 @@ _BUILTIN_FAMILIES = (
     "prunekit.graph.ops_norm",
     "prunekit.graph.ops_einsum",
     "prunekit.graph.ops_layer",
+    "prunekit.graph.ops_unfold",
 )
 _loaded = False
 

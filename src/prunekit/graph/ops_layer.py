@@ -1,13 +1,15 @@
 """Functional layers: ``F.linear``, ``F.conv1d/2d/3d`` and ``F.embedding`` called by code
 with a weight.
 
-When the weight is a parameter of the model (``F.linear(x, self.weight, self.bias)``, a
-weight-standardised conv), it is treated like the weight of a Linear/Conv layer: its
-output axis makes fresh channels, its input axis reads the input's channels, and both are
-cut with their groups (the plan lists the parameter's axes). With a computed weight,
-``F.linear`` is a matrix product; a computed conv weight is not supported. ``F.embedding``
-(an ``nn.Embedding`` subclass with a forward of its own, such as a scaled word embedding)
-makes its weight's columns the output's channels; the indices couple nothing.
+When the weight is a parameter or buffer of the model (``F.linear(x, self.weight,
+self.bias)``, a blur filter ``F.conv2d(x, self.filt, groups=C)``), it is treated like the
+weight of a Linear/Conv layer: its output axis makes fresh channels, its input axis reads
+the input's channels, and both are cut with their groups (the plan lists the parameter's
+axes); a grouped or depthwise conv couples them as ``nn.Conv2d``'s adapter does. With a
+computed weight, ``F.linear`` is a matrix product; a computed conv weight is not supported.
+``F.embedding`` (an ``nn.Embedding`` subclass with a forward of its own, such as a scaled
+word embedding) makes its weight's columns the output's channels; the indices couple
+nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any
 
 from torch import Tensor
 
-from prunekit.graph.labels import consume, emit
+from prunekit.graph.labels import consume, emit, rep_along
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_matmul import contract
 from prunekit.graph.ops_pointwise import combine
-from prunekit.graph.trace import TraceContext
+from prunekit.graph.ops_shape import int_attributes, running_module_phrase
+from prunekit.graph.trace import ParamRecord, TraceContext
 
 
 def _arg(call: OpCall, position: int, name: str) -> Any:
@@ -33,26 +36,78 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise OpNotMappable("input and weight must be tensors")
     linear = call.name == "linear"
+    groups = 1 if linear else _arg(call, 6, "groups")
+    groups = 1 if groups is None else groups
     if linear:
         channel_in = channel_out = -1
     else:
-        if _arg(call, 6, "groups") not in (None, 1):
-            raise OpNotMappable("grouped functional convolutions are not supported")
         channel_in = channel_out = 1 if x.dim() == weight.dim() else 0
     record = ctx.layer_weight(weight)
     if record is None:
         if not linear:
             raise OpNotMappable("its weight is computed, not a parameter of the model")
         labels = contract(ctx, ctx.labels(x), ctx.labels(weight).t(), tuple(out.shape))
-    else:
+    elif groups == 1:
         ctx.weight_axis(record, 1, labels=consume(ctx.space, ctx.labels(x), channel_in))
         ids = ctx.weight_axis(record, 0, count=int(weight.shape[0]))
+        labels = emit(ctx.space.find(ids), channel_out, out.shape)
+    else:
+        ids = _grouped_conv(ctx, call, x, weight, record, groups, channel_in)
         labels = emit(ctx.space.find(ids), channel_out, out.shape)
     if isinstance(bias, Tensor):
         view = [1] * out.dim()
         view[channel_out] = bias.numel()
         labels = combine(ctx, [labels, ctx.labels(bias).reshape(view)], out.shape)
     ctx.set_labels(out, labels)
+
+
+def _grouped_conv(ctx: TraceContext, call: OpCall, x: Tensor, weight: Tensor,
+                  record: ParamRecord, groups: Any, channel_in: int) -> Tensor:
+    """Labels of the output channels of a grouped functional conv whose weight
+    ``[out, in / groups, *k]`` is a parameter or buffer, coupled as ``nn.Conv2d``'s adapter
+    couples them (:mod:`prunekit.structured.adapters_conv`).
+
+    Depthwise (one input channel per group, a blur filter or a smoothing kernel held in a
+    buffer): output channel ``g·m + i`` reads input channel ``g``, so the weight's rows (and
+    the bias) follow the input's channels, whole groups go, and the group count written in
+    the call must shrink with them; it does when it is read from the input
+    (``groups=x.shape[1]``) or held by one int attribute of the running module
+    (``self.channels``: bound and rewritten). Several input channels per group: the group
+    count stays and channel ``j`` of every group leaves together, on both sides."""
+    cin, cout = x.shape[channel_in], weight.shape[0]
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or \
+            cin != groups * weight.shape[1] or cout % groups:
+        raise OpNotMappable(f"groups={groups!r} does not divide input channels {cin} and "
+                            f"weight of shape {tuple(weight.shape)} into groups")
+    space = ctx.space
+    in_labels = ctx.consume(x, channel_in)
+    if weight.shape[1] == 1:  # depthwise: output channel g·m + i follows input channel g
+        out_labels = ctx.weight_axis(record, 0, labels=in_labels.repeat_interleave(cout // cin))
+        _bind_group_count(ctx, call, groups, in_labels)
+        return out_labels
+    rep_along(space, in_labels.view(groups, -1), (0,))
+    ctx.weight_axis(record, 1, labels=in_labels.view(groups, -1)[0])
+    ids = ctx.weight_axis(record, 0, count=int(cout))
+    rep_along(space, ids.view(groups, -1), (0,))
+    return ids
+
+
+def _bind_group_count(ctx: TraceContext, call: OpCall, groups: int, channels: Tensor) -> None:
+    """A depthwise conv's group count is its input width: where one int attribute of the
+    running module holds it, that attribute is rewritten with the channels kept; where
+    several do, which one the call reads is unknown, so the channels are kept whole. None:
+    the count is read from the input (``x.shape[1]``) and follows by itself, or it is a
+    literal, which the forward check after surgery reports."""
+    holders = [k for k, v in int_attributes(ctx).items() if v == groups]
+    if len(holders) > 1:
+        holders = [k for k in holders if "channel" in k or "group" in k] or holders
+    if len(holders) == 1:
+        ctx.bind_attribute(ctx.path, holders[0], channels)
+    elif holders:
+        ctx.block(channels, f"{call.display} takes groups={groups}, which several attributes "
+                            f"of {running_module_phrase(ctx)} hold ({', '.join(holders)}), "
+                            f"so which one to rewrite is unknown; pass groups=x.shape[1] to "
+                            f"prune these channels")
 
 
 def _embedding(ctx: TraceContext, call: OpCall) -> None:
