@@ -309,17 +309,17 @@ def test_masked_model_asks_for_strip(lenet: LeNet5, lenet_input: Tensor) -> None
     assert prune(lenet, lenet_input, ratio=0.5).params_kept < 0.6
 
 
-def test_weight_norm_names_the_torch_fix_that_works() -> None:
+def test_parametrization_error_names_the_torch_fix_that_works() -> None:
     from torch.nn.utils import parametrizations, parametrize
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
                           nn.Flatten(), nn.Linear(8 * 4 * 4, 4)).eval()
-    parametrizations.weight_norm(model[2])
+    parametrizations.spectral_norm(model[2])
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         before = model(x)
-    fix = (r"2\.weight \(_WeightNorm\).*remove_parametrizations"
+    fix = (r"2\.weight \(_SpectralNorm\).*remove_parametrizations"
            r"\(model\.get_submodule\('2'\), 'weight'\)")
     with pytest.raises(ConfigError, match=fix):
         prune(model, x, ratio=0.5)
@@ -327,6 +327,18 @@ def test_weight_norm_names_the_torch_fix_that_works() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(x), before)
     assert prune(model, x, ratio=0.5).params_kept < 0.6
+
+
+def test_weight_norm_is_pruned_without_removing_it() -> None:
+    from torch.nn.utils import parametrizations, parametrize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 4)).eval()
+    parametrizations.weight_norm(model[2])
+    result = prune(model, torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert result.params_kept < 0.6
+    assert parametrize.is_parametrized(result.model[2], "weight")
 
 
 def test_summary_reports_params_and_macs(lenet: LeNet5, lenet_input: Tensor) -> None:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
 from prunekit.graph.trace import ModuleCall, TraceContext
+from prunekit.structured.weight_norm import cut_g, normed_axis
 
 __all__ = [
     "LayerAdapter",
@@ -135,13 +136,25 @@ def find_adapter(module: nn.Module, *, atomic: bool = True) -> LayerAdapter | No
 
 class ParamSlicer:
     """Cuts parameters and buffers along an axis; a tensor shared by several modules (tied
-    weights) is cut once per axis and the same new tensor is set everywhere it was used."""
+    weights) is cut once per axis and the same new tensor is set everywhere it was used.
+    A weight-normed tensor is cut through its ``v`` and ``g`` (:mod:`.weight_norm`)."""
 
     def __init__(self) -> None:
         self._state: dict[int, tuple[Tensor, Tensor, dict[int, Tensor]]] = {}
         self._holders: dict[int, list[tuple[nn.Module, str]]] = {}
+        self._normed: dict[int, nn.Module] = {}  # weight norm chains whose v was cut
 
     def slice(self, module: nn.Module, attr: str, axis: int, index: Tensor) -> None:
+        chains = module._modules.get("parametrizations")
+        if chains is not None and attr in chains._modules:  # (pruning lets only weight norm in)
+            chain = chains._modules[attr]
+            assert chain is not None
+            self._normed[id(chain)] = chain
+            v = chain.original1
+            assert isinstance(v, Tensor)
+            # v; g follows in finish(), which matches axes with weight norm's dim
+            self.slice(chain, "original1", axis % v.dim(), index)
+            return
         original = getattr(module, attr, None)
         if not isinstance(original, Tensor):
             return
@@ -171,6 +184,9 @@ class ParamSlicer:
 
     def finish(self) -> None:
         """Install the cut tensors (as Parameters where the original was one)."""
+        for chain in self._normed.values():
+            self._cut_g(chain)
+        self._normed.clear()
         for key, (orig, current, _) in self._state.items():
             if is_parameter(orig):
                 new: Tensor = nn.Parameter(current, requires_grad=orig.requires_grad)
@@ -185,6 +201,17 @@ class ParamSlicer:
                     setattr(module, attr, new)
         self._state.clear()
         self._holders.clear()
+
+    def _cut_g(self, chain: nn.Module) -> None:
+        """Queue weight norm's ``g`` to match the cut ``v``, so the kept weights stay exact."""
+        g, v = chain.original0, chain.original1
+        assert isinstance(g, Tensor) and isinstance(v, Tensor)
+        _, v_cut, done = self._state[id(v)]
+        axis = normed_axis(chain)
+        keep = done.get(axis) if axis is not None else None
+        others = any(a != axis for a in done)
+        self._state[id(g)] = (g, cut_g(g, v, v_cut, axis, keep, others), {})
+        self._holders[id(g)] = [(chain, "original0")]
 
 
 def is_parameter(value: object) -> TypeGuard[nn.Parameter]:
@@ -231,11 +258,16 @@ class Axis:
 
 
 def views_from_axes(module: nn.Module, dim: str, axes: tuple[Axis, ...]) -> list[WeightView]:
-    """Weight views of every float parameter in ``axes`` that runs along ``dim``."""
+    """Weight views of every float parameter in ``axes`` that runs along ``dim`` (of a
+    weight-normed one, the effective weight, without a gradient: it has no ``.grad``)."""
     out = []
+    chains = module._modules.get("parametrizations")
     for spec in axes:
+        if spec.dim != dim:
+            continue
         tensor = getattr(module, spec.attr, None)
-        if spec.dim == dim and is_parameter(tensor):
+        if is_parameter(tensor) or (chains is not None and spec.attr in chains._modules
+                                    and isinstance(tensor, Tensor)):
             out.append(WeightView(rows(tensor, spec.axis), spec.kind, dim,
                                   grad_rows(tensor, spec.axis)))
     return out

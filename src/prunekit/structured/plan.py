@@ -34,6 +34,7 @@ from prunekit._caches import clear_caches
 from prunekit.errors import ConfigError
 from prunekit.graph.dependency import DependencyGraph
 from prunekit.structured.adapters import ParamSlicer, find_adapter
+from prunekit.structured.weight_norm import is_weight_normed, legacy_error, legacy_weight_norms
 
 __all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "SwapTypeAdapter", "apply_plan", "build_plan",
            "replay_plan"]
@@ -238,9 +239,12 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
         adapter = find_adapter(module)
         if adapter is None:
             raise ConfigError(f"no layer adapter for {type(module).__name__} at {name!r}")
-        if is_parametrized(module):
+        if is_parametrized(module) and not is_weight_normed(module):
             raise ConfigError(f"layer {name!r} carries a parametrization (a sparsity mask?); "
                               f"bake it in first with prunekit.strip(model), then prune")
+        legacy = legacy_weight_norms([(name, module)])
+        if legacy:
+            raise legacy_error(legacy)
         keep = {dim: indices["modules", name, dim] if indices is not None
                 else _index(v, f"{name}.{dim}") for dim, v in entry["keep"].items()}
         if "swap" in entry:

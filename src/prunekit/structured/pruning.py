@@ -35,6 +35,7 @@ from prunekit.metrics.profile import Profile, profile
 from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
 from prunekit.structured.plan import apply_plan, is_parametrized, plan_with_indices
 from prunekit.structured.repair import CheckFailed, without_breaking_groups
+from prunekit.structured.weight_norm import is_weight_normed, legacy_error, legacy_weight_norms
 
 __all__ = ["Analysis", "PruneResult", "analyze", "prune"]
 
@@ -163,9 +164,15 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
                       strict: bool, aggregation: Aggregation, normalization: Normalization,
                       seed: int) -> tuple[DependencyGraph, list[torch.Tensor]]:
     criterion = get_group_criterion(importance)
+    # before the trace, which would stop at the torch._weight_norm its hooks run
+    legacy = legacy_weight_norms(model.named_modules())
+    if legacy:
+        raise legacy_error(legacy)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
+    # weight norm alone is cut exactly (structured.weight_norm); any other parametrization
+    # computes a tensor that cannot be cut
     masked = [(name, rec.module) for name, rec in traced.modules.items()
-              if is_parametrized(rec.module)]
+              if is_parametrized(rec.module) and not is_weight_normed(rec.module)]
     if masked:
         raise _parametrized_error(masked)
     graph = build_groups(model, traced, ignore, axes_of=_axes_of)
@@ -173,16 +180,20 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
     # same paths as named_modules() / named_parameters() + named_buffers()
     modules = {name: record.module for name, record in traced.modules.items()}
     params = {name: record.tensor for name, record in traced.params.items()}
-    inputs = [(g, _member_views(g, modules, params, model)) for g in graph.groups]
+    # no grad: a view of a weight a parametrization computes (weight norm) is then a leaf
+    # without a graph, whose .grad (None) reads without torch's non-leaf warning
+    with torch.no_grad():
+        inputs = [(g, _member_views(g, modules, params, model)) for g in graph.groups]
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
     return graph, scores
 
 
 def _parametrized_error(masked: list[tuple[str, nn.Module]]) -> ConfigError:
-    """What to do about layers whose tensors are computed by parametrizations: prunekit's
-    sparsity masks are baked in by ``strip``; torch's own (weight_norm, spectral_norm, ...)
-    by ``remove_parametrizations``, which keeps the tensor's current value."""
+    """What to do about layers whose tensors are computed by parametrizations other than a
+    lone weight norm: prunekit's sparsity masks are baked in by ``strip``; torch's own
+    (spectral_norm, orthogonal, ...) by ``remove_parametrizations``, which keeps the
+    tensor's current value."""
     chains = [(name, cast(dict[str, nn.ModuleList], module.parametrizations))
               for name, module in masked]  # a ModuleDict of ParametrizationLists
     found = [f"{name or 'the model'}.{tensor} ({', '.join(type(p).__name__ for p in chain)})"
@@ -192,8 +203,9 @@ def _parametrized_error(masked: list[tuple[str, nn.Module]]) -> ConfigError:
     where = f"model.get_submodule({name!r})" if name else "model"
     return ConfigError(
         f"tensors {found} are computed by parametrizations, which structured pruning cannot "
-        f"cut. Bake them in first: prunekit's sparsity masks (WeightMask) with "
-        f"prunekit.strip(model); torch's (weight_norm, spectral_norm, ...) with "
+        f"cut (weight_norm alone on a layer's tensors it cuts exactly; not chained with "
+        f"another, nor spectral_norm or others). Bake them in first: prunekit's sparsity "
+        f"masks (WeightMask) with prunekit.strip(model); torch's (spectral_norm, ...) with "
         f"torch.nn.utils.parametrize.remove_parametrizations({where}, {tensor!r}) for each "
         f"(outputs unchanged), then prune and re-apply them if you train with them"
     )
