@@ -15,7 +15,8 @@ forward recomputes them. Structured pruning relies on that twice:
   before the cut would have the old width.
 
 ``copy.deepcopy`` refuses tensors that are not graph leaves, which a cache filled while
-autograd recorded holds; :func:`copy_model` copies such tensors detached instead.
+autograd recorded holds; :func:`copy_model` copies such tensors detached instead, and gives
+each parametrized module of the copy a class of its own (:func:`own_parametrized_class`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-__all__ = ["clear_caches", "copy_model", "recomputed_caches"]
+__all__ = ["clear_caches", "copy_model", "own_parametrized_class", "recomputed_caches"]
 
 # nn.Module's own attributes (parameter, buffer, submodule and hook registries): never a
 # cache of the model's code
@@ -79,9 +81,9 @@ def clear_caches(modules: Iterable[nn.Module]) -> None:
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy(model)``, except that caches are copied empty and a tensor attribute
+    """``copy.deepcopy(model)``, except that caches are copied empty, a tensor attribute
     that is not a graph leaf (cached while autograd recorded) is copied detached, where
-    deepcopy would raise."""
+    deepcopy would raise, and parametrized modules get a class of their own."""
     memo: dict[int, Any] = {}
     for module in model.modules():
         for key, value in module.__dict__.items():
@@ -100,4 +102,22 @@ def copy_model(model: nn.Module) -> nn.Module:
             for item in values:
                 if isinstance(item, Tensor) and not item.is_leaf:
                     memo[id(item)] = item.detach().clone()
-    return copy.deepcopy(model, memo)
+    copied = copy.deepcopy(model, memo)
+    for module in copied.modules():
+        own_parametrized_class(module)
+    return copied
+
+
+def own_parametrized_class(module: nn.Module) -> None:
+    """Give ``module`` a private copy of torch's injected ``Parametrized<Cls>`` class.
+
+    ``copy.deepcopy`` of a parametrized module shares that class with the original, and
+    ``register_parametrization`` / ``remove_parametrizations`` edit properties *on the class*:
+    without this, removing a parametrization from a copy would delete ``weight`` from the
+    user's original model.
+    """
+    if not parametrize.is_parametrized(module):
+        return
+    cls = type(module)
+    attrs = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, attrs)

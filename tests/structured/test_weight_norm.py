@@ -322,3 +322,17 @@ def test_weight_norm_class_is_the_one_torch_registers() -> None:
     # torch renames it
     layer = weight_norm(nn.Linear(2, 2))
     assert type(layer.parametrizations.weight[0]) is _WeightNorm
+
+
+def test_removing_the_pruned_copys_weight_norm_leaves_the_original_alone() -> None:
+    """``deepcopy`` shares torch's ``Parametrized<Cls>`` class, whose properties
+    ``remove_parametrizations`` deletes: the pruned copy has a class of its own."""
+    model, x = Chain("conv1d", 0).eval(), _inputs("conv1d")
+    with torch.no_grad():
+        expected = model(x)
+    pruned = prune(model, x, ratio=0.5).model
+    parametrize.remove_parametrizations(pruned.mid, "weight")
+    assert not parametrize.is_parametrized(pruned.mid)
+    assert parametrize.is_parametrized(model.mid) and type(model.mid) is not type(pruned.mid)
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)

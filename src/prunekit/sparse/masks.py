@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunekit._caches import own_parametrized_class
+
 
 class WeightMask(nn.Module):
     """Parametrization multiplying a tensor by a fixed 0/1 mask buffer."""
@@ -25,20 +27,6 @@ class WeightMask(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.mask.to(x.dtype)
-
-
-def _own_parametrized_class(module: nn.Module) -> None:
-    """Give ``module`` a private copy of torch's injected ``Parametrized<Cls>`` class.
-
-    ``copy.deepcopy`` of a parametrized module shares that class with the original, and
-    ``register_parametrization`` / ``remove_parametrizations`` edit properties *on the class*:
-    without this, stripping a copy would delete ``weight`` from the user's original model.
-    """
-    if not parametrize.is_parametrized(module):
-        return
-    cls = type(module)
-    attrs = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-    module.__class__ = type(cls.__name__, cls.__bases__, attrs)
 
 
 def _parametrizations(module: nn.Module) -> nn.ModuleDict:
@@ -72,7 +60,7 @@ def apply_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
     if existing is not None:
         existing.mask.copy_(mask.to(existing.mask.device, torch.bool))
         return
-    _own_parametrized_class(module)
+    own_parametrized_class(module)
     parametrize.register_parametrization(module, name, WeightMask(mask.to(current.device)))
 
 
@@ -99,7 +87,7 @@ def remove_mask(module: nn.Module, name: str, *, bake: bool = True) -> None:
     """Drop the mask on ``module.<name>``; with ``bake`` the pruned entries stay zero."""
     if _find_mask(module, name) is None:
         return
-    _own_parametrized_class(module)
+    own_parametrized_class(module)
     parametrize.remove_parametrizations(module, name, leave_parametrized=bake)
 
 

@@ -9,7 +9,6 @@ plan with a ``"skip"`` list that ``replay_plan`` reproduces on a fresh model.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit._caches import copy_model
 from prunekit._inputs import ExampleInputs, run_model
 from prunekit.errors import ConfigError, PruneValidationError
 from prunekit.graph.modes import eval_mode
@@ -100,7 +100,7 @@ def prune_depth(model: nn.Module, example_inputs: ExampleInputs, *, remove: int 
     plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}, "attrs": {},
                             "skip": sorted(removed)}
     reference = _shapes(model, example_inputs)
-    pruned = copy.deepcopy(model)
+    pruned = copy_model(model)
     try:
         apply_plan(pruned, plan)
         shapes = _shapes(pruned, example_inputs)

@@ -15,7 +15,6 @@ left as it was; :func:`foldable_pairs` lists what folds.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.overrides import TorchFunctionMode
 
+from prunekit._caches import copy_model
 from prunekit._inputs import ExampleInputs, model_device, move_inputs, run_model
 from prunekit.errors import ConfigError, PruneValidationError
 from prunekit.graph.ops import tensors_in
@@ -67,7 +67,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: ExampleInputs, *,
     _check_model(model)
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0:
         raise ConfigError(f"rtol={rtol!r} must be a positive float, e.g. rtol=1e-5")
-    folded = copy.deepcopy(model)
+    folded = copy_model(model)
     inputs = move_inputs(example_inputs, model_device(folded))
     pairs, reference = _find_pairs(folded, inputs)
     modules = dict(folded.named_modules())
