@@ -69,11 +69,20 @@ CONV_FAMILIES = {"lenet5", "vgg_bn", "resnet_basic", "resnet_bottleneck", "resne
 
 
 def output_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
-    """Modules whose output storage is shared with a model output (the heads to keep)."""
+    """Modules whose output storage is shared with a model output (the heads to keep).
+
+    Every layer output is kept alive until the end of the forward, so a freed intermediate's
+    address cannot be reused by a later tensor and matched to the wrong layer."""
     produced: dict[int, nn.Module] = {}
-    hooks = [m.register_forward_hook(lambda mod, _i, o: produced.update(
-        {t.untyped_storage().data_ptr(): mod for t in output_tensors(o)}))
-        for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    alive: list[torch.Tensor] = []
+
+    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
+        for tensor in output_tensors(output):
+            alive.append(tensor)
+            produced[tensor.untyped_storage().data_ptr()] = module
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     with torch.no_grad():
         outs = output_tensors(run_model(model, inputs))
     for h in hooks:
