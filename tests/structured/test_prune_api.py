@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -440,3 +441,17 @@ def test_hook_handle_taken_before_an_in_place_prune_still_removes_its_hook() -> 
     with torch.no_grad():
         model(torch.randn(1, 3, 6, 6))
     assert calls == [] and not model[0]._forward_hooks
+
+
+def test_a_prune_that_removes_nothing_says_so() -> None:
+    """Torch-Pruning's users got frozen or unmapped layers back "pruned" with nothing
+    removed and no word; prunekit warns and points at the coverage report."""
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.warns(UserWarning, match="each of the 1 prunable dependency groups keeps"):
+        result = prune(mlp, torch.randn(2, 4), ratio=0.1)  # 10 % of 3 channels rounds to 0
+    assert result.model[0].out_features == 3
+    with pytest.warns(UserWarning, match="no dependency group is prunable"):
+        prune(nn.Sequential(nn.Linear(4, 2)), torch.randn(2, 4), ratio=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prune(mlp, torch.randn(2, 4), ratio=0.0)  # asked for nothing: no warning

@@ -152,14 +152,20 @@ class LabelSpace:
             np.minimum.at(parent, high, low)  # a root linked twice keeps one: go round again
 
     def blocked_roots(self) -> dict[int, str]:
-        """Representative → reason, for every class that holds a block id."""
+        """Representative → reason, for every class that holds a block id: the distinct
+        reasons of its block ids in the order they were made, the first three named."""
         if not self.block_reasons:
             return {}
         ids = np.fromiter(self.block_reasons, dtype=np.int64, count=len(self.block_reasons))
         roots = self._find_np(ids).tolist()
-        out: dict[int, str] = {}
+        found: dict[int, dict[str, None]] = {}
         for bid, root in zip(self.block_reasons, roots, strict=True):
-            out.setdefault(root, self.block_reasons[bid])
+            found.setdefault(root, {})[self.block_reasons[bid]] = None
+        out: dict[int, str] = {}
+        for root, reasons in found.items():
+            names = list(reasons)
+            more = f"; and {len(names) - 3} more" if len(names) > 3 else ""
+            out[root] = "; ".join(names[:3]) + more
         return out
 
 

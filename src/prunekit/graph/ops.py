@@ -60,7 +60,14 @@ class OpHandler(Protocol):
 
 
 class OpNotMappable(Exception):
-    """Raised by a handler for a call it cannot map (the tracer reports it as unsupported)."""
+    """Raised by a handler for a call it cannot map (the tracer reports it as unsupported).
+
+    ``makes_channels``: the op would have produced channels of its own (a conv whose weight
+    is computed), so refusing it loses them even when none of its inputs is prunable."""
+
+    def __init__(self, message: str, *, makes_channels: bool = False) -> None:
+        super().__init__(message)
+        self.makes_channels = makes_channels
 
 
 _HANDLERS: dict[str, OpHandler] = {}

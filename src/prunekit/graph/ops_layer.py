@@ -45,7 +45,8 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     record = ctx.layer_weight(weight)
     if record is None:
         if not linear:
-            raise OpNotMappable("its weight is computed, not a parameter of the model")
+            raise OpNotMappable("its weight is computed, not a parameter of the model",
+                                makes_channels=True)
         labels = contract(ctx, ctx.labels(x), ctx.labels(weight).t(), tuple(out.shape))
     elif groups == 1:
         ctx.weight_axis(record, 1, labels=consume(ctx.space, ctx.labels(x), channel_in))

@@ -321,17 +321,19 @@ class TraceContext:
         name, display, handler = self._op(func)
         call = OpCall(func, name, display, args, kwargs, out)
         reason = f"no handler for op {display}"
+        makes_channels = False
         if handler is not None:
             try:
                 handler(self, call)
                 return
             except OpNotMappable as exc:
                 reason = f"op {display} cannot be mapped here ({exc})"
+                makes_channels = exc.makes_channels
             except PrunekitError:
                 raise
             except Exception as exc:  # a handler's own failure: refused by name, not a crash
                 reason = handler_failed(f"op {display}", exc)
-        self._unsupported(call, inputs, outputs, reason)
+        self._unsupported(call, inputs, outputs, reason, makes_channels)
 
     def _op(self, func: Callable[..., Any]) -> tuple[str, str, OpHandler | None]:
         """(name, display name, handler) of ``func``, worked out once per trace."""
@@ -346,9 +348,11 @@ class TraceContext:
         return found
 
     def _unsupported(self, call: OpCall, inputs: list[Tensor], outputs: list[Tensor],
-                     reason: str) -> None:
+                     reason: str, makes_channels: bool = False) -> None:
+        """Strict: an error if the op touches prunable channels or would have made its own.
+        Otherwise what it touches is kept whole (with a warning if that loses channels)."""
         live = [self.labels(t) for t in inputs]
-        prunable = [lab for lab in live if self._has_prunable(lab)]
+        prunable = makes_channels or any(self._has_prunable(lab) for lab in live)
         where = f"module {self.path!r}" if self.path else "the model's own forward"
         if prunable and self.strict:
             raise UnsupportedOpError(

@@ -86,6 +86,7 @@ _BUILTIN_FAMILIES = (
     "prunekit.structured.adapters_attention",
     "prunekit.structured.adapters_rnn",
     "prunekit.structured.adapters_hf",
+    "prunekit.structured.adapters_timm",
 )
 _loaded = False
 

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import gc
 import types
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -309,6 +310,12 @@ def prune(
             check=lambda trial: _cut_and_check(model, example_inputs, graph, trial, reference,
                                                inplace=True))
         pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
+    if not (plan["modules"] or plan["params"]) and (config.ratio > 0 or per_layer or target):
+        why = (f"each of the {len(graph.groups)} prunable dependency groups keeps every "
+               f"channel (ratio, min_keep or round_to too coarse for their widths)"
+               if graph.groups else "no dependency group is prunable")
+        warnings.warn(f"prune removed nothing: {why}; result.coverage lists the parameters "
+                      f"that no group covers and why", stacklevel=3)
     original = _root_copy(model) if inplace else _shallow_clone(model)
     if inplace:
         model.__dict__.update(pruned.__dict__)
