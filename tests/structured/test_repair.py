@@ -34,8 +34,9 @@ def test_a_group_failing_only_with_another_is_found_after_it() -> None:
 
 
 class _Scale(nn.Module):
-    """poolformer's layer scale: the view's shape is a tuple attribute, which nothing
-    rewrites when the channels shrink."""
+    """poolformer's layer scale, with the view's shape copied into a new list: the copy is
+    not the attribute (which would be rewritten), so nothing rewrites the width it holds
+    when the channels shrink."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -43,7 +44,7 @@ class _Scale(nn.Module):
         self.scale = nn.Parameter(torch.ones(dim) * 0.5)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale.view(self.shape)
+        return x * self.scale.view(list(self.shape))
 
 
 class _Net(nn.Module):

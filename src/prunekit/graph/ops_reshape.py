@@ -31,6 +31,7 @@ import math
 import torch
 from torch import Tensor
 
+from prunekit.graph.callers import calling_module
 from prunekit.graph.labels import rep_along, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
@@ -47,8 +48,13 @@ RESHAPE = ("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "
 
 def _reshape(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
-    if _reshape_vector(ctx, call, source):
-        return
+    if not _reshape_vector(ctx, call, source):
+        _reshape_general(ctx, call, source)
+    if call.name in ("view", "reshape"):
+        _bind_written_sizes(ctx, call, source)
+
+
+def _reshape_general(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
     replay(ctx, call)
     out = tensors_in(call.out)[0]
     labels = ctx.labels(out)
@@ -73,6 +79,51 @@ def _reshape(ctx: TraceContext, call: OpCall) -> None:
         if attr is not None:
             line = first_line(ctx.space.find(canon), shrink)
             ctx.bind_attribute(ctx.path, attr, line)
+
+
+def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
+    """A dim that carries channels through the reshape unchanged (not split, not merged)
+    and whose size the call takes from an attribute of the module whose code made the call
+    (:func:`~prunekit.graph.callers.calling_module`: the running module, or a child whose
+    helper method it called) binds that attribute, which is rewritten with the channels
+    kept:
+
+    - the whole size is a tuple attribute, passed as is (``view(self.bias_shape)`` in
+      timm's relative position biases, ``view(self.shape)`` in MetaFormer's ``Scale``):
+      found by identity, so a tuple of equal value elsewhere is never taken for it; its
+      element for that dim is bound (``bias_shape[2]``);
+    - the size is written as an int that one int attribute named for a head count or a
+      merged heads width holds (``view(-1, self.num_heads)``).
+    """
+    out = tensors_in(call.out)[0]
+    written = call.args[1] if len(call.args) == 2 else call.kwargs.get("shape")
+    path, module = calling_module(ctx)
+    state = vars(module)
+    owner = next((k for k, v in state.items() if v is written), None) \
+        if isinstance(written, (tuple, list)) and len(written) == out.dim() else None
+    sizes = tensors_free(call.args[1:]) or tensors_free(tuple(call.kwargs.values()))
+    named = {k: v for k, v in state.items() if type(v) is int and v in sizes
+             and (_counts_heads(k) or _merges_heads(k))}
+    if owner is None and not named:
+        return
+    labels = None
+    for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
+        if len(src_dims) != 1 or len(out_dims) != 1:
+            continue
+        dim = out_dims[0]
+        if labels is None:
+            labels = ctx.space.find(ctx.labels(out))
+        if dim not in varying(labels):
+            continue
+        if owner is not None and isinstance(written, (tuple, list)):
+            if written[dim] != -1:
+                ctx.bind_attribute(path, f"{owner}[{dim}]", first_line(labels, dim))
+            continue
+        if len(sizes) != out.dim() or sizes[dim] != out.shape[dim]:
+            continue
+        holders = [k for k, v in named.items() if v == sizes[dim]]
+        if len(holders) == 1:
+            ctx.bind_attribute(path, holders[0], first_line(labels, dim))
 
 
 def _reshape_vector(ctx: TraceContext, call: OpCall, source: Tensor) -> bool:

@@ -212,6 +212,28 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return module, attr
 
 
+def _attribute_value(module: nn.Module, name: str, attr: str, value: Any) -> tuple[str, Any]:
+    """``(attribute, new value)`` for the plan's ``attrs`` entry ``attr: value`` of module
+    ``name``: an int attribute (``num_heads``), or one int of a tuple or list attribute
+    (``bias_shape[2]``: the attribute with that element replaced)."""
+    base, index = attr, None
+    if attr.endswith("]") and "[" in attr:
+        base, _, rest = attr.partition("[")
+        index = int(rest[:-1]) if rest[:-1].isdigit() else None
+    current = getattr(module, base, None)
+    holder = current[index] if isinstance(current, (tuple, list)) and index is not None \
+        and index < len(current) else current
+    if not isinstance(holder, int) or isinstance(holder, bool) \
+            or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"plan sets {name}.{attr}={value!r}, but the model's {name!r} has "
+                          f"no int attribute {attr!r} (or the value is not a positive int)")
+    if index is None or not isinstance(current, (tuple, list)):
+        return base, value
+    items = list(current)
+    items[index] = value
+    return base, type(current)(items)
+
+
 def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
                indices: Mapping[tuple[str, str, str], Tensor] | None = None) -> None:
     """Cut ``model`` in place as ``plan`` says (see the module docstring). ``indices``: the
@@ -276,12 +298,8 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
     for name, entry in plan.get("attrs", {}).items():
         module = modules[name] if name in modules else _submodule(model, name)
         for attr, value in entry.items():
-            if not isinstance(getattr(module, attr, None), int) or not isinstance(value, int) \
-                    or value < 1:
-                raise ConfigError(f"plan sets {name}.{attr}={value!r}, but the model's "
-                                  f"{name!r} has no int attribute {attr!r} (or the value is "
-                                  f"not a positive int)")
-            attrs.append((module, attr, value))
+            _attribute_value(module, name, attr, value)  # checked before any change
+            attrs.append((module, name, attr, value))
     installed: list[tuple[nn.Module, nn.Module]] = []
     try:
         with torch.no_grad():  # the cuts are new tensors, not graph nodes (ParamSlicer.slice)
@@ -301,8 +319,8 @@ def apply_plan(model: nn.Module, plan: Mapping[str, Any], *,
     slicer.finish()
     for parent_module, child in skips:
         setattr(parent_module, child, SkipBlock())
-    for module, attr, value in attrs:
-        setattr(module, attr, value)
+    for module, name, attr, value in attrs:  # one at a time: two may edit one tuple
+        setattr(module, *_attribute_value(module, name, attr, value))
     clear_caches(modules.values())  # tensors cached at the old widths (prunekit._caches)
     for adapter, module, _ in cuts:
         adapter.sync(module)

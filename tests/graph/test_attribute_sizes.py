@@ -1,0 +1,145 @@
+"""Sizes a reshape takes from module attributes for dims whose channels pass through it
+unchanged: a tuple attribute passed whole (``view(self.shape)``, ``view(self.bias_shape)``)
+and a head count (``view(-1, self.num_heads)``), read by the module whose code made the call
+(a child's helper method included). The attribute is rewritten with the channels kept."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import PruneValidationError
+from prunekit.io.checkpoint import load, save
+from prunekit.structured import prune
+
+
+class Scale(nn.Module):
+    """MetaFormer's ``Scale``: a per-channel scale reshaped by a tuple attribute."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.shape = (dim, 1, 1)
+        self.scale = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale.view(self.shape)
+
+
+class PoolBlock(nn.Module):
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(dim, 32, 1), nn.Conv2d(32, dim, 1)
+        self.res_scale = Scale(dim)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        x = self.res_scale(x) + self.fc2(torch.relu(self.fc1(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_tuple_attribute_passed_whole_is_rewritten(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = PoolBlock().eval(), torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        expected = model(x)
+    with torch.no_grad():
+        assert torch.equal(prune(model, x, ratio=0.0, ignore=[model.head]).model(x), expected)
+    result = prune(model, x, ratio=0.5, ignore=[model.head])
+    pruned = result.model
+    assert pruned.res_scale.shape == (8, 1, 1) and pruned.res_scale.scale.shape == (8,)
+    assert result.plan["attrs"]["res_scale"] == {"shape[0]": 8}
+    assert model.res_scale.shape == (16, 1, 1)  # the user's model is left as it was
+    save(result, tmp_path / "p")
+    torch.manual_seed(0)
+    loaded = load(tmp_path / "p", PoolBlock().eval())
+    assert loaded.res_scale.shape == (8, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+
+
+def test_a_tuple_of_equal_value_built_in_code_is_not_taken_for_the_attribute() -> None:
+    class Literal(Scale):
+        def forward(self, x: Tensor) -> Tensor:
+            return x * self.scale.view(list(self.shape))  # equal value, not the attribute
+
+    model, x = PoolBlock().eval(), torch.randn(2, 3, 6, 6)
+    model.res_scale = Literal(16)
+    with pytest.raises(PruneValidationError, match="forward check"):
+        prune(model, x, ratio=0.5, ignore=[model.head])
+
+
+class RelPosBias(nn.Module):
+    """timm's ``RelPosMlp``: an MLP over the relative offsets' coordinates gives a bias per
+    head, gathered and reshaped by ``bias_shape``; its parent calls the helper method, not
+    ``forward``, so the sizes it reads (``self.num_heads``) are its own."""
+
+    def __init__(self, window: int, heads: int) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.bias_shape = (window * window, window * window, heads)
+        points = list(itertools.product(range(window), range(window)))
+        offsets: dict[tuple[int, int], int] = {}
+        idx = [offsets.setdefault((a[0] - b[0], a[1] - b[1]), len(offsets))
+               for a in points for b in points]
+        self.register_buffer("index", torch.tensor(idx), persistent=False)
+        self.register_buffer("coords", torch.tensor(list(offsets), dtype=torch.float),
+                             persistent=False)
+        self.mlp = nn.Linear(2, heads)
+
+    def get_bias(self) -> Tensor:
+        table = self.mlp(self.coords).view(-1, self.num_heads)
+        return table[self.index].view(self.bias_shape).permute(2, 0, 1)
+
+
+class RelPosAttention(nn.Module):
+    def __init__(self, dim: int = 24, heads: int = 4, window: int = 3) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_pos = RelPosBias(window, heads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        attn = (q @ k.transpose(-2, -1) + self.rel_pos.get_bias()).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+class RelPosNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = RelPosAttention()
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head((x + self.attn(x)).mean(1))
+
+
+def test_sizes_a_childs_helper_method_reads_are_rewritten(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = RelPosNet().eval(), torch.randn(2, 9, 24)
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(prune(model, x, ratio=0.0, ignore=[model.head]).model(x), expected)
+    result = prune(model, x, ratio=0.5, ignore=[model.head])
+    rel_pos = result.model.attn.rel_pos
+    assert result.model.attn.num_heads == 2
+    assert rel_pos.num_heads == 2 and rel_pos.bias_shape == (9, 9, 2)
+    assert rel_pos.mlp.out_features == 2
+    assert result.plan["attrs"]["attn.rel_pos"] == {"num_heads": 2, "bias_shape[2]": 2}
+    with torch.no_grad():
+        assert rel_pos.get_bias().shape == (2, 9, 9)
+        assert result.model(x).shape == (2, 3)
+    save(result, tmp_path / "p")
+    torch.manual_seed(0)
+    loaded = load(tmp_path / "p", RelPosNet().eval())
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
