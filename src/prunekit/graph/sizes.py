@@ -157,6 +157,19 @@ class SizeTracker:
 
     def __init__(self) -> None:
         self._sources: list[Source] = []
+        # (op, module path, result labels, dim, size) of sizes not followed when written
+        self.pending: list[tuple[str, str, Tensor, int, SizeInt]] = []
+
+    def settle(self, ctx: TraceContext) -> None:
+        """After the forward: judge again each size not followed when it was written; the
+        channels of those that still cannot follow are kept whole."""
+        for display, path, labels, dim, size in self.pending:
+            if not _judge(ctx, "", labels, dim, size, None):
+                _, sources = _channels(ctx, size)
+                canon = ctx.space.find(labels)
+                _keep_whole(ctx, display, path, dim, size, [canon, *sources],
+                            fixed=not sources)
+        self.pending.clear()
 
     @property
     def live(self) -> bool:
@@ -183,6 +196,7 @@ class SizeTracker:
         if not self._sources:
             return
         self._sources.clear()
+        self.pending.clear()
         for module in modules:
             for key, value in list(vars(module).items()):
                 plain = _plain(value)
@@ -244,35 +258,50 @@ def _sized_args(call: OpCall, out: Tensor) -> list[tuple[int, SizeInt]]:
 def check_sizes(ctx: TraceContext, call: OpCall) -> None:
     """Apply the rules of the module docstring to the SizeInts that size ``call``'s result.
 
-    Whether a dim carries channels is read from the labels' classes now: a dim along which
-    they do not vary keeps its size (batch, tokens, spatial, channels kept whole, the
-    per-head dim of heads that go whole)."""
+    Whether a dim carries channels is read from the labels' classes: a dim along which they
+    do not vary keeps its size (batch, tokens, spatial, channels kept whole, the per-head
+    dim of heads that go whole). Joins and new labels are made now; a size that cannot be
+    followed yet is judged again when the trace ends (:meth:`SizeTracker.settle`), since
+    later ops may join its classes (SplitAttn's ``x * attn.reshape(B, r, RC // r, 1, 1)``)."""
     out = call.out
     if call.name not in SIZED or not isinstance(out, Tensor):
         return
     sized = _sized_args(call, out)
     if not sized:
         return
-    canon = ctx.space.find(ctx.labels(out))
-    vary = varying(canon)
+    labels = ctx.labels(out)
+    broadcast = call.name in ("expand", "broadcast_to")
     for dim, size in sized:
-        line, sources = _channels(ctx, size)
-        if not sources:  # a width no pruning changes
-            if dim in vary and size._exact:  # written for channels: they keep it
-                _keep_whole(ctx, call, dim, size, [canon], fixed=True)
+        if broadcast and _broadcast_dim(call, out, dim):
+            # a dim repeated to the width read follows it at run time; a new tensor's
+            # (an expand of one without channels) takes its labels
+            line, _ = _channels(ctx, size)
+            if line is not None and size._exact and _neutral(ctx.space.find(labels)):
+                ctx.set_vector(out, line, dim)
+                labels = ctx.labels(out)
             continue
-        if not size._exact and size._scale is not None and _rewritten_factor(ctx, size):
-            continue
-        if dim in vary:
-            if line is None or vary != {dim} or not _follows(ctx, line, size, canon, dim):
-                _keep_whole(ctx, call, dim, size, [canon, *sources])
-        elif line is not None and size._exact and _neutral(canon) and \
-                call.name not in ("reshape", "view"):
-            ctx.set_vector(out, line, dim)  # a new tensor (or an expand of one): C's labels
-            canon = ctx.space.find(ctx.labels(out))
-            vary = {dim}
-        elif not (call.name in ("expand", "broadcast_to") and _broadcast_dim(call, out, dim)):
-            _keep_whole(ctx, call, dim, size, sources)  # (an expand's repeat follows it)
+        if not _judge(ctx, call.name, labels, dim, size, out) and not (
+                size._scale is not None and not size._exact and _rewritten_factor(ctx, size)):
+            ctx.sizes.pending.append((call.display, ctx.path, labels, dim, size))
+        labels = ctx.labels(out)
+
+
+def _judge(ctx: TraceContext, name: str, labels: Tensor, dim: int, size: SizeInt,
+           out: Tensor | None) -> bool:
+    """True if dim ``dim`` of a result labelled ``labels`` follows ``size`` (joining or
+    labelling what it needs: ``out`` is the result, None once the trace has ended)."""
+    canon = ctx.space.find(labels)
+    vary = varying(canon)
+    line, sources = _channels(ctx, size)
+    if not sources:  # a width no pruning changes: fine unless written for channels
+        return dim not in vary or not size._exact
+    if dim in vary:
+        return line is not None and vary == {dim} and _follows(ctx, line, size, canon, dim)
+    if out is not None and line is not None and size._exact and _neutral(canon) and \
+            name not in ("reshape", "view"):
+        ctx.set_vector(out, line, dim)  # a new tensor: it takes C's labels
+        return True
+    return False
 
 
 def _follows(ctx: TraceContext, line: Tensor, size: SizeInt, canon: Tensor, dim: int) -> bool:
@@ -343,17 +372,17 @@ def _broadcast_dim(call: OpCall, out: Tensor, dim: int) -> bool:
     return at < 0 or source.shape[at] == 1
 
 
-def _keep_whole(ctx: TraceContext, call: OpCall, dim: int, size: SizeInt,
+def _keep_whole(ctx: TraceContext, display: str, path: str, dim: int, size: SizeInt,
                 labels: list[Tensor], *, fixed: bool = False) -> None:
-    where = f"module {ctx.path!r}" if ctx.path else "the model"
+    where = f"module {path!r}" if path else "the model"
     if fixed:
-        reason = (f"{call.display} in {where} sizes channels (dim {dim}) by {int(size)}, read "
+        reason = (f"{display} in {where} sizes channels (dim {dim}) by {int(size)}, read "
                   f"from a tensor's shape that no pruning changes, so they are kept whole; "
                   f"write -1 for it to prune them")
     else:
         how = "read from a tensor's shape" if size._exact else \
             "computed from a width read from a tensor's shape"
-        reason = (f"{call.display} in {where} sizes dim {dim} by {int(size)}, {how}, in a "
+        reason = (f"{display} in {where} sizes dim {dim} by {int(size)}, {how}, in a "
                   f"way the channels there cannot follow, so the channels involved are kept "
                   f"whole; write -1 or an int attribute for it to prune them")
     for lab in labels:

@@ -518,6 +518,7 @@ def trace(
                         # training runs): what ran is coupled; without its shapes no
                         # training-mode check
                         train_shapes = None
+        ctx.sizes.settle(ctx)
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx._calls.mode = None
         ctx.sizes.close(modules)
