@@ -22,6 +22,8 @@ __all__ = ["CallStack", "Recorder"]
 
 OnModule = Callable[[ModuleHandler, ModuleCall], None]
 OnOp = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], None]
+OnSize = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], Any]
+_SIZE = torch.Tensor.size
 
 
 class CallStack:
@@ -157,16 +159,22 @@ class CallStack:
 
 class Recorder(TorchFunctionMode):
     """Runs every torch function, then hands it to ``on_op(func, args, kwargs, out)``
-    unless an atomic module of ``stack`` runs."""
+    unless an atomic module of ``stack`` runs; a shape read (``t.shape``, ``t.size()``,
+    ``t.size(d)``) returns what ``on_size(func, args, kwargs, out)`` makes of it."""
 
-    def __init__(self, stack: CallStack, on_op: OnOp) -> None:
+    def __init__(self, stack: CallStack, on_op: OnOp, on_size: OnSize | None = None) -> None:
         super().__init__()
         self.stack = stack
         self.on_op = on_op
+        self.on_size = on_size
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if self.stack.atomic_depth == 0:  # stack.recording, without a property call per op
+            kind = out.__class__
+            if (kind is torch.Size or (kind is int and func is _SIZE)) and \
+                    self.on_size is not None:
+                return self.on_size(func, tuple(args), kwargs, out)
             self.on_op(func, tuple(args), dict(kwargs), out)
         return out

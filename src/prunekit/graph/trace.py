@@ -52,6 +52,7 @@ from prunekit.graph.records import (  # (defined there, imported from here by th
     ParamRecord,
     Trace,
 )
+from prunekit.graph.sizes import SizeTracker, check_sizes, size_read, with_sizes
 
 __all__ = [
     "ModuleCall",
@@ -83,6 +84,7 @@ class TraceContext:
         self._calls = CallStack(model)  # the running modules; whether ops are recorded
         self._ops: dict[Callable[..., Any], tuple[str, str, OpHandler | None]] = {}
         self.bindings: dict[tuple[str, str], Tensor] = {}
+        self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
         # W.t() of a 2-D parameter W: (view, W), labelled only when something other than a
         # matrix product reads it (``x @ self.weight.t()`` is a layer weight, not elementwise)
@@ -111,6 +113,15 @@ class TraceContext:
         key = id(tensor)
         return key in self._labels or key in self._vectors or key in self._param_names or \
             key in self._param_views or self._attribute_node(tensor)
+
+    def size_labels(self, tensor: Tensor) -> Tensor | None:
+        """The labels of an activation whose shape the code reads (None for a parameter, a
+        buffer or an untracked tensor: reading their shape must not make param nodes)."""
+        key = id(tensor)
+        if key in self._param_names or key in self._param_views or not (
+                key in self._labels or key in self._vectors):
+            return None
+        return self.labels(tensor)
 
     def labels(self, tensor: Tensor, *, partial: bool = False) -> Tensor:
         """The label tensor of ``tensor`` (a param node's ids, NEUTRAL if never seen).
@@ -316,7 +327,10 @@ class TraceContext:
             key = id(t)
             if key in labels or key in vectors or key in params or key in views:
                 break
-        else:
+        else:  # (a factory sized by a shape read: torch.zeros(B, C))
+            if self.sizes.live and inputs == [] and not self._calls.atomic_depth:
+                name, display, _ = self._op(func)
+                check_sizes(self, OpCall(func, name, display, args, kwargs, out))
             return
         name, display, handler = self._op(func)
         call = OpCall(func, name, display, args, kwargs, out)
@@ -341,10 +355,10 @@ class TraceContext:
             found = self._ops.get(func)
         except TypeError:  # an unhashable callable
             name, display = op_name(func)
-            return name, display, get_op_handler(name)
+            return name, display, with_sizes(name, get_op_handler(name))
         if found is None:
             name, display = op_name(func)
-            found = self._ops[func] = (name, display, get_op_handler(name))
+            found = self._ops[func] = (name, display, with_sizes(name, get_op_handler(name)))
         return found
 
     def _unsupported(self, call: OpCall, inputs: list[Tensor], outputs: list[Tensor],
@@ -491,7 +505,7 @@ def trace(
     ctx = TraceContext(model, strict)
     for path, tensor in walk_tensors(example_inputs, "input"):
         ctx.set_labels(tensor, fixed_shape(ctx.space, tensor.shape, f"model input {path}"))
-    recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op)
+    recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op, size_read(ctx))
     modules = [module for _, module in ctx._named_modules]
     handlers = opaque_scripts(lookup)
     train_shapes = None
@@ -508,8 +522,10 @@ def trace(
                         # training runs): what ran is coupled; without its shapes no
                         # training-mode check
                         train_shapes = None
+        ctx.sizes.settle(ctx)
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx._calls.mode = None
+        ctx.sizes.close(modules)
         ctx._labels.clear()
         ctx._vectors.clear()
         ctx._param_views.clear()
