@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import is_dataclass
 from typing import Any
 
 import torch
@@ -44,3 +45,18 @@ def model_device(model: nn.Module) -> torch.device:
     for buffer in model.buffers():
         return buffer.device
     return torch.device("cpu")
+
+
+def walk_tensors(tree: Any, prefix: str = "output") -> Iterator[tuple[str, torch.Tensor]]:
+    """(path, tensor) for every tensor in nested tuples/lists/dicts/dataclasses."""
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from walk_tensors(value, f"{prefix}[{key!r}]")
+    elif isinstance(tree, (tuple, list)):
+        for i, value in enumerate(tree):
+            yield from walk_tensors(value, f"{prefix}[{i}]")
+    elif is_dataclass(tree) and not isinstance(tree, type):
+        for key in tree.__dataclass_fields__:
+            yield from walk_tensors(getattr(tree, key), f"{prefix}.{key}")

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from prunekit.graph.labels import LabelSpace, emit
 from prunekit.graph.ops import call_tensors, tensors_in
-from prunekit.graph.trace import Trace, TraceContext, _walk, trace
+from prunekit.graph.passes import walk_modules
+from prunekit.graph.trace import Trace, TraceContext, trace
 from prunekit.structured.adapters import find_adapter
 
 
@@ -260,8 +261,8 @@ def test_module_walk_is_named_modules() -> None:
     for model in [entry.build() for entry in ZOO] + [
             nn.Sequential(shared, nn.Sequential(shared, nn.Linear(2, 2))),
             nn.Sequential(nn.ReLU(), Listed(nn.ReLU()))]:
-        assert _walk(model) == list(model.named_modules(remove_duplicate=False))
-    assert len(_walk(nn.Sequential(shared, nn.Sequential(shared)))) == 4
+        assert walk_modules(model) == list(model.named_modules(remove_duplicate=False))
+    assert len(walk_modules(nn.Sequential(shared, nn.Sequential(shared)))) == 4
 
 
 def test_find_of_known_roots_is_fresh_after_a_union() -> None:

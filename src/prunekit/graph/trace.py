@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import is_dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,11 +23,10 @@ from torch import Tensor, nn
 
 from prunekit._buffers import preserved_buffers
 from prunekit._caches import recomputed_caches
-from prunekit._inputs import ExampleInputs, run_model
+from prunekit._inputs import ExampleInputs, walk_tensors
 from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.hooks import CallStack, Recorder
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
-from prunekit.graph.modes import model_mode
 from prunekit.graph.opaque import (
     check_traceable,
     compiled_error,
@@ -44,6 +42,7 @@ from prunekit.graph.ops import (
     op_name,
     tensors_in,
 )
+from prunekit.graph.passes import traced_pass, unvisited_layers, walk_modules
 from prunekit.graph.records import (  # (defined there, imported from here by the adapters)
     ModuleCall,
     ModuleDim,
@@ -63,7 +62,6 @@ __all__ = [
     "Trace",
     "TraceContext",
     "trace",
-    "walk_tensors",
 ]
 
 
@@ -90,7 +88,7 @@ class TraceContext:
         # matrix product reads it (``x @ self.weight.t()`` is a layer weight, not elementwise)
         self._param_views: dict[int, tuple[Tensor, Tensor]] = {}
         # one walk of the module tree serves the param names, the hooks and eval mode
-        walk = _walk(model)
+        walk = walk_modules(model)
         for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
             for prefix, module in walk:
                 for key, tensor in getattr(module, members).items():
@@ -426,26 +424,6 @@ class TraceContext:
         return self._calls.recording
 
 
-def _walk(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``list(model.named_modules(remove_duplicate=False))`` without its nested generators
-    (25 vs 42 us on 90 modules); a module that overrides ``named_modules`` gets it called."""
-    found: list[tuple[str, nn.Module]] = []
-
-    def visit(prefix: str, module: nn.Module) -> bool:
-        if type(module).named_modules is not _NAMED_MODULES:
-            return False
-        found.append((prefix, module))
-        for name, child in module._modules.items():
-            if child is not None and not visit(f"{prefix}.{name}" if prefix else name, child):
-                return False
-        return True
-
-    return found if visit("", model) else list(model.named_modules(remove_duplicate=False))
-
-
-_NAMED_MODULES = nn.Module.named_modules
-
-
 def _constant(label: int, shape: torch.Size) -> Tensor:
     """One label everywhere, as a broadcast view (no memory per element of a big input)."""
     return torch.full((), label, dtype=torch.long).expand(shape)
@@ -469,21 +447,6 @@ def _as_vector(labels: Tensor) -> tuple[int, Tensor] | None:
 
 def _is_setitem(func: Any) -> bool:
     return getattr(func, "__name__", "") == "__setitem__"
-
-
-def walk_tensors(tree: Any, prefix: str = "output") -> Iterator[tuple[str, Tensor]]:
-    """(path, tensor) for every tensor in nested tuples/lists/dicts/dataclasses."""
-    if isinstance(tree, Tensor):
-        yield prefix, tree
-    elif isinstance(tree, Mapping):
-        for key, value in tree.items():
-            yield from walk_tensors(value, f"{prefix}[{key!r}]")
-    elif isinstance(tree, (tuple, list)):
-        for i, value in enumerate(tree):
-            yield from walk_tensors(value, f"{prefix}[{i}]")
-    elif is_dataclass(tree) and not isinstance(tree, type):
-        for key in tree.__dataclass_fields__:
-            yield from walk_tensors(getattr(tree, key), f"{prefix}.{key}")
 
 
 def trace(
@@ -511,12 +474,12 @@ def trace(
     train_shapes = None
     try:
         with recomputed_caches(modules):
-            shapes = _traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
+            shapes = traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
                                   training=False)
-            if _unvisited_layers(ctx, handlers):
+            if unvisited_layers(ctx, handlers):
                 with preserved_buffers(model):
                     try:
-                        train_shapes = _traced_pass(ctx, model, example_inputs, handlers,
+                        train_shapes = traced_pass(ctx, model, example_inputs, handlers,
                                                     recorder, modules, training=True)
                     except Exception:  # best effort (one-sample BatchNorm, an op only
                         # training runs): what ran is coupled; without its shapes no
@@ -531,32 +494,3 @@ def trace(
         ctx._param_views.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes)
-
-
-def _traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInputs,
-                 handlers: Callable[[nn.Module], ModuleHandler | None], recorder: Recorder,
-                 modules: list[nn.Module], *, training: bool
-                 ) -> list[tuple[str, tuple[int, ...]]]:
-    """One forward pass under the hooks in one mode; the model's outputs keep their shape."""
-    with torch.no_grad(), model_mode(model, training, modules), ctx.hooks(model, handlers), \
-            recorder:
-        out = run_model(model, example_inputs)
-    for path, tensor in walk_tensors(out):
-        if ctx.is_tracked(tensor):
-            ctx.block(ctx.labels(tensor), f"model output {path}")
-    return [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
-
-
-def _unvisited_layers(ctx: TraceContext, handlers: Callable[[nn.Module], ModuleHandler | None]
-                      ) -> bool:
-    """True if a layer with a handler, not inside one that ran, never ran. (The traced
-    layers are ``ctx.modules``; the walk lists a module's children right after it.)"""
-    inside: str | None = None  # "path." of the last traced layer: its children did not run
-    for name, module in ctx._named_modules:
-        if not name or (inside is not None and name.startswith(inside)):
-            continue
-        if name in ctx.modules:
-            inside = f"{name}."
-        elif handlers(module) is not None:
-            return True
-    return False

@@ -17,10 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from prunekit._caches import copy_model
-from prunekit._inputs import ExampleInputs, run_model
+from prunekit._inputs import ExampleInputs, run_model, walk_tensors
 from prunekit.errors import ConfigError, PruneValidationError
 from prunekit.graph.modes import eval_mode
-from prunekit.graph.trace import walk_tensors
 from prunekit.structured.plan import PLAN_FORMAT, SkipBlock, apply_plan
 
 __all__ = ["DepthResult", "SkipBlock", "block_scores", "prune_depth"]

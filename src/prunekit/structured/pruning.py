@@ -17,13 +17,13 @@ from torch import nn
 
 from prunekit._buffers import preserved_buffers
 from prunekit._caches import copy_model
-from prunekit._inputs import ExampleInputs, run_model
+from prunekit._inputs import ExampleInputs, run_model, walk_tensors
 from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_width
 from prunekit.errors import ConfigError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
 from prunekit.graph.dependency import DependencyGraph, Group, build_groups
 from prunekit.graph.modes import eval_mode, model_mode
-from prunekit.graph.trace import trace, walk_tensors
+from prunekit.graph.trace import trace
 from prunekit.importance.group import (
     Aggregation,
     GroupCriterion,

@@ -1,0 +1,70 @@
+"""The forward passes of a trace: the walk of the module tree it labels, one traced pass in
+one mode, and whether layers were left unvisited (so that a pass in training mode must
+follow, for layers only training runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from prunekit._inputs import ExampleInputs, run_model, walk_tensors
+from prunekit.graph.hooks import Recorder
+from prunekit.graph.modes import model_mode
+from prunekit.graph.records import ModuleHandler
+
+if TYPE_CHECKING:
+    from prunekit.graph.trace import TraceContext
+
+__all__ = ["traced_pass", "unvisited_layers", "walk_modules"]
+
+
+def walk_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``list(model.named_modules(remove_duplicate=False))`` without its nested generators
+    (25 vs 42 us on 90 modules); a module that overrides ``named_modules`` gets it called."""
+    found: list[tuple[str, nn.Module]] = []
+
+    def visit(prefix: str, module: nn.Module) -> bool:
+        if type(module).named_modules is not _NAMED_MODULES:
+            return False
+        found.append((prefix, module))
+        for name, child in module._modules.items():
+            if child is not None and not visit(f"{prefix}.{name}" if prefix else name, child):
+                return False
+        return True
+
+    return found if visit("", model) else list(model.named_modules(remove_duplicate=False))
+
+
+_NAMED_MODULES = nn.Module.named_modules
+
+
+def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInputs,
+                handlers: Callable[[nn.Module], ModuleHandler | None], recorder: Recorder,
+                modules: list[nn.Module], *, training: bool
+                ) -> list[tuple[str, tuple[int, ...]]]:
+    """One forward pass under the hooks in one mode; the model's outputs keep their shape."""
+    with torch.no_grad(), model_mode(model, training, modules), ctx.hooks(model, handlers), \
+            recorder:
+        out = run_model(model, example_inputs)
+    for path, tensor in walk_tensors(out):
+        if ctx.is_tracked(tensor):
+            ctx.block(ctx.labels(tensor), f"model output {path}")
+    return [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
+
+
+def unvisited_layers(ctx: TraceContext,
+                     handlers: Callable[[nn.Module], ModuleHandler | None]) -> bool:
+    """True if a layer with a handler, not inside one that ran, never ran. (The traced
+    layers are ``ctx.modules``; the walk lists a module's children right after it.)"""
+    inside: str | None = None  # "path." of the last traced layer: its children did not run
+    for name, module in ctx._named_modules:
+        if not name or (inside is not None and name.startswith(inside)):
+            continue
+        if name in ctx.modules:
+            inside = f"{name}."
+        elif handlers(module) is not None:
+            return True
+    return False
