@@ -1,6 +1,7 @@
-"""Structured pruning of ~60 timm architectures: prunekit vs Torch-Pruning, side by side.
+"""Structured pruning of 117 timm architectures: prunekit vs Torch-Pruning, side by side.
 
-One small variant per timm family (CNNs, hybrids, MLPs, vision transformers), randomly
+One small variant per timm family (CNNs, hybrids, MLPs, vision transformers; 70 in the
+first set, 47 more families and variants in ``--set extra``), randomly
 initialised, in eval mode, on one 1x3xSxS input: S is the model's ``pretrained_cfg``
 input size where the model fixes it, else ``--size`` (default 128, to keep the run short)
 or the configured size if the model does not run at the small one. Each tool prunes its own
@@ -23,6 +24,7 @@ Command (timm, torchvision and torch-pruning are benchmark-only dependencies):
 
     (in the venv of benchmarks/_vision_models.py, whose docstring says how to make it)
     .venv-vision/bin/python benchmarks/structured_timm.py [--models resnet18,vit_tiny_patch16_224]
+                                                   [--set main|extra|all]
                                                    [--timeout 120] [--size 128]
                                                    [--no-strict] [--skip-tp]
 """
@@ -76,6 +78,22 @@ MODELS = (
     "tnt_s_patch16_224", "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256",
     "pvt_v2_b0", "twins_pcpvt_small", "mixer_s16_224", "resmlp_12_224", "gmlp_ti16_224",
 )
+
+# a second set (``--set extra``): families and variants added after the first sweep
+EXTRA = (
+    "resnetv2_50x1_bit", "nfnet_l0", "vovnet39a", "xception41", "inception_v4",
+    "inception_resnet_v2", "sequencer2d_s", "volo_d1_224", "visformer_tiny", "nest_tiny",
+    "focalnet_tiny_srf", "davit_tiny", "hiera_tiny_224", "mvitv2_tiny",
+    "deit3_small_patch16_224", "flexivit_small", "gcvit_xxtiny", "coat_lite_tiny",
+    "rdnet_tiny", "nextvit_small", "fbnetv3_b", "hardcorenas_a", "mixnet_s",
+    "tf_efficientnetv2_b0", "lambda_resnet26t", "bat_resnext26ts", "botnet26t_256",
+    "eca_resnet33ts", "cspdarknet53", "darknet53", "ecaresnet26t", "resnetrs50", "regnety_002",
+    "regnetz_b16", "res2next50", "vgg11_bn", "semnasnet_100", "spnasnet_100",
+    "efficientformerv2_s0", "hgnetv2_b0", "fastvit_mci0", "levit_conv_128s", "ghostnetv3_100",
+    "vit_small_patch16_rope_224", "vit_relpos_small_patch16_224",
+    "vit_srelpos_small_patch16_224", "beitv2_base_patch16_224",
+)
+SETS = {"main": MODELS, "extra": EXTRA, "all": MODELS + EXTRA}
 
 
 def _timeout(signum: int, frame: Any) -> None:
@@ -139,7 +157,9 @@ def attempt(tool: str, run: Callable[[nn.Module, Any, list[nn.Module]], Any], ba
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="", help="comma-separated timm names (default: all)")
+    parser.add_argument("--models", default="", help="comma-separated timm names (default: --set)")
+    parser.add_argument("--set", choices=sorted(SETS), default="main",
+                        help="the 70 families of the first sweep, the 47 added later, or both")
     parser.add_argument("--timeout", type=int, default=120, help="seconds per prune attempt")
     parser.add_argument("--size", type=int, default=128,
                         help="input side for models that accept any size")
@@ -152,7 +172,7 @@ def main() -> None:
     signal.signal(signal.SIGALRM, _timeout)
     warnings.filterwarnings("ignore")  # timm's and Torch-Pruning's per-model chatter
     _, timm = import_vision()
-    names = [n for n in args.models.split(",") if n] or list(MODELS)
+    names = [n for n in args.models.split(",") if n] or list(SETS[args.set])
     header = (f"{'model':<32}{'size':>5}{'prunekit':>9}{'TP':>9}{'params':>8}{'MACs':>7}"
               f"{'TP par':>8}{'pk s':>8}{'TP s':>8}{'ratio':>7}  note")
     if args.no_strict:
