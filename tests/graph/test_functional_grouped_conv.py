@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.structured.test_equivalence import _complement as _removed
 from torch import Tensor, nn
 
 import prunekit as pk
@@ -97,12 +98,6 @@ class _Grouped(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(self.conv(x))
         return self.head(F.relu(F.conv2d(y, self.weight, self.bias, padding=1, groups=2)))
-
-
-def _removed(keep: list[int], size: int) -> Tensor:
-    mask = torch.ones(size, dtype=torch.bool)
-    mask[torch.tensor(keep, dtype=torch.long)] = False
-    return mask.nonzero().reshape(-1)
 
 
 def _zero_removed_inputs(model: nn.Module, plan: dict) -> nn.Module:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.structured.test_equivalence import _complement as _removed
+from tests.structured.test_equivalence import _zero_removed_inputs
 from torch import Tensor, nn
 
 import prunekit as pk
@@ -110,12 +112,6 @@ class _ChannelWindows(nn.Module):
         return self.head(y)
 
 
-def _removed(keep: list[int], size: int) -> Tensor:
-    mask = torch.ones(size, dtype=torch.bool)
-    mask[torch.tensor(keep, dtype=torch.long)] = False
-    return mask.nonzero().reshape(-1)
-
-
 def _zero_removed_outputs(model: nn.Module, plan: dict) -> nn.Module:
     """A copy of ``model`` whose layers output zeros for the removed channels (weight rows
     and bias). Equals pruning where every op between a producer and its consumers keeps a
@@ -129,18 +125,6 @@ def _zero_removed_outputs(model: nn.Module, plan: dict) -> nn.Module:
                 removed = _removed(keep, module.weight.shape[0])
                 module.weight[removed] = 0
                 module.bias[removed] = 0
-    return zeroed
-
-
-def _zero_removed_inputs(model: nn.Module, plan: dict) -> nn.Module:
-    """A copy of ``model`` whose layers ignore the removed input columns."""
-    zeroed = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, entry in plan["modules"].items():
-            keep = entry["keep"].get("in")
-            if keep is not None:
-                module = zeroed.get_submodule(name)
-                module.weight[:, _removed(keep, module.weight.shape[1])] = 0
     return zeroed
 
 
