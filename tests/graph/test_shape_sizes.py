@@ -224,3 +224,35 @@ def test_size_int_arithmetic_keeps_provenance() -> None:
     tracker.close([])
     assert H._parts[0][0].labels is None  # the trace's labels are dropped
     assert type(copy.copy(H)) is int and type(pickle.loads(pickle.dumps(H))) is int
+
+
+class _OneHeadAttention(nn.Module):
+    """MaxViT's ``qkv(x).view(B, -1, self.num_heads, self.dim_head * 3)``: with one head the
+    channels vary along the last factor only, whose size is computed from an attribute (not
+    read from a shape), so it cannot follow a cut: the head's channels are kept whole."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.num_heads, self.dim_head = 1, dim
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        q, k, v = self.qkv(x).view(b, -1, self.num_heads, self.dim_head * 3).transpose(
+            1, 2).chunk(3, dim=3)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, -1, self.dim_head))
+
+
+def test_a_trailing_size_computed_from_attributes_keeps_its_channels() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), _OneHeadAttention(), nn.Linear(16, 4)).eval()
+    x = torch.randn(2, 5, 8)
+    result = prune(model, x, ratio=0.5, ignore=[model[2]])
+    attn = result.model[1]
+    assert attn.qkv.out_features == 48 and attn.dim_head == 16  # the head is kept whole
+    assert result.model[0].out_features == 8  # the rest is pruned
+    assert any("fixes in its code" in e.reason for e in result.coverage.entries)
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 5, 4)

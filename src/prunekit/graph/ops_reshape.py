@@ -41,6 +41,7 @@ from prunekit.graph.ops_shape import (
     running_module_phrase,
     tensors_free,
 )
+from prunekit.graph.sizes import SizeInt
 from prunekit.graph.trace import TraceContext
 
 RESHAPE = ("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "ravel")
@@ -206,7 +207,10 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
         ctx.bind_attribute(ctx.path, holders[0], line)
         return
     trailing = all(labels.shape[d] == 1 for d in segment if d > dim)
-    if trailing and not holders:
+    # a trailing size computed from a shape read (c // groups: a SizeInt) follows; one
+    # computed from attributes or literals (maxvit's self.dim_head * 3) does not
+    computed = len(sizes) != labels.dim() or isinstance(sizes[dim], SizeInt)
+    if trailing and not holders and computed:
         return
     where = running_module_phrase(ctx)
     held = f" (held by {', '.join(holders)})" if holders else ""
