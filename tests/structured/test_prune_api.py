@@ -310,12 +310,17 @@ def test_masked_model_asks_for_strip(lenet: LeNet5, lenet_input: Tensor) -> None
     assert prune(lenet, lenet_input, ratio=0.5).params_kept < 0.6
 
 
+def _two_convs() -> nn.Sequential:
+    """A conv net whose middle conv takes a parametrization (8×8 inputs)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 4 * 4, 4)).eval()
+
+
 def test_parametrization_error_names_the_torch_fix_that_works() -> None:
     from torch.nn.utils import parametrizations, parametrize
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 4 * 4, 4)).eval()
+    model = _two_convs()
     parametrizations.spectral_norm(model[2])
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
@@ -334,8 +339,7 @@ def test_weight_norm_is_pruned_without_removing_it() -> None:
     from torch.nn.utils import parametrizations, parametrize
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 4 * 4, 4)).eval()
+    model = _two_convs()
     parametrizations.weight_norm(model[2])
     result = prune(model, torch.randn(2, 3, 8, 8), ratio=0.5)
     assert result.params_kept < 0.6

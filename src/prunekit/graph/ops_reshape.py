@@ -59,11 +59,7 @@ def _reshape_general(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
     replay(ctx, call)
     out = tensors_in(call.out)[0]
     labels = ctx.labels(out)
-    for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
-        if len(src_dims) > 1 and len(out_dims) == 1:
-            canon = ctx.space.find(labels)
-            if out_dims[0] in varying(canon):
-                _bind_merged_size(ctx, call, canon, out_dims[0])
+    for _, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
         if len(out_dims) < 2:
             continue
         canon = ctx.space.find(labels)
@@ -83,18 +79,26 @@ def _reshape_general(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
 
 
 def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
-    """A dim that carries channels through the reshape unchanged (not split, not merged)
-    and whose size the call takes from an attribute of the module whose code made the call
+    """Sizes the call takes from attributes of the module whose code made it
     (:func:`~prunekit.graph.callers.calling_module`: the running module, or a child whose
-    helper method it called) binds that attribute, which is rewritten with the channels
-    kept:
+    helper method it called), for dims of the result that carry channels and that the
+    reshape leaves whole or makes by merging; such an attribute is bound and rewritten with
+    the channels kept (splits are judged by :func:`_one_varying_factor` and
+    :func:`_shrinking_factor`):
 
     - the whole size is a tuple attribute, passed as is (``view(self.bias_shape)`` in
       timm's relative position biases, ``view(self.shape)`` in MetaFormer's ``Scale``):
       found by identity, so a tuple of equal value elsewhere is never taken for it; its
       element for that dim is bound (``bias_shape[2]``);
-    - the size is written as an int that one int attribute named for a head count or a
-      merged heads width holds (``view(-1, self.num_heads)``).
+    - a dim left whole, written as an int that one int attribute named for a head count or
+      a merged heads width holds (``view(-1, self.num_heads)``);
+    - a dim merged from several (heads back into one width), written as an int that one
+      int attribute named for a merged heads width holds (``view(B, T,
+      self.all_head_size)``, as MobileViT and older BERT code write it); where several do,
+      which one sized it is unknown, so the channels are kept whole. A size left to -1, or
+      computed (``self.num_heads * self.head_dim``), follows by itself; an attribute of
+      equal value by another name (a model width) is not bound, since it may size
+      something else.
     """
     out = tensors_in(call.out)[0]
     written = call.args[1] if len(call.args) == 2 else call.kwargs.get("shape")
@@ -109,7 +113,7 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
         return
     labels = None
     for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
-        if len(src_dims) != 1 or len(out_dims) != 1:
+        if len(out_dims) != 1:
             continue
         dim = out_dims[0]
         if labels is None:
@@ -120,11 +124,23 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
             if written[dim] != -1:
                 ctx.bind_attribute(path, f"{owner}[{dim}]", first_line(labels, dim))
             continue
-        if len(sizes) != out.dim() or sizes[dim] != out.shape[dim]:
-            continue
-        holders = [k for k, v in named.items() if v == sizes[dim]]
+        size = out.shape[dim]
+        if len(src_dims) == 1:  # left whole
+            if len(sizes) != out.dim() or sizes[dim] != size:
+                continue
+            holders = [k for k, v in named.items() if v == size]
+        else:  # merged
+            if (len(sizes) == out.dim() and sizes[dim] == -1) or size not in sizes:
+                continue
+            holders = [k for k, v in named.items() if v == size and _merges_heads(k)]
         if len(holders) == 1:
             ctx.bind_attribute(path, holders[0], first_line(labels, dim))
+        elif holders and len(src_dims) > 1:
+            ctx.block(labels, f"{call.display} merges channels into a size of {size}, which "
+                              f"several attributes of {running_module_phrase(ctx)} hold "
+                              f"({', '.join(holders)}), so which one sizes it is unknown; "
+                              f"write -1 for it, or keep it in one int attribute, to prune "
+                              f"these channels")
 
 
 def _reshape_vector(ctx: TraceContext, call: OpCall, source: Tensor) -> bool:
@@ -148,35 +164,8 @@ def _reshape_vector(ctx: TraceContext, call: OpCall, source: Tensor) -> bool:
         after = math.prod(source.shape[d] for d in src_dims if d > dim)
         merged = roots.reshape(1, -1, 1).expand(before, -1, after).reshape(-1)
         ctx.set_vector(out, merged, out_dims[0])
-        if len(src_dims) > 1:
-            _bind_merged_size(ctx, call, ctx.labels(out), out_dims[0])
         return True
     return False
-
-
-def _bind_merged_size(ctx: TraceContext, call: OpCall, labels: Tensor, dim: int) -> None:
-    """Dims merged into ``dim``, which carries channels: where the call writes its size and
-    one int attribute of the running module named for a merged heads width holds it
-    (``view(B, T, self.all_head_size)``, as MobileViT and older BERT code write it), that
-    attribute is bound and rewritten with the channels kept; where several do, which one
-    sized it is unknown, so the channels are kept whole. A size left to -1, or computed
-    (``self.num_heads * self.head_dim``), follows by itself; an attribute of equal value
-    by another name (a model width) is not bound, since it may size something else."""
-    if call.name not in ("view", "reshape"):
-        return
-    sizes = tensors_free(call.args[1:]) or tensors_free(tuple(call.kwargs.values()))
-    size = labels.shape[dim]
-    if (len(sizes) == labels.dim() and sizes[dim] == -1) or size not in sizes:
-        return
-    holders = [k for k, v in int_attributes(ctx).items() if v == size and _merges_heads(k)]
-    if len(holders) == 1:
-        ctx.bind_attribute(ctx.path, holders[0], first_line(ctx.space.find(labels), dim))
-    elif holders:
-        where = running_module_phrase(ctx)
-        ctx.block(labels, f"{call.display} merges channels into a size of {size}, which "
-                          f"several attributes of {where} hold ({', '.join(holders)}), so "
-                          f"which one sizes it is unknown; write -1 for it, or keep it in "
-                          f"one int attribute, to prune these channels")
 
 
 def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
