@@ -21,7 +21,7 @@ from prunekit.errors import PruneValidationError
 from prunekit.structured import prune
 
 Style = Literal["split", "chunk", "view", "bloom", "computed", "computed_view",
-                "functional_view", "sliced_bias", "literal", "ambiguous"]
+                "functional_view", "sliced_bias", "literal", "ambiguous", "twin"]
 COMPUTED = ("computed", "computed_view", "functional_view", "sliced_bias")  # no head size
 DIM, HEADS, VOCAB = 32, 4, 50
 HEAD_DIM = DIM // HEADS
@@ -45,7 +45,7 @@ class FusedAttention(nn.Module):
             self.n_embd = DIM
         if style not in COMPUTED:  # nanoGPT keeps no head size
             self.head_dim = HEAD_DIM
-        if style == "ambiguous":
+        if style in ("ambiguous", "twin"):
             self.width = DIM  # a second attribute with the split width
         self.c_attn = nn.Linear(DIM, 3 * DIM)
         self.c_proj = nn.Linear(DIM, DIM)
@@ -74,6 +74,9 @@ class FusedAttention(nn.Module):
                 parts = fused.chunk(3, dim=-1)
             elif self.style == "literal":
                 parts = fused.split(DIM, dim=2)
+            elif self.style == "ambiguous":  # read a statement before: n_embd or width?
+                width = self.n_embd
+                parts = fused.split(width, dim=2)
             else:
                 parts = fused.split(self.n_embd, dim=2)
             size = c // self.n_head if self.style == "computed" else self.head_dim
@@ -133,7 +136,7 @@ def _heads_only(model: nn.Module, ratio: float) -> dict[str, float]:
 PER_HEAD = 3 * HEAD_DIM * (DIM + 1) + HEAD_DIM * DIM  # q/k/v rows + biases, c_proj columns
 
 
-@pytest.mark.parametrize("style", ["split", "chunk", "view", "bloom"])
+@pytest.mark.parametrize("style", ["split", "chunk", "view", "bloom", "twin"])
 @pytest.mark.parametrize(("ratio", "removed"), [(0.3, 1), (0.5, 2)])
 def test_whole_heads_leave_the_fused_projection(style: Style, ratio: float,
                                                 removed: int) -> None:
@@ -146,8 +149,10 @@ def test_whole_heads_leave_the_fused_projection(style: Style, ratio: float,
         assert attn.c_attn.weight.shape == (3 * left * HEAD_DIM, DIM)
         assert attn.c_attn.bias.shape == (3 * left * HEAD_DIM,)
         assert attn.c_proj.weight.shape == (DIM, left * HEAD_DIM)
-        if style == "split":
+        if style in ("split", "twin"):
             assert attn.n_embd == left * HEAD_DIM  # the split width follows
+        if style == "twin":  # equal to n_embd, but not what the split reads
+            assert attn.width == DIM
     assert _params(model) - _params(result.model) == 2 * removed * PER_HEAD
     with torch.no_grad():
         assert result.model(ids).shape == model(ids).shape == (2, 8, VOCAB)

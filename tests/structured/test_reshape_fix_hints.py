@@ -9,7 +9,8 @@ from prunekit.structured.pruning import prune
 
 
 class _TwoHolders(nn.Module):
-    """Splits its 8 channels as (2, 4), with 4 held by two int attributes."""
+    """Splits its 8 channels as (2, 4), with 4 held by two int attributes and read a
+    statement before the call (so the call's own expression does not tell which)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -19,7 +20,8 @@ class _TwoHolders(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.proj_in(x)
         b, t, _ = h.shape
-        h = h.view(b, t, 2, self.width).relu()
+        width = self.width
+        h = h.view(b, t, 2, width).relu()
         return self.proj_out(h.reshape(b, t, 8))
 
 

@@ -22,7 +22,7 @@ from prunekit.graph.labels import consume, emit, rep_along
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_matmul import contract
 from prunekit.graph.ops_pointwise import combine
-from prunekit.graph.ops_shape import int_attributes, running_module_phrase
+from prunekit.graph.ops_shape import holding, running_module_phrase
 from prunekit.graph.trace import ParamRecord, TraceContext
 
 
@@ -99,7 +99,7 @@ def _bind_group_count(ctx: TraceContext, call: OpCall, groups: int, channels: Te
     several do, which one the call reads is unknown, so the channels are kept whole. None:
     the count is read from the input (``x.shape[1]``) and follows by itself, or it is a
     literal, which the forward check after surgery reports."""
-    holders = [k for k, v in int_attributes(ctx).items() if v == groups]
+    holders = holding(ctx, groups)
     if len(holders) > 1:
         holders = [k for k in holders if "channel" in k or "group" in k] or holders
     if len(holders) == 1:

@@ -13,15 +13,18 @@ Rules that keep the replay sound after channels are removed:
 - Whole heads go only if the per-head size is left to -1 or held by an attribute
   (``self.head_dim``); one computed in the code (nanoGPT's ``C // self.n_head``) keeps the
   heads, and the input width of the layer they come from, whole.
-- A reshape that *merges* heads back into one dim and writes the merged size from an
-  attribute named for it (``view(B, T, self.all_head_size)``, ``self.inner_dim``,
-  ``self.attn_dim``) binds that attribute, which is rewritten. Only such names: a model
-  width of equal value (``self.hidden_size`` where the code writes ``self.num_heads *
-  self.head_dim``) is not what sized it and must not be rewritten.
+- A reshape that *merges* heads back into one dim (or leaves a channel dim whole) and
+  writes its size from an int attribute binds that attribute, which is rewritten: one the
+  call's own expression reads (``reshape(B, N, self.out_dim)``, whatever its name), else
+  one named for it and read in an earlier statement (``new_shape = ... +
+  (self.all_head_size,)``). A model width of equal value that the call does not read
+  (``self.hidden_size`` where the code writes ``self.num_heads * self.head_dim``) is not
+  what sized it and must not be rewritten.
 - As for splits, attributes are matched by value (see :mod:`prunekit.graph.ops_shape`);
-  where the call writes the matched size for two factors of one split (``view(b,
-  self.groups, c // self.groups, h, w)`` with 3 groups of 3), the attribute might size
-  either, so those channels are kept whole unless its name says (``*head*``).
+  of several holding the size, those the call's expression reads are taken. Where the
+  call writes the matched size for two factors of one split (``view(b, self.groups, c //
+  self.groups, h, w)`` with 3 groups of 3), the attribute might size either, so those
+  channels are kept whole unless its name says (``*head*``).
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ import math
 import torch
 from torch import Tensor
 
-from prunekit.graph.callers import calling_module
+from prunekit.graph.callers import attributes_read, calling_module
 from prunekit.graph.labels import rep_along, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
     first_line,
+    holding,
     int_attributes,
     replay,
     running_module_phrase,
@@ -90,15 +94,17 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
       timm's relative position biases, ``view(self.shape)`` in MetaFormer's ``Scale``):
       found by identity, so a tuple of equal value elsewhere is never taken for it; its
       element for that dim is bound (``bias_shape[2]``);
-    - a dim left whole, written as an int that one int attribute named for a head count or
-      a merged heads width holds (``view(-1, self.num_heads)``);
-    - a dim merged from several (heads back into one width), written as an int that one
-      int attribute named for a merged heads width holds (``view(B, T,
-      self.all_head_size)``, as MobileViT and older BERT code write it); where several do,
-      which one sized it is unknown, so the channels are kept whole. A size left to -1, or
-      computed (``self.num_heads * self.head_dim``), follows by itself; an attribute of
-      equal value by another name (a model width) is not bound, since it may size
-      something else.
+    - a dim left whole or merged from several (heads back into one width), written as an
+      int that one int attribute holds: one the call's expression reads
+      (:func:`~prunekit.graph.callers.attributes_read`: ``reshape(B, N, self.out_dim)`` in
+      TinyViT, ``self.dim_out`` in Hiera, ``self.in_dim`` in TNT), else one named for a
+      merged heads width (``view(new_shape)`` with ``self.all_head_size`` put in it a line
+      before, as MobileViT and older BERT code write it) or, for a dim left whole, a head
+      count (``view(-1, self.num_heads)``). Where several hold a merged size, which one
+      sized it is unknown, so the channels are kept whole. A size left to -1, or computed
+      (``self.num_heads * self.head_dim``, ``x.shape[-1]``), follows by itself; an
+      attribute of equal value that the call does not read (a model width) is not bound,
+      since it may size something else.
     """
     out = tensors_in(call.out)[0]
     written = call.args[1] if len(call.args) == 2 else call.kwargs.get("shape")
@@ -107,9 +113,10 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
     owner = next((k for k, v in state.items() if v is written), None) \
         if isinstance(written, (tuple, list)) and len(written) == out.dim() else None
     sizes = tensors_free(call.args[1:]) or tensors_free(tuple(call.kwargs.values()))
-    named = {k: v for k, v in state.items() if type(v) is int and v in sizes
-             and (_counts_heads(k) or _merges_heads(k))}
-    if owner is None and not named:
+    read = attributes_read(ctx)
+    ints = {k: v for k, v in state.items() if type(v) is int and v in sizes
+            and (k in read or _counts_heads(k) or _merges_heads(k))}
+    if owner is None and not ints:
         return
     labels = None
     for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
@@ -125,14 +132,13 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
                 ctx.bind_attribute(path, f"{owner}[{dim}]", first_line(labels, dim))
             continue
         size = out.shape[dim]
-        if len(src_dims) == 1:  # left whole
-            if len(sizes) != out.dim() or sizes[dim] != size:
-                continue
-            holders = [k for k, v in named.items() if v == size]
-        else:  # merged
-            if (len(sizes) == out.dim() and sizes[dim] == -1) or size not in sizes:
-                continue
-            holders = [k for k, v in named.items() if v == size and _merges_heads(k)]
+        aligned = len(sizes) == out.dim()
+        if (aligned and (sizes[dim] != size or isinstance(sizes[dim], SizeInt))) or (
+                len(src_dims) == 1 and not aligned) or size not in sizes:
+            continue  # left to -1, computed from a shape read, or not where it can be told
+        holders = [k for k, v in ints.items() if v == size and k in read] or [
+            k for k, v in ints.items() if v == size
+            and (_merges_heads(k) or (len(src_dims) == 1 and _counts_heads(k)))]
         if len(holders) == 1:
             ctx.bind_attribute(path, holders[0], first_line(labels, dim))
         elif holders and len(src_dims) > 1:
@@ -186,7 +192,7 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     if len(sizes) == labels.dim() and sizes[dim] == -1:
         return
     size = labels.shape[dim]
-    holders = [k for k, v in int_attributes(ctx).items() if v == size]
+    holders = holding(ctx, size)
     if len(holders) == 1 and _written_twice(sizes, labels, segment, dim) \
             and not _named_for(holders[0], dim, segment):
         _block_ambiguous(ctx, call, labels, size, holders[0])
@@ -267,7 +273,7 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
             return dim, heads[0]
     last = bearing[-1]
     size = labels.shape[last]
-    holders = [k for k, v in attrs.items() if v == size]
+    holders = holding(ctx, size)
     if size not in written or last != labels.dim() - 1 or not holders:
         return last, None
     if len(holders) > 1:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prunekit.graph.callers import attributes_read, calling_module
 from prunekit.graph.labels import varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
 from prunekit.graph.trace import ParamRecord, TraceContext
@@ -331,7 +332,7 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
     size = call.kwargs.get("split_size_or_sections", call.kwargs.get("split_size"))
     if width not in tensors_free((*call.args[1:2], size)):
         return None, f"{call.display} splits a channel dimension at sizes fixed in the code"
-    holders = [k for k, v in int_attributes(ctx).items() if v == width]
+    holders = holding(ctx, width)
     if len(holders) > 1:
         holders = [k for k in holders if "split" in k.lower()] or holders
     if len(holders) == 1:
@@ -351,6 +352,18 @@ def int_attributes(ctx: TraceContext) -> dict[str, int]:
     """The running module's int attributes (the sizes its forward may read)."""
     return {k: v for k, v in vars(ctx.running_module).items()
             if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def holding(ctx: TraceContext, size: int) -> list[str]:
+    """The running module's int attributes that hold ``size``. Where several do and the
+    running module's own code made the call, only those its expression reads
+    (:func:`~prunekit.graph.callers.attributes_read`) if any: of ``in_dim`` and ``width``
+    both 8, ``x.reshape(-1, self.in_dim, k, k)`` was sized by ``in_dim``."""
+    holders = [k for k, v in int_attributes(ctx).items() if v == size]
+    if len(holders) > 1 and calling_module(ctx)[1] is ctx.running_module:
+        read = attributes_read(ctx)
+        holders = [k for k in holders if k in read] or holders
+    return holders
 
 
 def running_module_phrase(ctx: TraceContext) -> str:
