@@ -17,11 +17,13 @@ import functools
 import os
 import sys
 from types import CodeType, FrameType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from prunekit.graph.trace import TraceContext
+if TYPE_CHECKING:
+    from prunekit.graph.trace import TraceContext
 
 __all__ = ["attributes_read", "calling_module"]
 

@@ -39,6 +39,11 @@ UNARY = (
     "positive", "float_power",
 )
 
+FIXED_OPERAND = ("meets a tensor the code makes at a fixed size along these channels "
+                 "(torch.arange(n), torch.zeros(T, dim)), which would not shrink with them; "
+                 "size it from a tensor's shape (x.shape[-1]) or keep it as a buffer to "
+                 "prune them")
+
 BINARY = (
     "add", "sub", "mul", "div", "truediv", "floordiv", "true_divide", "floor_divide",
     "remainder", "fmod", "mod", "pow", "maximum", "minimum", "fmax", "fmin", "atan2",
@@ -135,6 +140,8 @@ def _vector_and_passive(ctx: TraceContext, operands: list[Tensor], shape: torch.
                 vector[0]]:
             continue
         dim, roots = vector[0], ctx.space.find(vector[1])
+        if not ctx.is_tracked(other) and _spans(other, dim, len(shape)):
+            continue  # a constant of the channels' full width: combine blocks them
         if ctx.is_tracked(other):
             side = ctx.vector_of(other)
             if side is not None:
@@ -148,6 +155,13 @@ def _vector_and_passive(ctx: TraceContext, operands: list[Tensor], shape: torch.
             ctx.set_vector(tensor, roots, dim)
         return True
     return False
+
+
+def _spans(tensor: Tensor, dim: int, ndim: int) -> bool:
+    """True if ``tensor``, an operand of a result with ``ndim`` dims, is not broadcast
+    along ``dim`` of the result (it has a dim of size > 1 there)."""
+    pad = ndim - tensor.dim()
+    return pad <= dim and tensor.shape[dim - pad] > 1
 
 
 def _one_label_along(labels: Tensor, dim: int, ndim: int) -> bool:
@@ -195,6 +209,7 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
     space = ctx.space
     acc: Tensor | None = None
     acc_bcast: set[int] = set()
+    fixed: set[int] = set()  # dims that an operand carrying no channels spans
     for lab in operands:
         try:
             full = space.find(lab).expand(shape) if lab.dim() <= len(shape) else None
@@ -205,6 +220,8 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
         pad = len(shape) - lab.dim()
         bcast = {d for d in range(len(shape))
                  if shape[d] > 1 and (d < pad or lab.shape[d - pad] == 1)}
+        if lab.numel() and int(lab.max()) == NEUTRAL:
+            fixed.update(d for d in range(pad, len(shape)) if shape[d] > 1 and d not in bcast)
         if acc is None:
             acc, acc_bcast = full, bcast
             continue
@@ -233,6 +250,8 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
             acc = torch.full(tuple(shape), bid, dtype=torch.long)
     if acc is None:
         return torch.full(tuple(shape), NEUTRAL, dtype=torch.long)
+    if fixed and not fixed.isdisjoint(varying(acc)):
+        space.block(acc, FIXED_OPERAND)
     return acc
 
 

@@ -217,12 +217,4 @@ def _reorder(ctx: TraceContext, call: OpCall) -> None:
                        torch.full(shape, NEUTRAL, dtype=torch.long))
 
 
-def _factory(ctx: TraceContext, call: OpCall) -> None:
-    """``x.new_zeros(...)`` and friends make a new tensor: it carries no channels."""
-    for out in tensors_in(call.out):
-        ctx.set_labels(out, torch.full(tuple(out.shape), NEUTRAL, dtype=torch.long))
-
-
 register_op(("sort", "argsort", "topk", "kthvalue", "msort"), _reorder)
-register_op(("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "new_empty_strided"),
-            _factory)

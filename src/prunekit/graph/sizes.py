@@ -51,7 +51,7 @@ from prunekit.graph.ops import OpCall, OpHandler
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["SIZED", "SizeInt", "SizeTracker", "check_sizes", "with_sizes"]
+__all__ = ["SIZED", "SizeInt", "SizeTracker", "check_sizes", "with_sizes", "written_shape"]
 
 # ops whose int arguments give the result's shape, and where the sizes start
 _TENSOR_FIRST = ("view", "reshape", "expand", "broadcast_to", "new_zeros", "new_ones",
@@ -242,6 +242,16 @@ def _sized_args(call: OpCall, out: Tensor) -> list[tuple[int, SizeInt]]:
             return []
         first = dim % max(out.dim() - len(sizes) + 1, 1)
         return [(first + i, s) for i, s in enumerate(sizes) if isinstance(s, SizeInt)]
+    rest = written_shape(call)
+    if len(rest) != out.dim():
+        return []
+    return [(d, s) for d, s in enumerate(rest) if isinstance(s, SizeInt)]
+
+
+def written_shape(call: OpCall) -> tuple[Any, ...]:
+    """The sizes a reshape, expand or factory call writes for its result, one per dim
+    (``-1`` left as written); empty where it writes none."""
+    name, args, kwargs = call.name, call.args, call.kwargs
     rest = args[1:] if name in _TENSOR_FIRST else args
     if name in _FILLS:
         rest = rest[:1]
@@ -250,9 +260,7 @@ def _sized_args(call: OpCall, out: Tensor) -> list[tuple[int, SizeInt]]:
     if not rest:
         found = kwargs.get("size", kwargs.get("shape"))
         rest = tuple(found) if isinstance(found, (tuple, list)) else ()
-    if len(rest) != out.dim():
-        return []
-    return [(d, s) for d, s in enumerate(rest) if isinstance(s, SizeInt)]
+    return tuple(rest)
 
 
 def check_sizes(ctx: TraceContext, call: OpCall) -> None:

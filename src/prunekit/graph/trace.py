@@ -42,6 +42,7 @@ from prunekit.graph.ops import (
     op_name,
     tensors_in,
 )
+from prunekit.graph.ops_factory import UNIFORM, attribute_sized
 from prunekit.graph.passes import traced_pass, unvisited_layers, walk_modules
 from prunekit.graph.records import (  # (defined there, imported from here by the adapters)
     ModuleCall,
@@ -325,10 +326,14 @@ class TraceContext:
             key = id(t)
             if key in labels or key in vectors or key in params or key in views:
                 break
-        else:  # (a factory sized by a shape read: torch.zeros(B, C))
-            if self.sizes.live and inputs == [] and not self._calls.atomic_depth:
+        else:  # a factory sized by a shape read (torch.zeros(B, C)) or an attribute
+            if inputs == [] and not self._calls.atomic_depth:
                 name, display, _ = self._op(func)
-                check_sizes(self, OpCall(func, name, display, args, kwargs, out))
+                if name in UNIFORM or self.sizes.live:
+                    call = OpCall(func, name, display, args, kwargs, out)
+                    if self.sizes.live:
+                        check_sizes(self, call)
+                    attribute_sized(self, call)
             return
         name, display, handler = self._op(func)
         call = OpCall(func, name, display, args, kwargs, out)

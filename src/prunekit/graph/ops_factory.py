@@ -1,0 +1,74 @@
+"""New tensors made in the forward: ``x.new_zeros(...)`` and friends carry no channels,
+except along a dim whose size the call reads from an int attribute.
+
+A value-uniform factory (``zeros``, ``ones``, ``full``, ``empty`` and their ``new_*``
+forms) whose call reads the size of a dim from one int attribute of the module whose code
+made it (T5's ``torch.zeros((1, self.n_heads, T, K))`` in the layers without a relative
+position bias) gives that dim fresh labels, and binds the attribute to them. Where the
+tensor meets channels along that dim (the attention scores' heads), the two join, and
+surgery rewrites the attribute with the channels kept: the pruned model makes the tensor at
+the pruned size. That is exact, since every index holds the same value; a factory whose
+values depend on the index (``arange``, random) is left without channels, and where it
+meets channels along a dim it spans, they are kept whole
+(:data:`prunekit.graph.ops_pointwise.FIXED_OPERAND`). Where the labels meet no channels,
+they form units without parameters, which nothing prunes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from prunekit.graph.callers import attributes_read, calling_module
+from prunekit.graph.labels import NEUTRAL, varies
+from prunekit.graph.ops import OpCall, register_op, tensors_in
+from prunekit.graph.sizes import written_shape
+
+if TYPE_CHECKING:
+    from prunekit.graph.trace import TraceContext
+
+__all__ = ["UNIFORM", "attribute_sized"]
+
+NEW = ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "new_empty_strided")
+UNIFORM = frozenset(("zeros", "ones", "empty", "full", "new_zeros", "new_ones", "new_empty",
+                     "new_full"))
+
+
+def attribute_sized(ctx: TraceContext, call: OpCall) -> None:
+    """Label the dim of a value-uniform factory's result that the call sizes from one int
+    attribute (the module docstring); nothing where no dim is, or where the size written
+    for it is written for another dim too (which one the attribute sizes is unknown)."""
+    out = call.out
+    if call.name not in UNIFORM or not isinstance(out, Tensor) or out.dim() == 0:
+        return
+    shape = written_shape(call)
+    if len(shape) != out.dim():
+        return
+    read = attributes_read(ctx)
+    if not read:
+        return
+    path, module = calling_module(ctx)
+    held = {k: v for k, v in vars(module).items() if k in read and type(v) is int}
+    for dim, size in enumerate(shape):
+        if type(size) is not int or size < 2 or shape.count(size) > 1:
+            continue
+        holders = [k for k, v in held.items() if v == size]
+        if len(holders) != 1 or varies(ctx.space.find(ctx.labels(out)), dim):
+            continue
+        ids = ctx.space.new_ids(size)
+        ctx.set_vector(out, ids, dim)
+        ctx.bind_attribute(path, holders[0], ids)
+        return  # (labels in vector form vary along one dim)
+
+
+def _new(ctx: TraceContext, call: OpCall) -> None:
+    """``x.new_zeros(...)`` and friends make a new tensor: it carries no channels (but see
+    :func:`attribute_sized`)."""
+    for out in tensors_in(call.out):
+        ctx.set_labels(out, torch.full(tuple(out.shape), NEUTRAL, dtype=torch.long))
+    attribute_sized(ctx, call)
+
+
+register_op(NEW, _new)
