@@ -1,10 +1,11 @@
 """Structured pruning of Hugging Face architectures with ``pk.prune``: which ones work.
 
-Tiny random-init configurations of 26 ``transformers`` architectures (decoders with GQA,
-rotary, ALiBi, parallel attention, encoders, encoder-decoders, vision and speech models),
-each pruned at ratio 0.5 with L2 norms on a fresh copy, as benchmarks/structured.py prunes
-its zoo (same success rule: the pruned model runs, keeps its output shapes and lost
-parameters; the same output layers left alone). Columns: ``ok`` or the reason, fraction of
+Tiny random-init configurations of 67 ``transformers`` architectures (decoders with GQA,
+rotary, ALiBi, parallel attention, multi-query attention and mixture-of-experts MLPs,
+encoders, encoder-decoders, vision CNNs and transformers, speech models), each pruned
+at ratio 0.5 with L2 norms on a fresh copy, as benchmarks/structured.py prunes its zoo
+(same success rule: the pruned model runs, keeps its output shapes and lost parameters;
+the same output layers left alone). Columns: ``ok`` or the reason, fraction of
 parameters kept. Torch-Pruning is not compared here: called as in the zoo benchmark it
 fails on tuple/ModelOutput outputs and prunes the hidden size of base models' outputs, so a
 fair run would need per-model output transforms and ignore lists. Not a test.
@@ -122,6 +123,127 @@ def _cases() -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
             conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
             num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)),
             {"input_values": torch.randn(2, 400)}),
+        "mixtral": lambda: (tr.MixtralForCausalLM(tr.MixtralConfig(
+            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, **lm)),
+            {"input_ids": ids()}),
+        "qwen2_moe": lambda: (tr.Qwen2MoeForCausalLM(tr.Qwen2MoeConfig(
+            num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=32, shared_expert_intermediate_size=64, **lm)),
+            {"input_ids": ids()}),
+        "gemma2": lambda: (tr.Gemma2ForCausalLM(tr.Gemma2Config(
+            num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+            **lm)), {"input_ids": ids()}),
+        "gemma3_text": lambda: (tr.Gemma3ForCausalLM(tr.Gemma3TextConfig(
+            num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+            **lm)), {"input_ids": ids()}),
+        "phi3": lambda: (tr.Phi3ForCausalLM(tr.Phi3Config(num_key_value_heads=2, pad_token_id=0,
+                                                          **lm)), {"input_ids": ids()}),
+        "olmo": lambda: (tr.OlmoForCausalLM(tr.OlmoConfig(pad_token_id=0, **lm)),
+                         {"input_ids": ids()}),
+        "olmo2": lambda: (tr.Olmo2ForCausalLM(tr.Olmo2Config(pad_token_id=0, **lm)),
+                          {"input_ids": ids()}),
+        "stablelm": lambda: (tr.StableLmForCausalLM(tr.StableLmConfig(num_key_value_heads=2,
+                                                                       **lm)),
+                             {"input_ids": ids()}),
+        "starcoder2": lambda: (tr.Starcoder2ForCausalLM(tr.Starcoder2Config(
+            num_key_value_heads=2, **lm)), {"input_ids": ids()}),
+        "gpt_bigcode": lambda: (tr.GPTBigCodeForCausalLM(tr.GPTBigCodeConfig(
+            vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=32, multi_query=True)),
+            {"input_ids": ids()}),
+        "gptj": lambda: (tr.GPTJForCausalLM(tr.GPTJConfig(vocab_size=100, n_embd=32, n_layer=2,
+                                                          n_head=4, rotary_dim=4,
+                                                          n_positions=32)),
+                         {"input_ids": ids()}),
+        "codegen": lambda: (tr.CodeGenForCausalLM(tr.CodeGenConfig(
+            vocab_size=100, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=32,
+            n_ctx=32)), {"input_ids": ids()}),
+        "gpt_neo": lambda: (tr.GPTNeoForCausalLM(tr.GPTNeoConfig(
+            vocab_size=100, hidden_size=32, num_layers=2, num_heads=4,
+            attention_types=[[["global", "local"], 1]], window_size=4,
+            max_position_embeddings=32)), {"input_ids": ids()}),
+        "mpt": lambda: (tr.MptForCausalLM(tr.MptConfig(vocab_size=100, d_model=32, n_heads=4,
+                                                       n_layers=2, expansion_ratio=2,
+                                                       max_seq_len=32)),
+                        {"input_ids": ids()}),
+        "xlm_roberta": lambda: (tr.XLMRobertaModel(tr.XLMRobertaConfig(**{
+            **lm, "max_position_embeddings": 40})), {"input_ids": ids()}),
+        "mpnet": lambda: (tr.MPNetModel(tr.MPNetConfig(**{**lm, "max_position_embeddings": 40})),
+                          {"input_ids": ids()}),
+        "convbert": lambda: (tr.ConvBertModel(tr.ConvBertConfig(embedding_size=32,
+                                                                conv_kernel_size=3, **lm)),
+                             {"input_ids": ids()}),
+        "mobilebert": lambda: (tr.MobileBertModel(tr.MobileBertConfig(
+            embedding_size=16, intra_bottleneck_size=16, num_feedforward_networks=2, **lm)),
+            {"input_ids": ids()}),
+        "funnel": lambda: (tr.FunnelBaseModel(tr.FunnelConfig(
+            vocab_size=100, block_sizes=[1, 1], d_model=32, n_head=4, d_head=8, d_inner=64)),
+            {"input_ids": ids()}),
+        "mbart": lambda: (tr.MBartModel(tr.MBartConfig(max_position_embeddings=32, **seq)),
+                          {"input_ids": ids()}),
+        "pegasus": lambda: (tr.PegasusModel(tr.PegasusConfig(max_position_embeddings=32, **seq)),
+                            {"input_ids": ids(), "decoder_input_ids": ids()}),
+        "marian": lambda: (tr.MarianModel(tr.MarianConfig(max_position_embeddings=32, **seq)),
+                           {"input_ids": ids(), "decoder_input_ids": ids()}),
+        "mt5": lambda: (tr.MT5Model(tr.MT5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64,
+                                                 num_layers=2, num_heads=4)),
+                        {"input_ids": ids(), "decoder_input_ids": ids()}),
+        "whisper": lambda: (tr.WhisperModel(tr.WhisperConfig(
+            num_mel_bins=16, max_source_positions=16, max_target_positions=32,
+            **{**seq, "decoder_start_token_id": 2})),
+            {"input_features": torch.randn(2, 16, 32), "decoder_input_ids": ids()}),
+        "dinov2": lambda: (tr.Dinov2Model(tr.Dinov2Config(image_size=32, patch_size=8, **sizes)),
+                           {"pixel_values": pixels()}),
+        "beit": lambda: (tr.BeitModel(tr.BeitConfig(image_size=32, patch_size=8,
+                                                    use_relative_position_bias=True, **sizes)),
+                         {"pixel_values": pixels()}),
+        "convnext": lambda: (tr.ConvNextModel(tr.ConvNextConfig(hidden_sizes=[8, 16, 24, 32],
+                                                                depths=[1, 1, 1, 1])),
+                             {"pixel_values": pixels()}),
+        "convnextv2": lambda: (tr.ConvNextV2Model(tr.ConvNextV2Config(
+            hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])), {"pixel_values": pixels()}),
+        "efficientnet": lambda: (tr.EfficientNetModel(tr.EfficientNetConfig(
+            image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320)),
+            {"pixel_values": pixels()}),
+        "regnet": lambda: (tr.RegNetModel(tr.RegNetConfig(embedding_size=8, hidden_sizes=[8, 16],
+                                                          depths=[1, 1], groups_width=4)),
+                           {"pixel_values": pixels()}),
+        "levit": lambda: (tr.LevitModel(tr.LevitConfig(
+            image_size=64, hidden_sizes=[16, 32, 48], num_attention_heads=[2, 4, 6],
+            depths=[1, 1, 1], key_dim=[8, 8, 8], mlp_ratio=[2, 2, 2],
+            attention_ratio=[2, 2, 2])), {"pixel_values": torch.randn(2, 3, 64, 64)}),
+        "poolformer": lambda: (tr.PoolFormerModel(tr.PoolFormerConfig(
+            depths=[1, 1], hidden_sizes=[16, 32], num_encoder_blocks=2)),
+            {"pixel_values": pixels()}),
+        "mobilenet_v2": lambda: (tr.MobileNetV2Model(tr.MobileNetV2Config(
+            image_size=32, depth_multiplier=0.25)), {"pixel_values": pixels()}),
+        "bit": lambda: (tr.BitModel(tr.BitConfig(embedding_size=8, hidden_sizes=[16, 32],
+                                                 depths=[1, 1], num_groups=4)),
+                        {"pixel_values": pixels()}),
+        "pvt": lambda: (tr.PvtModel(tr.PvtConfig(image_size=32, num_encoder_blocks=2,
+                                                 depths=[1, 1], sequence_reduction_ratios=[2, 1],
+                                                 hidden_sizes=[16, 32], patch_sizes=[4, 2],
+                                                 strides=[4, 2], num_attention_heads=[1, 2],
+                                                 mlp_ratios=[2, 2])),
+                        {"pixel_values": pixels()}),
+        "swinv2": lambda: (tr.Swinv2Model(tr.Swinv2Config(image_size=32, patch_size=4,
+                                                          embed_dim=16, depths=[1, 1],
+                                                          num_heads=[2, 4], window_size=4)),
+                           {"pixel_values": pixels()}),
+        "mobilevitv2": lambda: (tr.MobileViTV2Model(tr.MobileViTV2Config(
+            image_size=64, width_multiplier=0.25, n_attn_blocks=[1, 1, 1])),
+            {"pixel_values": torch.randn(2, 3, 64, 64)}),
+        "hubert": lambda: (tr.HubertModel(tr.HubertConfig(
+            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4, **sizes)),
+            {"input_values": torch.randn(2, 400)}),
+        "wavlm": lambda: (tr.WavLMModel(tr.WavLMConfig(
+            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
+            num_buckets=16, max_bucket_distance=32, **sizes)),
+            {"input_values": torch.randn(2, 400)}),
+        "siglip": lambda: (tr.SiglipVisionModel(tr.SiglipVisionConfig(
+            image_size=32, patch_size=8, **sizes)), {"pixel_values": pixels()}),
+        "clip_text": lambda: (tr.CLIPTextModel(tr.CLIPTextConfig(**lm)), {"input_ids": ids()}),
     }
 
 
