@@ -54,7 +54,7 @@ from _vision_models import import_vision
 from prunekit.errors import NothingToPruneError, PrunekitError, PruneValidationError
 from prunekit.metrics.profile import profile
 from prunekit.structured.pruning import PruneResult
-from structured import output_layers, run_prunekit, run_torch_pruning
+from structured import _shapes, _timeout, output_layers, run_prunekit, run_torch_pruning
 
 MODELS = (
     # residual CNNs and their variants
@@ -96,10 +96,6 @@ EXTRA = (
 SETS = {"main": MODELS, "extra": EXTRA, "all": MODELS + EXTRA}
 
 
-def _timeout(signum: int, frame: Any) -> None:
-    raise TimeoutError("no result within the time limit")
-
-
 def build(timm: Any, name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
     """The randomly initialised model in eval mode and its 1x3xSxS input."""
     torch.manual_seed(0)
@@ -133,7 +129,7 @@ def attempt(tool: str, run: Callable[[nn.Module, Any, list[nn.Module]], Any], ba
     model = copy.deepcopy(base)
     ignore = output_layers(model, x)
     with torch.no_grad():
-        expected = tuple(base(x).shape)
+        expected = _shapes(base(x))
     signal.alarm(timeout_s)
     start = time.perf_counter()
     try:
@@ -141,7 +137,7 @@ def attempt(tool: str, run: Callable[[nn.Module, Any, list[nn.Module]], Any], ba
         seconds = time.perf_counter() - start
         pruned = out.model if isinstance(out, PruneResult) else out
         with torch.no_grad():
-            got = tuple(pruned(x).shape)
+            got = _shapes(pruned(x))
     except Exception as exc:  # a benchmark reports failures instead of stopping
         status, why = _classify_error(tool, exc)
         return {"status": status, "why": why}
@@ -163,17 +159,30 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=120, help="seconds per prune attempt")
     parser.add_argument("--size", type=int, default=128,
                         help="input side for models that accept any size")
+    add_tool_options(parser)
+    args = parser.parse_args()
+    _, timm = import_vision()
+    names = [n for n in args.models.split(",") if n] or list(SETS[args.set])
+    sweep(names, functools.partial(build, timm, size=args.size), args)
+
+
+def add_tool_options(parser: argparse.ArgumentParser) -> None:
+    """``--no-strict`` and ``--skip-tp``, as every sweep takes them."""
     parser.add_argument("--no-strict", action="store_true",
                         help="prunekit with strict=False (unmappable ops and groups whose cut "
                              "fails the forward check kept whole)")
     parser.add_argument("--skip-tp", action="store_true", help="prunekit only")
-    args = parser.parse_args()
+
+
+def sweep(names: list[str], make: Callable[[str], tuple[nn.Module, torch.Tensor]],
+          args: argparse.Namespace, width: int = 32) -> None:
+    """Prune ``make(name)`` with each tool, one table row per model, then the summary
+    (the statuses and columns of the module docstring); ``args`` holds ``timeout``,
+    ``no_strict`` and ``skip_tp``."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGALRM, _timeout)
-    warnings.filterwarnings("ignore")  # timm's and Torch-Pruning's per-model chatter
-    _, timm = import_vision()
-    names = [n for n in args.models.split(",") if n] or list(SETS[args.set])
-    header = (f"{'model':<32}{'size':>5}{'prunekit':>9}{'TP':>9}{'params':>8}{'MACs':>7}"
+    warnings.filterwarnings("ignore")  # the model libraries' and Torch-Pruning's chatter
+    header = (f"{'model':<{width}}{'size':>5}{'prunekit':>9}{'TP':>9}{'params':>8}{'MACs':>7}"
               f"{'TP par':>8}{'pk s':>8}{'TP s':>8}{'ratio':>7}  note")
     if args.no_strict:
         print("prunekit runs with strict=False")
@@ -182,7 +191,7 @@ def main() -> None:
     counts: dict[str, Counter[str]] = {"pk": Counter(), "TP": Counter()}
     ratios: list[float] = []
     for name in names:
-        base, x = build(timm, name, args.size)
+        base, x = make(name)
         pk = attempt("pk", functools.partial(run_prunekit, strict=not args.no_strict), base, x,
                      args.timeout)
         tp = ({"status": "skipped", "why": ""} if args.skip_tp
@@ -200,7 +209,7 @@ def main() -> None:
             ratio = f"{ratios[-1]:.2f}"
         note = "; ".join(f"{tool}: {res['why']}" for tool, res in (("pk", pk), ("TP", tp))
                          if res["why"])
-        print(f"{name:<32}{x.shape[-1]:>5}{pk['status']:>9}{tp['status']:>9}{params:>8}"
+        print(f"{name:<{width}}{x.shape[-1]:>5}{pk['status']:>9}{tp['status']:>9}{params:>8}"
               f"{macs:>7}{tp_params:>8}{pk.get('seconds', float('nan')):>8.2f}"
               f"{tp.get('seconds', float('nan')):>8.2f}{ratio:>7}  {note}", flush=True)
     print("-" * len(header))

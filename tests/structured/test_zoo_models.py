@@ -45,6 +45,7 @@ EXPECTED: dict[str, Expected] = {
     "two_input_film": (2, 10),
     "control_flow": (2, 10),
     "split_glu": (2, 10),
+    "yolo_detect": [(2, 10, 80), [(2, 38, 8, 8), (2, 38, 4, 4)]],
 }
 
 NAMES = [entry.name for entry in ZOO]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tests.structured.zoo_detect import YOLOLike
 from torch import Tensor, nn
 
 from prunekit._inputs import run_model
@@ -1188,6 +1189,9 @@ ZOO: list[ZooEntry] = [
     _e("split_glu", SplitGLUNet, _img(3, 32, 32), True,
        "F.glu ties channel c and c+32; uneven torch.split with pass-through part; PReLU(C); "
        "grouped conv on a split; 1-channel spatial gate broadcast"),
+    _e("yolo_detect", YOLOLike, _img(3, 64, 64), True,
+       "YOLOv8-style: C2f split+cat, SPPF pool cat, upsample/cat neck, decoupled head; eval "
+       "decode: level flatten+cat, arange anchors from map shapes, DFL softmax+fixed conv"),
 ]
 
 BY_NAME: dict[str, ZooEntry] = {entry.name: entry for entry in ZOO}
