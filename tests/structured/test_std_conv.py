@@ -1,6 +1,7 @@
-"""timm's weight-standardised convs (``StdConv2d``, ``ScaledStdConv2d``: BiT, NFNet) are
-pruned as convs through the adapter registered by their class name; timm is not imported:
-these copies of their forward carry timm's module path."""
+"""timm's weight-standardised convs (``StdConv2d``, ``ScaledStdConv2d``: BiT, NFNet) and
+transformers' BiT ``WeightStandardizedConv2d`` are pruned as convs through the adapter
+registered by their class name; neither library is imported: these copies of their forward
+carry the library's module path."""
 
 from __future__ import annotations
 
@@ -43,8 +44,25 @@ class ScaledStdConv2d(nn.Conv2d):
                         self.groups)
 
 
+class WeightStandardizedConv2d(nn.Conv2d):
+    """transformers' BiT conv: the same standardisation, after an optional dynamic pad."""
+
+    def __init__(self, cin: int, cout: int, k: int, padding: int = 0) -> None:
+        super().__init__(cin, cout, k, padding=padding, bias=False)
+        self.pad, self.eps = None, 1e-8
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pad is not None:
+            x = self.pad(x)
+        weight = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                              training=True, momentum=0.0, eps=self.eps).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
 for _cls in (StdConv2d, ScaledStdConv2d):
     _cls.__module__ = "timm.layers.std_conv"
+WeightStandardizedConv2d.__module__ = "transformers.models.bit.modeling_bit"
 
 
 class BiTBlock(nn.Module):
@@ -66,7 +84,7 @@ class BiTBlock(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-@pytest.mark.parametrize("conv", [StdConv2d, ScaledStdConv2d])
+@pytest.mark.parametrize("conv", [StdConv2d, ScaledStdConv2d, WeightStandardizedConv2d])
 def test_standardised_convs_prune_as_convs(conv: type[nn.Conv2d], tmp_path: Path) -> None:
     torch.manual_seed(0)
     model, x = BiTBlock(conv).eval(), torch.randn(2, 3, 8, 8)

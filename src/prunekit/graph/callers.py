@@ -16,8 +16,9 @@ import dis
 import functools
 import os
 import sys
+from collections.abc import Iterable
 from types import CodeType, FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from torch import nn
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["attributes_read", "calling_module"]
+__all__ = ["attributes_read", "calling_module", "literals_written"]
 
 # torch's own frames (module call machinery, torch-function dispatch) and prunekit's
 _SKIP = tuple(os.path.dirname(p) + os.sep
@@ -50,9 +51,14 @@ def attributes_read(ctx: TraceContext) -> frozenset[str]:
     self.out_dim)``. Empty where the call comes from no Python code. A size read in an
     earlier statement (``shape = (B, self.all_head_size); x.view(shape)``) is not in it."""
     frame = _user_frame()
-    if frame is None:
-        return frozenset()
-    return _read_in_span(frame.f_code, frame.f_lasti)
+    return frozenset() if frame is None else _in_span(frame.f_code, frame.f_lasti)[0]
+
+
+def literals_written(ctx: TraceContext) -> frozenset[int]:
+    """The int literals in the expression of the current call (``{2, 4}`` for
+    ``x.view(x.shape[:-1] + (2, 4))``): a size written there is not an attribute's."""
+    frame = _user_frame()
+    return frozenset() if frame is None else _in_span(frame.f_code, frame.f_lasti)[1]
 
 
 def _user_frame() -> FrameType | None:
@@ -64,39 +70,52 @@ def _user_frame() -> FrameType | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _read_in_span(code: CodeType, lasti: int) -> frozenset[str]:
-    """Attribute loads whose source position lies inside that of the instruction at byte
-    ``lasti`` (a call: its position spans the whole call expression). Python 3.10 keeps no
-    columns: there, :func:`_read_before`."""
-    loads = [ins for ins in dis.get_instructions(code)
-             if ins.opname in ("LOAD_ATTR", "LOAD_METHOD")]
+def _in_span(code: CodeType, lasti: int) -> tuple[frozenset[str], frozenset[int]]:
+    """The attribute names and int constants loaded at source positions inside that of the
+    instruction at byte ``lasti`` (a call: its position spans the whole call expression).
+    Python 3.10 keeps no columns: there, :func:`_loaded_before`."""
+    loads = {ins.offset: ins.argval for ins in dis.get_instructions(code)
+             if ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "LOAD_CONST", "LOAD_SMALL_INT")}
     if not hasattr(code, "co_positions"):  # Python 3.10
-        return _read_before(code, lasti, {ins.offset: str(ins.argval) for ins in loads})
+        return _split(_loaded_before(code, lasti, loads))
     positions = list(code.co_positions())
     span = positions[lasti // 2]
     if None in span:
-        return frozenset()
+        return frozenset(), frozenset()
     start, end = span[0::2], span[1::2]  # (line, column) of the first and last character
-    return frozenset(str(ins.argval) for ins in loads
-                     if None not in positions[ins.offset // 2]
-                     and start <= positions[ins.offset // 2][0::2]
-                     and positions[ins.offset // 2][1::2] <= end)
+    return _split(value for offset, value in loads.items()
+                  if None not in positions[offset // 2]
+                  and start <= positions[offset // 2][0::2]
+                  and positions[offset // 2][1::2] <= end)
 
 
-def _read_before(code: CodeType, lasti: int, loads: dict[int, str]) -> frozenset[str]:
-    """Python 3.10: the loads (``{offset: name}``) that run just before the call at byte
-    ``lasti`` on its line or later ones (its arguments: 3.10 puts a call on the line its
-    expression starts on), back to the first instruction of an earlier line."""
+def _split(values: Iterable[Any]) -> tuple[frozenset[str], frozenset[int]]:
+    """(attribute names, ints) of loaded values: a name is a str, a constant an int or a
+    tuple of them (``(2, 4)`` is one constant)."""
+    names, ints = set(), set()
+    for value in values:
+        if isinstance(value, str):
+            names.add(value)
+        for item in value if isinstance(value, tuple) else (value,):
+            if type(item) is int:
+                ints.add(item)
+    return frozenset(names), frozenset(ints)
+
+
+def _loaded_before(code: CodeType, lasti: int, loads: dict[int, Any]) -> list[Any]:
+    """Python 3.10: the values of the loads (``{offset: value}``) that run just before the
+    call at byte ``lasti`` on its line or later ones (its arguments: 3.10 puts a call on the
+    line its expression starts on), back to the first instruction of an earlier line."""
     lines = {offset: line for begin, stop, line in code.co_lines()
              for offset in range(begin, stop, 2)}
     call_line = lines.get(lasti)
     if call_line is None:
-        return frozenset()
-    names = set()
+        return []
+    values = []
     for offset in range(lasti - 2, -1, -2):
         line = lines.get(offset)
         if line is not None and line < call_line:
             break
         if offset in loads:
-            names.add(loads[offset])
-    return frozenset(names)
+            values.append(loads[offset])
+    return values

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from prunekit.graph.labels import consume, emit, rep_along
+from prunekit.graph.labels import consume, emit, fixed_shape, rep_along
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_matmul import contract
 from prunekit.graph.ops_pointwise import combine
@@ -124,5 +124,22 @@ def _embedding(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_vector(out, columns, -1)
 
 
+FUNCTIONAL_ATTENTION = (
+    "F.multi_head_attention_forward derives the head size from the query width and the head "
+    "count it is passed, and checks its projection weights against that width, so the "
+    "widths it touches are kept whole; call the nn.MultiheadAttention module (which prunekit "
+    "prunes by heads) to prune them")
+
+
+def _functional_attention(ctx: TraceContext, call: OpCall) -> None:
+    """``F.multi_head_attention_forward`` (WavLM's gated relative attention): every tensor
+    it reads keeps its shape, and its outputs carry no channels."""
+    for tensor in tensors_in((call.args, call.kwargs)):
+        ctx.block(ctx.labels(tensor), FUNCTIONAL_ATTENTION)
+    for out in tensors_in(call.out):
+        ctx.set_labels(out, fixed_shape(ctx.space, out.shape, FUNCTIONAL_ATTENTION))
+
+
 register_op(("linear", "conv1d", "conv2d", "conv3d"), _functional_layer)
 register_op(("embedding",), _embedding)
+register_op(("multi_head_attention_forward",), _functional_attention)

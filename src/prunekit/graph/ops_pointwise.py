@@ -37,6 +37,12 @@ UNARY = (
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
     "zero", "fill", "uniform", "normal", "bernoulli", "cumsum", "cumprod",
     "positive", "float_power",
+    # elementwise math and torch's alias names for the ops above
+    "hardshrink", "softshrink", "rrelu", "negative", "absolute", "fix", "expm1", "exp2",
+    "log2", "log10", "tan", "sinh", "cosh", "asin", "acos", "atan", "asinh", "acosh", "atanh",
+    "arcsin", "arccos", "arctan", "arcsinh", "arccosh", "arctanh", "erfc", "erfinv", "logit",
+    "sgn", "frac", "deg2rad", "rad2deg", "sinc", "special_expit", "special_erf",
+    "special_erfc", "special_logit", "special_expm1", "special_exp2", "special_sinc",
 )
 
 FIXED_OPERAND = ("meets a tensor the code makes at a fixed size along these channels "
@@ -50,6 +56,8 @@ BINARY = (
     "where", "masked_fill", "lerp", "addcmul", "addcdiv", "rsub", "copy", "xlogy",
     "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor",
     "and", "or", "xor", "bitwise_and", "bitwise_or", "bitwise_xor", "hypot",
+    "multiply", "subtract", "divide", "greater", "greater_equal", "less", "less_equal",
+    "not_equal", "copysign", "logaddexp", "logaddexp2",
 )
 
 

@@ -24,7 +24,7 @@ from prunekit.graph.trace import TraceContext
 REDUCE = (
     "mean", "sum", "nansum", "nanmean", "amax", "amin", "max", "min", "std", "var", "prod",
     "norm", "logsumexp", "argmax", "argmin", "all", "any", "median", "std_mean", "var_mean",
-    "count_nonzero", "aminmax",
+    "count_nonzero", "aminmax", "linalg_vector_norm", "vector_norm",
 )
 SPATIAL = {
     "max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3, "avg_pool1d": 1, "avg_pool2d": 2,
@@ -41,7 +41,7 @@ SPATIAL = {
 
 
 def _dims(call: OpCall, ndim: int) -> tuple[int, ...] | None:
-    position = 2 if call.name == "norm" else 1
+    position = 2 if call.name in ("norm", "linalg_vector_norm", "vector_norm") else 1
     dim: Any = call.kwargs.get("dim", call.kwargs.get("axis"))
     if dim is None and len(call.args) > position and not isinstance(call.args[position], Tensor):
         candidate = call.args[position]

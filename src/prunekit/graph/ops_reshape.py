@@ -9,7 +9,9 @@ Rules that keep the replay sound after channels are removed:
   (``[B, T, C] -> [B, T, self.num_heads, head_dim]``); the attribute is rewritten.
 - Otherwise the last factor shrinks (a channel shuffle's ``[B, C] -> [B, groups,
   C/groups]``: channel ``j`` of every group goes together, so the group count written in
-  the code stays valid); ``self.head_dim`` is rewritten if used.
+  the code stays valid); ``self.head_dim`` is rewritten if used. A last factor written as
+  a plain int that no attribute holds (a literal, ``self.config.d_head`` read into a local)
+  cannot shrink, so those channels are kept whole.
 - Whole heads go only if the per-head size is left to -1 or held by an attribute
   (``self.head_dim``); one computed in the code (nanoGPT's ``C // self.n_head``) keeps the
   heads, and the input width of the layer they come from, whole.
@@ -207,6 +209,13 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     computed = len(sizes) != labels.dim() or isinstance(sizes[dim], SizeInt)
     if trailing and not holders and computed:
         return
+    _block_fixed_factor(ctx, call, labels, size, holders)
+
+
+def _block_fixed_factor(ctx: TraceContext, call: OpCall, labels: Tensor, size: int,
+                        holders: list[str]) -> None:
+    """Keep whole the channels of a split whose factor of ``size`` the code fixes (a
+    literal, a local from a config, an attribute that cannot be told from others)."""
     where = running_module_phrase(ctx)
     held = f" (held by {', '.join(holders)})" if holders else ""
     ctx.block(labels, f"{call.display} splits channels along a factor of {size}{held}, a "
@@ -254,7 +263,8 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     and held by one int attribute (``self.head_dim``), that attribute is rewritten; if the
     call writes that size for another factor too, only a per-head size's name
     (``head_dim``, ``head_size``: :func:`_named_for`) tells which it sizes, else the
-    channels are kept whole."""
+    channels are kept whole; so are they where the call writes it as a plain int that no
+    attribute holds."""
     sizes = tensors_free(call.args[1:])
     attrs = int_attributes(ctx)
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
@@ -274,6 +284,10 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     last = bearing[-1]
     size = labels.shape[last]
     holders = holding(ctx, size)
+    if not holders and len(sizes) == labels.dim() and type(sizes[last]) is int and \
+            sizes[last] == size:  # a plain int (funnel's d_head = self.config.d_head)
+        _block_fixed_factor(ctx, call, labels, size, holders)
+        return last, None
     if size not in written or last != labels.dim() - 1 or not holders:
         return last, None
     if len(holders) > 1:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunekit.graph.callers import attributes_read, calling_module
+from prunekit.graph.callers import attributes_read, calling_module, literals_written
 from prunekit.graph.labels import varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
 from prunekit.graph.trace import ParamRecord, TraceContext
@@ -355,14 +355,19 @@ def int_attributes(ctx: TraceContext) -> dict[str, int]:
 
 
 def holding(ctx: TraceContext, size: int) -> list[str]:
-    """The running module's int attributes that hold ``size``. Where several do and the
-    running module's own code made the call, only those its expression reads
+    """The running module's int attributes that hold ``size``. Where the running module's
+    own code made the call, only those its expression reads
     (:func:`~prunekit.graph.callers.attributes_read`) if any: of ``in_dim`` and ``width``
-    both 8, ``x.reshape(-1, self.in_dim, k, k)`` was sized by ``in_dim``."""
+    both 8, ``x.reshape(-1, self.in_dim, k, k)`` was sized by ``in_dim``; and none where it
+    reads none of them but writes ``size`` as a literal (WavLM's ``view(... + (2, 4))`` next
+    to ``self.num_heads = 4``)."""
     holders = [k for k, v in int_attributes(ctx).items() if v == size]
-    if len(holders) > 1 and calling_module(ctx)[1] is ctx.running_module:
-        read = attributes_read(ctx)
-        holders = [k for k in holders if k in read] or holders
+    if holders and calling_module(ctx)[1] is ctx.running_module:
+        read = [k for k in holders if k in attributes_read(ctx)]
+        if read:
+            return read
+        if size in literals_written(ctx):
+            return []
     return holders
 
 

@@ -1,7 +1,8 @@
-"""Layer adapters for timm's weight-standardised convolutions, registered by class name so
-that timm is never imported here.
+"""Layer adapters for timm's and transformers' weight-standardised convolutions, registered
+by class name so that neither library is imported here.
 
-``StdConv2d`` / ``StdConv2dSame`` (BiT, ResNetV2, ViT-hybrid backbones) and
+``StdConv2d`` / ``StdConv2dSame`` (BiT, ResNetV2, ViT-hybrid backbones), transformers' BiT
+``WeightStandardizedConv2d`` (the same standardisation, after an optional dynamic pad) and
 ``ScaledStdConv2d`` / ``ScaledStdConv2dSame`` (NFNet, NF-ResNet) are ``nn.Conv2d``
 subclasses whose forward standardises the weight per output channel (``F.batch_norm`` over
 ``weight.reshape(1, out, -1)``; the scaled ones multiply by ``gain * scale``) before the
@@ -57,3 +58,5 @@ class StdConvAdapter(ConvAdapter):
 
 for _name in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"):
     register_adapter_by_name(f"timm.layers.std_conv.{_name}", StdConvAdapter())
+register_adapter_by_name("transformers.models.bit.modeling_bit.WeightStandardizedConv2d",
+                         StdConvAdapter())

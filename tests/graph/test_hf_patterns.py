@@ -1,0 +1,133 @@
+"""Code patterns from Hugging Face models that the trace maps (or keeps whole, with the
+reason) instead of refusing or failing the forward check, written without transformers:
+ConvBERT's ``torch.multiply``, ConvNeXt V2's GRN (``torch.linalg.vector_norm``), Funnel's
+head split sized from its config, WavLM's ``F.multi_head_attention_forward`` and its gate
+``view(... + (2, 4))`` next to ``self.num_heads = 4``."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunekit.structured import prune
+
+
+class MultiplyGate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.key, self.query, self.out = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = torch.multiply(self.key(x), self.query(x))
+        return self.out(torch.subtract(gate, torch.negative(gate).sigmoid()))
+
+
+def test_torch_alias_names_map_like_the_ops_they_name() -> None:
+    torch.manual_seed(0)
+    model, x = MultiplyGate().eval(), torch.randn(2, 5, 8)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.key.out_features == 8 == result.model.query.out_features
+    assert result.model.out.in_features == 8 and result.model(x).shape == (2, 5, 4)
+
+
+class GRNBlock(nn.Module):
+    """ConvNeXt V2: global response normalisation over the spatial dims, channels last."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.up, self.down = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.gamma, self.beta = nn.Parameter(torch.rand(4 * dim)), nn.Parameter(torch.rand(4 * dim))
+        self.stem, self.head = nn.Conv2d(3, dim, 1), nn.Linear(dim, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        h = F.gelu(self.up(self.dw(x).permute(0, 2, 3, 1)))
+        g = torch.linalg.vector_norm(h, ord=2, dim=(1, 2), keepdim=True)
+        h = self.gamma * (h * (g / (g.mean(dim=-1, keepdim=True) + 1e-6))) + self.beta + h
+        x = x + self.down(h).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_spatial_vector_norm_keeps_per_channel_labels() -> None:
+    torch.manual_seed(0)
+    model, x = GRNBlock().eval(), torch.randn(2, 3, 6, 6)
+    result = prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert pruned.up.out_features == 32 == pruned.gamma.numel() == pruned.down.in_features
+    assert pruned(x).shape == (2, 5)
+    assert torch.equal(prune(model, x, ratio=0.0).model(x), model(x))
+
+
+class ConfigHeads(nn.Module):
+    """Funnel: the head count and size are read from a config into locals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(n_head=2, d_head=6)
+        self.q, self.k, self.v, self.o = (nn.Linear(12, 12) for _ in range(4))
+        self.mlp = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 12))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        n_head, d_head = self.config.n_head, self.config.d_head
+        q, k, v = (p(x).view(b, t, n_head, d_head).transpose(1, 2)
+                   for p in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
+        x = x + self.o(y)
+        return x + self.mlp(x)
+
+
+def test_a_head_size_written_as_a_plain_int_keeps_the_heads_whole() -> None:
+    torch.manual_seed(0)
+    model, x = ConfigHeads().eval(), torch.randn(2, 5, 12)
+    result = prune(model, x, ratio=0.5)  # strict: the rest prunes, nothing fails
+    assert result.model.v.out_features == 12 and result.model.mlp[0].out_features == 16
+    assert "fixes in its code" in result.coverage.fixed["v.weight"]
+    assert result.model(x).shape == (2, 5, 12)
+
+
+class FunctionalAttention(nn.Module):
+    """WavLM: separate projection weights handed to ``F.multi_head_attention_forward``, and
+    a gate split by a literal equal to the head count."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.num_heads = 4
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim) for _ in range(3))
+        self.out_proj = nn.Linear(dim, dim)
+        self.gru_rel_pos_linear = nn.Linear(dim // self.num_heads, 8)
+        self.mlp = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        heads = x.view(b, t, self.num_heads, -1).permute(0, 2, 1, 3)
+        gate = self.gru_rel_pos_linear(heads).view((*heads.shape[:-1], 2, 4)).sum(-1).sigmoid()
+        mask = gate[..., :1].mean(2, keepdim=True).expand(b, self.num_heads, t, t)
+        y, _ = F.multi_head_attention_forward(
+            x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1), x.shape[-1],
+            self.num_heads, torch.empty([0]),
+            torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)), None, None,
+            False, 0.0, self.out_proj.weight, self.out_proj.bias, training=False,
+            need_weights=False, attn_mask=mask.reshape(b * self.num_heads, t, t),
+            use_separate_proj_weight=True, q_proj_weight=self.q_proj.weight,
+            k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight)
+        x = x + y.transpose(0, 1)
+        return x + self.mlp(x)
+
+
+def test_functional_attention_keeps_its_widths_and_a_literal_binds_no_attribute() -> None:
+    torch.manual_seed(0)
+    model, x = FunctionalAttention().eval(), torch.randn(2, 5, 16)
+    result = prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert pruned.num_heads == 4 and pruned.q_proj.out_features == 16
+    assert pruned.gru_rel_pos_linear.out_features == 8  # the (2, 4) literal split stays
+    assert pruned.mlp[0].out_features == 16
+    assert "multi_head_attention_forward" in result.coverage.fixed["q_proj.weight"]
+    assert "fixes in its code" in result.coverage.fixed["gru_rel_pos_linear.weight"]
+    assert result.plan["attrs"] == {}
+    assert pruned(x).shape == (2, 5, 16)
