@@ -51,10 +51,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _vision_models import import_vision
 
+from prunekit._inputs import run_model
 from prunekit.errors import NothingToPruneError, PrunekitError, PruneValidationError
 from prunekit.metrics.profile import profile
 from prunekit.structured.pruning import PruneResult
-from structured import _shapes, _timeout, output_layers, run_prunekit, run_torch_pruning
+from structured import (
+    _shapes,
+    _timeout,
+    output_layers,
+    output_tensors,
+    run_prunekit,
+    run_torch_pruning,
+)
 
 MODELS = (
     # residual CNNs and their variants
@@ -124,12 +132,13 @@ def _classify_error(tool: str, exc: Exception) -> tuple[str, str]:
 
 
 def attempt(tool: str, run: Callable[[nn.Module, Any, list[nn.Module]], Any], base: nn.Module,
-            x: torch.Tensor, timeout_s: int) -> dict[str, Any]:
-    """Prune a fresh copy of ``base``; status, reason, seconds and the pruned model."""
+            x: Any, timeout_s: int) -> dict[str, Any]:
+    """Prune a fresh copy of ``base`` (inputs ``x``: a tensor, a tuple of positional inputs
+    or a dict of keyword inputs); status, reason, seconds and the pruned model."""
     model = copy.deepcopy(base)
     ignore = output_layers(model, x)
     with torch.no_grad():
-        expected = _shapes(base(x))
+        expected = _shapes(run_model(base, x))
     signal.alarm(timeout_s)
     start = time.perf_counter()
     try:
@@ -137,7 +146,7 @@ def attempt(tool: str, run: Callable[[nn.Module, Any, list[nn.Module]], Any], ba
         seconds = time.perf_counter() - start
         pruned = out.model if isinstance(out, PruneResult) else out
         with torch.no_grad():
-            got = _shapes(pruned(x))
+            got = _shapes(run_model(pruned, x))
     except Exception as exc:  # a benchmark reports failures instead of stopping
         status, why = _classify_error(tool, exc)
         return {"status": status, "why": why}
@@ -174,7 +183,7 @@ def add_tool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-tp", action="store_true", help="prunekit only")
 
 
-def sweep(names: list[str], make: Callable[[str], tuple[nn.Module, torch.Tensor]],
+def sweep(names: list[str], make: Callable[[str], tuple[nn.Module, Any]],
           args: argparse.Namespace, width: int = 32) -> None:
     """Prune ``make(name)`` with each tool, one table row per model, then the summary
     (the statuses and columns of the module docstring); ``args`` holds ``timeout``,
@@ -209,7 +218,7 @@ def sweep(names: list[str], make: Callable[[str], tuple[nn.Module, torch.Tensor]
             ratio = f"{ratios[-1]:.2f}"
         note = "; ".join(f"{tool}: {res['why']}" for tool, res in (("pk", pk), ("TP", tp))
                          if res["why"])
-        print(f"{name:<{width}}{x.shape[-1]:>5}{pk['status']:>9}{tp['status']:>9}{params:>8}"
+        print(f"{name:<{width}}{_side(x):>5}{pk['status']:>9}{tp['status']:>9}{params:>8}"
               f"{macs:>7}{tp_params:>8}{pk.get('seconds', float('nan')):>8.2f}"
               f"{tp.get('seconds', float('nan')):>8.2f}{ratio:>7}  {note}", flush=True)
     print("-" * len(header))
@@ -221,6 +230,11 @@ def sweep(names: list[str], make: Callable[[str], tuple[nn.Module, torch.Tensor]
     med = statistics.median(ratios) if ratios else float("nan")
     print(f"{len(names)} models: {summary}; median time ratio (prunekit / Torch-Pruning, "
           f"both ok on {len(ratios)}) {med:.2f}")
+
+
+def _side(inputs: Any) -> int:
+    """The last dim of the first input tensor (the image side, for the size column)."""
+    return int(next(iter(output_tensors(inputs))).shape[-1])
 
 
 if __name__ == "__main__":
