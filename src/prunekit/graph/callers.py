@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = ["attributes_read", "calling_module"]
 
-# torch's own frames (module call machinery, torch-function dispatch) and prunekit's
-_SKIP = tuple(os.path.dirname(p) + os.sep
-              for p in (torch.__file__, os.path.dirname(os.path.dirname(__file__))))
+# torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
+# package folders: not the folder that holds them, site-packages in an installed layout)
+_SKIP = (os.path.dirname(torch.__file__) + os.sep,
+         os.path.dirname(os.path.dirname(__file__)) + os.sep)
 
 
 def calling_module(ctx: TraceContext) -> tuple[str, nn.Module]:
