@@ -6,13 +6,16 @@ and a head count (``view(-1, self.num_heads)``), read by the module whose code m
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
 
+import prunekit
 from prunekit.errors import PruneValidationError
+from prunekit.graph.callers import _SKIP
 from prunekit.io.checkpoint import load, save
 from prunekit.structured import prune
 
@@ -143,3 +146,14 @@ def test_sizes_a_childs_helper_method_reads_are_rewritten(tmp_path: Path) -> Non
     loaded = load(tmp_path / "p", RelPosNet().eval())
     with torch.no_grad():
         assert torch.equal(loaded(x), result.model(x))
+
+
+def test_model_code_beside_an_installed_prunekit_is_user_code() -> None:
+    """Only torch's and prunekit's own frames are passed over when looking for the code
+    that made an op: not those of packages installed beside prunekit (transformers, timm in
+    site-packages), which hold the model's code."""
+    package = os.path.dirname(prunekit.__file__)
+    beside = os.path.join(os.path.dirname(package), "transformers", "modeling.py")
+    assert not beside.startswith(_SKIP)
+    assert os.path.join(package, "graph", "trace.py").startswith(_SKIP)
+    assert torch.nn.modules.module.__file__.startswith(_SKIP)

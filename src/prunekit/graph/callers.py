@@ -7,7 +7,9 @@ code made the call: a helper method of a child module, called by its parent
 hook, and reads *its own* attributes (``self.num_heads``). Handlers that match sizes written
 in a call against a module's attributes look at the module that wrote the call, and at the
 attributes the call's own expression reads (:func:`attributes_read`): of ``dim`` and
-``dim_out`` holding 96, ``x.reshape(B, -1, self.dim_out)`` was sized by ``dim_out``.
+``dim_out`` holding 96, ``x.reshape(B, -1, self.dim_out)`` was sized by ``dim_out``. A
+comparison is no call: :func:`comparison_read` finds what the comparing expression reads
+(``num_channels != self.num_channels``) from the frame whose code runs it.
 """
 
 from __future__ import annotations
@@ -26,17 +28,21 @@ from torch import nn
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["attributes_read", "calling_module", "literals_written"]
+__all__ = ["attributes_read", "calling_module", "comparison_read", "literals_written"]
 
-# torch's own frames (module call machinery, torch-function dispatch) and prunekit's
-_SKIP = tuple(os.path.dirname(p) + os.sep
-              for p in (torch.__file__, os.path.dirname(os.path.dirname(__file__))))
+# torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
+# package folders: not the folder that holds them, site-packages in an installed layout)
+_SKIP = (os.path.dirname(torch.__file__) + os.sep,
+         os.path.dirname(os.path.dirname(__file__)) + os.sep)
+
+_COMPARE_OP = dis.opmap["COMPARE_OP"]  # ==, !=, <, ...: not ``in``, ``is`` (other opcodes)
 
 
-def calling_module(ctx: TraceContext) -> tuple[str, nn.Module]:
-    """``(path, module)`` of the traced model's module whose method made the current op,
-    else the running module's."""
-    frame = _user_frame()
+def calling_module(ctx: TraceContext, frame: FrameType | None = None) -> tuple[str, nn.Module]:
+    """``(path, module)`` of the traced model's module whose method made the current op
+    (or runs ``frame``, where the caller has it), else the running module's."""
+    if frame is None:
+        frame = _user_frame()
     owner = frame.f_locals.get("self") if frame is not None else None
     if isinstance(owner, nn.Module) and owner is not ctx.running_module:
         for path, module in ctx._named_modules:
@@ -59,6 +65,24 @@ def literals_written(ctx: TraceContext) -> frozenset[int]:
     ``x.view(x.shape[:-1] + (2, 4))``): a size written there is not an attribute's."""
     frame = _user_frame()
     return frozenset() if frame is None else _in_span(frame.f_code, frame.f_lasti)[1]
+
+
+def comparison_read(frame: FrameType) -> frozenset[str] | None:
+    """For a comparison hook (``SizeInt.__eq__``) whose caller is ``frame``: the names of the
+    attributes that the comparing expression reads (``{"num_channels"}`` for
+    ``num_channels != self.num_channels``); None where ``frame`` is torch's or prunekit's, or
+    is not at a comparison (a dict lookup, ``in``, ``list.index`` compare too)."""
+    code = frame.f_code
+    if code.co_filename.startswith(_SKIP):
+        return None
+    return _compare_read(code, frame.f_lasti)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compare_read(code: CodeType, lasti: int) -> frozenset[str] | None:
+    if code.co_code[lasti] != _COMPARE_OP:  # while an instruction runs, f_lasti is its own
+        return None
+    return _in_span(code, lasti)[0]
 
 
 def _user_frame() -> FrameType | None:

@@ -30,8 +30,18 @@ of heads that go whole):
   involved are kept whole, with the reason. A factor that is an int attribute the reshape
   handler rewrites (``c // self.head_dim``) was judged there and is left to it.
 
-The ints behave exactly like ints for user code (hash, comparison, ``range``, f-strings,
-``torch.Size``); pickling or copying one gives a plain int. When the trace ends, its
+Where the model's code finds an exact int that counts channels equal to a plain int with
+``==`` or ``!=`` (PVT's ``if num_channels != self.num_channels: raise`` in a later stage),
+the comparison must hold after pruning: if it reads exactly one int attribute of the module
+whose code it is holding that value, the attribute is bound to the channels and rewritten
+with those kept; else (a literal, an int from elsewhere, several attributes holding it) the
+channels are kept whole, with the reason. Comparisons made by torch's or prunekit's code,
+dict lookups, ``in`` and sorting judge nothing; nor do ``<`` and friends (a bound such as
+``C <= self.max_dim`` is no width to rewrite, and widths only shrink) or ``==`` of two
+different values (it changes only if the pruned width lands on that value).
+
+The ints behave exactly like ints for user code (hash, comparison results, ``range``,
+f-strings, ``torch.Size``); pickling or copying one gives a plain int. When the trace ends, its
 sources are dropped (a leftover int holds no label tensor) and int attributes of the
 model's modules set from them during the trace are turned back into plain ints.
 """
@@ -39,12 +49,16 @@ model's modules set from them during the trace are turned back into plain ints.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from prunekit.graph.callers import calling_module, comparison_read
 from prunekit.graph.labels import NEUTRAL, varying
 from prunekit.graph.ops import OpCall, OpHandler
 
@@ -62,12 +76,14 @@ _FILLS = ("full", "new_full")  # a fill value follows the size
 
 
 class Source:
-    """The labels of a tensor at the time code read its shape (None once the trace ended)."""
+    """The labels of a tensor at the time code read its shape (None once the trace ended),
+    and the tracker that read it."""
 
-    __slots__ = ("labels",)
+    __slots__ = ("labels", "tracker")
 
-    def __init__(self, labels: Tensor) -> None:
+    def __init__(self, labels: Tensor, tracker: SizeTracker) -> None:
         self.labels: Tensor | None = labels
+        self.tracker = tracker
 
 
 Part = tuple[Source, tuple[int, ...]]
@@ -80,6 +96,20 @@ class SizeInt(int):
 
     _parts: tuple[Part, ...]
     _scale: tuple[int, int] | None
+
+    __hash__ = int.__hash__  # (defining __eq__ would otherwise remove it)
+
+    def __eq__(self, other: object) -> bool:
+        equal = _INT_EQ(self, other)
+        if equal is True and type(other) is int and self._scale == _EXACT:
+            _compared(self)
+        return equal
+
+    def __ne__(self, other: object) -> bool:
+        differ = _INT_NE(self, other)
+        if differ is False and type(other) is int and self._scale == _EXACT:
+            _compared(self)
+        return differ
 
     @property
     def _exact(self) -> bool:
@@ -117,6 +147,20 @@ class SizeInt(int):
 
     def __pow__(self, other: Any, mod: Any = None) -> Any:
         return _combine(self, other, int.__pow__(self, other, mod))
+
+
+_EXACT = (1, 1)
+_INT_EQ, _INT_NE = int.__eq__, int.__ne__
+
+
+def _compared(size: SizeInt) -> None:
+    """``size`` (exact) was found equal to a plain int by ``==`` or ``!=``: the trace that read
+    it judges the comparison, made by the caller of ``__eq__`` / ``__ne__``."""
+    source = size._parts[0][0]
+    if source.labels is not None:
+        judge = source.tracker.compared
+        if judge is not None:
+            judge(size, sys._getframe(2))
 
 
 def _make(value: int, parts: tuple[Part, ...], scale: tuple[int, int] | None) -> SizeInt:
@@ -159,6 +203,8 @@ class SizeTracker:
         self._sources: list[Source] = []
         # (op, module path, result labels, dim, size) of sizes not followed when written
         self.pending: list[tuple[str, str, Tensor, int, SizeInt]] = []
+        # judges a size found equal to a plain int by the code of a frame (size_read sets it)
+        self.compared: Callable[[SizeInt, FrameType], None] | None = None
 
     def settle(self, ctx: TraceContext) -> None:
         """After the forward: judge again each size not followed when it was written; the
@@ -179,7 +225,7 @@ class SizeTracker:
     def read(self, labels: Tensor, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
              out: Any) -> Any:
         """``out`` of a shape read of a tensor labelled ``labels``, as SizeInts."""
-        source = Source(labels)
+        source = Source(labels, self)
         self._sources.append(source)
         if type(out) is int:  # t.size(d)
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
@@ -191,6 +237,7 @@ class SizeTracker:
     def close(self, modules: Iterable[nn.Module]) -> None:
         """End of the trace: drop every source, and turn SizeInts the model's modules
         stored as attributes (``self.feat_size = (H, W)``) back into plain ints."""
+        self.compared = None
         for source in self._sources:
             source.labels = None
         if not self._sources:
@@ -401,6 +448,7 @@ def size_read(ctx: TraceContext) -> Callable[[Any, tuple[Any, ...], dict[str, An
     """The callback the recorder calls for a shape read: SizeInts for a tracked tensor's
     shape, ``out`` unchanged for any other."""
     tracker = ctx.sizes
+    tracker.compared = lambda size, frame: _compared_in(ctx, size, frame)
 
     def read(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
         tensor = args[0] if args else None
@@ -412,3 +460,45 @@ def size_read(ctx: TraceContext) -> Callable[[Any, tuple[Any, ...], dict[str, An
         return tracker.read(labels, func, args, kwargs, out)
 
     return read
+
+
+def _compared_in(ctx: TraceContext, size: SizeInt, frame: FrameType) -> None:
+    """The code of ``frame`` found ``size``, exact, equal to a plain int with ``==`` or
+    ``!=`` (PVT's ``if num_channels != self.num_channels: raise``). Where ``size`` counts
+    channels, a comparison of user code (not torch's or prunekit's, and not a dict lookup or
+    ``in``) must hold after pruning too: if its expression reads exactly one int attribute of
+    the module whose code it is that holds the value, that attribute is bound to the
+    channels (surgery rewrites it with the channels kept); else (a literal, an int from
+    elsewhere, two attributes holding it) the channels are kept whole, with the reason."""
+    if not ctx.recording:  # inside an atomic module: its handler judges it
+        return
+    read = comparison_read(frame)
+    if read is None:
+        return
+    with torch._C.DisableTorchFunction():  # label arithmetic, not ops of the model
+        line, sources = _channels(ctx, size)
+        if not sources:  # batch, tokens, spatial: no pruning changes them
+            return
+        path, module = calling_module(ctx, frame)
+        value, attrs = int(size), vars(module)
+        holders = sorted(k for k in read if type(attrs.get(k)) is int and attrs[k] == value)
+        if len(holders) == 1 and line is not None:
+            ctx.bind_attribute(path, holders[0], line)
+            return
+        where = f"the code of module {path!r}" if path else "the model's code"
+        at = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+        if len(holders) > 1:
+            what = f"int attributes {', '.join(map(repr, holders))}, which all hold it"
+        elif holders:
+            what = f"int attribute {holders[0]!r}, but the channels also vary along dims it " \
+                   f"does not count"
+        else:
+            what = ("a literal or an int from elsewhere (the comparison reads no int attribute "
+                    "of the module holding it)")
+        reason = (f"{where} compares a channel width read from a tensor's shape ({value}) "
+                  f"with {what} ({at}); pruning would change the comparison, so those "
+                  f"channels are kept whole; compare the width with exactly one int attribute "
+                  f"of that module holding it (c != self.num_channels) for surgery to rewrite "
+                  f"that attribute")
+        for labels in [line] if line is not None else sources:
+            ctx.block(labels, reason)
