@@ -85,8 +85,9 @@ class TraceContext:
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
-        # W.t() of a 2-D parameter W: (view, W), labelled only when something other than a
-        # matrix product reads it (``x @ self.weight.t()`` is a layer weight, not elementwise)
+        # W.t() of a 2-D parameter W, or W.transpose(-2, -1) of a stack of expert weights:
+        # (view, W), labelled only when something other than a matrix product reads it
+        # (``x @ self.weight.t()`` is a layer weight, not elementwise)
         self._param_views: dict[int, tuple[Tensor, Tensor]] = {}
         # one walk of the module tree serves the param names, the hooks and eval mode
         walk = walk_modules(model)
@@ -145,7 +146,7 @@ class TraceContext:
             return entry[1]
         view = self._param_views.pop(id(tensor), None)
         if view is not None and view[0] is tensor:  # read as a tensor after all
-            self.set_labels(tensor, self.labels(view[1], partial=partial).t())
+            self.set_labels(tensor, self.labels(view[1], partial=partial).transpose(-2, -1))
             return self.labels(tensor)
         if self._attribute_node(tensor):
             return self.labels(tensor, partial=partial)
@@ -236,12 +237,14 @@ class TraceContext:
         return record.axes[axis][0]
 
     def defer_transpose(self, view: Tensor, weight: Tensor) -> None:
-        """``view`` is ``weight.t()`` of a 2-D parameter: labelled when first read, unless a
-        matrix product takes it as a layer weight (:meth:`transposed_weight`)."""
+        """``view`` is ``weight`` with its last two dims swapped (``W.t()`` of a 2-D parameter,
+        ``W.transpose(-2, -1)`` of a 3-D stack of expert weights): labelled when first read,
+        unless a matrix product takes it as a layer weight (:meth:`transposed_weight`)."""
         self._param_views[id(view)] = (view, weight)
 
     def transposed_weight(self, tensor: Tensor) -> Tensor | None:
-        """The 2-D parameter ``W`` if ``tensor`` is ``W.t()`` and nothing has read it yet."""
+        """The parameter ``W`` if ``tensor`` is ``W`` with its last two dims swapped and
+        nothing has read it yet."""
         view = self._param_views.get(id(tensor))
         return view[1] if view is not None and view[0] is tensor else None
 
