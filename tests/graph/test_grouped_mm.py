@@ -1,6 +1,7 @@
-"""Mixture-of-experts blocks whose experts run as grouped matrix products
-(``F.grouped_mm``, Transformers 5's default): each expert's weights are a slice of a 3-D
-parameter, and index ``j`` of the intermediate (or hidden) axis is cut in every expert alike.
+"""Mixture-of-experts blocks whose experts' weights are slices of 3-D parameters, run as
+Transformers 5 runs them: grouped matrix products (``F.grouped_mm``, its default), a loop of
+``F.linear`` over the experts ("eager") or ``torch.bmm`` on the weights picked per token
+("batched_mm"). Index ``j`` of the intermediate (or hidden) axis is cut in every expert alike.
 """
 
 from __future__ import annotations
@@ -61,14 +62,58 @@ class _GroupedMoE(nn.Module):
             batch, tokens, hidden)
 
 
+class _LoopedMoE(_GroupedMoE):
+    """The same block, its experts run as Transformers' ``eager`` (one ``F.linear`` per
+    expert hit, or ``x @ W[e]`` for weights stored ``[E, in, out]``; ``index_add_`` into the
+    output) or ``batched_mm`` (``torch.bmm`` on the weights picked for each token)."""
+
+    def __init__(self, stored_in_out: bool = False, mode: str = "eager") -> None:
+        super().__init__(stored_in_out)
+        self.mode = mode
+
+    def _one(self, rows: Tensor, weight: Tensor) -> Tensor:
+        return rows @ weight if self.stored_in_out else F.linear(rows, weight)
+
+    def _picked(self, rows: Tensor, weights: Tensor) -> Tensor:
+        if self.stored_in_out:
+            return torch.bmm(rows.unsqueeze(1), weights).squeeze(1)
+        return torch.bmm(weights, rows.unsqueeze(-1)).squeeze(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, hidden = x.shape
+        flat = x.reshape(-1, hidden)
+        weights, index = self.router(flat).softmax(-1).topk(self.top_k, dim=-1)
+        if self.mode == "batched":
+            ids, rows = index.reshape(-1), flat.repeat_interleave(self.top_k, dim=0)
+            gate, up = self._picked(rows, self.gate_up_proj[ids]).chunk(2, dim=-1)
+            out = self._picked(F.silu(gate) * up, self.down_proj[ids]) * weights.reshape(-1, 1)
+            return out.view(batch * tokens, self.top_k, hidden).sum(dim=1).view(x.shape)
+        out = torch.zeros_like(flat)
+        for expert in index.unique():  # 0-d tensors, as Transformers' expert_hit rows
+            token, slot = torch.where(index == expert)
+            gate, up = self._one(flat[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
+            h = self._one(F.silu(gate) * up, self.down_proj[expert])
+            out.index_add_(0, token, h * weights[token, slot, None])
+        return out.view(x.shape)
+
+
+MODES = ["grouped", "eager", "batched"]
+
+
+def _block(stored_in_out: bool, mode: str) -> _GroupedMoE:
+    if mode == "grouped":
+        return _GroupedMoE(stored_in_out).eval()
+    return _LoopedMoE(stored_in_out, mode).eval()
+
+
 class _Net(nn.Module):
     """The MoE block on a residual stream of prunable width, between two linear layers."""
 
-    def __init__(self, stored_in_out: bool = False) -> None:
+    def __init__(self, stored_in_out: bool = False, mode: str = "grouped") -> None:
         super().__init__()
         torch.manual_seed(0)
         self.inp = nn.Linear(8, HIDDEN)
-        self.moe = _GroupedMoE(stored_in_out)
+        self.moe = _block(stored_in_out, mode)
         self.out = nn.Linear(HIDDEN, 8)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,9 +125,11 @@ def _inputs() -> Tensor:
     return torch.randn(2, 5, HIDDEN, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("stored_in_out", [False, True])
-def test_prune_halves_every_experts_intermediate_channels(stored_in_out: bool) -> None:
-    model, x = _GroupedMoE(stored_in_out).eval(), _inputs()
+def test_prune_halves_every_experts_intermediate_channels(stored_in_out: bool,
+                                                          mode: str) -> None:
+    model, x = _block(stored_in_out, mode), _inputs()
     pruned = pk.prune(model, (x,), ratio=0.5).model
     gate_up, down = pruned.gate_up_proj, pruned.down_proj
     if stored_in_out:  # [E, in, out]
@@ -113,9 +160,11 @@ def test_ratio_zero_leaves_outputs_identical(stored_in_out: bool) -> None:
         assert torch.equal(pruned(x), model(x))
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("stored_in_out", [False, True])
-def test_hidden_width_is_cut_in_every_expert_and_the_model_runs(stored_in_out: bool) -> None:
-    model, x = _Net(stored_in_out).eval(), torch.randn(2, 5, 8)
+def test_hidden_width_is_cut_in_every_expert_and_the_model_runs(stored_in_out: bool,
+                                                                mode: str) -> None:
+    model, x = _Net(stored_in_out, mode).eval(), torch.randn(2, 5, 8)
     result = pk.prune(model, (x,), ratio=0.5, ignore=[model.out])
     pruned = result.model
     half = HIDDEN // 2
@@ -128,19 +177,28 @@ def test_hidden_width_is_cut_in_every_expert_and_the_model_runs(stored_in_out: b
         assert pruned(x).shape == model(x).shape == (2, 5, 8)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("stored_in_out", [False, True])
-def test_pruning_equals_zeroing_the_removed_intermediate_channels(stored_in_out: bool) -> None:
-    model, x = _GroupedMoE(stored_in_out).eval(), _inputs()
+def test_pruning_equals_zeroing_the_removed_intermediate_channels(stored_in_out: bool,
+                                                                  mode: str) -> None:
+    model, x = _block(stored_in_out, mode), _inputs()
     result = pk.prune(model, (x,), ratio=0.5)
     gate_up_axis, down_axis = (2, 1) if stored_in_out else (1, 2)
     kept = torch.tensor(result.plan["params"]["down_proj"]["keep"][str(down_axis)])
     removed = torch.ones(INTER, dtype=torch.bool)
     removed[kept] = False
-    zeroed = _GroupedMoE(stored_in_out).eval()
+    zeroed = _block(stored_in_out, mode)
     with torch.no_grad():
         zeroed.gate_up_proj.index_fill_(gate_up_axis, removed.repeat(2).nonzero().flatten(), 0)
         zeroed.down_proj.index_fill_(down_axis, removed.nonzero().flatten(), 0)
         torch.testing.assert_close(result.model(x), zeroed(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("stored_in_out", [False, True])
+def test_every_way_of_running_the_experts_gives_one_plan(stored_in_out: bool) -> None:
+    x = torch.randn(2, 5, 8)
+    plans = [pk.prune(_Net(stored_in_out, mode).eval(), (x,), ratio=0.5).plan for mode in MODES]
+    assert plans[0]["params"] and plans[1] == plans[0] and plans[2] == plans[0]
 
 
 def test_plan_replays_on_a_fresh_model() -> None:
@@ -203,3 +261,49 @@ def test_grouped_products_without_offsets_cut_every_expert_alike() -> None:
     with torch.no_grad():
         expected = torch.relu(x @ model.up[:, :, kept]) @ model.down[:, kept]
         torch.testing.assert_close(result.model(x), expected, rtol=0, atol=1e-5)
+
+
+class _AddIntoChannels(nn.Module):
+    """``index_add_`` along the channel dim: its literal positions would go stale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(HIDDEN, INTER)
+        self.down = nn.Linear(INTER, HIDDEN)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.up(x)
+        return self.down(torch.zeros_like(h).index_add_(1, torch.arange(INTER).flip(0), h))
+
+
+@pytest.mark.filterwarnings("ignore:prune removed nothing")
+def test_index_add_along_a_channel_dim_is_refused_by_name_or_kept_whole() -> None:
+    model, x = _AddIntoChannels().eval(), torch.randn(3, HIDDEN)
+    with pytest.raises(UnsupportedOpError, match="adds along dim 1, which carries channels"):
+        pk.prune(model, (x,), ratio=0.5)
+    with pytest.warns(UserWarning, match="index_add"):
+        result = pk.prune(model, (x,), ratio=0.5, strict=False)
+    assert result.model.up.out_features == INTER
+    with torch.no_grad():
+        assert torch.equal(result.model(x), model(x))
+
+
+class _PickedTable(nn.Module):
+    """A 3-D parameter indexed on its first axis and added elementwise: not a layer weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.up, self.down = nn.Linear(HIDDEN, INTER), nn.Linear(INTER, HIDDEN)
+        self.table = nn.Parameter(torch.randn(EXPERTS, 5, INTER))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(torch.relu(self.up(x) + self.table[1]))
+
+
+def test_a_picked_slice_read_elementwise_is_cut_along_its_channels() -> None:
+    model, x = _PickedTable().eval(), torch.randn(5, HIDDEN)
+    result = pk.prune(model, (x,), ratio=0.5)
+    kept = result.plan["params"]["table"]["keep"]["2"]
+    assert torch.equal(result.model.table, model.table[:, :, kept])
+    assert result.model.up.out_features == INTER // 2

@@ -216,6 +216,31 @@ def tensors_free(values: tuple[Any, ...]) -> list[int]:
 
 
 def _slicing(ctx: TraceContext, call: OpCall) -> None:
+    if call.name == "getitem" and _defer_expert_pick(ctx, call):
+        return
+    _slice(ctx, call)
+
+
+def _defer_expert_pick(ctx: TraceContext, call: OpCall) -> bool:
+    """``W[e]`` or ``W[ids]`` of a 3-D parameter, a stack of expert weights (Transformers'
+    eager experts: ``F.linear(x, self.gate_up_proj[e])``; batched: ``torch.bmm(
+    self.gate_up_proj[ids], x)``): left for ``F.linear`` or a matrix product to take as a
+    layer weight, whose last two axes are cut in every expert alike; sliced as below if
+    anything else reads it. False (nothing done) for any other call."""
+    source, index, out = call.args[0], call.args[1], call.out
+    if not (isinstance(source, Tensor) and source.dim() == 3 and isinstance(out, Tensor)
+            and out.shape[-2:] == source.shape[1:] and ctx.is_param(source)):
+        return False
+    if isinstance(index, Tensor):
+        picks = index.dim() <= 1 and not index.is_floating_point() and index.dtype != torch.bool
+    else:
+        picks = isinstance(index, int) and not isinstance(index, bool)
+    if picks:
+        ctx.defer_pick(out, source, lambda: _slice(ctx, call))
+    return picks
+
+
+def _slice(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
     canon = ctx.space.find(ctx.labels(source, partial=True))
     touched = _selected_dims(call, source)

@@ -85,10 +85,12 @@ class TraceContext:
         self.bindings: dict[tuple[str, str], Tensor] = {}
         self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
-        # W.t() of a 2-D parameter W, or W.transpose(-2, -1) of a stack of expert weights:
-        # (view, W), labelled only when something other than a matrix product reads it
-        # (``x @ self.weight.t()`` is a layer weight, not elementwise)
-        self._param_views: dict[int, tuple[Tensor, Tensor]] = {}
+        # views of a parameter W that a matrix product may take as a layer weight (``x @
+        # self.weight.t()`` is a layer weight, not elementwise), labelled only when something
+        # else reads them: W.t() of a 2-D W or W.transpose(-2, -1) of a stack of expert
+        # weights (kind "t"), W[e] / W[ids] picking experts of a stack ("pick"); (view, W,
+        # kind, a function that labels the view as the op that made it would)
+        self._param_views: dict[int, tuple[Tensor, Tensor, str, Callable[[bool], None]]] = {}
         # one walk of the module tree serves the param names, the hooks and eval mode
         walk = walk_modules(model)
         for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
@@ -146,7 +148,7 @@ class TraceContext:
             return entry[1]
         view = self._param_views.pop(id(tensor), None)
         if view is not None and view[0] is tensor:  # read as a tensor after all
-            self.set_labels(tensor, self.labels(view[1], partial=partial).transpose(-2, -1))
+            view[3](partial)
             return self.labels(tensor)
         if self._attribute_node(tensor):
             return self.labels(tensor, partial=partial)
@@ -240,13 +242,31 @@ class TraceContext:
         """``view`` is ``weight`` with its last two dims swapped (``W.t()`` of a 2-D parameter,
         ``W.transpose(-2, -1)`` of a 3-D stack of expert weights): labelled when first read,
         unless a matrix product takes it as a layer weight (:meth:`transposed_weight`)."""
-        self._param_views[id(view)] = (view, weight)
+        def label(partial: bool) -> None:
+            self.set_labels(view, self.labels(weight, partial=partial).transpose(-2, -1))
+
+        self._param_views[id(view)] = (view, weight, "t", label)
+
+    def defer_pick(self, view: Tensor, stack: Tensor, label: Callable[[], None]) -> None:
+        """``view`` is ``stack[e]`` or ``stack[ids]`` of a 3-D stack of expert weights:
+        labelled by ``label`` (the slicing it is) when first read, unless ``F.linear`` or a
+        matrix product takes it as a layer weight (:meth:`picked_experts`)."""
+        self._param_views[id(view)] = (view, stack, "pick", lambda partial: label())
 
     def transposed_weight(self, tensor: Tensor) -> Tensor | None:
         """The parameter ``W`` if ``tensor`` is ``W`` with its last two dims swapped and
         nothing has read it yet."""
+        return self._param_view(tensor, "t")
+
+    def picked_experts(self, tensor: Tensor) -> Tensor | None:
+        """The 3-D parameter ``W`` if ``tensor`` is ``W[e]`` or ``W[ids]`` (experts picked
+        along its first axis; its last two dims are W's axes 1 and 2) and nothing has read
+        it yet."""
+        return self._param_view(tensor, "pick")
+
+    def _param_view(self, tensor: Tensor, kind: str) -> Tensor | None:
         view = self._param_views.get(id(tensor))
-        return view[1] if view is not None and view[0] is tensor else None
+        return view[1] if view is not None and view[0] is tensor and view[2] == kind else None
 
     def is_param(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` is a parameter or float buffer of the model."""
