@@ -307,3 +307,18 @@ def test_a_picked_slice_read_elementwise_is_cut_along_its_channels() -> None:
     kept = result.plan["params"]["table"]["keep"]["2"]
     assert torch.equal(result.model.table, model.table[:, :, kept])
     assert result.model.up.out_features == INTER // 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cut_widths_keep_the_16_byte_strides_grouped_products_want(mode: str) -> None:
+    # ratio 0.3 keeps 23 of 32 intermediate and 12 of 16 hidden channels: 23 is rounded up to
+    # 24 float32 channels (96 bytes), whichever way the trace ran the experts
+    model, x = _Net(False, mode).eval(), torch.randn(2, 5, 8)
+    result = pk.prune(model, (x,), ratio=0.3, ignore=[model.out])
+    moe = result.model.moe
+    assert moe.gate_up_proj.shape == (EXPERTS, 2 * 24, 12)
+    assert moe.down_proj.shape == (EXPERTS, 12, 24)
+    assert result.plan["params"]["moe.down_proj"]["sizes"] == {"1": 16, "2": 32}
+    with torch.no_grad():  # the pruned experts also run as grouped products
+        h = result.model.inp(x)
+        assert _GroupedMoE.forward(moe, h).shape == h.shape

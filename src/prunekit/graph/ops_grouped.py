@@ -9,9 +9,10 @@ the stack stays rectangular and the pruned product equals the unpruned one with 
 channels zeroed. A computed ``b`` is a plain contraction (:func:`ops_matmul.contract`)
 where its channels are the same in every group, and refused otherwise.
 
-Grouped-product kernels want strides that are multiples of 16 bytes, so a width cut to,
-say, 45 float32 channels fails the forward check after surgery; ``round_to=4`` (8 for
-bfloat16) keeps widths that the kernels take.
+Grouped-product kernels want strides that are multiples of 16 bytes, so both cut axes keep
+a multiple of 4 float32 channels (8 bfloat16: :func:`ops_matmul.align_experts`, a group's
+``step``), as do the eager and batched experts' (so that a model pruned under one runs
+under all).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.ops_matmul import contract
+from prunekit.graph.ops_matmul import align_experts, contract
 from prunekit.graph.trace import ParamRecord, TraceContext
 
 
@@ -47,8 +48,9 @@ def _grouped_mm(ctx: TraceContext, call: OpCall) -> None:
     stacked = _stacked_weight(ctx, b)
     if stacked is not None:
         record, in_axis, out_axis = stacked
-        ctx.weight_axis(record, in_axis, labels=ctx.consume(a, -1))
+        read = ctx.weight_axis(record, in_axis, labels=ctx.consume(a, -1))
         ids = ctx.weight_axis(record, out_axis, count=int(record.tensor.shape[out_axis]))
+        align_experts(ctx, record.tensor, read, ids)
         ctx.set_vector(out, ctx.space.find(ids), -1)
         return
     b_labels = ctx.labels(b)

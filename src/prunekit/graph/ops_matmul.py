@@ -129,10 +129,19 @@ def _picked_experts(ctx: TraceContext, a: Tensor, b: Tensor, out: Tensor) -> boo
     record = ctx.layer_weight(stack)
     if record is None:
         return False
-    ctx.weight_axis(record, in_axis, labels=ctx.consume(x, x_dim))
+    read = ctx.weight_axis(record, in_axis, labels=ctx.consume(x, x_dim))
     ids = ctx.weight_axis(record, out_axis, count=int(stack.shape[out_axis]))
+    align_experts(ctx, stack, read, ids)
     ctx.set_vector(out, ctx.space.find(ids), x_dim)
     return True
+
+
+def align_experts(ctx: TraceContext, stack: Tensor, *labels: Tensor) -> None:
+    """The cut axes of a stack of expert weights keep 16-byte strides, which grouped-product
+    kernels (Transformers' default experts) want, whichever way the trace ran the experts:
+    a multiple of 4 float32 channels, 8 bfloat16."""
+    for axis_labels in labels:
+        ctx.align(axis_labels, max(1, 16 // stack.element_size()))
 
 
 def _sdpa(ctx: TraceContext, call: OpCall) -> None:

@@ -83,6 +83,7 @@ class TraceContext:
         self._calls = CallStack(model)  # the running modules; whether ops are recorded
         self._ops: dict[Callable[..., Any], tuple[str, str, OpHandler | None]] = {}
         self.bindings: dict[tuple[str, str], Tensor] = {}
+        self.aligned: list[tuple[Tensor, int]] = []  # see :meth:`align`
         self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
         # views of a parameter W that a matrix product may take as a layer weight (``x @
@@ -303,6 +304,12 @@ class TraceContext:
             self.block(existing, f"attribute {attr!r} of {name!r} sizes tensors of "
                                  f"different widths")
 
+    def align(self, labels: Tensor, multiple: int) -> None:
+        """The dim whose channels ``labels`` lists must keep a multiple of ``multiple`` of
+        them (or all): a kernel's layout rule, such as grouped products' 16-byte strides."""
+        if multiple > 1:
+            self.aligned.append((labels.reshape(-1).clone(), multiple))
+
     # -- module dims -------------------------------------------------------------------
     def _record(self, name: str, module: nn.Module) -> ModuleRecord:
         record = self.modules.get(name)
@@ -521,4 +528,4 @@ def trace(
         ctx._vectors.clear()
         ctx._param_views.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
-                 train_shapes)
+                 train_shapes, ctx.aligned)
