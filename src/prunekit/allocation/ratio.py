@@ -8,7 +8,8 @@ wherever the (normalised) scores are lowest, so some groups lose more than other
 several channels (an attention head) costs that many (:func:`unit_width`).
 Every group keeps at least ``max(1, ceil(min_keep · units))`` units and at most
 ``max(1, floor(max_keep · units))`` (so global ranking prunes every group a little), and
-``round_to`` keeps widths at multiples of N (rounded up, never above the original width).
+``round_to`` keeps widths at multiples of N (rounded up, never above the original width), as
+does a group's own ``step`` (expert weights keep 16-byte strides for grouped products).
 A group that spans a concat keeps a channel of every layer in it (a layer with none cannot
 run) within that count: the count is raised only where it is below the number of such layers.
 Widths are counted in channels: where a unit spans several channels of a layer (an
@@ -99,9 +100,13 @@ def _unit_step(group: Group, round_to: int) -> int:
 
 
 def _rounded(keep: int, group: Group, round_to: int | None) -> int:
-    if round_to is None or round_to <= 1:
+    """``keep`` rounded up to ``round_to`` and to the group's own step (a kernel's layout
+    rule: grouped products of expert weights want 16-byte strides), never above its size."""
+    step = group.step
+    if round_to is not None and round_to > 1:
+        step = math.lcm(step, _unit_step(group, round_to))
+    if step == 1:
         return keep
-    step = _unit_step(group, round_to)
     return min(group.size, math.ceil(keep / step) * step)
 
 

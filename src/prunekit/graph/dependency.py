@@ -12,8 +12,9 @@ unsupported op or an ignored layer are *blocked* and never removed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -47,11 +48,13 @@ class Member:
 
 @dataclass(frozen=True)
 class Group:
-    """Prunable ``units`` (sorted unit ids) and every member that holds one of them."""
+    """Prunable ``units`` (sorted unit ids) and every member that holds one of them;
+    ``step``: it keeps a multiple of that many units, or all (a kernel's layout rule)."""
 
     index: int
     units: Tensor
     members: tuple[Member, ...]
+    step: int = 1
 
     @property
     def size(self) -> int:
@@ -144,7 +147,27 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
     arrays[at:at] = [member.units.reshape(-1).numpy() for member in direct]
     blocked = space.blocked_roots()
     groups = _components(members, arrays, blocked)
+    if trace.aligned:
+        groups = _with_steps(space, groups, trace.aligned)
     return DependencyGraph(trace, tuple(groups), tuple(members), blocked)
+
+
+def _with_steps(space: LabelSpace, groups: list[Group],
+                aligned: list[tuple[Tensor, int]]) -> list[Group]:
+    """Each group with the unit step that the aligned dims holding its channels need: a dim
+    that must keep a multiple of N channels, where each unit spans w of them, keeps a
+    multiple of N / gcd(N, w) units (w counted as in allocation's ``round_to``)."""
+    dims = [(space.find(labels).numpy(), multiple) for labels, multiple in aligned]
+    out = []
+    for group in groups:
+        step = 1
+        for roots, multiple in dims:
+            channels = int(in_sorted(roots, group.units.numpy()).sum())
+            if channels:
+                width = channels // group.size if channels % group.size == 0 else 1
+                step = math.lcm(step, multiple // math.gcd(multiple, width))
+        out.append(group if step == 1 else replace(group, step=step))
+    return out
 
 
 def _find_all(space: LabelSpace, labels: Sequence[Tensor]) -> list[np.ndarray]:

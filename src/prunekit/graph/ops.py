@@ -9,8 +9,9 @@ A handler that meets a call it cannot map raises :class:`OpNotMappable`; the tra
 treats the call like an unknown op.
 
 Families live one per file (``ops_shape``, ``ops_reshape``, ``ops_pointwise``,
-``ops_reduce``, ``ops_matmul``); a new family is a new file that calls :func:`register_op`
-and is listed in ``_BUILTIN_FAMILIES`` (or imported by the caller before tracing).
+``ops_reduce``, ``ops_matmul``, ``ops_grouped``); a new family is a new file that calls
+:func:`register_op` and is listed in ``_BUILTIN_FAMILIES`` (or imported by the caller before
+tracing).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ _BUILTIN_FAMILIES = (
     "prunekit.graph.ops_pointwise",
     "prunekit.graph.ops_reduce",
     "prunekit.graph.ops_matmul",
+    "prunekit.graph.ops_grouped",
     "prunekit.graph.ops_norm",
     "prunekit.graph.ops_einsum",
     "prunekit.graph.ops_layer",

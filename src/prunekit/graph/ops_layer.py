@@ -2,8 +2,9 @@
 with a weight.
 
 When the weight is a parameter or buffer of the model (``F.linear(x, self.weight,
-self.bias)``, a blur filter ``F.conv2d(x, self.filt, groups=C)``), it is treated like the
-weight of a Linear/Conv layer: its output axis makes fresh channels, its input axis reads
+self.bias)``, a blur filter ``F.conv2d(x, self.filt, groups=C)``, one expert's weights
+``self.gate_up_proj[e]`` of a 3-D stack), it is treated like the weight of a Linear/Conv
+layer: its output axis makes fresh channels, its input axis reads
 the input's channels, and both are cut with their groups (the plan lists the parameter's
 axes); a grouped or depthwise conv couples them as ``nn.Conv2d``'s adapter does. With a
 computed weight, ``F.linear`` is a matrix product; a computed conv weight is not supported.
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import consume, emit, fixed_shape, rep_along
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.ops_matmul import contract
+from prunekit.graph.ops_matmul import align_experts, contract
 from prunekit.graph.ops_pointwise import combine
 from prunekit.graph.ops_shape import holding, running_module_phrase
 from prunekit.graph.trace import ParamRecord, TraceContext
@@ -42,15 +43,21 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
         channel_in = channel_out = -1
     else:
         channel_in = channel_out = 1 if x.dim() == weight.dim() else 0
-    record = ctx.layer_weight(weight)
+    # F.linear(x, self.gate_up_proj[e]) reads rows of axis 1 and columns of axis 2 of a stack
+    stack = ctx.picked_experts(weight) if linear and weight.dim() == 2 else None
+    record = ctx.layer_weight(weight if stack is None else stack)
+    first = 0 if stack is None else 1  # the weight's axis 0 in the parameter
     if record is None:
         if not linear:
             raise OpNotMappable("its weight is computed, not a parameter of the model",
                                 makes_channels=True)
         labels = contract(ctx, ctx.labels(x), ctx.labels(weight).t(), tuple(out.shape))
     elif groups == 1:
-        ctx.weight_axis(record, 1, labels=consume(ctx.space, ctx.labels(x), channel_in))
-        ids = ctx.weight_axis(record, 0, count=int(weight.shape[0]))
+        read = ctx.weight_axis(record, first + 1,
+                               labels=consume(ctx.space, ctx.labels(x), channel_in))
+        ids = ctx.weight_axis(record, first, count=int(weight.shape[0]))
+        if stack is not None:
+            align_experts(ctx, stack, read, ids)
         labels = emit(ctx.space.find(ids), channel_out, out.shape)
     else:
         ids = _grouped_conv(ctx, call, x, weight, record, groups, channel_in)

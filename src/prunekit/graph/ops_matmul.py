@@ -83,7 +83,7 @@ def _lift(labels: Tensor, shape: tuple[int, ...]) -> Tensor:
 def _matmul(ctx: TraceContext, call: OpCall) -> None:
     a, b = tensors_in(call.args)[:2]
     out = tensors_in(call.out)[0]
-    if _layer_weight(ctx, a, b, out):
+    if _layer_weight(ctx, a, b, out) or _picked_experts(ctx, a, b, out):
         return
     ctx.set_labels(out, contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape)))
 
@@ -110,6 +110,38 @@ def _layer_weight(ctx: TraceContext, x: Tensor, b: Tensor, out: Tensor) -> bool:
     ids = ctx.weight_axis(record, out_axis, count=int(weight.shape[out_axis]))
     ctx.set_vector(out, space.find(ids), -1)
     return True
+
+
+def _picked_experts(ctx: TraceContext, a: Tensor, b: Tensor, out: Tensor) -> bool:
+    """``x @ W[e]``, ``x @ W[ids]`` or ``W[ids] @ x`` with ``W [E, R, C]`` a stack of expert
+    weights (Transformers' eager and batched experts): the picked weights' rows and columns
+    are W's axes 1 and 2, one read from x's channels and one making the product's, cut in
+    every expert alike. False (nothing done) for any other product."""
+    stack = ctx.picked_experts(b)
+    if stack is not None:  # x @ W: x's last dim reads rows; columns are the product's last
+        x, x_dim, in_axis, out_axis = a, -1, 1, 2
+    else:  # W @ x: x's dim -2 reads columns; rows are the product's dim -2
+        stack = ctx.picked_experts(a)
+        x, x_dim, in_axis, out_axis = b, -2, 2, 1
+    if stack is None or x.dim() < 2 or out.dim() < 2 or \
+            out.shape[x_dim] != stack.shape[out_axis]:
+        return False
+    record = ctx.layer_weight(stack)
+    if record is None:
+        return False
+    read = ctx.weight_axis(record, in_axis, labels=ctx.consume(x, x_dim))
+    ids = ctx.weight_axis(record, out_axis, count=int(stack.shape[out_axis]))
+    align_experts(ctx, stack, read, ids)
+    ctx.set_vector(out, ctx.space.find(ids), x_dim)
+    return True
+
+
+def align_experts(ctx: TraceContext, stack: Tensor, *labels: Tensor) -> None:
+    """The cut axes of a stack of expert weights keep 16-byte strides, which grouped-product
+    kernels (Transformers' default experts) want, whichever way the trace ran the experts:
+    a multiple of 4 float32 channels, 8 bfloat16."""
+    for axis_labels in labels:
+        ctx.align(axis_labels, max(1, 16 // stack.element_size()))
 
 
 def _sdpa(ctx: TraceContext, call: OpCall) -> None:

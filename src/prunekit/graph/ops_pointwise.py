@@ -284,6 +284,29 @@ def _setitem(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_labels(target, labels)
 
 
+def _index_add(ctx: TraceContext, call: OpCall) -> None:
+    """``target.index_add(dim, index, source)`` (Transformers' eager experts add each
+    expert's rows into the tokens' output): slice ``i`` of ``source`` is added to slice
+    ``index[i]`` of ``target``, so their labels are joined position by position, as
+    ``target[index] += source`` along ``dim``. Along a dim that carries channels the
+    literal positions in ``index`` would go stale, so that is refused."""
+    args = (*call.args, *(call.kwargs[k] for k in ("dim", "index", "source")
+                          if k in call.kwargs))
+    target, dim, index, source = args[:4]
+    if not isinstance(source, Tensor) or not isinstance(index, Tensor):
+        raise OpNotMappable("index and source must be tensors")
+    labels = ctx.space.find(ctx.labels(target))
+    incoming = ctx.labels(source)
+    if varies(labels, dim) or varies(ctx.space.find(incoming), dim):
+        raise OpNotMappable(f"it adds along dim {dim}, which carries channels")
+    index = on_cpu(index)  # labels live on the CPU
+    labels = labels.clone()
+    labels.index_copy_(dim, index, combine(ctx, [labels.index_select(dim, index), incoming],
+                                           incoming.shape))
+    ctx.set_labels(tensors_in(call.out)[0], labels)
+
+
 register_op(UNARY, _unary)
 register_op(BINARY, _binary)
 register_op(("setitem",), _setitem)
+register_op(("index_add",), _index_add)

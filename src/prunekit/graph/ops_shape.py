@@ -94,18 +94,27 @@ _TRANSPOSES = {"t", "T", "mT", "transpose", "swapaxes", "swapdims", "permute"}
 
 
 def _defer_weight_transpose(ctx: TraceContext, call: OpCall) -> bool:
-    """``W.t()`` of a 2-D parameter: left for a matrix product to take as a layer weight
-    (``x @ self.weight.t()``, a hand-written linear); labelled like a replay if anything
-    else reads it. False (nothing done) for any other call."""
+    """``W.t()`` of a 2-D parameter, or ``W.transpose(-2, -1)`` of a 3-D stack of expert
+    weights: left for a (grouped) matrix product to take as a layer weight (``x @
+    self.weight.t()``, a hand-written linear; ``grouped_mm(x, self.gate_up_proj.mT, ...)``);
+    labelled like a replay if anything else reads it. False (nothing done) for any other
+    call."""
     source = call.args[0] if call.args else call.kwargs.get("input")
     out = call.out
-    # a swap of the two dims, not any call that keeps a square weight's shape (permute(0, 1))
-    if not (isinstance(source, Tensor) and isinstance(out, Tensor) and source.dim() == 2
-            and out.shape == source.shape[::-1] and out.stride() == source.stride()[::-1]
-            and out.stride() != source.stride() and ctx.is_param(source)):
+    if not (isinstance(source, Tensor) and isinstance(out, Tensor) and source.dim() in (2, 3)
+            and _swaps_last_two(source, out) and ctx.is_param(source)):
         return False
     ctx.defer_transpose(out, source)
     return True
+
+
+def _swaps_last_two(source: Tensor, out: Tensor) -> bool:
+    """Whether ``out`` is ``source`` with its last two dims swapped (by shape and strides,
+    not any call that keeps a square weight's shape, such as ``permute(0, 1)``)."""
+    size, stride = source.shape, source.stride()
+    return (out.shape == (*size[:-2], size[-1], size[-2])
+            and out.stride() == (*stride[:-2], stride[-1], stride[-2])
+            and out.stride() != stride)
 
 
 def _cat_args(call: OpCall) -> tuple[Any, Any]:
@@ -207,6 +216,31 @@ def tensors_free(values: tuple[Any, ...]) -> list[int]:
 
 
 def _slicing(ctx: TraceContext, call: OpCall) -> None:
+    if call.name == "getitem" and _defer_expert_pick(ctx, call):
+        return
+    _slice(ctx, call)
+
+
+def _defer_expert_pick(ctx: TraceContext, call: OpCall) -> bool:
+    """``W[e]`` or ``W[ids]`` of a 3-D parameter, a stack of expert weights (Transformers'
+    eager experts: ``F.linear(x, self.gate_up_proj[e])``; batched: ``torch.bmm(
+    self.gate_up_proj[ids], x)``): left for ``F.linear`` or a matrix product to take as a
+    layer weight, whose last two axes are cut in every expert alike; sliced as below if
+    anything else reads it. False (nothing done) for any other call."""
+    source, index, out = call.args[0], call.args[1], call.out
+    if not (isinstance(source, Tensor) and source.dim() == 3 and isinstance(out, Tensor)
+            and out.shape[-2:] == source.shape[1:] and ctx.is_param(source)):
+        return False
+    if isinstance(index, Tensor):
+        picks = index.dim() <= 1 and not index.is_floating_point() and index.dtype != torch.bool
+    else:
+        picks = isinstance(index, int) and not isinstance(index, bool)
+    if picks:
+        ctx.defer_pick(out, source, lambda: _slice(ctx, call))
+    return picks
+
+
+def _slice(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
     canon = ctx.space.find(ctx.labels(source, partial=True))
     touched = _selected_dims(call, source)

@@ -80,3 +80,5 @@ class Trace:
     output_shapes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
     # the shapes of a second pass in training mode, run when eval mode left layers unvisited
     train_output_shapes: list[tuple[str, tuple[int, ...]]] | None = None
+    # (labels of one dim, N): a kernel wants that dim's width a multiple of N
+    aligned: list[tuple[Tensor, int]] = field(default_factory=list)

@@ -83,11 +83,15 @@ class TraceContext:
         self._calls = CallStack(model)  # the running modules; whether ops are recorded
         self._ops: dict[Callable[..., Any], tuple[str, str, OpHandler | None]] = {}
         self.bindings: dict[tuple[str, str], Tensor] = {}
+        self.aligned: list[tuple[Tensor, int]] = []  # see :meth:`align`
         self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
-        # W.t() of a 2-D parameter W: (view, W), labelled only when something other than a
-        # matrix product reads it (``x @ self.weight.t()`` is a layer weight, not elementwise)
-        self._param_views: dict[int, tuple[Tensor, Tensor]] = {}
+        # views of a parameter W that a matrix product may take as a layer weight (``x @
+        # self.weight.t()`` is a layer weight, not elementwise), labelled only when something
+        # else reads them: W.t() of a 2-D W or W.transpose(-2, -1) of a stack of expert
+        # weights (kind "t"), W[e] / W[ids] picking experts of a stack ("pick"); (view, W,
+        # kind, a function that labels the view as the op that made it would)
+        self._param_views: dict[int, tuple[Tensor, Tensor, str, Callable[[bool], None]]] = {}
         # one walk of the module tree serves the param names, the hooks and eval mode
         walk = walk_modules(model)
         for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
@@ -145,7 +149,7 @@ class TraceContext:
             return entry[1]
         view = self._param_views.pop(id(tensor), None)
         if view is not None and view[0] is tensor:  # read as a tensor after all
-            self.set_labels(tensor, self.labels(view[1], partial=partial).t())
+            view[3](partial)
             return self.labels(tensor)
         if self._attribute_node(tensor):
             return self.labels(tensor, partial=partial)
@@ -236,14 +240,34 @@ class TraceContext:
         return record.axes[axis][0]
 
     def defer_transpose(self, view: Tensor, weight: Tensor) -> None:
-        """``view`` is ``weight.t()`` of a 2-D parameter: labelled when first read, unless a
-        matrix product takes it as a layer weight (:meth:`transposed_weight`)."""
-        self._param_views[id(view)] = (view, weight)
+        """``view`` is ``weight`` with its last two dims swapped (``W.t()`` of a 2-D parameter,
+        ``W.transpose(-2, -1)`` of a 3-D stack of expert weights): labelled when first read,
+        unless a matrix product takes it as a layer weight (:meth:`transposed_weight`)."""
+        def label(partial: bool) -> None:
+            self.set_labels(view, self.labels(weight, partial=partial).transpose(-2, -1))
+
+        self._param_views[id(view)] = (view, weight, "t", label)
+
+    def defer_pick(self, view: Tensor, stack: Tensor, label: Callable[[], None]) -> None:
+        """``view`` is ``stack[e]`` or ``stack[ids]`` of a 3-D stack of expert weights:
+        labelled by ``label`` (the slicing it is) when first read, unless ``F.linear`` or a
+        matrix product takes it as a layer weight (:meth:`picked_experts`)."""
+        self._param_views[id(view)] = (view, stack, "pick", lambda partial: label())
 
     def transposed_weight(self, tensor: Tensor) -> Tensor | None:
-        """The 2-D parameter ``W`` if ``tensor`` is ``W.t()`` and nothing has read it yet."""
+        """The parameter ``W`` if ``tensor`` is ``W`` with its last two dims swapped and
+        nothing has read it yet."""
+        return self._param_view(tensor, "t")
+
+    def picked_experts(self, tensor: Tensor) -> Tensor | None:
+        """The 3-D parameter ``W`` if ``tensor`` is ``W[e]`` or ``W[ids]`` (experts picked
+        along its first axis; its last two dims are W's axes 1 and 2) and nothing has read
+        it yet."""
+        return self._param_view(tensor, "pick")
+
+    def _param_view(self, tensor: Tensor, kind: str) -> Tensor | None:
         view = self._param_views.get(id(tensor))
-        return view[1] if view is not None and view[0] is tensor else None
+        return view[1] if view is not None and view[0] is tensor and view[2] == kind else None
 
     def is_param(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` is a parameter or float buffer of the model."""
@@ -279,6 +303,12 @@ class TraceContext:
             self.block(labels, f"attribute {attr!r} of {name!r} sizes tensors of different widths")
             self.block(existing, f"attribute {attr!r} of {name!r} sizes tensors of "
                                  f"different widths")
+
+    def align(self, labels: Tensor, multiple: int) -> None:
+        """The dim whose channels ``labels`` lists must keep a multiple of ``multiple`` of
+        them (or all): a kernel's layout rule, such as grouped products' 16-byte strides."""
+        if multiple > 1:
+            self.aligned.append((labels.reshape(-1).clone(), multiple))
 
     # -- module dims -------------------------------------------------------------------
     def _record(self, name: str, module: nn.Module) -> ModuleRecord:
@@ -498,4 +528,4 @@ def trace(
         ctx._vectors.clear()
         ctx._param_views.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
-                 train_shapes)
+                 train_shapes, ctx.aligned)
