@@ -66,7 +66,7 @@ def _stacked_weight(ctx: TraceContext, b: Tensor) -> tuple[ParamRecord, int, int
     """(param node, k axis, m axis) of the parameter ``b`` is a stack of expert weights
     of — ``[E, in, out]`` as is, or ``[E, out, in]`` read through ``transpose(-2, -1)`` —
     or None where ``b`` is computed."""
-    weight = ctx.transposed_weight(b)
+    weight = ctx.param_views.weight(b, "t")
     if weight is not None:
         in_axis, out_axis = 2, 1
     elif ctx.is_param(b):

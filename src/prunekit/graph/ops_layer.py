@@ -44,7 +44,7 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     else:
         channel_in = channel_out = 1 if x.dim() == weight.dim() else 0
     # F.linear(x, self.gate_up_proj[e]) reads rows of axis 1 and columns of axis 2 of a stack
-    stack = ctx.picked_experts(weight) if linear and weight.dim() == 2 else None
+    stack = ctx.param_views.weight(weight, "pick") if linear and weight.dim() == 2 else None
     record = ctx.layer_weight(weight if stack is None else stack)
     first = 0 if stack is None else 1  # the weight's axis 0 in the parameter
     if record is None:

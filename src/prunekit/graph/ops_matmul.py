@@ -95,7 +95,7 @@ def _layer_weight(ctx: TraceContext, x: Tensor, b: Tensor, out: Tensor) -> bool:
     (nothing done) for any other product."""
     if x.dim() < 1 or b.dim() != 2 or out.dim() < 1:
         return False
-    weight = ctx.transposed_weight(b)
+    weight = ctx.param_views.weight(b, "t")
     if weight is not None:
         in_axis, out_axis = 1, 0
     elif ctx.is_param(b):
@@ -117,11 +117,11 @@ def _picked_experts(ctx: TraceContext, a: Tensor, b: Tensor, out: Tensor) -> boo
     weights (Transformers' eager and batched experts): the picked weights' rows and columns
     are W's axes 1 and 2, one read from x's channels and one making the product's, cut in
     every expert alike. False (nothing done) for any other product."""
-    stack = ctx.picked_experts(b)
+    stack = ctx.param_views.weight(b, "pick")
     if stack is not None:  # x @ W: x's last dim reads rows; columns are the product's last
         x, x_dim, in_axis, out_axis = a, -1, 1, 2
     else:  # W @ x: x's dim -2 reads columns; rows are the product's dim -2
-        stack = ctx.picked_experts(a)
+        stack = ctx.param_views.weight(a, "pick")
         x, x_dim, in_axis, out_axis = b, -2, 2, 1
     if stack is None or x.dim() < 2 or out.dim() < 2 or \
             out.shape[x_dim] != stack.shape[out_axis]:

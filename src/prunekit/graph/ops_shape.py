@@ -104,7 +104,8 @@ def _defer_weight_transpose(ctx: TraceContext, call: OpCall) -> bool:
     if not (isinstance(source, Tensor) and isinstance(out, Tensor) and source.dim() in (2, 3)
             and _swaps_last_two(source, out) and ctx.is_param(source)):
         return False
-    ctx.defer_transpose(out, source)
+    ctx.param_views.defer(out, source, "t", lambda partial: ctx.set_labels(
+        out, ctx.labels(source, partial=partial).transpose(-2, -1)))
     return True
 
 
@@ -236,7 +237,7 @@ def _defer_expert_pick(ctx: TraceContext, call: OpCall) -> bool:
     else:
         picks = isinstance(index, int) and not isinstance(index, bool)
     if picks:
-        ctx.defer_pick(out, source, lambda: _slice(ctx, call))
+        ctx.param_views.defer(out, source, "pick", lambda partial: _slice(ctx, call))
     return picks
 
 

@@ -43,6 +43,7 @@ from prunekit.graph.ops import (
     tensors_in,
 )
 from prunekit.graph.ops_factory import UNIFORM, attribute_sized
+from prunekit.graph.param_views import ParamViews
 from prunekit.graph.passes import traced_pass, unvisited_layers, walk_modules
 from prunekit.graph.records import (  # (defined there, imported from here by the adapters)
     ModuleCall,
@@ -86,12 +87,7 @@ class TraceContext:
         self.aligned: list[tuple[Tensor, int]] = []  # see :meth:`align`
         self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
-        # views of a parameter W that a matrix product may take as a layer weight (``x @
-        # self.weight.t()`` is a layer weight, not elementwise), labelled only when something
-        # else reads them: W.t() of a 2-D W or W.transpose(-2, -1) of a stack of expert
-        # weights (kind "t"), W[e] / W[ids] picking experts of a stack ("pick"); (view, W,
-        # kind, a function that labels the view as the op that made it would)
-        self._param_views: dict[int, tuple[Tensor, Tensor, str, Callable[[bool], None]]] = {}
+        self.param_views = ParamViews()  # W.t(), W[e]: maybe layer weights (param_views.py)
         # one walk of the module tree serves the param names, the hooks and eval mode
         walk = walk_modules(model)
         for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
@@ -115,13 +111,13 @@ class TraceContext:
     def is_tracked(self, tensor: Tensor) -> bool:
         key = id(tensor)
         return key in self._labels or key in self._vectors or key in self._param_names or \
-            key in self._param_views or self._attribute_node(tensor)
+            key in self.param_views or self._attribute_node(tensor)
 
     def size_labels(self, tensor: Tensor) -> Tensor | None:
         """The labels of an activation whose shape the code reads (None for a parameter, a
         buffer or an untracked tensor: reading their shape must not make param nodes)."""
         key = id(tensor)
-        if key in self._param_names or key in self._param_views or not (
+        if key in self._param_names or key in self.param_views or not (
                 key in self._labels or key in self._vectors):
             return None
         return self.labels(tensor)
@@ -147,9 +143,7 @@ class TraceContext:
         entry = self._labels.get(id(tensor))
         if entry is not None and entry[0] is tensor:
             return entry[1]
-        view = self._param_views.pop(id(tensor), None)
-        if view is not None and view[0] is tensor:  # read as a tensor after all
-            view[3](partial)
+        if self.param_views.read(tensor, partial):  # a deferred view, read as a tensor
             return self.labels(tensor)
         if self._attribute_node(tensor):
             return self.labels(tensor, partial=partial)
@@ -239,36 +233,6 @@ class TraceContext:
             record.axes[axis] = (self.space.new_ids(count), True)
         return record.axes[axis][0]
 
-    def defer_transpose(self, view: Tensor, weight: Tensor) -> None:
-        """``view`` is ``weight`` with its last two dims swapped (``W.t()`` of a 2-D parameter,
-        ``W.transpose(-2, -1)`` of a 3-D stack of expert weights): labelled when first read,
-        unless a matrix product takes it as a layer weight (:meth:`transposed_weight`)."""
-        def label(partial: bool) -> None:
-            self.set_labels(view, self.labels(weight, partial=partial).transpose(-2, -1))
-
-        self._param_views[id(view)] = (view, weight, "t", label)
-
-    def defer_pick(self, view: Tensor, stack: Tensor, label: Callable[[], None]) -> None:
-        """``view`` is ``stack[e]`` or ``stack[ids]`` of a 3-D stack of expert weights:
-        labelled by ``label`` (the slicing it is) when first read, unless ``F.linear`` or a
-        matrix product takes it as a layer weight (:meth:`picked_experts`)."""
-        self._param_views[id(view)] = (view, stack, "pick", lambda partial: label())
-
-    def transposed_weight(self, tensor: Tensor) -> Tensor | None:
-        """The parameter ``W`` if ``tensor`` is ``W`` with its last two dims swapped and
-        nothing has read it yet."""
-        return self._param_view(tensor, "t")
-
-    def picked_experts(self, tensor: Tensor) -> Tensor | None:
-        """The 3-D parameter ``W`` if ``tensor`` is ``W[e]`` or ``W[ids]`` (experts picked
-        along its first axis; its last two dims are W's axes 1 and 2) and nothing has read
-        it yet."""
-        return self._param_view(tensor, "pick")
-
-    def _param_view(self, tensor: Tensor, kind: str) -> Tensor | None:
-        view = self._param_views.get(id(tensor))
-        return view[1] if view is not None and view[0] is tensor and view[2] == kind else None
-
     def is_param(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` is a parameter or float buffer of the model."""
         return id(tensor) in self._param_names
@@ -351,7 +315,7 @@ class TraceContext:
         if not outputs and not (inputs and _is_setitem(func)):
             return
         labels, vectors, params, views = (self._labels, self._vectors, self._param_names,
-                                          self._param_views)
+                                          self.param_views)
         for t in inputs:  # any(self.is_tracked(t) for t in inputs), inlined: once per op
             key = id(t)
             if key in labels or key in vectors or key in params or key in views:
@@ -526,6 +490,6 @@ def trace(
         ctx.sizes.close(modules)
         ctx._labels.clear()
         ctx._vectors.clear()
-        ctx._param_views.clear()
+        ctx.param_views.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes, ctx.aligned)
