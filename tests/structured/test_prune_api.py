@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from collections import OrderedDict
+from typing import Any
 
 import pytest
 import torch
@@ -458,3 +460,29 @@ def test_a_prune_that_removes_nothing_says_so() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prune(mlp, torch.randn(2, 4), ratio=0.0)  # asked for nothing: no warning
+
+
+class _AttrDict(OrderedDict[str, Any]):
+    """diffusers' FrozenDict: a mapping whose keys are also instance attributes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            setattr(self, key, value)
+
+
+def test_inplace_prune_keeps_attributes_of_a_mapping_subclass() -> None:
+    class Configured(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = _AttrDict(scale_input=True)
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            x = x * 2 if self.config.scale_input else x
+            return self.b(torch.relu(self.a(x)))
+
+    model, x = Configured().eval(), torch.randn(3, 4)
+    result = prune(model, x, ratio=0.5, inplace=True)
+    assert result.model is model and model.a.out_features == 4
+    assert model.config.scale_input and model(x).shape == (3, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import gc
 import types
@@ -403,7 +404,9 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> n
             if kind in _SHARED or key in _HOOK_DICTS:  # none of these is copied below
                 continue
             if kind is OrderedDict or kind is dict or isinstance(value, dict):
-                out = value.copy()  # keeps the mapping's type (OrderedDict, ...)
+                # a subclass may hold attributes of its own, which .copy() drops (diffusers'
+                # FrozenDict config: config.center_input_sample); copy.copy keeps them
+                out = value.copy() if kind is OrderedDict or kind is dict else copy.copy(value)
                 if value:  # most of a module's hook dicts are empty
                     for name, item in value.items():
                         if isinstance(item, module_type):
