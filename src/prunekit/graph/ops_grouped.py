@@ -23,8 +23,8 @@ from torch import Tensor
 
 from prunekit.graph.labels import varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.ops_matmul import align_experts, contract
-from prunekit.graph.trace import ParamRecord, TraceContext
+from prunekit.graph.ops_matmul import align_experts, contract, param_weight
+from prunekit.graph.trace import TraceContext
 
 
 def _operand(call: OpCall, position: int, names: tuple[str, ...]) -> Any:
@@ -45,7 +45,7 @@ def _grouped_mm(ctx: TraceContext, call: OpCall) -> None:
     if b.dim() != 3 or a.dim() not in (2, 3):
         raise OpNotMappable(f"only a 2-D or 3-D mat_a times a 3-D mat_b is supported (got "
                             f"{a.dim()}-D by {b.dim()}-D: groups along k or m)")
-    stacked = _stacked_weight(ctx, b)
+    stacked = param_weight(ctx, b, (1, 2))  # [E, in, out], or [E, out, in] read as .mT
     if stacked is not None:
         record, in_axis, out_axis = stacked
         read = ctx.weight_axis(record, in_axis, labels=ctx.consume(a, -1))
@@ -60,21 +60,6 @@ def _grouped_mm(ctx: TraceContext, call: OpCall) -> None:
     if varies(ctx.space.find(b_labels), 0):
         raise OpNotMappable("mat_b is computed and its channels differ between groups")
     ctx.set_labels(out, contract(ctx, ctx.labels(a), b_labels[0], tuple(out.shape)))
-
-
-def _stacked_weight(ctx: TraceContext, b: Tensor) -> tuple[ParamRecord, int, int] | None:
-    """(param node, k axis, m axis) of the parameter ``b`` is a stack of expert weights
-    of — ``[E, in, out]`` as is, or ``[E, out, in]`` read through ``transpose(-2, -1)`` —
-    or None where ``b`` is computed."""
-    weight = ctx.param_views.weight(b, "t")
-    if weight is not None:
-        in_axis, out_axis = 2, 1
-    elif ctx.is_param(b):
-        weight, in_axis, out_axis = b, 1, 2
-    else:
-        return None
-    record = ctx.layer_weight(weight)
-    return None if record is None else (record, in_axis, out_axis)
 
 
 register_op(("_grouped_mm", "grouped_mm"), _grouped_mm)

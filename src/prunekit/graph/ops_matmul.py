@@ -16,7 +16,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import consume, fixed_shape, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.trace import TraceContext
+from prunekit.graph.trace import ParamRecord, TraceContext
 
 
 def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]) -> Tensor:
@@ -88,6 +88,24 @@ def _matmul(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_labels(out, contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape)))
 
 
+def param_weight(ctx: TraceContext, b: Tensor, axes: tuple[int, int]
+                 ) -> tuple[ParamRecord, int, int] | None:
+    """(param node, input axis, output axis) where the operand ``b`` of a product is a
+    parameter ``W`` read as a layer weight whose (input, output) axes are ``axes`` of ``b``:
+    ``W`` itself, or ``W`` with its last two dims swapped (``W.t()``, ``W.mT``: the axes of
+    ``W`` swap too). None where ``b`` is computed."""
+    weight = ctx.param_views.weight(b, "t")
+    in_axis, out_axis = axes
+    if weight is not None:
+        in_axis, out_axis = out_axis, in_axis
+    elif ctx.is_param(b):
+        weight = b
+    else:
+        return None
+    record = ctx.layer_weight(weight)
+    return None if record is None else (record, in_axis, out_axis)
+
+
 def _layer_weight(ctx: TraceContext, x: Tensor, b: Tensor, out: Tensor) -> bool:
     """``x @ W.t()`` (``W [out, in]``, as ``F.linear``) or ``x @ W`` (``W [in, out]``) with a
     2-D parameter ``W``: a hand-written linear layer, whose weight axes are cut like a Linear
@@ -95,17 +113,11 @@ def _layer_weight(ctx: TraceContext, x: Tensor, b: Tensor, out: Tensor) -> bool:
     (nothing done) for any other product."""
     if x.dim() < 1 or b.dim() != 2 or out.dim() < 1:
         return False
-    weight = ctx.param_views.weight(b, "t")
-    if weight is not None:
-        in_axis, out_axis = 1, 0
-    elif ctx.is_param(b):
-        weight, in_axis, out_axis = b, 0, 1
-    else:
+    found = param_weight(ctx, b, (0, 1))
+    if found is None:
         return False
-    record = ctx.layer_weight(weight)
-    if record is None:
-        return False
-    space = ctx.space
+    record, in_axis, out_axis = found
+    weight, space = record.tensor, ctx.space
     ctx.weight_axis(record, in_axis, labels=consume(space, ctx.labels(x), -1))
     ids = ctx.weight_axis(record, out_axis, count=int(weight.shape[out_axis]))
     ctx.set_vector(out, space.find(ids), -1)
