@@ -131,3 +131,33 @@ def test_functional_attention_keeps_its_widths_and_a_literal_binds_no_attribute(
     assert "fixes in its code" in result.coverage.fixed["gru_rel_pos_linear.weight"]
     assert result.plan["attrs"] == {}
     assert pruned(x).shape == (2, 5, 16)
+
+
+class TableBias(nn.Module):
+    """BEiT's relative position bias: a table of (positions, heads) gathered and viewed as
+    ``(L, L, -1)`` with ``L = ws * ws + 1`` a plain int. The split is of table rows, not of
+    the heads, so the heads stay free to go."""
+
+    def __init__(self, heads: int = 4, ws: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.ws = heads, ws
+        n = ws * ws + 1
+        self.table = nn.Parameter(torch.randn(3 * n, heads))
+        self.register_buffer("index", torch.randint(0, 3 * n, (n * n,)))
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        n = self.ws * self.ws + 1
+        bias = self.table[self.index].view(n, n, -1).permute(2, 0, 1)
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0))
+        return x + self.proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_a_plain_int_splitting_table_rows_leaves_the_heads_free() -> None:
+    torch.manual_seed(0)
+    model, x = TableBias().eval(), torch.randn(2, 5, 16)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.num_heads == 2 and result.model.table.shape == (15, 2)
+    assert result.model(x).shape == (2, 5, 16)

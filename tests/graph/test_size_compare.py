@@ -182,3 +182,32 @@ def test_lookups_and_library_comparisons_change_nothing() -> None:
     assert result.model.conv.out_channels == 4
     with torch.no_grad():
         assert result.model(x).shape == (2, 4)
+
+
+class SelectiveKernel(nn.Module):
+    """timm's SelectiveKernel: two branches stacked along a paths dim whose size is checked
+    against ``self.num_paths``; a later sum over the paths joins their channels, so the
+    paths dim carries none and the comparison stays true."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.num_paths = 2
+        self.stem = nn.Conv2d(3, c, 1)
+        self.paths = nn.ModuleList(nn.Conv2d(c, c, k, padding=k // 2) for k in (1, 3))
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        stacked = torch.stack([p(x) for p in self.paths], dim=1)
+        if stacked.shape[1] != self.num_paths:
+            raise ValueError("expected one map per path")
+        return self.head(stacked.sum(1).mean((2, 3)))
+
+
+def test_a_stack_dim_that_ends_up_carrying_no_channels_binds_nothing() -> None:
+    torch.manual_seed(0)
+    model, x = SelectiveKernel().eval(), torch.randn(2, 3, 6, 6)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.paths[0].out_channels == 4 == result.model.paths[1].out_channels
+    assert result.model.num_paths == 2 and result.plan["attrs"] == {}
+    assert result.model(x).shape == (2, 4)

@@ -285,7 +285,9 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     size = labels.shape[last]
     holders = holding(ctx, size)
     if not holders and len(sizes) == labels.dim() and type(sizes[last]) is int and \
-            sizes[last] == size:  # a plain int (funnel's d_head = self.config.d_head)
+            sizes[last] == size and varying(labels) <= set(segment):
+        # a plain int (funnel's d_head = self.config.d_head) splitting channels that vary
+        # along the split alone (not BEiT's table rows gathered per head: its heads stay free)
         _block_fixed_factor(ctx, call, labels, size, holders)
         return last, None
     if size not in written or last != labels.dim() - 1 or not holders:

@@ -205,6 +205,8 @@ class SizeTracker:
         self.pending: list[tuple[str, str, Tensor, int, SizeInt]] = []
         # judges a size found equal to a plain int by the code of a frame (size_read sets it)
         self.compared: Callable[[SizeInt, FrameType], None] | None = None
+        # those comparisons, judged when the trace ends (:func:`_judge_comparison`)
+        self.comparisons: list[Callable[[], None]] = []
 
     def settle(self, ctx: TraceContext) -> None:
         """After the forward: judge again each size not followed when it was written; the
@@ -216,6 +218,9 @@ class SizeTracker:
                 _keep_whole(ctx, display, path, dim, size, [canon, *sources],
                             fixed=not sources)
         self.pending.clear()
+        for judge in self.comparisons:
+            judge()
+        self.comparisons.clear()
 
     @property
     def live(self) -> bool:
@@ -244,6 +249,7 @@ class SizeTracker:
             return
         self._sources.clear()
         self.pending.clear()
+        self.comparisons.clear()
         for module in modules:
             for key, value in list(vars(module).items()):
                 plain = _plain(value)
@@ -475,18 +481,27 @@ def _compared_in(ctx: TraceContext, size: SizeInt, frame: FrameType) -> None:
     read = comparison_read(frame)
     if read is None:
         return
+    path, module = calling_module(ctx, frame)
+    value, attrs = int(size), vars(module)
+    holders = sorted(k for k in read if type(attrs.get(k)) is int and attrs[k] == value)
+    at = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+    ctx.sizes.comparisons.append(
+        lambda: _judge_comparison(ctx, size, path, holders, at))
+
+
+def _judge_comparison(ctx: TraceContext, size: SizeInt, path: str, holders: list[str],
+                      at: str) -> None:
+    """:func:`_compared_in`'s verdict, when the trace has ended: the dims the size counts
+    may carry no channels by then (SelectiveKernel's ``x.shape[1] == self.num_paths`` counts
+    a stack of branches whose channels a later sum over them joins)."""
     with torch._C.DisableTorchFunction():  # label arithmetic, not ops of the model
         line, sources = _channels(ctx, size)
         if not sources:  # batch, tokens, spatial: no pruning changes them
             return
-        path, module = calling_module(ctx, frame)
-        value, attrs = int(size), vars(module)
-        holders = sorted(k for k in read if type(attrs.get(k)) is int and attrs[k] == value)
         if len(holders) == 1 and line is not None:
             ctx.bind_attribute(path, holders[0], line)
             return
         where = f"the code of module {path!r}" if path else "the model's code"
-        at = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
         if len(holders) > 1:
             what = f"int attributes {', '.join(map(repr, holders))}, which all hold it"
         elif holders:
@@ -495,10 +510,10 @@ def _compared_in(ctx: TraceContext, size: SizeInt, frame: FrameType) -> None:
         else:
             what = ("a literal or an int from elsewhere (the comparison reads no int attribute "
                     "of the module holding it)")
-        reason = (f"{where} compares a channel width read from a tensor's shape ({value}) "
-                  f"with {what} ({at}); pruning would change the comparison, so those "
-                  f"channels are kept whole; compare the width with exactly one int attribute "
-                  f"of that module holding it (c != self.num_channels) for surgery to rewrite "
-                  f"that attribute")
+        reason = (f"{where} compares a channel width read from a tensor's shape "
+                  f"({int(size)}) with {what} ({at}); pruning would change the comparison, "
+                  f"so those channels are kept whole; compare the width with exactly one int "
+                  f"attribute of that module holding it (c != self.num_channels) for surgery "
+                  f"to rewrite that attribute")
         for labels in [line] if line is not None else sources:
             ctx.block(labels, reason)
