@@ -23,7 +23,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.ops_matmul import align_experts, contract, param_weight
+from prunekit.graph.ops_matmul import contract, param_weight, weight_axes
 from prunekit.graph.trace import TraceContext
 
 
@@ -48,10 +48,8 @@ def _grouped_mm(ctx: TraceContext, call: OpCall) -> None:
     stacked = param_weight(ctx, b, (1, 2))  # [E, in, out], or [E, out, in] read as .mT
     if stacked is not None:
         record, in_axis, out_axis = stacked
-        read = ctx.weight_axis(record, in_axis, labels=ctx.consume(a, -1))
-        ids = ctx.weight_axis(record, out_axis, count=int(record.tensor.shape[out_axis]))
-        align_experts(ctx, record.tensor, read, ids)
-        ctx.set_vector(out, ctx.space.find(ids), -1)
+        ctx.set_vector(out, weight_axes(ctx, record, in_axis, out_axis, ctx.consume(a, -1),
+                                        experts=True), -1)
         return
     b_labels = ctx.labels(b)
     if a.dim() == 3:  # one group per batch index: a batched product

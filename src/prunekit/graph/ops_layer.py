@@ -21,7 +21,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import consume, emit, fixed_shape, rep_along
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.ops_matmul import align_experts, contract
+from prunekit.graph.ops_matmul import contract, weight_axes
 from prunekit.graph.ops_pointwise import combine
 from prunekit.graph.ops_shape import holding, running_module_phrase
 from prunekit.graph.trace import ParamRecord, TraceContext
@@ -53,12 +53,10 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
                                 makes_channels=True)
         labels = contract(ctx, ctx.labels(x), ctx.labels(weight).t(), tuple(out.shape))
     elif groups == 1:
-        read = ctx.weight_axis(record, first + 1,
-                               labels=consume(ctx.space, ctx.labels(x), channel_in))
-        ids = ctx.weight_axis(record, first, count=int(weight.shape[0]))
-        if stack is not None:
-            align_experts(ctx, stack, read, ids)
-        labels = emit(ctx.space.find(ids), channel_out, out.shape)
+        made = weight_axes(ctx, record, first + 1, first,
+                           consume(ctx.space, ctx.labels(x), channel_in),
+                           experts=stack is not None)
+        labels = emit(made, channel_out, out.shape)
     else:
         ids = _grouped_conv(ctx, call, x, weight, record, groups, channel_in)
         labels = emit(ctx.space.find(ids), channel_out, out.shape)

@@ -117,10 +117,8 @@ def _layer_weight(ctx: TraceContext, x: Tensor, b: Tensor, out: Tensor) -> bool:
     if found is None:
         return False
     record, in_axis, out_axis = found
-    weight, space = record.tensor, ctx.space
-    ctx.weight_axis(record, in_axis, labels=consume(space, ctx.labels(x), -1))
-    ids = ctx.weight_axis(record, out_axis, count=int(weight.shape[out_axis]))
-    ctx.set_vector(out, space.find(ids), -1)
+    read = consume(ctx.space, ctx.labels(x), -1)
+    ctx.set_vector(out, weight_axes(ctx, record, in_axis, out_axis, read), -1)
     return True
 
 
@@ -141,11 +139,22 @@ def _picked_experts(ctx: TraceContext, a: Tensor, b: Tensor, out: Tensor) -> boo
     record = ctx.layer_weight(stack)
     if record is None:
         return False
-    read = ctx.weight_axis(record, in_axis, labels=ctx.consume(x, x_dim))
-    ids = ctx.weight_axis(record, out_axis, count=int(stack.shape[out_axis]))
-    align_experts(ctx, stack, read, ids)
-    ctx.set_vector(out, ctx.space.find(ids), x_dim)
+    made = weight_axes(ctx, record, in_axis, out_axis, ctx.consume(x, x_dim), experts=True)
+    ctx.set_vector(out, made, x_dim)
     return True
+
+
+def weight_axes(ctx: TraceContext, record: ParamRecord, in_axis: int, out_axis: int,
+                read: Tensor, *, experts: bool = False) -> Tensor:
+    """Label a layer weight's two axes: ``in_axis`` joined with ``read`` (the channel of each
+    index the input holds there), fresh ids for ``out_axis``, returned as roots (the
+    channels the layer makes). A stack of expert weights (``experts``) keeps 16-byte
+    strides on both (:func:`align_experts`)."""
+    in_ids = ctx.weight_axis(record, in_axis, labels=read)
+    ids = ctx.weight_axis(record, out_axis, count=int(record.tensor.shape[out_axis]))
+    if experts:
+        align_experts(ctx, record.tensor, in_ids, ids)
+    return ctx.space.find(ids)
 
 
 def align_experts(ctx: TraceContext, stack: Tensor, *labels: Tensor) -> None:

@@ -100,16 +100,10 @@ class SizeInt(int):
     __hash__ = int.__hash__  # (defining __eq__ would otherwise remove it)
 
     def __eq__(self, other: object) -> bool:
-        equal = _INT_EQ(self, other)
-        if equal is True and type(other) is int and self._scale == _EXACT:
-            _compared(self)
-        return equal
+        return _noted(self, other, _INT_EQ(self, other), True)
 
     def __ne__(self, other: object) -> bool:
-        differ = _INT_NE(self, other)
-        if differ is False and type(other) is int and self._scale == _EXACT:
-            _compared(self)
-        return differ
+        return _noted(self, other, _INT_NE(self, other), False)
 
     @property
     def _exact(self) -> bool:
@@ -153,14 +147,16 @@ _EXACT = (1, 1)
 _INT_EQ, _INT_NE = int.__eq__, int.__ne__
 
 
-def _compared(size: SizeInt) -> None:
-    """``size`` (exact) was found equal to a plain int by ``==`` or ``!=``: the trace that read
-    it judges the comparison, made by the caller of ``__eq__`` / ``__ne__``."""
-    source = size._parts[0][0]
-    if source.labels is not None:
-        judge = source.tracker.compared
+def _noted(size: SizeInt, other: object, result: Any, equal: bool) -> Any:
+    """``result`` of ``size == other`` (``equal``) or ``size != other``. Where it says the two
+    are equal, ``other`` is a plain int and ``size`` exact, the trace that read ``size``
+    judges the comparison, made by the caller of ``__eq__`` / ``__ne__``."""
+    if result is equal and type(other) is int and size._scale == _EXACT:
+        source = size._parts[0][0]
+        judge = source.tracker.compared if source.labels is not None else None
         if judge is not None:
             judge(size, sys._getframe(2))
+    return result
 
 
 def _make(value: int, parts: tuple[Part, ...], scale: tuple[int, int] | None) -> SizeInt:
