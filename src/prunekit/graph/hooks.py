@@ -9,6 +9,7 @@ recorded as ops of the model.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prunekit.graph.records import ModuleCall, ModuleHandler
+from prunekit.graph.replay import Recording, is_data_call
 
 __all__ = ["CallStack", "Recorder"]
 
@@ -160,13 +162,15 @@ class CallStack:
 class Recorder(TorchFunctionMode):
     """Runs every torch function, then hands it to ``on_op(func, args, kwargs, out)``
     unless an atomic module of ``stack`` runs; a shape read (``t.shape``, ``t.size()``,
-    ``t.size(d)``) returns what ``on_size(func, args, kwargs, out)`` makes of it."""
+    ``t.size(d)``) returns what ``on_size(func, args, kwargs, out)`` makes of it. Calls
+    whose result depends on tensor values are also kept in ``data`` (graph/replay.py)."""
 
     def __init__(self, stack: CallStack, on_op: OnOp, on_size: OnSize | None = None) -> None:
         super().__init__()
         self.stack = stack
         self.on_op = on_op
         self.on_size = on_size
+        self.data = Recording(stack.modules[0])
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -176,5 +180,7 @@ class Recorder(TorchFunctionMode):
             if (kind is torch.Size or (kind is int and func is _SIZE)) and \
                     self.on_size is not None:
                 return self.on_size(func, tuple(args), kwargs, out)
+            if is_data_call(func, args):
+                self.data.record(func, tuple(args), kwargs, out, sys._getframe(1))
             self.on_op(func, tuple(args), dict(kwargs), out)
         return out

@@ -14,6 +14,7 @@ from prunekit._inputs import ExampleInputs, run_model, walk_tensors
 from prunekit.graph.hooks import Recorder
 from prunekit.graph.modes import model_mode
 from prunekit.graph.records import ModuleHandler
+from prunekit.graph.replay import Recording
 
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
@@ -45,7 +46,9 @@ def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInpu
                 handlers: Callable[[nn.Module], ModuleHandler | None], recorder: Recorder,
                 modules: list[nn.Module], *, training: bool
                 ) -> list[tuple[str, tuple[int, ...]]]:
-    """One forward pass under the hooks in one mode; the model's outputs keep their shape."""
+    """One forward pass under the hooks in one mode; the model's outputs keep their shape.
+    ``recorder.data`` then holds what its data-dependent calls gave (graph/replay.py)."""
+    recorder.data = Recording(model)
     with torch.no_grad(), model_mode(model, training, modules), ctx.hooks(model, handlers), \
             recorder:
         out = run_model(model, example_inputs)

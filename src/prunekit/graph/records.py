@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from torch import Tensor, nn
 
 from prunekit.graph.labels import LabelSpace
+from prunekit.graph.replay import Recording
 
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
@@ -82,3 +83,6 @@ class Trace:
     train_output_shapes: list[tuple[str, tuple[int, ...]]] | None = None
     # (labels of one dim, N): a kernel wants that dim's width a multiple of N
     aligned: list[tuple[Tensor, int]] = field(default_factory=list)
+    # what the data-dependent calls of each pass gave, for the forward check to put back
+    replay: Recording | None = None
+    train_replay: Recording | None = None

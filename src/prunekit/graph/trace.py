@@ -470,16 +470,18 @@ def trace(
     recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op, size_read(ctx))
     modules = [module for _, module in ctx._named_modules]
     handlers = opaque_scripts(lookup)
-    train_shapes = None
+    train_shapes = train_data = None
     try:
         with recomputed_caches(modules):
             shapes = traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
                                   training=False)
+            data = recorder.data
             if unvisited_layers(ctx, handlers):
                 with preserved_buffers(model):
                     try:
                         train_shapes = traced_pass(ctx, model, example_inputs, handlers,
                                                     recorder, modules, training=True)
+                        train_data = recorder.data
                     except Exception:  # best effort (one-sample BatchNorm, an op only
                         # training runs): what ran is coupled; without its shapes no
                         # training-mode check
@@ -492,4 +494,4 @@ def trace(
         ctx._vectors.clear()
         ctx.param_views.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
-                 train_shapes, ctx.aligned)
+                 train_shapes, ctx.aligned, data, train_data)

@@ -20,6 +20,7 @@ from prunekit._caches import copy_model
 from prunekit._inputs import ExampleInputs, run_model, walk_tensors
 from prunekit.errors import ConfigError, PruneValidationError
 from prunekit.graph.modes import eval_mode
+from prunekit.graph.replay import Record, Replay
 from prunekit.structured.plan import PLAN_FORMAT, SkipBlock, apply_plan
 
 __all__ = ["DepthResult", "SkipBlock", "block_scores", "prune_depth"]
@@ -98,11 +99,14 @@ def prune_depth(model: nn.Module, example_inputs: ExampleInputs, *, remove: int 
             removed.append(name)
     plan: dict[str, Any] = {"format": PLAN_FORMAT, "modules": {}, "params": {}, "attrs": {},
                             "skip": sorted(removed)}
-    reference = _shapes(model, example_inputs)
+    # a box count or branch that depends on values is put back in the check (graph/replay)
+    with Record(model) as recorded:
+        reference = _shapes(model, example_inputs)
     pruned = copy_model(model)
     try:
         apply_plan(pruned, plan)
-        shapes = _shapes(pruned, example_inputs)
+        with Replay(recorded.recording, pruned):
+            shapes = _shapes(pruned, example_inputs)
     except Exception as exc:
         raise PruneValidationError(
             f"the model with {removed} skipped failed its forward check ({exc}); your model "

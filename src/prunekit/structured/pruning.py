@@ -24,6 +24,7 @@ from prunekit.errors import ConfigError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
 from prunekit.graph.dependency import DependencyGraph, Group, build_groups
 from prunekit.graph.modes import eval_mode, model_mode
+from prunekit.graph.replay import Recording, Replay
 from prunekit.graph.trace import trace
 from prunekit.importance.group import (
     Aggregation,
@@ -345,9 +346,11 @@ def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: Depen
                           f"{exc})", exc) from exc
     # without a module swapped in, the clones are pruned.modules(): no second walk
     swapped = any("swap" in entry for entry in plan["modules"].values())
-    _check_shapes(pruned, example_inputs, reference, clones if clones and not swapped else None)
+    _check_shapes(pruned, example_inputs, reference, clones if clones and not swapped else None,
+                  replay=graph.trace.replay)
     if graph.trace.train_output_shapes is not None:  # layers only training runs were traced
-        _check_shapes(pruned, example_inputs, graph.trace.train_output_shapes, training=True)
+        _check_shapes(pruned, example_inputs, graph.trace.train_output_shapes, training=True,
+                      replay=graph.trace.train_replay)
     return pruned, plan
 
 
@@ -444,12 +447,15 @@ def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
 
 def _check_shapes(model: nn.Module, example_inputs: ExampleInputs,
                   reference: list[tuple[str, tuple[int, ...]]],
-                  modules: list[nn.Module] | None = None, *, training: bool = False) -> None:
+                  modules: list[nn.Module] | None = None, *, training: bool = False,
+                  replay: Recording | None = None) -> None:
     """The forward check: ``model`` runs and gives the ``reference`` output shapes, else
-    CheckFailed saying how it failed."""
+    CheckFailed saying how it failed. ``replay``: what the trace's data-dependent calls
+    gave (a box count, a branch), put back so that only the surgery can change a shape."""
     mode = " in training mode" if training else ""
     try:
-        shapes = _output_shapes(model, example_inputs, modules, training=training)
+        with Replay(replay, model) if replay else contextlib.nullcontext():
+            shapes = _output_shapes(model, example_inputs, modules, training=training)
     except ConfigError:
         raise
     except Exception as exc:

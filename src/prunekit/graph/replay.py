@@ -1,0 +1,228 @@
+"""Sizes and branches that depend on tensor values, recorded by the trace and replayed by the
+forward check.
+
+A detector keeps the boxes that score above a threshold (``boxes[scores > t]``, NMS); a
+model may branch on ``x.abs().max().item()``. Pruning changes the values, so the pruned
+model may keep 44 boxes where the original kept 84: its output shapes differ for no fault
+of the surgery. The trace therefore records what such calls gave, keyed by call site, and
+the forward check runs the pruned model with the recorded values put back:
+
+* calls that turn values into a Python value or an index tensor (``.item()``, ``bool(t)``,
+  ``int(t)``, ``.tolist()``, ``.numpy()``, ``torch.equal``, ``nonzero``, ``argwhere``,
+  one-argument ``where``, ``unique``, ``bincount``, any op named ``*nms``) return what they
+  returned in the trace;
+* boolean masks that select elements (``t[mask]``, ``t[mask] = v``, ``masked_select``) and
+  tensor repeat counts (``repeat_interleave``) are swapped for the trace's masks and counts.
+
+A recorded result is put back only where the call's tensor arguments have the shapes they
+had in the trace (a mask over channels that pruning shrank is left alone), in the order the
+call site made them. The check then compares shapes that only the surgery can change; the
+pruned model itself runs on its own values.
+
+A call site is the innermost frame outside torch's own code together with the frame that
+called the op: a call made inside a layer that the trace does not enter (an atomic module)
+is never recorded, and its site differs from every recorded one.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["Record", "Recording", "Replay", "is_data_call"]
+
+T = torch.Tensor
+# calls whose result is read from values (put back whole)
+_RESULTS = frozenset((
+    T.item, T.tolist, T.numpy, T.__bool__, T.__int__, T.__index__, T.__float__,
+    T.__contains__, T.is_nonzero, T.equal, T.allclose, T.nonzero, T.argwhere, T.unique,
+    T.unique_consecutive, T.bincount, torch.is_nonzero, torch.equal, torch.allclose,
+    torch.nonzero, torch.argwhere, torch.unique, torch.unique_consecutive, torch.bincount,
+))
+# calls whose boolean mask / count arguments are put back
+_REPEATS = frozenset((T.repeat_interleave, torch.repeat_interleave))
+_MASKED = frozenset((T.__getitem__, T.__setitem__, T.masked_select, torch.masked_select,
+                     *_REPEATS))
+_WHERE = frozenset((T.where, torch.where))
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+# (module path, outer code, lasti, caller code, lasti, func)
+Site = tuple[str | None, Any, int, Any, int, Any]
+
+
+def is_data_call(func: Any, args: tuple[Any, ...]) -> bool:
+    """Whether ``func(*args)`` gives a result read from tensor values (see the module)."""
+    try:
+        if func in _RESULTS:
+            return True
+        if func in _MASKED:
+            return bool(_swappable(func, args))
+        if func in _WHERE:
+            return len(args) == 1
+    except TypeError:  # an unhashable callable
+        return False
+    return getattr(func, "__name__", "").endswith("nms")
+
+
+def _swappable(func: Any, args: tuple[Any, ...]) -> list[tuple[int, int | None]]:
+    """(argument, item of a tuple index or None) of each bool mask among the call's
+    arguments, or of a ``repeat_interleave``'s tensor of counts."""
+    if func in _REPEATS:
+        counts = args[1] if len(args) > 1 else None
+        return [(1, None)] if isinstance(counts, Tensor) and counts.dim() == 1 else []
+    found: list[tuple[int, int | None]] = []
+    for i, arg in enumerate(args[1:], start=1):
+        if isinstance(arg, Tensor) and arg.dtype == torch.bool:
+            found.append((i, None))
+        elif isinstance(arg, tuple) and i == 1:  # t[a, mask]
+            found.extend((i, j) for j, item in enumerate(arg)
+                         if isinstance(item, Tensor) and item.dtype == torch.bool)
+    return found
+
+
+def _site(func: Any, frame: FrameType | None, paths: Callable[[], dict[int, str]]) -> Site:
+    """Where ``func`` was called from: the innermost frame outside torch's code, the module
+    whose method that is (by path, so that a copy of the model has the same sites and a
+    block left out shifts no other block's calls), and the op's own caller."""
+    caller = frame
+    while frame is not None and frame.f_code.co_filename.startswith(_TORCH_DIR):
+        frame = frame.f_back
+    outer = frame if frame is not None else caller
+    if outer is None or caller is None:
+        return (None, None, -1, None, -1, func)
+    owner = outer.f_locals.get("self") if "self" in outer.f_code.co_varnames else None
+    return (paths().get(id(owner)), outer.f_code, outer.f_lasti, caller.f_code,
+            caller.f_lasti, func)
+
+
+def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The shapes of the call's tensor arguments (one level into tuples and lists)."""
+    out: list[Any] = []
+    for value in (*args, *kwargs.values()):
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        out.extend(tuple(v.shape) for v in items if isinstance(v, Tensor))
+    return tuple(out)
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of a recorded result that later in-place ops of the model cannot change."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_snapshot(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def _paths_of(model: nn.Module) -> Callable[[], dict[int, str]]:
+    """``{id(module): path}`` of ``model``, worked out when first asked for."""
+    found: dict[int, str] = {}
+
+    def paths() -> dict[int, str]:
+        if not found:
+            found.update((id(m), n) for n, m in model.named_modules(remove_duplicate=False))
+        return found
+
+    return paths
+
+
+class Recording:
+    """What the data-dependent calls of one forward of ``model`` gave, per call site, in
+    order."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._calls: dict[Site, list[tuple[tuple[Any, ...], Any]]] = {}
+        self._paths = _paths_of(model)
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._calls.values())
+
+    def record(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any,
+               frame: FrameType | None) -> None:
+        """Keep ``out`` (or the call's masks) under the site of ``frame``, the op's caller."""
+        if func in _MASKED:
+            kept: Any = [(i, j, _snapshot(args[i] if j is None else args[i][j]))
+                         for i, j in _swappable(func, args)]
+        else:
+            kept = _snapshot(out)
+        site = _site(func, frame, self._paths)
+        self._calls.setdefault(site, []).append((_signature(args, kwargs), kept))
+
+    def replayer(self, model: nn.Module) -> Callable[
+            [Any, tuple[Any, ...], dict[str, Any], FrameType | None], tuple[bool, Any]]:
+        """For a run of ``model`` (a pruned copy of the recorded one): a function of (func,
+        args, kwargs, caller frame) -> (put back?, the result or the new args), which keeps
+        its own position in each site's list."""
+        cursors: dict[Site, int] = {}
+        calls, paths = self._calls, _paths_of(model)
+
+        def replay(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   frame: FrameType | None) -> tuple[bool, Any]:
+            site = _site(func, frame, paths)
+            entries = calls.get(site)
+            at = cursors.get(site, 0)
+            if entries is None or at >= len(entries) or \
+                    entries[at][0] != _signature(args, kwargs):
+                return False, None
+            cursors[site] = at + 1
+            kept = entries[at][1]
+            if func not in _MASKED:
+                return True, _snapshot(kept)
+            new = list(args)
+            for i, j, mask in kept:
+                if j is None:
+                    new[i] = mask
+                else:
+                    items = list(new[i])
+                    items[j] = mask
+                    new[i] = tuple(items)
+            return True, tuple(new)
+
+        return replay
+
+
+class Record(TorchFunctionMode):
+    """Keeps the data-dependent calls of a forward of ``model`` in ``self.recording`` (a
+    trace does this itself; this is for a plain reference run)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.recording = Recording(model)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if is_data_call(func, args):
+            self.recording.record(func, tuple(args), kwargs, out, sys._getframe(1))
+        return out
+
+
+class Replay(TorchFunctionMode):
+    """Runs ``model``, a pruned copy of the model ``recording`` saw, with the recorded values
+    put back (see the module)."""
+
+    def __init__(self, recording: Recording, model: nn.Module) -> None:
+        super().__init__()
+        self._replay = recording.replayer(model)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if is_data_call(func, args):
+            found, value = self._replay(func, tuple(args), kwargs, sys._getframe(1))
+            if found and func not in _MASKED:
+                return value
+            if found:
+                args = value
+        return func(*args, **kwargs)

@@ -1,0 +1,166 @@
+"""Sizes and branches that depend on values: the forward check puts back what the trace saw.
+
+Without it, a detector whose box count falls after pruning (84 boxes above the threshold
+before, 44 after) failed the check with "pruning changed the model's output shapes".
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import prunekit as pk
+from prunekit.graph.replay import Record, Replay, is_data_call
+from prunekit.structured.depth import prune_depth
+from prunekit.structured.pruning import _check_shapes
+from prunekit.structured.repair import CheckFailed
+
+
+class ThresholdDetector(nn.Module):
+    """Scores and boxes per location; keeps the boxes that score above a threshold."""
+
+    def __init__(self, blocks: int = 0) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
+                                  *[Residual() for _ in range(blocks)],
+                                  nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
+        self.cls = nn.Conv2d(32, 1, 1)
+        self.box = nn.Conv2d(32, 4, 1)
+        self.threshold = 0.5
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        f = self.body(x)
+        scores = self.cls(f).flatten(1).sigmoid()[0]
+        boxes = self.box(f).flatten(2)[0].t()
+        keep = scores > self.threshold
+        return {"boxes": boxes[keep], "scores": scores[keep]}
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x).relu()
+
+
+def _count(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x)["scores"].shape[0])
+
+
+def test_a_box_count_that_pruning_changes_passes_the_check() -> None:
+    torch.manual_seed(0)
+    model, x = ThresholdDetector().eval(), torch.randn(1, 3, 16, 16)
+    before = _count(model, x)
+    result = pk.prune(model, x, ratio=0.5)
+    after = _count(result.model, x)
+    assert 0 < after != before  # the check could not have compared counts
+    with torch.no_grad():
+        assert result.model(x)["boxes"].shape == (after, 4)
+    assert result.after.total_params < result.before.total_params
+    assert _count(model, x) == before  # the user's model is untouched
+
+
+def test_a_branch_on_a_value_is_put_back_in_the_check() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 1))
+            self.reference = 0.0
+
+        def forward(self, x: Tensor) -> Tensor:
+            f = self.body(x).relu()
+            if abs(f.sum().item() - self.reference) < 1e-4:  # the original's value alone
+                return f.mean((2, 3))
+            return f.flatten(1)
+
+    torch.manual_seed(0)
+    model, x = Branchy().eval(), torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        model.reference = float(model.body(x).relu().sum())
+    result = pk.prune(model, x, ratio=0.5)
+    with torch.no_grad():
+        assert result.model(x).shape == (1, 8 * 6 * 6)  # its own branch when run
+        assert model(x).shape == (1, 8)
+
+
+def test_a_shape_the_surgery_changes_still_fails_the_check() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    model = ThresholdDetector().eval()
+    with Record(model) as recorded, torch.no_grad():
+        out = model(x)
+    reference = [(f"output[{k!r}]", tuple(v.shape)) for k, v in sorted(out.items())]
+    wider = ThresholdDetector().eval()
+    wider.box = nn.Conv2d(32, 5, 1)  # boxes (N, 5): not a count, a width
+    with pytest.raises(CheckFailed, match=r"\(84, 5\)|, 5\)"):
+        _check_shapes(wider, x, reference, replay=recorded.recording)
+
+
+def test_depth_pruning_puts_back_the_count_too() -> None:
+    torch.manual_seed(0)
+    model, x = ThresholdDetector(blocks=4).eval(), torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        model.threshold = float(model.cls(model.body(x)).sigmoid().median())
+    before = _count(model, x)
+    result = prune_depth(model, x, remove=2)
+    assert len(result.removed) == 2
+    assert _count(result.model, x) != before
+
+
+def _select_all(x: Tensor, counts: Tensor) -> list[tuple[int, ...]]:
+    """Every kind of call the recording puts back, on values from ``x``."""
+    mask = x > 0
+    picked = x[mask]
+    where = torch.where(mask)[0]
+    nz = mask.nonzero()
+    uniq = torch.unique((x * 3).round())
+    sel = torch.masked_select(x, mask)
+    rep = torch.repeat_interleave(x, counts)
+    n = int((x > 0).sum())
+    listed = torch.arange(n).tolist()
+    y = x.clone()
+    y[mask] = picked * 2
+    return [tuple(t.shape) for t in (picked, where, nz, uniq, sel, rep, y)] + [(len(listed),)]
+
+
+def test_every_recorded_call_is_put_back_on_other_values() -> None:
+    torch.manual_seed(0)
+    holder = nn.Identity()
+    first, counts = torch.randn(20), torch.randint(0, 3, (20,))
+    with Record(holder) as recorded:
+        reference = _select_all(first, counts)
+    assert len(recorded.recording) == 9
+    other = torch.randn(20) + 0.7  # more positives, other counts
+    assert _select_all(other, counts + 1) != reference
+    with Replay(recorded.recording, holder):
+        assert _select_all(other, counts + 1) == reference
+
+
+def test_calls_whose_arguments_changed_shape_are_not_put_back() -> None:
+    holder = nn.Identity()
+    with Record(holder) as recorded:
+        _select_all(torch.randn(20), torch.ones(20, dtype=torch.long))
+    longer = torch.ones(30)
+    with Replay(recorded.recording, holder):
+        got = _select_all(longer, torch.ones(30, dtype=torch.long))
+    assert got[0] == (30,)  # all 30 positive, computed, not the recorded count
+
+
+def test_what_counts_as_a_data_call() -> None:
+    x = torch.randn(4)
+    assert is_data_call(Tensor.item, (x,))
+    assert is_data_call(Tensor.__getitem__, (x, x > 0))
+    assert is_data_call(Tensor.__getitem__, (torch.randn(2, 4), (slice(None), x > 0)))
+    assert not is_data_call(Tensor.__getitem__, (x, slice(1, 3)))
+    assert not is_data_call(Tensor.__getitem__, (x, torch.tensor([0, 2])))
+    assert is_data_call(torch.where, (x > 0,))
+    assert not is_data_call(torch.where, (x > 0, x, -x))
+    assert not is_data_call(torch.add, (x, x))
+
+    def nms(boxes: Tensor) -> Tensor:  # torchvision's op, by its name
+        return boxes
+    assert is_data_call(nms, (x,))
