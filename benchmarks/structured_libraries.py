@@ -10,6 +10,14 @@ by side.
   the decoders that need it).
 * ``diffusers``: a pixel U-Net with attention, a text-conditioned U-Net (cross-attention,
   time embedding), a VAE and a DiT, tiny configs, with their keyword inputs.
+* ``torchvision``: its models that are not classifiers (``benchmarks/structured_torchvision.py``
+  has those): semantic segmentation (FCN, DeepLabV3, LR-ASPP) on 1x3x128x128, detection
+  (RetinaNet, FCOS, Faster / Mask / Keypoint R-CNN, SSD, SSDlite) on one 3x256x256 image in a
+  list, with the post-processing (score threshold, top-k, NMS) in the traced and checked
+  forward, video (R3D, MC3, R(2+1)D, S3D, MViT, Video Swin) on clips, and RAFT optical flow on
+  a pair of 1x3x128x128 frames. The detectors other than RetinaNet and FCOS need
+  torchvision's C++ ops (NMS, RoIAlign); where those do not load (a torchvision build whose
+  ops do not match the installed torch) they are listed as skipped.
 
 Every model is randomly initialised (nothing is downloaded), in eval mode, and pruned at
 ratio 0.5 with L2 filter norms by each tool on its own fresh copy, both told to leave the
@@ -22,9 +30,9 @@ Command (the libraries, torchvision and torch-pruning are benchmark-only depende
     (in the venv of benchmarks/_vision_models.py, whose docstring says how to make it)
     .venv-vision/bin/pip install -c constraints.txt ultralytics segmentation-models-pytorch \\
         diffusers
-    .venv-vision/bin/python benchmarks/structured_libraries.py [--set ultralytics|smp|diffusers|all]
-                                                      [--models yolov8n,smp_FPN_resnet18]
-                                                      [--timeout 120] [--no-strict] [--skip-tp]
+    .venv-vision/bin/python benchmarks/structured_libraries.py \
+        [--set ultralytics|smp|diffusers|torchvision|all] [--models yolov8n,smp_FPN_resnet18]
+        [--timeout 120] [--no-strict] [--skip-tp]
 """
 
 from __future__ import annotations
@@ -57,15 +65,25 @@ SMP = (
         "efficientnet-b0", "mobilenet_v2", "mit_b0", "tu-convnext_atto")),
 )
 DIFFUSERS = ("diffusers_unet2d", "diffusers_unet2d_cond", "diffusers_vae", "diffusers_dit")
+TV_SEGMENTATION = ("fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
+                   "lraspp_mobilenet_v3_large")
+TV_DETECTION = ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn")
+TV_DETECTION_OPS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn",
+                    "maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn", "ssd300_vgg16",
+                    "ssdlite320_mobilenet_v3_large")  # need torchvision's C++ ops
+TV_VIDEO = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v1_b", "mvit_v2_s", "swin3d_t")
+TV_FLOW = ("raft_small", "raft_large")
+TORCHVISION = tuple(f"tv_{n}" for n in (*TV_SEGMENTATION, *TV_DETECTION, *TV_DETECTION_OPS,
+                                        *TV_VIDEO, *TV_FLOW))
 SETS = {"ultralytics": ULTRALYTICS, "smp": SMP, "diffusers": DIFFUSERS,
-        "all": ULTRALYTICS + SMP + DIFFUSERS}
+        "torchvision": TORCHVISION, "all": ULTRALYTICS + SMP + DIFFUSERS + TORCHVISION}
 
 
 def build(name: str) -> tuple[nn.Module, Any]:
     """The randomly initialised model called ``name`` in eval mode, and its inputs."""
     torch.manual_seed(0)
-    maker = _smp if name.startswith("smp_") else (
-        _diffusers if name.startswith("diffusers_") else _ultralytics)
+    makers = {"smp": _smp, "diffusers": _diffusers, "tv": _torchvision}
+    maker = makers.get(name.split("_", 1)[0], _ultralytics)
     model, inputs = maker(name)
     return model.eval(), inputs
 
@@ -126,6 +144,36 @@ def _diffusers(name: str) -> tuple[nn.Module, Any]:
     return makers[name.removeprefix("diffusers_")]()
 
 
+def _torchvision(name: str) -> tuple[nn.Module, Any]:
+    from torchvision import models
+
+    name = name.removeprefix("tv_")
+    if name in TV_SEGMENTATION:
+        return (models.get_model(name, weights=None, weights_backbone=None, num_classes=5,
+                                 aux_loss=False), torch.randn(1, 3, 128, 128))
+    if name in TV_DETECTION + TV_DETECTION_OPS:
+        return (models.get_model(name, weights=None, weights_backbone=None, num_classes=5),
+                ([torch.rand(3, 256, 256)],))
+    if name in TV_FLOW:
+        return models.get_model(name), (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128))
+    frames, side = (16, 224) if name.startswith(("mvit", "s3d")) else (8, 112)
+    return models.get_model(name), torch.randn(1, 3, frames, side, side)
+
+
+def _runnable(names: list[str]) -> list[str]:
+    """``names`` less the detectors that need torchvision's C++ ops where those do not load
+    (said on stdout)."""
+    from torchvision import extension
+
+    if extension._has_ops():
+        return names
+    left = [n for n in names if n.removeprefix("tv_") not in TV_DETECTION_OPS]
+    if len(left) < len(names):
+        print(f"skipped (torchvision's C++ ops do not load here): "
+              f"{', '.join(n for n in names if n not in left)}")
+    return left
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", choices=sorted(SETS), default="all", help="which library")
@@ -135,7 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     import_vision()  # (ultralytics and smp import torchvision)
     names = [n for n in args.models.split(",") if n] or list(SETS[args.set])
-    sweep(names, build, args, width=30)
+    sweep(_runnable(names), build, args, width=36)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,15 @@ def test_fixed_shape_keeps_whole_what_meets_it() -> None:
     blocked = space.blocked_roots()
     assert set(space.find(channels).tolist()) <= set(blocked)
     assert set(blocked.values()) == {"a sum over all its channels"}
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_roots_match_find_then_unique(index: int) -> None:
+    space = LabelSpace()
+    ids = space.new_ids(30)
+    space.union(ids[:10], ids[10:20])  # ten classes of two, ten of one
+    labels = [ids[:20], ids.reshape(5, 6), emit(ids[5:25], 1, (3, 20, 4)),
+              emit(ids, 0, (30, 1000)), ids[::3].reshape(1, 10).expand(7, 10)][index]
+    want = space.find(labels).unique()
+    got = space.roots(labels)
+    assert torch.equal(got, want)

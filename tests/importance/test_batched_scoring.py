@@ -150,3 +150,24 @@ def test_narrow_views_are_scored_in_one_call() -> None:
     _all_row_sums(counting, views, torch.Generator())
     # six one-column float32 CPU views in one call; two wide, one float64, one half apart
     assert counting.calls == 1 + 4
+
+
+@pytest.mark.parametrize("name", ["l1", "l2"])
+def test_a_big_weight_is_scored_in_row_blocks_with_the_same_sums(name: str) -> None:
+    element = get_criterion(name)
+    generator = torch.Generator().manual_seed(0)
+    # a conv3d weight viewed by input channel: rows of a permuted, non-contiguous tensor
+    weight = torch.randn(256, 128, 3, 3, 3, generator=generator)  # 884,736 elements
+    view = torch.cat([weight, weight]).transpose(0, 1).flatten(1)  # 128 rows, not contiguous
+    big = torch.randn(300, 5000, generator=generator)
+    for tensor in (view, big, big.t()):  # the last one's rows are strided: one block
+        assert tensor.numel() > 2**20
+        want = element.score(tensor, generator=generator).sum(1)
+        got = _row_sums(element, tensor, generator)
+        assert got.shape == (tensor.shape[0],)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    counting = _counting_l2(True)
+    _row_sums(counting, big, generator)
+    assert counting.calls == 2  # 300 rows of 5000: blocks of 209 rows
+    _row_sums(counting, big.t(), generator)
+    assert counting.calls == 3

@@ -93,6 +93,11 @@ class LabelSpace:
         small = _np_compact(labels)
         return torch.from_numpy(self._find_np(small.reshape(-1)).reshape(small.shape))
 
+    def roots(self, labels: Tensor) -> Tensor:
+        """The sorted distinct class representatives in ``labels`` (``find(labels).unique()``,
+        each broadcast position looked up once: a token-wide label view costs its width)."""
+        return torch.from_numpy(sorted_unique(self.find_compact(labels).numpy().reshape(-1)))
+
     def _find_np(self, flat: np.ndarray) -> np.ndarray:
         parent = self._parent
         roots = parent[flat]

@@ -346,7 +346,7 @@ def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,
     computed in the code, perhaps from the producing layer's input width (``C //
     num_heads``), so, as in :func:`_check_head_size`, that input is kept whole where the
     factors from any one up to the last span it."""
-    roots = ctx.space.find(labels).unique()
+    roots = ctx.space.roots(labels)
     if roots.numel() != 1 or int(roots) not in ctx.space.blocked_roots():
         return
     sizes = tensors_free(call.args[1:])
@@ -369,7 +369,7 @@ def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,
 def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
     """The input channel labels of the layers whose outputs ``labels`` carry: modules, and
     parameters used as a layer weight (Swin's ``F.linear(x, self.qkv.weight, ...)``)."""
-    roots = ctx.space.find(labels).unique()
+    roots = ctx.space.roots(labels)
     pairs = [(r.dims["out"].labels, r.dims["in"].labels) for r in ctx.modules.values()
              if "out" in r.dims and "in" in r.dims]
     for param in ctx.params.values():  # the axis with fresh ids is the output's

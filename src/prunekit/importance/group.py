@@ -144,11 +144,18 @@ def _row_sums(element: Criterion, tensor: Tensor, generator: torch.Generator) ->
     """``element.score(tensor).sum(1).float()``: one value per row of a ``[rows, -1]`` view,
     on the CPU (where the flat score buffer and the allocation live; the weights may be on a
     GPU)."""
+    if tensor.numel() > _CHUNK and tensor.shape[0] > 1 and tensor.stride(1) == 1 and \
+            is_elementwise(element):
+        # a big weight's scores in row blocks (a 100 MB temporary costs more than the sum);
+        # each row's elements are adjacent, so its sum is reduced as in one call
+        step = max(1, _CHUNK // max(1, tensor.shape[1]))
+        return torch.cat([_row_sums(element, part, generator) for part in tensor.split(step)])
     summed = element.score(tensor, generator=generator).sum(1)
     summed = summed if summed.dtype == torch.float32 else summed.float()
     return summed if summed.is_cpu else summed.cpu()
 
 
+_CHUNK = 1 << 20  # elements per block of a big weight's scores (_row_sums)
 _BATCH_MIN = 6  # one-column views below which _all_row_sums scores them one by one
 
 
