@@ -164,3 +164,94 @@ def test_what_counts_as_a_data_call() -> None:
     def nms(boxes: Tensor) -> Tensor:  # torchvision's op, by its name
         return boxes
     assert is_data_call(nms, (x,))
+
+
+@torch.library.custom_op("prunekit_test::nms", mutates_args=())
+def _nms(boxes: Tensor, scores: Tensor, iou: float) -> Tensor:
+    """Greedy NMS as a custom op (torchvision's is ``torchvision::nms``)."""
+    order = scores.argsort(descending=True)
+    x1, y1 = boxes[:, 0], boxes[:, 1]
+    x2, y2 = x1 + boxes[:, 2].abs(), y1 + boxes[:, 3].abs()
+    area = (x2 - x1) * (y2 - y1)
+    keep: list[int] = []
+    alive = torch.ones(len(order), dtype=torch.bool)
+    for rank, i in enumerate(order.tolist()):
+        if not alive[rank]:
+            continue
+        keep.append(i)
+        rest = order[rank + 1:]
+        w = (torch.minimum(x2[i], x2[rest]) - torch.maximum(x1[i], x1[rest])).clamp(min=0)
+        h = (torch.minimum(y2[i], y2[rest]) - torch.maximum(y1[i], y1[rest])).clamp(min=0)
+        inter = w * h
+        alive[rank + 1:] &= inter / (area[i] + area[rest] - inter) <= iou
+    return torch.tensor(keep, dtype=torch.long)
+
+
+class NmsDetector(ThresholdDetector):
+    """RetinaNet's post-processing: threshold, top-k of what is left, NMS."""
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        f = self.body(x)
+        scores = self.cls(f).flatten(1).sigmoid()[0]
+        boxes = self.box(f).flatten(2)[0].t()
+        idx = torch.where(scores > self.threshold)[0]
+        top = scores[idx].topk(min(40, idx.size(0))).indices
+        idx = idx[top]
+        keep = torch.ops.prunekit_test.nms(boxes[idx], scores[idx], 0.3)
+        return {"boxes": boxes[idx][keep], "scores": scores[idx][keep]}
+
+
+def test_threshold_topk_and_nms_of_a_detector() -> None:
+    torch.manual_seed(0)
+    model, x = NmsDetector().eval(), torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        model.threshold = float(model.cls(model.body(x)).sigmoid().quantile(0.7))
+    before = _count(model, x)
+    result = pk.prune(model, x, ratio=0.5)
+    assert _count(result.model, x) != before
+    assert result.after.total_params < result.before.total_params
+
+
+def test_positions_of_channels_picked_by_value_keep_those_channels_whole() -> None:
+    class LiveChannels(nn.Module):
+        """Keeps the channels that are non-zero somewhere: their positions name channels."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            f = self.conv(x).relu()
+            live = f.abs().sum((0, 2, 3)).nonzero().squeeze(1)
+            return self.head(f.index_fill(1, live, 0.0) + f)
+
+    torch.manual_seed(0)
+    model, x = LiveChannels().eval(), torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match="prune removed nothing"):
+        result = pk.prune(model, x, ratio=0.5)
+    assert result.model.conv.out_channels == 8
+    assert "nonzero picks positions or values of channels by their values" in \
+        result.coverage.fixed["conv.weight"]
+
+
+def test_one_argument_where_gives_positions_and_three_arguments_stay_elementwise() -> None:
+    class Wheres(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            f = self.head(torch.where(x.mean(1, keepdim=True) > 0, self.conv(x)[..., :1, :1]
+                                      .expand(-1, -1, 8, 8), 0.0)[..., 1:7, 1:7]
+                          + self.conv(x))
+            rows = torch.where(f.mean((0, 1, 3)) > 0)[0]
+            return f[:, :, rows]
+
+    torch.manual_seed(0)
+    model, x = Wheres().eval(), torch.randn(1, 3, 8, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.conv.out_channels == 4
+    with torch.no_grad():
+        assert result.model(x).shape[:2] == (1, 4)

@@ -20,6 +20,7 @@ from prunekit.graph.ops import (
     register_op,
     tensors_in,
 )
+from prunekit.graph.ops_reduce import by_value
 from prunekit.graph.trace import TraceContext
 
 UNARY = (
@@ -53,7 +54,7 @@ FIXED_OPERAND = ("meets a tensor the code makes at a fixed size along these chan
 BINARY = (
     "add", "sub", "mul", "div", "truediv", "floordiv", "true_divide", "floor_divide",
     "remainder", "fmod", "mod", "pow", "maximum", "minimum", "fmax", "fmin", "atan2",
-    "where", "masked_fill", "lerp", "addcmul", "addcdiv", "rsub", "copy", "xlogy",
+    "masked_fill", "lerp", "addcmul", "addcdiv", "rsub", "copy", "xlogy",
     "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor",
     "and", "or", "xor", "bitwise_and", "bitwise_or", "bitwise_xor", "hypot",
     "multiply", "subtract", "divide", "greater", "greater_equal", "less", "less_equal",
@@ -308,5 +309,16 @@ def _index_add(ctx: TraceContext, call: OpCall) -> None:
 
 register_op(UNARY, _unary)
 register_op(BINARY, _binary)
+
+
+def _where(ctx: TraceContext, call: OpCall) -> None:
+    """``torch.where(c, a, b)`` is elementwise; ``torch.where(c)`` gives positions."""
+    if len(call.args) + len(call.kwargs) == 1:
+        by_value(ctx, call)
+    else:
+        _binary(ctx, call)
+
+
+register_op(("where",), _where)
 register_op(("setitem",), _setitem)
 register_op(("index_add",), _index_add)

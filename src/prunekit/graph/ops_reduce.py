@@ -218,3 +218,25 @@ def _reorder(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(("sort", "argsort", "topk", "kthvalue", "msort"), _reorder)
+
+# ops whose result is read from values: positions (nonzero), distinct values, counts, the
+# boxes NMS keeps; their sizes are recorded and replayed by the forward check (replay.py)
+BY_VALUE = ("nonzero", "argwhere", "unique", "unique_consecutive", "bincount", "nms",
+            "nms.default", "batched_nms")
+
+
+def by_value(ctx: TraceContext, call: OpCall) -> None:
+    """Positions or values picked by value carry no channels, but where an input varies
+    along a channel dim, they name or mix those channels (``x.abs().sum((0, 2, 3))
+    .nonzero()`` gives channel positions that pruning would renumber): such channels are
+    kept whole. Also one-argument ``torch.where``."""
+    for tensor in tensors_in((call.args, call.kwargs)):
+        canon = ctx.space.find(ctx.labels(tensor))
+        if varying(canon):
+            ctx.block(canon, f"{call.display} picks positions or values of channels by "
+                             f"their values, which pruning would renumber")
+    for out in tensors_in(call.out):
+        ctx.set_labels(out, torch.full((), NEUTRAL, dtype=torch.long).expand(out.shape))
+
+
+register_op(BY_VALUE, by_value)
