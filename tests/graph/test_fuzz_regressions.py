@@ -25,12 +25,14 @@ from prunekit.structured.pruning import analyze
 class _TiedGroupView(nn.Module):
     """A grouped conv (2 groups of 2) whose output is viewed as ``(b, self.groups=2, 2, h,
     w)``, then scaled within groups (seed 1541), by group (1574) or summed over groups
-    (2159). ``infer=True`` writes -1 for the trailing factor."""
+    (2159). The trailing factor is written ``self.width // self.groups`` (a plain int equal
+    to the group count: ambiguous), ``c // self.groups`` with ``c`` read from the shape
+    (``trailing="read"``) or -1 (``"infer"``)."""
 
-    def __init__(self, variant: str, infer: bool = False) -> None:
+    def __init__(self, variant: str, trailing: str = "attribute") -> None:
         super().__init__()
-        self.variant, self.infer = variant, infer
-        self.groups = 2
+        self.variant, self.trailing = variant, trailing
+        self.groups, self.width = 2, 4
         self.stem = nn.Conv2d(3, 4, 1)
         self.grouped = nn.Conv2d(4, 4, 1, groups=2)
         self.within = nn.Parameter(torch.rand(1, 1, 2, 1, 1) + 0.5)
@@ -40,7 +42,9 @@ class _TiedGroupView(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.grouped(self.stem(x))
         b, c, h, w = x.shape
-        y = x.view(b, self.groups, -1 if self.infer else c // self.groups, h, w)
+        size = {"attribute": self.width // self.groups, "read": c // self.groups,
+                "infer": -1}[self.trailing]
+        y = x.view(b, self.groups, size, h, w)
         if self.variant == "sum_groups":
             return self.head(y.sum(1))
         y = y * (self.within if self.variant == "scale_within" else self.by_group)
@@ -77,12 +81,15 @@ def test_ambiguous_group_count_keeps_the_split_channels(variant: str) -> None:
     assert any("'groups' of the model holds 2" in r for r in reasons)  # not "module ''"
 
 
+@pytest.mark.parametrize("trailing", ["infer", "read"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_group_view_with_inferred_factor_prunes_its_channels(variant: str) -> None:
-    """The same split with -1 for the trailing factor: nothing is ambiguous, the grouped
-    conv loses channel j of both groups and the group count stays."""
+def test_group_view_with_inferred_factor_prunes_its_channels(variant: str,
+                                                             trailing: str) -> None:
+    """The same split with -1 or the width read over the group count for the trailing
+    factor: nothing is ambiguous, the grouped conv loses channel j of both groups and the
+    group count stays."""
     torch.manual_seed(0)
-    pruned = _prune(_TiedGroupView(variant, infer=True).eval(), torch.randn(2, 3, 4, 4))
+    pruned = _prune(_TiedGroupView(variant, trailing).eval(), torch.randn(2, 3, 4, 4))
     assert isinstance(pruned, _TiedGroupView)
     assert (pruned.groups, pruned.grouped.out_channels) == (2, 2)
     if variant == "scale_within":
@@ -92,7 +99,9 @@ def test_group_view_with_inferred_factor_prunes_its_channels(variant: str) -> No
 class _TokenGroups(nn.Module):
     """The same ambiguity on tokens, with channels varying along both factors:
     ``view(b, t, self.groups=4, c // self.groups)`` with 16 channels. The last factor
-    shrinks, and ``groups`` was rewritten as if it sized it. With ``per_head=True`` the
+    shrinks, and ``groups`` was rewritten as if it sized it. The last factor is the width
+    read, ``c``, over the group count before it: every group shrinks alike and ``groups``
+    is left alone (no attribute is bound), so the channels prune. With ``per_head=True`` the
     attribute is ``self.head_dim`` and sizes the last factor (``view(b, t, c //
     self.head_dim, self.head_dim)``): its name says which factor it sizes, so it is bound."""
 
@@ -117,11 +126,11 @@ class _TokenGroups(nn.Module):
         return self.head((y * self.scale).reshape(b, t, -1))
 
 
-def test_ambiguous_group_count_on_tokens_keeps_the_split_channels() -> None:
+def test_group_count_on_tokens_stays_and_every_group_shrinks() -> None:
     torch.manual_seed(0)
     pruned = _prune(_TokenGroups().eval(), torch.randn(2, 5, 8))
     assert isinstance(pruned, _TokenGroups)
-    assert (pruned.groups, pruned.fc.out_features) == (4, 16)
+    assert (pruned.groups, pruned.fc.out_features, pruned.scale.shape[-1]) == (4, 8, 2)
     assert pruned.stem.out_features == 3
 
 
@@ -136,8 +145,8 @@ class _SquareHeads(nn.Module):
     """nanoGPT-style attention whose per-head size is computed, ``C // self.n_head``, with
     as many heads as channels per head (4 of 4), then an MLP. The per-head size was taken to
     be held by ``n_head`` (equal value), so heads went while ``C`` (read from the residual
-    stream) stayed and the view failed; the heads are kept whole, as for any computed
-    per-head size, and the MLP still prunes."""
+    stream) stayed and the view failed. The heads stay, as for any per-head size computed
+    from the width read, and every head shrinks alike with that width; the MLP prunes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -161,7 +170,7 @@ def test_head_count_does_not_hold_an_equal_per_head_size() -> None:
     torch.manual_seed(0)
     pruned = _prune(_SquareHeads().eval(), torch.randn(2, 5, 8))
     assert isinstance(pruned, _SquareHeads)
-    assert (pruned.n_head, pruned.c_attn.out_features, pruned.inp.out_features) == (4, 48, 16)
+    assert (pruned.n_head, pruned.c_attn.out_features, pruned.inp.out_features) == (4, 24, 8)
     assert pruned.fc1.out_features == 6
 
 

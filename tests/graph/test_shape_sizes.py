@@ -117,7 +117,7 @@ def test_ratio_zero_is_identical_and_save_load_round_trips(tmp_path: object) -> 
 
 class DerivedHeadSize(nn.Module):
     """EdgeNeXt-style: the per-head size ``C // self.num_heads`` is computed from the input
-    width read from the shape, so the heads and that width must stay whole."""
+    width read from the shape, so the heads stay and every head shrinks with that width."""
 
     def __init__(self, dim: int = 16, heads: int = 2) -> None:
         super().__init__()
@@ -136,14 +136,17 @@ class DerivedHeadSize(nn.Module):
         return self.out(x + self.proj(y))
 
 
-def test_width_derived_from_a_shape_keeps_what_it_sizes_whole() -> None:
+def test_per_head_size_derived_from_the_input_width_shrinks_it_per_head() -> None:
     torch.manual_seed(0)
     model, x = DerivedHeadSize().eval(), torch.randn(2, 5, 8)
     graph = analyze(model, x, ignore=[model.out]).graph
-    assert any("C // self.n_head" in r or "computed from a width read from a tensor's shape"
-               in r for r in graph.blocked.values())
-    result = prune(model, x, ratio=0.5, ignore=[model.out])  # runs: nothing goes stale
-    assert result.model.qkv.in_features == 16
+    assert not any("C // self.n_head" in r or "computed from a width read from a tensor's "
+                   "shape" in r for r in graph.blocked.values())
+    result = prune(model, x, ratio=0.5, ignore=[model.out])
+    width = result.model.inp.out_features
+    assert width == 8 and result.model.num_heads == 2
+    assert result.model.qkv.weight.shape == (3 * width, width)
+    assert result.model.proj.weight.shape == (width, width)
     assert result.model(x).shape == (2, 5, 4)
 
 

@@ -188,3 +188,34 @@ def test_windows_along_channels_are_refused_or_kept_whole(functional: bool) -> N
     assert result.model.c1.out_channels == 4  # the rest is still pruned
     with torch.no_grad():
         assert result.model(x).shape == (2, 5)
+
+
+class _Outlook(nn.Module):
+    """VOLO's outlook aggregation, reduced: a 1x1 conv's output unfolded into 3x3 windows
+    (rows ``c·9 + p``), each window weighted, then folded back (``F.fold`` sums the rows of
+    channel ``c`` into output channel ``c``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.v = nn.Conv2d(8, 8, 1)
+        self.weights = nn.Parameter(torch.rand(1, 1, 9, 1) + 0.5)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        v = F.unfold(self.v(F.relu(self.stem(x))), 3, padding=1)  # [B, C·9, H·W]
+        v = (v.reshape(b, -1, 9, h * w) * self.weights).reshape(b, -1, h * w)
+        return self.head(F.fold(v, (h, w), 3, padding=1))
+
+
+def test_fold_sums_each_channels_rows_back_into_it() -> None:
+    model, x = _Outlook().eval(), torch.randn(2, 3, 5, 5)
+    result = pk.prune(model, x, ratio=0.5, importance="random", seed=4)
+    assert result.model.v.out_channels == 4 and result.model.head.in_channels == 4
+    keep = result.plan["modules"]["v"]["keep"]["out"]
+    assert result.plan["modules"]["head"]["keep"]["in"] == keep
+    zeroed = _zero_removed_outputs(model, result.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), zeroed(x), rtol=1e-4, atol=1e-5)
+        assert torch.equal(pk.prune(model, x, ratio=0.0).model(x), model(x))

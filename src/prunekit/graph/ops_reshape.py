@@ -13,8 +13,10 @@ Rules that keep the replay sound after channels are removed:
   a plain int that no attribute holds (a literal, ``self.config.d_head`` read into a local)
   cannot shrink, so those channels are kept whole.
 - Whole heads go only if the per-head size is left to -1 or held by an attribute
-  (``self.head_dim``); one computed in the code (nanoGPT's ``C // self.n_head``) keeps the
-  heads, and the input width of the layer they come from, whole.
+  (``self.head_dim``). One computed from the width read from the block's input (nanoGPT's
+  ``C // self.n_head``) keeps the heads and shrinks every head alike, with that input width
+  (:func:`_per_head_share`); one computed otherwise keeps the heads, and the input width of
+  the layer they come from, whole.
 - A reshape that *merges* heads back into one dim (or leaves a channel dim whole) and
   writes its size from an int attribute binds that attribute, which is rewritten: one the
   call's own expression reads (``reshape(B, N, self.out_dim)``, whatever its name), else
@@ -191,8 +193,9 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     would leave it stale if it sizes this one, so the channels are kept whole, unless the
     attribute's name says which factor it sizes (:func:`_named_for`)."""
     sizes = tensors_free(call.args[1:])
-    if len(sizes) == labels.dim() and sizes[dim] == -1:
-        return
+    if (len(sizes) == labels.dim() and sizes[dim] == -1) or (
+            dim == segment[-1] and _per_head_share(sizes, labels, segment)):
+        return  # adapts by itself; C // heads: judged by the width read (graph/sizes.py)
     size = labels.shape[dim]
     holders = holding(ctx, size)
     if len(holders) == 1 and _written_twice(sizes, labels, segment, dim) \
@@ -267,6 +270,8 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     attribute holds."""
     sizes = tensors_free(call.args[1:])
     attrs = int_attributes(ctx)
+    if _per_head_share(sizes, labels, bearing):  # C // self.n_head: every head shrinks alike
+        return bearing[-1], None
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
         inferred = sizes.index(-1)
         if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
@@ -307,6 +312,19 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         _block_ambiguous(ctx, call, labels, size, holders[0])
         return last, None
     return last, holders[0]
+
+
+def _per_head_share(sizes: list[int], labels: Tensor, bearing: list[int]) -> bool:
+    """Whether the per-head size is written as a width read from a tensor's shape divided
+    by the head count before it (nanoGPT's ``view(B, T, self.n_head, C // self.n_head)``,
+    torchvision Swin's ``C // num_heads``, ``C`` the block's input width). Heads cannot go
+    (the width read would not shrink with them); the per-head size shrinks instead, alike
+    in every head (the last factor shrinks), and :mod:`prunekit.graph.sizes` makes the
+    width read shrink by as many channels per head."""
+    if len(sizes) != labels.dim() or len(bearing) < 2:
+        return False
+    size, heads = sizes[bearing[-1]], labels.shape[bearing[-2]]
+    return isinstance(size, SizeInt) and heads > 1 and size._scale == (1, heads)
 
 
 def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],

@@ -10,7 +10,9 @@ call is not mapped (strict tracing refuses it, ``strict=False`` keeps its channe
 ``F.unfold(x, kernel_size, ...)`` turns ``[N, C, H, W]`` into ``[N, C·kh·kw, L]``: row
 ``c·K + p`` holds channel ``c`` at kernel position ``p``, so each input channel becomes a
 block of ``K`` rows (padding included, which belongs to its channel) and leaves with it.
-Spatial dims that carry channels are not mapped.
+Spatial dims that carry channels are not mapped. ``F.fold`` (col2im, VOLO's outlook
+attention) is its inverse, ``[N, C·kh·kw, L]`` to ``[N, C, H, W]``: output channel ``c`` sums
+rows ``c·K`` to ``c·K + K - 1``, so those rows are joined and leave together with it.
 """
 
 from __future__ import annotations
@@ -75,4 +77,21 @@ def _im2col(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_vector(out, channels, cdim)
 
 
+def _col2im(ctx: TraceContext, call: OpCall) -> None:
+    source = tensors_in(call.args[:1] or (call.kwargs.get("input"),))[0]
+    out = tensors_in(call.out)[0]
+    cdim = source.dim() - 2  # [N, C·K, L] or unbatched [C·K, L]
+    if cdim < 0 or out.dim() != cdim + 3 or source.shape[cdim] % max(out.shape[cdim], 1):
+        raise OpNotMappable(f"input of shape {tuple(source.shape)} gives an output of shape "
+                            f"{tuple(out.shape)}, not [N, C, H, W]")
+    labels = ctx.space.find(ctx.labels(source))
+    if not varying(labels) <= {cdim}:
+        raise OpNotMappable("channels vary along its batch or window dims, which it sums "
+                            "into pixels")
+    rows = first_line(labels, cdim).reshape(out.shape[cdim], -1)  # [C, K]
+    ctx.space.union(rows, rows[:, :1].expand_as(rows))
+    ctx.set_vector(out, ctx.space.find(rows[:, 0].contiguous()), cdim)
+
+
 register_op(("unfold",), _unfold)
+register_op(("fold",), _col2im)

@@ -350,8 +350,10 @@ def _judge(ctx: TraceContext, name: str, labels: Tensor, dim: int, size: SizeInt
     canon = ctx.space.find(labels)
     vary = varying(canon)
     line, sources = _channels(ctx, size)
-    if not sources:  # a width no pruning changes: fine unless written for channels
-        return dim not in vary or not size._exact
+    if not sources:  # a width no pruning changes: fine unless written for channels, as
+        # it is or shared out (C // self.num_heads of a residual kept whole)
+        share = size._scale is not None and size._scale[0] == 1
+        return dim not in vary or not (size._exact or share)
     if dim in vary:
         return line is not None and vary == {dim} and _follows(ctx, line, size, canon, dim)
     if out is not None and line is not None and size._exact and _neutral(canon) and \
@@ -374,6 +376,11 @@ def _follows(ctx: TraceContext, line: Tensor, size: SizeInt, canon: Tensor, dim:
     here, times = torch.unique(target, return_counts=True)
     if torch.equal(classes, here) and torch.equal(counts * num, times * den):
         return True  # the same channels already (a reshape of the tensor read)
+    if num == 1 and den > 1 and line.numel() == den * target.numel():
+        # C // heads sizing a per-head dim: position j of each of the ``den`` blocks of the
+        # line joins position j of the dim, so a cut takes ``den`` times as many from C
+        ctx.space.union(line.reshape(den, -1), target.reshape(1, -1).expand(den, -1))
+        return True
     if not size._exact or line.numel() != target.numel():
         return False
     ctx.space.union(line, target)
