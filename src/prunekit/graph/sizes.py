@@ -49,7 +49,6 @@ model's modules set from them during the trace are turned back into plain ints.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Callable, Iterable
 from types import FrameType
@@ -58,14 +57,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.graph.callers import calling_module, comparison_read
 from prunekit.graph.labels import NEUTRAL, varying
 from prunekit.graph.ops import OpCall, OpHandler
 
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["SIZED", "SizeInt", "SizeTracker", "check_sizes", "with_sizes", "written_shape"]
+__all__ = ["SIZED", "SizeInt", "SizeTracker", "channel_line", "check_sizes", "with_sizes",
+           "written_shape"]
 
 # ops whose int arguments give the result's shape, and where the sizes start
 _TENSOR_FIRST = ("view", "reshape", "expand", "broadcast_to", "new_zeros", "new_ones",
@@ -201,7 +200,7 @@ class SizeTracker:
         self.pending: list[tuple[str, str, Tensor, int, SizeInt]] = []
         # judges a size found equal to a plain int by the code of a frame (size_read sets it)
         self.compared: Callable[[SizeInt, FrameType], None] | None = None
-        # those comparisons, judged when the trace ends (:func:`_judge_comparison`)
+        # those comparisons, judged when the trace ends (graph/size_reads.py)
         self.comparisons: list[Callable[[], None]] = []
 
     def settle(self, ctx: TraceContext) -> None:
@@ -209,7 +208,7 @@ class SizeTracker:
         channels of those that still cannot follow are kept whole."""
         for display, path, labels, dim, size in self.pending:
             if not _judge(ctx, "", labels, dim, size, None):
-                _, sources = _channels(ctx, size)
+                _, sources = channel_line(ctx, size)
                 canon = ctx.space.find(labels)
                 _keep_whole(ctx, display, path, dim, size, [canon, *sources],
                             fixed=not sources)
@@ -332,7 +331,7 @@ def check_sizes(ctx: TraceContext, call: OpCall) -> None:
         if broadcast and _broadcast_dim(call, out, dim):
             # a dim repeated to the width read follows it at run time; a new tensor's
             # (an expand of one without channels) takes its labels
-            line, _ = _channels(ctx, size)
+            line, _ = channel_line(ctx, size)
             if line is not None and size._exact and _neutral(ctx.space.find(labels)):
                 ctx.set_vector(out, line, dim)
                 labels = ctx.labels(out)
@@ -349,7 +348,7 @@ def _judge(ctx: TraceContext, name: str, labels: Tensor, dim: int, size: SizeInt
     labelling what it needs: ``out`` is the result, None once the trace has ended)."""
     canon = ctx.space.find(labels)
     vary = varying(canon)
-    line, sources = _channels(ctx, size)
+    line, sources = channel_line(ctx, size)
     if not sources:  # a width no pruning changes: fine unless written for channels, as
         # it is or shared out (C // self.num_heads of a residual kept whole)
         share = size._scale is not None and size._scale[0] == 1
@@ -398,7 +397,7 @@ def _rewritten_factor(ctx: TraceContext, size: SizeInt) -> bool:
     return any(attrs.get(k) in factors for k in bound)
 
 
-def _channels(ctx: TraceContext, size: SizeInt) -> tuple[Tensor | None, list[Tensor]]:
+def channel_line(ctx: TraceContext, size: SizeInt) -> tuple[Tensor | None, list[Tensor]]:
     """The labels of the sources of ``size`` whose classes vary along the dims it was read
     from (none: a width no pruning changes), and, for a size that is a multiple of such
     dims of one source along which alone that source varies, the line of classes along
@@ -451,72 +450,3 @@ def _keep_whole(ctx: TraceContext, display: str, path: str, dim: int, size: Size
                   f"whole; write -1 or an int attribute for it to prune them")
     for lab in labels:
         ctx.block(lab, reason)
-
-
-def size_read(ctx: TraceContext) -> Callable[[Any, tuple[Any, ...], dict[str, Any], Any], Any]:
-    """The callback the recorder calls for a shape read: SizeInts for a tracked tensor's
-    shape, ``out`` unchanged for any other."""
-    tracker = ctx.sizes
-    tracker.compared = lambda size, frame: _compared_in(ctx, size, frame)
-
-    def read(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
-        tensor = args[0] if args else None
-        if not isinstance(tensor, Tensor):
-            return out
-        labels = ctx.size_labels(tensor)
-        if labels is None:
-            return out
-        return tracker.read(labels, func, args, kwargs, out)
-
-    return read
-
-
-def _compared_in(ctx: TraceContext, size: SizeInt, frame: FrameType) -> None:
-    """The code of ``frame`` found ``size``, exact, equal to a plain int with ``==`` or
-    ``!=`` (PVT's ``if num_channels != self.num_channels: raise``). Where ``size`` counts
-    channels, a comparison of user code (not torch's or prunekit's, and not a dict lookup or
-    ``in``) must hold after pruning too: if its expression reads exactly one int attribute of
-    the module whose code it is that holds the value, that attribute is bound to the
-    channels (surgery rewrites it with the channels kept); else (a literal, an int from
-    elsewhere, two attributes holding it) the channels are kept whole, with the reason."""
-    if not ctx.recording:  # inside an atomic module: its handler judges it
-        return
-    read = comparison_read(frame)
-    if read is None:
-        return
-    path, module = calling_module(ctx, frame)
-    value, attrs = int(size), vars(module)
-    holders = sorted(k for k in read if type(attrs.get(k)) is int and attrs[k] == value)
-    at = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
-    ctx.sizes.comparisons.append(
-        lambda: _judge_comparison(ctx, size, path, holders, at))
-
-
-def _judge_comparison(ctx: TraceContext, size: SizeInt, path: str, holders: list[str],
-                      at: str) -> None:
-    """:func:`_compared_in`'s verdict, when the trace has ended: the dims the size counts
-    may carry no channels by then (SelectiveKernel's ``x.shape[1] == self.num_paths`` counts
-    a stack of branches whose channels a later sum over them joins)."""
-    with torch._C.DisableTorchFunction():  # label arithmetic, not ops of the model
-        line, sources = _channels(ctx, size)
-        if not sources:  # batch, tokens, spatial: no pruning changes them
-            return
-        if len(holders) == 1 and line is not None:
-            ctx.bind_attribute(path, holders[0], line)
-            return
-        where = f"the code of module {path!r}" if path else "the model's code"
-        if len(holders) > 1:
-            what = f"int attributes {', '.join(map(repr, holders))}, which all hold it"
-        elif holders:
-            what = f"int attribute {holders[0]!r}, but the channels also vary along dims it " \
-                   f"does not count"
-        else:
-            what = ("a literal or an int from elsewhere (the comparison reads no int attribute "
-                    "of the module holding it)")
-        reason = (f"{where} compares a channel width read from a tensor's shape "
-                  f"({int(size)}) with {what} ({at}); pruning would change the comparison, "
-                  f"so those channels are kept whole; compare the width with exactly one int "
-                  f"attribute of that module holding it (c != self.num_channels) for surgery "
-                  f"to rewrite that attribute")
-        for labels in [line] if line is not None else sources:
-            ctx.block(labels, reason)

@@ -53,7 +53,8 @@ from prunekit.graph.records import (  # (defined there, imported from here by th
     ParamRecord,
     Trace,
 )
-from prunekit.graph.sizes import SizeTracker, check_sizes, size_read, with_sizes
+from prunekit.graph.size_reads import size_read
+from prunekit.graph.sizes import SizeTracker, check_sizes, with_sizes
 
 __all__ = [
     "ModuleCall",
