@@ -18,6 +18,7 @@ rows ``c·K`` to ``c·K + K - 1``, so those rows are joined and leave together w
 from __future__ import annotations
 
 import torch.nn.functional as F
+from torch import Tensor
 
 from prunekit.graph.labels import varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
@@ -68,12 +69,9 @@ def _im2col(ctx: TraceContext, call: OpCall) -> None:
     if cdim < 0 or out.dim() != cdim + 2 or out.shape[cdim] % source.shape[cdim]:
         raise OpNotMappable(f"input of shape {tuple(source.shape)} gives an output of shape "
                             f"{tuple(out.shape)}, not [N, C·K, L]")
-    labels = ctx.space.find(ctx.labels(source))
-    if not varying(labels) <= {cdim}:
-        raise OpNotMappable("channels vary along its batch or spatial dims, which it "
-                            "gathers into windows")
     per_channel = out.shape[cdim] // source.shape[cdim]
-    channels = first_line(labels, cdim).repeat_interleave(per_channel)
+    channels = _channel_line(ctx, source, cdim, "batch or spatial dims, which it gathers "
+                             "into windows").repeat_interleave(per_channel)
     ctx.set_vector(out, channels, cdim)
 
 
@@ -84,13 +82,19 @@ def _col2im(ctx: TraceContext, call: OpCall) -> None:
     if cdim < 0 or out.dim() != cdim + 3 or source.shape[cdim] % max(out.shape[cdim], 1):
         raise OpNotMappable(f"input of shape {tuple(source.shape)} gives an output of shape "
                             f"{tuple(out.shape)}, not [N, C, H, W]")
-    labels = ctx.space.find(ctx.labels(source))
-    if not varying(labels) <= {cdim}:
-        raise OpNotMappable("channels vary along its batch or window dims, which it sums "
-                            "into pixels")
-    rows = first_line(labels, cdim).reshape(out.shape[cdim], -1)  # [C, K]
+    rows = _channel_line(ctx, source, cdim, "batch or window dims, which it sums into "
+                         "pixels").reshape(out.shape[cdim], -1)  # [C, K]
     ctx.space.union(rows, rows[:, :1].expand_as(rows))
     ctx.set_vector(out, ctx.space.find(rows[:, 0].contiguous()), cdim)
+
+
+def _channel_line(ctx: TraceContext, source: Tensor, cdim: int, others: str) -> Tensor:
+    """The labels of ``source`` along its channel dim ``cdim``; not mapped where channels
+    vary along ``others`` too."""
+    labels = ctx.space.find(ctx.labels(source))
+    if not varying(labels) <= {cdim}:
+        raise OpNotMappable(f"channels vary along its {others}")
+    return first_line(labels, cdim)
 
 
 register_op(("unfold",), _unfold)
