@@ -149,12 +149,16 @@ class Recording:
 
     def record(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any,
                frame: FrameType | None) -> None:
-        """Keep ``out`` (or the call's masks) under the site of ``frame``, the op's caller."""
-        if func in _MASKED:
-            kept: Any = [(i, j, _snapshot(args[i] if j is None else args[i][j]))
-                         for i, j in _swappable(func, args)]
-        else:
-            kept = _snapshot(out)
+        """Keep ``out`` (or the call's masks) under the site of ``frame``, the op's caller.
+        A result that cannot be copied is not kept: the check then runs that call itself."""
+        try:
+            if func in _MASKED:
+                kept: Any = [(i, j, _snapshot(args[i] if j is None else args[i][j]))
+                             for i, j in _swappable(func, args)]
+            else:
+                kept = _snapshot(out)
+        except Exception:  # (a user type's deepcopy that raises)
+            return
         site = _site(func, frame, self._paths)
         self._calls.setdefault(site, []).append((_signature(args, kwargs), kept))
 
