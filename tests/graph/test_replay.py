@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 import prunekit as pk
-from prunekit.graph.replay import Record, Replay, is_data_call
+from prunekit.graph.replay import Record, Recording, Replay, is_data_call
 from prunekit.structured.depth import prune_depth
 from prunekit.structured.pruning import _check_shapes
 from prunekit.structured.repair import CheckFailed
@@ -255,3 +255,18 @@ def test_one_argument_where_gives_positions_and_three_arguments_stay_elementwise
     assert result.model.conv.out_channels == 4
     with torch.no_grad():
         assert result.model(x).shape[:2] == (1, 4)
+
+
+def test_a_result_that_cannot_be_copied_is_not_recorded() -> None:
+    class NoCopy:
+        def __deepcopy__(self, memo: dict) -> NoCopy:
+            raise TypeError("not copyable")
+
+    def nms(boxes: Tensor) -> NoCopy:
+        return NoCopy()
+
+    recording = Recording(nn.Identity())
+    recording.record(nms, (torch.randn(3, 4),), {}, NoCopy(), None)
+    assert len(recording) == 0
+    recording.record(nms, (torch.randn(3, 4),), {}, torch.tensor([0, 2]), None)
+    assert len(recording) == 1
