@@ -10,10 +10,15 @@ apply_plan and the validation forward (_output_shapes). ``trace - forward`` is t
 tracer's own overhead. The benchmark-only ``output_layers`` of benchmarks/structured.py
 picks the layers to leave alone, as there.
 
+A name that is not a zoo model is built by ``benchmarks/structured_libraries.py`` (its
+venv and sets: ``tv_mvit_v1_b``, ``tv_r3d_18``, ``yolov8n``, ...).
+
 Command:
 
     PYTHONPATH=src .venv/bin/python benchmarks/structured_phases.py [--repeats 30]
         [--models resnet_basic,vgg_bn,mobilenet_v2,vit,dict_text_image,split_glu]
+    PYTHONPATH=src .venv-vision/bin/python benchmarks/structured_phases.py --repeats 3 \
+        --models tv_mvit_v1_b,tv_r3d_18
 """
 
 from __future__ import annotations
@@ -55,10 +60,21 @@ def _timed(spent: dict[str, list[float]], name: str,
     return wrapper
 
 
+def _build(name: str) -> tuple[torch.nn.Module, Any]:
+    """A zoo model in eval mode and its inputs, else one of structured_libraries.py's."""
+    entry = next((e for e in ZOO if e.name == name), None)
+    if entry is not None:
+        return entry.build().eval(), entry.example_inputs()
+    from _vision_models import import_vision
+    from structured_libraries import build
+
+    import_vision()
+    return build(name)
+
+
 def measure(name: str, repeats: int) -> tuple[float, float, dict[str, float]]:
     """(median prune s, median forward s, mean s per prune spent in each phase)."""
-    entry = next(e for e in ZOO if e.name == name)
-    base, x = entry.build().eval(), entry.example_inputs()
+    base, x = _build(name)
     spent: dict[str, list[float]] = collections.defaultdict(list)
     originals = {phase: getattr(pruning, phase) for phase in PHASES}
     totals, forwards = [], []

@@ -222,7 +222,7 @@ register_op(("sort", "argsort", "topk", "kthvalue", "msort"), _reorder)
 # ops whose result is read from values: positions (nonzero), distinct values, counts, the
 # boxes NMS keeps; their sizes are recorded and replayed by the forward check (replay.py)
 BY_VALUE = ("nonzero", "argwhere", "unique", "unique_consecutive", "bincount", "nms",
-            "nms.default", "batched_nms")
+            "nms.default")
 
 
 def by_value(ctx: TraceContext, call: OpCall) -> None:

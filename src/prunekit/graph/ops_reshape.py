@@ -324,7 +324,7 @@ def _per_head_share(sizes: list[int], labels: Tensor, bearing: list[int]) -> boo
     if len(sizes) != labels.dim() or len(bearing) < 2:
         return False
     size, heads = sizes[bearing[-1]], labels.shape[bearing[-2]]
-    return isinstance(size, SizeInt) and heads > 1 and size._scale == (1, heads)
+    return isinstance(size, SizeInt) and heads > 1 and size._divisor == heads
 
 
 def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],

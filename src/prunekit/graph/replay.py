@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Record", "Recording", "Replay", "is_data_call"]
+__all__ = ["MISSING", "Record", "Recording", "Replay", "is_data_call"]
 
 T = torch.Tensor
 # calls whose result is read from values (put back whole)
@@ -53,6 +53,7 @@ _MASKED = frozenset((T.__getitem__, T.__setitem__, T.masked_select, torch.masked
                      *_REPEATS))
 _WHERE = frozenset((T.where, torch.where))
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+MISSING = object()  # nothing recorded for a call (a recorded result may be None or False)
 
 # (module path, outer code, lasti, caller code, lasti, func)
 Site = tuple[str | None, Any, int, Any, int, Any]
@@ -69,7 +70,8 @@ def is_data_call(func: Any, args: tuple[Any, ...]) -> bool:
             return len(args) == 1
     except TypeError:  # an unhashable callable
         return False
-    return getattr(func, "__name__", "").endswith("nms")
+    # torchvision::nms, also as an overload (``nms.default``), as ops_reduce.BY_VALUE maps it
+    return getattr(func, "__name__", "").split(".")[0].endswith("nms")
 
 
 def _swappable(func: Any, args: tuple[Any, ...]) -> list[tuple[int, int | None]]:
@@ -163,36 +165,38 @@ class Recording:
         self._calls.setdefault(site, []).append((_signature(args, kwargs), kept))
 
     def replayer(self, model: nn.Module) -> Callable[
-            [Any, tuple[Any, ...], dict[str, Any], FrameType | None], tuple[bool, Any]]:
+            [Any, tuple[Any, ...], dict[str, Any], FrameType | None], Any]:
         """For a run of ``model`` (a pruned copy of the recorded one): a function of (func,
-        args, kwargs, caller frame) -> (put back?, the result or the new args), which keeps
-        its own position in each site's list."""
+        args, kwargs, caller frame) -> what was kept for that call (its result, or its masks
+        as (argument, tuple item, mask)), or ``MISSING``; it keeps its own position in each
+        site's list."""
         cursors: dict[Site, int] = {}
         calls, paths = self._calls, _paths_of(model)
 
         def replay(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   frame: FrameType | None) -> tuple[bool, Any]:
+                   frame: FrameType | None) -> Any:
             site = _site(func, frame, paths)
             entries = calls.get(site)
             at = cursors.get(site, 0)
             if entries is None or at >= len(entries) or \
                     entries[at][0] != _signature(args, kwargs):
-                return False, None
+                return MISSING
             cursors[site] = at + 1
-            kept = entries[at][1]
-            if func not in _MASKED:
-                return True, _snapshot(kept)
-            new = list(args)
-            for i, j, mask in kept:
-                if j is None:
-                    new[i] = mask
-                else:
-                    items = list(new[i])
-                    items[j] = mask
-                    new[i] = tuple(items)
-            return True, tuple(new)
+            return entries[at][1]
 
         return replay
+
+
+def _with_masks(args: tuple[Any, ...], masks: list[tuple[int, int | None, Tensor]]
+                ) -> tuple[Any, ...]:
+    """``args`` with each recorded mask put at its (argument, tuple item)."""
+    new = list(args)
+    for i, j, mask in masks:
+        if j is None:
+            new[i] = mask
+        else:
+            new[i] = tuple(mask if k == j else item for k, item in enumerate(new[i]))
+    return tuple(new)
 
 
 class Record(TorchFunctionMode):
@@ -224,9 +228,9 @@ class Replay(TorchFunctionMode):
                            kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if is_data_call(func, args):
-            found, value = self._replay(func, tuple(args), kwargs, sys._getframe(1))
-            if found and func not in _MASKED:
-                return value
-            if found:
-                args = value
+            kept = self._replay(func, tuple(args), kwargs, sys._getframe(1))
+            if kept is not MISSING:
+                if func not in _MASKED:
+                    return _snapshot(kept)
+                args = _with_masks(tuple(args), kept)
         return func(*args, **kwargs)

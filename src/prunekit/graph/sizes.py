@@ -108,6 +108,12 @@ class SizeInt(int):
     def _exact(self) -> bool:
         return self._scale == (1, 1)
 
+    @property
+    def _divisor(self) -> int | None:
+        """``k`` if this is the width read divided by ``k`` (``C // self.num_heads``; 1:
+        exact), else None."""
+        return self._scale[1] if self._scale is not None and self._scale[0] == 1 else None
+
     def __reduce__(self) -> tuple[type, tuple[int]]:  # pickle, copy, deepcopy: a plain int
         return int, (int(self),)
 
@@ -351,8 +357,7 @@ def _judge(ctx: TraceContext, name: str, labels: Tensor, dim: int, size: SizeInt
     line, sources = channel_line(ctx, size)
     if not sources:  # a width no pruning changes: fine unless written for channels, as
         # it is or shared out (C // self.num_heads of a residual kept whole)
-        share = size._scale is not None and size._scale[0] == 1
-        return dim not in vary or not (size._exact or share)
+        return dim not in vary or size._divisor is None
     if dim in vary:
         return line is not None and vary == {dim} and _follows(ctx, line, size, canon, dim)
     if out is not None and line is not None and size._exact and _neutral(canon) and \
