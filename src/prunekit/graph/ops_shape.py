@@ -250,8 +250,24 @@ def _slice(ctx: TraceContext, call: OpCall) -> None:
         record.sliced_axes.update(touched)
         _mark_selected(call, source, record)
     elif any(varies(canon, d) for d in touched):
-        ctx.block(canon, f"{call.display} selects a fixed part of a channel dimension")
+        why = f"{call.display} selects a fixed part of a channel dimension"
+        raw = ctx.labels(source, partial=True)
+        if ctx.holds_param_ids(raw):
+            # built from parameters (BEiT's relative-position table: an interpolated part
+            # of the table concatenated with its last rows, then gathered by position): the
+            # rows are positions once later ops join each column to a head, so judge then
+            ctx.at_end.append(lambda: _judge_slice(ctx, raw, touched, why))
+        else:
+            ctx.block(canon, why)
     replay(ctx, call, partial=True)
+
+
+def _judge_slice(ctx: TraceContext, raw: Tensor, touched: list[int], why: str) -> None:
+    """The deferred check of :func:`_slice`: the channels still vary along a dim the call
+    picked from, so it picked channels: kept whole."""
+    canon = ctx.space.find(raw)
+    if any(varies(canon, d) for d in touched):
+        ctx.block(canon, why)
 
 
 def _mark_selected(call: OpCall, source: Tensor, record: ParamRecord) -> None:

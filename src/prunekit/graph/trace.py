@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -88,6 +89,9 @@ class TraceContext:
         self.aligned: list[tuple[Tensor, int]] = []  # see :meth:`align`
         self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
+        self._param_ids: list[tuple[int, int]] = []  # [start, stop) of each param's ids
+        # checks that wait for the trace's end, when every parameter is joined to its channels
+        self.at_end: list[Callable[[], None]] = []
         self.param_views = ParamViews()  # W.t(), W[e]: maybe layer weights (param_views.py)
         # one walk of the module tree serves the param names, the hooks and eval mode
         walk = walk_modules(model)
@@ -135,7 +139,9 @@ class TraceContext:
         if record is None and id(tensor) in self._param_names and \
                 id(tensor) not in self._labels:
             name = self._param_names[id(tensor)]
+            start = self.space.size
             ids = self.space.new_ids(tensor.numel()).reshape(tensor.shape)
+            self._param_ids.append((start, self.space.size))
             record = self.params[name] = ParamRecord(name, tensor, ids)
             self._labels[id(tensor)] = (tensor, ids)
         if record is not None:
@@ -211,6 +217,16 @@ class TraceContext:
 
     def block(self, labels: Tensor, reason: str) -> None:
         self.space.block(labels, reason)
+
+    def holds_param_ids(self, labels: Tensor) -> bool:
+        """Whether ``labels`` (raw, not found) still name elements of a parameter: a tensor
+        computed from parameters alone, whose channel axis is known only once later ops
+        join its elements to channels."""
+        if not self._param_ids:
+            return False
+        flat = np.unique(labels.numpy().reshape(-1))
+        return any(bool(((flat >= start) & (flat < stop)).any())
+                   for start, stop in self._param_ids)
 
     def layer_weight(self, tensor: Tensor) -> ParamRecord | None:
         """The param node of a parameter that code uses as a layer weight (``F.linear(x,
@@ -488,6 +504,8 @@ def trace(
                         # training-mode check
                         train_shapes = None
         ctx.sizes.settle(ctx)
+        for check in ctx.at_end:
+            check()
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx._calls.mode = None
         ctx.sizes.close(modules)
