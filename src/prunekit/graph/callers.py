@@ -14,8 +14,10 @@ comparison is no call: :func:`comparison_read` finds what the comparing expressi
 
 from __future__ import annotations
 
+import ast
 import dis
 import functools
+import linecache
 import os
 import sys
 from collections.abc import Iterable
@@ -28,7 +30,8 @@ from torch import nn
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["attributes_read", "calling_module", "comparison_read", "literals_written"]
+__all__ = ["arguments_written", "attributes_read", "calling_module", "comparison_read",
+           "literals_written"]
 
 # torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
 # package folders: not the folder that holds them, site-packages in an installed layout)
@@ -65,6 +68,55 @@ def literals_written(ctx: TraceContext) -> frozenset[int]:
     ``x.view(x.shape[:-1] + (2, 4))``): a size written there is not an attribute's."""
     frame = _user_frame()
     return frozenset() if frame is None else _in_span(frame.f_code, frame.f_lasti)[1]
+
+
+def arguments_written(ctx: TraceContext) -> tuple[str | int | None, ...] | None:
+    """What the current call writes for each of its positional arguments, read from its
+    source: an attribute's name for ``self.num_heads`` (any ``obj.attr``), an int for a
+    literal (``3``, ``-1``), None for anything else; the elements of a lone tuple or list
+    argument (``view((B, N, 3, self.num_heads, -1))``) stand for the arguments. None where
+    the source cannot be read or the call unpacks ``*args``. ``reshape(B, N, 3,
+    self.num_heads, -1)`` gives ``(None, None, 3, "num_heads", -1)``: which factor the head
+    count sizes where it equals the literal 3."""
+    frame = _user_frame()
+    return None if frame is None else _arguments_at(frame.f_code, frame.f_lasti)
+
+
+@functools.lru_cache(maxsize=1024)
+def _arguments_at(code: CodeType, lasti: int) -> tuple[str | int | None, ...] | None:
+    if not hasattr(code, "co_positions"):  # Python 3.10 keeps no columns
+        return None
+    line, end_line, col, end_col = list(code.co_positions())[lasti // 2]
+    if None in (line, end_line, col, end_col):
+        return None
+    lines = linecache.getlines(code.co_filename)[line - 1:end_line]
+    if not lines:
+        return None
+    lines[-1] = lines[-1].encode()[:end_col].decode(errors="ignore")
+    lines[0] = lines[0].encode()[col:].decode(errors="ignore")
+    try:
+        tree = ast.parse("(" + "".join(lines) + ")", mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(tree, ast.Call) or any(isinstance(a, ast.Starred) for a in tree.args):
+        return None
+    args = tree.args
+    if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
+        args = args[0].elts
+        if any(isinstance(a, ast.Starred) for a in args):
+            return None
+    return tuple(_written(arg) for arg in args)
+
+
+def _written(node: ast.expr) -> str | int | None:
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        value = _written(node.operand)
+        return -value if type(value) is int else None
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    return None
 
 
 def comparison_read(frame: FrameType) -> frozenset[str] | None:

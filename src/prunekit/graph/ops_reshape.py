@@ -38,7 +38,7 @@ import math
 import torch
 from torch import Tensor
 
-from prunekit.graph.callers import attributes_read, calling_module
+from prunekit.graph.callers import arguments_written, attributes_read, calling_module
 from prunekit.graph.labels import rep_along, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
@@ -280,9 +280,15 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
             _check_head_size(ctx, call, labels, bearing, inferred, sizes, attrs)
             return inferred, heads[0] if len(heads) == 1 else None
     written = set(sizes)
+    args = arguments_written(ctx)
+    if args is not None and len(args) != labels.dim():
+        args = None
     for dim in bearing[:-1]:
         size = labels.shape[dim]
         heads = [k for k, v in attrs.items() if v == size and _counts_heads(k)]
+        if args is not None and type(args[dim]) is int:
+            continue  # a literal (the 3 of q/k/v in reshape(B, N, 3, self.num_heads, -1)
+            # with 3 heads) is not the head count, whatever its value
         if size in written and len(heads) == 1:
             _check_head_size(ctx, call, labels, bearing, dim, sizes, attrs)
             return dim, heads[0]
