@@ -88,3 +88,78 @@ def test_channels_a_computed_parameter_slice_names_stay_whole() -> None:
     assert result.model.lin.out_features == 8
     reasons = " ".join(result.coverage.fixed.values())
     assert "selects a fixed part of a channel dimension" in reasons
+
+
+class SwinV2Attention(nn.Module):
+    """torchvision's Swin V2 attention path: the k third of a copy of the fused bias is
+    zeroed, its bounds computed from the copy's own ``numel()``; cosine attention."""
+
+    def __init__(self, dim: int = 16, heads: int = 2, bounds: str = "numel") -> None:
+        super().__init__()
+        self.num_heads, self.bounds = heads, bounds
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(heads, 1, 1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        bias = self.qkv.bias.clone()
+        length = bias.numel() // 3
+        if self.bounds == "numel":
+            bias[length: 2 * length].zero_()
+        else:  # a fixed count after the first third: names channels
+            bias[length: length + 2].zero_()
+        qkv = F.linear(x, self.qkv.weight, bias)
+        qkv = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(self.logit_scale, max=4.6).exp()
+        y = attn.softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class SwinV2Net(nn.Module):
+    def __init__(self, bounds: str = "numel") -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, 16)
+        self.attn = SwinV2Attention(bounds=bounds)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed(x)
+        return self.head(x + self.attn(x))
+
+
+def test_a_bias_third_sliced_by_its_own_numel_shrinks_with_the_heads() -> None:
+    torch.manual_seed(0)
+    model, x = SwinV2Net().eval(), torch.randn(2, 6, 5)
+    result = prune(model, x, ratio=0.5, importance="random", seed=1)
+    pruned = result.model
+    width = pruned.embed.out_features
+    assert width == 8 and pruned.attn.num_heads == 2  # C // heads: every head shrinks alike
+    assert pruned.attn.qkv.out_features == 3 * width
+    kept = result.plan["modules"]["embed"]["keep"]["out"]
+    rows = result.plan["params"]["attn.qkv.weight"]["keep"]["0"]  # (read by F.linear)
+    assert rows == [p * 16 + c for p in range(3) for c in kept]  # the same channels in q, k, v
+
+    zeroed = SwinV2Net().eval()  # the removed channels zeroed wherever they are made
+    zeroed.load_state_dict(model.state_dict())
+    drop = [c for c in range(16) if c not in kept]
+    with torch.no_grad():
+        zeroed.embed.weight[drop] = 0
+        zeroed.embed.bias[drop] = 0
+        for part in range(3):
+            zeroed.attn.qkv.weight[[part * 16 + c for c in drop]] = 0
+            zeroed.attn.qkv.bias[[part * 16 + c for c in drop]] = 0
+        zeroed.attn.proj.weight[drop] = 0
+        zeroed.attn.proj.bias[drop] = 0
+        torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_bias_slice_of_a_fixed_count_keeps_its_channels() -> None:
+    torch.manual_seed(0)
+    model, x = SwinV2Net("fixed").eval(), torch.randn(2, 6, 5)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.attn.qkv.out_features == 48
+    assert "selects a fixed part of a channel dimension" in " ".join(
+        result.coverage.fixed.values())

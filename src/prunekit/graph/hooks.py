@@ -26,6 +26,7 @@ OnModule = Callable[[ModuleHandler, ModuleCall], None]
 OnOp = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], None]
 OnSize = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], Any]
 _SIZE = torch.Tensor.size
+_NUMEL = torch.Tensor.numel
 
 
 class CallStack:
@@ -162,8 +163,9 @@ class CallStack:
 class Recorder(TorchFunctionMode):
     """Runs every torch function, then hands it to ``on_op(func, args, kwargs, out)``
     unless an atomic module of ``stack`` runs; a shape read (``t.shape``, ``t.size()``,
-    ``t.size(d)``) returns what ``on_size(func, args, kwargs, out)`` makes of it. Calls
-    whose result depends on tensor values are also kept in ``data`` (graph/replay.py)."""
+    ``t.size(d)``, ``t.numel()``) returns what ``on_size(func, args, kwargs, out)`` makes
+    of it. Calls whose result depends on tensor values are also kept in ``data``
+    (graph/replay.py)."""
 
     def __init__(self, stack: CallStack, on_op: OnOp, on_size: OnSize | None = None) -> None:
         super().__init__()
@@ -177,7 +179,7 @@ class Recorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.stack.atomic_depth == 0:  # stack.recording, without a property call per op
             kind = out.__class__
-            if (kind is torch.Size or (kind is int and func is _SIZE)) and \
+            if (kind is torch.Size or (kind is int and (func is _SIZE or func is _NUMEL))) and \
                     self.on_size is not None:
                 return self.on_size(func, tuple(args), kwargs, out)
             if is_data_call(func, args):

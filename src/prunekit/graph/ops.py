@@ -8,7 +8,7 @@ call's inputs through ``ctx.labels(t)``, joins what must be removed together thr
 A handler that meets a call it cannot map raises :class:`OpNotMappable`; the tracer then
 treats the call like an unknown op.
 
-Families live one per file (``ops_shape``, ``ops_reshape``, ``ops_pointwise``,
+Families live one per file (``ops_shape``, ``ops_slice``, ``ops_reshape``, ``ops_pointwise``,
 ``ops_reduce``, ``ops_matmul``, ``ops_grouped``); a new family is a new file that calls
 :func:`register_op` and is listed in ``_BUILTIN_FAMILIES`` (or imported by the caller before
 tracing).
@@ -74,6 +74,7 @@ class OpNotMappable(Exception):
 _HANDLERS: dict[str, OpHandler] = {}
 _BUILTIN_FAMILIES = (
     "prunekit.graph.ops_shape",
+    "prunekit.graph.ops_slice",
     "prunekit.graph.ops_reshape",
     "prunekit.graph.ops_pointwise",
     "prunekit.graph.ops_reduce",

@@ -7,9 +7,9 @@ Two rules keep the replay sound after channels are removed:
   ``split`` into equal parts whose width one int attribute of the running module holds
   (a fused q/k/v projection, ``c_attn(x).split(self.split_size, 2)``), and that attribute
   is rewritten;
-* a fixed-size selection along a channel dimension (``x[:, :32]``, ``narrow``, ``split``
-  by a literal, a computed or an unequal size, ``unbind``, ``select``) keeps those channels
-  whole, since the sizes written in the code would no longer match.
+* a ``split`` by a literal, a computed or an unequal size keeps those channels whole,
+  since the sizes written in the code would no longer match (so does a fixed-size
+  selection, ``x[:, :32]``, ``narrow``, ``unbind``: :mod:`prunekit.graph.ops_slice`).
 
 Attributes are matched by value, so a literal that happens to equal one is taken for it:
 the forward check after surgery then fails loudly, and the user's model is left as it was.
@@ -25,7 +25,7 @@ from torch import Tensor
 from prunekit.graph.callers import attributes_read, calling_module, literals_written
 from prunekit.graph.labels import varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
-from prunekit.graph.trace import ParamRecord, TraceContext
+from prunekit.graph.trace import TraceContext
 
 REPLAY = (
     "permute", "transpose", "t", "T", "mT", "H", "mH", "swapaxes", "swapdims", "movedim",
@@ -34,7 +34,6 @@ REPLAY = (
     "cat", "concat", "concatenate", "broadcast_to", "view_as_real", "atleast_2d",
     "diag_embed", "tril", "triu",
 )
-SLICING = ("getitem", "narrow", "select", "index_select", "unbind", "tensor_split")
 CHUNKING = ("chunk", "split", "split_with_sizes")
 
 
@@ -216,119 +215,6 @@ def tensors_free(values: tuple[Any, ...]) -> list[int]:
     return out
 
 
-def _slicing(ctx: TraceContext, call: OpCall) -> None:
-    if call.name == "getitem" and _defer_expert_pick(ctx, call):
-        return
-    _slice(ctx, call)
-
-
-def _defer_expert_pick(ctx: TraceContext, call: OpCall) -> bool:
-    """``W[e]`` or ``W[ids]`` of a 3-D parameter, a stack of expert weights (Transformers'
-    eager experts: ``F.linear(x, self.gate_up_proj[e])``; batched: ``torch.bmm(
-    self.gate_up_proj[ids], x)``): left for ``F.linear`` or a matrix product to take as a
-    layer weight, whose last two axes are cut in every expert alike; sliced as below if
-    anything else reads it. False (nothing done) for any other call."""
-    source, index, out = call.args[0], call.args[1], call.out
-    if not (isinstance(source, Tensor) and source.dim() == 3 and isinstance(out, Tensor)
-            and out.shape[-2:] == source.shape[1:] and ctx.is_param(source)):
-        return False
-    if isinstance(index, Tensor):
-        picks = index.dim() <= 1 and not index.is_floating_point() and index.dtype != torch.bool
-    else:
-        picks = isinstance(index, int) and not isinstance(index, bool)
-    if picks:
-        ctx.param_views.defer(out, source, "pick", lambda partial: _slice(ctx, call))
-    return picks
-
-
-def _slice(ctx: TraceContext, call: OpCall) -> None:
-    source = tensors_in(call.args[:1])[0]
-    canon = ctx.space.find(ctx.labels(source, partial=True))
-    touched = _selected_dims(call, source)
-    record = ctx.param_record(source)
-    if record is not None:  # a parameter's channel axis is only known later
-        record.sliced_axes.update(touched)
-        _mark_selected(call, source, record)
-    elif any(varies(canon, d) for d in touched):
-        why = f"{call.display} selects a fixed part of a channel dimension"
-        raw = ctx.labels(source, partial=True)
-        if ctx.holds_param_ids(raw):
-            # built from parameters (BEiT's relative-position table: an interpolated part
-            # of the table concatenated with its last rows, then gathered by position): the
-            # rows are positions once later ops join each column to a head, so judge then
-            ctx.at_end.append(lambda: _judge_slice(ctx, raw, touched, why))
-        else:
-            ctx.block(canon, why)
-    replay(ctx, call, partial=True)
-
-
-def _judge_slice(ctx: TraceContext, raw: Tensor, touched: list[int], why: str) -> None:
-    """The deferred check of :func:`_slice`: the channels still vary along a dim the call
-    picked from, so it picked channels: kept whole."""
-    canon = ctx.space.find(raw)
-    if any(varies(canon, d) for d in touched):
-        ctx.block(canon, why)
-
-
-def _mark_selected(call: OpCall, source: Tensor, record: ParamRecord) -> None:
-    """Remember which elements of a parameter a slicing call reads."""
-    positions = torch.arange(source.numel()).reshape(source.shape)
-    picked = tensors_in(call.func(positions, *on_cpu(call.args[1:]), **on_cpu(call.kwargs)))
-    mask = torch.zeros(source.numel(), dtype=torch.bool)
-    for part in picked:
-        mask[part.reshape(-1)] = True
-    mask = mask.reshape(source.shape)
-    record.selected = mask if record.selected is None else record.selected | mask
-
-
-def _selected_dims(call: OpCall, source: Tensor) -> list[int]:
-    """Dims of ``source`` on which the call keeps only part of the indices."""
-    ndim = source.dim()
-    if call.name == "getitem":
-        return _getitem_dims(call.args[1], source)
-    if call.name == "unbind":
-        dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
-        return [dim % ndim]
-    if call.name == "tensor_split":
-        dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
-        return [dim % ndim]
-    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
-    dim = dim % ndim
-    if call.name == "narrow":
-        length = call.args[3] if len(call.args) > 3 else call.kwargs.get("length")
-        return [dim] if length != source.shape[dim] else []
-    return [dim]
-
-
-def _getitem_dims(index: Any, source: Tensor) -> list[int]:
-    items = index if isinstance(index, tuple) else (index,)
-    consumed = sum(
-        (it.dim() if isinstance(it, Tensor) and it.dtype == torch.bool else 1)
-        for it in items if it is not None and it is not Ellipsis
-    )
-    dims: list[int] = []
-    pos = 0
-    for item in items:
-        if item is None:
-            continue
-        if item is Ellipsis:
-            pos += source.dim() - consumed
-            continue
-        width = item.dim() if isinstance(item, Tensor) and item.dtype == torch.bool else 1
-        for d in range(pos, pos + width):
-            if d < source.dim() and not _is_full(item, source.shape[d]):
-                dims.append(d)
-        pos += width
-    return dims
-
-
-def _is_full(item: Any, size: int) -> bool:
-    if isinstance(item, slice):
-        start, stop, step = item.indices(size)
-        return start == 0 and stop == size and step == 1
-    return False
-
-
 def _chunking(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
     dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
@@ -429,7 +315,6 @@ def running_module_phrase(ctx: TraceContext) -> str:
 
 
 register_op(REPLAY, _replay_only)
-register_op(SLICING, _slicing)
 register_op(CHUNKING, _chunking)
 
 

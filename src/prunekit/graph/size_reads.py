@@ -1,7 +1,7 @@
 """The shape reads of a trace, and the widths its model's code compares.
 
 :func:`size_read` is the callback the recorder calls for every shape read
-(``t.shape``, ``t.size()``, ``t.size(d)``): a tracked tensor's shape comes back as
+(``t.shape``, ``t.size()``, ``t.size(d)``, ``t.numel()``): a tracked tensor's shape comes back as
 :class:`~prunekit.graph.sizes.SizeInt` values. Where the model's code then finds such an
 int, exact and counting channels, equal to a plain int with ``==`` or ``!=`` (the rule of
 :mod:`prunekit.graph.sizes`' docstring), :func:`_compared_in` notes the comparison and

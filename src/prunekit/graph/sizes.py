@@ -2,11 +2,12 @@
 
 ``B, N, C = x.shape`` gives plain ints, so a ``reshape(B, C, -1)`` of another tensor does
 not tell the trace that its dim 1 must keep ``x``'s width. While the trace runs, a shape
-read (``t.shape``, ``t.size()``, ``t.size(d)``) of a tracked tensor returns
-:class:`SizeInt` values instead: ints that remember the label tensor of ``t`` and the dims
-they count. Arithmetic keeps that provenance: a product of dims of one read is *exact* (it
-still counts the channels of those dims, ``H * D`` of a head split), anything else
-(``C // self.num_heads``, ``C * 2``, ``N - 1``) is *derived* and only remembers its sources.
+read (``t.shape``, ``t.size()``, ``t.size(d)``, ``t.numel()``: the product of every dim) of
+a tracked tensor returns :class:`SizeInt` values instead: ints that remember the label
+tensor of ``t`` and the dims they count. Arithmetic keeps that provenance: a product of
+dims of one read is *exact* (it still counts the channels of those dims, ``H * D`` of a
+head split), anything else (``C // self.num_heads``, ``C * 2``, ``N - 1``) is *derived*
+and only remembers its sources.
 
 Where such an int sizes a dim of a reshape / view / expand / factory result (:data:`SIZED`),
 with "carries channels" read from the label classes at that point (a dim along which they
@@ -233,6 +234,9 @@ class SizeTracker:
         """``out`` of a shape read of a tensor labelled ``labels``, as SizeInts."""
         source = Source(labels, self)
         self._sources.append(source)
+        if type(out) is int and getattr(func, "__name__", "") == "numel":  # every dim
+            return _make(out, ((source, tuple(range(labels.dim()))),), (1, 1)) \
+                if labels.dim() else out
         if type(out) is int:  # t.size(d)
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             if not isinstance(dim, int) or labels.dim() == 0:

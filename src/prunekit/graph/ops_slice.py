@@ -1,0 +1,200 @@
+"""Slicing ops (``x[..., :k]``, ``narrow``, ``select``, ``index_select``, ``unbind``,
+``tensor_split``): the call is replayed on the label tensor, so positions map exactly.
+
+A selection of fixed size along a channel dimension keeps those channels whole, since the
+sizes written in the code would no longer match after pruning; a parameter's sliced axes
+are noted and judged once its channel axis is known (:mod:`prunekit.graph.dependency`).
+Two selections do follow pruning:
+
+* part ``k`` of ``n`` equal parts of a dim, with bounds computed from that dim's own width
+  read in the forward (Swin V2's ``qkv_bias[n // 3: 2 * (n // 3)]``, ``n = numel()``): the
+  parts are coupled index by index, as ``chunk(n)`` couples them;
+* a slice of a tensor built from parameters alone (BEiT's rebuilt relative-position table,
+  gathered by position) is judged when the trace ends, once later ops have joined its
+  elements to channels: its rows are positions if the channels no longer vary along them.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+
+from prunekit.graph.labels import varies
+from prunekit.graph.ops import OpCall, on_cpu, register_op, tensors_in
+from prunekit.graph.ops_shape import first_line, replay
+from prunekit.graph.sizes import SizeInt, channel_line
+from prunekit.graph.trace import ParamRecord, TraceContext
+
+SLICING = ("getitem", "narrow", "select", "index_select", "unbind", "tensor_split")
+
+
+def _slicing(ctx: TraceContext, call: OpCall) -> None:
+    if call.name == "getitem" and _defer_expert_pick(ctx, call):
+        return
+    _slice(ctx, call)
+
+
+def _defer_expert_pick(ctx: TraceContext, call: OpCall) -> bool:
+    """``W[e]`` or ``W[ids]`` of a 3-D parameter, a stack of expert weights (Transformers'
+    eager experts: ``F.linear(x, self.gate_up_proj[e])``; batched: ``torch.bmm(
+    self.gate_up_proj[ids], x)``): left for ``F.linear`` or a matrix product to take as a
+    layer weight, whose last two axes are cut in every expert alike; sliced as below if
+    anything else reads it. False (nothing done) for any other call."""
+    source, index, out = call.args[0], call.args[1], call.out
+    if not (isinstance(source, Tensor) and source.dim() == 3 and isinstance(out, Tensor)
+            and out.shape[-2:] == source.shape[1:] and ctx.is_param(source)):
+        return False
+    if isinstance(index, Tensor):
+        picks = index.dim() <= 1 and not index.is_floating_point() and index.dtype != torch.bool
+    else:
+        picks = isinstance(index, int) and not isinstance(index, bool)
+    if picks:
+        ctx.param_views.defer(out, source, "pick", lambda partial: _slice(ctx, call))
+    return picks
+
+
+def _slice(ctx: TraceContext, call: OpCall) -> None:
+    source = tensors_in(call.args[:1])[0]
+    canon = ctx.space.find(ctx.labels(source, partial=True))
+    touched = _selected_dims(call, source)
+    record = ctx.param_record(source)
+    if record is not None:  # a parameter's channel axis is only known later
+        record.sliced_axes.update(touched)
+        _mark_selected(call, source, record)
+    elif _equal_part(ctx, call, source, canon):
+        pass  # qkv_bias[n // 3: 2 * (n // 3)] with n its own numel(): parts shrink alike
+    elif any(varies(canon, d) for d in touched):
+        why = f"{call.display} selects a fixed part of a channel dimension"
+        raw = ctx.labels(source, partial=True)
+        if ctx.holds_param_ids(raw):
+            # built from parameters (BEiT's relative-position table: an interpolated part
+            # of the table concatenated with its last rows, then gathered by position): the
+            # rows are positions once later ops join each column to a head, so judge then
+            ctx.at_end.append(lambda: _judge_slice(ctx, raw, touched, why))
+        else:
+            ctx.block(canon, why)
+    replay(ctx, call, partial=True)
+
+
+def _equal_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tensor) -> bool:
+    """Whether ``call`` picks part ``k`` of ``n`` equal parts of one dim, its bounds computed
+    from that dim's own width read in the forward (torchvision's Swin V2 zeroes the k third
+    of a copy of the fused q/k/v bias: ``length = qkv_bias.numel() // 3;
+    qkv_bias[length: 2 * length]``); if so, the parts are coupled index by index, as
+    ``chunk(n)`` couples them, so they shrink alike and the bounds the code computes after
+    pruning still pick the same part."""
+    if call.name != "getitem":
+        return False
+    index = call.args[1]
+    items = index if isinstance(index, tuple) else (index,)
+    dims = [d for d, item in enumerate(items) if not (
+        isinstance(item, slice) and item == slice(None))]
+    if len(dims) != 1 or Ellipsis in items or None in items:
+        return False
+    dim, item = dims[0], items[dims[0]]
+    if not isinstance(item, slice) or item.step not in (None, 1):
+        return False
+    width = source.shape[dim]
+    bounds = [_share(ctx, canon, dim, bound, default) for bound, default in
+              ((item.start, Fraction(0)), (item.stop, Fraction(1)))]
+    if None in bounds:
+        return False
+    start, stop = cast(list[Fraction], bounds)
+    part = stop - start
+    if part <= 0 or part.numerator != 1 or start % part != 0 or width % part.denominator:
+        return False
+    pieces = ctx.space.find(canon).split(width // part.denominator, dim)
+    first = pieces[0]
+    for piece in pieces[1:]:
+        ctx.space.union(first, piece)
+    return True
+
+
+def _share(ctx: TraceContext, canon: Tensor, dim: int, bound: Any,
+           default: Fraction) -> Fraction | None:
+    """A slice bound as a fraction of the width of ``canon``'s ``dim``: ``default`` for
+    None, 0 for 0, ``a/b`` for a SizeInt read from that very dim times ``a/b``; else None."""
+    if bound is None:
+        return default
+    if type(bound) is int:
+        return Fraction(0) if bound == 0 else None
+    if not isinstance(bound, SizeInt) or bound._scale is None:
+        return None
+    line, _ = channel_line(ctx, bound)
+    roots = first_line(canon, dim)
+    if line is None or line.shape != roots.shape or not torch.equal(line, roots):
+        return None
+    return Fraction(*bound._scale)
+
+
+def _judge_slice(ctx: TraceContext, raw: Tensor, touched: list[int], why: str) -> None:
+    """The deferred check of :func:`_slice`: the channels still vary along a dim the call
+    picked from, so it picked channels: kept whole."""
+    canon = ctx.space.find(raw)
+    if any(varies(canon, d) for d in touched):
+        ctx.block(canon, why)
+
+
+def _mark_selected(call: OpCall, source: Tensor, record: ParamRecord) -> None:
+    """Remember which elements of a parameter a slicing call reads."""
+    positions = torch.arange(source.numel()).reshape(source.shape)
+    picked = tensors_in(call.func(positions, *on_cpu(call.args[1:]), **on_cpu(call.kwargs)))
+    mask = torch.zeros(source.numel(), dtype=torch.bool)
+    for part in picked:
+        mask[part.reshape(-1)] = True
+    mask = mask.reshape(source.shape)
+    record.selected = mask if record.selected is None else record.selected | mask
+
+
+def _selected_dims(call: OpCall, source: Tensor) -> list[int]:
+    """Dims of ``source`` on which the call keeps only part of the indices."""
+    ndim = source.dim()
+    if call.name == "getitem":
+        return _getitem_dims(call.args[1], source)
+    if call.name == "unbind":
+        dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
+        return [dim % ndim]
+    if call.name == "tensor_split":
+        dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
+        return [dim % ndim]
+    dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)
+    dim = dim % ndim
+    if call.name == "narrow":
+        length = call.args[3] if len(call.args) > 3 else call.kwargs.get("length")
+        return [dim] if length != source.shape[dim] else []
+    return [dim]
+
+
+def _getitem_dims(index: Any, source: Tensor) -> list[int]:
+    items = index if isinstance(index, tuple) else (index,)
+    consumed = sum(
+        (it.dim() if isinstance(it, Tensor) and it.dtype == torch.bool else 1)
+        for it in items if it is not None and it is not Ellipsis
+    )
+    dims: list[int] = []
+    pos = 0
+    for item in items:
+        if item is None:
+            continue
+        if item is Ellipsis:
+            pos += source.dim() - consumed
+            continue
+        width = item.dim() if isinstance(item, Tensor) and item.dtype == torch.bool else 1
+        for d in range(pos, pos + width):
+            if d < source.dim() and not _is_full(item, source.shape[d]):
+                dims.append(d)
+        pos += width
+    return dims
+
+
+def _is_full(item: Any, size: int) -> bool:
+    if isinstance(item, slice):
+        start, stop, step = item.indices(size)
+        return start == 0 and stop == size and step == 1
+    return False
+
+
+register_op(SLICING, _slicing)
