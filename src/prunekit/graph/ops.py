@@ -75,6 +75,7 @@ _HANDLERS: dict[str, OpHandler] = {}
 _BUILTIN_FAMILIES = (
     "prunekit.graph.ops_shape",
     "prunekit.graph.ops_slice",
+    "prunekit.graph.ops_gather",
     "prunekit.graph.ops_reshape",
     "prunekit.graph.ops_pointwise",
     "prunekit.graph.ops_reduce",

@@ -1,0 +1,71 @@
+"""Gathers and scatters by an index tensor along one dim (``gather``, ``take_along_dim``,
+``scatter``, ``scatter_add``, ``scatter_reduce``), as mixture-of-experts routers use them
+to pick their top-k experts' gates (Phi-MoE's ``scores.gather(-1, idx)``, JetMoE's
+``zeros.scatter(1, idx, gates)``) and point models to pool features by segment.
+
+The index holds positions along ``dim``: where the data varies along it (channels),
+pruning would renumber them, so those channels are kept whole, with the reason. Along
+every other dim an element keeps its position: a gather's labels are its source's,
+gathered with the same index; a scatter's result holds, where it writes, the labels of
+what it writes, joined with the target's there (channel ``c`` of the source lands in
+channel ``c`` of the target), and the target's elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from prunekit.graph.labels import varies
+from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
+from prunekit.graph.ops_shape import replay
+from prunekit.graph.trace import TraceContext
+
+GATHERS = ("gather", "take_along_dim")
+SCATTERS = ("scatter", "scatter_add", "scatter_reduce")
+
+
+def _block_along(ctx: TraceContext, call: OpCall, tensor: Tensor, dim: int | None) -> None:
+    """Keep whole the channels of ``tensor`` that vary along ``dim`` (every dim: None)."""
+    canon = ctx.space.find(ctx.labels(tensor))
+    dims = range(canon.dim()) if dim is None else (dim % max(canon.dim(), 1),)
+    if any(varies(canon, d) for d in dims):
+        ctx.block(canon, f"{call.display} picks positions along a channel dimension by "
+                         f"index values, which pruning would renumber")
+
+
+def _gather(ctx: TraceContext, call: OpCall) -> None:
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    if not isinstance(source, Tensor):
+        raise OpNotMappable("its input is not a tensor")
+    if call.name == "gather":
+        dim: Any = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
+    else:  # take_along_dim(input, indices, dim=None): None gathers from the flattened input
+        dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim")
+    _block_along(ctx, call, source, dim)
+    replay(ctx, call)
+
+
+def _scatter(ctx: TraceContext, call: OpCall) -> None:
+    names = ("input", "dim", "index", "src")
+    args = list(call.args) + [call.kwargs[k] for k in names[len(call.args):] if k in call.kwargs]
+    if len(args) < 3 or not isinstance(args[0], Tensor) or not isinstance(args[2], Tensor):
+        raise OpNotMappable("expected (input, dim, index, src)")
+    target, dim, index = args[0], args[1] % max(args[0].dim(), 1), on_cpu(args[2])
+    src = args[3] if len(args) > 3 else call.kwargs.get("value")
+    _block_along(ctx, call, target, dim)
+    labels = ctx.space.find(ctx.labels(target)).clone()
+    if isinstance(src, Tensor):
+        _block_along(ctx, call, src, dim)
+        incoming = ctx.space.find(ctx.labels(src))
+        region = incoming[tuple(slice(0, size) for size in index.shape)]
+        ctx.space.union(labels.gather(dim, index), region)  # what lands joins what was there
+        labels = ctx.space.find(labels).contiguous()
+        labels.scatter_(dim, index, ctx.space.find(region))
+    for out in tensors_in(call.out):
+        ctx.set_labels(out, labels)
+
+
+register_op(GATHERS, _gather)
+register_op(SCATTERS, _scatter)
