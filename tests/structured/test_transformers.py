@@ -1,5 +1,6 @@
-"""Random-init tiny Hugging Face models (BERT, GPT-2, ViT, LLaMA with GQA) prune, run and
-keep their output shapes; skipped without the ``transformers`` test extra."""
+"""Random-init tiny Hugging Face models (BERT, GPT-2, ViT, LLaMA with GQA, Mamba, and the
+Phi-MoE and JetMoE mixtures of experts) prune, run and keep their output shapes; skipped
+without the ``transformers`` test extra."""
 
 from __future__ import annotations
 
@@ -45,8 +46,28 @@ def _llama() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return transformers.LlamaForCausalLM(config), {"input_ids": torch.randint(0, 100, (2, 8))}
 
 
+def _mamba() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    config = transformers.MambaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                      state_size=8, expand=2, use_mambapy=False)
+    return transformers.MambaForCausalLM(config), {"input_ids": torch.randint(0, 100, (2, 8))}
+
+
+def _moe(kind: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    if kind == "phimoe":  # routes by gather over the top-k expert scores
+        model: nn.Module = transformers.PhimoeForCausalLM(transformers.PhimoeConfig(
+            vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+            num_experts_per_tok=2, max_position_embeddings=32))
+    else:  # jetmoe: scatters the top-k gates into a [tokens, experts] map
+        model = transformers.JetMoeForCausalLM(transformers.JetMoeConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_key_value_heads=2,
+            kv_channels=8, intermediate_size=64, num_local_experts=4, num_experts_per_tok=2))
+    return model, {"input_ids": torch.randint(0, 100, (2, 8))}
+
+
 MODELS: dict[str, Callable[[], tuple[nn.Module, dict[str, torch.Tensor]]]] = {
-    "bert": _bert, "gpt2": _gpt2, "vit": _vit, "llama": _llama}
+    "bert": _bert, "gpt2": _gpt2, "vit": _vit, "llama": _llama, "mamba": _mamba,
+    "phimoe": lambda: _moe("phimoe"), "jetmoe": lambda: _moe("jetmoe")}
 
 
 def _shapes(out: Any) -> list[tuple[int, ...]]:
@@ -71,3 +92,15 @@ def test_llama_gqa_heads_shrink_by_kv_group() -> None:
     attn = result.model.model.layers[0].self_attn
     assert attn.k_proj.out_features == attn.head_dim  # one of two key/value heads left
     assert attn.q_proj.out_features == 2 * attn.head_dim  # and its two query heads
+
+
+def test_mamba_inner_channels_prune_with_its_scan_parameters() -> None:
+    torch.manual_seed(0)
+    model, inputs = _mamba()
+    result = prune(model.eval(), inputs, ratio=0.5)
+    mixer = result.model.backbone.layers[0].mixer
+    inner = mixer.conv1d.weight.shape[0]
+    assert inner < 64 and mixer.conv1d.out_channels == mixer.conv1d.groups == inner
+    assert mixer.A_log.shape[0] == mixer.D.shape[0] == mixer.dt_proj.out_features == inner
+    assert mixer.in_proj.out_features == 2 * inner and mixer.out_proj.in_features == inner
+    assert result.params_kept < 0.5

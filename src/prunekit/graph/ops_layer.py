@@ -43,6 +43,9 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
         channel_in = channel_out = -1
     else:
         channel_in = channel_out = 1 if x.dim() == weight.dim() else 0
+    same = ctx.param_views.weight(weight, "same")  # W.squeeze(1).unsqueeze(1): W itself
+    if same is not None and same.shape == weight.shape:
+        weight = same
     # F.linear(x, self.gate_up_proj[e]) reads rows of axis 1 and columns of axis 2 of a stack
     stack = ctx.param_views.weight(weight, "pick") if linear and weight.dim() == 2 else None
     record = ctx.layer_weight(weight if stack is None else stack)

@@ -83,7 +83,8 @@ def _lift(labels: Tensor, shape: tuple[int, ...]) -> Tensor:
 def _matmul(ctx: TraceContext, call: OpCall) -> None:
     a, b = tensors_in(call.args)[:2]
     out = tensors_in(call.out)[0]
-    if _layer_weight(ctx, a, b, out) or _picked_experts(ctx, a, b, out):
+    if _layer_weight(ctx, a, b, out) or _left_layer_weight(ctx, a, b, out) or \
+            _picked_experts(ctx, a, b, out):
         return
     ctx.set_labels(out, contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape)))
 
@@ -119,6 +120,26 @@ def _layer_weight(ctx: TraceContext, x: Tensor, b: Tensor, out: Tensor) -> bool:
     record, in_axis, out_axis = found
     read = consume(ctx.space, ctx.labels(x), -1)
     ctx.set_vector(out, weight_axes(ctx, record, in_axis, out_axis, read), -1)
+    return True
+
+
+def _left_layer_weight(ctx: TraceContext, a: Tensor, x: Tensor, out: Tensor) -> bool:
+    """``W @ x`` (``W [out, in]``, ``x [..., in, m]``) with a 2-D parameter ``W`` and an ``x``
+    whose channels, if any, run along its dim -2 (Mamba's ``self.dt_proj.weight @
+    time_step.transpose(1, 2)``): a linear layer over dim -2, cut like one. Where ``x``
+    carries channels along ``m`` (``W`` mixing tokens, MLP-Mixer style) it is a plain
+    contraction: False (nothing done), as for any other product."""
+    if a.dim() != 2 or x.dim() < 2 or out.dim() < 2:
+        return False
+    found = param_weight(ctx, a, (1, 0))
+    if found is None:
+        return False
+    labels = ctx.space.find(ctx.labels(x))
+    if varying(labels) - {labels.dim() - 2}:
+        return False
+    record, in_axis, out_axis = found
+    read = consume(ctx.space, labels, -2)
+    ctx.set_vector(out, weight_axes(ctx, record, in_axis, out_axis, read), out.dim() - 2)
     return True
 
 

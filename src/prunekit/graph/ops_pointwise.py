@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import NEUTRAL, as_line, cut_broadcast, varies, varying
+from prunekit.graph.labels import (
+    NEUTRAL,
+    as_line,
+    cut_broadcast,
+    rep_along,
+    varies,
+    varying,
+)
 from prunekit.graph.ops import (
     OpCall,
     OpNotMappable,
@@ -216,6 +223,7 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
     """Couple ``operands`` (label tensors broadcastable to ``shape``) and return the result's
     labels, following the broadcasting rule of the module docstring."""
     space = ctx.space
+    _join_param_rows(ctx, operands, shape)
     acc: Tensor | None = None
     acc_bcast: set[int] = set()
     fixed: set[int] = set()  # dims that an operand carrying no channels spans
@@ -262,6 +270,39 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
     if fixed and not fixed.isdisjoint(varying(acc)):
         space.block(acc, FIXED_OPERAND)
     return acc
+
+
+def _join_param_rows(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> None:
+    """An operand built from parameters shares a channel dim with another operand, and
+    varies, by its elements' own ids, along dims where that operand is broadcast (Mamba's
+    ``A[None, :, None, :] * dt[:, :, :, None]``: channel ``c`` of ``dt`` scales the whole
+    row ``A[c, :]``). Its elements along those dims go with that operand's channels, so they
+    are joined there (else the channels would be kept whole as broadcast against channels).
+    """
+    if len(operands) < 2 or not ctx.has_param_ids:
+        return
+    pads = [len(shape) - lab.dim() for lab in operands]
+    spans = [{d for d in range(len(shape))
+              if shape[d] > 1 and (d < pad or lab.shape[d - pad] == 1)}
+             for lab, pad in zip(operands, pads, strict=True)]
+    vary: dict[int, set[int]] = {}
+
+    def varying_of(j: int) -> set[int]:  # dims (of the result) along which operand j varies
+        if j not in vary:
+            vary[j] = {d + pads[j] for d in varying(ctx.space.find(operands[j]))}
+        return vary[j]
+
+    for i, lab in enumerate(operands):
+        others = [j for j in range(len(operands)) if j != i]
+        wide = {d + pads[i] for d in range(lab.dim())
+                if lab.shape[d] > 1 and lab.stride(d) != 0}
+        if not wide & set().union(*(spans[j] for j in others)) or \
+                not ctx.holds_param_ids(lab):
+            continue
+        mine = varying_of(i)
+        dims = {d for j in others if varying_of(j) & mine for d in spans[j] & mine}
+        if dims:
+            rep_along(ctx.space, ctx.space.find(lab), tuple(d - pads[i] for d in sorted(dims)))
 
 
 def _broadcast_max(a: Tensor, b: Tensor) -> Tensor:

@@ -86,6 +86,8 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
         return
     if call.name in _TRANSPOSES and _defer_weight_transpose(ctx, call):
         return
+    if call.name in ("squeeze", "unsqueeze") and _defer_same_view(ctx, call):
+        return
     replay(ctx, call)
 
 
@@ -106,6 +108,33 @@ def _defer_weight_transpose(ctx: TraceContext, call: OpCall) -> bool:
     ctx.param_views.defer(out, source, "t", lambda partial: ctx.set_labels(
         out, ctx.labels(source, partial=partial).transpose(-2, -1)))
     return True
+
+
+def _defer_same_view(ctx: TraceContext, call: OpCall) -> bool:
+    """``W.squeeze(1)`` of a parameter, or ``.unsqueeze(1)`` of that: the same elements in the
+    same layout, dims of size 1 aside. Left for a layer to take as its weight where the view
+    has the parameter's shape again (Transformers' Mamba runs ``F.conv1d(x,
+    conv1d.weight.squeeze(1).unsqueeze(1), groups=C)``); labelled like a replay if anything
+    else reads it. False (nothing done) for any other call."""
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    out = call.out
+    if not isinstance(source, Tensor) or not isinstance(out, Tensor):
+        return False
+    root = source if ctx.is_param(source) else ctx.param_views.weight(source, "same")
+    if root is None or not _same_layout(root, out):
+        return False
+    ctx.param_views.defer(out, root, "same", lambda partial: replay(ctx, call))
+    return True
+
+
+def _same_layout(root: Tensor, view: Tensor) -> bool:
+    """Whether ``view`` holds ``root``'s elements in ``root``'s order and strides (its dims
+    of size 1 aside)."""
+    def wide(t: Tensor) -> list[tuple[int, int]]:
+        return [(size, stride) for size, stride in zip(t.shape, t.stride(), strict=True)
+                if size != 1]
+    return view.numel() == root.numel() and view.data_ptr() == root.data_ptr() and \
+        wide(view) == wide(root)
 
 
 def _swaps_last_two(source: Tensor, out: Tensor) -> bool:

@@ -3,7 +3,9 @@
 ``x @ self.weight.t()`` (a hand-written linear), ``grouped_mm(x, self.gate_up_proj.mT)``
 and ``F.linear(x, self.experts[e])`` read a parameter through a view: ``W.t()`` of a 2-D
 ``W`` or ``W.transpose(-2, -1)`` of a 3-D stack of expert weights (kind ``"t"``), ``W[e]``
-or ``W[ids]`` picking experts of a stack (kind ``"pick"``). Labelled as the op that made
+or ``W[ids]`` picking experts of a stack (kind ``"pick"``), ``W.squeeze(1)`` and
+``.unsqueeze(1)`` of that (kind ``"same"``: ``W``'s elements in its layout, which a layer
+takes as ``W`` where its shape is ``W``'s again). Labelled as the op that made
 it would label it, the view would be read elementwise; so it is left unlabelled until a
 matrix product takes it as a layer weight (:meth:`ParamViews.weight`), or something else
 reads it (:meth:`ParamViews.read`, which labels it then).

@@ -27,7 +27,7 @@ from prunekit._caches import recomputed_caches
 from prunekit._inputs import ExampleInputs, walk_tensors
 from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.hooks import CallStack, Recorder
-from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
+from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, distinct_ids, emit, fixed_shape
 from prunekit.graph.opaque import (
     check_traceable,
     compiled_error,
@@ -90,6 +90,7 @@ class TraceContext:
         self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
         self._param_ids: list[tuple[int, int]] = []  # [start, stop) of each param's ids
+        self._param_bounds = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # as arrays
         # checks that wait for the trace's end, when every parameter is joined to its channels
         self.at_end: list[Callable[[], None]] = []
         self.param_views = ParamViews()  # W.t(), W[e]: maybe layer weights (param_views.py)
@@ -218,15 +219,24 @@ class TraceContext:
     def block(self, labels: Tensor, reason: str) -> None:
         self.space.block(labels, reason)
 
+    @property
+    def has_param_ids(self) -> bool:
+        """Whether any parameter was labelled element by element so far."""
+        return bool(self._param_ids)
+
     def holds_param_ids(self, labels: Tensor) -> bool:
         """Whether ``labels`` (raw, not found) still name elements of a parameter: a tensor
         computed from parameters alone, whose channel axis is known only once later ops
         join its elements to channels."""
         if not self._param_ids:
             return False
-        flat = np.unique(labels.numpy().reshape(-1))
-        return any(bool(((flat >= start) & (flat < stop)).any())
-                   for start, stop in self._param_ids)
+        if len(self._param_bounds[0]) != len(self._param_ids):  # params since last asked
+            self._param_bounds = (np.array([a for a, _ in self._param_ids]),
+                                  np.array([b for _, b in self._param_ids]))
+        starts, stops = self._param_bounds
+        ids = distinct_ids(labels)
+        at = np.searchsorted(starts, ids, side="right") - 1  # the range starting at or before
+        return bool(((at >= 0) & (ids < stops[np.maximum(at, 0)])).any())
 
     def layer_weight(self, tensor: Tensor) -> ParamRecord | None:
         """The param node of a parameter that code uses as a layer weight (``F.linear(x,

@@ -27,6 +27,7 @@ from prunekit.structured.adapters import (
     grad_rows,
     is_parameter,
     register_adapter,
+    update_attr,
 )
 from prunekit.structured.adapters_linear import _first, _output
 
@@ -96,7 +97,22 @@ class ConvAdapter:
                 conv.groups = conv.in_channels
 
     def sync(self, module: nn.Module) -> None:
-        return None
+        """Sizes from the weight, also where a functional call read it (Mamba's
+        ``F.conv1d(x, conv1d.weight.squeeze(1).unsqueeze(1), groups=C)``) and only the
+        parameter was cut: a depthwise conv keeps one group per input channel."""
+        assert isinstance(module, _ConvNd)
+        rows, per_group = int(module.weight.shape[0]), int(module.weight.shape[1])
+        groups, cin, cout = module.groups, module.in_channels, module.out_channels
+        depthwise = groups > 1 and groups == cin
+        if module.transposed:  # [in, out / groups, *k]
+            groups = rows if depthwise else groups
+            update_attr(module, "in_channels", rows)
+            update_attr(module, "out_channels", per_group * groups)
+        else:  # [out, in / groups, *k]
+            groups = rows // max(cout // cin, 1) if depthwise and per_group == 1 else groups
+            update_attr(module, "out_channels", rows)
+            update_attr(module, "in_channels", per_group * groups)
+        update_attr(module, "groups", groups)
 
     def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
         assert isinstance(module, _ConvNd)

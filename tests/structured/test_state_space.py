@@ -1,0 +1,107 @@
+"""A selective state-space block written as Transformers' Mamba writes its slow path: a
+depthwise conv whose weight is read as ``conv.weight.squeeze(1).unsqueeze(1)``, a step size
+made by ``dt_proj.weight @ x`` (a parameter on the left of a product), and a scan in which
+``A[None, :, None, :]`` meets ``dt[..., None]`` (a parameter's row scaled by one channel).
+Its inner channels prune, and pruning them equals zeroing them (the scan keeps channels
+apart)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunekit.structured import prune
+
+INNER, STATE, RANK = 16, 4, 3
+
+
+class Mixer(nn.Module):
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(dim, 2 * INNER)
+        self.conv1d = nn.Conv1d(INNER, INNER, 3, groups=INNER, padding=2)
+        self.x_proj = nn.Linear(INNER, RANK + 2 * STATE, bias=False)
+        self.dt_proj = nn.Linear(RANK, INNER)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, STATE + 1.0)).repeat(INNER, 1))
+        self.D = nn.Parameter(torch.ones(INNER))
+        self.out_proj = nn.Linear(INNER, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        seq = x.shape[1]
+        hidden, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+        weight = self.conv1d.weight.squeeze(1)
+        hidden = F.conv1d(hidden, weight.unsqueeze(1), self.conv1d.bias, padding=2,
+                          groups=hidden.shape[1])[..., :seq]
+        hidden = F.silu(hidden)
+        step, b, c = torch.split(self.x_proj(hidden.transpose(1, 2)), [RANK, STATE, STATE], -1)
+        dt = F.softplus(self.dt_proj.weight @ step.transpose(1, 2) + self.dt_proj.bias[:, None])
+        a = -torch.exp(self.A_log)
+        decay = torch.exp(a[None, :, None, :] * dt[:, :, :, None])
+        push = dt[:, :, :, None] * b[:, None, :, :] * hidden[:, :, :, None]
+        batch, inner, _ = hidden.shape
+        state = torch.zeros(batch, inner, a.shape[-1])
+        outs = []
+        for i in range(seq):
+            state = decay[:, :, i] * state + push[:, :, i]
+            outs.append((state @ c[:, i, :].unsqueeze(-1))[:, :, 0])
+        y = torch.stack(outs, -1) + hidden * self.D[None, :, None]
+        return self.out_proj((y * F.silu(gate)).transpose(1, 2))
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, 8)
+        self.mixer = Mixer()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        return self.head(h + self.mixer(h))
+
+
+def test_the_inner_channels_of_a_state_space_block_prune() -> None:
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 6, 5)
+    result = prune(model, x, ratios={"mixer.in_proj": 0.5}, importance="random", seed=5)
+    mixer = result.model.mixer
+    assert mixer.conv1d.weight.shape == (8, 1, 3) and mixer.conv1d.groups == 8
+    assert mixer.A_log.shape == (8, STATE) and mixer.D.shape == (8,)
+    assert mixer.dt_proj.weight.shape == (8, RANK)
+    assert mixer.x_proj.weight.shape == (RANK + 2 * STATE, 8)
+    assert mixer.in_proj.out_features == 16 and mixer.out_proj.in_features == 8
+    assert result.model.embed.out_features == 8  # the residual was not asked to shrink
+
+    keep = result.plan["params"]["mixer.conv1d.weight"]["keep"]["0"]
+    drop = [i for i in range(INNER) if i not in keep]
+    zeroed = Net().eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():  # the removed channels' input rows and their gate rows
+        for rows in (drop, [INNER + i for i in drop]):
+            zeroed.mixer.in_proj.weight[rows] = 0
+            zeroed.mixer.in_proj.bias[rows] = 0
+        zeroed.mixer.conv1d.bias[drop] = 0
+        torch.testing.assert_close(result.model(x), zeroed(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(mixer.A_log, model.mixer.A_log[keep])
+
+
+class TokenMix(nn.Module):
+    """``W @ x`` with ``x``'s channels along its last dim: ``W`` mixes tokens, not channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 8)
+        self.tokens = nn.Parameter(torch.randn(6, 6))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.tokens @ torch.relu(self.lin(x)))
+
+
+def test_a_parameter_mixing_tokens_on_the_left_passes_channels_through() -> None:
+    torch.manual_seed(0)
+    model, x = TokenMix().eval(), torch.randn(2, 6, 5)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.lin.out_features == 4
+    assert result.model.tokens.shape == (6, 6)
