@@ -238,12 +238,6 @@ def _np_cut_broadcast(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
     return a[cut], b[cut]
 
 
-def distinct_ids(labels: Tensor) -> np.ndarray:
-    """The sorted distinct ids in ``labels`` (raw, not found), each broadcast copy read
-    once."""
-    return sorted_unique(_np_compact(labels).reshape(-1))
-
-
 def _np_compact(labels: Tensor) -> np.ndarray:
     """``labels`` as NumPy, its broadcast (stride-0) dims cut to size 1."""
     arr = _np(labels)

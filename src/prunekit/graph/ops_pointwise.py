@@ -100,6 +100,7 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     shape = target.shape
     operands = call_tensors(call.args, call.kwargs)
     results = outputs or [target]
+    _join_param_rows(ctx, operands, shape)
     if any(fast(ctx, operands, shape, results)
            for fast in (_vector_operands, _vector_and_passive, _vector_and_full)):
         return
@@ -223,7 +224,6 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
     """Couple ``operands`` (label tensors broadcastable to ``shape``) and return the result's
     labels, following the broadcasting rule of the module docstring."""
     space = ctx.space
-    _join_param_rows(ctx, operands, shape)
     acc: Tensor | None = None
     acc_bcast: set[int] = set()
     fixed: set[int] = set()  # dims that an operand carrying no channels spans
@@ -273,36 +273,36 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
 
 
 def _join_param_rows(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> None:
-    """An operand built from parameters shares a channel dim with another operand, and
-    varies, by its elements' own ids, along dims where that operand is broadcast (Mamba's
-    ``A[None, :, None, :] * dt[:, :, :, None]``: channel ``c`` of ``dt`` scales the whole
-    row ``A[c, :]``). Its elements along those dims go with that operand's channels, so they
-    are joined there (else the channels would be kept whole as broadcast against channels).
-    """
-    if len(operands) < 2 or not ctx.has_param_ids:
+    """An operand computed from parameters alone shares a channel dim with another operand
+    and varies, by its elements' own ids, along dims where that operand is broadcast
+    (Mamba's ``A[None, :, None, :] * dt[:, :, :, None]``: channel ``c`` of ``dt`` scales the
+    whole row ``A[c, :]``). Its elements along those dims go with that operand's channels,
+    so they are joined there (else the channels would be kept whole as broadcast against
+    channels)."""
+    built = [i for i, t in enumerate(operands) if ctx.is_param_built(t)]
+    if len(operands) < 2 or not built or len(built) == len(operands):
         return
-    pads = [len(shape) - lab.dim() for lab in operands]
+    pads = [len(shape) - t.dim() for t in operands]
     spans = [{d for d in range(len(shape))
-              if shape[d] > 1 and (d < pad or lab.shape[d - pad] == 1)}
-             for lab, pad in zip(operands, pads, strict=True)]
+              if shape[d] > 1 and (d < pad or t.shape[d - pad] == 1)}
+             for t, pad in zip(operands, pads, strict=True)]
     vary: dict[int, set[int]] = {}
 
     def varying_of(j: int) -> set[int]:  # dims (of the result) along which operand j varies
         if j not in vary:
-            vary[j] = {d + pads[j] for d in varying(ctx.space.find(operands[j]))}
+            vary[j] = {d + pads[j] for d in varying(ctx.space.find(ctx.labels(operands[j])))}
         return vary[j]
 
-    for i, lab in enumerate(operands):
-        others = [j for j in range(len(operands)) if j != i]
-        wide = {d + pads[i] for d in range(lab.dim())
-                if lab.shape[d] > 1 and lab.stride(d) != 0}
-        if not wide & set().union(*(spans[j] for j in others)) or \
-                not ctx.holds_param_ids(lab):
+    for i in built:
+        others = [j for j in range(len(operands)) if j not in built]
+        wide = {d + pads[i] for d in range(operands[i].dim()) if operands[i].shape[d] > 1}
+        if not wide & set().union(*(spans[j] for j in others)):
             continue
         mine = varying_of(i)
         dims = {d for j in others if varying_of(j) & mine for d in spans[j] & mine}
         if dims:
-            rep_along(ctx.space, ctx.space.find(lab), tuple(d - pads[i] for d in sorted(dims)))
+            labels = ctx.space.find(ctx.labels(operands[i]))
+            rep_along(ctx.space, labels, tuple(d - pads[i] for d in sorted(dims)))
 
 
 def _broadcast_max(a: Tensor, b: Tensor) -> Tensor:

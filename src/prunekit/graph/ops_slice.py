@@ -69,7 +69,7 @@ def _slice(ctx: TraceContext, call: OpCall) -> None:
     elif any(varies(canon, d) for d in touched):
         why = f"{call.display} selects a fixed part of a channel dimension"
         raw = ctx.labels(source, partial=True)
-        if ctx.holds_param_ids(raw):
+        if ctx.is_param_built(source):
             # built from parameters (BEiT's relative-position table: an interpolated part
             # of the table concatenated with its last rows, then gathered by position): the
             # rows are positions once later ops join each column to a head, so judge then

@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -27,7 +26,7 @@ from prunekit._caches import recomputed_caches
 from prunekit._inputs import ExampleInputs, walk_tensors
 from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.hooks import CallStack, Recorder
-from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, distinct_ids, emit, fixed_shape
+from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
 from prunekit.graph.opaque import (
     check_traceable,
     compiled_error,
@@ -89,8 +88,8 @@ class TraceContext:
         self.aligned: list[tuple[Tensor, int]] = []  # see :meth:`align`
         self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
-        self._param_ids: list[tuple[int, int]] = []  # [start, stop) of each param's ids
-        self._param_bounds = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # as arrays
+        # tensors computed from parameters and buffers alone (id -> tensor, kept alive)
+        self._built: dict[int, Tensor] = {}
         # checks that wait for the trace's end, when every parameter is joined to its channels
         self.at_end: list[Callable[[], None]] = []
         self.param_views = ParamViews()  # W.t(), W[e]: maybe layer weights (param_views.py)
@@ -140,9 +139,7 @@ class TraceContext:
         if record is None and id(tensor) in self._param_names and \
                 id(tensor) not in self._labels:
             name = self._param_names[id(tensor)]
-            start = self.space.size
             ids = self.space.new_ids(tensor.numel()).reshape(tensor.shape)
-            self._param_ids.append((start, self.space.size))
             record = self.params[name] = ParamRecord(name, tensor, ids)
             self._labels[id(tensor)] = (tensor, ids)
         if record is not None:
@@ -219,24 +216,12 @@ class TraceContext:
     def block(self, labels: Tensor, reason: str) -> None:
         self.space.block(labels, reason)
 
-    @property
-    def has_param_ids(self) -> bool:
-        """Whether any parameter was labelled element by element so far."""
-        return bool(self._param_ids)
-
-    def holds_param_ids(self, labels: Tensor) -> bool:
-        """Whether ``labels`` (raw, not found) still name elements of a parameter: a tensor
-        computed from parameters alone, whose channel axis is known only once later ops
-        join its elements to channels."""
-        if not self._param_ids:
-            return False
-        if len(self._param_bounds[0]) != len(self._param_ids):  # params since last asked
-            self._param_bounds = (np.array([a for a, _ in self._param_ids]),
-                                  np.array([b for _, b in self._param_ids]))
-        starts, stops = self._param_bounds
-        ids = distinct_ids(labels)
-        at = np.searchsorted(starts, ids, side="right") - 1  # the range starting at or before
-        return bool(((at >= 0) & (ids < stops[np.maximum(at, 0)])).any())
+    def is_param_built(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is a parameter or buffer, or was computed from such alone (a
+        bias table rebuilt in forward): its elements are joined to channels only by later
+        ops, so its channel axis is known only when the trace ends."""
+        key = id(tensor)
+        return key in self._param_names or self._built.get(key) is tensor
 
     def layer_weight(self, tensor: Tensor) -> ParamRecord | None:
         """The param node of a parameter that code uses as a layer weight (``F.linear(x,
@@ -356,6 +341,10 @@ class TraceContext:
                         check_sizes(self, call)
                     attribute_sized(self, call)
             return
+        built = self._built
+        if all(id(t) in params or built.get(id(t)) is t for t in inputs):
+            for tensor in outputs:  # computed from parameters alone
+                built[id(tensor)] = tensor
         name, display, handler = self._op(func)
         call = OpCall(func, name, display, args, kwargs, out)
         reason = f"no handler for op {display}"
