@@ -1,8 +1,9 @@
 """Structured pruning of Hugging Face architectures with ``pk.prune``: which ones work.
 
-Tiny random-init configurations of 67 ``transformers`` architectures (decoders with GQA,
-rotary, ALiBi, parallel attention, multi-query attention and mixture-of-experts MLPs,
-encoders, encoder-decoders, vision CNNs and transformers, speech models), each pruned
+Tiny random-init configurations of 89 ``transformers`` architectures (decoders with GQA,
+rotary, ALiBi, parallel attention, multi-query and multi-head latent attention and
+mixture-of-experts MLPs, state-space and recurrent decoders, encoders, encoder-decoders,
+vision CNNs and transformers, speech models), each pruned
 at ratio 0.5 with L2 norms on a fresh copy, as benchmarks/structured.py prunes its zoo
 (same success rule: the pruned model runs, keeps its output shapes and lost parameters;
 the same output layers left alone). Columns: ``ok`` or the reason, fraction of
@@ -244,6 +245,68 @@ def _cases() -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
         "siglip": lambda: (tr.SiglipVisionModel(tr.SiglipVisionConfig(
             image_size=32, patch_size=8, **sizes)), {"pixel_values": pixels()}),
         "clip_text": lambda: (tr.CLIPTextModel(tr.CLIPTextConfig(**lm)), {"input_ids": ids()}),
+        **_more_decoders(tr, ids, lm, sizes),
+    }
+
+
+def _more_decoders(tr: Any, ids: Callable[[], torch.Tensor], lm: dict[str, int],
+                   sizes: dict[str, int]) -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
+    """Decoders added in the sixth session: newer LLM families, MoE routers that gather and
+    scatter, multi-head latent attention, state-space models, and a few others."""
+    kv = {"num_key_value_heads": 2, **lm}
+    moe = {"num_experts_per_tok": 2}
+
+    def lm_of(model: nn.Module) -> tuple[nn.Module, Inputs]:
+        return model, {"input_ids": ids()}
+
+    ssm = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "state_size": 8,
+           "expand": 2}
+    return {
+        "qwen3": lambda: lm_of(tr.Qwen3ForCausalLM(tr.Qwen3Config(head_dim=8, **kv))),
+        "qwen3_moe": lambda: lm_of(tr.Qwen3MoeForCausalLM(tr.Qwen3MoeConfig(
+            head_dim=8, num_experts=4, moe_intermediate_size=32, **moe, **kv))),
+        "olmoe": lambda: lm_of(tr.OlmoeForCausalLM(tr.OlmoeConfig(num_experts=4, **moe, **kv))),
+        "phimoe": lambda: lm_of(tr.PhimoeForCausalLM(tr.PhimoeConfig(num_local_experts=4,
+                                                                     **moe, **kv))),
+        "jetmoe": lambda: lm_of(tr.JetMoeForCausalLM(tr.JetMoeConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_key_value_heads=2,
+            kv_channels=8, intermediate_size=64, num_local_experts=4, **moe))),
+        "deepseek_v3": lambda: lm_of(tr.DeepseekV3ForCausalLM(tr.DeepseekV3Config(
+            q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
+            v_head_dim=8, n_routed_experts=4, moe_intermediate_size=16,
+            first_k_dense_replace=1, n_group=1, topk_group=1, **moe,
+            **{**kv, "num_key_value_heads": 4}))),
+        "granite": lambda: lm_of(tr.GraniteForCausalLM(tr.GraniteConfig(**kv))),
+        "cohere": lambda: lm_of(tr.CohereForCausalLM(tr.CohereConfig(**kv))),
+        "glm": lambda: lm_of(tr.GlmForCausalLM(tr.GlmConfig(head_dim=8, pad_token_id=0, **kv))),
+        "gemma3": lambda: lm_of(tr.Gemma3ForCausalLM(tr.Gemma3TextConfig(
+            head_dim=8, sliding_window=4, **kv))),
+        "nemotron": lambda: lm_of(tr.NemotronForCausalLM(tr.NemotronConfig(**kv))),
+        "smollm3": lambda: lm_of(tr.SmolLM3ForCausalLM(tr.SmolLM3Config(pad_token_id=0, **kv))),
+        "helium": lambda: lm_of(tr.HeliumForCausalLM(tr.HeliumConfig(head_dim=8, **kv))),
+        "mamba": lambda: lm_of(tr.MambaForCausalLM(tr.MambaConfig(use_mambapy=False, **ssm))),
+        "falcon_mamba": lambda: lm_of(tr.FalconMambaForCausalLM(tr.FalconMambaConfig(**ssm))),
+        "mamba2": lambda: lm_of(tr.Mamba2ForCausalLM(tr.Mamba2Config(
+            num_heads=8, head_dim=8, n_groups=1, chunk_size=8, **ssm))),
+        "rwkv": lambda: lm_of(tr.RwkvForCausalLM(tr.RwkvConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
+            intermediate_size=64, context_length=32))),
+        "recurrent_gemma": lambda: lm_of(tr.RecurrentGemmaForCausalLM(tr.RecurrentGemmaConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=1, intermediate_size=64, lru_width=32,
+            attention_window_size=8, conv1d_width=4, head_dim=8))),
+        "bigbird": lambda: lm_of(tr.BigBirdForMaskedLM(tr.BigBirdConfig(
+            attention_type="original_full", **lm))),
+        "xlnet": lambda: lm_of(tr.XLNetLMHeadModel(tr.XLNetConfig(
+            vocab_size=100, d_model=32, n_layer=2, n_head=4, d_inner=64))),
+        "led": lambda: lm_of(tr.LEDForConditionalGeneration(tr.LEDConfig(
+            vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+            decoder_ffn_dim=64, attention_window=4, max_encoder_position_embeddings=32,
+            max_decoder_position_embeddings=32))),
+        "data2vec_vision": lambda: (tr.Data2VecVisionModel(tr.Data2VecVisionConfig(
+            image_size=32, patch_size=8, use_relative_position_bias=True, **sizes)),
+            {"pixel_values": torch.randn(2, 3, 32, 32)}),
     }
 
 
