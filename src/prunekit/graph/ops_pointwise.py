@@ -77,6 +77,10 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
     outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
     if not inputs:
         raise OpNotMappable("no tensor input")
+    if out is inputs[0]:  # w.type(torch.float32) of a float32 w, x.relu_(): labels stay
+        return
+    if call.name in _CASTS and _defer_cast(ctx, inputs[0], outputs):
+        return
     vector = ctx.vector_of(inputs[0])
     if vector is not None and all(t.shape == inputs[0].shape for t in outputs):
         for tensor in outputs:  # the same labels, still in vector form
@@ -92,6 +96,23 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
         else:
             labels = source
         ctx.set_labels(tensor, labels)
+
+
+_CASTS = frozenset(("to", "float", "double", "half", "bfloat16", "type", "type_as"))
+
+
+def _defer_cast(ctx: TraceContext, source: Tensor, outputs: list[Tensor]) -> bool:
+    """A parameter cast to another dtype (``F.linear(x.float(), self.weight.float())`` in a
+    bfloat16 model's MoE router): its elements one for one, left for a layer to take as
+    the parameter (kind ``"same"`` of :mod:`prunekit.graph.param_views`); labelled as the
+    parameter if anything else reads it. False (nothing done) for any other cast."""
+    root = source if ctx.is_param(source) else ctx.param_views.weight(source, "same")
+    if root is None or len(outputs) != 1 or outputs[0].shape != root.shape:
+        return False
+    out = outputs[0]
+    ctx.param_views.defer(out, root, "same",
+                          lambda partial: ctx.set_labels(out, ctx.labels(source)))
+    return True
 
 
 def _binary(ctx: TraceContext, call: OpCall) -> None:

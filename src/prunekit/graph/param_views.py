@@ -4,11 +4,12 @@
 and ``F.linear(x, self.experts[e])`` read a parameter through a view: ``W.t()`` of a 2-D
 ``W`` or ``W.transpose(-2, -1)`` of a 3-D stack of expert weights (kind ``"t"``), ``W[e]``
 or ``W[ids]`` picking experts of a stack (kind ``"pick"``), ``W.squeeze(1)`` and
-``.unsqueeze(1)`` of that (kind ``"same"``: ``W``'s elements in its layout, which a layer
-takes as ``W`` where its shape is ``W``'s again). Labelled as the op that made
-it would label it, the view would be read elementwise; so it is left unlabelled until a
-matrix product takes it as a layer weight (:meth:`ParamViews.weight`), or something else
-reads it (:meth:`ParamViews.read`, which labels it then).
+``.unsqueeze(1)`` of that, or ``W`` cast to another dtype (kind ``"same"``: ``W``'s
+elements one for one, which a layer takes as ``W`` where its shape is ``W``'s again).
+Labelled as the op that made it would label it, the view would be read elementwise; so
+it is left unlabelled until a matrix product takes it as a layer weight
+(:meth:`ParamViews.weight`), or something else reads it (:meth:`ParamViews.read`, which
+labels it then).
 """
 
 from __future__ import annotations
