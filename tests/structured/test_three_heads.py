@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from prunekit.structured import prune
 
-Layout = Literal["timm", "tuple", "bloom"]
+Layout = Literal["timm", "tuple", "function", "bloom"]
 DIM, HEADS = 24, 3
 HEAD_DIM = DIM // HEADS
 
@@ -34,6 +34,9 @@ class Attention(nn.Module):
             q, k, v = qkv.unbind(0)
         elif self.layout == "tuple":
             qkv = self.qkv(x).view((b, n, 3, self.num_heads, self.head_dim))
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        elif self.layout == "function":
+            qkv = torch.reshape(self.qkv(x), (b, n, 3, self.num_heads, self.head_dim))
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         else:  # rows laid out as (heads, 3, head_dim)
             qkv = self.qkv(x).view(b, n, self.num_heads, 3, self.head_dim).transpose(1, 2)
@@ -54,7 +57,7 @@ class Net(nn.Module):
         return self.head(x + self.attn(x))
 
 
-@pytest.mark.parametrize("layout", ["timm", "tuple", "bloom"])
+@pytest.mark.parametrize("layout", ["timm", "tuple", "function", "bloom"])
 def test_heads_leave_when_their_count_equals_the_literal_3(layout: Layout) -> None:
     torch.manual_seed(0)
     model, x = Net(layout).eval(), torch.randn(2, 6, 5)

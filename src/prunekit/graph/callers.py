@@ -74,10 +74,10 @@ def arguments_written(ctx: TraceContext) -> tuple[str | int | None, ...] | None:
     """What the current call writes for each of its positional arguments, read from its
     source: an attribute's name for ``self.num_heads`` (any ``obj.attr``), an int for a
     literal (``3``, ``-1``), None for anything else; the elements of a lone tuple or list
-    argument (``view((B, N, 3, self.num_heads, -1))``) stand for the arguments. None where
-    the source cannot be read or the call unpacks ``*args``. ``reshape(B, N, 3,
-    self.num_heads, -1)`` gives ``(None, None, 3, "num_heads", -1)``: which factor the head
-    count sizes where it equals the literal 3."""
+    argument (``view((B, N, 3, self.num_heads, -1))``, ``torch.reshape(x, (...))``) stand
+    for the arguments. None where the source cannot be read or the call unpacks ``*args``.
+    ``reshape(B, N, 3, self.num_heads, -1)`` gives ``(None, None, 3, "num_heads", -1)``:
+    which factor the head count sizes where it equals the literal 3."""
     frame = _user_frame()
     return None if frame is None else _arguments_at(frame.f_code, frame.f_lasti)
 
@@ -101,6 +101,10 @@ def _arguments_at(code: CodeType, lasti: int) -> tuple[str | int | None, ...] | 
     if not isinstance(tree, ast.Call) or any(isinstance(a, ast.Starred) for a in tree.args):
         return None
     args = tree.args
+    func = tree.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and \
+            func.value.id == "torch":  # torch.reshape(x, shape): the tensor is no size
+        args = args[1:]
     if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
         args = args[0].elts
         if any(isinstance(a, ast.Starred) for a in args):
