@@ -14,6 +14,7 @@ fair run would need per-model output transforms and ignore lists. Not a test.
 Command (transformers is in the dev extra):
 
     .venv/bin/python benchmarks/structured_transformers.py [--models bloom,falcon] [--timeout 60]
+        [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -310,13 +311,16 @@ def _more_decoders(tr: Any, ids: Callable[[], torch.Tensor], lm: dict[str, int],
     }
 
 
-def _entry(name: str, make: Callable[[], tuple[nn.Module, Inputs]]) -> ZooEntry:
+def _entry(name: str, make: Callable[[], tuple[nn.Module, Inputs]],
+           dtype: torch.dtype = torch.float32) -> ZooEntry:
     built: dict[str, tuple[nn.Module, Inputs]] = {}
 
     def pair() -> tuple[nn.Module, Inputs]:
         if "pair" not in built:
             torch.manual_seed(0)
-            built["pair"] = make()
+            model, inputs = make()
+            built["pair"] = (model.to(dtype), {
+                k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()})
         return built["pair"]
 
     return ZooEntry(name, lambda: pair()[0], lambda: pair()[1], False, "transformers")
@@ -326,6 +330,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="")
     parser.add_argument("--timeout", type=int, default=60)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="cast each model and its float inputs (bfloat16: as LLMs ship)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -335,7 +341,7 @@ def main() -> None:
     print(f"{'model':<12} {'prunekit':<70} kept")
     succeeded = 0
     for name in names:
-        entry = _entry(name, cases[name])
+        entry = _entry(name, cases[name], getattr(torch, args.dtype))
         params = sum(p.numel() for p in entry.build().parameters())
         result: dict[str, Any] = attempt(run_prunekit, entry, 1, args.timeout)
         succeeded += bool(result["ok"])
