@@ -511,5 +511,7 @@ def trace(
         ctx._labels.clear()
         ctx._vectors.clear()
         ctx.param_views.clear()
+        ctx._built.clear()
+        ctx.at_end.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes, ctx.aligned, data, train_data)
