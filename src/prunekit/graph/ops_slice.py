@@ -1,5 +1,6 @@
 """Slicing ops (``x[..., :k]``, ``narrow``, ``select``, ``index_select``, ``unbind``,
-``tensor_split``): the call is replayed on the label tensor, so positions map exactly.
+``tensor_split``, ``as_strided``): the call is replayed on the label tensor, so positions
+map exactly.
 
 A selection of fixed size along a channel dimension keeps those channels whole, since the
 sizes written in the code would no longer match after pruning; a parameter's sliced axes
@@ -22,8 +23,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import varies
-from prunekit.graph.ops import OpCall, on_cpu, register_op, tensors_in
+from prunekit.graph.labels import varies, varying
+from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
 from prunekit.graph.ops_shape import first_line, replay
 from prunekit.graph.sizes import SizeInt, channel_line
 from prunekit.graph.trace import ParamRecord, TraceContext
@@ -197,4 +198,46 @@ def _is_full(item: Any, size: int) -> bool:
     return False
 
 
+_STORAGE_LIMIT = 1 << 25  # label elements a storage replay of as_strided may allocate
+
+
+def _as_strided(ctx: TraceContext, call: OpCall) -> None:
+    """``x.as_strided(size, stride, offset)`` (Longformer's overlapping chunks): replayed on a
+    label storage laid out as ``x``'s data, so every element gets the labels of the data it
+    views. The view follows pruning only where each dim along which ``x``'s channels vary
+    comes out whole, with its stride, sized by a shape read (``list(x.size())``) and alone
+    carrying those channels; otherwise its channels are kept whole, since sizes or strides
+    written in the code would view the wrong elements after pruning."""
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    names = ("size", "stride", "storage_offset")
+    size, stride, offset = (call.args[i + 1] if len(call.args) > i + 1 else call.kwargs.get(k)
+                            for i, k in enumerate(names))
+    out = tensors_in(call.out)
+    if not isinstance(source, Tensor) or len(out) != 1 or size is None or stride is None:
+        raise OpNotMappable("expected as_strided(input, size, stride[, storage_offset])")
+    count = source.untyped_storage().nbytes() // max(source.element_size(), 1)
+    if count > _STORAGE_LIMIT:
+        raise OpNotMappable(f"its storage holds {count} elements, too many to relabel")
+    canon = ctx.space.find(ctx.labels(source))
+    store = torch.zeros(count, dtype=torch.long)  # NEUTRAL where x's data is not
+    store.as_strided(source.shape, source.stride(), source.storage_offset()).copy_(canon)
+    start = source.storage_offset() if offset is None else int(offset)
+    labels = store.as_strided(tuple(int(n) for n in size), tuple(int(n) for n in stride), start)
+    kept = set()
+    for dim in varying(canon):
+        whole = [e for e in range(len(size)) if int(size[e]) == source.shape[dim]
+                 and int(stride[e]) == source.stride(dim) and isinstance(size[e], SizeInt)]
+        kept.update(whole[:1])
+        if not whole:
+            break
+    else:
+        if varying(labels) <= kept:
+            ctx.set_labels(out[0], labels)
+            return
+    ctx.block(canon, f"{call.display} views a channel dimension with sizes or strides "
+                     f"written in the code")
+    ctx.set_labels(out[0], ctx.space.find(labels))
+
+
 register_op(SLICING, _slicing)
+register_op(("as_strided",), _as_strided)
