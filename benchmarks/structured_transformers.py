@@ -252,8 +252,9 @@ def _cases() -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
 
 def _more_decoders(tr: Any, ids: Callable[[], torch.Tensor], lm: dict[str, int],
                    sizes: dict[str, int]) -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
-    """Decoders added in the sixth session: newer LLM families, MoE routers that gather and
-    scatter, multi-head latent attention, state-space models, and a few others."""
+    """Architectures added in the sixth session: newer LLM families, MoE routers that gather
+    and scatter, multi-head latent attention, state-space and recurrent models, and BigBird,
+    XLNet, LED and Data2Vec-Vision."""
     kv = {"num_key_value_heads": 2, **lm}
     moe = {"num_experts_per_tok": 2}
 

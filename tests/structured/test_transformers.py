@@ -104,3 +104,6 @@ def test_mamba_inner_channels_prune_with_its_scan_parameters() -> None:
     assert mixer.A_log.shape[0] == mixer.D.shape[0] == mixer.dt_proj.out_features == inner
     assert mixer.in_proj.out_features == 2 * inner and mixer.out_proj.in_features == inner
     assert result.params_kept < 0.5
+    with torch.no_grad():  # decoding with the cache sizes its states from the pruned layers
+        tokens = result.model.generate(inputs["input_ids"], max_new_tokens=3, do_sample=False)
+    assert tokens.shape == (2, 11)

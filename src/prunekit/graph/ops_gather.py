@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from prunekit.graph.labels import varies
@@ -55,13 +56,13 @@ def _scatter(ctx: TraceContext, call: OpCall) -> None:
     target, dim, index = args[0], args[1] % max(args[0].dim(), 1), on_cpu(args[2])
     src = args[3] if len(args) > 3 else call.kwargs.get("value")
     _block_along(ctx, call, target, dim)
-    labels = ctx.space.find(ctx.labels(target)).clone()
+    labels = ctx.space.find(ctx.labels(target))
     if isinstance(src, Tensor):
         _block_along(ctx, call, src, dim)
         incoming = ctx.space.find(ctx.labels(src))
         region = incoming[tuple(slice(0, size) for size in index.shape)]
         ctx.space.union(labels.gather(dim, index), region)  # what lands joins what was there
-        labels = ctx.space.find(labels).contiguous()
+        labels = ctx.space.find(labels).clone(memory_format=torch.contiguous_format)
         labels.scatter_(dim, index, ctx.space.find(region))
     for out in tensors_in(call.out):
         ctx.set_labels(out, labels)

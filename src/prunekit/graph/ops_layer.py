@@ -43,7 +43,7 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
         channel_in = channel_out = -1
     else:
         channel_in = channel_out = 1 if x.dim() == weight.dim() else 0
-    same = ctx.param_views.weight(weight, "same")  # W.squeeze(1).unsqueeze(1): W itself
+    same = ctx.same_as_param(weight)  # W.squeeze(1).unsqueeze(1), W.float(): W itself
     if same is not None and same.shape == weight.shape:
         weight = same
     # F.linear(x, self.gate_up_proj[e]) reads rows of axis 1 and columns of axis 2 of a stack

@@ -106,7 +106,7 @@ def _defer_cast(ctx: TraceContext, source: Tensor, outputs: list[Tensor]) -> boo
     bfloat16 model's MoE router): its elements one for one, left for a layer to take as
     the parameter (kind ``"same"`` of :mod:`prunekit.graph.param_views`); labelled as the
     parameter if anything else reads it. False (nothing done) for any other cast."""
-    root = source if ctx.is_param(source) else ctx.param_views.weight(source, "same")
+    root = ctx.same_as_param(source)
     if root is None or len(outputs) != 1 or outputs[0].shape != root.shape:
         return False
     out = outputs[0]
@@ -256,8 +256,7 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
         if full is None:
             raise OpNotMappable(f"operand of shape {tuple(lab.shape)} does not broadcast")
         pad = len(shape) - lab.dim()
-        bcast = {d for d in range(len(shape))
-                 if shape[d] > 1 and (d < pad or lab.shape[d - pad] == 1)}
+        bcast = _broadcast_dims(lab.shape, shape)
         if lab.numel() and int(lab.max()) == NEUTRAL:
             fixed.update(d for d in range(pad, len(shape)) if shape[d] > 1 and d not in bcast)
         if acc is None:
@@ -304,9 +303,7 @@ def _join_param_rows(ctx: TraceContext, operands: list[Tensor], shape: torch.Siz
     if len(operands) < 2 or not built or len(built) == len(operands):
         return
     pads = [len(shape) - t.dim() for t in operands]
-    spans = [{d for d in range(len(shape))
-              if shape[d] > 1 and (d < pad or t.shape[d - pad] == 1)}
-             for t, pad in zip(operands, pads, strict=True)]
+    spans = [_broadcast_dims(t.shape, shape) for t in operands]
     vary: dict[int, set[int]] = {}
 
     def varying_of(j: int) -> set[int]:  # dims (of the result) along which operand j varies
@@ -324,6 +321,13 @@ def _join_param_rows(ctx: TraceContext, operands: list[Tensor], shape: torch.Siz
         if dims:
             labels = ctx.space.find(ctx.labels(operands[i]))
             rep_along(ctx.space, labels, tuple(d - pads[i] for d in sorted(dims)))
+
+
+def _broadcast_dims(operand: torch.Size, shape: torch.Size) -> set[int]:
+    """The dims of the result ``shape`` (wider than 1) along which an operand of shape
+    ``operand`` is broadcast."""
+    pad = len(shape) - len(operand)
+    return {d for d in range(len(shape)) if shape[d] > 1 and (d < pad or operand[d - pad] == 1)}
 
 
 def _broadcast_max(a: Tensor, b: Tensor) -> Tensor:

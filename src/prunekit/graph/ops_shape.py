@@ -120,7 +120,7 @@ def _defer_same_view(ctx: TraceContext, call: OpCall) -> bool:
     out = call.out
     if not isinstance(source, Tensor) or not isinstance(out, Tensor):
         return False
-    root = source if ctx.is_param(source) else ctx.param_views.weight(source, "same")
+    root = ctx.same_as_param(source)
     if root is None or not _same_layout(root, out):
         return False
     ctx.param_views.defer(out, root, "same", lambda partial: replay(ctx, call))

@@ -223,17 +223,12 @@ def _as_strided(ctx: TraceContext, call: OpCall) -> None:
     store.as_strided(source.shape, source.stride(), source.storage_offset()).copy_(canon)
     start = source.storage_offset() if offset is None else int(offset)
     labels = store.as_strided(tuple(int(n) for n in size), tuple(int(n) for n in stride), start)
-    kept = set()
-    for dim in varying(canon):
-        whole = [e for e in range(len(size)) if int(size[e]) == source.shape[dim]
-                 and int(stride[e]) == source.stride(dim) and isinstance(size[e], SizeInt)]
-        kept.update(whole[:1])
-        if not whole:
-            break
-    else:
-        if varying(labels) <= kept:
-            ctx.set_labels(out[0], labels)
-            return
+    whole = [next((e for e in range(len(size)) if isinstance(size[e], SizeInt)
+                   and int(size[e]) == source.shape[dim] and int(stride[e]) == source.stride(dim)),
+                  None) for dim in varying(canon)]  # each channel dim's dim in the view
+    if None not in whole and varying(labels) <= set(whole):
+        ctx.set_labels(out[0], labels)
+        return
     ctx.block(canon, f"{call.display} views a channel dimension with sizes or strides "
                      f"written in the code")
     ctx.set_labels(out[0], ctx.space.find(labels))

@@ -62,7 +62,7 @@ def _compared_in(ctx: TraceContext, size: SizeInt, frame: FrameType) -> None:
     value, attrs = int(size), vars(module)
     holders = sorted(k for k in read if type(attrs.get(k)) is int and attrs[k] == value)
     at = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
-    ctx.sizes.comparisons.append(
+    ctx.at_end.append(
         lambda: _judge_comparison(ctx, size, path, holders, at))
 
 

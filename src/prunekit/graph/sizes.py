@@ -205,10 +205,9 @@ class SizeTracker:
         self._sources: list[Source] = []
         # (op, module path, result labels, dim, size) of sizes not followed when written
         self.pending: list[tuple[str, str, Tensor, int, SizeInt]] = []
-        # judges a size found equal to a plain int by the code of a frame (size_read sets it)
+        # judges a size found equal to a plain int by the code of a frame (size_read sets it;
+        # the verdicts wait in TraceContext.at_end for the trace's end)
         self.compared: Callable[[SizeInt, FrameType], None] | None = None
-        # those comparisons, judged when the trace ends (graph/size_reads.py)
-        self.comparisons: list[Callable[[], None]] = []
 
     def settle(self, ctx: TraceContext) -> None:
         """After the forward: judge again each size not followed when it was written; the
@@ -220,9 +219,6 @@ class SizeTracker:
                 _keep_whole(ctx, display, path, dim, size, [canon, *sources],
                             fixed=not sources)
         self.pending.clear()
-        for judge in self.comparisons:
-            judge()
-        self.comparisons.clear()
 
     @property
     def live(self) -> bool:
@@ -234,7 +230,7 @@ class SizeTracker:
         """``out`` of a shape read of a tensor labelled ``labels``, as SizeInts."""
         source = Source(labels, self)
         self._sources.append(source)
-        if type(out) is int and getattr(func, "__name__", "") == "numel":  # every dim
+        if type(out) is int and func is torch.Tensor.numel:  # every dim
             return _make(out, ((source, tuple(range(labels.dim()))),), (1, 1)) \
                 if labels.dim() else out
         if type(out) is int:  # t.size(d)
@@ -254,7 +250,6 @@ class SizeTracker:
             return
         self._sources.clear()
         self.pending.clear()
-        self.comparisons.clear()
         for module in modules:
             for key, value in list(vars(module).items()):
                 plain = _plain(value)

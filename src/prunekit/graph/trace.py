@@ -90,7 +90,8 @@ class TraceContext:
         self._param_names: dict[int, str] = {}
         # tensors computed from parameters and buffers alone (id -> tensor, kept alive)
         self._built: dict[int, Tensor] = {}
-        # checks that wait for the trace's end, when every parameter is joined to its channels
+        # checks that wait for the trace's end, when later ops have joined what they judge
+        # (size comparisons: graph/size_reads.py; slices of parameter-built tensors)
         self.at_end: list[Callable[[], None]] = []
         self.param_views = ParamViews()  # W.t(), W[e]: maybe layer weights (param_views.py)
         # one walk of the module tree serves the param names, the hooks and eval mode
@@ -215,6 +216,11 @@ class TraceContext:
 
     def block(self, labels: Tensor, reason: str) -> None:
         self.space.block(labels, reason)
+
+    def same_as_param(self, tensor: Tensor) -> Tensor | None:
+        """The parameter ``tensor`` is, or holds one for one (``W.squeeze(1)``, ``W.float()``:
+        a deferred view of kind ``"same"``); None for any other tensor."""
+        return tensor if self.is_param(tensor) else self.param_views.weight(tensor, "same")
 
     def is_param_built(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` is a parameter or buffer, or was computed from such alone (a

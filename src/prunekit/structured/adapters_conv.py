@@ -90,16 +90,13 @@ class ConvAdapter:
             slicer.slice(conv, "weight", axis, index)
         if keep_out is not None:
             slicer.slice(conv, "bias", 0, keep_out)
-            conv.out_channels = int(keep_out.numel())
-        if keep_in is not None:
-            conv.in_channels = int(keep_in.numel())
-            if groups > 1 and cin == groups:
-                conv.groups = conv.in_channels
+        # in_channels, out_channels and groups follow from the cut weight (sync)
 
     def sync(self, module: nn.Module) -> None:
-        """Sizes from the weight, also where a functional call read it (Mamba's
-        ``F.conv1d(x, conv1d.weight.squeeze(1).unsqueeze(1), groups=C)``) and only the
-        parameter was cut: a depthwise conv keeps one group per input channel."""
+        """Sizes from the cut weight, after :meth:`prune` or where only the parameter was cut
+        because a functional call read it (Mamba's ``F.conv1d(x,
+        conv1d.weight.squeeze(1).unsqueeze(1), groups=C)``): a depthwise conv keeps one
+        group per input channel."""
         assert isinstance(module, _ConvNd)
         rows, per_group = int(module.weight.shape[0]), int(module.weight.shape[1])
         groups, cin, cout = module.groups, module.in_channels, module.out_channels
