@@ -1,4 +1,4 @@
-"""Random-init tiny Hugging Face models (BERT, GPT-2, ViT, LLaMA with GQA, Mamba, and the
+"""Random-init tiny Hugging Face models (BERT, GPT-2, ViT, LLaMA with GQA, Mamba, Mamba2, the
 Phi-MoE and JetMoE mixtures of experts) prune, run and keep their output shapes; skipped
 without the ``transformers`` test extra."""
 
@@ -52,6 +52,13 @@ def _mamba() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return transformers.MambaForCausalLM(config), {"input_ids": torch.randint(0, 100, (2, 8))}
 
 
+def _mamba2() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    config = transformers.Mamba2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                       state_size=8, num_heads=8, head_dim=8, n_groups=1,
+                                       expand=2, chunk_size=8)
+    return transformers.Mamba2ForCausalLM(config), {"input_ids": torch.randint(0, 100, (2, 8))}
+
+
 def _moe(kind: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     if kind == "phimoe":  # routes by gather over the top-k expert scores
         model: nn.Module = transformers.PhimoeForCausalLM(transformers.PhimoeConfig(
@@ -67,6 +74,7 @@ def _moe(kind: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, dict[str, torch.Tensor]]]] = {
     "bert": _bert, "gpt2": _gpt2, "vit": _vit, "llama": _llama, "mamba": _mamba,
+    "mamba2": _mamba2,
     "phimoe": lambda: _moe("phimoe"), "jetmoe": lambda: _moe("jetmoe")}
 
 
@@ -105,5 +113,25 @@ def test_mamba_inner_channels_prune_with_its_scan_parameters() -> None:
     assert mixer.in_proj.out_features == 2 * inner and mixer.out_proj.in_features == inner
     assert result.params_kept < 0.5
     with torch.no_grad():  # decoding with the cache sizes its states from the pruned layers
+        tokens = result.model.generate(inputs["input_ids"], max_new_tokens=3, do_sample=False)
+    assert tokens.shape == (2, 11)
+
+
+def test_mamba2_heads_prune_with_their_split_sizes() -> None:
+    """Mamba2 splits its projection by ``[intermediate_size, conv_dim, num_heads]`` and its
+    conv output by ``[intermediate_size, n_groups * state, n_groups * state]``: whole heads
+    go, those attributes are rewritten, B and C keep their width."""
+    torch.manual_seed(0)
+    model, inputs = _mamba2()
+    result = prune(model.eval(), inputs, ratio=0.5)
+    mixer = result.model.backbone.layers[0].mixer
+    heads = mixer.num_heads
+    assert heads < 8 and mixer.head_dim == 8 and mixer.ssm_state_size == 8
+    assert mixer.intermediate_size == heads * 8 and mixer.conv_dim == heads * 8 + 16
+    assert mixer.in_proj.out_features == 2 * heads * 8 + 16 + heads
+    assert mixer.conv1d.weight.shape[0] == mixer.conv1d.groups == mixer.conv_dim
+    assert mixer.A_log.shape == mixer.D.shape == mixer.dt_bias.shape == (heads,)
+    assert mixer.out_proj.in_features == mixer.norm.group_size == heads * 8
+    with torch.no_grad():
         tokens = result.model.generate(inputs["input_ids"], max_new_tokens=3, do_sample=False)
     assert tokens.shape == (2, 11)

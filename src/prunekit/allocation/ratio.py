@@ -150,10 +150,11 @@ def _keep_bounds(group: Group, config: Allocation, reserved: int) -> tuple[int, 
 
 
 def _partial_producers(group: Group) -> list[Tensor] | None:
-    """Positions in ``group.units`` of each producing layer that holds only some of them (a
-    group that spans a concat), ascending; None where every producing layer holds every unit
-    (no concat: the common case)."""
-    producers = [m for m in group.members if m.root and m.kind == "module"]
+    """Positions in ``group.units`` of each layer or bound attribute that holds only some of
+    them (a group that spans a concat, or the parts of a split that follow pruning, each
+    read by its own layer and sized by its own attribute), ascending; None where every one
+    holds every unit (the common case)."""
+    producers = [m for m in group.members if m.kind in ("module", "attr")]
     if all(m.units.numel() == group.size for m in producers):
         return None
     parts = []

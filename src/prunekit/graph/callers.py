@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
 __all__ = ["arguments_written", "attributes_read", "calling_module", "comparison_read",
-           "literals_written"]
+           "literals_written", "sizes_written"]
 
 # torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
 # package folders: not the folder that holds them, site-packages in an installed layout)
@@ -82,8 +82,27 @@ def arguments_written(ctx: TraceContext) -> tuple[str | int | None, ...] | None:
     return None if frame is None else _arguments_at(frame.f_code, frame.f_lasti)
 
 
+def sizes_written(module: nn.Module) -> tuple[str | int | None, ...] | None:
+    """Like :func:`arguments_written`, for the elements of the call's first size argument
+    when it is a list or tuple written in the call, whatever follows it: ``("intermediate_size",
+    "conv_dim", "num_heads")`` for Mamba2's ``x.split([self.intermediate_size,
+    self.conv_dim, self.num_heads], dim=-1)``. An attribute counts only where what it is
+    read from is ``module`` (``self`` or another name for it; ``config.hidden_size`` is
+    None). None where that argument is not written so."""
+    frame = _user_frame()
+    if frame is None:
+        return None
+    written = _arguments_at(frame.f_code, frame.f_lasti, True)
+    if written is None:
+        return None
+    names = {**frame.f_globals, **frame.f_locals}
+    return tuple(w[1] if isinstance(w, tuple) and names.get(w[0]) is module
+                 else None if isinstance(w, tuple) else w for w in written)
+
+
 @functools.lru_cache(maxsize=1024)
-def _arguments_at(code: CodeType, lasti: int) -> tuple[str | int | None, ...] | None:
+def _arguments_at(code: CodeType, lasti: int, first: bool = False
+                  ) -> tuple[Any, ...] | None:
     if not hasattr(code, "co_positions"):  # Python 3.10 keeps no columns
         return None
     line, end_line, col, end_col = list(code.co_positions())[lasti // 2]
@@ -105,11 +124,26 @@ def _arguments_at(code: CodeType, lasti: int) -> tuple[str | int | None, ...] | 
     if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and \
             func.value.id == "torch":  # torch.reshape(x, shape): the tensor is no size
         args = args[1:]
+    if first:
+        args = args[:1]
+        if not args or not isinstance(args[0], (ast.Tuple, ast.List)):
+            return None
     if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
         args = args[0].elts
         if any(isinstance(a, ast.Starred) for a in args):
             return None
+    if first:  # (owner's name, attribute) where the owner is a plain name
+        return tuple(_owned(arg) for arg in args)
     return tuple(_written(arg) for arg in args)
+
+
+def _owned(node: ast.expr) -> tuple[str, str] | int | None:
+    """``("self", "width")`` for ``self.width`` (an attribute of a plain name), an int for a
+    literal, None for anything else (``self.cfg.width``, ``a * b``)."""
+    if isinstance(node, ast.Attribute):
+        return (node.value.id, node.attr) if isinstance(node.value, ast.Name) else None
+    value = _written(node)
+    return value if type(value) is int else None
 
 
 def _written(node: ast.expr) -> str | int | None:

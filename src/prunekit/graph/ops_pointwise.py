@@ -13,6 +13,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import (
     NEUTRAL,
+    LabelSpace,
     as_line,
     cut_broadcast,
     rep_along,
@@ -280,11 +281,8 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
             if acc_dims:
                 space.block(acc, "broadcast against channels on another axis")
             acc, acc_bcast = full, bcast
-        else:
-            space.block(full, "outer-product broadcasting mixes channels")
-            space.block(acc, "outer-product broadcasting mixes channels")
-            bid = space.block_id("outer-product broadcasting mixes channels")
-            acc = torch.full(tuple(shape), bid, dtype=torch.long)
+        else:  # an outer product of two channel sets: it can follow one of them
+            acc, acc_bcast = _outer_product(space, acc, acc_bcast, full, bcast, shape)
     if acc is None:
         return torch.full(tuple(shape), NEUTRAL, dtype=torch.long)
     if fixed and not fixed.isdisjoint(varying(acc)):
@@ -321,6 +319,27 @@ def _join_param_rows(ctx: TraceContext, operands: list[Tensor], shape: torch.Siz
         if dims:
             labels = ctx.space.find(ctx.labels(operands[i]))
             rep_along(ctx.space, labels, tuple(d - pads[i] for d in sorted(dims)))
+
+
+OUTER = "outer-product broadcasting mixes channels"
+
+
+def _outer_product(space: LabelSpace, acc: Tensor, acc_bcast: set[int], full: Tensor,
+                   bcast: set[int], shape: torch.Size) -> tuple[Tensor, set[int]]:
+    """The labels of an outer product of two operands whose channels lie along dims where
+    the other is broadcast: it follows the side with more channels, the other keeps its
+    width (Mamba's ``dt[..., None] * B[:, None]``: inner channels times state channels, so
+    the state stays whole); with as many on both sides, neither shrinks."""
+    wide_acc, wide_full = space.roots(acc).numel(), space.roots(full).numel()
+    if wide_acc > wide_full:
+        space.block(full, f"{OUTER}; the other side (more channels) shrinks")
+        return acc, acc_bcast
+    if wide_full > wide_acc:
+        space.block(acc, f"{OUTER}; the other side (more channels) shrinks")
+        return full, bcast
+    space.block(full, OUTER)
+    space.block(acc, OUTER)
+    return torch.full(tuple(shape), space.block_id(OUTER), dtype=torch.long), acc_bcast
 
 
 def _broadcast_dims(operand: torch.Size, shape: torch.Size) -> set[int]:

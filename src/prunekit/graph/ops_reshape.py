@@ -198,7 +198,12 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
         return  # adapts by itself; C // heads: judged by the width read (graph/sizes.py)
     size = labels.shape[dim]
     holders = holding(ctx, size)
-    if len(holders) == 1 and _written_twice(sizes, labels, segment, dim) \
+    args = arguments_written(ctx)
+    name = args[dim] if args is not None and len(args) == labels.dim() else None
+    named = isinstance(name, str) and name in holders
+    if isinstance(name, str) and named:  # view(b, l, self.num_heads, self.head_dim), both
+        holders = [name]  # 8: the source says which
+    if len(holders) == 1 and not named and _written_twice(sizes, labels, segment, dim) \
             and not _named_for(holders[0], dim, segment):
         _block_ambiguous(ctx, call, labels, size, holders[0])
         return

@@ -22,7 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunekit.graph.callers import attributes_read, calling_module, literals_written
+from prunekit.graph.callers import (
+    attributes_read,
+    calling_module,
+    literals_written,
+    sizes_written,
+)
 from prunekit.graph.labels import varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
@@ -271,8 +276,7 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
         return
     widths = {p.shape[dim] for p in pieces}
     if len(widths) != 1:
-        ctx.block(canon, f"{call.display} splits a channel dimension into unequal parts at "
-                         f"sizes fixed in the code")
+        _unequal_split(ctx, call, canon, pieces, dim)
         return
     attr = None
     if call.name != "chunk":
@@ -286,6 +290,43 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
     if attr is not None:  # the split size is rewritten to the new width of one part
         line = first_line(ctx.space.find(first), dim)
         ctx.bind_attribute(ctx.path, attr, line)
+
+
+def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[Tensor],
+                   dim: int) -> None:
+    """A split into unequal parts, each judged by what the call's source writes for its
+    size. A part written as an int attribute of the module whose code made the call, holding
+    its width, follows pruning: the attribute is bound to the part's channels and rewritten
+    (Mamba2's ``zxbcdt.split([self.intermediate_size, self.conv_dim, self.num_heads])``);
+    parts written as the same attribute shrink alike. A part written otherwise (a literal,
+    ``self.n_groups * self.state_size``) keeps its width, as does every part where the
+    sizes are not written as a list in the call."""
+    path, module = calling_module(ctx)
+    written = sizes_written(module) if call.name != "chunk" else None
+    if written is None or len(written) != len(pieces):
+        ctx.block(canon, f"{call.display} splits a channel dimension into unequal parts at "
+                         f"sizes fixed in the code")
+        return
+    held = vars(module)
+    bound: dict[str, Tensor] = {}
+    fixed: list[Tensor] = []
+    for name, piece in zip(written, pieces, strict=True):
+        piece = ctx.space.find(piece)
+        value = held.get(name) if isinstance(name, str) else None
+        if not isinstance(name, str) or type(value) is not int or value != piece.shape[dim]:
+            fixed.append(piece)
+        elif name in bound:
+            ctx.space.union(bound[name], piece)  # two parts of one size shrink alike
+        elif varies(piece, dim):
+            bound[name] = piece
+            ctx.bind_attribute(path, name, first_line(piece, dim))
+    widths = ", ".join(str(piece.shape[dim]) for piece in fixed)
+    where = f"module {path!r}" if path else "the model"
+    for piece in fixed:
+        ctx.block(piece, f"{call.display} splits a channel dimension into unequal parts, and "
+                         f"the code writes the size of some ({widths}) as no int attribute "
+                         f"of {where} (a literal or a computed size), so "
+                         f"they keep their width; hold each in an int attribute to prune it")
 
 
 def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str | None, str]:

@@ -71,7 +71,7 @@ __all__ = ["SIZED", "SizeInt", "SizeTracker", "channel_line", "check_sizes", "wi
 _TENSOR_FIRST = ("view", "reshape", "expand", "broadcast_to", "new_zeros", "new_ones",
                  "new_empty", "new_full")
 _FACTORIES = ("zeros", "ones", "empty", "full", "rand", "randn")
-SIZED = frozenset((*_TENSOR_FIRST, *_FACTORIES, "arange", "unflatten"))
+SIZED = frozenset((*_TENSOR_FIRST, *_FACTORIES, "arange", "unflatten", "repeat_interleave"))
 _FILLS = ("full", "new_full")  # a fill value follows the size
 
 
@@ -288,6 +288,8 @@ def _sized_args(call: OpCall, out: Tensor) -> list[tuple[int, SizeInt]]:
             end = ends[-1]
             return [(0, end)] if isinstance(end, SizeInt) and out.dim() == 1 else []
         return []
+    if name == "repeat_interleave":
+        return _repeated_dim(call, out)
     if name == "unflatten":
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         sizes = args[2] if len(args) > 2 else kwargs.get("sizes")
@@ -299,6 +301,24 @@ def _sized_args(call: OpCall, out: Tensor) -> list[tuple[int, SizeInt]]:
     if len(rest) != out.dim():
         return []
     return [(d, s) for d, s in enumerate(rest) if isinstance(s, SizeInt)]
+
+
+def _repeated_dim(call: OpCall, out: Tensor) -> list[tuple[int, SizeInt]]:
+    """(dim, size) for ``x.repeat_interleave(n, dim, output_size=m)`` that repeats a dim of
+    size 1 by a SizeInt (the result's size there: ``m``, else ``n``); none otherwise.
+    Mamba2's SSD repeats its one group of B and C to ``num_heads = x.shape[2]`` heads."""
+    args, kwargs = call.args, call.kwargs
+    source = args[0] if args else kwargs.get("input")
+    repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+    dim = args[2] if len(args) > 2 else kwargs.get("dim")
+    size = kwargs.get("output_size", args[3] if len(args) > 3 else None)
+    if not isinstance(source, Tensor) or type(dim) is not int or out.dim() != source.dim():
+        return []
+    dim %= out.dim()
+    if source.shape[dim] != 1:
+        return []
+    size = size if isinstance(size, SizeInt) else repeats
+    return [(dim, size)] if isinstance(size, SizeInt) and size == out.shape[dim] else []
 
 
 def written_shape(call: OpCall) -> tuple[Any, ...]:
@@ -331,13 +351,13 @@ def check_sizes(ctx: TraceContext, call: OpCall) -> None:
     if not sized:
         return
     labels = ctx.labels(out)
-    broadcast = call.name in ("expand", "broadcast_to")
+    broadcast = call.name in ("expand", "broadcast_to", "repeat_interleave")
     for dim, size in sized:
         if broadcast and _broadcast_dim(call, out, dim):
             # a dim repeated to the width read follows it at run time; a new tensor's
             # (an expand of one without channels) takes its labels
             line, _ = channel_line(ctx, size)
-            if line is not None and size._exact and _neutral(ctx.space.find(labels)):
+            if line is not None and size._exact and _without_channels(ctx, labels):
                 ctx.set_vector(out, line, dim)
                 labels = ctx.labels(out)
             continue
@@ -424,6 +444,16 @@ def channel_line(ctx: TraceContext, size: SizeInt) -> tuple[Tensor | None, list[
 
 def _first_line(labels: Tensor, dim: int) -> Tensor:
     return labels.movedim(dim, -1).reshape(-1, labels.shape[dim])[0]
+
+
+def _without_channels(ctx: TraceContext, labels: Tensor) -> bool:
+    """Whether ``labels`` hold no channel that pruning may cut: all NEUTRAL, or one class
+    that is kept whole (Mamba2's B and C, whose width its code fixes)."""
+    roots = ctx.space.roots(labels)
+    if roots.numel() != 1:
+        return roots.numel() == 0
+    root = int(roots[0])
+    return root == NEUTRAL or root in ctx.space.blocked_roots()
 
 
 def _neutral(labels: Tensor) -> bool:

@@ -1,0 +1,110 @@
+"""Unequal splits, judged part by part from the call's source: a part written as an int
+attribute of the module follows pruning (the attribute is rewritten), parts written as one
+attribute shrink alike, a part written otherwise keeps its width. And outer products of two
+channel sets follow the wider one."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tests.structured.test_equivalence import _zero_removed_inputs
+from torch import Tensor, nn
+
+from prunekit.structured import prune
+
+
+class Parts(nn.Module):
+    """One projection split into a wide part, a narrow part and (``how="twice"``) a second
+    part of the wide part's size, each feeding its own layer."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.wide, self.narrow = 8, 4
+        self.cfg = SimpleNamespace(wide=8, narrow=4)
+        parts = 2 * self.wide + self.narrow if how == "twice" else self.wide + self.narrow
+        self.proj = nn.Linear(5, parts)
+        self.fa, self.fb = nn.Linear(self.wide, 3), nn.Linear(self.narrow, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(self.proj(x))
+        if self.how == "attributes":
+            a, b = y.split([self.wide, self.narrow], dim=-1)
+        elif self.how == "twice":
+            a, b, a2 = y.split([self.wide, self.narrow, self.wide], dim=-1)
+            a = a * a2
+        elif self.how == "config":  # another object's attributes: not the module's
+            a, b = y.split([self.cfg.wide, self.cfg.narrow], dim=-1)
+        else:
+            a, b = torch.split(y, [8, self.narrow], -1)
+        return self.fa(a) + self.fb(b)
+
+
+def test_parts_written_as_attributes_prune_and_rewrite_them() -> None:
+    torch.manual_seed(0)
+    model, x = Parts("attributes").eval(), torch.randn(4, 5)
+    result = prune(model, x, ratio=0.5, importance="random", seed=1)
+    pruned = result.model  # the parts are one group (proj's outputs): 6 of 12 kept
+    assert pruned.proj.out_features == 6 and pruned.wide + pruned.narrow == 6
+    assert pruned.fa.in_features == pruned.wide and pruned.fb.in_features == pruned.narrow
+    assert 0 < pruned.narrow < 4
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), zeroed(x))
+
+
+def test_parts_written_as_one_attribute_shrink_alike() -> None:
+    torch.manual_seed(0)
+    model, x = Parts("twice").eval(), torch.randn(4, 5)
+    result = prune(model, x, ratio=0.5, importance="random", seed=1)
+    pruned = result.model
+    assert pruned.proj.out_features == 2 * pruned.wide + pruned.narrow
+    keep = result.plan["modules"]["proj"]["keep"]["out"]
+    first = [i for i in keep if i < 8]
+    assert [i for i in keep if i >= 12] == [i + 12 for i in first]  # index by index
+    # random scores would take the narrow part's every channel here: each part keeps one
+    assert pruned.narrow == 1 and pruned.fb.in_features == 1
+    with torch.no_grad():
+        assert pruned(x).shape == (4, 3)
+
+
+@pytest.mark.parametrize("how", ["config", "literal"])
+def test_parts_not_written_as_the_modules_attributes_keep_their_width(how: str) -> None:
+    torch.manual_seed(0)
+    model, x = Parts(how).eval(), torch.randn(4, 5)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.fa.in_features == 8
+    assert "unequal parts" in result.coverage.fixed["fa.weight"]
+    if how == "literal":  # the part written as an attribute still prunes
+        assert result.model.narrow == 2 and result.model.fb.in_features == 2
+
+
+class Outer(nn.Module):
+    """``a[..., :, None] * b[..., None, :]`` of two channel sets, then flattened."""
+
+    def __init__(self, wide: int, narrow: int) -> None:
+        super().__init__()
+        self.la, self.lb = nn.Linear(5, wide), nn.Linear(5, narrow)
+        self.head = nn.Linear(narrow, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outer = self.la(x)[..., :, None] * self.lb(x)[..., None, :]
+        return self.head(outer.mean(dim=-2))
+
+
+def test_an_outer_product_follows_its_wider_side() -> None:
+    torch.manual_seed(0)
+    model, x = Outer(8, 3).eval(), torch.randn(4, 5)
+    result = prune(model, x, ratio=0.5, importance="random", seed=0)
+    assert result.model.la.out_features == 4 and result.model.lb.out_features == 3
+    assert "outer-product" in result.coverage.fixed["lb.weight"]
+
+
+def test_an_outer_product_of_equal_widths_keeps_both() -> None:
+    torch.manual_seed(0)
+    model, x = Outer(3, 3).eval(), torch.randn(4, 5)
+    with pytest.warns(UserWarning, match="removed nothing"):
+        result = prune(model, x, ratio=0.5)
+    assert result.model.la.out_features == 3 and result.model.lb.out_features == 3
