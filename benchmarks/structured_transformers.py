@@ -1,15 +1,16 @@
 """Structured pruning of Hugging Face architectures with ``pk.prune``: which ones work.
 
-Tiny random-init configurations of 89 ``transformers`` architectures (decoders with GQA,
+Tiny random-init configurations of 97 ``transformers`` architectures (decoders with GQA,
 rotary, ALiBi, parallel attention, multi-query and multi-head latent attention and
-mixture-of-experts MLPs, state-space and recurrent decoders, encoders, encoder-decoders,
-vision CNNs and transformers, speech models), each pruned
-at ratio 0.5 with L2 norms on a fresh copy, as benchmarks/structured.py prunes its zoo
-(same success rule: the pruned model runs, keeps its output shapes and lost parameters;
-the same output layers left alone). Columns: ``ok`` or the reason, fraction of
-parameters kept. Torch-Pruning is not compared here: called as in the zoo benchmark it
-fails on tuple/ModelOutput outputs and prunes the hidden size of base models' outputs, so a
-fair run would need per-model output transforms and ignore lists. Not a test.
+mixture-of-experts MLPs, state-space and recurrent decoders, hybrids of attention with
+Mamba2, Mamba, gated DeltaNet or short-convolution layers, encoders, encoder-decoders,
+vision CNNs and transformers, speech models), each pruned at ratio 0.5 with L2 norms on a
+fresh copy, as benchmarks/structured.py prunes its zoo (same success rule: the pruned
+model runs, keeps its output shapes and lost parameters; the same output layers left
+alone). Columns: ``ok`` or the reason, fraction of parameters kept. Torch-Pruning is
+not compared here: called as in the zoo benchmark it fails on tuple/ModelOutput outputs
+and prunes the hidden size of base models' outputs, so a fair run would need per-model
+output transforms and ignore lists. Not a test.
 
 Command (transformers is in the dev extra):
 
@@ -247,6 +248,7 @@ def _cases() -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
             image_size=32, patch_size=8, **sizes)), {"pixel_values": pixels()}),
         "clip_text": lambda: (tr.CLIPTextModel(tr.CLIPTextConfig(**lm)), {"input_ids": ids()}),
         **_more_decoders(tr, ids, lm, sizes),
+        **_hybrids(tr, ids, lm),
     }
 
 
@@ -309,6 +311,47 @@ def _more_decoders(tr: Any, ids: Callable[[], torch.Tensor], lm: dict[str, int],
         "data2vec_vision": lambda: (tr.Data2VecVisionModel(tr.Data2VecVisionConfig(
             image_size=32, patch_size=8, use_relative_position_bias=True, **sizes)),
             {"pixel_values": torch.randn(2, 3, 32, 32)}),
+    }
+
+
+def _hybrids(tr: Any, ids: Callable[[], torch.Tensor], lm: dict[str, int]
+             ) -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
+    """Added in the seventh session: hybrid decoders that mix attention with Mamba2 layers
+    (Bamba, Falcon-H1, Granite 4.0-H, Zamba2, Nemotron-H), with Mamba layers (Jamba), with
+    gated DeltaNet (Qwen3-Next) and with short convolutions (LFM2)."""
+    kv = {"num_key_value_heads": 2, **lm}
+    ssm2 = {"mamba_d_state": 8, "mamba_n_heads": 8, "mamba_d_head": 8, "mamba_n_groups": 1,
+            "mamba_chunk_size": 8, "mamba_expand": 2}
+    experts = {"num_experts_per_tok": 2}
+
+    def lm_of(model: nn.Module) -> tuple[nn.Module, Inputs]:
+        return model, {"input_ids": ids()}
+
+    return {
+        "bamba": lambda: lm_of(tr.BambaForCausalLM(tr.BambaConfig(
+            attn_layer_indices=[1], **ssm2, **kv))),
+        "falcon_h1": lambda: lm_of(tr.FalconH1ForCausalLM(tr.FalconH1Config(
+            head_dim=8, mamba_d_ssm=None, **ssm2, **kv))),
+        "granitemoehybrid": lambda: lm_of(tr.GraniteMoeHybridForCausalLM(
+            tr.GraniteMoeHybridConfig(layer_types=["mamba", "attention"], num_local_experts=4,
+                                      shared_intermediate_size=64, **experts, **ssm2, **kv))),
+        "zamba2": lambda: lm_of(tr.Zamba2ForCausalLM(tr.Zamba2Config(
+            mamba_d_state=8, mamba_headdim=8, n_mamba_heads=8, mamba_ngroups=1, chunk_size=8,
+            mamba_expand=2, layers_block_type=["mamba", "hybrid"], num_mem_blocks=1, **kv))),
+        "nemotron_h": lambda: lm_of(tr.NemotronHForCausalLM(tr.NemotronHConfig(
+            hybrid_override_pattern="M*-", ssm_state_size=8, mamba_num_heads=8,
+            mamba_head_dim=8, n_groups=1, chunk_size=8, expand=2, head_dim=8,
+            **{**kv, "num_hidden_layers": 3}))),
+        "jamba": lambda: lm_of(tr.JambaForCausalLM(tr.JambaConfig(
+            attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+            expert_layer_offset=1, num_experts=4, mamba_d_state=8, mamba_expand=2, **kv))),
+        "qwen3_next": lambda: lm_of(tr.Qwen3NextForCausalLM(tr.Qwen3NextConfig(
+            layer_types=["linear_attention", "full_attention"], head_dim=8,
+            linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=8,
+            linear_value_head_dim=8, num_experts=4, moe_intermediate_size=16,
+            shared_expert_intermediate_size=16, **experts, **kv))),
+        "lfm2": lambda: lm_of(tr.Lfm2ForCausalLM(tr.Lfm2Config(
+            layer_types=["conv", "full_attention"], **kv))),
     }
 
 

@@ -65,13 +65,27 @@ def _batched(ctx: TraceContext, a: Tensor, b: Tensor, per_head: tuple[bool, bool
     space = ctx.space
     la = a.amax(dim=(-2, -1), keepdim=True)
     lb = b.amax(dim=(-2, -1), keepdim=True)
-    if not all(per_head):  # one side is shared by all heads: the heads cannot shrink
+    if not all(per_head):  # one side is shared by all heads
+        heads, shared = (la, b) if per_head[0] else (lb, a)
         reason = "a per-head tensor is multiplied with one shared by all heads"
-        space.block(la if per_head[0] else lb, reason)
+        space.block(shared, reason)  # its channels would have to shrink in every head
+        if _broadcast_over(heads, shared):  # multi-query attention's one key/value head:
+            return _lift(heads, out_shape)  # the heads follow any count
+        space.block(heads, reason)
         return fixed_shape(space, out_shape, reason)
     la_, lb_ = torch.broadcast_tensors(la, lb)
     space.union(la_, lb_)
     return _lift(torch.maximum(la_, lb_), out_shape)
+
+
+def _broadcast_over(heads: Tensor, shared: Tensor) -> bool:
+    """Whether ``shared`` has size 1 (or no dim) at every batch dim along which the per-head
+    labels ``heads`` vary (dims aligned from the right)."""
+    for d in varying(heads):
+        at = d - heads.dim() + shared.dim()
+        if at >= 0 and shared.shape[at] != 1:
+            return False
+    return True
 
 
 def _lift(labels: Tensor, shape: tuple[int, ...]) -> Tensor:
