@@ -1,6 +1,6 @@
-"""Random-init tiny Hugging Face models (BERT, GPT-2, ViT, LLaMA with GQA, Mamba, Mamba2, the
-Phi-MoE and JetMoE mixtures of experts) prune, run and keep their output shapes; skipped
-without the ``transformers`` test extra."""
+"""Random-init tiny Hugging Face models (BERT, GPT-2, ViT, LLaMA with GQA, Mamba, Mamba2,
+the Bamba hybrid, the Phi-MoE and JetMoE mixtures of experts) prune, run and keep their
+output shapes; skipped without the ``transformers`` test extra."""
 
 from __future__ import annotations
 
@@ -59,6 +59,15 @@ def _mamba2() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return transformers.Mamba2ForCausalLM(config), {"input_ids": torch.randint(0, 100, (2, 8))}
 
 
+def _bamba() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A hybrid: a Mamba2 layer, then an attention layer."""
+    config = transformers.BambaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, attn_layer_indices=[1], mamba_d_state=8,
+        mamba_n_heads=8, mamba_d_head=8, mamba_n_groups=1, mamba_chunk_size=8, mamba_expand=2)
+    return transformers.BambaForCausalLM(config), {"input_ids": torch.randint(0, 100, (2, 8))}
+
+
 def _moe(kind: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     if kind == "phimoe":  # routes by gather over the top-k expert scores
         model: nn.Module = transformers.PhimoeForCausalLM(transformers.PhimoeConfig(
@@ -74,7 +83,7 @@ def _moe(kind: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, dict[str, torch.Tensor]]]] = {
     "bert": _bert, "gpt2": _gpt2, "vit": _vit, "llama": _llama, "mamba": _mamba,
-    "mamba2": _mamba2,
+    "mamba2": _mamba2, "bamba": _bamba,
     "phimoe": lambda: _moe("phimoe"), "jetmoe": lambda: _moe("jetmoe")}
 
 
@@ -132,6 +141,10 @@ def test_mamba2_heads_prune_with_their_split_sizes() -> None:
     assert mixer.conv1d.weight.shape[0] == mixer.conv1d.groups == mixer.conv_dim
     assert mixer.A_log.shape == mixer.D.shape == mixer.dt_bias.shape == (heads,)
     assert mixer.out_proj.in_features == mixer.norm.group_size == heads * 8
-    with torch.no_grad():
-        tokens = result.model.generate(inputs["input_ids"], max_new_tokens=3, do_sample=False)
-    assert tokens.shape == (2, 11)
+    with torch.no_grad():  # the cached (recurrent) decode agrees with the chunked scan
+        steps = [result.model.generate(inputs["input_ids"], max_new_tokens=3, do_sample=False,
+                                       use_cache=cached, output_logits=True,
+                                       return_dict_in_generate=True) for cached in (True, False)]
+    assert steps[0].sequences.shape == (2, 11)
+    for cached, full in zip(steps[0].logits, steps[1].logits, strict=True):
+        torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)
