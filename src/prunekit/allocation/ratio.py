@@ -11,7 +11,8 @@ Every group keeps at least ``max(1, ceil(min_keep · units))`` units and at most
 ``round_to`` keeps widths at multiples of N (rounded up, never above the original width), as
 does a group's own ``step`` (expert weights keep 16-byte strides for grouped products).
 A group that spans a concat keeps a channel of every layer in it (a layer with none cannot
-run) within that count: the count is raised only where it is below the number of such layers.
+run), as does one split into parts that each follow pruning (every part's layer and size
+attribute keeps one), within that count: the count is raised only where it is below the number of such layers.
 Widths are counted in channels: where a unit spans several channels of a layer (an
 attention head of ``head_dim`` rows, a ResNeXt group), the unit count is rounded so that
 every producing layer's width is a multiple of N — 8-row heads need no rounding for
@@ -120,7 +121,7 @@ def _allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocat
               widths: Sequence[int] | None) -> list[Tensor]:
     """:func:`allocate` given :func:`unit_width` of every group, for a caller that allocates
     the same groups many times (a target search); computed here when None."""
-    parts = [_partial_producers(g) for g in groups]
+    parts = [_partial_members(g) for g in groups]
     reserved = [None if p is None else _reserved(p, s, g.size)
                 for g, s, p in zip(groups, scores, parts, strict=True)]
     bounds = [_keep_bounds(g, config, 0 if r is None else int(r.sum()))
@@ -149,16 +150,16 @@ def _keep_bounds(group: Group, config: Allocation, reserved: int) -> tuple[int, 
             max(_ceiling_keep(group, config), reserved))
 
 
-def _partial_producers(group: Group) -> list[Tensor] | None:
+def _partial_members(group: Group) -> list[Tensor] | None:
     """Positions in ``group.units`` of each layer or bound attribute that holds only some of
     them (a group that spans a concat, or the parts of a split that follow pruning, each
     read by its own layer and sized by its own attribute), ascending; None where every one
     holds every unit (the common case)."""
-    producers = [m for m in group.members if m.kind in ("module", "attr")]
-    if all(m.units.numel() == group.size for m in producers):
+    members = [m for m in group.members if m.kind in ("module", "attr")]
+    if all(m.units.numel() == group.size for m in members):
         return None
     parts = []
-    for member in producers:
+    for member in members:
         _, pos = positions_in(member.units.reshape(-1), group.units)
         pos = torch.unique(pos)  # a unit of several channels appears once per channel
         if 0 < pos.numel() < group.size:
@@ -167,8 +168,8 @@ def _partial_producers(group: Group) -> list[Tensor] | None:
 
 
 def _reserved(parts: list[Tensor], score: Tensor, size: int) -> Tensor:
-    """Mask of the units a concat group keeps whatever the count, so that no producing layer
-    is left without a channel (it could not run): each layer's best unit, ties to the lower
+    """Mask of the units a concat (or split) group keeps whatever the count, so that no layer
+    or size attribute holding part of it is left without a channel (it could not run): each layer's best unit, ties to the lower
     position, unless a unit kept for an earlier layer is already one of its own."""
     held = torch.zeros(size, dtype=torch.bool)
     for pos in parts:

@@ -201,8 +201,8 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     args = arguments_written(ctx)
     name = args[dim] if args is not None and len(args) == labels.dim() else None
     named = isinstance(name, str) and name in holders
-    if isinstance(name, str) and named:  # view(b, l, self.num_heads, self.head_dim), both
-        holders = [name]  # 8: the source says which
+    if named:  # view(b, l, self.num_heads, self.head_dim), both 8: the source says which
+        holders = [str(name)]
     if len(holders) == 1 and not named and _written_twice(sizes, labels, segment, dim) \
             and not _named_for(holders[0], dim, segment):
         _block_ambiguous(ctx, call, labels, size, holders[0])

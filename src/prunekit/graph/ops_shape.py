@@ -7,9 +7,12 @@ Two rules keep the replay sound after channels are removed:
   ``split`` into equal parts whose width one int attribute of the running module holds
   (a fused q/k/v projection, ``c_attn(x).split(self.split_size, 2)``), and that attribute
   is rewritten;
-* a ``split`` by a literal, a computed or an unequal size keeps those channels whole,
-  since the sizes written in the code would no longer match (so does a fixed-size
-  selection, ``x[:, :32]``, ``narrow``, ``unbind``: :mod:`prunekit.graph.ops_slice`).
+* a ``split`` into unequal parts follows pruning part by part where the call writes each
+  part's size as an int attribute of the module (Mamba2's ``split([self.intermediate_size,
+  self.conv_dim, self.num_heads])``), and those attributes are rewritten;
+* a ``split`` by a literal or a computed size keeps those channels whole, since the sizes
+  written in the code would no longer match (so does a fixed-size selection,
+  ``x[:, :32]``, ``narrow``, ``unbind``: :mod:`prunekit.graph.ops_slice`).
 
 Attributes are matched by value, so a literal that happens to equal one is taken for it:
 the forward check after surgery then fails loudly, and the user's model is left as it was.

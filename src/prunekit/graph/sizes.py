@@ -24,8 +24,9 @@ of heads that go whole):
   int is otherwise joined with the dim index by index (PVT-v2's ``sr(x).reshape(B, C, -1)``
   makes the ``sr`` conv's output follow the residual width ``C``);
 * an exact int that counts channels sizing a dim of a new tensor (``x.new_zeros(B, C)``,
-  an expand of a tensor without channels) gives that dim the source's labels; an expand
-  that repeats a dim of size 1 follows any width;
+  an expand or ``repeat_interleave`` of a size-1 dim of a tensor whose channels, if any,
+  are all kept whole: Mamba2's B and C repeated to ``output_size=num_heads`` heads) gives
+  that dim the source's labels; an expand that repeats a dim of size 1 follows any width;
 * anything else (``C // self.num_heads`` of the residual sizing a per-head dim that does
   not shrink, a channel width written for a fixed dim) could go stale, so the channels
   involved are kept whole, with the reason. A factor that is an int attribute the reshape
@@ -355,7 +356,7 @@ def check_sizes(ctx: TraceContext, call: OpCall) -> None:
     for dim, size in sized:
         if broadcast and _broadcast_dim(call, out, dim):
             # a dim repeated to the width read follows it at run time; a new tensor's
-            # (an expand of one without channels) takes its labels
+            # (an expand of one without channels that may shrink) takes its labels
             line, _ = channel_line(ctx, size)
             if line is not None and size._exact and _without_channels(ctx, labels):
                 ctx.set_vector(out, line, dim)
