@@ -7,6 +7,7 @@ splits it."""
 from __future__ import annotations
 
 import torch
+from tests.structured.residual import Residual
 from tests.structured.test_equivalence import _zero_removed_inputs
 from torch import Tensor, nn
 
@@ -30,14 +31,8 @@ class MultiQuery(nn.Module):
         return self.c_proj((probs @ v).transpose(1, 2).reshape(b, n, -1))
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed, self.attn, self.head = nn.Linear(6, 16), MultiQuery(), nn.Linear(16, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.embed(x)
-        return self.head(h + self.attn(h))
+def Net() -> Residual:
+    return Residual("attn", MultiQuery(), 6, 16, 3)
 
 
 def test_query_heads_prune_and_the_shared_key_value_head_stays() -> None:

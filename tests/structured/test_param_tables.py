@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tests.structured.residual import Residual
 from torch import Tensor, nn
 
 from prunekit.structured import prune
@@ -118,16 +119,8 @@ class SwinV2Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
-class SwinV2Net(nn.Module):
-    def __init__(self, bounds: str = "numel") -> None:
-        super().__init__()
-        self.embed = nn.Linear(5, 16)
-        self.attn = SwinV2Attention(bounds=bounds)
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.embed(x)
-        return self.head(x + self.attn(x))
+def SwinV2Net(bounds: str = "numel") -> Residual:
+    return Residual("attn", SwinV2Attention(bounds=bounds), 5, 16, 2)
 
 
 def test_a_bias_third_sliced_by_its_own_numel_shrinks_with_the_heads() -> None:

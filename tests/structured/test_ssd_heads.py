@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tests.structured.residual import Residual
 from tests.structured.test_equivalence import _zero_removed_inputs
 from torch import Tensor, nn
 
@@ -74,16 +75,8 @@ class SSDMixer(nn.Module):
         return self.out_proj(y.reshape(batch, length, self.inner) * F.silu(gate))
 
 
-class Net(nn.Module):
-    def __init__(self, **mixer: object) -> None:
-        super().__init__()
-        self.embed = nn.Linear(6, 8)
-        self.mixer = SSDMixer(**mixer)  # type: ignore[arg-type]
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.embed(x)
-        return self.head(h + self.mixer(h))
+def Net(**mixer: object) -> Residual:
+    return Residual("mixer", SSDMixer(**mixer), 6, 8, 2)  # type: ignore[arg-type]
 
 
 def test_ssd_heads_prune_whole_and_equal_zeroing() -> None:

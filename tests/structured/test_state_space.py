@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tests.structured.residual import Residual
 from torch import Tensor, nn
 
 from prunekit.structured import prune
@@ -49,16 +50,8 @@ class Mixer(nn.Module):
         return self.out_proj((y * F.silu(gate)).transpose(1, 2))
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(5, 8)
-        self.mixer = Mixer()
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.embed(x)
-        return self.head(h + self.mixer(h))
+def Net() -> Residual:
+    return Residual("mixer", Mixer(), 5, 8, 2)
 
 
 def test_the_inner_channels_of_a_state_space_block_prune() -> None:
