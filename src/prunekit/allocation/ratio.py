@@ -12,7 +12,8 @@ Every group keeps at least ``max(1, ceil(min_keep · units))`` units and at most
 does a group's own ``step`` (expert weights keep 16-byte strides for grouped products).
 A group that spans a concat keeps a channel of every layer in it (a layer with none cannot
 run), as does one split into parts that each follow pruning (every part's layer and size
-attribute keeps one), within that count: the count is raised only where it is below the number of such layers.
+attribute keeps one), within that count: the count is raised only where it is below the
+number of such layers.
 Widths are counted in channels: where a unit spans several channels of a layer (an
 attention head of ``head_dim`` rows, a ResNeXt group), the unit count is rounded so that
 every producing layer's width is a multiple of N — 8-row heads need no rounding for
@@ -169,8 +170,9 @@ def _partial_members(group: Group) -> list[Tensor] | None:
 
 def _reserved(parts: list[Tensor], score: Tensor, size: int) -> Tensor:
     """Mask of the units a concat (or split) group keeps whatever the count, so that no layer
-    or size attribute holding part of it is left without a channel (it could not run): each layer's best unit, ties to the lower
-    position, unless a unit kept for an earlier layer is already one of its own."""
+    or size attribute holding part of it is left without a channel (it could not run): each
+    one's best unit, ties to the lower position, unless a unit kept for an earlier one is
+    already one of its own."""
     held = torch.zeros(size, dtype=torch.bool)
     for pos in parts:
         if not bool(held[pos].any()):

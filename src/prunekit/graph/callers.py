@@ -79,7 +79,9 @@ def arguments_written(ctx: TraceContext) -> tuple[str | int | None, ...] | None:
     ``reshape(B, N, 3, self.num_heads, -1)`` gives ``(None, None, 3, "num_heads", -1)``:
     which factor the head count sizes where it equals the literal 3."""
     frame = _user_frame()
-    return None if frame is None else _arguments_at(frame.f_code, frame.f_lasti)
+    written = None if frame is None else _arguments_at(frame.f_code, frame.f_lasti)
+    return None if written is None else tuple(
+        w[1] if isinstance(w, tuple) else w for w in written)
 
 
 def sizes_written(module: nn.Module) -> tuple[str | int | None, ...] | None:
@@ -96,13 +98,15 @@ def sizes_written(module: nn.Module) -> tuple[str | int | None, ...] | None:
     if written is None:
         return None
     names = {**frame.f_globals, **frame.f_locals}
-    return tuple(w[1] if isinstance(w, tuple) and names.get(w[0]) is module
-                 else None if isinstance(w, tuple) else w for w in written)
+    return tuple((w[1] if w[0] is not None and names.get(w[0]) is module else None)
+                 if isinstance(w, tuple) else w for w in written)
 
 
 @functools.lru_cache(maxsize=1024)
 def _arguments_at(code: CodeType, lasti: int, first: bool = False
-                  ) -> tuple[Any, ...] | None:
+                  ) -> tuple[tuple[str | None, str] | int | None, ...] | None:
+    """What the call at ``lasti`` writes for each positional argument (``first``: for each
+    element of its first argument, a list or tuple), as :func:`_written` reads it."""
     if not hasattr(code, "co_positions"):  # Python 3.10 keeps no columns
         return None
     line, end_line, col, end_col = list(code.co_positions())[lasti // 2]
@@ -132,23 +136,14 @@ def _arguments_at(code: CodeType, lasti: int, first: bool = False
         args = args[0].elts
         if any(isinstance(a, ast.Starred) for a in args):
             return None
-    if first:  # (owner's name, attribute) where the owner is a plain name
-        return tuple(_owned(arg) for arg in args)
     return tuple(_written(arg) for arg in args)
 
 
-def _owned(node: ast.expr) -> tuple[str, str] | int | None:
-    """``("self", "width")`` for ``self.width`` (an attribute of a plain name), an int for a
-    literal, None for anything else (``self.cfg.width``, ``a * b``)."""
+def _written(node: ast.expr) -> tuple[str | None, str] | int | None:
+    """``(owner, name)`` for an attribute read (``("self", "width")``; owner None where it is
+    not a plain name: ``self.cfg.width``), an int for a literal, None for anything else."""
     if isinstance(node, ast.Attribute):
-        return (node.value.id, node.attr) if isinstance(node.value, ast.Name) else None
-    value = _written(node)
-    return value if type(value) is int else None
-
-
-def _written(node: ast.expr) -> str | int | None:
-    if isinstance(node, ast.Attribute):
-        return node.attr
+        return (node.value.id if isinstance(node.value, ast.Name) else None, node.attr)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         value = _written(node.operand)
         return -value if type(value) is int else None

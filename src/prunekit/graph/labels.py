@@ -156,6 +156,12 @@ class LabelSpace:
                 return
             np.minimum.at(parent, high, low)  # a root linked twice keeps one: go round again
 
+    def one_blocked_class(self, labels: Tensor) -> bool:
+        """Whether ``labels`` hold exactly one class, and it is kept whole (a tensor whose
+        channels are all fixed: a fused output split at computed sizes, Mamba2's B and C)."""
+        roots = self.roots(labels)
+        return roots.numel() == 1 and int(roots[0]) in self.blocked_roots()
+
     def blocked_roots(self) -> dict[int, str]:
         """Representative → reason, for every class that holds a block id: the distinct
         reasons of its block ids in the order they were made, the first three named."""

@@ -375,8 +375,7 @@ def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,
     computed in the code, perhaps from the producing layer's input width (``C //
     num_heads``), so, as in :func:`_check_head_size`, that input is kept whole where the
     factors from any one up to the last span it."""
-    roots = ctx.space.roots(labels)
-    if roots.numel() != 1 or int(roots) not in ctx.space.blocked_roots():
+    if not ctx.space.one_blocked_class(labels):
         return
     sizes = tensors_free(call.args[1:])
     last = segment[-1]

@@ -450,11 +450,7 @@ def _first_line(labels: Tensor, dim: int) -> Tensor:
 def _without_channels(ctx: TraceContext, labels: Tensor) -> bool:
     """Whether ``labels`` hold no channel that pruning may cut: all NEUTRAL, or one class
     that is kept whole (Mamba2's B and C, whose width its code fixes)."""
-    roots = ctx.space.roots(labels)
-    if roots.numel() != 1:
-        return roots.numel() == 0
-    root = int(roots[0])
-    return root == NEUTRAL or root in ctx.space.blocked_roots()
+    return _neutral(labels) or ctx.space.one_blocked_class(labels)
 
 
 def _neutral(labels: Tensor) -> bool:
