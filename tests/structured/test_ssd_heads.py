@@ -112,12 +112,39 @@ def test_a_split_part_written_as_a_literal_keeps_its_width() -> None:
         assert result.model(x).shape == model(x).shape
 
 
-def test_heads_that_share_groups_unevenly_keep_their_count() -> None:
-    """Two groups of B and C, each repeated to two heads: a head cut from one group alone
-    would shift the repeat, so the heads stay whole; the model still prunes and runs."""
+def test_groups_of_heads_go_whole_with_their_b_and_c() -> None:
+    """Three groups of B and C, each repeated to two heads: whole groups go, each with its
+    two heads and its B and C channels; ``n_groups`` is rewritten (the split's part
+    ``self.n_groups * self.state_size`` follows it) and pruning equals zeroing."""
     torch.manual_seed(0)
-    model, x = Net(groups=2).eval(), torch.randn(2, 6, 6)
-    result = prune(model, x, ratio=0.5)
-    assert result.model.mixer.num_heads == 4 and result.model.mixer.out_proj.in_features == 12
+    model, x = Net(groups=3, heads=6).eval(), torch.randn(2, 6, 6)
+    result = prune(model, x, ratios={"mixer.in_proj": 0.5}, importance="random", seed=1)
+    mixer = result.model.mixer
+    assert (mixer.n_groups, mixer.num_heads, mixer.inner) == (2, 4, 12)
+    assert mixer.conv_dim == 12 + 2 * 2 * 5 and mixer.state_size == 5
+    assert mixer.in_proj.out_features == 12 + 32 + 4 and mixer.conv1d.groups == 32
+    assert not result.coverage.fixed
+
+    keep = result.plan["modules"]["mixer.conv1d"]["keep"]["out"]
+    heads = sorted({i // 3 for i in keep if i < 18})
+    groups = sorted({(i - 18) // 5 for i in keep if 18 <= i < 33})
+    assert heads == [h for g in groups for h in (2 * g, 2 * g + 1)]  # a group's own heads
+    assert keep[len(heads) * 3:] == [18 + 15 * part + 5 * g + n
+                                     for part in (0, 1) for g in groups for n in range(5)]
+    zeroed = _zero_removed_inputs(model, result.plan)
     with torch.no_grad():
-        assert result.model(x).shape == model(x).shape
+        torch.testing.assert_close(result.model(x), zeroed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_one_head_per_group_keeps_the_head_count() -> None:
+    """A group per head: the head and group counts stay (what may shrink is each head's
+    width), and pruning still equals zeroing."""
+    torch.manual_seed(0)
+    model, x = Net(groups=4).eval(), torch.randn(2, 6, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=1)
+    mixer = result.model.mixer
+    assert (mixer.num_heads, mixer.n_groups, mixer.state_size) == (4, 4, 5)
+    assert mixer.A_log.shape == (4,)
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), zeroed(x), rtol=1e-4, atol=1e-5)

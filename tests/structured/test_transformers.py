@@ -52,10 +52,10 @@ def _mamba() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return transformers.MambaForCausalLM(config), {"input_ids": torch.randint(0, 100, (2, 8))}
 
 
-def _mamba2() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+def _mamba2(n_groups: int = 1) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     config = transformers.Mamba2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                       state_size=8, num_heads=8, head_dim=8, n_groups=1,
-                                       expand=2, chunk_size=8)
+                                       state_size=8, num_heads=8, head_dim=8,
+                                       n_groups=n_groups, expand=2, chunk_size=8)
     return transformers.Mamba2ForCausalLM(config), {"input_ids": torch.randint(0, 100, (2, 8))}
 
 
@@ -146,5 +146,26 @@ def test_mamba2_heads_prune_with_their_split_sizes() -> None:
                                        use_cache=cached, output_logits=True,
                                        return_dict_in_generate=True) for cached in (True, False)]
     assert steps[0].sequences.shape == (2, 11)
+    for cached, full in zip(steps[0].logits, steps[1].logits, strict=True):
+        torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)
+
+
+def test_mamba2_groups_of_heads_prune_whole() -> None:
+    """Two groups of B and C (``n_groups=2``, as in Codestral Mamba and Nemotron-H): whole
+    groups go with their four heads; ``n_groups`` and the split sizes are rewritten, the
+    gated norm's ``group_size`` stays, and the cached decode agrees with the chunked scan."""
+    torch.manual_seed(0)
+    model, inputs = _mamba2(n_groups=2)
+    result = prune(model.eval(), inputs, ratio=0.5)
+    for layer in result.model.backbone.layers:
+        mixer = layer.mixer
+        assert (mixer.n_groups, mixer.num_heads, mixer.ssm_state_size) == (1, 4, 8)
+        assert mixer.conv_dim == 32 + 2 * 8 and mixer.norm.group_size == 32
+        assert mixer.in_proj.out_features == 2 * 32 + 16 + 4
+    assert not [name for name in result.coverage.fixed if ".mixer." in name]
+    with torch.no_grad():
+        steps = [result.model.generate(inputs["input_ids"], max_new_tokens=3, do_sample=False,
+                                       use_cache=cached, output_logits=True,
+                                       return_dict_in_generate=True) for cached in (True, False)]
     for cached, full in zip(steps[0].logits, steps[1].logits, strict=True):
         torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)

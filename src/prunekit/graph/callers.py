@@ -84,13 +84,16 @@ def arguments_written(ctx: TraceContext) -> tuple[str | int | None, ...] | None:
         w[1] if isinstance(w, tuple) else w for w in written)
 
 
-def sizes_written(module: nn.Module) -> tuple[str | int | None, ...] | None:
+def sizes_written(module: nn.Module
+                  ) -> tuple[str | int | tuple[str, ...] | None, ...] | None:
     """Like :func:`arguments_written`, for the elements of the call's first size argument
     when it is a list or tuple written in the call, whatever follows it: ``("intermediate_size",
     "conv_dim", "num_heads")`` for Mamba2's ``x.split([self.intermediate_size,
-    self.conv_dim, self.num_heads], dim=-1)``. An attribute counts only where what it is
-    read from is ``module`` (``self`` or another name for it; ``config.hidden_size`` is
-    None). None where that argument is not written so."""
+    self.conv_dim, self.num_heads], dim=-1)``, and a tuple of names for a product of
+    attributes (``("n_groups", "ssm_state_size")`` for ``self.n_groups *
+    self.ssm_state_size``). An attribute counts only where what it is read from is
+    ``module`` (``self`` or another name for it; ``config.hidden_size`` is None). None where
+    that argument is not written so."""
     frame = _user_frame()
     if frame is None:
         return None
@@ -98,8 +101,19 @@ def sizes_written(module: nn.Module) -> tuple[str | int | None, ...] | None:
     if written is None:
         return None
     names = {**frame.f_globals, **frame.f_locals}
-    return tuple((w[1] if w[0] is not None and names.get(w[0]) is module else None)
-                 if isinstance(w, tuple) else w for w in written)
+
+    def own(pair: tuple[str | None, str]) -> str | None:
+        return pair[1] if pair[0] is not None and names.get(pair[0]) is module else None
+
+    def read(w: Any) -> str | int | tuple[str, ...] | None:
+        if not isinstance(w, tuple):
+            return w
+        if w[0] != "*":
+            return own(w)
+        factors = tuple(own(pair) for pair in w[1:])
+        return None if None in factors else factors  # type: ignore[return-value]
+
+    return tuple(read(w) for w in written)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -136,7 +150,21 @@ def _arguments_at(code: CodeType, lasti: int, first: bool = False
         args = args[0].elts
         if any(isinstance(a, ast.Starred) for a in args):
             return None
-    return tuple(_written(arg) for arg in args)
+    return tuple(_product(arg) if first else _written(arg) for arg in args)
+
+
+def _product(node: ast.expr) -> Any:
+    """:func:`_written`, and for a product of attribute reads (``self.n_groups *
+    self.state_size``) ``("*", (owner, name), ...)``, one pair per factor."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        factors = [_product(node.left), _product(node.right)]
+        flat = [f for factor in factors
+                for f in (factor[1:] if isinstance(factor, tuple) and factor[0] == "*"
+                          else (factor,))]
+        if all(isinstance(f, tuple) and f[0] != "*" for f in flat):
+            return ("*", *flat)
+        return None
+    return _written(node)
 
 
 def _written(node: ast.expr) -> tuple[str | None, str] | int | None:

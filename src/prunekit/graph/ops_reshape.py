@@ -42,6 +42,7 @@ from prunekit.graph.callers import arguments_written, attributes_read, calling_m
 from prunekit.graph.labels import rep_along, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
+    counts_heads,
     first_line,
     holding,
     int_attributes,
@@ -119,7 +120,7 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
     sizes = tensors_free(call.args[1:]) or tensors_free(tuple(call.kwargs.values()))
     read = attributes_read(ctx)
     ints = {k: v for k, v in state.items() if type(v) is int and v in sizes
-            and (k in read or _counts_heads(k) or _merges_heads(k))}
+            and (k in read or counts_heads(k) or _merges_heads(k))}
     if owner is None and not ints:
         return
     labels = None
@@ -142,7 +143,7 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
             continue  # left to -1, computed from a shape read, or not where it can be told
         holders = [k for k, v in ints.items() if v == size and k in read] or [
             k for k, v in ints.items() if v == size
-            and (_merges_heads(k) or (len(src_dims) == 1 and _counts_heads(k)))]
+            and (_merges_heads(k) or (len(src_dims) == 1 and counts_heads(k)))]
         if len(holders) == 1:
             ctx.bind_attribute(path, holders[0], first_line(labels, dim))
         elif holders and len(src_dims) > 1:
@@ -212,10 +213,12 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
         ctx.bind_attribute(ctx.path, holders[0], line)
         return
     trailing = all(labels.shape[d] == 1 for d in segment if d > dim)
-    # a trailing size computed from a shape read (c // groups: a SizeInt) follows; one
-    # computed from attributes or literals (maxvit's self.dim_head * 3) does not
-    computed = len(sizes) != labels.dim() or isinstance(sizes[dim], SizeInt)
-    if trailing and not holders and computed:
+    # a size computed from a shape read (c // groups: a SizeInt) follows, judged by
+    # graph/sizes.py: trailing, or leading (Mamba2's gated norm: ``group_count =
+    # last_dim // self.group_size``); one computed from attributes or literals (maxvit's
+    # self.dim_head * 3) does not
+    read = len(sizes) == labels.dim() and isinstance(sizes[dim], SizeInt)
+    if not holders and (read or (trailing and len(sizes) != labels.dim())):
         return
     _block_fixed_factor(ctx, call, labels, size, holders)
 
@@ -245,7 +248,7 @@ def _named_for(attr: str, dim: int, segment: list[int]) -> bool:
     (``head_dim``, ``head_size``) the last factor, a head count (``num_heads``) another."""
     if "head" not in attr:
         return False
-    return (dim == segment[-1]) != _counts_heads(attr)
+    return (dim == segment[-1]) != counts_heads(attr)
 
 
 def _block_ambiguous(ctx: TraceContext, call: OpCall, labels: Tensor, size: int,
@@ -281,7 +284,7 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         inferred = sizes.index(-1)
         if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
             heads = [k for k, v in attrs.items()
-                     if v == labels.shape[inferred] and _counts_heads(k)]
+                     if v == labels.shape[inferred] and counts_heads(k)]
             _check_head_size(ctx, call, labels, bearing, inferred, sizes, attrs)
             return inferred, heads[0] if len(heads) == 1 else None
     written = set(sizes)
@@ -290,7 +293,7 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         args = None
     for dim in bearing[:-1]:
         size = labels.shape[dim]
-        heads = [k for k, v in attrs.items() if v == size and _counts_heads(k)]
+        heads = [k for k, v in attrs.items() if v == size and counts_heads(k)]
         if args is not None and type(args[dim]) is int:
             continue  # a literal (the 3 of q/k/v in reshape(B, N, 3, self.num_heads, -1)
             # with 3 heads) is not the head count, whatever its value
@@ -309,7 +312,7 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     if size not in written or last != labels.dim() - 1 or not holders:
         return last, None
     if len(holders) > 1:
-        holders = [k for k in holders if "head" in k and not _counts_heads(k)] or holders
+        holders = [k for k in holders if "head" in k and not counts_heads(k)] or holders
     if len(holders) > 1:
         where = running_module_phrase(ctx)
         ctx.block(labels, f"{call.display} splits channels by {size}, which several "
@@ -351,7 +354,7 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     not hold a per-head size, even of equal value (nanoGPT's ``C // self.n_head`` with 4
     heads of 4)."""
     last = bearing[-1]
-    held = {v for k, v in attrs.items() if not _counts_heads(k)}
+    held = {v for k, v in attrs.items() if not counts_heads(k)}
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
     if last <= count_dim or adapts or labels.shape[last] in held:
         return
@@ -414,11 +417,6 @@ def _merges_heads(name: str) -> bool:
     ``attention_head_size``)."""
     return "all_head" in name or "inner" in name or "attn_dim" in name or (
         name.startswith(("attn", "attention")) and "head" not in name)
-
-
-def _counts_heads(name: str) -> bool:
-    """``num_heads``, ``n_head``, ``num_key_value_heads`` — not ``head_dim``/``head_size``."""
-    return "head" in name and "dim" not in name and "size" not in name
 
 
 def _segments(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:

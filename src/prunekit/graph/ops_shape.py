@@ -20,6 +20,7 @@ the forward check after surgery then fails loudly, and the user's model is left 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -301,9 +302,11 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
     size. A part written as an int attribute of the module whose code made the call, holding
     its width, follows pruning: the attribute is bound to the part's channels and rewritten
     (Mamba2's ``zxbcdt.split([self.intermediate_size, self.conv_dim, self.num_heads])``);
-    parts written as the same attribute shrink alike. A part written otherwise (a literal,
-    ``self.n_groups * self.state_size``) keeps its width, as does every part where the
-    sizes are not written as a list in the call."""
+    parts written as the same attribute shrink alike. A part written as a product of int
+    attributes (``self.n_groups * self.state_size``) is judged when the trace ends
+    (:func:`_judge_products`). A part written otherwise (a literal, ``x.shape[-1] // 2``)
+    keeps its width, as does every part where the sizes are not written as a list in the
+    call."""
     path, module = calling_module(ctx)
     written = sizes_written(module) if call.name != "chunk" else None
     if written is None or len(written) != len(pieces):
@@ -313,8 +316,15 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
     held = vars(module)
     bound: dict[str, Tensor] = {}
     fixed: list[Tensor] = []
+    products: list[tuple[Tensor, tuple[str, ...]]] = []
     for name, piece in zip(written, pieces, strict=True):
         piece = ctx.space.find(piece)
+        if isinstance(name, tuple):
+            if _product_may_follow(held, name, piece.shape[dim]) and varies(piece, dim):
+                products.append((first_line(piece, dim), name))
+            else:
+                fixed.append(piece)
+            continue
         value = held.get(name) if isinstance(name, str) else None
         if not isinstance(name, str) or type(value) is not int or value != piece.shape[dim]:
             fixed.append(piece)
@@ -323,6 +333,8 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
         elif varies(piece, dim):
             bound[name] = piece
             ctx.bind_attribute(path, name, first_line(piece, dim))
+    if products:
+        ctx.at_end.append(lambda: _judge_products(ctx, call, path, products))
     widths = ", ".join(str(piece.shape[dim]) for piece in fixed)
     where = f"module {path!r}" if path else "the model"
     for piece in fixed:
@@ -330,6 +342,52 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
                          f"the code writes the size of some ({widths}) as no int attribute "
                          f"of {where} (a literal or a computed size), so "
                          f"they keep their width; hold each in an int attribute to prune it")
+
+
+def counts_heads(name: str) -> bool:
+    """``num_heads``, ``n_head``, ``num_key_value_heads``, and a count of groups of heads
+    (Mamba2's ``n_groups`` of B and C, ``num_groups``) — not ``head_dim``/``head_size``,
+    nor ``num_key_value_groups`` (query heads per key/value head)."""
+    if "group" in name:
+        return name.endswith(("n_groups", "num_groups", "ngroups")) and "key_value" not in name
+    return "head" in name and "dim" not in name and "size" not in name
+
+
+def _product_may_follow(held: dict[str, Any], names: tuple[str, ...], width: int) -> bool:
+    """Whether a part written as the product of the attributes ``names`` (their values in
+    ``held``) may follow pruning: int values that multiply to ``width``, exactly one of them
+    a count of groups of heads (:func:`counts_heads`) above 1."""
+    values = [held.get(name) for name in names]
+    ints = [v for v in values if type(v) is int]
+    if len(ints) != len(values) or math.prod(ints) != width:
+        return False
+    counts = [v for name, v in zip(names, ints, strict=True) if counts_heads(name)]
+    return len(counts) == 1 and counts[0] > 1
+
+
+def _judge_products(ctx: TraceContext, call: OpCall, path: str,
+                    products: list[tuple[Tensor, tuple[str, ...]]]) -> None:
+    """At the trace's end, each part of an unequal split written as a product of int
+    attributes (Mamba2's ``self.n_groups * self.ssm_state_size``): it follows pruning where
+    exactly one factor is bound elsewhere in the trace (the ``view(b, l, self.n_groups,
+    self.ssm_state_size)`` that splits B into groups) and the part's channels already go in
+    whole blocks of the other factors, block ``i`` with the bound factor's unit ``i``: the
+    bound attribute is rewritten, and the product stays the part's width. Otherwise the
+    part keeps its width."""
+    space = ctx.space
+    for line, names in products:
+        line = space.find(line)
+        follows = [name for name in names if (path, name) in ctx.bindings]
+        if len(follows) == 1:
+            units = space.find(ctx.bindings[(path, follows[0])])
+            if line.numel() % max(units.numel(), 1) == 0 and bool(
+                    (line.view(units.numel(), -1) == units[:, None]).all()):
+                continue
+        why = (f"{call.display} splits a channel dimension into unequal parts, and the code "
+               f"writes the size of one ({line.numel()}) as the product "
+               f"{' * '.join(names)} of module {path!r}, whose channels do not go in whole "
+               f"blocks of one factor that pruning rewrites, so they keep their width")
+        ctx.block(line, why)
 
 
 def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str | None, str]:
