@@ -1,7 +1,8 @@
 """Unequal splits, judged part by part from the call's source: a part written as an int
 attribute of the module follows pruning (the attribute is rewritten), parts written as one
 attribute shrink alike, a part written otherwise keeps its width. And outer products of two
-channel sets follow the wider one."""
+channel sets follow the wider one; a reshape's leading factor read from the input's shape
+(MobileViT V2's unfolding) follows the channels."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tests.structured.test_equivalence import _zero_removed_inputs
 from torch import Tensor, nn
 
@@ -108,3 +110,34 @@ def test_an_outer_product_of_equal_widths_keeps_both() -> None:
     with pytest.warns(UserWarning, match="removed nothing"):
         result = prune(model, x, ratio=0.5)
     assert result.model.la.out_features == 3 and result.model.lb.out_features == 3
+
+
+class Patches(nn.Module):
+    """MobileViT V2's unfolding: ``F.unfold`` gives ``C * k * k`` rows, reshaped to
+    ``(batch, C, k * k, -1)`` with ``C`` read from the input's shape (a leading factor
+    computed in the code, not an attribute), then a per-position mix and the fold back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.mix = nn.Linear(4, 4)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(self.conv(x))
+        batch, channels, height, width = y.shape
+        patches = F.unfold(y, kernel_size=2, stride=2)
+        patches = self.mix(patches.reshape(batch, channels, 2 * 2, -1).transpose(2, 3))
+        patches = patches.transpose(2, 3).reshape(batch, channels * 2 * 2, -1)
+        return self.head(F.fold(patches, (height, width), kernel_size=2, stride=2))
+
+
+def test_a_leading_factor_read_from_the_shape_follows_the_channels() -> None:
+    torch.manual_seed(0)
+    model, x = Patches().eval(), torch.randn(2, 3, 4, 4)
+    result = prune(model, x, ratios={"conv": 0.5}, importance="random", seed=0)
+    assert result.model.conv.out_channels == 3 and result.model.head.in_channels == 3
+    assert set(result.coverage.fixed) == {"mix.weight", "mix.bias"}  # it mixes positions
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), zeroed(x))
