@@ -1,6 +1,7 @@
 """Random-init tiny Hugging Face models (BERT, GPT-2, ViT, LLaMA with GQA, Mamba, Mamba2,
-the Bamba hybrid, the Phi-MoE and JetMoE mixtures of experts) prune, run and keep their
-output shapes; skipped without the ``transformers`` test extra."""
+the Bamba hybrid, the Phi-MoE and JetMoE mixtures of experts, GPT-BigCode's multi-query
+attention) prune, run and keep their output shapes; skipped without the ``transformers``
+test extra."""
 
 from __future__ import annotations
 
@@ -169,3 +170,25 @@ def test_mamba2_groups_of_heads_prune_whole() -> None:
                                        return_dict_in_generate=True) for cached in (True, False)]
     for cached, full in zip(steps[0].logits, steps[1].logits, strict=True):
         torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)
+
+
+def test_gpt_bigcode_query_heads_prune_around_its_one_key_value_head() -> None:
+    """GPT-BigCode's multi-query attention, run through SDPA's ``enable_gqa``: query heads
+    go, ``num_key_value_groups`` follows them, and with a padding mask (the repeat path that
+    reads it) the pruned model agrees with its eager attention on the unmasked tokens."""
+    torch.manual_seed(0)
+    config = transformers.GPTBigCodeConfig(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                                           n_positions=32, multi_query=True)
+    model, ids = transformers.GPTBigCodeForCausalLM(config).eval(), torch.randint(0, 100, (2, 8))
+    result = prune(model, {"input_ids": ids}, ratios={"transformer.h.0.attn.c_attn": 0.5})
+    attn = result.model.transformer.h[0].attn
+    heads = attn.c_proj.in_features // attn.head_dim
+    assert heads == 2 and attn.num_key_value_groups == heads and attn.kv_dim == attn.head_dim
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    outputs = []
+    with torch.no_grad():
+        for implementation in ("sdpa", "eager"):
+            result.model.config._attn_implementation = implementation
+            outputs.append(result.model(ids, attention_mask=mask).logits[mask.bool()])
+    torch.testing.assert_close(*outputs)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import consume, fixed_shape, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.ops_shape import first_line
 from prunekit.graph.trace import ParamRecord, TraceContext
 
 
@@ -204,7 +205,9 @@ def _sdpa(ctx: TraceContext, call: OpCall) -> None:
     tensors = tensors_in(call.args[:3]) or [call.kwargs[k] for k in ("query", "key", "value")]
     q, k, v = tensors[:3]
     k_labels, v_labels = ctx.labels(k), ctx.labels(v)
-    if call.kwargs.get("enable_gqa") and q.dim() >= 3 and k.shape[-3] != q.shape[-3]:
+    if call.kwargs.get("enable_gqa") and q.dim() >= 3 and k.shape[-3] == 1 < q.shape[-3]:
+        _multi_query(ctx, q)  # one key/value head, broadcast over any number of query heads
+    elif call.kwargs.get("enable_gqa") and q.dim() >= 3 and k.shape[-3] != q.shape[-3]:
         groups = q.shape[-3] // k.shape[-3]  # query head i reads key/value head i // groups
         k_labels = k_labels.repeat_interleave(groups, dim=-3)
         v_labels = v_labels.repeat_interleave(groups, dim=-3)
@@ -217,6 +220,21 @@ def _sdpa(ctx: TraceContext, call: OpCall) -> None:
         scores = combine(ctx, [scores, ctx.labels(mask)], torch.Size(scores_shape))
     out = tensors_in(call.out)[0]
     ctx.set_labels(out, contract(ctx, scores, v_labels, tuple(out.shape)))
+
+
+def _multi_query(ctx: TraceContext, q: Tensor) -> None:
+    """Multi-query attention through ``enable_gqa`` (GPT-BigCode): the one key/value head
+    serves every query head, so the query heads may go in any number (the product with
+    the shared head, :func:`_batched`, lets them). The module's int attribute that counts
+    query heads per key/value head for the other paths (``num_key_value_groups``, read by
+    ``repeat_kv`` when a mask is passed) equals the query head count: it is bound to the
+    query heads and rewritten with them."""
+    labels, dim = ctx.space.find(ctx.labels(q)), q.dim() - 3
+    if varying(labels) != {dim}:  # not whole heads that may go
+        return
+    for name, value in vars(ctx.running_module).items():
+        if type(value) is int and value == q.shape[dim] and name.endswith("key_value_groups"):
+            ctx.bind_attribute(ctx.path, name, first_line(labels, dim))
 
 
 register_op(("matmul", "bmm", "mm"), _matmul)
