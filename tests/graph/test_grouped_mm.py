@@ -1,7 +1,9 @@
 """Mixture-of-experts blocks whose experts' weights are slices of 3-D parameters, run as
 Transformers 5 runs them: grouped matrix products (``F.grouped_mm``, its default), a loop of
-``F.linear`` over the experts ("eager") or ``torch.bmm`` on the weights picked per token
-("batched_mm"). Index ``j`` of the intermediate (or hidden) axis is cut in every expert alike.
+``F.linear`` over the experts ("eager"), ``torch.bmm`` on the weights picked per token
+("batched_mm"), or, as Llama 4 runs them, ``torch.bmm`` of every expert's whole weights on
+every token ("dense"). Index ``j`` of the intermediate (or hidden) axis is cut in every
+expert alike.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ class _GroupedMoE(nn.Module):
 class _LoopedMoE(_GroupedMoE):
     """The same block, its experts run as Transformers' ``eager`` (one ``F.linear`` per
     expert hit, or ``x @ W[e]`` for weights stored ``[E, in, out]``; ``index_add_`` into the
-    output) or ``batched_mm`` (``torch.bmm`` on the weights picked for each token)."""
+    output), ``batched_mm`` (``torch.bmm`` on the weights picked for each token) or, as Llama 4
+    runs them, ``dense`` (``torch.bmm`` of every expert's whole weights on every token, the
+    router's scores scaled in)."""
 
     def __init__(self, stored_in_out: bool = False, mode: str = "eager") -> None:
         super().__init__(stored_in_out)
@@ -73,6 +77,9 @@ class _LoopedMoE(_GroupedMoE):
 
     def _one(self, rows: Tensor, weight: Tensor) -> Tensor:
         return rows @ weight if self.stored_in_out else F.linear(rows, weight)
+
+    def _whole(self, weight: Tensor) -> Tensor:
+        return weight if self.stored_in_out else weight.transpose(-2, -1)
 
     def _picked(self, rows: Tensor, weights: Tensor) -> Tensor:
         if self.stored_in_out:
@@ -83,6 +90,12 @@ class _LoopedMoE(_GroupedMoE):
         batch, tokens, hidden = x.shape
         flat = x.reshape(-1, hidden)
         weights, index = self.router(flat).softmax(-1).topk(self.top_k, dim=-1)
+        if self.mode == "dense":  # Llama 4: every expert on every token, scaled by its score
+            scores = torch.zeros(flat.shape[0], self.num_experts).scatter(1, index, weights)
+            rows = flat.expand(self.num_experts, -1, -1) * scores.t()[..., None]
+            gate, up = torch.bmm(rows, self._whole(self.gate_up_proj)).chunk(2, dim=-1)
+            out = torch.bmm(F.silu(gate) * up, self._whole(self.down_proj))
+            return out.sum(dim=0).view(x.shape)
         if self.mode == "batched":
             ids, rows = index.reshape(-1), flat.repeat_interleave(self.top_k, dim=0)
             gate, up = self._picked(rows, self.gate_up_proj[ids]).chunk(2, dim=-1)
@@ -97,7 +110,7 @@ class _LoopedMoE(_GroupedMoE):
         return out.view(x.shape)
 
 
-MODES = ["grouped", "eager", "batched"]
+MODES = ["grouped", "eager", "batched", "dense"]
 
 
 def _block(stored_in_out: bool, mode: str) -> _GroupedMoE:

@@ -99,7 +99,7 @@ def _matmul(ctx: TraceContext, call: OpCall) -> None:
     a, b = tensors_in(call.args)[:2]
     out = tensors_in(call.out)[0]
     if _layer_weight(ctx, a, b, out) or _left_layer_weight(ctx, a, b, out) or \
-            _picked_experts(ctx, a, b, out):
+            _picked_experts(ctx, a, b, out) or _every_expert(ctx, a, b, out):
         return
     ctx.set_labels(out, contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape)))
 
@@ -177,6 +177,24 @@ def _picked_experts(ctx: TraceContext, a: Tensor, b: Tensor, out: Tensor) -> boo
         return False
     made = weight_axes(ctx, record, in_axis, out_axis, ctx.consume(x, x_dim), experts=True)
     ctx.set_vector(out, made, x_dim)
+    return True
+
+
+def _every_expert(ctx: TraceContext, x: Tensor, w: Tensor, out: Tensor) -> bool:
+    """``bmm(x, W)`` with ``W [E, in, out]`` (or ``[E, out, in]`` read through
+    ``transpose(-2, -1)``) a stack of expert weights used whole and ``x [E, tokens, in]`` one
+    batch of tokens per expert (Llama 4's experts): W's two axes are cut in every expert
+    alike, as for picked experts (:func:`_picked_experts`). False (nothing done) where ``W``
+    is no parameter or x carries channels along its experts."""
+    if w.dim() != 3 or x.dim() != 3 or out.dim() != 3 or x.shape[0] != w.shape[0] or \
+            out.shape[0] != w.shape[0]:
+        return False
+    found = param_weight(ctx, w, (1, 2))
+    if found is None or 0 in varying(ctx.space.find(ctx.labels(x))):
+        return False
+    record, in_axis, out_axis = found
+    made = weight_axes(ctx, record, in_axis, out_axis, ctx.consume(x, -1), experts=True)
+    ctx.set_vector(out, made, -1)
     return True
 
 

@@ -66,7 +66,7 @@ BINARY = (
     "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor",
     "and", "or", "xor", "bitwise_and", "bitwise_or", "bitwise_xor", "hypot",
     "multiply", "subtract", "divide", "greater", "greater_equal", "less", "less_equal",
-    "not_equal", "copysign", "logaddexp", "logaddexp2",
+    "not_equal", "copysign", "logaddexp", "logaddexp2", "polar", "complex",
 )
 
 

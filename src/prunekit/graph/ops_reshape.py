@@ -38,7 +38,12 @@ import math
 import torch
 from torch import Tensor
 
-from prunekit.graph.callers import arguments_written, attributes_read, calling_module
+from prunekit.graph.callers import (
+    arguments_written,
+    attributes_read,
+    calling_module,
+    literals_written,
+)
 from prunekit.graph.labels import rep_along, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
@@ -346,19 +351,20 @@ def _per_head_share(sizes: list[int], labels: Tensor, bearing: list[int]) -> boo
 def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],
                      count_dim: int, sizes: list[int], attrs: dict[str, int]) -> None:
     """Whole heads (the factor at ``count_dim``) may go only if the per-head size stays what
-    it is: the last factor (after the head count) must be left to -1 or held by an int
-    attribute (``self.head_dim``). A size computed in the code (``C // self.n_head``, ``C``
-    read from the input) would follow the head count or the input width, so the heads are
-    kept whole — and, when the heads span exactly the width read by their projection, that
-    projection's input width too (the factors from any one up to the per-head size: Swin's
-    fused ``(3, heads, C // heads)`` spans three inputs, its heads one). Factors between the
-    two (Bloom's ``(heads, 3, head_dim)``) are counts that stay. A head count attribute does
-    not hold a per-head size, even of equal value (nanoGPT's ``C // self.n_head`` with 4
-    heads of 4)."""
+    it is: the last factor (after the head count) must be left to -1, held by an int
+    attribute (``self.head_dim``) or written as a literal (the ``2`` of complex pairs). A
+    size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
+    the head count or the input width, so the heads are kept whole — and, when the heads
+    span exactly the width read by their projection, that projection's input width too
+    (the factors from any one up to the per-head size: Swin's fused ``(3, heads, C //
+    heads)`` spans three inputs, its heads one). Factors between the two (Bloom's ``(heads,
+    3, head_dim)``) are counts that stay. A head count attribute does not hold a per-head
+    size, even of equal value (nanoGPT's ``C // self.n_head`` with 4 heads of 4)."""
     last = bearing[-1]
     held = {v for k, v in attrs.items() if not counts_heads(k)}
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
-    if last <= count_dim or adapts or labels.shape[last] in held:
+    if last <= count_dim or adapts or labels.shape[last] in held or \
+            _written_as_literal(ctx, sizes, labels, last):
         return
     where = running_module_phrase(ctx)
     reason = (f"{call.display} splits channels into heads of {labels.shape[last]}, a size "
@@ -371,6 +377,20 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
         if inputs.numel() in widths:
             ctx.block(inputs, reason)
     ctx.block(labels, reason)
+
+
+def _written_as_literal(ctx: TraceContext, sizes: list[int], labels: Tensor, dim: int
+                        ) -> bool:
+    """Whether the call writes factor ``dim``'s size as an int literal (the pairs of
+    ``reshape(*x.shape[:-1], -1, 2)`` that complex rotary embeddings make): a size no
+    pruning changes, not one computed from a width."""
+    args = arguments_written(ctx)
+    if args is not None:
+        return len(args) == labels.dim() and type(args[dim]) is int and \
+            args[dim] == labels.shape[dim]
+    # ``*x.shape[:-1]`` unpacked: a trailing size among the expression's literals
+    return dim == labels.dim() - 1 and bool(sizes) and type(sizes[-1]) is int and \
+        sizes[-1] == labels.shape[dim] and sizes[-1] in literals_written(ctx)
 
 
 def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,

@@ -32,7 +32,7 @@ from prunekit.graph.callers import (
     literals_written,
     sizes_written,
 )
-from prunekit.graph.labels import varies, varying
+from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
 
@@ -40,7 +40,7 @@ REPLAY = (
     "permute", "transpose", "t", "T", "mT", "H", "mH", "swapaxes", "swapdims", "movedim",
     "moveaxis", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "tile",
     "repeat_interleave", "roll", "flip", "fliplr", "flipud", "stack", "hstack", "vstack",
-    "cat", "concat", "concatenate", "broadcast_to", "view_as_real", "atleast_2d",
+    "cat", "concat", "concatenate", "broadcast_to", "atleast_2d",
     "diag_embed", "tril", "triu",
 )
 CHUNKING = ("chunk", "split", "split_with_sizes")
@@ -472,3 +472,20 @@ def _glu(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(("glu",), _glu)
+
+
+def _complex_view(ctx: TraceContext, call: OpCall) -> None:
+    """``view_as_complex`` pairs the last dim's two entries into one complex number (rotary
+    embeddings written with complex products: Llama 4, DeepSeek-V2): a pair's channels go
+    together, and the result has one label per pair. ``view_as_real`` splits each number
+    back into the pair, both with its label."""
+    source = tensors_in(call.args[:1])[0]
+    out = tensors_in(call.out)[0]
+    labels = ctx.space.find(ctx.labels(source))
+    if call.name == "view_as_complex":
+        ctx.set_labels(out, rep_along(ctx.space, labels, (labels.dim() - 1,)).squeeze(-1))
+    else:
+        ctx.set_labels(out, labels.unsqueeze(-1).expand(*labels.shape, 2))
+
+
+register_op(("view_as_complex", "view_as_real"), _complex_view)
