@@ -2,7 +2,11 @@
 reason) instead of refusing or failing the forward check, written without transformers:
 ConvBERT's ``torch.multiply``, ConvNeXt V2's GRN (``torch.linalg.vector_norm``), Funnel's
 head split sized from its config, WavLM's ``F.multi_head_attention_forward`` and its gate
-``view(... + (2, 4))`` next to ``self.num_heads = 4``."""
+``view(... + (2, 4))`` next to ``self.num_heads = 4``; the empty pass-through half
+``q[..., rotary_dim:]`` of a partial rotary embedding that covers the whole head
+(MiniMax-M2 with ``partial_rotary_factor=1``); Qwen3-Next's and Qwen3.5's gated attention
+heads, split by ``view(*shape, -1, self.head_dim * 2)`` into query and gate; Qwen3.5's
+``torch.linalg.solve_triangular`` (the UT transform of its gated DeltaNet)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from tests.structured.test_equivalence import _zero_removed_inputs
 from torch import Tensor, nn
 
 from prunekit.structured import prune
@@ -161,3 +166,87 @@ def test_a_plain_int_splitting_table_rows_leaves_the_heads_free() -> None:
     result = prune(model, x, ratio=0.5)
     assert result.model.num_heads == 2 and result.model.table.shape == (15, 2)
     assert result.model(x).shape == (2, 5, 16)
+
+
+class PartialRotary(nn.Module):
+    """Heads rotated over their first ``rotary_dim`` channels, the rest passed through: with
+    ``rotary_dim`` the whole head, the pass-through half is an empty tensor."""
+
+    def __init__(self, rotary_dim: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.rotary_dim = 2, 4, rotary_dim
+        self.q, self.out = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = self.q(x).view(*x.shape[:-1], self.num_heads, self.head_dim)
+        rot, rest = q[..., :self.rotary_dim], q[..., self.rotary_dim:]
+        rot = torch.cat([-rot[..., self.rotary_dim // 2:], rot[..., :self.rotary_dim // 2]], -1)
+        q = torch.cat([rot, rest], dim=-1)
+        return self.out(q.reshape(*x.shape[:-1], self.num_heads * self.head_dim))
+
+
+def test_an_empty_pass_through_half_of_a_rotary_embedding_maps() -> None:
+    torch.manual_seed(0)
+    for rotary_dim in (4, 2):
+        model, x = PartialRotary(rotary_dim).eval(), torch.randn(2, 5, 8)
+        result = prune(model, x, ratio=0.5)
+        assert result.model.num_heads == 1 and result.model.out.in_features == 4
+        with torch.no_grad():
+            assert result.model(x).shape == model(x).shape
+
+
+class GatedHeads(nn.Module):
+    """Each head's query and output gate side by side in one projection, split by a per-head
+    size written as ``self.head_dim * 2`` (a size no pruning changes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = 4, 2
+        self.q_proj, self.k_proj = nn.Linear(8, 4 * 2 * 2), nn.Linear(8, 8)
+        self.v_proj, self.o_proj = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape[:-1]
+        query, gate = torch.chunk(self.q_proj(x).view(*shape, -1, self.head_dim * 2), 2, dim=-1)
+        key, value = (p(x).view(*shape, -1, self.head_dim).transpose(1, 2)
+                      for p in (self.k_proj, self.v_proj))
+        out = F.scaled_dot_product_attention(query.transpose(1, 2), key, value)
+        out = out.transpose(1, 2).reshape(*shape, -1) * gate.reshape(*shape, -1).sigmoid()
+        return self.o_proj(out)
+
+
+def test_heads_split_into_query_and_gate_by_an_attribute_times_two_prune() -> None:
+    torch.manual_seed(0)
+    model, x = GatedHeads().eval(), torch.randn(2, 5, 8)
+    result = prune(model, x, ratios={"q_proj": 0.5}, importance="random", seed=0)
+    assert result.model.q_proj.out_features == 8 and result.model.o_proj.in_features == 4
+    assert result.model.k_proj.out_features == 4 and result.model.head_dim == 2
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), zeroed(x))
+
+
+class TriangularMix(nn.Module):
+    """Values mixed across tokens by a unit lower-triangular system made from keys, solved
+    with ``torch.linalg.solve_triangular`` (the UT transform of gated DeltaNet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k, self.v, self.out = nn.Linear(8, 4), nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = F.normalize(self.k(x), dim=-1)
+        system = torch.tril(k @ k.transpose(-1, -2), diagonal=-1) * 0.5
+        values = torch.linalg.solve_triangular(system, self.v(x), upper=False,
+                                               unitriangular=True)
+        return self.out(values)
+
+
+def test_a_triangular_solve_carries_the_right_sides_channels() -> None:
+    torch.manual_seed(0)
+    model, x = TriangularMix().eval(), torch.randn(2, 5, 8)
+    result = prune(model, x, ratios={"v": 0.5}, importance="random", seed=0)
+    assert result.model.v.out_features == result.model.out.in_features == 3
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), zeroed(x))

@@ -255,5 +255,21 @@ def _multi_query(ctx: TraceContext, q: Tensor) -> None:
             ctx.bind_attribute(ctx.path, name, first_line(labels, dim))
 
 
+def _solve_triangular(ctx: TraceContext, call: OpCall) -> None:
+    """``X = solve_triangular(A, B)``: ``A @ X = B`` (``X @ A = B`` with ``left=False``), so
+    ``X = A⁻¹ @ B``, whose labels couple as a product's (gated DeltaNet's UT transform, as
+    Qwen3.5 runs it)."""
+    tensors = tensors_in(call.args[:2]) or [call.kwargs[k] for k in ("input", "B")
+                                             if k in call.kwargs]
+    if len(tensors) != 2:
+        raise OpNotMappable("expected solve_triangular(A, B)")
+    a, b = (ctx.labels(t) for t in tensors)
+    out = tensors_in(call.out)[0]
+    left = call.kwargs.get("left", True)
+    ctx.set_labels(out, contract(ctx, a, b, tuple(out.shape)) if left else
+                   contract(ctx, b, a, tuple(out.shape)))
+
+
 register_op(("matmul", "bmm", "mm"), _matmul)
+register_op(("linalg_solve_triangular", "solve_triangular"), _solve_triangular)
 register_op(("scaled_dot_product_attention",), _sdpa)

@@ -352,7 +352,8 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
                      count_dim: int, sizes: list[int], attrs: dict[str, int]) -> None:
     """Whole heads (the factor at ``count_dim``) may go only if the per-head size stays what
     it is: the last factor (after the head count) must be left to -1, held by an int
-    attribute (``self.head_dim``) or written as a literal (the ``2`` of complex pairs). A
+    attribute (``self.head_dim``) or written as a literal (the ``2`` of complex pairs; also
+    ``self.head_dim * 2``). A
     size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
     the head count or the input width, so the heads are kept whole — and, when the heads
     span exactly the width read by their projection, that projection's input width too
@@ -382,15 +383,23 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
 def _written_as_literal(ctx: TraceContext, sizes: list[int], labels: Tensor, dim: int
                         ) -> bool:
     """Whether the call writes factor ``dim``'s size as an int literal (the pairs of
-    ``reshape(*x.shape[:-1], -1, 2)`` that complex rotary embeddings make): a size no
-    pruning changes, not one computed from a width."""
+    ``reshape(*x.shape[:-1], -1, 2)`` that complex rotary embeddings make), or as a per-head
+    attribute times one: a size no pruning changes, not one computed from a width."""
     args = arguments_written(ctx)
     if args is not None:
         return len(args) == labels.dim() and type(args[dim]) is int and \
             args[dim] == labels.shape[dim]
-    # ``*x.shape[:-1]`` unpacked: a trailing size among the expression's literals
-    return dim == labels.dim() - 1 and bool(sizes) and type(sizes[-1]) is int and \
-        sizes[-1] == labels.shape[dim] and sizes[-1] in literals_written(ctx)
+    # ``*x.shape[:-1]`` unpacked: a trailing size among the expression's literals, or an
+    # attribute it reads times one (Qwen3-Next's and Qwen3.5's ``self.head_dim * 2``: query
+    # and gate side by side in each head)
+    if dim != labels.dim() - 1 or not sizes or type(sizes[-1]) is not int or \
+            sizes[-1] != labels.shape[dim]:
+        return False
+    literals, size = literals_written(ctx), sizes[-1]
+    held = vars(calling_module(ctx)[1])
+    return size in literals or any(
+        type(held.get(name)) is int and not counts_heads(name) and held[name] * k == size
+        for name in attributes_read(ctx) for k in literals if k > 1)
 
 
 def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,

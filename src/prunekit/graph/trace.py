@@ -452,7 +452,11 @@ def _constant(label: int, shape: torch.Size) -> Tensor:
 
 def _as_vector(labels: Tensor) -> tuple[int, Tensor] | None:
     """(dim, vector) if ``labels`` is ``emit(vector, dim, shape)`` by its strides: exactly one
-    dim of size > 1 that is not broadcast (stride 0); a view of that line, else None."""
+    dim of size > 1 that is not broadcast (stride 0); a view of that line, else None (also
+    for an empty tensor: the pass-through half ``q[..., rotary_dim:]`` of a rotary embedding
+    that covers the whole head)."""
+    if labels.numel() == 0:
+        return None
     strides = labels.stride()
     found = -1
     for dim, (size, stride) in enumerate(zip(labels.shape, strides, strict=True)):
