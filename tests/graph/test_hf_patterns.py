@@ -6,12 +6,14 @@ head split sized from its config, WavLM's ``F.multi_head_attention_forward`` and
 ``q[..., rotary_dim:]`` of a partial rotary embedding that covers the whole head
 (MiniMax-M2 with ``partial_rotary_factor=1``); Qwen3-Next's and Qwen3.5's gated attention
 heads, split by ``view(*shape, -1, self.head_dim * 2)`` into query and gate; Qwen3.5's
-``torch.linalg.solve_triangular`` (the UT transform of its gated DeltaNet)."""
+``torch.linalg.solve_triangular`` (the UT transform of its gated DeltaNet); GPT-OSS's
+gate and up interleaved in one projection (``gate_up[..., ::2]``, ``gate_up[..., 1::2]``)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
 from tests.structured.test_equivalence import _zero_removed_inputs
@@ -249,4 +251,38 @@ def test_a_triangular_solve_carries_the_right_sides_channels() -> None:
     assert result.model.v.out_features == result.model.out.in_features == 3
     zeroed = _zero_removed_inputs(model, result.plan)
     with torch.no_grad():
+        torch.testing.assert_close(result.model(x), zeroed(x))
+
+
+class Interleaved(nn.Module):
+    """``parts`` projections interleaved channel by channel in one layer, picked by
+    ``h[..., r::parts]`` and multiplied together."""
+
+    def __init__(self, parts: int) -> None:
+        super().__init__()
+        self.parts = parts
+        self.up, self.down = nn.Linear(8, 4 * parts), nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.up(x)
+        out = h[..., ::self.parts].sigmoid()
+        for r in range(1, self.parts):
+            out = out * h[..., r::self.parts]
+        return self.down(out)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_interleaved_parts_lose_whole_runs(parts: int) -> None:
+    torch.manual_seed(0)
+    model, x = Interleaved(parts).eval(), torch.randn(2, 5, 8)
+    result = prune(model, x, ratios={"up": 0.5}, importance="random", seed=0)
+    assert result.model.up.out_features == 2 * parts and result.model.down.in_features == 2
+    keep = result.plan["modules"]["up"]["keep"]["out"]
+    assert keep == [parts * run + r for run in sorted({i // parts for i in keep})
+                    for r in range(parts)]
+    removed = [run for run in range(4) if parts * run not in keep]
+    zeroed = Interleaved(parts).eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed.down.weight[:, removed] = 0
         torch.testing.assert_close(result.model(x), zeroed(x))

@@ -23,7 +23,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from prunekit.graph.labels import varies, varying
+from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
 from prunekit.graph.ops_shape import first_line, replay
 from prunekit.graph.sizes import SizeInt, channel_line
@@ -65,8 +65,8 @@ def _slice(ctx: TraceContext, call: OpCall) -> None:
     if record is not None:  # a parameter's channel axis is only known later
         record.sliced_axes.update(touched)
         _mark_selected(call, source, record)
-    elif _equal_part(ctx, call, source, canon):
-        pass  # qkv_bias[n // 3: 2 * (n // 3)] with n its own numel(): parts shrink alike
+    elif _equal_part(ctx, call, source, canon) or _interleaved_part(ctx, call, source, canon):
+        pass  # qkv_bias[n // 3: 2 * (n // 3)] with n its own numel(), gate_up[..., ::2]
     elif any(varies(canon, d) for d in touched):
         why = f"{call.display} selects a fixed part of a channel dimension"
         raw = ctx.labels(source, partial=True)
@@ -111,6 +111,33 @@ def _equal_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tensor) 
     first = pieces[0]
     for piece in pieces[1:]:
         ctx.space.union(first, piece)
+    return True
+
+
+def _interleaved_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tensor) -> bool:
+    """Whether ``call`` picks every ``k``-th index of one dim from offset ``r < k`` (GPT-OSS
+    interleaves gate and up: ``gate_up[..., ::2]``, ``gate_up[..., 1::2]``); if so, each run
+    of ``k`` neighbours is coupled, so whole runs go and the offsets still pick the same
+    member of every run kept."""
+    if call.name != "getitem":
+        return False
+    index = call.args[1]
+    items = index if isinstance(index, tuple) else (index,)
+    if None in items or sum(item is Ellipsis for item in items) > 1:
+        return False
+    picked = _getitem_dims(index, source)
+    if len(picked) != 1 or any(isinstance(item, Tensor) for item in items):
+        return False
+    dim = picked[0]
+    item = next((i for i in items if isinstance(i, slice) and not _is_full(
+        i, source.shape[dim])), None)
+    if item is None:  # an int or a tensor picks it
+        return False
+    step, width = item.step, source.shape[dim]
+    if type(step) is not int or step < 2 or width % step or item.stop is not None or \
+            item.start not in (None, *range(step)):
+        return False
+    rep_along(ctx.space, canon.unflatten(dim, (width // step, step)), (dim + 1,))
     return True
 
 
