@@ -1,6 +1,6 @@
 """Structured pruning of Hugging Face architectures with ``pk.prune``: which ones work.
 
-Tiny random-init configurations of 97 ``transformers`` architectures (decoders with GQA,
+Tiny random-init configurations of 128 ``transformers`` architectures (decoders with GQA,
 rotary, ALiBi, parallel attention, multi-query and multi-head latent attention and
 mixture-of-experts MLPs, state-space and recurrent decoders, hybrids of attention with
 Mamba2, Mamba, gated DeltaNet or short-convolution layers, encoders, encoder-decoders,
@@ -21,6 +21,7 @@ Command (transformers is in the dev extra):
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import warnings
@@ -249,6 +250,7 @@ def _cases() -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
         "clip_text": lambda: (tr.CLIPTextModel(tr.CLIPTextConfig(**lm)), {"input_ids": ids()}),
         **_more_decoders(tr, ids, lm, sizes),
         **_hybrids(tr, ids, lm),
+        **_recent(tr, ids, lm),
     }
 
 
@@ -353,6 +355,59 @@ def _hybrids(tr: Any, ids: Callable[[], torch.Tensor], lm: dict[str, int]
         "lfm2": lambda: lm_of(tr.Lfm2ForCausalLM(tr.Lfm2Config(
             layer_types=["conv", "full_attention"], **kv))),
     }
+
+
+def _recent(tr: Any, ids: Callable[[], torch.Tensor], lm: dict[str, int]
+            ) -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
+    """Added in the eighth session: decoders released in 2025-2026 (Qwen3.5 and Kimi Linear
+    with linear-attention layers, MiniMax, GPT-OSS, Llama 4, GLM-4.5, Gemma 3n, ...), each
+    built by ``AutoModelForCausalLM`` from its config type, and Mamba2 with two groups of B
+    and C."""
+    kv = {"num_key_value_heads": 2, "head_dim": 8, **lm}
+    moe = {"num_experts": 4, "num_local_experts": 4, "num_experts_per_tok": 2,
+           "moe_intermediate_size": 16}
+    mla = {"kv_lora_rank": 8, "q_lora_rank": 8, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4,
+           "v_head_dim": 8}
+    linear = {"layer_types": ["linear_attention", "full_attention"]}
+    delta = {"linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 8,
+             "linear_value_head_dim": 8, **linear}
+    first_dense = {"first_k_dense_replace": 1, "n_routed_experts": 4, "n_shared_experts": 1}
+    extra: dict[str, dict[str, Any]] = {
+        "qwen3_5_text": delta, "qwen3_5_moe_text": {
+            "shared_expert_intermediate_size": 16, **moe, **delta},
+        "kimi_linear": {"pad_token_id": 0, "mlp_layer_types": ["dense", "sparse"],
+                        "linear_head_dim": 8, "linear_num_heads": 4, **mla, **moe, **linear},
+        "minimax": {**moe, **linear}, "minimax_m2": moe,
+        "gpt_oss": {"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 4,
+                    **moe},
+        "llama4_text": {"intermediate_size_mlp": 64, **moe},
+        "glm4_moe": {**first_dense, **moe}, "dots1": {**first_dense, **moe},
+        "deepseek_v2": {"n_routed_experts": 4, **mla, **moe},
+        "hunyuan_v1_moe": moe, "ernie4_5_moe": moe, "granitemoe": moe, "afmoe": moe,
+        "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1, **moe},
+        "gemma3n_text": {"layer_types": ["sliding_attention", "full_attention"],
+                         "sliding_window": 4, "vocab_size_per_layer_input": 100,
+                         "hidden_size_per_layer_input": 8, "laurel_rank": 4,
+                         "activation_sparsity_pattern": [0.0, 0.0], "num_kv_shared_layers": 0,
+                         "altup_num_inputs": 2},
+        "glm4": {"pad_token_id": 0}, **{name: {} for name in (
+            "olmo3", "exaone4", "seed_oss", "hunyuan_v1_dense", "apertus", "ernie4_5", "arcee",
+            "ministral", "cohere2", "bitnet", "doge", "vaultgemma", "jais2")},
+    }
+
+    def build(model_type: str) -> tuple[nn.Module, Inputs]:
+        config = tr.AutoConfig.for_model(model_type, **{**kv, **extra[model_type]})
+        return tr.AutoModelForCausalLM.from_config(config), {"input_ids": ids()}
+
+    def mamba2_groups() -> tuple[nn.Module, Inputs]:
+        return tr.Mamba2ForCausalLM(tr.Mamba2Config(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, state_size=8, num_heads=8,
+            head_dim=8, n_groups=2, chunk_size=8, expand=2)), {"input_ids": ids()}
+
+    cases: dict[str, Callable[[], tuple[nn.Module, Inputs]]] = {
+        name.removesuffix("_text"): functools.partial(build, name) for name in extra}
+    cases["mamba2_groups"] = mamba2_groups
+    return cases
 
 
 def _entry(name: str, make: Callable[[], tuple[nn.Module, Inputs]],
