@@ -201,15 +201,19 @@ class GatedHeads(nn.Module):
     """Each head's query and output gate side by side in one projection, split by a per-head
     size written as ``self.head_dim * 2`` (a size no pruning changes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, unpacked: bool) -> None:
         super().__init__()
-        self.num_heads, self.head_dim = 4, 2
+        self.num_heads, self.head_dim, self.unpacked = 4, 2, unpacked
         self.q_proj, self.k_proj = nn.Linear(8, 4 * 2 * 2), nn.Linear(8, 8)
         self.v_proj, self.o_proj = nn.Linear(8, 8), nn.Linear(8, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape[:-1]
-        query, gate = torch.chunk(self.q_proj(x).view(*shape, -1, self.head_dim * 2), 2, dim=-1)
+        shape, (b, n, _) = x.shape[:-1], x.shape
+        if self.unpacked:  # as Transformers writes it
+            both = self.q_proj(x).view(*shape, -1, self.head_dim * 2)
+        else:
+            both = self.q_proj(x).view(b, n, -1, self.head_dim * 2)
+        query, gate = torch.chunk(both, 2, dim=-1)
         key, value = (p(x).view(*shape, -1, self.head_dim).transpose(1, 2)
                       for p in (self.k_proj, self.v_proj))
         out = F.scaled_dot_product_attention(query.transpose(1, 2), key, value)
@@ -217,9 +221,11 @@ class GatedHeads(nn.Module):
         return self.o_proj(out)
 
 
-def test_heads_split_into_query_and_gate_by_an_attribute_times_two_prune() -> None:
+@pytest.mark.parametrize("unpacked", [True, False])
+def test_heads_split_into_query_and_gate_by_an_attribute_times_two_prune(
+        unpacked: bool) -> None:
     torch.manual_seed(0)
-    model, x = GatedHeads().eval(), torch.randn(2, 5, 8)
+    model, x = GatedHeads(unpacked).eval(), torch.randn(2, 5, 8)
     result = prune(model, x, ratios={"q_proj": 0.5}, importance="random", seed=0)
     assert result.model.q_proj.out_features == 8 and result.model.o_proj.in_features == 4
     assert result.model.k_proj.out_features == 4 and result.model.head_dim == 2

@@ -353,14 +353,14 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     """Whole heads (the factor at ``count_dim``) may go only if the per-head size stays what
     it is: the last factor (after the head count) must be left to -1, held by an int
     attribute (``self.head_dim``) or written as a literal (the ``2`` of complex pairs; also
-    ``self.head_dim * 2``). A
-    size computed in the code (``C // self.n_head``, ``C`` read from the input) would follow
-    the head count or the input width, so the heads are kept whole — and, when the heads
-    span exactly the width read by their projection, that projection's input width too
-    (the factors from any one up to the per-head size: Swin's fused ``(3, heads, C //
-    heads)`` spans three inputs, its heads one). Factors between the two (Bloom's ``(heads,
-    3, head_dim)``) are counts that stay. A head count attribute does not hold a per-head
-    size, even of equal value (nanoGPT's ``C // self.n_head`` with 4 heads of 4)."""
+    ``self.head_dim * 2``). A size computed in the code (``C // self.n_head``, ``C`` read
+    from the input) would follow the head count or the input width, so the heads are kept
+    whole — and, when the heads span exactly the width read by their projection, that
+    projection's input width too (the factors from any one up to the per-head size: Swin's
+    fused ``(3, heads, C // heads)`` spans three inputs, its heads one). Factors between the
+    two (Bloom's ``(heads, 3, head_dim)``) are counts that stay. A head count attribute does
+    not hold a per-head size, even of equal value (nanoGPT's ``C // self.n_head`` with 4
+    heads of 4)."""
     last = bearing[-1]
     held = {v for k, v in attrs.items() if not counts_heads(k)}
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
@@ -383,21 +383,20 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
 def _written_as_literal(ctx: TraceContext, sizes: list[int], labels: Tensor, dim: int
                         ) -> bool:
     """Whether the call writes factor ``dim``'s size as an int literal (the pairs of
-    ``reshape(*x.shape[:-1], -1, 2)`` that complex rotary embeddings make), or as a per-head
-    attribute times one: a size no pruning changes, not one computed from a width."""
+    ``reshape(*x.shape[:-1], -1, 2)`` that complex rotary embeddings make), or, for the last
+    factor, as an attribute the call reads times a literal (Qwen3-Next's and Qwen3.5's
+    ``self.head_dim * 2``: query and gate side by side in each head): a size no pruning
+    changes, not one computed from a width."""
+    size = labels.shape[dim]
     args = arguments_written(ctx)
-    if args is not None:
-        return len(args) == labels.dim() and type(args[dim]) is int and \
-            args[dim] == labels.shape[dim]
-    # ``*x.shape[:-1]`` unpacked: a trailing size among the expression's literals, or an
-    # attribute it reads times one (Qwen3-Next's and Qwen3.5's ``self.head_dim * 2``: query
-    # and gate side by side in each head)
-    if dim != labels.dim() - 1 or not sizes or type(sizes[-1]) is not int or \
-            sizes[-1] != labels.shape[dim]:
+    if args is not None and len(args) == labels.dim() and args[dim] is not None:
+        return type(args[dim]) is int and args[dim] == size
+    if dim != labels.dim() - 1 or not sizes or type(sizes[-1]) is not int or sizes[-1] != size:
         return False
-    literals, size = literals_written(ctx), sizes[-1]
+    literals = literals_written(ctx)
     held = vars(calling_module(ctx)[1])
-    return size in literals or any(
+    # (a bare literal only where ``*x.shape[:-1]`` unpacked hides the arguments)
+    return (args is None and size in literals) or any(
         type(held.get(name)) is int and not counts_heads(name) and held[name] * k == size
         for name in attributes_read(ctx) for k in literals if k > 1)
 
