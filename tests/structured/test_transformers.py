@@ -1,7 +1,7 @@
 """Random-init tiny Hugging Face models (BERT, GPT-2, ViT, LLaMA with GQA, Mamba, Mamba2,
 the Bamba hybrid, the Phi-MoE and JetMoE mixtures of experts, GPT-BigCode's multi-query
-attention) prune, run and keep their output shapes; skipped without the ``transformers``
-test extra."""
+attention, Llama 4, GPT-OSS, Qwen3.5) prune, run and keep their output shapes; skipped
+without the ``transformers`` test extra."""
 
 from __future__ import annotations
 
@@ -192,3 +192,39 @@ def test_gpt_bigcode_query_heads_prune_around_its_one_key_value_head() -> None:
             result.model.config._attn_implementation = implementation
             outputs.append(result.model(ids, attention_mask=mask).logits[mask.bool()])
     torch.testing.assert_close(*outputs)
+
+
+_RECENT = {  # 2025-2026 decoders, each with what used to stop it (see results/structured.md)
+    "llama4_text": {"intermediate_size_mlp": 64},  # complex rotary, every-expert bmm
+    "gpt_oss": {"layer_types": ["sliding_attention", "full_attention"],
+                "sliding_window": 4},  # gate and up interleaved in its experts
+    "qwen3_5_text": {"layer_types": ["linear_attention", "full_attention"],
+                     "linear_num_value_heads": 4, "linear_num_key_heads": 2,
+                     "linear_key_head_dim": 8, "linear_value_head_dim": 8},  # triangular solve
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(_RECENT))
+def test_recent_decoders_prune_and_decode_alike(model_type: str) -> None:
+    """Llama 4, GPT-OSS and Qwen3.5 lose most of their parameters at ratio 0.5, and the
+    pruned model's cached decode agrees with its uncached one."""
+    if model_type not in transformers.CONFIG_MAPPING:
+        pytest.skip(f"this transformers has no {model_type}")
+    config = transformers.AutoConfig.for_model(
+        model_type, vocab_size=100, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
+        max_position_embeddings=32, num_local_experts=4, num_experts=4,
+        num_experts_per_tok=2, **_RECENT[model_type])
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(1, 100, (2, 8))
+    result = prune(model, {"input_ids": ids}, ratio=0.5)
+    kept = sum(p.numel() for p in result.model.parameters())
+    assert kept < 0.4 * sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        steps = [result.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=3, do_sample=False, use_cache=cached,
+                                       output_logits=True, return_dict_in_generate=True)
+                 for cached in (True, False)]
+    for cached, full in zip(steps[0].logits, steps[1].logits, strict=True):
+        torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)
