@@ -365,7 +365,7 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     held = {v for k, v in attrs.items() if not counts_heads(k)}
     adapts = sizes[last] == -1 if len(sizes) == labels.dim() else -1 in sizes
     if last <= count_dim or adapts or labels.shape[last] in held or \
-            _written_as_literal(ctx, sizes, labels, last):
+            _written_as_literal(ctx, sizes, attrs, labels, last):
         return
     where = running_module_phrase(ctx)
     reason = (f"{call.display} splits channels into heads of {labels.shape[last]}, a size "
@@ -380,8 +380,8 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     ctx.block(labels, reason)
 
 
-def _written_as_literal(ctx: TraceContext, sizes: list[int], labels: Tensor, dim: int
-                        ) -> bool:
+def _written_as_literal(ctx: TraceContext, sizes: list[int], attrs: dict[str, int],
+                        labels: Tensor, dim: int) -> bool:
     """Whether the call writes factor ``dim``'s size as an int literal (the pairs of
     ``reshape(*x.shape[:-1], -1, 2)`` that complex rotary embeddings make), or, for the last
     factor, as an attribute the call reads times a literal (Qwen3-Next's and Qwen3.5's
@@ -394,10 +394,9 @@ def _written_as_literal(ctx: TraceContext, sizes: list[int], labels: Tensor, dim
     if dim != labels.dim() - 1 or not sizes or type(sizes[-1]) is not int or sizes[-1] != size:
         return False
     literals = literals_written(ctx)
-    held = vars(calling_module(ctx)[1])
     # (a bare literal only where ``*x.shape[:-1]`` unpacked hides the arguments)
     return (args is None and size in literals) or any(
-        type(held.get(name)) is int and not counts_heads(name) and held[name] * k == size
+        attrs.get(name, 0) * k == size and not counts_heads(name)
         for name in attributes_read(ctx) for k in literals if k > 1)
 
 

@@ -87,17 +87,10 @@ def _equal_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tensor) 
     qkv_bias[length: 2 * length]``); if so, the parts are coupled index by index, as
     ``chunk(n)`` couples them, so they shrink alike and the bounds the code computes after
     pruning still pick the same part."""
-    if call.name != "getitem":
+    found = _one_slice(call, source)
+    if found is None or found[1].step not in (None, 1):
         return False
-    index = call.args[1]
-    items = index if isinstance(index, tuple) else (index,)
-    dims = [d for d, item in enumerate(items) if not (
-        isinstance(item, slice) and item == slice(None))]
-    if len(dims) != 1 or Ellipsis in items or None in items:
-        return False
-    dim, item = dims[0], items[dims[0]]
-    if not isinstance(item, slice) or item.step not in (None, 1):
-        return False
+    dim, item = found
     width = source.shape[dim]
     bounds = [_share(ctx, canon, dim, bound, default) for bound, default in
               ((item.start, Fraction(0)), (item.stop, Fraction(1)))]
@@ -119,26 +112,35 @@ def _interleaved_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Te
     interleaves gate and up: ``gate_up[..., ::2]``, ``gate_up[..., 1::2]``); if so, each run
     of ``k`` neighbours is coupled, so whole runs go and the offsets still pick the same
     member of every run kept."""
-    if call.name != "getitem":
+    found = _one_slice(call, source)
+    if found is None:
         return False
-    index = call.args[1]
-    items = index if isinstance(index, tuple) else (index,)
-    if None in items or sum(item is Ellipsis for item in items) > 1:
-        return False
-    picked = _getitem_dims(index, source)
-    if len(picked) != 1 or any(isinstance(item, Tensor) for item in items):
-        return False
-    dim = picked[0]
-    item = next((i for i in items if isinstance(i, slice) and not _is_full(
-        i, source.shape[dim])), None)
-    if item is None:  # an int or a tensor picks it
-        return False
+    dim, item = found
     step, width = item.step, source.shape[dim]
     if type(step) is not int or step < 2 or width % step or item.stop is not None or \
             item.start not in (None, *range(step)):
         return False
     rep_along(ctx.space, canon.unflatten(dim, (width // step, step)), (dim + 1,))
     return True
+
+
+def _one_slice(call: OpCall, source: Tensor) -> tuple[int, slice] | None:
+    """(dim, slice) where ``call`` is a getitem that slices one dim of ``source`` and takes
+    every other dim whole (``x[a:b]``, ``x[..., ::2]``); None for any other call."""
+    if call.name != "getitem":
+        return None
+    index = call.args[1]
+    items = index if isinstance(index, tuple) else (index,)
+    if any(item is None or isinstance(item, Tensor) for item in items):
+        return None
+    sliced = [(pos, item) for pos, item in enumerate(items)
+              if item is not Ellipsis and not (isinstance(item, slice) and item == slice(None))]
+    if len(sliced) != 1 or not isinstance(sliced[0][1], slice):
+        return None
+    pos, item = sliced[0]
+    if Ellipsis in items and pos > items.index(Ellipsis):  # counted from the last dim
+        pos = source.dim() - (len(items) - pos)
+    return pos, item
 
 
 def _share(ctx: TraceContext, canon: Tensor, dim: int, bound: Any,
