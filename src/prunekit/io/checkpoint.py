@@ -23,7 +23,7 @@ import dataclasses
 import datetime
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
 
 from prunekit import __version__
 from prunekit.errors import ConfigError, PrunekitError
@@ -163,11 +164,15 @@ def load(
     if manifest.get("plan") is not None and replay:
         model = _replay_plan(model, manifest["plan"])
     masked: dict[str, str] = manifest["masked"]
-    _check_compatible(model, state, masked, str(manifest["model_class"]))
+    hooked = _torch_pruned(model, state)
+    _check_compatible(model, state, masked, str(manifest["model_class"]), hooked)
 
     for name, mask_key in masked.items():
         module_name, _, tensor_name = name.rpartition(".")
         apply_mask(model.get_submodule(module_name), tensor_name, state[mask_key])
+    for name in hooked:  # load_state_dict fills <name>_orig and <name>_mask
+        module_name, _, tensor_name = name.rpartition(".")
+        torch_prune.identity(model.get_submodule(module_name), tensor_name)
     model.load_state_dict(state, strict=True)
     return model
 
@@ -435,13 +440,27 @@ def _check_sparse_table(table: Any, where: str) -> None:
         )
 
 
+def _torch_pruned(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Tensors that ``torch.nn.utils.prune`` masked in the saved model (the checkpoint holds
+    ``<name>_orig`` and ``<name>_mask`` where ``base_model``, built afresh, holds ``name``):
+    ``load`` re-attaches a mask hook there, so the loaded model computes the masked weight
+    and keeps its zeros through training as the saved one did."""
+    held = model.state_dict()
+    return [key[:-len("_orig")] for key in state
+            if key.endswith("_orig") and key not in held and key[:-len("_orig")] in held
+            and f"{key[:-len('_orig')]}_mask" in state and key[:-len("_orig")] not in state]
+
+
 def _check_compatible(
     model: nn.Module, state: Mapping[str, torch.Tensor], masked: Mapping[str, str],
-    model_class: str,
+    model_class: str, hooked: Iterable[str] = (),
 ) -> None:
     """Check keys and shapes as they will be once masks are attached, changing nothing."""
     fix = f"build base_model ({model_class}) with the same constructor arguments as when saved"
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    for name in hooked:  # torch.nn.utils.prune's masks, re-attached by load
+        shape = expected.pop(name)
+        expected[f"{name}_orig"] = expected[f"{name}_mask"] = shape
     for name, mask_key in masked.items():
         module_name, _, tensor_name = name.rpartition(".")
         try:

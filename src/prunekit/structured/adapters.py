@@ -30,6 +30,7 @@ from typing import Literal, Protocol, TypeGuard
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import prune as torch_prune
 
 from prunekit.errors import ConfigError
 from prunekit.graph.trace import ModuleCall, TraceContext
@@ -138,7 +139,9 @@ def find_adapter(module: nn.Module, *, atomic: bool = True) -> LayerAdapter | No
 class ParamSlicer:
     """Cuts parameters and buffers along an axis; a tensor shared by several modules (tied
     weights) is cut once per axis and the same new tensor is set everywhere it was used.
-    A weight-normed tensor is cut through its ``v`` and ``g`` (:mod:`.weight_norm`)."""
+    A weight-normed tensor is cut through its ``v`` and ``g`` (:mod:`.weight_norm`); one
+    that ``torch.nn.utils.prune`` masks, through ``<name>_orig`` and ``<name>_mask`` too (its
+    forward pre-hook recomputes the tensor from them), so the kept weights keep their mask."""
 
     def __init__(self) -> None:
         self._state: dict[int, tuple[Tensor, Tensor, dict[int, Tensor]]] = {}
@@ -156,6 +159,9 @@ class ParamSlicer:
             # v; g follows in finish(), which matches axes with weight norm's dim
             self.slice(chain, "original1", axis % v.dim(), index)
             return
+        if module._forward_pre_hooks and masked_by_hook(module, attr):
+            self.slice(module, f"{attr}_orig", axis, index)
+            self.slice(module, f"{attr}_mask", axis, index)
         original = getattr(module, attr, None)
         if not isinstance(original, Tensor):
             return
@@ -215,6 +221,14 @@ class ParamSlicer:
         self._holders[id(g)] = [(chain, "original0")]
 
 
+def masked_by_hook(module: nn.Module, attr: str) -> bool:
+    """Whether ``torch.nn.utils.prune`` masks tensor ``attr`` of ``module``: a forward
+    pre-hook then sets it to ``<attr>_orig * <attr>_mask`` (a plain tensor) before every
+    call."""
+    return any(isinstance(hook, torch_prune.BasePruningMethod) and hook._tensor_name == attr
+               for hook in module._forward_pre_hooks.values())
+
+
 def is_parameter(value: object) -> TypeGuard[nn.Parameter]:
     """``isinstance(value, nn.Parameter)``; an exact Parameter skips the metaclass's
     Python-level ``__instancecheck__``."""
@@ -260,7 +274,9 @@ class Axis:
 
 def views_from_axes(module: nn.Module, dim: str, axes: tuple[Axis, ...]) -> list[WeightView]:
     """Weight views of every float parameter in ``axes`` that runs along ``dim`` (of a
-    weight-normed one, the effective weight, without a gradient: it has no ``.grad``)."""
+    weight-normed one, the effective weight, without a gradient: it has no ``.grad``; of one
+    that ``torch.nn.utils.prune`` masks, the masked weight with ``<attr>_orig``'s gradient,
+    which is the masked weight's gradient times the mask)."""
     out = []
     chains = module._modules.get("parametrizations")
     for spec in axes:
@@ -271,6 +287,11 @@ def views_from_axes(module: nn.Module, dim: str, axes: tuple[Axis, ...]) -> list
                                     and isinstance(tensor, Tensor)):
             out.append(WeightView(rows(tensor, spec.axis), spec.kind, dim,
                                   grad_rows(tensor, spec.axis)))
+        elif isinstance(tensor, Tensor) and module._forward_pre_hooks and \
+                masked_by_hook(module, spec.attr):
+            orig = getattr(module, f"{spec.attr}_orig")
+            out.append(WeightView(rows(tensor, spec.axis), spec.kind, dim,
+                                  grad_rows(orig, spec.axis)))
     return out
 
 
