@@ -189,6 +189,21 @@ class Conv1dAnd3d(nn.Module):
         return self.fc(F.adaptive_avg_pool1d(self.c1(x), 1).squeeze(-1))
 
 
+class PixelShuffles(nn.Module):
+    """Space to depth (each channel a block of 4 of the next conv's inputs) and depth to
+    space (each block of 4 channels one input channel of the head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.mid = nn.Conv2d(24, 20, 3, padding=1)
+        self.head = nn.Conv2d(5, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pixel_unshuffle(F.relu(self.stem(x)), 2)
+        return self.head(nn.PixelShuffle(2)(F.relu(self.mid(x))))
+
+
 FAMILIES = {
     "residual add/sub": (Residual, lambda: torch.randn(2, 3, 8, 8)),
     "concat": (Concat, lambda: torch.randn(2, 3, 8, 8)),
@@ -198,6 +213,7 @@ FAMILIES = {
     "grouped/depthwise/shuffle": (Shuffle, lambda: torch.randn(2, 3, 6, 6)),
     "conv-transpose/SE gate/slice": (TransposedAndGate, lambda: torch.randn(2, 3, 8, 8)),
     "conv1d/conv3d": (Conv1dAnd3d, lambda: torch.randn(2, 2, 5, 4, 4)),
+    "pixel shuffle/unshuffle": (PixelShuffles, lambda: torch.randn(2, 3, 8, 8)),
 }
 
 

@@ -13,6 +13,11 @@ block of ``K`` rows (padding included, which belongs to its channel) and leaves 
 Spatial dims that carry channels are not mapped. ``F.fold`` (col2im, VOLO's outlook
 attention) is its inverse, ``[N, C·kh·kw, L]`` to ``[N, C, H, W]``: output channel ``c`` sums
 rows ``c·K`` to ``c·K + K - 1``, so those rows are joined and leave together with it.
+
+``pixel_unshuffle(x, r)`` (space to depth) and ``pixel_shuffle(x, r)`` (depth to space, the
+upsampler of super-resolution nets) map channels the same two ways with ``K = r²``:
+``[N, C, H, W]`` to ``[N, C·r², H/r, W/r]``, each channel a block of ``r²``, and back, each
+block of ``r²`` channels one output channel (the block leaves whole).
 """
 
 from __future__ import annotations
@@ -69,9 +74,13 @@ def _im2col(ctx: TraceContext, call: OpCall) -> None:
     if cdim < 0 or out.dim() != cdim + 2 or out.shape[cdim] % source.shape[cdim]:
         raise OpNotMappable(f"input of shape {tuple(source.shape)} gives an output of shape "
                             f"{tuple(out.shape)}, not [N, C·K, L]")
+    _spread(ctx, source, out, cdim, "batch or spatial dims, which it gathers into windows")
+
+
+def _spread(ctx: TraceContext, source: Tensor, out: Tensor, cdim: int, others: str) -> None:
+    """Each channel of ``source`` along ``cdim`` becomes a block of ``out``'s channels."""
     per_channel = out.shape[cdim] // source.shape[cdim]
-    channels = _channel_line(ctx, source, cdim, "batch or spatial dims, which it gathers "
-                             "into windows").repeat_interleave(per_channel)
+    channels = _channel_line(ctx, source, cdim, others).repeat_interleave(per_channel)
     ctx.set_vector(out, channels, cdim)
 
 
@@ -82,10 +91,28 @@ def _col2im(ctx: TraceContext, call: OpCall) -> None:
     if cdim < 0 or out.dim() != cdim + 3 or source.shape[cdim] % max(out.shape[cdim], 1):
         raise OpNotMappable(f"input of shape {tuple(source.shape)} gives an output of shape "
                             f"{tuple(out.shape)}, not [N, C, H, W]")
-    rows = _channel_line(ctx, source, cdim, "batch or window dims, which it sums into "
-                         "pixels").reshape(out.shape[cdim], -1)  # [C, K]
+    _gather(ctx, source, out, cdim, "batch or window dims, which it sums into pixels")
+
+
+def _gather(ctx: TraceContext, source: Tensor, out: Tensor, cdim: int, others: str) -> None:
+    """Each block of ``source``'s channels along ``cdim`` becomes one channel of ``out``:
+    the block's channels are joined and leave together."""
+    rows = _channel_line(ctx, source, cdim, others).reshape(out.shape[cdim], -1)  # [C, K]
     ctx.space.union(rows, rows[:, :1].expand_as(rows))
     ctx.set_vector(out, ctx.space.find(rows[:, 0].contiguous()), cdim)
+
+
+def _pixel_shuffle(ctx: TraceContext, call: OpCall) -> None:
+    source = tensors_in(call.args[:1] or (call.kwargs.get("input"),))[0]
+    out = tensors_in(call.out)[0]
+    cdim = source.dim() - 3  # [*, C, H, W]
+    if cdim < 0 or out.dim() != source.dim():
+        raise OpNotMappable(f"input of shape {tuple(source.shape)} gives an output of shape "
+                            f"{tuple(out.shape)}, not [*, C, H, W]")
+    if call.name == "pixel_shuffle":  # [*, C·r², H, W] -> [*, C, H·r, W·r]
+        _gather(ctx, source, out, cdim, "batch or spatial dims, which it interleaves")
+    else:  # [*, C, H, W] -> [*, C·r², H/r, W/r]
+        _spread(ctx, source, out, cdim, "batch or spatial dims, which it folds into channels")
 
 
 def _channel_line(ctx: TraceContext, source: Tensor, cdim: int, others: str) -> Tensor:
@@ -99,3 +126,4 @@ def _channel_line(ctx: TraceContext, source: Tensor, cdim: int, others: str) -> 
 
 register_op(("unfold",), _unfold)
 register_op(("fold",), _col2im)
+register_op(("pixel_shuffle", "pixel_unshuffle"), _pixel_shuffle)
