@@ -78,3 +78,16 @@ def test_scripted_model_is_refused_with_the_fix() -> None:
     model = torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)))
     with pytest.raises(ConfigError, match=r"TorchScript module.*prune the Python module"):
         pk.prune(model, torch.randn(1, 3, 8, 8), ratio=0.5)
+
+
+def test_quantized_layers_are_refused_with_the_fix() -> None:
+    """Their packed integer weights are no parameters: without the refusal the model would
+    come back "pruned" with nothing removed."""
+    float_model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(float_model, {nn.Linear})
+    with pytest.raises(ConfigError, match=r"model\.0 is a quantized layer.*prune the float "
+                                          r"model, then quantize"):
+        pk.prune(quantized, torch.randn(2, 8), ratio=0.5)
+    assert pk.prune(float_model, torch.randn(2, 8), ratio=0.5).model[0].out_features == 8

@@ -336,3 +336,14 @@ def test_removing_the_pruned_copys_weight_norm_leaves_the_original_alone() -> No
     assert parametrize.is_parametrized(model.mid) and type(model.mid) is not type(pruned.mid)
     with torch.no_grad():
         assert torch.equal(model(x), expected)
+
+
+def test_hook_based_spectral_norm_is_refused_with_the_call_that_bakes_it_in() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(),
+                          torch.nn.utils.spectral_norm(nn.Conv2d(8, 4, 3)))
+    with pytest.raises(ConfigError, match=r"hook-based torch\.nn\.utils\.spectral_norm") as info:
+        prune(model, torch.randn(2, 3, 9, 9), ratio=0.5)
+    assert "remove_spectral_norm(model.get_submodule('2'), 'weight')" in str(info.value)
+    torch.nn.utils.remove_spectral_norm(model[2])
+    assert prune(model, torch.randn(2, 3, 9, 9), ratio=0.5).model[0].out_channels == 4

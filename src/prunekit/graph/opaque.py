@@ -1,5 +1,6 @@
 """What the trace cannot see into: ``torch.compile`` wrappers and TorchScript modules (their
-ops run outside Python) are refused by name with the fix, and a handler that fails on a call
+ops run outside Python) and quantized layers (packed integer weights, no parameters) are
+refused by name with the fix, and a handler that fails on a call
 it does not expect becomes an unmappable op instead of a crash mid-trace."""
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from prunekit.graph.records import ModuleCall, ModuleHandler
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["check_traceable", "compiled_error", "handler_failed", "opaque_scripts"]
+__all__ = ["check_traceable", "compiled_error", "handler_failed", "is_quantized",
+           "opaque_scripts", "quantized_error"]
 
 
 def check_traceable(model: nn.Module) -> None:
@@ -69,4 +71,22 @@ def compiled_error(path: str) -> ConfigError:
         f"{where} is a torch.compile wrapper (OptimizedModule); prune the module it wraps "
         f"({where}._orig_mod) and compile the pruned model afterwards (or use "
         f"module.compile(), which prunes as is)"
+    )
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """A layer of ``torch.ao.nn.quantized`` (static or dynamic, fused or not): its weights
+    are packed integers, not parameters, and its kernels run outside the trace's sight."""
+    return ".quantized" in type(module).__module__ and \
+        type(module).__module__.startswith("torch.")
+
+
+def quantized_error(path: str, module: nn.Module) -> ConfigError:
+    """Quantized layers would come back "pruned" with nothing removed: refuse them."""
+    where = f"model.{path}" if path else "the model"
+    return ConfigError(
+        f"{where} is a quantized layer ({type(module).__module__}.{type(module).__name__}), "
+        f"whose weights and outputs are quantized integers that cannot be cut; prune the "
+        f"float model, then quantize the pruned one (torch.ao.quantization.quantize_dynamic "
+        f"or your QAT/PTQ flow)"
     )

@@ -31,7 +31,9 @@ from prunekit.graph.opaque import (
     check_traceable,
     compiled_error,
     handler_failed,
+    is_quantized,
     opaque_scripts,
+    quantized_error,
 )
 from prunekit.graph.ops import (
     OpCall,
@@ -108,6 +110,8 @@ class TraceContext:
         for name, module in walk:
             if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
                 raise compiled_error(name)
+            if is_quantized(module):
+                raise quantized_error(name, module)
             if id(module) not in seen:
                 seen.add(id(module))
                 self._named_modules.append((name, module))

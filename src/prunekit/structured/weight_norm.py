@@ -20,6 +20,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import _WeightNorm
+from torch.nn.utils.spectral_norm import SpectralNorm as _LegacySpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _LegacyWeightNorm
 
 from prunekit.errors import ConfigError
@@ -63,21 +64,35 @@ def cut_g(g: Tensor, v: Tensor, v_cut: Tensor, axis: int | None, keep: Tensor | 
         return scale * torch.norm_except_dim(v_cut, 2, dim)
 
 
-def legacy_weight_norms(modules: Iterable[tuple[str, nn.Module]]) -> list[tuple[str, str, int]]:
-    """``(module path, tensor name, dim)`` of every hook-based weight norm in ``modules``."""
+def legacy_weight_norms(modules: Iterable[tuple[str, nn.Module]]
+                        ) -> list[tuple[str, str, int, bool]]:
+    """``(module path, tensor name, dim, spectral)`` of every hook-based weight norm
+    (``spectral`` False) or spectral norm (True) in ``modules``."""
     found = []
     for path, module in modules:
         if module._forward_pre_hooks:
-            found += [(path, hook.name, hook.dim) for hook in module._forward_pre_hooks.values()
-                      if isinstance(hook, _LegacyWeightNorm)]
+            found += [(path, hook.name, hook.dim, isinstance(hook, _LegacySpectralNorm))
+                      for hook in module._forward_pre_hooks.values()
+                      if isinstance(hook, (_LegacyWeightNorm, _LegacySpectralNorm))]
     return found
 
 
-def legacy_error(found: list[tuple[str, str, int]]) -> ConfigError:
-    """The refusal for hook-based weight norm, with the exact switch to the parametrization."""
-    path, name, dim = found[0]
+def legacy_error(found: list[tuple[str, str, int, bool]]) -> ConfigError:
+    """The refusal for hook-based weight norm, with the exact switch to the parametrization;
+    for hook-based spectral norm, with the call that bakes it in."""
+    path, name, dim, spectral = found[0]
     where = f"model.get_submodule({path!r})" if path else "model"
-    names = ", ".join(f"{p or 'the model'}.{n}" for p, n, _ in found[:3])
+    if spectral:
+        return ConfigError(
+            f"{path or 'the model'}.{name} uses the hook-based torch.nn.utils.spectral_norm, "
+            f"whose weight a forward pre-hook recomputes from {name}_orig by power iteration "
+            f"(the norm itself changes with every channel removed), so structured pruning "
+            f"cannot cut it. Bake it in first (outputs unchanged): "
+            f"torch.nn.utils.remove_spectral_norm({where}, {name!r}) for each, then prune "
+            f"and apply spectral_norm again if you train with it"
+        )
+    found = [entry for entry in found if not entry[3]]
+    names = ", ".join(f"{p or 'the model'}.{n}" for p, n, _, _ in found[:3])
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
     verb = "uses" if len(found) == 1 else "use"
     return ConfigError(
