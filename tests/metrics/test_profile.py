@@ -213,3 +213,19 @@ def test_a_parameter_view_passed_to_a_submodule_is_counted() -> None:
     result = profile(model, torch.randn(2, 5))
     assert result.macs == 2 * 4 * 3
     assert result.trainable_params == 4 + 15 and model.token.requires_grad
+
+
+def test_bilinear_macs_are_batch_out_in1_in2() -> None:
+    """FlopCounterMode has no formula for nn.Bilinear's aten._trilinear; profile adds one."""
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bilinear = nn.Bilinear(16, 12, 20)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.bilinear(x, y)
+
+    result = profile(Pair(), (torch.randn(3, 5, 16), torch.randn(3, 5, 12)))
+    assert result.macs == 3 * 5 * 20 * 16 * 12
+    assert [layer.macs for layer in result.layers if layer.name == "bilinear"] == [result.macs]

@@ -27,6 +27,10 @@ from prunekit.graph.trace import ParamRecord, Trace
 
 __all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
 
+# the dims a layer reads (Linear/Conv "in", Bilinear's two inputs, attention's key and value
+# widths): ignore= leaves them to the layers that make them
+_READ_DIMS = frozenset(("in", "in1", "in2", "kdim", "vdim"))
+
 
 MemberKind = Literal["module", "param", "attr"]
 
@@ -103,7 +107,7 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
                 )
             continue  # a submodule the trace did not record has no dims to block
         for dim_name, dim in record.dims.items():
-            if dim_name != "in":
+            if dim_name not in _READ_DIMS:  # an ignored layer keeps the widths it makes
                 space.block(dim.labels, f"layer {record.name!r} is in ignore=")
     _tie_shared_weights(trace, axes_of)
     param_axes: dict[str, int | None] = {}

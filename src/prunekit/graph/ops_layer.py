@@ -1,5 +1,5 @@
-"""Functional layers: ``F.linear``, ``F.conv1d/2d/3d`` and ``F.embedding`` called by code
-with a weight.
+"""Functional layers: ``F.linear``, ``F.conv1d/2d/3d``, ``F.bilinear``, ``F.embedding`` and
+``F.embedding_bag`` called by code with a weight.
 
 When the weight is a parameter or buffer of the model (``F.linear(x, self.weight,
 self.bias)``, a blur filter ``F.conv2d(x, self.filt, groups=C)``, one expert's weights
@@ -7,10 +7,13 @@ self.bias)``, a blur filter ``F.conv2d(x, self.filt, groups=C)``, one expert's w
 layer: its output axis makes fresh channels, its input axis reads
 the input's channels, and both are cut with their groups (the plan lists the parameter's
 axes); a grouped or depthwise conv couples them as ``nn.Conv2d``'s adapter does. With a
-computed weight, ``F.linear`` is a matrix product; a computed conv weight is not supported.
+computed weight, ``F.linear`` is a matrix product; a computed conv or bilinear weight is not
+supported. ``F.bilinear``'s weight ``[out, in1, in2]`` makes fresh channels on axis 0 and
+reads the two inputs' last dims on axes 1 and 2.
 ``F.embedding`` (an ``nn.Embedding`` subclass with a forward of its own, such as a scaled
-word embedding) makes its weight's columns the output's channels; the indices couple
-nothing.
+word embedding) and ``F.embedding_bag`` make their weight's columns the output's channels;
+the indices and offsets couple nothing, and per-sample weights, which pair with the indices
+one for one, keep their shape.
 """
 
 from __future__ import annotations
@@ -63,11 +66,40 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     else:
         ids = _grouped_conv(ctx, call, x, weight, record, groups, channel_in)
         labels = emit(ctx.space.find(ids), channel_out, out.shape)
-    if isinstance(bias, Tensor):
-        view = [1] * out.dim()
-        view[channel_out] = bias.numel()
-        labels = combine(ctx, [labels, ctx.labels(bias).reshape(view)], out.shape)
-    ctx.set_labels(out, labels)
+    ctx.set_labels(out, _with_bias(ctx, labels, bias, out, channel_out))
+
+
+def _with_bias(ctx: TraceContext, labels: Tensor, bias: Any, out: Tensor,
+               channel_out: int) -> Tensor:
+    """``labels`` joined with a bias added along ``channel_out`` (none: ``labels``)."""
+    if not isinstance(bias, Tensor):
+        return labels
+    view = [1] * out.dim()
+    view[channel_out] = bias.numel()
+    return combine(ctx, [labels, ctx.labels(bias).reshape(view)], out.shape)
+
+
+def _bilinear(ctx: TraceContext, call: OpCall) -> None:
+    """``y[..., o] = Σ_ij x1[..., i] W[o, i, j] x2[..., j] + b[o]``, ``W`` a parameter or
+    buffer: axis 0 makes the output's channels, axes 1 and 2 read the inputs' last dims
+    (one channel set on both when ``x1`` and ``x2`` carry the same channels)."""
+    x1, x2 = _arg(call, 0, "input1"), _arg(call, 1, "input2")
+    weight, bias = _arg(call, 2, "weight"), _arg(call, 3, "bias")
+    out = tensors_in(call.out)[0]
+    if not all(isinstance(t, Tensor) for t in (x1, x2, weight)) or weight.dim() != 3:
+        raise OpNotMappable("input1, input2 and a 3-D weight must be tensors")
+    same = ctx.same_as_param(weight)
+    if same is not None and same.shape == weight.shape:
+        weight = same
+    record = ctx.layer_weight(weight)
+    if record is None:
+        raise OpNotMappable("its weight is computed, not a parameter of the model; keep it "
+                            "in an nn.Bilinear or a parameter to prune its channels",
+                            makes_channels=True)
+    ctx.weight_axis(record, 1, labels=ctx.consume(x1, -1))
+    ctx.weight_axis(record, 2, labels=ctx.consume(x2, -1))
+    made = ctx.space.find(ctx.weight_axis(record, 0, count=int(weight.shape[0])))
+    ctx.set_labels(out, _with_bias(ctx, emit(made, -1, out.shape), bias, out, -1))
 
 
 def _grouped_conv(ctx: TraceContext, call: OpCall, x: Tensor, weight: Tensor,
@@ -130,6 +162,16 @@ def _embedding(ctx: TraceContext, call: OpCall) -> None:
     else:
         columns = ctx.space.find(ctx.weight_axis(record, 1, count=int(weight.shape[1])))
     ctx.set_vector(out, columns, -1)
+    if call.name == "embedding_bag":  # (input, weight, offsets, ..., per_sample_weights, ...)
+        keep_sample_weights(ctx, _arg(call, 8, "per_sample_weights"))
+
+
+def keep_sample_weights(ctx: TraceContext, weights: Any) -> None:
+    """An embedding bag's per-sample weights pair with its indices one for one, and the
+    indices' shape does not change with pruning: channels they carry are kept whole."""
+    if isinstance(weights, Tensor):
+        ctx.block(ctx.labels(weights), "an embedding bag's per_sample_weights pair with its "
+                                       "indices one for one, so their shape is kept")
 
 
 FUNCTIONAL_ATTENTION = (
@@ -149,5 +191,6 @@ def _functional_attention(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(("linear", "conv1d", "conv2d", "conv3d"), _functional_layer)
-register_op(("embedding",), _embedding)
+register_op(("bilinear",), _bilinear)
+register_op(("embedding", "embedding_bag"), _embedding)
 register_op(("multi_head_attention_forward",), _functional_attention)

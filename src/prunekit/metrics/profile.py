@@ -10,6 +10,7 @@ element-wise ops count zero.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -187,9 +188,24 @@ def _sdpa_cpu_flop(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) 
     return int(sdpa_flop_count(query, key, value))
 
 
+def _trilinear_flop(first: Any, second: Any, third: Any, expand1: Any, expand2: Any,
+                    expand3: Any, *args: Any, **kwargs: Any) -> int:
+    """``aten._trilinear`` (``nn.Bilinear``): one multiply-add pair per element of the three
+    inputs broadcast together, each first unsqueezed at its ``expand`` dims (for a bilinear
+    layer, batch · out · in1 · in2 MACs)."""
+    full: list[int] = []
+    for shape, expand in ((first, expand1), (second, expand2), (third, expand3)):
+        sizes = list(shape)
+        for dim in sorted(expand):
+            sizes.insert(dim, 1)
+        full = [max(a, b) for a, b in zip(full, sizes, strict=True)] if full else sizes
+    return 2 * math.prod(full)
+
+
 # CPU's fused attention kernel is missing from FlopCounterMode's registry (torch 2.13);
-# it computes the same thing as the registered GPU kernels, so reuse their formula.
-_EXTRA_FLOP_FORMULAS: dict[Any, Any] = {}
+# it computes the same thing as the registered GPU kernels, so reuse their formula. Nor
+# does it count nn.Bilinear's kernel.
+_EXTRA_FLOP_FORMULAS: dict[Any, Any] = {torch.ops.aten._trilinear: _trilinear_flop}
 if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _EXTRA_FLOP_FORMULAS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = (
         _sdpa_cpu_flop

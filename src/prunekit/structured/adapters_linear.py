@@ -1,4 +1,5 @@
-"""Layer adapters for Linear (features on the last dim) and Embedding (vectors on the last dim)."""
+"""Layer adapters for Linear and Bilinear (features on the last dim) and Embedding and
+EmbeddingBag (vectors on the last dim)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch import Tensor, nn
 
 from prunekit.graph.labels import consume, varies
 from prunekit.graph.ops import OpNotMappable, call_tensors
+from prunekit.graph.ops_layer import keep_sample_weights
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
     Axis,
@@ -24,6 +26,12 @@ from prunekit.structured.adapters import (
 _LINEAR_AXES = (
     Axis("weight", 0, "out", "weight"),
     Axis("weight", 1, "in", "weight"),
+    Axis("bias", 0, "out", "bias"),
+)
+_BILINEAR_AXES = (
+    Axis("weight", 0, "out", "weight"),
+    Axis("weight", 1, "in1", "weight"),
+    Axis("weight", 2, "in2", "weight"),
     Axis("bias", 0, "out", "bias"),
 )
 _EMBEDDING_AXES = (Axis("weight", 1, "out", "weight"),)
@@ -78,21 +86,65 @@ class LinearAdapter:
         update_attr(module, "in_features", in_features)
 
 
-class EmbeddingAdapter:
-    """A lookup table: indices in, vectors of ``embedding_dim`` channels out (last dim)."""
+class BilinearAdapter:
+    """``y[..., o] = Σ_ij x1[..., i] W[o, i, j] x2[..., j] + b[o]``: "in1" and "in2" are the
+    two inputs' last dims, "out" the output's. ``bl(h, h)`` reads one channel set twice, so
+    its "in1" and "in2" join."""
 
     def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
         module = call.module
-        assert isinstance(module, nn.Embedding)
+        assert isinstance(module, nn.Bilinear)
+        found = call_tensors(call.args, call.kwargs)
+        if len(found) < 2:
+            raise OpNotMappable("called without two tensor inputs")
+        ctx.record_dim(call.name, module, "in1", ctx.consume(found[0], -1))
+        ctx.record_dim(call.name, module, "in2", ctx.consume(found[1], -1))
+        ids = ctx.module_ids(call.name, module, "out", module.out_features)
+        ctx.set_vector(_output(call), ids, -1)
+
+    def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
+        return views_from_axes(module, dim, _BILINEAR_AXES)
+
+    def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
+        assert isinstance(module, nn.Bilinear)
+        cut_axes(module, keep, slicer, _BILINEAR_AXES)
+        for dim, attr in (("out", "out_features"), ("in1", "in1_features"),
+                          ("in2", "in2_features")):
+            if dim in keep:
+                setattr(module, attr, int(keep[dim].numel()))
+
+    def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
+        return axes_list(_BILINEAR_AXES)
+
+    def sync(self, module: nn.Module) -> None:
+        assert isinstance(module, nn.Bilinear)
+        out_features, in1_features, in2_features = module.weight.shape
+        update_attr(module, "out_features", out_features)
+        update_attr(module, "in1_features", in1_features)
+        update_attr(module, "in2_features", in2_features)
+
+
+class EmbeddingAdapter:
+    """A lookup table: indices in, vectors of ``embedding_dim`` channels out (last dim). An
+    ``nn.EmbeddingBag`` pools each bag's vectors channel by channel (sum, mean or max), so
+    its output's last dim carries the same channels."""
+
+    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
+        module = call.module
+        assert isinstance(module, (nn.Embedding, nn.EmbeddingBag))
         ids = ctx.module_ids(call.name, module, "out", module.embedding_dim)
         out = _output(call)
         ctx.set_vector(out, ids, -1)
+        if isinstance(module, nn.EmbeddingBag):  # forward(input, offsets, per_sample_weights)
+            weights = call.args[2] if len(call.args) > 2 else \
+                call.kwargs.get("per_sample_weights")
+            keep_sample_weights(ctx, weights)
 
     def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
         return views_from_axes(module, dim, _EMBEDDING_AXES)
 
     def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
-        assert isinstance(module, nn.Embedding)
+        assert isinstance(module, (nn.Embedding, nn.EmbeddingBag))
         cut_axes(module, keep, slicer, _EMBEDDING_AXES)
         if "out" in keep:
             module.embedding_dim = int(keep["out"].numel())
@@ -101,7 +153,7 @@ class EmbeddingAdapter:
         return axes_list(_EMBEDDING_AXES)
 
     def sync(self, module: nn.Module) -> None:
-        assert isinstance(module, nn.Embedding)
+        assert isinstance(module, (nn.Embedding, nn.EmbeddingBag))
         update_attr(module, "embedding_dim", module.weight.shape[1])
 
 
@@ -121,4 +173,7 @@ def _output(call: ModuleCall) -> Tensor:
 
 
 register_adapter(nn.Linear, LinearAdapter())
-register_adapter(nn.Embedding, EmbeddingAdapter())
+register_adapter(nn.Bilinear, BilinearAdapter())
+_EMBEDDING = EmbeddingAdapter()
+register_adapter(nn.Embedding, _EMBEDDING)
+register_adapter(nn.EmbeddingBag, _EMBEDDING)
