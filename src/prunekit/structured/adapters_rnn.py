@@ -4,8 +4,22 @@
 every layer and direction is one unit (the ``"hidden"`` dimension). Removing it cuts rows
 ``g·H + j`` of every gate ``g`` in ``weight_ih``/``weight_hh``/biases, column ``j`` of
 ``weight_hh`` and the matching input columns of the next layer (``j`` and ``H + j`` when
-bidirectional). The first layer's input channels are the ``"in"`` dimension. LSTMs with
-``proj_size`` are kept whole.
+bidirectional). The first layer's input channels are the ``"in"`` dimension.
+
+An LSTM with ``proj_size = P`` emits ``h = weight_hr · (o ⊙ tanh(c))``: the cell units
+(``"hidden"``, width of ``c``) are cut in the gate rows and in ``weight_hr``'s columns;
+the projection units (``"proj"``, width of the output and of ``h``) in ``weight_hr``'s rows,
+``weight_hh``'s columns and the next layer's input columns (``j`` and ``P + j``). Torch
+needs ``proj_size < hidden_size`` (with equal sizes its kernel takes the LSTM for one
+without projections), so a cut that would leave ``proj_size >= hidden_size`` is refused
+when applied: like any cut that breaks the forward check, ``strict=True`` names its groups
+in the error and ``strict=False`` keeps them whole. A uniform ``ratio`` keeps the order
+except where the sizes are within a unit or two of each other.
+
+A :class:`~torch.nn.utils.rnn.PackedSequence` input is read through its ``data``
+``[sum(lengths), F]`` and the packed output's ``data`` carries the output units (the
+packing ops are mapped in :mod:`prunekit.graph.ops_packed`). Given initial states carry
+the output units (``h0``) and the cell units (an LSTM's ``c0``) on their last dim.
 """
 
 from __future__ import annotations
@@ -14,13 +28,29 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
+from prunekit.errors import PrunekitError
 from prunekit.graph.labels import consume, emit
 from prunekit.graph.ops import OpNotMappable, tensors_in
 from prunekit.graph.trace import ModuleCall, TraceContext
-from prunekit.structured.adapters import ParamSlicer, WeightView, register_adapter, rows
+from prunekit.structured.adapters import (
+    ParamSlicer,
+    WeightView,
+    grad_rows,
+    register_adapter,
+    rows,
+)
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+class ProjectionWidthError(PrunekitError):
+    """A cut would leave an LSTM's ``proj_size >= hidden_size``, which torch cannot run.
+
+    Not a ValueError on purpose: applying a plan reports those as a plan that does not fit
+    the model, while this is a cut that breaks it (prune's forward-check repair handles it).
+    """
 
 
 def _names(rnn: nn.RNNBase) -> list[tuple[int, str]]:
@@ -34,31 +64,40 @@ def _per_unit(weight: Tensor, gates: int, size: int) -> Tensor:
     return weight.reshape(gates, size, -1).transpose(0, 1).reshape(size, -1)
 
 
+def _data(value: object) -> Tensor:
+    """The tensor a recurrent layer reads or writes: a PackedSequence's ``data``."""
+    if isinstance(value, PackedSequence):
+        return value.data
+    if not isinstance(value, Tensor):
+        raise OpNotMappable(f"expected a tensor or a PackedSequence, got {type(value).__name__}")
+    return value
+
+
 class RecurrentAdapter:
     """See the module docstring."""
 
     def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
         rnn = call.module
         assert isinstance(rnn, nn.RNNBase)
-        if getattr(rnn, "proj_size", 0):
-            raise OpNotMappable("LSTM with proj_size is not supported yet")
-        x = tensors_in(call.args[:1])[0]
+        x = _data(call.args[0] if call.args else call.kwargs.get("input"))
         space = ctx.space
         ctx.record_dim(call.name, rnn, "in", consume(space, ctx.labels(x), -1))
         hidden = ctx.module_ids(call.name, rnn, "hidden", rnn.hidden_size)
-        states = tensors_in((call.args[1:], call.kwargs))
-        for state in states:  # given initial states carry the hidden units on their last dim
-            space.union(hidden, consume(space, ctx.labels(state), -1))
-        if isinstance(call.out, tuple):
-            output, rest = call.out[0], call.out[1:]
+        proj_size = getattr(rnn, "proj_size", 0)
+        made = ctx.module_ids(call.name, rnn, "proj", proj_size) if proj_size else hidden
+        # states in the order (h, c): h carries the output units, an LSTM's c the cell units
+        state_units = (made, hidden)
+        hx = call.args[1] if len(call.args) > 1 else call.kwargs.get("hx")
+        for state, units in zip(tensors_in((hx,)), state_units, strict=False):
+            space.union(units, consume(space, ctx.labels(state), -1))
+        if isinstance(call.out, tuple) and not isinstance(call.out, PackedSequence):
+            output, rest = _data(call.out[0]), call.out[1:]
         else:
-            output, rest = call.out, ()
-        if not isinstance(output, Tensor):
-            raise OpNotMappable("packed sequences are not supported yet")
+            output, rest = _data(call.out), ()
         directions = 2 if rnn.bidirectional else 1
-        ctx.set_labels(output, emit(hidden.repeat(directions), -1, output.shape))
-        for state in tensors_in(rest):
-            ctx.set_labels(state, emit(hidden, -1, state.shape))
+        ctx.set_labels(output, emit(made.repeat(directions), -1, output.shape))
+        for state, units in zip(tensors_in(rest), state_units, strict=False):
+            ctx.set_labels(state, emit(units, -1, state.shape))
 
     def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
         rnn = module
@@ -68,34 +107,54 @@ class RecurrentAdapter:
         for layer, sfx in _names(rnn):
             if dim == "in" and layer == 0:
                 views.append(WeightView(rows(getattr(rnn, f"weight_ih_l0{sfx}"), 1), "weight", dim))
-            if dim != "hidden":
-                continue
-            for kind in ("weight_ih", "weight_hh"):
-                weight = getattr(rnn, f"{kind}_l{layer}{sfx}")
-                views.append(WeightView(_per_unit(weight.detach(), gates, size), "weight", dim,
-                                        None if weight.grad is None
-                                        else _per_unit(weight.grad, gates, size)))
+            elif dim == "proj":  # the projection's rows make the output units
+                weight = getattr(rnn, f"weight_hr_l{layer}{sfx}")
+                views.append(WeightView(rows(weight, 0), "weight", dim, grad_rows(weight, 0)))
+            elif dim == "hidden":
+                for kind in ("weight_ih", "weight_hh"):
+                    weight = getattr(rnn, f"{kind}_l{layer}{sfx}")
+                    views.append(WeightView(_per_unit(weight.detach(), gates, size), "weight",
+                                            dim, None if weight.grad is None
+                                            else _per_unit(weight.grad, gates, size)))
         return views
 
     def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
         rnn = module
         assert isinstance(rnn, nn.RNNBase)
         size, gates = rnn.hidden_size, _GATES[rnn.mode]
-        hidden, first_in = keep.get("hidden"), keep.get("in")
+        proj_size = getattr(rnn, "proj_size", 0)
+        hidden, proj, first_in = keep.get("hidden"), keep.get("proj"), keep.get("in")
+        made, made_size = (proj, proj_size) if proj_size else (hidden, size)
+        if proj_size:
+            new_size = size if hidden is None else int(hidden.numel())
+            new_proj = proj_size if proj is None else int(proj.numel())
+            if new_proj >= new_size:
+                raise ProjectionWidthError(
+                    f"the cut would leave LSTM proj_size={new_proj} >= hidden_size={new_size}, "
+                    f"which torch cannot run; keep more hidden units (a lower ratio or a "
+                    f"higher min_keep) or pass strict=False to keep this group whole"
+                )
         directions = 2 if rnn.bidirectional else 1
         for layer, sfx in _names(rnn):
             if hidden is not None:
                 rows_kept = torch.cat([hidden + g * size for g in range(gates)])
                 for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                     slicer.slice(rnn, f"{kind}_l{layer}{sfx}", 0, rows_kept)
-                slicer.slice(rnn, f"weight_hh_l{layer}{sfx}", 1, hidden)
+                if proj_size:
+                    slicer.slice(rnn, f"weight_hr_l{layer}{sfx}", 1, hidden)
+            if made is not None:
+                slicer.slice(rnn, f"weight_hh_l{layer}{sfx}", 1, made)
+                if proj_size:
+                    slicer.slice(rnn, f"weight_hr_l{layer}{sfx}", 0, made)
             if layer == 0 and first_in is not None:
                 slicer.slice(rnn, f"weight_ih_l0{sfx}", 1, first_in)
-            elif layer > 0 and hidden is not None:
-                cols = torch.cat([hidden + d * size for d in range(directions)])
+            elif layer > 0 and made is not None:
+                cols = torch.cat([made + d * made_size for d in range(directions)])
                 slicer.slice(rnn, f"weight_ih_l{layer}{sfx}", 1, cols)
         if hidden is not None:
             rnn.hidden_size = int(hidden.numel())
+        if proj_size and proj is not None:
+            rnn.proj_size = int(proj.numel())
         if first_in is not None:
             rnn.input_size = int(first_in.numel())
 
