@@ -10,6 +10,7 @@ cross-channel normalisation (LayerNorm/GroupNorm/softmax over channels), which a
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from tests.structured.zoo import BY_NAME, call, output_tensors
 from torch import Tensor, nn
 
+import prunekit as pk
 from prunekit.structured import prune
 from prunekit.structured.pruning import PruneResult
 
@@ -204,6 +206,21 @@ class PixelShuffles(nn.Module):
         return self.head(nn.PixelShuffle(2)(F.relu(self.mid(x))))
 
 
+class UnflattenDecoder(nn.Module):
+    """A decoder's stem: Linear → nn.Unflatten(1, (C, 3, 3)) → ConvTranspose: channel ``c``
+    of the unflattened map is the Linear's features ``9c`` to ``9c + 8``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 8 * 9)
+        self.unflatten = nn.Unflatten(1, (8, 3, 3))
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.head(F.relu(self.up(F.relu(self.unflatten(self.fc(z))))))
+
+
 FAMILIES = {
     "residual add/sub": (Residual, lambda: torch.randn(2, 3, 8, 8)),
     "concat": (Concat, lambda: torch.randn(2, 3, 8, 8)),
@@ -214,6 +231,7 @@ FAMILIES = {
     "conv-transpose/SE gate/slice": (TransposedAndGate, lambda: torch.randn(2, 3, 8, 8)),
     "conv1d/conv3d": (Conv1dAnd3d, lambda: torch.randn(2, 2, 5, 4, 4)),
     "pixel shuffle/unshuffle": (PixelShuffles, lambda: torch.randn(2, 3, 8, 8)),
+    "linear into unflatten": (UnflattenDecoder, lambda: torch.randn(2, 5)),
 }
 
 
@@ -389,3 +407,15 @@ def test_square_weight_permuted_in_place_is_not_taken_for_its_transpose() -> Non
     assert result.model.w.shape == (8, 8) and result.model.a.out_features == 8
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), model(x), rtol=0, atol=0)
+
+
+def test_unflatten_size_is_rewritten_and_replayed(tmp_path: Path) -> None:
+    model = UnflattenDecoder().eval()
+    z = torch.randn(2, 5)
+    result = prune(model, z, ratio=0.5)
+    assert result.model.unflatten.unflattened_size == (4, 3, 3)
+    assert result.model.fc.out_features == 36 and result.model.up.in_channels == 4
+    pk.save(result, tmp_path / "decoder")
+    loaded = pk.load(tmp_path / "decoder", UnflattenDecoder().eval())
+    assert loaded.unflatten.unflattened_size == (4, 3, 3)
+    assert torch.equal(loaded(z), result.model(z))

@@ -204,6 +204,8 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     if (len(sizes) == labels.dim() and sizes[dim] == -1) or (
             dim == segment[-1] and _per_head_share(sizes, labels, segment)):
         return  # adapts by itself; C // heads: judged by the width read (graph/sizes.py)
+    if _unflatten_attribute(ctx, call, labels, segment, dim):
+        return
     size = labels.shape[dim]
     holders = holding(ctx, size)
     args = arguments_written(ctx)
@@ -228,6 +230,32 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     if not holders and (read or (trailing and len(sizes) != labels.dim())):
         return
     _block_fixed_factor(ctx, call, labels, size, holders)
+
+
+def _unflatten_attribute(ctx: TraceContext, call: OpCall, labels: Tensor,
+                         segment: list[int], dim: int) -> bool:
+    """``x.unflatten(d, self.sizes)`` passes a tuple attribute of the running module as is
+    (``nn.Unflatten``): found by identity, its element for the factor is bound
+    (``unflattened_size[1]``) and rewritten with the channels kept, or nothing is needed
+    where it is -1. False if the sizes are no such attribute."""
+    owner = _sizes_attribute(ctx, call, segment)
+    if owner is None:
+        return False
+    written, index = call.args[2], dim - segment[0]
+    if written[index] != -1:
+        ctx.bind_attribute(ctx.path, f"{owner}[{index}]", first_line(ctx.space.find(labels),
+                                                                     dim))
+    return True
+
+
+def _sizes_attribute(ctx: TraceContext, call: OpCall, segment: list[int]) -> str | None:
+    """The tuple attribute of the running module that an ``unflatten`` call passes as its
+    sizes, by identity (``nn.Unflatten``'s ``unflattened_size``), or None."""
+    written = call.args[2] if len(call.args) > 2 else None
+    if call.name != "unflatten" or not isinstance(written, (tuple, list)) or \
+            len(written) != len(segment):
+        return None
+    return next((k for k, v in vars(ctx.running_module).items() if v is written), None)
 
 
 def _block_fixed_factor(ctx: TraceContext, call: OpCall, labels: Tensor, size: int,
@@ -273,6 +301,9 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
                       segment: list[int]) -> tuple[int, str | None]:
     """Which factor of a split shrinks, and the module attribute that holds its size.
 
+    ``nn.Unflatten(1, (C, H, W))`` (an unflatten into three factors or more, its sizes a
+    tuple attribute) shrinks its first factor, whose element of the tuple is rewritten:
+    channels of ``H·W`` features go whole, as flatten → Linear maps them the other way.
     A leading factor left to ``-1`` in the call, or written from a unique ``*head*``
     attribute of the running module (``self.num_heads``, ``self.num_key_value_heads``, which
     is then rewritten) shrinks: whole heads go.
@@ -283,6 +314,11 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     (``head_dim``, ``head_size``: :func:`_named_for`) tells which it sizes, else the
     channels are kept whole; so are they where the call writes it as a plain int that no
     attribute holds."""
+    owner = _sizes_attribute(ctx, call, segment) if len(segment) > 2 else None
+    if owner is not None and bearing[0] == segment[0]:
+        # nn.Unflatten(1, (C, H, W)), a decoder's stem: whole channels of H·W features go
+        index = 0
+        return segment[0], None if call.args[2][index] == -1 else f"{owner}[{index}]"
     sizes = tensors_free(call.args[1:])
     attrs = int_attributes(ctx)
     if _per_head_share(sizes, labels, bearing):  # C // self.n_head: every head shrinks alike
