@@ -1,7 +1,7 @@
 """Shape ops: the op itself is replayed on the label tensor, so concat offsets, permutes
 and stacks map indices exactly as they map data (reshapes: :mod:`prunekit.graph.ops_reshape`).
 
-Two rules keep the replay sound after channels are removed:
+These rules keep the replay sound after channels are removed:
 
 * ``chunk`` couples the pieces index by index, so all pieces shrink alike; so does a
   ``split`` into equal parts whose width one int attribute of the running module holds
@@ -12,7 +12,9 @@ Two rules keep the replay sound after channels are removed:
   self.conv_dim, self.num_heads])``), and those attributes are rewritten;
 * a ``split`` by a literal or a computed size keeps those channels whole, since the sizes
   written in the code would no longer match (so does a fixed-size selection,
-  ``x[:, :32]``, ``narrow``, ``unbind``: :mod:`prunekit.graph.ops_slice`).
+  ``x[:, :32]``, ``narrow``, ``unbind``: :mod:`prunekit.graph.ops_slice`);
+* ``roll``, ``tril`` and ``triu`` along a dim that carries channels keep those channels
+  whole: the shift or the diagonal would count positions among the kept channels only.
 
 Attributes are matched by value, so a literal that happens to equal one is taken for it:
 the forward check after surgery then fails loudly, and the user's model is left as it was.
@@ -97,7 +99,38 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
         return
     if call.name in ("squeeze", "unsqueeze") and _defer_same_view(ctx, call):
         return
+    if call.name in _POSITIONAL:
+        _keep_positional_whole(ctx, call)
     replay(ctx, call)
+
+
+# ops whose result at a position depends on the position itself along some dims: rolling
+# by a fixed shift, zeroing above or below a diagonal
+_POSITIONAL = {"roll", "tril", "triu"}
+
+
+def _keep_positional_whole(ctx: TraceContext, call: OpCall) -> None:
+    """``roll`` along a dim that carries channels would move each kept channel by the shift
+    among the kept ones, not among all, handing the next layer's weights the wrong channels;
+    ``tril``/``triu`` over such a dim would zero other elements once channels go. Those
+    channels are kept whole (rolling over spatial dims, as Swin does, is replayed)."""
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    if not isinstance(source, Tensor) or source.dim() == 0:
+        return
+    if call.name == "roll":
+        dims: Any = call.args[2] if len(call.args) > 2 else call.kwargs.get("dims")
+        if dims is None:  # the flattened tensor is rolled: every dim moves
+            dims = range(source.dim())
+        dims = {d % source.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
+    else:
+        dims = {source.dim() - 2, source.dim() - 1} if source.dim() > 1 else {0}
+    vector = ctx.vector_of(source)
+    along = {vector[0] % source.dim()} if vector is not None else \
+        varying(ctx.space.find(ctx.labels(source)))
+    if dims & along:
+        ctx.block(ctx.labels(source), f"{call.display} moves or zeroes elements by position "
+                                      f"along a dim that carries channels, which removing "
+                                      f"channels would shift")
 
 
 _TRANSPOSES = {"t", "T", "mT", "transpose", "swapaxes", "swapdims", "permute"}
