@@ -91,3 +91,18 @@ def test_quantized_layers_are_refused_with_the_fix() -> None:
                                           r"model, then quantize"):
         pk.prune(quantized, torch.randn(2, 8), ratio=0.5)
     assert pk.prune(float_model, torch.randn(2, 8), ratio=0.5).model[0].out_features == 8
+
+
+def test_models_prepared_for_quantization_are_refused_and_float_stubs_pass() -> None:
+    stubs = torch.ao.quantization
+    model = nn.Sequential(stubs.QuantStub(), nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1),
+                          stubs.DeQuantStub())
+    x = torch.randn(2, 3, 8, 8)
+    assert pk.prune(model.eval(), x, ratio=0.5).model[1].out_channels == 4
+    model.qconfig = stubs.get_default_qat_qconfig("fbgemm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = stubs.prepare_qat(model.train())
+    with pytest.raises(ConfigError, match=r"preparing the model for quantization.*prune the "
+                                          r"float model before preparing it"):
+        pk.prune(prepared, x, ratio=0.5)

@@ -1,7 +1,8 @@
 """What the trace cannot see into: ``torch.compile`` wrappers and TorchScript modules (their
 ops run outside Python) and quantized layers (packed integer weights, no parameters) are
-refused by name with the fix, and a handler that fails on a call
-it does not expect becomes an unmappable op instead of a crash mid-trace."""
+refused by name with the fix, as are the observers and QAT layers of a model prepared for
+quantization; a handler that fails on a call it does not expect becomes an unmappable op
+instead of a crash mid-trace."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from prunekit.graph.records import ModuleCall, ModuleHandler
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["check_traceable", "compiled_error", "handler_failed", "is_quantized",
-           "opaque_scripts", "quantized_error"]
+__all__ = ["check_traceable", "compiled_error", "handler_failed", "opaque_scripts",
+           "quantization_error"]
 
 
 def check_traceable(model: nn.Module) -> None:
@@ -74,19 +75,29 @@ def compiled_error(path: str) -> ConfigError:
     )
 
 
-def is_quantized(module: nn.Module) -> bool:
-    """A layer of ``torch.ao.nn.quantized`` (static or dynamic, fused or not): its weights
-    are packed integers, not parameters, and its kernels run outside the trace's sight."""
-    return ".quantized" in type(module).__module__ and \
-        type(module).__module__.startswith("torch.")
-
-
-def quantized_error(path: str, module: nn.Module) -> ConfigError:
-    """Quantized layers would come back "pruned" with nothing removed: refuse them."""
+def quantization_error(path: str, module: nn.Module) -> ConfigError | None:
+    """The refusal for a module of torch's quantization flows, or None. A quantized layer
+    (``torch.ao.nn.quantized``, static or dynamic) holds packed integer weights, no
+    parameters, and runs its kernels out of the trace's sight: the model would come back
+    "pruned" with nothing removed. Observers, fake-quant modules and QAT layers that
+    ``prepare``/``prepare_qat`` insert hold per-channel statistics sized to today's widths.
+    ``QuantStub``/``DeQuantStub`` of a float model pass their input through."""
+    kind = type(module).__module__
+    if not kind.startswith("torch.ao.") or kind == "torch.ao.quantization.stubs":
+        return None
     where = f"model.{path}" if path else "the model"
-    return ConfigError(
-        f"{where} is a quantized layer ({type(module).__module__}.{type(module).__name__}), "
-        f"whose weights and outputs are quantized integers that cannot be cut; prune the "
-        f"float model, then quantize the pruned one (torch.ao.quantization.quantize_dynamic "
-        f"or your QAT/PTQ flow)"
-    )
+    name = f"{kind}.{type(module).__name__}"
+    if ".quantized" in kind:
+        return ConfigError(
+            f"{where} is a quantized layer ({name}), whose weights and outputs are quantized "
+            f"integers that cannot be cut; prune the float model, then quantize the pruned "
+            f"one (torch.ao.quantization.quantize_dynamic or your QAT/PTQ flow)"
+        )
+    if ".qat" in kind or kind.startswith("torch.ao.quantization."):
+        return ConfigError(
+            f"{where} ({name}) comes from preparing the model for quantization "
+            f"(prepare / prepare_qat), and its observers' per-channel statistics are sized to "
+            f"the current widths; prune the float model before preparing it, then prepare "
+            f"the pruned model"
+        )
+    return None

@@ -31,9 +31,8 @@ from prunekit.graph.opaque import (
     check_traceable,
     compiled_error,
     handler_failed,
-    is_quantized,
     opaque_scripts,
-    quantized_error,
+    quantization_error,
 )
 from prunekit.graph.ops import (
     OpCall,
@@ -110,8 +109,10 @@ class TraceContext:
         for name, module in walk:
             if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
                 raise compiled_error(name)
-            if is_quantized(module):
-                raise quantized_error(name, module)
+            if type(module).__module__.startswith("torch.ao."):
+                refusal = quantization_error(name, module)
+                if refusal is not None:
+                    raise refusal
             if id(module) not in seen:
                 seen.add(id(module))
                 self._named_modules.append((name, module))
