@@ -10,6 +10,12 @@ Channels are dim 1 (dim 0 for unbatched input). Three cases, by how groups coupl
   ``j`` of every group leaves together, on the input and on the output side.
 
 Conv weights are ``[out, in/groups, *k]``; transposed ones ``[in, out/groups, *k]``.
+
+A one-channel conv that slides along a dim carrying another layer's channels, keeping its
+size (ECA attention: ``conv1d(1, 1, k)`` over the pooled ``[B, 1, C]`` channel vector), passes
+those channels through position by position: its kernel is shared by every position, so
+no weight belongs to a channel, and each output position stays with the channel it sits on
+(after pruning, a kept channel's neighbours are the kept ones next to it).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-from prunekit.graph.labels import rep_along
+from prunekit.graph.labels import rep_along, varying
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
     ParamSlicer,
@@ -32,6 +38,27 @@ from prunekit.structured.adapters import (
 from prunekit.structured.adapters_linear import _first, _output
 
 
+def _slides_over_channels(ctx: TraceContext, call: ModuleCall, x: Tensor, cdim: int) -> bool:
+    """A one-channel conv whose input carries channels along its spatial dims and whose
+    output has the input's shape: the output takes the input's labels (see the module
+    docstring), the conv's own one-wide dims are recorded whole. False (nothing done) for
+    any other call."""
+    out = _output(call)
+    if out.shape != x.shape:
+        return False
+    vector = ctx.vector_of(x)
+    if vector is not None:
+        if vector[0] % x.dim() == cdim:
+            return False
+    elif not varying(ctx.space.find(ctx.labels(x))) - {cdim}:
+        return False
+    conv = call.module
+    for dim in ("in", "out"):
+        ctx.module_ids(call.name, conv, dim, 1)
+    ctx.set_labels(out, ctx.labels(x))
+    return True
+
+
 class ConvAdapter:
     """See the module docstring."""
 
@@ -41,6 +68,9 @@ class ConvAdapter:
         x = _first(call)
         cdim = 1 if x.dim() == len(conv.kernel_size) + 2 else 0
         space = ctx.space
+        if conv.in_channels == conv.out_channels == 1 and _slides_over_channels(ctx, call, x,
+                                                                                 cdim):
+            return
         in_labels = ctx.consume(x, cdim)
         groups, cin, cout = conv.groups, conv.in_channels, conv.out_channels
         if groups == 1:
