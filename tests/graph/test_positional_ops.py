@@ -1,7 +1,10 @@
-"""``roll``, ``tril`` and ``triu`` along a dim that carries channels: the pruned tensor's
-positions count the kept channels only, so the shift or the diagonal would hand the next
-layer other channels than it was trained on. Those channels are kept whole; along dims
-without channels (Swin's shifted windows) the op is replayed and everything prunes."""
+"""Ops that work by position along a dim: ``roll``, ``tril``/``triu``, ``diff`` and
+``cummax``/``cummin`` along a dim that carries channels would count the kept channels only
+once some go, handing the next layer other channels than it was trained on (or renumbering
+the positions they return), so those channels are kept whole; along dims without channels
+(Swin's shifted windows) they prune. ``rot90`` and ``channel_shuffle`` move whole channels
+and prune exactly; cross-channel mixing that leaves each element in place (``renorm``,
+``local_response_norm``, ``logcumsumexp``) prunes."""
 
 from __future__ import annotations
 
@@ -34,23 +37,59 @@ class Positional(nn.Module):
             y = torch.roll(y, (1, -1), (2, 3))
         elif self.op == "triu spatial":
             y = y.triu(1)
+        elif self.op == "diff channels":
+            y = torch.cat([torch.diff(y, dim=1), y[:, :1]], 1)
+        elif self.op == "cummax channels":
+            y = y.cummax(1).values
+        elif self.op == "diff spatial":
+            y = F.pad(torch.diff(y, dim=-1), (0, 1))
+        elif self.op == "cummin spatial":
+            y = y.cummin(2)[0]
+        elif self.op == "rot90 there and back":
+            y = torch.rot90(torch.rot90(y, 1, (1, 2)), -1, (1, 2))
+        elif self.op == "channel shuffle":
+            y = nn.ChannelShuffle(4)(y)
+        elif self.op == "renorm":
+            y = torch.renorm(y, 2, 1, 1.0)
         return self.head(F.relu(self.b(y)))
 
 
-@pytest.mark.parametrize("op", ["roll channels", "roll flat", "tril channels"])
+@pytest.mark.parametrize("op", ["roll channels", "roll flat", "tril channels",
+                                "diff channels", "cummax channels"])
 def test_channels_moved_by_position_are_kept_whole(op: str) -> None:
     model, x = Positional(op).eval(), torch.randn(2, 3, 8, 8)
     result = prune(model, x, ratio=0.5)
     assert result.model.a.out_channels == result.model.b.in_channels == 12
     assert result.model.b.out_channels == 6  # the rest prunes
-    assert any("by position" in why for why in result.coverage.fixed.values())
+    reasons = " ".join(result.coverage.fixed.values())
+    assert "by position" in reasons or "neighbours" in reasons or "renumber" in reasons
 
 
-@pytest.mark.parametrize("op", ["roll spatial", "triu spatial"])
+@pytest.mark.parametrize("op", ["roll spatial", "triu spatial", "diff spatial",
+                                "cummin spatial", "rot90 there and back", "channel shuffle",
+                                "renorm"])
 def test_spatial_shifts_prune_and_match_zeroed_inputs(op: str) -> None:
     model, x = Positional(op).eval(), torch.randn(2, 3, 8, 8)
     result = prune(model, x, ratio=0.5, importance="random", seed=1)
-    assert result.model.a.out_channels == 6
+    # (a shuffle of 4 groups of 3 ties channel j of every group: 3 units of 4 channels)
+    assert result.model.a.out_channels == (8 if op == "channel shuffle" else 6)
     with torch.no_grad():
         expected = _zero_removed_inputs(model, result.plan)(x)
         torch.testing.assert_close(result.model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_local_response_norm_and_logcumsumexp_over_channels_prune() -> None:
+    class Mixing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 12, 3, padding=1)
+            self.head = nn.Conv2d(12, 4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            y = F.local_response_norm(F.relu(self.a(x)), 3)
+            return self.head(y.logcumsumexp(1))
+
+    model, x = Mixing().eval(), torch.randn(2, 3, 8, 8)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.a.out_channels == result.model.head.in_channels == 6
+    assert result.model(x).shape == (2, 4, 8, 8)

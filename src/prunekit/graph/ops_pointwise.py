@@ -44,8 +44,11 @@ UNARY = (
     "to", "float", "double", "half", "bfloat16", "int", "long", "bool", "type", "type_as",
     "cpu", "cuda", "detach", "clone", "contiguous", "requires_grad", "data",
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
-    "zero", "fill", "uniform", "normal", "bernoulli", "cumsum", "cumprod",
+    "zero", "fill", "uniform", "normal", "bernoulli", "cumsum", "cumprod", "logcumsumexp",
     "positive", "float_power",
+    # mix along a dim, each element staying where it is (as softmax does): per-slice
+    # renormalisation, AlexNet's cross-channel local response norm
+    "renorm", "local_response_norm",
     # elementwise math and torch's alias names for the ops above
     "hardshrink", "softshrink", "rrelu", "negative", "absolute", "fix", "expm1", "exp2",
     "log2", "log10", "tan", "sinh", "cosh", "asin", "acos", "atan", "asinh", "acosh", "atanh",

@@ -43,7 +43,7 @@ REPLAY = (
     "moveaxis", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "tile",
     "repeat_interleave", "roll", "flip", "fliplr", "flipud", "stack", "hstack", "vstack",
     "cat", "concat", "concatenate", "broadcast_to", "atleast_2d",
-    "diag_embed", "tril", "triu",
+    "diag_embed", "tril", "triu", "rot90",
 )
 CHUNKING = ("chunk", "split", "split_with_sizes")
 
@@ -478,6 +478,70 @@ def running_module_phrase(ctx: TraceContext) -> str:
     return f"module {ctx.path!r}" if ctx.path else "the model"
 
 
+def _dim_arg(call: OpCall, position: int, default: int | None) -> Any:
+    return call.args[position] if len(call.args) > position else \
+        call.kwargs.get("dim", default)
+
+
+def _carries_channels(ctx: TraceContext, source: Tensor, dim: int) -> bool:
+    vector = ctx.vector_of(source)
+    if vector is not None:
+        return vector[0] % source.dim() == dim % source.dim()
+    return dim % source.dim() in varying(ctx.space.find(ctx.labels(source)))
+
+
+def _diff(ctx: TraceContext, call: OpCall) -> None:
+    """``torch.diff(x, n, dim)``: differences of neighbours along ``dim``, ``n`` shorter.
+    Along a dim that carries channels the neighbours would be other channels once some go,
+    so those channels are kept whole; elsewhere the channels stay where they are."""
+    source = tensors_in(call.args[:1] or (call.kwargs.get("input"),))[0]
+    out = tensors_in(call.out)[0]
+    dim = _dim_arg(call, 2, -1)
+    if any(call.kwargs.get(k) is not None for k in ("prepend", "append")) or \
+            len(call.args) > 3 or not isinstance(dim, int) or source.dim() == 0:
+        raise OpNotMappable("only torch.diff(x, n, dim) without prepend/append is mapped")
+    labels = ctx.labels(source)
+    if _carries_channels(ctx, source, dim):
+        ctx.block(labels, f"{call.display} subtracts neighbours along a dim that carries "
+                          f"channels, which removing channels would change")
+    ctx.set_labels(out, labels.narrow(dim, 0, out.shape[dim]))
+
+
+def _running_pick(ctx: TraceContext, call: OpCall) -> None:
+    """``cummax``/``cummin``: the running extreme along ``dim`` stays where it is, and the
+    indices are positions along ``dim``; along a dim that carries channels those positions
+    name channels that pruning would renumber, so the channels are kept whole."""
+    source = tensors_in(call.args[:1] or (call.kwargs.get("input"),))[0]
+    dim = _dim_arg(call, 1, None)
+    if not isinstance(dim, int) or source.dim() == 0:
+        raise OpNotMappable(f"dim={dim!r} is not a dim of a tensor with dims")
+    labels = ctx.labels(source)
+    if _carries_channels(ctx, source, dim):
+        ctx.block(labels, f"{call.display} gives positions of channels, which pruning "
+                          f"would renumber")
+    for out in tensors_in(call.out):
+        ctx.set_labels(out, labels)
+
+
+def _channel_shuffle(ctx: TraceContext, call: OpCall) -> None:
+    """``torch.channel_shuffle(x, g)`` (``nn.ChannelShuffle``): channel ``j`` of group ``i``
+    moves to ``j·g + i``. Channel ``j`` of every group leaves together, so the group count
+    stays valid and the shuffle of the pruned tensor puts the kept channels where the next
+    layer expects them."""
+    source = tensors_in(call.args[:1] or (call.kwargs.get("input"),))[0]
+    out = tensors_in(call.out)[0]
+    groups = call.args[1] if len(call.args) > 1 else call.kwargs.get("groups")
+    if not isinstance(groups, int) or source.dim() < 2 or source.shape[1] % groups:
+        raise OpNotMappable(f"groups={groups!r} does not divide the channels of a tensor of "
+                            f"shape {tuple(source.shape)}")
+    labels = ctx.space.find(ctx.labels(source))
+    rep_along(ctx.space, labels.unflatten(1, (groups, -1)), (1,))
+    ctx.set_labels(out, torch.channel_shuffle(ctx.space.find(labels), groups))
+
+
+register_op(("diff",), _diff)
+register_op(("cummax", "cummin"), _running_pick)
+register_op(("channel_shuffle", "native_channel_shuffle"), _channel_shuffle)
 register_op(REPLAY, _replay_only)
 register_op(CHUNKING, _chunking)
 
