@@ -85,6 +85,7 @@ _BUILTIN_FAMILIES = (
     "prunekit.graph.ops_einsum",
     "prunekit.graph.ops_layer",
     "prunekit.graph.ops_unfold",
+    "prunekit.graph.ops_fft",
     "prunekit.graph.ops_packed",
     "prunekit.graph.ops_factory",
 )

@@ -8,6 +8,10 @@ channels vary both along R and elsewhere, the positions reduced together are joi
 (conservative). Spatial ops act on the trailing dims, which must not carry channels: the
 channels of the leading dims pass through, and everything pooled into one output position
 is joined; padding only touches the dims it pads by a non-zero amount.
+
+``cosine_similarity``/``pairwise_distance`` couple their two inputs as a pointwise op does,
+then reduce over one dim by the rule above; ``cdist`` pairs rows over the last dim as a
+matrix product does (:mod:`prunekit.graph.ops_matmul`).
 """
 
 from __future__ import annotations
@@ -68,7 +72,6 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
     vector = ctx.vector_of(source)
     if vector is not None and _reduce_vector(ctx, call, source, vector, reduced):
         return
-    kept = [d for d in range(ndim) if d not in reduced]
     if vector is not None and vector[0] in reduced and varies(ctx.space.find(vector[1]), 0):
         # (RMSNorm's x.pow(2).mean(-1)) labels that vary along the reduced channel dim
         # only: the branch below that needs no label tensor
@@ -76,18 +79,23 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
     else:
         canon = ctx.space.find(ctx.labels(source))
         bearing, shape = varying(canon), canon.shape
-    over_r = not bearing.isdisjoint(reduced)
-    over_k = not bearing.isdisjoint(kept)
-    if not over_r:
-        rep = canon.amax(dim=reduced, keepdim=True) if reduced else canon
-    elif not over_k:  # (``x.view(b, g, c // g, h, w).sum(1) * gate``: c // g stays)
-        rep = fixed_shape(ctx.space, [1 if d in reduced else shape[d] for d in range(ndim)],
-                          f"{call.display} reduces over all its channels, so its result has "
-                          f"a shape no pruning changes")
-    else:
-        rep = rep_along(ctx.space, canon, reduced)
+    rep = _collapse(ctx, canon, bearing, shape, reduced, call.display)
     for out in tensors_in(call.out):
         ctx.set_labels(out, _fit(rep, reduced, tuple(out.shape)))
+
+
+def _collapse(ctx: TraceContext, canon: Tensor, bearing: set[int], shape: torch.Size,
+              reduced: tuple[int, ...], display: str) -> Tensor:
+    """The labels of a reduction of ``canon`` (labels of ``shape`` that vary along the dims
+    ``bearing``) over ``reduced``, those dims kept with size 1 (see the module docstring)."""
+    kept = [d for d in range(len(shape)) if d not in reduced]
+    if bearing.isdisjoint(reduced):
+        return canon.amax(dim=reduced, keepdim=True) if reduced else canon
+    if bearing.isdisjoint(kept):  # (``x.view(b, g, c // g, h, w).sum(1) * gate``: c // g stays)
+        return fixed_shape(ctx.space, [1 if d in reduced else n for d, n in enumerate(shape)],
+                           f"{display} reduces over all its channels, so its result has a "
+                           f"shape no pruning changes")
+    return rep_along(ctx.space, canon, reduced)
 
 
 def _reduce_vector(ctx: TraceContext, call: OpCall, source: Tensor,
@@ -240,3 +248,52 @@ def by_value(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(BY_VALUE, by_value)
+
+
+def _paired_reduce(ctx: TraceContext, call: OpCall) -> None:
+    """``cosine_similarity(x1, x2, dim)`` and ``pairwise_distance(x1, x2)`` (over the last
+    dim): ``x1`` and ``x2`` meet position by position, with broadcasting, as in a binary
+    pointwise op (so their channels along ``dim`` are joined index by index), and the
+    result is a reduction of that over ``dim``, labelled as ``sum(dim)`` would be."""
+    from prunekit.graph.ops_pointwise import combine
+
+    x1, x2 = (tensors_in(call.args[:2]) + [call.kwargs[k] for k in ("x1", "x2")
+                                             if k in call.kwargs])[:2]
+    shape = torch.broadcast_shapes(x1.shape, x2.shape)
+    ndim = len(shape)
+    if call.name == "cosine_similarity":
+        dim: Any = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 1)
+    else:
+        dim = -1
+    if not isinstance(dim, int) or not -ndim <= dim < max(ndim, 1):
+        raise OpNotMappable(f"dim={dim!r} is not a dim of the {ndim}-dim broadcast inputs")
+    reduced = (dim % ndim,) if ndim else ()
+    canon = ctx.space.find(combine(ctx, [ctx.labels(x1), ctx.labels(x2)], shape))
+    rep = _collapse(ctx, canon, varying(canon), canon.shape, reduced, call.display)
+    for out in tensors_in(call.out):
+        ctx.set_labels(out, _fit(rep, reduced, tuple(out.shape)))
+
+
+def _cdist(ctx: TraceContext, call: OpCall) -> None:
+    """``cdist(x1 [..., P, M], x2 [..., R, M])`` → ``[..., P, R]`` pairs every row of x1 with
+    every row of x2 over M, as the product ``x1 @ x2ᵀ`` does, and is labelled like it: M's
+    channels joined index by index (:func:`ops_matmul.contract`); a 2-D parameter ``x2``
+    (prototypes ``[K, M]``, as ``F.linear``'s weight) has its M axis cut with x1's channels
+    and makes the result's channels along K."""
+    from prunekit.graph.ops_matmul import contract, param_weight, weight_axes
+
+    x1, x2 = (tensors_in(call.args[:2]) + [call.kwargs[k] for k in ("x1", "x2")
+                                             if k in call.kwargs])[:2]
+    out = tensors_in(call.out)[0]
+    found = param_weight(ctx, x2, (1, 0)) if x2.dim() == 2 else None
+    if found is not None:
+        record, in_axis, out_axis = found
+        read = ctx.consume(x1, -1)
+        ctx.set_vector(out, weight_axes(ctx, record, in_axis, out_axis, read), -1)
+        return
+    ctx.set_labels(out, contract(ctx, ctx.labels(x1), ctx.labels(x2).transpose(-1, -2),
+                                 tuple(out.shape)))
+
+
+register_op(("cosine_similarity", "pairwise_distance"), _paired_reduce)
+register_op(("cdist",), _cdist)
