@@ -141,3 +141,46 @@ def test_a_leading_factor_read_from_the_shape_follows_the_channels() -> None:
     zeroed = _zero_removed_inputs(model, result.plan)
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), zeroed(x))
+
+
+class FocalModulation(nn.Module):
+    """FocalNet's modulation: ``split((C, C, levels + 1))`` of a projection of the block's
+    input, ``C`` read from that input's shape, inside a residual block."""
+
+    def __init__(self, width: int = 8, levels: int = 2) -> None:
+        super().__init__()
+        self.levels = levels
+        self.stem = nn.Linear(5, width)
+        self.proj_in = nn.Linear(width, 2 * width + levels + 1)
+        self.proj_out = nn.Linear(width, width)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.stem(x))
+        channels = h.shape[-1]
+        q, ctx, gates = torch.split(self.proj_in(h), (channels, channels, self.levels + 1), -1)
+        h = h + self.proj_out(q * torch.sigmoid(ctx) * gates.sum(-1, keepdim=True))
+        return self.head(h)
+
+
+def test_parts_sized_by_a_width_read_elsewhere_follow_it() -> None:
+    """The two parts of width ``C`` shrink with the residual ``C`` (joined index by index),
+    the gates' part keeps its computed width. Was: the residual shrank alone and the split
+    failed the forward check."""
+    torch.manual_seed(0)
+    model, x = FocalModulation().eval(), torch.randn(4, 5)
+    result = prune(model, x, ratio=0.5, importance="random", seed=2)
+    pruned = result.model
+    assert pruned.stem.out_features == pruned.head.in_features == 4
+    assert pruned.proj_in.out_features == 2 * 4 + 3 and pruned.proj_out.in_features == 4
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+def test_parts_sized_by_a_width_no_pruning_changes_keep_it() -> None:
+    """With the residual kept whole (its layer in ignore=), the parts of its width stay."""
+    torch.manual_seed(0)
+    model, x = FocalModulation().eval(), torch.randn(4, 5)
+    result = prune(model, x, ratio=0.5, ignore=[model.stem, model.proj_out])
+    assert result.model.stem.out_features == 8
+    assert result.model.proj_in.out_features == 2 * 8 + 3

@@ -36,6 +36,7 @@ from prunekit.graph.callers import (
 )
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
+from prunekit.graph.sizes import SizeInt, split_sizes
 from prunekit.graph.trace import TraceContext
 
 REPLAY = (
@@ -337,9 +338,11 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
     (Mamba2's ``zxbcdt.split([self.intermediate_size, self.conv_dim, self.num_heads])``);
     parts written as the same attribute shrink alike. A part written as a product of int
     attributes (``self.n_groups * self.state_size``) is judged when the trace ends
-    (:func:`_judge_products`). A part written otherwise (a literal, ``x.shape[-1] // 2``)
-    keeps its width, as does every part where the sizes are not written as a list in the
-    call."""
+    (:func:`_judge_products`). A part whose size is an int read from a shape is judged by
+    :mod:`prunekit.graph.sizes` (FocalNet's ``split((C, C, self.focal_level + 1), 1)``: the
+    two parts of the input width ``C`` follow it). A part written otherwise (a literal, a
+    computed size) keeps its width, as does every part where the sizes are not written as
+    a list in the call."""
     path, module = calling_module(ctx)
     written = sizes_written(module) if call.name != "chunk" else None
     if written is None or len(written) != len(pieces):
@@ -350,7 +353,10 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
     bound: dict[str, Tensor] = {}
     fixed: list[Tensor] = []
     products: list[tuple[Tensor, tuple[str, ...]]] = []
-    for name, piece in zip(written, pieces, strict=True):
+    values = split_sizes(call) or [None] * len(pieces)
+    for name, piece, value in zip(written, pieces, values, strict=True):
+        if isinstance(value, SizeInt):  # a width read from a shape: judged by graph/sizes.py
+            continue
         piece = ctx.space.find(piece)
         if isinstance(name, tuple):
             if _product_may_follow(held, name, piece.shape[dim]) and varies(piece, dim):

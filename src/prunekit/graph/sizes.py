@@ -9,7 +9,8 @@ dims of one read is *exact* (it still counts the channels of those dims, ``H * D
 head split), anything else (``C // self.num_heads``, ``C * 2``, ``N - 1``) is *derived*
 and only remembers its sources.
 
-Where such an int sizes a dim of a reshape / view / expand / factory result (:data:`SIZED`),
+Where such an int sizes a dim of a reshape / view / expand / factory result, or a part of a
+split into listed sizes (:data:`SIZED`),
 with "carries channels" read from the label classes at that point (a dim along which they
 do not vary keeps its size: batch, tokens, spatial, channels kept whole, the per-head dim
 of heads that go whole):
@@ -60,19 +61,21 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.graph.labels import NEUTRAL, varying
-from prunekit.graph.ops import OpCall, OpHandler
+from prunekit.graph.ops import OpCall, OpHandler, tensors_in
 
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["SIZED", "SizeInt", "SizeTracker", "channel_line", "check_sizes", "with_sizes",
-           "written_shape"]
+__all__ = ["SIZED", "SizeInt", "SizeTracker", "channel_line", "check_sizes", "split_sizes",
+           "with_sizes", "written_shape"]
 
 # ops whose int arguments give the result's shape, and where the sizes start
 _TENSOR_FIRST = ("view", "reshape", "expand", "broadcast_to", "new_zeros", "new_ones",
                  "new_empty", "new_full")
 _FACTORIES = ("zeros", "ones", "empty", "full", "rand", "randn")
-SIZED = frozenset((*_TENSOR_FIRST, *_FACTORIES, "arange", "unflatten", "repeat_interleave"))
+_SPLITS = ("split", "split_with_sizes")  # into parts of the sizes listed
+SIZED = frozenset((*_TENSOR_FIRST, *_FACTORIES, *_SPLITS, "arange", "unflatten",
+                   "repeat_interleave"))
 _FILLS = ("full", "new_full")  # a fill value follows the size
 
 
@@ -346,6 +349,9 @@ def check_sizes(ctx: TraceContext, call: OpCall) -> None:
     followed yet is judged again when the trace ends (:meth:`SizeTracker.settle`), since
     later ops may join its classes (SplitAttn's ``x * attn.reshape(B, r, RC // r, 1, 1)``)."""
     out = call.out
+    if call.name in _SPLITS:
+        _check_split(ctx, call)
+        return
     if call.name not in SIZED or not isinstance(out, Tensor):
         return
     sized = _sized_args(call, out)
@@ -366,6 +372,36 @@ def check_sizes(ctx: TraceContext, call: OpCall) -> None:
                 size._scale is not None and not size._exact and _rewritten_factor(ctx, size)):
             ctx.sizes.pending.append((call.display, ctx.path, labels, dim, size))
         labels = ctx.labels(out)
+
+
+def split_sizes(call: OpCall) -> list[Any] | None:
+    """The list of part sizes a ``split``/``split_with_sizes`` call writes (None for one
+    size for every part)."""
+    sizes = call.args[1] if len(call.args) > 1 else next(
+        (call.kwargs[k] for k in ("split_size_or_sections", "split_size", "split_sizes")
+         if k in call.kwargs), None)
+    return list(sizes) if isinstance(sizes, (tuple, list)) else None
+
+
+def _check_split(ctx: TraceContext, call: OpCall) -> None:
+    """A split into parts listed by size, some of them ints read from a shape (FocalNet's
+    ``split((C, C, self.focal_level + 1), 1)`` of a projection, ``C`` the width of the
+    block's input): each such part must keep that width, judged as a reshape's dim is (an
+    exact width read elsewhere joins the part index by index, so both shrink alike)."""
+    sizes = split_sizes(call)
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    pieces = tensors_in(call.out)
+    if sizes is None or not isinstance(source, Tensor) or len(sizes) != len(pieces):
+        return
+    dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
+    if not isinstance(dim, int) or source.dim() == 0:
+        return
+    dim %= source.dim()
+    for piece, size in zip(pieces, sizes, strict=True):
+        if isinstance(size, SizeInt):
+            labels = ctx.labels(piece)
+            if not _judge(ctx, call.name, labels, dim, size, None):
+                ctx.sizes.pending.append((call.display, ctx.path, labels, dim, size))
 
 
 def _judge(ctx: TraceContext, name: str, labels: Tensor, dim: int, size: SizeInt,
