@@ -1,4 +1,5 @@
-"""``torch.einsum`` and ``addmm``-style products, by index letters.
+"""``torch.einsum`` and ``addmm``-style products, by index letters (``...`` and an implicit
+result are spelled out first, as torch reads them).
 
 Each operand may carry channels along at most one of its letters (a tensor whose channels
 vary along two letters, such as a weight used directly, is kept whole). Operands that carry
@@ -9,6 +10,9 @@ none, it has a shape no pruning changes: :func:`labels.fixed_shape`).
 """
 
 from __future__ import annotations
+
+import collections
+import string
 
 from torch import Tensor
 
@@ -22,12 +26,10 @@ from prunekit.graph.trace import TraceContext
 def _einsum(ctx: TraceContext, call: OpCall) -> None:
     equation = call.args[0]
     operands = tensors_in(call.args[1:])
-    if not isinstance(equation, str) or "->" not in equation or "." in equation:
-        raise OpNotMappable("only explicit equations without '...' are supported")
-    lhs, rhs = equation.replace(" ", "").split("->")
+    if not isinstance(equation, str):
+        raise OpNotMappable("only equations written as a string are supported")
+    lhs, rhs = _explicit(equation, [operand.dim() for operand in operands]).split("->")
     terms = lhs.split(",")
-    if len(terms) != len(operands):
-        raise OpNotMappable("the equation does not match the operands")
     space = ctx.space
     channel: list[str | None] = []
     labels: list[Tensor] = []
@@ -64,6 +66,35 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
             space.block(vector, f"{call.display} result carries channels on two letters")
     letter = carried[0]
     ctx.set_labels(out, emit(space.find(vectors[letter][0]), rhs.index(letter), out.shape))
+
+
+def _explicit(equation: str, ranks: list[int]) -> str:
+    """``equation`` with each ``...`` spelled out in spare letters (the broadcast dims,
+    aligned from the right across operands) and an implicit result written out (the
+    broadcast dims, then the letters used once, sorted), as torch reads it:
+    ``"...pd,...qd->...pq"`` of a 3-D and a 2-D operand is ``"Apd,qd->Apq"``."""
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise OpNotMappable("the equation does not match the operands")
+    letters = {c for c in equation if c.isalpha()}
+    spare = [c for c in string.ascii_letters if c not in letters]
+    widths = [rank - (len(term) - 3) if "..." in term else 0
+              for term, rank in zip(terms, ranks, strict=True)]
+    if any(w < 0 for w in widths) or max(widths, default=0) > len(spare) or any(
+            "." in term.replace("...", "", 1) for term in (*terms, rhs)):
+        raise OpNotMappable(f"cannot read the equation {equation!r} for operands of "
+                            f"{ranks} dims")
+    broadcast = "".join(spare[:max(widths, default=0)])
+    terms = [term.replace("...", broadcast[len(broadcast) - w:])
+             for term, w in zip(terms, widths, strict=True)]
+    if arrow:
+        rhs = rhs.replace("...", broadcast)
+    else:
+        counts = collections.Counter("".join(terms))
+        rhs = broadcast + "".join(sorted(c for c, n in counts.items()
+                                         if n == 1 and c not in broadcast))
+    return ",".join(terms) + "->" + rhs
 
 
 def _addmm(ctx: TraceContext, call: OpCall) -> None:

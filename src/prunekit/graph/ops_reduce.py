@@ -28,8 +28,13 @@ from prunekit.graph.trace import TraceContext
 REDUCE = (
     "mean", "sum", "nansum", "nanmean", "amax", "amin", "max", "min", "std", "var", "prod",
     "norm", "logsumexp", "argmax", "argmin", "all", "any", "median", "std_mean", "var_mean",
-    "count_nonzero", "aminmax", "linalg_vector_norm", "vector_norm",
+    "count_nonzero", "aminmax", "linalg_vector_norm", "vector_norm", "linalg_norm",
+    "linalg_matrix_norm", "matrix_norm",
 )
+# norms that take (input, ord, dim): their dims come third; matrix norms default to the last two
+_ORD_FIRST = ("norm", "linalg_vector_norm", "vector_norm", "linalg_norm", "linalg_matrix_norm",
+              "matrix_norm")
+_MATRIX_NORMS = ("linalg_matrix_norm", "matrix_norm")
 SPATIAL = {
     "max_pool1d": 1, "max_pool2d": 2, "max_pool3d": 3, "avg_pool1d": 1, "avg_pool2d": 2,
     "avg_pool3d": 3, "adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2,
@@ -45,12 +50,14 @@ SPATIAL = {
 
 
 def _dims(call: OpCall, ndim: int) -> tuple[int, ...] | None:
-    position = 2 if call.name in ("norm", "linalg_vector_norm", "vector_norm") else 1
+    position = 2 if call.name in _ORD_FIRST else 1
     dim: Any = call.kwargs.get("dim", call.kwargs.get("axis"))
     if dim is None and len(call.args) > position and not isinstance(call.args[position], Tensor):
         candidate = call.args[position]
         if isinstance(candidate, (int, tuple, list)) and not isinstance(candidate, bool):
             dim = candidate
+    if dim is None and call.name in _MATRIX_NORMS:
+        dim = (-2, -1)
     if dim is None:
         return None
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
