@@ -217,8 +217,17 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
                 if name == attr and dim in record.dims:
                     holders.setdefault(id(tensor), []).append((record.name, axis, dim))
             holders.setdefault(id(tensor), []).append((record.name, -1, None))
+    layer_axes: dict[str, dict[int, Tensor]] = {}  # a tied tensor read as a layer weight
     for param in trace.params.values():
-        if id(param.tensor) in tied:
+        if id(param.tensor) not in tied:
+            continue
+        if param.axes and not (param.whole or param.selected is not None):
+            # by a functional layer (F.conv_transpose2d(h, self.enc.weight), a tied
+            # decoder): each axis it reads or makes is cut like a layer's dim
+            layer_axes[param.name] = {axis: vector for axis, (vector, _) in param.axes.items()}
+            holders.setdefault(id(param.tensor), []).extend(
+                (param.name, axis, "") for axis in param.axes)
+        else:
             holders.setdefault(id(param.tensor), []).append((param.name, None, None))
     space = trace.space
     for entries in holders.values():
@@ -229,9 +238,10 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
         for owner, cut_axis, cut_dim in entries:
             if cut_axis is not None and cut_axis >= 0 and cut_dim is not None:
                 cuts.setdefault(cut_axis, []).append((owner, cut_dim))
-        for dims in cuts.values():
+        for axis, dims in cuts.items():
             cutters = {owner for owner, _ in dims}
-            vectors = [trace.modules[owner].dims[d].labels for owner, d in dims]
+            vectors = [layer_axes[owner][axis] if owner in layer_axes
+                       else trace.modules[owner].dims[d].labels for owner, d in dims]
             if unknown or cutters != owners or len({v.numel() for v in vectors}) != 1:
                 for vector in vectors:
                     space.block(vector, reason)

@@ -1,5 +1,6 @@
-"""Functional layers: ``F.linear``, ``F.conv1d/2d/3d``, ``F.bilinear``, ``F.embedding`` and
-``F.embedding_bag`` called by code with a weight.
+"""Functional layers: ``F.linear``, ``F.conv1d/2d/3d``, ``F.conv_transpose1d/2d/3d``,
+``F.bilinear``, ``F.prelu``, ``F.embedding`` and ``F.embedding_bag`` called by code with a
+weight.
 
 When the weight is a parameter or buffer of the model (``F.linear(x, self.weight,
 self.bias)``, a blur filter ``F.conv2d(x, self.filt, groups=C)``, one expert's weights
@@ -40,6 +41,7 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise OpNotMappable("input and weight must be tensors")
     linear = call.name == "linear"
+    transposed = call.name.startswith("conv_transpose")
     groups = 1 if linear else _arg(call, 6, "groups")
     groups = 1 if groups is None else groups
     if linear:
@@ -58,6 +60,12 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
             raise OpNotMappable("its weight is computed, not a parameter of the model",
                                 makes_channels=True)
         labels = contract(ctx, ctx.labels(x), ctx.labels(weight).t(), tuple(out.shape))
+    elif transposed:  # weight [in, out / groups, *k]: a tied decoder's F.conv_transpose2d
+        if groups != 1:
+            raise OpNotMappable(f"groups={groups!r}: only ungrouped transposed convs with a "
+                                f"parameter weight are mapped", makes_channels=True)
+        made = weight_axes(ctx, record, 0, 1, consume(ctx.space, ctx.labels(x), channel_in))
+        labels = emit(made, channel_out, out.shape)
     elif groups == 1:
         made = weight_axes(ctx, record, first + 1, first,
                            consume(ctx.space, ctx.labels(x), channel_in),
@@ -190,7 +198,25 @@ def _functional_attention(ctx: TraceContext, call: OpCall) -> None:
         ctx.set_labels(out, fixed_shape(ctx.space, out.shape, FUNCTIONAL_ATTENTION))
 
 
-register_op(("linear", "conv1d", "conv2d", "conv3d"), _functional_layer)
+def _prelu(ctx: TraceContext, call: OpCall) -> None:
+    """``F.prelu(x, weight)``: one slope per channel (dim 1, dim 0 for a 1-D input) or one
+    for all; a per-channel slope vector is coupled to the channels as a scale is."""
+    x, weight = _arg(call, 0, "input"), _arg(call, 1, "weight")
+    out = tensors_in(call.out)[0]
+    if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
+        raise OpNotMappable("input and weight must be tensors")
+    if weight.numel() == 1 or x.dim() == 0:
+        ctx.set_labels(out, ctx.labels(x))
+        return
+    view = [1] * x.dim()
+    view[1 if x.dim() > 1 else 0] = weight.numel()
+    ctx.set_labels(out, combine(ctx, [ctx.labels(x), ctx.labels(weight).reshape(view)],
+                                out.shape))
+
+
+register_op(("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+             "conv_transpose3d"), _functional_layer)
+register_op(("prelu",), _prelu)
 register_op(("bilinear",), _bilinear)
 register_op(("embedding", "embedding_bag"), _embedding)
 register_op(("multi_head_attention_forward",), _functional_attention)

@@ -271,5 +271,7 @@ def _solve_triangular(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(("matmul", "bmm", "mm"), _matmul)
+# a sparse left operand (a graph's adjacency: torch.sparse.mm(adj, h)) contracts alike
+register_op(("_sparse_mm", "sparse_mm", "spmm", "smm"), _matmul)
 register_op(("linalg_solve_triangular", "solve_triangular"), _solve_triangular)
 register_op(("scaled_dot_product_attention",), _sdpa)

@@ -5,15 +5,27 @@ The affine vectors and running statistics are parameters or buffers used directl
 they become param nodes coupled to the normalised channel dim and are cut with it; the
 layer adapter's ``sync`` then re-derives the module's size attribute. Without an affine
 vector the size is only written in the call, so those channels are kept whole.
+
+``layer_norm``/``rms_norm`` also take the width itself (``normalized_shape``). In an
+``nn.LayerNorm``/``nn.RMSNorm`` (subclasses with a forward of their own included) the
+adapter's ``sync`` rewrites it; elsewhere it must follow the channels: read from the input's
+shape (``x.shape[-1:]``) it does by itself; a tuple attribute of the calling module passed
+as is (``F.layer_norm(x, self.shape, ...)``) or a tuple of one int attribute
+(``(self.dim,)``) is bound and rewritten; a literal keeps the channels whole.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Any
 
-from prunekit.graph.labels import rep_along
+from torch import Tensor, nn
+
+from prunekit.graph.callers import calling_module
+from prunekit.graph.labels import rep_along, varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_pointwise import combine
+from prunekit.graph.ops_shape import first_line, holding
+from prunekit.graph.sizes import SizeInt
 from prunekit.graph.trace import TraceContext
 
 _AFFINE_POSITIONS = {
@@ -40,6 +52,7 @@ def _norm(ctx: TraceContext, call: OpCall) -> None:
         if not isinstance(shape, (list, tuple)) or len(shape) != 1:
             raise OpNotMappable(f"normalized_shape={shape!r} spans several dims")
         dim = x.dim() - 1
+        _written_width(ctx, call, shape, labels, dim)
     else:
         dim = 1
     affine = [_arg(call, p, n) for p, n in zip(_AFFINE_POSITIONS[call.name],
@@ -58,6 +71,29 @@ def _norm(ctx: TraceContext, call: OpCall) -> None:
     view[dim] = x.shape[dim]
     operands = [labels] + [ctx.labels(t).reshape(view) for t in vectors]
     ctx.set_labels(out, combine(ctx, operands, out.shape))
+
+
+def _written_width(ctx: TraceContext, call: OpCall, shape: list[Any] | tuple[Any, ...],
+                   labels: Tensor, dim: int) -> None:
+    """Make the ``normalized_shape`` a functional norm is passed follow the channels, or
+    keep them whole (see the module docstring)."""
+    if isinstance(shape[0], SizeInt) or not varies(ctx.space.find(labels), dim):
+        return
+    path, module = calling_module(ctx)
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):  # its adapter's sync rewrites it
+        return
+    line = first_line(ctx.space.find(labels), dim)
+    owner = next((k for k, v in vars(module).items() if v is shape), None)
+    if owner is not None:
+        ctx.bind_attribute(path, f"{owner}[0]", line)
+        return
+    holders = holding(ctx, shape[0]) if path == ctx.path else []
+    if len(holders) == 1:
+        ctx.bind_attribute(path, holders[0], line)
+        return
+    ctx.block(labels, f"{call.display} is passed normalized_shape={tuple(shape)!r}, a width "
+                      f"written in the code; pass x.shape[-1:] or keep it in an attribute "
+                      f"(self.normalized_shape) to prune these channels")
 
 
 register_op(tuple(_AFFINE_POSITIONS), _norm)

@@ -1,0 +1,125 @@
+"""Functional calls with the model's own tensors: ``F.layer_norm`` passed a width attribute,
+``F.prelu`` with a slope vector, ``F.conv_transpose2d`` with a parameter weight (also the
+encoder's weight reused by a tied decoder) and ``torch.sparse.mm`` by a graph's adjacency."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.structured.test_equivalence import _zero_removed_inputs
+from torch import Tensor, nn
+
+from prunekit.structured import prune
+
+
+class LayerNormed(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.width, self.shape = how, 16, (16,)
+        self.a = nn.Linear(6, 16)
+        self.w, self.b = nn.Parameter(torch.rand(16) + 0.5), nn.Parameter(torch.randn(16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.a(x))
+        shape = {"tuple attribute": self.shape, "int attribute": (self.width,),
+                 "shape read": h.shape[-1:], "literal": [16]}[self.how]
+        return self.head(F.layer_norm(h, shape, self.w, self.b))
+
+
+@pytest.mark.parametrize("how", ["tuple attribute", "int attribute", "shape read"])
+def test_layer_norm_width_follows(how: str) -> None:
+    torch.manual_seed(0)
+    model, x = LayerNormed(how).eval(), torch.randn(2, 5, 6)
+    result = prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert pruned.a.out_features == pruned.w.numel() == pruned.head.in_features == 8
+    if how == "tuple attribute":
+        assert pruned.shape == (8,)
+    if how == "int attribute":
+        assert pruned.width == 8
+    assert pruned(x).shape == (2, 5, 3)
+
+
+def test_layer_norm_width_written_as_a_literal_keeps_the_channels() -> None:
+    model, x = LayerNormed("literal").eval(), torch.randn(2, 5, 6)
+    model.width = 15  # (an attribute of equal value would be taken for the literal)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.a.out_features == 16
+    assert any("normalized_shape" in why for why in result.coverage.fixed.values())
+
+
+class Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 3, padding=1)
+        self.slope = nn.Parameter(torch.rand(12))
+        self.up = nn.Parameter(torch.randn(12, 10, 2, 2) * 0.2)  # [in, out, k, k]
+        self.up_bias = nn.Parameter(torch.randn(10))
+        self.head = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.prelu(self.a(x), self.slope)
+        return self.head(F.relu(F.conv_transpose2d(h, self.up, self.up_bias, stride=2)))
+
+
+def test_prelu_and_transposed_conv_with_parameters_match_zeroed_inputs() -> None:
+    torch.manual_seed(0)
+    model, x = Functional().eval(), torch.randn(2, 3, 6, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=1)
+    pruned = result.model
+    assert pruned.a.out_channels == pruned.slope.numel() == pruned.up.shape[0] == 6
+    assert pruned.up.shape[1] == pruned.up_bias.numel() == pruned.head.in_channels == 5
+    zeroed = _zero_removed_inputs(model, result.plan)  # (the head's removed inputs)
+    kept = result.plan["modules"]["a"]["keep"]["out"]
+    with torch.no_grad():  # and the transposed conv's removed input rows
+        zeroed.up[[c for c in range(12) if c not in kept]] = 0
+        torch.testing.assert_close(pruned(x), zeroed(x))
+
+
+class TiedAutoencoder(nn.Module):
+    """The decoder runs the encoder's weight transposed: one tensor, two layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(3, 16, 4, stride=2, padding=1)
+        self.mid = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.mid(F.relu(self.enc(x))))
+        return F.conv_transpose2d(h, self.enc.weight, stride=2, padding=1)
+
+
+def test_a_weight_reused_by_a_functional_layer_is_cut_once_for_both() -> None:
+    """The encoder's output channels are the decoder's input channels: one group with the
+    middle conv's output. Was: the decoder cut the shared weight alone and the encoder's
+    bias no longer matched."""
+    torch.manual_seed(0)
+    model, x = TiedAutoencoder().eval(), torch.randn(2, 3, 8, 8)
+    result = prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert pruned.enc.out_channels == pruned.enc.bias.numel() == pruned.mid.out_channels == 8
+    assert pruned.enc.weight.shape == (8, 3, 4, 4)
+    assert pruned(x).shape == model(x).shape
+
+
+class GraphConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2, self.out = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 3)
+        adjacency = (torch.rand(10, 10) > 0.7).float() + torch.eye(10)
+        self.register_buffer("adj", adjacency.to_sparse())
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(torch.sparse.mm(self.adj, self.l1(x)))
+        return self.out(F.relu(torch.sparse.mm(self.adj, self.l2(h))))
+
+
+def test_sparse_adjacency_products_prune_the_node_features() -> None:
+    torch.manual_seed(0)
+    model, x = GraphConv().eval(), torch.randn(10, 8)
+    result = prune(model, x, ratio=0.5, importance="random", seed=0)
+    assert result.model.l1.out_features == result.model.l2.in_features == 16
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
