@@ -1,10 +1,11 @@
 """Structured pruning of Hugging Face architectures with ``pk.prune``: which ones work.
 
-Tiny random-init configurations of 128 ``transformers`` architectures (decoders with GQA,
+Tiny random-init configurations of 144 ``transformers`` architectures (decoders with GQA,
 rotary, ALiBi, parallel attention, multi-query and multi-head latent attention and
 mixture-of-experts MLPs, state-space and recurrent decoders, hybrids of attention with
 Mamba2, Mamba, gated DeltaNet or short-convolution layers, encoders, encoder-decoders,
-vision CNNs and transformers, speech models), each pruned at ratio 0.5 with L2 norms on a
+vision CNNs and transformers, detection and segmentation heads, speech, audio-codec and
+time-series models), each pruned at ratio 0.5 with L2 norms on a
 fresh copy, as benchmarks/structured.py prunes its zoo (same success rule: the pruned
 model runs, keeps its output shapes and lost parameters; the same output layers left
 alone). Columns: ``ok`` or the reason, fraction of parameters kept. Torch-Pruning is
@@ -251,6 +252,7 @@ def _cases() -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
         **_more_decoders(tr, ids, lm, sizes),
         **_hybrids(tr, ids, lm),
         **_recent(tr, ids, lm),
+        **_ninth(tr, ids, sizes),
     }
 
 
@@ -408,6 +410,95 @@ def _recent(tr: Any, ids: Callable[[], torch.Tensor], lm: dict[str, int]
         name.removesuffix("_text"): functools.partial(build, name) for name in extra}
     cases["mamba2_groups"] = mamba2_groups
     return cases
+
+
+def _ninth(tr: Any, ids: Callable[[], torch.Tensor], sizes: dict[str, int]
+           ) -> dict[str, Callable[[], tuple[nn.Module, Inputs]]]:
+    """Added in the ninth session: task heads and families whose ops were not mapped before
+    (FFT token mixing, pixel-shuffle upsampling, split parts sized by the input width,
+    ``einsum`` with ``...``), detection and segmentation heads on small backbones, and
+    time-series and audio-codec models."""
+
+    def pixels(size: int = 32) -> torch.Tensor:
+        return torch.randn(2, 3, size, size)
+
+    resnet = {"embedding_size": 8, "hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1],
+              "out_features": ["stage2", "stage3", "stage4"]}
+    detr = {"use_timm_backbone": False, "use_pretrained_backbone": False, "backbone": None,
+            "d_model": 32, "encoder_layers": 1, "decoder_layers": 1,
+            "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "num_queries": 8, "num_labels": 5}
+    series = {"prediction_length": 8, "context_length": 16, "lags_sequence": [1, 2],
+              "d_model": 16, "encoder_layers": 1, "decoder_layers": 1,
+              "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+              "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_time_features": 1}
+
+    def series_inputs() -> Inputs:
+        past = 16 + 2  # context_length + the largest lag
+        return {"past_values": torch.randn(2, past), "past_time_features": torch.randn(2, past, 1),
+                "past_observed_mask": torch.ones(2, past), "future_values": torch.randn(2, 8),
+                "future_time_features": torch.randn(2, 8, 1)}
+
+    return {
+        "fnet": lambda: (tr.FNetForSequenceClassification(tr.FNetConfig(
+            vocab_size=100, max_position_embeddings=32, num_labels=3, **sizes)),
+            {"input_ids": ids()}),
+        "swin2sr": lambda: (tr.Swin2SRForImageSuperResolution(tr.Swin2SRConfig(
+            image_size=16, patch_size=1, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+            window_size=4, upscale=2, upsampler="pixelshuffle")),
+            {"pixel_values": pixels(16)}),
+        "focalnet": lambda: (tr.FocalNetForImageClassification(tr.FocalNetConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], focal_levels=[2, 2],
+            focal_windows=[3, 3], num_labels=5)), {"pixel_values": pixels()}),
+        "owlvit": lambda: (tr.OwlViTForObjectDetection(tr.OwlViTConfig(
+            text_config={"vocab_size": 100, "max_position_embeddings": 16, **sizes},
+            vision_config={"image_size": 32, "patch_size": 8, **sizes}, projection_dim=32)),
+            {"pixel_values": pixels(), "input_ids": ids()}),
+        "vit_mae": lambda: (tr.ViTMAEForPreTraining(tr.ViTMAEConfig(
+            image_size=32, patch_size=8, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=2, decoder_intermediate_size=32, **sizes)),
+            {"pixel_values": pixels(), "noise": torch.rand(2, 16)}),
+        "detr": lambda: (tr.DetrForObjectDetection(tr.DetrConfig(
+            backbone_config=tr.ResNetConfig(**resnet), **detr)), {"pixel_values": pixels(64)}),
+        "rt_detr": lambda: (tr.RTDetrForObjectDetection(tr.RTDetrConfig(
+            backbone_config=tr.RTDetrResNetConfig(
+                embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                out_features=["stage2", "stage3", "stage4"]),
+            encoder_hidden_dim=32, encoder_in_channels=[32, 64, 128], d_model=32,
+            encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=8,
+            num_labels=5, decoder_n_points=2, num_feature_levels=3,
+            decoder_in_channels=[32, 32, 32])), {"pixel_values": pixels(64)}),
+        "upernet": lambda: (tr.UperNetForSemanticSegmentation(tr.UperNetConfig(
+            backbone_config=tr.ConvNextConfig(
+                hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                out_features=["stage1", "stage2", "stage3", "stage4"]),
+            hidden_size=16, num_labels=4, use_auxiliary_head=False)),
+            {"pixel_values": pixels(64)}),
+        "sam_vision": lambda: (tr.SamVisionModel(tr.SamVisionConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=64,
+            patch_size=16, output_channels=16, window_size=2, global_attn_indexes=[1],
+            mlp_dim=64)), {"pixel_values": pixels(64)}),
+        "videomae": lambda: (tr.VideoMAEForVideoClassification(tr.VideoMAEConfig(
+            image_size=32, patch_size=8, num_frames=4, tubelet_size=2, num_labels=3, **sizes)),
+            {"pixel_values": torch.randn(2, 4, 3, 32, 32)}),
+        "patchtst": lambda: (tr.PatchTSTForPrediction(tr.PatchTSTConfig(
+            num_input_channels=3, context_length=32, patch_length=8, patch_stride=8,
+            d_model=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+            prediction_length=8)), {"past_values": torch.randn(2, 32, 3)}),
+        "autoformer": lambda: (tr.AutoformerModel(tr.AutoformerConfig(**series)),
+                               series_inputs()),
+        "informer": lambda: (tr.InformerModel(tr.InformerConfig(**series)), series_inputs()),
+        "encodec": lambda: (tr.EncodecModel(tr.EncodecConfig(
+            num_filters=4, hidden_size=16, upsampling_ratios=[2, 2], codebook_size=16,
+            num_lstm_layers=1)), {"input_values": torch.randn(2, 1, 64)}),
+        "esm": lambda: (tr.EsmForMaskedLM(tr.EsmConfig(
+            vocab_size=33, max_position_embeddings=40, pad_token_id=1, **sizes)),
+            {"input_ids": torch.randint(3, 33, (2, 8))}),
+        "canine": lambda: (tr.CanineForSequenceClassification(tr.CanineConfig(
+            num_hash_buckets=64, downsampling_rate=2, num_labels=3, **sizes)),
+            {"input_ids": torch.randint(3, 500, (2, 16))}),
+    }
 
 
 def _entry(name: str, make: Callable[[], tuple[nn.Module, Inputs]],
