@@ -38,3 +38,31 @@ def test_in_place_compiled_module_prunes() -> None:
     result = pk.prune(model, x, ratio=0.5)
     assert result.plan == plain.plan
     assert result.model(x).shape == (2, 10)
+
+
+@torch.compile(backend="eager", dynamic=True)
+def _channel_gate(h: torch.Tensor) -> torch.Tensor:
+    b, c, _, _ = h.size()
+    return h * torch.sigmoid(h.mean((2, 3)).view(b, c, 1, 1))
+
+
+class CompiledHelper(nn.Module):
+    """A forward that calls a ``torch.compile``'d function (as torchvision's roi_align
+    fallback is): the trace and the forward check run it eagerly, op by op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(_channel_gate(torch.relu(self.a(x))))
+
+
+def test_a_compiled_helper_function_is_traced_eagerly() -> None:
+    """Was: dynamo traced the helper under prunekit's trace and failed on its shape reads."""
+    model, x = CompiledHelper().eval(), torch.randn(2, 3, 8, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.a.out_channels == result.model.head.in_channels == 8
+    with torch.no_grad():
+        assert torch.equal(pk.prune(model, x, ratio=0.0).model(x), model(x))

@@ -4,6 +4,8 @@ follow, for layers only training runs)."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -19,7 +21,7 @@ from prunekit.graph.replay import Recording
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["traced_pass", "unvisited_layers", "walk_modules"]
+__all__ = ["eager_compiled", "traced_pass", "unvisited_layers", "walk_modules"]
 
 
 def walk_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -42,6 +44,16 @@ def walk_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 _NAMED_MODULES = nn.Module.named_modules
 
 
+def eager_compiled() -> contextlib.AbstractContextManager[object]:
+    """Functions the model runs through ``torch.compile`` (torchvision's ``roi_align``
+    fallback, a user's compiled helper) run eagerly, op by op, so the trace sees their ops
+    and the forward check neither compiles again at the pruned widths nor bypasses the
+    values it puts back. Where nothing imported dynamo, nothing can be compiled: no-op."""
+    if "torch._dynamo" not in sys.modules:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
+
+
 def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInputs,
                 handlers: Callable[[nn.Module], ModuleHandler | None], recorder: Recorder,
                 modules: list[nn.Module], *, training: bool
@@ -50,7 +62,7 @@ def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInpu
     ``recorder.data`` then holds what its data-dependent calls gave (graph/replay.py)."""
     recorder.data = Recording(model)
     with torch.no_grad(), model_mode(model, training, modules), ctx.hooks(model, handlers), \
-            recorder:
+            recorder, eager_compiled():
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):
         if ctx.is_tracked(tensor):

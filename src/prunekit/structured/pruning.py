@@ -24,6 +24,7 @@ from prunekit.errors import ConfigError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
 from prunekit.graph.dependency import DependencyGraph, Group, build_groups
 from prunekit.graph.modes import eval_mode, model_mode
+from prunekit.graph.passes import eager_compiled
 from prunekit.graph.replay import Recording, Replay
 from prunekit.graph.trace import trace
 from prunekit.importance.group import (
@@ -472,7 +473,7 @@ def _output_shapes(model: nn.Module, example_inputs: ExampleInputs,
     """Output paths and shapes of a no-grad forward in eval mode, or in training mode with
     every buffer restored after it (``modules``: the model's modules, when the caller has
     them)."""
-    with torch.no_grad(), model_mode(model, training, modules), \
+    with torch.no_grad(), model_mode(model, training, modules), eager_compiled(), \
             preserved_buffers(model) if training else contextlib.nullcontext():
         out = run_model(model, example_inputs)
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
