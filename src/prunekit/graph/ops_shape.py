@@ -125,10 +125,7 @@ def _keep_positional_whole(ctx: TraceContext, call: OpCall) -> None:
         dims = {d % source.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
     else:
         dims = {source.dim() - 2, source.dim() - 1} if source.dim() > 1 else {0}
-    vector = ctx.vector_of(source)
-    along = {vector[0] % source.dim()} if vector is not None else \
-        varying(ctx.space.find(ctx.labels(source)))
-    if dims & along:
+    if dims & _channel_dims(ctx, source):
         ctx.block(ctx.labels(source), f"{call.display} moves or zeroes elements by position "
                                       f"along a dim that carries channels, which removing "
                                       f"channels would shift")
@@ -489,11 +486,16 @@ def _dim_arg(call: OpCall, position: int, default: int | None) -> Any:
         call.kwargs.get("dim", default)
 
 
-def _carries_channels(ctx: TraceContext, source: Tensor, dim: int) -> bool:
+def _channel_dims(ctx: TraceContext, source: Tensor) -> set[int]:
+    """The dims of ``source`` along which its channels vary."""
     vector = ctx.vector_of(source)
     if vector is not None:
-        return vector[0] % source.dim() == dim % source.dim()
-    return dim % source.dim() in varying(ctx.space.find(ctx.labels(source)))
+        return {vector[0] % source.dim()}
+    return varying(ctx.space.find(ctx.labels(source)))
+
+
+def _carries_channels(ctx: TraceContext, source: Tensor, dim: int) -> bool:
+    return dim % source.dim() in _channel_dims(ctx, source)
 
 
 def _diff(ctx: TraceContext, call: OpCall) -> None:
