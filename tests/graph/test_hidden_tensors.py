@@ -106,3 +106,30 @@ def test_models_prepared_for_quantization_are_refused_and_float_stubs_pass() -> 
     with pytest.raises(ConfigError, match=r"preparing the model for quantization.*prune the "
                                           r"float model before preparing it"):
         pk.prune(prepared, x, ratio=0.5)
+
+
+class CastTable(nn.Module):
+    """VideoMAE's ``self.pos.detach().type_as(x)``: a plain tensor attribute of the residual
+    width, detached (which the trace does not follow) and cast to the input's dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 16)
+        self.pos = torch.randn(1, 5, 16)
+        self.b = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x) + self.pos.detach().type_as(x)
+        return self.head(h + self.b(h))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_constant_of_the_full_width_cast_to_the_input_dtype_keeps_the_channels(
+        dtype: torch.dtype) -> None:
+    """Was: in bfloat16 and float64 (a real cast) the constant passed as if it carried no
+    channels, the residual was cut, and the forward check failed."""
+    model, x = CastTable().to(dtype).eval(), torch.randn(2, 5, 6, dtype=dtype)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.a.out_features == 16 and result.model.b.in_features == 16
+    assert any("fixed size" in why for why in result.coverage.fixed.values())

@@ -235,6 +235,9 @@ def _vector_and_full(ctx: TraceContext, operands: list[Tensor], shape: torch.Siz
         if roots.numel() and int(roots.min()) == NEUTRAL:
             continue
         labels = ctx.labels(other)
+        if labels.numel() and int(labels.max()) == NEUTRAL:
+            continue  # a constant of the channels' full width (a plain tensor attribute
+            # cast by type_as(x)): combine keeps those channels whole
         view = [1] * other.dim()
         view[dim - pad] = roots.numel()
         ctx.space.union(roots.view(view), labels)
