@@ -108,28 +108,45 @@ def test_models_prepared_for_quantization_are_refused_and_float_stubs_pass() -> 
         pk.prune(prepared, x, ratio=0.5)
 
 
+_TABLE = torch.randn(1, 5, 16)  # a module-level constant: no model tensor at all
+
+
 class CastTable(nn.Module):
     """VideoMAE's ``self.pos.detach().type_as(x)``: a plain tensor attribute of the residual
-    width, detached (which the trace does not follow) and cast to the input's dtype."""
+    width, first read through an op, cast to the input's dtype; or the same read from a
+    module-level constant, which no surgery can cut."""
 
-    def __init__(self) -> None:
+    def __init__(self, where: str) -> None:
         super().__init__()
+        self.where = where
         self.a = nn.Linear(6, 16)
-        self.pos = torch.randn(1, 5, 16)
+        self.pos = _TABLE.clone()
         self.b = nn.Linear(16, 16)
         self.head = nn.Linear(16, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.a(x) + self.pos.detach().type_as(x)
+        table = self.pos if self.where == "attribute" else _TABLE
+        h = self.a(x) + table.detach().type_as(x)
         return self.head(h + self.b(h))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_a_constant_of_the_full_width_cast_to_the_input_dtype_keeps_the_channels(
+def test_a_plain_attribute_read_through_an_op_is_cut_with_the_channels(
         dtype: torch.dtype) -> None:
-    """Was: in bfloat16 and float64 (a real cast) the constant passed as if it carried no
-    channels, the residual was cut, and the forward check failed."""
-    model, x = CastTable().to(dtype).eval(), torch.randn(2, 5, 6, dtype=dtype)
+    """Was: the detached table went unseen, so float32 kept the residual whole and
+    bfloat16/float64 (a real cast) cut the residual alone and failed the forward check."""
+    model, x = CastTable("attribute").to(dtype).eval(), torch.randn(2, 5, 6, dtype=dtype)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.a.out_features == result.model.b.in_features == 8
+    assert result.model.pos.shape == (1, 5, 8)
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 5, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_constant_of_the_full_width_from_outside_the_model_keeps_the_channels(
+        dtype: torch.dtype) -> None:
+    model, x = CastTable("module constant").to(dtype).eval(), torch.randn(2, 5, 6, dtype=dtype)
     result = pk.prune(model, x, ratio=0.5)
     assert result.model.a.out_features == 16 and result.model.b.in_features == 16
     assert any("fixed size" in why for why in result.coverage.fixed.values())

@@ -344,6 +344,10 @@ class TraceContext:
             if key in labels or key in vectors or key in params or key in views:
                 break
         else:  # a factory sized by a shape read (torch.zeros(B, C)) or an attribute
+            if inputs and any(self._attribute_node(t) for t in inputs):
+                # a plain tensor attribute read first through an op (VideoMAE's
+                # self.position_embeddings.detach()): a param node now, handled below
+                return self.record_op(func, args, kwargs, out)
             if inputs == [] and not self._calls.atomic_depth:
                 name, display, _ = self._op(func)
                 if name in UNIFORM or self.sizes.live:
