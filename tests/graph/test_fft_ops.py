@@ -150,15 +150,6 @@ class _Spectrogram(nn.Module):
         return self.head(z.abs().unflatten(0, (y.shape[0], -1)))
 
 
-def test_stft_of_each_channel_keeps_the_channels() -> None:
-    model, x = _Spectrogram().eval(), torch.randn(2, 2, 32)
-    result = pk.prune(model, x, ratio=0.5, importance="random", seed=7)
-    assert result.model.conv.out_channels == result.model.head.in_channels == 4
-    assert result.plan["modules"]["head"]["keep"]["in"] == \
-        result.plan["modules"]["conv"]["keep"]["out"]
-    _check_equivalent(model, x, result)
-
-
 class _Resynthesis(nn.Module):
     """Each channel's spectrum scaled and turned back into a signal (``stft`` then
     ``istft`` over time)."""
@@ -179,9 +170,11 @@ class _Resynthesis(nn.Module):
         return self.head(y.reshape(b, c, t))
 
 
-def test_istft_gives_each_channel_back_its_signal() -> None:
-    model, x = _Resynthesis().eval(), torch.randn(2, 2, 32)
-    result = pk.prune(model, x, ratio=0.5, importance="random", seed=18)
+@pytest.mark.parametrize("net, seed", [(_Spectrogram, 7), (_Resynthesis, 18)])
+def test_stft_and_istft_keep_each_channels_signal(net: type[nn.Module], seed: int) -> None:
+    """A spectrogram per channel (``stft``), and (``istft``) each channel's signal back."""
+    model, x = net().eval(), torch.randn(2, 2, 32)
+    result = pk.prune(model, x, ratio=0.5, importance="random", seed=seed)
     assert result.model.conv.out_channels == result.model.head.in_channels == 4
     assert result.plan["modules"]["head"]["keep"]["in"] == \
         result.plan["modules"]["conv"]["keep"]["out"]
