@@ -51,23 +51,28 @@ class Positional(nn.Module):
             y = nn.ChannelShuffle(4)(y)
         elif self.op == "renorm":
             y = torch.renorm(y, 2, 1, 1.0)
+        elif self.op == "repeat counts":  # one count per channel: 12 -> 24 -> back to 12
+            y = y.repeat_interleave(torch.tensor([2] * 12), dim=1)[:, ::2]
+        elif self.op == "repeat by two":
+            y = y.repeat_interleave(2, dim=1).unflatten(1, (-1, 2)).mean(2)
         return self.head(F.relu(self.b(y)))
 
 
 @pytest.mark.parametrize("op", ["roll channels", "roll flat", "tril channels",
-                                "diff channels", "cummax channels"])
+                                "diff channels", "cummax channels", "repeat counts"])
 def test_channels_moved_by_position_are_kept_whole(op: str) -> None:
     model, x = Positional(op).eval(), torch.randn(2, 3, 8, 8)
     result = prune(model, x, ratio=0.5)
     assert result.model.a.out_channels == result.model.b.in_channels == 12
     assert result.model.b.out_channels == 6  # the rest prunes
     reasons = " ".join(result.coverage.fixed.values())
-    assert "by position" in reasons or "neighbours" in reasons or "renumber" in reasons
+    assert any(why in reasons for why in ("by position", "neighbours", "renumber",
+                                          "its own count"))
 
 
 @pytest.mark.parametrize("op", ["roll spatial", "triu spatial", "diff spatial",
                                 "cummin spatial", "rot90 there and back", "channel shuffle",
-                                "renorm"])
+                                "renorm", "repeat by two"])
 def test_spatial_shifts_prune_and_match_zeroed_inputs(op: str) -> None:
     model, x = Positional(op).eval(), torch.randn(2, 3, 8, 8)
     result = prune(model, x, ratio=0.5, importance="random", seed=1)

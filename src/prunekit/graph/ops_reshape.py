@@ -204,7 +204,8 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     if (len(sizes) == labels.dim() and sizes[dim] == -1) or (
             dim == segment[-1] and _per_head_share(sizes, labels, segment)):
         return  # adapts by itself; C // heads: judged by the width read (graph/sizes.py)
-    if _unflatten_attribute(ctx, call, labels, segment, dim):
+    if _unflatten_attribute(ctx, call, labels, segment, dim) or _unflattened_by_minus_one(
+            call, segment, dim):
         return
     size = labels.shape[dim]
     holders = holding(ctx, size)
@@ -246,6 +247,14 @@ def _unflatten_attribute(ctx: TraceContext, call: OpCall, labels: Tensor,
         ctx.bind_attribute(ctx.path, f"{owner}[{index}]", first_line(ctx.space.find(labels),
                                                                      dim))
     return True
+
+
+def _unflattened_by_minus_one(call: OpCall, segment: list[int], dim: int) -> bool:
+    """``x.unflatten(d, (-1, 2))``: the factor left to -1 adapts by itself (the sizes of an
+    unflatten do not line up with the result's dims, so the reshape rule cannot see it)."""
+    written = call.args[2] if len(call.args) > 2 else call.kwargs.get("sizes")
+    return call.name == "unflatten" and isinstance(written, (tuple, list)) and \
+        len(written) == len(segment) and written[dim - segment[0]] == -1
 
 
 def _sizes_attribute(ctx: TraceContext, call: OpCall, segment: list[int]) -> str | None:

@@ -102,6 +102,8 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
         return
     if call.name in _POSITIONAL:
         _keep_positional_whole(ctx, call)
+    elif call.name == "repeat_interleave":
+        _keep_counted_whole(ctx, call)
     replay(ctx, call)
 
 
@@ -129,6 +131,21 @@ def _keep_positional_whole(ctx: TraceContext, call: OpCall) -> None:
         ctx.block(ctx.labels(source), f"{call.display} moves or zeroes elements by position "
                                       f"along a dim that carries channels, which removing "
                                       f"channels would shift")
+
+
+def _keep_counted_whole(ctx: TraceContext, call: OpCall) -> None:
+    """``x.repeat_interleave(counts, dim)`` with one count per channel (a tensor): the
+    counts keep their length when channels go, so those channels are kept whole."""
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    counts = call.args[1] if len(call.args) > 1 else call.kwargs.get("repeats")
+    if not isinstance(source, Tensor) or not isinstance(counts, Tensor) or \
+            counts.numel() <= 1 or source.dim() == 0:
+        return
+    dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim")
+    along = _channel_dims(ctx, source)
+    if (dim is None and along) or (isinstance(dim, int) and dim % source.dim() in along):
+        ctx.block(ctx.labels(source), f"{call.display} repeats each channel by its own count "
+                                      f"from a tensor whose length no pruning changes")
 
 
 _TRANSPOSES = {"t", "T", "mT", "transpose", "swapaxes", "swapdims", "permute"}
