@@ -206,6 +206,26 @@ class PixelShuffles(nn.Module):
         return self.head(nn.PixelShuffle(2)(F.relu(self.mid(x))))
 
 
+class OptionA(nn.Module):
+    """CIFAR ResNets' option-A shortcut: the wider stage adds the narrower one's channels
+    between zero channels, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(8, 8, 3, padding=1))
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1))
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.stem(x))
+        h = F.relu(h + self.block(h))
+        h = F.relu(self.down(h) + F.pad(h[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4)))
+        return self.head(h)
+
+
 class UnflattenDecoder(nn.Module):
     """A decoder's stem: Linear → nn.Unflatten(1, (C, 3, 3)) → ConvTranspose: channel ``c``
     of the unflattened map is the Linear's features ``9c`` to ``9c + 8``."""
@@ -232,7 +252,19 @@ FAMILIES = {
     "conv1d/conv3d": (Conv1dAnd3d, lambda: torch.randn(2, 2, 5, 4, 4)),
     "pixel shuffle/unshuffle": (PixelShuffles, lambda: torch.randn(2, 3, 8, 8)),
     "linear into unflatten": (UnflattenDecoder, lambda: torch.randn(2, 5)),
+    "zero-padded channel shortcut": (OptionA, lambda: torch.randn(2, 3, 8, 8)),
 }
+
+
+def test_zero_padded_shortcut_keeps_its_zero_channels_and_loses_the_narrower_stages() -> None:
+    """The wide stage is 4 + (the narrow stage's width) + 4: the zero channels stay, the
+    middle ones follow the narrow stage. Was: the pad kept both stages whole."""
+    torch.manual_seed(0)
+    model, x = OptionA().eval(), torch.randn(2, 3, 8, 8)
+    pruned = prune(model, x, ratio=0.5).model
+    assert pruned.stem.out_channels == pruned.block[2].out_channels == 4
+    assert pruned.down[2].out_channels == pruned.head.in_channels == 4 + 4 + 4
+    assert pruned(x).shape == (2, 4, 4, 4)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

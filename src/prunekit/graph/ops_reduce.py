@@ -178,9 +178,17 @@ register_op(REDUCE, _reduce)
 def _pad(ctx: TraceContext, call: OpCall) -> None:
     """``F.pad``: a dim padded by a non-zero amount must not carry channels (kept whole where
     it does); every other dim passes its labels, a channel dim listed with a zero pad
-    included (Swin's ``F.pad(x, (0, 0, 0, pad_w, 0, pad_h))`` on ``(b, h, w, c)``)."""
+    included (Swin's ``F.pad(x, (0, 0, 0, pad_w, 0, pad_h))`` on ``(b, h, w, c)``).
+
+    Zero channels added on either side of the channel dim by amounts written in the code
+    (the option-A shortcut of CIFAR ResNets: ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p,
+    p))``) keep their count whatever is pruned, so they are fixed channels of the result and
+    the channels between them follow the input's: the wider residual stage keeps its ``2p``
+    zero channels and loses those of the narrower one. Amounts read from a shape, negative
+    ones (a crop) and the other modes (which copy edge channels) keep the channels whole."""
     source = tensors_in(call.args[:1])[0]
-    pad = [int(p) for p in (call.args[1] if len(call.args) > 1 else call.kwargs["pad"])]
+    written = call.args[1] if len(call.args) > 1 else call.kwargs["pad"]
+    pad = [int(p) for p in written]
     ndim = source.dim()
     if len(pad) % 2 or len(pad) // 2 > ndim:
         raise OpNotMappable(f"unexpected pad {pad} for input rank {ndim}")
@@ -198,12 +206,35 @@ def _pad(ctx: TraceContext, call: OpCall) -> None:
         for out in outputs:
             ctx.set_vector(out, roots, vector[0])
         return
+    if vector is not None and _zero_channels(call, written, ndim, vector[0]):
+        at = 2 * (ndim - 1 - vector[0])  # (before, after) of the channel dim in ``pad``
+        reason = f"{call.display} adds zero channels by a count written in the code"
+        added = [ctx.space.new_ids(n) for n in (pad[at], pad[at + 1])]
+        for ids in added:
+            ctx.space.block(ids, reason)
+        line = torch.cat([added[0], ctx.space.find(vector[1]), added[1]])
+        for out in outputs:
+            ctx.set_vector(out, line, vector[0])
+        return
     canon = ctx.space.find(ctx.labels(source))
     if any(varies(canon, d) for d in padded):
         ctx.block(canon, f"{call.display} pads a channel dimension by a fixed amount")
     rep = rep_along(ctx.space, canon, padded)
     for out in outputs:
         ctx.set_labels(out, ctx.space.find(rep).expand(tuple(out.shape)))
+
+
+def _zero_channels(call: OpCall, written: Any, ndim: int, dim: int) -> bool:
+    """Whether ``F.pad`` adds zero channels along ``dim`` by plain, non-negative amounts
+    (and pads no other dim): constant mode, no amount read from a shape."""
+    from prunekit.graph.sizes import SizeInt
+
+    mode = call.args[2] if len(call.args) > 2 else call.kwargs.get("mode", "constant")
+    at = 2 * (ndim - 1 - dim)
+    amounts = list(written)
+    others = [p for i, p in enumerate(amounts) if i not in (at, at + 1)]
+    return mode == "constant" and at + 1 < len(amounts) and not any(
+        isinstance(p, SizeInt) or p < 0 for p in amounts) and not any(others)
 
 
 register_op(tuple(SPATIAL), _spatial)
