@@ -226,6 +226,24 @@ class OptionA(nn.Module):
         return self.head(h)
 
 
+class DualPath(nn.Module):
+    """DPN's block: the first ``out_planes`` channels are a residual path, the rest a dense
+    path that grows by concatenation, cut at ``d = self.out_planes``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_planes = 8
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)  # 8 residual + 4 dense channels
+        self.conv = nn.Conv2d(12, 8 + 4, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem(x))
+        out, d = self.conv(x), self.out_planes
+        y = torch.cat([x[:, :d] + out[:, :d], x[:, d:], out[:, d:]], 1)
+        return self.head(F.relu(y))
+
+
 class UnflattenDecoder(nn.Module):
     """A decoder's stem: Linear → nn.Unflatten(1, (C, 3, 3)) → ConvTranspose: channel ``c``
     of the unflattened map is the Linear's features ``9c`` to ``9c + 8``."""
@@ -253,7 +271,22 @@ FAMILIES = {
     "pixel shuffle/unshuffle": (PixelShuffles, lambda: torch.randn(2, 3, 8, 8)),
     "linear into unflatten": (UnflattenDecoder, lambda: torch.randn(2, 5)),
     "zero-padded channel shortcut": (OptionA, lambda: torch.randn(2, 3, 8, 8)),
+    "dual path (slices at an attribute)": (DualPath, lambda: torch.randn(2, 3, 8, 8)),
 }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_slices_at_an_attribute_rewrite_it(seed: int) -> None:
+    """``out_planes`` becomes the count of residual channels kept (the first 8 of the stem's
+    12; the add joins them with the conv's first 8). Was: every channel kept whole."""
+    torch.manual_seed(0)
+    model, x = DualPath().eval(), torch.randn(2, 3, 8, 8)
+    result = prune(model, x, ratio=0.8, importance="random", seed=seed)
+    kept = result.plan["modules"]["stem"]["keep"]["out"]
+    pruned = result.model
+    assert pruned.out_planes == sum(1 for c in kept if c < 8) < 8
+    assert pruned.head.in_channels == len(kept) + (len(kept) - pruned.out_planes)
+    assert pruned(x).shape == (2, 4, 8, 8)
 
 
 def test_zero_padded_shortcut_keeps_its_zero_channels_and_loses_the_narrower_stages() -> None:

@@ -5,14 +5,17 @@ map exactly.
 A selection of fixed size along a channel dimension keeps those channels whole, since the
 sizes written in the code would no longer match after pruning; a parameter's sliced axes
 are noted and judged once its channel axis is known (:mod:`prunekit.graph.dependency`).
-Two selections do follow pruning:
+Three selections do follow pruning:
 
 * part ``k`` of ``n`` equal parts of a dim, with bounds computed from that dim's own width
   read in the forward (Swin V2's ``qkv_bias[n // 3: 2 * (n // 3)]``, ``n = numel()``): the
   parts are coupled index by index, as ``chunk(n)`` couples them;
 * a slice of a tensor built from parameters alone (BEiT's rebuilt relative-position table,
   gathered by position) is judged when the trace ends, once later ops have joined its
-  elements to channels: its rows are positions if the channels no longer vary along them.
+  elements to channels: its rows are positions if the channels no longer vary along them;
+* the part before or after a boundary one int attribute of the module holds (DPN's
+  ``x[:, :self.out_planes]``, ``x[:, d:]``): the attribute is bound to the channels before
+  it and rewritten.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
-from prunekit.graph.ops_shape import first_line, replay
+from prunekit.graph.ops_shape import first_line, holding, replay
 from prunekit.graph.sizes import SizeInt, channel_line
 from prunekit.graph.trace import ParamRecord, TraceContext
 
@@ -65,8 +68,10 @@ def _slice(ctx: TraceContext, call: OpCall) -> None:
     if record is not None:  # a parameter's channel axis is only known later
         record.sliced_axes.update(touched)
         _mark_selected(call, source, record)
-    elif _equal_part(ctx, call, source, canon) or _interleaved_part(ctx, call, source, canon):
-        pass  # qkv_bias[n // 3: 2 * (n // 3)] with n its own numel(), gate_up[..., ::2]
+    elif _equal_part(ctx, call, source, canon) or _interleaved_part(ctx, call, source, canon) \
+            or _attribute_part(ctx, call, source, canon):
+        pass  # qkv_bias[n // 3: 2 * (n // 3)] with n its own numel(), gate_up[..., ::2],
+        # x[:, :self.width]
     elif any(varies(canon, d) for d in touched):
         why = f"{call.display} selects a fixed part of a channel dimension"
         raw = ctx.labels(source, partial=True)
@@ -121,6 +126,33 @@ def _interleaved_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Te
             item.start not in (None, *range(step)):
         return False
     rep_along(ctx.space, canon.unflatten(dim, (width // step, step)), (dim + 1,))
+    return True
+
+
+def _attribute_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tensor) -> bool:
+    """Whether ``call`` cuts one dim at a boundary that one int attribute of the running
+    module holds, taking the part before or after it (DPN's ``d = self.out_planes;
+    x[:, :d] + out[:, :d]``, ``x[:, d:]``): the attribute counts the channels before the
+    boundary, so it is bound to them and rewritten with those kept, and both parts still
+    split where they did. A boundary no single attribute holds (a literal) is not one."""
+    found = _one_slice(call, source)
+    if found is None:
+        return False
+    dim, item = found
+    if item.step not in (None, 1):
+        return False
+    if item.start in (None, 0) and type(item.stop) is int:
+        boundary = item.stop
+    elif item.stop is None and type(item.start) is int:
+        boundary = item.start
+    else:
+        return False
+    if not 0 < boundary < source.shape[dim]:
+        return False
+    holders = holding(ctx, boundary)
+    if len(holders) != 1:
+        return False
+    ctx.bind_attribute(ctx.path, holders[0], first_line(canon, dim)[:boundary])
     return True
 
 
