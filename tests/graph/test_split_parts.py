@@ -184,3 +184,30 @@ def test_parts_sized_by_a_width_no_pruning_changes_keep_it() -> None:
     result = prune(model, x, ratio=0.5, ignore=[model.stem, model.proj_out])
     assert result.model.stem.out_features == 8
     assert result.model.proj_in.out_features == 2 * 8 + 3
+
+
+class Coupling(nn.Module):
+    """A coupling layer's halves, ``x.split(x.shape[1] // 2, 1)`` (RealNVP, Glow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.s, self.t = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.a(x))
+        y1, y2 = y.split(y.shape[1] // 2, 1)
+        return self.head(y2 * torch.sigmoid(self.s(y1)) + self.t(y1))
+
+
+def test_halves_split_by_the_own_width_shrink_alike() -> None:
+    """Was: the split size, computed from the width, kept both halves whole."""
+    torch.manual_seed(0)
+    model, x = Coupling().eval(), torch.randn(2, 3, 8, 8)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    pruned = result.model
+    assert pruned.a.out_channels == 2 * pruned.s.in_channels == 2 * pruned.head.in_channels
+    assert pruned.a.out_channels < 16
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), _zero_removed_inputs(model, result.plan)(x))

@@ -36,7 +36,7 @@ from prunekit.graph.callers import (
 )
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
-from prunekit.graph.sizes import SizeInt, split_sizes
+from prunekit.graph.sizes import SizeInt, channel_line, split_sizes
 from prunekit.graph.trace import TraceContext
 
 REPLAY = (
@@ -331,7 +331,7 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
         _unequal_split(ctx, call, canon, pieces, dim)
         return
     attr = None
-    if call.name != "chunk":
+    if call.name != "chunk" and not _own_share(ctx, call, canon, dim, len(pieces)):
         attr, why = _split_attribute(ctx, call, widths.pop())
         if attr is None:
             ctx.block(canon, why)
@@ -441,6 +441,18 @@ def _judge_products(ctx: TraceContext, call: OpCall, path: str,
                f"{' * '.join(names)} of module {path!r}, whose channels do not go in whole "
                f"blocks of one factor that pruning rewrites, so they keep their width")
         ctx.block(line, why)
+
+
+def _own_share(ctx: TraceContext, call: OpCall, canon: Tensor, dim: int, parts: int) -> bool:
+    """Whether an equal split's part width is its own width over the number of parts, read
+    in the forward (``x.split(x.shape[1] // 2, 1)``, a coupling layer's halves): it then
+    shrinks with the parts, as ``chunk(2)``'s does."""
+    size = call.args[1] if len(call.args) > 1 else call.kwargs.get(
+        "split_size_or_sections", call.kwargs.get("split_size"))
+    if not isinstance(size, SizeInt) or size._scale != (1, parts):
+        return False
+    line, _ = channel_line(ctx, size)
+    return line is not None and torch.equal(line, first_line(ctx.space.find(canon), dim))
 
 
 def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str | None, str]:
