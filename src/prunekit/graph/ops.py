@@ -53,6 +53,11 @@ class OpCall:
     kwargs: dict[str, Any]
     out: Any
 
+    def arg(self, position: int, name: str, default: Any = None) -> Any:
+        """The argument passed at ``position`` or as ``name=`` (``default`` if neither)."""
+        return self.args[position] if len(self.args) > position else \
+            self.kwargs.get(name, default)
+
 
 class OpHandler(Protocol):
     """Maps labels through one call (see the module docstring)."""

@@ -18,8 +18,6 @@ shape no pruning changes.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.trace import TraceContext
@@ -33,23 +31,17 @@ COMPLEX_PARTS = ("real", "imag", "angle", "conj", "conj_physical", "resolve_conj
                  "resolve_neg")
 
 
-def _arg(call: OpCall, position: int, name: str, default: Any) -> Any:
-    if len(call.args) > position:
-        return call.args[position]
-    return call.kwargs.get(name, default)
-
-
 def _transformed(call: OpCall, ndim: int) -> tuple[int, ...]:
     """The dims a ``torch.fft`` call transforms, normalised and sorted (its defaults: the
     last dim, the last two, and for the n-D and shift variants every dim, or the last
     ``len(s)`` where ``s`` is given)."""
     if call.name in SHIFTS:
-        dim = _arg(call, 1, "dim", None)
+        dim = call.arg(1, "dim", None)
         size = None
     else:
-        dim = _arg(call, 2, "dim", -1 if call.name in ONE_D else
+        dim = call.arg(2, "dim", -1 if call.name in ONE_D else
                    (-2, -1) if call.name in TWO_D else None)
-        size = _arg(call, 1, "n" if call.name in ONE_D else "s", None)
+        size = call.arg(1, "n" if call.name in ONE_D else "s", None)
     if dim is None:
         dims: tuple[int, ...] = tuple(range(ndim - len(size), ndim)) if isinstance(
             size, (tuple, list)) else tuple(range(ndim))

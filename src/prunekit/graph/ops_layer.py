@@ -31,18 +31,14 @@ from prunekit.graph.ops_shape import holding, running_module_phrase
 from prunekit.graph.trace import ParamRecord, TraceContext
 
 
-def _arg(call: OpCall, position: int, name: str) -> Any:
-    return call.args[position] if len(call.args) > position else call.kwargs.get(name)
-
-
 def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
-    x, weight, bias = _arg(call, 0, "input"), _arg(call, 1, "weight"), _arg(call, 2, "bias")
+    x, weight, bias = call.arg(0, "input"), call.arg(1, "weight"), call.arg(2, "bias")
     out = tensors_in(call.out)[0]
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise OpNotMappable("input and weight must be tensors")
     linear = call.name == "linear"
     transposed = call.name.startswith("conv_transpose")
-    groups = 1 if linear else _arg(call, 6, "groups")
+    groups = 1 if linear else call.arg(6, "groups")
     groups = 1 if groups is None else groups
     if linear:
         channel_in = channel_out = -1
@@ -91,8 +87,8 @@ def _bilinear(ctx: TraceContext, call: OpCall) -> None:
     """``y[..., o] = Σ_ij x1[..., i] W[o, i, j] x2[..., j] + b[o]``, ``W`` a parameter or
     buffer: axis 0 makes the output's channels, axes 1 and 2 read the inputs' last dims
     (one channel set on both when ``x1`` and ``x2`` carry the same channels)."""
-    x1, x2 = _arg(call, 0, "input1"), _arg(call, 1, "input2")
-    weight, bias = _arg(call, 2, "weight"), _arg(call, 3, "bias")
+    x1, x2 = call.arg(0, "input1"), call.arg(1, "input2")
+    weight, bias = call.arg(2, "weight"), call.arg(3, "bias")
     out = tensors_in(call.out)[0]
     if not all(isinstance(t, Tensor) for t in (x1, x2, weight)) or weight.dim() != 3:
         raise OpNotMappable("input1, input2 and a 3-D weight must be tensors")
@@ -160,7 +156,7 @@ def _bind_group_count(ctx: TraceContext, call: OpCall, groups: int, channels: Te
 
 
 def _embedding(ctx: TraceContext, call: OpCall) -> None:
-    ids, weight = _arg(call, 0, "input"), _arg(call, 1, "weight")
+    ids, weight = call.arg(0, "input"), call.arg(1, "weight")
     out = tensors_in(call.out)[0]
     if not isinstance(ids, Tensor) or not isinstance(weight, Tensor) or weight.dim() != 2:
         raise OpNotMappable("input and a 2-D weight must be tensors")
@@ -171,7 +167,7 @@ def _embedding(ctx: TraceContext, call: OpCall) -> None:
         columns = ctx.space.find(ctx.weight_axis(record, 1, count=int(weight.shape[1])))
     ctx.set_vector(out, columns, -1)
     if call.name == "embedding_bag":  # (input, weight, offsets, ..., per_sample_weights, ...)
-        keep_sample_weights(ctx, _arg(call, 8, "per_sample_weights"))
+        keep_sample_weights(ctx, call.arg(8, "per_sample_weights"))
 
 
 def keep_sample_weights(ctx: TraceContext, weights: Any) -> None:
@@ -201,7 +197,7 @@ def _functional_attention(ctx: TraceContext, call: OpCall) -> None:
 def _prelu(ctx: TraceContext, call: OpCall) -> None:
     """``F.prelu(x, weight)``: one slope per channel (dim 1, dim 0 for a 1-D input) or one
     for all; a per-channel slope vector is coupled to the channels as a scale is."""
-    x, weight = _arg(call, 0, "input"), _arg(call, 1, "weight")
+    x, weight = call.arg(0, "input"), call.arg(1, "weight")
     out = tensors_in(call.out)[0]
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise OpNotMappable("input and weight must be tensors")

@@ -39,27 +39,23 @@ _AFFINE_NAMES = {
 }
 
 
-def _arg(call: OpCall, position: int, name: str) -> object:
-    return call.args[position] if len(call.args) > position else call.kwargs.get(name)
-
-
 def _norm(ctx: TraceContext, call: OpCall) -> None:
     x = tensors_in(call.args[:1])[0]
     out = tensors_in(call.out)[0]
     labels = ctx.labels(x)
     if call.name in {"layer_norm", "rms_norm"}:
-        shape = _arg(call, 1, "normalized_shape")
+        shape = call.arg(1, "normalized_shape")
         if not isinstance(shape, (list, tuple)) or len(shape) != 1:
             raise OpNotMappable(f"normalized_shape={shape!r} spans several dims")
         dim = x.dim() - 1
         _written_width(ctx, call, shape, labels, dim)
     else:
         dim = 1
-    affine = [_arg(call, p, n) for p, n in zip(_AFFINE_POSITIONS[call.name],
+    affine = [call.arg(p, n) for p, n in zip(_AFFINE_POSITIONS[call.name],
                                                _AFFINE_NAMES[call.name], strict=True)]
     vectors = [t for t in affine if isinstance(t, Tensor)]
     if call.name == "group_norm":
-        groups = _arg(call, 1, "num_groups")
+        groups = call.arg(1, "num_groups")
         if isinstance(groups, int) and groups > 1:  # channel j of every group leaves together
             moved = ctx.space.find(labels).movedim(dim, -1)
             rep_along(ctx.space, moved.reshape(*moved.shape[:-1], groups, -1), (moved.dim() - 1,))

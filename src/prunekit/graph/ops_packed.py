@@ -14,8 +14,6 @@ others (NEUTRAL padding joins nothing). ``batch_sizes`` and ``lengths`` carry no
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
 
 from prunekit.graph.labels import emit, rep_along
@@ -46,26 +44,22 @@ def _put(ctx: TraceContext, out: Tensor, features: Tensor) -> None:
         ctx.set_labels(out, features.expand(out.shape))
 
 
-def _arg(call: OpCall, position: int, name: str) -> Any:
-    return call.args[position] if len(call.args) > position else call.kwargs.get(name)
-
-
 def _pack(ctx: TraceContext, call: OpCall) -> None:
-    source, out = _arg(call, 0, "input"), tensors_in(call.out)
+    source, out = call.arg(0, "input"), tensors_in(call.out)
     if not isinstance(source, Tensor) or not out:
         raise OpNotMappable("expected an input tensor and a (data, batch_sizes) result")
     _put(ctx, out[0], _features(ctx, source, 2))  # [B, T, *F] / [T, B, *F] -> [N, *F]
 
 
 def _unpack(ctx: TraceContext, call: OpCall) -> None:
-    data, out = _arg(call, 0, "data"), tensors_in(call.out)
+    data, out = call.arg(0, "data"), tensors_in(call.out)
     if not isinstance(data, Tensor) or not out:
         raise OpNotMappable("expected a data tensor and a (padded, lengths) result")
     _put(ctx, out[0], _features(ctx, data, 1))  # [N, *F] -> [B, T, *F] / [T, B, *F]
 
 
 def _pad_sequence(ctx: TraceContext, call: OpCall) -> None:
-    sequences = tensors_in((_arg(call, 0, "sequences"),))
+    sequences = tensors_in((call.arg(0, "sequences"),))
     out = tensors_in(call.out)
     if not sequences or len(out) != 1:
         raise OpNotMappable("expected a list of tensors and one padded result")

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import NEUTRAL, fixed_shape, rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
+from prunekit.graph.sizes import SizeInt
 from prunekit.graph.trace import TraceContext
 
 REDUCE = (
@@ -227,9 +228,7 @@ def _pad(ctx: TraceContext, call: OpCall) -> None:
 def _zero_channels(call: OpCall, written: Any, ndim: int, dim: int) -> bool:
     """Whether ``F.pad`` adds zero channels along ``dim`` by plain, non-negative amounts
     (and pads no other dim): constant mode, no amount read from a shape."""
-    from prunekit.graph.sizes import SizeInt
-
-    mode = call.args[2] if len(call.args) > 2 else call.kwargs.get("mode", "constant")
+    mode = call.arg(2, "mode", "constant")
     at = 2 * (ndim - 1 - dim)
     amounts = list(written)
     others = [p for i, p in enumerate(amounts) if i not in (at, at + 1)]
@@ -300,7 +299,7 @@ def _paired_reduce(ctx: TraceContext, call: OpCall) -> None:
     shape = torch.broadcast_shapes(x1.shape, x2.shape)
     ndim = len(shape)
     if call.name == "cosine_similarity":
-        dim: Any = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 1)
+        dim: Any = call.arg(2, "dim", 1)
     else:
         dim = -1
     if not isinstance(dim, int) or not -ndim <= dim < max(ndim, 1):

@@ -34,6 +34,7 @@ Rules that keep the replay sound after channels are removed:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -242,8 +243,8 @@ def _unflatten_attribute(ctx: TraceContext, call: OpCall, labels: Tensor,
     owner = _sizes_attribute(ctx, call, segment)
     if owner is None:
         return False
-    written, index = call.args[2], dim - segment[0]
-    if written[index] != -1:
+    written, index = _unflatten_sizes(call, segment), dim - segment[0]
+    if written is not None and written[index] != -1:
         ctx.bind_attribute(ctx.path, f"{owner}[{index}]", first_line(ctx.space.find(labels),
                                                                      dim))
     return True
@@ -252,17 +253,23 @@ def _unflatten_attribute(ctx: TraceContext, call: OpCall, labels: Tensor,
 def _unflattened_by_minus_one(call: OpCall, segment: list[int], dim: int) -> bool:
     """``x.unflatten(d, (-1, 2))``: the factor left to -1 adapts by itself (the sizes of an
     unflatten do not line up with the result's dims, so the reshape rule cannot see it)."""
-    written = call.args[2] if len(call.args) > 2 else call.kwargs.get("sizes")
-    return call.name == "unflatten" and isinstance(written, (tuple, list)) and \
-        len(written) == len(segment) and written[dim - segment[0]] == -1
+    written = _unflatten_sizes(call, segment)
+    return written is not None and written[dim - segment[0]] == -1
+
+
+def _unflatten_sizes(call: OpCall, segment: list[int]) -> tuple[Any, ...] | list[Any] | None:
+    """The sizes an ``unflatten`` call writes for the factors ``segment`` of its result, or
+    None for any other call."""
+    written = call.arg(2, "sizes") if call.name == "unflatten" else None
+    return written if isinstance(written, (tuple, list)) and len(written) == len(segment) \
+        else None
 
 
 def _sizes_attribute(ctx: TraceContext, call: OpCall, segment: list[int]) -> str | None:
     """The tuple attribute of the running module that an ``unflatten`` call passes as its
     sizes, by identity (``nn.Unflatten``'s ``unflattened_size``), or None."""
-    written = call.args[2] if len(call.args) > 2 else None
-    if call.name != "unflatten" or not isinstance(written, (tuple, list)) or \
-            len(written) != len(segment):
+    written = _unflatten_sizes(call, segment)
+    if written is None:
         return None
     return next((k for k, v in vars(ctx.running_module).items() if v is written), None)
 
@@ -326,8 +333,8 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     owner = _sizes_attribute(ctx, call, segment) if len(segment) > 2 else None
     if owner is not None and bearing[0] == segment[0]:
         # nn.Unflatten(1, (C, H, W)), a decoder's stem: whole channels of H·W features go
-        index = 0
-        return segment[0], None if call.args[2][index] == -1 else f"{owner}[{index}]"
+        first = call.arg(2, "sizes")[0]
+        return segment[0], None if first == -1 else f"{owner}[0]"
     sizes = tensors_free(call.args[1:])
     attrs = int_attributes(ctx)
     if _per_head_share(sizes, labels, bearing):  # C // self.n_head: every head shrinks alike

@@ -36,7 +36,7 @@ from prunekit.graph.callers import (
 )
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
-from prunekit.graph.sizes import SizeInt, channel_line, split_sizes
+from prunekit.graph.sizes import SizeInt, channel_line, split_arg, split_sizes
 from prunekit.graph.trace import TraceContext
 
 REPLAY = (
@@ -121,7 +121,7 @@ def _keep_positional_whole(ctx: TraceContext, call: OpCall) -> None:
     if not isinstance(source, Tensor) or source.dim() == 0:
         return
     if call.name == "roll":
-        dims: Any = call.args[2] if len(call.args) > 2 else call.kwargs.get("dims")
+        dims: Any = call.arg(2, "dims")
         if dims is None:  # the flattened tensor is rolled: every dim moves
             dims = range(source.dim())
         dims = {d % source.dim() for d in ((dims,) if isinstance(dims, int) else dims)}
@@ -137,11 +137,11 @@ def _keep_counted_whole(ctx: TraceContext, call: OpCall) -> None:
     """``x.repeat_interleave(counts, dim)`` with one count per channel (a tensor): the
     counts keep their length when channels go, so those channels are kept whole."""
     source = call.args[0] if call.args else call.kwargs.get("input")
-    counts = call.args[1] if len(call.args) > 1 else call.kwargs.get("repeats")
+    counts = call.arg(1, "repeats")
     if not isinstance(source, Tensor) or not isinstance(counts, Tensor) or \
             counts.numel() <= 1 or source.dim() == 0:
         return
-    dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim")
+    dim = call.arg(2, "dim")
     along = _channel_dims(ctx, source)
     if (dim is None and along) or (isinstance(dim, int) and dim % source.dim() in along):
         ctx.block(ctx.labels(source), f"{call.display} repeats each channel by its own count "
@@ -447,8 +447,7 @@ def _own_share(ctx: TraceContext, call: OpCall, canon: Tensor, dim: int, parts: 
     """Whether an equal split's part width is its own width over the number of parts, read
     in the forward (``x.split(x.shape[1] // 2, 1)``, a coupling layer's halves): it then
     shrinks with the parts, as ``chunk(2)``'s does."""
-    size = call.args[1] if len(call.args) > 1 else call.kwargs.get(
-        "split_size_or_sections", call.kwargs.get("split_size"))
+    size = split_arg(call)
     if not isinstance(size, SizeInt) or size._scale != (1, parts):
         return False
     line, _ = channel_line(ctx, size)
@@ -462,8 +461,7 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
     A fused q/k/v projection split by such a width (``c_attn(x).split(self.n_embd, 2)``)
     stays prunable: the parts shrink alike and the attribute is rewritten. Several
     attributes with that value are resolved by a name with ``split`` in it."""
-    size = call.kwargs.get("split_size_or_sections", call.kwargs.get("split_size"))
-    if width not in tensors_free((*call.args[1:2], size)):
+    if width not in tensors_free((split_arg(call),)):
         return None, f"{call.display} splits a channel dimension at sizes fixed in the code"
     holders = holding(ctx, width)
     if len(holders) > 1:
@@ -510,11 +508,6 @@ def running_module_phrase(ctx: TraceContext) -> str:
     return f"module {ctx.path!r}" if ctx.path else "the model"
 
 
-def _dim_arg(call: OpCall, position: int, default: int | None) -> Any:
-    return call.args[position] if len(call.args) > position else \
-        call.kwargs.get("dim", default)
-
-
 def _channel_dims(ctx: TraceContext, source: Tensor) -> set[int]:
     """The dims of ``source`` along which its channels vary."""
     vector = ctx.vector_of(source)
@@ -533,7 +526,7 @@ def _diff(ctx: TraceContext, call: OpCall) -> None:
     so those channels are kept whole; elsewhere the channels stay where they are."""
     source = tensors_in(call.args[:1] or (call.kwargs.get("input"),))[0]
     out = tensors_in(call.out)[0]
-    dim = _dim_arg(call, 2, -1)
+    dim = call.arg(2, "dim", -1)
     if any(call.kwargs.get(k) is not None for k in ("prepend", "append")) or \
             len(call.args) > 3 or not isinstance(dim, int) or source.dim() == 0:
         raise OpNotMappable("only torch.diff(x, n, dim) without prepend/append is mapped")
@@ -549,7 +542,7 @@ def _running_pick(ctx: TraceContext, call: OpCall) -> None:
     indices are positions along ``dim``; along a dim that carries channels those positions
     name channels that pruning would renumber, so the channels are kept whole."""
     source = tensors_in(call.args[:1] or (call.kwargs.get("input"),))[0]
-    dim = _dim_arg(call, 1, None)
+    dim = call.arg(1, "dim")
     if not isinstance(dim, int) or source.dim() == 0:
         raise OpNotMappable(f"dim={dim!r} is not a dim of a tensor with dims")
     labels = ctx.labels(source)
@@ -567,7 +560,7 @@ def _channel_shuffle(ctx: TraceContext, call: OpCall) -> None:
     layer expects them."""
     source = tensors_in(call.args[:1] or (call.kwargs.get("input"),))[0]
     out = tensors_in(call.out)[0]
-    groups = call.args[1] if len(call.args) > 1 else call.kwargs.get("groups")
+    groups = call.arg(1, "groups")
     if not isinstance(groups, int) or source.dim() < 2 or source.shape[1] % groups:
         raise OpNotMappable(f"groups={groups!r} does not divide the channels of a tensor of "
                             f"shape {tuple(source.shape)}")

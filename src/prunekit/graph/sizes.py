@@ -66,8 +66,8 @@ from prunekit.graph.ops import OpCall, OpHandler, tensors_in
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["SIZED", "SizeInt", "SizeTracker", "channel_line", "check_sizes", "split_sizes",
-           "with_sizes", "written_shape"]
+__all__ = ["SIZED", "SizeInt", "SizeTracker", "channel_line", "check_sizes", "split_arg",
+           "split_sizes", "with_sizes", "written_shape"]
 
 # ops whose int arguments give the result's shape, and where the sizes start
 _TENSOR_FIRST = ("view", "reshape", "expand", "broadcast_to", "new_zeros", "new_ones",
@@ -374,12 +374,18 @@ def check_sizes(ctx: TraceContext, call: OpCall) -> None:
         labels = ctx.labels(out)
 
 
+def split_arg(call: OpCall) -> Any:
+    """What a ``split``/``split_with_sizes`` call is passed as its sizes: one part width or
+    a list of them."""
+    return call.args[1] if len(call.args) > 1 else next(
+        (call.kwargs[k] for k in ("split_size_or_sections", "split_size", "split_sizes")
+         if k in call.kwargs), None)
+
+
 def split_sizes(call: OpCall) -> list[Any] | None:
     """The list of part sizes a ``split``/``split_with_sizes`` call writes (None for one
     size for every part)."""
-    sizes = call.args[1] if len(call.args) > 1 else next(
-        (call.kwargs[k] for k in ("split_size_or_sections", "split_size", "split_sizes")
-         if k in call.kwargs), None)
+    sizes = split_arg(call)
     return list(sizes) if isinstance(sizes, (tuple, list)) else None
 
 
@@ -393,7 +399,7 @@ def _check_split(ctx: TraceContext, call: OpCall) -> None:
     pieces = tensors_in(call.out)
     if sizes is None or not isinstance(source, Tensor) or len(sizes) != len(pieces):
         return
-    dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
+    dim = call.arg(2, "dim", 0)
     if not isinstance(dim, int) or source.dim() == 0:
         return
     dim %= source.dim()

@@ -446,9 +446,9 @@ def _torch_pruned(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[s
     ``load`` re-attaches a mask hook there, so the loaded model computes the masked weight
     and keeps its zeros through training as the saved one did."""
     held = model.state_dict()
-    return [key[:-len("_orig")] for key in state
-            if key.endswith("_orig") and key not in held and key[:-len("_orig")] in held
-            and f"{key[:-len('_orig')]}_mask" in state and key[:-len("_orig")] not in state]
+    names = [key.removesuffix("_orig") for key in state if key.endswith("_orig")]
+    return [name for name in names if f"{name}_orig" not in held and name in held
+            and f"{name}_mask" in state and name not in state]
 
 
 def _check_compatible(
