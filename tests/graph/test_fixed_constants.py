@@ -17,7 +17,9 @@ FIXED = "meets a tensor the code makes at a fixed size along these channels"
 
 class SinusoidalAdd(nn.Module):
     """Adds a position code computed in the forward at a width held by an attribute, or
-    read from the activation's shape (``sized``): only the latter follows a cut."""
+    read from the activation's shape (``sized``). Either way its values depend on the
+    channel positions, so neither follows a cut: the kept channels would get other codes
+    than the ones they were trained with."""
 
     def __init__(self, sized: bool) -> None:
         super().__init__()
@@ -43,12 +45,17 @@ def test_a_constant_of_fixed_width_keeps_the_channels_it_meets_whole() -> None:
     assert pruned(x).shape == model(x).shape == (2, 5, 3)
 
 
-def test_a_constant_sized_from_the_activation_follows_the_cut() -> None:
+def test_a_position_code_sized_from_the_activation_keeps_the_channels_whole() -> None:
+    """Was: ``arange(h.shape[-1])`` took the channels' labels, and the pruned model added
+    ``sin(arange(4) / 4)`` where the kept channels had ``sin(arange(8)[kept] / 8)``."""
     torch.manual_seed(0)
     model, x = SinusoidalAdd(sized=True).eval(), torch.randn(2, 5, 4)
     result = prune(model, x, ratio=0.5)
-    assert result.model.a.out_features == 4 and "a.weight" not in result.coverage.fixed
-    assert result.model(x).shape == (2, 5, 3)
+    pruned = result.model
+    assert pruned.a.out_features == 8 and "arange" in result.coverage.fixed["a.weight"]
+    assert pruned.b.out_features == 4  # b's output meets no position code
+    with torch.no_grad():
+        assert pruned(x).shape == (2, 5, 3)
 
 
 def test_a_constant_broadcast_along_the_channels_does_not_block_them() -> None:

@@ -211,3 +211,51 @@ def test_halves_split_by_the_own_width_shrink_alike() -> None:
     assert pruned.a.out_channels < 16
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+class Halves(nn.Module):
+    """A projection's halves taken by ``narrow`` or ``tensor_split`` instead of ``chunk``."""
+
+    def __init__(self, how: str, width: int = 8) -> None:
+        super().__init__()
+        self.how, self.k = how, width // 2
+        self.a = nn.Linear(6, width)
+        self.b, self.c = nn.Linear(width - width // 2, 3), nn.Linear(width // 2, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        n = h.shape[-1]
+        if self.how == "narrow_own":  # bounds from the own width
+            p, q = h.narrow(-1, 0, n // 2), h.narrow(-1, n // 2, n // 2)
+        elif self.how == "narrow_attr":  # the boundary an attribute holds
+            p, q = h.narrow(-1, 0, self.k), h[..., self.k:]
+        elif self.how == "narrow_literal":
+            p, q = h.narrow(-1, 0, 4), h.narrow(-1, 4, 4)
+        elif self.how == "indices":  # tensor_split at an index list: sizes fixed in the code
+            p, q = torch.tensor_split(h, [4], dim=-1)
+        else:  # tensor_split into a number of parts, as chunk
+            p, q = torch.tensor_split(h, 2, dim=-1)
+        return self.b(p) + self.c(q)
+
+
+@pytest.mark.parametrize("how", ["narrow_own", "narrow_attr", "sections"])
+def test_narrow_and_tensor_split_parts_follow_pruning(how: str) -> None:
+    """Was: ``narrow`` and ``tensor_split`` along a channel dim kept the channels whole."""
+    torch.manual_seed(0)
+    model, x = Halves(how).eval(), torch.randn(2, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    pruned = result.model
+    assert pruned.a.out_features == 4 and pruned.b.in_features == pruned.c.in_features == 2
+    if how == "narrow_attr":
+        assert pruned.k == 2
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+@pytest.mark.parametrize("how", ["narrow_literal", "indices", "uneven"])
+def test_parts_at_fixed_sizes_keep_their_channels(how: str) -> None:
+    model = Halves("sections", width=9) if how == "uneven" else Halves(how)
+    result = prune(model.eval(), torch.randn(2, 6), ratio=0.5)
+    assert result.model.a.out_features == model.a.out_features
+    why = result.coverage.fixed["a.weight"]
+    assert ("unequal parts" if how == "uneven" else "fixed part") in why

@@ -29,6 +29,7 @@ from prunekit.graph.ops import (
     tensors_in,
 )
 from prunekit.graph.ops_reduce import by_value
+from prunekit.graph.ops_slice import judge_selection
 from prunekit.graph.trace import TraceContext
 
 UNARY = (
@@ -38,9 +39,8 @@ UNARY = (
     "softmax", "log_softmax", "softmin", "normalize",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "abs", "neg", "exp", "log", "log1p", "sqrt", "rsqrt", "square", "sin", "cos", "erf",
-    "reciprocal", "sign", "floor", "ceil", "round", "trunc", "clamp", "clip", "clamp_min",
-    "clamp_max", "nan_to_num", "logical_not", "bitwise_not", "isnan", "isinf", "isfinite",
-    "pos", "invert", "not",
+    "reciprocal", "sign", "floor", "ceil", "round", "trunc", "nan_to_num", "logical_not",
+    "bitwise_not", "isnan", "isinf", "isfinite", "pos", "invert", "not",
     "to", "float", "double", "half", "bfloat16", "int", "long", "bool", "type", "type_as",
     "cpu", "cuda", "detach", "clone", "contiguous", "requires_grad", "data",
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
@@ -366,9 +366,20 @@ def _broadcast_max(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _setitem(ctx: TraceContext, call: OpCall) -> None:
-    target, index = call.args[0], on_cpu(call.args[1])  # labels live on the CPU
+    """``x[index] = value``: the value's labels join those of the positions written. Where
+    ``index`` is a mask of ``x``'s shape (``x[x < 0] = 0``) the write is elementwise, as
+    ``torch.where(mask, value, x)``, and the mask joins ``x``; other indices are judged as
+    the getitem that reads the same positions (``x[:, 2:4] = 0`` writes to channels the
+    code names, which are kept whole; ``x[:, :self.k] = y`` rewrites ``self.k``)."""
+    target, index = call.args[0], call.args[1]
     value = call.args[2] if len(call.args) > 2 else None
-    labels = ctx.space.find(ctx.labels(target)).clone()
+    if isinstance(index, Tensor) and index.dtype == torch.bool and index.shape == target.shape:
+        labels = combine(ctx, [ctx.labels(target), ctx.labels(index)], target.shape)
+    else:
+        judge_selection(ctx, call, target)
+        labels = ctx.labels(target)
+    labels = ctx.space.find(labels).clone()
+    index = on_cpu(index)  # labels live on the CPU
     region = labels[index]
     if isinstance(value, Tensor):
         incoming = combine(ctx, [region, ctx.labels(value)], region.shape)
@@ -411,5 +422,17 @@ def _where(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(("where",), _where)
+
+
+def _clamp(ctx: TraceContext, call: OpCall) -> None:
+    """``clamp(x, min, max)``: bounds that are tensors meet ``x`` position by position, as
+    in ``torch.maximum``; number bounds leave it a unary op."""
+    if len(call_tensors(call.args, call.kwargs)) > 1:
+        _binary(ctx, call)
+    else:
+        _unary(ctx, call)
+
+
+register_op(("clamp", "clip", "clamp_min", "clamp_max"), _clamp)
 register_op(("setitem",), _setitem)
 register_op(("index_add",), _index_add)

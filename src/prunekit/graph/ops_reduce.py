@@ -32,6 +32,8 @@ REDUCE = (
     "count_nonzero", "aminmax", "linalg_vector_norm", "vector_norm", "linalg_norm",
     "linalg_matrix_norm", "matrix_norm",
 )
+_ARG_REDUCE = ("argmax", "argmin")
+_WITH_INDICES = ("max", "min", "median")  # (values, indices) when given a dim
 # norms that take (input, ord, dim): their dims come third; matrix norms default to the last two
 _ORD_FIRST = ("norm", "linalg_vector_norm", "vector_norm", "linalg_norm", "linalg_matrix_norm",
               "matrix_norm")
@@ -88,8 +90,25 @@ def _reduce(ctx: TraceContext, call: OpCall) -> None:
         canon = ctx.space.find(ctx.labels(source))
         bearing, shape = varying(canon), canon.shape
     rep = _collapse(ctx, canon, bearing, shape, reduced, call.display)
-    for out in tensors_in(call.out):
+    outputs = tensors_in(call.out)
+    for out in outputs:
         ctx.set_labels(out, _fit(rep, reduced, tuple(out.shape)))
+    if not bearing.isdisjoint(reduced):
+        _positions_of_channels(ctx, call, canon, outputs)
+
+
+def _positions_of_channels(ctx: TraceContext, call: OpCall, canon: Tensor,
+                           outputs: list[Tensor]) -> None:
+    """A reduction over a channel dim whose result names positions: ``argmax``'s, and the
+    indices ``max(x, dim)`` returns beside its values. Pruning would renumber them, so the
+    channels are kept whole, for ``max`` only once something reads the indices (CBAM's
+    ``torch.max(x, 1)[0]`` keeps the values alone)."""
+    why = f"{call.display} gives positions along a channel dimension, which pruning renumbers"
+    if call.name in _ARG_REDUCE:
+        ctx.block(canon, why)
+    elif call.name in _WITH_INDICES and len(outputs) == 2 and not \
+            outputs[1].is_floating_point():
+        ctx.watch(outputs[1], lambda: ctx.block(canon, why))
 
 
 def _collapse(ctx: TraceContext, canon: Tensor, bearing: set[int], shape: torch.Size,

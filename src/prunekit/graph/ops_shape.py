@@ -23,6 +23,7 @@ the forward check after surgery then fails loudly, and the user's model is left 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -301,7 +302,7 @@ def tensors_free(values: tuple[Any, ...]) -> list[int]:
     return out
 
 
-def _chunking(ctx: TraceContext, call: OpCall) -> None:
+def chunking(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
     dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim", 0)
     dim = dim % source.dim()
@@ -331,7 +332,7 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
         _unequal_split(ctx, call, canon, pieces, dim)
         return
     attr = None
-    if call.name != "chunk" and not _own_share(ctx, call, canon, dim, len(pieces)):
+    if not counted(call) and not _own_share(ctx, call, canon, dim, len(pieces)):
         attr, why = _split_attribute(ctx, call, widths.pop())
         if attr is None:
             ctx.block(canon, why)
@@ -342,6 +343,15 @@ def _chunking(ctx: TraceContext, call: OpCall) -> None:
     if attr is not None:  # the split size is rewritten to the new width of one part
         line = first_line(ctx.space.find(first), dim)
         ctx.bind_attribute(ctx.path, attr, line)
+
+
+def counted(call: OpCall) -> bool:
+    """Whether ``call`` splits into a number of parts rather than at sizes: ``chunk(n)``,
+    ``tensor_split(n)`` (an int count, not a list of indices)."""
+    if call.name == "tensor_split":
+        sections = call.arg(1, "sections", call.kwargs.get("indices_or_sections"))
+        return isinstance(sections, int)
+    return call.name == "chunk"
 
 
 def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[Tensor],
@@ -358,7 +368,7 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
     computed size) keeps its width, as does every part where the sizes are not written as
     a list in the call."""
     path, module = calling_module(ctx)
-    written = sizes_written(module) if call.name != "chunk" else None
+    written = sizes_written(module) if not counted(call) else None
     if written is None or len(written) != len(pieces):
         ctx.block(canon, f"{call.display} splits a channel dimension into unequal parts at "
                          f"sizes fixed in the code")
@@ -400,10 +410,15 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
 def counts_heads(name: str) -> bool:
     """``num_heads``, ``n_head``, ``num_key_value_heads``, and a count of groups of heads
     (Mamba2's ``n_groups`` of B and C, ``num_groups``) — not ``head_dim``/``head_size``,
-    nor ``num_key_value_groups`` (query heads per key/value head)."""
+    Transformer-XL's ``d_head``, ``channels_per_head``, nor ``num_key_value_groups`` (query
+    heads per key/value head)."""
     if "group" in name:
         return name.endswith(("n_groups", "num_groups", "ngroups")) and "key_value" not in name
-    return "head" in name and "dim" not in name and "size" not in name
+    return "head" in name and "dim" not in name and "size" not in name and \
+        _PER_HEAD.search(name) is None
+
+
+_PER_HEAD = re.compile(r"(^|_)d_?heads?$|per_heads?$")  # d_head, dhead, channels_per_head
 
 
 def _product_may_follow(held: dict[str, Any], names: tuple[str, ...], width: int) -> bool:
@@ -573,7 +588,7 @@ register_op(("diff",), _diff)
 register_op(("cummax", "cummin"), _running_pick)
 register_op(("channel_shuffle", "native_channel_shuffle"), _channel_shuffle)
 register_op(REPLAY, _replay_only)
-register_op(CHUNKING, _chunking)
+register_op(CHUNKING, chunking)
 
 
 def _glu(ctx: TraceContext, call: OpCall) -> None:

@@ -5,17 +5,19 @@ map exactly.
 A selection of fixed size along a channel dimension keeps those channels whole, since the
 sizes written in the code would no longer match after pruning; a parameter's sliced axes
 are noted and judged once its channel axis is known (:mod:`prunekit.graph.dependency`).
-Three selections do follow pruning:
+``tensor_split(x, n, dim)`` into a number of parts is ``chunk(n)`` (:mod:`prunekit.graph.
+ops_shape`). Three selections do follow pruning (as a getitem or a ``narrow``):
 
 * part ``k`` of ``n`` equal parts of a dim, with bounds computed from that dim's own width
-  read in the forward (Swin V2's ``qkv_bias[n // 3: 2 * (n // 3)]``, ``n = numel()``): the
-  parts are coupled index by index, as ``chunk(n)`` couples them;
+  read in the forward (Swin V2's ``qkv_bias[n // 3: 2 * (n // 3)]``, ``n = numel()``;
+  ``x.narrow(1, c // 2, c // 2)``): the parts are coupled index by index, as ``chunk(n)``
+  couples them;
 * a slice of a tensor built from parameters alone (BEiT's rebuilt relative-position table,
   gathered by position) is judged when the trace ends, once later ops have joined its
   elements to channels: its rows are positions if the channels no longer vary along them;
 * the part before or after a boundary one int attribute of the module holds (DPN's
-  ``x[:, :self.out_planes]``, ``x[:, d:]``): the attribute is bound to the channels before
-  it and rewritten.
+  ``x[:, :self.out_planes]``, ``x[:, d:]``; ``x.narrow(1, 0, self.k)``, the part before
+  only): the attribute is bound to the channels before it and rewritten.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
-from prunekit.graph.ops_shape import first_line, holding, replay
+from prunekit.graph.ops_shape import chunking, counted, first_line, holding, replay
 from prunekit.graph.sizes import SizeInt, channel_line
 from prunekit.graph.trace import ParamRecord, TraceContext
 
@@ -37,6 +39,9 @@ SLICING = ("getitem", "narrow", "select", "index_select", "unbind", "tensor_spli
 
 def _slicing(ctx: TraceContext, call: OpCall) -> None:
     if call.name == "getitem" and _defer_expert_pick(ctx, call):
+        return
+    if counted(call):  # tensor_split(x, n, dim): n parts, as chunk(n)
+        chunking(ctx, call)
         return
     _slice(ctx, call)
 
@@ -62,18 +67,29 @@ def _defer_expert_pick(ctx: TraceContext, call: OpCall) -> bool:
 
 def _slice(ctx: TraceContext, call: OpCall) -> None:
     source = tensors_in(call.args[:1])[0]
-    canon = ctx.space.find(ctx.labels(source, partial=True))
-    touched = _selected_dims(call, source)
+    ctx.labels(source, partial=True)  # (a parameter's first read makes its record)
     record = ctx.param_record(source)
     if record is not None:  # a parameter's channel axis is only known later
-        record.sliced_axes.update(touched)
+        record.sliced_axes.update(_selected_dims(call, source))
         _mark_selected(call, source, record)
-    elif _equal_part(ctx, call, source, canon) or _interleaved_part(ctx, call, source, canon) \
+    else:
+        judge_selection(ctx, call, source)
+    replay(ctx, call, partial=True)
+
+
+def judge_selection(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
+    """Keep the channels whole where ``call`` (a getitem, ``narrow``... or a setitem, which
+    writes where the getitem would read) picks a part of a channel dim that would not
+    follow pruning (see the module docstring)."""
+    canon = ctx.space.find(ctx.labels(source, partial=True))
+    touched = _selected_dims(call, source)
+    if _equal_part(ctx, call, source, canon) or _interleaved_part(ctx, call, source, canon) \
             or _attribute_part(ctx, call, source, canon):
         pass  # qkv_bias[n // 3: 2 * (n // 3)] with n its own numel(), gate_up[..., ::2],
         # x[:, :self.width]
     elif any(varies(canon, d) for d in touched):
-        why = f"{call.display} selects a fixed part of a channel dimension"
+        verb = "writes to" if call.name == "setitem" else "selects"
+        why = f"{call.display} {verb} a fixed part of a channel dimension"
         raw = ctx.labels(source, partial=True)
         if ctx.is_param_built(source):
             # built from parameters (BEiT's relative-position table: an interpolated part
@@ -82,7 +98,6 @@ def _slice(ctx: TraceContext, call: OpCall) -> None:
             ctx.at_end.append(lambda: _judge_slice(ctx, raw, touched, why))
         else:
             ctx.block(canon, why)
-    replay(ctx, call, partial=True)
 
 
 def _equal_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tensor) -> bool:
@@ -92,16 +107,24 @@ def _equal_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tensor) 
     qkv_bias[length: 2 * length]``); if so, the parts are coupled index by index, as
     ``chunk(n)`` couples them, so they shrink alike and the bounds the code computes after
     pruning still pick the same part."""
-    found = _one_slice(call, source)
+    found = _one_slice(call, source) or _narrowed(call, source)
     if found is None or found[1].step not in (None, 1):
         return False
     dim, item = found
     width = source.shape[dim]
-    bounds = [_share(ctx, canon, dim, bound, default) for bound, default in
-              ((item.start, Fraction(0)), (item.stop, Fraction(1)))]
-    if None in bounds:
-        return False
-    start, stop = cast(list[Fraction], bounds)
+    if call.name == "narrow":  # slice(start, length)
+        bounds = [_share(ctx, canon, dim, item.start, Fraction(0)),
+                  _share(ctx, canon, dim, item.stop, Fraction(1))]
+        if None in bounds:
+            return False
+        start, part = cast(list[Fraction], bounds)
+        stop = start + part
+    else:
+        bounds = [_share(ctx, canon, dim, bound, default) for bound, default in
+                  ((item.start, Fraction(0)), (item.stop, Fraction(1)))]
+        if None in bounds:
+            return False
+        start, stop = cast(list[Fraction], bounds)
     part = stop - start
     if part <= 0 or part.numerator != 1 or start % part != 0 or width % part.denominator:
         return False
@@ -135,12 +158,14 @@ def _attribute_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tens
     x[:, :d] + out[:, :d]``, ``x[:, d:]``): the attribute counts the channels before the
     boundary, so it is bound to them and rewritten with those kept, and both parts still
     split where they did. A boundary no single attribute holds (a literal) is not one."""
-    found = _one_slice(call, source)
+    found = _one_slice(call, source) or _narrowed(call, source)
     if found is None:
         return False
     dim, item = found
     if item.step not in (None, 1):
         return False
+    if call.name == "narrow":  # slice(start, length): only the part before the boundary
+        item = slice(item.start, item.stop if item.start == 0 else -1)
     if item.start in (None, 0) and type(item.stop) is int:
         boundary = item.stop
     elif item.stop is None and type(item.start) is int:
@@ -159,7 +184,7 @@ def _attribute_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tens
 def _one_slice(call: OpCall, source: Tensor) -> tuple[int, slice] | None:
     """(dim, slice) where ``call`` is a getitem that slices one dim of ``source`` and takes
     every other dim whole (``x[a:b]``, ``x[..., ::2]``); None for any other call."""
-    if call.name != "getitem":
+    if call.name not in ("getitem", "setitem"):
         return None
     index = call.args[1]
     items = index if isinstance(index, tuple) else (index,)
@@ -173,6 +198,17 @@ def _one_slice(call: OpCall, source: Tensor) -> tuple[int, slice] | None:
     if Ellipsis in items and pos > items.index(Ellipsis):  # counted from the last dim
         pos = source.dim() - (len(items) - pos)
     return pos, item
+
+
+def _narrowed(call: OpCall, source: Tensor) -> tuple[int, slice] | None:
+    """(dim, slice(start, length)) for ``narrow(dim, start, length)``, else None."""
+    if call.name != "narrow":
+        return None
+    dim, start, length = (call.arg(i, name) for i, name in
+                          ((1, "dim"), (2, "start"), (3, "length")))
+    if not isinstance(dim, int) or not isinstance(start, int) or not isinstance(length, int):
+        return None  # a tensor start
+    return dim % source.dim(), slice(start, length)
 
 
 def _share(ctx: TraceContext, canon: Tensor, dim: int, bound: Any,
@@ -214,7 +250,7 @@ def _mark_selected(call: OpCall, source: Tensor, record: ParamRecord) -> None:
 def _selected_dims(call: OpCall, source: Tensor) -> list[int]:
     """Dims of ``source`` on which the call keeps only part of the indices."""
     ndim = source.dim()
-    if call.name == "getitem":
+    if call.name in ("getitem", "setitem"):
         return _getitem_dims(call.args[1], source)
     if call.name == "unbind":
         dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim", 0)

@@ -423,7 +423,7 @@ def _judge(ctx: TraceContext, name: str, labels: Tensor, dim: int, size: SizeInt
     if dim in vary:
         return line is not None and vary == {dim} and _follows(ctx, line, size, canon, dim)
     if out is not None and line is not None and size._exact and _neutral(canon) and \
-            name not in ("reshape", "view"):
+            name not in ("reshape", "view", "arange"):  # (arange's values are positions)
         ctx.set_vector(out, line, dim)  # a new tensor: it takes C's labels
         return True
     return False

@@ -95,6 +95,9 @@ class TraceContext:
         # (size comparisons: graph/size_reads.py; slices of parameter-built tensors)
         self.at_end: list[Callable[[], None]] = []
         self.param_views = ParamViews()  # W.t(), W[e]: maybe layer weights (param_views.py)
+        # tensors that keep channels whole once anything reads them (the indices
+        # ``max(x, dim)`` returns over channels): id -> (tensor, what a read does)
+        self.watched: dict[int, tuple[Tensor, Callable[[], None]]] = {}
         # one walk of the module tree serves the param names, the hooks and eval mode
         walk = walk_modules(model)
         for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
@@ -331,9 +334,22 @@ class TraceContext:
             self.block(labels, f"module {name!r} is called with different widths")
 
     # -- recording ---------------------------------------------------------------------
+    def watch(self, tensor: Tensor, on_read: Callable[[], None]) -> None:
+        """Call ``on_read`` when an op or layer first reads ``tensor``."""
+        self.watched[id(tensor)] = (tensor, on_read)
+
+    def _read_watched(self, tensors: list[Tensor]) -> None:
+        for tensor in tensors:
+            found = self.watched.get(id(tensor))
+            if found is not None and found[0] is tensor:
+                del self.watched[id(tensor)]
+                found[1]()
+
     def record_op(self, func: Callable[..., Any], args: tuple[Any, ...],
                   kwargs: dict[str, Any], out: Any) -> None:
         inputs = call_tensors(args, kwargs)
+        if self.watched:
+            self._read_watched(inputs)
         outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
         if not outputs and not (inputs and _is_setitem(func)):
             return
@@ -423,6 +439,8 @@ class TraceContext:
 
     def record_module(self, handler: ModuleHandler, call: ModuleCall) -> None:
         layer = type(call.module).__name__
+        if self.watched:
+            self._read_watched(tensors_in((call.args, call.kwargs)))
         try:
             handler.trace(self, call)
             return

@@ -1,0 +1,196 @@
+"""Code that names channel positions: writes into a fixed part of a channel dim, indices
+along one (``argmax``, ``max(x, dim).indices``), ``torch.arange`` sized by a width, and
+``clamp`` with tensor bounds. Each of these pruned before and gave a model that differs
+from the unpruned one with the removed inputs zeroed; now the positions the code names are
+kept whole (or, for bounds, joined), and pruning stays exact."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tests.structured.test_equivalence import _zero_removed_inputs
+from torch import Tensor, nn
+
+from prunekit.structured import prune
+
+
+class Written(nn.Module):
+    """``a`` (8 channels) → a write or a position-valued op along them → ``b``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.other, self.b = nn.Linear(6, 8), nn.Linear(6, 2), nn.Linear(8, 3)
+        self.table = nn.Embedding(8, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.a(x)
+        if self.how == "slice_zero":
+            y[:, 2:4] = 0.0
+        elif self.how == "index_one":
+            y[:, 3] = 1.0
+        elif self.how == "slice_value":
+            y[:, 2:4] = self.other(x)
+        elif self.how == "arange":
+            y = y * torch.arange(y.shape[1])
+        elif self.how == "frequencies":  # sinusoidal features over the channel positions
+            y = y + torch.sin(torch.arange(y.shape[-1]) / 8 * math.pi)
+        elif self.how == "argmax":
+            return self.b(self.table(y.argmax(1)))
+        elif self.how == "max_indices":
+            return self.b(self.table(torch.max(y, dim=1).indices))
+        return self.b(torch.relu(y))
+
+
+@pytest.mark.parametrize("how", ["slice_zero", "index_one", "slice_value", "arange",
+                                 "frequencies", "argmax", "max_indices"])
+def test_named_positions_keep_their_channels(how: str) -> None:
+    torch.manual_seed(0)
+    model, x = Written(how).eval(), torch.randn(3, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    assert result.model.a.out_features == 8
+    assert "a.weight" in result.coverage.fixed
+    with torch.no_grad():  # (argmax: the table's own width still prunes)
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+class MaxValues(nn.Module):
+    """CBAM's spatial attention reads the channel max's values only: still prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.spatial = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(self.a(x))
+        peak = torch.max(y, dim=1, keepdim=True)[0]
+        return self.b(y * torch.sigmoid(self.spatial(peak)))
+
+
+def test_channel_max_values_alone_still_prune() -> None:
+    result = prune(MaxValues().eval(), torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert result.model.a.out_channels == 4
+
+
+class HalfWritten(nn.Module):
+    """``out[:, :n // 2] = 0`` with ``n`` the own width: the halves shrink alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.a(x)
+        y[:, : y.shape[1] // 2] = 0.0
+        return self.b(y)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_half_written_by_own_width_prunes_exactly(seed: int) -> None:
+    torch.manual_seed(0)
+    model, x = HalfWritten().eval(), torch.randn(3, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=seed)
+    keep = result.plan["modules"]["a"]["keep"]["out"]
+    assert len(keep) == 4 and sum(k < 4 for k in keep) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+def test_elementwise_mask_write_joins_the_mask_source() -> None:
+    """``y[z < 0] = 0`` with ``z`` from another layer: ``y`` and ``z`` meet position by
+    position, as in ``torch.where``, so they are cut alike."""
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.c, self.b = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            y, z = self.a(x), self.c(x)
+            y[z < 0] = 0.0
+            return self.b(y)
+
+    torch.manual_seed(0)
+    model, x = Masked().eval(), torch.randn(3, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    plan = result.plan["modules"]
+    assert plan["a"]["keep"]["out"] == plan["c"]["keep"]["out"]
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+@pytest.mark.parametrize("how", ["min", "position", "clip_max"])
+def test_clamp_with_tensor_bounds_joins_them(how: str) -> None:
+    """Was: clamp was a unary op, so its bound's layer was cut independently."""
+
+    class Clamped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.c, self.b = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            y, z = self.a(x), self.c(x)
+            if how == "min":
+                y = y.clamp(min=z)
+            elif how == "position":
+                y = torch.clamp(y, z)
+            else:
+                y = y.clip(max=z)
+            return self.b(y)
+
+    torch.manual_seed(0)
+    model, x = Clamped().eval(), torch.randn(3, 6)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    plan = result.plan["modules"]
+    assert plan["a"]["keep"]["out"] == plan["c"]["keep"]["out"]
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+def test_clamp_with_numbers_stays_pointwise() -> None:
+    model = nn.Sequential(nn.Linear(6, 8), nn.Hardtanh(), nn.Linear(8, 3))
+
+    class Numbers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net[2](self.net[0](x).clamp(-1, 1))
+
+    result = prune(Numbers().eval(), torch.randn(3, 6), ratio=0.5)
+    assert result.model.net[0].out_features == 4
+
+
+class XLAttention(nn.Module):
+    """Transformer-XL names the per-head width ``d_head``: a size, not a head count."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.n_head, self.d_head = heads, d // heads
+        self.qkv, self.o = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q, k, v = (part.view(b, t, self.n_head, self.d_head).transpose(1, 2)
+                   for part in self.qkv(x).chunk(3, -1))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.o(y.transpose(1, 2).reshape(b, t, self.n_head * self.d_head))
+
+
+def test_d_head_is_a_per_head_width() -> None:
+    """Was: ``d_head`` counted as a head count, and the heads were kept whole."""
+    torch.manual_seed(0)
+    model, x = XLAttention().eval(), torch.randn(2, 5, 16)
+    result = prune(model, x, ratio=0.5, importance="random", seed=1)
+    pruned = result.model
+    assert pruned.qkv.out_features == 24 and pruned.n_head == 1 and pruned.d_head == 8
+    dropped = sorted(set(range(16)) - set(result.plan["modules"]["o"]["keep"]["in"]))
+    zeroed = XLAttention().eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed.o.weight[:, dropped] = 0
+        torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-4, atol=1e-5)
