@@ -1,4 +1,5 @@
-"""Layer adapter for ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN``: hidden units, all gates at once.
+"""Layer adapters for ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells: hidden units, all
+gates at once.
 
 ``hidden_size`` is one attribute for every layer and direction, so hidden unit ``j`` of
 every layer and direction is one unit (the ``"hidden"`` dimension). Removing it cuts rows
@@ -15,6 +16,12 @@ without projections), so a cut that would leave ``proj_size >= hidden_size`` is 
 when applied: like any cut that breaks the forward check, ``strict=True`` names its groups
 in the error and ``strict=False`` keeps them whole. A uniform ``ratio`` keeps the order
 except where the sizes are within a unit or two of each other.
+
+The cells (``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``) that users step through a
+loop have the same two dimensions: ``"in"`` (the input's last dim) and ``"hidden"``
+(gate rows ``g·H + j``, column ``j`` of ``weight_hh``, the given state's last dim and the
+returned state's). A loop that feeds the returned state back joins each step's state
+with the same units.
 
 A :class:`~torch.nn.utils.rnn.PackedSequence` input is read through its ``data``
 ``[sum(lengths), F]`` and the packed output's ``data`` carries the output units (the
@@ -43,6 +50,7 @@ from prunekit.structured.adapters import (
 )
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_CELL_GATES: dict[type[nn.Module], int] = {nn.LSTMCell: 4, nn.GRUCell: 3, nn.RNNCell: 1}
 
 
 class ProjectionWidthError(PrunekitError):
@@ -170,3 +178,60 @@ class RecurrentAdapter:
 _ADAPTER = RecurrentAdapter()
 for _cls in (nn.LSTM, nn.GRU, nn.RNN):
     register_adapter(_cls, _ADAPTER)
+
+
+class RecurrentCellAdapter:
+    """``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` (see the module docstring)."""
+
+    def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
+        cell = call.module
+        assert isinstance(cell, nn.RNNCellBase)
+        x = call.args[0] if call.args else call.kwargs.get("input")
+        if not isinstance(x, Tensor):
+            raise OpNotMappable(f"expected a tensor input, got {type(x).__name__}")
+        space = ctx.space
+        ctx.record_dim(call.name, cell, "in", consume(space, ctx.labels(x), -1))
+        hidden = ctx.module_ids(call.name, cell, "hidden", cell.hidden_size)
+        hx = call.args[1] if len(call.args) > 1 else call.kwargs.get("hx")
+        for state in tensors_in((hx,)):  # h (and an LSTM cell's c): the hidden units
+            space.union(hidden, consume(space, ctx.labels(state), -1))
+        for state in tensors_in(call.out):
+            ctx.set_labels(state, emit(hidden, -1, state.shape))
+
+    def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
+        cell = module
+        assert isinstance(cell, nn.RNNCellBase)
+        if dim == "in":
+            return [WeightView(rows(cell.weight_ih, 1), "weight", dim,
+                               grad_rows(cell.weight_ih, 1))]
+        size, gates = cell.hidden_size, _CELL_GATES[type(cell)]
+        return [WeightView(_per_unit(w.detach(), gates, size), "weight", dim,
+                           None if w.grad is None else _per_unit(w.grad, gates, size))
+                for w in (cell.weight_ih, cell.weight_hh)]
+
+    def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
+        cell = module
+        assert isinstance(cell, nn.RNNCellBase)
+        hidden, first_in = keep.get("hidden"), keep.get("in")
+        if hidden is not None:
+            size, gates = cell.hidden_size, _CELL_GATES[type(cell)]
+            rows_kept = torch.cat([hidden + g * size for g in range(gates)])
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                if getattr(cell, name) is not None:
+                    slicer.slice(cell, name, 0, rows_kept)
+            slicer.slice(cell, "weight_hh", 1, hidden)
+            cell.hidden_size = int(hidden.numel())
+        if first_in is not None:
+            slicer.slice(cell, "weight_ih", 1, first_in)
+            cell.input_size = int(first_in.numel())
+
+    def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
+        return None
+
+    def sync(self, module: nn.Module) -> None:
+        pass
+
+
+_CELL_ADAPTER = RecurrentCellAdapter()
+for _cell in _CELL_GATES:
+    register_adapter(_cell, _CELL_ADAPTER)
