@@ -32,7 +32,10 @@ _AXES = (
 
 class ChannelNormAdapter:
     """A layer whose channels pass straight through on dim ``channel_dim`` (negative: from
-    the end); ``groups_attr`` names a group count that must stay fixed (GroupNorm)."""
+    the end); ``groups_attr`` names a group count that must stay fixed (GroupNorm), except
+    where every channel is a group of its own (``GroupNorm(C, C)``, a per-channel norm): the
+    count then follows the channels. A ``normalized_shape`` of several dims normalises one
+    channel dim when the others are 1 (GCNet's ``LayerNorm([C, 1, 1])``)."""
 
     def __init__(self, size_attr: str, *, channel_dim: int, groups_attr: str | None = None,
                  as_shape: bool = False) -> None:
@@ -43,18 +46,23 @@ class ChannelNormAdapter:
 
     def _dim(self, module: nn.Module, x: Tensor) -> int:
         if self.as_shape:
-            shape = getattr(module, self.size_attr)
-            if len(shape) != 1:
-                raise OpNotMappable(f"{self.size_attr}={tuple(shape)} spans several dims")
-            return -1
+            shape = tuple(getattr(module, self.size_attr))
+            if any(size != 1 for size in shape[1:]):
+                raise OpNotMappable(f"{self.size_attr}={shape} spans several dims")
+            return -len(shape)
         return self.channel_dim
+
+    def _per_channel_groups(self, module: nn.Module) -> bool:
+        return self.groups_attr is not None and \
+            getattr(module, self.groups_attr) == getattr(module, self.size_attr) > 1
 
     def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
         x = _first(call)
         dim = self._dim(call.module, x)
         labels = ctx.consume(x, dim)
         groups = getattr(call.module, self.groups_attr, 1) if self.groups_attr else 1
-        if groups > 1:  # channel j of every group leaves together: the group count stays
+        if groups > 1 and not self._per_channel_groups(call.module):
+            # channel j of every group leaves together: the group count stays
             labels = rep_along(ctx.space, labels.view(groups, -1), (0,)).expand(groups, -1)
             labels = labels.reshape(-1)
         ctx.record_dim(call.name, call.module, "channels", labels)
@@ -70,7 +78,12 @@ class ChannelNormAdapter:
             self._set_size(module, int(keep["channels"].numel()))
 
     def _set_size(self, module: nn.Module, size: int) -> None:
-        update_attr(module, self.size_attr, (size,) if self.as_shape else size)
+        if self.groups_attr is not None and self._per_channel_groups(module):
+            update_attr(module, self.groups_attr, size)
+        if self.as_shape:  # (C, 1, 1) -> (size, 1, 1)
+            update_attr(module, self.size_attr, (size, *getattr(module, self.size_attr)[1:]))
+        else:
+            update_attr(module, self.size_attr, size)
 
     def axes(self, module: nn.Module) -> list[tuple[str, int, str]] | None:
         return axes_list(_AXES)
