@@ -462,6 +462,15 @@ def test_a_prune_that_removes_nothing_says_so() -> None:
         prune(mlp, torch.randn(2, 4), ratio=0.0)  # asked for nothing: no warning
 
 
+def test_a_group_of_one_unit_is_named_when_nothing_is_removed() -> None:
+    """A group of one unit (a width of one, or channels the code ties together) cannot
+    lose any; the warning names it instead of blaming the ratio alone."""
+    narrow = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 2))
+    with pytest.warns(UserWarning, match=r"1 of them are a single unit .*group 0 \(1 units"):
+        result = prune(narrow, torch.randn(3, 4), ratio=0.5)
+    assert result.model[0].out_features == 1
+
+
 class _AttrDict(OrderedDict[str, Any]):
     """diffusers' FrozenDict: a mapping whose keys are also instance attributes."""
 

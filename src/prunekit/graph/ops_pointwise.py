@@ -59,8 +59,9 @@ UNARY = (
 
 FIXED_OPERAND = ("meets a tensor the code makes at a fixed size along these channels "
                  "(torch.arange(n), torch.zeros(T, dim)), which would not shrink with them; "
-                 "size it from a tensor's shape (x.shape[-1]) or keep it as a buffer to "
-                 "prune them")
+                 "size it from a tensor's shape (x.shape[-1]) or keep it as a "
+                 "floating-point buffer to prune them (int and bool buffers are read as "
+                 "indices, which keep their size)")
 
 BINARY = (
     "add", "sub", "mul", "div", "truediv", "floordiv", "true_divide", "floor_divide",

@@ -314,9 +314,7 @@ def prune(
                                                inplace=True))
         pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
     if not (plan["modules"] or plan["params"]) and (config.ratio > 0 or per_layer or target):
-        why = (f"each of the {len(graph.groups)} prunable dependency groups keeps every "
-               f"channel (ratio, min_keep or round_to too coarse for their widths)"
-               if graph.groups else "no dependency group is prunable")
+        why = _why_nothing(graph.groups)
         warnings.warn(f"prune removed nothing: {why}; result.coverage lists the parameters "
                       f"that no group covers and why", stacklevel=3)
     original = _root_copy(model) if inplace else _shallow_clone(model)
@@ -326,6 +324,21 @@ def prune(
     return PruneResult(pruned, plan, _lazy_profile(original, example_inputs),
                        _lazy_profile(pruned, example_inputs),
                        functools.partial(coverage_report, original, graph), len(graph.groups))
+
+
+def _why_nothing(groups: tuple[Group, ...]) -> str:
+    """Why a prune with a ratio removed nothing, for its warning."""
+    if not groups:
+        return "no dependency group is prunable"
+    single = [group for group in groups if group.size == 1]
+    why = (f"each of the {len(groups)} prunable dependency groups keeps every channel "
+           f"(ratio, min_keep or round_to too coarse for their widths)")
+    if single:
+        names = "; ".join(group.describe() for group in single[:3])
+        why += (f"; {len(single)} of them are a single unit (a width of one, or channels "
+                f"the code ties together, such as a table of positions added across them): "
+                f"{names}")
+    return why
 
 
 def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGraph,
