@@ -194,3 +194,84 @@ def test_d_head_is_a_per_head_width() -> None:
     with torch.no_grad():
         zeroed.o.weight[:, dropped] = 0
         torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-4, atol=1e-5)
+
+
+class SegNet(nn.Module):
+    """SegNet's decoder unpools with the encoder's pooling indices, channel by channel."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.e1, self.e2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+        self.d2, self.d1 = nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+
+    def _pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.functional:
+            return torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+        return self.pool(x)
+
+    def _unpool(self, x: Tensor, indices: Tensor) -> Tensor:
+        if self.functional:
+            return torch.nn.functional.max_unpool2d(x, indices, 2)
+        return self.unpool(x, indices)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p1, i1 = self._pool(torch.relu(self.e1(x)))
+        p2, i2 = self._pool(torch.relu(self.e2(p1)))
+        g2 = torch.relu(self.d2(self._unpool(p2, i2)))
+        return self.d1(self._unpool(g2, i1))
+
+
+@pytest.mark.parametrize("functional", [True, False])
+def test_unpooling_joins_values_and_indices_channel_by_channel(functional: bool) -> None:
+    """Was: no handler for max_unpool2d. The decoder's channels after ``d2`` are unpooled
+    with the indices of ``e1``'s channels, so ``d2``'s outputs and ``e1``'s go together."""
+    torch.manual_seed(0)
+    model, x = SegNet(functional).eval(), torch.randn(2, 3, 8, 8)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    plan = result.plan["modules"]
+    assert plan["d2"]["keep"]["out"] == plan["e1"]["keep"]["out"]
+    assert result.model.e2.out_channels == 8
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+class Ordered(nn.Module):
+    """Order statistics over the channels: the values alone, or the indices read too."""
+
+    def __init__(self, op: str, indices: bool) -> None:
+        super().__init__()
+        self.op, self.indices = op, indices
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(8, 3), nn.Linear(1, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.a(x)
+        values, positions = getattr(torch, self.op)(y, dim=1, keepdim=True)
+        extra = positions.float() if self.indices else values
+        return self.b(y) + self.c(extra)
+
+
+@pytest.mark.parametrize("op", ["nanmedian", "mode"])
+@pytest.mark.parametrize("indices", [True, False])
+def test_nanmedian_and_mode_over_channels(op: str, indices: bool) -> None:
+    """Was: no handler. The values alone leave the channels free (as median's); the
+    indices, once read, keep them whole."""
+    model, x = Ordered(op, indices).eval(), torch.randn(3, 6)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.a.out_features == (8 if indices else 4)
+
+
+def test_bucketize_passes_the_channels_through() -> None:
+    class Bucketed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.table, self.b = nn.Linear(6, 8), nn.Embedding(5, 4), nn.Linear(4, 3)
+            self.register_buffer("edges", torch.tensor([-1.0, 0.0, 1.0, 2.0]))
+
+        def forward(self, x: Tensor) -> Tensor:
+            ids = torch.bucketize(self.a(x), self.edges)
+            return self.b(self.table(ids)).sum(1)
+
+    result = prune(Bucketed().eval(), torch.randn(3, 6), ratio=0.5)
+    assert result.model.a.out_features == 4 and result.model.table.embedding_dim == 2

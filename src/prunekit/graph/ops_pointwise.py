@@ -45,7 +45,7 @@ UNARY = (
     "cpu", "cuda", "detach", "clone", "contiguous", "requires_grad", "data",
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
     "zero", "fill", "uniform", "normal", "bernoulli", "cumsum", "cumprod", "logcumsumexp",
-    "positive", "float_power",
+    "positive", "float_power", "bucketize",  # (bucketize: each value's bucket)
     # mix along a dim, each element staying where it is (as softmax does): per-slice
     # renormalisation, AlexNet's cross-channel local response norm
     "renorm", "local_response_norm",

@@ -30,10 +30,10 @@ REDUCE = (
     "mean", "sum", "nansum", "nanmean", "amax", "amin", "max", "min", "std", "var", "prod",
     "norm", "logsumexp", "argmax", "argmin", "all", "any", "median", "std_mean", "var_mean",
     "count_nonzero", "aminmax", "linalg_vector_norm", "vector_norm", "linalg_norm",
-    "linalg_matrix_norm", "matrix_norm",
+    "linalg_matrix_norm", "matrix_norm", "nanmedian", "mode",
 )
 _ARG_REDUCE = ("argmax", "argmin")
-_WITH_INDICES = ("max", "min", "median")  # (values, indices) when given a dim
+_WITH_INDICES = ("max", "min", "median", "nanmedian", "mode")  # (values, indices) given a dim
 # norms that take (input, ord, dim): their dims come third; matrix norms default to the last two
 _ORD_FIRST = ("norm", "linalg_vector_norm", "vector_norm", "linalg_norm", "linalg_matrix_norm",
               "matrix_norm")
@@ -47,6 +47,7 @@ SPATIAL = {
     "max_pool3d_with_indices": 3, "adaptive_max_pool1d_with_indices": 1,
     "adaptive_max_pool2d_with_indices": 2, "adaptive_max_pool3d_with_indices": 3,
     "fractional_max_pool2d": 2, "fractional_max_pool3d": 3,
+    "max_unpool1d": 1, "max_unpool2d": 2, "max_unpool3d": 3,
     "interpolate": -1, "upsample": -1, "upsample_nearest": -1, "upsample_bilinear": -1,
     "grid_sample": -1,
 }
@@ -255,7 +256,26 @@ def _zero_channels(call: OpCall, written: Any, ndim: int, dim: int) -> bool:
         isinstance(p, SizeInt) or p < 0 for p in amounts) and not any(others)
 
 
-register_op(tuple(SPATIAL), _spatial)
+_UNPOOL = ("max_unpool1d", "max_unpool2d", "max_unpool3d")
+register_op(tuple(name for name in SPATIAL if name not in _UNPOOL), _spatial)
+
+
+def _unpool(ctx: TraceContext, call: OpCall) -> None:
+    """``max_unpool2d(x, indices, ...)`` (SegNet's decoder): channel ``c`` of ``x`` is placed
+    at the positions channel ``c`` of ``indices`` names (the encoder's pooling of its own
+    channels), so the two are joined channel by channel; then a spatial op."""
+    from prunekit.graph.ops_pointwise import combine
+
+    x, indices = (tensors_in(call.args[:2]) + [call.kwargs[k] for k in ("input", "indices")
+                                                if k in call.kwargs])[:2]
+    if x.shape != indices.shape:
+        raise OpNotMappable(f"indices of shape {tuple(indices.shape)} for input "
+                            f"{tuple(x.shape)}")
+    combine(ctx, [ctx.labels(x), ctx.labels(indices)], x.shape)
+    _spatial(ctx, call)
+
+
+register_op(_UNPOOL, _unpool)
 register_op(("pad",), _pad)
 
 
