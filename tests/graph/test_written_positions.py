@@ -275,3 +275,55 @@ def test_bucketize_passes_the_channels_through() -> None:
 
     result = prune(Bucketed().eval(), torch.randn(3, 6), ratio=0.5)
     assert result.model.a.out_features == 4 and result.model.table.embedding_dim == 2
+
+
+class PaddedCopy(nn.Module):
+    """A copy of ``h`` padded to a length an attribute holds (``out[:, :, :L] = h``), and a
+    static key/value cache sized from ``k.shape`` and an attribute's maximum length."""
+
+    def __init__(self, cache: bool) -> None:
+        super().__init__()
+        self.cache, self.max_len, self.heads = cache, 10, 2
+        self.c1, self.c2 = nn.Conv1d(3, 8, 3, padding=1), nn.Conv1d(8, 4, 3, padding=1)
+        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.cache:
+            h = torch.relu(self.c1(x))
+            out = h.new_zeros(h.shape[0], h.shape[1], self.max_len)
+            out[:, :, : h.shape[2]] = h
+            return self.c2(out)
+        b, t, _ = x.shape
+        q, k, v = (proj(x).view(b, t, self.heads, -1).transpose(1, 2)
+                   for proj in (self.q, self.k, self.v))
+        keys = k.new_zeros(b, k.shape[1], self.max_len, k.shape[3])
+        values = torch.zeros_like(keys)
+        keys[:, :, 2:2 + t], values[:, :, 2:2 + t] = k, v
+        scores = (q @ keys.transpose(-1, -2) * 0.3).softmax(-1)
+        return self.o((scores @ values).transpose(1, 2).reshape(b, t, -1))
+
+
+def test_a_copy_padded_to_an_attribute_length_prunes() -> None:
+    """Was: the length attribute labelled the buffer's time dim, its channel width read
+    from ``h.shape`` could not follow, and every channel stayed whole."""
+    torch.manual_seed(0)
+    model, x = PaddedCopy(cache=False).eval(), torch.randn(2, 3, 7)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    assert result.model.c1.out_channels == 4 and result.model.max_len == 10
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+def test_a_static_cache_sized_from_the_keys_prunes_the_head_dims() -> None:
+    torch.manual_seed(0)
+    model, x = PaddedCopy(cache=True).eval(), torch.randn(2, 3, 8)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    keep = torch.tensor(result.plan["modules"]["q"]["keep"]["out"])
+    assert result.model.q.out_features == result.model.o.in_features == 4
+    gone = sorted(set(range(8)) - set(keep.tolist()))
+    zeroed = PaddedCopy(cache=True).eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():  # the removed dims of every head: rows of q, k, v, columns of o
+        for proj in (zeroed.q, zeroed.k, zeroed.v):
+            proj.weight[gone], proj.bias[gone] = 0, 0
+        torch.testing.assert_close(result.model(x), zeroed(x))

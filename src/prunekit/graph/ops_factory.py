@@ -24,7 +24,7 @@ from torch import Tensor
 from prunekit.graph.callers import attributes_read, calling_module
 from prunekit.graph.labels import NEUTRAL, varies
 from prunekit.graph.ops import OpCall, register_op, tensors_in
-from prunekit.graph.sizes import written_shape
+from prunekit.graph.sizes import SizeInt, channel_line, written_shape
 
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
@@ -47,7 +47,7 @@ def attribute_sized(ctx: TraceContext, call: OpCall) -> None:
     if len(shape) != out.dim():
         return
     read = attributes_read(ctx)
-    if not read:
+    if not read or _reads_channels(ctx, shape):
         return
     path, module = calling_module(ctx)
     held = {k: v for k, v in vars(module).items() if k in read and type(v) is int}
@@ -61,6 +61,14 @@ def attribute_sized(ctx: TraceContext, call: OpCall) -> None:
         ctx.set_vector(out, ids, dim)
         ctx.bind_attribute(path, holders[0], ids)
         return  # (labels in vector form vary along one dim)
+
+
+def _reads_channels(ctx: TraceContext, shape: tuple[object, ...]) -> bool:
+    """Whether another dim is sized by a channel width read from a shape (``h.new_zeros(B,
+    h.shape[1], self.max_len)``, a padded or cached copy of ``h``): that dim follows the
+    channels (:mod:`prunekit.graph.sizes`), and labels vary along one dim only, so the
+    attribute (a length) is left alone."""
+    return any(isinstance(size, SizeInt) and channel_line(ctx, size)[1] for size in shape)
 
 
 def _new(ctx: TraceContext, call: OpCall) -> None:
