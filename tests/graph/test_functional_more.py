@@ -1,6 +1,8 @@
 """Functional calls with the model's own tensors: ``F.layer_norm`` passed a width attribute,
 ``F.prelu`` with a slope vector, ``F.conv_transpose2d`` with a parameter weight (also the
-encoder's weight reused by a tied decoder) and ``torch.sparse.mm`` by a graph's adjacency."""
+encoder's weight reused by a tied decoder), ``torch.sparse.mm`` by a graph's adjacency, a
+rotary table made by ``torch.outer`` with an ``inv_freq`` buffer, ``index_copy_`` into a
+cache along time and ``F.gumbel_softmax``."""
 
 from __future__ import annotations
 
@@ -123,3 +125,81 @@ def test_sparse_adjacency_products_prune_the_node_features() -> None:
     assert result.model.l1.out_features == result.model.l2.in_features == 16
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+class RotaryOuter(nn.Module):
+    """Rotary embedding whose table is ``torch.outer(positions, self.inv_freq)``."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        half = d // heads
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, half, 2) / half))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        freqs = torch.outer(torch.arange(t, dtype=x.dtype), self.inv_freq)
+        cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+
+        def rotate(u: Tensor) -> Tensor:
+            u1, u2 = u.chunk(2, -1)
+            return u * cos + torch.cat([-u2, u1], -1) * sin
+
+        q, k, v = (proj(x).view(b, t, self.heads, -1).transpose(1, 2)
+                   for proj in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(rotate(q), rotate(k), v, scale=0.25)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_rotary_table_from_outer_lets_the_heads_prune() -> None:
+    """Was: no handler for torch.outer, an error. Now the table carries the ``inv_freq``
+    buffer's entries along the head dims; whole heads go, and the head dims, which the
+    table meets broadcast against the heads, stay (as for Llama's rotary table)."""
+    torch.manual_seed(0)
+    model, x = RotaryOuter().eval(), torch.randn(2, 5, 16)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    pruned = result.model
+    assert pruned.heads == 1 and pruned.q.out_features == pruned.o.in_features == 8
+    assert torch.equal(pruned.inv_freq, model.inv_freq)
+    head = result.plan["modules"]["q"]["keep"]["out"][0] // 8
+    zeroed = RotaryOuter().eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():  # the other head's columns of the output projection
+        zeroed.o.weight[:, (1 - head) * 8:(2 - head) * 8] = 0
+        torch.testing.assert_close(pruned(x), zeroed(x))
+
+
+def test_index_copy_along_time_joins_source_and_cache() -> None:
+    class Cached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.k, self.o, self.max_len = nn.Linear(8, 8), nn.Linear(8, 3), 6
+
+        def forward(self, x: Tensor) -> Tensor:
+            k = self.k(x)
+            cache = k.new_zeros(k.shape[0], self.max_len, k.shape[2])
+            cache.index_copy_(1, torch.arange(k.shape[1]), k)
+            return self.o(cache)
+
+    torch.manual_seed(0)
+    model, x = Cached().eval(), torch.randn(2, 4, 8)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    assert result.model.k.out_features == 4
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+def test_gumbel_softmax_over_channels_is_a_softmax() -> None:
+    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 3))
+
+    class Gumbel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net[1](F.gumbel_softmax(self.net[0](x), tau=0.5, hard=True))
+
+    result = prune(Gumbel().eval(), torch.randn(3, 6), ratio=0.5)
+    assert result.model.net[0].out_features == 4

@@ -36,7 +36,7 @@ UNARY = (
     "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
     "hardtanh", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "softsign",
     "tanhshrink", "threshold", "logsigmoid",
-    "softmax", "log_softmax", "softmin", "normalize",
+    "softmax", "log_softmax", "softmin", "normalize", "gumbel_softmax",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "abs", "neg", "exp", "log", "log1p", "sqrt", "rsqrt", "square", "sin", "cos", "erf",
     "reciprocal", "sign", "floor", "ceil", "round", "trunc", "nan_to_num", "logical_not",
@@ -390,7 +390,8 @@ def _setitem(ctx: TraceContext, call: OpCall) -> None:
 
 def _index_add(ctx: TraceContext, call: OpCall) -> None:
     """``target.index_add(dim, index, source)`` (Transformers' eager experts add each
-    expert's rows into the tokens' output): slice ``i`` of ``source`` is added to slice
+    expert's rows into the tokens' output) and ``index_copy`` (Transformers' static cache
+    writes the new keys at their positions): slice ``i`` of ``source`` goes to slice
     ``index[i]`` of ``target``, so their labels are joined position by position, as
     ``target[index] += source`` along ``dim``. Along a dim that carries channels the
     literal positions in ``index`` would go stale, so that is refused."""
@@ -436,4 +437,16 @@ def _clamp(ctx: TraceContext, call: OpCall) -> None:
 
 register_op(("clamp", "clip", "clamp_min", "clamp_max"), _clamp)
 register_op(("setitem",), _setitem)
-register_op(("index_add",), _index_add)
+register_op(("index_add", "index_copy"), _index_add)
+
+
+def _outer(ctx: TraceContext, call: OpCall) -> None:
+    """``torch.outer(a, b)`` is ``a[:, None] * b[None, :]`` (a rotary table: positions times
+    the ``inv_freq`` buffer, whose entries go with the head dims they rotate)."""
+    a, b = call_tensors(call.args, call.kwargs)[:2]
+    out = tensors_in(call.out)[0]
+    rows, cols = ctx.labels(a).reshape(-1, 1), ctx.labels(b).reshape(1, -1)
+    ctx.set_labels(out, combine(ctx, [rows, cols], out.shape))
+
+
+register_op(("outer", "ger"), _outer)
