@@ -74,6 +74,21 @@ def test_script_submodule_is_refused_by_name() -> None:
     assert any("TorchScript" in reason for reason in result.coverage.fixed.values())
 
 
+def test_script_submodule_with_parameters_is_refused_even_at_the_input() -> None:
+    """A scripted conv makes channels of its own: strict refuses it by name (it came back
+    with its channels silently whole, and reading the profiles crashed on the hooks a
+    TorchScript module refuses); strict=False keeps them whole and profiles the model."""
+    model = nn.Sequential(torch.jit.script(nn.Conv2d(3, 8, 3)), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    with pytest.raises(UnsupportedOpError, match=r"TorchScript.*module '0'"):
+        pk.prune(model, x, ratio=0.5)
+    with pytest.warns(UserWarning, match="TorchScript"):
+        result = pk.prune(model, x, ratio=0.5, strict=False)
+    assert result.model[2].in_channels == 8 and result.model[2].out_channels == 4
+    assert 0 < result.params_kept < 1 and 0 < result.macs_kept < 1
+
+
 def test_scripted_model_is_refused_with_the_fix() -> None:
     model = torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)))
     with pytest.raises(ConfigError, match=r"TorchScript module.*prune the Python module"):

@@ -47,3 +47,27 @@ def test_pruned_vision_models_export_to_onnx(entry: ZooEntry, tmp_path: Path) ->
     path = pk.export_onnx(result.model, inputs, tmp_path / f"{entry.name}.onnx",
                           exporter="torchscript")  # checks ONNX Runtime against PyTorch
     assert path.exists()
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_channels_last_model_stays_channels_last(dims: int, tmp_path: Path) -> None:
+    """Was: the cut weights came back contiguous, so every conv of a channels-last model
+    converted its weight (or its input) on each call after pruning."""
+    conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    shape = (2, 3) + (8,) * dims
+
+    def build() -> torch.nn.Module:
+        return torch.nn.Sequential(conv(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                   conv(16, 8, 3, padding=1)).eval().to(memory_format=layout)
+
+    model, x = build(), torch.randn(shape).to(memory_format=layout)
+    result = prune(model, x, ratio=0.5)
+    pk.save(result, tmp_path / "out")
+    loaded = pk.load(tmp_path / "out", build())
+    for pruned in (result.model, loaded):
+        for layer in (pruned[0], pruned[2]):
+            assert layer.weight.is_contiguous(memory_format=layout)
+            assert not layer.weight.is_contiguous()
+        with torch.no_grad():
+            assert torch.equal(pruned(x), result.model(x))

@@ -39,8 +39,10 @@ class _Scripted:
     with ``strict=False``)."""
 
     def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
+        # one that holds parameters would have made channels of its own: an error (strict)
         raise OpNotMappable("a TorchScript module runs its ops outside Python, where the trace "
-                            "cannot see them; prune the Python module before scripting it")
+                            "cannot see them; prune the Python module before scripting it",
+                            makes_channels=any(True for _ in call.module.parameters()))
 
 
 _SCRIPTED = _Scripted()

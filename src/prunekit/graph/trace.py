@@ -441,11 +441,13 @@ class TraceContext:
         layer = type(call.module).__name__
         if self.watched:
             self._read_watched(tensors_in((call.args, call.kwargs)))
+        makes_channels = False
         try:
             handler.trace(self, call)
             return
         except OpNotMappable as exc:
             reason = f"layer {layer} cannot be mapped here ({exc})"
+            makes_channels = exc.makes_channels
         except PrunekitError:
             raise
         except Exception as exc:  # a handler's own failure: refused by name, not a crash
@@ -455,7 +457,7 @@ class TraceContext:
             op = OpCall(type(call.module), layer, type(call.module).__qualname__, call.args,
                         call.kwargs, call.out)
             self._unsupported(op, tensors_in((call.args, call.kwargs)), tensors_in(call.out),
-                              reason)
+                              reason, makes_channels)
         finally:
             self._calls.paths.pop()
 

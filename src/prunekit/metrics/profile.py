@@ -217,7 +217,8 @@ def _grad_off(model: nn.Module) -> Iterator[None]:
     """Parameters stop requiring grad for the run. Under no_grad a view of one (a class
     token ``expand``-ed to the batch) still requires grad but has no grad_fn, and the module
     tracker inside FlopCounterMode asserts on such a tensor passed to a submodule."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad and p.is_leaf]
+    # (a TorchScript submodule's parameters are not leaves, and it keeps no module tracker)
     for param in trainable:
         param.requires_grad_(False)
     try:
@@ -250,7 +251,8 @@ def _shape_hooks(
                 shapes[name] = _first_tensor_shape(output)
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()
+               if not isinstance(m, torch.jit.ScriptModule)]  # (TorchScript takes no hooks)
     try:
         yield
     finally:

@@ -195,6 +195,8 @@ class ParamSlicer:
             self._cut_g(chain)
         self._normed.clear()
         for key, (orig, current, _) in self._state.items():
+            if current.dim() >= 4 and current is not orig:
+                current = _same_layout(orig, current)
             if is_parameter(orig):
                 new: Tensor = nn.Parameter(current, requires_grad=orig.requires_grad)
             else:
@@ -219,6 +221,20 @@ class ParamSlicer:
         others = any(a != axis for a in done)
         self._state[id(g)] = (g, cut_g(g, v, v_cut, axis, keep, others), {})
         self._holders[id(g)] = [(chain, "original0")]
+
+
+_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _same_layout(orig: Tensor, cut: Tensor) -> Tensor:
+    """``cut`` in ``orig``'s memory format: the weights of a channels-last model stay
+    channels-last (``index_select`` returns a contiguous copy, and every conv of the pruned
+    model would then convert its weight or its input)."""
+    layout = _LAST.get(orig.dim())
+    if layout is not None and not orig.is_contiguous() and \
+            orig.is_contiguous(memory_format=layout):
+        return cut.contiguous(memory_format=layout)
+    return cut
 
 
 def masked_by_hook(module: nn.Module, attr: str) -> bool:
