@@ -9,6 +9,7 @@ trace refuses it by name, or keeps what it touches whole with ``strict=False``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 import prunekit as pk
 from prunekit.errors import ConfigError, UnsupportedOpError
+from prunekit.structured import analyze
 
 
 class _Scaled(nn.Module):
@@ -165,3 +167,52 @@ def test_a_constant_of_the_full_width_from_outside_the_model_keeps_the_channels(
     result = pk.prune(model, x, ratio=0.5)
     assert result.model.a.out_features == 16 and result.model.b.in_features == 16
     assert any("fixed size" in why for why in result.coverage.fixed.values())
+
+
+class _GrowingTable(nn.Module):
+    """ESPnet's positional encoding: ``self.pe`` is a plain tensor attribute that
+    ``extend_pe`` rebuilds from ``self.d_model`` when a longer input arrives."""
+
+    def __init__(self, d_model: int, max_len: int = 6) -> None:
+        super().__init__()
+        self.d_model, self.pe = d_model, None
+        self.extend_pe(max_len)
+
+    def extend_pe(self, length: int) -> None:
+        if self.pe is not None and self.pe.size(0) >= length:
+            return
+        position = torch.arange(length, dtype=torch.float32)[:, None]
+        freq = torch.exp(torch.arange(0, self.d_model, 2) * (-math.log(10000.0) / self.d_model))
+        self.pe = torch.cat([torch.sin(position * freq), torch.cos(position * freq)], -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.extend_pe(x.size(1))
+        return self.pe[: x.size(1)]
+
+
+class _RelPos(nn.Module):
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.embed, self.table = nn.Linear(8, d), _GrowingTable(d)
+        self.linear_pos, self.out = nn.Linear(d, d, bias=False), nn.Linear(d, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        scores = h @ self.linear_pos(self.table(h)).transpose(0, 1)
+        return self.out(h) + scores.mean(-1, keepdim=True)
+
+
+def test_a_tensor_cache_the_module_rebuilds_keeps_its_width() -> None:
+    """Was: the table was cut with linear_pos's inputs, and an input longer than the
+    cached table made the module rebuild it at d_model = 16: the pruned model crashed."""
+    torch.manual_seed(0)
+    model = _RelPos().eval()
+    result = pk.prune(model, torch.randn(2, 5, 8), ratio=0.5)
+    pruned = result.model
+    assert "table.pe" not in result.plan["params"] and pruned.linear_pos.in_features == 16
+    blocked = analyze(model, torch.randn(2, 5, 8)).graph.blocked.values()
+    assert any("'table.pe' is rebuilt by the module's own code" in why for why in blocked)
+    assert pruned.embed.out_features == 8  # what does not meet the table still prunes
+    longer = torch.randn(2, 9, 8)
+    with torch.no_grad():
+        assert pruned(longer).shape == model(longer).shape == (2, 9, 3)

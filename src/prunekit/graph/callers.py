@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
 __all__ = ["arguments_written", "attributes_read", "calling_module", "comparison_read",
-           "literals_written", "sizes_written"]
+           "literals_written", "rebuilt_attribute", "sizes_written"]
 
 # torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
 # package folders: not the folder that holds them, site-packages in an installed layout)
@@ -256,3 +256,51 @@ def _loaded_before(code: CodeType, lasti: int, loads: dict[int, Any]) -> list[An
         if offset in loads:
             values.append(loads[offset])
     return values
+
+
+def rebuilt_attribute(cls: type, attr: str) -> bool:
+    """Whether a method of ``cls`` (or of a base class outside torch) other than
+    ``__init__`` assigns ``self.<attr>``: a cache the module rebuilds as it runs (ESPnet's
+    ``extend_pe`` grows ``self.pe`` for a longer input; rotary ``_set_cos_sin_cache``)."""
+    key = (cls, attr)
+    found = _REBUILT.get(key)
+    if found is None:
+        found = _REBUILT[key] = _assigned_outside_init(cls, attr)
+    return found
+
+
+_REBUILT: dict[tuple[type, str], bool] = {}
+
+
+def _assigned_outside_init(cls: type, attr: str) -> bool:
+    import inspect
+    import textwrap
+
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("torch") or klass is object:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    node.name != "__init__" and _assigns(node, attr):
+                return True
+    return False
+
+
+def _assigns(function: ast.AST, attr: str) -> bool:
+    """Whether ``function`` assigns ``self.<attr>`` (plain, augmented or annotated)."""
+    for node in ast.walk(function):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            for leaf in ast.walk(target):
+                if isinstance(leaf, ast.Attribute) and leaf.attr == attr and \
+                        isinstance(leaf.value, ast.Name) and leaf.value.id == "self":
+                    return True
+    return False

@@ -25,6 +25,7 @@ from prunekit._buffers import preserved_buffers
 from prunekit._caches import recomputed_caches
 from prunekit._inputs import ExampleInputs, walk_tensors
 from prunekit.errors import PrunekitError, UnsupportedOpError
+from prunekit.graph.callers import rebuilt_attribute
 from prunekit.graph.hooks import CallStack, Recorder
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
 from prunekit.graph.opaque import (
@@ -175,7 +176,15 @@ class TraceContext:
             for attr, value in modules[depth].__dict__.items():
                 if value is tensor:
                     path = paths[depth - 1] if depth else ""
-                    self._param_names[id(tensor)] = f"{path}.{attr}" if path else attr
+                    name = f"{path}.{attr}" if path else attr
+                    self._param_names[id(tensor)] = name
+                    if rebuilt_attribute(type(modules[depth]), attr):
+                        # a cache the module's own code rebuilds at its own width (ESPnet's
+                        # positional table, grown for a longer input): cut, it would come
+                        # back at the old width
+                        self.block(self.labels(tensor), f"tensor attribute {name!r} is "
+                                   f"rebuilt by the module's own code (a cache), which would "
+                                   f"make it again at its unpruned width")
                     return True
         return False
 
