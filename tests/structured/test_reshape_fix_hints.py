@@ -32,3 +32,33 @@ def test_a_size_held_by_several_attributes_names_the_fix() -> None:
     assert "by 4, which several attributes of the model hold (width, size)" in reason
     assert "write -1 for that factor, or keep its size in one int attribute" in reason
     assert result.model.proj_in.out_features == 8  # kept whole
+
+
+class _PointFeature(nn.Module):
+    """PointNet's global feature: the max over points, then ``view`` with the width
+    written as a literal (fxia22's ``view(-1, 1024)``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv, self.fc = nn.Conv1d(3, 32, 1), nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.max(torch.relu(self.conv(x)), 2, keepdim=True)[0]
+        if self.how == "literal":
+            return self.fc(h.view(-1, 32))
+        if self.how == "batch_literal":
+            return self.fc(h.view(x.size(0), 32))
+        return self.fc(h.view(x.size(0), -1))
+
+
+def test_a_literal_width_in_a_view_keeps_the_channels_whole_by_name() -> None:
+    """Was: the cut model failed its forward check, and the error blamed hidden width
+    reads; now the trace names the literal and the fix."""
+    x = torch.randn(2, 3, 10)
+    for how in ("literal", "batch_literal"):
+        result = prune(_PointFeature(how).eval(), x, ratio=0.5)
+        assert result.model.conv.out_channels == 32
+        assert "by 32, a literal in the code" in result.coverage.fixed["conv.weight"]
+    result = prune(_PointFeature("minus_one").eval(), x, ratio=0.5)
+    assert result.model.conv.out_channels == result.model.fc.in_features == 16

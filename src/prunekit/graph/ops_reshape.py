@@ -127,7 +127,7 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
     read = attributes_read(ctx)
     ints = {k: v for k, v in state.items() if type(v) is int and v in sizes
             and (k in read or counts_heads(k) or _merges_heads(k))}
-    if owner is None and not ints:
+    if owner is None and not ints and not any(type(s) is int and s > 1 for s in sizes):
         return
     labels = None
     for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
@@ -150,6 +150,15 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
         holders = [k for k, v in ints.items() if v == size and k in read] or [
             k for k, v in ints.items() if v == size
             and (_merges_heads(k) or (len(src_dims) == 1 and counts_heads(k)))]
+        if not holders and aligned and type(sizes[dim]) is int and \
+                size in literals_written(ctx):
+            # a literal (PointNet's view(-1, 1024) after the max over points) cannot follow
+            # the channels it sizes; a product of attributes (self.num_heads * self.head_dim)
+            # follows them by itself
+            ctx.block(labels, f"{call.display} sizes channels (dim {dim}) by {size}, a "
+                              f"literal in the code, so they are kept whole; size that dim "
+                              f"from the tensor (-1, or x.shape[{dim}]) to prune them")
+            continue
         if len(holders) == 1:
             ctx.bind_attribute(path, holders[0], first_line(labels, dim))
         elif holders and len(src_dims) > 1:
