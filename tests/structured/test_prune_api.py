@@ -110,10 +110,12 @@ def test_failed_prune_leaves_model_untouched() -> None:
             self.conv = nn.Conv2d(3, 8, 3)
             self.fc = nn.Linear(8, 2)
             self.register_buffer("shift", torch.zeros(1, 8, 1, 1))
+            self.sizes = {"width": 8}
 
         def forward(self, x: Tensor) -> Tensor:
             y = self.conv(x).mean((2, 3))
-            return self.fc(y.reshape(-1, 8))  # a width written into the code
+            # a width the trace cannot see coming: read from a dict, no attribute or literal
+            return self.fc(y.reshape(-1, self.sizes["width"]))
 
     model, x = Hardcoded(), torch.randn(2, 3, 8, 8)
     state = _state(model)
