@@ -203,3 +203,68 @@ def test_gumbel_softmax_over_channels_is_a_softmax() -> None:
 
     result = prune(Gumbel().eval(), torch.randn(3, 6), ratio=0.5)
     assert result.model.net[0].out_features == 4
+
+
+def test_a_single_prelu_slope_is_reported_as_read() -> None:
+    """Was: a shared slope (nn.PReLU(), F.prelu with one weight) was listed as never read."""
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.act, self.b = nn.Conv2d(3, 8, 3), nn.PReLU(), nn.Conv2d(8, 4, 1)
+            self.slope = nn.Parameter(torch.tensor([0.2]))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(F.prelu(self.act(self.a(x)), self.slope))
+
+    result = prune(Shared().eval(), torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert result.model.a.out_channels == 4
+    status = {e.name: (e.status, e.reason) for e in result.coverage.entries}
+    for name in ("act.weight", "slope"):
+        assert status[name][0] == "fixed" and "single PReLU slope" in status[name][1]
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_index_put_accumulating_over_nodes_prunes_the_features(inplace: bool) -> None:
+    """Was: no handler for index_put. A GNN's scatter-sum over nodes,
+    ``agg.index_put_((dst,), messages, accumulate=True)``, is ``agg[dst] += messages``."""
+
+    class Aggregate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.out = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+            h = self.lin(x)
+            agg = torch.zeros(x.shape[0], h.shape[1])
+            if inplace:
+                agg.index_put_((dst,), h[src], accumulate=True)
+            else:
+                agg = agg.index_put((dst,), h[src], accumulate=True)
+            return self.out(torch.relu(agg + h))
+
+    torch.manual_seed(0)
+    model = Aggregate().eval()
+    inputs = (torch.randn(5, 6), torch.tensor([0, 1, 2, 3]), torch.tensor([1, 2, 3, 1]))
+    result = prune(model, inputs, ratio=0.5, importance="random", seed=3)
+    assert result.model.lin.out_features == 4
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(*inputs),
+                                   _zero_removed_inputs(model, result.plan)(*inputs))
+
+
+def test_index_put_into_named_channels_keeps_them_whole() -> None:
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.out = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.lin(x)
+            rows = torch.arange(x.shape[0])
+            h.index_put_((rows, torch.full_like(rows, 2)), torch.tensor(0.0))
+            return self.out(h)
+
+    result = prune(Named().eval(), torch.randn(5, 6), ratio=0.5)
+    assert result.model.lin.out_features == 8
+    assert "index_put_ writes to a fixed part" in result.coverage.fixed["lin.weight"]

@@ -497,3 +497,24 @@ def test_inplace_prune_keeps_attributes_of_a_mapping_subclass() -> None:
     result = prune(model, x, ratio=0.5, inplace=True)
     assert result.model is model and model.a.out_features == 4
     assert model.config.scale_input and model(x).shape == (3, 2)
+
+
+def test_a_layer_weight_also_read_directly_says_so() -> None:
+    """VQ-GAN's codebook distances read ``self.embedding.weight`` directly; the reason used
+    to call that tied weights."""
+
+    class Codebook(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj, self.embedding = nn.Linear(4, 8), nn.Embedding(16, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.proj(x)
+            distances = (z ** 2).sum(1, keepdim=True) + (self.embedding.weight ** 2).sum(1) \
+                - 2 * z @ self.embedding.weight.t()
+            return self.embedding(distances.argmin(1))
+
+    result = prune(Codebook().eval(), torch.randn(3, 4), ratio=0.5)
+    reasons = " ".join(e.reason for e in result.coverage.entries)
+    assert "the weight of embedding is also read directly by the code" in reasons
+    assert "tied weights" not in reasons

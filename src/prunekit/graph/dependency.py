@@ -232,7 +232,7 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
     space = trace.space
     for entries in holders.values():
         owners = {name for name, _, _ in entries}  # two or more: the tensor is tied
-        reason = f"a weight is shared by {', '.join(sorted(owners))} (tied weights)"
+        reason = _shared_reason(owners)
         unknown = [entry[0] for entry in entries if entry[1] is None]
         cuts: dict[int, list[tuple[str, str]]] = {}
         for owner, cut_axis, cut_dim in entries:
@@ -255,6 +255,20 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
                     space.block(module_dim.labels, reason)
             elif owner in trace.params:
                 space.block(trace.params[owner].ids, reason)
+
+
+def _shared_reason(owners: set[str]) -> str:
+    """Why a tensor read by several owners keeps its axes whole: tied weights, or one
+    layer's weight also read directly by the code (VQ-GAN's codebook norms,
+    ``self.embedding.weight ** 2``)."""
+    layers = [name for name in owners if not any(name.startswith(other + ".")
+                                                 for other in owners if other != name)]
+    direct = sorted(name for name in owners if name not in layers)
+    if len(layers) == 1 and direct:
+        return (f"the weight of {layers[0]} is also read directly by the code "
+                f"({', '.join(direct)}), in a way that does not tell which axis holds its "
+                f"channels")
+    return f"a weight is shared by {', '.join(sorted(owners))} (tied weights)"
 
 
 def _own_parameters(module: nn.Module) -> list[tuple[str, Tensor]]:

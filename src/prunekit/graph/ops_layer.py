@@ -194,6 +194,13 @@ def _functional_attention(ctx: TraceContext, call: OpCall) -> None:
         ctx.set_labels(out, fixed_shape(ctx.space, out.shape, FUNCTIONAL_ATTENTION))
 
 
+def shared_slope(ctx: TraceContext, weight: Tensor) -> None:
+    """Note a PReLU slope shared by every channel as read, with nothing to cut (the
+    coverage report said it was never read)."""
+    ctx.block(ctx.labels(weight), "a single PReLU slope shared by every channel: no "
+                                  "channel axis to cut")
+
+
 def _prelu(ctx: TraceContext, call: OpCall) -> None:
     """``F.prelu(x, weight)``: one slope per channel (dim 1, dim 0 for a 1-D input) or one
     for all; a per-channel slope vector is coupled to the channels as a scale is."""
@@ -202,6 +209,7 @@ def _prelu(ctx: TraceContext, call: OpCall) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise OpNotMappable("input and weight must be tensors")
     if weight.numel() == 1 or x.dim() == 0:
+        shared_slope(ctx, weight)
         ctx.set_labels(out, ctx.labels(x))
         return
     view = [1] * x.dim()

@@ -388,6 +388,22 @@ def _setitem(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_labels(target, labels)
 
 
+def _index_put(ctx: TraceContext, call: OpCall) -> None:
+    """``target.index_put_(indices, values, accumulate)`` is ``target[indices] = values``
+    (or ``+=``: a GNN's scatter-sum over nodes), judged as that setitem; the result, a new
+    tensor for ``index_put``, takes the target's labels."""
+    target, indices = call.arg(0, "input"), call.arg(1, "indices")
+    values = call.arg(2, "values")
+    if not isinstance(target, Tensor) or not isinstance(indices, (tuple, list)):
+        raise OpNotMappable("expected a tensor and a tuple of index tensors")
+    index = tuple(indices)
+    _setitem(ctx, OpCall(call.func, "setitem", call.display, (target, index, values), {},
+                         None))
+    for out in tensors_in(call.out):
+        if out is not target:
+            ctx.set_labels(out, ctx.labels(target))
+
+
 def _index_add(ctx: TraceContext, call: OpCall) -> None:
     """``target.index_add(dim, index, source)`` (Transformers' eager experts add each
     expert's rows into the tokens' output) and ``index_copy`` (Transformers' static cache
@@ -438,6 +454,7 @@ def _clamp(ctx: TraceContext, call: OpCall) -> None:
 register_op(("clamp", "clip", "clamp_min", "clamp_max"), _clamp)
 register_op(("setitem",), _setitem)
 register_op(("index_add", "index_copy"), _index_add)
+register_op(("index_put",), _index_put)
 
 
 def _outer(ctx: TraceContext, call: OpCall) -> None:

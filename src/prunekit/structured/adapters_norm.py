@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from prunekit.graph.labels import rep_along
 from prunekit.graph.ops import OpNotMappable
+from prunekit.graph.ops_layer import shared_slope
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
     Axis,
@@ -101,6 +102,7 @@ class PReLUAdapter(ChannelNormAdapter):
         module = call.module
         assert isinstance(module, nn.PReLU)
         if module.num_parameters == 1:
+            shared_slope(ctx, module.weight)
             out = _output(call)
             ctx.set_labels(out, ctx.labels(_first(call)))
             return
