@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
 __all__ = ["arguments_written", "attributes_read", "calling_module", "comparison_read",
-           "literals_written", "rebuilt_attribute", "sizes_written"]
+           "literals_written", "rebuilt_attribute", "sizes_written", "user_frame"]
 
 # torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
 # package folders: not the folder that holds them, site-packages in an installed layout)
@@ -196,6 +196,11 @@ def _compare_read(code: CodeType, lasti: int) -> frozenset[str] | None:
     if code.co_code[lasti] != _COMPARE_OP:  # while an instruction runs, f_lasti is its own
         return None
     return _in_span(code, lasti)[0]
+
+
+def user_frame() -> FrameType | None:
+    """The nearest frame outside torch and prunekit: the user's code that is running."""
+    return _user_frame()
 
 
 def _user_frame() -> FrameType | None:

@@ -86,3 +86,6 @@ class Trace:
     # what the data-dependent calls of each pass gave, for the forward check to put back
     replay: Recording | None = None
     train_replay: Recording | None = None
+    # ("file:line", labels) where the code computes a number from a width (an attention
+    # scale from the head width): pruning those channels changes the number
+    width_numbers: list[tuple[str, Tensor]] = field(default_factory=list)

@@ -52,6 +52,7 @@ model's modules set from them during the trace are turned back into plain ints.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable
 from types import FrameType
@@ -60,7 +61,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.graph.labels import NEUTRAL, varying
+from prunekit.graph.callers import user_frame
+from prunekit.graph.labels import NEUTRAL, varies, varying
 from prunekit.graph.ops import OpCall, OpHandler, tensors_in
 
 if TYPE_CHECKING:
@@ -152,6 +154,18 @@ class SizeInt(int):
     def __pow__(self, other: Any, mod: Any = None) -> Any:
         return _combine(self, other, int.__pow__(self, other, mod))
 
+    # a number computed from a width (1 / math.sqrt(head_dim), C ** -0.5): noted, since it
+    # changes when the channels counted go (see SizeTracker.numbers)
+    def __truediv__(self, other: Any) -> Any:
+        return _combine(self, other, int.__truediv__(self, other))
+
+    def __rtruediv__(self, other: Any) -> Any:
+        return _combine(self, other, int.__rtruediv__(self, other))
+
+    def __float__(self) -> float:
+        _as_number(self)
+        return int.__float__(self)
+
 
 _EXACT = (1, 1)
 _INT_EQ, _INT_NE = int.__eq__, int.__ne__
@@ -180,6 +194,8 @@ def _combine(a: SizeInt, b: Any, value: Any, op: str = "") -> Any:
     unchanged. Its scale is kept for a product of two exact ints over disjoint dims of one
     read, and for ``a * k`` and ``a // k`` (``k`` a plain positive int dividing ``a``)."""
     if type(value) is not int:  # NotImplemented, a float: not a size
+        if type(value) is float:
+            _as_number(a)
         return value
     scale = a._scale
     if isinstance(b, SizeInt):
@@ -197,6 +213,18 @@ def _combine(a: SizeInt, b: Any, value: Any, op: str = "") -> Any:
     return _make(value, a._parts, None)
 
 
+def _as_number(size: SizeInt) -> None:
+    """Note ``size`` used as a number (in float arithmetic) by the code of the frame that
+    called, for :meth:`SizeTracker.numbers`."""
+    for source, _ in size._parts:
+        if source.labels is not None:
+            frame = user_frame()
+            where = "" if frame is None else \
+                f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+            source.tracker.used_as_number.append((size, where))
+            return
+
+
 def _reduced(num: int, den: int) -> tuple[int, int]:
     g = math.gcd(num, den)
     return num // g, den // g
@@ -212,6 +240,24 @@ class SizeTracker:
         # judges a size found equal to a plain int by the code of a frame (size_read sets it;
         # the verdicts wait in TraceContext.at_end for the trace's end)
         self.compared: Callable[[SizeInt, FrameType], None] | None = None
+        # (size, "file:line") of sizes the code used as numbers
+        self.used_as_number: list[tuple[SizeInt, str]] = []
+
+    def numbers(self, ctx: TraceContext) -> list[tuple[str, Tensor]]:
+        """(where, labels) of the widths the code computed a number from (an attention
+        scale ``1 / math.sqrt(ch)`` with ``ch`` read from a shape), one per place: the
+        labels of the channels each counts. Called when the forward has ended."""
+        found: dict[str, Tensor] = {}
+        for size, where in self.used_as_number:
+            for source, dims in size._parts:
+                if source.labels is None or where in found:
+                    continue
+                canon = ctx.space.find(source.labels)
+                lines = [_first_line(canon, d) for d in dims if varies(canon, d)]
+                if lines:
+                    found[where] = torch.cat(lines)
+        self.used_as_number.clear()
+        return list(found.items())
 
     def settle(self, ctx: TraceContext) -> None:
         """After the forward: judge again each size not followed when it was written; the

@@ -99,6 +99,7 @@ class TraceContext:
         # tensors that keep channels whole once anything reads them (the indices
         # ``max(x, dim)`` returns over channels): id -> (tensor, what a read does)
         self.watched: dict[int, tuple[Tensor, Callable[[], None]]] = {}
+        self.width_numbers: list[tuple[str, Tensor]] = []  # see Trace.width_numbers
         # one walk of the module tree serves the param names, the hooks and eval mode
         walk = walk_modules(model)
         for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
@@ -553,6 +554,7 @@ def trace(
         ctx.sizes.settle(ctx)
         for check in ctx.at_end:
             check()
+        ctx.width_numbers.extend(ctx.sizes.numbers(ctx))
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx._calls.mode = None
         ctx.sizes.close(modules)
@@ -562,4 +564,4 @@ def trace(
         ctx._built.clear()
         ctx.at_end.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
-                 train_shapes, ctx.aligned, data, train_data)
+                 train_shapes, ctx.aligned, data, train_data, ctx.width_numbers)

@@ -313,6 +313,15 @@ def prune(
             check=lambda trial: _cut_and_check(model, example_inputs, graph, trial, reference,
                                                inplace=True))
         pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
+    changed = _numbers_changed(graph, masks)
+    if changed:
+        warnings.warn(
+            f"the pruned model computes a number from a width that this prune changed, at "
+            f"{', '.join(changed[:3])} (an attention scale 1/sqrt(head width) read from a "
+            f"shape, or scaled_dot_product_attention's default scale): it now differs from "
+            f"the unpruned model's, so outputs change beyond the removed channels; "
+            f"fine-tune after pruning, or write that number as a constant to keep it",
+            stacklevel=3)
     if not (plan["modules"] or plan["params"]) and (config.ratio > 0 or per_layer or target):
         why = _why_nothing(graph.groups)
         warnings.warn(f"prune removed nothing: {why}; result.coverage lists the parameters "
@@ -324,6 +333,20 @@ def prune(
     return PruneResult(pruned, plan, _lazy_profile(original, example_inputs),
                        _lazy_profile(pruned, example_inputs),
                        functools.partial(coverage_report, original, graph), len(graph.groups))
+
+
+def _numbers_changed(graph: DependencyGraph, masks: list[torch.Tensor]) -> list[str]:
+    """Where the code computes a number from a width (``Trace.width_numbers``) that the
+    masks cut."""
+    notes = graph.trace.width_numbers
+    removed = [group.units[~mask] for group, mask in zip(graph.groups, masks, strict=True)
+               if notes and not bool(mask.all())]
+    if not removed:
+        return []
+    gone, space = torch.cat(removed), graph.trace.space
+    changed = [where for where, labels in notes
+               if bool(torch.isin(space.find(labels), gone).any())]
+    return list(dict.fromkeys(changed))  # (one place, however many calls ran it)
 
 
 def _why_nothing(groups: tuple[Group, ...]) -> str:
