@@ -99,50 +99,33 @@ def test_half_written_by_own_width_prunes_exactly(seed: int) -> None:
         torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
 
 
-def test_elementwise_mask_write_joins_the_mask_source() -> None:
-    """``y[z < 0] = 0`` with ``z`` from another layer: ``y`` and ``z`` meet position by
-    position, as in ``torch.where``, so they are cut alike."""
+class Joined(nn.Module):
+    """``a`` and ``c`` (8 channels each) meet position by position, then ``b``: a write
+    through a mask of ``c``'s sign (``y[z < 0] = 0``, as ``torch.where``), or ``clamp``
+    with ``c``'s output as a bound (was: a unary op, so ``c`` was cut on its own)."""
 
-    class Masked(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.c, self.b = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 3)
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.c, self.b = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 3)
 
-        def forward(self, x: Tensor) -> Tensor:
-            y, z = self.a(x), self.c(x)
+    def forward(self, x: Tensor) -> Tensor:
+        y, z = self.a(x), self.c(x)
+        if self.how == "mask":
             y[z < 0] = 0.0
-            return self.b(y)
+        elif self.how == "clamp_min":
+            y = y.clamp(min=z)
+        elif self.how == "clamp_position":
+            y = torch.clamp(y, z)
+        else:
+            y = y.clip(max=z)
+        return self.b(y)
 
+
+@pytest.mark.parametrize("how", ["mask", "clamp_min", "clamp_position", "clip_max"])
+def test_tensors_meeting_elementwise_are_cut_alike(how: str) -> None:
     torch.manual_seed(0)
-    model, x = Masked().eval(), torch.randn(3, 6)
-    result = prune(model, x, ratio=0.5, importance="random", seed=3)
-    plan = result.plan["modules"]
-    assert plan["a"]["keep"]["out"] == plan["c"]["keep"]["out"]
-    with torch.no_grad():
-        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
-
-
-@pytest.mark.parametrize("how", ["min", "position", "clip_max"])
-def test_clamp_with_tensor_bounds_joins_them(how: str) -> None:
-    """Was: clamp was a unary op, so its bound's layer was cut independently."""
-
-    class Clamped(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.c, self.b = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 3)
-
-        def forward(self, x: Tensor) -> Tensor:
-            y, z = self.a(x), self.c(x)
-            if how == "min":
-                y = y.clamp(min=z)
-            elif how == "position":
-                y = torch.clamp(y, z)
-            else:
-                y = y.clip(max=z)
-            return self.b(y)
-
-    torch.manual_seed(0)
-    model, x = Clamped().eval(), torch.randn(3, 6)
+    model, x = Joined(how).eval(), torch.randn(3, 6)
     result = prune(model, x, ratio=0.5, importance="random", seed=3)
     plan = result.plan["modules"]
     assert plan["a"]["keep"]["out"] == plan["c"]["keep"]["out"]

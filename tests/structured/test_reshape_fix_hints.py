@@ -62,3 +62,33 @@ def test_a_literal_width_in_a_view_keeps_the_channels_whole_by_name() -> None:
         assert "by 32, a literal in the code" in result.coverage.fixed["conv.weight"]
     result = prune(_PointFeature("minus_one").eval(), x, ratio=0.5)
     assert result.model.conv.out_channels == result.model.fc.in_features == 16
+
+
+class _EspnetAttention(nn.Module):
+    """ESPnet's MultiHeadedAttention: ``view(B, -1, self.h, self.d_k)``; at width 16 with 4
+    heads, ``h == d_k == 4``."""
+
+    def __init__(self, width: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.d_k, self.h = width // heads, heads
+        self.linear_q, self.linear_k, self.linear_v, self.linear_out = (
+            nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = x.size(0)
+        q, k, v = (proj(x).view(b, -1, self.h, self.d_k).transpose(1, 2)
+                   for proj in (self.linear_q, self.linear_k, self.linear_v))
+        attn = torch.softmax(q @ k.transpose(-2, -1) * 0.5, dim=-1)
+        return self.linear_out((attn @ v).transpose(1, 2).reshape(b, -1, self.h * self.d_k))
+
+
+def test_a_size_several_attributes_hold_is_told_by_the_attribute_the_call_names() -> None:
+    """Was: with ``h == d_k``, which attribute sized the last factor was unknown, and the
+    attention was kept whole; the call names ``self.d_k`` at that position."""
+    torch.manual_seed(0)
+    model, x = _EspnetAttention().eval(), torch.randn(2, 5, 16)
+    result = prune(model, x, ratio=0.5, importance="random", seed=3)
+    pruned = result.model
+    assert pruned.d_k == 2 and pruned.h == 4 and pruned.linear_q.out_features == 8
+    with torch.no_grad():
+        assert pruned(x).shape == (2, 5, 16)

@@ -379,6 +379,10 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         return last, None
     if size not in written or last != labels.dim() - 1 or not holders:
         return last, None
+    at = args[last] if args is not None else None
+    named = at if isinstance(at, str) and at in holders else None
+    if named is not None:  # view(B, -1, self.h, self.d_k) with h == d_k: the call says
+        holders = [named]
     if len(holders) > 1:
         holders = [k for k in holders if "head" in k and not counts_heads(k)] or holders
     if len(holders) > 1:
@@ -389,8 +393,8 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
                           f"factor, or keep its size in one int attribute (a per-head size "
                           f"named head_dim) to prune these channels")
         return last, None
-    if _written_twice(sizes, labels, segment, last) and not _named_for(holders[0], last,
-                                                                       segment):
+    if _written_twice(sizes, labels, segment, last) and named is None and \
+            not _named_for(holders[0], last, segment):
         _block_ambiguous(ctx, call, labels, size, holders[0])
         return last, None
     return last, holders[0]
