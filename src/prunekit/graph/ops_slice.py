@@ -23,7 +23,7 @@ ops_shape`). Three selections do follow pruning (as a getitem or a ``narrow``):
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -107,24 +107,11 @@ def _equal_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tensor) 
     qkv_bias[length: 2 * length]``); if so, the parts are coupled index by index, as
     ``chunk(n)`` couples them, so they shrink alike and the bounds the code computes after
     pruning still pick the same part."""
-    found = _one_slice(call, source) or _narrowed(call, source)
-    if found is None or found[1].step not in (None, 1):
+    found = _shares(ctx, call, source, canon)
+    if found is None:
         return False
-    dim, item = found
+    dim, start, stop = found
     width = source.shape[dim]
-    if call.name == "narrow":  # slice(start, length)
-        bounds = [_share(ctx, canon, dim, item.start, Fraction(0)),
-                  _share(ctx, canon, dim, item.stop, Fraction(1))]
-        if None in bounds:
-            return False
-        start, part = cast(list[Fraction], bounds)
-        stop = start + part
-    else:
-        bounds = [_share(ctx, canon, dim, bound, default) for bound, default in
-                  ((item.start, Fraction(0)), (item.stop, Fraction(1)))]
-        if None in bounds:
-            return False
-        start, stop = cast(list[Fraction], bounds)
     part = stop - start
     if part <= 0 or part.numerator != 1 or start % part != 0 or width % part.denominator:
         return False
@@ -158,20 +145,10 @@ def _attribute_part(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tens
     x[:, :d] + out[:, :d]``, ``x[:, d:]``): the attribute counts the channels before the
     boundary, so it is bound to them and rewritten with those kept, and both parts still
     split where they did. A boundary no single attribute holds (a literal) is not one."""
-    found = _one_slice(call, source) or _narrowed(call, source)
+    found = _boundary(call, source)
     if found is None:
         return False
-    dim, item = found
-    if item.step not in (None, 1):
-        return False
-    if call.name == "narrow":  # slice(start, length): only the part before the boundary
-        item = slice(item.start, item.stop if item.start == 0 else -1)
-    if item.start in (None, 0) and type(item.stop) is int:
-        boundary = item.stop
-    elif item.stop is None and type(item.start) is int:
-        boundary = item.start
-    else:
-        return False
+    dim, boundary = found
     if not 0 < boundary < source.shape[dim]:
         return False
     holders = holding(ctx, boundary)
@@ -200,15 +177,56 @@ def _one_slice(call: OpCall, source: Tensor) -> tuple[int, slice] | None:
     return pos, item
 
 
-def _narrowed(call: OpCall, source: Tensor) -> tuple[int, slice] | None:
-    """(dim, slice(start, length)) for ``narrow(dim, start, length)``, else None."""
+def _narrowed(call: OpCall, source: Tensor) -> tuple[int, int, int] | None:
+    """(dim, start, length) of ``narrow(dim, start, length)``, else None."""
     if call.name != "narrow":
         return None
     dim, start, length = (call.arg(i, name) for i, name in
                           ((1, "dim"), (2, "start"), (3, "length")))
     if not isinstance(dim, int) or not isinstance(start, int) or not isinstance(length, int):
         return None  # a tensor start
-    return dim % source.dim(), slice(start, length)
+    return dim % source.dim(), start, length
+
+
+def _shares(ctx: TraceContext, call: OpCall, source: Tensor, canon: Tensor
+            ) -> tuple[int, Fraction, Fraction] | None:
+    """(dim, start, stop) of a selection of one dim with step 1, each bound a share of that
+    dim's width read in the forward (:func:`_share`): ``x[a:b]``, or ``x.narrow(dim, a, n)``
+    from ``a`` to ``a + n``; None where a bound is no such share."""
+    found = _one_slice(call, source)
+    if found is not None:
+        dim, item = found
+        if item.step not in (None, 1):
+            return None
+        start = _share(ctx, canon, dim, item.start, Fraction(0))
+        stop = _share(ctx, canon, dim, item.stop, Fraction(1))
+        return None if start is None or stop is None else (dim, start, stop)
+    narrowed = _narrowed(call, source)
+    if narrowed is None:
+        return None
+    dim, first, length = narrowed
+    start, part = (_share(ctx, canon, dim, first, Fraction(0)),
+                   _share(ctx, canon, dim, length, Fraction(1)))
+    return None if start is None or part is None else (dim, start, start + part)
+
+
+def _boundary(call: OpCall, source: Tensor) -> tuple[int, int] | None:
+    """(dim, boundary) where the call takes the part of one dim before an int boundary
+    (``x[:, :d]``, ``x.narrow(1, 0, d)``) or after it (``x[:, d:]``), else None."""
+    found = _one_slice(call, source)
+    if found is not None:
+        dim, item = found
+        if item.step not in (None, 1):
+            return None
+        if item.start in (None, 0) and type(item.stop) is int:
+            return dim, item.stop
+        if item.stop is None and type(item.start) is int:
+            return dim, item.start
+        return None
+    narrowed = _narrowed(call, source)
+    if narrowed is not None and narrowed[1] == 0 and type(narrowed[2]) is int:
+        return narrowed[0], narrowed[2]
+    return None
 
 
 def _share(ctx: TraceContext, canon: Tensor, dim: int, bound: Any,
