@@ -191,18 +191,16 @@ def test_index_copy_along_time_joins_source_and_cache() -> None:
 
 
 def test_gumbel_softmax_over_channels_is_a_softmax() -> None:
-    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 3))
-
     class Gumbel(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.net = model
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
 
         def forward(self, x: Tensor) -> Tensor:
-            return self.net[1](F.gumbel_softmax(self.net[0](x), tau=0.5, hard=True))
+            return self.b(F.gumbel_softmax(self.a(x), tau=0.5, hard=True))
 
     result = prune(Gumbel().eval(), torch.randn(3, 6), ratio=0.5)
-    assert result.model.net[0].out_features == 4
+    assert result.model.a.out_features == 4
 
 
 def test_a_single_prelu_slope_is_reported_as_read() -> None:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import ast
 import dis
 import functools
+import inspect
 import linecache
 import os
 import sys
+import textwrap
 from collections.abc import Iterable
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
 __all__ = ["arguments_written", "attributes_read", "calling_module", "comparison_read",
-           "literals_written", "rebuilt_attribute", "sizes_written", "user_frame"]
+           "literals_written", "rebuilt_attribute", "sizes_written", "user_line"]
 
 # torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
 # package folders: not the folder that holds them, site-packages in an installed layout)
@@ -198,9 +200,12 @@ def _compare_read(code: CodeType, lasti: int) -> frozenset[str] | None:
     return _in_span(code, lasti)[0]
 
 
-def user_frame() -> FrameType | None:
-    """The nearest frame outside torch and prunekit: the user's code that is running."""
-    return _user_frame()
+def user_line() -> str | None:
+    """``"file.py:42"``, the line of the user's code that is running (the nearest frame
+    outside torch and prunekit); None where there is none."""
+    frame = _user_frame()
+    return None if frame is None else \
+        f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
 def _user_frame() -> FrameType | None:
@@ -278,9 +283,6 @@ _REBUILT: dict[tuple[type, str], bool] = {}
 
 
 def _assigned_outside_init(cls: type, attr: str) -> bool:
-    import inspect
-    import textwrap
-
     for klass in cls.__mro__:
         if klass.__module__.startswith("torch") or klass is object:
             continue

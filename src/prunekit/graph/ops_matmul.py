@@ -11,12 +11,10 @@ or along batch dims, is kept whole.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
-from prunekit.graph.callers import user_frame
+from prunekit.graph.callers import user_line
 from prunekit.graph.labels import consume, fixed_shape, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_shape import first_line
@@ -235,10 +233,7 @@ def _sdpa(ctx: TraceContext, call: OpCall) -> None:
     if call.arg(6, "scale") is None and q.dim() >= 1:  # the default 1 / sqrt(head width)
         head = first_line(ctx.space.find(ctx.labels(q)), q.dim() - 1)
         if varies(head, 0):
-            frame = user_frame()
-            where = "scaled_dot_product_attention" if frame is None else (
-                f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}")
-            ctx.width_numbers.append((where, head))
+            ctx.width_numbers.append((user_line() or "scaled_dot_product_attention", head))
     scores_shape = (*q.shape[:-1], k.shape[-2])
     scores = contract(ctx, ctx.labels(q), k_labels.transpose(-1, -2), scores_shape)
     mask = call.args[3] if len(call.args) > 3 else call.kwargs.get("attn_mask")

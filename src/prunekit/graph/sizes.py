@@ -52,7 +52,6 @@ model's modules set from them during the trace are turned back into plain ints.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Callable, Iterable
 from types import FrameType
@@ -61,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.graph.callers import user_frame
+from prunekit.graph.callers import user_line
 from prunekit.graph.labels import NEUTRAL, varies, varying
 from prunekit.graph.ops import OpCall, OpHandler, tensors_in
 
@@ -218,10 +217,7 @@ def _as_number(size: SizeInt) -> None:
     called, for :meth:`SizeTracker.numbers`."""
     for source, _ in size._parts:
         if source.labels is not None:
-            frame = user_frame()
-            where = "" if frame is None else \
-                f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
-            source.tracker.used_as_number.append((size, where))
+            source.tracker.used_as_number.append((size, user_line() or ""))
             return
 
 

@@ -53,16 +53,20 @@ class ChannelNormAdapter:
             return -len(shape)
         return self.channel_dim
 
-    def _per_channel_groups(self, module: nn.Module) -> bool:
-        return self.groups_attr is not None and \
-            getattr(module, self.groups_attr) == getattr(module, self.size_attr) > 1
+    def _per_channel_groups(self, module: nn.Module) -> str | None:
+        """``groups_attr`` where it counts one group per channel (it follows them), else
+        None."""
+        attr = self.groups_attr
+        if attr is not None and getattr(module, attr) == getattr(module, self.size_attr) > 1:
+            return attr
+        return None
 
     def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
         x = _first(call)
         dim = self._dim(call.module, x)
         labels = ctx.consume(x, dim)
         groups = getattr(call.module, self.groups_attr, 1) if self.groups_attr else 1
-        if groups > 1 and not self._per_channel_groups(call.module):
+        if groups > 1 and self._per_channel_groups(call.module) is None:
             # channel j of every group leaves together: the group count stays
             labels = rep_along(ctx.space, labels.view(groups, -1), (0,)).expand(groups, -1)
             labels = labels.reshape(-1)
@@ -79,8 +83,9 @@ class ChannelNormAdapter:
             self._set_size(module, int(keep["channels"].numel()))
 
     def _set_size(self, module: nn.Module, size: int) -> None:
-        if self.groups_attr is not None and self._per_channel_groups(module):
-            update_attr(module, self.groups_attr, size)
+        per_channel = self._per_channel_groups(module)
+        if per_channel is not None:
+            update_attr(module, per_channel, size)
         if self.as_shape:  # (C, 1, 1) -> (size, 1, 1)
             update_attr(module, self.size_attr, (size, *getattr(module, self.size_attr)[1:]))
         else:

@@ -72,6 +72,19 @@ def _per_unit(weight: Tensor, gates: int, size: int) -> Tensor:
     return weight.reshape(gates, size, -1).transpose(0, 1).reshape(size, -1)
 
 
+def _unit_views(weights: tuple[Tensor, ...], gates: int, size: int, dim: str
+                ) -> list[WeightView]:
+    """Weight views of the hidden units: all gates' rows of unit ``j`` together."""
+    return [WeightView(_per_unit(w.detach(), gates, size), "weight", dim,
+                       None if w.grad is None else _per_unit(w.grad, gates, size))
+            for w in weights]
+
+
+def _gate_rows(units: Tensor, gates: int, size: int) -> Tensor:
+    """The rows ``g·H + j`` of every gate ``g`` for the kept units ``j``."""
+    return torch.cat([units + g * size for g in range(gates)])
+
+
 def _data(value: object) -> Tensor:
     """The tensor a recurrent layer reads or writes: a PackedSequence's ``data``."""
     if isinstance(value, PackedSequence):
@@ -119,11 +132,9 @@ class RecurrentAdapter:
                 weight = getattr(rnn, f"weight_hr_l{layer}{sfx}")
                 views.append(WeightView(rows(weight, 0), "weight", dim, grad_rows(weight, 0)))
             elif dim == "hidden":
-                for kind in ("weight_ih", "weight_hh"):
-                    weight = getattr(rnn, f"{kind}_l{layer}{sfx}")
-                    views.append(WeightView(_per_unit(weight.detach(), gates, size), "weight",
-                                            dim, None if weight.grad is None
-                                            else _per_unit(weight.grad, gates, size)))
+                views += _unit_views((getattr(rnn, f"weight_ih_l{layer}{sfx}"),
+                                      getattr(rnn, f"weight_hh_l{layer}{sfx}")),
+                                     gates, size, dim)
         return views
 
     def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
@@ -145,7 +156,7 @@ class RecurrentAdapter:
         directions = 2 if rnn.bidirectional else 1
         for layer, sfx in _names(rnn):
             if hidden is not None:
-                rows_kept = torch.cat([hidden + g * size for g in range(gates)])
+                rows_kept = _gate_rows(hidden, gates, size)
                 for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                     slicer.slice(rnn, f"{kind}_l{layer}{sfx}", 0, rows_kept)
                 if proj_size:
@@ -204,18 +215,15 @@ class RecurrentCellAdapter:
         if dim == "in":
             return [WeightView(rows(cell.weight_ih, 1), "weight", dim,
                                grad_rows(cell.weight_ih, 1))]
-        size, gates = cell.hidden_size, _CELL_GATES[type(cell)]
-        return [WeightView(_per_unit(w.detach(), gates, size), "weight", dim,
-                           None if w.grad is None else _per_unit(w.grad, gates, size))
-                for w in (cell.weight_ih, cell.weight_hh)]
+        return _unit_views((cell.weight_ih, cell.weight_hh), _CELL_GATES[type(cell)],
+                           cell.hidden_size, dim)
 
     def prune(self, module: nn.Module, keep: Mapping[str, Tensor], slicer: ParamSlicer) -> None:
         cell = module
         assert isinstance(cell, nn.RNNCellBase)
         hidden, first_in = keep.get("hidden"), keep.get("in")
         if hidden is not None:
-            size, gates = cell.hidden_size, _CELL_GATES[type(cell)]
-            rows_kept = torch.cat([hidden + g * size for g in range(gates)])
+            rows_kept = _gate_rows(hidden, _CELL_GATES[type(cell)], cell.hidden_size)
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 if getattr(cell, name) is not None:
                     slicer.slice(cell, name, 0, rows_kept)

@@ -339,8 +339,10 @@ def _numbers_changed(graph: DependencyGraph, masks: list[torch.Tensor]) -> list[
     """Where the code computes a number from a width (``Trace.width_numbers``) that the
     masks cut."""
     notes = graph.trace.width_numbers
+    if not notes:
+        return []
     removed = [group.units[~mask] for group, mask in zip(graph.groups, masks, strict=True)
-               if notes and not bool(mask.all())]
+               if not bool(mask.all())]
     if not removed:
         return []
     gone, space = torch.cat(removed), graph.trace.space
