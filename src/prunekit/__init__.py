@@ -30,6 +30,8 @@ _PUBLIC: dict[str, str] = {
     "prune_checkpoint": "prunekit.llm.streaming",
     "drop_layers": "prunekit.llm.depth",
     "block_influence": "prunekit.llm.depth",
+    "drop_experts": "prunekit.llm.experts",
+    "expert_usage": "prunekit.llm.experts",
     "embedding_fidelity": "prunekit.llm.hf_fidelity",
     "perplexity": "prunekit.llm.perplexity",
     "finetune": "prunekit.train.finetune",

@@ -183,6 +183,42 @@ def test_layers_heads_ffn_update_the_config(
         assert reloaded(ids).logits.shape == (1, 12, len(WORDS) + 2)
 
 
+@pytest.fixture(scope="module")
+def mixtral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(
+        vocab_size=len(WORDS) + 2, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        num_local_experts=4, num_experts_per_tok=2,
+    )
+    return _saved(tmp_path_factory, transformers.MixtralForCausalLM(config))
+
+
+def test_experts_drop_the_least_routed_and_reload(
+    mixtral_dir: Path, text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    assert _run(mixtral_dir, text_file, out, "--experts", "0.5", "--eval", str(text_file)) == 0
+    assert "drop 2 experts per MoE layer" in capsys.readouterr().out
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.num_local_experts == 2
+    for layer in reloaded.model.layers:
+        assert layer.mlp.experts.gate_up_proj.shape[0] == 2
+        assert layer.mlp.gate.weight.shape == (2, 32)
+    ids = torch.randint(0, len(WORDS) + 2, (1, 12))
+    with torch.no_grad():
+        assert reloaded(ids).logits.shape == (1, 12, len(WORDS) + 2)
+
+
+def test_experts_on_a_dense_model_fail_before_writing(
+    llama_dir: Path, text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    assert _run(llama_dir, text_file, out, "--experts", "1") == 1
+    assert "no mixture-of-experts layer found" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_bert_heads_need_prunekit_format_and_reload_identically(
     bert_dir: Path, text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -237,6 +273,9 @@ def test_bert_heads_need_prunekit_format_and_reload_identically(
         (("--layers", "-1"), "--layers -1: must be >= 0"),
         (("--sparsity", "0.5", "--nsamples", "0"), "--nsamples 0"),
         (("--layers", "1", "--prunekit-format"), "cannot record dropped layers"),
+        (("--experts", "1", "--prunekit-format"), "cannot record dropped experts"),
+        (("--experts", "1.5"), "--experts 1.5: a count >= 0 or a fraction in [0, 1)"),
+        (("--stream", "--sparsity", "0.5", "--experts", "1"), "drop --experts"),
         (("--sparsity", "0.3", "--pattern", "2:4"), "fixes the sparsity at 0.5"),
         (("--stream", "--sparsity", "0.5", "--heads", "0.5"), "--stream prunes weights only"),
         (("--stream", "--layers", "1"), "--stream prunes weights only; drop --layers"),

@@ -1,10 +1,11 @@
 """``prunekit llm``: prune a Hugging Face model directory — layers, heads/FFN, then weights.
 
 Stages run in this order, each optional: drop the ``--layers`` least influential blocks,
-remove ``--heads`` / ``--ffn`` fractions of every layer's heads and FFN neurons (config
-updated), then sparsify the remaining Linear weights with ``--method`` at ``--sparsity``
-(or ``--pattern 2:4``). Calibration windows come from ``--calib`` (a text file; Debian's
-fortunes when omitted). The result is written with ``save_pretrained`` so that
+drop the ``--experts`` least-routed experts of every mixture-of-experts layer (a count, or a
+fraction such as 0.25), remove ``--heads`` / ``--ffn`` fractions of every layer's heads and
+FFN neurons (config updated), then sparsify the remaining Linear weights with ``--method``
+at ``--sparsity`` (or ``--pattern 2:4``). Calibration windows come from ``--calib`` (a text
+file; Debian's fortunes when omitted). The result is written with ``save_pretrained`` so that
 ``from_pretrained`` reloads it, or with ``prunekit.save`` where the config cannot describe
 it (``--prunekit-format``).
 """
@@ -57,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ffn", type=float, default=0.0, help="fraction of FFN neurons to remove")
     p.add_argument("--layers", type=int, default=0,
                    help="number of least influential layers to remove")
+    p.add_argument("--experts", type=_count_or_fraction, default=0,
+                   help="experts to remove from every MoE layer: a count (2) or a fraction "
+                        "(0.25), the least routed on the calibration text")
     p.add_argument("--calib", help="calibration text file (default: Debian's fortunes)")
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows (default 32)")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per window (default 256)")
@@ -74,6 +78,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
+def _count_or_fraction(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a count of experts (2) or a fraction (0.25)") from None
+
+
 def _check_args(args: argparse.Namespace) -> None:
     check_fraction("--heads", args.heads)
     check_fraction("--ffn", args.ffn)
@@ -81,6 +97,8 @@ def _check_args(args: argparse.Namespace) -> None:
         check_fraction("--sparsity", args.sparsity)
     if args.layers < 0:
         raise ConfigError(f"--layers {args.layers}: must be >= 0 (the number of layers to drop)")
+    if args.experts < 0 or (isinstance(args.experts, float) and args.experts >= 1):
+        raise ConfigError(f"--experts {args.experts}: a count >= 0 or a fraction in [0, 1)")
     for flag, value in (("--nsamples", args.nsamples), ("--seqlen", args.seqlen)):
         if value < 1:
             raise ConfigError(f"{flag} {value}: must be a positive integer")
@@ -89,21 +107,23 @@ def _check_args(args: argparse.Namespace) -> None:
 
         nm = parse_pattern(args.pattern)
         args.sparsity = nm.sparsity if nm is not None else None
-    if args.sparsity is None and not (args.heads or args.ffn or args.layers):
+    if args.sparsity is None and not (args.heads or args.ffn or args.layers or args.experts):
         raise ConfigError("nothing to prune: pass --sparsity (or --pattern 2:4), --heads, "
-                          "--ffn or --layers")
+                          "--ffn, --layers or --experts")
     if args.stream:
         given = [flag for flag, on in (("--heads", args.heads), ("--ffn", args.ffn),
-                                       ("--layers", args.layers), ("--eval", args.eval_file),
+                                       ("--layers", args.layers),
+                                       ("--experts", args.experts), ("--eval", args.eval_file),
                                        ("--prunekit-format", args.prunekit_format)) if on]
         if given:
             raise ConfigError(f"--stream prunes weights only; drop {', '.join(given)} (run "
                               "them without --stream, on a model that fits in memory)")
         if args.sparsity is None:
             raise ConfigError("--stream needs --sparsity (or --pattern 2:4)")
-    if args.prunekit_format and args.layers:
-        raise ConfigError("--layers with --prunekit-format: the structured plan cannot record "
-                          "dropped layers; run --layers on its own first")
+    for flag, on in (("--layers", args.layers), ("--experts", args.experts)):
+        if args.prunekit_format and on:
+            raise ConfigError(f"{flag} with --prunekit-format: the structured plan cannot "
+                              f"record dropped {flag[2:]}; run {flag} on its own first")
 
 
 def _read_text(path: str, flag: str) -> str:
@@ -146,6 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     from prunekit.io.checkpoint import save
     from prunekit.llm.api import prune_llm
     from prunekit.llm.depth import drop_layers
+    from prunekit.llm.experts import drop_experts
     from prunekit.llm.hf import prune_hf
     from prunekit.llm.hf_io import load_pretrained, save_pretrained
     from prunekit.metrics.profile import count_params
@@ -171,6 +192,11 @@ def _run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         dropped = drop_layers(model, args.layers, calib=torch.cat(calib), inplace=True)
         row(f"drop layers {list(dropped.removed)}", time.perf_counter() - start)
+    if args.experts:
+        start = time.perf_counter()
+        experts = drop_experts(model, args.experts, calib=calib, inplace=True)
+        per_layer = len(next(iter(experts.removed.values())))
+        row(f"drop {per_layer} experts per MoE layer", time.perf_counter() - start)
     if args.heads or args.ffn:
         start = time.perf_counter()
         result = prune_hf(model, {"input_ids": calib[0]}, heads=args.heads, ffn=args.ffn,

@@ -1,0 +1,122 @@
+"""Hand-written mixture-of-experts models and the reference that expert pruning must match:
+the dense model with the dropped experts' router logits set to ``-inf``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+
+class _MaskRouter(TorchFunctionMode):
+    def __init__(self, masks: Mapping[int, torch.Tensor]) -> None:
+        super().__init__()
+        self.masks = masks
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
+                           kwargs: Mapping[str, Any] | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func is F.linear and len(args) > 1 and id(args[1]) in self.masks:
+            out = out + self.masks[id(args[1])].to(out.dtype)
+        return out
+
+
+@contextmanager
+def routers_masked(removed: Mapping[torch.Tensor, Sequence[int]]) -> Iterator[None]:
+    """Add ``-inf`` to the named columns of every ``F.linear`` that uses a router weight."""
+    masks = {}
+    for weight, experts in removed.items():
+        mask = torch.zeros(weight.shape[0])
+        mask[list(experts)] = float("-inf")
+        masks[id(weight)] = mask
+    with _MaskRouter(masks):
+        yield
+
+
+class Expert(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1, self.w3 = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class ListMoE(nn.Module):
+    """The pre-Transformers-5 layout users still write: a ``ModuleList`` of experts, a
+    ``gate`` Linear, softmax → top-k → renormalise, a loop over ``self.num_experts``."""
+
+    def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 6, top_k: int = 2):
+        super().__init__()
+        self.num_experts, self.top_k = experts, top_k
+        self.gate = nn.Linear(dim, experts, bias=False)
+        self.experts = nn.ModuleList(Expert(dim, hidden) for _ in range(experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        flat = x.reshape(-1, d)
+        probs = self.gate(flat).softmax(-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        out = torch.zeros_like(flat)
+        for e in range(self.num_experts):
+            rows, slot = torch.where(chosen == e)
+            if rows.numel():
+                out.index_add_(0, rows, self.experts[e](flat[rows]) * weights[rows, slot, None])
+        return out.reshape(b, t, d)
+
+
+class StackedMoE(nn.Module):
+    """Stacked expert weights (``num_experts`` leading every tensor), a router module with a
+    weight and a bias, and a selection bias vector on the layer."""
+
+    def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 5, top_k: int = 2):
+        super().__init__()
+        self.top_k = top_k
+        self.router = nn.Linear(dim, experts)
+        self.experts = _Stack(dim, hidden, experts)
+        self.register_buffer("expert_bias", torch.zeros(experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = torch.sigmoid(self.router(x))
+        _, chosen = (scores + self.expert_bias).topk(self.top_k, dim=-1)
+        weights = scores.gather(-1, chosen)
+        return self.experts(x, chosen, weights / weights.sum(-1, keepdim=True))
+
+
+class _Stack(nn.Module):
+    def __init__(self, dim: int, hidden: int, experts: int) -> None:
+        super().__init__()
+        self.num_experts = experts
+        self.up = nn.Parameter(torch.randn(experts, hidden, dim) / dim ** 0.5)
+        self.down = nn.Parameter(torch.randn(experts, dim, hidden) / hidden ** 0.5)
+
+    def forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        hot = F.one_hot(chosen, self.num_experts).to(x.dtype)  # (..., k, E)
+        gate = (hot * weights.unsqueeze(-1)).sum(-2)  # (..., E)
+        h = F.gelu(torch.einsum("...d,ehd->...eh", x, self.up))
+        return torch.einsum("...eh,edh,...e->...d", h, self.down, gate)
+
+
+class TinyMoELM(nn.Module):
+    """Embedding → blocks of (LayerNorm, MoE) with residuals → LM head."""
+
+    def __init__(self, moe: type[nn.Module] = ListMoE, layers: int = 2, vocab: int = 50,
+                 dim: int = 16, **kwargs: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.layers = nn.ModuleList(moe(dim=dim, **kwargs) for _ in range(layers))
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for norm, layer in zip(self.norms, self.layers, strict=True):
+            x = x + layer(norm(x))
+        return self.head(x)

@@ -1,0 +1,200 @@
+"""drop_experts on hand-written MoE models: the pruned model equals the dense one with the
+dropped experts' router logits at -inf, routing statistics choose the unused experts, bad
+arguments are refused and a failed prune leaves the model as it was."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tests.llm.moe_models import ListMoE, StackedMoE, TinyMoELM, routers_masked
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.llm.experts import drop_experts, expert_usage, find_moe_layers
+
+
+def _model(moe: type[nn.Module] = ListMoE, **kwargs: int) -> TinyMoELM:
+    torch.manual_seed(0)
+    return TinyMoELM(moe, **kwargs).eval()
+
+
+def _ids(n: int = 4, length: int = 12, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 50, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _router_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {layer.path: layer.router.weight for layer in find_moe_layers(model)}
+
+
+@pytest.mark.parametrize("moe", [ListMoE, StackedMoE])
+def test_pruned_model_matches_dense_with_dropped_logits_masked(moe: type[nn.Module]) -> None:
+    model, ids = _model(moe), _ids()
+    removed = {"layers.0": [1, 3], "layers.1": [0, 4]}
+    weights = _router_weights(model)
+    with torch.no_grad(), routers_masked({weights[p]: r for p, r in removed.items()}):
+        reference = model(ids)
+    result = drop_experts(model, removed, calib=ids)
+    with torch.no_grad():
+        got = result.model(ids)
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert not torch.allclose(model(ids), reference)  # the masking did change something
+    count = 6 if moe is ListMoE else 5
+    assert result.experts_before == 2 * count and result.experts_after == 2 * (count - 2)
+    assert result.params_after < result.params_before
+    assert result.params_after == sum(p.numel() for p in result.model.parameters())
+    for layer in find_moe_layers(result.model):
+        assert layer.count == count - 2 and layer.router.weight.shape[0] == count - 2
+
+
+def test_list_experts_keep_their_own_weights_and_counts_follow() -> None:
+    model = _model()
+    result = drop_experts(model, {"layers.0": [0, 5], "layers.1": [2, 3]}, calib=_ids())
+    pruned = result.model.layers[0]
+    assert pruned.num_experts == 4 and pruned.gate.out_features == 4
+    assert len(pruned.experts) == 4
+    assert pruned.experts[0] is not model.layers[0].experts[1]  # a copy, not the user's
+    torch.testing.assert_close(pruned.experts[0].w1.weight, model.layers[0].experts[1].w1.weight)
+    torch.testing.assert_close(pruned.gate.weight, model.layers[0].gate.weight[[1, 2, 3, 4]])
+    assert len(model.layers[0].experts) == 6  # the user's model is untouched
+
+
+def test_stacked_experts_router_bias_and_selection_bias_are_cut() -> None:
+    model = _model(StackedMoE)
+    model.layers[0].expert_bias.copy_(torch.arange(5.0))
+    result = drop_experts(model, {"layers.0": [1], "layers.1": [4]}, calib=_ids())
+    layer = result.model.layers[0]
+    assert layer.experts.up.shape == (4, 24, 16) and layer.experts.down.shape == (4, 16, 24)
+    assert layer.router.bias.shape == (4,) and layer.experts.num_experts == 4
+    assert layer.expert_bias.tolist() == [0.0, 2.0, 3.0, 4.0]
+
+
+def test_zero_experts_gives_identical_outputs() -> None:
+    model, ids = _model(), _ids()
+    result = drop_experts(model, 0, calib=ids)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(ids), model(ids), rtol=0, atol=0)
+    assert result.removed == {"layers.0": (), "layers.1": ()}
+    assert result.params_after == result.params_before
+
+
+def test_usage_counts_router_choices_and_ranks_unused_experts_first() -> None:
+    model, ids = _model(), _ids(8)
+    usage = expert_usage(model, ids)
+    freq = usage["layers.0"]["frequency"]
+    assert sum(freq) == pytest.approx(2.0)  # top-2: every token counts twice
+    assert sum(usage["layers.1"]["probability"]) == pytest.approx(1.0)
+    # recount layer 0's choices by hand from the inputs the layer sees
+    seen: list[torch.Tensor] = []
+    handle = model.layers[0].register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    with torch.no_grad():
+        chosen = model.layers[0].gate(seen[0].reshape(-1, 16)).topk(2, dim=-1).indices
+    expected = torch.bincount(chosen.reshape(-1), minlength=6).double() / chosen.shape[0]
+    assert torch.allclose(torch.tensor(freq, dtype=torch.float64), expected)
+    # a router with a bias (counted in the logits) that rules expert 4 out
+    torch.manual_seed(3)
+    model.layers[0].gate = nn.Linear(16, 6)
+    with torch.no_grad():
+        model.layers[0].gate.bias[4] = -100.0
+    usage = expert_usage(model, ids)
+    assert usage["layers.0"]["frequency"][4] == 0.0
+    result = drop_experts(model, 1, calib=ids)
+    assert result.removed["layers.0"] == (4,)
+    assert result.usage == usage
+    least = min(range(6), key=lambda i: (usage["layers.1"]["frequency"][i],
+                                         usage["layers.1"]["probability"][i]))
+    assert result.removed["layers.1"] == (least,)
+
+
+def test_fraction_and_probability_importance() -> None:
+    model, ids = _model(), _ids()
+    by_fraction = drop_experts(model, 0.34, calib=ids, importance="probability")
+    assert all(len(r) == 2 for r in by_fraction.removed.values())
+    usage = expert_usage(model, ids)
+    for path, removed in by_fraction.removed.items():
+        prob = usage[path]["probability"]
+        assert max(prob[i] for i in removed) <= min(prob[i] for i in range(6)
+                                                    if i not in removed)
+
+
+def test_padding_is_left_out_of_usage() -> None:
+    model, ids = _model(), _ids(2)
+    batch = {"ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch["attention_mask"][1] = 0
+
+    class Keyword(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.inner(ids)
+
+    masked = expert_usage(Keyword(), [batch])
+    first_row = expert_usage(model, ids[:1])
+    assert sorted(masked) == ["inner.layers.0", "inner.layers.1"]
+    for path in first_row:
+        assert masked[f"inner.{path}"]["frequency"] == pytest.approx(first_row[path]["frequency"])
+        assert masked[f"inner.{path}"] != expert_usage(model, ids)[path]
+
+
+def test_bad_arguments_are_refused_with_the_fix() -> None:
+    model, ids = _model(), _ids()
+    with pytest.raises(ConfigError, match="between 0 and 4"):
+        drop_experts(model, 5, calib=ids)  # 6 experts, top-2
+    with pytest.raises(ConfigError, match=r"fraction must lie in \[0, 1\)"):
+        drop_experts(model, 1.0, calib=ids)
+    with pytest.raises(TypeError, match="experts must be"):
+        drop_experts(model, True, calib=ids)
+    with pytest.raises(ConfigError, match="needs calib"):
+        drop_experts(model, 1)
+    with pytest.raises(ConfigError, match="importance='l2'"):
+        drop_experts(model, 1, calib=ids, importance="l2")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="not MoE layers"):
+        drop_experts(model, {"layers.9": [0]}, calib=ids)
+    with pytest.raises(ConfigError, match="each expert once"):
+        drop_experts(model, {"layers.0": [1, 1], "layers.1": [0, 2]}, calib=ids)
+    with pytest.raises(ConfigError, match="same number"):
+        drop_experts(model, {"layers.0": [1], "layers.1": [0, 2]}, calib=ids)
+    with pytest.raises(ConfigError, match="no mixture-of-experts layer"):
+        drop_experts(nn.Sequential(nn.Linear(4, 4)), 1, calib=torch.randn(2, 4))
+
+
+class _HardCoded(ListMoE):
+    """Loops over a literal expert count: fails once an expert is gone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _ = [self.experts[e] for e in range(6)]
+        return super().forward(x)
+
+
+def test_failed_prune_in_place_leaves_the_model_as_it_was() -> None:
+    model, ids = _model(_HardCoded), _ids()
+    state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model(ids)
+    with pytest.raises(IndexError):
+        drop_experts(model, {"layers.0": [2], "layers.1": [3]}, calib=ids, inplace=True)
+    assert len(model.layers[0].experts) == 6 and model.layers[0].num_experts == 6
+    assert model.layers[0].gate.out_features == 6
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), before, rtol=0, atol=0)
+
+
+def test_in_place_prunes_the_given_model() -> None:
+    model, ids = _model(), _ids()
+    result = drop_experts(model, 2, calib=ids, inplace=True)
+    assert result.model is model and len(model.layers[1].experts) == 4
+
+
+def test_grouped_routing_is_refused() -> None:
+    model = _model()
+    model.layers[0].gate.n_group = 2  # DeepSeek-style group-limited routing
+    with pytest.raises(ConfigError, match="n_group=2"):
+        drop_experts(model, {"layers.0": [1], "layers.1": [1]})
