@@ -120,3 +120,46 @@ class TinyMoELM(nn.Module):
         for norm, layer in zip(self.norms, self.layers, strict=True):
             x = x + layer(norm(x))
         return self.head(x)
+
+
+class _ExpertScale(nn.Module):
+    """A per-expert scale kept in a submodule of the experts (Ergo's post-expert norms)."""
+
+    def __init__(self, experts: int, dim: int) -> None:
+        super().__init__()
+        self.num_experts = experts
+        self.weight = nn.Parameter(1 + 0.1 * torch.randn(experts, dim))
+
+    def forward(self, y: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        return y * self.weight[chosen]
+
+
+class NormedStack(_Stack):
+    """Stacked experts whose outputs each pass their own expert's scale."""
+
+    def __init__(self, dim: int, hidden: int, experts: int) -> None:
+        super().__init__(dim, hidden, experts)
+        self.post = _ExpertScale(experts, dim)
+
+    def forward(self, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        for slot in range(chosen.shape[-1]):
+            e = chosen[..., slot]
+            h = F.gelu(torch.einsum("...d,...hd->...h", x, self.up[e]))
+            y = self.post(torch.einsum("...h,...dh->...d", h, self.down[e]), e)
+            out = out + y * weights[..., slot, None]
+        return out
+
+
+class NormedMoE(StackedMoE):
+    def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 5, top_k: int = 2):
+        super().__init__(dim, hidden, experts, top_k)
+        self.experts = NormedStack(dim, hidden, experts)
+
+
+class HashMoE(ListMoE):
+    """Hash routing: a fixed token-to-expert table picks the experts."""
+
+    def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 6, top_k: int = 2):
+        super().__init__(dim, hidden, experts, top_k)
+        self.register_buffer("tid2eid", torch.randint(0, experts, (50, top_k)))

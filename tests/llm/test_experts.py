@@ -8,7 +8,14 @@ import copy
 
 import pytest
 import torch
-from tests.llm.moe_models import ListMoE, StackedMoE, TinyMoELM, routers_masked
+from tests.llm.moe_models import (
+    HashMoE,
+    ListMoE,
+    NormedMoE,
+    StackedMoE,
+    TinyMoELM,
+    routers_masked,
+)
 from torch import nn
 
 from prunekit.errors import ConfigError
@@ -198,3 +205,24 @@ def test_grouped_routing_is_refused() -> None:
     model.layers[0].gate.n_group = 2  # DeepSeek-style group-limited routing
     with pytest.raises(ConfigError, match="n_group=2"):
         drop_experts(model, {"layers.0": [1], "layers.1": [1]})
+
+
+def test_per_expert_tensors_in_submodules_of_the_experts_are_cut() -> None:
+    model, ids = _model(NormedMoE), _ids()
+    removed = {"layers.0": [3], "layers.1": [0]}
+    weights = _router_weights(model)
+    with torch.no_grad(), routers_masked({weights[p]: r for p, r in removed.items()}):
+        reference = model(ids)
+    result = drop_experts(model, removed, calib=ids)
+    post = result.model.layers[0].experts.post
+    assert post.weight.shape == (4, 16) and post.num_experts == 4
+    torch.testing.assert_close(post.weight, model.layers[0].experts.post.weight[[0, 1, 2, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(ids), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_integer_routing_tables_are_refused() -> None:
+    model = _model(HashMoE)
+    with pytest.raises(ConfigError, match=r"integer table \(tid2eid"):
+        drop_experts(model, {"layers.0": [1], "layers.1": [1]})
+    assert len(model.layers[0].experts) == 6

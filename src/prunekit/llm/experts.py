@@ -66,6 +66,7 @@ class MoELayer:
     cuts: list[tuple[nn.Module, str, int]] = field(default_factory=list)
     lists: list[tuple[nn.Module, str]] = field(default_factory=list)
     counters: list[tuple[nn.Module, str]] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)  # integer tensors by the router
 
 
 def _tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -169,9 +170,11 @@ def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn
     for name, child in experts:
         if isinstance(child, nn.ModuleList):
             layer.lists.append((block, name))
-        else:
-            for tensor_name, _ in _tensors(child):
-                cut(child, tensor_name, 0)
+        else:  # stacked tensors, and per-expert ones in submodules (Ergo's expert norms)
+            for sub in child.modules():
+                for tensor_name, tensor in _tensors(sub):
+                    if tensor.dim() >= 1 and tensor.shape[0] == count:
+                        cut(sub, tensor_name, 0)
     weight_owner = layer.router
     cut(weight_owner, "weight", 0)
     bias = weight_owner._parameters.get("bias")
@@ -179,10 +182,13 @@ def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn
         cut(weight_owner, "bias", 0)
     for owner in [block, *router_child.modules()]:
         for name, tensor in _tensors(owner):
-            if not ("bias" in name or "expert" in name) or tensor.dim() > 2:
-                continue
             dims = [d for d, size in enumerate(tensor.shape) if size == count]
-            if len(dims) == 1:
+            if not (tensor.is_floating_point() or tensor.is_complex()):
+                if len(dims) == 1:  # a per-expert count
+                    cut(owner, name, dims[0])
+                else:  # expert ids, or what is made of them
+                    layer.tables.append(f"{name} ({tuple(tensor.shape)}, {tensor.dtype})")
+            elif ("bias" in name or "expert" in name) and tensor.dim() <= 2 and len(dims) == 1:
                 cut(owner, name, dims[0])
     inside_lists = {id(m) for _, c in experts if isinstance(c, nn.ModuleList)
                     for m in c.modules()}
@@ -396,7 +402,8 @@ def _update_outside(model: nn.Module, layers: list[MoELayer], old: int, new: int
                 journal.set(cfg, name, new)
 
 
-def _check_grouping(layers: list[MoELayer], model: nn.Module) -> None:
+def _check_routing(layers: list[MoELayer], model: nn.Module) -> None:
+    """Refuse routers whose choices dropping experts would renumber or regroup."""
     config = getattr(model, "config", None)
     for layer in layers:
         for owner in (layer.router, model.get_submodule(layer.path), config):
@@ -407,6 +414,12 @@ def _check_grouping(layers: list[MoELayer], model: nn.Module) -> None:
                     f"MoE layer {layer.path!r} routes within {groups} expert groups "
                     f"(n_group={groups}); dropping experts would regroup the rest, so "
                     f"drop_experts refuses it. Use a model with n_group=1")
+        if layer.tables:
+            raise ConfigError(
+                f"MoE layer {layer.path!r} routes with an integer table "
+                f"({', '.join(layer.tables)}), such as hash routing's token-to-expert ids; "
+                f"dropping experts would leave it pointing at removed or renumbered experts, "
+                f"so drop_experts refuses the model")
 
 
 def _outputs(model: nn.Module, batch: Any) -> list[torch.Size]:
@@ -440,7 +453,7 @@ def drop_experts(model: nn.Module, experts: int | float | Mapping[str, Sequence[
     layers = find_moe_layers(model)
     if not layers:
         raise ConfigError(_NO_MOE)
-    _check_grouping(layers, model)
+    _check_routing(layers, model)
     usage = None
     if isinstance(experts, Mapping):
         removed = _chosen_from_mapping(layers, experts)
