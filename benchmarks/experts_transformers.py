@@ -4,8 +4,8 @@ Every model type whose modeling code names an expert count is built tiny from it
 (``AutoConfig.for_model`` with small shared sizes and 4 experts, top-2, plus a few
 per-family settings; ``AutoModelForCausalLM.from_config``); families that do not build or
 run that way (multimodal configs, defaults too big) are listed as ``not built``, dense-only
-defaults as ``no MoE layer found``. For each built one, one expert per MoE layer is
-dropped (expert ``i + 1 mod 4`` in layer ``i``) and the pruned logits are compared with the
+defaults as ``no MoE layer found``. For each built one, each MoE layer's most routed expert
+on the input is dropped and the pruned logits are compared with the
 dense model's when the dropped experts' router logits are ``-inf`` (``err``: max abs
 difference; ``moved``: how far that masking moves the dense logits, so ``err`` much smaller
 than ``moved`` means the router and the experts were cut consistently), then
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))  # for tests.llm.moe_models
 
 from tests.llm.moe_models import routers_masked  # noqa: E402
 
-from prunekit.llm.experts import drop_experts, find_moe_layers  # noqa: E402
+from prunekit.llm.experts import drop_experts, expert_usage, find_moe_layers  # noqa: E402
 
 SIZES = {"vocab_size": 100, "max_position_embeddings": 64, "hidden_size": 32,
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
@@ -57,7 +57,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                          **SSM},
     "bamba": {"attn_layer_indices": [1], **SSM},
     "dots1": {"first_k_dense_replace": 1, "n_shared_experts": 1},
-    "deepseek_v3": {"head_dim": 4}, "axk1": {"head_dim": 4},
+    "deepseek_v3": {"head_dim": 4}, "axk1": {"head_dim": 4}, "longcat_flash": {"head_dim": 4},
     "mimo_v2_flash": {"layer_types": ["full_attention", "full_attention"]},
     "qwen3_next": {"layer_types": ["linear_attention", "full_attention"]},
     "qwen3_5_moe_text": {"layer_types": ["linear_attention", "full_attention"]},
@@ -97,7 +97,7 @@ def build(model_type: str) -> nn.Module:
     logits(model, torch.randint(3, 100, (1, 4)))  # a config the family cannot run is not built
     with torch.no_grad():
         for layer in find_moe_layers(model):
-            layer.router.weight.normal_(0, 0.5)
+            layer.router_weight.normal_(0, 0.5)
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             if "correction_bias" in name or "expert_bias" in name:
                 tensor.zero_()
@@ -119,8 +119,11 @@ def check(model_type: str) -> str:
         layers = find_moe_layers(model)
         if not layers:
             return "no MoE layer found"
-        removed = {layer.path: [(i + 1) % layer.count] for i, layer in enumerate(layers)}
-        weights = {layer.path: layer.router.weight for layer in layers}
+        usage = expert_usage(model, ids)  # drop each layer's most routed expert
+        removed = {layer.path: [max(range(layer.count),
+                                    key=lambda e, p=layer.path: usage[p]["frequency"][e])]
+                   for layer in layers}
+        weights = {layer.path: layer.router_weight for layer in layers}
         dense = logits(model, ids)
         with routers_masked({weights[p]: r for p, r in removed.items()}):
             reference = logits(model, ids)

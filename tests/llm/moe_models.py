@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+_PRODUCTS = {F.linear, torch.matmul, torch.mm, torch.Tensor.matmul, torch.Tensor.__matmul__,
+             torch.Tensor.mm}
+
 
 class _MaskRouter(TorchFunctionMode):
     def __init__(self, masks: Mapping[int, torch.Tensor]) -> None:
@@ -21,21 +24,26 @@ class _MaskRouter(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
                            kwargs: Mapping[str, Any] | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        if func is F.linear and len(args) > 1 and id(args[1]) in self.masks:
+        if func in _PRODUCTS and len(args) > 1 and id(args[1]) in self.masks:
             out = out + self.masks[id(args[1])].to(out.dtype)
         return out
 
 
 @contextmanager
 def routers_masked(removed: Mapping[torch.Tensor, Sequence[int]]) -> Iterator[None]:
-    """Add ``-inf`` to the named columns of every ``F.linear`` that uses a router weight."""
+    """Add ``-inf`` to the named expert columns of every product with a router weight:
+    ``F.linear(x, w)`` for ``w`` of shape (E, H), ``x @ w`` for a raw (H, E) parameter."""
     masks = {}
     for weight, experts in removed.items():
-        mask = torch.zeros(weight.shape[0])
+        mask = torch.zeros(weight.shape[0] if _linear_style(weight) else weight.shape[1])
         mask[list(experts)] = float("-inf")
         masks[id(weight)] = mask
     with _MaskRouter(masks):
         yield
+
+
+def _linear_style(weight: torch.Tensor) -> bool:
+    return not getattr(weight, "raw_router", False)
 
 
 class Expert(nn.Module):
@@ -163,3 +171,33 @@ class HashMoE(ListMoE):
     def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 6, top_k: int = 2):
         super().__init__(dim, hidden, experts, top_k)
         self.register_buffer("tid2eid", torch.randint(0, experts, (50, top_k)))
+
+
+class ShazeerMoE(nn.Module):
+    """Noisy top-k gating as in Shazeer et al. 2017 and its popular re-implementations: raw
+    ``w_gate``/``w_noise`` parameters of shape (dim, experts) used as ``x @ w_gate``, top-k of
+    the logits, softmax over the k, a loop over ``self.num_experts``."""
+
+    def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 6, top_k: int = 2):
+        super().__init__()
+        self.num_experts, self.k = experts, top_k
+        self.w_gate = nn.Parameter(torch.randn(dim, experts) / dim ** 0.5)
+        self.w_noise = nn.Parameter(torch.zeros(dim, experts))
+        self.w_gate.raw_router = True  # type: ignore[attr-defined]  # for routers_masked
+        self.experts = nn.ModuleList(Expert(dim, hidden) for _ in range(experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        flat = x.reshape(-1, d)
+        logits = flat @ self.w_gate
+        if self.training:
+            logits = logits + torch.randn_like(logits) * F.softplus(flat @ self.w_noise)
+        top, index = logits.topk(min(self.k + 1, self.num_experts), dim=1)
+        gates = torch.zeros_like(logits).scatter(1, index[:, :self.k],
+                                                 top[:, :self.k].softmax(1))
+        out = torch.zeros_like(flat)
+        for e in range(self.num_experts):
+            rows = gates[:, e].nonzero().squeeze(1)
+            if rows.numel():
+                out.index_add_(0, rows, self.experts[e](flat[rows]) * gates[rows, e, None])
+        return out.reshape(b, t, d)

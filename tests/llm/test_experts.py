@@ -12,6 +12,7 @@ from tests.llm.moe_models import (
     HashMoE,
     ListMoE,
     NormedMoE,
+    ShazeerMoE,
     StackedMoE,
     TinyMoELM,
     routers_masked,
@@ -32,10 +33,10 @@ def _ids(n: int = 4, length: int = 12, seed: int = 1) -> torch.Tensor:
 
 
 def _router_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {layer.path: layer.router.weight for layer in find_moe_layers(model)}
+    return {layer.path: layer.router_weight for layer in find_moe_layers(model)}
 
 
-@pytest.mark.parametrize("moe", [ListMoE, StackedMoE])
+@pytest.mark.parametrize("moe", [ListMoE, StackedMoE, ShazeerMoE])
 def test_pruned_model_matches_dense_with_dropped_logits_masked(moe: type[nn.Module]) -> None:
     model, ids = _model(moe), _ids()
     removed = {"layers.0": [1, 3], "layers.1": [0, 4]}
@@ -48,12 +49,28 @@ def test_pruned_model_matches_dense_with_dropped_logits_masked(moe: type[nn.Modu
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         assert not torch.allclose(model(ids), reference)  # the masking did change something
-    count = 6 if moe is ListMoE else 5
+    count = 5 if moe is StackedMoE else 6
     assert result.experts_before == 2 * count and result.experts_after == 2 * (count - 2)
     assert result.params_after < result.params_before
     assert result.params_after == sum(p.numel() for p in result.model.parameters())
     for layer in find_moe_layers(result.model):
-        assert layer.count == count - 2 and layer.router.weight.shape[0] == count - 2
+        assert layer.count == count - 2
+        assert layer.router_weight.shape[layer.router_dim] == count - 2
+
+
+def test_raw_gate_and_noise_parameters_lose_the_same_columns() -> None:
+    model = _model(ShazeerMoE)
+    layer = find_moe_layers(model)[0]
+    assert (layer.router_name, layer.router_dim) == ("w_gate", 1)
+    with torch.no_grad():
+        model.layers[0].w_noise.normal_()
+    result = drop_experts(model, {"layers.0": [0, 2], "layers.1": [5, 1]}, calib=_ids())
+    pruned = result.model.layers[0]
+    torch.testing.assert_close(pruned.w_gate, model.layers[0].w_gate[:, [1, 3, 4, 5]])
+    torch.testing.assert_close(pruned.w_noise, model.layers[0].w_noise[:, [1, 3, 4, 5]])
+    assert pruned.num_experts == 4 and len(pruned.experts) == 4
+    usage = expert_usage(model, _ids())["layers.0"]["frequency"]
+    assert sum(usage) == pytest.approx(2.0)
 
 
 def test_list_experts_keep_their_own_weights_and_counts_follow() -> None:

@@ -53,7 +53,7 @@ def _model(family: str) -> nn.Module:
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():  # some families start with zero routers or selection biases
         for layer in find_moe_layers(model):
-            layer.router.weight.normal_(0, 0.5)
+            layer.router_weight.normal_(0, 0.5)
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             if "correction_bias" in name or "expert_bias" in name:
                 tensor.zero_()
@@ -75,7 +75,7 @@ def test_family_drops_experts_like_masked_router_and_reloads(family: str,
     layers = find_moe_layers(model)
     assert layers and all(layer.count == 4 for layer in layers)
     removed = {layer.path: [(i + 1) % 4] for i, layer in enumerate(layers)}
-    weights = {layer.path: layer.router.weight for layer in layers}
+    weights = {layer.path: layer.router_weight for layer in layers}
     with routers_masked({weights[p]: r for p, r in removed.items()}):
         reference = _logits(model, IDS)
     assert not torch.allclose(reference, _logits(model, IDS))  # the masking matters

@@ -4,8 +4,8 @@ Every MoE layer loses the same number of experts, so a Hugging Face config can s
 describe the model (``num_local_experts`` / ``num_experts`` / ``n_routed_experts`` are
 updated and ``save_pretrained`` → ``from_pretrained`` rebuilds it). By default the experts
 dropped are the ones each layer's router puts in its top-k least often on the calibration
-tokens (routing frequency; ties broken by the mean routing probability), the baseline
-of expert-pruning work such as Lu et al. 2024, "Not All Experts are Equal".
+tokens (routing frequency; ties broken by the mean routing probability). Expert merging
+and search over expert subsets by reconstruction error are not implemented.
 
 An MoE layer is found by its expert weights, not by its class:
 
@@ -13,29 +13,35 @@ An MoE layer is found by its expert weights, not by its class:
 * a child that has an int ``num_experts`` and whose own tensors all lead with that count
   (Transformers 5's stacked ``gate_up_proj``/``down_proj``, JetMoE's parallel experts),
 
-and by its router: the one 2-D weight with a row per expert in the layer, outside the
-experts and outside children named ``shared*`` (shared experts are never touched). What is
-cut: the router's rows (and bias), every stacked expert tensor along its expert dim, the
-per-expert vectors named ``*bias*``/``*expert*`` in the layer or its router (selection
-biases such as ``e_score_correction_bias``), and the ints named like an expert count that
-hold the old count. The pruned router chooses among the kept experts exactly as the dense
-router does when the dropped experts' logits are ``-inf`` (tests/llm/test_experts.py checks
-this on 15 Transformers MoE families and on hand-written layers).
+and by its router: the one 2-D parameter with a row per expert (``nn.Linear``-style) or a
+column per expert (a raw ``w_gate`` used as ``x @ w_gate``, Shazeer et al. 2017) outside
+the experts and outside children named ``shared*`` (shared experts are never touched); a
+name like gate/router decides between several. What is cut: the router's rows or columns
+(and bias), every stacked expert tensor along its expert dim (per-expert tensors in their
+submodules too), the other per-expert tensors of the router module (``w_noise``, selection
+biases such as ``e_score_correction_bias``, per-expert counts), and the ints named like an
+expert count that hold the old count. The pruned router chooses among the kept experts
+exactly as the dense router does when the dropped experts' logits are ``-inf``
+(tests/llm/test_experts.py and test_hf_experts.py check this on hand-written layers and 16
+Transformers MoE families; ``benchmarks/experts_transformers.py`` on every family of the
+installed Transformers that builds from a small config).
 
-Not handled: group-limited routing (DeepSeek's ``n_group > 1``: dropping experts would
-regroup them; refused), different expert counts per layer, expert merging.
+Refused with the reason: group-limited routing (DeepSeek's ``n_group > 1``: dropping
+experts would regroup the rest), integer tables by the router (hash routing's token-to-expert
+ids), routers with rows beyond the experts (LongCat's zero-computation experts, Inkling's
+shared-expert gates). Not offered: different expert counts per layer, expert merging.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunekit._inputs import run_model
@@ -46,7 +52,7 @@ from prunekit.llm.hf_families import check_reloadable
 __all__ = ["DroppedExperts", "MoELayer", "drop_experts", "expert_usage", "find_moe_layers"]
 
 COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-TOP_K_NAMES = ("top_k", "num_experts_per_tok")
+TOP_K_NAMES = ("top_k", "num_experts_per_tok", "topk", "k")
 GROUP_NAMES = ("n_group", "num_group")  # group-limited routing (DeepSeek)
 Importance = Literal["frequency", "probability"]
 IMPORTANCES: tuple[str, ...] = ("frequency", "probability")
@@ -54,19 +60,29 @@ IMPORTANCES: tuple[str, ...] = ("frequency", "probability")
 
 @dataclass
 class MoELayer:
-    """One mixture-of-experts layer: its path, expert count and the tensors that hold a slot
-    per expert (``cuts``: owner module, tensor name, dim), ModuleLists of experts, and the
-    router's weight owner (rows = experts)."""
+    """One mixture-of-experts layer: its path and expert count; the router weight (its owner,
+    name and the dim that holds the experts: 0 for ``nn.Linear``-style ``[E, H]``, 1 for a
+    raw ``[H, E]`` parameter used as ``x @ w_gate``); the tensors that hold a slot per expert
+    (``cuts``: owner module, tensor name, dim), ModuleLists of experts, int attributes that
+    hold the count, and integer tensors by the router that dropping experts would break."""
 
     path: str
     count: int
     router: nn.Module
     router_path: str
+    router_name: str
+    router_dim: int
     top_k: int | None
     cuts: list[tuple[nn.Module, str, int]] = field(default_factory=list)
     lists: list[tuple[nn.Module, str]] = field(default_factory=list)
     counters: list[tuple[nn.Module, str]] = field(default_factory=list)
-    tables: list[str] = field(default_factory=list)  # integer tensors by the router
+    tables: list[str] = field(default_factory=list)
+
+    @property
+    def router_weight(self) -> torch.Tensor:
+        weight = self.router._parameters[self.router_name]
+        assert weight is not None  # found by _router
+        return weight
 
 
 def _tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -114,24 +130,46 @@ def _expert_children(block: nn.Module) -> tuple[int | None, list[tuple[str, nn.M
     return count, children
 
 
-def _router(block: nn.Module, path: str, count: int,
-            skip: set[str]) -> tuple[str, str, nn.Module]:
-    """(child name, full path, owner) of the one 2-D weight with ``count`` rows."""
-    found = []
+_ROUTER_NAME = re.compile(r"gate|rout|wg|classif", re.IGNORECASE)
+_BLOCK_PER_EXPERT = re.compile(r"gate|rout|noise|bias|expert", re.IGNORECASE)
+
+
+def _router_area(block: nn.Module, skip: set[str]
+                 ) -> Iterator[tuple[str, str, nn.Module]]:
+    """(child name or '', path in the block, module) of the block itself and every module
+    outside the experts and the shared experts."""
+    yield "", "", block
     for name, child in block.named_children():
         if name in skip or "shared" in name:
             continue
         for sub, module in child.named_modules(prefix=name):
-            weight = module._parameters.get("weight")
-            if weight is not None and weight.dim() == 2 and weight.shape[0] == count:
-                found.append((name, f"{path}.{sub}" if path else sub, module))
+            yield name, sub, module
+
+
+def _router(block: nn.Module, path: str, count: int,
+            skip: set[str]) -> tuple[str, str, nn.Module, str, int]:
+    """(child name, full path, owner, tensor name, expert dim) of the router weight: the one
+    2-D parameter with ``count`` rows (or, a raw parameter, columns) outside the experts; a
+    name like gate/router decides between several (Shazeer's ``w_gate`` and ``w_noise``)."""
+    found = []
+    for child, sub, module in _router_area(block, skip):
+        for name, weight in module.named_parameters(recurse=False):
+            dims = [d for d in (0, 1) if weight.dim() == 2 and weight.shape[d] == count
+                    and weight.shape[1 - d] > 1]
+            if len(dims) == 1 and (module is not block or _ROUTER_NAME.search(name)):
+                where = ".".join(p for p in (path, sub, name) if p)
+                found.append((child, where, module, name, dims[0]))
+    if len(found) > 1:
+        named = [f for f in found if _ROUTER_NAME.search(f[1].rpartition(".")[0] + "." + f[3])
+                 and "noise" not in f[3]]
+        found = named if len(named) == 1 else found
     if len(found) != 1:
-        where = ", ".join(p for _, p, _ in found) or "none"
+        where = ", ".join(f[1] for f in found) or "none"
         raise ConfigError(
             f"MoE layer {path!r} holds {count} experts, but its router could not be told apart: "
-            f"prunekit looks for the one 2-D weight with {count} rows outside the experts and "
-            f"the shared experts; found {where}. Name the router's module 'gate' or 'router' "
-            f"and give it the only such weight"
+            f"drop_experts looks for the one 2-D weight with a row (or column) per expert "
+            f"outside the experts and the shared experts; found {where}. Routers with rows "
+            f"beyond the experts (zero-computation or shared-expert gates) are not supported"
         )
     return found[0]
 
@@ -143,9 +181,10 @@ def find_moe_layers(model: nn.Module) -> list[MoELayer]:
         count, experts = _expert_children(block)
         if count is None:
             continue
-        child, router_path, router = _router(block, path, count, {n for n, _ in experts})
-        layer = MoELayer(path, count, router, router_path, _top_k(block, router))
-        _collect_cuts(layer, block, experts, block.get_submodule(child))
+        skip = {n for n, _ in experts}
+        child, router_path, router, name, dim = _router(block, path, count, skip)
+        layer = MoELayer(path, count, router, router_path, name, dim, _top_k(block, router))
+        _collect_cuts(layer, block, experts, block.get_submodule(child) if child else None)
         layers.append(layer)
     return layers
 
@@ -159,7 +198,7 @@ def _top_k(block: nn.Module, router: nn.Module) -> int | None:
 
 
 def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn.Module]],
-                  router_child: nn.Module) -> None:
+                  router_child: nn.Module | None) -> None:
     count, seen = layer.count, set()
 
     def cut(owner: nn.Module, name: str, dim: int) -> None:
@@ -175,12 +214,12 @@ def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn
                 for tensor_name, tensor in _tensors(sub):
                     if tensor.dim() >= 1 and tensor.shape[0] == count:
                         cut(sub, tensor_name, 0)
-    weight_owner = layer.router
-    cut(weight_owner, "weight", 0)
-    bias = weight_owner._parameters.get("bias")
-    if bias is not None and bias.dim() == 1 and bias.shape[0] == count:
-        cut(weight_owner, "bias", 0)
-    for owner in [block, *router_child.modules()]:
+    cut(layer.router, layer.router_name, layer.router_dim)
+    bias = layer.router._parameters.get("bias")
+    if layer.router_dim == 0 and bias is not None and tuple(bias.shape) == (count,):
+        cut(layer.router, "bias", 0)
+    area = [block, *(router_child.modules() if router_child is not None else ())]
+    for owner in area:
         for name, tensor in _tensors(owner):
             dims = [d for d, size in enumerate(tensor.shape) if size == count]
             if not (tensor.is_floating_point() or tensor.is_complex()):
@@ -188,7 +227,8 @@ def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn
                     cut(owner, name, dims[0])
                 else:  # expert ids, or what is made of them
                     layer.tables.append(f"{name} ({tuple(tensor.shape)}, {tensor.dtype})")
-            elif ("bias" in name or "expert" in name) and tensor.dim() <= 2 and len(dims) == 1:
+            elif (tensor.dim() <= 2 and len(dims) == 1
+                  and (owner is not block or _BLOCK_PER_EXPERT.search(name))):
                 cut(owner, name, dims[0])
     inside_lists = {id(m) for _, c in experts if isinstance(c, nn.ModuleList)
                     for m in c.modules()}
@@ -197,7 +237,7 @@ def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn
             continue
         for name in _int_attr(module, COUNT_NAMES, count):
             layer.counters.append((module, name))
-        if module is weight_owner and isinstance(module, nn.Linear):
+        if module is layer.router and isinstance(module, nn.Linear) and layer.router_dim == 0:
             layer.counters.append((module, "out_features"))
 
 
@@ -205,13 +245,14 @@ def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn
 
 
 def _router_logits(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
-    weight = layer.router._parameters["weight"]
-    assert weight is not None  # found by _router
+    weight = layer.router_weight.detach()
+    matrix = weight.T if layer.router_dim == 0 else weight  # (H, E)
+    rows = x.detach().reshape(-1, matrix.shape[0]).to(matrix.dtype)
+    logits = rows @ matrix
     bias = layer.router._parameters.get("bias")
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != layer.count):
-        bias = None
-    rows = x.detach().reshape(-1, weight.shape[1]).to(weight.dtype)
-    return F.linear(rows, weight.detach(), None if bias is None else bias.detach()).float()
+    if layer.router_dim == 0 and bias is not None and tuple(bias.shape) == (layer.count,):
+        logits = logits + bias.detach()
+    return logits.float()
 
 
 def expert_usage(model: nn.Module, calib: Calib) -> dict[str, dict[str, tuple[float, ...]]]:
