@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))  # for tests.llm.moe_models
 
 from tests.llm.moe_models import routers_masked  # noqa: E402
 
+from prunekit.errors import ConfigError  # noqa: E402
 from prunekit.llm.experts import drop_experts, expert_usage, find_moe_layers  # noqa: E402
 
 SIZES = {"vocab_size": 100, "max_position_embeddings": 64, "hidden_size": 32,
@@ -109,11 +110,15 @@ def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits.float()
 
 
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
 def check(model_type: str) -> str:
     try:
         model = build(model_type)
     except Exception as error:
-        return f"not built ({type(error).__name__}: {str(error)[:90]})"
+        return f"not built ({type(error).__name__}: {_one_line(error)[:90]})"
     ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(0))
     try:
         layers = find_moe_layers(model)
@@ -132,8 +137,10 @@ def check(model_type: str) -> str:
         with tempfile.TemporaryDirectory() as directory:
             result.model.save_pretrained(directory)
             again = logits(type(model).from_pretrained(directory).eval(), ids)
+    except ConfigError as error:  # refused, with the reason
+        return f"refused: {_one_line(error)[:160]}"
     except Exception as error:
-        return f"FAIL {type(error).__name__}: {str(error)[:160]}"
+        return f"FAIL {type(error).__name__}: {_one_line(error)[:160]}"
     err = float((got - reference).abs().max())
     moved = float((dense - reference).abs().max())
     status = "ok" if err <= 1e-4 * max(1.0, moved) and moved > 0 else "MISMATCH"
@@ -154,7 +161,7 @@ def main() -> None:
     tally: dict[str, int] = {}
     for name in names:
         line = check(name)
-        kind = line.split()[0]
+        kind = line.split()[0].rstrip(":")
         tally[kind] = tally.get(kind, 0) + 1
         print(f"{name:28s} {line}", flush=True)
     print("summary: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
