@@ -243,3 +243,11 @@ def test_integer_routing_tables_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"integer table \(tid2eid"):
         drop_experts(model, {"layers.0": [1], "layers.1": [1]})
     assert len(model.layers[0].experts) == 6
+
+
+def test_usage_and_check_leave_every_module_mode_as_it_was() -> None:
+    model, ids = _model(), _ids()
+    model.train()
+    model.layers[1].eval()  # a mixed model: layer 1 frozen in eval mode
+    drop_experts(model, 1, calib=ids, inplace=True)
+    assert model.training and model.layers[0].training and not model.layers[1].training

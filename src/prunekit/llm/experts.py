@@ -46,6 +46,7 @@ from torch import nn
 
 from prunekit._inputs import run_model
 from prunekit.errors import ConfigError
+from prunekit.graph.modes import eval_mode
 from prunekit.llm.depth import Calib, _batches, _token_mask
 from prunekit.llm.hf_families import check_reloadable
 
@@ -285,17 +286,14 @@ def expert_usage(model: nn.Module, calib: Calib) -> dict[str, dict[str, tuple[fl
         return hook
 
     handles = [layer.router.register_forward_pre_hook(hook_for(layer)) for layer in layers]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             for batch in batches:
                 mask[0] = _token_mask(batch)
                 run_model(model, batch)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     usage = {}
     for layer in layers:
         seen = max(tokens[layer.path], 1)
@@ -464,7 +462,7 @@ def _check_routing(layers: list[MoELayer], model: nn.Module) -> None:
 
 
 def _outputs(model: nn.Module, batch: Any) -> list[torch.Size]:
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         out = run_model(model, batch)
     logits = getattr(out, "logits", None)
     if isinstance(logits, torch.Tensor):
