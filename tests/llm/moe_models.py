@@ -201,3 +201,103 @@ class ShazeerMoE(nn.Module):
             if rows.numel():
                 out.index_add_(0, rows, self.experts[e](flat[rows]) * gates[rows, e, None])
         return out.reshape(b, t, d)
+
+
+class DictMoE(ListMoE):
+    """Experts in a ModuleDict keyed ``expert_0 …`` (Hugging Face Switch Transformers), an
+    int step counter and a per-expert output scale ``alpha`` on the layer, and the last
+    auxiliary loss kept on the module (a tensor that needs grad after a training forward)."""
+
+    def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 6, top_k: int = 2):
+        super().__init__(dim, hidden, experts, top_k)
+        self.experts = nn.ModuleDict(  # type: ignore[assignment]
+            {f"expert_{i}": Expert(dim, hidden) for i in range(experts)})
+        self.alpha = nn.Parameter(1 + 0.5 * torch.randn(experts))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.aux_loss: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        flat = x.reshape(-1, d)
+        probs = self.gate(flat).softmax(-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        self.aux_loss = (probs.mean(0) ** 2).sum() * self.num_experts
+        self.step += 1
+        out = torch.zeros_like(flat)
+        for e in range(self.num_experts):
+            rows, slot = torch.where(chosen == e)
+            if rows.numel():
+                y = self.experts[f"expert_{e}"](flat[rows]) * self.alpha[e]
+                out.index_add_(0, rows, y * weights[rows, slot, None])
+        return out.reshape(b, t, d)
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, dim: int, hidden: int, experts: int) -> None:
+        super().__init__()
+        self.deepspeed_experts = nn.ModuleList(Expert(dim, hidden) for _ in range(experts))
+
+
+class NestedMoE(ListMoE):
+    """DeepSpeed-MoE layout: the expert list one level down, ``experts.deepspeed_experts``."""
+
+    def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 6, top_k: int = 2):
+        super().__init__(dim, hidden, experts, top_k)
+        self.experts = _Wrapped(dim, hidden, experts)  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = self.experts
+        self.experts = inner.deepspeed_experts  # type: ignore[assignment]
+        try:
+            return super().forward(x)
+        finally:
+            self.experts = inner  # type: ignore[assignment]
+
+
+class CosineMoE(ListMoE):
+    """X-MoE routing: project to a low dim, cosine similarity with an expert embedding
+    ``wg`` (experts, low), divided by a temperature."""
+
+    def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 6, top_k: int = 2):
+        super().__init__(dim, hidden, experts, top_k)
+        del self.gate
+        self.reduce = nn.Linear(dim, 4, bias=False)
+        self.wg = nn.Parameter(torch.randn(experts, 4))
+
+    def logits(self, flat: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.reduce(flat), dim=-1) @ F.normalize(self.wg, dim=-1).T / 0.3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        flat = x.reshape(-1, d)
+        weights, chosen = self.logits(flat).softmax(-1).topk(self.top_k, dim=-1)
+        out = torch.zeros_like(flat)
+        for e in range(self.num_experts):
+            rows, slot = torch.where(chosen == e)
+            if rows.numel():
+                out.index_add_(0, rows, self.experts[e](flat[rows]) * weights[rows, slot, None])
+        return out.reshape(b, t, d)
+
+
+class HiddenListMoE(ListMoE):
+    """An MoE layer whose expert list is named ``ffns``: not found by drop_experts."""
+
+    def __init__(self, dim: int = 16, hidden: int = 24, experts: int = 6, top_k: int = 2):
+        super().__init__(dim, hidden, experts, top_k)
+        self.ffns = self.experts
+        del self.experts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.experts = self.ffns
+        try:
+            return super().forward(x)
+        finally:
+            del self.experts
+
+
+class MixedLM(TinyMoELM):
+    """Layer 0 a findable MoE, layer 1 one that is not (both hold num_experts=6)."""
+
+    def __init__(self) -> None:
+        super().__init__(ListMoE)
+        self.layers[1] = HiddenListMoE()

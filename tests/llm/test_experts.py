@@ -9,8 +9,12 @@ import copy
 import pytest
 import torch
 from tests.llm.moe_models import (
+    CosineMoE,
+    DictMoE,
     HashMoE,
     ListMoE,
+    MixedLM,
+    NestedMoE,
     NormedMoE,
     ShazeerMoE,
     StackedMoE,
@@ -202,7 +206,7 @@ def test_failed_prune_in_place_leaves_the_model_as_it_was() -> None:
     state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
         before = model(ids)
-    with pytest.raises(IndexError):
+    with pytest.raises(ConfigError, match=r"fails to run .IndexError.*literal expert count"):
         drop_experts(model, {"layers.0": [2], "layers.1": [3]}, calib=ids, inplace=True)
     assert len(model.layers[0].experts) == 6 and model.layers[0].num_experts == 6
     assert model.layers[0].gate.out_features == 6
@@ -240,7 +244,7 @@ def test_per_expert_tensors_in_submodules_of_the_experts_are_cut() -> None:
 
 def test_integer_routing_tables_are_refused() -> None:
     model = _model(HashMoE)
-    with pytest.raises(ConfigError, match=r"integer table \(tid2eid"):
+    with pytest.raises(ConfigError, match=r"integer table tid2eid \(\(50, 2\)"):
         drop_experts(model, {"layers.0": [1], "layers.1": [1]})
     assert len(model.layers[0].experts) == 6
 
@@ -251,3 +255,75 @@ def test_usage_and_check_leave_every_module_mode_as_it_was() -> None:
     model.layers[1].eval()  # a mixed model: layer 1 frozen in eval mode
     drop_experts(model, 1, calib=ids, inplace=True)
     assert model.training and model.layers[0].training and not model.layers[1].training
+
+
+@pytest.mark.parametrize("moe", [DictMoE, NestedMoE])
+def test_more_layouts_match_the_masked_reference(moe: type[nn.Module]) -> None:
+    model, ids = _model(moe), _ids()
+    removed = {"layers.0": [0, 4], "layers.1": [3, 5]}
+    weights = _router_weights(model)
+    with torch.no_grad(), routers_masked({weights[p]: r for p, r in removed.items()}):
+        reference = model(ids)
+    result = drop_experts(model, removed, calib=ids)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(ids), reference, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(model(ids), reference)
+    assert [layer.count for layer in find_moe_layers(result.model)] == [4, 4]
+
+
+def test_dict_experts_are_renumbered_and_layer_vectors_cut() -> None:
+    model = _model(DictMoE)
+    model.train()
+    model(_ids())  # leaves a non-leaf aux_loss on every layer: copying must still work
+    model.eval()
+    result = drop_experts(model, {"layers.0": [1, 2], "layers.1": [0, 5]})
+    pruned, dense = result.model.layers[0], model.layers[0]
+    assert list(pruned.experts) == ["expert_0", "expert_1", "expert_2", "expert_3"]
+    assert pruned.experts["expert_1"].w1.weight.equal(dense.experts["expert_3"].w1.weight)
+    torch.testing.assert_close(pruned.alpha, dense.alpha[[0, 3, 4, 5]])
+    assert pruned.step.shape == ()  # an integer scalar is not a routing table
+
+
+def test_usage_reads_the_logits_the_router_computes() -> None:
+    model, ids = _model(CosineMoE), _ids(8)
+    seen: list[torch.Tensor] = []
+    handle = model.layers[0].register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    with torch.no_grad():
+        model(ids)
+        handle.remove()
+        logits = model.layers[0].logits(seen[0].reshape(-1, 16))
+    chosen = logits.topk(2, dim=-1).indices.reshape(-1)
+    expected = torch.bincount(chosen, minlength=6).double() / logits.shape[0]
+    got = expert_usage(model, ids)["layers.0"]["frequency"]
+    assert torch.allclose(torch.tensor(got, dtype=torch.float64), expected)
+    # probabilities come from the product itself, before the temperature divides it
+    probability = expert_usage(model, ids)["layers.0"]["probability"]
+    assert torch.allclose(torch.tensor(probability), (logits * 0.3).softmax(-1).mean(0),
+                          atol=1e-6)
+    result = drop_experts(model, {"layers.0": [1], "layers.1": [2]}, calib=ids)
+    kept = [0, 2, 3, 4, 5]
+    with torch.no_grad():
+        torch.testing.assert_close(result.model.layers[0].logits(seen[0].reshape(-1, 16)),
+                                   logits[:, kept])
+
+
+def test_a_count_on_a_layer_that_is_not_found_is_refused() -> None:
+    torch.manual_seed(0)
+    model = MixedLM().eval()
+    with pytest.raises(ConfigError, match=r"'layers.1' .HiddenListMoE. has num_experts=6"):
+        drop_experts(model, {"layers.0": [1]}, calib=_ids())
+    assert model.layers[1].num_experts == 6 and len(model.layers[0].experts) == 6
+
+
+def test_routers_tied_across_layers_are_refused() -> None:
+    model = _model()
+    model.layers[1].gate = model.layers[0].gate
+    with pytest.raises(ConfigError, match="tied across layers"):
+        drop_experts(model, {"layers.0": [1], "layers.1": [1]})
+
+
+def test_a_square_router_is_refused_naming_it() -> None:
+    torch.manual_seed(0)
+    model = TinyMoELM(ListMoE, experts=16).eval()  # gate Linear(16, 16)
+    with pytest.raises(ConfigError, match=r"layers.0.gate.weight is square \(16 x 16\)"):
+        find_moe_layers(model)

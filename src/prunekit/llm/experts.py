@@ -9,32 +9,42 @@ and search over expert subsets by reconstruction error are not implemented.
 
 An MoE layer is found by its expert weights, not by its class:
 
-* a ``ModuleList`` child named ``experts`` (one module per expert), or
-* a child that has an int ``num_experts`` and whose own tensors all lead with that count
-  (Transformers 5's stacked ``gate_up_proj``/``down_proj``, JetMoE's parallel experts),
+* a ``ModuleList`` (or a ``ModuleDict`` keyed ``expert_0 …``, renumbered after the cut)
+  child whose name contains ``expert``, directly or one level down (DeepSpeed's
+  ``experts.deepspeed_experts``), or
+* a child with an int expert count (``num_experts``, ``num_local_experts``, …) whose own
+  tensors all lead with it (Transformers 5's stacked ``gate_up_proj``/``down_proj``,
+  JetMoE's parallel experts),
 
-and by its router: the one 2-D parameter with a row per expert (``nn.Linear``-style) or a
-column per expert (a raw ``w_gate`` used as ``x @ w_gate``, Shazeer et al. 2017) outside
-the experts and outside children named ``shared*`` (shared experts are never touched); a
-name like gate/router decides between several. What is cut: the router's rows or columns
-(and bias), every stacked expert tensor along its expert dim (per-expert tensors in their
-submodules too), the other per-expert tensors of the router module (``w_noise``, selection
-biases such as ``e_score_correction_bias``, per-expert counts), and the ints named like an
-expert count that hold the old count. The pruned router chooses among the kept experts
-exactly as the dense router does when the dropped experts' logits are ``-inf``
-(tests/llm/test_experts.py and test_hf_experts.py check this on hand-written layers and 16
-Transformers MoE families; ``benchmarks/experts_transformers.py`` on every family of the
-installed Transformers that builds from a small config).
+and by its router: the one 2-D parameter outside the experts and outside children named
+``shared*`` (shared experts are never touched) with a row per expert (a ``weight``, as
+``nn.Linear`` holds it) or, under another name, a row or a column per expert (a raw
+``w_gate`` used as ``x @ w_gate``, Shazeer et al. 2017); a name like gate/router decides
+between several. What is cut: the router's rows or columns, every stacked expert tensor
+along its expert dim (per-expert tensors in their submodules too), every tensor of the
+layer itself or of the router's module with one dim of the expert count (router bias,
+``w_noise``, selection biases such as ``e_score_correction_bias``, per-expert scales and
+counts), and the ints named like an expert count that hold the old count. A count held by
+a module that contains no MoE layer found is refused: it may be an MoE layer whose experts
+drop_experts cannot see.
+
+The pruned model routes as the dense one does with the dropped experts excluded from the
+choice: for routers that pick the top-k of softmax or plain logits, exactly the dense model
+with the dropped experts' logits at ``-inf`` (tests/llm/test_experts.py and
+test_hf_experts.py check this on hand-written layers and 16 Transformers MoE families;
+``benchmarks/experts_transformers.py`` on every family of the installed Transformers that
+builds from a small config). Code that sizes something from the expert count changes with
+it: a capacity of ``factor * tokens / num_experts`` grows, so fewer tokens are dropped.
 
 Refused with the reason: group-limited routing (DeepSeek's ``n_group > 1``: dropping
 experts would regroup the rest), integer tables by the router (hash routing's token-to-expert
 ids), routers with rows beyond the experts (LongCat's zero-computation experts, Inkling's
-shared-expert gates). Not offered: different expert counts per layer, expert merging.
+shared-expert gates), square router weights, routers or experts tied across layers. Not
+offered: different expert counts per layer, expert merging.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,8 +52,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
+from prunekit._caches import copy_model
 from prunekit._inputs import run_model
 from prunekit.errors import ConfigError
 from prunekit.graph.modes import eval_mode
@@ -64,8 +77,9 @@ class MoELayer:
     """One mixture-of-experts layer: its path and expert count; the router weight (its owner,
     name and the dim that holds the experts: 0 for ``nn.Linear``-style ``[E, H]``, 1 for a
     raw ``[H, E]`` parameter used as ``x @ w_gate``); the tensors that hold a slot per expert
-    (``cuts``: owner module, tensor name, dim), ModuleLists of experts, int attributes that
-    hold the count, and integer tensors by the router that dropping experts would break."""
+    (``cuts``: owner module, tensor name, dim), containers of expert modules (``lists``:
+    owner, name, key prefix for a ``ModuleDict`` or None for a ``ModuleList``), int attributes
+    that hold the count, and what dropping experts would break (``problems``)."""
 
     path: str
     count: int
@@ -75,9 +89,9 @@ class MoELayer:
     router_dim: int
     top_k: int | None
     cuts: list[tuple[nn.Module, str, int]] = field(default_factory=list)
-    lists: list[tuple[nn.Module, str]] = field(default_factory=list)
+    lists: list[tuple[nn.Module, str, str | None]] = field(default_factory=list)
     counters: list[tuple[nn.Module, str]] = field(default_factory=list)
-    tables: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
     @property
     def router_weight(self) -> torch.Tensor:
@@ -101,8 +115,8 @@ def _int_attr(module: nn.Module, names: Sequence[str], value: int | None = None)
 
 
 def _stacked_count(child: nn.Module) -> int | None:
-    """``num_experts`` of a module whose own tensors all lead with it, one at least 3-D."""
-    names = _int_attr(child, ("num_experts",))
+    """The expert count of a module whose own tensors all lead with it, one at least 3-D."""
+    names = _int_attr(child, COUNT_NAMES)
     tensors = [t for _, t in _tensors(child)]
     if not names or not tensors:
         return None
@@ -113,26 +127,61 @@ def _stacked_count(child: nn.Module) -> int | None:
     return None
 
 
-def _expert_children(block: nn.Module) -> tuple[int | None, list[tuple[str, nn.Module]]]:
-    """The expert count and the children holding experts (a ModuleList named ``experts``, or
-    stacked expert tensors)."""
-    count, children = None, []
+def _dict_prefix(experts: nn.ModuleDict) -> str | None:
+    """``"expert_"`` for keys ``expert_0 … expert_{n-1}`` in order (what a ModuleDict of
+    experts is renumbered with); None for any other keys."""
+    keys = list(experts.keys())
+    prefix = keys[0][:-1] if keys and keys[0].endswith("0") else None
+    ok = prefix is not None and keys == [f"{prefix}{i}" for i in range(len(keys))]
+    return prefix if ok else None
+
+
+def _container(name: str, child: nn.Module
+               ) -> tuple[int, list[tuple[nn.Module, str, str | None]]] | None:
+    """(count, [(owner, name, prefix)]) when ``child`` (named ``name``) holds one module per
+    expert: a ModuleList or numbered ModuleDict named like ``experts``, or a wrapper named
+    so around exactly one such container (DeepSpeed's ``experts.deepspeed_experts``)."""
+    if "expert" not in name.lower():
+        return None
+    if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+        prefix = _dict_prefix(child) if isinstance(child, nn.ModuleDict) else None
+        if len(child) > 1 and (isinstance(child, nn.ModuleList) or prefix is not None):
+            return len(child), []
+        return None
+    inner = [(n, c) for n, c in child.named_children()
+             if isinstance(c, (nn.ModuleList, nn.ModuleDict))]
+    if len(inner) == 1 and not any(True for _ in _tensors(child)):
+        found = _container("expert", inner[0][1])
+        if found is not None:
+            return found[0], [(child, inner[0][0], _prefix_of(inner[0][1]))]
+    return None
+
+
+def _prefix_of(container: nn.Module) -> str | None:
+    return _dict_prefix(container) if isinstance(container, nn.ModuleDict) else None
+
+
+def _expert_children(block: nn.Module
+                     ) -> tuple[int | None, list[tuple[str, nn.Module]],
+                                list[tuple[nn.Module, str, str | None]]]:
+    """The expert count, the children holding experts and the containers of expert modules
+    among them (stacked expert tensors hold no container)."""
+    count, children, lists = None, [], []
     for name, child in block.named_children():
         if "shared" in name:
             continue
-        if isinstance(child, nn.ModuleList):
-            size = len(child) if name == "experts" and len(child) > 1 else None
-        else:
-            size = _stacked_count(child)
+        found = _container(name, child)
+        size = found[0] if found is not None else _stacked_count(child)
         if size is None or (count is not None and size != count):
             continue
         count = size
         children.append((name, child))
-    return count, children
+        if found is not None:
+            lists.extend(found[1] or [(block, name, _prefix_of(child))])
+    return count, children, lists
 
 
 _ROUTER_NAME = re.compile(r"gate|rout|wg|classif", re.IGNORECASE)
-_BLOCK_PER_EXPERT = re.compile(r"gate|rout|noise|bias|expert", re.IGNORECASE)
 
 
 def _router_area(block: nn.Module, skip: set[str]
@@ -150,41 +199,56 @@ def _router_area(block: nn.Module, skip: set[str]
 def _router(block: nn.Module, path: str, count: int,
             skip: set[str]) -> tuple[str, str, nn.Module, str, int]:
     """(child name, full path, owner, tensor name, expert dim) of the router weight: the one
-    2-D parameter with ``count`` rows (or, a raw parameter, columns) outside the experts; a
-    name like gate/router decides between several (Shazeer's ``w_gate`` and ``w_noise``)."""
-    found = []
+    2-D parameter outside the experts with a row per expert (a ``weight``, as nn.Linear
+    holds it) or, for another name, a row or a column per expert (a raw ``w_gate`` used as
+    ``x @ w_gate``); on the block itself only names like gate/router count, and such a name
+    decides between several candidates (Shazeer's ``w_gate`` and ``w_noise``)."""
+    found, square = [], []
     for child, sub, module in _router_area(block, skip):
         for name, weight in module.named_parameters(recurse=False):
-            dims = [d for d in (0, 1) if weight.dim() == 2 and weight.shape[d] == count
-                    and weight.shape[1 - d] > 1]
-            if len(dims) == 1 and (module is not block or _ROUTER_NAME.search(name)):
-                where = ".".join(p for p in (path, sub, name) if p)
-                found.append((child, where, module, name, dims[0]))
+            if weight.dim() != 2 or (module is block and not _ROUTER_NAME.search(name)):
+                continue
+            where = ".".join(p for p in (path, sub, name) if p)
+            if weight.shape[0] == weight.shape[1] == count:
+                square.append(where)
+                continue
+            dims = (0,) if name == "weight" else (0, 1)
+            for dim in dims:
+                if weight.shape[dim] == count and weight.shape[1 - dim] > 1:
+                    found.append((child, where, module, name, dim))
     if len(found) > 1:
-        named = [f for f in found if _ROUTER_NAME.search(f[1].rpartition(".")[0] + "." + f[3])
-                 and "noise" not in f[3]]
+        named = [f for f in found if _ROUTER_NAME.search(f[1]) and "noise" not in f[3]]
         found = named if len(named) == 1 else found
-    if len(found) != 1:
+    square = [w for w in square if _ROUTER_NAME.search(w)] if found else square
+    if len(found) != 1 or square:
         where = ", ".join(f[1] for f in found) or "none"
+        why = (f"; {', '.join(square)} is square ({count} x {count}), so which dim holds the "
+               f"experts cannot be told") if square else ""
         raise ConfigError(
             f"MoE layer {path!r} holds {count} experts, but its router could not be told apart: "
-            f"drop_experts looks for the one 2-D weight with a row (or column) per expert "
-            f"outside the experts and the shared experts; found {where}. Routers with rows "
-            f"beyond the experts (zero-computation or shared-expert gates) are not supported"
+            f"drop_experts looks for the one 2-D weight with a row (or, a raw parameter, a "
+            f"column) per expert outside the experts and the shared experts; found {where}"
+            f"{why}. Routers with rows beyond the experts (zero-computation or shared-expert "
+            f"gates) are not supported"
         )
     return found[0]
 
 
 def find_moe_layers(model: nn.Module) -> list[MoELayer]:
     """Every MoE layer of ``model`` with the tensors that hold one slot per expert."""
-    layers = []
+    layers: list[MoELayer] = []
+    claimed: set[int] = set()  # the experts of layers found: not layers themselves
     for path, block in model.named_modules():
-        count, experts = _expert_children(block)
+        if id(block) in claimed:
+            continue
+        count, experts, lists = _expert_children(block)
         if count is None:
             continue
+        claimed.update(id(m) for _, child in experts for m in child.modules())
         skip = {n for n, _ in experts}
         child, router_path, router, name, dim = _router(block, path, count, skip)
         layer = MoELayer(path, count, router, router_path, name, dim, _top_k(block, router))
+        layer.lists = lists
         _collect_cuts(layer, block, experts, block.get_submodule(child) if child else None)
         layers.append(layer)
     return layers
@@ -200,6 +264,11 @@ def _top_k(block: nn.Module, router: nn.Module) -> int | None:
 
 def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn.Module]],
                   router_child: nn.Module | None) -> None:
+    """Per-expert tensors: stacked experts' (and their submodules') along dim 0, the router
+    weight along its expert dim, and every tensor of the block itself or of the router's
+    module with one dim of the expert count (biases, noise weights, selection biases,
+    per-expert scales and counts). Integer tensors without such a dim (routing tables) and
+    tensors with two such dims are problems, not cuts."""
     count, seen = layer.count, set()
 
     def cut(owner: nn.Module, name: str, dim: int) -> None:
@@ -207,32 +276,34 @@ def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn
             seen.add((id(owner), name))
             layer.cuts.append((owner, name, dim))
 
-    for name, child in experts:
-        if isinstance(child, nn.ModuleList):
-            layer.lists.append((block, name))
-        else:  # stacked tensors, and per-expert ones in submodules (Ergo's expert norms)
-            for sub in child.modules():
-                for tensor_name, tensor in _tensors(sub):
-                    if tensor.dim() >= 1 and tensor.shape[0] == count:
-                        cut(sub, tensor_name, 0)
+    listed = {id(owner.get_submodule(name)) for owner, name, _ in layer.lists}
+    for _, child in experts:
+        if id(child) in listed or any(id(c) in listed for c in child.children()):
+            continue
+        for sub in child.modules():  # stacked tensors, and per-expert ones in submodules
+            for tensor_name, tensor in _tensors(sub):
+                if tensor.dim() >= 1 and tensor.shape[0] == count:
+                    cut(sub, tensor_name, 0)
     cut(layer.router, layer.router_name, layer.router_dim)
-    bias = layer.router._parameters.get("bias")
-    if layer.router_dim == 0 and bias is not None and tuple(bias.shape) == (count,):
-        cut(layer.router, "bias", 0)
     area = [block, *(router_child.modules() if router_child is not None else ())]
     for owner in area:
         for name, tensor in _tensors(owner):
+            if (id(owner), name) in seen or tensor.dim() == 0:
+                continue
             dims = [d for d, size in enumerate(tensor.shape) if size == count]
-            if not (tensor.is_floating_point() or tensor.is_complex()):
-                if len(dims) == 1:  # a per-expert count
-                    cut(owner, name, dims[0])
-                else:  # expert ids, or what is made of them
-                    layer.tables.append(f"{name} ({tuple(tensor.shape)}, {tensor.dtype})")
-            elif (tensor.dim() <= 2 and len(dims) == 1
-                  and (owner is not block or _BLOCK_PER_EXPERT.search(name))):
+            label = f"{name} ({tuple(tensor.shape)}, {tensor.dtype})"
+            if len(dims) == 1:
                 cut(owner, name, dims[0])
-    inside_lists = {id(m) for _, c in experts if isinstance(c, nn.ModuleList)
-                    for m in c.modules()}
+            elif len(dims) > 1:
+                layer.problems.append(f"{label} has {len(dims)} dims of the expert count, so "
+                                      f"which one holds the experts cannot be told")
+            elif not (tensor.is_floating_point() or tensor.is_complex()):
+                layer.problems.append(f"the router reads an integer table {label}, such as "
+                                      f"hash routing's token-to-expert ids, that dropping "
+                                      f"experts would leave pointing at removed or "
+                                      f"renumbered experts")
+    inside_lists = {id(m) for owner, name, _ in layer.lists
+                    for m in owner.get_submodule(name).modules()}
     for module in block.modules():
         if id(module) in inside_lists:
             continue
@@ -244,23 +315,49 @@ def _collect_cuts(layer: MoELayer, block: nn.Module, experts: list[tuple[str, nn
 
 # ---------------------------------------------------------------- router usage
 
+_PRODUCTS = frozenset({F.linear, torch.matmul, torch.mm, torch.bmm, torch.einsum,
+                       torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
+                       torch.Tensor.mm})
 
-def _router_logits(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
-    weight = layer.router_weight.detach()
-    matrix = weight.T if layer.router_dim == 0 else weight  # (H, E)
-    rows = x.detach().reshape(-1, matrix.shape[0]).to(matrix.dtype)
-    logits = rows @ matrix
-    bias = layer.router._parameters.get("bias")
-    if layer.router_dim == 0 and bias is not None and tuple(bias.shape) == (layer.count,):
-        logits = logits + bias.detach()
-    return logits.float()
+
+class _RouterLogits(TorchFunctionMode):
+    """Watches a forward for the router products: the output of ``F.linear``/``matmul``/
+    ``einsum`` with an argument that is a router weight, or made from one alone (``.T``,
+    ``.float()``, ``F.normalize``), whose last dim is the expert count. Those are the logits
+    the router chose from (bias included; a selection bias added later is not)."""
+
+    def __init__(self, layers: Sequence[MoELayer],
+                 record: Callable[[MoELayer, torch.Tensor], None]) -> None:
+        super().__init__()
+        self.record = record
+        self.made: dict[int, tuple[torch.Tensor, MoELayer]] = {
+            id(layer.router_weight): (layer.router_weight, layer) for layer in layers}
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
+                           kwargs: Mapping[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if func is torch.einsum and args and isinstance(args[-1], (list, tuple)):
+            tensors = [t for t in args[-1] if isinstance(t, torch.Tensor)]
+        hits = [self.made[id(t)][1] for t in tensors if id(t) in self.made]
+        if hits and isinstance(out, torch.Tensor):
+            layer = hits[0]
+            if len(tensors) == 1:  # a view, cast or normalisation of the router weight
+                self.made[id(out)] = (out, layer)
+            elif func in _PRODUCTS and out.dim() >= 1 and out.shape[-1] == layer.count:
+                self.record(layer, out.detach())
+        return out
 
 
 def expert_usage(model: nn.Module, calib: Calib) -> dict[str, dict[str, tuple[float, ...]]]:
     """For every MoE layer, each expert's routing ``frequency`` (the fraction of calibration
     tokens whose router top-k holds it; padding excluded where a batch dict carries an
     ``attention_mask``) and mean routing ``probability`` (softmax of the router logits).
-    The router's own selection bias, if any, is left out."""
+    The logits are read from the router's own product during the forward (see
+    :class:`_RouterLogits`): a selection bias or a temperature the router applies afterwards
+    is left out (a temperature changes the probabilities, not the frequencies). A layer whose
+    router product is never seen raises ConfigError."""
     layers = find_moe_layers(model)
     if not layers:
         raise ConfigError(_NO_MOE)
@@ -270,33 +367,32 @@ def expert_usage(model: nn.Module, calib: Calib) -> dict[str, dict[str, tuple[fl
     tokens = dict.fromkeys(counts, 0)
     mask: list[torch.Tensor | None] = [None]
 
-    def hook_for(layer: MoELayer) -> Callable[..., None]:
-        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            if not args or not isinstance(args[0], torch.Tensor):
-                return
-            logits = _router_logits(layer, args[0])
-            keep = mask[0]
-            if keep is not None and keep.numel() == logits.shape[0]:
-                logits = logits[keep.to(logits.device)]
-            k = min(layer.top_k or 1, layer.count)
-            top = logits.topk(k, dim=-1).indices.reshape(-1)
-            counts[layer.path] += torch.bincount(top.cpu(), minlength=layer.count).double()
-            probs[layer.path] += logits.softmax(-1).sum(0).double().cpu()
-            tokens[layer.path] += logits.shape[0]
-        return hook
+    def record(layer: MoELayer, logits: torch.Tensor) -> None:
+        rows = logits.float().reshape(-1, layer.count)
+        keep = mask[0]
+        if keep is not None and keep.numel() == rows.shape[0]:
+            rows = rows[keep.to(rows.device)]
+        k = min(layer.top_k or 1, layer.count)
+        top = rows.topk(k, dim=-1).indices.reshape(-1)
+        counts[layer.path] += torch.bincount(top.cpu(), minlength=layer.count).double()
+        probs[layer.path] += rows.softmax(-1).sum(0).double().cpu()
+        tokens[layer.path] += rows.shape[0]
 
-    handles = [layer.router.register_forward_pre_hook(hook_for(layer)) for layer in layers]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            for batch in batches:
-                mask[0] = _token_mask(batch)
+    with torch.no_grad(), eval_mode(model):
+        for batch in batches:
+            mask[0] = _token_mask(batch)
+            with _RouterLogits(layers, record):
                 run_model(model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    unseen = [layer.router_path for layer in layers if not tokens[layer.path]]
+    if unseen:
+        raise ConfigError(
+            f"the router weights {unseen} never entered a matmul/linear/einsum whose output "
+            f"has one column per expert during the calibration forward, so their logits could "
+            f"not be read (a router that reshapes or combines its weight first); name the "
+            f"experts to drop instead, experts={{{layers[0].path!r}: [...]}}")
     usage = {}
     for layer in layers:
-        seen = max(tokens[layer.path], 1)
+        seen = tokens[layer.path]
         usage[layer.path] = {
             "frequency": tuple(float(c) / seen for c in counts[layer.path]),
             "probability": tuple(float(p) / seen for p in probs[layer.path]),
@@ -415,23 +511,46 @@ def _cut(layer: MoELayer, keep: list[int], journal: _Journal) -> None:
         if isinstance(old, nn.Parameter):
             new = nn.Parameter(new, requires_grad=old.requires_grad)
         journal.set(owner, name, new)
-    for owner, name in layer.lists:
-        old_list = owner._modules[name]
-        assert isinstance(old_list, nn.ModuleList)
-        journal.set(owner, name, nn.ModuleList(old_list[i] for i in keep))
+    for owner, name, prefix in layer.lists:
+        container = owner._modules[name]
+        if prefix is None:
+            assert isinstance(container, nn.ModuleList)
+            journal.set(owner, name, type(container)(container[i] for i in keep))
+        else:  # a ModuleDict keyed prefix0, prefix1, ...: renumbered
+            assert isinstance(container, nn.ModuleDict)
+            renumbered = {f"{prefix}{n}": container[f"{prefix}{i}"] for n, i in enumerate(keep)}
+            journal.set(owner, name, type(container)(renumbered))
     for owner, name in layer.counters:
         journal.set(owner, name, len(keep))
 
 
-def _update_outside(model: nn.Module, layers: list[MoELayer], old: int, new: int,
-                    journal: _Journal) -> None:
-    """Expert counts held outside the MoE layers (the model's own ``num_experts`` for the
-    load-balancing loss) and in the Hugging Face config."""
-    inside = {id(m) for layer in layers for m in model.get_submodule(layer.path).modules()}
-    for module in model.modules():
-        if id(module) not in inside:
-            for name in _int_attr(module, COUNT_NAMES, old):
-                journal.set(module, name, new)
+def _outside_counters(model: nn.Module, layers: list[MoELayer], old: int
+                      ) -> list[tuple[nn.Module, str]]:
+    """Expert counts held outside the MoE layers: on modules that contain MoE layers (the
+    model's own ``num_experts`` for the load-balancing loss). Such a count anywhere else
+    belongs to something drop_experts did not find, and is refused."""
+    paths = [layer.path for layer in layers]
+    inside = {id(m) for path in paths for m in model.get_submodule(path).modules()}
+    found: list[tuple[nn.Module, str, str]] = []
+    strays: list[tuple[nn.Module, str, str]] = []
+    for name, module in model.named_modules():
+        if id(module) in inside:
+            continue
+        for attr in _int_attr(module, COUNT_NAMES, old):
+            holds = not name or any(p.startswith(f"{name}.") for p in paths)
+            (found if holds else strays).append((module, attr, name))
+    if strays:
+        module, attr, name = strays[0]
+        raise ConfigError(
+            f"module {name!r} ({type(module).__name__}) has {attr}={old}, the expert count "
+            f"drop_experts would change, but holds none of the MoE layers it found "
+            f"({', '.join(paths)}); if it is an MoE layer (experts under a name without "
+            f"'expert', or routed some other way) its experts would be left as they are. "
+            f"Name its expert list 'experts' so it is found")
+    return [(module, attr) for module, attr, _ in found]
+
+
+def _update_config(model: nn.Module, old: int, new: int, journal: _Journal) -> None:
     config = getattr(model, "config", None)
     for cfg in (config, getattr(config, "text_config", None)):
         if cfg is None:
@@ -439,6 +558,22 @@ def _update_outside(model: nn.Module, layers: list[MoELayer], old: int, new: int
         for name in COUNT_NAMES:
             if getattr(cfg, name, None) == old:
                 journal.set(cfg, name, new)
+
+
+def _shared_between_layers(layers: list[MoELayer]) -> None:
+    """Refuse a router or experts tied across layers: they would be cut once per layer."""
+    owners: dict[int, str] = {}
+    for layer in layers:
+        held = [(id(_table(o, n)[n]), n) for o, n, _ in layer.cuts]  # type: ignore[index]
+        held += [(id(o.get_submodule(n)), n) for o, n, _ in layer.lists]
+        for key, name in held:
+            where = f"{layer.path}: {name}"
+            if key in owners and not owners[key].startswith(f"{layer.path}:"):
+                raise ConfigError(
+                    f"MoE layers share a tensor or module ({owners[key]} is also {where}); "
+                    f"a router or experts tied across layers would be cut once per layer, "
+                    f"so drop_experts refuses tied MoE layers")
+            owners.setdefault(key, where)
 
 
 def _check_routing(layers: list[MoELayer], model: nn.Module) -> None:
@@ -453,12 +588,9 @@ def _check_routing(layers: list[MoELayer], model: nn.Module) -> None:
                     f"MoE layer {layer.path!r} routes within {groups} expert groups "
                     f"(n_group={groups}); dropping experts would regroup the rest, so "
                     f"drop_experts refuses it. Use a model with n_group=1")
-        if layer.tables:
-            raise ConfigError(
-                f"MoE layer {layer.path!r} routes with an integer table "
-                f"({', '.join(layer.tables)}), such as hash routing's token-to-expert ids; "
-                f"dropping experts would leave it pointing at removed or renumbered experts, "
-                f"so drop_experts refuses the model")
+        if layer.problems:
+            raise ConfigError(f"MoE layer {layer.path!r}: {layer.problems[0]}; drop_experts "
+                              f"refuses the model")
 
 
 def _outputs(model: nn.Module, batch: Any) -> list[torch.Size]:
@@ -472,6 +604,20 @@ def _outputs(model: nn.Module, batch: Any) -> list[torch.Size]:
     if isinstance(out, (tuple, list)):
         return [o.shape for o in out if isinstance(o, torch.Tensor)]
     return []
+
+
+def _check_outputs(model: nn.Module, batch: Any, reference: list[torch.Size]) -> None:
+    try:
+        got = _outputs(model, batch)
+    except Exception as error:
+        raise ConfigError(
+            f"the model with experts removed fails to run ({type(error).__name__}: {error}); "
+            f"its code may route to more experts than are kept (a literal top-k) or loop over "
+            f"a literal expert count. Keep more experts, or read the count from "
+            f"self.num_experts and top-k from self.top_k") from error
+    if got != reference:
+        raise ConfigError(f"the model with experts removed gives outputs of shape {got}, the "
+                          f"dense model {reference}")
 
 
 def drop_experts(model: nn.Module, experts: int | float | Mapping[str, Sequence[int]], *,
@@ -493,6 +639,7 @@ def drop_experts(model: nn.Module, experts: int | float | Mapping[str, Sequence[
     if not layers:
         raise ConfigError(_NO_MOE)
     _check_routing(layers, model)
+    _shared_between_layers(layers)
     usage = None
     if isinstance(experts, Mapping):
         removed = _chosen_from_mapping(layers, experts)
@@ -513,25 +660,28 @@ def drop_experts(model: nn.Module, experts: int | float | Mapping[str, Sequence[
     if len(counts) > 1:
         raise ConfigError(f"experts removes {counts} experts in different layers; "
                           f"remove the same number from every MoE layer")
+    uniform = len(set(before)) == 1
+    if uniform:
+        _outside_counters(model, layers, before[0])  # refuses counts of layers not found
     batches = _batches(calib) if calib is not None else []
     reference = _outputs(model, batches[0]) if batches else None
     params_before = sum(p.numel() for p in model.parameters())
-    pruned = model if inplace else copy.deepcopy(model)
+    pruned = model if inplace else copy_model(model)
     target = find_moe_layers(pruned) if not inplace else layers
     journal = _Journal()
     try:
         for layer in target:
             drop = set(removed[layer.path])
             _cut(layer, [i for i in range(layer.count) if i not in drop], journal)
-        if len(set(before)) == 1:
-            _update_outside(pruned, target, before[0], before[0] - counts[0], journal)
+        if uniform:
+            new = before[0] - counts[0]
+            for module, attr in _outside_counters(pruned, target, before[0]):
+                journal.set(module, attr, new)
+            _update_config(pruned, before[0], new, journal)
         if hasattr(type(pruned), "from_pretrained") and hasattr(pruned, "config"):
             check_reloadable(pruned)
         if reference is not None:
-            got = _outputs(pruned, batches[0])
-            if got != reference:
-                raise ConfigError(f"the model with experts removed gives outputs of shape "
-                                  f"{got}, the dense model {reference}")
+            _check_outputs(pruned, batches[0], reference)
     except Exception:
         journal.rollback()
         raise
