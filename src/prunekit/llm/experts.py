@@ -441,8 +441,7 @@ def _how_many(experts: int | float, count: int, top_k: int | None) -> int:
 
 
 def _ranked(usage: Mapping[str, tuple[float, ...]], importance: str) -> list[int]:
-    if importance not in IMPORTANCES:
-        raise ConfigError(f"importance={importance!r}; choose one of {IMPORTANCES}")
+    """Expert indices, least used first (ties broken by the other statistic)."""
     other = "probability" if importance == "frequency" else "frequency"
     first, second = usage[importance], usage[other]
     return sorted(range(len(first)), key=lambda i: (first[i], second[i], i))
