@@ -29,9 +29,8 @@ import time
 
 import torch
 
-from llm import byte_ids, markov_text, train
-from prunekit.errors import DataError
-from prunekit.llm import calibration_batches, default_texts, perplexity
+from llm import byte_corpus, train
+from prunekit.llm import calibration_batches, perplexity
 from prunekit.llm.experts import drop_experts, expert_usage, find_moe_layers
 
 
@@ -51,14 +50,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    try:
-        texts, source = default_texts(), "fortunes"
-    except DataError:
-        texts, source = markov_text(120_000, seed=0), "synthetic Markov text"
-    random.Random(0).shuffle(texts)
-    ids = byte_ids(texts)
-    split = int(0.9 * ids.numel())
-    train_ids, test_ids = ids[:split], ids[split:][: args.eval_tokens]
+    train_ids, test_ids, source = byte_corpus(args.eval_tokens)
     config = MixtralConfig(vocab_size=256, hidden_size=args.hidden,
                            intermediate_size=args.hidden * 2, num_hidden_layers=args.layers,
                            num_attention_heads=4, num_key_value_heads=2,

@@ -31,7 +31,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.llm.moe_models
 
-from tests.llm.moe_models import routers_masked  # noqa: E402
+from tests.llm.moe_models import randomize_routers, routers_masked  # noqa: E402
 
 from prunekit.errors import ConfigError  # noqa: E402
 from prunekit.llm.experts import drop_experts, expert_usage, find_moe_layers  # noqa: E402
@@ -96,12 +96,7 @@ def build(model_type: str) -> nn.Module:
         raise MemoryError(f"{size:,} parameters from the config defaults")
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     logits(model, torch.randint(3, 100, (1, 4)))  # a config the family cannot run is not built
-    with torch.no_grad():
-        for layer in find_moe_layers(model):
-            layer.router_weight.normal_(0, 0.5)
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            if "correction_bias" in name or "expert_bias" in name:
-                tensor.zero_()
+    randomize_routers(model)
     return model
 
 

@@ -90,6 +90,19 @@ def byte_ids(texts: list[str]) -> torch.Tensor:
     return torch.tensor(list("\n\n".join(texts).encode("utf-8")), dtype=torch.long)
 
 
+def byte_corpus(eval_tokens: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(train ids, held-out ids, source): byte-tokenized fortunes (Markov text without them),
+    shuffled, split 90/10, the held-out part cut to ``eval_tokens``."""
+    try:
+        texts, source = default_texts(), "fortunes"
+    except DataError:
+        texts, source = markov_text(120_000, seed=0), "synthetic Markov text"
+    random.Random(0).shuffle(texts)
+    ids = byte_ids(texts)
+    split = int(0.9 * ids.numel())
+    return ids[:split], ids[split:][:eval_tokens], source
+
+
 def train(model: nn.Module, ids: torch.Tensor, steps: int, seqlen: int, batch: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     gen = torch.Generator().manual_seed(0)
@@ -118,14 +131,7 @@ def llama_section(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    try:
-        texts, source = default_texts(), "fortunes"
-    except DataError:
-        texts, source = markov_text(120_000, seed=0), "synthetic Markov text"
-    random.Random(0).shuffle(texts)
-    ids = byte_ids(texts)
-    split = int(0.9 * ids.numel())
-    train_ids, test_ids = ids[:split], ids[split:][: args.eval_tokens]
+    train_ids, test_ids, source = byte_corpus(args.eval_tokens)
     config = LlamaConfig(
         hidden_size=args.hidden,
         intermediate_size=args.hidden * 8 // 3 // 8 * 8,
@@ -139,7 +145,8 @@ def llama_section(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     final_loss = train(model, train_ids, args.steps, args.seqlen, batch=16)
     print(
-        f"{source}: {ids.numel()} byte tokens; LLaMA hidden={args.hidden} layers={args.layers} "
+        f"{source}: {train_ids.numel()} training byte tokens; LLaMA hidden={args.hidden} "
+        f"layers={args.layers} "
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) trained "
         f"{args.steps} steps in {time.perf_counter() - t0:.0f} s, final loss {final_loss:.3f}"
     )

@@ -46,6 +46,19 @@ def _linear_style(weight: torch.Tensor) -> bool:
     return not getattr(weight, "raw_router", False)
 
 
+def randomize_routers(model: nn.Module) -> None:
+    """Routers N(0, 0.5) and selection biases zero: some families start with zero routers
+    (every expert tied) or biases that would let a dropped expert win the masked reference."""
+    from prunekit.llm.experts import find_moe_layers
+
+    with torch.no_grad():
+        for layer in find_moe_layers(model):
+            layer.router_weight.normal_(0, 0.5)
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if "correction_bias" in name or "expert_bias" in name:
+                tensor.zero_()
+
+
 class Expert(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -66,12 +79,15 @@ class ListMoE(nn.Module):
         self.gate = nn.Linear(dim, experts, bias=False)
         self.experts = nn.ModuleList(Expert(dim, hidden) for _ in range(experts))
 
+    def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights, chosen experts) of every token, each (tokens, top_k)."""
+        weights, chosen = self.gate(flat).softmax(-1).topk(self.top_k, dim=-1)
+        return weights / weights.sum(-1, keepdim=True), chosen
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         flat = x.reshape(-1, d)
-        probs = self.gate(flat).softmax(-1)
-        weights, chosen = probs.topk(self.top_k, dim=-1)
-        weights = weights / weights.sum(-1, keepdim=True)
+        weights, chosen = self.route(flat)
         out = torch.zeros_like(flat)
         for e in range(self.num_experts):
             rows, slot = torch.where(chosen == e)
@@ -267,16 +283,9 @@ class CosineMoE(ListMoE):
     def logits(self, flat: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.reduce(flat), dim=-1) @ F.normalize(self.wg, dim=-1).T / 0.3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        flat = x.reshape(-1, d)
+    def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weights, chosen = self.logits(flat).softmax(-1).topk(self.top_k, dim=-1)
-        out = torch.zeros_like(flat)
-        for e in range(self.num_experts):
-            rows, slot = torch.where(chosen == e)
-            if rows.numel():
-                out.index_add_(0, rows, self.experts[e](flat[rows]) * weights[rows, slot, None])
-        return out.reshape(b, t, d)
+        return weights, chosen
 
 
 class HiddenListMoE(ListMoE):

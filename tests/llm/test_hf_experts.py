@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from tests.llm.moe_models import routers_masked
+from tests.llm.moe_models import randomize_routers, routers_masked
 from torch import nn
 
 from prunekit.errors import ConfigError
@@ -51,12 +51,7 @@ def _model(family: str) -> nn.Module:
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(family, **{**COMMON, **FAMILIES[family]})
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # some families start with zero routers or selection biases
-        for layer in find_moe_layers(model):
-            layer.router_weight.normal_(0, 0.5)
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            if "correction_bias" in name or "expert_bias" in name:
-                tensor.zero_()
+    randomize_routers(model)
     return model
 
 
