@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.structured.test_equivalence import _zero_removed_inputs as _zeroed
 from torch import Tensor, nn
 
 import prunekit
@@ -157,3 +158,31 @@ def test_model_code_beside_an_installed_prunekit_is_user_code() -> None:
     assert not beside.startswith(_SKIP)
     assert os.path.join(package, "graph", "trace.py").startswith(_SKIP)
     assert torch.nn.modules.module.__file__.startswith(_SKIP)
+
+
+class LastTokens(nn.Module):
+    """Reshapes back by sizes read from the input's shape; ``self.window`` (16, the width
+    too) counts tokens and must never be taken for the width."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.inp, self.fc, self.out = nn.Linear(8, d), nn.Linear(d, d), nn.Linear(d, 4)
+        self.window = 16
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        b, t, d = h.shape
+        y = self.fc(h.reshape(-1, d)).reshape(b, t, d)
+        return self.out(y[:, -self.window:].mean(1))
+
+
+def test_an_attribute_equal_to_a_size_read_from_a_shape_is_not_rewritten() -> None:
+    torch.manual_seed(0)
+    model = LastTokens().eval()
+    # one token: the reshape (1, 16) -> (1, 1, 16) puts the size-1 dims beside the width
+    result = prune(model, torch.randn(1, 1, 8), ratio=0.5)
+    assert result.model.window == 16 and "window" not in str(result.plan.get("attrs", {}))
+    assert result.model.fc.out_features == 8
+    x = torch.randn(2, 30, 8)  # 30 tokens: the window matters
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zeroed(model, result.plan)(x))

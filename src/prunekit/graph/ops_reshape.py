@@ -224,6 +224,9 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     named = isinstance(name, str) and name in holders
     if named:  # view(b, l, self.num_heads, self.head_dim), both 8: the source says which
         holders = [str(name)]
+    elif len(sizes) == labels.dim() and isinstance(sizes[dim], SizeInt):
+        return  # read from a shape (b, t, d = x.shape): follows; an attribute of equal value
+        # that the call does not name sizes something else (graph/sizes.py judges reads)
     if len(holders) == 1 and not named and _written_twice(sizes, labels, segment, dim) \
             and not _named_for(holders[0], dim, segment):
         _block_ambiguous(ctx, call, labels, size, holders[0])

@@ -26,7 +26,7 @@ from prunekit.graph.dependency import DependencyGraph, Group, build_groups
 from prunekit.graph.modes import eval_mode, model_mode
 from prunekit.graph.passes import eager_compiled
 from prunekit.graph.replay import Recording, Replay
-from prunekit.graph.trace import trace
+from prunekit.graph.trace import Trace, trace
 from prunekit.importance.group import (
     Aggregation,
     GroupCriterion,
@@ -173,6 +173,9 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
     if legacy:
         raise legacy_error(legacy)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
+    unreached = _unreached_siblings(model, traced)
+    if unreached:
+        raise _unreached_error(unreached)
     # weight norm alone is cut exactly (structured.weight_norm); any other parametrization
     # computes a tensor that cannot be cut
     masked = [(name, rec.module) for name, rec in traced.modules.items()
@@ -191,6 +194,42 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
     scores = score_groups(criterion, inputs, aggregation=aggregation,
                           normalization=normalization, seed=seed)
     return graph, scores
+
+
+def _unreached_siblings(model: nn.Module, traced: Trace) -> list[tuple[str, str]]:
+    """(module, a sibling that ran) for each module with parameters in a ModuleList or
+    ModuleDict that never ran on the example inputs while a sibling did: code that picks
+    among them by the data (mixture-of-experts routing, a head chosen by an input, early
+    exit). What it reads is unknown, so a width it reads may be cut; the forward check
+    replays the traced routing and never enters it."""
+    ran: set[str] = set()
+    for name in [*traced.modules, *(p.rpartition(".")[0] for p in traced.params)]:
+        while name and name not in ran:
+            ran.add(name)
+            name = name.rpartition(".")[0]
+    found = []
+    for path, container in model.named_modules():
+        if not isinstance(container, (nn.ModuleList, nn.ModuleDict)):
+            continue
+        children = [(f"{path}.{key}" if path else key, child)
+                    for key, child in container.named_children()]
+        reached = [name for name, _ in children if name in ran]
+        if reached:
+            found += [(name, reached[0]) for name, child in children
+                      if name not in ran and any(True for _ in child.parameters())]
+    return found
+
+
+def _unreached_error(unreached: list[tuple[str, str]]) -> ConfigError:
+    names = ", ".join(name for name, _ in unreached[:4]) + (
+        f" and {len(unreached) - 4} more" if len(unreached) > 4 else "")
+    return ConfigError(
+        f"example_inputs: {names} never ran on the example inputs, while "
+        f"{unreached[0][1]} beside it did. The code picks among them by the data "
+        f"(mixture-of-experts routing, a head chosen by an input, early exit), so the widths "
+        f"they read are unknown and pruning could cut one under them. Pass example inputs "
+        f"that reach every one of them (for an MoE: enough tokens that the router picks "
+        f"every expert)")
 
 
 def _parametrized_error(masked: list[tuple[str, nn.Module]]) -> ConfigError:
