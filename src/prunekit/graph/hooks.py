@@ -35,6 +35,7 @@ class CallStack:
 
     def __init__(self, model: nn.Module) -> None:
         self.paths: list[str] = []  # dotted paths; the model itself has none
+        self.entered: set[str] = set()  # the path of every module whose forward ran
         self.modules: list[nn.Module] = [model]
         self.atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
         self.mode: TorchFunctionMode | None = None  # the recorder, once it runs
@@ -74,6 +75,7 @@ class CallStack:
                 if entry is None:
                     return
                 stack.paths.append(entry[0])
+                stack.entered.add(entry[0])
                 stack.modules.append(mod)
                 atomic = entry[1] is not None and stack.atomic_depth == 0  # none around it
                 atomic_stack.append(atomic)

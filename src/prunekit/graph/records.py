@@ -89,3 +89,5 @@ class Trace:
     # ("file:line", labels) where the code computes a number from a width (an attention
     # scale from the head width): pruning those channels changes the number
     width_numbers: list[tuple[str, Tensor]] = field(default_factory=list)
+    # the path of every module whose forward ran in either pass (layers or not)
+    ran: frozenset[str] = frozenset()

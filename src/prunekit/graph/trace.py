@@ -564,4 +564,5 @@ def trace(
         ctx._built.clear()
         ctx.at_end.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
-                 train_shapes, ctx.aligned, data, train_data, ctx.width_numbers)
+                 train_shapes, ctx.aligned, data, train_data, ctx.width_numbers,
+                 frozenset(ctx._calls.entered))

@@ -202,11 +202,7 @@ def _unreached_siblings(model: nn.Module, traced: Trace) -> list[tuple[str, str]
     among them by the data (mixture-of-experts routing, a head chosen by an input, early
     exit). What it reads is unknown, so a width it reads may be cut; the forward check
     replays the traced routing and never enters it."""
-    ran: set[str] = set()
-    for name in [*traced.modules, *(p.rpartition(".")[0] for p in traced.params)]:
-        while name and name not in ran:
-            ran.add(name)
-            name = name.rpartition(".")[0]
+    ran = traced.ran
     found = []
     for path, container in model.named_modules():
         if not isinstance(container, (nn.ModuleList, nn.ModuleDict)):
