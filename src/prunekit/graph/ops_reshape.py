@@ -201,10 +201,11 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     must follow. It does when the call leaves it to -1 or writes a size read from a shape
     (``b, t, d = x.shape``; an attribute of equal value that the call does not name is left
     alone), when one int attribute of the running module holds it (``self.head_dim``,
-    ``self.groups``: bound, then rewritten), when the code computes it from a shape read (``C // groups``; a leading ``in_channels`` read from
-    the input, as MobileViT V2's unfolding and Mamba2's gated norm write it: judged by
-    :mod:`prunekit.graph.sizes`), or, for the trailing factor, when a reshape's sizes do not
-    line up with its dims. A factor of a size fixed in the code keeps its channels whole.
+    ``self.groups``: bound, then rewritten), when the code computes it from a shape read
+    (``C // groups``; a leading ``in_channels`` read from the input, as MobileViT V2's
+    unfolding and Mamba2's gated norm write it: judged by :mod:`prunekit.graph.sizes`), or,
+    for the trailing factor, when a reshape's sizes do not line up with its dims. A factor
+    of a size fixed in the code keeps its channels whole.
 
     Attributes are matched by value, so when the call writes the factor's size for another
     factor of the split too (``view(b, self.groups, c // self.groups)`` with 3 and 3), the
