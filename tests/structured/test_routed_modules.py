@@ -87,3 +87,33 @@ def test_with_every_expert_reached_the_pruned_model_is_exact_on_other_inputs() -
         x = torch.randn(rows, 8)
         with torch.no_grad():
             torch.testing.assert_close(result.model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+class EveryExpertMoE(MoE):
+    """Calls every expert, on the rows routed to it, however many: often none."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w, idx = self.gate(x).softmax(-1).topk(self.k, -1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            rows, slot = torch.where(idx == e)
+            out = out.index_add(0, rows, expert(x[rows]) * w[rows, slot, None])
+        return out
+
+
+class EveryExpertNet(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.moe = EveryExpertMoE()
+
+
+def test_an_expert_run_on_no_rows_counts_as_not_reached() -> None:
+    torch.manual_seed(0)
+    model = EveryExpertNet().eval()
+    with pytest.raises(ConfigError, match=r"moe\.experts\.\d.* never ran on the example"):
+        prune(model, torch.randn(1, 8), ratio=0.5)
+    result = prune(model, torch.randn(64, 8), ratio=0.5, importance="random")
+    reference = _zero_removed_inputs(model, result.plan)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), reference(x), rtol=1e-5, atol=1e-6)

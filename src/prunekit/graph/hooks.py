@@ -29,13 +29,22 @@ _SIZE = torch.Tensor.size
 _NUMEL = torch.Tensor.numel
 
 
+def _empty_tensors_only(args: Any) -> bool:
+    """True if the positional arguments hold tensors and every one is empty (read with
+    torch functions off, so the recorder takes no shape read)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    with torch._C.DisableTorchFunction():
+        return bool(tensors) and all(t.numel() == 0 for t in tensors)
+
+
 class CallStack:
     """The modules whose forward is running (innermost last), and whether ops are recorded
     now: not while an atomic module runs."""
 
     def __init__(self, model: nn.Module) -> None:
         self.paths: list[str] = []  # dotted paths; the model itself has none
-        self.entered: set[str] = set()  # the path of every module whose forward ran
+        # the path of every module whose forward ran on something: not on empty tensors only
+        self.entered: set[str] = set()
         self.modules: list[nn.Module] = [model]
         self.atomic_depth = 0  # > 0 while an atomic module (a layer adapter's) runs
         self.mode: TorchFunctionMode | None = None  # the recorder, once it runs
@@ -75,7 +84,9 @@ class CallStack:
                 if entry is None:
                     return
                 stack.paths.append(entry[0])
-                stack.entered.add(entry[0])
+                if not _empty_tensors_only(args):
+                    stack.entered.add(entry[0])  # (a call on empty tensors only couples
+                    # nothing: an expert no token reached, run on an empty batch)
                 stack.modules.append(mod)
                 atomic = entry[1] is not None and stack.atomic_depth == 0  # none around it
                 atomic_stack.append(atomic)
