@@ -89,5 +89,6 @@ class Trace:
     # ("file:line", labels) where the code computes a number from a width (an attention
     # scale from the head width): pruning those channels changes the number
     width_numbers: list[tuple[str, Tensor]] = field(default_factory=list)
-    # the path of every module whose forward ran in either pass (layers or not)
+    # the path of every module whose forward ran in either pass (layers or not) on at least
+    # one non-empty tensor, or on no tensor argument at all
     ran: frozenset[str] = frozenset()

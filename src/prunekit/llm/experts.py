@@ -57,7 +57,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prunekit._caches import copy_model
-from prunekit._inputs import run_model
+from prunekit._inputs import run_model, walk_tensors
 from prunekit.errors import ConfigError
 from prunekit.graph.modes import eval_mode
 from prunekit.llm.depth import Calib, _batches, _token_mask
@@ -136,29 +136,34 @@ def _dict_prefix(experts: nn.ModuleDict) -> str | None:
     return prefix if ok else None
 
 
-def _container(name: str, child: nn.Module
-               ) -> tuple[int, list[tuple[nn.Module, str, str | None]]] | None:
-    """(count, [(owner, name, prefix)]) when ``child`` (named ``name``) holds one module per
-    expert: a ModuleList or numbered ModuleDict named like ``experts``, or a wrapper named
-    so around exactly one such container (DeepSpeed's ``experts.deepspeed_experts``)."""
-    if "expert" not in name.lower():
-        return None
-    if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
-        prefix = _dict_prefix(child) if isinstance(child, nn.ModuleDict) else None
-        if len(child) > 1 and (isinstance(child, nn.ModuleList) or prefix is not None):
-            return len(child), []
-        return None
-    inner = [(n, c) for n, c in child.named_children()
-             if isinstance(c, (nn.ModuleList, nn.ModuleDict))]
-    if len(inner) == 1 and not any(True for _ in _tensors(child)):
-        found = _container("expert", inner[0][1])
-        if found is not None:
-            return found[0], [(child, inner[0][0], _prefix_of(inner[0][1]))]
-    return None
+def _holds_experts(container: nn.Module) -> bool:
+    """A ModuleList of two or more modules, or a ModuleDict keyed ``expert_0 …``."""
+    if isinstance(container, nn.ModuleDict):
+        return len(container) > 1 and _dict_prefix(container) is not None
+    return isinstance(container, nn.ModuleList) and len(container) > 1
 
 
 def _prefix_of(container: nn.Module) -> str | None:
     return _dict_prefix(container) if isinstance(container, nn.ModuleDict) else None
+
+
+def _container(name: str, child: nn.Module
+               ) -> tuple[int, list[tuple[nn.Module, str, str | None]]] | None:
+    """(count, [(owner, name, prefix)] of a container one level down, or [] for ``child``
+    itself) when ``child`` (named ``name``, which contains ``expert``) holds one module per
+    expert: a ModuleList or numbered ModuleDict, or a wrapper around exactly one such
+    container and no tensors (DeepSpeed's ``experts.deepspeed_experts``)."""
+    if "expert" not in name.lower():
+        return None
+    if _holds_experts(child):
+        return len(child), []  # type: ignore[arg-type]
+    inner = [(n, c) for n, c in child.named_children()
+             if isinstance(c, (nn.ModuleList, nn.ModuleDict))]
+    if len(inner) == 1 and _holds_experts(inner[0][1]) and not any(True for _ in
+                                                                  _tensors(child)):
+        key, container = inner[0]
+        return len(container), [(child, key, _prefix_of(container))]
+    return None
 
 
 def _expert_children(block: nn.Module
@@ -592,20 +597,16 @@ def _check_routing(layers: list[MoELayer], model: nn.Module) -> None:
                               f"refuses the model")
 
 
-def _outputs(model: nn.Module, batch: Any) -> list[torch.Size]:
+def _outputs(model: nn.Module, batch: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """Output paths and shapes of a no-grad forward in eval mode (each module's own mode
+    restored after it)."""
     with torch.no_grad(), eval_mode(model):
         out = run_model(model, batch)
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return [logits.shape]
-    if isinstance(out, torch.Tensor):
-        return [out.shape]
-    if isinstance(out, (tuple, list)):
-        return [o.shape for o in out if isinstance(o, torch.Tensor)]
-    return []
+    return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
 
 
-def _check_outputs(model: nn.Module, batch: Any, reference: list[torch.Size]) -> None:
+def _check_outputs(model: nn.Module, batch: Any,
+                   reference: list[tuple[str, tuple[int, ...]]]) -> None:
     try:
         got = _outputs(model, batch)
     except Exception as error:
