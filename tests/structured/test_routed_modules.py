@@ -1,10 +1,13 @@
 """Modules the code picks among by the data (mixture-of-experts routing, a head chosen by
-an input): those the example inputs never reach read widths the trace cannot see, so prune
-refuses with the fix instead of returning a model that breaks once a token reaches them;
-with inputs that reach all of them, every expert is pruned and the model is exact on other
-inputs too."""
+an input, early exit): those the example inputs never reach read widths the trace cannot
+see. Where at least two siblings of the same layout ran and were coupled alike, the others
+are pruned like them (with a warning) and the forward check runs each on a sibling's
+inputs; otherwise prune refuses with the fix instead of returning a model that breaks once
+a token reaches them. Either way the pruned model is exact on inputs that reach them all."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
@@ -12,8 +15,8 @@ import torch.nn.functional as F
 from tests.structured.test_equivalence import _zero_removed_inputs
 from torch import Tensor, nn
 
-from prunekit.errors import ConfigError
-from prunekit.structured import prune
+from prunekit.errors import ConfigError, PruneValidationError
+from prunekit.structured import PruneResult, prune
 
 
 class FFN(nn.Module):
@@ -62,11 +65,36 @@ class TaskHeads(nn.Module):
         return self.heads[task](F.relu(self.body(x)))
 
 
-def test_experts_the_example_never_reaches_are_refused_with_the_fix() -> None:
+def _assert_exact(model: nn.Module, result: PruneResult, *inputs: tuple[Any, ...]) -> None:
+    reference = _zero_removed_inputs(model, result.plan)
+    for args in inputs:
+        with torch.no_grad():
+            torch.testing.assert_close(result.model(*args), reference(*args),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_experts_the_example_never_reaches_are_pruned_like_those_that_ran() -> None:
     torch.manual_seed(0)
     model = Net().eval()
+    with pytest.warns(UserWarning, match=r"moe\.experts\.\d.* never ran on the example "
+                                         r"inputs; they are pruned like their siblings"):
+        result = prune(model, torch.randn(1, 8), ratio=0.5)
+    assert [e.fc1.out_features for e in result.model.moe.experts] == [16] * 6
+    assert [e.fc2.in_features for e in result.model.moe.experts] == [16] * 6
+    assert result.model.moe.gate.out_features == 6
+    # a weight criterion scores a copied expert by its own weights: the plan is the one
+    # that inputs reaching every expert give
+    reached_all = prune(model, torch.randn(64, 8), ratio=0.5)
+    assert result.plan["modules"] == reached_all.plan["modules"]
+    _assert_exact(model, result, *[(torch.randn(rows, 8),) for rows in (1, 3, 200)])
+
+
+def test_one_expert_that_ran_is_not_enough_to_copy() -> None:
+    torch.manual_seed(0)
+    model = Net().eval()
+    model.moe.k = 1  # one token reaches one expert: nothing says the others are alike
     with pytest.raises(ConfigError, match=r"moe\.experts\.\d.* never ran on the example "
-                                          r"inputs.*reach every one"):
+                                          r"inputs.*at least two siblings.*reach every one"):
         prune(model, torch.randn(1, 8), ratio=0.5)
 
 
@@ -110,10 +138,101 @@ class EveryExpertNet(Net):
 def test_an_expert_run_on_no_rows_counts_as_not_reached() -> None:
     torch.manual_seed(0)
     model = EveryExpertNet().eval()
+    model.moe.k = 1  # one token: one expert runs on it, the others on no rows
     with pytest.raises(ConfigError, match=r"moe\.experts\.\d.* never ran on the example"):
         prune(model, torch.randn(1, 8), ratio=0.5)
-    result = prune(model, torch.randn(64, 8), ratio=0.5, importance="random")
-    reference = _zero_removed_inputs(model, result.plan)
-    x = torch.randn(5, 8)
+    model.moe.k = 2
+    with pytest.warns(UserWarning, match=r"never ran on the example inputs; they are pruned"):
+        result = prune(model, torch.randn(1, 8), ratio=0.5, importance="random")
+    assert [e.fc1.out_features for e in result.model.moe.experts] == [16] * 6
+    _assert_exact(model, result, (torch.randn(5, 8),), (torch.randn(64, 8),))
+
+
+class TwoBranchHeads(nn.Module):
+    """Head i reads branch i; head 2 (picked by the input) never runs on the example."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Linear(8, 16), nn.Linear(8, 16)])
+        self.heads = nn.ModuleList(nn.Linear(16, 3) for _ in range(3))
+
+    def forward(self, x: Tensor, picks: tuple[int, ...]) -> Tensor:
+        feats = [F.relu(branch(x)) for branch in self.branches]
+        return sum(self.heads[i](feats[i]) for i in picks)  # type: ignore[return-value]
+
+
+def test_siblings_that_ran_but_read_different_channels_are_not_copied() -> None:
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError, match=r"heads\.2 never ran.*coupled alike"):
+        prune(TwoBranchHeads().eval(), (torch.randn(2, 8), (0, 1)), ratio=0.5)
+
+
+class FlaggedFFN(FFN):
+    """Expert ``wide`` reads its hidden width as a constant: cut, it breaks once it runs."""
+
+    def __init__(self, d: int, h: int, wide: bool) -> None:
+        super().__init__(d, h)
+        self.wide, self.h = wide, h
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = F.gelu(self.fc1(x))
+        if self.wide:
+            hidden = hidden.repeat(1, 2)[:, : self.h]
+        return self.fc2(hidden)
+
+
+class FlaggedNet(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.moe.experts = nn.ModuleList(FlaggedFFN(16, 32, wide=e == 3) for e in range(6))
+
+
+def test_the_check_runs_each_copy_on_its_siblings_inputs() -> None:
+    torch.manual_seed(0)
+    model = FlaggedNet().eval()
+    x = torch.randn(1, 8)
     with torch.no_grad():
-        torch.testing.assert_close(result.model(x), reference(x), rtol=1e-5, atol=1e-6)
+        routed = set(model.moe.gate(model.inp(x)).topk(2, -1).indices.view(-1).tolist())
+    assert 3 not in routed and len(routed) == 2
+    with pytest.warns(UserWarning, match="never ran"), \
+            pytest.raises(PruneValidationError, match=r"moe\.experts\.3, pruned like .* fails on "
+                                                      r".*Cutting group \d+ .*experts\.3\.fc1"):
+        prune(model, x, ratio=0.5)
+    with pytest.warns(UserWarning):
+        result = prune(model, x, ratio=0.5, strict=False)
+    assert result.model.moe.experts[3].fc1.out_features == 32  # its group is kept whole
+    assert [e.fc1.out_features for i, e in enumerate(result.model.moe.experts) if i != 3] \
+        == [16] * 5
+    _assert_exact(model, result, (torch.randn(64, 8),))
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ffn = FFN(16, 32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.ffn(x)
+
+
+class EarlyExit(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.layers = nn.ModuleList(Block() for _ in range(4))
+
+    def forward(self, x: Tensor, depth: int) -> Tensor:
+        h = self.inp(x)
+        for layer in self.layers[:depth]:
+            h = layer(h)
+        return self.out(h)
+
+
+def test_layers_after_an_early_exit_are_pruned_like_those_that_ran() -> None:
+    torch.manual_seed(0)
+    model = EarlyExit().eval()
+    with pytest.warns(UserWarning, match=r"layers\.2, layers\.3 never ran"):
+        result = prune(model, (torch.randn(3, 8), 2), ratio=0.5)
+    assert [(layer.ffn.fc1.in_features, layer.ffn.fc1.out_features)
+            for layer in result.model.layers] == [(8, 16)] * 4
+    _assert_exact(model, result, (torch.randn(5, 8), 4), (torch.randn(5, 8), 3))

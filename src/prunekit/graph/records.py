@@ -92,3 +92,5 @@ class Trace:
     # the path of every module whose forward ran in either pass (layers or not) on at least
     # one non-empty tensor, or on no tensor argument at all
     ran: frozenset[str] = frozenset()
+    # module -> the sibling that ran whose records were copied for it (graph/mirror.py)
+    mirrored: dict[str, str] = field(default_factory=dict)

@@ -9,7 +9,7 @@ import gc
 import types
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -23,10 +23,11 @@ from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_widt
 from prunekit.errors import ConfigError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
 from prunekit.graph.dependency import DependencyGraph, Group, build_groups
+from prunekit.graph.mirror import mirror_unreached
 from prunekit.graph.modes import eval_mode, model_mode
 from prunekit.graph.passes import eager_compiled
 from prunekit.graph.replay import Recording, Replay
-from prunekit.graph.trace import Trace, trace
+from prunekit.graph.trace import trace
 from prunekit.importance.group import (
     Aggregation,
     GroupCriterion,
@@ -173,9 +174,11 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
     if legacy:
         raise legacy_error(legacy)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
-    unreached = _unreached_siblings(model, traced)
-    if unreached:
-        raise _unreached_error(unreached)
+    mirroring = mirror_unreached(model, traced)
+    if mirroring.refused:
+        raise _unreached_error(mirroring.refused)
+    if mirroring.copied:
+        warnings.warn(_mirrored_note(mirroring.copied), stacklevel=4)
     # weight norm alone is cut exactly (structured.weight_norm); any other parametrization
     # computes a tensor that cannot be cut
     masked = [(name, rec.module) for name, rec in traced.modules.items()
@@ -196,26 +199,6 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
     return graph, scores
 
 
-def _unreached_siblings(model: nn.Module, traced: Trace) -> list[tuple[str, str]]:
-    """(module, a sibling that ran) for each module with parameters in a ModuleList or
-    ModuleDict that never ran on the example inputs while a sibling did: code that picks
-    among them by the data (mixture-of-experts routing, a head chosen by an input, early
-    exit). What it reads is unknown, so a width it reads may be cut; the forward check
-    replays the traced routing and never enters it."""
-    ran = traced.ran
-    found = []
-    for path, container in model.named_modules():
-        if not isinstance(container, (nn.ModuleList, nn.ModuleDict)):
-            continue
-        children = [(f"{path}.{key}" if path else key, child)
-                    for key, child in container.named_children()]
-        reached = [name for name, _ in children if name in ran]
-        if reached:
-            found += [(name, reached[0]) for name, child in children
-                      if name not in ran and any(True for _ in child.parameters())]
-    return found
-
-
 def _unreached_error(unreached: list[tuple[str, str]]) -> ConfigError:
     names = ", ".join(name for name, _ in unreached[:4]) + (
         f" and {len(unreached) - 4} more" if len(unreached) > 4 else "")
@@ -223,9 +206,20 @@ def _unreached_error(unreached: list[tuple[str, str]]) -> ConfigError:
         f"example_inputs: {names} never ran on the example inputs, while "
         f"{unreached[0][1]} beside it did. The code picks among them by the data "
         f"(mixture-of-experts routing, a head chosen by an input, early exit), so the widths "
-        f"they read are unknown and pruning could cut one under them. Pass example inputs "
-        f"that reach every one of them (for an MoE: enough tokens that the router picks "
-        f"every expert)")
+        f"they read are unknown and pruning could cut one under them; they would be pruned "
+        f"like their siblings if at least two siblings of the same class and shapes ran and "
+        f"were coupled alike. Pass example inputs that reach every one of them (for an MoE: "
+        f"enough tokens that the router picks every expert)")
+
+
+def _mirrored_note(copied: dict[str, str]) -> str:
+    names = ", ".join(list(copied)[:4]) + (
+        f" and {len(copied) - 4} more" if len(copied) > 4 else "")
+    return (f"{names} never ran on the example inputs; they are pruned like their siblings "
+            f"that ran (same class and shapes, coupled alike), such as "
+            f"{next(iter(copied.values()))}, and the forward check runs each on such a "
+            f"sibling's inputs. To trace them all instead, pass example inputs that reach "
+            f"every one (for an MoE: more tokens)")
 
 
 def _parametrized_error(masked: list[tuple[str, nn.Module]]) -> ConfigError:
@@ -421,7 +415,7 @@ def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: Depen
     # without a module swapped in, the clones are pruned.modules(): no second walk
     swapped = any("swap" in entry for entry in plan["modules"].values())
     _check_shapes(pruned, example_inputs, reference, clones if clones and not swapped else None,
-                  replay=graph.trace.replay)
+                  replay=graph.trace.replay, mirrored=graph.trace.mirrored)
     if graph.trace.train_output_shapes is not None:  # layers only training runs were traced
         _check_shapes(pruned, example_inputs, graph.trace.train_output_shapes, training=True,
                       replay=graph.trace.train_replay)
@@ -522,13 +516,19 @@ def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
 def _check_shapes(model: nn.Module, example_inputs: ExampleInputs,
                   reference: list[tuple[str, tuple[int, ...]]],
                   modules: list[nn.Module] | None = None, *, training: bool = False,
-                  replay: Recording | None = None) -> None:
+                  replay: Recording | None = None,
+                  mirrored: Mapping[str, str] | None = None) -> None:
     """The forward check: ``model`` runs and gives the ``reference`` output shapes, else
     CheckFailed saying how it failed. ``replay``: what the trace's data-dependent calls
-    gave (a box count, a branch), put back so that only the surgery can change a shape."""
+    gave (a box count, a branch), put back so that only the surgery can change a shape.
+    ``mirrored`` (module -> sibling, ``Trace.mirrored``): each such module, which the
+    example never reaches, then runs on its sibling's first inputs and must give outputs
+    of the same shapes."""
     mode = " in training mode" if training else ""
+    calls: dict[str, tuple[Any, ...]] = {}
     try:
-        with Replay(replay, model) if replay else contextlib.nullcontext():
+        with Replay(replay, model) if replay else contextlib.nullcontext(), \
+                _first_calls(model, set((mirrored or {}).values()), calls):
             shapes = _output_shapes(model, example_inputs, modules, training=training)
     except ConfigError:
         raise
@@ -538,6 +538,43 @@ def _check_shapes(model: nn.Module, example_inputs: ExampleInputs,
     if shapes != reference:
         raise CheckFailed(f"pruning changed the model's output shapes{mode} from {reference} "
                           f"to {shapes}", None)
+    for path, sibling in (mirrored or {}).items():
+        if sibling not in calls:  # (the replayed routing reaches what the trace saw)
+            continue
+        args, kwargs, out = calls[sibling]
+        try:
+            with torch.no_grad(), eval_mode(model):
+                got = model.get_submodule(path)(*args, **kwargs)
+        except Exception as exc:
+            raise CheckFailed(f"the pruned model failed its forward check: {path}, pruned "
+                              f"like {sibling} (the example never reaches it), fails on "
+                              f"{sibling}'s inputs ({type(exc).__name__}: {exc})", exc) from exc
+        want = [(p, tuple(t.shape)) for p, t in walk_tensors(out)]
+        if [(p, tuple(t.shape)) for p, t in walk_tensors(got)] != want:
+            raise CheckFailed(f"the pruned model failed its forward check: {path}, pruned "
+                              f"like {sibling} (the example never reaches it), gives outputs "
+                              f"of other shapes than {sibling} on its inputs", None)
+
+
+@contextlib.contextmanager
+def _first_calls(model: nn.Module, paths: set[str],
+                 calls: dict[str, tuple[Any, ...]]) -> Iterator[None]:
+    """Fill ``calls[path]`` with (args, kwargs, output) of the first call of each module in
+    ``paths`` while the block runs."""
+    if not paths:
+        yield
+        return
+
+    def keep(path: str, module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
+        calls.setdefault(path, (args, kwargs, out))
+
+    handles = [model.get_submodule(path).register_forward_hook(
+        functools.partial(keep, path), with_kwargs=True) for path in sorted(paths)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _output_shapes(model: nn.Module, example_inputs: ExampleInputs,
