@@ -236,3 +236,45 @@ def test_layers_after_an_early_exit_are_pruned_like_those_that_ran() -> None:
     assert [(layer.ffn.fc1.in_features, layer.ffn.fc1.out_features)
             for layer in result.model.layers] == [(8, 16)] * 4
     _assert_exact(model, result, (torch.randn(5, 8), 4), (torch.randn(5, 8), 3))
+
+
+class StackedExperts(nn.Module):
+    """JetMoE's ParallelExperts: tokens sorted by expert, split by count, one F.linear per
+    expert on its slice of a stacked weight; an expert no token picked gets 0 rows."""
+
+    def __init__(self, d: int = 16, h: int = 32, experts: int = 4) -> None:
+        super().__init__()
+        self.gate = nn.Linear(d, experts, bias=False)
+        self.w_in = nn.Parameter(torch.randn(experts, h, d) / 4)
+        self.w_out = nn.Parameter(torch.randn(experts, d, h) / 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        expert = self.gate(x).argmax(-1)
+        order = expert.argsort()
+        counts = torch.bincount(expert, minlength=self.w_in.shape[0]).tolist()
+        parts = x[order].split(counts)
+        outs = [F.linear(F.gelu(F.linear(part, self.w_in[e])), self.w_out[e])
+                for e, part in enumerate(parts)]
+        return torch.zeros_like(x).index_copy(0, order, torch.cat(outs))
+
+
+class StackedNet(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.moe = StackedExperts()  # type: ignore[assignment]
+
+
+def test_an_op_run_on_no_rows_couples_nothing() -> None:
+    torch.manual_seed(0)
+    model = StackedNet().eval()
+    few, many = torch.randn(2, 8), torch.randn(64, 8)
+    with torch.no_grad():
+        assert len(set(model.moe.gate(model.inp(few)).argmax(-1).tolist())) < 4
+        assert len(set(model.moe.gate(model.inp(many)).argmax(-1).tolist())) == 4
+    result = prune(model, few, ratio=0.5)
+    assert result.model.moe.w_in.shape == (4, 16, 8)
+    reached_all = prune(model, many, ratio=0.5)
+    assert result.plan == reached_all.plan
+    x = torch.randn(50, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), reached_all.model(x))

@@ -382,6 +382,14 @@ class TraceContext:
                         check_sizes(self, call)
                     attribute_sized(self, call)
             return
+        if all(t.numel() == 0 for t in outputs) and any(
+                t.numel() == 0 and id(t) not in params and id(t) not in views for t in inputs):
+            # run on an empty activation (the tokens of an expert none picked) and giving
+            # empty tensors: no element carries a channel, so it couples nothing (its layer
+            # weight's axes are coupled by the calls that got tokens)
+            for tensor in outputs:
+                self.set_labels(tensor, torch.zeros(tensor.shape, dtype=torch.long))
+            return
         built = self._built
         if all(id(t) in params or built.get(id(t)) is t for t in inputs):
             for tensor in outputs:  # computed from parameters alone
