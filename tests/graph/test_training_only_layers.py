@@ -1,10 +1,13 @@
-"""Layers only training runs (GoogLeNet's and Inception's auxiliary heads): when the eval-mode
-trace leaves a layer unvisited, a second pass in training mode (every buffer restored)
-couples it too, and the forward check runs in both modes, so the pruned model still trains."""
+"""Layers only training runs (GoogLeNet's and Inception's auxiliary heads) and parameters
+only training reads (the noise projection of Shazeer's noisy top-k gate): when the eval-mode
+trace leaves a layer unvisited, or a module that ran never read one of its parameters, a
+second pass in training mode (every buffer restored) couples it too, and the forward check
+runs in both modes, so the pruned model still trains."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import prunekit as pk
@@ -44,3 +47,31 @@ def test_model_whose_training_pass_fails_still_prunes() -> None:
     model = _AuxNet().eval()
     x = torch.randn(1, 3, 3, 3)  # one value per channel after a: BatchNorm cannot train
     assert pk.prune(model, x, ratio=0.5).model.a.out_channels == 4
+
+
+class _NoisyGate(nn.Module):
+    """Shazeer et al.'s noisy gating: ``x @ w_noise`` is read in training mode only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.w_gate = nn.Parameter(torch.randn(16, 4))
+        self.w_noise = nn.Parameter(torch.randn(16, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.inp(x))
+        logits = h @ self.w_gate
+        if self.training:
+            logits = logits + torch.randn_like(logits) * F.softplus(h @ self.w_noise)
+        return self.out(h) * logits.softmax(-1)
+
+
+def test_a_parameter_read_in_training_mode_only_is_cut_with_its_channels() -> None:
+    model, x = _NoisyGate().eval(), torch.randn(3, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert pruned.inp.out_features == pruned.w_gate.shape[0] == pruned.w_noise.shape[0] == 8
+    pruned.train()
+    assert pruned(x).shape == (3, 4)  # was: mat1 and mat2 shapes cannot be multiplied
+    assert {e.name: e.status for e in result.coverage.entries}["w_noise"] == "prunable"

@@ -72,14 +72,24 @@ def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInpu
 
 def unvisited_layers(ctx: TraceContext,
                      handlers: Callable[[nn.Module], ModuleHandler | None]) -> bool:
-    """True if a layer with a handler, not inside one that ran, never ran. (The traced
-    layers are ``ctx.modules``; the walk lists a module's children right after it.)"""
+    """True if a layer with a handler, not inside one that ran, never ran, or a module that
+    ran (not a layer) never read one of its own parameters (Shazeer's ``w_noise``, read in
+    training mode only). (The traced layers are ``ctx.modules``; the walk lists a module's
+    children right after it.)"""
     inside: str | None = None  # "path." of the last traced layer: its children did not run
+    ran = ctx._calls.entered
+    read: set[int] | None = None  # ids of the parameters the trace recorded, when needed
     for name, module in ctx._named_modules:
-        if not name or (inside is not None and name.startswith(inside)):
+        if inside is not None and name.startswith(inside):
             continue
         if name in ctx.modules:
             inside = f"{name}."
-        elif handlers(module) is not None:
+        elif name and handlers(module) is not None:
             return True
+        elif (name in ran or not name) and module._parameters:
+            read = {id(r.tensor) for r in ctx.params.values()} if read is None else read
+            if any(param is not None and param.is_floating_point() and id(param) not in read
+                   for param in module._parameters.values()):
+                return True
     return False
+
