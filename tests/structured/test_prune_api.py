@@ -215,6 +215,12 @@ def test_bad_arguments_are_named(lenet: LeNet5, lenet_input: Tensor) -> None:
         prune(lenet, lenet_input, ratios={"nope": 0.5})
 
 
+def test_a_model_on_the_meta_device_is_refused_with_the_fix(lenet: LeNet5) -> None:
+    meta = lenet.to("meta")
+    with pytest.raises(ConfigError, match=r"'conv1\.weight' is on the meta device.*to_empty"):
+        prune(meta, torch.randn(1, 1, 32, 32, device="meta"), ratio=0.5)
+
+
 @pytest.mark.parametrize("importance", ["l1", "l2", "random", "bn_scale", "fpgm"])
 def test_every_criterion_prunes(importance: str) -> None:
     entry = BY_NAME["resnet_basic"]

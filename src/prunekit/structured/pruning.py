@@ -169,6 +169,13 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
                       strict: bool, aggregation: Aggregation, normalization: Normalization,
                       seed: int) -> tuple[DependencyGraph, list[torch.Tensor]]:
     criterion = get_group_criterion(importance)
+    meta = next((name for name, param in model.named_parameters() if param.is_meta), None)
+    if meta is not None:
+        raise ConfigError(
+            f"model: parameter {meta!r} is on the meta device, which holds shapes but no "
+            f"values; importance scores and the forward check need the weights. Materialise "
+            f"the model first (model.to_empty(device='cpu'), then load_state_dict(...)), or "
+            f"build it on a real device")
     # before the trace, which would stop at the torch._weight_norm its hooks run
     legacy = legacy_weight_norms(model.named_modules())
     if legacy:
