@@ -278,3 +278,20 @@ def test_an_op_run_on_no_rows_couples_nothing() -> None:
     x = torch.randn(50, 8)
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), reached_all.model(x))
+
+
+@pytest.mark.parametrize("layout", ["ListMoE", "HashMoE", "ShazeerMoE", "DictMoE", "NestedMoE",
+                                    "CosineMoE", "HiddenListMoE"])
+def test_one_token_gives_the_plan_that_reaching_every_expert_gives(layout: str) -> None:
+    """The expert layouts of tests/llm/moe_models.py in a two-layer LM: a one-token example
+    reaches two experts per layer; the others are copied, and a weight criterion then
+    keeps what 256 tokens (every expert reached) make it keep."""
+    from tests.llm import moe_models
+
+    torch.manual_seed(0)
+    model = moe_models.TinyMoELM(getattr(moe_models, layout)).eval()
+    with pytest.warns(UserWarning, match="never ran on the example inputs"):
+        few = prune(model, torch.randint(0, 50, (1, 1)), ratio=0.5)
+    every = prune(model, torch.randint(0, 50, (4, 64)), ratio=0.5)
+    assert few.plan == every.plan
+    assert few.params_kept < 0.5
