@@ -7,6 +7,7 @@ a token reaches them. Either way the pruned model is exact on inputs that reach 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -295,3 +296,29 @@ def test_one_token_gives_the_plan_that_reaching_every_expert_gives(layout: str) 
     every = prune(model, torch.randint(0, 50, (4, 64)), ratio=0.5)
     assert few.plan == every.plan
     assert few.params_kept < 0.5
+
+
+class CalledByForward(nn.Module):
+    """PyG's TAGConv: ``h + lin.forward(x)`` runs the layers without firing their hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lins = nn.ModuleList(nn.Linear(8, 16) for _ in range(3))
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.lins[0](x)
+        for lin in self.lins[1:]:
+            x = x * 0.5
+            h = h + lin.forward(x)
+        return self.out(h.relu())
+
+
+def test_a_layer_called_through_forward_counts_as_reached() -> None:
+    torch.manual_seed(0)
+    model = CalledByForward().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither refused nor copied
+        result = prune(model, torch.randn(10, 8), ratio=0.5)
+    assert result.model.lins[2].weight.shape == (8, 8)
+    _assert_exact(model, result, (torch.randn(10, 8),), (torch.randn(3, 8),))

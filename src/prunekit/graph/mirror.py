@@ -41,7 +41,13 @@ def mirror_unreached(model: nn.Module, trace: Trace) -> Mirroring:
     siblings of its layout (at least two) are coupled alike, and set ``trace.mirrored``;
     innermost containers first, so that a layer copied whole carries its experts' copies
     too."""
+    # reached: ran (its hooks fired on something), or holds a tensor an op read (a layer
+    # called as ``lin.forward(x)``, as PyG's TAGConv does, fires no hook)
     reached = set(trace.ran)
+    for name in trace.params:
+        while name and name not in reached:
+            reached.add(name)
+            name = name.rpartition(".")[0]
     copied: dict[str, str] = {}
     refused: list[tuple[str, str]] = []
     containers = [(path, module) for path, module in model.named_modules()
@@ -62,7 +68,7 @@ def mirror_unreached(model: nn.Module, trace: Trace) -> Mirroring:
             if layout not in sources:
                 peers = [peer for peer, _ in ran if layouts[peer] == layout]
                 if len(peers) >= 2:
-                    index = index or _Index(trace)
+                    index = index or _Index(trace, reached)
                     sources[layout] = index.alike(peers)
                 else:
                     sources[layout] = None
@@ -70,7 +76,7 @@ def mirror_unreached(model: nn.Module, trace: Trace) -> Mirroring:
             if source is None:
                 refused.append((name, ran[0][0]))
                 continue
-            index = index or _Index(trace)
+            index = index or _Index(trace, reached)
             _copy_records(trace, index, source, name, child)
             copied[name] = source
             reached.update(_under(name, (n for n, _ in child.named_modules())))
@@ -104,12 +110,15 @@ def _relative(name: str, prefix: str) -> str:
 class _Index:
     """The classes of every label tensor the trace's records hold, by owning path."""
 
-    def __init__(self, trace: Trace) -> None:
+    def __init__(self, trace: Trace, reached: set[str]) -> None:
         self.space = trace.space
         self.blocked = trace.space.blocked_roots()
-        # (owning path, record and dim, roots with broadcast dims at size 1)
+        # (owning path, record and dim, roots with broadcast dims at size 1); a layer run on
+        # empty tensors only is not reached, and what its handler made of them is left out
         self.entries: list[tuple[str, str, np.ndarray]] = []
         for record in trace.modules.values():
+            if record.name not in reached:
+                continue
             for dim, value in record.dims.items():
                 self._add(record.name, f"module:{dim}", value.labels)
         for param in trace.params.values():

@@ -35,9 +35,15 @@ from prunekit.graph.callers import (
     literals_written,
     sizes_written,
 )
-from prunekit.graph.labels import rep_along, varies, varying
+from prunekit.graph.labels import as_line, rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
-from prunekit.graph.sizes import SizeInt, channel_line, split_arg, split_sizes
+from prunekit.graph.sizes import (
+    SizeInt,
+    channel_line,
+    split_arg,
+    split_sizes,
+    without_channels,
+)
 from prunekit.graph.trace import TraceContext
 
 REPLAY = (
@@ -106,6 +112,27 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
     elif call.name == "repeat_interleave":
         _keep_counted_whole(ctx, call)
     replay(ctx, call)
+    if call.name == "expand_as":
+        _follow_other(ctx, call)
+
+
+def _follow_other(ctx: TraceContext, call: OpCall) -> None:
+    """``t.expand_as(x)`` of a tensor without channels (a count per row, as PyG's mean
+    aggregation divides by): a dim it repeats to ``x``'s width follows ``x``'s channels,
+    as ``expand(x.shape)`` does, instead of meeting them at a fixed size."""
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    other = call.args[1] if len(call.args) > 1 else call.kwargs.get("other")
+    out = tensors_in(call.out)[0]
+    if not (isinstance(source, Tensor) and isinstance(other, Tensor)) or \
+            not ctx.is_tracked(other) or not without_channels(ctx, ctx.labels(source)):
+        return
+    found = as_line(ctx.space.find(ctx.labels(other)))
+    if found is None:
+        return
+    dim, line = found
+    at = dim - (out.dim() - source.dim())
+    if at < 0 or source.shape[at] == 1:
+        ctx.set_vector(out, line, dim)
 
 
 # ops whose result at a position depends on the position itself along some dims: rolling

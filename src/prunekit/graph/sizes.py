@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
 __all__ = ["SIZED", "SizeInt", "SizeTracker", "channel_line", "check_sizes", "split_arg",
-           "split_sizes", "with_sizes", "written_shape"]
+           "split_sizes", "with_sizes", "without_channels", "written_shape"]
 
 # ops whose int arguments give the result's shape, and where the sizes start
 _TENSOR_FIRST = ("view", "reshape", "expand", "broadcast_to", "new_zeros", "new_ones",
@@ -76,7 +76,7 @@ _TENSOR_FIRST = ("view", "reshape", "expand", "broadcast_to", "new_zeros", "new_
 _FACTORIES = ("zeros", "ones", "empty", "full", "rand", "randn")
 _SPLITS = ("split", "split_with_sizes")  # into parts of the sizes listed
 SIZED = frozenset((*_TENSOR_FIRST, *_FACTORIES, *_SPLITS, "arange", "unflatten",
-                   "repeat_interleave"))
+                   "repeat_interleave", "repeat"))
 _FILLS = ("full", "new_full")  # a fill value follows the size
 
 
@@ -336,6 +336,17 @@ def _sized_args(call: OpCall, out: Tensor) -> list[tuple[int, SizeInt]]:
         return []
     if name == "repeat_interleave":
         return _repeated_dim(call, out)
+    if name == "repeat":  # a dim of size 1 (or a new one) repeated n times has size n:
+        # PyG's to_dense_batch repeats a 0-d fill value to [n, *x.shape[1:]]
+        source = args[0] if args else kwargs.get("input")
+        counts = tuple(args[1:])
+        if len(counts) == 1 and isinstance(counts[0], (tuple, list)):
+            counts = tuple(counts[0])
+        if not isinstance(source, Tensor) or len(counts) != out.dim():
+            return []
+        new = out.dim() - source.dim()
+        return [(d, s) for d, s in enumerate(counts) if isinstance(s, SizeInt)
+                and (d < new or source.shape[d - new] == 1)]
     if name == "unflatten":
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         sizes = args[2] if len(args) > 2 else kwargs.get("sizes")
@@ -400,13 +411,13 @@ def check_sizes(ctx: TraceContext, call: OpCall) -> None:
     if not sized:
         return
     labels = ctx.labels(out)
-    broadcast = call.name in ("expand", "broadcast_to", "repeat_interleave")
+    broadcast = call.name in ("expand", "broadcast_to", "repeat_interleave", "repeat")
     for dim, size in sized:
         if broadcast and _broadcast_dim(call, out, dim):
             # a dim repeated to the width read follows it at run time; a new tensor's
             # (an expand of one without channels that may shrink) takes its labels
             line, _ = channel_line(ctx, size)
-            if line is not None and size._exact and _without_channels(ctx, labels):
+            if line is not None and size._exact and without_channels(ctx, labels):
                 ctx.set_vector(out, line, dim)
                 labels = ctx.labels(out)
             continue
@@ -531,10 +542,12 @@ def _first_line(labels: Tensor, dim: int) -> Tensor:
     return labels.movedim(dim, -1).reshape(-1, labels.shape[dim])[0]
 
 
-def _without_channels(ctx: TraceContext, labels: Tensor) -> bool:
-    """Whether ``labels`` hold no channel that pruning may cut: all NEUTRAL, or one class
-    that is kept whole (Mamba2's B and C, whose width its code fixes)."""
-    return _neutral(labels) or ctx.space.one_blocked_class(labels)
+def without_channels(ctx: TraceContext, labels: Tensor) -> bool:
+    """Whether ``labels`` hold no channels a cut could split: all NEUTRAL, or one class
+    (kept whole, as Mamba2's B and C, whose width its code fixes; or a single unit, as the
+    one output of ``nn.Linear(d, 1)`` scoring each token). Repeated along a dim to a
+    width, such a tensor is a broadcast: it takes that width's channels."""
+    return _neutral(labels) or ctx.space.roots(labels).numel() == 1
 
 
 def _neutral(labels: Tensor) -> bool:

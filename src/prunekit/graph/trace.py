@@ -374,9 +374,10 @@ class TraceContext:
                 # a plain tensor attribute read first through an op (VideoMAE's
                 # self.position_embeddings.detach()): a param node now, handled below
                 return self.record_op(func, args, kwargs, out)
-            if inputs == [] and not self._calls.atomic_depth:
+            if not self._calls.atomic_depth and all(t.numel() == 1 for t in inputs):
+                # no tensor, or an untracked fill value repeated (``t.repeat(sizes)``)
                 name, display, _ = self._op(func)
-                if name in UNIFORM or self.sizes.live:
+                if (name in UNIFORM or self.sizes.live) and (not inputs or name == "repeat"):
                     call = OpCall(func, name, display, args, kwargs, out)
                     if self.sizes.live:
                         check_sizes(self, call)
