@@ -49,17 +49,28 @@ def _is_cache(name: str) -> bool:
 @contextlib.contextmanager
 def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
     """Run the block with every cache dict of ``modules`` emptied; afterwards each cache
-    holds what it held before, and every other dict attribute loses the keys the block
-    added (values it replaced are left replaced)."""
+    holds what it held before, every other dict attribute loses the keys the block added
+    (values it replaced are left replaced), and each module loses the plain attributes the
+    block added or set where they were None (PyG's ``GCNConv(cached=True)`` keeps the
+    example graph's normalised edges in ``_cached_edge_index``; a layer keeps its last
+    auxiliary loss). A module whose class the block changed (a lazy layer that
+    materialised) keeps everything."""
     caches: list[tuple[dict[Any, Any], dict[Any, Any]]] = []
     others: list[tuple[dict[Any, Any], frozenset[Any]]] = []
+    states: list[tuple[nn.Module, type, frozenset[str], list[str]]] = []
     for module in modules:
-        for key, value in _dict_attributes(module):
-            if _is_cache(key):
-                caches.append((value, dict(value)))
-                value.clear()
-            else:
-                others.append((value, frozenset(value)))
+        state = module.__dict__
+        unset = []
+        for key, value in state.items():
+            if value is None:
+                unset.append(key)
+            elif isinstance(value, dict) and key not in _MODULE_OWN:
+                if _is_cache(key):
+                    caches.append((value, dict(value)))
+                    value.clear()
+                else:
+                    others.append((value, frozenset(value)))
+        states.append((module, type(module), frozenset(state), unset))
     try:
         yield
     finally:
@@ -70,6 +81,16 @@ def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
             if len(mapping) != len(keys) or not keys.issuperset(mapping):
                 for added in [k for k in mapping if k not in keys]:
                     del mapping[added]
+        for module, kind, keys, unset in states:
+            if type(module) is not kind:
+                continue
+            state = module.__dict__
+            if len(state) != len(keys):
+                for added in [k for k in state if k not in keys]:
+                    del state[added]
+            for key in unset:
+                if state.get(key, None) is not None:
+                    state[key] = None
 
 
 def clear_caches(modules: Iterable[nn.Module]) -> None:

@@ -139,6 +139,35 @@ def test_dict_entries_the_trace_adds_are_removed() -> None:
     assert model.seen == {(1,): earlier}
 
 
+class Stateful(nn.Module):
+    """Keeps state between calls in plain attributes: a cache that starts as None (PyG's
+    ``GCNConv(cached=True)``), an attribute its forward adds, and a counter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+        self._cached_norm: Tensor | None = None
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._cached_norm is None:
+            self._cached_norm = x.norm(dim=1, keepdim=True)
+        h = self.a(x / self._cached_norm).relu()
+        self.last_activation = h.mean()
+        return self.b(h)
+
+
+def test_prune_leaves_the_models_plain_attributes_as_they_were() -> None:
+    torch.manual_seed(0)
+    model = Stateful().eval()
+    result = prune(model, torch.randn(5, 8), ratio=0.5)
+    assert model._cached_norm is None and not hasattr(model, "last_activation")
+    assert result.model.a.out_features == 8
+    x = torch.randn(3, 8)  # another batch: no norm cached from the example's 5 rows
+    with torch.no_grad():
+        assert result.model(x).shape == (3, 4)
+
+
 def test_copy_model_detaches_non_leaf_tensors_and_empties_caches() -> None:
     model, x = _net_and_input()
     model(x)

@@ -66,7 +66,7 @@ def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInpu
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):
         if ctx.is_tracked(tensor):
-            ctx.block(ctx.labels(tensor), f"model output {path}")
+            ctx.block(ctx.labels(tensor), f"model {path}")  # "model output[0]"
     return [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
 
 

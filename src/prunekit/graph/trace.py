@@ -540,7 +540,7 @@ def trace(
     check_traceable(model)
     ctx = TraceContext(model, strict)
     for path, tensor in walk_tensors(example_inputs, "input"):
-        ctx.set_labels(tensor, fixed_shape(ctx.space, tensor.shape, f"model input {path}"))
+        ctx.set_labels(tensor, fixed_shape(ctx.space, tensor.shape, f"model {path}"))
     recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op, size_read(ctx))
     modules = [module for _, module in ctx._named_modules]
     handlers = opaque_scripts(lookup)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from prunekit._buffers import preserved_buffers
-from prunekit._caches import copy_model
+from prunekit._caches import copy_model, recomputed_caches
 from prunekit._inputs import ExampleInputs, run_model, walk_tensors
 from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_width
 from prunekit.errors import ConfigError, check_choice, check_fraction
@@ -589,8 +589,11 @@ def _output_shapes(model: nn.Module, example_inputs: ExampleInputs,
                    ) -> list[tuple[str, tuple[int, ...]]]:
     """Output paths and shapes of a no-grad forward in eval mode, or in training mode with
     every buffer restored after it (``modules``: the model's modules, when the caller has
-    them)."""
-    with torch.no_grad(), model_mode(model, training, modules), eager_compiled(), \
+    them). What the forward leaves in plain attributes (a cache that was None) is undone,
+    so the pruned model starts as the user's model was."""
+    every = modules if modules is not None else list(model.modules())
+    with torch.no_grad(), model_mode(model, training, every), eager_compiled(), \
+            recomputed_caches(every), \
             preserved_buffers(model) if training else contextlib.nullcontext():
         out = run_model(model, example_inputs)
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
