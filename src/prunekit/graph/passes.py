@@ -92,4 +92,3 @@ def unvisited_layers(ctx: TraceContext,
                    for param in module._parameters.values()):
                 return True
     return False
-

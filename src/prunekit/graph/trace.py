@@ -383,7 +383,7 @@ class TraceContext:
                         check_sizes(self, call)
                     attribute_sized(self, call)
             return
-        if all(t.numel() == 0 for t in outputs) and any(
+        if outputs and not outputs[0].numel() and all(t.numel() == 0 for t in outputs) and any(
                 t.numel() == 0 and id(t) not in params and id(t) not in views for t in inputs):
             # run on an empty activation (the tokens of an expert none picked) and giving
             # empty tensors: no element carries a channel, so it couples nothing (its layer

@@ -549,9 +549,10 @@ def _check_shapes(model: nn.Module, example_inputs: ExampleInputs,
         if sibling not in calls:  # (the replayed routing reaches what the trace saw)
             continue
         args, kwargs, out = calls[sibling]
+        module = model.get_submodule(path)
         try:
-            with torch.no_grad(), eval_mode(model):
-                got = model.get_submodule(path)(*args, **kwargs)
+            with torch.no_grad(), eval_mode(module), recomputed_caches(list(module.modules())):
+                got = module(*args, **kwargs)
         except Exception as exc:
             raise CheckFailed(f"the pruned model failed its forward check: {path}, pruned "
                               f"like {sibling} (the example never reaches it), fails on "
