@@ -57,20 +57,22 @@ def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
     materialised) keeps everything."""
     caches: list[tuple[dict[Any, Any], dict[Any, Any]]] = []
     others: list[tuple[dict[Any, Any], frozenset[Any]]] = []
-    states: list[tuple[nn.Module, type, frozenset[str], list[str]]] = []
+    states: list[tuple[nn.Module, type, int, set[str], list[str]]] = []
     for module in modules:
         state = module.__dict__
+        mine = state.keys() - _MODULE_OWN  # (a set difference in C: the registries skipped)
         unset = []
-        for key, value in state.items():
+        for key in mine:
+            value = state[key]
             if value is None:
                 unset.append(key)
-            elif isinstance(value, dict) and key not in _MODULE_OWN:
+            elif isinstance(value, dict):
                 if _is_cache(key):
                     caches.append((value, dict(value)))
                     value.clear()
                 else:
                     others.append((value, frozenset(value)))
-        states.append((module, type(module), frozenset(state), unset))
+        states.append((module, type(module), len(state), mine, unset))
     try:
         yield
     finally:
@@ -81,12 +83,12 @@ def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
             if len(mapping) != len(keys) or not keys.issuperset(mapping):
                 for added in [k for k in mapping if k not in keys]:
                     del mapping[added]
-        for module, kind, keys, unset in states:
+        for module, kind, count, mine, unset in states:
             if type(module) is not kind:
                 continue
             state = module.__dict__
-            if len(state) != len(keys):
-                for added in [k for k in state if k not in keys]:
+            if len(state) != count:
+                for added in state.keys() - _MODULE_OWN - mine:
                     del state[added]
             for key in unset:
                 if state.get(key, None) is not None:

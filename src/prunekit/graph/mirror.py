@@ -36,11 +36,13 @@ class Mirroring:
     refused: list[tuple[str, str]]
 
 
-def mirror_unreached(model: nn.Module, trace: Trace) -> Mirroring:
+def mirror_unreached(trace: Trace) -> Mirroring:
     """Add records to ``trace`` for each unreached member of a container whose reached
     siblings of its layout (at least two) are coupled alike, and set ``trace.mirrored``;
     innermost containers first, so that a layer copied whole carries its experts' copies
     too."""
+    if not trace.containers:
+        return Mirroring({}, [])
     # reached: ran (its hooks fired on something), or holds a tensor an op read (a layer
     # called as ``lin.forward(x)``, as PyG's TAGConv does, fires no hook)
     reached = set(trace.ran)
@@ -50,10 +52,8 @@ def mirror_unreached(model: nn.Module, trace: Trace) -> Mirroring:
             name = name.rpartition(".")[0]
     copied: dict[str, str] = {}
     refused: list[tuple[str, str]] = []
-    containers = [(path, module) for path, module in model.named_modules()
-                  if isinstance(module, (nn.ModuleList, nn.ModuleDict))]
     index: _Index | None = None  # built when first needed, again after records are added
-    for path, container in sorted(containers, key=lambda item: -item[0].count(".")):
+    for path, container in sorted(trace.containers, key=lambda item: -item[0].count(".")):
         children = [(f"{path}.{key}" if path else key, child)
                     for key, child in container.named_children()]
         ran = [(name, child) for name, child in children if name in reached]

@@ -94,3 +94,5 @@ class Trace:
     ran: frozenset[str] = frozenset()
     # module -> the sibling that ran whose records were copied for it (graph/mirror.py)
     mirrored: dict[str, str] = field(default_factory=dict)
+    # (path, module) of every ModuleList and ModuleDict of the model, in named_modules order
+    containers: list[tuple[str, nn.Module]] = field(default_factory=list)

@@ -109,6 +109,7 @@ class TraceContext:
                     if tensor is not None and tensor.is_floating_point():
                         self._param_names.setdefault(id(tensor),
                                                      f"{prefix}.{key}" if prefix else key)
+        self.containers: list[tuple[str, nn.Module]] = []  # its ModuleLists, ModuleDicts
         self._named_modules: list[tuple[str, nn.Module]] = []  # what named_modules() gives:
         seen: set[int] = set()  # each module once, at its first path
         for name, module in walk:
@@ -121,6 +122,8 @@ class TraceContext:
             if id(module) not in seen:
                 seen.add(id(module))
                 self._named_modules.append((name, module))
+                if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+                    self.containers.append((name, module))
         self._model = model
 
     # -- labels of tensors -------------------------------------------------------------
@@ -574,4 +577,4 @@ def trace(
         ctx.at_end.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes, ctx.aligned, data, train_data, ctx.width_numbers,
-                 frozenset(ctx._calls.entered))
+                 frozenset(ctx._calls.entered), containers=ctx.containers)

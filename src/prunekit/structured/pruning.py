@@ -181,7 +181,7 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
     if legacy:
         raise legacy_error(legacy)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
-    mirroring = mirror_unreached(model, traced)
+    mirroring = mirror_unreached(traced)
     if mirroring.refused:
         raise _unreached_error(mirroring.refused)
     if mirroring.copied:
