@@ -1,12 +1,16 @@
 """``torch.einsum`` and ``addmm``-style products, by index letters (``...`` and an implicit
 result are spelled out first, as torch reads them).
 
-Each operand may carry channels along at most one of its letters (a tensor whose channels
-vary along two letters, such as a weight used directly, is kept whole). Operands that carry
-channels along the same letter are coupled index by index; an operand that has the letter
-but no channels along it (and is not broadcast there) cannot shrink, so the channels on
-that letter are kept whole. The result carries the channels of its one channel letter (with
-none, it has a shape no pruning changes: :func:`labels.fixed_shape`).
+Each operand may carry channels along at most one of its letters (an activation whose
+channels vary along two letters is kept whole). A parameter of two or more dims is read as
+a weight instead: its axes follow the channels of the letters it shares with the other
+operands, and the one axis whose letter only it gives to the result makes the result's
+channels (stacked experts' ``"...eh,edh,...e->...d"``); its other axes stay whole.
+Operands that carry channels along the same letter are coupled index by index; an
+operand that has the letter but no channels along it (and is not broadcast there) cannot
+shrink, so the channels on that letter are kept whole. The result carries the channels of
+its one channel letter (with none, it has a shape no pruning changes:
+:func:`labels.fixed_shape`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from prunekit.graph.labels import emit, fixed_shape, varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_matmul import contract
 from prunekit.graph.ops_pointwise import combine
-from prunekit.graph.trace import TraceContext
+from prunekit.graph.trace import ParamRecord, TraceContext
 
 
 def _einsum(ctx: TraceContext, call: OpCall) -> None:
@@ -31,9 +35,19 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
     lhs, rhs = _explicit(equation, [operand.dim() for operand in operands]).split("->")
     terms = lhs.split(",")
     space = ctx.space
+    # a parameter of 2 or more dims read as a weight (``"bd,de->be"``, stacked experts'
+    # ``"...d,ehd->...eh"``): its axes are cut with the letters it shares, not kept whole
+    # with every channel they meet
+    weights = {i: ctx.layer_weight(operand) for i, (term, operand) in
+               enumerate(zip(terms, operands, strict=True))
+               if operand.dim() >= 2 and ctx.is_param(operand) and len(set(term)) == len(term)}
     channel: list[str | None] = []
     labels: list[Tensor] = []
-    for term, operand in zip(terms, operands, strict=True):
+    for i, (term, operand) in enumerate(zip(terms, operands, strict=True)):
+        if weights.get(i) is not None:
+            channel.append(None)
+            labels.append(operand)  # (not read: a weight's axes are cut below)
+            continue
         lab = space.find(ctx.labels(operand))
         letters = [term[d] for d in range(lab.dim()) if varies(lab, d)]
         if len(letters) > 1:
@@ -51,10 +65,14 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
         for other in found[1:]:
             space.union(found[0], other)
         fixed = any(letter in term and ch != letter and op.shape[term.index(letter)] > 1
-                    for term, ch, op in zip(terms, channel, operands, strict=True))
+                    for i, (term, ch, op) in enumerate(zip(terms, channel, operands, strict=True))
+                    if weights.get(i) is None)
         if fixed:
             for vector in found:
                 space.block(vector, f"{call.display}: another operand's '{letter}' cannot shrink")
+    for i, record in weights.items():
+        if record is not None:
+            _cut_weight(ctx, record, terms, i, rhs, vectors)
     out = tensors_in(call.out)[0]
     carried = [letter for letter in rhs if letter in vectors]
     if not carried:
@@ -66,6 +84,24 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
             space.block(vector, f"{call.display} result carries channels on two letters")
     letter = carried[0]
     ctx.set_labels(out, emit(space.find(vectors[letter][0]), rhs.index(letter), out.shape))
+
+
+def _cut_weight(ctx: TraceContext, record: ParamRecord, terms: list[str], at: int, rhs: str,
+                vectors: dict[str, list[Tensor]]) -> None:
+    """Cut the axes of the weight ``terms[at]`` with the channels of the letters it shares
+    with the other operands; where exactly one of its letters goes to the result and no
+    other operand has it, that axis makes the result's channels (``down`` in
+    ``"...eh,edh,...e->...d"``). Its other axes are kept whole."""
+    term = terms[at]
+    others = set("".join(t for i, t in enumerate(terms) if i != at))
+    made = [d for d, letter in enumerate(term)
+            if letter in rhs and letter not in others and letter not in vectors]
+    for d, letter in enumerate(term):
+        if letter in vectors:
+            ctx.weight_axis(record, d, labels=vectors[letter][0])
+    if len(made) == 1:
+        d = made[0]
+        vectors[term[d]] = [ctx.weight_axis(record, d, count=int(record.tensor.shape[d]))]
 
 
 def _explicit(equation: str, ranks: list[int]) -> str:

@@ -1,0 +1,47 @@
+"""A parameter read by ``einsum`` as a weight with several axes (stacked experts:
+``"...d,ehd->...eh"`` then ``"...eh,edh,...e->...d"``): the axes it shares with an
+operand's channels are cut with them, the one axis that alone makes the result's letter
+makes its channels, and the others stay whole. Before, the weight was kept whole and with
+it every channel it met (the residual stream of the whole model)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tests.llm.moe_models import _Stack
+from tests.structured.test_equivalence import _zero_removed_inputs
+from torch import Tensor, nn
+
+import prunekit as pk
+
+
+class EinsumExperts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.head = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.router = nn.Linear(16, 4)
+        self.experts = _Stack(16, 24, 4)  # up [4, 24, 16], down [4, 16, 24]
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        weights, chosen = F.softmax(self.router(h), -1).topk(2, dim=-1)
+        return self.head(h + self.experts(h, chosen, weights))
+
+
+def test_stacked_expert_weights_are_cut_with_the_residual_stream() -> None:
+    torch.manual_seed(0)
+    model = EinsumExperts().eval()
+    result = pk.prune(model, torch.randn(6, 8), ratio=0.5)
+    pruned = result.model
+    assert pruned.inp.out_features == pruned.head.in_features == 8
+    # the residual width is cut in both weights; experts and hidden units stay
+    assert pruned.experts.up.shape == (4, 24, 8)
+    assert pruned.experts.down.shape == (4, 8, 24)
+    reference = _zero_removed_inputs(model, result.plan)
+    kept = result.plan["params"]["experts.up"]["keep"]["2"]
+    removed = sorted(set(range(16)) - set(kept))
+    with torch.no_grad():
+        reference.experts.up[:, :, removed] = 0
+        for rows in (6, 2):
+            x = torch.randn(rows, 8)
+            torch.testing.assert_close(pruned(x), reference(x))
