@@ -322,3 +322,18 @@ def test_a_layer_called_through_forward_counts_as_reached() -> None:
         result = prune(model, torch.randn(10, 8), ratio=0.5)
     assert result.model.lins[2].weight.shape == (8, 8)
     _assert_exact(model, result, (torch.randn(10, 8),), (torch.randn(3, 8),))
+
+
+def test_copied_experts_save_and_reload(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from prunekit.io.checkpoint import load, save
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    with pytest.warns(UserWarning, match="never ran"):
+        result = prune(model, torch.randn(1, 8), ratio=0.5)
+    save(result, tmp_path / "p")
+    torch.manual_seed(1)
+    loaded = load(tmp_path / "p", Net().eval())
+    x = torch.randn(40, 8)  # reaches every expert
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
