@@ -45,3 +45,43 @@ def test_stacked_expert_weights_are_cut_with_the_residual_stream() -> None:
         for rows in (6, 2):
             x = torch.randn(rows, 8)
             torch.testing.assert_close(pruned(x), reference(x))
+
+
+class PickedExperts(nn.Module):
+    """gpt-fast's Mixtral experts: each token's chosen experts' weights gathered by an
+    index per token and slot (``w1[expert_indices]``: [T, A, H, D]) and applied by
+    ``einsum``."""
+
+    def __init__(self, experts: int = 4, dim: int = 16, hidden: int = 24) -> None:
+        super().__init__()
+        self.inp, self.head = nn.Linear(8, dim), nn.Linear(dim, 4)
+        self.router = nn.Linear(dim, experts, bias=False)
+        self.w1 = nn.Parameter(torch.randn(experts, hidden, dim) / 4)
+        self.w3 = nn.Parameter(torch.randn(experts, hidden, dim) / 4)
+        self.w2 = nn.Parameter(torch.randn(experts, dim, hidden) / 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        weights, chosen = F.softmax(self.router(h), -1).topk(2, dim=-1)  # [T, 2]
+        x1 = F.silu(torch.einsum("ti,taoi->tao", h, self.w1[chosen]))
+        x3 = torch.einsum("ti,taoi->tao", h, self.w3[chosen])
+        out = torch.einsum("tao,taio->tai", x1 * x3, self.w2[chosen])
+        return self.head(h + (out * weights[..., None]).sum(1))
+
+
+def test_weights_gathered_per_token_are_cut_in_every_expert() -> None:
+    torch.manual_seed(0)
+    model = PickedExperts().eval()
+    result = pk.prune(model, torch.randn(5, 8), ratio=0.5)
+    pruned = result.model
+    assert pruned.w1.shape == pruned.w3.shape == (4, 12, 8)
+    assert pruned.w2.shape == (4, 8, 12)
+    reference = _zero_removed_inputs(model, result.plan)
+    params = result.plan["params"]
+    with torch.no_grad():
+        for name, axis, width in (("w1", 2, 16), ("w3", 2, 16), ("w2", 2, 24)):
+            removed = sorted(set(range(width)) - set(params[name]["keep"][str(axis)]))
+            getattr(reference, name)[:, :, removed] = 0
+        for rows in (5, 9):
+            x = torch.randn(rows, 8)
+            torch.testing.assert_close(pruned(x), reference(x))

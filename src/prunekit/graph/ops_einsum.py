@@ -38,13 +38,21 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
     # a parameter of 2 or more dims read as a weight (``"bd,de->be"``, stacked experts'
     # ``"...d,ehd->...eh"``): its axes are cut with the letters it shares, not kept whole
     # with every channel they meet
-    weights = {i: ctx.layer_weight(operand) for i, (term, operand) in
-               enumerate(zip(terms, operands, strict=True))
-               if operand.dim() >= 2 and ctx.is_param(operand) and len(set(term)) == len(term)}
+    weights: dict[int, tuple[ParamRecord | None, dict[int, str]]] = {}
+    for i, (term, operand) in enumerate(zip(terms, operands, strict=True)):
+        if len(set(term)) != len(term):
+            continue
+        stack = ctx.param_views.weight(operand, "pick")
+        if stack is not None:  # W[ids] of a stack [E, R, C]: its last two dims are W's axes
+            # 1 and 2 (gpt-fast's ``einsum("ti,taoi->tao", x, w1[expert_indices])``)
+            lead = operand.dim() - 2
+            weights[i] = (ctx.layer_weight(stack), {1: term[lead], 2: term[lead + 1]})
+        elif operand.dim() >= 2 and ctx.is_param(operand):
+            weights[i] = (ctx.layer_weight(operand), dict(enumerate(term)))
     channel: list[str | None] = []
     labels: list[Tensor] = []
     for i, (term, operand) in enumerate(zip(terms, operands, strict=True)):
-        if weights.get(i) is not None:
+        if i in weights and weights[i][0] is not None:
             channel.append(None)
             labels.append(operand)  # (not read: a weight's axes are cut below)
             continue
@@ -66,13 +74,13 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
             space.union(found[0], other)
         fixed = any(letter in term and ch != letter and op.shape[term.index(letter)] > 1
                     for i, (term, ch, op) in enumerate(zip(terms, channel, operands, strict=True))
-                    if weights.get(i) is None)
+                    if i not in weights or weights[i][0] is None)
         if fixed:
             for vector in found:
                 space.block(vector, f"{call.display}: another operand's '{letter}' cannot shrink")
-    for i, record in weights.items():
+    for i, (record, axes) in weights.items():
         if record is not None:
-            _cut_weight(ctx, record, terms, i, rhs, vectors)
+            _cut_weight(ctx, record, axes, terms, i, rhs, vectors)
     out = tensors_in(call.out)[0]
     carried = [letter for letter in rhs if letter in vectors]
     if not carried:
@@ -86,22 +94,23 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_labels(out, emit(space.find(vectors[letter][0]), rhs.index(letter), out.shape))
 
 
-def _cut_weight(ctx: TraceContext, record: ParamRecord, terms: list[str], at: int, rhs: str,
-                vectors: dict[str, list[Tensor]]) -> None:
-    """Cut the axes of the weight ``terms[at]`` with the channels of the letters it shares
-    with the other operands; where exactly one of its letters goes to the result and no
-    other operand has it, that axis makes the result's channels (``down`` in
-    ``"...eh,edh,...e->...d"``). Its other axes are kept whole."""
-    term = terms[at]
+def _cut_weight(ctx: TraceContext, record: ParamRecord, letters: dict[int, str],
+                terms: list[str], at: int, rhs: str, vectors: dict[str, list[Tensor]]) -> None:
+    """Cut the axes of the weight read as ``terms[at]`` (``letters``: its axis -> letter)
+    with the channels of the letters it shares with the other operands; where exactly one
+    of its letters goes to the result and no other operand has it, that axis makes the
+    result's channels (``down`` in ``"...eh,edh,...e->...d"``). Its other axes are kept
+    whole."""
     others = set("".join(t for i, t in enumerate(terms) if i != at))
-    made = [d for d, letter in enumerate(term)
+    made = [axis for axis, letter in letters.items()
             if letter in rhs and letter not in others and letter not in vectors]
-    for d, letter in enumerate(term):
+    for axis, letter in letters.items():
         if letter in vectors:
-            ctx.weight_axis(record, d, labels=vectors[letter][0])
+            ctx.weight_axis(record, axis, labels=vectors[letter][0])
     if len(made) == 1:
-        d = made[0]
-        vectors[term[d]] = [ctx.weight_axis(record, d, count=int(record.tensor.shape[d]))]
+        axis = made[0]
+        vectors[letters[axis]] = [ctx.weight_axis(record, axis,
+                                                  count=int(record.tensor.shape[axis]))]
 
 
 def _explicit(equation: str, ranks: list[int]) -> str:

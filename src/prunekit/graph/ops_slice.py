@@ -56,8 +56,9 @@ def _defer_expert_pick(ctx: TraceContext, call: OpCall) -> bool:
     if not (isinstance(source, Tensor) and source.dim() == 3 and isinstance(out, Tensor)
             and out.shape[-2:] == source.shape[1:] and ctx.is_param(source)):
         return False
-    if isinstance(index, Tensor):
-        picks = index.dim() <= 1 and not index.is_floating_point() and index.dtype != torch.bool
+    if isinstance(index, Tensor):  # (an index per token and slot: gpt-fast's experts)
+        picks = out.dim() == index.dim() + 2 and not index.is_floating_point() and \
+            index.dtype != torch.bool
     else:
         picks = isinstance(index, int) and not isinstance(index, bool)
     if picks:
