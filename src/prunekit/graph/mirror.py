@@ -13,8 +13,7 @@ forward check then runs each copy on its sibling's inputs (structured/pruning.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,26 +22,17 @@ from torch import Tensor, nn
 from prunekit.graph.labels import NEUTRAL, LabelSpace, sorted_unique
 from prunekit.graph.records import ModuleDim, ModuleRecord, Trace
 
-__all__ = ["Mirroring", "mirror_unreached"]
+__all__ = ["mirror_unreached"]
 
 
-@dataclass(frozen=True)
-class Mirroring:
-    """What :func:`mirror_unreached` did: ``copied[u] = s`` for every unreached module ``u``
-    coupled like its sibling ``s``; ``refused``: (unreached module, a sibling that ran) for
-    those it could not couple."""
-
-    copied: dict[str, str]
-    refused: list[tuple[str, str]]
-
-
-def mirror_unreached(trace: Trace) -> Mirroring:
+def mirror_unreached(trace: Trace) -> list[tuple[str, str]]:
     """Add records to ``trace`` for each unreached member of a container whose reached
-    siblings of its layout (at least two) are coupled alike, and set ``trace.mirrored``;
-    innermost containers first, so that a layer copied whole carries its experts' copies
-    too."""
+    siblings of its layout (at least two) are coupled alike, and set ``trace.mirrored``
+    (member -> the sibling copied); innermost containers first, so that a layer copied
+    whole carries its experts' copies too. Returns (unreached member, a sibling that ran)
+    for each member it could not couple."""
     if not trace.containers:
-        return Mirroring({}, [])
+        return []
     # reached: ran (its hooks fired on something), or holds a tensor an op read (a layer
     # called as ``lin.forward(x)``, as PyG's TAGConv does, fires no hook)
     reached = set(trace.ran)
@@ -79,15 +69,11 @@ def mirror_unreached(trace: Trace) -> Mirroring:
             index = index or _Index(trace, reached)
             _copy_records(trace, index, source, name, child)
             copied[name] = source
-            reached.update(_under(name, (n for n, _ in child.named_modules())))
+            reached.update(f"{name}.{n}" if n else name for n, _ in child.named_modules())
         if any(name in copied for name, _ in missing):
             index = None  # the copies are records an outer container's siblings hold
     trace.mirrored = copied
-    return Mirroring(copied, refused)
-
-
-def _under(prefix: str, relative: Iterator[str]) -> Iterator[str]:
-    return (f"{prefix}.{name}" if name else prefix for name in relative)
+    return refused
 
 
 def _layout(module: nn.Module) -> tuple[object, ...]:

@@ -181,11 +181,11 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
     if legacy:
         raise legacy_error(legacy)
     traced = trace(model, example_inputs, find_adapter, strict=strict)
-    mirroring = mirror_unreached(traced)
-    if mirroring.refused:
-        raise _unreached_error(mirroring.refused)
-    if mirroring.copied:
-        warnings.warn(_mirrored_note(mirroring.copied), stacklevel=4)
+    refused = mirror_unreached(traced)
+    if refused:
+        raise _unreached_error(refused)
+    if traced.mirrored:
+        warnings.warn(_mirrored_note(traced.mirrored), stacklevel=4)
     # weight norm alone is cut exactly (structured.weight_norm); any other parametrization
     # computes a tensor that cannot be cut
     masked = [(name, rec.module) for name, rec in traced.modules.items()
