@@ -1,5 +1,6 @@
-"""``torch.einsum`` and ``addmm``-style products, by index letters (``...`` and an implicit
-result are spelled out first, as torch reads them).
+"""``torch.einsum``, ``tensordot`` and ``addmm``-style products, by index letters (``...``
+and an implicit result are spelled out first, as torch reads them; ``tensordot`` is read
+as the equation it spells).
 
 Each operand may carry channels along at most one of its letters (an activation whose
 channels vary along two letters is kept whole). A parameter of two or more dims is read as
@@ -16,6 +17,7 @@ its one channel letter (with none, it has a shape no pruning changes:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import string
 
 from torch import Tensor
@@ -156,5 +158,43 @@ def _addmm(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_labels(out, combine(ctx, [product, ctx.labels(bias)], out.shape))
 
 
+def _tensordot(ctx: TraceContext, call: OpCall) -> None:
+    """``tensordot(a, b, dims)`` read as the ``einsum`` it is: ``dims=n`` contracts a's last
+    n dims with b's first n, ``dims=([i, ...], [j, ...])`` a's dims i with b's dims j; the
+    result holds a's other dims, then b's."""
+    a, b = call.arg(0, "a"), call.arg(1, "b")
+    dims = call.arg(2, "dims", 2)
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+        raise OpNotMappable("expected tensors a and b")
+    equation = _tensordot_equation(a.dim(), b.dim(), dims)
+    _einsum(ctx, dataclasses.replace(call, args=(equation, a, b), kwargs={}))
+
+
+def _tensordot_equation(rank_a: int, rank_b: int, dims: object) -> str:
+    if isinstance(dims, Tensor):
+        dims = dims.tolist()
+    if isinstance(dims, int):
+        pairs = [(rank_a - dims + k, k) for k in range(dims)]
+    elif isinstance(dims, (list, tuple)) and len(dims) == 2:
+        left, right = ([d] if isinstance(d, int) else list(d) for d in dims)
+        if len(left) != len(right):
+            raise OpNotMappable(f"dims {dims!r} pair unequal numbers of dims")
+        pairs = [(i % rank_a, j % rank_b) for i, j in zip(left, right, strict=True)]
+    else:
+        raise OpNotMappable(f"cannot read dims={dims!r}")
+    if rank_a + rank_b > len(string.ascii_letters):
+        raise OpNotMappable("too many dims to spell as an einsum")
+    term_a = string.ascii_letters[:rank_a]
+    term_b = list(string.ascii_letters[rank_a:rank_a + rank_b])
+    for i, j in pairs:
+        term_b[j] = term_a[i]
+    contracted = {i for i, _ in pairs}
+    contracted_b = {j for _, j in pairs}
+    rhs = "".join(c for d, c in enumerate(term_a) if d not in contracted) + "".join(
+        c for d, c in enumerate(term_b) if d not in contracted_b)
+    return f"{term_a},{''.join(term_b)}->{rhs}"
+
+
 register_op(("einsum",), _einsum)
+register_op(("tensordot",), _tensordot)
 register_op(("addmm", "baddbmm"), _addmm)
