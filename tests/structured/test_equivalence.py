@@ -481,11 +481,18 @@ def test_square_weight_permuted_in_place_is_not_taken_for_its_transpose() -> Non
     torch.manual_seed(0)
     model, x = Square().eval(), torch.randn(2, 6)
     result = prune(model, x, ratio=0.5, importance="random", seed=4)
-    # W's elements are read through a view that is no transpose: kept whole, and so are the
-    # channels it mixes (taken for W.t(), its axes were cut the wrong way round)
-    assert result.model.w.shape == (8, 8) and result.model.a.out_features == 8
+    # W's elements are read through a view that is no transpose, element by element: its
+    # rows (the contracted dim) go with a's channels, its columns stay (taken for W.t(), its
+    # axes were cut the wrong way round)
+    assert result.model.w.shape == (4, 8) and result.model.a.out_features == 4
+    keep = result.plan["params"]["w"]["keep"]["0"]
+    assert result.plan["modules"]["a"]["keep"]["out"] == keep
+    zeroed = copy.deepcopy(model)
     with torch.no_grad():
-        torch.testing.assert_close(result.model(x), model(x), rtol=0, atol=0)
+        zeroed.w[sorted(set(range(8)) - set(keep))] = 0
+        for rows in (2, 5):
+            x = torch.randn(rows, 6)
+            torch.testing.assert_close(result.model(x), zeroed(x))
 
 
 def test_unflatten_size_is_rewritten_and_replayed(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ For ``a [..., n, k] @ b [..., k, m]``: if channels vary along k on either side, 
 must drop the same k indices, so their k labels are joined (a side whose k dimension does
 not carry channels cannot shrink, so the other side's k channels are kept whole). The
 result carries b's channels along m, else a's along n, else none, in a shape no pruning
-changes (:func:`labels.fixed_shape`); a side that carries channels along both of its dims,
-or along batch dims, is kept whole.
+changes (:func:`labels.fixed_shape`). A side whose k channels differ from row to row (field
+vectors stacked, ``T @ Tᵀ``) has its rows' k-th channels joined; a side that carries
+channels along batch dims and a matrix dim is kept whole.
 """
 
 from __future__ import annotations
@@ -28,16 +29,21 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
     space = ctx.space
     a, b = space.find(a), space.find(b)
     reason = "a matrix product mixes its channels"
-    sides = []
+    sides, labs = [], []
     for lab, k_dim, free_dim in ((a, -1, -2), (b, -2, -1)):
         dims, ndim = varying(lab), lab.dim()  # (one compaction, not one per varies call)
         on_k, on_free = ndim + k_dim in dims, ndim + free_dim in dims
         on_batch = any(d < ndim - 2 for d in dims)
-        if (on_k and on_free) or (on_batch and (on_k or on_free)):
+        if on_k and on_free and not on_batch:
+            lab = _rows_joined(ctx, lab, k_dim)
+            on_free = False
+        elif on_batch and (on_k or on_free):
             space.block(lab, reason)
             on_k = on_free = on_batch = False
         sides.append((on_k, on_free, on_batch))
+        labs.append(lab)
     (a_k, a_n, a_batch), (b_k, b_m, b_batch) = sides
+    a, b = labs
     if a_batch or b_batch:  # per-head tensors: heads of both sides go together
         return _batched(ctx, a, b, (a_batch, b_batch), out_shape)
     if a_k or b_k:
@@ -59,6 +65,16 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
         return col.expand(out_shape) if col.dim() == len(out_shape) else _lift(col, out_shape)
     return fixed_shape(space, out_shape, "a matrix product contracts all its channels, so "
                                          "its result has a shape no pruning changes")
+
+
+def _rows_joined(ctx: TraceContext, lab: Tensor, k_dim: int) -> Tensor:
+    """The labels of an operand whose channels along the contracted dim differ from row to
+    row (DLRM's interaction ``T @ Tᵀ``, T the field vectors stacked): channel k goes only
+    if it goes from every row, so the rows' k-th channels are joined, and the rows then
+    carry no channels of their own."""
+    rows = lab.movedim(k_dim, -1).reshape(-1, lab.shape[k_dim])
+    ctx.space.union(rows[:1].expand_as(rows), rows)
+    return ctx.space.find(lab)
 
 
 def _batched(ctx: TraceContext, a: Tensor, b: Tensor, per_head: tuple[bool, bool],

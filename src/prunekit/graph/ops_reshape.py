@@ -12,6 +12,9 @@ Rules that keep the replay sound after channels are removed:
   the code stays valid); ``self.head_dim`` is rewritten if used. A last factor written as
   a plain int that no attribute holds (a literal, ``self.config.d_head`` read into a local)
   cannot shrink, so those channels are kept whole.
+- A leading factor left to -1 before a last factor that is a width read whole from a
+  shape (DLRM's ``view(B, -1, d)``, ``d = x.shape[1]``) keeps its count: the last factor
+  shrinks with the width read, alike in every part.
 - Whole heads go only if the per-head size is left to -1 or held by an attribute
   (``self.head_dim``). One computed from the width read from the block's input (nanoGPT's
   ``C // self.n_head``) keeps the heads and shrinks every head alike, with that input width
@@ -355,6 +358,10 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         return bearing[-1], None
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
         inferred = sizes.index(-1)
+        if inferred in bearing[:-1] and _width_read(sizes[bearing[-1]]):
+            # view(B, -1, d) with d = x.shape[1] (DLRM's interaction): the last factor is
+            # a width read whole, so it shrinks with it, alike in every part
+            return bearing[-1], None
         if inferred in bearing[:-1]:  # (a matching *head* attribute is kept truthful)
             heads = [k for k, v in attrs.items()
                      if v == labels.shape[inferred] and counts_heads(k)]
@@ -416,6 +423,12 @@ def _per_head_share(sizes: list[int], labels: Tensor, bearing: list[int]) -> boo
         return False
     size, heads = sizes[bearing[-1]], labels.shape[bearing[-2]]
     return isinstance(size, SizeInt) and heads > 1 and size._divisor == heads
+
+
+def _width_read(size: int) -> bool:
+    """Whether ``size`` is a tensor's width read whole from its shape (``d`` of ``B, d =
+    x.shape``), not divided or combined: it follows that tensor's channels."""
+    return isinstance(size, SizeInt) and size._exact and len(size._parts) == 1
 
 
 def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: list[int],

@@ -1,0 +1,113 @@
+"""Feature interactions of recommendation models: DLRM stacks the dense vector and the
+embeddings of every sparse field into ``T [B, fields, d]`` (``torch.stack``, or ``cat``
+then ``view(B, -1, d)`` with ``d`` read from a shape) and takes ``T @ Tᵀ``. The embedding
+width ``d`` is pruned alike in every field: channel k goes from every row of T. Before,
+both ways kept every table and the bottom MLP's output whole."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import prunekit as pk
+
+
+class DLRM(nn.Module):
+    def __init__(self, how: str, d: int = 16, fields: int = 3) -> None:
+        super().__init__()
+        self.how = how
+        self.bottom = nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, d), nn.ReLU())
+        self.tables = nn.ModuleList(nn.Embedding(50, d) for _ in range(fields))
+        pairs = (fields + 1) * fields // 2
+        self.top = nn.Sequential(nn.Linear(d + pairs, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        x = self.bottom(dense)
+        vectors = [x] + [table(sparse[:, i]) for i, table in enumerate(self.tables)]
+        batch, d = x.shape
+        if self.how == "stack":
+            t = torch.stack(vectors, dim=1)
+        elif self.how == "literal":
+            t = torch.cat(vectors, dim=1).view(batch, -1, 16)
+        else:  # facebookresearch/dlrm's interact_features
+            t = torch.cat(vectors, dim=1).view((batch, -1, d))
+        z = torch.bmm(t, torch.transpose(t, 1, 2))
+        rows, cols = torch.tril_indices(z.shape[1], z.shape[2], offset=-1)
+        return self.top(torch.cat([x, z[:, rows, cols]], dim=1))
+
+
+def _inputs(batch: int) -> tuple[Tensor, Tensor]:
+    return torch.randn(batch, 13), torch.randint(0, 50, (batch, 3))
+
+
+def _zeroed(model: nn.Module, plan: dict) -> nn.Module:
+    """``model`` with the outputs the plan removes zeroed (rows of Linear weights and
+    biases, columns of embedding tables)."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for path, entry in plan["modules"].items():
+            module, keep = ref.get_submodule(path), entry["keep"].get("out")
+            if keep is None:
+                continue
+            axis = 1 if isinstance(module, nn.Embedding) else 0
+            gone = sorted(set(range(module.weight.shape[axis])) - set(keep))
+            module.weight.index_fill_(axis, torch.tensor(gone, dtype=torch.long), 0.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias[gone] = 0
+    return ref
+
+
+@pytest.mark.parametrize("how", ["view_of_width_read", "stack"])
+def test_the_embedding_width_is_pruned_alike_in_every_field(how: str) -> None:
+    torch.manual_seed(0)
+    model = DLRM(how).eval()
+    result = pk.prune(model, _inputs(4), ratio=0.5)
+    pruned = result.model
+    assert pruned.bottom[2].out_features == 8 and pruned.top[0].in_features == 8 + 6
+    assert all(table.embedding_dim == 8 for table in pruned.tables)
+    keeps = [result.plan["modules"][p]["keep"]["out"] for p in ("bottom.2", "tables.0",
+                                                                 "tables.2")]
+    assert keeps[0] == keeps[1] == keeps[2]
+    assert result.params_kept < 0.5
+    reference = _zeroed(model, result.plan)
+    for batch in (4, 9):
+        x = _inputs(batch)
+        torch.testing.assert_close(pruned(*x), reference(*x))
+
+
+def test_a_width_written_as_a_literal_keeps_the_tables_whole() -> None:
+    model = DLRM("literal").eval()
+    result = pk.prune(model, _inputs(4), ratio=0.5)
+    assert all(table.embedding_dim == 16 for table in result.model.tables)
+    assert "tables.0.weight" in result.coverage.fixed
+    x = _inputs(5)
+    assert result.model(*x).shape == (5, 1)
+
+
+class Gram(nn.Module):
+    """Rows from three layers, contracted with themselves and with a fourth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = nn.ModuleList(nn.Linear(6, 10) for _ in range(3))
+        self.other = nn.Linear(6, 10)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = torch.stack([row(x) for row in self.rows], dim=1)  # [B, 3, 10]
+        return self.head((t @ self.other(x).unsqueeze(-1)).squeeze(-1))  # [B, 3]
+
+
+def test_rows_contracted_with_another_layer_go_with_its_channels() -> None:
+    torch.manual_seed(0)
+    model = Gram().eval()
+    x = torch.randn(4, 6)
+    result = pk.prune(model, x, ratio=0.5)
+    plan = result.plan["modules"]
+    assert plan["rows.0"]["keep"]["out"] == plan["rows.1"]["keep"]["out"] == \
+        plan["other"]["keep"]["out"]
+    assert result.model.other.out_features == 5
+    torch.testing.assert_close(result.model(x), _zeroed(model, result.plan)(x))
