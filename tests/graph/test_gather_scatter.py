@@ -66,3 +66,43 @@ def test_gather_along_channels_keeps_them_whole() -> None:
         result = prune(model, x, ratio=0.5)
     assert result.model.lin1.out_features == 8
     assert "by index values" in result.coverage.fixed["lin1.weight"]
+
+
+class NeighbourMax(nn.Module):
+    """DGCNN-style neighbour pooling: every channel gathered along the points by a kNN
+    index expanded over the channels, to a width read from the shape or written as an
+    int attribute."""
+
+    def __init__(self, width: str, channels: int = 16, k: int = 4) -> None:
+        super().__init__()
+        self.width, self.channels, self.k = width, channels, k
+        self.stem, self.head = nn.Conv1d(3, channels, 1), nn.Conv1d(channels, 5, 1)
+
+    def forward(self, xyz: Tensor) -> Tensor:
+        batch, _, points = xyz.shape
+        near = torch.cdist(xyz.mT, xyz.mT).topk(self.k, -1, largest=False).indices
+        x = torch.relu(self.stem(xyz))
+        width = x.shape[1] if self.width == "read" else self.channels
+        index = near.reshape(batch, 1, points * self.k).expand(-1, width, -1)
+        gathered = torch.gather(x, 2, index).view(batch, -1, points, self.k)
+        return self.head(gathered.amax(-1))
+
+
+def test_an_index_as_wide_as_the_channels_read_from_the_shape_follows_them() -> None:
+    torch.manual_seed(0)
+    model, xyz = NeighbourMax("read").eval(), torch.randn(2, 3, 20)
+    result = prune(model, xyz, ratio=0.5)
+    assert result.model.stem.out_channels == result.model.head.in_channels == 8
+    reference = _zero_removed_inputs(model, result.plan)
+    for points in (20, 31):
+        xyz = torch.randn(3, 3, points)
+        torch.testing.assert_close(result.model(xyz), reference(xyz))
+
+
+def test_an_index_width_written_as_an_int_keeps_the_channels_whole() -> None:
+    # before, the channels were cut and the 16-wide index failed the pruned model's check
+    model, xyz = NeighbourMax("attribute").eval(), torch.randn(2, 3, 20)
+    result = prune(model, xyz, ratio=0.5)
+    assert result.model.stem.out_channels == 16
+    assert "index spans 16 positions" in result.coverage.fixed["stem.weight"]
+    torch.testing.assert_close(result.model(xyz), model(xyz))

@@ -45,7 +45,34 @@ def _gather(ctx: TraceContext, call: OpCall) -> None:
     else:  # take_along_dim(input, indices, dim=None): None gathers from the flattened input
         dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim")
     _block_along(ctx, call, source, dim)
+    index = call.arg(2 if call.name == "gather" else 1,
+                     "index" if call.name == "gather" else "indices")
+    if dim is not None and isinstance(index, Tensor):
+        _fixed_extent(ctx, call, source, index, dim)
     replay(ctx, call)
+
+
+def _fixed_extent(ctx: TraceContext, call: OpCall, source: Tensor, index: Tensor,
+                  dim: int) -> None:
+    """Along every other dim the index's extent picks the source's first positions; where
+    the source carries channels there and the index does not follow them (its width written
+    as an int: ``idx.expand(-1, self.channels, -1)``), that extent stays what it is, so the
+    source's channels are kept whole (a width read from the source's shape follows)."""
+    canon = ctx.space.find(ctx.labels(source))
+    if canon.dim() != index.dim():
+        return
+    dim %= max(canon.dim(), 1)
+    follows = ctx.space.find(ctx.labels(index))
+    for d in range(canon.dim()):
+        if d == dim or not varies(canon, d) or varies(follows, d):
+            continue
+        if call.name == "take_along_dim" and index.shape[d] == 1:
+            continue  # broadcast over every channel
+        ctx.block(canon, f"{call.display}'s index spans {index.shape[d]} positions of a "
+                         f"channel dim, a size fixed in the code; build the index with the "
+                         f"width read from the tensor's shape (x.shape[{d}]) to prune these "
+                         f"channels")
+        return
 
 
 def _scatter(ctx: TraceContext, call: OpCall) -> None:
