@@ -9,6 +9,10 @@ channels vary both along R and elsewhere, the positions reduced together are joi
 channels of the leading dims pass through, and everything pooled into one output position
 is joined; padding only touches the dims it pads by a non-zero amount.
 
+Losses computed in forward (``mse_loss``, ``cross_entropy``, ...) couple their inputs as a
+pointwise op does, then reduce over everything; determinants keep the channels of their
+matrices whole.
+
 ``cosine_similarity``/``pairwise_distance`` couple their two inputs as a pointwise op does,
 then reduce over one dim by the rule above; ``cdist`` pairs rows over the last dim as a
 matrix product does (:mod:`prunekit.graph.ops_matmul`).
@@ -31,6 +35,7 @@ REDUCE = (
     "norm", "logsumexp", "argmax", "argmin", "all", "any", "median", "std_mean", "var_mean",
     "count_nonzero", "aminmax", "linalg_vector_norm", "vector_norm", "linalg_norm",
     "linalg_matrix_norm", "matrix_norm", "nanmedian", "mode",
+    "_is_all_true", "_is_any_true",  # (torch.distributions' argument checks)
 )
 _ARG_REDUCE = ("argmax", "argmin")
 _WITH_INDICES = ("max", "min", "median", "nanmedian", "mode")  # (values, indices) given a dim
@@ -371,5 +376,67 @@ def _cdist(ctx: TraceContext, call: OpCall) -> None:
                                  tuple(out.shape)))
 
 
+# losses computed in forward (a VQ-VAE's commitment loss, an auxiliary loss returned with
+# the output): elementwise on their broadcast inputs, then reduced unless reduction="none"
+_ELEMENTWISE_LOSSES = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div",
+                       "binary_cross_entropy", "binary_cross_entropy_with_logits",
+                       "soft_margin_loss", "poisson_nll_loss", "gaussian_nll_loss")
+_CLASS_LOSSES = ("cross_entropy", "nll_loss")  # input [N, C, ...], target class indices
+
+
+def _loss(ctx: TraceContext, call: OpCall) -> None:
+    """A loss: its tensor arguments meet position by position, as in a pointwise op (a
+    cross-entropy's class dim, which it normalises over, keeps its channels whole; its
+    integer target meets nothing); the result is that, or its full reduction (a shape no
+    pruning changes, as a mean over channels: see the module docstring)."""
+    from prunekit.graph.ops_pointwise import combine
+
+    operands = [t for t in tensors_in((*call.args, *call.kwargs.values()))
+                if t.is_floating_point()]
+    if not operands:
+        raise OpNotMappable("no floating-point input")
+    if call.name in _CLASS_LOSSES:
+        scores = operands[0]
+        canon = ctx.space.find(ctx.labels(scores))
+        if canon.dim() > 1 and varies(canon, 1):
+            ctx.block(canon, f"{call.display} normalises over its class dim")
+        for out in tensors_in(call.out):
+            ctx.set_labels(out, fixed_shape(ctx.space, out.shape,
+                                            f"{call.display} reduces its class dim"))
+        return
+    shape = torch.broadcast_shapes(*(t.shape for t in operands))
+    canon = ctx.space.find(combine(ctx, [ctx.labels(t) for t in operands], shape))
+    for out in tensors_in(call.out):
+        if tuple(out.shape) == tuple(shape):
+            ctx.set_labels(out, canon)
+            continue
+        reduced = tuple(range(len(shape)))
+        rep = _collapse(ctx, canon, varying(canon), canon.shape, reduced, call.display)
+        ctx.set_labels(out, _fit(rep, reduced, tuple(out.shape)))
+
+
+def _determinant(ctx: TraceContext, call: OpCall) -> None:
+    """``det``/``slogdet``/``logdet`` of square matrices (a Glow invertible 1×1 conv's
+    log-determinant): the determinant of a matrix with rows or columns removed is another
+    number, so channels along the last two dims are kept whole; the results have a shape no
+    pruning changes."""
+    matrix = call.arg(0, "A") if call.args or "A" in call.kwargs else call.arg(0, "input")
+    if not isinstance(matrix, Tensor) or matrix.dim() < 2:
+        raise OpNotMappable("expected a matrix")
+    canon = ctx.space.find(ctx.labels(matrix))
+    if varies(canon, canon.dim() - 1) or varies(canon, canon.dim() - 2):
+        ctx.block(canon, f"{call.display} takes the determinant of a matrix of channels")
+    batch = tuple(range(canon.dim() - 2))
+    rep = canon.amax(dim=(-2, -1)) if batch else None
+    for out in tensors_in(call.out):
+        if rep is not None and tuple(out.shape) == tuple(rep.shape):
+            ctx.set_labels(out, rep)
+        else:
+            ctx.set_labels(out, fixed_shape(ctx.space, out.shape,
+                                            f"{call.display} of a matrix"))
+
+
+register_op(_ELEMENTWISE_LOSSES + _CLASS_LOSSES, _loss)
+register_op(("det", "slogdet", "logdet", "linalg_det", "linalg_slogdet"), _determinant)
 register_op(("cosine_similarity", "pairwise_distance"), _paired_reduce)
 register_op(("cdist",), _cdist)

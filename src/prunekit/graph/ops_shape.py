@@ -614,7 +614,22 @@ def _channel_shuffle(ctx: TraceContext, call: OpCall) -> None:
 register_op(("diff",), _diff)
 register_op(("cummax", "cummin"), _running_pick)
 register_op(("channel_shuffle", "native_channel_shuffle"), _channel_shuffle)
+def _broadcast_tensors(ctx: TraceContext, call: OpCall) -> None:
+    """``torch.broadcast_tensors(a, b, ...)`` (``torch.distributions`` broadcasts its
+    parameters so): each result is its input expanded, labelled as ``expand`` labels it."""
+    inputs = tensors_in(call.args)
+    outputs = tensors_in(call.out)
+    if len(inputs) != len(outputs):
+        raise OpNotMappable("expected tensors only")
+    for tensor, out in zip(inputs, outputs, strict=True):
+        labels = ctx.labels(tensor)
+        while labels.dim() < out.dim():
+            labels = labels.unsqueeze(0)
+        ctx.set_labels(out, labels.expand(out.shape))
+
+
 register_op(REPLAY, _replay_only)
+register_op(("broadcast_tensors",), _broadcast_tensors)
 register_op(CHUNKING, chunking)
 
 
