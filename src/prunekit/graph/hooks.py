@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from prunekit.graph.records import ModuleCall, ModuleHandler
 from prunekit.graph.replay import Recording, is_data_call
+from prunekit.graph.writes import WriteGuard
 
 __all__ = ["CallStack", "Recorder"]
 
@@ -175,21 +176,31 @@ class CallStack:
 
 class Recorder(TorchFunctionMode):
     """Runs every torch function, then hands it to ``on_op(func, args, kwargs, out)``
-    unless an atomic module of ``stack`` runs; a shape read (``t.shape``, ``t.size()``,
+    unless an atomic module of ``stack`` runs (a write into a tensor of the model is first
+    saved by ``writes``: :mod:`prunekit.graph.writes`); a shape read (``t.shape``, ``t.size()``,
     ``t.size(d)``, ``t.numel()``) returns what ``on_size(func, args, kwargs, out)`` makes
     of it. Calls whose result depends on tensor values are also kept in ``data``
     (graph/replay.py)."""
 
-    def __init__(self, stack: CallStack, on_op: OnOp, on_size: OnSize | None = None) -> None:
+    def __init__(self, stack: CallStack, on_op: OnOp, on_size: OnSize | None = None,
+                 writes: WriteGuard | None = None) -> None:
         super().__init__()
         self.stack = stack
         self.on_op = on_op
         self.on_size = on_size
         self.data = Recording(stack.modules[0])
+        self.writes = writes if writes is not None else WriteGuard()
+        self._watched = self.writes.watched
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        if args and id(args[0]) in self._watched:  # a model tensor: saved before a write
+            alias = self.writes.before(func, args[0])
+            out = func(*args, **kwargs)
+            if alias:
+                self.writes.alias(out, args[0])
+        else:
+            out = func(*args, **kwargs)
         if self.stack.atomic_depth == 0:  # stack.recording, without a property call per op
             kind = out.__class__
             if (kind is torch.Size or (kind is int and (func is _SIZE or func is _NUMEL))) and \

@@ -57,6 +57,7 @@ from prunekit.graph.records import (  # (defined there, imported from here by th
 )
 from prunekit.graph.size_reads import size_read
 from prunekit.graph.sizes import SizeTracker, check_sizes, with_sizes
+from prunekit.graph.writes import WriteGuard, names_of
 
 __all__ = [
     "ModuleCall",
@@ -102,9 +103,12 @@ class TraceContext:
         self.width_numbers: list[tuple[str, Tensor]] = []  # see Trace.width_numbers
         # one walk of the module tree serves the param names, the hooks and eval mode
         walk = walk_modules(model)
+        self.writes = WriteGuard()  # what the forward writes into them, put back after
         for members in ("_parameters", "_buffers"):  # named_parameters, then named_buffers
             for prefix, module in walk:
                 for key, tensor in getattr(module, members).items():
+                    if tensor is not None:
+                        self.writes.watch(tensor)
                     # int/bool buffers are indices and masks
                     if tensor is not None and tensor.is_floating_point():
                         self._param_names.setdefault(id(tensor),
@@ -544,7 +548,8 @@ def trace(
     ctx = TraceContext(model, strict)
     for path, tensor in walk_tensors(example_inputs, "input"):
         ctx.set_labels(tensor, fixed_shape(ctx.space, tensor.shape, f"model {path}"))
-    recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op, size_read(ctx))
+    recorder = ctx._calls.mode = Recorder(ctx._calls, ctx.record_op, size_read(ctx),
+                                          ctx.writes)
     modules = [module for _, module in ctx._named_modules]
     handlers = opaque_scripts(lookup)
     train_shapes = train_data = None
@@ -568,6 +573,7 @@ def trace(
             check()
         ctx.width_numbers.extend(ctx.sizes.numbers(ctx))
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
+        ctx.writes.restore()  # the user's model as it was (an ActNorm's first-batch init)
         ctx._calls.mode = None
         ctx.sizes.close(modules)
         ctx._labels.clear()
@@ -577,4 +583,5 @@ def trace(
         ctx.at_end.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes, ctx.aligned, data, train_data, ctx.width_numbers,
-                 frozenset(ctx._calls.entered), containers=ctx.containers)
+                 frozenset(ctx._calls.entered), containers=ctx.containers,
+                 written=names_of(model, ctx.writes.written()))

@@ -28,6 +28,7 @@ from prunekit.graph.modes import eval_mode, model_mode
 from prunekit.graph.passes import eager_compiled
 from prunekit.graph.replay import Recording, Replay
 from prunekit.graph.trace import trace
+from prunekit.graph.writes import restored
 from prunekit.importance.group import (
     Aggregation,
     GroupCriterion,
@@ -338,17 +339,22 @@ def prune(
                                       ignore=ignore, strict=strict, aggregation=aggregation,
                                       normalization=norm, seed=seed)
     reference = graph.trace.output_shapes  # the trace ran the model in eval mode
-    if target is not None:
-        config = _search(model, example_inputs, graph, scores, config, target)
-    masks = allocate(graph.groups, scores, config)
-    try:
-        pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
-    except CheckFailed as failed:
-        graph, masks = without_breaking_groups(
-            graph, masks, failed, strict=strict,
-            check=lambda trial: _cut_and_check(model, example_inputs, graph, trial, reference,
-                                               inplace=True))
-        pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
+    # the forwards below run models that share tensors with the user's: what the forward
+    # writes into (graph/writes.py) is put back
+    with restored(model, graph.trace.written):
+        if target is not None:
+            config = _search(model, example_inputs, graph, scores, config, target)
+        masks = allocate(graph.groups, scores, config)
+        try:
+            pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
+                                          inplace)
+        except CheckFailed as failed:
+            graph, masks = without_breaking_groups(
+                graph, masks, failed, strict=strict,
+                check=lambda trial: _cut_and_check(model, example_inputs, graph, trial,
+                                                   reference, inplace=True))
+            pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
+                                          inplace)
     changed = _numbers_changed(graph, masks)
     if changed:
         warnings.warn(
@@ -366,8 +372,9 @@ def prune(
     if inplace:
         model.__dict__.update(pruned.__dict__)
         pruned = model
-    return PruneResult(pruned, plan, _lazy_profile(original, example_inputs),
-                       _lazy_profile(pruned, example_inputs),
+    written = graph.trace.written
+    return PruneResult(pruned, plan, _lazy_profile(original, example_inputs, written),
+                       _lazy_profile(pruned, example_inputs, written),
                        functools.partial(coverage_report, original, graph), len(graph.groups))
 
 
@@ -421,17 +428,22 @@ def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: Depen
                           f"{exc})", exc) from exc
     # without a module swapped in, the clones are pruned.modules(): no second walk
     swapped = any("swap" in entry for entry in plan["modules"].values())
-    _check_shapes(pruned, example_inputs, reference, clones if clones and not swapped else None,
-                  replay=graph.trace.replay, mirrored=graph.trace.mirrored)
-    if graph.trace.train_output_shapes is not None:  # layers only training runs were traced
-        _check_shapes(pruned, example_inputs, graph.trace.train_output_shapes, training=True,
-                      replay=graph.trace.train_replay)
+    with restored(pruned, graph.trace.written):  # it starts as the user's model was
+        _check_shapes(pruned, example_inputs, reference,
+                      clones if clones and not swapped else None,
+                      replay=graph.trace.replay, mirrored=graph.trace.mirrored)
+        if graph.trace.train_output_shapes is not None:  # layers only training runs ran
+            _check_shapes(pruned, example_inputs, graph.trace.train_output_shapes,
+                          training=True, replay=graph.trace.train_replay)
     return pruned, plan
 
 
-def _lazy_profile(model: nn.Module, example_inputs: ExampleInputs) -> Callable[[], Profile]:
+def _lazy_profile(model: nn.Module, example_inputs: ExampleInputs,
+                  written: tuple[str, ...] = ()) -> Callable[[], Profile]:
     def measure() -> Profile:
-        with eval_mode(model):  # BatchNorm in train mode would update its statistics
+        # BatchNorm in train mode would update its statistics; what the forward writes
+        # into (graph/writes.py) is put back
+        with eval_mode(model), restored(model, written):
             return profile(model, example_inputs)
     return measure
 
@@ -610,7 +622,9 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
     (metric, goal), = target.items()
     check_choice("target metric", metric, ("params", "macs"))
     goal = check_fraction(f"target[{metric!r}]", goal, allow_one=True)
-    base = _measure(model, example_inputs, metric)
+    written = graph.trace.written  # (what a forward writes into is put back after each)
+    with restored(model, written):
+        base = _measure(model, example_inputs, metric)
     low, high = 0.0, 0.99
     best: Allocation | None = None
     widths = [unit_width(g) for g in graph.groups]  # the same groups in every trial
@@ -621,7 +635,8 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
         plan, indices = plan_with_indices(model, graph, masks)
         candidate = _shallow_clone(model)
         apply_plan(candidate, plan, indices=indices)
-        kept = _measure(candidate, example_inputs, metric) / max(1, base)
+        with restored(candidate, written):
+            kept = _measure(candidate, example_inputs, metric) / max(1, base)
         if kept <= goal:
             best, high = trial, mid
         else:

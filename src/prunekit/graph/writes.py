@@ -1,0 +1,111 @@
+"""Writes the traced forward makes into the model's own tensors, undone when the trace ends.
+
+Some forwards write their parameters or buffers: a data-dependent initialisation (Glow's
+ActNorm sets ``loc`` and ``scale`` from the first batch it sees, then ``initialized``), a
+mask multiplied into a weight in place (``self.weight.data *= self.mask``). Tracing runs the
+user's model, which ``prune`` promises to leave as it was, so the first in-place write into
+each such tensor saves its value, and :meth:`WriteGuard.restore` puts every saved value back.
+A write is an in-place method or operator on the tensor itself (``copy_``, ``fill_``,
+``+=``, ``t[i] = v``) or on its ``.data``; ops inside layers that have a handler are not
+seen (their modules write nothing in eval mode; the training-mode pass restores buffers
+itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["WriteGuard", "names_of", "restored"]
+
+# in-place operators spelt as dunders: __iadd__, __imul__, ... and __setitem__
+_INPLACE_DUNDERS = frozenset(
+    f"__i{base}__" for base in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
+                                "and", "or", "xor", "lshift", "rshift", "matmul")
+) | {"__setitem__"}
+_WRITE, _ALIAS, _READ = 1, 2, 0
+
+
+def _kind(func: Callable[..., Any]) -> int:
+    name = getattr(func, "__name__", "")
+    if name == "__get__":  # a property: Tensor.data is the same storage under another name
+        owner = getattr(func, "__self__", None)
+        return _ALIAS if getattr(owner, "__name__", "") == "data" else _READ
+    if name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__")):
+        return _WRITE
+    return _READ
+
+
+class WriteGuard:
+    """The model's tensors by id (``watched``: aliases from ``.data`` map to their tensor)
+    and the values saved before the first write into each."""
+
+    def __init__(self) -> None:
+        self.watched: dict[int, Tensor] = {}
+        self._saved: dict[int, tuple[Tensor, Tensor]] = {}
+        self._kinds: dict[Any, int] = {}
+
+    def watch(self, tensor: Tensor) -> None:
+        self.watched.setdefault(id(tensor), tensor)
+
+    def before(self, func: Callable[..., Any], first: Tensor) -> bool:
+        """Called before ``func`` runs with a watched tensor ``first`` as its first argument:
+        saves the tensor if ``func`` writes into it; True if the result is an alias to watch
+        (then pass it to :meth:`alias`)."""
+        kind = self._kinds.get(func)
+        if kind is None:
+            kind = self._kinds[func] = _kind(func)
+        if kind == _WRITE:
+            tensor = self.watched[id(first)]
+            if id(tensor) not in self._saved:
+                self._saved[id(tensor)] = (tensor, tensor.detach().clone())
+        return kind == _ALIAS
+
+    def alias(self, out: Any, first: Tensor) -> None:
+        if isinstance(out, Tensor):
+            self.watched[id(out)] = self.watched[id(first)]
+
+    def written(self) -> tuple[Tensor, ...]:
+        """The tensors written into, in the order of their first write."""
+        return tuple(tensor for tensor, _ in self._saved.values())
+
+    def restore(self) -> None:
+        """Put back every saved value."""
+        with torch.no_grad():
+            for tensor, value in self._saved.values():
+                tensor.copy_(value)
+
+
+def names_of(model: nn.Module, tensors: tuple[Tensor, ...]) -> tuple[str, ...]:
+    """The paths of ``tensors`` among ``model``'s parameters and buffers."""
+    if not tensors:
+        return ()
+    wanted = {id(t) for t in tensors}
+    found = [name for named in (model.named_parameters(), model.named_buffers())
+             for name, tensor in named if id(tensor) in wanted]
+    return tuple(dict.fromkeys(found))
+
+
+@contextlib.contextmanager
+def restored(model: nn.Module, names: tuple[str, ...]) -> Iterator[None]:
+    """Put back, when the block exits, the values that ``model``'s tensors at ``names`` hold
+    now (a forward that ``prune`` runs writes into them again: the user's model, or the
+    pruned model before its check)."""
+    tensors = []
+    for name in names:
+        prefix, _, key = name.rpartition(".")
+        owner = model.get_submodule(prefix) if prefix else model
+        tensor = getattr(owner, key, None)
+        if isinstance(tensor, Tensor):
+            tensors.append(tensor)
+    saved = [(tensor, tensor.detach().clone()) for tensor in tensors]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, value in saved:
+                tensor.copy_(value)

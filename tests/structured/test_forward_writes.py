@@ -1,0 +1,66 @@
+"""A forward that writes into the model's own tensors (Glow's ActNorm initialises ``loc`` and
+``scale`` from the first batch it sees, then sets ``initialized``; a weight decayed through
+``.data``; a call counter): ``prune`` runs the user's model to trace it, and later forwards
+on models that share its tensors, yet leaves it as it was; the pruned model starts as it
+was too. Before, the trace's writes stayed in the user's model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from prunekit.structured import prune
+
+
+class ActNorm(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        if self.initialized.item() == 0:
+            with torch.no_grad():
+                self.loc.copy_(-x.mean((0, 2, 3), keepdim=True))
+                self.scale.data.mul_(1 / (x.std((0, 2, 3), keepdim=True) + 1e-6))
+                self.initialized.fill_(1)
+        return self.scale * (x + self.loc)
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), ActNorm(16), nn.ReLU(),
+                         nn.Conv2d(16, 3, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("how", ["copy", "inplace_with_target"])
+def test_the_users_model_and_the_pruned_one_start_as_they_were(how: str) -> None:
+    model, x = _model(), torch.randn(4, 3, 8, 8) * 5 + 3
+    before = copy.deepcopy(model.state_dict())
+    if how == "copy":
+        result = prune(model, x, ratio=0.5)
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    else:  # the search and the check run forwards on clones that share the model's tensors
+        result = prune(model, x, target={"macs": 0.5}, inplace=True)
+        assert result.model is model
+    pruned = result.model
+    assert pruned[0].out_channels < 16
+    assert int(pruned[1].initialized) == 0 and int(pruned[1].calls) == 0
+    keep = result.plan["modules"]["0"]["keep"]["out"]
+    torch.testing.assert_close(pruned[1].loc, before["1.loc"][:, keep], rtol=0, atol=0)
+    torch.testing.assert_close(pruned[1].scale, before["1.scale"][:, keep], rtol=0, atol=0)
+
+
+def test_reading_the_profiles_leaves_both_models_as_they_were() -> None:
+    model, x = _model(), torch.randn(4, 3, 8, 8) * 5 + 3
+    result = prune(model, x, ratio=0.5)
+    assert result.before.total_params > result.after.total_params  # each runs a forward
+    assert int(model[1].initialized) == 0 and int(result.model[1].initialized) == 0
+    assert float(model[1].loc.abs().sum()) == 0.0
