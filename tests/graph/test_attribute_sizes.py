@@ -186,3 +186,42 @@ def test_an_attribute_equal_to_a_size_read_from_a_shape_is_not_rewritten() -> No
     x = torch.randn(2, 30, 8)  # 30 tokens: the window matters
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), _zeroed(model, result.plan)(x))
+
+
+class SharedPlanes(nn.Module):
+    """Point Transformer v1's position encoding split into groups of ``mid_planes``, the
+    group count computed from the same attribute (``out_planes // mid_planes``)."""
+
+    def __init__(self, how: str, width: int = 16) -> None:
+        super().__init__()
+        self.how = how
+        self.out_planes = self.mid_planes = width
+        self.inp, self.pos = nn.Linear(3, width), nn.Linear(3, width)
+        self.q, self.head = nn.Linear(width, width), nn.Linear(width, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.pos(x)
+        if self.how == "quotient":
+            parts = p.view(p.shape[0], p.shape[1], self.out_planes // self.mid_planes,
+                           self.mid_planes)
+        else:
+            parts = p.view(p.shape[0], p.shape[1], 1, -1)
+        return self.head(torch.relu(self.q(self.inp(x)) + parts.sum(2)))
+
+
+def test_an_attribute_that_sizes_two_factors_is_not_rewritten_for_one() -> None:
+    # before, mid_planes was rewritten to 8, the quotient became 2 and the check failed
+    model, x = SharedPlanes("quotient").eval(), torch.randn(2, 10, 3)
+    result = prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert pruned.mid_planes == pruned.out_planes == 16 and pruned.pos.out_features == 16
+    assert "computes another factor from it" in result.coverage.fixed["pos.weight"]
+    assert pruned.inp.out_features == 8  # the hidden width of q is still cut
+    x = torch.randn(3, 7, 3)
+    torch.testing.assert_close(pruned(x), _zeroed(model, result.plan)(x))
+
+
+def test_the_same_split_written_with_minus_one_prunes() -> None:
+    model = SharedPlanes("minus_one").eval()
+    result = prune(model, torch.randn(2, 10, 3), ratio=0.5)
+    assert result.model.pos.out_features == 8

@@ -32,7 +32,8 @@ from torch import nn
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["arguments_written", "attributes_read", "calling_module", "comparison_read",
+__all__ = ["arguments_written", "attributes_by_argument", "attributes_read", "calling_module",
+           "comparison_read",
            "literals_written", "rebuilt_attribute", "sizes_written", "user_line"]
 
 # torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
@@ -119,10 +120,21 @@ def sizes_written(module: nn.Module
 
 
 @functools.lru_cache(maxsize=1024)
-def _arguments_at(code: CodeType, lasti: int, first: bool = False
-                  ) -> tuple[tuple[str | None, str] | int | None, ...] | None:
+def attributes_by_argument(ctx: TraceContext) -> tuple[frozenset[str], ...] | None:
+    """For each positional argument of the current call (the elements of a lone tuple or
+    list argument, as :func:`arguments_written` counts them), the names of the attributes
+    its expression reads: ``({"out_planes", "mid_planes"}, {"mid_planes"})`` for
+    ``view(self.out_planes // self.mid_planes, self.mid_planes)``. None where the source
+    cannot be read."""
+    frame = _user_frame()
+    return None if frame is None else _arguments_at(frame.f_code, frame.f_lasti, reads=True)
+
+
+def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool = False
+                  ) -> tuple[Any, ...] | None:
     """What the call at ``lasti`` writes for each positional argument (``first``: for each
-    element of its first argument, a list or tuple), as :func:`_written` reads it."""
+    element of its first argument, a list or tuple), as :func:`_written` reads it
+    (``reads``: the attribute names its expression reads)."""
     if not hasattr(code, "co_positions"):  # Python 3.10 keeps no columns
         return None
     line, end_line, col, end_col = list(code.co_positions())[lasti // 2]
@@ -152,6 +164,9 @@ def _arguments_at(code: CodeType, lasti: int, first: bool = False
         args = args[0].elts
         if any(isinstance(a, ast.Starred) for a in args):
             return None
+    if reads:
+        return tuple(frozenset(node.attr for node in ast.walk(arg)
+                               if isinstance(node, ast.Attribute)) for arg in args)
     return tuple(_product(arg) if first else _written(arg) for arg in args)
 
 

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from prunekit.graph.callers import (
     arguments_written,
+    attributes_by_argument,
     attributes_read,
     calling_module,
     literals_written,
@@ -91,7 +92,7 @@ def _reshape_general(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
             continue
         shrink, attr = _shrinking_factor(ctx, call, canon, bearing, out_dims)
         rep_along(ctx.space, canon, tuple(d for d in bearing if d != shrink))
-        if attr is not None:
+        if attr is not None and not _read_elsewhere(ctx, call, canon, attr, shrink):
             line = first_line(ctx.space.find(canon), shrink)
             ctx.bind_attribute(ctx.path, attr, line)
 
@@ -237,8 +238,9 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
         _block_ambiguous(ctx, call, labels, size, holders[0])
         return
     if len(holders) == 1 and size in sizes:
-        line = first_line(ctx.space.find(labels), dim)
-        ctx.bind_attribute(ctx.path, holders[0], line)
+        if not _read_elsewhere(ctx, call, labels, holders[0], dim):
+            line = first_line(ctx.space.find(labels), dim)
+            ctx.bind_attribute(ctx.path, holders[0], line)
         return
     trailing = all(labels.shape[d] == 1 for d in segment if d > dim)
     # a size computed from a shape read (c // groups: a SizeInt) follows, judged by
@@ -289,6 +291,22 @@ def _sizes_attribute(ctx: TraceContext, call: OpCall, segment: list[int]) -> str
     if written is None:
         return None
     return next((k for k, v in vars(ctx.running_module).items() if v is written), None)
+
+
+def _read_elsewhere(ctx: TraceContext, call: OpCall, labels: Tensor, attr: str,
+                    dim: int) -> bool:
+    """Whether the call computes another factor from ``attr`` too (Point Transformer's
+    ``view(n, k, self.out_planes // self.mid_planes, self.mid_planes)``): rewriting it for
+    factor ``dim`` would change that one as well, so the channels are kept whole (True)."""
+    reads = attributes_by_argument(ctx)
+    if reads is None or len(reads) != labels.dim() or not any(
+            attr in names for d, names in enumerate(reads) if d != dim):
+        return False
+    ctx.block(labels, f"{call.display} sizes a factor by {attr!r} of "
+                      f"{running_module_phrase(ctx)} and computes another factor from it "
+                      f"too, so rewriting it would change both; write -1 for the other "
+                      f"factor to prune these channels")
+    return True
 
 
 def _block_fixed_factor(ctx: TraceContext, call: OpCall, labels: Tensor, size: int,
