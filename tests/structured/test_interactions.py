@@ -111,3 +111,64 @@ def test_rows_contracted_with_another_layer_go_with_its_channels() -> None:
         plan["other"]["keep"]["out"]
     assert result.model.other.out_features == 5
     torch.testing.assert_close(result.model(x), _zeroed(model, result.plan)(x))
+
+
+class MMoE(nn.Module):
+    """Multi-gate mixture of experts: each task's gate weights the experts' outputs,
+    stacked as [B, E, H], by bmm, einsum or a broadcast product summed over E."""
+
+    def __init__(self, how: str, experts: int = 3, hidden: int = 16) -> None:
+        super().__init__()
+        self.how = how
+        self.experts = nn.ModuleList(nn.Linear(10, hidden) for _ in range(experts))
+        self.gates = nn.ModuleList(nn.Linear(10, experts) for _ in range(2))
+        self.towers = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(2))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        stacked = torch.stack([torch.relu(e(x)) for e in self.experts], dim=1)
+        outs = []
+        for gate, tower in zip(self.gates, self.towers, strict=True):
+            g = gate(x).softmax(-1)
+            if self.how == "bmm":
+                mixed = torch.bmm(g.unsqueeze(1), stacked).squeeze(1)
+            elif self.how == "einsum":
+                mixed = torch.einsum("be,beh->bh", g, stacked)
+            else:
+                mixed = (g.unsqueeze(-1) * stacked).sum(1)
+            outs.append(tower(mixed))
+        return tuple(outs)
+
+
+@pytest.mark.parametrize("how", ["bmm", "einsum", "sum"])
+def test_gates_times_stacked_experts_prune_the_experts_width(how: str) -> None:
+    # before, bmm and einsum kept every expert whole (the sum form pruned)
+    torch.manual_seed(0)
+    model = MMoE(how).eval()
+    result = pk.prune(model, torch.randn(8, 10), ratio=0.5)
+    pruned = result.model
+    assert [e.out_features for e in pruned.experts] == [8, 8, 8]
+    assert [g.out_features for g in pruned.gates] == [3, 3]  # the gates weigh every expert
+    plan = result.plan["modules"]
+    assert plan["experts.0"]["keep"]["out"] == plan["experts.2"]["keep"]["out"]
+    reference = _zeroed(model, result.plan)
+    x = torch.randn(5, 10)
+    for got, want in zip(pruned(x), reference(x), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+class FieldsEinsum(DLRM):
+    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        x = self.bottom(dense)
+        t = torch.stack([x] + [table(sparse[:, i]) for i, table in enumerate(self.tables)], 1)
+        z = torch.einsum("bfd,bgd->bfg", t, t)
+        rows, cols = torch.tril_indices(z.shape[1], z.shape[2], offset=-1)
+        return self.top(torch.cat([x, z[:, rows, cols]], dim=1))
+
+
+def test_field_interactions_written_as_einsum() -> None:
+    torch.manual_seed(0)
+    model = FieldsEinsum("stack").eval()
+    result = pk.prune(model, _inputs(4), ratio=0.5)
+    assert all(table.embedding_dim == 8 for table in result.model.tables)
+    x = _inputs(6)
+    torch.testing.assert_close(result.model(*x), _zeroed(model, result.plan)(*x))

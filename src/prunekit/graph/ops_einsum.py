@@ -22,7 +22,7 @@ import string
 
 from torch import Tensor
 
-from prunekit.graph.labels import emit, fixed_shape, varies
+from prunekit.graph.labels import emit, fixed_shape, rep_along, varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_matmul import contract
 from prunekit.graph.ops_pointwise import combine
@@ -51,20 +51,27 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
             weights[i] = (ctx.layer_weight(stack), {1: term[lead], 2: term[lead + 1]})
         elif operand.dim() >= 2 and ctx.is_param(operand):
             weights[i] = (ctx.layer_weight(operand), dict(enumerate(term)))
-    channel: list[str | None] = []
     labels: list[Tensor] = []
+    along: list[list[str]] = []
     for i, (term, operand) in enumerate(zip(terms, operands, strict=True)):
         if i in weights and weights[i][0] is not None:
-            channel.append(None)
             labels.append(operand)  # (not read: a weight's axes are cut below)
+            along.append([])
             continue
         lab = space.find(ctx.labels(operand))
-        letters = [term[d] for d in range(lab.dim()) if varies(lab, d)]
-        if len(letters) > 1:
-            space.block(lab, f"{call.display} operand carries channels along {letters}")
-            letters = []
-        channel.append(letters[0] if letters else None)
         labels.append(lab)
+        along.append([term[d] for d in range(lab.dim()) if varies(lab, d)])
+    channel: list[str | None] = []
+    for i, letters in enumerate(along):
+        if len(letters) > 1:
+            joined = _rows_or_sum(ctx, i, terms, rhs, labels, along)
+            if joined is None:
+                space.block(labels[i], f"{call.display} operand carries channels along "
+                                       f"{letters}")
+                letters = []
+            else:
+                labels[i], letters = joined
+        channel.append(letters[0] if letters else None)
     vectors: dict[str, list[Tensor]] = {}
     for term, letter, lab in zip(terms, channel, labels, strict=True):
         if letter is not None:
@@ -94,6 +101,35 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
             space.block(vector, f"{call.display} result carries channels on two letters")
     letter = carried[0]
     ctx.set_labels(out, emit(space.find(vectors[letter][0]), rhs.index(letter), out.shape))
+
+
+def _rows_or_sum(ctx: TraceContext, at: int, terms: list[str], rhs: str,
+                 labels: list[Tensor], found: list[list[str]]) -> tuple[Tensor, list[str]] | None:
+    """An operand whose channels vary along two letters, one contracted (``k``) and one
+    kept (``j``), read as :func:`ops_matmul.contract` reads such a side: where another
+    operand carries channels along ``k`` too (field vectors ``"bfd,bgd->bfg"``; a weight per
+    row with more rows than ``j`` has channels), channel k goes from every ``j``; else
+    (gates times stacked experts, ``"be,beh->bh"``) channel j of every ``k`` goes together
+    and the weights along ``k`` are kept whole. None for any other operand."""
+    letters, term = found[at], terms[at]
+    contracted = [c for c in letters if c not in rhs]
+    kept = [c for c in letters if c in rhs]
+    if len(letters) != 2 or len(contracted) != 1 or len(kept) != 1:
+        return None
+    k, j = contracted[0], kept[0]
+    space, lab = ctx.space, labels[at]
+    k_dim, j_dim = term.index(k), term.index(j)
+    others = [i for i, letters in enumerate(found) if i != at and k in letters]
+    stacks = any(len(found[i]) > 1 for i in others)
+    if others and (stacks or lab.shape[k_dim] >= lab.shape[j_dim]):
+        rows = lab.movedim(k_dim, -1).reshape(-1, lab.shape[k_dim])
+        space.union(rows[:1].expand_as(rows), rows)
+        return space.find(lab), [k]
+    for i in others:
+        space.block(labels[i], "weights a sum of rows whose channels are pruned")
+        labels[i] = space.find(labels[i])
+        found[i] = [c for c in found[i] if c != k]
+    return rep_along(space, lab, (k_dim,)).expand(lab.shape), [j]
 
 
 def _cut_weight(ctx: TraceContext, record: ParamRecord, letters: dict[int, str],

@@ -5,9 +5,12 @@ For ``a [..., n, k] @ b [..., k, m]``: if channels vary along k on either side, 
 must drop the same k indices, so their k labels are joined (a side whose k dimension does
 not carry channels cannot shrink, so the other side's k channels are kept whole). The
 result carries b's channels along m, else a's along n, else none, in a shape no pruning
-changes (:func:`labels.fixed_shape`). A side whose k channels differ from row to row (field
-vectors stacked, ``T @ Tᵀ``) has its rows' k-th channels joined; a side that carries
-channels along batch dims and a matrix dim is kept whole.
+changes (:func:`labels.fixed_shape`). A side that carries channels along both its dims has
+its rows' k-th channels joined where the other side's k carries channels too (field vectors
+stacked, DLRM's ``T @ Tᵀ``: channel k goes from every row), else its channels joined along
+k (gates ``[B, 1, E]`` times experts stacked ``[B, E, H]``: a weighted sum of the rows, so
+channel j of every row goes together); a side that carries channels along batch dims and a
+matrix dim is kept whole.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from torch import Tensor
 
 from prunekit.graph.callers import user_line
-from prunekit.graph.labels import consume, fixed_shape, varies, varying
+from prunekit.graph.labels import LabelSpace, consume, fixed_shape, rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_shape import first_line
 from prunekit.graph.trace import ParamRecord, TraceContext
@@ -29,14 +32,28 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
     space = ctx.space
     a, b = space.find(a), space.find(b)
     reason = "a matrix product mixes its channels"
-    sides, labs = [], []
+    found = []
     for lab, k_dim, free_dim in ((a, -1, -2), (b, -2, -1)):
         dims, ndim = varying(lab), lab.dim()  # (one compaction, not one per varies call)
-        on_k, on_free = ndim + k_dim in dims, ndim + free_dim in dims
-        on_batch = any(d < ndim - 2 for d in dims)
+        found.append((ndim + k_dim in dims, ndim + free_dim in dims,
+                      any(d < ndim - 2 for d in dims)))
+    sides, labs = [], []
+    for i, (lab, k_dim, free_dim, (on_k, on_free, on_batch)) in enumerate((
+            (a, -1, -2, found[0]), (b, -2, -1, found[1]))):
         if on_k and on_free and not on_batch:
-            lab = _rows_joined(ctx, lab, k_dim)
-            on_free = False
+            other, (other_k, other_free, _) = (b if i == 0 else a), found[1 - i]
+            # channel k goes from every row (DLRM's T @ Tᵀ), or, where the other side is a
+            # weight per row (gates), whichever join leaves more units (k's or the rows')
+            if other_k and (other_free or (lab.shape[k_dim] >= lab.shape[free_dim]
+                                           and not _all_blocked(space, other))):
+                lab = _rows_joined(ctx, lab, k_dim)
+                on_free = False
+            else:  # a weighted sum of rows (gates @ stacked experts): channel j of every
+                # row goes together, as in a sum over the rows, and the weights stay
+                lab = rep_along(space, lab, (lab.dim() + k_dim,)).expand(lab.shape)
+                on_k = False
+                if other_k:
+                    space.block(other, "weights a sum of rows whose channels are pruned")
         elif on_batch and (on_k or on_free):
             space.block(lab, reason)
             on_k = on_free = on_batch = False
@@ -65,6 +82,12 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
         return col.expand(out_shape) if col.dim() == len(out_shape) else _lift(col, out_shape)
     return fixed_shape(space, out_shape, "a matrix product contracts all its channels, so "
                                          "its result has a shape no pruning changes")
+
+
+def _all_blocked(space: LabelSpace, labels: Tensor) -> bool:
+    """Whether every class in ``labels`` is kept whole already (gates after a softmax)."""
+    blocked = space.blocked_roots()
+    return bool(blocked) and all(int(r) in blocked for r in space.roots(labels).tolist())
 
 
 def _rows_joined(ctx: TraceContext, lab: Tensor, k_dim: int) -> Tensor:

@@ -299,9 +299,11 @@ def _read_elsewhere(ctx: TraceContext, call: OpCall, labels: Tensor, attr: str,
     ``view(n, k, self.out_planes // self.mid_planes, self.mid_planes)``): rewriting it for
     factor ``dim`` would change that one as well, so the channels are kept whole (True)."""
     reads = attributes_by_argument(ctx)
-    if reads is None or len(reads) != labels.dim() or not any(
-            attr in names for d, names in enumerate(reads) if d != dim):
-        return False
+    sizes = tensors_free(call.args[1:])
+    if reads is None or len(reads) != labels.dim() or len(sizes) != labels.dim() or not any(
+            attr in names and not isinstance(sizes[d], SizeInt)
+            for d, names in enumerate(reads) if d != dim):
+        return False  # (``c // self.head_dim``, c read from a shape, follows by itself)
     ctx.block(labels, f"{call.display} sizes a factor by {attr!r} of "
                       f"{running_module_phrase(ctx)} and computes another factor from it "
                       f"too, so rewriting it would change both; write -1 for the other "
