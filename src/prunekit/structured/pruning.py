@@ -25,6 +25,7 @@ from prunekit.graph.coverage import Coverage, coverage_report
 from prunekit.graph.dependency import DependencyGraph, Group, build_groups
 from prunekit.graph.mirror import mirror_unreached
 from prunekit.graph.modes import eval_mode, model_mode
+from prunekit.graph.numbers import changed_attribute_numbers
 from prunekit.graph.passes import eager_compiled
 from prunekit.graph.replay import Recording, Replay
 from prunekit.graph.trace import trace
@@ -355,12 +356,13 @@ def prune(
                                                    reference, inplace=True))
             pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
                                           inplace)
-    changed = _numbers_changed(graph, masks)
+    changed = _numbers_changed(graph, masks) + changed_attribute_numbers(model, pruned)
     if changed:
         warnings.warn(
             f"the pruned model computes a number from a width that this prune changed, at "
             f"{', '.join(changed[:3])} (an attention scale 1/sqrt(head width) read from a "
-            f"shape, or scaled_dot_product_attention's default scale): it now differs from "
+            f"shape or from an int attribute that this prune rewrote, such as self.d_k, or "
+            f"scaled_dot_product_attention's default scale): it now differs from "
             f"the unpruned model's, so outputs change beyond the removed channels; "
             f"fine-tune after pruning, or write that number as a constant to keep it",
             stacklevel=3)

@@ -1,0 +1,111 @@
+"""Int attributes that a model's code turns into numbers (an attention scale
+``1 / math.sqrt(self.d_k)``, ``x * self.item.embedding_dim ** 0.5``).
+
+``prune`` rewrites the int attributes that size what it cuts (``d_k``, a layer's
+``embedding_dim``), so such a number changes with them and the pruned model's outputs
+change beyond the removed channels. Widths read from shapes are caught while tracing
+(:mod:`prunekit.graph.sizes`); an attribute read is plain Python, so the source of the
+model's classes is read instead: an attribute (``<anything>.name``) used as the argument of
+a ``sqrt``/``float``/``log``, as the base or exponent of ``**``, or as an operand of ``/``,
+in any method but ``__init__`` (a number computed once at construction keeps its value).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+
+from torch import nn
+
+__all__ = ["changed_attribute_numbers", "numeric_attribute_reads"]
+
+_NUMERIC_CALLS = frozenset(("sqrt", "rsqrt", "float", "log", "log2", "exp", "pow"))
+
+
+_READS: dict[type, tuple[tuple[str, str], ...]] = {}  # per class, read once
+
+
+def numeric_attribute_reads(cls: type) -> tuple[tuple[str, str], ...]:
+    """(attribute name, "file:line") for each numeric use of an attribute in the methods
+    of ``cls`` and its bases below ``nn.Module`` (``__init__`` aside); () where the source
+    cannot be read."""
+    done = _READS.get(cls)
+    if done is None:
+        done = _READS[cls] = _reads_of(cls)
+    return done
+
+
+def _reads_of(cls: type) -> tuple[tuple[str, str], ...]:
+    found: list[tuple[str, str]] = []
+    for klass in cls.__mro__:
+        if klass is nn.Module or klass is object or klass.__module__.startswith("torch.nn"):
+            continue
+        try:
+            lines, start = inspect.getsourcelines(klass)
+            path = inspect.getsourcefile(klass) or "?"
+        except (OSError, TypeError):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent("".join(lines)))
+        except SyntaxError:
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) \
+            else []
+        for method in body:  # the methods ``cls`` runs from this class (not overridden)
+            if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    method.name != "__init__" and _defined_by(cls, method.name) is klass:
+                for name, line in _numeric_reads(method):
+                    found.append((name, f"{path}:{start + line - 1}"))
+    return tuple(dict.fromkeys(found))
+
+
+def _defined_by(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def _numeric_reads(function: ast.AST) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for node in ast.walk(function):
+        operands: list[ast.expr] = []
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else \
+                func.id if isinstance(func, ast.Name) else ""
+            if name in _NUMERIC_CALLS:
+                operands = list(node.args)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Pow, ast.Div)):
+            operands = [node.left, node.right]
+        out.extend((operand.attr, operand.lineno) for operand in operands
+                   if isinstance(operand, ast.Attribute))
+    return out
+
+
+def changed_attribute_numbers(before: nn.Module, after: nn.Module) -> list[str]:
+    """Where the code of ``after``'s modules computes a number from an int attribute whose
+    value differs from ``before``'s module at the same path ("file:line", one per place)."""
+    places: list[str] = []
+    old = dict(before.named_modules())
+    for path, module in after.named_modules():
+        reads = numeric_attribute_reads(type(module))
+        if not reads:
+            continue
+        was = old.get(path)
+        if was is None:
+            continue
+        # the module's own attributes and its children's (self.d_k, self.item.embedding_dim)
+        owners = {"": module, **dict(module.named_children())}
+        olds = {"": was, **dict(was.named_children())}
+        changed = set()
+        for name, _ in reads:
+            for key, owner in owners.items():
+                new, prev = _int(getattr(owner, name, None)), \
+                    _int(getattr(olds.get(key), name, None))
+                if new is not None and prev is not None and new != prev:
+                    changed.add(name)
+        places.extend(where for name, where in reads if name in changed)
+    return list(dict.fromkeys(places))
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,86 @@
+"""A number the model's code computes from an int attribute that ``prune`` rewrites (an
+ESPnet attention's ``1 / math.sqrt(self.d_k)``, SASRec's ``embedding_dim ** 0.5``) changes
+with it, so the pruned model's outputs change beyond the removed channels. Before, that
+went without a word; now ``prune`` warns, naming the line."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from prunekit.graph.numbers import numeric_attribute_reads
+from prunekit.structured import prune
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int = 32, h: int = 4) -> None:
+        super().__init__()
+        self.h, self.d_k = h, d // h
+        self.linear_q, self.linear_k, self.linear_v = (nn.Linear(d, d) for _ in range(3))
+        self.linear_out = nn.Linear(d, d)
+        self.scale = 1 / math.sqrt(self.d_k)  # (read by InitScaled only)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attend(x, 1 / math.sqrt(self.d_k))
+
+    def attend(self, x: Tensor, scale: float) -> Tensor:
+        b, t, _ = x.shape
+        q, k, v = (lin(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+                   for lin in (self.linear_q, self.linear_k, self.linear_v))
+        att = (q @ k.transpose(-2, -1) * scale).softmax(-1)
+        return self.linear_out((att @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+class InitScaled(Attention):
+    def forward(self, x: Tensor) -> Tensor:  # the scale computed once, at construction
+        return self.attend(x, self.scale)
+
+
+def _line(needle: str) -> str:
+    lines, start = inspect.getsourcelines(Attention)
+    return str(start + next(i for i, line in enumerate(lines) if needle in line))
+
+
+def test_a_scale_from_a_rewritten_attribute_is_named() -> None:
+    model, x = Attention().eval(), torch.randn(2, 6, 32)
+    with pytest.warns(UserWarning, match=f"test_attribute_numbers.py:{_line('self.attend(x, 1')}"):
+        result = prune(model, x, ratio=0.5)
+    assert result.model.d_k == 4
+
+
+def test_a_scale_computed_at_construction_keeps_its_value_and_no_warning() -> None:
+    model, x = InitScaled().eval(), torch.randn(2, 6, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = prune(model, x, ratio=0.5)
+    assert result.model.d_k == 4 and result.model.scale == 1 / math.sqrt(8)
+
+
+class ScaledEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.item = nn.Embedding(50, 16)
+        self.ff = nn.Linear(16, 16)
+
+    def forward(self, seq: Tensor) -> Tensor:
+        x = self.item(seq) * self.item.embedding_dim ** 0.5
+        return (x + self.ff(x)) @ self.item.weight.t()
+
+
+def test_a_childs_attribute_that_the_adapter_rewrites() -> None:
+    with pytest.warns(UserWarning, match="computes a number from a width"):
+        result = prune(ScaledEmbedding().eval(), torch.randint(0, 50, (3, 5)), ratio=0.5)
+    assert result.model.item.embedding_dim == 8
+
+
+def test_numeric_reads_are_found_outside_init_only() -> None:
+    assert {name for name, _ in numeric_attribute_reads(Attention)} == {"d_k"}
+    # InitScaled's forward replaces Attention's, and __init__'s sqrt is a constant once built
+    assert numeric_attribute_reads(InitScaled) == ()
+    assert {name for name, _ in numeric_attribute_reads(ScaledEmbedding)} == {"embedding_dim"}
+    assert numeric_attribute_reads(nn.Linear) == ()
