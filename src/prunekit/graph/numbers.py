@@ -85,6 +85,8 @@ def changed_attribute_numbers(before: nn.Module, after: nn.Module) -> list[str]:
     """Where the code of ``after``'s modules computes a number from an int attribute whose
     value differs from ``before``'s module at the same path ("file:line", one per place)."""
     places: list[str] = []
+    if not any(numeric_attribute_reads(type(module)) for module in after.modules()):
+        return places  # (most models: no walk by name)
     old = dict(before.named_modules())
     for path, module in after.named_modules():
         reads = numeric_attribute_reads(type(module))
