@@ -64,3 +64,15 @@ def test_reading_the_profiles_leaves_both_models_as_they_were() -> None:
     assert result.before.total_params > result.after.total_params  # each runs a forward
     assert int(model[1].initialized) == 0 and int(result.model[1].initialized) == 0
     assert float(model[1].loc.abs().sum()) == 0.0
+
+
+def test_an_embedding_with_max_norm_is_not_renormalised_by_prune() -> None:
+    # its lookups renormalise the rows they read, in place, inside the layer
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(30, 16, max_norm=1.0), nn.Linear(16, 32), nn.ReLU(),
+                          nn.Linear(32, 1)).eval()
+    before = model[0].weight.detach().clone()
+    result = prune(model, torch.randint(0, 30, (8,)), ratio=0.5)
+    torch.testing.assert_close(model[0].weight.detach(), before, rtol=0, atol=0)
+    keep = result.plan["modules"]["0"]["keep"]["out"]
+    torch.testing.assert_close(result.model[0].weight.detach(), before[:, keep], rtol=0, atol=0)

@@ -7,8 +7,8 @@ user's model, which ``prune`` promises to leave as it was, so the first in-place
 each such tensor saves its value, and :meth:`WriteGuard.restore` puts every saved value back.
 A write is an in-place method or operator on the tensor itself (``copy_``, ``fill_``,
 ``+=``, ``t[i] = v``) or on its ``.data``; ops inside layers that have a handler are not
-seen (their modules write nothing in eval mode; the training-mode pass restores buffers
-itself).
+seen (their modules write nothing in eval mode but an embedding with ``max_norm``, whose
+weight is saved up front; the training-mode pass restores buffers itself).
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ class WriteGuard:
     def watch(self, tensor: Tensor) -> None:
         self.watched.setdefault(id(tensor), tensor)
 
+    def save(self, tensor: Tensor) -> None:
+        """Save ``tensor`` now: a layer with a handler writes it, unseen (an embedding with
+        ``max_norm`` renormalises the rows it looks up in place)."""
+        if id(tensor) not in self._saved:
+            self._saved[id(tensor)] = (tensor, tensor.detach().clone())
+
     def before(self, func: Callable[..., Any], first: Tensor) -> bool:
         """Called before ``func`` runs with a watched tensor ``first`` as its first argument:
         saves the tensor if ``func`` writes into it; True if the result is an alias to watch
@@ -60,9 +66,7 @@ class WriteGuard:
         if kind is None:
             kind = self._kinds[func] = _kind(func)
         if kind == _WRITE:
-            tensor = self.watched[id(first)]
-            if id(tensor) not in self._saved:
-                self._saved[id(tensor)] = (tensor, tensor.detach().clone())
+            self.save(self.watched[id(first)])
         return kind == _ALIAS
 
     def alias(self, out: Any, first: Tensor) -> None:
