@@ -40,6 +40,8 @@ SLICING = ("getitem", "narrow", "select", "index_select", "unbind", "tensor_spli
 def _slicing(ctx: TraceContext, call: OpCall) -> None:
     if call.name == "getitem" and _defer_expert_pick(ctx, call):
         return
+    if call.name in ("getitem", "index_select") and _table_lookup(ctx, call):
+        return
     if counted(call):  # tensor_split(x, n, dim): n parts, as chunk(n)
         chunking(ctx, call)
         return
@@ -64,6 +66,31 @@ def _defer_expert_pick(ctx: TraceContext, call: OpCall) -> bool:
     if picks:
         ctx.param_views.defer(out, source, "pick", lambda partial: _slice(ctx, call))
     return picks
+
+
+def _table_lookup(ctx: TraceContext, call: OpCall) -> bool:
+    """``V[ids]`` or ``V.index_select(0, ids)`` of a 2-D parameter or buffer by a tensor of
+    indices (a hand-written embedding table, a position table looked up by position ids):
+    rows picked by the data, so, as in ``F.embedding``, the columns are the result's
+    channels and the rows stay whole. False (nothing done) for any other call."""
+    source, out = call.args[0], call.out
+    if call.name == "getitem":
+        index = call.args[1]
+    elif call.arg(1, "dim") in (0, -2):
+        index = call.arg(2, "index")
+    else:
+        return False
+    if not (isinstance(source, Tensor) and source.dim() == 2 and isinstance(out, Tensor)
+            and isinstance(index, Tensor) and not index.is_floating_point()
+            and index.dtype != torch.bool and out.shape[-1] == source.shape[1]
+            and out.dim() == index.dim() + 1 and ctx.is_param(source)):
+        return False
+    record = ctx.layer_weight(source)
+    if record is None:
+        return False
+    columns = ctx.space.find(ctx.weight_axis(record, 1, count=int(source.shape[1])))
+    ctx.set_vector(out, columns, -1)
+    return True
 
 
 def _slice(ctx: TraceContext, call: OpCall) -> None:
