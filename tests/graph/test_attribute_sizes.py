@@ -225,3 +225,39 @@ def test_the_same_split_written_with_minus_one_prunes() -> None:
     model = SharedPlanes("minus_one").eval()
     result = prune(model, torch.randn(2, 10, 3), ratio=0.5)
     assert result.model.pos.out_features == 8
+
+
+class FlatFields(nn.Module):
+    """DeepFM's deep part: field embeddings flattened by ``view(-1, self.num_fields *
+    self.embed_dim)``."""
+
+    def __init__(self, fields: int = 5, dim: int = 16) -> None:
+        super().__init__()
+        self.num_fields, self.embed_dim = fields, dim
+        self.emb = nn.Embedding(50, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+        self.fc = nn.Linear(fields * dim, 1)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.mlp(self.emb(ids))
+        return self.fc(x.view(-1, self.num_fields * self.embed_dim))
+
+
+def test_the_factor_of_a_product_that_counts_the_channels_is_rewritten() -> None:
+    # before, neither factor followed and the forward check failed
+    torch.manual_seed(0)
+    model = FlatFields().eval()
+    result = prune(model, torch.randint(0, 50, (4, 5)), ratio=0.5)
+    pruned = result.model
+    assert (pruned.embed_dim, pruned.num_fields, pruned.fc.in_features) == (8, 5, 40)
+    ids = torch.randint(0, 50, (3, 5))
+    torch.testing.assert_close(pruned(ids), _zeroed(model, result.plan)(ids))
+
+
+def test_a_product_none_of_whose_factors_counts_the_channels_keeps_them() -> None:
+    model = FlatFields().eval()
+    model.num_fields, model.embed_dim = 10, 8  # 10 * 8 == 5 * 16, but no factor is 16
+    result = prune(model, torch.randint(0, 50, (4, 5)), ratio=0.5)
+    assert result.model.mlp[0].out_features == 16
+    assert "product of attributes" in result.coverage.fixed["fc.weight"]
+    assert result.model.emb.embedding_dim == 8  # the hidden width before still prunes

@@ -172,3 +172,31 @@ def test_field_interactions_written_as_einsum() -> None:
     assert all(table.embedding_dim == 8 for table in result.model.tables)
     x = _inputs(6)
     torch.testing.assert_close(result.model(*x), _zeroed(model, result.plan)(*x))
+
+
+class CrossV1(nn.Module):
+    """DCN's cross layer with a vector weight: x0 * (x0 @ w) + b + x0."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, width), nn.Linear(width, 1)
+        self.w, self.b = nn.Parameter(torch.randn(width)), nn.Parameter(torch.randn(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x0 = self.inp(x)
+        return self.out(x0 * (x0 @ self.w).unsqueeze(1) + self.b + x0)
+
+
+def test_a_product_with_a_vector_weight() -> None:
+    # before, the 1-D operand was refused
+    torch.manual_seed(0)
+    model = CrossV1().eval()
+    result = pk.prune(model, torch.randn(4, 8), ratio=0.5)
+    pruned = result.model
+    assert pruned.w.shape == pruned.b.shape == (16,) and pruned.inp.out_features == 16
+    keep = result.plan["modules"]["inp"]["keep"]["out"]
+    reference = _zeroed(model, result.plan)
+    with torch.no_grad():
+        reference.b[sorted(set(range(32)) - set(keep))] = 0
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(pruned(x), reference(x))

@@ -32,9 +32,18 @@ from torch import nn
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["arguments_written", "attributes_by_argument", "attributes_read", "calling_module",
-           "comparison_read",
-           "literals_written", "rebuilt_attribute", "sizes_written", "user_line"]
+__all__ = [
+    "arguments_written",
+    "attributes_by_argument",
+    "attributes_read",
+    "calling_module",
+    "comparison_read",
+    "literals_written",
+    "products_written",
+    "rebuilt_attribute",
+    "sizes_written",
+    "user_line",
+]
 
 # torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
 # package folders: not the folder that holds them, site-packages in an installed layout)
@@ -120,6 +129,14 @@ def sizes_written(module: nn.Module
 
 
 @functools.lru_cache(maxsize=1024)
+def products_written(ctx: TraceContext) -> tuple[Any, ...] | None:
+    """Like :func:`arguments_written`, with a product of attribute reads (``self.num_fields *
+    self.embed_dim``) given as ``("*", (owner, "num_fields"), (owner, "embed_dim"))``."""
+    frame = _user_frame()
+    return None if frame is None else _arguments_at(frame.f_code, frame.f_lasti,
+                                                    products=True)
+
+
 def attributes_by_argument(ctx: TraceContext) -> tuple[frozenset[str], ...] | None:
     """For each positional argument of the current call (the elements of a lone tuple or
     list argument, as :func:`arguments_written` counts them), the names of the attributes
@@ -130,8 +147,8 @@ def attributes_by_argument(ctx: TraceContext) -> tuple[frozenset[str], ...] | No
     return None if frame is None else _arguments_at(frame.f_code, frame.f_lasti, reads=True)
 
 
-def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool = False
-                  ) -> tuple[Any, ...] | None:
+def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool = False,
+                  products: bool = False) -> tuple[Any, ...] | None:
     """What the call at ``lasti`` writes for each positional argument (``first``: for each
     element of its first argument, a list or tuple), as :func:`_written` reads it
     (``reads``: the attribute names its expression reads)."""
@@ -167,7 +184,7 @@ def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool =
     if reads:
         return tuple(frozenset(node.attr for node in ast.walk(arg)
                                if isinstance(node, ast.Attribute)) for arg in args)
-    return tuple(_product(arg) if first else _written(arg) for arg in args)
+    return tuple(_product(arg) if first or products else _written(arg) for arg in args)
 
 
 def _product(node: ast.expr) -> Any:

@@ -141,6 +141,14 @@ def _matmul(ctx: TraceContext, call: OpCall) -> None:
     if _layer_weight(ctx, a, b, out) or _left_layer_weight(ctx, a, b, out) or \
             _picked_experts(ctx, a, b, out) or _every_expert(ctx, a, b, out):
         return
+    if a.dim() == 1 or b.dim() == 1:  # a vector: a matrix of one row (a) or column (b)
+        la = ctx.labels(a).unsqueeze(0) if a.dim() == 1 else ctx.labels(a)
+        lb = ctx.labels(b).unsqueeze(-1) if b.dim() == 1 else ctx.labels(b)
+        batch = torch.broadcast_shapes(la.shape[:-2], lb.shape[:-2])
+        labels = contract(ctx, la, lb, (*batch, la.shape[-2], lb.shape[-1]))
+        labels = labels.squeeze(-1) if b.dim() == 1 else labels
+        ctx.set_labels(out, labels.squeeze(-2) if a.dim() == 1 else labels)
+        return
     ctx.set_labels(out, contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape)))
 
 

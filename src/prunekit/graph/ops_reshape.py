@@ -48,8 +48,9 @@ from prunekit.graph.callers import (
     attributes_read,
     calling_module,
     literals_written,
+    products_written,
 )
-from prunekit.graph.labels import rep_along, varying
+from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
     counts_heads,
@@ -163,7 +164,9 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
                               f"literal in the code, so they are kept whole; size that dim "
                               f"from the tensor (-1, or x.shape[{dim}]) to prune them")
             continue
-        if len(holders) == 1:
+        if not holders and aligned and len(src_dims) > 1:
+            _bind_product_factor(ctx, call, source, labels, src_dims, dim, state, path)
+        elif len(holders) == 1:
             ctx.bind_attribute(path, holders[0], first_line(labels, dim))
         elif holders and len(src_dims) > 1:
             ctx.block(labels, f"{call.display} merges channels into a size of {size}, which "
@@ -171,6 +174,43 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
                               f"({', '.join(holders)}), so which one sizes it is unknown; "
                               f"write -1 for it, or keep it in one int attribute, to prune "
                               f"these channels")
+
+
+def _bind_product_factor(ctx: TraceContext, call: OpCall, source: Tensor, labels: Tensor,
+                         src_dims: list[int], dim: int, state: dict[str, Any],
+                         path: str) -> None:
+    """A merged dim written as a product of the calling module's int attributes
+    (``view(-1, self.num_fields * self.embed_dim)``, DeepFM's flattened field embeddings):
+    the one factor whose value is the width of the one source dim that carries channels is
+    bound to those channels and rewritten; the others count dims that do not change. Where
+    no factor could be it, the channels are kept whole (the product would not follow them);
+    where several could, nothing is bound here (heads merged back with ``h == d_k`` are
+    judged where they split; otherwise the forward check finds a product that does not
+    follow)."""
+    written = products_written(ctx)
+    if written is None or len(written) != labels.dim():
+        return
+    product = written[dim]
+    if not (isinstance(product, tuple) and product and product[0] == "*"):
+        return
+    names = [pair[1] for pair in product[1:]]
+    values = [value for value in (state.get(name) for name in names) if type(value) is int]
+    src = ctx.space.find(ctx.labels(source))
+    carrying = [d for d in src_dims if varies(src, d)]
+    if len(carrying) != 1:  # heads merged back (self.num_heads * self.head_dim): each
+        return  # factor is judged where the heads were split
+    if len(values) == len(names) and math.prod(values) == labels.shape[dim]:
+        width = source.shape[carrying[0]]
+        matches = [name for name, value in zip(names, values, strict=True) if value == width]
+        if len(matches) == 1:
+            ctx.bind_attribute(path, matches[0], first_line(src, carrying[0]))
+            return
+        if matches:  # (h == d_k: each may be judged where it splits; else the check tells)
+            return
+    ctx.block(labels, f"{call.display} merges channels into a size written as a product of "
+                      f"attributes ({' * '.join(names)}) of {running_module_phrase(ctx)}, "
+                      f"none of which can be told to count them; write -1 for that dim to "
+                      f"prune these channels")
 
 
 def _reshape_vector(ctx: TraceContext, call: OpCall, source: Tensor) -> bool:
