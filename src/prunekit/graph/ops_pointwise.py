@@ -120,12 +120,41 @@ def _defer_cast(ctx: TraceContext, source: Tensor, outputs: list[Tensor]) -> boo
     return True
 
 
+def _defer_mask(ctx: TraceContext, call: OpCall, operands: list[Tensor],
+                outputs: list[Tensor]) -> bool:
+    """``self.weight * self.mask``, a parameter times a float buffer or parameter of its
+    very shape (PixelCNN's masked convolution, MADE's masked linear, a hand-kept pruning
+    mask): the weight, element for element, left for a layer to take as its weight (kind
+    ``"same"``), and the mask is then cut as the weight is; labelled as the product if
+    anything else reads it. False (nothing done) for any other call."""
+    if len(operands) != 2 or len(outputs) != 1 or outputs[0] is operands[0]:
+        return False
+    out = outputs[0]
+    a, b = ctx.same_as_param(operands[0]), ctx.same_as_param(operands[1])
+    if a is None or b is None or out.dim() < 2 or \
+            not operands[0].shape == operands[1].shape == out.shape == a.shape == b.shape:
+        return False
+    swap = isinstance(b, torch.nn.Parameter) and not isinstance(a, torch.nn.Parameter)
+    weight, mask = (b, a) if swap else (a, b)
+    ctx.param_views.defer(out, weight, "same", lambda partial: _label_product(ctx, call))
+    ctx.param_views.companions[id(out)] = mask
+    return True
+
+
+def _label_product(ctx: TraceContext, call: OpCall) -> None:
+    operands = call_tensors(call.args, call.kwargs)
+    out = call.out
+    ctx.set_labels(out, combine(ctx, [ctx.labels(t) for t in operands], out.shape))
+
+
 def _binary(ctx: TraceContext, call: OpCall) -> None:
     outputs = [call.out] if isinstance(call.out, Tensor) else tensors_in(call.out)
     target = outputs[0] if outputs else call.args[0]
     shape = target.shape
     operands = call_tensors(call.args, call.kwargs)
     results = outputs or [target]
+    if call.name == "mul" and _defer_mask(ctx, call, operands, outputs):
+        return
     _join_param_rows(ctx, operands, shape)
     if any(fast(ctx, operands, shape, results)
            for fast in (_vector_operands, _vector_and_passive, _vector_and_full)):

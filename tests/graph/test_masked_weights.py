@@ -1,0 +1,84 @@
+"""A weight multiplied by a mask of its shape in forward (PixelCNN's masked convolution,
+MADE's masked linear, a pruning mask kept by hand): the layer takes ``W * mask`` as its
+weight, so ``W`` is cut like a layer weight and the mask alike. Before, the conv was refused
+("its weight is computed") and the linear kept its output width whole."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import prunekit as pk
+
+
+class MaskedConv2d(nn.Conv2d):
+    """PixelCNN's type-B mask: a pixel sees the rows above and the pixels to its left."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3) -> None:
+        super().__init__(cin, cout, k, padding=k // 2)
+        mask = torch.ones_like(self.weight)
+        mask[:, :, k // 2, k // 2 + 1:] = 0
+        mask[:, :, k // 2 + 1:] = 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding)
+
+
+class MaskedLinear(nn.Linear):
+    """MADE: the mask written first."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout)
+        self.register_buffer("mask", (torch.rand(cout, cin) > 0.3).float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.mask * self.weight, self.bias)
+
+
+def _conv() -> tuple[nn.Module, Tensor]:
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), MaskedConv2d(16, 16),
+                         nn.ReLU(), nn.Conv2d(16, 8, 1)).eval(), torch.randn(2, 1, 8, 8)
+
+
+def _linear() -> tuple[nn.Module, Tensor]:
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), MaskedLinear(32, 32), nn.ReLU(),
+                         nn.Linear(32, 16)).eval(), torch.randn(4, 16)
+
+
+def _zeroed(model: nn.Module, plan: dict) -> nn.Module:
+    """``model`` with every output channel the plan removes zeroed (weight rows, bias)."""
+    ref = copy.deepcopy(model)
+    cuts = {path: entry["keep"].get("out") for path, entry in plan["modules"].items()}
+    cuts.update({path.removesuffix(".weight"): entry["keep"].get("0")
+                 for path, entry in plan["params"].items() if path.endswith(".weight")})
+    with torch.no_grad():
+        for path, keep in cuts.items():
+            if keep is not None:
+                module = ref.get_submodule(path)
+                gone = sorted(set(range(module.weight.shape[0])) - set(keep))
+                module.weight[gone] = 0
+                module.bias[gone] = 0
+    return ref
+
+
+@pytest.mark.parametrize("make", [_conv, _linear])
+def test_the_mask_is_cut_as_its_weight(make, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model, x = make()
+    result = pk.prune(model, x, ratio=0.5)
+    pruned, params = result.model, result.plan["params"]
+    half = model[2].weight.shape[0] // 2
+    assert pruned[2].weight.shape[:2] == (half, half)
+    assert pruned[2].mask.shape == pruned[2].weight.shape
+    assert params["2.mask"]["keep"] == params["2.weight"]["keep"]
+    rows, cols = params["2.weight"]["keep"]["0"], params["2.weight"]["keep"]["1"]
+    torch.testing.assert_close(pruned[2].mask, model[2].mask[rows][:, cols])
+    torch.testing.assert_close(pruned(x), _zeroed(model, result.plan)(x))
+    pk.save(result, tmp_path / "masked")
+    reloaded = pk.load(tmp_path / "masked", make()[0])
+    torch.testing.assert_close(reloaded(x), pruned(x))
