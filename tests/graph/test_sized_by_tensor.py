@@ -9,6 +9,8 @@ zeroed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tests.structured.test_equivalence import _zero_removed_inputs
@@ -80,3 +82,37 @@ def test_one_unit_repeated_over_channels_does_not_tie_them(how: str) -> None:
     x = torch.randn(3, 7, 16)
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), reference(x))
+
+
+class MaskedPooling(nn.Module):
+    """Masked sum pooling of item embeddings, the padding mask repeated to the embedding
+    width by an int attribute (DIN/SASRec-style code)."""
+
+    def __init__(self, how: str, width: int = 16) -> None:
+        super().__init__()
+        self.how, self.d = how, width
+        self.item = nn.Embedding(100, width, padding_idx=0)
+        self.mlp = nn.Sequential(nn.Linear(width, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, seq: Tensor) -> Tensor:
+        mask = (seq != 0).unsqueeze(-1).float()
+        mask = mask.expand(-1, -1, self.d) if self.how == "expand" else \
+            mask.repeat(1, 1, self.d)
+        return self.mlp((self.item(seq) * mask).sum(1))
+
+
+@pytest.mark.parametrize("how", ["expand", "repeat"])
+def test_a_mask_repeated_to_a_width_held_by_an_attribute(how: str, tmp_path: Path) -> None:
+    # before, the mask met the embedding at a fixed width and kept it whole (0.87)
+    torch.manual_seed(0)
+    model = MaskedPooling(how).eval()
+    seq = torch.randint(1, 100, (8, 6))
+    seq[:, 4:] = 0
+    result = pk.prune(model, seq, ratio=0.5)
+    pruned = result.model
+    assert pruned.d == pruned.item.embedding_dim == 8
+    other = torch.randint(0, 100, (3, 9))
+    torch.testing.assert_close(pruned(other), _zero_removed_inputs(model, result.plan)(other))
+    pk.save(result, tmp_path / "pooled")
+    torch.testing.assert_close(pk.load(tmp_path / "pooled", MaskedPooling(how))(other),
+                               pruned(other))

@@ -29,7 +29,7 @@ from prunekit.graph.sizes import SizeInt, channel_line, written_shape
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["UNIFORM", "attribute_sized"]
+__all__ = ["UNIFORM", "attribute_sized", "expanded_by_attribute"]
 
 NEW = ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "new_empty_strided")
 UNIFORM = frozenset(("zeros", "ones", "empty", "full", "new_zeros", "new_ones", "new_empty",
@@ -61,6 +61,42 @@ def attribute_sized(ctx: TraceContext, call: OpCall) -> None:
         ctx.set_vector(out, ids, dim)
         ctx.bind_attribute(path, holders[0], ids)
         return  # (labels in vector form vary along one dim)
+
+
+def expanded_by_attribute(ctx: TraceContext, call: OpCall) -> None:
+    """``mask.unsqueeze(-1).expand(-1, -1, self.d)`` (or ``.repeat(1, 1, self.d)``): a
+    tensor without channels repeated
+    along a dim of size 1 to a size the call reads from one int attribute holds the same
+    value at every index of that dim, as a uniform factory does: that dim gets fresh
+    labels and the attribute is bound to them (see the module docstring)."""
+    source, out = call.args[0] if call.args else None, call.out
+    if not isinstance(source, Tensor) or not isinstance(out, Tensor) or \
+            source.dim() != out.dim():
+        return
+    canon = ctx.space.find(ctx.labels(source))
+    if any(varies(canon, d) for d in range(canon.dim())):
+        return  # (a tensor with channels keeps them; sizes.py judges the rest)
+    if call.name == "repeat":  # counts: of a dim of size 1, the size it is repeated to
+        counts = call.args[1:]
+        shape = tuple(counts[0]) if len(counts) == 1 and isinstance(counts[0], (tuple, list)) \
+            else tuple(counts)
+    else:
+        shape = written_shape(call)
+    read = attributes_read(ctx)
+    if len(shape) != out.dim() or not read:
+        return
+    path, module = calling_module(ctx)
+    held = {k: v for k, v in vars(module).items() if k in read and type(v) is int}
+    for dim, size in enumerate(shape):
+        if source.shape[dim] != 1 or type(size) is not int or size < 2 or \
+                shape.count(size) > 1:
+            continue
+        holders = [k for k, v in held.items() if v == size]
+        if len(holders) == 1:
+            ids = ctx.space.new_ids(size)
+            ctx.set_vector(out, ids, dim)
+            ctx.bind_attribute(path, holders[0], ids)
+            return
 
 
 def _reads_channels(ctx: TraceContext, shape: tuple[object, ...]) -> bool:

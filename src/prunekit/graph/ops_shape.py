@@ -37,6 +37,7 @@ from prunekit.graph.callers import (
 )
 from prunekit.graph.labels import as_line, rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
+from prunekit.graph.ops_factory import expanded_by_attribute
 from prunekit.graph.sizes import (
     SizeInt,
     channel_line,
@@ -114,6 +115,8 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
     replay(ctx, call)
     if call.name == "expand_as":
         _follow_other(ctx, call)
+    elif call.name in ("expand", "repeat"):
+        expanded_by_attribute(ctx, call)
 
 
 def _follow_other(ctx: TraceContext, call: OpCall) -> None:
