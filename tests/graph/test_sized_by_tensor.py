@@ -116,3 +116,37 @@ def test_a_mask_repeated_to_a_width_held_by_an_attribute(how: str, tmp_path: Pat
     pk.save(result, tmp_path / "pooled")
     torch.testing.assert_close(pk.load(tmp_path / "pooled", MaskedPooling(how))(other),
                                pruned(other))
+
+
+class LengthRegulator(nn.Module):
+    """FastSpeech's length regulator: each token repeated by its duration into a buffer
+    whose length is a 0-dim tensor (``durations.sum(1).max()``), predicted or given."""
+
+    def __init__(self, predicted: bool) -> None:
+        super().__init__()
+        self.predicted = predicted
+        self.enc, self.dec = nn.Linear(8, 32), nn.Linear(32, 4)
+        self.duration = nn.Linear(32, 1)
+
+    def forward(self, x: Tensor, given: Tensor) -> Tensor:
+        h = self.enc(x)
+        durations = self.duration(h).squeeze(-1).abs().round().long() + 1 \
+            if self.predicted else given
+        out = torch.zeros((h.size(0), durations.sum(1).max(), h.size(2)))
+        for i in range(h.size(0)):
+            repeated = torch.repeat_interleave(h[i], durations[i], dim=0)
+            out[i, : repeated.size(0)] = repeated
+        return self.dec(out)
+
+
+@pytest.mark.parametrize("predicted", [False, True])
+def test_a_buffer_whose_length_is_a_tensor(predicted: bool) -> None:
+    # before: refused by name (predicted) or the channels written into it kept whole
+    torch.manual_seed(0)
+    model = LengthRegulator(predicted).eval()
+    x, given = torch.randn(2, 5, 8), torch.tensor([[1, 2, 1, 3, 1], [2, 2, 2, 1, 1]])
+    result = pk.prune(model, (x, given), ratio=0.5)
+    assert result.model.enc.out_features == result.model.dec.in_features == 16
+    if not predicted:  # (predicted durations move with the removed channels)
+        torch.testing.assert_close(result.model(x, given),
+                                   _zero_removed_inputs(model, result.plan)(x, given))

@@ -115,4 +115,15 @@ def _new(ctx: TraceContext, call: OpCall) -> None:
     attribute_sized(ctx, call)
 
 
+def _factory(ctx: TraceContext, call: OpCall) -> None:
+    """``torch.zeros(...)`` and friends with a tensor among the arguments: a size computed as
+    a 0-dim tensor (FastSpeech's length regulator: ``torch.zeros((B, durations.sum(1).max(),
+    C))``). The result carries no channels, as for plain int sizes (the trace's factory
+    path); the size tensor couples nothing."""
+    for out in tensors_in(call.out):
+        ctx.set_labels(out, torch.full(tuple(out.shape), NEUTRAL, dtype=torch.long))
+    attribute_sized(ctx, call)
+
+
 register_op(NEW, _new)
+register_op(("zeros", "ones", "empty", "full", "rand", "randn"), _factory)
