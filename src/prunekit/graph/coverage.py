@@ -48,14 +48,18 @@ class Coverage:
 
 def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
     """Classify every parameter of ``model`` (shared ones once)."""
-    prunable_set = {u for g in graph.groups for u in g.units.tolist()}
+    # a group of one unit keeps it (every group keeps one): its channels are not prunable
+    single = {u: f"its channels are tied into one unit, which every prune keeps "
+                 f"({group.describe()})"
+              for group in graph.groups if group.size == 1 for u in group.units.tolist()}
+    prunable_set = {u for g in graph.groups if g.size > 1 for u in g.units.tolist()}
     status: dict[str, tuple[bool, set[str]]] = {}
     for member in graph.members:
         if member.kind == "attr":
             continue
         units = set(member.units.reshape(-1).tolist())
         hit = not prunable_set.isdisjoint(units)
-        reasons = {graph.blocked.get(u, "not produced by a prunable layer")
+        reasons = {graph.blocked.get(u) or single.get(u) or "not produced by a prunable layer"
                    for u in units - prunable_set}
         prev = status.get(member.name, (False, set()))
         status[member.name] = (prev[0] or hit, prev[1] | reasons)
