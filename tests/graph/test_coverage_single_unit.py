@@ -31,4 +31,4 @@ def test_parameters_of_a_one_unit_group_are_reported_kept_whole() -> None:
     result = prune(model, x, ratio=0.5)
     assert result.model.c1.out_channels == 64 and result.model.c2.out_channels == 4
     fixed = result.coverage.fixed
-    assert "tied into one unit" in fixed["c1.bias"] and "c2.weight" not in fixed
+    assert "form a single unit" in fixed["c1.bias"] and "c2.weight" not in fixed

@@ -49,8 +49,8 @@ class Coverage:
 def coverage_report(model: nn.Module, graph: DependencyGraph) -> Coverage:
     """Classify every parameter of ``model`` (shared ones once)."""
     # a group of one unit keeps it (every group keeps one): its channels are not prunable
-    single = {u: f"its channels are tied into one unit, which every prune keeps "
-                 f"({group.describe()})"
+    single = {u: f"its channels form a single unit (a width of one, or channels the code "
+                 f"ties together), which every prune keeps ({group.describe()})"
               for group in graph.groups if group.size == 1 for u in group.units.tolist()}
     prunable_set = {u for g in graph.groups if g.size > 1 for u in g.units.tolist()}
     status: dict[str, tuple[bool, set[str]]] = {}
