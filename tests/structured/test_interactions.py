@@ -200,3 +200,31 @@ def test_a_product_with_a_vector_weight() -> None:
         reference.b[sorted(set(range(32)) - set(keep))] = 0
     x = torch.randn(5, 8)
     torch.testing.assert_close(pruned(x), reference(x))
+
+
+class CrossV2(nn.Module):
+    """DCN-v2's cross layers with their weights stacked in one 3-D parameter, each read
+    transposed: x0 * (xl @ W[i].t() + b[i]) + xl."""
+
+    def __init__(self, width: int = 24, layers: int = 2) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, width), nn.Linear(width, 1)
+        self.w = nn.Parameter(torch.randn(layers, width, width) * 0.1)
+        self.b = nn.Parameter(torch.zeros(layers, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x0 = xl = self.inp(x)
+        for i in range(self.w.shape[0]):
+            xl = x0 * (xl @ self.w[i].t() + self.b[i]) + xl
+        return self.out(xl)
+
+
+def test_stacked_layer_weights_read_transposed() -> None:
+    # before, W[i].t() was read as a slice of W and every cross layer kept whole
+    torch.manual_seed(0)
+    model = CrossV2().eval()
+    result = pk.prune(model, torch.randn(6, 8), ratio=0.5)
+    pruned = result.model
+    assert pruned.w.shape == (2, 12, 12) and pruned.inp.out_features == 12
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(pruned(x), _zeroed(model, result.plan)(x))

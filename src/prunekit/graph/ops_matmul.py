@@ -208,12 +208,17 @@ def _left_layer_weight(ctx: TraceContext, a: Tensor, x: Tensor, out: Tensor) -> 
 
 def _picked_experts(ctx: TraceContext, a: Tensor, b: Tensor, out: Tensor) -> bool:
     """``x @ W[e]``, ``x @ W[ids]`` or ``W[ids] @ x`` with ``W [E, R, C]`` a stack of expert
-    weights (Transformers' eager and batched experts): the picked weights' rows and columns
+    weights (Transformers' eager and batched experts), or ``W[e].t()`` on either side (DCN-v2's
+    cross layers ``x @ W[i].t()``): the picked weights' rows and columns
     are W's axes 1 and 2, one read from x's channels and one making the product's, cut in
     every expert alike. False (nothing done) for any other product."""
     stack = ctx.param_views.weight(b, "pick")
     if stack is not None:  # x @ W: x's last dim reads rows; columns are the product's last
         x, x_dim, in_axis, out_axis = a, -1, 1, 2
+    elif (stack := ctx.param_views.weight(b, "pick_t")) is not None:  # x @ W[e].t()
+        x, x_dim, in_axis, out_axis = a, -1, 2, 1
+    elif (stack := ctx.param_views.weight(a, "pick_t")) is not None:  # W[e].t() @ x
+        x, x_dim, in_axis, out_axis = b, -2, 1, 2
     else:  # W @ x: x's dim -2 reads columns; rows are the product's dim -2
         stack = ctx.param_views.weight(a, "pick")
         x, x_dim, in_axis, out_axis = b, -2, 2, 1

@@ -191,7 +191,14 @@ def _defer_weight_transpose(ctx: TraceContext, call: OpCall) -> bool:
     source = call.args[0] if call.args else call.kwargs.get("input")
     out = call.out
     if not (isinstance(source, Tensor) and isinstance(out, Tensor) and source.dim() in (2, 3)
-            and _swaps_last_two(source, out) and ctx.is_param(source)):
+            and _swaps_last_two(source, out)):
+        return False
+    stack = ctx.param_views.weight(source, "pick") if source.dim() == 2 else None
+    if stack is not None:  # W[i].t() of a stack of layer weights (DCN-v2's cross layers)
+        ctx.param_views.defer(out, stack, "pick_t", lambda partial: ctx.set_labels(
+            out, ctx.labels(source, partial=partial).transpose(-2, -1)))
+        return True
+    if not ctx.is_param(source):
         return False
     ctx.param_views.defer(out, source, "t", lambda partial: ctx.set_labels(
         out, ctx.labels(source, partial=partial).transpose(-2, -1)))
