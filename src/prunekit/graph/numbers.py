@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -81,11 +82,13 @@ def _numeric_reads(function: ast.AST) -> list[tuple[str, int]]:
     return out
 
 
-def changed_attribute_numbers(before: nn.Module, after: nn.Module) -> list[str]:
+def changed_attribute_numbers(before: nn.Module, after: nn.Module,
+                              classes: Iterable[type]) -> list[str]:
     """Where the code of ``after``'s modules computes a number from an int attribute whose
-    value differs from ``before``'s module at the same path ("file:line", one per place)."""
+    value differs from ``before``'s module at the same path ("file:line", one per place);
+    ``classes``: those of ``before``'s modules (a swapped-in module reads no such number)."""
     places: list[str] = []
-    if not any(numeric_attribute_reads(type(module)) for module in after.modules()):
+    if not any(numeric_attribute_reads(cls) for cls in classes):
         return places  # (most models: no walk by name)
     old = dict(before.named_modules())
     for path, module in after.named_modules():

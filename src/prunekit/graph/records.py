@@ -99,3 +99,5 @@ class Trace:
     # the paths of the model's tensors that its forward wrote into (restored after the
     # trace): a later forward writes them again (graph/writes.py)
     written: tuple[str, ...] = ()
+    # the classes of the model's modules (graph/numbers.py reads their source)
+    classes: frozenset[type] = frozenset()

@@ -605,4 +605,5 @@ def trace(
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes, ctx.aligned, data, train_data, ctx.width_numbers,
                  frozenset(ctx._calls.entered), containers=ctx.containers,
-                 written=names_of(model, ctx.writes.written()))
+                 written=names_of(model, ctx.writes.written()),
+                 classes=frozenset(type(m) for _, m in ctx._named_modules))

@@ -356,7 +356,8 @@ def prune(
                                                    reference, inplace=True))
             pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
                                           inplace)
-    changed = _numbers_changed(graph, masks) + changed_attribute_numbers(model, pruned)
+    changed = _numbers_changed(graph, masks) + changed_attribute_numbers(
+        model, pruned, graph.trace.classes)
     if changed:
         warnings.warn(
             f"the pruned model computes a number from a width that this prune changed, at "
