@@ -117,9 +117,10 @@ class TraceContext:
         self._named_modules: list[tuple[str, nn.Module]] = []  # what named_modules() gives:
         seen: set[int] = set()  # each module once, at its first path
         for name, module in walk:
-            weight = getattr(module, "weight", None)
-            if getattr(module, "max_norm", None) is not None and isinstance(weight, Tensor):
-                self.writes.save(weight)  # renormalised in place by each lookup
+            if module.__dict__.get("max_norm") is not None:  # (no nn.Module.__getattr__)
+                weight = module._parameters.get("weight")
+                if isinstance(weight, Tensor):
+                    self.writes.save(weight)  # renormalised in place by each lookup
             if type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
                 raise compiled_error(name)
             if type(module).__module__.startswith("torch.ao."):
