@@ -97,9 +97,12 @@ _BUILTIN_FAMILIES = (
 _loaded = False
 
 
-def register_op(names: Iterable[str], handler: OpHandler, *, replace: bool = False) -> None:
-    """Route every op in ``names`` (normalised names, see :func:`op_name`) to ``handler``."""
-    for name in names:
+def register_op(names: str | Iterable[str], handler: OpHandler, *,
+                replace: bool = False) -> None:
+    """Route the op ``names`` (one normalised name, see :func:`op_name`, or several) to
+    ``handler``. Nothing is registered if any name is refused."""
+    listed = [names] if isinstance(names, str) else list(names)
+    for name in listed:
         if not isinstance(name, str) or not callable(handler):
             raise TypeError(f"register_op() needs op names (str) and a callable handler, got "
                             f"{name!r} and {type(handler).__name__}")
@@ -107,6 +110,7 @@ def register_op(names: Iterable[str], handler: OpHandler, *, replace: bool = Fal
             raise ConfigError(
                 f"op {name!r} already has a handler; pass replace=True to override it"
             )
+    for name in listed:
         _HANDLERS[name] = handler
 
 
