@@ -216,3 +216,37 @@ def test_a_tensor_cache_the_module_rebuilds_keeps_its_width() -> None:
     longer = torch.randn(2, 9, 8)
     with torch.no_grad():
         assert pruned(longer).shape == model(longer).shape == (2, 9, 3)
+
+
+def _reversed_by_numpy(h: Tensor) -> Tensor:
+    return torch.from_numpy(h.detach().numpy()[:, ::-1].copy())
+
+
+class UnseenBranch(nn.Module):
+    """A branch computed where the trace cannot see (NumPy here; a C/C++ extension,
+    ``torch.vmap`` or a TorchScript function alike) averaged with a traced one."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.c = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        other = _reversed_by_numpy(h)
+        mixed = torch.stack([h, other]).mean(0) if self.how == "stack" else \
+            torch.cat([h, other], dim=0)[: x.shape[0]]
+        return self.c(mixed)
+
+
+@pytest.mark.parametrize("how", ["stack", "cat"])
+def test_a_branch_the_trace_cannot_see_keeps_the_channels_it_meets(how: str) -> None:
+    # before, the unseen branch counted as a constant that follows any width: the traced
+    # branch was cut alone and the pruned model was wrong (0.13 from the zeroed one)
+    torch.manual_seed(0)
+    model, x = UnseenBranch(how).eval(), torch.randn(3, 16)
+    with pytest.warns(UserWarning, match="did not see being made"):
+        result = pk.prune(model, x, ratio=0.5)
+    assert result.model.a.out_features == 32
+    assert "did not see being made" in result.coverage.fixed["a.bias"]
+    torch.testing.assert_close(result.model(x), model(x))

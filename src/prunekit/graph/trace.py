@@ -93,6 +93,11 @@ class TraceContext:
         self._param_names: dict[int, str] = {}
         # tensors computed from parameters and buffers alone (id -> tensor, kept alive)
         self._built: dict[int, Tensor] = {}
+        # ids of the tensors ops without tracked inputs made (factories, constants): they
+        # carry no channels; a float tensor neither made so nor tracked came from code the
+        # trace did not see (graph/trace.py: TraceContext.labels)
+        self._made: set[int] = set()
+        self.unseen: list[str] = []  # where such tensors were read, for one warning
         # checks that wait for the trace's end, when later ops have joined what they judge
         # (size comparisons: graph/size_reads.py; slices of parameter-built tensors)
         self.at_end: list[Callable[[], None]] = []
@@ -174,7 +179,25 @@ class TraceContext:
             return self.labels(tensor)
         if self._attribute_node(tensor):
             return self.labels(tensor, partial=partial)
+        if tensor.dim() and tensor.is_floating_point() and id(tensor) not in self._made:
+            return self._unseen(tensor)
         return _constant(NEUTRAL, tensor.shape)
+
+    def _unseen(self, tensor: Tensor) -> Tensor:
+        """Labels of a float tensor that no traced op made (a constant from outside the
+        model, NumPy, a C/C++ extension, ``torch.vmap``, a TorchScript function,
+        ``Tensor.as_subclass``): how its elements
+        relate to channels is unknown, so its shape is fixed and the channels it meets are
+        kept whole (as NEUTRAL it would have let a branch stacked with it shrink alone)."""
+        where = f"module {self.path!r}" if self.path else "the model's own forward"
+        reason = (f"a tensor of shape {tuple(tensor.shape)} that the trace did not see being "
+                  f"made (a constant from outside the model, NumPy, a C/C++ extension, "
+                  f"torch.vmap, a TorchScript function, Tensor.as_subclass?), read at {where}: "
+                  f"it has a fixed size, so the channels it meets are kept whole")
+        self.unseen.append(reason)
+        labels = fixed_shape(self.space, tensor.shape, reason)
+        self._labels[id(tensor)] = (tensor, labels)
+        return labels
 
     def _attribute_node(self, tensor: Tensor) -> bool:
         """Make ``tensor`` a param node if a running module holds it as a plain attribute
@@ -402,6 +425,10 @@ class TraceContext:
                 # a plain tensor attribute read first through an op (VideoMAE's
                 # self.position_embeddings.detach()): a param node now, handled below
                 return self.record_op(func, args, kwargs, out)
+            made = self._made
+            if all(id(t) in made or not t.dim() or not t.is_floating_point()
+                   for t in inputs):  # (what an unseen tensor makes is unseen too)
+                made.update(id(t) for t in outputs)
             if not self._calls.atomic_depth and all(t.numel() == 1 for t in inputs):
                 # no tensor, or an untracked fill value repeated (``t.repeat(sizes)``)
                 name, display, _ = self._op(func)
@@ -593,6 +620,11 @@ def trace(
         for check in ctx.at_end:
             check()
         ctx.width_numbers.extend(ctx.sizes.numbers(ctx))
+        if ctx.unseen:
+            more = f" (and {len(ctx.unseen) - 1} more such tensors)" if len(ctx.unseen) > 1 \
+                else ""
+            warnings.warn(f"prune read {ctx.unseen[0]}{more}; result.coverage names them",
+                          stacklevel=3)
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx.writes.restore()  # the user's model as it was (an ActNorm's first-batch init)
         ctx._calls.mode = None
@@ -602,6 +634,7 @@ def trace(
         ctx.param_views.clear()
         ctx.param_views.companions.clear()
         ctx._built.clear()
+        ctx._made.clear()
         ctx.at_end.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes, ctx.aligned, data, train_data, ctx.width_numbers,
