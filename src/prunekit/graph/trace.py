@@ -390,9 +390,23 @@ class TraceContext:
             flat = labels if labels.dim() == 1 else labels.reshape(-1)
             record.dims[dim] = ModuleDim(flat.clone(), root=root)
         elif existing.labels.numel() == labels.numel():
-            self.space.union(existing.labels, labels.reshape(-1))
+            self.join_read(existing.labels, labels.reshape(-1), f"module {name!r}")
         else:
             self.block(labels, f"module {name!r} is called with different widths")
+
+    def join_read(self, units: Tensor, read: Tensor, what: str) -> None:
+        """Join ``units`` (a layer's channels) with the vector it reads; where the read
+        tensor carries no channels (NEUTRAL: made at a size written in the code, a recurrent
+        state ``torch.zeros(B, 48)`` or a step-0 input), its width is fixed, so the units are
+        kept whole (the join alone would skip it and the pruned layer would reject it)."""
+        if read.numel() > 1 and (bool((read == NEUTRAL).any()) or
+                                 bool((units == NEUTRAL).any())):  # (either call's)
+            reason = (f"{what} reads a tensor of a fixed width here (made at a size written "
+                      f"in the code, e.g. torch.zeros(B, {read.numel()})); make it at the "
+                      f"layer's size (x.new_zeros(B, self.cell.hidden_size)) to prune it")
+            self.block(units, reason)
+            self.block(read, reason)
+        self.space.union(units, read)  # (NEUTRAL joins nothing)
 
     # -- recording ---------------------------------------------------------------------
     def watch(self, tensor: Tensor, on_read: Callable[[], None]) -> None:

@@ -110,7 +110,8 @@ class RecurrentAdapter:
         state_units = (made, hidden)
         hx = call.args[1] if len(call.args) > 1 else call.kwargs.get("hx")
         for state, units in zip(tensors_in((hx,)), state_units, strict=False):
-            space.union(units, consume(space, ctx.labels(state), -1))
+            ctx.join_read(units, consume(space, ctx.labels(state), -1),
+                          f"the state of {call.name!r}")
         if isinstance(call.out, tuple) and not isinstance(call.out, PackedSequence):
             output, rest = _data(call.out[0]), call.out[1:]
         else:
@@ -205,7 +206,8 @@ class RecurrentCellAdapter:
         hidden = ctx.module_ids(call.name, cell, "hidden", cell.hidden_size)
         hx = call.args[1] if len(call.args) > 1 else call.kwargs.get("hx")
         for state in tensors_in((hx,)):  # h (and an LSTM cell's c): the hidden units
-            space.union(hidden, consume(space, ctx.labels(state), -1))
+            ctx.join_read(hidden, consume(space, ctx.labels(state), -1),
+                          f"the state of {call.name!r}")
         for state in tensors_in(call.out):
             ctx.set_labels(state, emit(hidden, -1, state.shape))
 

@@ -1,0 +1,57 @@
+"""A recurrent state or a step-0 input made at a width written in the code
+(``torch.zeros(B, 48)``) cannot shrink with the units it meets: those units are kept
+whole, with the reason and the fix. Before, the join skipped the made tensor, the units
+were cut, and the default strict prune failed its forward check ("Expected hidden size
+(1, 2, 24), got [1, 2, 48]")."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from prunekit.structured import prune
+
+
+class FixedState(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.inp, self.out = nn.Linear(16, 32), nn.Linear(48, 10)
+        self.gru = nn.GRU(32, 48, batch_first=True)
+        self.cell = nn.LSTMCell(32, 48)
+        self.step, self.proj = nn.Linear(48, 48), nn.Linear(32, 48)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        if self.how == "gru_h0":
+            return self.out(self.gru(self.inp(x), torch.zeros(1, b, 48))[0])
+        if self.how == "cell_loop":
+            h, c = torch.zeros(b, 48), torch.zeros(b, 48)
+            for t in range(x.shape[1]):
+                h, c = self.cell(self.inp(x[:, t]), (h, c))
+            return self.out(h)
+        h = torch.zeros(b, 48)  # a Linear first run on a made tensor
+        for _ in range(3):
+            h = torch.tanh(self.step(h) + self.proj(torch.relu(self.inp(x[:, 0]))))
+        return self.out(h)
+
+
+@pytest.mark.parametrize("how", ["gru_h0", "cell_loop", "step_zero"])
+def test_units_that_meet_a_made_state_are_kept_whole(how: str) -> None:
+    torch.manual_seed(0)
+    model, x = FixedState(how).eval(), torch.randn(2, 5, 16)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.out.in_features == 48
+    assert any("fixed width" in why and "new_zeros" in why
+               for why in result.coverage.fixed.values())
+    reference = copy.deepcopy(model)  # inp's removed outputs zeroed: nothing reads them
+    keep = result.plan["modules"]["inp"]["keep"]["out"]
+    with torch.no_grad():
+        gone = sorted(set(range(32)) - set(keep))
+        reference.inp.weight[gone] = 0
+        reference.inp.bias[gone] = 0
+    other = torch.randn(3, 4, 16)
+    torch.testing.assert_close(result.model(other), reference(other))
