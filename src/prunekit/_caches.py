@@ -34,6 +34,7 @@ __all__ = ["clear_caches", "copy_model", "own_parametrized_class", "recomputed_c
 # nn.Module's own attributes (parameter, buffer, submodule and hook registries): never a
 # cache of the model's code
 _MODULE_OWN = frozenset(nn.Module().__dict__)
+_NUMBERS = frozenset((int, float))  # plain numbers a forward may count in (not bools: flags)
 
 
 def _dict_attributes(module: nn.Module) -> Iterator[tuple[str, dict[Any, Any]]]:
@@ -53,19 +54,26 @@ def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
     (values it replaced are left replaced), and each module loses the plain attributes the
     block added or set where they were None (PyG's ``GCNConv(cached=True)`` keeps the
     example graph's normalised edges in ``_cached_edge_index``; a layer keeps its last
-    auxiliary loss). A module whose class the block changed (a lazy layer that
-    materialised) keeps everything."""
+    auxiliary loss); buffers the block re-bound (``self.ema = 0.9 * self.ema + ...``) and
+    plain int/float attributes it changed (``self.calls += 1``) are put back. A module
+    whose class the block changed (a lazy layer that materialised) keeps everything."""
     caches: list[tuple[dict[Any, Any], dict[Any, Any]]] = []
     others: list[tuple[dict[Any, Any], frozenset[Any]]] = []
     states: list[tuple[nn.Module, type, int, set[str], list[str]]] = []
+    kept: list[tuple[dict[str, Any], str, Any]] = []  # buffers and plain numbers, by key
     for module in modules:
         state = module.__dict__
+        buffers = state.get("_buffers")
+        if buffers:  # a buffer the block re-binds (self.ema = 0.9 * self.ema + ...) goes back
+            kept.extend((buffers, key, value) for key, value in buffers.items())
         mine = state.keys() - _MODULE_OWN  # (a set difference in C: the registries skipped)
         unset = []
         for key in mine:
             value = state[key]
             if value is None:
                 unset.append(key)
+            elif type(value) in _NUMBERS:  # a counter the block moves (self.calls += 1)
+                kept.append((state, key, value))
             elif isinstance(value, dict):
                 if _is_cache(key):
                     caches.append((value, dict(value)))
@@ -93,6 +101,9 @@ def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
             for key in unset:
                 if state.get(key, None) is not None:
                     state[key] = None
+        for mapping, key, value in kept:
+            if key in mapping and mapping[key] is not value:
+                mapping[key] = value
 
 
 def clear_caches(modules: Iterable[nn.Module]) -> None:

@@ -76,3 +76,42 @@ def test_an_embedding_with_max_norm_is_not_renormalised_by_prune() -> None:
     torch.testing.assert_close(model[0].weight.detach(), before, rtol=0, atol=0)
     keep = result.plan["modules"]["0"]["keep"]["out"]
     torch.testing.assert_close(result.model[0].weight.detach(), before[:, keep], rtol=0, atol=0)
+
+
+class Stateful(nn.Module):
+    """Forward-time state: a re-bound EMA buffer, a counter, AdaBN-style batch statistics
+    written by F.batch_norm(training=True), and an out= accumulator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 4)
+        self.register_buffer("ema", torch.zeros(32))
+        self.register_buffer("rm", torch.zeros(32))
+        self.register_buffer("rv", torch.ones(32))
+        self.register_buffer("acc", torch.zeros(32))
+        self.gamma, self.beta = nn.Parameter(torch.ones(32)), nn.Parameter(torch.zeros(32))
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        self.ema = 0.9 * self.ema + 0.1 * h.mean(0)
+        h = torch.nn.functional.batch_norm(h, self.rm, self.rv, self.gamma, self.beta,
+                                           training=True)
+        torch.add(self.acc, h.mean(0), out=self.acc)
+        self.calls += 1
+        return self.b(h - self.ema)
+
+
+def test_forward_time_state_is_put_back_in_both_models() -> None:
+    torch.manual_seed(0)
+    model, x = Stateful().eval(), torch.randn(3, 16)
+    before = copy.deepcopy(model.state_dict())
+    ema = model.ema
+    result = prune(model, x, ratio=0.5)
+    assert model.calls == 0 and model.ema is ema
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    pruned, keep = result.model, result.plan["modules"]["a"]["keep"]["out"]
+    assert pruned.calls == 0 and pruned.a.out_features == 16
+    for name in ("ema", "rm", "rv", "acc"):
+        torch.testing.assert_close(getattr(pruned, name), before[name][keep], rtol=0, atol=0)

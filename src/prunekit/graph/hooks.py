@@ -27,6 +27,8 @@ OnModule = Callable[[ModuleHandler, ModuleCall], None]
 OnOp = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], None]
 OnSize = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], Any]
 _SIZE = torch.Tensor.size
+_BATCH_NORM = torch.nn.functional.batch_norm  # (they write their running statistics)
+_INSTANCE_NORM = torch.nn.functional.instance_norm
 _NUMEL = torch.Tensor.numel
 
 
@@ -194,6 +196,8 @@ class Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if (kwargs and "out" in kwargs) or func is _BATCH_NORM or func is _INSTANCE_NORM:
+            self.writes.into_arguments(func, args, kwargs)
         if args and id(args[0]) in self._watched:  # a model tensor: saved before a write
             alias = self.writes.before(func, args[0])
             out = func(*args, **kwargs)

@@ -6,7 +6,8 @@ mask multiplied into a weight in place (``self.weight.data *= self.mask``). Trac
 user's model, which ``prune`` promises to leave as it was, so the first in-place write into
 each such tensor saves its value, and :meth:`WriteGuard.restore` puts every saved value back.
 A write is an in-place method or operator on the tensor itself (``copy_``, ``fill_``,
-``+=``, ``t[i] = v``) or on its ``.data``; ops inside layers that have a handler are not
+``+=``, ``t[i] = v``) or on its ``.data``, an ``out=`` argument, or the running statistics
+``F.batch_norm`` updates; ops inside layers that have a handler are not
 seen (their modules write nothing in eval mode but an embedding with ``max_norm``, whose
 weight is saved up front; the training-mode pass restores buffers itself).
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["WriteGuard", "names_of", "restored"]
@@ -68,6 +70,20 @@ class WriteGuard:
         if kind == _WRITE:
             self.save(self.watched[id(first)])
         return kind == _ALIAS
+
+    def into_arguments(self, func: Callable[..., Any], args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> None:
+        """Save the watched tensors a call writes that are not its first argument: an
+        ``out=`` tensor, and the running statistics ``F.batch_norm`` / ``F.instance_norm``
+        update in training mode (AdaBN-style code calls it so in eval)."""
+        targets = [kwargs.get("out")]
+        if func is F.batch_norm or func is F.instance_norm:
+            targets += [args[i] if len(args) > i else kwargs.get(name)
+                        for i, name in ((1, "running_mean"), (2, "running_var"))]
+        for target in targets:
+            tensor = self.watched.get(id(target)) if isinstance(target, Tensor) else None
+            if tensor is not None:
+                self.save(tensor)
 
     def alias(self, out: Any, first: Tensor) -> None:
         if isinstance(out, Tensor):
