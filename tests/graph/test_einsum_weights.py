@@ -6,6 +6,8 @@ it every channel it met (the residual stream of the whole model)."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from tests.llm.moe_models import _Stack
@@ -85,3 +87,46 @@ def test_weights_gathered_per_token_are_cut_in_every_expert() -> None:
         for rows in (5, 9):
             x = torch.randn(rows, 8)
             torch.testing.assert_close(pruned(x), reference(x))
+
+
+class LinformerProjection(nn.Module):
+    """lucidrains' Linformer: keys and values projected along the tokens by a parameter
+    ``P [n, k]`` with ``einsum("bnd,nk->bkd")``: the result carries the keys' channels (d)
+    and the projected length (k, made by P)."""
+
+    def __init__(self, heads: int = 4, dim: int = 32, tokens: int = 16, k: int = 8) -> None:
+        super().__init__()
+        self.heads = heads
+        self.inp = nn.Linear(16, dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.p = nn.Parameter(torch.randn(tokens, k) / 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.inp(x)
+        b, n, _ = x.shape
+
+        def heads(t: Tensor) -> Tensor:
+            return t.view(b, t.shape[1], self.heads, -1).transpose(1, 2)
+
+        k, v = (torch.einsum("bnd,nk->bkd", f(x), self.p) for f in (self.k, self.v))
+        att = (heads(self.q(x)) @ heads(k).transpose(-1, -2) * 0.35).softmax(-1)
+        return self.o((att @ heads(v)).transpose(1, 2).reshape(b, n, -1)) + x
+
+
+def test_an_activations_channels_win_over_a_length_a_weight_makes() -> None:
+    # before, the projected length k (first in the result) was cut and q/k/v kept whole
+    torch.manual_seed(0)
+    model = LinformerProjection().eval()
+    result = pk.prune(model, torch.randn(2, 16, 16), ratio=0.5)
+    pruned = result.model
+    assert pruned.p.shape == (16, 8)
+    assert pruned.q.out_features == pruned.k.out_features == pruned.v.out_features == 16
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in ("q", "k", "v"):
+            keep = result.plan["modules"][name]["keep"]["out"]
+            gone = sorted(set(range(32)) - set(keep))
+            getattr(reference, name).weight[gone] = 0
+            getattr(reference, name).bias[gone] = 0
+    x = torch.randn(3, 16, 16)
+    torch.testing.assert_close(pruned(x), reference(x))

@@ -87,11 +87,15 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
         if fixed:
             for vector in found:
                 space.block(vector, f"{call.display}: another operand's '{letter}' cannot shrink")
+    made: set[str] = set()  # the letters a weight's axis makes channels along
     for i, (record, axes) in weights.items():
         if record is not None:
-            _cut_weight(ctx, record, axes, terms, i, rhs, vectors)
+            made.update(_cut_weight(ctx, record, axes, terms, i, rhs, vectors))
     out = tensors_in(call.out)[0]
-    carried = [letter for letter in rhs if letter in vectors]
+    # an activation's channels before those a weight makes (Linformer's "bnd,nk->bkd"
+    # keeps d, the keys' channels; k, the projected length, stays whole)
+    carried = sorted((letter for letter in rhs if letter in vectors),
+                     key=lambda letter: letter in made)
     if not carried:
         reason = f"{call.display} contracts all its channels: a shape no pruning changes"
         ctx.set_labels(out, fixed_shape(space, out.shape, reason))
@@ -133,12 +137,13 @@ def _rows_or_sum(ctx: TraceContext, at: int, terms: list[str], rhs: str,
 
 
 def _cut_weight(ctx: TraceContext, record: ParamRecord, letters: dict[int, str],
-                terms: list[str], at: int, rhs: str, vectors: dict[str, list[Tensor]]) -> None:
+                terms: list[str], at: int, rhs: str, vectors: dict[str, list[Tensor]]
+                ) -> list[str]:
     """Cut the axes of the weight read as ``terms[at]`` (``letters``: its axis -> letter)
     with the channels of the letters it shares with the other operands; where exactly one
     of its letters goes to the result and no other operand has it, that axis makes the
-    result's channels (``down`` in ``"...eh,edh,...e->...d"``). Its other axes are kept
-    whole."""
+    result's channels (``down`` in ``"...eh,edh,...e->...d"``; returned). Its other axes
+    are kept whole."""
     others = set("".join(t for i, t in enumerate(terms) if i != at))
     made = [axis for axis, letter in letters.items()
             if letter in rhs and letter not in others and letter not in vectors]
@@ -149,6 +154,8 @@ def _cut_weight(ctx: TraceContext, record: ParamRecord, letters: dict[int, str],
         axis = made[0]
         vectors[letters[axis]] = [ctx.weight_axis(record, axis,
                                                   count=int(record.tensor.shape[axis]))]
+        return [letters[axis]]
+    return []
 
 
 def _explicit(equation: str, ranks: list[int]) -> str:
