@@ -524,3 +524,17 @@ def test_a_layer_weight_also_read_directly_says_so() -> None:
     reasons = " ".join(e.reason for e in result.coverage.entries)
     assert "the weight of embedding is also read directly by the code" in reasons
     assert "tied weights" not in reasons
+
+
+def test_a_prune_under_inference_mode_gives_a_model_that_trains() -> None:
+    # before, the surgery made inference tensors: "Inference tensors cannot be saved for
+    # backward" at the first fine-tuning step
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 4, 1)).eval()
+    with torch.inference_mode():
+        x = torch.randn(2, 3, 8, 8)
+        result = prune(model, x, ratio=0.5)
+    pruned = result.model.train()
+    assert not any(p.is_inference() for p in pruned.parameters())
+    pruned(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert pruned[0].weight.grad is not None and pruned[0].out_channels == 8

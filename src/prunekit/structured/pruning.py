@@ -51,7 +51,8 @@ _R = TypeVar("_R")
 
 
 def _gc_paused(func: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``func`` with the cyclic garbage collector off (and back on after, if it was on).
+    """Run ``func`` with the cyclic garbage collector off (and back on after, if it was on),
+    outside inference mode.
 
     A prune allocates many small short-lived objects (label tensors, NumPy arrays, records)
     that reference counting frees; with the collector on they trigger collections that walk
@@ -59,13 +60,16 @@ def _gc_paused(func: Callable[_P, _R]) -> Callable[_P, _R]:
     next to nothing to free."""
     @functools.wraps(func)
     def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        if not gc.isenabled():
-            return func(*args, **kwargs)
-        gc.disable()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            gc.enable()
+        # (and outside inference mode: tensors the surgery makes under it would be inference
+        # tensors, which a pruned model could never be fine-tuned with)
+        with torch.inference_mode(False):
+            if not gc.isenabled():
+                return func(*args, **kwargs)
+            gc.disable()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                gc.enable()
     return paused
 
 
