@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 import prunekit as pk
 from prunekit.graph.ops import OpNotMappable
-from prunekit.graph.ops_einsum import _tensordot_equation
 
 
 class Projected(nn.Module):
@@ -111,11 +110,15 @@ def test_an_outer_product_cuts_the_channels_of_one_axis_only() -> None:
     ((2, 3, 4), (4, 2), ([-1, 0], [0, 1])), ((2, 3), (3, 4), ([1], [0]))])
 def test_the_spelled_equation_computes_what_tensordot_does(a: tuple, b: tuple,
                                                           dims: object) -> None:
+    from prunekit.graph.ops_einsum import _tensordot_equation
+
     x, y = torch.randn(a), torch.randn(b)
     equation = _tensordot_equation(x.dim(), y.dim(), dims)
     torch.testing.assert_close(torch.einsum(equation, x, y), torch.tensordot(x, y, dims))
 
 
 def test_unequal_dim_lists_are_not_mapped() -> None:
+    from prunekit.graph.ops_einsum import _tensordot_equation
+
     with pytest.raises(OpNotMappable, match="unequal"):
         _tensordot_equation(2, 2, ([0, 1], [0]))

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from prunekit.graph.numbers import numeric_attribute_reads
 from prunekit.structured import prune
 
 
@@ -79,6 +78,8 @@ def test_a_childs_attribute_that_the_adapter_rewrites() -> None:
 
 
 def test_numeric_reads_are_found_outside_init_only() -> None:
+    from prunekit.graph.numbers import numeric_attribute_reads
+
     assert {name for name, _ in numeric_attribute_reads(Attention)} == {"d_k"}
     # InitScaled's forward replaces Attention's, and __init__'s sqrt is a constant once built
     assert numeric_attribute_reads(InitScaled) == ()
