@@ -261,3 +261,38 @@ def test_a_product_none_of_whose_factors_counts_the_channels_keeps_them() -> Non
     assert result.model.mlp[0].out_features == 16
     assert "product of attributes" in result.coverage.fixed["fc.weight"]
     assert result.model.emb.embedding_dim == 8  # the hidden width before still prunes
+
+
+class FlatFieldsOther(nn.Module):
+    """The same flatten written with other attributes, on another line."""
+
+    def __init__(self, fields: int = 3, dim: int = 12) -> None:
+        super().__init__()
+        self.n_fields, self.width = fields, dim
+        self.emb = nn.Embedding(50, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+        self.fc = nn.Linear(fields * dim, 1)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.mlp(self.emb(ids))
+        return self.fc(x.view(-1, self.width * self.n_fields))
+
+
+class TwoTowers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.one, self.other = FlatFields(), FlatFieldsOther()
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.one(a) + self.other(b)
+
+
+def test_each_product_is_read_from_its_own_call() -> None:
+    # a cached reading of the first call was once returned for every later one
+    torch.manual_seed(0)
+    model = TwoTowers().eval()
+    a, b = torch.randint(0, 50, (4, 5)), torch.randint(0, 50, (4, 3))
+    result = prune(model, (a, b), ratio=0.5)
+    pruned = result.model
+    assert (pruned.one.embed_dim, pruned.other.width, pruned.other.n_fields) == (8, 6, 3)
+    torch.testing.assert_close(pruned(a, b), _zeroed(model, result.plan)(a, b))

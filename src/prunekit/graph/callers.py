@@ -128,7 +128,6 @@ def sizes_written(module: nn.Module
     return tuple(read(w) for w in written)
 
 
-@functools.lru_cache(maxsize=1024)
 def products_written(ctx: TraceContext) -> tuple[Any, ...] | None:
     """Like :func:`arguments_written`, with a product of attribute reads (``self.num_fields *
     self.embed_dim``) given as ``("*", (owner, "num_fields"), (owner, "embed_dim"))``."""
@@ -147,11 +146,13 @@ def attributes_by_argument(ctx: TraceContext) -> tuple[frozenset[str], ...] | No
     return None if frame is None else _arguments_at(frame.f_code, frame.f_lasti, reads=True)
 
 
+@functools.lru_cache(maxsize=1024)
 def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool = False,
                   products: bool = False) -> tuple[Any, ...] | None:
     """What the call at ``lasti`` writes for each positional argument (``first``: for each
     element of its first argument, a list or tuple), as :func:`_written` reads it
-    (``reads``: the attribute names its expression reads)."""
+    (``products``: and products of attribute reads, as :func:`_product` does; ``reads``:
+    the attribute names its expression reads)."""
     if not hasattr(code, "co_positions"):  # Python 3.10 keeps no columns
         return None
     line, end_line, col, end_col = list(code.co_positions())[lasti // 2]
