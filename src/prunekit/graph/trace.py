@@ -186,9 +186,9 @@ class TraceContext:
     def _unseen(self, tensor: Tensor) -> Tensor:
         """Labels of a float tensor that no traced op made (a constant from outside the
         model, NumPy, a C/C++ extension, ``torch.vmap``, a TorchScript function,
-        ``Tensor.as_subclass``): how its elements
-        relate to channels is unknown, so its shape is fixed and the channels it meets are
-        kept whole (as NEUTRAL it would have let a branch stacked with it shrink alone)."""
+        ``Tensor.as_subclass``): how its elements relate to channels is unknown, so its
+        shape is fixed and the channels it meets are kept whole (as NEUTRAL it would have
+        let a branch stacked with it shrink alone)."""
         where = f"module {self.path!r}" if self.path else "the model's own forward"
         reason = (f"a tensor of shape {tuple(tensor.shape)} that the trace did not see being "
                   f"made (a constant from outside the model, NumPy, a C/C++ extension, "
@@ -637,8 +637,8 @@ def trace(
         if ctx.unseen:
             more = f" (and {len(ctx.unseen) - 1} more such tensors)" if len(ctx.unseen) > 1 \
                 else ""
-            warnings.warn(f"prune read {ctx.unseen[0]}{more}; result.coverage names them",
-                          stacklevel=3)
+            warnings.warn(f"the trace read {ctx.unseen[0]}{more}; the coverage report "
+                          f"names them", stacklevel=3)
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx.writes.restore()  # the user's model as it was (an ActNorm's first-batch init)
         ctx._calls.mode = None
