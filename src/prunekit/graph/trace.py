@@ -399,13 +399,14 @@ class TraceContext:
         tensor carries no channels (NEUTRAL: made at a size written in the code, a recurrent
         state ``torch.zeros(B, 48)`` or a step-0 input), its width is fixed, so the units are
         kept whole (the join alone would skip it and the pruned layer would reject it)."""
-        if read.numel() > 1 and (bool((read == NEUTRAL).any()) or
-                                 bool((units == NEUTRAL).any())):  # (either call's)
+        fixed = (read == NEUTRAL) | (units == NEUTRAL)  # (either call's)
+        if read.numel() > 1 and bool(fixed.any()):  # (only where it is: RAFT's GRU reads a
+            # flow that starts as a made tensor in the first of its iterations)
             reason = (f"{what} reads a tensor of a fixed width here (made at a size written "
                       f"in the code, e.g. torch.zeros(B, {read.numel()})); make it at the "
                       f"layer's size (x.new_zeros(B, self.cell.hidden_size)) to prune it")
-            self.block(units, reason)
-            self.block(read, reason)
+            self.block(units[fixed], reason)
+            self.block(read[fixed], reason)
         self.space.union(units, read)  # (NEUTRAL joins nothing)
 
     # -- recording ---------------------------------------------------------------------
