@@ -81,8 +81,9 @@ def without_breaking_groups(
         named = "; ".join(graph.groups[i].describe() for i in bad[:3])
         hint = (f" Cutting {named} breaks it (the code sizes something by these channels in "
                 f"a way the trace cannot see: a width read from another tensor's shape, a "
-                f"tuple attribute, a cached tensor); pass strict=False to keep them whole "
-                f"and prune the rest, or add their layers to ignore=..." if bad else
+                f"tuple attribute, a cached tensor, a hook of yours that holds a tensor of "
+                f"the model, a @torch.jit.script function); pass strict=False to keep them "
+                f"whole and prune the rest, or add their layers to ignore=..." if bad else
                 " Add the layer named in the error to ignore=..., or report the architecture")
         raise PruneValidationError(f"{failed.message}; your model is unchanged.{hint}") \
             from failed.cause
