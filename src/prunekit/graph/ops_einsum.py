@@ -24,7 +24,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import emit, fixed_shape, rep_along, varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.ops_matmul import contract
+from prunekit.graph.ops_matmul import contract, joins_rows, rows_joined
 from prunekit.graph.ops_pointwise import combine
 from prunekit.graph.trace import ParamRecord, TraceContext
 
@@ -110,11 +110,11 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
 def _rows_or_sum(ctx: TraceContext, at: int, terms: list[str], rhs: str,
                  labels: list[Tensor], found: list[list[str]]) -> tuple[Tensor, list[str]] | None:
     """An operand whose channels vary along two letters, one contracted (``k``) and one
-    kept (``j``), read as :func:`ops_matmul.contract` reads such a side: where another
-    operand carries channels along ``k`` too (field vectors ``"bfd,bgd->bfg"``; a weight per
-    row with more rows than ``j`` has channels), channel k goes from every ``j``; else
-    (gates times stacked experts, ``"be,beh->bh"``) channel j of every ``k`` goes together
-    and the weights along ``k`` are kept whole. None for any other operand."""
+    kept (``j``), read as :func:`ops_matmul.contract` reads such a side
+    (:func:`ops_matmul.joins_rows`): channel k goes from every ``j`` (field vectors
+    ``"bfd,bgd->bfg"``), or channel j of every ``k`` goes together and the weights along
+    ``k`` are kept whole (gates times stacked experts, ``"be,beh->bh"``). None for any
+    other operand."""
     letters, term = found[at], terms[at]
     contracted = [c for c in letters if c not in rhs]
     kept = [c for c in letters if c in rhs]
@@ -124,11 +124,10 @@ def _rows_or_sum(ctx: TraceContext, at: int, terms: list[str], rhs: str,
     space, lab = ctx.space, labels[at]
     k_dim, j_dim = term.index(k), term.index(j)
     others = [i for i, letters in enumerate(found) if i != at and k in letters]
-    stacks = any(len(found[i]) > 1 for i in others)
-    if others and (stacks or lab.shape[k_dim] >= lab.shape[j_dim]):
-        rows = lab.movedim(k_dim, -1).reshape(-1, lab.shape[k_dim])
-        space.union(rows[:1].expand_as(rows), rows)
-        return space.find(lab), [k]
+    if others and joins_rows(space, lab.shape[k_dim], lab.shape[j_dim],
+                             any(len(found[i]) > 1 for i in others),
+                             [labels[i] for i in others]):
+        return rows_joined(ctx, lab, k_dim), [k]
     for i in others:
         space.block(labels[i], "weights a sum of rows whose channels are pruned")
         labels[i] = space.find(labels[i])

@@ -16,6 +16,7 @@ they form units without parameters, which nothing prunes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,31 +45,15 @@ def attribute_sized(ctx: TraceContext, call: OpCall) -> None:
     if call.name not in UNIFORM or not isinstance(out, Tensor) or out.dim() == 0:
         return
     shape = written_shape(call)
-    if len(shape) != out.dim():
-        return
-    read = attributes_read(ctx)
-    if not read or _reads_channels(ctx, shape):
-        return
-    path, module = calling_module(ctx)
-    held = {k: v for k, v in vars(module).items() if k in read and type(v) is int}
-    for dim, size in enumerate(shape):
-        if type(size) is not int or size < 2 or shape.count(size) > 1:
-            continue
-        holders = [k for k, v in held.items() if v == size]
-        if len(holders) != 1 or varies(ctx.space.find(ctx.labels(out)), dim):
-            continue
-        ids = ctx.space.new_ids(size)
-        ctx.set_vector(out, ids, dim)
-        ctx.bind_attribute(path, holders[0], ids)
-        return  # (labels in vector form vary along one dim)
+    if len(shape) == out.dim() and not _reads_channels(ctx, shape):
+        _bind_uniform_dim(ctx, out, shape, lambda dim: True)
 
 
 def expanded_by_attribute(ctx: TraceContext, call: OpCall) -> None:
     """``mask.unsqueeze(-1).expand(-1, -1, self.d)`` (or ``.repeat(1, 1, self.d)``): a
-    tensor without channels repeated
-    along a dim of size 1 to a size the call reads from one int attribute holds the same
-    value at every index of that dim, as a uniform factory does: that dim gets fresh
-    labels and the attribute is bound to them (see the module docstring)."""
+    tensor without channels repeated along a dim of size 1 to a size the call reads from
+    one int attribute holds the same value at every index of that dim, as a uniform
+    factory does: that dim gets fresh labels and the attribute is bound to them."""
     source, out = call.args[0] if call.args else None, call.out
     if not isinstance(source, Tensor) or not isinstance(out, Tensor) or \
             source.dim() != out.dim():
@@ -82,21 +67,30 @@ def expanded_by_attribute(ctx: TraceContext, call: OpCall) -> None:
             else tuple(counts)
     else:
         shape = written_shape(call)
+    if len(shape) == out.dim():
+        _bind_uniform_dim(ctx, out, shape, lambda dim: source.shape[dim] == 1)
+
+
+def _bind_uniform_dim(ctx: TraceContext, out: Tensor, shape: tuple[object, ...],
+                      uniform: Callable[[int], bool]) -> None:
+    """Give fresh labels to the first dim of ``out`` (one along which its values are
+    ``uniform``) whose written size one int attribute the call reads holds, and bind that
+    attribute to them; nothing where the size is written for another dim too."""
     read = attributes_read(ctx)
-    if len(shape) != out.dim() or not read:
+    if not read:
         return
     path, module = calling_module(ctx)
     held = {k: v for k, v in vars(module).items() if k in read and type(v) is int}
     for dim, size in enumerate(shape):
-        if source.shape[dim] != 1 or type(size) is not int or size < 2 or \
-                shape.count(size) > 1:
+        if type(size) is not int or size < 2 or shape.count(size) > 1 or not uniform(dim):
             continue
         holders = [k for k, v in held.items() if v == size]
-        if len(holders) == 1:
-            ids = ctx.space.new_ids(size)
-            ctx.set_vector(out, ids, dim)
-            ctx.bind_attribute(path, holders[0], ids)
-            return
+        if len(holders) != 1 or varies(ctx.space.find(ctx.labels(out)), dim):
+            continue
+        ids = ctx.space.new_ids(size)
+        ctx.set_vector(out, ids, dim)
+        ctx.bind_attribute(path, holders[0], ids)
+        return  # (labels in vector form vary along one dim)
 
 
 def _reads_channels(ctx: TraceContext, shape: tuple[object, ...]) -> bool:
@@ -108,22 +102,15 @@ def _reads_channels(ctx: TraceContext, shape: tuple[object, ...]) -> bool:
 
 
 def _new(ctx: TraceContext, call: OpCall) -> None:
-    """``x.new_zeros(...)`` and friends make a new tensor: it carries no channels (but see
-    :func:`attribute_sized`)."""
-    for out in tensors_in(call.out):
-        ctx.set_labels(out, torch.full(tuple(out.shape), NEUTRAL, dtype=torch.long))
-    attribute_sized(ctx, call)
-
-
-def _factory(ctx: TraceContext, call: OpCall) -> None:
-    """``torch.zeros(...)`` and friends with a tensor among the arguments: a size computed as
-    a 0-dim tensor (FastSpeech's length regulator: ``torch.zeros((B, durations.sum(1).max(),
-    C))``). The result carries no channels, as for plain int sizes (the trace's factory
-    path); the size tensor couples nothing."""
+    """``x.new_zeros(...)`` and friends, and ``torch.zeros(...)`` and friends with a tensor
+    among their arguments (a size computed as a 0-dim tensor: FastSpeech's length regulator,
+    ``torch.zeros((B, durations.sum(1).max(), C))``; without one, the trace's factory path
+    labels them), make a new tensor: it carries no channels (but see
+    :func:`attribute_sized`); the size tensor couples nothing."""
     for out in tensors_in(call.out):
         ctx.set_labels(out, torch.full(tuple(out.shape), NEUTRAL, dtype=torch.long))
     attribute_sized(ctx, call)
 
 
 register_op(NEW, _new)
-register_op(("zeros", "ones", "empty", "full", "rand", "randn"), _factory)
+register_op(("zeros", "ones", "empty", "full", "rand", "randn"), _new)

@@ -42,11 +42,9 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
             (a, -1, -2, found[0]), (b, -2, -1, found[1]))):
         if on_k and on_free and not on_batch:
             other, (other_k, other_free, _) = (b if i == 0 else a), found[1 - i]
-            # channel k goes from every row (DLRM's T @ Tᵀ), or, where the other side is a
-            # weight per row (gates), whichever join leaves more units (k's or the rows')
-            if other_k and (other_free or (lab.shape[k_dim] >= lab.shape[free_dim]
-                                           and not _all_blocked(space, other))):
-                lab = _rows_joined(ctx, lab, k_dim)
+            if other_k and joins_rows(space, lab.shape[k_dim], lab.shape[free_dim],
+                                      other_free, [other]):
+                lab = rows_joined(ctx, lab, k_dim)
                 on_free = False
             else:  # a weighted sum of rows (gates @ stacked experts): channel j of every
                 # row goes together, as in a sum over the rows, and the weights stay
@@ -84,13 +82,21 @@ def contract(ctx: TraceContext, a: Tensor, b: Tensor, out_shape: tuple[int, ...]
                                          "its result has a shape no pruning changes")
 
 
-def _all_blocked(space: LabelSpace, labels: Tensor) -> bool:
-    """Whether every class in ``labels`` is kept whole already (gates after a softmax)."""
+def joins_rows(space: LabelSpace, k_width: int, row_width: int, other_is_stack: bool,
+               others: list[Tensor]) -> bool:
+    """For an operand whose channels vary along both the contracted dim k and its rows, met
+    along k by ``others`` that carry channels there: whether its rows' k-th channels are
+    joined (channel k goes from every row: DLRM's ``T @ Tᵀ``, the other side a stack too)
+    rather than its channels joined along k (a weighted sum of rows: gates times stacked
+    experts, the weights then kept whole). Against a weight per row, the join that leaves
+    more units, unless the weights are all kept whole already."""
     blocked = space.blocked_roots()
-    return bool(blocked) and all(int(r) in blocked for r in space.roots(labels).tolist())
+    all_blocked = bool(blocked) and all(int(r) in blocked for other in others
+                                        for r in space.roots(other).tolist())
+    return other_is_stack or (k_width >= row_width and not all_blocked)
 
 
-def _rows_joined(ctx: TraceContext, lab: Tensor, k_dim: int) -> Tensor:
+def rows_joined(ctx: TraceContext, lab: Tensor, k_dim: int) -> Tensor:
     """The labels of an operand whose channels along the contracted dim differ from row to
     row (DLRM's interaction ``T @ Tᵀ``, T the field vectors stacked): channel k goes only
     if it goes from every row, so the rows' k-th channels are joined, and the rows then

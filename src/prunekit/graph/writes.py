@@ -115,17 +115,13 @@ def restored(model: nn.Module, names: tuple[str, ...]) -> Iterator[None]:
     """Put back, when the block exits, the values that ``model``'s tensors at ``names`` hold
     now (a forward that ``prune`` runs writes into them again: the user's model, or the
     pruned model before its check)."""
-    tensors = []
+    guard = WriteGuard()
     for name in names:
         prefix, _, key = name.rpartition(".")
-        owner = model.get_submodule(prefix) if prefix else model
-        tensor = getattr(owner, key, None)
+        tensor = getattr(model.get_submodule(prefix) if prefix else model, key, None)
         if isinstance(tensor, Tensor):
-            tensors.append(tensor)
-    saved = [(tensor, tensor.detach().clone()) for tensor in tensors]
+            guard.save(tensor)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for tensor, value in saved:
-                tensor.copy_(value)
+        guard.restore()

@@ -344,22 +344,18 @@ def prune(
                                       ignore=ignore, strict=strict, aggregation=aggregation,
                                       normalization=norm, seed=seed)
     reference = graph.trace.output_shapes  # the trace ran the model in eval mode
-    # the forwards below run models that share tensors with the user's: what the forward
-    # writes into (graph/writes.py) is put back
-    with restored(model, graph.trace.written):
-        if target is not None:
-            config = _search(model, example_inputs, graph, scores, config, target)
-        masks = allocate(graph.groups, scores, config)
-        try:
-            pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
-                                          inplace)
-        except CheckFailed as failed:
-            graph, masks = without_breaking_groups(
-                graph, masks, failed, strict=strict,
-                check=lambda trial: _cut_and_check(model, example_inputs, graph, trial,
-                                                   reference, inplace=True))
-            pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
-                                          inplace)
+    # (the search and the checks put back what their forwards write: graph/writes.py)
+    if target is not None:
+        config = _search(model, example_inputs, graph, scores, config, target)
+    masks = allocate(graph.groups, scores, config)
+    try:
+        pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
+    except CheckFailed as failed:
+        graph, masks = without_breaking_groups(
+            graph, masks, failed, strict=strict,
+            check=lambda trial: _cut_and_check(model, example_inputs, graph, trial, reference,
+                                               inplace=True))
+        pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
     changed = _numbers_changed(graph, masks) + changed_attribute_numbers(
         model, pruned, graph.trace.classes)
     if changed:
