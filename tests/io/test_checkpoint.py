@@ -253,6 +253,56 @@ def test_manifest_errors(tmp_path: Path, lenet: LeNet5) -> None:
         load(target, LeNet5())
 
 
+class _Versioned(nn.Module):
+    """Reads its state_dict version on load and refuses a state without one, as torchvision's
+    MNASNet does (it checks the version before upgrading an old layout)."""
+
+    _version = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 4, 1)
+        self.versions_seen: list[Any] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)))
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any,
+                              *args: Any) -> None:
+        version = local_metadata.get("version", None)
+        self.versions_seen.append(version)
+        if version not in (1, 2):
+            raise ValueError(f"version should be set to 1 or 2 instead of {version}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+def test_each_modules_state_version_is_saved_and_given_back_on_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Versioned().eval()
+    x = torch.randn(2, 3, 8, 8)
+    result = prunekit.structured.prune(model, x, ratio=0.5, ignore=[model.head])
+    target = save(result, tmp_path / "ckpt")
+    manifest = json.loads((target / "prunekit.json").read_text())
+    assert manifest["state_metadata"][""] == {"version": 2}
+    assert manifest["state_metadata"]["conv"] == {"version": 1}
+
+    fresh = _Versioned()
+    loaded = load(target, fresh)
+    assert fresh.versions_seen == [2]
+    assert torch.equal(loaded(x), result.model(x))
+
+    # a checkpoint written before the versions were stored loads as it did (no metadata)
+    del manifest["state_metadata"]
+    (target / "prunekit.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="version should be set to 1 or 2 instead of None"):
+        load(target, _Versioned())
+    manifest["state_metadata"] = {"": 2}
+    (target / "prunekit.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"field 'state_metadata' must map module names"):
+        load(target, _Versioned())
+
+
 def test_save_errors(tmp_path: Path, lenet: LeNet5) -> None:
     with pytest.raises(TypeError, match=r"obj must be a torch\.nn\.Module or a pruning result"):
         save({"weights": 1}, tmp_path / "a")

@@ -4,7 +4,8 @@ Layout of a checkpoint directory::
 
     model.safetensors   every state_dict tensor, masks included (bool); tied tensors once
     prunekit.json       format version, versions, model class, masked tensors, aliases,
-                        the structured pruning plan (if any) and the user's metadata
+                        each module's state_dict version (``state_metadata``), the
+                        structured pruning plan (if any) and the user's metadata
 
 With ``save(..., sparse=True)`` a tensor that is smaller as bitmap + values
 (``prunekit.sparse.storage``) is stored as ``<key>.__bitmap`` (uint8) and ``<key>.__values``
@@ -19,6 +20,7 @@ under a temporary sibling name, fsync'ed and renamed into place.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import json
@@ -97,7 +99,8 @@ def save(
         "metadata": _json_or_error("metadata", dict(metadata or {})),
     }
 
-    tensors, aliases = _dedupe(model.state_dict())
+    state = model.state_dict()
+    tensors, aliases = _dedupe(state)
     masks = masked_tensors(model)
     encoded = _encode_sparse(model, tensors, sorted(masks), values_as) if sparse else {}
     manifest = {
@@ -109,6 +112,7 @@ def save(
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "masked": {name: _mask_key(model, name) for name in sorted(masks)},
         "aliases": aliases,
+        "state_metadata": _state_metadata(state),
         **({"sparse": encoded} if encoded else {}),
         **manifest_extra,
     }
@@ -173,7 +177,7 @@ def load(
     for name in hooked:  # load_state_dict fills <name>_orig and <name>_mask
         module_name, _, tensor_name = name.rpartition(".")
         torch_prune.identity(model.get_submodule(module_name), tensor_name)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(_with_metadata(state, manifest.get("state_metadata")), strict=True)
     return model
 
 
@@ -223,6 +227,14 @@ def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"got {table!r}; the manifest is damaged — save the model again"
             )
     _check_sparse_table(manifest.get("sparse", {}), str(manifest_path))
+    metadata = manifest.get("state_metadata", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in metadata.items()
+    ):
+        raise CheckpointError(
+            f"{str(manifest_path)!r} field 'state_metadata' must map module names to dicts, "
+            f"got {metadata!r}; the manifest is damaged — save the model again"
+        )
     if not isinstance(manifest.get("model_class"), str):
         raise CheckpointError(
             f"{str(manifest_path)!r} field 'model_class' must be a string, "
@@ -249,6 +261,31 @@ def _model_and_plan(obj: Any) -> tuple[nn.Module, Any]:
     elif dataclasses.is_dataclass(plan) and not isinstance(plan, type):
         plan = dataclasses.asdict(plan)
     return model, plan
+
+
+def _state_metadata(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each module's ``state_dict`` metadata (its ``_version``), the part JSON can hold.
+
+    ``load_state_dict`` hands it to every module's ``_load_from_state_dict``; some refuse a
+    state without it (torchvision's MNASNet raises on a missing version)."""
+    metadata = getattr(state, "_metadata", None) or {}
+    kept: dict[str, dict[str, Any]] = {}
+    for prefix, local in metadata.items():
+        entries = {k: v for k, v in dict(local).items()
+                   if isinstance(k, str) and isinstance(v, (int, float, str, bool))}
+        kept[str(prefix)] = entries
+    return kept
+
+
+def _with_metadata(state: dict[str, torch.Tensor],
+                   metadata: Mapping[str, Any] | None) -> Mapping[str, torch.Tensor]:
+    """``state`` carrying the saved modules' metadata as ``state_dict()`` would (checkpoints
+    written before prunekit stored it load without, as they did)."""
+    if not metadata:
+        return state
+    ordered: Any = collections.OrderedDict(state)
+    ordered._metadata = collections.OrderedDict((k, dict(v)) for k, v in metadata.items())
+    return ordered
 
 
 def _json_or_error(name: str, value: Any) -> Any:
