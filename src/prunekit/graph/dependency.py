@@ -12,6 +12,7 @@ unsupported op or an ignored layer are *blocked* and never removed.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
 from prunekit.graph.labels import NEUTRAL, LabelSpace, in_sorted, sorted_unique
+from prunekit.graph.numbers import rebound_attributes
 from prunekit.graph.trace import ParamRecord, Trace
 
 __all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
@@ -150,7 +152,7 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
     members[at:at] = direct
     arrays[at:at] = [member.units.reshape(-1).numpy() for member in direct]
     blocked = space.blocked_roots()
-    groups = _components(members, arrays, blocked)
+    groups = _components(members, arrays, blocked, functools.partial(_remade, model, trace))
     if trace.aligned:
         groups = _with_steps(space, groups, trace.aligned)
     return DependencyGraph(trace, tuple(groups), tuple(members), blocked)
@@ -341,9 +343,46 @@ def _rows_np(array: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
 
 
-def _components(members: list[Member], arrays: list[np.ndarray],
-                blocked: dict[int, str]) -> list[Group]:
+def _made_by_code(held: list[Member], remade: Callable[[Member], str | None]) -> str | None:
+    """Why a class of members is kept whole when every member that makes its channels is a
+    tensor the model's code remakes (else None)."""
+    reason = None
+    for member in held:
+        if member.root:
+            reason = remade(member) if member.kind == "param" and not member.layer else None
+            if reason is None:
+                return None
+    return reason
+
+
+def _remade(model: nn.Module, trace: Trace, member: Member) -> str | None:
+    """Why ``member`` (a tensor used directly) is not cut: a buffer or tensor attribute,
+    not a parameter, that its module's code assigns after construction (ConViT's
+    ``self.rel_indices = self.get_rel_indices(N)``), at the width that code writes. Cutting
+    it would hold only until the code remakes it: on another input size, or in a model
+    built afresh by ``pk.load`` (a non-persistent buffer is not saved). None otherwise."""
+    record = trace.params.get(member.name)
+    if record is None or isinstance(record.tensor, nn.Parameter):
+        return None
+    path, _, attr = member.name.rpartition(".")
+    try:
+        owner = model.get_submodule(path)
+    except AttributeError:
+        return None
+    where = next((line for name, line in rebound_attributes(type(owner)) if name == attr), None)
+    if where is None:
+        return None
+    return (f"{member.name!r} is not a parameter and the model's code remakes it "
+            f"({where}) at the width that code writes, so the channels it makes are kept "
+            "whole")
+
+
+def _components(members: list[Member], arrays: list[np.ndarray], blocked: dict[int, str],
+                remade: Callable[[Member], str | None] = lambda member: None) -> list[Group]:
     """Union the root members that share units; each class of members is one group.
+
+    A class whose units no layer holds, or whose units only tensors that the model's code
+    remakes produce (``remade(member)`` gives the reason), is blocked instead.
 
     Vectorised over all (member, unit) pairs at once with NumPy; only the few member-member
     links go through a Python union-find. Group order, unit order and member order are
@@ -413,6 +452,11 @@ def _components(members: list[Member], arrays: list[np.ndarray],
         if not any(m.kind == "module" or m.layer for m in held):
             for unit in group_units.tolist():
                 blocked[unit] = "only used by parameters, not by any layer"
+            continue
+        reason = _made_by_code(held, remade)
+        if reason is not None:
+            for unit in group_units.tolist():
+                blocked[unit] = reason
             continue
         groups.append(Group(len(groups), torch.from_numpy(group_units), tuple(held)))
     return groups

@@ -8,6 +8,10 @@ change beyond the removed channels. Widths read from shapes are caught while tra
 model's classes is read instead: an attribute (``<anything>.name``) used as the argument of
 a ``sqrt``/``float``/``log``, as the base or exponent of ``**``, or as an operand of ``/``,
 in any method but ``__init__`` (a number computed once at construction keeps its value).
+
+The same reading finds the tensor attributes that the code re-binds after construction
+(:func:`rebound_attributes`): :mod:`prunekit.graph.dependency` keeps whole the channels that
+such a tensor alone makes.
 """
 
 from __future__ import annotations
@@ -15,16 +19,17 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from torch import nn
 
-__all__ = ["changed_attribute_numbers", "numeric_attribute_reads"]
+__all__ = ["changed_attribute_numbers", "numeric_attribute_reads", "rebound_attributes"]
 
 _NUMERIC_CALLS = frozenset(("sqrt", "rsqrt", "float", "log", "log2", "exp", "pow"))
 
 
 _READS: dict[type, tuple[tuple[str, str], ...]] = {}  # per class, read once
+_REBOUND: dict[type, tuple[tuple[str, str], ...]] = {}
 
 
 def numeric_attribute_reads(cls: type) -> tuple[tuple[str, str], ...]:
@@ -33,11 +38,26 @@ def numeric_attribute_reads(cls: type) -> tuple[tuple[str, str], ...]:
     cannot be read."""
     done = _READS.get(cls)
     if done is None:
-        done = _READS[cls] = _reads_of(cls)
+        done = _READS[cls] = _scan(cls, _numeric_reads)
     return done
 
 
-def _reads_of(cls: type) -> tuple[tuple[str, str], ...]:
+def rebound_attributes(cls: type) -> tuple[tuple[str, str], ...]:
+    """(attribute name, "file:line") for each ``self.<name> = ...``, ``setattr(self, "<name>",
+    ...)`` and ``self.register_buffer("<name>", ...)`` in the methods of ``cls`` and its
+    bases below ``nn.Module``, ``__init__`` aside: tensors the code remakes after
+    construction (ConViT's ``self.rel_indices = self.get_rel_indices(N)``), at the sizes that
+    code writes; () where the source cannot be read."""
+    done = _REBOUND.get(cls)
+    if done is None:
+        done = _REBOUND[cls] = _scan(cls, _rebinds)
+    return done
+
+
+def _scan(cls: type, finder: Callable[[ast.AST], list[tuple[str, int]]]
+          ) -> tuple[tuple[str, str], ...]:
+    """``finder``'s (name, line) in every method ``cls`` runs, ``__init__`` aside, as
+    (name, "file:line")."""
     found: list[tuple[str, str]] = []
     for klass in cls.__mro__:
         if klass is nn.Module or klass is object or klass.__module__.startswith("torch.nn"):
@@ -56,9 +76,40 @@ def _reads_of(cls: type) -> tuple[tuple[str, str], ...]:
         for method in body:  # the methods ``cls`` runs from this class (not overridden)
             if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
                     method.name != "__init__" and _defined_by(cls, method.name) is klass:
-                for name, line in _numeric_reads(method):
+                for name, line in finder(method):
                     found.append((name, f"{path}:{start + line - 1}"))
     return tuple(dict.fromkeys(found))
+
+
+def _rebinds(function: ast.AST) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for node in ast.walk(function):
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out.extend((target.attr, target.lineno) for target in targets
+                       if isinstance(target, ast.Attribute) and _is_self(target.value))
+        elif isinstance(node, ast.Call) and node.args:
+            func, args = node.func, node.args
+            if isinstance(func, ast.Name) and func.id == "setattr" and len(args) > 1 and \
+                    _is_self(args[0]):
+                name = _string(args[1])
+            elif isinstance(func, ast.Attribute) and func.attr == "register_buffer" and \
+                    _is_self(func.value):
+                name = _string(args[0])
+            else:
+                continue
+            if name is not None:
+                out.append((name, node.lineno))
+    return out
+
+
+def _string(node: ast.expr) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+        else None
+
+
+def _is_self(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id == "self"
 
 
 def _defined_by(cls: type, name: str) -> type | None:
