@@ -48,15 +48,36 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def walk_tensors(tree: Any, prefix: str = "output") -> Iterator[tuple[str, torch.Tensor]]:
-    """(path, tensor) for every tensor in nested tuples/lists/dicts/dataclasses."""
+    """(path, tensor) for every tensor in nested tuples/lists/dicts/dataclasses and
+    ``torch.distributions`` objects (a policy's ``Categorical(logits=...)``: its ``logits``;
+    a transformed distribution's base and transforms), each container once.
+
+    Other objects are not looked into: a Hugging Face cache of keys and values is no output
+    whose shape must be kept."""
+    yield from _walk(tree, prefix, set())
+
+
+def _walk(tree: Any, prefix: str, seen: set[int]) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(tree, torch.Tensor):
         yield prefix, tree
+    elif isinstance(tree, (str, bytes, int, float, bool, type(None))) or id(tree) in seen:
+        return
     elif isinstance(tree, Mapping):
+        seen.add(id(tree))
         for key, value in tree.items():
-            yield from walk_tensors(value, f"{prefix}[{key!r}]")
+            yield from _walk(value, f"{prefix}[{key!r}]", seen)
     elif isinstance(tree, (tuple, list)):
+        seen.add(id(tree))
         for i, value in enumerate(tree):
-            yield from walk_tensors(value, f"{prefix}[{i}]")
+            yield from _walk(value, f"{prefix}[{i}]", seen)
     elif is_dataclass(tree) and not isinstance(tree, type):
+        seen.add(id(tree))
         for key in tree.__dataclass_fields__:
-            yield from walk_tensors(getattr(tree, key), f"{prefix}.{key}")
+            yield from _walk(getattr(tree, key), f"{prefix}.{key}", seen)
+    elif isinstance(tree, _DISTRIBUTIONS):
+        seen.add(id(tree))
+        for key, value in list(vars(tree).items()):
+            yield from _walk(value, f"{prefix}.{key}", seen)
+
+
+_DISTRIBUTIONS = (torch.distributions.Distribution, torch.distributions.transforms.Transform)

@@ -164,6 +164,62 @@ def test_ignore_keeps_layer_width(lenet: LeNet5, lenet_input: Tensor) -> None:
         prune(lenet, lenet_input, ratio=0.5, ignore=[nn.Linear(2, 2)])
 
 
+def test_ignoring_a_block_keeps_every_layer_in_it() -> None:
+    """ignore=[model.teacher] leaves the whole teacher as it is (before, only the widths the
+    container itself outputs were kept and its layers were cut, found by the self-supervised
+    probe); the student still prunes, and a leaf in ignore= still lets its inputs go."""
+
+    def net(width: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+
+    class Distiller(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.teacher, self.student = net(32), net(16)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            return self.student(x), self.teacher(x)
+
+    torch.manual_seed(0)
+    model = Distiller().eval()
+    x = torch.randn(2, 3, 16, 16)
+    result = prune(model, x, ratio=0.5, ignore=[model.teacher])
+    assert not any(name.startswith("teacher") for name in result.plan["modules"])
+    assert sum(p.numel() for p in result.model.teacher.parameters()) == \
+        sum(p.numel() for p in model.teacher.parameters())
+    assert result.model.student[0].out_channels == 8
+    held = prune(model, x, ratio=0.5, ignore=[model.teacher[2]]).model.teacher
+    assert (held[0].out_channels, held[2].in_channels, held[2].out_channels) == (16, 16, 64)
+
+
+def test_ignoring_a_block_keeps_the_tensors_its_code_uses_directly() -> None:
+    class Decoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.queries = nn.Parameter(torch.randn(5, 12))  # learned queries: their own width
+            self.read = nn.Linear(12, 8)
+
+        def forward(self, memory: Tensor) -> Tensor:
+            return torch.relu(self.read(self.queries)) @ memory.transpose(1, 2)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc, self.dec, self.head = nn.Linear(4, 8), Decoder(), nn.Linear(5, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.dec(self.enc(x)).transpose(1, 2))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(2, 6, 4)
+    assert prune(model, x, ratio=0.5).model.dec.queries.shape == (5, 6)
+    kept = prune(model, x, ratio=0.5, ignore=[model.dec]).model.dec
+    assert kept.queries.shape == (5, 12) and kept.read.in_features == 12
+
+
 def test_per_layer_ratios_min_keep_and_round_to(lenet: LeNet5, lenet_input: Tensor) -> None:
     result = prune(lenet, lenet_input, ratios={"conv2": 0.5, lenet.fc1: 0.25})
     assert result.model.conv2.out_channels == 8

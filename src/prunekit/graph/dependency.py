@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError
 from prunekit.graph.labels import NEUTRAL, LabelSpace, in_sorted, sorted_unique
 from prunekit.graph.numbers import rebound_attributes
+from prunekit.graph.records import ModuleRecord
 from prunekit.graph.trace import ParamRecord, Trace
 
 __all__ = ["DependencyGraph", "Group", "Member", "build_groups"]
@@ -97,9 +98,7 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
     traced = {id(record.module): record for record in trace.modules.values()}
     names: dict[int, str] | None = None
     for module in ignore:
-        if isinstance(module, nn.Module) and id(module) in traced:
-            record = traced[id(module)]
-        else:
+        if not (isinstance(module, nn.Module) and id(module) in traced):
             if names is None:
                 names = {id(m): n for n, m in model.named_modules()}
             if not isinstance(module, nn.Module) or id(module) not in names:
@@ -107,10 +106,23 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
                     f"ignore contains {type(module).__name__} which is not a submodule of "
                     f"the model; pass the layer objects themselves, e.g. ignore=[model.fc]"
                 )
-            continue  # a submodule the trace did not record has no dims to block
-        for dim_name, dim in record.dims.items():
-            if dim_name not in _READ_DIMS:  # an ignored layer keeps the widths it makes
-                space.block(dim.labels, f"layer {record.name!r} is in ignore=")
+        if not module._modules:
+            _keep_made_widths(space, traced.get(id(module)), "is in ignore=")
+            continue
+        # a block (a teacher, a backbone): every layer in it keeps the widths it makes, and
+        # so does every tensor of it that code uses directly (its queries, its tokens)
+        for sub in module.modules():
+            _keep_made_widths(space, traced.get(id(sub)), "is in a module in ignore=")
+        if id(module) in traced:
+            path = traced[id(module)].name
+        else:
+            if names is None:
+                names = {id(m): n for n, m in model.named_modules()}
+            path = names[id(module)]
+        prefix = f"{path}." if path else ""
+        for name, param in trace.params.items():
+            if name.startswith(prefix):
+                space.block(param.ids, f"{name!r} is in a module in ignore=")
     _tie_shared_weights(trace, axes_of)
     param_axes: dict[str, int | None] = {}
     for name, param in trace.params.items():
@@ -156,6 +168,15 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
     if trace.aligned:
         groups = _with_steps(space, groups, trace.aligned)
     return DependencyGraph(trace, tuple(groups), tuple(members), blocked)
+
+
+def _keep_made_widths(space: LabelSpace, record: ModuleRecord | None, why: str) -> None:
+    """Block the dims ``record``'s layer makes (not those it reads); None: not traced, so
+    no dims to block."""
+    if record is not None:
+        for dim_name, dim in record.dims.items():
+            if dim_name not in _READ_DIMS:  # an ignored layer keeps the widths it makes
+                space.block(dim.labels, f"layer {record.name!r} {why}")
 
 
 def _with_steps(space: LabelSpace, groups: list[Group],
