@@ -115,3 +115,47 @@ def test_forward_time_state_is_put_back_in_both_models() -> None:
     assert pruned.calls == 0 and pruned.a.out_features == 16
     for name in ("ema", "rm", "rv", "acc"):
         torch.testing.assert_close(getattr(pruned, name), before[name][keep], rtol=0, atol=0)
+
+
+class MomentumEncoder(nn.Module):
+    """MoCo's key encoder, updated in the forward by assigning ``.data`` (builder.py's
+    ``param_k.data = param_k.data * m + param_q.data * (1. - m)``): the parameter gets a new
+    storage, which no in-place write shows."""
+
+    def __init__(self, shared: bool = False) -> None:
+        super().__init__()
+        self.encoder_q = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        with torch.no_grad():
+            for p in self.encoder_q.parameters():
+                p.add_(torch.randn_like(p))
+        self.shared = shared
+        self.head = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters(),
+                            strict=True):
+                k.data = q.data if self.shared else k.data * 0.5 + q.data * 0.5
+        return self.encoder_q(x) + self.encoder_k(x) + self.head(x)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_data_assignment_in_the_forward_is_put_back(shared: bool) -> None:
+    torch.manual_seed(0)
+    model = MomentumEncoder(shared).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    storages = [p.data_ptr() for p in model.encoder_k.parameters()]
+    result = prune(model, torch.randn(4, 8), ratio=0.5)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    # the key encoder holds its own storage again (with shared=True the forward had made it
+    # share the query encoder's, which the restore must not overwrite)
+    assert [p.data_ptr() for p in model.encoder_k.parameters()] == storages
+    pruned = result.model
+    assert pruned.head[0].out_features == 16
+    assert pruned.encoder_k[0].weight.data_ptr() != pruned.encoder_q[0].weight.data_ptr()
+    if not shared:  # (shared: the forward overwrites the key encoder, which is cut alone)
+        for name, value in pruned.state_dict().items():
+            if name.startswith("encoder"):
+                assert torch.equal(value, before[name]), name

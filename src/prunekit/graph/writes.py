@@ -6,10 +6,11 @@ mask multiplied into a weight in place (``self.weight.data *= self.mask``). Trac
 user's model, which ``prune`` promises to leave as it was, so the first in-place write into
 each such tensor saves its value, and :meth:`WriteGuard.restore` puts every saved value back.
 A write is an in-place method or operator on the tensor itself (``copy_``, ``fill_``,
-``+=``, ``t[i] = v``) or on its ``.data``, an ``out=`` argument, or the running statistics
-``F.batch_norm`` updates; ops inside layers that have a handler are not
-seen (their modules write nothing in eval mode but an embedding with ``max_norm``, whose
-weight is saved up front; the training-mode pass restores buffers itself).
+``+=``, ``t[i] = v``) or on its ``.data``, an assignment to its ``.data`` (MoCo's momentum
+update, ``p.data = p.data * m + q.data * (1 - m)``), an ``out=`` argument, or the running
+statistics ``F.batch_norm`` updates; ops inside layers that have a handler are not seen
+(their modules write nothing in eval mode but an embedding with ``max_norm``, whose weight
+is saved up front; the training-mode pass restores buffers itself).
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ _WRITE, _ALIAS, _READ = 1, 2, 0
 
 def _kind(func: Callable[..., Any]) -> int:
     name = getattr(func, "__name__", "")
-    if name == "__get__":  # a property: Tensor.data is the same storage under another name
+    if name in ("__get__", "__set__"):  # a property: Tensor.data is the tensor's storage
         owner = getattr(func, "__self__", None)
-        return _ALIAS if getattr(owner, "__name__", "") == "data" else _READ
+        if getattr(owner, "__name__", "") != "data":
+            return _READ
+        # reading it gives the same storage under another name; assigning it (an EMA as
+        # ``p.data = m * p.data + ...``) gives the tensor another storage
+        return _ALIAS if name == "__get__" else _WRITE
     if name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__")):
         return _WRITE
     return _READ
@@ -58,7 +63,8 @@ class WriteGuard:
         """Save ``tensor`` now: a layer with a handler writes it, unseen (an embedding with
         ``max_norm`` renormalises the rows it looks up in place)."""
         if id(tensor) not in self._saved:
-            self._saved[id(tensor)] = (tensor, tensor.detach().clone())
+            # the storage itself too: ``.data =`` may swap it for another (restore swaps back)
+            self._saved[id(tensor)] = (tensor, tensor.detach(), tensor.detach().clone())
 
     def before(self, func: Callable[..., Any], first: Tensor) -> bool:
         """Called before ``func`` runs with a watched tensor ``first`` as its first argument:
@@ -91,12 +97,14 @@ class WriteGuard:
 
     def written(self) -> tuple[Tensor, ...]:
         """The tensors written into, in the order of their first write."""
-        return tuple(tensor for tensor, _ in self._saved.values())
+        return tuple(tensor for tensor, _, _ in self._saved.values())
 
     def restore(self) -> None:
-        """Put back every saved value."""
+        """Put back every saved value, into the storage each tensor had when saved."""
         with torch.no_grad():
-            for tensor, value in self._saved.values():
+            for tensor, storage, value in self._saved.values():
+                if tensor.data_ptr() != storage.data_ptr() or tensor.shape != storage.shape:
+                    tensor.data = storage
                 tensor.copy_(value)
 
 
