@@ -6,6 +6,7 @@ runs in both modes, so the pruned model still trains."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,10 +44,40 @@ def test_training_only_head_is_pruned_with_what_feeds_it() -> None:
     assert main.shape == (2, 4) and aux.shape == (2, 2)  # outputs keep their width
 
 
-def test_model_whose_training_pass_fails_still_prunes() -> None:
+def test_a_one_sample_example_reaches_the_training_only_head() -> None:
+    """One value per channel after ``a``: BatchNorm in training mode would raise, so the
+    training pass keeps it normalising with its running statistics (before, the pass failed
+    silently, the aux head was left out, and the pruned model failed its first training
+    step; found by the detection probe's PSPNet with a batch-1 example)."""
     model = _AuxNet().eval()
-    x = torch.randn(1, 3, 3, 3)  # one value per channel after a: BatchNorm cannot train
-    assert pk.prune(model, x, ratio=0.5).model.a.out_channels == 4
+    x = torch.randn(1, 3, 3, 3)
+    stats = model.bn.running_mean.clone()
+    pruned = pk.prune(model, x, ratio=0.5).model
+    assert pruned.a.out_channels == pruned.aux.in_channels == 4
+    assert torch.equal(model.bn.running_mean, stats) and model.bn.training is False
+    pruned.train()
+    main, aux = pruned(torch.randn(2, 3, 3, 3))
+    assert main.shape == (2, 4) and aux.shape == (2, 2)
+    assert pruned.bn.training  # its own mode is back
+
+
+class _Detector(_AuxNet):
+    """A torchvision-style detector: its training forward wants targets."""
+
+    def forward(self, x: Tensor, targets: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        if self.training and targets is None:
+            raise ValueError("In training mode, targets should be passed")
+        return super().forward(x)
+
+
+def test_a_training_pass_that_fails_is_named_with_the_layers_it_left_out() -> None:
+    model = _Detector().eval()
+    with pytest.warns(UserWarning, match=r"'aux' never ran in eval mode, and the training-mode "
+                                         r"pass run to reach them failed \(ValueError: In "
+                                         r"training mode, targets"):
+        result = pk.prune(model, torch.randn(2, 3, 10, 10), ratio=0.5)
+    assert result.model.a.out_channels == 4
 
 
 class _NoisyGate(nn.Module):

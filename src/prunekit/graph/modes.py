@@ -1,6 +1,9 @@
 """Running a model in one mode for a while: eval for the trace and the forward check
 (BatchNorm must not update its statistics), training for the pass that finds layers only
-training runs (auxiliary heads), with every buffer restored after it."""
+training runs (auxiliary heads), with every buffer restored after it. In that training
+pass the norms that keep running statistics stay in eval mode: they normalise with those,
+so a one-sample example (a pooled 1×1 map) does not fail there ("Expected more than 1
+value per channel"), and only the branches the model takes in training change."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import contextlib
 from collections.abc import Iterator
 
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 __all__ = ["eval_mode", "model_mode"]
 
@@ -15,15 +19,20 @@ __all__ = ["eval_mode", "model_mode"]
 @contextlib.contextmanager
 def model_mode(model: nn.Module, training: bool,
                modules: list[nn.Module] | None = None) -> Iterator[None]:
-    """Run ``model`` in training or eval mode, then restore every module's own mode.
+    """Run ``model`` in training or eval mode (its norms with running statistics in eval
+    mode, see the module docstring), then restore every module's own mode.
 
     ``modules`` is ``list(model.modules())`` when the caller has it already."""
     modules = list(model.modules()) if modules is None else modules
     modes = [m.training for m in modules]
-    if all(mode == training for mode in modes):  # already so: nothing to switch or restore
+    norms = [m for m in modules if isinstance(m, _NormBase) and m.track_running_stats
+             and m.running_mean is not None] if training else []
+    if all(mode == training for mode in modes) and not norms:  # nothing to switch back
         yield
         return
     model.train(training)
+    for norm in norms:
+        norm.training = False
     try:
         yield
     finally:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from prunekit.graph.labels import emit, fixed_shape, rep_along, varies
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.ops_matmul import contract, joins_rows, rows_joined
+from prunekit.graph.ops_matmul import joins_rows, matmul, rows_joined
 from prunekit.graph.ops_pointwise import combine
 from prunekit.graph.trace import ParamRecord, TraceContext
 
@@ -196,8 +196,10 @@ def _addmm(ctx: TraceContext, call: OpCall) -> None:
     if not (isinstance(bias, Tensor) and isinstance(a, Tensor) and isinstance(b, Tensor)):
         raise OpNotMappable(f"expected tensors {', '.join(names)}")
     out = tensors_in(call.out)[0]
-    product = contract(ctx, ctx.labels(a), ctx.labels(b), tuple(out.shape))
-    ctx.set_labels(out, combine(ctx, [product, ctx.labels(bias)], out.shape))
+    # the product as matmul reads it (a weight parameter as a layer's, an ensemble's 3-D
+    # weight [E, in, out] by ``baddbmm(bias, x, W)``), then the added input
+    matmul(ctx, dataclasses.replace(call, args=(a, b), kwargs={}))
+    ctx.set_labels(out, combine(ctx, [ctx.labels(out), ctx.labels(bias)], out.shape))
 
 
 def _tensordot(ctx: TraceContext, call: OpCall) -> None:

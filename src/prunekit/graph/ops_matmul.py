@@ -141,7 +141,10 @@ def _lift(labels: Tensor, shape: tuple[int, ...]) -> Tensor:
     return labels.expand(shape)
 
 
-def _matmul(ctx: TraceContext, call: OpCall) -> None:
+def matmul(ctx: TraceContext, call: OpCall) -> None:
+    """Label a matrix product (``matmul``, ``bmm``, ``mm``; ``addmm``-style ops call it for
+    their product): a hand-written layer's weight, experts' stacked weights, else the
+    contraction of the two operands."""
     a, b = tensors_in(call.args)[:2]
     out = tensors_in(call.out)[0]
     if _layer_weight(ctx, a, b, out) or _left_layer_weight(ctx, a, b, out) or \
@@ -333,8 +336,8 @@ def _solve_triangular(ctx: TraceContext, call: OpCall) -> None:
                    contract(ctx, b, a, tuple(out.shape)))
 
 
-register_op(("matmul", "bmm", "mm"), _matmul)
+register_op(("matmul", "bmm", "mm"), matmul)
 # a sparse left operand (a graph's adjacency: torch.sparse.mm(adj, h)) contracts alike
-register_op(("_sparse_mm", "sparse_mm", "spmm", "smm"), _matmul)
+register_op(("_sparse_mm", "sparse_mm", "spmm", "smm"), matmul)
 register_op(("linalg_solve_triangular", "solve_triangular"), _solve_triangular)
 register_op(("scaled_dot_product_attention",), _sdpa)

@@ -55,6 +55,10 @@ UNARY = (
     "arcsin", "arccos", "arctan", "arcsinh", "arccosh", "arctanh", "erfc", "erfinv", "logit",
     "sgn", "frac", "deg2rad", "rad2deg", "sinc", "special_expit", "special_erf",
     "special_erfc", "special_logit", "special_expm1", "special_exp2", "special_sinc",
+    # special functions (a Beta or Gamma policy's log-density: lgamma, digamma)
+    "lgamma", "digamma", "special_gammaln", "special_digamma", "special_psi", "i0",
+    "special_i0", "special_i0e", "special_i1", "special_i1e", "special_ndtr", "special_ndtri",
+    "special_log_ndtr", "special_entr", "special_erfcx",
 )
 
 FIXED_OPERAND = ("meets a tensor the code makes at a fixed size along these channels "

@@ -381,6 +381,9 @@ def _cdist(ctx: TraceContext, call: OpCall) -> None:
 _ELEMENTWISE_LOSSES = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div",
                        "binary_cross_entropy", "binary_cross_entropy_with_logits",
                        "soft_margin_loss", "poisson_nll_loss", "gaussian_nll_loss")
+# embeddings compared over their last dim: (name, the embedding arguments by name)
+_PAIRED_LOSSES = {"triplet_margin_loss": ("anchor", "positive", "negative"),
+                  "cosine_embedding_loss": ("input1", "input2")}
 _CLASS_LOSSES = ("cross_entropy", "nll_loss")  # input [N, C, ...], target class indices
 
 
@@ -415,6 +418,26 @@ def _loss(ctx: TraceContext, call: OpCall) -> None:
         ctx.set_labels(out, _fit(rep, reduced, tuple(out.shape)))
 
 
+def _paired_loss(ctx: TraceContext, call: OpCall) -> None:
+    """``triplet_margin_loss(anchor, positive, negative)`` and ``cosine_embedding_loss(x1,
+    x2, y)``: the embeddings meet feature by feature (their channels joined index by index,
+    as ``pairwise_distance`` joins them) and are compared over the last dim; the result is
+    one number per sample (``reduction="none"``) or the mean or sum of those."""
+    from prunekit.graph.ops_pointwise import combine
+
+    names = _PAIRED_LOSSES[call.name]
+    embeddings = [call.arg(i, name) for i, name in enumerate(names)]
+    if not all(isinstance(t, Tensor) and t.is_floating_point() and t.dim() >= 1
+               for t in embeddings):
+        raise OpNotMappable(f"expected floating-point tensors {', '.join(names)}")
+    shape = torch.broadcast_shapes(*(t.shape for t in embeddings))
+    canon = ctx.space.find(combine(ctx, [ctx.labels(t) for t in embeddings], shape))
+    for out in tensors_in(call.out):
+        reduced = (len(shape) - 1,) if out.dim() == len(shape) - 1 else tuple(range(len(shape)))
+        rep = _collapse(ctx, canon, varying(canon), canon.shape, reduced, call.display)
+        ctx.set_labels(out, _fit(rep, reduced, tuple(out.shape)))
+
+
 def _determinant(ctx: TraceContext, call: OpCall) -> None:
     """``det``/``slogdet``/``logdet`` of square matrices (a Glow invertible 1×1 conv's
     log-determinant): the determinant of a matrix with rows or columns removed is another
@@ -437,6 +460,7 @@ def _determinant(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(_ELEMENTWISE_LOSSES + _CLASS_LOSSES, _loss)
+register_op(tuple(_PAIRED_LOSSES), _paired_loss)
 register_op(("det", "slogdet", "logdet", "linalg_det", "linalg_slogdet"), _determinant)
 register_op(("cosine_similarity", "pairwise_distance"), _paired_reduce)
 register_op(("cdist",), _cdist)

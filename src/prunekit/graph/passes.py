@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -74,8 +74,14 @@ def unvisited_layers(ctx: TraceContext,
                      handlers: Callable[[nn.Module], ModuleHandler | None]) -> bool:
     """True if a layer with a handler, not inside one that ran, never ran, or a module that
     ran (not a layer) never read one of its own parameters (Shazeer's ``w_noise``, read in
-    training mode only). (The traced layers are ``ctx.modules``; the walk lists a module's
-    children right after it.)"""
+    training mode only)."""
+    return next(unvisited(ctx, handlers), None) is not None
+
+
+def unvisited(ctx: TraceContext,
+              handlers: Callable[[nn.Module], ModuleHandler | None]) -> Iterator[str]:
+    """The paths of the modules :func:`unvisited_layers` looks for. (The traced layers are
+    ``ctx.modules``; the walk lists a module's children right after it.)"""
     inside: str | None = None  # "path." of the last traced layer: its children did not run
     ran = ctx._calls.entered
     read: set[int] | None = None  # ids of the parameters the trace recorded, when needed
@@ -85,10 +91,9 @@ def unvisited_layers(ctx: TraceContext,
         if name in ctx.modules:
             inside = f"{name}."
         elif name and handlers(module) is not None:
-            return True
+            yield name
         elif (name in ran or not name) and module._parameters:
             read = {id(r.tensor) for r in ctx.params.values()} if read is None else read
             if any(param is not None and param.is_floating_point() and id(param) not in read
                    for param in module._parameters.values()):
-                return True
-    return False
+                yield name

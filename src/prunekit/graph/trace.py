@@ -46,7 +46,7 @@ from prunekit.graph.ops import (
 )
 from prunekit.graph.ops_factory import UNIFORM, attribute_sized
 from prunekit.graph.param_views import ParamViews
-from prunekit.graph.passes import traced_pass, unvisited_layers, walk_modules
+from prunekit.graph.passes import traced_pass, unvisited, unvisited_layers, walk_modules
 from prunekit.graph.records import (  # (defined there, imported from here by the adapters)
     ModuleCall,
     ModuleDim,
@@ -592,6 +592,23 @@ def _is_setitem(func: Any) -> bool:
     return getattr(func, "__name__", "") == "__setitem__"
 
 
+def _warn_untrained(ctx: TraceContext, handlers: Callable[[nn.Module], ModuleHandler | None],
+                    exc: Exception) -> None:
+    """Warn that the training-mode pass failed, naming the layers no pass ran."""
+    names = list(unvisited(ctx, handlers))
+    if not names:
+        return
+    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more"
+                                                     if len(names) > 3 else "")
+    why = " ".join(str(exc).split())[:160]
+    warnings.warn(
+        f"{shown} never ran in eval mode, and the training-mode pass run to reach them failed "
+        f"({type(exc).__name__}: {why}); they are not coupled with the channels they read, "
+        "so the pruned model may fail in training mode. Pass example inputs the model runs "
+        "on in training mode (a batch of 2 or more; the targets a detector's training "
+        "forward needs), or ignore= the layers whose outputs they read", stacklevel=4)
+
+
 def trace(
     model: nn.Module,
     example_inputs: ExampleInputs,
@@ -627,10 +644,11 @@ def trace(
                         train_shapes = traced_pass(ctx, model, example_inputs, handlers,
                                                     recorder, modules, training=True)
                         train_data = recorder.data
-                    except Exception:  # best effort (one-sample BatchNorm, an op only
-                        # training runs): what ran is coupled; without its shapes no
-                        # training-mode check
+                    except Exception as exc:  # best effort (one-sample BatchNorm, a
+                        # detector that wants targets): what ran is coupled; without its
+                        # shapes no training-mode check
                         train_shapes = None
+                        _warn_untrained(ctx, handlers, exc)
         ctx.sizes.settle(ctx)
         for check in ctx.at_end:
             check()

@@ -53,7 +53,7 @@ class WriteGuard:
 
     def __init__(self) -> None:
         self.watched: dict[int, Tensor] = {}
-        self._saved: dict[int, tuple[Tensor, Tensor]] = {}
+        self._saved: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         self._kinds: dict[Any, int] = {}
 
     def watch(self, tensor: Tensor) -> None:

@@ -123,12 +123,13 @@ class ElementNorm:
             for _ in range(count - 1):  # every view of a member has one row per index
                 per_row = per_row + next(sums)
             values.append(per_row)
-        raw = torch.zeros(total)
-        missing = torch.ones(total, dtype=torch.bool)
+        raw = torch.zeros(total, dtype=torch.float32)  # (not the default dtype: PINN code
+        missing = torch.ones(total, dtype=torch.bool)  # sets float64, scores stay float32)
         if held:
             index = _member_slots(held, starts, owners,
                                   [group.units.numpy() for group, _ in groups])
             value = torch.cat(values) if len(values) > 1 else values[0]
+            raw = raw.to(value.dtype)
             found = index >= 0
             if not found.all():  # rows of units outside the group
                 value, index = value[torch.from_numpy(found)], index[found]
@@ -231,14 +232,15 @@ class FPGM:
 
     def member_scores(self, group: Group, members: Sequence[MemberViews], *,
                       generator: torch.Generator) -> Tensor:
-        out = torch.full((len(members), group.size), float("nan"))
+        out = torch.full((len(members), group.size), float("nan"), dtype=torch.float32)
         for i, entry in enumerate(members):
             views = [v.tensor.float().cpu() for v in entry.views if v.kind == "weight"]
             if not entry.member.root or not views:
                 continue
             rows, pos = unit_positions(group, entry.member)
             matrix = torch.cat([v[rows] for v in views], dim=1)
-            units = torch.zeros(group.size, matrix.shape[1]).index_add_(0, pos, matrix)
+            units = torch.zeros(group.size, matrix.shape[1], dtype=matrix.dtype).index_add_(
+                0, pos, matrix)
             held = torch.zeros(group.size, dtype=torch.bool)
             held[pos] = True
             dist = torch.cdist(units[held], units[held]).sum(1)
@@ -301,7 +303,7 @@ def score_groups(
             score = filled.sum(0) / (~torch.isnan(per_member)).sum(0).clamp(min=1)
         else:
             present = ~torch.isnan(per_member)
-            score = torch.where(present, per_member, torch.tensor(float("-inf"))).amax(0)
+            score = per_member.masked_fill(~present, float("-inf")).amax(0)
             score = torch.where(present.any(0), score, torch.zeros_like(score))
         out.append(_normalize(score, normalization))
     return out
@@ -311,7 +313,7 @@ def _normalize(score: Tensor, how: str) -> Tensor:
     if how == "none" or score.numel() == 0:
         return score
     if how == "standard":
-        std = score.std() if score.numel() > 1 else torch.tensor(1.0)
+        std = score.std() if score.numel() > 1 else score.new_ones(())
         return (score - score.mean()) / (std + 1e-12)
     scale = {"mean": score.mean(), "max": score.max(), "sum": score.sum()}[how]
     return score / (scale + 1e-12)

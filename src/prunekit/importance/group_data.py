@@ -61,20 +61,20 @@ class StatisticGroupCriterion:
 
     def member_scores(self, group: Group, members: Sequence[MemberViews], *,
                       generator: torch.Generator) -> Tensor:
-        out = torch.full((len(members), group.size), float("nan"))
+        out = torch.full((len(members), group.size), float("nan"), dtype=torch.float32)
         for i, entry in enumerate(members):
             views = [v for v in entry.views if v.kind in self.kinds and v.grad is not None]
             if not views:
                 continue
             rows, pos = unit_positions(group, entry.member)
-            raw = torch.zeros(group.size)
+            raw = torch.zeros(group.size, dtype=torch.float32)  # (not the default dtype)
             for view in views:
                 assert view.grad is not None
                 per_row = self.element.score_with(view.tensor, view.grad).sum(1).float()
                 raw.index_add_(0, pos, per_row[rows].cpu())
             held = torch.zeros(group.size, dtype=torch.bool)
             held[pos] = True
-            out[i] = torch.where(held, raw, torch.tensor(float("nan")))
+            out[i] = raw.masked_fill(~held, float("nan"))
         if bool(torch.isnan(out).all()):
             raise ConfigError(
                 f"importance={self.name!r} needs gradients or calibration statistics, but no "
