@@ -292,3 +292,36 @@ def test_hugging_face_gpt2_prunes_heads_through_c_attn(tmp_path: Path) -> None:
     loaded = pk.load(tmp_path / "gpt2", transformers.GPT2LMHeadModel(config).eval())
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, logits)
+
+
+class _BandedBlock(nn.Module):
+    """Splits its fused q/k/v by the width read from the input's shape; ``window`` (a local
+    attention band) happens to equal that width."""
+
+    def __init__(self, d: int = 32, n_head: int = 4, window: int = 32) -> None:
+        super().__init__()
+        self.n_head, self.window = n_head, window
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.qkv(x).split(C, 2)]
+        i = torch.arange(T)
+        band = (i[:, None] - i[None, :] < self.window) & (i[:, None] >= i[None, :])
+        att = (q @ k.transpose(-2, -1) * 0.3).masked_fill(~band, float("-inf")).softmax(-1)
+        return x + self.proj((att @ v).transpose(1, 2).reshape(B, T, C))
+
+
+def test_an_attribute_that_only_equals_a_width_read_from_a_shape_is_not_rewritten() -> None:
+    """Before, ``split(C, 2)`` with C from ``x.shape`` bound the first int attribute equal
+    to C, here ``window``, and rewrote it to 16: the band changed, silently (0.021 off the
+    zeroed model; found by the reinforcement-learning probe's Decision-Transformer block)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), _BandedBlock(), nn.Linear(32, 2)).eval()
+    x = torch.randn(2, 40, 8)
+    with pytest.warns(UserWarning, match="removed nothing"):
+        result = prune(model, x, ratio=0.5)
+    assert result.plan["attrs"] == {} and result.model[1].window == 32
+    assert "no int attribute of module '1' holds that width" in \
+        result.coverage.fixed["1.qkv.weight"]

@@ -516,6 +516,12 @@ def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str |
     if width not in tensors_free((split_arg(call),)):
         return None, f"{call.display} splits a channel dimension at sizes fixed in the code"
     holders = holding(ctx, width)
+    if holders and isinstance(split_arg(call), SizeInt) and \
+            calling_module(ctx)[1] is ctx.running_module:
+        # a width read from a shape (``B, T, C = x.shape; qkv.split(C, 2)``): an attribute
+        # holding the same number is a coincidence (a local-attention ``window`` of 32),
+        # unless the expression reads it
+        holders = [k for k in holders if k in attributes_read(ctx)]
     if len(holders) > 1:
         holders = [k for k in holders if "split" in k.lower()] or holders
     if len(holders) == 1:
