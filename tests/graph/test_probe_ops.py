@@ -1,6 +1,7 @@
 """Ops this session's probes met unmapped or mapped too coarsely: an ensemble layer written
 with ``baddbmm`` (MBPO/PETS: nothing pruned), a Beta policy's ``lgamma``/``digamma``
-(refused), ``triplet_margin_loss`` and ``cosine_embedding_loss`` (refused)."""
+(refused), ``triplet_margin_loss`` and ``cosine_embedding_loss`` (refused), ``F.linear``
+with a 1-D weight (its handler failed)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,44 @@ def test_losses_and_special_functions_prune_the_encoder(kind: str, reduction: st
     assert result.model.enc[0].out_features == 16 and result.model.enc[2].out_features == 8
     with torch.no_grad():
         assert result.model(*inputs).shape == model(*inputs).shape
+
+
+class Integral(nn.Module):
+    """GFL's distribution-to-distance step (mmdet's ``Integral``): ``F.linear`` with a 1-D
+    ``project`` vector; before, its handler failed ("The expanded size of the tensor ...")."""
+
+    def __init__(self, reg_max: int = 8) -> None:
+        super().__init__()
+        self.reg_max = reg_max
+        self.register_buffer("project", torch.linspace(0, reg_max, reg_max + 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.softmax(x.reshape(-1, self.reg_max + 1), dim=1)
+        return F.linear(x, self.project.type_as(x)).reshape(-1, 4)
+
+
+class GFLHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reg_conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.gfl_reg = nn.Conv2d(16, 4 * 9, 3, padding=1)
+        self.integral = Integral()
+
+    def forward(self, x: Tensor) -> Tensor:
+        reg = self.gfl_reg(self.reg_conv(x).relu())
+        return self.integral(reg.permute(0, 2, 3, 1))
+
+
+def test_linear_with_a_vector_weight_keeps_the_bins_and_prunes_the_tower() -> None:
+    torch.manual_seed(0)
+    model = GFLHead().eval()
+    x = torch.randn(1, 3, 8, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.reg_conv.out_channels == 8 and result.model.gfl_reg.out_channels == 36
+    assert result.model.integral.project.shape == (9,)
+    reference = GFLHead().eval()
+    reference.load_state_dict(model.state_dict())
+    removed = sorted(set(range(16)) - set(result.plan["modules"]["reg_conv"]["keep"]["out"]))
+    with torch.no_grad():
+        reference.gfl_reg.weight[:, removed] = 0
+        assert torch.allclose(result.model(x), reference(x), atol=1e-5)

@@ -19,13 +19,14 @@ one for one, keep their shape.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import Tensor
 
 from prunekit.graph.labels import consume, emit, fixed_shape, rep_along
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
-from prunekit.graph.ops_matmul import contract, weight_axes
+from prunekit.graph.ops_matmul import contract, matmul, weight_axes
 from prunekit.graph.ops_pointwise import combine
 from prunekit.graph.ops_shape import holding, running_module_phrase
 from prunekit.graph.trace import ParamRecord, TraceContext
@@ -37,6 +38,11 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise OpNotMappable("input and weight must be tensors")
     linear = call.name == "linear"
+    if linear and weight.dim() == 1:  # x @ w with a vector (GFL's ``F.linear(x, project)``)
+        matmul(ctx, dataclasses.replace(call, args=(x, weight), kwargs={}))
+        if isinstance(bias, Tensor):
+            ctx.set_labels(out, combine(ctx, [ctx.labels(out), ctx.labels(bias)], out.shape))
+        return
     transposed = call.name.startswith("conv_transpose")
     groups = 1 if linear else call.arg(6, "groups")
     groups = 1 if groups is None else groups
