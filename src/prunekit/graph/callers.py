@@ -50,6 +50,8 @@ __all__ = [
 _SKIP = (os.path.dirname(torch.__file__) + os.sep,
          os.path.dirname(os.path.dirname(__file__)) + os.sep)
 
+_TORCH_MODULES = os.path.join(os.path.dirname(torch.__file__), "nn", "modules") + os.sep
+
 _COMPARE_OP = dis.opmap["COMPARE_OP"]  # ==, !=, <, ...: not ``in``, ``is`` (other opcodes)
 
 
@@ -219,11 +221,12 @@ def comparison_read(frame: FrameType) -> frozenset[str] | None:
     """For a comparison hook (``SizeInt.__eq__``) whose caller is ``frame``: the names of the
     attributes that the comparing expression reads (``{"num_channels"}`` for
     ``num_channels != self.num_channels``); None where ``frame`` is torch's or prunekit's, or
-    is not at a comparison (a dict lookup, ``in``, ``list.index`` compare too)."""
+    is not at a comparison (a dict lookup, ``in``, ``list.index`` compare too); the forwards
+    of ``torch.nn``'s modules count as user code."""
     code = frame.f_code
-    if code.co_filename.startswith(_SKIP):
-        return None
-    return _compare_read(code, frame.f_lasti)
+    if code.co_filename.startswith(_SKIP) and not code.co_filename.startswith(_TORCH_MODULES):
+        return None  # (torch's own modules are code like the user's: nn.Transformer's
+    return _compare_read(code, frame.f_lasti)  # ``src.size(-1) != self.d_model``)
 
 
 @functools.lru_cache(maxsize=1024)
