@@ -191,16 +191,20 @@ def test_index_copy_along_time_joins_source_and_cache() -> None:
 
 
 def test_gumbel_softmax_over_channels_is_a_softmax() -> None:
+    """A one-hot pick over 8 channels: cutting some would change which one is picked, so,
+    as for softmax, the channels it normalises over are kept whole; the rest prunes."""
+
     class Gumbel(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+            self.h, self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 8), nn.Linear(8, 3)
 
         def forward(self, x: Tensor) -> Tensor:
-            return self.b(F.gumbel_softmax(self.a(x), tau=0.5, hard=True))
+            return self.b(F.gumbel_softmax(self.a(self.h(x).relu()), tau=0.5, hard=True))
 
     result = prune(Gumbel().eval(), torch.randn(3, 6), ratio=0.5)
-    assert result.model.a.out_features == 4
+    assert result.model.a.out_features == 8 and result.model.h.out_features == 8
+    assert "gumbel_softmax normalises over these channels" in str(result.coverage)
 
 
 def test_a_single_prelu_slope_is_reported_as_read() -> None:

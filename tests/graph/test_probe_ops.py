@@ -118,3 +118,35 @@ def test_linear_with_a_vector_weight_keeps_the_bins_and_prunes_the_tower() -> No
     with torch.no_grad():
         reference.gfl_reg.weight[:, removed] = 0
         assert torch.allclose(result.model(x), reference(x), atol=1e-5)
+
+
+class Distributional(nn.Module):
+    """C51's head returning only Q: a softmax over 51 atoms, then the expectation against a
+    fixed support. Before, the atoms (and the support buffer with them) were cut to 26, and
+    Q changed by up to 0.2 (found by the reinforcement-learning probe)."""
+
+    def __init__(self, actions: int = 4, atoms: int = 51) -> None:
+        super().__init__()
+        self.actions, self.atoms = actions, atoms
+        self.body = nn.Sequential(nn.Linear(8, 64), nn.ReLU())
+        self.head = nn.Linear(64, actions * atoms)
+        self.register_buffer("support", torch.linspace(-10, 10, atoms))
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.head(self.body(x)).view(-1, self.actions, self.atoms)
+        return (logits.softmax(-1) * self.support).sum(-1)
+
+
+def test_channels_a_softmax_normalises_over_are_kept_whole() -> None:
+    torch.manual_seed(0)
+    model = Distributional().eval()
+    x = torch.randn(5, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.head.out_features == 4 * 51 and result.model.support.shape == (51,)
+    assert result.model.body[0].out_features == 32
+    removed = sorted(set(range(64)) - set(result.plan["modules"]["body.0"]["keep"]["out"]))
+    reference = Distributional().eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        reference.head.weight[:, removed] = 0
+        assert torch.allclose(result.model(x), reference(x), atol=1e-5)

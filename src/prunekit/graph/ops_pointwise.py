@@ -36,7 +36,7 @@ UNARY = (
     "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
     "hardtanh", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "softsign",
     "tanhshrink", "threshold", "logsigmoid",
-    "softmax", "log_softmax", "softmin", "normalize", "gumbel_softmax",
+    "normalize",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "abs", "neg", "exp", "log", "log1p", "sqrt", "rsqrt", "square", "sin", "cos", "erf",
     "reciprocal", "sign", "floor", "ceil", "round", "trunc", "nan_to_num", "logical_not",
@@ -108,6 +108,47 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
 
 
 _CASTS = frozenset(("to", "float", "double", "half", "bfloat16", "type", "type_as"))
+
+# softmax and its kin: (position of ``dim`` among the arguments, its default)
+_NORMALISING = {"softmax": (1, None), "log_softmax": (1, None), "softmin": (1, None),
+                "gumbel_softmax": (4, -1)}
+
+
+def _normalising(ctx: TraceContext, call: OpCall) -> None:
+    """``softmax(x, dim)`` and kin keep each element where it is (labels as :func:`_unary`),
+    but each output is normalised over ``dim``: where channels vary along it (C51's atoms,
+    DINO's prototypes, a classifier's classes in a distillation loss) removing some would
+    renormalise the rest, and the values the kept ones take would change, so the channels
+    of every line along ``dim`` that holds several of them are kept whole."""
+    x = call.args[0] if call.args else call.kwargs.get("input", call.kwargs.get("logits"))
+    position, default = _NORMALISING[call.name]
+    dim = call.arg(position, "dim", default)
+    if isinstance(x, Tensor) and x.dim() and (dim is None or isinstance(dim, int)):
+        if dim is None:  # torch's implicit choice for softmax without dim
+            dim = 0 if x.dim() in (0, 1, 3) else 1
+        dim %= x.dim()
+        vector = ctx.vector_of(x)
+        if vector is not None:
+            found = ctx.space.find(vector[1])
+            if vector[0] % x.dim() == dim and bool((found != found[0]).any()):
+                ctx.block(found, f"{call.display} normalises over these channels")
+        else:
+            canon = ctx.space.find(ctx.labels(x))
+            if varies(canon, dim):
+                lines = _compact_except(canon, dim).movedim(dim, -1)
+                lines = lines.reshape(-1, lines.shape[-1])
+                held = (lines != lines[:, :1]).any(1)
+                ctx.block(lines[held].reshape(-1),
+                          f"{call.display} normalises over these channels")
+    _unary(ctx, call)
+
+
+def _compact_except(labels: Tensor, keep: int) -> Tensor:
+    """``labels`` with every broadcast dim but ``keep`` narrowed to one position."""
+    for d in range(labels.dim()):
+        if d != keep and labels.shape[d] > 1 and labels.stride(d) == 0:
+            labels = labels.narrow(d, 0, 1)
+    return labels
 
 
 def _defer_cast(ctx: TraceContext, source: Tensor, outputs: list[Tensor]) -> bool:
@@ -461,6 +502,7 @@ def _index_add(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(UNARY, _unary)
+register_op(tuple(_NORMALISING), _normalising)
 register_op(BINARY, _binary)
 
 
