@@ -76,6 +76,13 @@ def without_breaking_groups(
             return False
         return True
 
+    if not passes([]):  # the copy fails with nothing cut: no group is to blame
+        raise PruneValidationError(
+            f"{failed.message}, and so does a copy of the model with nothing cut: the copy "
+            f"does not run as the model does (a forward hook or closure of yours that holds "
+            f"the original model, such as one writing into self.features, or state kept "
+            f"outside the model); your model is unchanged. Register such hooks inside "
+            f"forward, or on the copy after pruning") from failed.cause
     bad = breaking_groups([i for i, m in enumerate(masks) if not bool(m.all())], passes)
     if not bad or strict:
         named = "; ".join(graph.groups[i].describe() for i in bad[:3])
