@@ -48,7 +48,7 @@ def test_a_copy_that_fails_with_nothing_cut_blames_no_group(strict: bool) -> Non
     """Before, the error blamed every group, and with strict=False an internal exception
     (repair.CheckFailed) escaped (found by the detection probe)."""
     model = _Features().eval()
-    with pytest.raises(PruneValidationError, match="so does a copy of the model with nothing "
-                                                   "cut.*forward hook or closure of yours"):
+    with pytest.raises(PruneValidationError, match=r"so does a copy of the model with nothing "
+                                                   r"cut.*forward hook or closure of yours"):
         prune(model, torch.randn(1, 3, 8, 8), ratio=0.5, strict=strict)
     assert model.body[0].out_channels == 16
