@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import is_dataclass
 from typing import Any
@@ -36,6 +37,15 @@ def move_inputs(example_inputs: Any, device: torch.device | str) -> Any:
     if isinstance(example_inputs, (tuple, list)):
         return type(example_inputs)(move_inputs(v, device) for v in example_inputs)
     return example_inputs
+
+
+def grad_mode(example_inputs: Any) -> contextlib.AbstractContextManager[Any]:
+    """``torch.no_grad()`` for prunekit's own forwards, or ``torch.enable_grad()`` where an
+    example input requires grad: the forward differentiates by it (a physics-informed
+    network's ``torch.autograd.grad(u, x)``)."""
+    if any(t.requires_grad for _, t in walk_tensors(example_inputs, "input")):
+        return torch.enable_grad()
+    return torch.no_grad()
 
 
 def model_device(model: nn.Module) -> torch.device:

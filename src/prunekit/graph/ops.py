@@ -93,6 +93,7 @@ _BUILTIN_FAMILIES = (
     "prunekit.graph.ops_fft",
     "prunekit.graph.ops_packed",
     "prunekit.graph.ops_factory",
+    "prunekit.graph.ops_autograd",
 )
 _loaded = False
 

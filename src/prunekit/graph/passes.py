@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from prunekit._inputs import ExampleInputs, run_model, walk_tensors
+from prunekit._inputs import ExampleInputs, grad_mode, run_model, walk_tensors
 from prunekit.graph.hooks import Recorder
 from prunekit.graph.modes import model_mode
 from prunekit.graph.records import ModuleHandler
@@ -61,8 +61,8 @@ def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInpu
     """One forward pass under the hooks in one mode; the model's outputs keep their shape.
     ``recorder.data`` then holds what its data-dependent calls gave (graph/replay.py)."""
     recorder.data = Recording(model)
-    with torch.no_grad(), model_mode(model, training, modules), ctx.hooks(model, handlers), \
-            recorder, eager_compiled():
+    with grad_mode(example_inputs), model_mode(model, training, modules), \
+            ctx.hooks(model, handlers), recorder, eager_compiled():
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):
         if ctx.is_tracked(tensor):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from rich.table import Table
@@ -22,7 +23,7 @@ from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from prunekit._buffers import preserved_buffers
-from prunekit._inputs import ExampleInputs, model_device, move_inputs, run_model
+from prunekit._inputs import ExampleInputs, grad_mode, model_device, move_inputs, run_model
 from prunekit.metrics.compare import ProfileDiff, compare
 from prunekit.sparse.compressed import compressed_nbytes
 
@@ -127,7 +128,8 @@ class Profile:
 def profile(model: nn.Module, example_inputs: ExampleInputs) -> Profile:
     """Count parameters, non-zeros, MACs and bytes of ``model`` run on ``example_inputs``.
 
-    The model runs once under ``torch.no_grad()`` in its current train/eval mode on its own
+    The model runs once under ``torch.no_grad()`` (with grad where an example input requires
+    it: a forward that differentiates by it) in its current train/eval mode on its own
     device (inputs are moved there). Nothing about the model is changed: buffers a
     training-mode pass updates (BatchNorm statistics) are restored, forward hooks removed,
     and the MHA fast path is switched off only for the run, because its fused kernel is
@@ -141,20 +143,23 @@ def profile(model: nn.Module, example_inputs: ExampleInputs) -> Profile:
     return _profile(model, move_inputs(example_inputs, model_device(model)))
 
 
-@torch.no_grad()
 def _profile(model: nn.Module, inputs: ExampleInputs) -> Profile:
     modules = dict(_named_modules(model))
     shapes: dict[str, tuple[int, ...] | None] = {}
     calls: dict[str, int] = {}
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
-    with (
-        preserved_buffers(model),
-        _shape_hooks(modules, shapes, calls),
-        _mha_fastpath_off(),
-        _grad_off(model),
-        counter,
-    ):
-        run_model(model, inputs)
+    try:
+        counter = _counted(model, inputs, modules, shapes, calls, per_module=True)
+    except RuntimeError as exc:
+        if "autograd.grad" not in str(exc):
+            raise
+        # torch's module tracker cannot follow a forward that calls torch.autograd.grad (a
+        # Hamiltonian network's dH/dz): count the totals without it
+        warnings.warn("profile: the forward calls torch.autograd.grad, which torch's module "
+                      "tracker cannot follow, so MACs are counted for the model as a whole, "
+                      "not per layer", stacklevel=3)
+        shapes.clear()
+        calls.clear()
+        counter = _counted(model, inputs, modules, shapes, calls, per_module=False)
     op_flops = _own_flops(model, modules, counter.get_flop_counts())
 
     layers = []
@@ -210,6 +215,38 @@ if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _EXTRA_FLOP_FORMULAS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = (
         _sdpa_cpu_flop
     )
+
+
+class _NoModuleTracker:
+    """Stands in for FlopCounterMode's module tracker: every count goes to "Global"."""
+
+    parents: ClassVar[frozenset[str]] = frozenset({"Global"})
+
+    def __enter__(self) -> _NoModuleTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _counted(model: nn.Module, inputs: ExampleInputs, modules: dict[str, nn.Module],
+             shapes: dict[str, tuple[int, ...] | None], calls: dict[str, int], *,
+             per_module: bool) -> FlopCounterMode:
+    """Run ``model`` once under a flop counter (no grad unless an input requires it: a
+    forward that differentiates by it), filling ``shapes`` and ``calls``."""
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+    if not per_module:
+        counter.mod_tracker = _NoModuleTracker()  # type: ignore[assignment]
+    with (
+        grad_mode(inputs),
+        preserved_buffers(model),
+        _shape_hooks(modules, shapes, calls),
+        _mha_fastpath_off(),
+        _grad_off(model),
+        counter,
+    ):
+        run_model(model, inputs)
+    return counter
 
 
 @contextlib.contextmanager

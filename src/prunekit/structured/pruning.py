@@ -18,7 +18,7 @@ from torch import nn
 
 from prunekit._buffers import preserved_buffers
 from prunekit._caches import copy_model, recomputed_caches
-from prunekit._inputs import ExampleInputs, run_model, walk_tensors
+from prunekit._inputs import ExampleInputs, grad_mode, run_model, walk_tensors
 from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_width
 from prunekit.errors import ConfigError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
@@ -608,7 +608,7 @@ def _output_shapes(model: nn.Module, example_inputs: ExampleInputs,
     them). What the forward leaves in plain attributes (a cache that was None) is undone,
     so the pruned model starts as the user's model was."""
     every = modules if modules is not None else list(model.modules())
-    with torch.no_grad(), model_mode(model, training, every), eager_compiled(), \
+    with grad_mode(example_inputs), model_mode(model, training, every), eager_compiled(), \
             recomputed_caches(every), \
             preserved_buffers(model) if training else contextlib.nullcontext():
         out = run_model(model, example_inputs)

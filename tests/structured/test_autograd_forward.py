@@ -1,0 +1,79 @@
+"""Forwards that differentiate: a physics-informed network whose input requires grad and
+whose forward calls ``torch.autograd.grad(u, x)`` for its PDE residual, and a Hamiltonian
+network that takes ``dH/dz`` of a latent under ``torch.enable_grad()``. Before, the first
+failed with a raw torch error (the trace ran under no_grad) and the second was refused
+(``grad`` had no handler); ``result.params_kept`` then failed inside torch's flop counter.
+Found by the scientific-ML probe."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import prunekit as pk
+
+
+class PINN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
+                                 nn.Linear(32, 1))
+
+    def forward(self, xt: Tensor) -> tuple[Tensor, Tensor]:
+        u = self.net(xt)
+        g = torch.autograd.grad(u, xt, torch.ones_like(u), create_graph=True)[0]
+        return u, g[:, 1:2] + u * g[:, :1]  # u and a Burgers-like residual
+
+
+class HNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(4, 8)
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+        self.dec = nn.Linear(8, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            z = self.enc(x)
+            if not z.requires_grad:
+                z = z.requires_grad_(True)
+            dh = torch.autograd.grad(self.net(z).sum(), z, create_graph=True)[0]
+        return self.dec(dh)
+
+
+def _zeroed(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
+    """The unpruned model with every removed row and column zeroed."""
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for path, entry in plan["modules"].items():
+            layer, keep = reference.get_submodule(path), entry["keep"]
+            if "out" in keep:
+                rows = sorted(set(range(layer.weight.shape[0])) - set(keep["out"]))
+                layer.weight[rows] = 0
+                layer.bias[rows] = 0
+            if "in" in keep:
+                layer.weight[:, sorted(set(range(layer.weight.shape[1])) - set(keep["in"]))] = 0
+    return reference
+
+
+@pytest.mark.parametrize("kind", ["pinn", "hnn"])
+def test_a_forward_that_differentiates_prunes_exactly(kind: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model: nn.Module = PINN().eval() if kind == "pinn" else HNN().eval()
+    x = torch.rand(16, 2, requires_grad=True) if kind == "pinn" else torch.randn(16, 4)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.net[0].out_features == 16
+    got, want = result.model(x), _zeroed(model, result.plan)(x)
+    for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (got, want)), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.warns(UserWarning, match="counted for the model as a whole"):
+        assert result.params_kept < 0.5 and result.after.macs > 0
+    loaded = pk.load(pk.save(result, tmp_path / "ckpt"), type(model)())
+    reloaded = loaded(x)
+    for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (got, reloaded)), strict=True):
+        assert torch.equal(a, b)
