@@ -79,3 +79,40 @@ def test_only_the_positions_a_made_tensor_fills_are_kept() -> None:
     model = Refine().eval()
     result = prune(model, torch.randn(4, 16), ratio=0.5)
     assert result.model.feat.out_features == 16 and result.model.step.in_features == 18
+
+
+class CellPolicy(nn.Module):
+    """A GRUCell policy whose state starts at the width its own fix hint names."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.enc, self.cell, self.head = nn.Linear(10, 24), nn.GRUCell(24, 32), nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B = x.shape[0]
+        h = x.new_zeros(B, self.cell.hidden_size) if self.how == "new_zeros" else \
+            torch.zeros(B, self.cell.hidden_size)
+        outs = []
+        for t in range(x.shape[1]):
+            h = self.cell(torch.relu(self.enc(x[:, t])), h)
+            outs.append(self.head(h))
+        return torch.stack(outs, 1)
+
+
+@pytest.mark.parametrize("how", ["new_zeros", "zeros"])
+def test_a_state_made_at_a_childs_width_attribute_prunes(how: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The hint says to make the state at ``self.cell.hidden_size``; before, only an
+    attribute of the running module itself was read that way, and following the hint kept
+    the 32 units whole with the same hint (found by the reinforcement-learning probe)."""
+    import prunekit as pk
+
+    torch.manual_seed(0)
+    model = CellPolicy(how).eval()
+    x = torch.randn(3, 4, 10)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.cell.hidden_size == 16 and result.model.head.in_features == 16
+    with torch.no_grad():
+        assert result.model(x).shape == (3, 4, 4)
+        loaded = pk.load(pk.save(result, tmp_path / "ckpt"), CellPolicy(how))
+        assert torch.equal(loaded(x), result.model(x))

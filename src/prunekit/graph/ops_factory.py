@@ -80,16 +80,23 @@ def _bind_uniform_dim(ctx: TraceContext, out: Tensor, shape: tuple[object, ...],
     if not read:
         return
     path, module = calling_module(ctx)
-    held = {k: v for k, v in vars(module).items() if k in read and type(v) is int}
+    # (owner path, attribute, value): the module's own, and those of a child the expression
+    # names (``x.new_zeros(B, self.cell.hidden_size)``)
+    held = [(path, k, v) for k, v in vars(module).items() if k in read and type(v) is int]
+    for name, child in module._modules.items():
+        if name in read and child is not None:
+            where = f"{path}.{name}" if path else name
+            held += [(where, k, v) for k, v in vars(child).items()
+                     if k in read and type(v) is int]
     for dim, size in enumerate(shape):
         if type(size) is not int or size < 2 or shape.count(size) > 1 or not uniform(dim):
             continue
-        holders = [k for k, v in held.items() if v == size]
+        holders = [(owner, k) for owner, k, v in held if v == size]
         if len(holders) != 1 or varies(ctx.space.find(ctx.labels(out)), dim):
             continue
         ids = ctx.space.new_ids(size)
         ctx.set_vector(out, ids, dim)
-        ctx.bind_attribute(path, holders[0], ids)
+        ctx.bind_attribute(*holders[0], ids)
         return  # (labels in vector form vary along one dim)
 
 
