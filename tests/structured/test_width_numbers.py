@@ -94,3 +94,28 @@ def test_ratio_zero_reports_nothing() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prune(Residual("sdpa_default").eval(), torch.randn(2, 5, 8), ratio=0.0)
+
+
+class ReadoutScale(nn.Module):
+    """A width read from a shape used as a number in two more spellings: a power with a
+    float exponent (``C ** -0.5``: ``int.__pow__`` declines and ``float.__rpow__`` computes
+    it) and a tensor's scalar operand (``z / z.shape[-1]``). Before, neither warned (found
+    by the self-supervised and scientific-ML probes)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(3, 32), nn.Linear(32, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = torch.cos(self.a(x))
+        scale = z.shape[-1] ** -0.5 if self.how == "pow" else None
+        return self.b(z * scale if scale is not None else z / z.shape[-1])
+
+
+@pytest.mark.parametrize("how", ["pow", "divide"])
+def test_more_spellings_of_a_width_as_a_number_are_reported(how: str) -> None:
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=WARNING):
+        result = prune(ReadoutScale(how).eval(), torch.randn(8, 3), ratio=0.5)
+    assert result.model.a.out_features == 16

@@ -30,6 +30,7 @@ from prunekit.graph.ops import (
 )
 from prunekit.graph.ops_reduce import by_value
 from prunekit.graph.ops_slice import judge_selection
+from prunekit.graph.sizes import SizeInt, note_number
 from prunekit.graph.trace import TraceContext
 
 UNARY = (
@@ -193,6 +194,9 @@ def _label_product(ctx: TraceContext, call: OpCall) -> None:
 
 
 def _binary(ctx: TraceContext, call: OpCall) -> None:
+    for arg in call.args[:2]:  # a width as a scalar operand (z / z.shape[-1]): a number
+        if type(arg) is SizeInt:
+            note_number(arg)
     outputs = [call.out] if isinstance(call.out, Tensor) else tensors_in(call.out)
     target = outputs[0] if outputs else call.args[0]
     shape = target.shape

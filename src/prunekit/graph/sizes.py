@@ -67,8 +67,8 @@ from prunekit.graph.ops import OpCall, OpHandler, tensors_in
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["SIZED", "SizeInt", "SizeTracker", "channel_line", "check_sizes", "split_arg",
-           "split_sizes", "with_sizes", "without_channels", "written_shape"]
+__all__ = ["SIZED", "SizeInt", "SizeTracker", "channel_line", "check_sizes", "note_number",
+           "split_arg", "split_sizes", "with_sizes", "without_channels", "written_shape"]
 
 # ops whose int arguments give the result's shape, and where the sizes start
 _TENSOR_FIRST = ("view", "reshape", "expand", "broadcast_to", "new_zeros", "new_ones",
@@ -162,7 +162,7 @@ class SizeInt(int):
         return _combine(self, other, int.__rtruediv__(self, other))
 
     def __float__(self) -> float:
-        _as_number(self)
+        note_number(self)
         return int.__float__(self)
 
 
@@ -193,8 +193,8 @@ def _combine(a: SizeInt, b: Any, value: Any, op: str = "") -> Any:
     unchanged. Its scale is kept for a product of two exact ints over disjoint dims of one
     read, and for ``a * k`` and ``a // k`` (``k`` a plain positive int dividing ``a``)."""
     if type(value) is not int:  # NotImplemented, a float: not a size
-        if type(value) is float:
-            _as_number(a)
+        if type(value) is float or type(b) is float:  # (C ** -0.5: int.__pow__ declines,
+            note_number(a)  # and float.__rpow__ computes it, unseen)
         return value
     scale = a._scale
     if isinstance(b, SizeInt):
@@ -212,9 +212,10 @@ def _combine(a: SizeInt, b: Any, value: Any, op: str = "") -> Any:
     return _make(value, a._parts, None)
 
 
-def _as_number(size: SizeInt) -> None:
-    """Note ``size`` used as a number (in float arithmetic) by the code of the frame that
-    called, for :meth:`SizeTracker.numbers`."""
+def note_number(size: SizeInt) -> None:
+    """Note ``size`` used as a number (in float arithmetic, or as a tensor op's scalar
+    operand: ``z / z.shape[-1]``) by the code of the frame that called, for
+    :meth:`SizeTracker.numbers`."""
     for source, _ in size._parts:
         if source.labels is not None:
             source.tracker.used_as_number.append((size, user_line() or ""))
