@@ -150,3 +150,58 @@ def test_channels_a_softmax_normalises_over_are_kept_whole() -> None:
     with torch.no_grad():
         reference.head.weight[:, removed] = 0
         assert torch.allclose(result.model(x), reference(x), atol=1e-5)
+
+
+class NoisyLinear(nn.Module):
+    """NoisyNet's layer as Rainbow implementations write it: ``mu + sigma * epsilon`` in
+    training, ``mu`` alone in eval. Before, the two passes saw ``weight_mu`` as a layer
+    weight and elementwise, and the whole network was kept (found by the RL probe)."""
+
+    def __init__(self, fan_in: int, fan_out: int) -> None:
+        super().__init__()
+        self.weight_mu = nn.Parameter(torch.randn(fan_out, fan_in) / fan_in ** 0.5)
+        self.weight_sigma = nn.Parameter(torch.full((fan_out, fan_in), 0.5 / fan_in ** 0.5))
+        self.register_buffer("weight_epsilon", torch.randn(fan_out, fan_in))
+        self.bias_mu = nn.Parameter(torch.zeros(fan_out))
+        self.bias_sigma = nn.Parameter(torch.full((fan_out,), 0.1))
+        self.register_buffer("bias_epsilon", torch.randn(fan_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return F.linear(x, self.weight_mu + self.weight_sigma * self.weight_epsilon,
+                            self.bias_mu + self.bias_sigma * self.bias_epsilon)
+        return F.linear(x, self.weight_mu, self.bias_mu)
+
+
+class NoisyDQN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.n1, self.n2 = nn.Linear(16, 64), NoisyLinear(64, 64), NoisyLinear(64, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.n2(F.relu(self.n1(F.relu(self.fc(x)))))
+
+
+def test_a_noisy_layer_prunes_in_both_modes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = NoisyDQN().eval()
+    x = torch.randn(5, 16)
+    result = pk.prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert pruned.n1.weight_mu.shape == pruned.n1.weight_epsilon.shape == (32, 32)
+    assert pruned.n2.weight_sigma.shape == (4, 32) and pruned.n1.bias_epsilon.shape == (32,)
+    reference = NoisyDQN()
+    reference.load_state_dict(model.state_dict())
+    gone0 = sorted(set(range(64)) - set(result.plan["modules"]["fc"]["keep"]["out"]))
+    gone1 = sorted(set(range(64)) - set(result.plan["params"]["n1.weight_mu"]["keep"]["0"]))
+    with torch.no_grad():
+        for layer, gone in ((reference.n1, gone0), (reference.n2, gone1)):
+            for name in ("weight_mu", "weight_sigma", "weight_epsilon"):
+                getattr(layer, name)[:, gone] = 0
+        for train in (False, True):
+            pruned.train(train)
+            reference.train(train)
+            assert torch.allclose(pruned(x), reference(x), atol=1e-6)
+    pruned.eval()
+    loaded = pk.load(pk.save(result, tmp_path / "ckpt"), NoisyDQN()).eval()
+    assert torch.equal(loaded(x), pruned(x))

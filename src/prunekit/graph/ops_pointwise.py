@@ -183,7 +183,37 @@ def _defer_mask(ctx: TraceContext, call: OpCall, operands: list[Tensor],
     swap = isinstance(b, torch.nn.Parameter) and not isinstance(a, torch.nn.Parameter)
     weight, mask = (b, a) if swap else (a, b)
     ctx.param_views.defer(out, weight, "same", lambda partial: _label_product(ctx, call))
-    ctx.param_views.companions[id(out)] = mask
+    ctx.param_views.companions[id(out)] = (mask,)
+    return True
+
+
+def _defer_sum(ctx: TraceContext, call: OpCall, operands: list[Tensor],
+               outputs: list[Tensor]) -> bool:
+    """``mu + sigma * eps`` (NoisyNet's weight, whose eval branch reads ``mu`` alone), a
+    parameter plus (or minus) another of its very shape or a deferred ``W * mask``: left, as
+    :func:`_defer_mask` leaves a product, for a layer to take as the first parameter's
+    weight, the others cut as it is. False (nothing done) for any other call."""
+    if len(operands) != 2 or len(outputs) != 1 or outputs[0] is operands[0]:
+        return False
+    out = outputs[0]
+    if not (out.dim() >= 2 and operands[0].shape == operands[1].shape == out.shape):
+        return False
+    views = ctx.param_views
+    roots = [operand if ctx.is_param(operand) else views.weight(operand, "same")
+             for operand in operands]
+    if roots[0] is None or roots[1] is None or roots[0].shape != out.shape or \
+            roots[1].shape != out.shape:
+        return False
+    companions = (roots[1], *views.companions.get(id(operands[1]), ()),
+                  *views.companions.get(id(operands[0]), ()))
+
+    def label(partial: bool) -> None:
+        for operand in operands:  # a deferred operand is read as a tensor after all
+            views.read(operand, partial)
+        _label_product(ctx, call)
+
+    views.defer(out, roots[0], "same", label)
+    views.companions[id(out)] = companions
     return True
 
 
@@ -203,6 +233,8 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     operands = call_tensors(call.args, call.kwargs)
     results = outputs or [target]
     if call.name == "mul" and _defer_mask(ctx, call, operands, outputs):
+        return
+    if call.name in ("add", "sub") and _defer_sum(ctx, call, operands, outputs):
         return
     _join_param_rows(ctx, operands, shape)
     if any(fast(ctx, operands, shape, results)

@@ -23,13 +23,14 @@ __all__ = ["ParamViews"]
 
 class ParamViews(dict[int, tuple[Tensor, Tensor, str, Callable[[bool], None]]]):
     """``{id(view): (view, W, kind, label)}``, ``label(partial)`` labelling the view. A dict,
-    so that the tracer's per-op membership test stays a dict lookup. ``companions``: a
-    tensor that must be cut as ``W`` is where a layer takes the view as its weight (the
-    mask of ``W * mask``), by id of the view."""
+    so that the tracer's per-op membership test stays a dict lookup. ``companions``: the
+    tensors that must be cut as ``W`` is where a layer takes the view as its weight (the
+    mask of ``W * mask``; NoisyNet's ``sigma`` and ``epsilon`` of ``mu + sigma * epsilon``),
+    by id of the view."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.companions: dict[int, Tensor] = {}
+        self.companions: dict[int, tuple[Tensor, ...]] = {}
 
     def defer(self, view: Tensor, weight: Tensor, kind: str, label: Callable[[bool], None]
               ) -> None:

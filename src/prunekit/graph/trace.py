@@ -271,25 +271,27 @@ class TraceContext:
 
     def same_as_param(self, tensor: Tensor) -> Tensor | None:
         """The parameter ``tensor`` is, or holds one for one (``W.squeeze(1)``, ``W.float()``,
-        ``W * mask``: a deferred view of kind ``"same"``); None for any other tensor. A mask
-        multiplied in is then cut as ``W`` is, when the trace ends."""
+        ``W * mask``, ``mu + sigma * eps``: a deferred view of kind ``"same"``); None for any
+        other tensor. The tensors combined with it are then cut as ``W`` is, when the trace
+        ends."""
         if self.is_param(tensor):
             return tensor
         root = self.param_views.weight(tensor, "same")
-        mask = self.param_views.companions.get(id(tensor)) if root is not None else None
-        if root is not None and mask is not None:
-            self.at_end.append(lambda: self._cut_alike(root, mask))
+        masks = self.param_views.companions.get(id(tensor)) if root is not None else None
+        if root is not None and masks:
+            self.at_end.append(lambda: self._cut_alike(root, masks))
         return root
 
-    def _cut_alike(self, weight: Tensor, mask: Tensor) -> None:
-        """Give ``mask`` the axes ``weight`` was cut along as a layer weight (if it was)."""
+    def _cut_alike(self, weight: Tensor, masks: tuple[Tensor, ...]) -> None:
+        """Give ``masks`` the axes ``weight`` was cut along as a layer weight (if it was)."""
         record = self.param_record(weight)
         if record is None or not record.axes:
             return
-        companion = self.layer_weight(mask)
-        if companion is not None:
-            for axis, (labels, _) in list(record.axes.items()):
-                self.weight_axis(companion, axis, labels=labels)
+        for mask in masks:
+            companion = self.layer_weight(mask)
+            if companion is not None:
+                for axis, (labels, _) in list(record.axes.items()):
+                    self.weight_axis(companion, axis, labels=labels)
 
     def is_param_built(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` is a parameter or buffer, or was computed from such alone (a
