@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import prunekit as pk
+from prunekit.errors import UnsupportedOpError
 
 
 class PINN(nn.Module):
@@ -77,3 +78,24 @@ def test_a_forward_that_differentiates_prunes_exactly(kind: str, tmp_path: Path)
     reloaded = loaded(x)
     for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (got, reloaded)), strict=True):
         assert torch.equal(a, b)
+
+
+class FuncJacobian(nn.Module):
+    """The same residual through ``torch.func.vmap(torch.func.jacrev(...))``, whose batched
+    tensors have no storage the trace can read (before: a raw RuntimeError from inside the
+    tracer, strict or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        jac = torch.func.vmap(torch.func.jacrev(lambda z: self.net(z).squeeze(-1)))(x)
+        return self.net(x).squeeze(-1) + jac[:, 1]
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_torch_func_transform_is_refused_with_the_way_out(strict: bool) -> None:
+    with pytest.raises(UnsupportedOpError, match=r"torch\.func transform.*"
+                                                           r"torch\.autograd\.grad"):
+        pk.prune(FuncJacobian().eval(), torch.rand(8, 2), ratio=0.5, strict=strict)

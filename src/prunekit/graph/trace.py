@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -594,6 +594,22 @@ def _is_setitem(func: Any) -> bool:
     return getattr(func, "__name__", "") == "__setitem__"
 
 
+@contextlib.contextmanager
+def _functorch_refused() -> Iterator[None]:
+    """Turn the error the trace meets on a tensor without storage (a ``torch.func`` transform
+    in the forward: ``vmap(jacrev(f))``'s batched tensors) into one that says so."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "doesn't have storage" not in str(exc) or isinstance(exc, UnsupportedOpError):
+            raise
+        raise UnsupportedOpError(
+            "the forward runs ops on tensors without storage, which the trace cannot read: a "
+            "torch.func transform (vmap, jacrev, grad, functional_call) or a fake/meta "
+            "tensor; compute the derivative with torch.autograd.grad (which prunekit maps), "
+            "or prune a model whose forward does not call the transform") from exc
+
+
 def _warn_untrained(ctx: TraceContext, handlers: Callable[[nn.Module], ModuleHandler | None],
                     exc: Exception) -> None:
     """Warn that the training-mode pass failed, naming the layers no pass ran."""
@@ -636,7 +652,7 @@ def trace(
     handlers = opaque_scripts(lookup)
     train_shapes = train_data = None
     try:
-        with recomputed_caches(modules):
+        with recomputed_caches(modules), _functorch_refused():
             shapes = traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
                                   training=False)
             data = recorder.data
