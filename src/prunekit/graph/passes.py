@@ -94,6 +94,7 @@ def unvisited(ctx: TraceContext,
             yield name
         elif (name in ran or not name) and module._parameters:
             read = {id(r.tensor) for r in ctx.params.values()} if read is None else read
-            if any(param is not None and param.is_floating_point() and id(param) not in read
+            if any(param is not None and (param.is_floating_point() or param.is_complex())
+                   and id(param) not in read
                    for param in module._parameters.values()):
                 yield name

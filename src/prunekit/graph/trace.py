@@ -115,7 +115,7 @@ class TraceContext:
                     if tensor is not None:
                         self.writes.watch(tensor)
                     # int/bool buffers are indices and masks
-                    if tensor is not None and tensor.is_floating_point():
+                    if tensor is not None and (tensor.is_floating_point() or tensor.is_complex()):
                         self._param_names.setdefault(id(tensor),
                                                      f"{prefix}.{key}" if prefix else key)
         self.containers: list[tuple[str, nn.Module]] = []  # its ModuleLists, ModuleDicts

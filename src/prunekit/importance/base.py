@@ -194,16 +194,20 @@ def require_data_free(criterion: Criterion, caller: str) -> Criterion:
 
 
 def score_dtype(weight: torch.Tensor) -> torch.dtype:
-    """float32 for half / bfloat16 / integer weights, the weight's own dtype otherwise."""
-    return torch.promote_types(weight.dtype, torch.float32)
+    """float32 for half / bfloat16 / integer weights, the weight's own dtype otherwise (its
+    real counterpart for a complex weight)."""
+    dtype = weight.dtype.to_real() if weight.is_complex() else weight.dtype
+    return torch.promote_types(dtype, torch.float32)
 
 
 def score_values(weight: torch.Tensor) -> torch.Tensor:
     """``weight.detach().to(score_dtype(weight))``: the values a criterion scores, without
     autograd history; the tensor itself where neither call would change it (magnitudes score
-    every layer of a model on every prune). Callers compute new tensors from it, never write
-    into it."""
+    every layer of a model on every prune); ``|w|`` for a complex weight. Callers compute new
+    tensors from it, never write into it."""
     if weight.requires_grad:
         weight = weight.detach()
+    if weight.is_complex():  # (an FNO's spectral weights): a criterion scores |w|
+        return weight.abs()
     dtype = score_dtype(weight)
     return weight if weight.dtype == dtype else weight.to(dtype)

@@ -223,6 +223,14 @@ class BNScale:
         return scales
 
 
+def _real(view: Tensor) -> Tensor:
+    """A ``[rows, -1]`` view as float32 rows; a complex view's real and imaginary parts side
+    by side (distances between rows are the same)."""
+    if view.is_complex():
+        return torch.view_as_real(view.detach()).reshape(view.shape[0], -1).float()
+    return view.float()
+
+
 @dataclass(frozen=True)
 class FPGM:
     """Σ distance of a unit's filter to the other units' filters, per producer member."""
@@ -234,7 +242,7 @@ class FPGM:
                       generator: torch.Generator) -> Tensor:
         out = torch.full((len(members), group.size), float("nan"), dtype=torch.float32)
         for i, entry in enumerate(members):
-            views = [v.tensor.float().cpu() for v in entry.views if v.kind == "weight"]
+            views = [_real(v.tensor).cpu() for v in entry.views if v.kind == "weight"]
             if not entry.member.root or not views:
                 continue
             rows, pos = unit_positions(group, entry.member)
