@@ -205,3 +205,24 @@ def test_a_noisy_layer_prunes_in_both_modes(tmp_path) -> None:  # type: ignore[n
     pruned.eval()
     loaded = pk.load(pk.save(result, tmp_path / "ckpt"), NoisyDQN()).eval()
     assert torch.equal(loaded(x), pruned(x))
+
+
+class NoiseInjection(nn.Module):
+    """Gaussian noise drawn at an int attribute's width (``torch.randn(self.width)``);
+    before, a random factory was never sized by an attribute, and the hidden width it meets
+    was kept whole (the RL probe's factorised-noise layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.width = 32
+        self.a, self.b = nn.Linear(8, self.width), nn.Linear(self.width, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.relu(self.a(x)) + 0.1 * torch.randn(self.width))
+
+
+def test_noise_drawn_at_an_attribute_width_shrinks_with_it() -> None:
+    torch.manual_seed(0)
+    result = pk.prune(NoiseInjection().eval(), torch.randn(4, 8), ratio=0.5)
+    assert result.model.a.out_features == 16 and result.model.width == 16
+    assert result.model(torch.randn(3, 8)).shape == (3, 2)

@@ -7,9 +7,12 @@ made it (T5's ``torch.zeros((1, self.n_heads, T, K))`` in the layers without a r
 position bias) gives that dim fresh labels, and binds the attribute to them. Where the
 tensor meets channels along that dim (the attention scores' heads), the two join, and
 surgery rewrites the attribute with the channels kept: the pruned model makes the tensor at
-the pruned size. That is exact, since every index holds the same value; a factory whose
-values depend on the index (``arange``, random) is left without channels, and where it
-meets channels along a dim it spans, they are kept whole
+the pruned size. That is exact, since every index holds the same value. Random factories
+(``rand``, ``randn``: factorised NoisyNet noise, ``torch.randn(self.in_features)``) are
+treated alike: every index draws from the same distribution, so the pruned model draws the
+kept channels' noise as the unpruned one does (as ``randn(x.shape[-1])``, sized by a shape
+read, already shrinks). A factory whose values depend on the index (``arange``) is left
+without channels, and where it meets channels along a dim it spans, they are kept whole
 (:data:`prunekit.graph.ops_pointwise.FIXED_OPERAND`). Where the labels meet no channels,
 they form units without parameters, which nothing prunes.
 """
@@ -34,7 +37,7 @@ __all__ = ["UNIFORM", "attribute_sized", "expanded_by_attribute"]
 
 NEW = ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "new_empty_strided")
 UNIFORM = frozenset(("zeros", "ones", "empty", "full", "new_zeros", "new_ones", "new_empty",
-                     "new_full"))
+                     "new_full", "rand", "randn"))
 
 
 def attribute_sized(ctx: TraceContext, call: OpCall) -> None:
