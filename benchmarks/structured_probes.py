@@ -1,10 +1,15 @@
-"""The thirteenth session's probe patterns (recommendation, generative, speech, sequence and
-framework features), as the tests that pin them build them: each model pruned at ratio 0.5
+"""The probe patterns of the thirteenth session (recommendation, generative, speech, sequence
+and framework features) and of the fourteenth (reinforcement learning, self-supervised,
+scientific ML, detection heads, and what ``benchmarks/structured_roundtrip.py`` found), as
+the tests that pin them build them: each model pruned at ratio 0.5
 (L2, default ``strict=True``). Columns: whether ``prune`` returns (else the exception),
 the fraction of parameters kept, whether the user's model is unchanged (its state dict and
 plain number attributes, compared before and after), and the warnings ``prune`` gave
 (``numbers``: a number computed from a width it changed; ``unseen``: a tensor the trace
-did not see being made). Exactness against the zeroed model is asserted by the tests
+did not see being made; ``nothing``: it removed nothing). ``kept`` is the fraction of
+parameters kept; where the outputs keep their width by design (a policy's actions, C51's
+atoms) a lower number before is the bug, not a better prune. Exactness against the zeroed
+model is asserted by the tests
 named in each row. Run it against an older tree for the "before" column. Not a test.
 
 Command:
@@ -33,12 +38,24 @@ from tests.graph.test_gather_scatter import NeighbourMax
 from tests.graph.test_hidden_tensors import UnseenBranch
 from tests.graph.test_losses_in_forward import Classifier, InvertibleStep, NormalVAE, Quantizer
 from tests.graph.test_masked_weights import _conv, _linear
+from tests.graph.test_probe_ops import (
+    Distributional,
+    Ensemble,
+    GFLHead,
+    Losses,
+    NoiseInjection,
+    NoisyDQN,
+)
 from tests.graph.test_sized_by_tensor import LengthRegulator, MaskedPooling
 from tests.graph.test_table_lookup import FieldTable, PositionTable
 from tests.graph.test_tensordot import Projected
 from tests.structured.test_attribute_numbers import Attention, ScaledEmbedding
-from tests.structured.test_fixed_states import FixedState
-from tests.structured.test_forward_writes import Stateful, _model
+from tests.structured.test_autograd_forward import HNN, PINN, FuncJacobian
+from tests.structured.test_check_hints import _Features
+from tests.structured.test_complex_weights import FNO2d
+from tests.structured.test_fixed_states import CellPolicy, FixedState
+from tests.structured.test_forward_writes import MomentumEncoder, Stateful, _model
+from tests.structured.test_fused_qkv import _BandedBlock
 from tests.structured.test_interactions import (
     DLRM,
     CrossV1,
@@ -47,6 +64,10 @@ from tests.structured.test_interactions import (
     MMoE,
     _inputs,
 )
+from tests.structured.test_object_outputs import Policy
+from tests.structured.test_remade_buffers import RelativePositions
+from tests.structured.test_torch_transformer import DETRDemo
+from tests.structured.test_width_numbers import ReadoutScale
 
 import prunekit as pk
 
@@ -57,6 +78,12 @@ def _seq() -> torch.Tensor:
     seq = torch.randint(1, 100, (8, 6))
     seq[:, 4:] = 0
     return seq
+
+
+def _convit() -> tuple[nn.Module, torch.Tensor]:
+    model, x = RelativePositions().eval(), torch.randn(2, 5, 16)
+    model(x)  # (the table is made by the first forward; users run theirs before pruning)
+    return model, x
 
 
 CASES: list[Case] = [
@@ -124,6 +151,47 @@ CASES: list[Case] = [
      lambda: (Attention(), torch.randn(2, 6, 32))),
     ("embedding_dim ** 0.5", "structured/test_attribute_numbers",
      lambda: (ScaledEmbedding(), torch.randint(0, 50, (3, 5)))),
+    # the fourteenth session
+    ("policy -> Categorical(logits)", "structured/test_object_outputs",
+     lambda: (Policy("categorical"), torch.randn(4, 16))),
+    ("policy -> Normal(mu, log_std.exp())", "structured/test_object_outputs",
+     lambda: (Policy("normal"), torch.randn(4, 16))),
+    ("C51, softmax over atoms * support", "graph/test_probe_ops",
+     lambda: (Distributional(), torch.randn(5, 8))),
+    ("NoisyNet mu + sigma * eps, eval mu", "graph/test_probe_ops",
+     lambda: (NoisyDQN(), torch.randn(5, 16))),
+    ("noise randn(self.width)", "graph/test_probe_ops",
+     lambda: (NoiseInjection(), torch.randn(4, 8))),
+    ("ensemble baddbmm(bias, x, W)", "graph/test_probe_ops",
+     lambda: (Ensemble(True), (torch.randn(4, 10), torch.randn(4, 3)))),
+    ("Beta policy (lgamma, digamma)", "graph/test_probe_ops",
+     lambda: (Losses("beta", "mean"), tuple(torch.randn(4, 8) for _ in range(3)))),
+    ("triplet_margin_loss", "graph/test_probe_ops",
+     lambda: (Losses("triplet", "mean"), tuple(torch.randn(4, 8) for _ in range(3)))),
+    ("GFL Integral, F.linear(x, 1-D)", "graph/test_probe_ops",
+     lambda: (GFLHead(), torch.randn(1, 3, 8, 8))),
+    ("split(C) by x.shape, window == C", "structured/test_fused_qkv",
+     lambda: (nn.Sequential(nn.Linear(8, 32), _BandedBlock(), nn.Linear(32, 2)),
+              torch.randn(2, 40, 8))),
+    ("nn.Transformer d_model (DETR demo)", "structured/test_torch_transformer",
+     lambda: (DETRDemo(), torch.randn(2, 3, 4, 4))),
+    ("MoCo p.data = m*p.data + ...", "structured/test_forward_writes",
+     lambda: (MomentumEncoder(False), torch.randn(4, 8))),
+    ("hook writes self.features", "structured/test_check_hints",
+     lambda: (_Features(), torch.randn(1, 3, 8, 8))),
+    ("PINN, autograd.grad(u, x)", "structured/test_autograd_forward",
+     lambda: (PINN(), torch.rand(16, 2, requires_grad=True))),
+    ("HNN, dH/dz under enable_grad", "structured/test_autograd_forward",
+     lambda: (HNN(), torch.randn(16, 4))),
+    ("vmap(jacrev(f)) in forward", "structured/test_autograd_forward",
+     lambda: (FuncJacobian(), torch.rand(8, 2))),
+    ("FNO, cfloat spectral weights", "structured/test_complex_weights",
+     lambda: (FNO2d(), torch.randn(2, 8, 8, 3))),
+    ("h0 = new_zeros(B, self.cell.hidden)", "structured/test_fixed_states",
+     lambda: (CellPolicy("new_zeros"), torch.randn(3, 4, 10))),
+    ("z.shape[-1] ** -0.5", "structured/test_width_numbers",
+     lambda: (ReadoutScale("pow"), torch.randn(8, 3))),
+    ("ConViT rel_indices, run before", "structured/test_remade_buffers", _convit),
 ]
 
 
@@ -141,23 +209,25 @@ def attempt(make: Callable[[], tuple[nn.Module, Any]]) -> tuple[str, str, str, s
         warnings.simplefilter("always")
         try:
             result = pk.prune(model, inputs, ratio=0.5)
+            kept = f"{result.params_kept:.2f}"
         except Exception as exc:  # a benchmark reports failures instead of stopping
             return f"{type(exc).__name__}", "-", "-", ""
     after = model.state_dict()
     same = all(torch.equal(state[k], after[k]) for k in state) and numbers == _numbers(model)
     said = [str(w.message) for w in caught]
     notes = [name for name, key in (("numbers", "computes a number from a width"),
-                                    ("unseen", "did not see being made"))
+                                    ("unseen", "did not see being made"),
+                                    ("nothing", "removed nothing"))
              if any(key in text for text in said)]
-    return "ok", f"{result.params_kept:.2f}", "yes" if same else "NO", ",".join(notes)
+    return "ok", kept, "yes" if same else "NO", ",".join(notes)
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    print(f"{'pattern':34s} {'prune':>16s} {'kept':>5s} {'user':>5s}  warnings  test")
+    print(f"{'pattern':36s} {'prune':>22s} {'kept':>5s} {'user':>5s}  warnings  test")
     for name, test, make in CASES:
         status, kept, same, notes = attempt(make)
-        print(f"{name:34s} {status:>16s} {kept:>5s} {same:>5s}  {notes:8s}  {test}")
+        print(f"{name:36s} {status:>22s} {kept:>5s} {same:>5s}  {notes:8s}  {test}")
 
 
 if __name__ == "__main__":
