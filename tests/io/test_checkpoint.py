@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,51 @@ def test_each_modules_state_version_is_saved_and_given_back_on_load(tmp_path: Pa
     (target / "prunekit.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=r"field 'state_metadata' must map module names"):
         load(target, _Versioned())
+
+
+class _Scaled(nn.Module):
+    """A per-channel buffer the plan cuts directly, and an attention block swapped on cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3)
+        self.register_buffer("scale", torch.linspace(0.5, 2, 16).view(1, 16, 1, 1))
+        self.att = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c2(self.c1(x).relu() * self.scale).relu().flatten(2).transpose(1, 2)
+        return self.fc(self.att(h, h, h)[0].mean(1))
+
+
+def _fresh() -> _Scaled:
+    torch.manual_seed(0)
+    return _Scaled().eval()
+
+
+def test_a_model_pruned_twice_reloads_through_both_plans(tmp_path: Path) -> None:
+    """Iterative pruning: the checkpoint holds every plan that made the model, oldest first,
+    and load replays them in turn (before, only the last plan was kept, and replaying it on a
+    fresh model failed for a cut buffer or a swapped attention; found by the workflow
+    probe). A model pk.load gave carries its plans into the next prune and save, and a
+    pruned model saved without its result reloads too."""
+    x = torch.randn(2, 3, 10, 10)
+    first = prunekit.structured.prune(_fresh(), x, ratio=0.5)
+    second = prunekit.structured.prune(first.model, x, ratio=0.5)
+    target = save(second, tmp_path / "twice")
+    manifest = json.loads((target / "prunekit.json").read_text())
+    assert manifest["plan"] is None and len(manifest["plans"]) == 2
+    with torch.no_grad():
+        assert torch.equal(load(target, _fresh())(x), second.model(x))
+        reloaded = load(save(first, tmp_path / "once"), _fresh())
+        third = prunekit.structured.prune(reloaded, x, ratio=0.5)
+        again = load(save(third.model, tmp_path / "thrice"), _fresh())
+        assert torch.equal(again(x), third.model(x))
+        assert again.scale.shape[1] == third.model.scale.shape[1] < 8
+    with pytest.raises(ConfigError, match="pass replay=False"):
+        load(target, second.model)
+    assert torch.equal(load(target, copy.deepcopy(second.model), replay=False)(x),
+                       second.model(x))
 
 
 def test_save_errors(tmp_path: Path, lenet: LeNet5) -> None:

@@ -5,7 +5,8 @@ Layout of a checkpoint directory::
     model.safetensors   every state_dict tensor, masks included (bool); tied tensors once
     prunekit.json       format version, versions, model class, masked tensors, aliases,
                         each module's state_dict version (``state_metadata``), the
-                        structured pruning plan (if any) and the user's metadata
+                        structured pruning plan (if any; ``plans``, oldest first, for
+                        a model pruned more than once) and the user's metadata
 
 With ``save(..., sparse=True)`` a tensor that is smaller as bitmap + values
 (``prunekit.sparse.storage``) is stored as ``<key>.__bitmap`` (uint8) and ``<key>.__values``
@@ -94,8 +95,11 @@ def save(
         raise TypeError(
             f"metadata must be a dict of JSON-serialisable values, got {type(metadata).__name__}"
         )
+    # every plan that made the model (a model pruned twice: both), else the result's own
+    plans = _model_plans(model) or ([plan] if plan is not None else [])
     manifest_extra = {
-        "plan": _json_or_error("plan", plan),
+        "plan": _json_or_error("plan", plans[0] if len(plans) == 1 else None),
+        **({"plans": _json_or_error("plans", plans)} if len(plans) > 1 else {}),
         "metadata": _json_or_error("metadata", dict(metadata or {})),
     }
 
@@ -165,8 +169,10 @@ def load(
             )
         state[alias] = state[canonical]
     model = base_model
-    if manifest.get("plan") is not None and replay:
-        model = _replay_plan(model, manifest["plan"])
+    plans = manifest.get("plans") or ([manifest["plan"]] if manifest.get("plan") else [])
+    if plans and replay:
+        for plan in plans:  # oldest first: each was made on the model the one before gave
+            model = _replay_plan(model, plan)
     masked: dict[str, str] = manifest["masked"]
     hooked = _torch_pruned(model, state)
     _check_compatible(model, state, masked, str(manifest["model_class"]), hooked)
@@ -178,6 +184,8 @@ def load(
         module_name, _, tensor_name = name.rpartition(".")
         torch_prune.identity(model.get_submodule(module_name), tensor_name)
     model.load_state_dict(_with_metadata(state, manifest.get("state_metadata")), strict=True)
+    if plans:
+        _record_plans(model, plans)  # a later prune and save adds to them
     return model
 
 
@@ -227,6 +235,12 @@ def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"got {table!r}; the manifest is damaged — save the model again"
             )
     _check_sparse_table(manifest.get("sparse", {}), str(manifest_path))
+    plans = manifest.get("plans", [])
+    if not isinstance(plans, list) or not all(isinstance(p, dict) for p in plans):
+        raise CheckpointError(
+            f"{str(manifest_path)!r} field 'plans' must be a list of plans, got {plans!r}; "
+            "the manifest is damaged — save the model again"
+        )
     metadata = manifest.get("state_metadata", {})
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, dict) for k, v in metadata.items()
@@ -423,8 +437,26 @@ def _replay_plan(model: nn.Module, plan: Any) -> nn.Module:
     # imported on use: structured pruning sits above io in the layering
     from prunekit.structured import replay_plan
 
-    replay_plan(model, plan)
+    try:
+        replay_plan(model, plan)
+    except ConfigError as err:
+        raise ConfigError(
+            f"{err}; if base_model already has the pruned shapes (it was pruned, or loaded, "
+            f"before), pass replay=False"
+        ) from err
     return model
+
+
+def _model_plans(model: nn.Module) -> list[dict[str, Any]]:
+    from prunekit.structured.plan import plans_of
+
+    return plans_of(model)
+
+
+def _record_plans(model: nn.Module, plans: list[dict[str, Any]]) -> None:
+    from prunekit.structured.plan import record_plans
+
+    record_plans(model, plans)
 
 
 def _decode_sparse(

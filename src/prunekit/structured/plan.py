@@ -37,7 +37,7 @@ from prunekit.structured.adapters import ParamSlicer, find_adapter
 from prunekit.structured.weight_norm import is_weight_normed, legacy_error, legacy_weight_norms
 
 __all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "SwapTypeAdapter", "apply_plan", "build_plan",
-           "replay_plan"]
+           "plans_of", "record_plans", "replay_plan"]
 
 PLAN_FORMAT = "prunekit.structured.plan/1"
 
@@ -359,3 +359,18 @@ def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
 def replay_plan(model: nn.Module, plan: Mapping[str, Any]) -> None:
     """Replay a pruning plan on a freshly built model, in place (used by ``prunekit.load``)."""
     apply_plan(model, plan)
+
+
+# the plans that made a model from its freshly built form, oldest first: a model pruned again
+# (iterative pruning, or pruning a model pk.load gave) saves and reloads through all of them
+_PLANS = "_prunekit_plans"
+
+
+def plans_of(model: nn.Module) -> list[dict[str, Any]]:
+    """The plans ``prune`` (or ``pk.load``) applied to make ``model``, oldest first."""
+    return list(model.__dict__.get(_PLANS, ()))
+
+
+def record_plans(model: nn.Module, plans: list[dict[str, Any]]) -> None:
+    """Note on ``model`` the plans that made it (a new list: copies keep their own)."""
+    model.__dict__[_PLANS] = list(plans)

@@ -40,7 +40,13 @@ from prunekit.importance.group import (
 )
 from prunekit.metrics.profile import Profile, profile
 from prunekit.structured.adapters import WeightView, find_adapter, grad_rows, rows
-from prunekit.structured.plan import apply_plan, is_parametrized, plan_with_indices
+from prunekit.structured.plan import (
+    apply_plan,
+    is_parametrized,
+    plan_with_indices,
+    plans_of,
+    record_plans,
+)
 from prunekit.structured.repair import CheckFailed, without_breaking_groups
 from prunekit.structured.weight_norm import is_weight_normed, legacy_error, legacy_weight_norms
 
@@ -371,6 +377,8 @@ def prune(
         why = _why_nothing(graph.groups)
         warnings.warn(f"prune removed nothing: {why}; result.coverage lists the parameters "
                       f"that no group covers and why", stacklevel=3)
+    if plan["modules"] or plan["params"] or plan["attrs"]:  # (pk.save stores them all)
+        record_plans(pruned, [*plans_of(model), plan])
     original = _root_copy(model) if inplace else _shallow_clone(model)
     if inplace:
         model.__dict__.update(pruned.__dict__)
