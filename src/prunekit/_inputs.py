@@ -35,7 +35,10 @@ def move_inputs(example_inputs: Any, device: torch.device | str) -> Any:
     if isinstance(example_inputs, Mapping):
         return {k: move_inputs(v, device) for k, v in example_inputs.items()}
     if isinstance(example_inputs, (tuple, list)):
-        return type(example_inputs)(move_inputs(v, device) for v in example_inputs)
+        moved = [move_inputs(v, device) for v in example_inputs]
+        if hasattr(example_inputs, "_fields"):  # a namedtuple (a PackedSequence): by position
+            return type(example_inputs)(*moved)
+        return type(example_inputs)(moved)
     return example_inputs
 
 

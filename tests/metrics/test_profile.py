@@ -229,3 +229,23 @@ def test_bilinear_macs_are_batch_out_in1_in2() -> None:
     result = profile(Pair(), (torch.randn(3, 5, 16), torch.randn(3, 5, 12)))
     assert result.macs == 3 * 5 * 20 * 16 * 12
     assert [layer.macs for layer in result.layers if layer.name == "bilinear"] == [result.macs]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_lstm_macs_are_counted(packed: bool) -> None:
+    """``nn.LSTM`` runs one fused kernel per layer and direction on CPU, which torch's flop
+    counter has no formula for: its MACs were counted as 0, so ``summary()`` and
+    ``target={"macs": ...}`` saw only the head (found by the workflow probe)."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 16, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 8)
+    per_step = 2 * 64 * (8 + 16) + 2 * 64 * (32 + 16)  # two directions, two layers
+    if packed:
+        lengths = torch.tensor([5, 4, 2])
+        inputs: object = (nn.utils.rnn.pack_padded_sequence(x, lengths),)
+        steps = int(lengths.sum())
+    else:
+        inputs, steps = x, 5 * 3
+    result = profile(lstm, inputs)
+    assert result.macs == steps * per_step
+    assert dict((layer.name, layer.macs) for layer in result.layers)[""] == steps * per_step

@@ -207,10 +207,20 @@ def _trilinear_flop(first: Any, second: Any, third: Any, expand1: Any, expand2: 
     return 2 * math.prod(full)
 
 
+def _rnn_layer_flop(x: Any, w_ih: Any, w_hh: Any, *args: Any, **kwargs: Any) -> int:
+    """``aten.mkldnn_rnn_layer`` (one layer and direction of ``nn.LSTM`` on CPU): every
+    time step of every sequence multiplies its input by ``w_ih`` and its state by ``w_hh``
+    (``x`` is ``[T, B, in]``, or ``[steps, in]`` for a packed sequence)."""
+    steps = math.prod(x[:-1])
+    return 2 * steps * (math.prod(w_ih) + math.prod(w_hh))
+
+
 # CPU's fused attention kernel is missing from FlopCounterMode's registry (torch 2.13);
 # it computes the same thing as the registered GPU kernels, so reuse their formula. Nor
-# does it count nn.Bilinear's kernel.
+# does it count nn.Bilinear's kernel, or nn.LSTM's on CPU.
 _EXTRA_FLOP_FORMULAS: dict[Any, Any] = {torch.ops.aten._trilinear: _trilinear_flop}
+if hasattr(torch.ops.aten, "mkldnn_rnn_layer"):  # nn.LSTM on CPU: not in the registry
+    _EXTRA_FLOP_FORMULAS[torch.ops.aten.mkldnn_rnn_layer] = _rnn_layer_flop
 if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _EXTRA_FLOP_FORMULAS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = (
         _sdpa_cpu_flop
