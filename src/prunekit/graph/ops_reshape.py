@@ -256,7 +256,7 @@ def _one_varying_factor(ctx: TraceContext, call: OpCall, labels: Tensor,
     attribute may size either: binding it could rewrite the wrong one, and not binding it
     would leave it stale if it sizes this one, so the channels are kept whole, unless the
     attribute's name says which factor it sizes (:func:`_named_for`)."""
-    sizes = tensors_free(call.args[1:])
+    sizes = _sizes_by_dim(call, labels, segment)
     if (len(sizes) == labels.dim() and sizes[dim] == -1) or (
             dim == segment[-1] and _per_head_share(sizes, labels, segment)):
         return  # adapts by itself; C // heads: judged by the width read (graph/sizes.py)
@@ -314,6 +314,19 @@ def _unflattened_by_minus_one(call: OpCall, segment: list[int], dim: int) -> boo
     unflatten do not line up with the result's dims, so the reshape rule cannot see it)."""
     written = _unflatten_sizes(call, segment)
     return written is not None and written[dim - segment[0]] == -1
+
+
+def _sizes_by_dim(call: OpCall, labels: Tensor, segment: list[int]) -> list[Any]:
+    """The sizes the call writes, one per dim of its result: a reshape's arguments, or, for
+    ``unflatten(d, sizes)``, the result's own sizes with the written ones at the factors
+    ``segment`` (so that ``unflatten(1, (-1, 4))`` reads as ``view(B, -1, 4, H, W)``: the
+    factor left to -1 shrinks, a literal 4 does not)."""
+    written = _unflatten_sizes(call, segment)
+    if written is None:
+        return tensors_free(call.args[1:])
+    sizes: list[Any] = list(labels.shape)
+    sizes[segment[0]:segment[-1] + 1] = list(written)
+    return sizes
 
 
 def _unflatten_sizes(call: OpCall, segment: list[int]) -> tuple[Any, ...] | list[Any] | None:
@@ -412,7 +425,7 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         # nn.Unflatten(1, (C, H, W)), a decoder's stem: whole channels of H·W features go
         first = call.arg(2, "sizes")[0]
         return segment[0], None if first == -1 else f"{owner}[0]"
-    sizes = tensors_free(call.args[1:])
+    sizes = _sizes_by_dim(call, labels, segment)
     attrs = int_attributes(ctx)
     if _per_head_share(sizes, labels, bearing):  # C // self.n_head: every head shrinks alike
         return bearing[-1], None
@@ -510,6 +523,8 @@ def _check_head_size(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: l
     if last <= count_dim or adapts or labels.shape[last] in held or \
             _written_as_literal(ctx, sizes, attrs, labels, last):
         return
+    if call.name == "unflatten" and type(sizes[last]) is int:  # a plain int in its sizes
+        return  # (nn.Unflatten(1, (-1, 4)), a local k): no shape read, so it stays
     where = running_module_phrase(ctx)
     reason = (f"{call.display} splits channels into heads of {labels.shape[last]}, a size "
               f"that no int attribute of {where} holds (computed in the code, e.g. "
