@@ -594,3 +594,34 @@ def test_a_prune_under_inference_mode_gives_a_model_that_trains() -> None:
     assert not any(p.is_inference() for p in pruned.parameters())
     pruned(torch.randn(2, 3, 8, 8)).sum().backward()
     assert pruned[0].weight.grad is not None and pruned[0].out_channels == 8
+
+
+def _bn_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+
+
+def test_options_that_would_be_dropped_are_refused_or_said() -> None:
+    """Found by the workflow probe: ratios= was ignored under global_ranking / target and on
+    a layer that makes no group; round_to rounded past max_keep; a target out of reach or
+    missed by far went without a word."""
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ConfigError, match="ratios would be ignored"):
+        prune(_bn_net(), x, ratios={"0": 0.5}, global_ranking=True)
+    with pytest.raises(ConfigError, match="ratios would be ignored"):
+        prune(_bn_net(), x, ratios={"0": 0.5}, target={"params": 0.5})
+    with pytest.raises(ConfigError, match=r"ratios\['1'\]: '1' makes no prunable group; the "
+                                          r"channels it reads or carries are made by '0'"):
+        prune(_bn_net(), x, ratios={"1": 0.5})
+    with pytest.warns(UserWarning, match=r"ratios\['8'\]: '8' makes no prunable group"):
+        prune(_bn_net(), x, ratios={"8": 0.5, "0": 0.5})
+    capped = prune(_bn_net(), x, ratio=0.5, max_keep=0.3, round_to=8).model
+    assert capped[3].out_channels == 8  # floor(0.3 * 32) = 9: rounded down to 8, not up to 16
+    with pytest.warns(UserWarning, match="round_to=8 has no multiple at or under max_keep"):
+        assert prune(_bn_net(), x, ratio=0.5, max_keep=0.3, round_to=8).model[0].out_channels == 8
+    with pytest.warns(UserWarning, match=r"target params=0\.2 is out of reach"):
+        prune(_bn_net(), x, target={"params": 0.2}, min_keep=0.5)
+    with pytest.warns(UserWarning, match=r"target params=0\.8: the closest allocation"):
+        prune(_bn_net(), x, target={"params": 0.8}, max_keep=0.5)

@@ -23,6 +23,7 @@ every producing layer's width is a multiple of N — 8-row heads need no roundin
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -101,15 +102,23 @@ def _unit_step(group: Group, round_to: int) -> int:
     return step
 
 
-def _rounded(keep: int, group: Group, round_to: int | None) -> int:
+def _rounded(keep: int, group: Group, round_to: int | None, floor: int = 1,
+             ceiling: int | None = None) -> int:
     """``keep`` rounded up to ``round_to`` and to the group's own step (a kernel's layout
-    rule: grouped products of expert weights want 16-byte strides), never above its size."""
+    rule: grouped products of expert weights want 16-byte strides), never above its size;
+    rounded down instead where rounding up would pass ``ceiling`` (``max_keep``) and a
+    multiple at or above ``floor`` (``min_keep``) fits below it."""
     step = group.step
     if round_to is not None and round_to > 1:
         step = math.lcm(step, _unit_step(group, round_to))
     if step == 1:
         return keep
-    return min(group.size, math.ceil(keep / step) * step)
+    up = min(group.size, math.ceil(keep / step) * step)
+    if ceiling is not None and up > ceiling:
+        down = ceiling // step * step
+        if down >= max(1, floor):
+            return down
+    return up
 
 
 def allocate(groups: Sequence[Group], scores: Sequence[Tensor],
@@ -134,13 +143,19 @@ def _allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocat
     else:
         counts = [g.size - math.floor(_group_ratio(g, config) * g.size + 1e-9) for g in groups]
     masks = []
+    over: list[str] = []
     for group, score, keep, (floor, ceiling), part, held in zip(
             groups, scores, counts, bounds, parts, reserved, strict=True):
-        keep = _rounded(max(min(keep, ceiling), floor), group, config.round_to)
+        keep = _rounded(max(min(keep, ceiling), floor), group, config.round_to, floor, ceiling)
+        if keep > ceiling and config.max_keep < 1:
+            over.append(f"{group.describe()} keeps {keep} where max_keep allows {ceiling}")
         mask = _top_mask(score, group.size, keep)
         if part is not None and held is not None and not all(bool(mask[p].any()) for p in part):
             mask = _reserved_then_top(score, keep, held)
         masks.append(mask)
+    if over:
+        warnings.warn(f"round_to={config.round_to} has no multiple at or under max_keep="
+                      f"{config.max_keep} here, so: {'; '.join(over[:3])}", stacklevel=4)
     return masks
 
 

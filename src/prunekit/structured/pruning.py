@@ -331,6 +331,10 @@ def prune(
     fails, the groups whose cut breaks it are found by bisection: with ``strict=True`` the
     error names them and the user's model is left as it was; with ``strict=False`` they are
     kept whole and the rest is pruned.
+
+    Pruning replaces each cut parameter by a new, smaller tensor (also with ``inplace=True``):
+    an optimizer built before ``prune`` still holds the old ones, and its state (momentum,
+    Adam's moments) has the old shapes, so build the optimizer after pruning.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -339,6 +343,12 @@ def prune(
     if ratio is None and target is None and not ratios:
         raise ConfigError("pass one of ratio=... (e.g. 0.5), ratios={layer: 0.5} or "
                           "target={'macs': 0.5}")
+    if ratios and (global_ranking or target is not None):
+        raise ConfigError(
+            "ratios={...} sets the widths of uniform allocation; with "
+            f"{'global_ranking=True' if global_ranking else 'target=...'} the ranking decides "
+            "every group's width, so ratios would be ignored: pass ratio=... with ratios, or "
+            "drop ratios")
     names = {id(m): n for n, m in model.named_modules()} if ratios else {}
     per_layer = {_module_key(k, names): check_fraction(f"ratios[{k!r}]", v)
                  for k, v in (ratios or {}).items()}
@@ -349,6 +359,8 @@ def prune(
     graph, scores = _graph_and_scores(model, example_inputs, importance=importance,
                                       ignore=ignore, strict=strict, aggregation=aggregation,
                                       normalization=norm, seed=seed)
+    if per_layer:
+        _check_ratio_keys(per_layer, graph)
     reference = graph.trace.output_shapes  # the trace ran the model in eval mode
     # (the search and the checks put back what their forwards write: graph/writes.py)
     if target is not None:
@@ -387,6 +399,29 @@ def prune(
     return PruneResult(pruned, plan, _lazy_profile(original, example_inputs, written),
                        _lazy_profile(pruned, example_inputs, written),
                        functools.partial(coverage_report, original, graph), len(graph.groups))
+
+
+def _check_ratio_keys(per_layer: Mapping[str, float], graph: DependencyGraph) -> None:
+    """A ``ratios`` key must name a layer that makes a prunable group's channels: a layer
+    that only carries or reads them (a BatchNorm, the next conv) is an error naming the
+    layer that makes them; a layer that makes none (an output layer, one kept whole) a
+    warning. Before, both were ignored, and prune removed nothing without saying why."""
+    makers = {m.name for g in graph.groups for m in g.members if m.root}
+    for key in per_layer:
+        if key in makers:
+            continue
+        record = graph.trace.modules.get(key)
+        makes = record is not None and any(d.root for d in record.dims.values())
+        owners = sorted({m.name for g in graph.groups if any(x.name == key for x in g.members)
+                         for m in g.members if m.root and m.kind == "module"})
+        if owners and not makes:  # (a layer whose own channels are kept whole: a warning)
+            raise ConfigError(f"ratios[{key!r}]: {key!r} makes no prunable group; the "
+                              f"channels it reads or carries are made by "
+                              f"{', '.join(map(repr, owners[:3]))}: key ratios by that layer "
+                              f"to prune them")
+        warnings.warn(f"ratios[{key!r}]: {key!r} makes no prunable group (an output layer, a "
+                      f"layer in ignore=, or one kept whole: result.coverage says why), so "
+                      f"its ratio removes nothing", stacklevel=4)
 
 
 def _numbers_changed(graph: DependencyGraph, masks: list[torch.Tensor]) -> list[str]:
@@ -638,6 +673,7 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
         base = _measure(model, example_inputs, metric)
     low, high = 0.0, 0.99
     best: Allocation | None = None
+    best_kept = last_kept = 1.0
     widths = [unit_width(g) for g in graph.groups]  # the same groups in every trial
     for _ in range(12):
         mid = (low + high) / 2
@@ -647,13 +683,22 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
         candidate = _shallow_clone(model)
         apply_plan(candidate, plan, indices=indices)
         with restored(candidate, written):
-            kept = _measure(candidate, example_inputs, metric) / max(1, base)
+            kept = last_kept = _measure(candidate, example_inputs, metric) / max(1, base)
         if kept <= goal:
-            best, high = trial, mid
+            best, best_kept, high = trial, kept, mid
         else:
             low = mid
-    # unreachable goal (everything left is fixed): prune as far as the search went
-    return best if best is not None else replace(config, ratio=high, global_ranking=True)
+    if best is None:  # unreachable goal (everything left is fixed): prune as far as it went
+        warnings.warn(f"target {metric}={goal} is out of reach: pruning as far as the search "
+                      f"went keeps {last_kept:.3f} of the {metric} (the rest is kept whole, "
+                      f"or held by min_keep / round_to: result.coverage says what and why)",
+                      stacklevel=4)
+        return replace(config, ratio=high, global_ranking=True)
+    if goal - best_kept > 0.05:
+        warnings.warn(f"target {metric}={goal}: the closest allocation at or under it keeps "
+                      f"{best_kept:.3f} (max_keep, round_to or the groups' widths leave "
+                      f"nothing closer)", stacklevel=4)
+    return best
 
 
 def _measure(model: nn.Module, example_inputs: ExampleInputs, metric: str) -> int:
