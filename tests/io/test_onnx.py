@@ -155,3 +155,34 @@ def test_bad_arguments(
     with pytest.raises(TypeError, match="model must be"):
         export_onnx(lambda x: x, lenet_input, tmp_path / "m.onnx")  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_graph_onnx_runtime_cannot_run_names_the_way_out(
+    tmp_path: Path, lenet: LeNet5, lenet_input: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime failing to load or run the graph (it has no CPU kernel for some float64
+    and bfloat16 ops) gives an error that names the fixes, instead of ORT's raw error (found
+    by the workflow probe); with check=False the file is written."""
+
+    class Failing(ort.InferenceSession):  # type: ignore[misc, name-defined]
+        def run(self, *args: Any, **kwargs: Any) -> list[Any]:
+            raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Conv(11) double")
+
+    monkeypatch.setattr(ort, "InferenceSession", Failing)
+    target = tmp_path / "lenet.onnx"
+    with pytest.raises(ExportMismatchError, match=r"could not run the exported graph.*"
+                                                  r"NOT_IMPLEMENTED.*cast it to float32 "
+                                                  r"first.*check=False"):
+        export_onnx(lenet, lenet_input, target)
+    assert not target.exists()
+    export_onnx(lenet, lenet_input, target, check=False)
+    assert target.exists()
+
+
+def test_a_data_parallel_wrapper_exports_its_module(tmp_path: Path, lenet: LeNet5,
+                                                     lenet_input: torch.Tensor) -> None:
+    path = export_onnx(nn.DataParallel(lenet.eval()), lenet_input, tmp_path / "dp.onnx",
+                       exporter="torchscript")
+    (out,) = _run_ort(path, {"input": lenet_input})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), lenet(lenet_input), atol=1e-5)

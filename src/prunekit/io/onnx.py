@@ -65,6 +65,8 @@ def export_onnx(
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
         raise ConfigError(f"opset={opset!r} is not a valid ONNX opset; pass e.g. opset=17 or None")
     chosen = _resolve_exporter(check_choice("exporter", exporter, _EXPORTERS))
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module  # the wrapped network (the wrapper itself does not export)
 
     export_model = _stripped_copy(model).to("cpu").eval()
     inputs = move_inputs(example_inputs, "cpu")
@@ -175,10 +177,18 @@ def _verify(
         )
         return
     ort = importlib.import_module("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    graph_inputs = {i.name for i in session.get_inputs()}  # unused inputs are pruned away
-    feeds = {n: t.detach().numpy() for n, t in named_inputs.items() if n in graph_inputs}
-    outputs = session.run(None, feeds)
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        graph_inputs = {i.name for i in session.get_inputs()}  # unused inputs pruned away
+        feeds = {n: t.detach().numpy() for n, t in named_inputs.items() if n in graph_inputs}
+        outputs = session.run(None, feeds)
+    except Exception as exc:  # ORT's own exception types, NumPy's missing bfloat16
+        raise ExportMismatchError(
+            f"ONNX Runtime could not run the exported graph to check it ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); nothing was written — a bfloat16 or float64 "
+            "model often fails there: cast it to float32 first (model.float() and float32 "
+            "inputs), or pass check=False to write the file unchecked"
+        ) from exc
     if len(outputs) != len(expected):
         raise ExportMismatchError(
             f"the ONNX graph has {len(outputs)} outputs but PyTorch returned {len(expected)} "
