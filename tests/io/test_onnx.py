@@ -186,3 +186,20 @@ def test_a_data_parallel_wrapper_exports_its_module(tmp_path: Path, lenet: LeNet
     (out,) = _run_ort(path, {"input": lenet_input})
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(out), lenet(lenet_input), atol=1e-5)
+
+
+def test_dynamic_batch_runs_on_other_batch_sizes(tmp_path: Path, lenet: LeNet5,
+                                                 lenet_input: torch.Tensor) -> None:
+    """Without it the file accepts only the example's batch size (found by the workflow
+    probe)."""
+    fixed = export_onnx(lenet, lenet_input, tmp_path / "fixed.onnx", exporter="torchscript")
+    path = export_onnx(lenet, lenet_input, tmp_path / "dyn.onnx", exporter="torchscript",
+                       dynamic_batch=True)
+    other = torch.randn(5, *lenet_input.shape[1:])
+    (out,) = _run_ort(path, {"input": other})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), lenet.eval()(other), atol=1e-4)
+    with pytest.raises(Exception, match=r"(?i)dimension|shape"):
+        _run_ort(fixed, {"input": other})
+    with pytest.raises(TypeError, match="dynamic_batch must be True or False"):
+        export_onnx(lenet, lenet_input, tmp_path / "x.onnx", dynamic_batch="yes")  # type: ignore[arg-type]

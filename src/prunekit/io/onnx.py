@@ -45,6 +45,7 @@ def export_onnx(
     exporter: Exporter = "auto",
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    dynamic_batch: bool = False,
 ) -> Path:
     """Write ``model`` (in eval mode, on CPU, masks baked in) as an ONNX file at ``path``.
 
@@ -54,7 +55,9 @@ def export_onnx(
     dynamo when onnxscript is importable, else torchscript. With ``check`` and onnxruntime
     installed, the file is run on ``example_inputs`` and every output must match PyTorch's
     within ``atol + rtol·|expected|``; otherwise ExportMismatchError names the max abs diff
-    and nothing is written. Returns the path written.
+    and nothing is written. ``dynamic_batch=True`` leaves dim 0 of every input and output
+    free (the file then runs on any batch size; without it, only on the example's). Returns
+    the path written.
     """
     onnx = _import_or_require("onnx")
     if not isinstance(model, nn.Module):
@@ -64,6 +67,8 @@ def export_onnx(
         )
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
         raise ConfigError(f"opset={opset!r} is not a valid ONNX opset; pass e.g. opset=17 or None")
+    if not isinstance(dynamic_batch, bool):
+        raise TypeError(f"dynamic_batch must be True or False, got {dynamic_batch!r}")
     chosen = _resolve_exporter(check_choice("exporter", exporter, _EXPORTERS))
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module  # the wrapped network (the wrapper itself does not export)
@@ -76,8 +81,10 @@ def export_onnx(
 
     target = Path(path)
     with atomic_path(target) as tmp:
+        dynamic = {name: {0: "batch"} for name, t in (*named_inputs.items(),
+                                                       *named_outputs.items()) if t.dim()}
         _export(export_model, inputs, tmp, list(named_inputs), list(named_outputs), opset,
-                chosen)
+                chosen, dynamic if dynamic_batch else None)
         onnx.checker.check_model(str(tmp))
         if check:
             _verify(tmp, named_inputs, list(named_outputs.values()), atol=atol, rtol=rtol)
@@ -131,6 +138,7 @@ def _export(
     output_names: list[str],
     opset: int | None,
     exporter: str,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> None:
     if isinstance(inputs, Mapping):
         args: tuple[Any, ...] = ()
@@ -147,6 +155,7 @@ def _export(
             input_names=input_names,
             output_names=output_names,
             opset_version=opset,
+            dynamic_axes=dynamic_axes,
             dynamo=exporter == "dynamo",
             external_data=False,
         )
