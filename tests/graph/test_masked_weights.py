@@ -82,3 +82,36 @@ def test_the_mask_is_cut_as_its_weight(make, tmp_path) -> None:  # type: ignore[
     pk.save(result, tmp_path / "masked")
     reloaded = pk.load(tmp_path / "masked", make()[0])
     torch.testing.assert_close(reloaded(x), pruned(x))
+
+
+class ScaledRows(nn.Module):
+    """A weight scaled per output row by a vector broadcast along its inputs (a hand-written
+    weight norm's ``v * g.unsqueeze(1)``): before, the product was read elementwise and
+    nothing pruned; now ``g`` is cut with ``v``'s rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v1 = nn.Parameter(torch.randn(16, 8))
+        self.g1 = nn.Parameter(torch.rand(16) + 0.5)
+        self.v2 = nn.Parameter(torch.randn(4, 16))
+        self.g2 = nn.Parameter(torch.rand(4) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(F.linear(x, self.v1 * self.g1.unsqueeze(1)))
+        return F.linear(h, self.v2 * self.g2.unsqueeze(1))
+
+
+def test_a_mask_broadcast_along_size_one_dims_is_cut_with_the_weight() -> None:
+    torch.manual_seed(0)
+    model = ScaledRows().eval()
+    x = torch.randn(5, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert pruned.v1.shape == (8, 8) and pruned.g1.shape == (8,) and pruned.v2.shape == (4, 8)
+    assert pruned.g2.shape == (4,)
+    gone = sorted(set(range(16)) - set(result.plan["params"]["v1"]["keep"]["0"]))
+    reference = ScaledRows()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        reference.v2[:, gone] = 0
+        assert torch.allclose(pruned(x), reference(x), atol=1e-5)

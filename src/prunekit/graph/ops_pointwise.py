@@ -170,21 +170,50 @@ def _defer_mask(ctx: TraceContext, call: OpCall, operands: list[Tensor],
                 outputs: list[Tensor]) -> bool:
     """``self.weight * self.mask``, a parameter times a float buffer or parameter of its
     very shape (PixelCNN's masked convolution, MADE's masked linear, a hand-kept pruning
-    mask): the weight, element for element, left for a layer to take as its weight (kind
-    ``"same"``), and the mask is then cut as the weight is; labelled as the product if
-    anything else reads it. False (nothing done) for any other call."""
+    mask), or of its shape but for dims of size 1 it is broadcast along (efficient-kan's
+    ``spline_weight * spline_scaler.unsqueeze(-1)``): the weight, element for element, left
+    for a layer to take as its weight (kind ``"same"``), and the mask is then cut as the
+    weight is, along the dims it has; labelled as the product if anything else reads it.
+    False (nothing done) for any other call."""
     if len(operands) != 2 or len(outputs) != 1 or outputs[0] is operands[0]:
         return False
     out = outputs[0]
-    a, b = ctx.same_as_param(operands[0]), ctx.same_as_param(operands[1])
-    if a is None or b is None or out.dim() < 2 or \
-            not operands[0].shape == operands[1].shape == out.shape == a.shape == b.shape:
+    first, second = ctx.same_as_param(operands[0]), ctx.same_as_param(operands[1])
+    if first is None or second is None or out.dim() < 2:
         return False
-    swap = isinstance(b, torch.nn.Parameter) and not isinstance(a, torch.nn.Parameter)
-    weight, mask = (b, a) if swap else (a, b)
+    roots = [first, second]
+    full = [k for k in (0, 1) if operands[k].shape == out.shape == roots[k].shape]
+    if len(full) == 2:
+        swap = isinstance(roots[1], torch.nn.Parameter) and \
+            not isinstance(roots[0], torch.nn.Parameter)
+        weight, mask = (roots[1], roots[0]) if swap else (roots[0], roots[1])
+        axes: tuple[int | None, ...] | None = None
+    elif len(full) == 1:
+        weight, mask = roots[full[0]], roots[1 - full[0]]
+        axes = _broadcast_axes(operands[1 - full[0]], mask, out)
+        if axes is None:
+            return False
+    else:
+        return False
     ctx.param_views.defer(out, weight, "same", lambda partial: _label_product(ctx, call))
-    ctx.param_views.companions[id(out)] = (mask,)
+    ctx.param_views.companions[id(out)] = ((mask, axes),)
     return True
+
+
+def _broadcast_axes(operand: Tensor, root: Tensor, out: Tensor) -> tuple[int | None, ...] | None:
+    """For a mask ``operand`` (``root`` itself, or ``root`` with dims of size 1 added) that
+    broadcasts to ``out`` along its size-1 dims: the axis of ``root`` for each dim of
+    ``out`` (None where the mask is broadcast); None if it is no such mask."""
+    if operand.dim() != out.dim():
+        return None
+    kept = [d for d in range(out.dim()) if operand.shape[d] != 1]
+    if any(operand.shape[d] != out.shape[d] for d in kept):
+        return None
+    if root.shape == operand.shape:  # a parameter with dims of size 1 of its own
+        return tuple(d if d in kept else None for d in range(out.dim()))
+    if tuple(root.shape) != tuple(out.shape[d] for d in kept):
+        return None
+    return tuple(kept.index(d) if d in kept else None for d in range(out.dim()))
 
 
 def _defer_sum(ctx: TraceContext, call: OpCall, operands: list[Tensor],
@@ -204,7 +233,7 @@ def _defer_sum(ctx: TraceContext, call: OpCall, operands: list[Tensor],
     if roots[0] is None or roots[1] is None or roots[0].shape != out.shape or \
             roots[1].shape != out.shape:
         return False
-    companions = (roots[1], *views.companions.get(id(operands[1]), ()),
+    companions = ((roots[1], None), *views.companions.get(id(operands[1]), ()),
                   *views.companions.get(id(operands[0]), ()))
 
     def label(partial: bool) -> None:

@@ -30,7 +30,9 @@ class ParamViews(dict[int, tuple[Tensor, Tensor, str, Callable[[bool], None]]]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.companions: dict[int, tuple[Tensor, ...]] = {}
+        # (tensor, its axis for each axis of W, or None where they are W's own)
+        self.companions: dict[int, tuple[tuple[Tensor, tuple[int | None, ...] | None],
+                                         ...]] = {}
 
     def defer(self, view: Tensor, weight: Tensor, kind: str, label: Callable[[bool], None]
               ) -> None:

@@ -282,16 +282,21 @@ class TraceContext:
             self.at_end.append(lambda: self._cut_alike(root, masks))
         return root
 
-    def _cut_alike(self, weight: Tensor, masks: tuple[Tensor, ...]) -> None:
-        """Give ``masks`` the axes ``weight`` was cut along as a layer weight (if it was)."""
+    def _cut_alike(self, weight: Tensor,
+                   masks: tuple[tuple[Tensor, tuple[int | None, ...] | None], ...]) -> None:
+        """Give each mask the axes ``weight`` was cut along as a layer weight (if it was),
+        mapped to the mask's own axes (a broadcast mask lacks some)."""
         record = self.param_record(weight)
         if record is None or not record.axes:
             return
-        for mask in masks:
+        for mask, axes in masks:
             companion = self.layer_weight(mask)
-            if companion is not None:
-                for axis, (labels, _) in list(record.axes.items()):
-                    self.weight_axis(companion, axis, labels=labels)
+            if companion is None:
+                continue
+            for axis, (labels, _) in list(record.axes.items()):
+                target = axis if axes is None else axes[axis]
+                if target is not None:
+                    self.weight_axis(companion, target, labels=labels)
 
     def is_param_built(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` is a parameter or buffer, or was computed from such alone (a
