@@ -17,6 +17,9 @@ benchmarks/structured_libraries.py), in eval mode:
    (``onnx``: ``ok``, ``mismatch`` with the max abs diff, or the error; where it fails, the
    unpruned model is exported too, and ``unpruned fails too`` says the pruning is not why).
 
+With ``--twice`` the pruned model is pruned again (ratio 0.5 of what is left) before it is
+saved, so the checkpoint holds two plans that ``pk.load`` replays in turn.
+
 A row's ``status`` is ``ok`` when the reload matches within 1e-5 (relative to the output's
 scale) on every input, ``DIFF`` when it runs but differs, ``FAIL`` when save or load raises,
 and ``skip`` when ``prune`` itself does not prune the model (the sweeps report those).
@@ -29,6 +32,7 @@ Commands (the vision and library sources need the venv of benchmarks/_vision_mod
     .venv-vision/bin/python benchmarks/structured_roundtrip.py --source tv --onnx
     .venv-vision/bin/python benchmarks/structured_roundtrip.py --source timm [--set all]
     .venv-vision/bin/python benchmarks/structured_roundtrip.py --source libs
+    .venv/bin/python benchmarks/structured_roundtrip.py --source zoo --twice   # (any source)
 """
 
 from __future__ import annotations
@@ -164,12 +168,17 @@ def _gap(a: Any, b: Any) -> float:
     return worst
 
 
-def roundtrip(make: Maker, with_onnx: bool, timeout_s: int) -> tuple[str, str, str]:
-    """(status, load gap, onnx column) for one model."""
+def roundtrip(make: Maker, with_onnx: bool, timeout_s: int,
+              twice: bool = False) -> tuple[str, str, str]:
+    """(status, load gap, onnx column) for one model; ``twice``: the pruned model is pruned
+    again (iterative pruning) before it is saved."""
     model, x = make()
     signal.alarm(timeout_s)
     try:
         result = prune(model, x, ratio=0.5, importance="l2", ignore=output_layers(model, x))
+        if twice:
+            again = result.model
+            result = prune(again, x, ratio=0.5, importance="l2", ignore=output_layers(again, x))
     except Exception as exc:  # not this benchmark's subject: the sweeps report it
         return "skip", "-", f"prune: {type(exc).__name__}"
     finally:
@@ -219,6 +228,8 @@ def main() -> None:
     parser.add_argument("--models", default="", help="comma-separated names (default: all)")
     parser.add_argument("--onnx", action="store_true", help="also export and check ONNX")
     parser.add_argument("--timeout", type=int, default=120, help="seconds per prune")
+    parser.add_argument("--twice", action="store_true",
+                        help="prune the pruned model again before saving (iterative pruning)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -229,7 +240,7 @@ def main() -> None:
     counts: dict[str, int] = {}
     onnx_ok = onnx_too = 0
     for name in names:
-        status, gap, onnx = roundtrip(table[name], args.onnx, args.timeout)
+        status, gap, onnx = roundtrip(table[name], args.onnx, args.timeout, args.twice)
         counts[status] = counts.get(status, 0) + 1
         onnx_ok += onnx == "ok"
         onnx_too += onnx.startswith("unpruned fails too")
