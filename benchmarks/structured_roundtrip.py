@@ -44,7 +44,7 @@ import signal
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.structured.zoo
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from prunekit._inputs import run_model  # noqa: E402
+from prunekit._inputs import run_model, walk_tensors  # noqa: E402
 from prunekit.io.checkpoint import load, save  # noqa: E402
 from prunekit.io.onnx import export_onnx  # noqa: E402
 from prunekit.structured.pruning import prune  # noqa: E402
@@ -69,7 +69,8 @@ def makers(source: str, model_set: str) -> dict[str, Maker]:
     if source == "zoo":
         from tests.structured.zoo import ZOO
 
-        return {e.name: functools.partial(_zoo_pair, e) for e in ZOO}
+        return {e.name: functools.partial(_seeded, lambda e=e: (e.build(), e.example_inputs()))
+                for e in ZOO}
     if source == "hf":
         import structured_transformers
 
@@ -79,7 +80,9 @@ def makers(source: str, model_set: str) -> dict[str, Maker]:
 
     tvm, timm = import_vision()
     if source == "tv":
-        return {name: functools.partial(_torchvision, tvm, name)
+        import structured_torchvision
+
+        return {name: functools.partial(structured_torchvision.build, tvm, name)
                 for name in tvm.list_models(module=tvm)
                 if tvm.get_model_weights(name).DEFAULT.meta["num_params"] < 62e6}
     if source == "timm":
@@ -93,35 +96,10 @@ def makers(source: str, model_set: str) -> dict[str, Maker]:
     return {name: functools.partial(structured_libraries.build, name) for name in names}
 
 
-def _zoo_pair(entry: Any) -> tuple[nn.Module, Any]:
-    torch.manual_seed(0)
-    return entry.build().eval(), entry.example_inputs()
-
-
 def _seeded(make: Maker) -> tuple[nn.Module, Any]:
     torch.manual_seed(0)
     model, inputs = make()
     return model.eval(), inputs
-
-
-def _torchvision(tvm: Any, name: str) -> tuple[nn.Module, Any]:
-    meta = tvm.get_model_weights(name).DEFAULT.meta
-    side = max(meta["min_size"][0], 128) if meta["min_size"][0] < 224 else meta["min_size"][0]
-    torch.manual_seed(0)
-    return tvm.get_model(name, weights=None).eval(), torch.randn(1, 3, side, side)
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif hasattr(value, "to_tuple"):  # Transformers' ModelOutput
-        yield from _tensors(value.to_tuple())
 
 
 def _second_input(inputs: Any) -> Any | None:
@@ -155,7 +133,7 @@ def _perturbed(model: nn.Module) -> nn.Module:
 def _gap(a: Any, b: Any) -> float:
     """max |a - b| over the outputs' tensors, divided by max(1, max |a|); inf if the
     structures differ."""
-    left, right = list(_tensors(a)), list(_tensors(b))
+    left, right = [t for _, t in walk_tensors(a)], [t for _, t in walk_tensors(b)]
     if len(left) != len(right) or any(x.shape != y.shape for x, y in zip(left, right, strict=True)):
         return float("inf")
     worst = 0.0

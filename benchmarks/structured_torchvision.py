@@ -47,6 +47,15 @@ from prunekit.structured.pruning import PruneResult
 from structured import _timeout, output_layers, run_prunekit, run_torch_pruning
 
 
+def build(tvm: Any, name: str, size: int = 128) -> tuple[nn.Module, torch.Tensor]:
+    """The randomly initialised classifier ``name`` in eval mode and its 1x3xSxS input:
+    ``size`` where the model accepts it, its minimum size where that is 224 or more."""
+    minimum = tvm.get_model_weights(name).DEFAULT.meta["min_size"][0]
+    side = max(minimum, size) if minimum < 224 else minimum
+    torch.manual_seed(0)
+    return tvm.get_model(name, weights=None).eval(), torch.randn(1, 3, side, side)
+
+
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -121,11 +130,7 @@ def main() -> None:
         if meta["num_params"] >= args.max_params and not wanted:
             skipped.append(f"{name} ({meta['num_params'] / 1e6:.0f} M)")
             continue
-        side = max(meta["min_size"][0], args.size) if meta["min_size"][0] < 224 \
-            else meta["min_size"][0]
-        torch.manual_seed(0)
-        base = tvm.get_model(name, weights=None).eval()
-        x = torch.randn(1, 3, side, side)
+        base, x = build(tvm, name, args.size)
         with torch.no_grad():
             expected = _logits(base(x)).shape
         before = profile(base, x)
@@ -147,7 +152,7 @@ def main() -> None:
             ratios.append(res["pk"]["seconds"] / res["TP"]["seconds"])
             ratio = f"{ratios[-1]:.2f}"
         secs = [f"{r['seconds']:.2f}" if "seconds" in r else "-" for r in res.values()]
-        print(f"{name + f' @{side}':<28}{res['pk']['status']:>9}{res['TP']['status']:>9}"
+        print(f"{name + f' @{x.shape[-1]}':<28}{res['pk']['status']:>9}{res['TP']['status']:>9}"
               f"{'/'.join(kept_p):>14}{'/'.join(kept_m):>12}{secs[0]:>8}{secs[1]:>8}"
               f"{ratio:>7}", flush=True)
         del base, res

@@ -224,9 +224,11 @@ def comparison_read(frame: FrameType) -> frozenset[str] | None:
     is not at a comparison (a dict lookup, ``in``, ``list.index`` compare too); the forwards
     of ``torch.nn``'s modules count as user code."""
     code = frame.f_code
+    # (torch's own modules are code like the user's: nn.Transformer's
+    # ``src.size(-1) != self.d_model``)
     if code.co_filename.startswith(_SKIP) and not code.co_filename.startswith(_TORCH_MODULES):
-        return None  # (torch's own modules are code like the user's: nn.Transformer's
-    return _compare_read(code, frame.f_lasti)  # ``src.size(-1) != self.d_model``)
+        return None
+    return _compare_read(code, frame.f_lasti)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -228,8 +228,7 @@ def _defer_sum(ctx: TraceContext, call: OpCall, operands: list[Tensor],
     if not (out.dim() >= 2 and operands[0].shape == operands[1].shape == out.shape):
         return False
     views = ctx.param_views
-    roots = [operand if ctx.is_param(operand) else views.weight(operand, "same")
-             for operand in operands]
+    roots = [ctx.same_as_param(operand) for operand in operands]
     if roots[0] is None or roots[1] is None or roots[0].shape != out.shape or \
             roots[1].shape != out.shape:
         return False

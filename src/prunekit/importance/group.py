@@ -123,13 +123,13 @@ class ElementNorm:
             for _ in range(count - 1):  # every view of a member has one row per index
                 per_row = per_row + next(sums)
             values.append(per_row)
-        raw = torch.zeros(total, dtype=torch.float32)  # (not the default dtype: PINN code
-        missing = torch.ones(total, dtype=torch.bool)  # sets float64, scores stay float32)
+        # float32 as _row_sums gives, not the default dtype (PINN code sets float64)
+        raw = torch.zeros(total, dtype=torch.float32)
+        missing = torch.ones(total, dtype=torch.bool)
         if held:
             index = _member_slots(held, starts, owners,
                                   [group.units.numpy() for group, _ in groups])
             value = torch.cat(values) if len(values) > 1 else values[0]
-            raw = raw.to(value.dtype)
             found = index >= 0
             if not found.all():  # rows of units outside the group
                 value, index = value[torch.from_numpy(found)], index[found]

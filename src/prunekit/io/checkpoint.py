@@ -95,8 +95,10 @@ def save(
         raise TypeError(
             f"metadata must be a dict of JSON-serialisable values, got {type(metadata).__name__}"
         )
+    from prunekit.structured.plan import plans_of  # (structured sits above io: on use)
+
     # every plan that made the model (a model pruned twice: both), else the result's own
-    plans = _model_plans(model) or ([plan] if plan is not None else [])
+    plans = plans_of(model) or ([plan] if plan is not None else [])
     manifest_extra = {
         "plan": _json_or_error("plan", plans[0] if len(plans) == 1 else None),
         **({"plans": _json_or_error("plans", plans)} if len(plans) > 1 else {}),
@@ -185,7 +187,9 @@ def load(
         torch_prune.identity(model.get_submodule(module_name), tensor_name)
     model.load_state_dict(_with_metadata(state, manifest.get("state_metadata")), strict=True)
     if plans:
-        _record_plans(model, plans)  # a later prune and save adds to them
+        from prunekit.structured.plan import record_plans
+
+        record_plans(model, plans)  # a later prune and save adds to them
     return model
 
 
@@ -445,18 +449,6 @@ def _replay_plan(model: nn.Module, plan: Any) -> nn.Module:
             f"before), pass replay=False"
         ) from err
     return model
-
-
-def _model_plans(model: nn.Module) -> list[dict[str, Any]]:
-    from prunekit.structured.plan import plans_of
-
-    return plans_of(model)
-
-
-def _record_plans(model: nn.Module, plans: list[dict[str, Any]]) -> None:
-    from prunekit.structured.plan import record_plans
-
-    record_plans(model, plans)
 
 
 def _decode_sparse(

@@ -82,9 +82,10 @@ def export_onnx(
     target = Path(path)
     with atomic_path(target) as tmp:
         dynamic = {name: {0: "batch"} for name, t in (*named_inputs.items(),
-                                                       *named_outputs.items()) if t.dim()}
+                                                       *named_outputs.items())
+                   if t.dim()} if dynamic_batch else None
         _export(export_model, inputs, tmp, list(named_inputs), list(named_outputs), opset,
-                chosen, dynamic if dynamic_batch else None)
+                chosen, dynamic)
         onnx.checker.check_model(str(tmp))
         if check:
             _verify(tmp, named_inputs, list(named_outputs.values()), atol=atol, rtol=rtol)

@@ -414,11 +414,12 @@ def _check_ratio_keys(per_layer: Mapping[str, float], graph: DependencyGraph) ->
         makes = record is not None and any(d.root for d in record.dims.values())
         owners = sorted({m.name for g in graph.groups if any(x.name == key for x in g.members)
                          for m in g.members if m.root and m.kind == "module"})
-        if owners and not makes:  # (a layer whose own channels are kept whole: a warning)
+        if owners and not makes:  # a BatchNorm, the next conv: name the maker
             raise ConfigError(f"ratios[{key!r}]: {key!r} makes no prunable group; the "
                               f"channels it reads or carries are made by "
                               f"{', '.join(map(repr, owners[:3]))}: key ratios by that layer "
                               f"to prune them")
+        # a layer whose own channels are kept whole (an output layer): a warning
         warnings.warn(f"ratios[{key!r}]: {key!r} makes no prunable group (an output layer, a "
                       f"layer in ignore=, or one kept whole: result.coverage says why), so "
                       f"its ratio removes nothing", stacklevel=4)
