@@ -6,6 +6,7 @@ channel sets follow the wider one; a reshape's leading factor read from the inpu
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -81,6 +82,80 @@ def test_parts_not_written_as_the_modules_attributes_keep_their_width(how: str) 
     assert "unequal parts" in result.coverage.fixed["fa.weight"]
     if how == "literal":  # the part written as an attribute still prunes
         assert result.model.narrow == 2 and result.model.fb.in_features == 2
+
+
+class RatioAttention(nn.Module):
+    """LeViT's attention: q, k and v parts of one projection per head, split as ``[key_dim,
+    key_dim, attention_ratio * key_dim]``, then the heads' values projected out."""
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim, self.attention_ratio = heads, 4, 2
+        self.qkv = nn.Linear(6, heads * 4 * (2 + 2))
+        self.proj = nn.Linear(heads * 4 * 2, 6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.num_heads, -1).split(
+            [self.key_dim, self.key_dim, self.attention_ratio * self.key_dim], dim=3)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        attn = (q @ k.transpose(-2, -1) * self.key_dim ** -0.5).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_a_factor_of_a_part_that_keeps_its_width_is_not_rewritten(heads: int) -> None:
+    """At one head, ``key_dim`` sizes the query and key parts and, times the ratio, the
+    value part, which keeps its width: cutting q and k by rewriting ``key_dim`` would
+    shrink v's part too (the second prune of LeViT failed its check). The per-head widths
+    stay; at two heads a whole head goes, as before."""
+    torch.manual_seed(0)
+    model, x = RatioAttention(heads).eval(), torch.randn(2, 5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # at one head: "removed nothing"
+        result = prune(model, x, ratio=0.5, importance="l2", ignore=[model.proj])
+    pruned = result.model
+    assert pruned.key_dim == 4 and pruned.attention_ratio == 2
+    assert pruned.num_heads == max(1, heads // 2)
+    assert pruned.qkv.out_features == pruned.num_heads * 16
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), zeroed(x))
+
+
+class CascadedHead(nn.Module):
+    """EfficientViT's attention after a prune left ``key_dim`` at 1: a 1-wide query and key
+    and a value of the residual width, split as ``[key_dim, key_dim, val_dim]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_dim, self.val_dim = 1, 8
+        self.stem = nn.Linear(6, 8)
+        self.qkv = nn.Linear(8, 2 * self.key_dim + self.val_dim)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)  # [B, N, 8]
+        q, k, v = self.qkv(h).split([self.key_dim, self.key_dim, self.val_dim], dim=-1)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)
+        return self.head(h + attn @ v)
+
+
+def test_a_one_channel_part_written_as_an_attribute_keeps_its_channel() -> None:
+    """The 1-wide query and key parts were no unit of any attribute, so the group's ranking
+    could cut one of them to nothing (the second prune of EfficientViT-M failed its check);
+    bound to ``key_dim``, one channel is kept for it."""
+    model, x = CascadedHead().eval(), torch.randn(2, 5, 6)
+    with torch.no_grad():  # query and key rows far below the residual's: ranked last
+        model.qkv.weight[:2] *= 1e-3
+        model.qkv.bias[:2] *= 1e-3
+    result = prune(model, x, ratio=0.5, importance="l2", ignore=[model.head])
+    pruned = result.model
+    assert pruned.key_dim == 1 and pruned.val_dim == 4 and pruned.stem.out_features == 4
+    assert pruned.qkv.out_features == 6
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), zeroed(x))
 
 
 class Outer(nn.Module):

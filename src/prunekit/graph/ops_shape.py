@@ -35,7 +35,7 @@ from prunekit.graph.callers import (
     literals_written,
     sizes_written,
 )
-from prunekit.graph.labels import as_line, rep_along, varies, varying
+from prunekit.graph.labels import NEUTRAL, as_line, rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
 from prunekit.graph.ops_factory import expanded_by_attribute
 from prunekit.graph.sizes import (
@@ -414,6 +414,7 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
     bound: dict[str, Tensor] = {}
     fixed: list[Tensor] = []
     products: list[tuple[Tensor, tuple[str, ...]]] = []
+    factors: list[tuple[str, ...]] = []  # products of fixed parts
     values = split_sizes(call) or [None] * len(pieces)
     for name, piece, value in zip(written, pieces, values, strict=True):
         if isinstance(value, SizeInt):  # a width read from a shape: judged by graph/sizes.py
@@ -424,17 +425,20 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
                 products.append((first_line(piece, dim), name))
             else:
                 fixed.append(piece)
+                factors.append(name)
             continue
         value = held.get(name) if isinstance(name, str) else None
         if not isinstance(name, str) or type(value) is not int or value != piece.shape[dim]:
             fixed.append(piece)
         elif name in bound:
             ctx.space.union(bound[name], piece)  # two parts of one size shrink alike
-        elif varies(piece, dim):
+        elif varies(piece, dim) or _one_channel(piece, dim):
             bound[name] = piece
             ctx.bind_attribute(path, name, first_line(piece, dim))
     if products:
         ctx.at_end.append(lambda: _judge_products(ctx, call, path, products))
+    if factors:
+        ctx.at_end.append(lambda: _hold_factors(ctx, call, path, factors))
     widths = ", ".join(str(piece.shape[dim]) for piece in fixed)
     where = f"module {path!r}" if path else "the model"
     for piece in fixed:
@@ -442,6 +446,18 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
                          f"the code writes the size of some ({widths}) as no int attribute "
                          f"of {where} (a literal or a computed size), so "
                          f"they keep their width; hold each in an int attribute to prune it")
+
+
+def _one_channel(piece: Tensor, dim: int) -> bool:
+    """Whether a part of a split is one channel wide along ``dim`` and that channel is all
+    it holds (EfficientViT's ``split([self.key_dim, self.key_dim, self.val_dim])`` once a
+    prune left ``key_dim`` at 1): bound to its attribute, the allocation keeps that channel
+    (a part left with none could not run); a part whose elements vary along another dim
+    (one channel per head of whole heads) is not one."""
+    if piece.shape[dim] != 1 or not piece.numel():
+        return False
+    low = int(piece.min())
+    return low == int(piece.max()) and low != NEUTRAL
 
 
 def counts_heads(name: str) -> bool:
@@ -493,6 +509,24 @@ def _judge_products(ctx: TraceContext, call: OpCall, path: str,
                f"{' * '.join(names)} of module {path!r}, whose channels do not go in whole "
                f"blocks of one factor that pruning rewrites, so they keep their width")
         ctx.block(line, why)
+        _hold_factors(ctx, call, path, [names])
+
+
+def _hold_factors(ctx: TraceContext, call: OpCall, path: str,
+                  products: list[tuple[str, ...]]) -> None:
+    """At the trace's end: a part of an unequal split that keeps its width, written as a
+    product of int attributes, keeps it only if none of them is rewritten. LeViT's
+    ``split([self.key_dim, self.key_dim, self.attention_ratio * self.key_dim])`` at one
+    head binds ``key_dim`` to the query and key parts; cutting them would shrink the value
+    part too, which keeps its channels. The channels bound to such a factor are kept whole."""
+    for names in products:
+        for name in names:
+            bound = ctx.bindings.get((path, name))
+            if bound is not None:
+                ctx.block(bound, f"{call.display} splits a channel dimension into unequal "
+                                 f"parts, one written as the product {' * '.join(names)} of "
+                                 f"module {path!r}, which keeps its width; {name!r} sizes it "
+                                 f"too, so the channels it counts keep their width")
 
 
 def _own_share(ctx: TraceContext, call: OpCall, canon: Tensor, dim: int, parts: int) -> bool:
