@@ -115,3 +115,46 @@ def test_a_mask_broadcast_along_size_one_dims_is_cut_with_the_weight() -> None:
     with torch.no_grad():
         reference.v2[:, gone] = 0
         assert torch.allclose(pruned(x), reference(x), atol=1e-5)
+
+
+class SplineLinear(nn.Module):
+    """efficient-kan's KANLinear: a base linear plus a spline branch, whose 3-D weight is
+    scaled per (output, input) pair by a matrix broadcast along the spline bases and
+    reshaped before its ``F.linear``."""
+
+    def __init__(self, cin: int, cout: int, bases: int = 3) -> None:
+        super().__init__()
+        self.cout = cout
+        self.base_weight = nn.Parameter(torch.randn(cout, cin))
+        self.spline_weight = nn.Parameter(torch.randn(cout, cin, bases))
+        self.spline_scaler = nn.Parameter(torch.rand(cout, cin) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bases = torch.stack([x, x.square(), torch.sin(x)], dim=-1)  # [B, cin, bases]
+        scaled = self.spline_weight * self.spline_scaler.unsqueeze(-1)
+        spline = F.linear(bases.view(x.shape[0], -1), scaled.view(self.cout, -1))
+        return F.linear(F.silu(x), self.base_weight) + spline
+
+
+def test_a_scaled_weight_reshaped_before_its_layer_cuts_the_scale_alike(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Before, the reshape read the deferred product elementwise, the scale was "broadcast
+    against channels on another axis" and the forward check failed with strict=True."""
+    torch.manual_seed(0)
+    model = nn.Sequential(SplineLinear(4, 16), nn.Tanh(), SplineLinear(16, 3)).eval()
+    x = torch.randn(5, 4)
+    result = pk.prune(model, x, ratio=0.5)
+    pruned, params = result.model, result.plan["params"]
+    assert pruned[0].spline_weight.shape == (8, 4, 3) and pruned[0].spline_scaler.shape == (8, 4)
+    assert pruned[2].spline_weight.shape == (3, 8, 3) and pruned[2].spline_scaler.shape == (3, 8)
+    keep = params["0.spline_weight"]["keep"]["0"]
+    assert params["0.spline_scaler"]["keep"]["0"] == keep == params["2.spline_scaler"]["keep"]["1"]
+    gone = sorted(set(range(16)) - set(keep))
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference[2].spline_weight[:, gone] = 0
+        reference[2].base_weight[:, gone] = 0
+        torch.testing.assert_close(pruned(x), reference(x))
+    pk.save(result, tmp_path / "kan")
+    fresh = nn.Sequential(SplineLinear(4, 16), nn.Tanh(), SplineLinear(16, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(pk.load(tmp_path / "kan", fresh)(x), pruned(x))

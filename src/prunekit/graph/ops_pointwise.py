@@ -8,6 +8,8 @@ constrain channels that vary along that dimension — a padding mask ``[B, T, 1]
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -188,16 +190,30 @@ def _defer_mask(ctx: TraceContext, call: OpCall, operands: list[Tensor],
             not isinstance(roots[0], torch.nn.Parameter)
         weight, mask = (roots[1], roots[0]) if swap else (roots[0], roots[1])
         axes: tuple[int | None, ...] | None = None
+        label = functools.partial(_label_product, ctx, call)
     elif len(full) == 1:
         weight, mask = roots[full[0]], roots[1 - full[0]]
         axes = _broadcast_axes(operands[1 - full[0]], mask, out)
         if axes is None:
             return False
+        label = functools.partial(_label_scaled, ctx, out, operands[full[0]],
+                                  operands[1 - full[0]])
     else:
         return False
-    ctx.param_views.defer(out, weight, "same", lambda partial: _label_product(ctx, call))
+    ctx.param_views.defer(out, weight, "same", lambda partial: label())
     ctx.param_views.companions[id(out)] = ((mask, axes),)
     return True
+
+
+def _label_scaled(ctx: TraceContext, out: Tensor, weight: Tensor, mask: Tensor) -> None:
+    """Labels of a deferred ``W * s`` with ``s`` broadcast along some of ``W``'s dims, read
+    as a tensor after all (efficient-kan's scaled spline weight, reshaped before its
+    ``F.linear``): ``W``'s elements, each joined with the element of ``s`` that scales it.
+    Both are parameters, so their channel axes are found from their elements when the trace
+    ends: ``s`` then follows the axes of ``W`` it is not broadcast along."""
+    labels = ctx.space.find(ctx.labels(weight))
+    ctx.space.union(labels, ctx.space.find(ctx.labels(mask)).expand(out.shape))
+    ctx.set_labels(out, ctx.space.find(labels))
 
 
 def _broadcast_axes(operand: Tensor, root: Tensor, out: Tensor) -> tuple[int | None, ...] | None:
