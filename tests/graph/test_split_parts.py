@@ -67,8 +67,9 @@ def test_parts_written_as_one_attribute_shrink_alike() -> None:
     keep = result.plan["modules"]["proj"]["keep"]["out"]
     first = [i for i in keep if i < 8]
     assert [i for i in keep if i >= 12] == [i + 12 for i in first]  # index by index
-    # random scores would take the narrow part's every channel here: each part keeps one
-    assert pruned.narrow == 1 and pruned.fb.in_features == 1
+    # each attribute's part loses the ratio (ranked as one group, random scores had taken
+    # all but one of the narrow part's channels here)
+    assert pruned.wide == 4 and pruned.narrow == 2 and pruned.fb.in_features == 2
     with torch.no_grad():
         assert pruned(x).shape == (4, 3)
 
@@ -127,9 +128,9 @@ class CascadedHead(nn.Module):
     """EfficientViT's attention after a prune left ``key_dim`` at 1: a 1-wide query and key
     and a value of the residual width, split as ``[key_dim, key_dim, val_dim]``."""
 
-    def __init__(self) -> None:
+    def __init__(self, key_dim: int = 1) -> None:
         super().__init__()
-        self.key_dim, self.val_dim = 1, 8
+        self.key_dim, self.val_dim = key_dim, 8
         self.stem = nn.Linear(6, 8)
         self.qkv = nn.Linear(8, 2 * self.key_dim + self.val_dim)
         self.head = nn.Linear(8, 3)
@@ -156,6 +157,29 @@ def test_a_one_channel_part_written_as_an_attribute_keeps_its_channel() -> None:
     zeroed = _zero_removed_inputs(model, result.plan)
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), zeroed(x))
+
+
+def test_parts_sized_by_different_attributes_each_lose_the_ratio() -> None:
+    """Query/key channels (``key_dim``) and value channels (``val_dim``, the residual's)
+    share one group; with scores summed over unlike layers, ranking the group as one cut
+    every query/key channel but one (EfficientViT-M's ``key_dim`` went 16 -> 1 at ratio
+    0.5). Each attribute's part now loses the ratio, the best channels within it kept."""
+    torch.manual_seed(0)
+    model, x = CascadedHead(key_dim=4).eval(), torch.randn(2, 5, 6)
+    with torch.no_grad():  # query and key rows far below the residual's
+        model.qkv.weight[:8] *= 1e-3
+        model.qkv.bias[:8] *= 1e-3
+        model.qkv.weight[1] *= 10.0  # query channel 1 ranks first among them
+    result = prune(model, x, ratio=0.5, importance="l2", ignore=[model.head])
+    pruned = result.model
+    assert pruned.key_dim == 2 and pruned.val_dim == 4 and pruned.stem.out_features == 4
+    assert 1 in result.plan["modules"]["qkv"]["keep"]["out"]
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), zeroed(x))
+    ranked = prune(model, x, ratio=0.5, importance="l2", ignore=[model.head],
+                   global_ranking=True)  # global ranking still ranks the parts together
+    assert ranked.model.key_dim == 1
 
 
 class Outer(nn.Module):

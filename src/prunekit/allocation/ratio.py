@@ -13,7 +13,11 @@ does a group's own ``step`` (expert weights keep 16-byte strides for grouped pro
 A group that spans a concat keeps a channel of every layer in it (a layer with none cannot
 run), as does one split into parts that each follow pruning (every part's layer and size
 attribute keeps one), within that count: the count is raised only where it is below the
-number of such layers.
+number of such layers. With uniform allocation, a group whose parts are sized by different
+int attributes (a split into query/key channels counted by ``key_dim`` and value channels
+counted by ``val_dim``) shares its count among those parts in proportion to their sizes,
+the best scores within each: ``ratio=0.5`` halves each attribute, where scores summed over
+unlike layers would rank one part out (EfficientViT-M's ``key_dim`` went 16 → 1).
 Widths are counted in channels: where a unit spans several channels of a layer (an
 attention head of ``head_dim`` rows, a ResNeXt group), the unit count is rounded so that
 every producing layer's width is a multiple of N — 8-row heads need no rounding for
@@ -149,7 +153,9 @@ def _allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocat
         keep = _rounded(max(min(keep, ceiling), floor), group, config.round_to, floor, ceiling)
         if keep > ceiling and config.max_keep < 1:
             over.append(f"{group.describe()} keeps {keep} where max_keep allows {ceiling}")
-        mask = _top_mask(score, group.size, keep)
+        cells = None if part is None or config.global_ranking else _attribute_cells(group)
+        mask = _top_mask(score, group.size, keep) if cells is None else \
+            _by_cells(score, keep, cells)
         if part is not None and held is not None and not all(bool(mask[p].any()) for p in part):
             mask = _reserved_then_top(score, keep, held)
         masks.append(mask)
@@ -181,6 +187,50 @@ def _partial_members(group: Group) -> list[Tensor] | None:
         if 0 < pos.numel() < group.size:
             parts.append(pos)
     return parts or None
+
+
+def _attribute_cells(group: Group) -> list[np.ndarray] | None:
+    """The positions of a group's units split by which of its size attributes hold them,
+    where two or more attributes hold different parts (EfficientViT's ``split([self.key_dim,
+    self.key_dim, self.val_dim])``: ``key_dim``'s query/key channels, ``val_dim``'s value
+    channels, which are the residual's); None otherwise (a concat's layers are ranked
+    together)."""
+    parts = []
+    for member in group.members:
+        units = member.units.reshape(-1)
+        if member.kind == "attr" and torch.unique(units).numel() == units.numel():
+            # (an attribute holding a unit twice counts channels within whole units: a
+            # rotary width inside heads that go whole)
+            _, pos = positions_in(units, group.units)
+            parts.append(pos.numpy())
+    if len(parts) < 2 or all(p.size == group.size for p in parts):
+        return None
+    held = np.zeros((len(parts), group.size), dtype=bool)
+    for row, pos in enumerate(parts):
+        held[row, pos] = True
+    _, cell = np.unique(held, axis=1, return_inverse=True)
+    cell = cell.reshape(-1)
+    cells = [np.flatnonzero(cell == c) for c in range(int(cell.max()) + 1)]
+    return cells if len(cells) > 1 else None
+
+
+def _by_cells(score: Tensor, keep: int, cells: list[np.ndarray]) -> Tensor:
+    """Keep-mask of ``keep`` units shared among ``cells`` in proportion to their sizes (the
+    largest remainders rounded up, ties to the earlier cell; at least one each, so a group
+    with more cells than ``keep`` keeps more), the best scores within each."""
+    sizes = np.array([c.size for c in cells])
+    share = keep * sizes / sizes.sum()
+    counts = np.maximum(np.floor(share + 1e-9).astype(np.int64), 1)
+    short = keep - int(counts.sum())
+    if short > 0:
+        order = np.argsort(-(share - np.floor(share + 1e-9)), kind="stable")
+        room = [c for c in order if counts[c] < sizes[c]]
+        counts[room[:short]] += 1
+    mask = torch.zeros(score.numel(), dtype=torch.bool)
+    for cell, count in zip(cells, counts, strict=True):
+        pos = torch.from_numpy(cell)
+        mask[pos[_top_mask(score[pos], cell.size, int(count))]] = True
+    return mask
 
 
 def _reserved(parts: list[Tensor], score: Tensor, size: int) -> Tensor:
