@@ -206,8 +206,8 @@ def _attribute_cells(group: Group) -> list[np.ndarray] | None:
     if len(parts) < 2 or all(p.size == group.size for p in parts):
         return None
     held = np.zeros((len(parts), group.size), dtype=bool)
-    for row, pos in enumerate(parts):
-        held[row, pos] = True
+    for row, part in enumerate(parts):
+        held[row, part] = True
     _, cell = np.unique(held, axis=1, return_inverse=True)
     cell = cell.reshape(-1)
     cells = [np.flatnonzero(cell == c) for c in range(int(cell.max()) + 1)]
