@@ -34,7 +34,7 @@ __all__ = ["clear_caches", "copy_model", "own_parametrized_class", "recomputed_c
 # nn.Module's own attributes (parameter, buffer, submodule and hook registries): never a
 # cache of the model's code
 _MODULE_OWN = frozenset(nn.Module().__dict__)
-_NUMBERS = frozenset((int, float))  # plain numbers a forward may count in (not bools: flags)
+_NUMBERS = frozenset((int, float, bool))  # plain numbers and flags a forward may set
 
 
 def _dict_attributes(module: nn.Module) -> Iterator[tuple[str, dict[Any, Any]]]:
@@ -55,7 +55,8 @@ def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
     block added or set where they were None (PyG's ``GCNConv(cached=True)`` keeps the
     example graph's normalised edges in ``_cached_edge_index``; a layer keeps its last
     auxiliary loss); buffers the block re-bound (``self.ema = 0.9 * self.ema + ...``) and
-    plain int/float attributes it changed (``self.calls += 1``) are put back. A module
+    plain int, float and bool attributes it changed (``self.calls += 1``, Glow ActNorm's
+    ``self.inited = True`` after its data-dependent init) are put back. A module
     whose class the block changed (a lazy layer that materialised) keeps everything."""
     caches: list[tuple[dict[Any, Any], dict[Any, Any]]] = []
     others: list[tuple[dict[Any, Any], frozenset[Any]]] = []
@@ -72,7 +73,7 @@ def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
             value = state[key]
             if value is None:
                 unset.append(key)
-            elif type(value) in _NUMBERS:  # a counter the block moves (self.calls += 1)
+            elif type(value) in _NUMBERS:  # self.calls += 1; ActNorm's self.inited = True
                 kept.append((state, key, value))
             elif isinstance(value, dict):
                 if _is_cache(key):

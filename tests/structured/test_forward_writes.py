@@ -79,8 +79,9 @@ def test_an_embedding_with_max_norm_is_not_renormalised_by_prune() -> None:
 
 
 class Stateful(nn.Module):
-    """Forward-time state: a re-bound EMA buffer, a counter, AdaBN-style batch statistics
-    written by F.batch_norm(training=True), and an out= accumulator."""
+    """Forward-time state: a re-bound EMA buffer, a counter, a flag (Glow ActNorm's plain
+    ``self.inited``, left True before), AdaBN-style batch statistics written by
+    F.batch_norm(training=True), and an out= accumulator."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,9 +91,13 @@ class Stateful(nn.Module):
         self.register_buffer("rv", torch.ones(32))
         self.register_buffer("acc", torch.zeros(32))
         self.gamma, self.beta = nn.Parameter(torch.ones(32)), nn.Parameter(torch.zeros(32))
-        self.calls = 0
+        self.calls, self.inited = 0, False
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.inited:
+            with torch.no_grad():
+                self.beta.copy_(self.beta + 1.0)  # a data-dependent init, put back too
+            self.inited = True
         h = torch.relu(self.a(x))
         self.ema = 0.9 * self.ema + 0.1 * h.mean(0)
         h = torch.nn.functional.batch_norm(h, self.rm, self.rv, self.gamma, self.beta,
@@ -108,11 +113,11 @@ def test_forward_time_state_is_put_back_in_both_models() -> None:
     before = copy.deepcopy(model.state_dict())
     ema = model.ema
     result = prune(model, x, ratio=0.5)
-    assert model.calls == 0 and model.ema is ema
+    assert model.calls == 0 and model.ema is ema and model.inited is False
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     pruned, keep = result.model, result.plan["modules"]["a"]["keep"]["out"]
-    assert pruned.calls == 0 and pruned.a.out_features == 16
+    assert pruned.calls == 0 and pruned.inited is False and pruned.a.out_features == 16
     for name in ("ema", "rm", "rv", "acc"):
         torch.testing.assert_close(getattr(pruned, name), before[name][keep], rtol=0, atol=0)
 
