@@ -124,10 +124,17 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
             if name.startswith(prefix):
                 space.block(param.ids, f"{name!r} is in a module in ignore=")
     _tie_shared_weights(trace, axes_of)
+    layer_axes = _layer_axes(model, trace, axes_of)
     param_axes: dict[str, int | None] = {}
     for name, param in trace.params.items():
+        allowed = layer_axes.get(name)
+        if allowed is not None:
+            _hold_other_axes(trace, param, allowed)
         if not param.axes:
             param_axes[name] = _param_axis(trace, param)
+            if allowed is not None and param_axes[name] not in allowed | {None}:
+                space.block(param.ids, _vocabulary_reason(name))
+                param_axes[name] = None
         elif param.whole or param.selected is not None:
             reason = f"parameter {name!r} is used both as a layer weight and elementwise"
             for vector, _ in param.axes.values():
@@ -209,6 +216,41 @@ def _find_all(space: LabelSpace, labels: Sequence[Tensor]) -> list[np.ndarray]:
 
 def _np_flat(labels: Tensor) -> np.ndarray:
     return (labels if labels.dtype == torch.long else labels.long()).numpy().reshape(-1)
+
+
+def _layer_axes(model: nn.Module, trace: Trace, axes_of: AxesOf | None
+                ) -> dict[str, set[int]]:
+    """For each parameter the code uses directly that is a layer's own tensor (``A @
+    self.emb.weight``), the axes that layer's adapter cuts: only those may shrink, as the
+    layer's attributes follow them (an embedding's rows are its vocabulary, read by ids)."""
+    found: dict[str, set[int]] = {}
+    if axes_of is None:
+        return found
+    for name in trace.params:
+        path, _, attr = name.rpartition(".")
+        try:
+            owner = model.get_submodule(path)
+        except AttributeError:
+            continue
+        axes = axes_of(owner)
+        allowed = {axis for held, axis, _ in axes or () if held == attr}
+        if allowed:
+            found[name] = allowed
+    return found
+
+
+def _hold_other_axes(trace: Trace, param: ParamRecord, allowed: set[int]) -> None:
+    """Keep whole the axes of a layer's tensor, used as a functional layer's weight, that the
+    layer's own adapter does not cut."""
+    for axis, (vector, _) in param.axes.items():
+        if axis not in allowed:
+            trace.space.block(vector, _vocabulary_reason(param.name))
+
+
+def _vocabulary_reason(name: str) -> str:
+    return (f"parameter {name!r} is a layer's own tensor, used directly along an axis its "
+            f"layer does not cut (an embedding's rows are its vocabulary, read by ids), so "
+            f"that axis keeps its size")
 
 
 def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
