@@ -282,7 +282,7 @@ def test_computed_bilinear_weight_is_refused_with_its_reason() -> None:
 
         def forward(self, x: Tensor) -> Tensor:
             h = self.a(x)
-            return F.bilinear(h, h, self.w * h.mean())
+            return F.bilinear(h, h, self.w * h.mean(0)[:, None])
 
     with pytest.raises(UnsupportedOpError, match="weight is computed"):
         prune(Net(), torch.randn(2, 8), ratio=0.5)

@@ -205,6 +205,39 @@ def _defer_mask(ctx: TraceContext, call: OpCall, operands: list[Tensor],
     return True
 
 
+def _defer_scale(ctx: TraceContext, call: OpCall, operands: list[Tensor],
+                 outputs: list[Tensor]) -> bool:
+    """``self.weight * self.scale`` or ``self.weight / c``, a parameter times or over a
+    Python number or a 0-d tensor (the equalized learning rate of ProGAN's and StyleGAN's
+    EqualLinear and EqualConv2d): the weight, element for element, left for a layer to take
+    as its weight (kind ``"same"``); labelled as the product if anything else reads it.
+    False (nothing done) for any other call."""
+    if len(outputs) != 1 or not call.args or outputs[0] is call.args[0]:
+        return False
+    out, weight = outputs[0], call.args[0]
+    others = call.args[1:2]
+    if not (isinstance(weight, Tensor) and weight.dim() and out.shape == weight.shape and
+            len(others) == 1 and _is_scalar(others[0])):
+        if call.name == "div" or len(call.args) < 2:
+            return False
+        weight, others = call.args[1], call.args[:1]  # scale * W
+        if not (isinstance(weight, Tensor) and weight.dim() and out.shape == weight.shape and
+                _is_scalar(others[0])):
+            return False
+    root = ctx.same_as_param(weight)
+    if root is None or root.shape != out.shape:
+        return False
+    ctx.param_views.defer(out, root, "same", lambda partial: _label_product(ctx, call))
+    return True
+
+
+def _is_scalar(value: object) -> bool:
+    """A Python number (not a bool) or a 0-d tensor."""
+    if isinstance(value, Tensor):
+        return value.dim() == 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _label_scaled(ctx: TraceContext, out: Tensor, weight: Tensor, mask: Tensor) -> None:
     """Labels of a deferred ``W * s`` with ``s`` broadcast along some of ``W``'s dims, read
     as a tensor after all (efficient-kan's scaled spline weight, reshaped before its
@@ -276,6 +309,8 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     shape = target.shape
     operands = call_tensors(call.args, call.kwargs)
     results = outputs or [target]
+    if call.name in ("mul", "div") and _defer_scale(ctx, call, operands, outputs):
+        return
     if call.name == "mul" and _defer_mask(ctx, call, operands, outputs):
         return
     if call.name in ("add", "sub") and _defer_sum(ctx, call, operands, outputs):

@@ -53,6 +53,8 @@ from prunekit.graph.callers import (
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
+    defer_same_view,
+    kernel_view,
     counts_heads,
     first_line,
     holding,
@@ -68,6 +70,8 @@ RESHAPE = ("view", "reshape", "flatten", "unflatten", "view_as", "reshape_as", "
 
 
 def _reshape(ctx: TraceContext, call: OpCall) -> None:
+    if call.name in ("view", "reshape") and kernel_view(call) and defer_same_view(ctx, call):
+        return  # W.view(c, c, 1, 1) of a parameter: left for a layer to take as W
     source = tensors_in(call.args[:1])[0]
     if not _reshape_vector(ctx, call, source):
         _reshape_general(ctx, call, source)

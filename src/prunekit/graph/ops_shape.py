@@ -106,7 +106,7 @@ def _replay_only(ctx: TraceContext, call: OpCall) -> None:
         return
     if call.name in _TRANSPOSES and _defer_weight_transpose(ctx, call):
         return
-    if call.name in ("squeeze", "unsqueeze") and _defer_same_view(ctx, call):
+    if call.name in ("squeeze", "unsqueeze") and defer_same_view(ctx, call):
         return
     if call.name in _POSITIONAL:
         _keep_positional_whole(ctx, call)
@@ -205,12 +205,14 @@ def _defer_weight_transpose(ctx: TraceContext, call: OpCall) -> bool:
     return True
 
 
-def _defer_same_view(ctx: TraceContext, call: OpCall) -> bool:
-    """``W.squeeze(1)`` of a parameter, or ``.unsqueeze(1)`` of that: the same elements in the
-    same layout, dims of size 1 aside. Left for a layer to take as its weight where the view
-    has the parameter's shape again (Transformers' Mamba runs ``F.conv1d(x,
-    conv1d.weight.squeeze(1).unsqueeze(1), groups=C)``); labelled like a replay if anything
-    else reads it. False (nothing done) for any other call."""
+def defer_same_view(ctx: TraceContext, call: OpCall) -> bool:
+    """``W.squeeze(1)`` of a parameter, or ``.unsqueeze(1)`` of that, or a view, reshape or
+    ``W[:, :, None, None]`` that only adds or drops dims of size 1: the same elements in the
+    same layout. Left for a layer to take as its weight where the view has the parameter's
+    shape again (Transformers' Mamba runs ``F.conv1d(x, conv1d.weight.squeeze(1).unsqueeze(1),
+    groups=C)``), or the parameter's with 1s after it (Glow's ``F.conv2d(x,
+    self.weight.view(c, c, 1, 1))``); labelled like a replay if anything else reads it. False
+    (nothing done) for any other call."""
     source = call.args[0] if call.args else call.kwargs.get("input")
     out = call.out
     if not isinstance(source, Tensor) or not isinstance(out, Tensor):
@@ -220,6 +222,19 @@ def _defer_same_view(ctx: TraceContext, call: OpCall) -> bool:
         return False
     ctx.param_views.defer(out, root, "same", lambda partial: replay(ctx, call))
     return True
+
+
+def kernel_view(call: OpCall) -> bool:
+    """Whether ``call`` (a view, reshape or getitem) makes a matrix or kernel of its source
+    with dims of size 1 after them (``W.view(c, c, 1, 1)``, ``W[:, :, None, None]``): the
+    calls :func:`defer_same_view` may leave for a conv to take. A vector's view (a scale's
+    ``view(self.shape)``) is read as it is, its sizes judged."""
+    source, out = call.args[0] if call.args else None, call.out
+    if not isinstance(source, Tensor) or not isinstance(out, Tensor) or source.dim() < 2:
+        return False
+    rank = source.dim()
+    return out.dim() > rank and out.shape[:rank] == source.shape and \
+        all(size == 1 for size in out.shape[rank:])
 
 
 def _same_layout(root: Tensor, view: Tensor) -> bool:

@@ -30,7 +30,15 @@ from torch import Tensor
 
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
-from prunekit.graph.ops_shape import chunking, counted, first_line, holding, replay
+from prunekit.graph.ops_shape import (
+    chunking,
+    counted,
+    defer_same_view,
+    first_line,
+    kernel_view,
+    holding,
+    replay,
+)
 from prunekit.graph.sizes import SizeInt, channel_line
 from prunekit.graph.trace import ParamRecord, TraceContext
 
@@ -38,8 +46,9 @@ SLICING = ("getitem", "narrow", "select", "index_select", "unbind", "tensor_spli
 
 
 def _slicing(ctx: TraceContext, call: OpCall) -> None:
-    if call.name == "getitem" and _defer_expert_pick(ctx, call):
-        return
+    if call.name == "getitem" and (_defer_expert_pick(ctx, call) or
+                                   kernel_view(call) and defer_same_view(ctx, call)):
+        return  # W[e] of a stack of experts; W[:, :, None, None]
     if call.name in ("getitem", "index_select") and _table_lookup(ctx, call):
         return
     if counted(call):  # tensor_split(x, n, dim): n parts, as chunk(n)
