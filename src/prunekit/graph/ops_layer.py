@@ -51,8 +51,8 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     else:
         channel_in = channel_out = 1 if x.dim() == weight.dim() else 0
     same = ctx.same_as_param(weight)  # W.squeeze(1).unsqueeze(1), W.float(): W itself
-    if same is not None and (same.shape == weight.shape or groups == 1 and not linear and
-                             _with_ones_after(same, weight)):
+    if same is not None and (same.shape == weight.shape or (groups == 1 and not linear and
+                             _with_ones_after(same, weight))):
         weight = same  # (W.view(c, c, 1, 1) of a 2-D W: its axes 0 and 1 are the conv's)
     # F.linear(x, self.gate_up_proj[e]) reads rows of axis 1 and columns of axis 2 of a stack
     stack = ctx.param_views.weight(weight, "pick") if linear and weight.dim() == 2 else None

@@ -53,12 +53,12 @@ from prunekit.graph.callers import (
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
-    defer_same_view,
-    kernel_view,
     counts_heads,
+    defer_same_view,
     first_line,
     holding,
     int_attributes,
+    kernel_view,
     replay,
     running_module_phrase,
     tensors_free,

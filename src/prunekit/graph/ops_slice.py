@@ -35,8 +35,8 @@ from prunekit.graph.ops_shape import (
     counted,
     defer_same_view,
     first_line,
-    kernel_view,
     holding,
+    kernel_view,
     replay,
 )
 from prunekit.graph.sizes import SizeInt, channel_line
@@ -47,7 +47,7 @@ SLICING = ("getitem", "narrow", "select", "index_select", "unbind", "tensor_spli
 
 def _slicing(ctx: TraceContext, call: OpCall) -> None:
     if call.name == "getitem" and (_defer_expert_pick(ctx, call) or
-                                   kernel_view(call) and defer_same_view(ctx, call)):
+                                   (kernel_view(call) and defer_same_view(ctx, call))):
         return  # W[e] of a stack of experts; W[:, :, None, None]
     if call.name in ("getitem", "index_select") and _table_lookup(ctx, call):
         return
