@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import is_dataclass
 from typing import Any
 
@@ -42,11 +42,17 @@ def move_inputs(example_inputs: Any, device: torch.device | str) -> Any:
     return example_inputs
 
 
-def grad_mode(example_inputs: Any) -> contextlib.AbstractContextManager[Any]:
+def grad_mode(example_inputs: Any, modules: Iterable[nn.Module] = ()
+              ) -> contextlib.AbstractContextManager[Any]:
     """``torch.no_grad()`` for prunekit's own forwards, or ``torch.enable_grad()`` where an
-    example input requires grad: the forward differentiates by it (a physics-informed
-    network's ``torch.autograd.grad(u, x)``)."""
-    if any(t.requires_grad for _, t in walk_tensors(example_inputs, "input")):
+    example input requires grad (the forward differentiates by it: a physics-informed
+    network's ``torch.autograd.grad(u, x)``) or the code of one of ``modules`` (the model's)
+    calls ``torch.autograd.grad``, ``.backward()`` or ``.requires_grad_()`` (SIREN makes its
+    own leaf: ``coords.clone().detach().requires_grad_(True)``)."""
+    from prunekit.graph.numbers import differentiates  # (graph imports this module)
+
+    if any(t.requires_grad for _, t in walk_tensors(example_inputs, "input")) or \
+            any(differentiates(cls) for cls in {type(module) for module in modules}):
         return torch.enable_grad()
     return torch.no_grad()
 

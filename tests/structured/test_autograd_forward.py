@@ -47,6 +47,21 @@ class HNN(nn.Module):
         return self.dec(dh)
 
 
+class Siren(nn.Module):
+    """SIREN's gradient output: the forward makes its own leaf of the coordinates and
+    differentiates by it, so the example input need not require grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
+                                 nn.Linear(32, 1))
+
+    def forward(self, coords: Tensor) -> tuple[Tensor, Tensor]:
+        coords = coords.clone().detach().requires_grad_(True)
+        out = self.net(coords)
+        return out, torch.autograd.grad(out.sum(), coords, create_graph=True)[0]
+
+
 def _zeroed(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     """The unpruned model with every removed row and column zeroed."""
     reference = copy.deepcopy(model)
@@ -62,11 +77,15 @@ def _zeroed(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     return reference
 
 
-@pytest.mark.parametrize("kind", ["pinn", "hnn"])
+@pytest.mark.parametrize("kind", ["pinn", "hnn", "siren"])
 def test_a_forward_that_differentiates_prunes_exactly(kind: str, tmp_path: Path) -> None:
+    """SIREN's forward failed with torch's "element 0 of tensors does not require grad"
+    (prunekit's forwards ran under no_grad); its code calling requires_grad_ now runs them
+    with grad enabled."""
     torch.manual_seed(0)
-    model: nn.Module = PINN().eval() if kind == "pinn" else HNN().eval()
-    x = torch.rand(16, 2, requires_grad=True) if kind == "pinn" else torch.randn(16, 4)
+    model: nn.Module = {"pinn": PINN, "hnn": HNN, "siren": Siren}[kind]().eval()
+    x = {"pinn": torch.rand(16, 2, requires_grad=True), "hnn": torch.randn(16, 4),
+         "siren": torch.rand(16, 2)}[kind]
     result = pk.prune(model, x, ratio=0.5)
     assert result.model.net[0].out_features == 16
     got, want = result.model(x), _zeroed(model, result.plan)(x)

@@ -23,13 +23,15 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-__all__ = ["changed_attribute_numbers", "numeric_attribute_reads", "rebound_attributes"]
+__all__ = ["changed_attribute_numbers", "differentiates", "numeric_attribute_reads",
+           "rebound_attributes"]
 
 _NUMERIC_CALLS = frozenset(("sqrt", "rsqrt", "float", "log", "log2", "exp", "pow"))
 
 
 _READS: dict[type, tuple[tuple[str, str], ...]] = {}  # per class, read once
 _REBOUND: dict[type, tuple[tuple[str, str], ...]] = {}
+_GRADS: dict[type, bool] = {}
 
 
 def numeric_attribute_reads(cls: type) -> tuple[tuple[str, str], ...]:
@@ -54,11 +56,53 @@ def rebound_attributes(cls: type) -> tuple[tuple[str, str], ...]:
     return done
 
 
+def differentiates(cls: type) -> bool:
+    """Whether a method of ``cls`` (``__init__`` aside) calls ``torch.autograd.grad``,
+    ``.backward()`` or ``.requires_grad_()``: a forward that makes its own leaf and
+    differentiates by it (SIREN's ``coords.clone().detach().requires_grad_(True)``), which
+    fails under the ``torch.no_grad()`` prunekit's forwards otherwise run in."""
+    done = _GRADS.get(cls)
+    if done is None:
+        done = _GRADS[cls] = bool(_scan(cls, _grad_calls))
+    return done
+
+
+def _grad_calls(function: ast.AST) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for node in ast.walk(function):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            func = node.func
+            name = func.attr
+            if name in ("backward", "requires_grad_") or (name == "grad" and \
+                    isinstance(func.value, (ast.Name, ast.Attribute)) and \
+                    (func.value.id if isinstance(func.value, ast.Name)
+                     else func.value.attr) == "autograd"):
+                out.append((name, node.lineno))
+    return out
+
+
 def _scan(cls: type, finder: Callable[[ast.AST], list[tuple[str, int]]]
           ) -> tuple[tuple[str, str], ...]:
     """``finder``'s (name, line) in every method ``cls`` runs, ``__init__`` aside, as
     (name, "file:line")."""
     found: list[tuple[str, str]] = []
+    for method, path, start in _methods(cls):
+        for name, line in finder(method):
+            found.append((name, f"{path}:{start + line - 1}"))
+    return tuple(dict.fromkeys(found))
+
+
+_METHODS: dict[type, list[tuple[ast.AST, str, int]]] = {}  # per class, parsed once
+
+
+def _methods(cls: type) -> list[tuple[ast.AST, str, int]]:
+    """(method node, source file, first line of its class) of every method ``cls`` runs,
+    ``__init__`` aside, from ``cls`` and its bases below ``nn.Module`` (where the source can
+    be read)."""
+    done = _METHODS.get(cls)
+    if done is not None:
+        return done
+    done = _METHODS[cls] = []
     for klass in cls.__mro__:
         if klass is nn.Module or klass is object or klass.__module__.startswith("torch.nn"):
             continue
@@ -76,9 +120,8 @@ def _scan(cls: type, finder: Callable[[ast.AST], list[tuple[str, int]]]
         for method in body:  # the methods ``cls`` runs from this class (not overridden)
             if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
                     method.name != "__init__" and _defined_by(cls, method.name) is klass:
-                for name, line in finder(method):
-                    found.append((name, f"{path}:{start + line - 1}"))
-    return tuple(dict.fromkeys(found))
+                done.append((method, path, start))
+    return done
 
 
 def _rebinds(function: ast.AST) -> list[tuple[str, int]]:

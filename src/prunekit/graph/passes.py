@@ -61,7 +61,7 @@ def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInpu
     """One forward pass under the hooks in one mode; the model's outputs keep their shape.
     ``recorder.data`` then holds what its data-dependent calls gave (graph/replay.py)."""
     recorder.data = Recording(model)
-    with grad_mode(example_inputs), model_mode(model, training, modules), \
+    with grad_mode(example_inputs, modules), model_mode(model, training, modules), \
             ctx.hooks(model, handlers), recorder, eager_compiled():
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):

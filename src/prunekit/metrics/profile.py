@@ -248,7 +248,7 @@ def _counted(model: nn.Module, inputs: ExampleInputs, modules: dict[str, nn.Modu
     if not per_module:
         counter.mod_tracker = _NoModuleTracker()  # type: ignore[assignment]
     with (
-        grad_mode(inputs),
+        grad_mode(inputs, modules.values()),
         preserved_buffers(model),
         _shape_hooks(modules, shapes, calls),
         _mha_fastpath_off(),

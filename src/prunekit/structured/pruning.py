@@ -652,8 +652,8 @@ def _output_shapes(model: nn.Module, example_inputs: ExampleInputs,
     them). What the forward leaves in plain attributes (a cache that was None) is undone,
     so the pruned model starts as the user's model was."""
     every = modules if modules is not None else list(model.modules())
-    with grad_mode(example_inputs), model_mode(model, training, every), eager_compiled(), \
-            recomputed_caches(every), \
+    with grad_mode(example_inputs, every), model_mode(model, training, every), \
+            eager_compiled(), recomputed_caches(every), \
             preserved_buffers(model) if training else contextlib.nullcontext():
         out = run_model(model, example_inputs)
     return [(path, tuple(t.shape)) for path, t in walk_tensors(out)]
