@@ -26,6 +26,7 @@ import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -34,6 +35,7 @@ __all__ = ["clear_caches", "copy_model", "own_parametrized_class", "recomputed_c
 # nn.Module's own attributes (parameter, buffer, submodule and hook registries): never a
 # cache of the model's code
 _MODULE_OWN = frozenset(nn.Module().__dict__)
+_COMPRESSED = frozenset((torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc))
 _NUMBERS = frozenset((int, float, bool))  # plain numbers and flags a forward may set
 
 
@@ -117,8 +119,9 @@ def clear_caches(modules: Iterable[nn.Module]) -> None:
 
 def copy_model(model: nn.Module) -> nn.Module:
     """``copy.deepcopy(model)``, except that caches are copied empty, a tensor attribute
-    that is not a graph leaf (cached while autograd recorded) is copied detached, where
-    deepcopy would raise, and parametrized modules get a class of their own."""
+    that is not a graph leaf (cached while autograd recorded) is copied detached and a
+    compressed sparse buffer (CSR, CSC, BSR, BSC) is cloned, where deepcopy would raise, and
+    parametrized modules get a class of their own."""
     memo: dict[int, Any] = {}
     for module in model.modules():
         for key, value in module.__dict__.items():
@@ -137,6 +140,9 @@ def copy_model(model: nn.Module) -> nn.Module:
             for item in values:
                 if isinstance(item, Tensor) and not item.is_leaf:
                     memo[id(item)] = item.detach().clone()
+        for buffer in module._buffers.values():  # deepcopy cannot copy a CSR buffer
+            if buffer is not None and buffer.layout in _COMPRESSED:
+                memo[id(buffer)] = buffer.clone()
     copied = copy.deepcopy(model, memo)
     for module in copied.modules():
         own_parametrized_class(module)

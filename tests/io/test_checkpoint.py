@@ -384,3 +384,36 @@ def test_cuda_model_round_trip(tmp_path: Path, lenet_input: torch.Tensor) -> Non
     x = lenet_input.cuda()
     assert torch.equal(model(x), restored(x))
     assert all(m.device.type == "cuda" for m in masked_tensors(restored).values())
+
+
+class _SparseGraph(nn.Module):
+    """A GCN holding its normalised adjacency as a sparse buffer (pygcn, LightGCN)."""
+
+    def __init__(self, layout: str, nodes: int = 10) -> None:
+        super().__init__()
+        adjacency = (torch.rand(nodes, nodes) < 0.3).float() + torch.eye(nodes)
+        adjacency = adjacency / adjacency.sum(1, keepdim=True)
+        self.register_buffer("adj", adjacency.to_sparse() if layout == "coo"
+                             else adjacency.to_sparse_csr())
+        self.l1, self.l2 = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(self.adj @ torch.relu(self.l1(x)))
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_a_sparse_buffer_of_the_model_round_trips(layout: str, tmp_path: Path) -> None:
+    """Before, save refused it, blaming prunekit.sparse.convert, which the user never
+    called."""
+    torch.manual_seed(0)
+    model, x = _SparseGraph(layout).eval(), torch.randn(10, 6)
+    result = prunekit.structured.prune(model, x, ratio=0.5)
+    save(result, tmp_path / "gcn")
+    manifest = load_manifest(tmp_path / "gcn")
+    assert manifest["format_version"] == checkpoint.LAYOUT_FORMAT_VERSION
+    assert manifest["layouts"]["adj"] == {"layout": f"sparse_{layout}", "shape": [10, 10]}
+    torch.manual_seed(1)  # another graph: only the checkpoint can restore this one
+    loaded = load(tmp_path / "gcn", _SparseGraph(layout))
+    assert loaded.adj.layout == model.adj.layout and loaded.l1.out_features == 8
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))

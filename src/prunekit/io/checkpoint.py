@@ -8,6 +8,11 @@ Layout of a checkpoint directory::
                         structured pruning plan (if any; ``plans``, oldest first, for
                         a model pruned more than once) and the user's metadata
 
+A sparse COO or CSR tensor of the model's own (a graph's normalised adjacency kept as a
+buffer) is stored as its parts, ``<key>.__indices`` and ``<key>.__values`` (CSR:
+``__crow_indices``, ``__col_indices``, ``__values``), its layout and shape in the manifest's
+``"layouts"`` table (format version 3), and rebuilt by ``load``.
+
 With ``save(..., sparse=True)`` a tensor that is smaller as bitmap + values
 (``prunekit.sparse.storage``) is stored as ``<key>.__bitmap`` (uint8) and ``<key>.__values``
 instead, its shape and dtype in the manifest's ``"sparse"`` table (format version 2). A masked
@@ -42,13 +47,19 @@ from prunekit.io.atomic import AtomicDirectory, check_replaceable
 from prunekit.sparse.masks import WeightMask, apply_mask, get_mask, masked_tensors
 from prunekit.sparse.storage import EncodedTensor, decode, encode, resolve_value_dtype
 
-__all__ = ["FORMAT_VERSION", "SPARSE_FORMAT_VERSION", "CheckpointError", "load",
-           "load_manifest", "save"]
+__all__ = ["FORMAT_VERSION", "LAYOUT_FORMAT_VERSION", "SPARSE_FORMAT_VERSION",
+           "CheckpointError", "load", "load_manifest", "save"]
 
 #: the version dense checkpoints are written with
 FORMAT_VERSION = 1
-#: the version ``save(..., sparse=True)`` writes when it encoded a tensor; the newest readable
+#: the version ``save(..., sparse=True)`` writes when it encoded a tensor
 SPARSE_FORMAT_VERSION = 2
+#: the version written when the model holds a sparse COO/CSR tensor of its own (a graph's
+#: adjacency buffer); the newest readable
+LAYOUT_FORMAT_VERSION = 3
+#: the parts a sparse tensor of the model is stored as, by layout (its shape in "layouts")
+_LAYOUT_PARTS = {"sparse_coo": ("indices", "values"),
+                 "sparse_csr": ("crow_indices", "col_indices", "values")}
 BITMAP_SUFFIX = ".__bitmap"
 VALUES_SUFFIX = ".__values"
 FORMAT_NAME = "prunekit-checkpoint"
@@ -106,12 +117,15 @@ def save(
     }
 
     state = model.state_dict()
-    tensors, aliases = _dedupe(state)
+    converted = {name for name, module in model.named_modules()
+                 if type(module).__module__.startswith("prunekit.sparse")}
+    tensors, aliases, layouts = _dedupe(state, converted)
     masks = masked_tensors(model)
     encoded = _encode_sparse(model, tensors, sorted(masks), values_as) if sparse else {}
     manifest = {
         "format": FORMAT_NAME,
-        "format_version": SPARSE_FORMAT_VERSION if encoded else FORMAT_VERSION,
+        "format_version": LAYOUT_FORMAT_VERSION if layouts else
+        SPARSE_FORMAT_VERSION if encoded else FORMAT_VERSION,
         "prunekit_version": __version__,
         "torch_version": torch.__version__,
         "model_class": _class_name(model),
@@ -120,6 +134,7 @@ def save(
         "aliases": aliases,
         "state_metadata": _state_metadata(state),
         **({"sparse": encoded} if encoded else {}),
+        **({"layouts": layouts} if layouts else {}),
         **manifest_extra,
     }
     with AtomicDirectory(target) as tmp:
@@ -163,6 +178,7 @@ def load(
 
     state = load_file(str(weights), device="cpu")
     _decode_sparse(state, manifest.get("sparse", {}), str(directory))
+    _rebuild_layouts(state, manifest.get("layouts", {}), str(directory))
     for alias, canonical in manifest["aliases"].items():
         if canonical not in state:
             raise CheckpointError(
@@ -185,6 +201,12 @@ def load(
     for name in hooked:  # load_state_dict fills <name>_orig and <name>_mask
         module_name, _, tensor_name = name.rpartition(".")
         torch_prune.identity(model.get_submodule(module_name), tensor_name)
+    for key in manifest.get("layouts", {}):  # a sparse buffer: taken as stored (copy_
+        # into a CSR buffer needs as many entries as it already holds)
+        owner, _, name = key.rpartition(".")
+        module = model.get_submodule(owner)
+        if name in module._buffers:
+            module._buffers[name] = state[key]
     model.load_state_dict(_with_metadata(state, manifest.get("state_metadata")), strict=True)
     if plans:
         from prunekit.structured.plan import record_plans
@@ -223,11 +245,11 @@ def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     version = manifest.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{str(manifest_path)!r} has an invalid format_version {version!r}")
-    if version > SPARSE_FORMAT_VERSION:
+    if version > LAYOUT_FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {str(directory)!r} uses format_version {version} (written by prunekit "
             f"{manifest.get('prunekit_version')}), but this prunekit {__version__} reads up to "
-            f"version {SPARSE_FORMAT_VERSION}; upgrade prunekit: pip install -U prunekit"
+            f"version {LAYOUT_FORMAT_VERSION}; upgrade prunekit: pip install -U prunekit"
         )
     for key in ("masked", "aliases"):
         table = manifest.get(key)
@@ -317,14 +339,18 @@ def _json_or_error(name: str, value: Any) -> Any:
         ) from err
 
 
-def _dedupe(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors to store (contiguous, CPU, no shared storage) and alias → stored name.
+def _dedupe(state: Mapping[str, Any], converted: set[str] = frozenset()  # type: ignore[assignment]
+            ) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, dict[str, Any]]]:
+    """Tensors to store (contiguous, CPU, no shared storage), alias → stored name, and the
+    layout table of sparse COO/CSR tensors (stored as their parts) — not of the modules
+    ``converted`` by prunekit.sparse.convert, which load into no dense model.
 
     Entries that are the same view of the same storage (tied weights) are stored once;
     other storage sharing (overlapping slices) is broken by copying.
     """
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
+    layouts: dict[str, dict[str, Any]] = {}
     seen_views: dict[tuple[Any, ...], str] = {}
     seen_storages: set[tuple[str, int]] = set()
     for key, value in state.items():
@@ -334,12 +360,21 @@ def _dedupe(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str
                 "checkpoints hold tensors only (get_extra_state is not supported)"
             )
         tensor = value.detach()
+        layout = str(tensor.layout).removeprefix("torch.")
+        if layout in _LAYOUT_PARTS and type(tensor) is torch.Tensor and \
+                key.rpartition(".")[0] not in converted:
+            layouts[key] = {"layout": layout, "shape": list(tensor.shape)}
+            for part, values in zip(_LAYOUT_PARTS[layout], _layout_parts(tensor), strict=True):
+                tensors[f"{key}.__{part}"] = values.to("cpu").contiguous()
+            continue
         if tensor.layout != torch.strided or type(tensor) is not torch.Tensor:
             raise CheckpointError(
                 f"state_dict entry {key!r} is a {type(tensor).__name__} with layout "
                 f"{tensor.layout}, which safetensors cannot hold (a model converted by "
                 "prunekit.sparse.convert or to_semi_structured?); save the masked model "
-                "instead, or call prunekit.sparse.convert.to_dense(model) first"
+                "instead, or call prunekit.sparse.convert.to_dense(model) first; a sparse "
+                "tensor of your own is stored in the COO or CSR layout: convert it with "
+                ".to_sparse() or .to_sparse_csr()"
             )
         if tensor.numel() > 0:
             storage = (str(tensor.device), tensor.untyped_storage().data_ptr())
@@ -353,7 +388,36 @@ def _dedupe(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str
                 tensor = tensor.clone()
             seen_storages.add(storage)
         tensors[key] = tensor.to("cpu").contiguous()
-    return tensors, aliases
+    return tensors, aliases, layouts
+
+
+def _layout_parts(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if tensor.layout == torch.sparse_coo:
+        tensor = tensor.coalesce()
+        return tensor.indices(), tensor.values()
+    return tensor.crow_indices(), tensor.col_indices(), tensor.values()
+
+
+def _rebuild_layouts(state: dict[str, torch.Tensor], table: Any, directory: str) -> None:
+    """Put each sparse tensor the ``"layouts"`` table lists back together from its parts."""
+    if not isinstance(table, dict):
+        raise CheckpointError(f"the \"layouts\" table in {directory!r} must be a dict, got "
+                              f"{type(table).__name__}; the manifest is damaged — save the "
+                              f"model again")
+    for key, entry in table.items():
+        layout = entry.get("layout") if isinstance(entry, dict) else None
+        parts = _LAYOUT_PARTS.get(layout) if isinstance(layout, str) else None
+        names = [f"{key}.__{part}" for part in parts or ()]
+        if parts is None or not all(name in state for name in names):
+            raise CheckpointError(
+                f"sparse tensor {key!r} in {directory!r} has an unknown layout or lacks its "
+                f"parts ({entry!r}); the checkpoint is damaged — save the model again")
+        pieces = [state.pop(name) for name in names]
+        shape = [int(size) for size in entry["shape"]]
+        if layout == "sparse_coo":
+            state[key] = torch.sparse_coo_tensor(pieces[0], pieces[1], shape).coalesce()
+        else:
+            state[key] = torch.sparse_csr_tensor(pieces[0], pieces[1], pieces[2], shape)
 
 
 def _encode_sparse(
