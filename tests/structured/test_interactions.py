@@ -228,3 +228,38 @@ def test_stacked_layer_weights_read_transposed() -> None:
     assert pruned.w.shape == (2, 12, 12) and pruned.inp.out_features == 12
     x = torch.randn(5, 8)
     torch.testing.assert_close(pruned(x), _zeroed(model, result.plan)(x))
+
+
+class PeriodicNumeric(nn.Module):
+    """rtdl's periodic embeddings of numeric features and their per-feature linear layers:
+    ``freq`` ``[features, k]`` times the input ``x[..., None]``, then ``einsum('bfi,fio->
+    bfo')``; and (``how="linear"``) a hand-written linear on the input."""
+
+    def __init__(self, how: str, features: int = 4) -> None:
+        super().__init__()
+        self.how = how
+        self.freq = nn.Parameter(torch.randn(features, 6))
+        self.w = nn.Parameter(torch.randn(features, 6, 8) * 0.3)
+        self.lin = nn.Parameter(torch.randn(features, 16))
+        self.head = nn.Linear(features * 8 if how == "periodic" else 16, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.how == "linear":
+            return self.head(torch.relu((x[:, :, None] * self.lin).sum(1)))
+        p = torch.cos(self.freq * x[..., None])
+        return self.head(torch.relu(torch.einsum("bfi,fio->bfo", p, self.w)).flatten(1))
+
+
+def test_a_parameter_axis_that_meets_the_models_input_keeps_its_size() -> None:
+    """``freq``'s rows meet the input's features: before, they were cut with ``w``'s, and the
+    forward check failed, blaming a width the trace could not see. A hand-written linear on
+    the input still cuts its weight's other axis."""
+    torch.manual_seed(0)
+    model, x = PeriodicNumeric("periodic").eval(), torch.randn(8, 4)
+    with pytest.warns(UserWarning, match="removed nothing"):
+        result = pk.prune(model, x, ratio=0.5)
+    assert result.model.freq.shape == (4, 6)
+    assert "meets a model input" in result.coverage.fixed["freq"]
+    model = PeriodicNumeric("linear").eval()
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.lin.shape == (4, 8) and result.model.head.in_features == 8

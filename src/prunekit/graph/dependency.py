@@ -131,9 +131,14 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
         if allowed is not None:
             _hold_other_axes(trace, param, allowed)
         if not param.axes:
-            param_axes[name] = _param_axis(trace, param)
-            if allowed is not None and param_axes[name] not in allowed | {None}:
+            param_axes[name] = axis = _param_axis(trace, param)
+            if allowed is not None and axis not in allowed | {None}:
                 space.block(param.ids, _vocabulary_reason(name))
+                param_axes[name] = None
+            elif axis is not None and axis in param.fixed_axes:
+                space.block(param.ids, f"parameter {name!r} meets a model input (or another "
+                                       f"tensor kept whole) along its axis {axis}, so that "
+                                       f"axis keeps its size")
                 param_axes[name] = None
         elif param.whole or param.selected is not None:
             reason = f"parameter {name!r} is used both as a layer weight and elementwise"

@@ -316,6 +316,7 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     if call.name in ("add", "sub") and _defer_sum(ctx, call, operands, outputs):
         return
     _join_param_rows(ctx, operands, shape)
+    _params_meet_fixed(ctx, operands, shape)
     if any(fast(ctx, operands, shape, results)
            for fast in (_vector_operands, _vector_and_passive, _vector_and_full)):
         return
@@ -484,6 +485,32 @@ def combine(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> Ten
     if fixed and not fixed.isdisjoint(varying(acc)):
         space.block(acc, FIXED_OPERAND)
     return acc
+
+
+def _params_meet_fixed(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> None:
+    """A parameter used directly times (or plus) a tensor whose labels are one class kept
+    whole, such as a model input, along dims that both span (rtdl's periodic embedding
+    ``self.freq * x[..., None]``: ``freq``'s rows meet the input's features): those axes of
+    the parameter cannot be its channel axis, which :mod:`prunekit.graph.dependency` finds
+    when the trace ends (a hand-written linear ``(x[..., None] * W).sum(1)`` cuts ``W``'s
+    other axis). Before, ``freq``'s rows were cut and the forward check failed."""
+    if len(operands) != 2:
+        return
+    for built, other in (operands, operands[::-1]):
+        if not ctx.is_param(built) or ctx.is_param_built(other) or not ctx.is_tracked(other):
+            continue
+        labels = ctx.labels(other)
+        if not labels.numel():
+            continue
+        top = int(labels.max())
+        if top == NEUTRAL or top != int(labels.min()) or not ctx.space.is_blocked(top):
+            continue
+        pad_other, pad_built = len(shape) - other.dim(), len(shape) - built.dim()
+        spans = {d + pad_other for d in range(other.dim()) if other.shape[d] > 1}
+        mine = {d + pad_built for d in varying(ctx.space.find(ctx.labels(built)))}
+        record = ctx.param_record(built)
+        if spans & mine and record is not None:
+            record.fixed_axes.update(d - pad_built for d in spans & mine)
 
 
 def _join_param_rows(ctx: TraceContext, operands: list[Tensor], shape: torch.Size) -> None:

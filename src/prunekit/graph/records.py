@@ -67,6 +67,8 @@ class ParamRecord:
     whole: bool = False  # read as a whole by some op
     selected: Tensor | None = None  # elements read through slicing (bool, like ``ids``)
     axes: dict[int, tuple[Tensor, bool]] = field(default_factory=dict)  # as a layer weight
+    # axes along which it met a tensor of one class kept whole (a model input) spanning them
+    fixed_axes: set[int] = field(default_factory=set)
 
 
 @dataclass
