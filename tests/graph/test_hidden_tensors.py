@@ -250,3 +250,27 @@ def test_a_branch_the_trace_cannot_see_keeps_the_channels_it_meets(how: str) -> 
     assert result.model.a.out_features == 32
     assert "did not see being made" in result.coverage.fixed["a.bias"]
     torch.testing.assert_close(result.model(x), model(x))
+
+
+class LegacyScale(nn.Module):
+    """TabNet's ``torch.sqrt(torch.FloatTensor([0.5]))``: the legacy constructor runs where
+    the trace cannot see, but one element broadcasts to any width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.o = nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Linear(16, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = torch.sqrt(torch.FloatTensor([0.5]))
+        h = torch.cat([self.bn(part) for part in self.a(x).chunk(2, 0)], 0)  # ghost BN
+        return self.o(h * scale)
+
+
+def test_an_unseen_one_element_tensor_fixes_no_width() -> None:
+    """Before, it warned that the channels it meets are kept whole, though none were."""
+    torch.manual_seed(0)
+    model, x = LegacyScale().eval(), torch.randn(8, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = pk.prune(model, x, ratio=0.5)
+    assert result.model.a.out_features == 8

@@ -179,9 +179,11 @@ class TraceContext:
             return self.labels(tensor)
         if self._attribute_node(tensor):
             return self.labels(tensor, partial=partial)
-        if tensor.dim() and tensor.is_floating_point() and id(tensor) not in self._made:
+        if tensor.dim() and tensor.numel() > 1 and tensor.is_floating_point() and \
+                id(tensor) not in self._made:
             return self._unseen(tensor)
-        return _constant(NEUTRAL, tensor.shape)
+        return _constant(NEUTRAL, tensor.shape)  # (one element broadcasts to any width:
+        # TabNet's torch.sqrt(torch.FloatTensor([0.5])), which the trace does not see made)
 
     def _unseen(self, tensor: Tensor) -> Tensor:
         """Labels of a float tensor that no traced op made (a constant from outside the
