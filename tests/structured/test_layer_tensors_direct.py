@@ -145,3 +145,30 @@ def test_a_2d_weight_viewed_as_a_conv_kernel_is_the_convs_weight(how: str) -> No
     zeroed = _zero_read_columns(model, result.plan)
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), zeroed(x))
+
+
+class TiedAutoencoder(nn.Module):
+    """The decoder reuses the encoder's weight transposed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(32, 24)
+        self.b_dec = nn.Parameter(torch.randn(32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(torch.relu(self.enc(x)), self.enc.weight.t(), self.b_dec)
+
+
+def test_a_tied_decoder_through_f_linear_of_the_transpose_prunes_the_code() -> None:
+    """Before, ``F.linear(h, W.t())`` read ``W.t()`` elementwise and nothing was pruned
+    (``h @ W`` pruned)."""
+    torch.manual_seed(0)
+    model, x = TiedAutoencoder().eval(), torch.randn(4, 32)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.enc.out_features == 12 and result.model.b_dec.shape == (32,)
+    gone = sorted(set(range(24)) - set(result.plan["modules"]["enc"]["keep"]["out"]))
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.enc.weight[gone] = 0
+        zeroed.enc.bias[gone] = 0
+        torch.testing.assert_close(result.model(x), zeroed(x))

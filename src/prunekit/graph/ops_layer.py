@@ -38,8 +38,12 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise OpNotMappable("input and weight must be tensors")
     linear = call.name == "linear"
-    if linear and weight.dim() == 1:  # x @ w with a vector (GFL's ``F.linear(x, project)``)
-        matmul(ctx, dataclasses.replace(call, args=(x, weight), kwargs={}))
+    flipped = ctx.param_views.weight(weight, "t") if linear else None
+    if linear and (weight.dim() == 1 or flipped is not None):
+        # x @ w with a vector (GFL's ``F.linear(x, project)``), or x @ W of a tied decoder's
+        # ``F.linear(h, self.enc.weight.t())``: W's rows read x, its columns are the output
+        matmul(ctx, dataclasses.replace(call, args=(x, weight if flipped is None else flipped),
+                                        kwargs={}))
         if isinstance(bias, Tensor):
             ctx.set_labels(out, combine(ctx, [ctx.labels(out), ctx.labels(bias)], out.shape))
         return
