@@ -40,6 +40,21 @@ class MaskedLinear(nn.Linear):
         return F.linear(x, self.mask * self.weight, self.bias)
 
 
+class InPlaceMaskedConv2d(MaskedConv2d):
+    """jzbontar's pixelcnn-pytorch: the mask written into the weight before the layer's own
+    forward (before: "used both as a layer weight and elementwise", nothing pruned)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.weight.data *= self.mask
+        return nn.Conv2d.forward(self, x)
+
+
+def _inplace_conv() -> tuple[nn.Module, Tensor]:
+    model, x = _conv()
+    model[2] = InPlaceMaskedConv2d(16, 16)
+    return model.eval(), x
+
+
 def _conv() -> tuple[nn.Module, Tensor]:
     return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), MaskedConv2d(16, 16),
                          nn.ReLU(), nn.Conv2d(16, 8, 1)).eval(), torch.randn(2, 1, 8, 8)
@@ -82,6 +97,25 @@ def test_the_mask_is_cut_as_its_weight(make, tmp_path) -> None:  # type: ignore[
     pk.save(result, tmp_path / "masked")
     reloaded = pk.load(tmp_path / "masked", make()[0])
     torch.testing.assert_close(reloaded(x), pruned(x))
+
+
+def test_a_mask_written_into_the_weight_in_place_is_cut_as_the_weight(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model, x = _inplace_conv()
+    before = model[2].weight.detach().clone()
+    result = pk.prune(model, x, ratio=0.5)
+    assert torch.equal(model[2].weight, before)  # the user's weight is left as it was
+    pruned, params = result.model, result.plan["params"]
+    assert pruned[2].weight.shape[:2] == (8, 8) and pruned[2].mask.shape == (8, 8, 3, 3)
+    assert params["2.mask"]["keep"] == params["2.weight"]["keep"]
+    rows, cols = params["2.weight"]["keep"]["0"], params["2.weight"]["keep"]["1"]
+    torch.testing.assert_close(pruned[2].mask, model[2].mask[rows][:, cols])
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference[2].weight.mul_(reference[2].mask)  # what its forward does, first
+        torch.testing.assert_close(pruned(x), _zeroed(reference, result.plan)(x))
+    pk.save(result, tmp_path / "masked")
+    torch.testing.assert_close(pk.load(tmp_path / "masked", _inplace_conv()[0])(x), pruned(x))
 
 
 class ScaledRows(nn.Module):

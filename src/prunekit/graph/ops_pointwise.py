@@ -110,7 +110,8 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
         ctx.set_labels(tensor, labels)
 
 
-_CASTS = frozenset(("to", "float", "double", "half", "bfloat16", "type", "type_as"))
+_CASTS = frozenset(("to", "float", "double", "half", "bfloat16", "type", "type_as",
+                    "data", "detach"))  # (the same elements too)
 
 # softmax and its kin: (position of ``dim`` among the arguments, its default)
 _NORMALISING = {"softmax": (1, None), "log_softmax": (1, None), "softmin": (1, None),
@@ -156,9 +157,10 @@ def _compact_except(labels: Tensor, keep: int) -> Tensor:
 
 def _defer_cast(ctx: TraceContext, source: Tensor, outputs: list[Tensor]) -> bool:
     """A parameter cast to another dtype (``F.linear(x.float(), self.weight.float())`` in a
-    bfloat16 model's MoE router): its elements one for one, left for a layer to take as
-    the parameter (kind ``"same"`` of :mod:`prunekit.graph.param_views`); labelled as the
-    parameter if anything else reads it. False (nothing done) for any other cast."""
+    bfloat16 model's MoE router), or its ``.data`` or ``.detach()``: its elements one for
+    one, left for a layer to take as the parameter (kind ``"same"`` of
+    :mod:`prunekit.graph.param_views`); labelled as the parameter if anything else reads it.
+    False (nothing done) for any other cast."""
     root = ctx.same_as_param(source)
     if root is None or len(outputs) != 1 or outputs[0].shape != root.shape:
         return False
@@ -202,6 +204,21 @@ def _defer_mask(ctx: TraceContext, call: OpCall, operands: list[Tensor],
         return False
     ctx.param_views.defer(out, weight, "same", lambda partial: label())
     ctx.param_views.companions[id(out)] = ((mask, axes),)
+    return True
+
+
+def _mask_in_place(ctx: TraceContext, operands: list[Tensor], outputs: list[Tensor]) -> bool:
+    """``self.weight.data *= self.mask`` before the layer's own forward (PixelCNN's masked
+    convolution as jzbontar's pixelcnn-pytorch writes it): the weight's elements stay where
+    they are, so it is no elementwise read; the mask, of the weight's shape, is cut as the
+    weight is when a layer takes it. False (nothing done) for any other call."""
+    if len(operands) != 2 or len(outputs) != 1 or outputs[0] is not operands[0] or \
+            operands[0].shape != operands[1].shape:
+        return False
+    weight, mask = ctx.same_as_param(operands[0]), ctx.same_as_param(operands[1])
+    if weight is None or mask is None or weight is mask or weight.shape != operands[0].shape:
+        return False
+    ctx.at_end.append(lambda: ctx._cut_alike(weight, ((mask, None),)))
     return True
 
 
@@ -309,6 +326,8 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
     shape = target.shape
     operands = call_tensors(call.args, call.kwargs)
     results = outputs or [target]
+    if call.name == "mul" and _mask_in_place(ctx, operands, outputs):
+        return
     if call.name in ("mul", "div") and _defer_scale(ctx, call, operands, outputs):
         return
     if call.name == "mul" and _defer_mask(ctx, call, operands, outputs):
