@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
 __all__ = [
+    "REGION_POOLS",
     "OpCall",
     "OpHandler",
     "OpNotMappable",
@@ -40,6 +41,11 @@ __all__ = [
     "register_op",
     "tensors_in",
 ]
+
+
+# torchvision's compiled region pooling (Faster/Mask/Keypoint R-CNN's MultiScaleRoIAlign):
+# each region's output keeps the feature map's channels, even for no regions at all
+REGION_POOLS = frozenset(("roi_align", "roi_align.default", "roi_pool", "roi_pool.default"))
 
 
 @dataclass(frozen=True)

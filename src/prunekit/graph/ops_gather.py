@@ -9,6 +9,9 @@ every other dim an element keeps its position: a gather's labels are its source'
 gathered with the same index; a scatter's result holds, where it writes, the labels of
 what it writes, joined with the target's there (channel ``c`` of the source lands in
 channel ``c`` of the target), and the target's elsewhere.
+
+torchvision's region pooling (``roi_align``, ``roi_pool``: the R-CNN heads) keeps each
+channel of the feature map at its index in every region's output.
 """
 
 from __future__ import annotations
@@ -19,12 +22,38 @@ import torch
 from torch import Tensor
 
 from prunekit.graph.labels import varies
-from prunekit.graph.ops import OpCall, OpNotMappable, on_cpu, register_op, tensors_in
+from prunekit.graph.ops import (
+    REGION_POOLS,
+    OpCall,
+    OpNotMappable,
+    on_cpu,
+    register_op,
+    tensors_in,
+)
 from prunekit.graph.ops_shape import replay
 from prunekit.graph.trace import TraceContext
 
 GATHERS = ("gather", "take_along_dim")
 SCATTERS = ("scatter", "scatter_add", "scatter_reduce")
+
+
+def _region_pool(ctx: TraceContext, call: OpCall) -> None:
+    """``torchvision.ops.roi_align`` / ``roi_pool`` of a feature map ``[N, C, H, W]`` over
+    boxes ``[K, 5]``: region ``k``'s output ``[C, h, w]`` holds channel ``c`` of the map at
+    index ``c``, so the output's dim 1 carries the map's channels; the boxes are coordinates,
+    which couple nothing (``roi_pool``'s argmax, positions, carries none)."""
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    outputs = tensors_in(call.out)
+    if not isinstance(source, Tensor) or source.dim() != 4 or not outputs:
+        raise OpNotMappable("expected a feature map [N, C, H, W]")
+    labels = ctx.space.find(ctx.labels(source))
+    if any(varies(labels, dim) for dim in (0, 2, 3)):
+        raise OpNotMappable("its feature map's labels vary along a dim other than channels")
+    line = labels.movedim(1, -1).reshape(-1, labels.shape[1])[0]
+    out = outputs[0]
+    ctx.set_labels(out, line.reshape(1, -1, 1, 1).expand(tuple(out.shape)))
+    for extra in outputs[1:]:
+        ctx.set_labels(extra, torch.zeros(extra.shape, dtype=torch.long))
 
 
 def _block_along(ctx: TraceContext, call: OpCall, tensor: Tensor, dim: int | None) -> None:
@@ -96,4 +125,5 @@ def _scatter(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(GATHERS, _gather)
+register_op(tuple(REGION_POOLS), _region_pool)
 register_op(SCATTERS, _scatter)

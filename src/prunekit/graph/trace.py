@@ -36,6 +36,7 @@ from prunekit.graph.opaque import (
     quantization_error,
 )
 from prunekit.graph.ops import (
+    REGION_POOLS,
     OpCall,
     OpHandler,
     OpNotMappable,
@@ -463,10 +464,12 @@ class TraceContext:
                     attribute_sized(self, call)
             return
         if outputs and not outputs[0].numel() and all(t.numel() == 0 for t in outputs) and any(
-                t.numel() == 0 and id(t) not in params and id(t) not in views for t in inputs):
+                t.numel() == 0 and id(t) not in params and id(t) not in views for t in inputs) \
+                and self._op(func)[0] not in REGION_POOLS:
             # run on an empty activation (the tokens of an expert none picked) and giving
             # empty tensors: no element carries a channel, so it couples nothing (its layer
-            # weight's axes are coupled by the calls that got tokens)
+            # weight's axes are coupled by the calls that got tokens); a region pooling of
+            # no regions still gives the feature map's channels (Mask R-CNN's mask head)
             for tensor in outputs:
                 self.set_labels(tensor, torch.zeros(tensor.shape, dtype=torch.long))
             return
