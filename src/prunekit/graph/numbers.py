@@ -57,10 +57,11 @@ def rebound_attributes(cls: type) -> tuple[tuple[str, str], ...]:
 
 
 def differentiates(cls: type) -> bool:
-    """Whether a method of ``cls`` (``__init__`` aside) calls ``torch.autograd.grad``,
-    ``.backward()`` or ``.requires_grad_()``: a forward that makes its own leaf and
+    """Whether the ``forward`` of ``cls`` calls ``torch.autograd.grad``, ``.backward()`` or
+    ``.requires_grad_()`` (not with False): a forward that makes its own leaf and
     differentiates by it (SIREN's ``coords.clone().detach().requires_grad_(True)``), which
-    fails under the ``torch.no_grad()`` prunekit's forwards otherwise run in."""
+    fails under the ``torch.no_grad()`` prunekit's forwards otherwise run in. (Other methods,
+    a ``freeze()`` calling ``p.requires_grad_(False)``, do not count.)"""
     done = _GRADS.get(cls)
     if done is None:
         done = _GRADS[cls] = bool(_scan(cls, _grad_calls))
@@ -69,7 +70,14 @@ def differentiates(cls: type) -> bool:
 
 def _grad_calls(function: ast.AST) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
+    if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) or \
+            function.name != "forward":
+        return out
     for node in ast.walk(function):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr == "requires_grad_" and node.args and \
+                isinstance(node.args[0], ast.Constant) and node.args[0].value is False:
+            continue
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             func = node.func
             name = func.attr
