@@ -118,3 +118,25 @@ def test_a_torch_func_transform_is_refused_with_the_way_out(strict: bool) -> Non
     with pytest.raises(UnsupportedOpError, match=r"torch\.func transform.*"
                                                            r"torch\.autograd\.grad"):
         pk.prune(FuncJacobian().eval(), torch.rand(8, 2), ratio=0.5, strict=strict)
+
+
+def test_only_a_forward_that_differentiates_turns_grad_on() -> None:
+    from prunekit._inputs import grad_mode
+
+    class Freezable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(x)
+
+        def freeze(self) -> None:
+            for param in self.parameters():
+                param.requires_grad_(False)
+
+    x = torch.randn(3, 2)
+    assert isinstance(grad_mode(x, list(Freezable().modules())), torch.no_grad)
+    assert isinstance(grad_mode(x, list(Siren().modules())), torch.enable_grad)
+    assert isinstance(grad_mode(x.requires_grad_(), list(Freezable().modules())),
+                      torch.enable_grad)
