@@ -625,3 +625,32 @@ def test_options_that_would_be_dropped_are_refused_or_said() -> None:
         prune(_bn_net(), x, target={"params": 0.2}, min_keep=0.5)
     with pytest.warns(UserWarning, match=r"target params=0\.8: the closest allocation"):
         prune(_bn_net(), x, target={"params": 0.8}, max_keep=0.5)
+
+
+def test_ignore_of_a_block_keeps_a_parameter_it_uses_as_a_layer_weight() -> None:
+    """CLIP's towers end in ``x @ self.proj`` (a parameter): with the tower in ``ignore=``,
+    its output width was cut anyway through that product."""
+
+    class Tower(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.fc = nn.Linear(width, 32)
+            self.proj = nn.Parameter(torch.randn(32, 16) * 0.1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.fc(x)) @ self.proj
+
+    class DualEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.visual, self.text = Tower(12), Tower(10)
+
+        def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+            return self.visual(image) @ self.text(text).t()
+
+    torch.manual_seed(0)
+    model = DualEncoder().eval()
+    x = (torch.randn(4, 12), torch.randn(4, 10))
+    result = prune(model, x, ratio=0.5, ignore=[model.visual])
+    assert result.model.visual.proj.shape == (32, 16) and result.model.visual.fc.out_features == 32
+    assert result.model.text.fc.out_features == 16  # the other tower still prunes
