@@ -35,6 +35,9 @@ __all__ = ["clear_caches", "copy_model", "own_parametrized_class", "recomputed_c
 # nn.Module's own attributes (parameter, buffer, submodule and hook registries): never a
 # cache of the model's code
 _MODULE_OWN = frozenset(nn.Module().__dict__)
+# a module's forward hook registries: hooks its code adds during the block are removed
+_HOOK_REGISTRIES = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                    "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
 _COMPRESSED = frozenset((torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc))
 _NUMBERS = frozenset((int, float, bool))  # plain numbers and flags a forward may set
 
@@ -64,6 +67,7 @@ def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
     others: list[tuple[dict[Any, Any], frozenset[Any]]] = []
     states: list[tuple[nn.Module, type, int, set[str], list[str]]] = []
     kept: list[tuple[dict[str, Any], str, Any]] = []  # buffers and plain numbers, by key
+    hooks: list[tuple[dict[int, Any], frozenset[int]]] = []
     for module in modules:
         state = module.__dict__
         buffers = state.get("_buffers")
@@ -84,9 +88,17 @@ def recomputed_caches(modules: Iterable[nn.Module]) -> Iterator[None]:
                 else:
                     others.append((value, frozenset(value)))
         states.append((module, type(module), len(state), mine, unset))
+        hooks.extend((registry, frozenset(registry)) for registry in
+                     (state.get(name) for name in _HOOK_REGISTRIES) if registry is not None)
     try:
         yield
     finally:
+        for registry, handles in hooks:  # hooks the block's code registered (transformers
+            # installs its output-capturing hooks on the first forward, with a flag this
+            # undoes below: both go, or the next forward installs the hooks twice)
+            if len(registry) != len(handles):
+                for handle in [h for h in registry if h not in handles]:
+                    del registry[handle]
         for cache, saved in caches:
             cache.clear()
             cache.update(saved)

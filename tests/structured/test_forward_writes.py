@@ -164,3 +164,36 @@ def test_a_data_assignment_in_the_forward_is_put_back(shared: bool) -> None:
         for name, value in pruned.state_dict().items():
             if name.startswith("encoder"):
                 assert torch.equal(value, before[name]), name
+
+
+class LazyHooks(nn.Module):
+    """transformers 5's output capturing: the first forward registers forward hooks on the
+    layers and sets a flag; later forwards read what the hooks captured."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.captured: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not getattr(self, "_hooks_installed", False):
+            self.a.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
+            self._hooks_installed = True
+        self.captured.clear()
+        out = self.b(torch.relu(self.a(x)))
+        if len(self.captured) != 1:
+            raise RuntimeError(f"captured {len(self.captured)} outputs of a, not 1")
+        return out
+
+
+def test_hooks_a_forward_installs_are_removed_with_the_flag_it_sets() -> None:
+    """Before, a never-run Llava lost the flag but kept the hooks: its next forward installed
+    them twice and failed."""
+    torch.manual_seed(0)
+    model, x = LazyHooks().eval(), torch.randn(3, 6)
+    result = prune(model, x, ratio=0.5)
+    assert result.params_kept < 1  # (its profile forwards too)
+    assert not model.a._forward_hooks and not hasattr(model, "_hooks_installed")
+    with torch.no_grad():
+        assert model(x).shape == (3, 3) and result.model(x).shape == (3, 3)
+        assert model(x).shape == (3, 3)

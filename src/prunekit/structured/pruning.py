@@ -489,8 +489,9 @@ def _lazy_profile(model: nn.Module, example_inputs: ExampleInputs,
                   written: tuple[str, ...] = ()) -> Callable[[], Profile]:
     def measure() -> Profile:
         # BatchNorm in train mode would update its statistics; what the forward writes
-        # into (graph/writes.py) is put back
-        with eval_mode(model), restored(model, written):
+        # into (graph/writes.py) is put back, and so are the attributes and hooks it adds
+        # (the unpruned model's clone shares the user's modules' hook dicts)
+        with eval_mode(model), restored(model, written), recomputed_caches(model.modules()):
             return profile(model, example_inputs)
     return measure
 
