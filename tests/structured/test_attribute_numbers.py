@@ -85,3 +85,29 @@ def test_numeric_reads_are_found_outside_init_only() -> None:
     assert numeric_attribute_reads(InitScaled) == ()
     assert {name for name, _ in numeric_attribute_reads(ScaledEmbedding)} == {"embedding_dim"}
     assert numeric_attribute_reads(nn.Linear) == ()
+
+
+def test_a_number_in_a_weight_initialiser_does_not_warn() -> None:
+    """HF Wav2Vec2's ``_init_weights`` reads ``in_channels`` under a sqrt: every prune of its
+    residual warned that the attention scale changed, though forward never calls it."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.out = nn.Conv1d(8, 16, 3, padding=1), nn.Conv1d(16, 4, 1)
+            self.reset_parameters()
+
+        def reset_parameters(self) -> None:
+            nn.init.normal_(self.out.weight, std=math.sqrt(1 / self.out.in_channels))
+
+        def _init_weights(self, module: nn.Module) -> None:
+            if isinstance(module, nn.Conv1d):
+                nn.init.uniform_(module.weight, -1 / math.sqrt(module.in_channels), 0.1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.out(torch.relu(self.conv(x)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = prune(Net().eval(), torch.randn(2, 8, 10), ratio=0.5)
+    assert result.model.out.in_channels == 8

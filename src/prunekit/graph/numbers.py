@@ -7,7 +7,8 @@ change beyond the removed channels. Widths read from shapes are caught while tra
 (:mod:`prunekit.graph.sizes`); an attribute read is plain Python, so the source of the
 model's classes is read instead: an attribute (``<anything>.name``) used as the argument of
 a ``sqrt``/``float``/``log``, as the base or exponent of ``**``, or as an operand of ``/``,
-in any method but ``__init__`` (a number computed once at construction keeps its value).
+in any method but ``__init__`` and weight initialisers (``_init_weights``,
+``reset_parameters``: a number computed once at construction keeps its value).
 
 The same reading finds the tensor attributes that the code re-binds after construction
 (:func:`rebound_attributes`): :mod:`prunekit.graph.dependency` keeps whole the channels that
@@ -169,6 +170,10 @@ def _defined_by(cls: type, name: str) -> type | None:
 
 def _numeric_reads(function: ast.AST) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
+    name = getattr(function, "name", "")
+    if "init" in name or name.startswith("reset"):
+        return out  # weight initialisation (``_init_weights``, ``reset_parameters``): its
+        # numbers set the initial weights once, and forward does not call it
     for node in ast.walk(function):
         operands: list[ast.expr] = []
         if isinstance(node, ast.Call):
