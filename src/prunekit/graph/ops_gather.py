@@ -11,7 +11,9 @@ what it writes, joined with the target's there (channel ``c`` of the source land
 channel ``c`` of the target), and the target's elsewhere.
 
 torchvision's region pooling (``roi_align``, ``roi_pool``: the R-CNN heads) keeps each
-channel of the feature map at its index in every region's output.
+channel of the feature map at its index in every region's output; ``masked_scatter`` of
+whole rows (a vision-language model's image features put in place of its image tokens)
+joins the features' channels with the target's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,31 @@ from prunekit.graph.trace import TraceContext
 
 GATHERS = ("gather", "take_along_dim")
 SCATTERS = ("scatter", "scatter_add", "scatter_reduce")
+
+
+def _masked_scatter(ctx: TraceContext, call: OpCall) -> None:
+    """``embeds.masked_scatter(mask, features)`` with a mask of whole rows (Hugging Face's
+    LLaVA, BLIP-2 and Idefics put image features in place of the image tokens: the mask is
+    ``(ids == image_token).unsqueeze(-1).expand_as(embeds)``): each feature row fills a whole
+    row of the target, so channel ``c`` of the features lands in channel ``c`` of the
+    target, and the two are joined. Any other mask is not mapped."""
+    target, mask, source = (*call.args, None, None)[:3]
+    out = call.out
+    if not all(isinstance(t, Tensor) for t in (target, mask, source, out)) or \
+            target.dim() < 1 or source.dim() < 1 or source.shape[-1] != target.shape[-1]:
+        raise OpNotMappable("expected a mask of whole rows and features of the target's width")
+    mask = torch.broadcast_to(mask, target.shape)
+    if target.shape[-1] > 1 and not bool((mask == mask[..., :1]).all()):
+        raise OpNotMappable("its mask does not cover whole rows")
+    space = ctx.space
+    labels, written = space.find(ctx.labels(target)), space.find(ctx.labels(source))
+    for tensor in (labels, written):
+        if any(varies(tensor, dim) for dim in range(tensor.dim() - 1)):
+            raise OpNotMappable("its target or features vary along a dim other than the last")
+    if labels.numel() and written.numel():
+        space.union(labels.reshape(-1, labels.shape[-1])[0],
+                    written.reshape(-1, written.shape[-1])[0])
+    ctx.set_labels(out, space.find(labels))
 
 
 def _region_pool(ctx: TraceContext, call: OpCall) -> None:
@@ -126,4 +153,5 @@ def _scatter(ctx: TraceContext, call: OpCall) -> None:
 
 register_op(GATHERS, _gather)
 register_op(tuple(REGION_POOLS), _region_pool)
+register_op(("masked_scatter",), _masked_scatter)
 register_op(SCATTERS, _scatter)
