@@ -32,6 +32,7 @@ import datetime
 import json
 import os
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -339,7 +340,7 @@ def _json_or_error(name: str, value: Any) -> Any:
         ) from err
 
 
-def _dedupe(state: Mapping[str, Any], converted: set[str] = frozenset()  # type: ignore[assignment]
+def _dedupe(state: Mapping[str, Any], converted: AbstractSet[str] = frozenset()
             ) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, dict[str, Any]]]:
     """Tensors to store (contiguous, CPU, no shared storage), alias → stored name, and the
     layout table of sparse COO/CSR tensors (stored as their parts) — not of the modules
