@@ -12,6 +12,11 @@ this shim) would fail and take the Hugging Face tests with it.
     .venv-vision/bin/pip install -c constraints.txt torch==2.13.0
     .venv-vision/bin/pip install -c constraints.txt -e . torchvision==0.28.0 timm torch-pruning
     .venv-vision/bin/python benchmarks/structured_timm.py   # or structured_torchvision.py
+
+With torchvision's compiled ops (``roi_align``, ``nms``: the R-CNN detectors of
+structured_libraries.py), take the pair the machine's env notes give instead (on x86_64 a
+5.5 GB CUDA build, run on the CPU): ``pip install torch==2.14.1 torchvision==0.29.1``, then the
+rest without the constraints file. The fifteenth session's sweeps ran in such a venv.
 """
 
 from __future__ import annotations
