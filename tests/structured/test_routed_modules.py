@@ -337,3 +337,40 @@ def test_copied_experts_save_and_reload(tmp_path) -> None:  # type: ignore[no-un
     x = torch.randn(40, 8)  # reaches every expert
     with torch.no_grad():
         assert torch.equal(loaded(x), result.model(x))
+
+
+class ModalityExperts(nn.Module):
+    """VLMo's mixture of modality experts, held as attributes and picked by modality."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch, self.tok = nn.Linear(12, 32), nn.Embedding(40, 32)
+
+        def ffn() -> nn.Module:
+            return nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+
+        self.mlp_text, self.mlp_imag, self.mlp_vl = ffn(), ffn(), ffn()
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, image: Tensor, text: Tensor, fused: bool = False) -> Tensor:
+        v, t = self.patch(image), self.tok(text)
+        if fused:
+            x = torch.cat([t, v], 1)
+            return self.head((x + self.mlp_vl(x))[:, 0])
+        v, t = v + self.mlp_imag(v), t + self.mlp_text(t)
+        return self.head(v[:, 0]) @ self.head(t[:, 0]).t()
+
+
+def test_a_sibling_held_as_an_attribute_that_never_ran_is_pruned_like_the_others() -> None:
+    """Before, ``mlp_vl`` kept its width without a warning while the residual it reads was
+    cut: the pruned model failed in fused mode."""
+    torch.manual_seed(0)
+    model = ModalityExperts().eval()
+    x = (torch.randn(2, 5, 12), torch.randint(0, 40, (2, 6)))
+    with pytest.warns(UserWarning, match="mlp_vl never ran"):
+        result = prune(model, x, ratio=0.5, ignore=[model.head])
+    pruned = result.model
+    assert pruned.mlp_vl[0].in_features == pruned.patch.out_features == 16
+    assert pruned.mlp_vl[0].out_features == pruned.mlp_text[0].out_features == 32
+    with torch.no_grad():
+        assert pruned(*x, fused=True).shape == (2, 4)

@@ -1,14 +1,15 @@
 """Modules the example inputs never reached, coupled like their siblings that ran.
 
 Code that picks among the members of a ``ModuleList`` / ``ModuleDict`` by the data (the
-experts of a mixture-of-experts layer, layers after an early exit) runs only some of them
-on a small example. The trace has no record of the others, so nothing says which widths
-they read. Where at least two siblings of the same class and tensor shapes ran and the
-trace coupled them alike — each reads and writes the same channels of the rest of the
-model, and its own widths (an expert's hidden units) form the same pattern of classes —
-an unreached sibling of that layout is taken to be coupled alike too: its records are
-copies of one reached sibling's, with fresh labels for that sibling's own classes. The
-forward check then runs each copy on its sibling's inputs (structured/pruning.py).
+experts of a mixture-of-experts layer, layers after an early exit), or among siblings held
+as attributes (VLMo's ``mlp_text`` / ``mlp_imag`` / ``mlp_vl``, picked by modality), runs
+only some of them on a small example. The trace has no record of the others, so nothing says
+which widths they read. Where at least two siblings of the same class and tensor shapes ran
+and the trace coupled them alike — each reads and writes the same channels of the rest of
+the model, and its own widths (an expert's hidden units) form the same pattern of classes —
+an unreached sibling of that layout is taken to be coupled alike too: its records are copies
+of one reached sibling's, with fresh labels for that sibling's own classes. The forward
+check then runs each copy on its sibling's inputs (structured/pruning.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def mirror_unreached(trace: Trace) -> list[tuple[str, str]]:
     (member -> the sibling copied); innermost containers first, so that a layer copied
     whole carries its experts' copies too. Returns (unreached member, a sibling that ran)
     for each member it could not couple."""
-    if not trace.containers:
+    if not trace.containers and not trace.parents:
         return []
     # reached: ran (its hooks fired on something), or holds a tensor an op read (a layer
     # called as ``lin.forward(x)``, as PyG's TAGConv does, fires no hook)
@@ -43,7 +44,9 @@ def mirror_unreached(trace: Trace) -> list[tuple[str, str]]:
     copied: dict[str, str] = {}
     refused: list[tuple[str, str]] = []
     index: _Index | None = None  # built when first needed, again after records are added
-    for path, container in sorted(trace.containers, key=lambda item: -item[0].count(".")):
+    held = {id(module) for _, module in trace.containers}
+    for path, container in sorted([*trace.containers, *trace.parents],
+                                  key=lambda item: -item[0].count(".")):
         children = [(f"{path}.{key}" if path else key, child)
                     for key, child in container.named_children()]
         ran = [(name, child) for name, child in children if name in reached]
@@ -64,7 +67,8 @@ def mirror_unreached(trace: Trace) -> list[tuple[str, str]]:
                     sources[layout] = None
             source = sources[layout]
             if source is None:
-                refused.append((name, ran[0][0]))
+                if id(container) in held:  # (a module of its own that never ran, held
+                    refused.append((name, ran[0][0]))  # as an attribute: not judged here)
                 continue
             index = index or _Index(trace, reached)
             _copy_records(trace, index, source, name, child)

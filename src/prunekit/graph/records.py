@@ -98,6 +98,9 @@ class Trace:
     mirrored: dict[str, str] = field(default_factory=dict)
     # (path, module) of every ModuleList and ModuleDict of the model, in named_modules order
     containers: list[tuple[str, nn.Module]] = field(default_factory=list)
+    # (path, module) of every other module with three or more children (siblings held as
+    # attributes, mirrored like a container's members, never refused)
+    parents: list[tuple[str, nn.Module]] = field(default_factory=list)
     # the paths of the model's tensors that its forward wrote into (restored after the
     # trace): a later forward writes them again (graph/writes.py)
     written: tuple[str, ...] = ()

@@ -120,6 +120,7 @@ class TraceContext:
                         self._param_names.setdefault(id(tensor),
                                                      f"{prefix}.{key}" if prefix else key)
         self.containers: list[tuple[str, nn.Module]] = []  # its ModuleLists, ModuleDicts
+        self.parents: list[tuple[str, nn.Module]] = []  # other modules of 3+ children
         self._named_modules: list[tuple[str, nn.Module]] = []  # what named_modules() gives:
         seen: set[int] = set()  # each module once, at its first path
         for name, module in walk:
@@ -138,6 +139,8 @@ class TraceContext:
                 self._named_modules.append((name, module))
                 if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
                     self.containers.append((name, module))
+                elif len(module._modules) >= 3:  # siblings held as attributes: VLMo's
+                    self.parents.append((name, module))  # mlp_text / mlp_imag / mlp_vl
         self._model = model
 
     # -- labels of tensors -------------------------------------------------------------
@@ -699,6 +702,6 @@ def trace(
         ctx.at_end.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes, ctx.aligned, data, train_data, ctx.width_numbers,
-                 frozenset(ctx._calls.entered), containers=ctx.containers,
+                 frozenset(ctx._calls.entered), containers=ctx.containers, parents=ctx.parents,
                  written=names_of(model, ctx.writes.written()),
                  classes=frozenset(type(m) for _, m in ctx._named_modules))
