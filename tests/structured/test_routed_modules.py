@@ -374,3 +374,36 @@ def test_a_sibling_held_as_an_attribute_that_never_ran_is_pruned_like_the_others
     assert pruned.mlp_vl[0].out_features == pruned.mlp_text[0].out_features == 32
     with torch.no_grad():
         assert pruned(*x, fused=True).shape == (2, 4)
+
+
+class NestedLayers(nn.Module):
+    """lucidrains' Perceiver: each layer a ModuleList whose third item, a ModuleList too, is
+    unpacked in the loop and never called itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8),
+                           nn.ModuleList([nn.Linear(8, 32), nn.Linear(32, 8)])])
+            for _ in range(2))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for cross, ff, (sa, sf) in self.layers:
+            x = x + cross(x)
+            x = x + ff(x)
+            x = x + sf(torch.relu(sa(x)))
+        return self.head(x)
+
+
+def test_an_uncalled_container_whose_members_ran_counts_as_reached() -> None:
+    """Before: a ConfigError that ``layers.0.2`` never ran, also with strict=False."""
+    torch.manual_seed(0)
+    model, x = NestedLayers().eval(), torch.randn(4, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = prune(model, x, ratio=0.5)
+    assert result.model.layers[0][2][0].out_features == 16
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x),
+                                   _zero_removed_inputs(model, result.plan)(x))

@@ -37,7 +37,10 @@ def mirror_unreached(trace: Trace) -> list[tuple[str, str]]:
     # reached: ran (its hooks fired on something), or holds a tensor an op read (a layer
     # called as ``lin.forward(x)``, as PyG's TAGConv does, fires no hook)
     reached = set(trace.ran)
-    for name in trace.params:
+    # a module whose children ran is reached, called or not (a Perceiver's inner ModuleList
+    # unpacked as ``for cross, ff, (sa, sf) in self.layers``)
+    for name in [*trace.ran, *trace.params]:
+        name = name.rpartition(".")[0] if name in trace.ran else name
         while name and name not in reached:
             reached.add(name)
             name = name.rpartition(".")[0]
