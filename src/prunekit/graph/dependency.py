@@ -122,9 +122,9 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
         prefix = f"{path}." if path else ""
         for name, param in trace.params.items():
             if name.startswith(prefix):  # (as a layer weight too: CLIP's x @ self.proj)
-                space.block(param.ids, f"{name!r} is in a module in ignore=")
-                for vector, _ in param.axes.values():
-                    space.block(vector, f"{name!r} is in a module in ignore=")
+                reason = f"{name!r} is in a module in ignore="
+                for labels in (param.ids, *(vector for vector, _ in param.axes.values())):
+                    space.block(labels, reason)
     _tie_shared_weights(trace, axes_of)
     layer_axes = _layer_axes(model, trace, axes_of)
     param_axes: dict[str, int | None] = {}

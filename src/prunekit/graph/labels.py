@@ -162,14 +162,6 @@ class LabelSpace:
         roots = self.roots(labels)
         return roots.numel() == 1 and int(roots[0]) in self.blocked_roots()
 
-    def is_blocked(self, label: int) -> bool:
-        """Whether the class of ``label`` holds a block id (is kept whole)."""
-        if not self.block_reasons:
-            return False
-        ids = np.fromiter(self.block_reasons, dtype=np.int64, count=len(self.block_reasons))
-        root = int(self._find_np(np.array([label], dtype=np.int64))[0])
-        return bool((self._find_np(ids) == root).any())
-
     def blocked_roots(self) -> dict[int, str]:
         """Representative → reason, for every class that holds a block id: the distinct
         reasons of its block ids in the order they were made, the first three named."""

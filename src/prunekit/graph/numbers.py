@@ -75,18 +75,16 @@ def _grad_calls(function: ast.AST) -> list[tuple[str, int]]:
             function.name != "forward":
         return out
     for node in ast.walk(function):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                node.func.attr == "requires_grad_" and node.args and \
-                isinstance(node.args[0], ast.Constant) and node.args[0].value is False:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            func = node.func
-            name = func.attr
-            if name in ("backward", "requires_grad_") or (name == "grad" and \
-                    isinstance(func.value, (ast.Name, ast.Attribute)) and \
-                    (func.value.id if isinstance(func.value, ast.Name)
-                     else func.value.attr) == "autograd"):
-                out.append((name, node.lineno))
+        name, owner = node.func.attr, node.func.value
+        turned_off = name == "requires_grad_" and node.args and \
+            isinstance(node.args[0], ast.Constant) and node.args[0].value is False
+        by_autograd = name == "grad" and (
+            (isinstance(owner, ast.Name) and owner.id == "autograd") or
+            (isinstance(owner, ast.Attribute) and owner.attr == "autograd"))
+        if (name in ("backward", "requires_grad_") and not turned_off) or by_autograd:
+            out.append((name, node.lineno))
     return out
 
 

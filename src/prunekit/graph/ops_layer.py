@@ -28,7 +28,7 @@ from prunekit.graph.labels import consume, emit, fixed_shape, rep_along
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_matmul import contract, matmul, weight_axes
 from prunekit.graph.ops_pointwise import combine
-from prunekit.graph.ops_shape import holding, running_module_phrase
+from prunekit.graph.ops_shape import holding, ones_after, running_module_phrase
 from prunekit.graph.trace import ParamRecord, TraceContext
 
 
@@ -56,7 +56,7 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
         channel_in = channel_out = 1 if x.dim() == weight.dim() else 0
     same = ctx.same_as_param(weight)  # W.squeeze(1).unsqueeze(1), W.float(): W itself
     if same is not None and (same.shape == weight.shape or (groups == 1 and not linear and
-                             _with_ones_after(same, weight))):
+                             ones_after(same, weight))):
         weight = same  # (W.view(c, c, 1, 1) of a 2-D W: its axes 0 and 1 are the conv's)
     # F.linear(x, self.gate_up_proj[e]) reads rows of axis 1 and columns of axis 2 of a stack
     stack = ctx.param_views.weight(weight, "pick") if linear and weight.dim() == 2 else None
@@ -82,13 +82,6 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
         ids = _grouped_conv(ctx, call, x, weight, record, groups, channel_in)
         labels = emit(ctx.space.find(ids), channel_out, out.shape)
     ctx.set_labels(out, _with_bias(ctx, labels, bias, out, channel_out))
-
-
-def _with_ones_after(root: Tensor, view: Tensor) -> bool:
-    """Whether ``view``'s shape is ``root``'s with dims of size 1 after it."""
-    rank = root.dim()
-    return view.dim() > rank and view.shape[:rank] == root.shape and \
-        all(size == 1 for size in view.shape[rank:])
 
 
 def _with_bias(ctx: TraceContext, labels: Tensor, bias: Any, out: Tensor,

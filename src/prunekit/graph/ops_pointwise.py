@@ -229,18 +229,15 @@ def _defer_scale(ctx: TraceContext, call: OpCall, operands: list[Tensor],
     EqualLinear and EqualConv2d): the weight, element for element, left for a layer to take
     as its weight (kind ``"same"``); labelled as the product if anything else reads it.
     False (nothing done) for any other call."""
-    if len(outputs) != 1 or not call.args or outputs[0] is call.args[0]:
+    if len(outputs) != 1 or len(call.args) != 2 or outputs[0] is call.args[0]:
         return False
-    out, weight = outputs[0], call.args[0]
-    others = call.args[1:2]
-    if not (isinstance(weight, Tensor) and weight.dim() and out.shape == weight.shape and
-            len(others) == 1 and _is_scalar(others[0])):
-        if call.name == "div" or len(call.args) < 2:
-            return False
-        weight, others = call.args[1], call.args[:1]  # scale * W
-        if not (isinstance(weight, Tensor) and weight.dim() and out.shape == weight.shape and
-                _is_scalar(others[0])):
-            return False
+    out = outputs[0]
+    # W * s or W / s; s * W
+    orders = [call.args] if call.name == "div" else [call.args, call.args[::-1]]
+    weight = next((w for w, s in orders if isinstance(w, Tensor) and w.dim() and
+                   w.shape == out.shape and _is_scalar(s)), None)
+    if weight is None:
+        return False
     root = ctx.same_as_param(weight)
     if root is None or root.shape != out.shape:
         return False
@@ -519,10 +516,8 @@ def _params_meet_fixed(ctx: TraceContext, operands: list[Tensor], shape: torch.S
         if not ctx.is_param(built) or ctx.is_param_built(other) or not ctx.is_tracked(other):
             continue
         labels = ctx.labels(other)
-        if not labels.numel():
-            continue
-        top = int(labels.max())
-        if top == NEUTRAL or top != int(labels.min()) or not ctx.space.is_blocked(top):
+        if not labels.numel() or int(labels.max()) != int(labels.min()) or \
+                not ctx.space.one_blocked_class(labels):
             continue
         pad_other, pad_built = len(shape) - other.dim(), len(shape) - built.dim()
         spans = {d + pad_other for d in range(other.dim()) if other.shape[d] > 1}

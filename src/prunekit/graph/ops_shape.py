@@ -230,11 +230,15 @@ def kernel_view(call: OpCall) -> bool:
     calls :func:`defer_same_view` may leave for a conv to take. A vector's view (a scale's
     ``view(self.shape)``) is read as it is, its sizes judged."""
     source, out = call.args[0] if call.args else None, call.out
-    if not isinstance(source, Tensor) or not isinstance(out, Tensor) or source.dim() < 2:
-        return False
-    rank = source.dim()
-    return out.dim() > rank and out.shape[:rank] == source.shape and \
-        all(size == 1 for size in out.shape[rank:])
+    return isinstance(source, Tensor) and isinstance(out, Tensor) and source.dim() >= 2 and \
+        ones_after(source, out)
+
+
+def ones_after(root: Tensor, view: Tensor) -> bool:
+    """Whether ``view``'s shape is ``root``'s with dims of size 1 after it."""
+    rank = root.dim()
+    return view.dim() > rank and view.shape[:rank] == root.shape and \
+        all(size == 1 for size in view.shape[rank:])
 
 
 def _same_layout(root: Tensor, view: Tensor) -> bool:
