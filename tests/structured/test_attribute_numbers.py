@@ -1,5 +1,5 @@
 """A number the model's code computes from an int attribute that ``prune`` rewrites (an
-ESPnet attention's ``1 / math.sqrt(self.d_k)``, SASRec's ``embedding_dim ** 0.5``) changes
+attention's ``1 / math.sqrt(self.d_k)`` whose head count is a constant, SASRec's ``embedding_dim ** 0.5``) changes
 with it, so the pruned model's outputs change beyond the removed channels. Before, that
 went without a word; now ``prune`` warns, naming the line."""
 
@@ -15,11 +15,12 @@ from torch import Tensor, nn
 
 from prunekit.structured import prune
 
+HEADS = 4  # a constant: the per-head width d_k, not the head count, is what prune cuts
 
 class Attention(nn.Module):
-    def __init__(self, d: int = 32, h: int = 4) -> None:
+    def __init__(self, d: int = 32) -> None:
         super().__init__()
-        self.h, self.d_k = h, d // h
+        self.d_k = d // HEADS
         self.linear_q, self.linear_k, self.linear_v = (nn.Linear(d, d) for _ in range(3))
         self.linear_out = nn.Linear(d, d)
         self.scale = 1 / math.sqrt(self.d_k)  # (read by InitScaled only)
@@ -29,7 +30,7 @@ class Attention(nn.Module):
 
     def attend(self, x: Tensor, scale: float) -> Tensor:
         b, t, _ = x.shape
-        q, k, v = (lin(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        q, k, v = (lin(x).view(b, t, HEADS, self.d_k).transpose(1, 2)
                    for lin in (self.linear_q, self.linear_k, self.linear_v))
         att = (q @ k.transpose(-2, -1) * scale).softmax(-1)
         return self.linear_out((att @ v).transpose(1, 2).reshape(b, t, -1))

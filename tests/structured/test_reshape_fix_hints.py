@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.structured.pruning import prune
+from tests.graph.test_unfold import _zero_removed_outputs
 
 
 class _TwoHolders(nn.Module):
@@ -84,11 +85,19 @@ class _EspnetAttention(nn.Module):
 
 def test_a_size_several_attributes_hold_is_told_by_the_attribute_the_call_names() -> None:
     """Was: with ``h == d_k``, which attribute sized the last factor was unknown, and the
-    attention was kept whole; the call names ``self.d_k`` at that position."""
+    attention was kept whole; the call names ``self.h`` and ``self.d_k`` at their
+    positions. ``self.h`` written as a leading factor counts heads: whole heads go, and
+    ``d_k`` (the scale's head width) keeps its value. Before, each head lost half its
+    width instead and ``h`` stayed 4."""
     torch.manual_seed(0)
     model, x = _EspnetAttention().eval(), torch.randn(2, 5, 16)
     result = prune(model, x, ratio=0.5, importance="random", seed=3)
     pruned = result.model
-    assert pruned.d_k == 2 and pruned.h == 4 and pruned.linear_q.out_features == 8
+    assert pruned.d_k == 4 and pruned.h == 2 and pruned.linear_q.out_features == 8
+    keep = result.plan["modules"]["linear_q"]["keep"]["out"]
+    heads = sorted({c // 4 for c in keep})
+    assert keep == [4 * head + j for head in heads for j in range(4)]  # whole heads
+    zeroed = _zero_removed_outputs(model, result.plan)
     with torch.no_grad():
         assert pruned(x).shape == (2, 5, 16)
+        torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-4, atol=1e-5)

@@ -53,6 +53,7 @@ from prunekit.graph.callers import (
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
+    SHORT_HEAD_COUNTS,
     counts_heads,
     defer_same_view,
     first_line,
@@ -99,7 +100,8 @@ def _reshape_general(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
         rep_along(ctx.space, canon, tuple(d for d in bearing if d != shrink))
         if attr is not None and not _read_elsewhere(ctx, call, canon, attr, shrink):
             line = first_line(ctx.space.find(canon), shrink)
-            ctx.bind_attribute(ctx.path, attr, line)
+            count = int_attributes(ctx).get(attr, line.numel())
+            ctx.bind_attribute(ctx.path, attr, line[:count])  # (heads merged with batch)
 
 
 def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
@@ -388,6 +390,24 @@ def _written_twice(sizes: list[int], labels: Tensor, segment: list[int], dim: in
     return written.count(labels.shape[dim]) > 1
 
 
+def _heads_with_batch(ctx: TraceContext, labels: Tensor, dim: int,
+                      attrs: dict[str, int]) -> str | None:
+    """The head count of a split whose leading factor merges the batch with the heads
+    (fairseq's and Whisper's ``view(T, bsz * self.num_heads, self.head_dim)``): the one
+    head-count attribute that factor's expression reads, where the factor is a whole
+    number of batches of it and its labels repeat batch by batch. Whole heads then go."""
+    reads = attributes_by_argument(ctx)
+    if reads is None or len(reads) != labels.dim():
+        return None
+    heads = [k for k in reads[dim] if counts_heads(k) or k in SHORT_HEAD_COUNTS]
+    count = attrs.get(heads[0], 0) if len(heads) == 1 else 0
+    size = labels.shape[dim]
+    if count < 2 or size <= count or size % count:
+        return None
+    line = first_line(labels, dim)
+    return heads[0] if bool((line.view(-1, count) == line[:count]).all()) else None
+
+
 def _named_for(attr: str, dim: int, segment: list[int]) -> bool:
     """True if ``attr``'s name says it sizes factor ``dim`` of a split: a per-head size
     (``head_dim``, ``head_size``) the last factor, a head count (``num_heads``) another."""
@@ -451,12 +471,18 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     for dim in bearing[:-1]:
         size = labels.shape[dim]
         heads = [k for k, v in attrs.items() if v == size and counts_heads(k)]
+        if not heads and args is not None and args[dim] in SHORT_HEAD_COUNTS and \
+                attrs.get(args[dim]) == size:  # view(B, -1, self.h, self.d_k): ESPnet
+            heads = [args[dim]]
         if args is not None and type(args[dim]) is int:
             continue  # a literal (the 3 of q/k/v in reshape(B, N, 3, self.num_heads, -1)
             # with 3 heads) is not the head count, whatever its value
         if size in written and len(heads) == 1:
             _check_head_size(ctx, call, labels, bearing, dim, sizes, attrs)
             return dim, heads[0]
+        merged = _heads_with_batch(ctx, labels, dim, attrs)
+        if merged is not None:
+            return dim, merged
     last = bearing[-1]
     size = labels.shape[last]
     holders = holding(ctx, size)

@@ -490,6 +490,11 @@ def counts_heads(name: str) -> bool:
         _PER_HEAD.search(name) is None
 
 
+SHORT_HEAD_COUNTS = frozenset({"h", "H", "nh", "n_h"})
+"""Names too short for :func:`counts_heads` that count heads where a view writes them as
+a leading factor of a split (ESPnet's, WeNet's and the Annotated Transformer's ``view(B,
+-1, self.h, self.d_k)``); elsewhere ``h`` may be a height."""
+
 _PER_HEAD = re.compile(r"(^|_)d_?heads?$|per_heads?$")  # d_head, dhead, channels_per_head
 
 
