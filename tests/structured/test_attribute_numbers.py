@@ -1,7 +1,7 @@
-"""A number the model's code computes from an int attribute that ``prune`` rewrites (an
-attention's ``1 / math.sqrt(self.d_k)`` whose head count is a constant, SASRec's ``embedding_dim ** 0.5``) changes
-with it, so the pruned model's outputs change beyond the removed channels. Before, that
-went without a word; now ``prune`` warns, naming the line."""
+"""A number the model's code computes from an int attribute that ``prune`` rewrites (the
+``1 / math.sqrt(self.d_k)`` of an attention whose head count is a constant, SASRec's
+``embedding_dim ** 0.5``) changes with it, so the pruned model's outputs change beyond the
+removed channels. Before, that went without a word; now ``prune`` warns, naming the line."""
 
 from __future__ import annotations
 

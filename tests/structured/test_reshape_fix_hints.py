@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from tests.graph.test_unfold import _zero_removed_outputs
 from torch import Tensor, nn
 
 from prunekit.structured.pruning import prune
-from tests.graph.test_unfold import _zero_removed_outputs
 
 
 class _TwoHolders(nn.Module):

@@ -471,9 +471,10 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     for dim in bearing[:-1]:
         size = labels.shape[dim]
         heads = [k for k, v in attrs.items() if v == size and counts_heads(k)]
-        if not heads and args is not None and args[dim] in SHORT_HEAD_COUNTS and \
-                attrs.get(args[dim]) == size:  # view(B, -1, self.h, self.d_k): ESPnet
-            heads = [args[dim]]
+        at = args[dim] if args is not None else None
+        if not heads and isinstance(at, str) and at in SHORT_HEAD_COUNTS and \
+                attrs.get(at) == size:  # view(B, -1, self.h, self.d_k): ESPnet
+            heads = [at]
         if args is not None and type(args[dim]) is int:
             continue  # a literal (the 3 of q/k/v in reshape(B, N, 3, self.num_heads, -1)
             # with 3 heads) is not the head count, whatever its value
