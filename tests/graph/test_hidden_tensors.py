@@ -9,6 +9,7 @@ trace refuses it by name, or keeps what it touches whole with ``strict=False``.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -122,6 +123,35 @@ def test_models_prepared_for_quantization_are_refused_and_float_stubs_pass() -> 
         prepared = stubs.prepare_qat(model.train())
     with pytest.raises(ConfigError, match=r"preparing the model for quantization.*prune the "
                                           r"float model before preparing it"):
+        pk.prune(prepared, x, ratio=0.5)
+
+
+class _FloatSkip(nn.Module):
+    """DPT's and MiDaS's residual unit: ``nn.quantized.FloatFunctional`` adds floats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 1)
+        self.head = nn.Conv2d(16, 1, 1)
+        self.skip_add = nn.quantized.FloatFunctional()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.head(self.skip_add.add(self.conv(h.relu()), h))
+
+
+def test_a_float_functional_adder_prunes_and_once_prepared_is_refused() -> None:
+    """Was: refused as "a quantized layer", also with strict=False."""
+    model, x = _FloatSkip().eval(), torch.randn(2, 3, 8, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.conv.out_channels == result.model.stem.out_channels == 8
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 1, 6, 6)
+    model.qconfig = torch.ao.quantization.get_default_qconfig("fbgemm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = torch.ao.quantization.prepare(copy.deepcopy(model))
+    with pytest.raises(ConfigError, match=r"preparing the model for quantization"):
         pk.prune(prepared, x, ratio=0.5)
 
 

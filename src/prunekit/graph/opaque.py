@@ -83,9 +83,12 @@ def quantization_error(path: str, module: nn.Module) -> ConfigError | None:
     parameters, and runs its kernels out of the trace's sight: the model would come back
     "pruned" with nothing removed. Observers, fake-quant modules and QAT layers that
     ``prepare``/``prepare_qat`` insert hold per-channel statistics sized to today's widths.
-    ``QuantStub``/``DeQuantStub`` of a float model pass their input through."""
+    ``QuantStub``/``DeQuantStub`` of a float model pass their input through, and
+    ``FloatFunctional`` (DPT's and MiDaS's skip adder) adds floats with no weights; once
+    prepared, its observer child is refused as such."""
     kind = type(module).__module__
-    if not kind.startswith("torch.ao.") or kind == "torch.ao.quantization.stubs":
+    if not kind.startswith("torch.ao.") or kind == "torch.ao.quantization.stubs" or \
+            type(module) is torch.ao.nn.quantized.FloatFunctional:
         return None
     where = f"model.{path}" if path else "the model"
     name = f"{kind}.{type(module).__name__}"
