@@ -132,8 +132,9 @@ def clear_caches(modules: Iterable[nn.Module]) -> None:
 def copy_model(model: nn.Module) -> nn.Module:
     """``copy.deepcopy(model)``, except that caches are copied empty, a tensor attribute
     that is not a graph leaf (cached while autograd recorded) is copied detached and a
-    compressed sparse buffer (CSR, CSC, BSR, BSC) is cloned, where deepcopy would raise, and
-    parametrized modules get a class of their own."""
+    compressed sparse buffer (CSR, CSC, BSR, BSC) is cloned, where deepcopy would raise,
+    parametrized modules get a class of their own, and a parameter's own attributes (the
+    optimizer flags ``_no_weight_decay`` of Mamba, ``_optim`` of S4) are copied."""
     memo: dict[int, Any] = {}
     for module in model.modules():
         for key, value in module.__dict__.items():
@@ -158,6 +159,11 @@ def copy_model(model: nn.Module) -> nn.Module:
     copied = copy.deepcopy(model, memo)
     for module in copied.modules():
         own_parametrized_class(module)
+    pairs = zip(model.named_parameters(remove_duplicate=False),
+                copied.named_parameters(remove_duplicate=False), strict=True)
+    for (_, param), (_, twin) in pairs:  # Parameter's deepcopy drops them: _no_weight_decay, _optim
+        if param.__dict__ and not twin.__dict__:
+            twin.__dict__.update(copy.deepcopy(param.__dict__, memo))
     return copied
 
 

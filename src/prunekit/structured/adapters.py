@@ -199,6 +199,7 @@ class ParamSlicer:
                 current = _same_layout(orig, current)
             if is_parameter(orig):
                 new: Tensor = nn.Parameter(current, requires_grad=orig.requires_grad)
+                new.__dict__.update(orig.__dict__)  # optimizer flags: _no_weight_decay
             else:
                 new = current
             for module, attr in self._holders[key]:
