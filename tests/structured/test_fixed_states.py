@@ -116,3 +116,40 @@ def test_a_state_made_at_a_childs_width_attribute_prunes(how: str, tmp_path) -> 
         assert result.model(x).shape == (3, 4, 4)
         loaded = pk.load(pk.save(result, tmp_path / "ckpt"), CellPolicy(how))
         assert torch.equal(loaded(x), result.model(x))
+
+
+class RecurrentFeatures(nn.Module):
+    """BasicVSR's propagation: a state made as ``x.new_zeros(b, self.num_feat, h, w)``, and
+    ``num_feat`` also sizing a split of another conv."""
+
+    def __init__(self, num_feat: int = 16) -> None:
+        super().__init__()
+        self.num_feat = num_feat
+        self.gate = nn.Conv2d(3, 2 * num_feat, 3, 1, 1)
+        self.trunk = nn.Conv2d(3 + num_feat, num_feat, 3, 1, 1)
+        self.out, self.out2 = nn.Conv2d(num_feat, 3, 1), nn.Conv2d(num_feat, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        feat = x.new_zeros(b, self.num_feat, h, w)
+        for _ in range(2):
+            feat = torch.relu(self.trunk(torch.cat([x, feat], 1)))
+        p, q = torch.split(self.gate(x), [self.num_feat, self.num_feat], dim=1)
+        return self.out(feat) + self.out2(p * torch.sigmoid(q))
+
+
+@pytest.mark.parametrize("size", [12, 16])
+def test_a_state_whose_height_equals_its_width_attribute_prunes(size: int) -> None:
+    """At 16×16 with ``num_feat == 16`` the written sizes ``16, 16, 16`` hid which one the
+    attribute sizes: the state kept its 16 channels while the split's attribute was
+    rewritten, and prune failed its check (strict=False removed nothing). The call names
+    ``self.num_feat`` at dim 1; ``h`` and ``w`` are read from the input's shape."""
+    torch.manual_seed(0)
+    model, x = RecurrentFeatures().eval(), torch.randn(2, 3, size, size)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.num_feat == 8 and result.model.trunk.out_channels == 8
+    assert result.model.gate.out_channels == 16
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 3, size, size)
+        other = torch.randn(1, 3, 10, 14)
+        assert result.model(other).shape == (1, 3, 10, 14)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from prunekit.graph.callers import attributes_read, calling_module
+from prunekit.graph.callers import arguments_written, attributes_read, calling_module
 from prunekit.graph.labels import NEUTRAL, varies
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.sizes import SizeInt, channel_line, written_shape
@@ -78,7 +78,9 @@ def _bind_uniform_dim(ctx: TraceContext, out: Tensor, shape: tuple[object, ...],
                       uniform: Callable[[int], bool]) -> None:
     """Give fresh labels to the first dim of ``out`` (one along which its values are
     ``uniform``) whose written size one int attribute the call reads holds, and bind that
-    attribute to them; nothing where the size is written for another dim too."""
+    attribute to them; nothing where the size is written as an int for another dim too,
+    unless the call names the attribute at that dim (``x.new_zeros(b, self.num_feat, h, w)``
+    with ``h == w == num_feat``)."""
     read = attributes_read(ctx)
     if not read:
         return
@@ -91,10 +93,18 @@ def _bind_uniform_dim(ctx: TraceContext, out: Tensor, shape: tuple[object, ...],
             where = f"{path}.{name}" if path else name
             held += [(where, k, v) for k, v in vars(child).items()
                      if k in read and type(v) is int]
+    plain = [size for size in shape if type(size) is int]  # (not sizes read from a shape)
+    names = arguments_written(ctx)
+    if names is not None and len(names) != len(shape):
+        names = None
     for dim, size in enumerate(shape):
-        if type(size) is not int or size < 2 or shape.count(size) > 1 or not uniform(dim):
+        if type(size) is not int or size < 2 or not uniform(dim):
             continue
-        holders = [(owner, k) for owner, k, v in held if v == size]
+        named = names[dim] if names is not None else None
+        if not isinstance(named, str) and plain.count(size) > 1:
+            continue
+        holders = [(owner, k) for owner, k, v in held
+                   if v == size and (not isinstance(named, str) or k == named)]
         if len(holders) != 1 or varies(ctx.space.find(ctx.labels(out)), dim):
             continue
         ids = ctx.space.new_ids(size)
