@@ -100,7 +100,9 @@ class ReadoutScale(nn.Module):
     """A width read from a shape used as a number in two more spellings: a power with a
     float exponent (``C ** -0.5``: ``int.__pow__`` declines and ``float.__rpow__`` computes
     it) and a tensor's scalar operand (``z / z.shape[-1]``). Before, neither warned (found
-    by the self-supervised and scientific-ML probes)."""
+    by the self-supervised and scientific-ML probes). Nor did a width put in a tensor as its
+    value (``torch.tensor(dim)`` cast to float, ``torch.full((), dim)``: RAFT's correlation
+    scale, found by the low-level vision probe)."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -109,11 +111,18 @@ class ReadoutScale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         z = torch.cos(self.a(x))
-        scale = z.shape[-1] ** -0.5 if self.how == "pow" else None
-        return self.b(z * scale if scale is not None else z / z.shape[-1])
+        width = z.shape[-1]
+        if self.how == "tensor":  # RAFT's corr / torch.sqrt(torch.tensor(dim).float())
+            return self.b(z / torch.sqrt(torch.tensor(width).float()))
+        if self.how == "full":
+            return self.b(z * torch.full((), width).rsqrt())
+        if self.how == "new_full":
+            return self.b(z * z.new_full((), width).rsqrt())
+        scale = width ** -0.5 if self.how == "pow" else None
+        return self.b(z * scale if scale is not None else z / width)
 
 
-@pytest.mark.parametrize("how", ["pow", "divide"])
+@pytest.mark.parametrize("how", ["pow", "divide", "tensor", "full", "new_full"])
 def test_more_spellings_of_a_width_as_a_number_are_reported(how: str) -> None:
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match=WARNING):

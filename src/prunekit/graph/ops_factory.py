@@ -28,7 +28,7 @@ from torch import Tensor
 from prunekit.graph.callers import arguments_written, attributes_read, calling_module
 from prunekit.graph.labels import NEUTRAL, varies
 from prunekit.graph.ops import OpCall, register_op, tensors_in
-from prunekit.graph.sizes import SizeInt, channel_line, written_shape
+from prunekit.graph.sizes import SizeInt, channel_line, note_values, written_shape
 
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
@@ -127,6 +127,7 @@ def _new(ctx: TraceContext, call: OpCall) -> None:
     ``torch.zeros((B, durations.sum(1).max(), C))``; without one, the trace's factory path
     labels them), make a new tensor: it carries no channels (but see
     :func:`attribute_sized`); the size tensor couples nothing."""
+    note_values(call)
     for out in tensors_in(call.out):
         ctx.set_labels(out, torch.full(tuple(out.shape), NEUTRAL, dtype=torch.long))
     attribute_sized(ctx, call)

@@ -222,6 +222,23 @@ def note_number(size: SizeInt) -> None:
             return
 
 
+_VALUE_ARGS = {"tensor": (0, "data"), "as_tensor": (0, "data"), "scalar_tensor": (0, "s"),
+               "full": (1, "fill_value"), "new_tensor": (1, "data"), "new_full": (2, "fill_value")}
+
+
+def note_values(call: OpCall) -> None:
+    """A width put in a tensor as its value (RAFT's ``torch.sqrt(torch.tensor(dim).float())``,
+    ``torch.full((), dim)``) is a number from then on: the arithmetic on that tensor is out
+    of the SizeInt's sight, so it is noted here (:func:`note_number`)."""
+    where = _VALUE_ARGS.get(call.name)
+    if where is None:
+        return
+    value = call.args[where[0]] if len(call.args) > where[0] else call.kwargs.get(where[1])
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+        if type(item) is SizeInt:
+            note_number(item)
+
+
 def _reduced(num: int, den: int) -> tuple[int, int]:
     g = math.gcd(num, den)
     return num // g, den // g
@@ -403,6 +420,7 @@ def check_sizes(ctx: TraceContext, call: OpCall) -> None:
     followed yet is judged again when the trace ends (:meth:`SizeTracker.settle`), since
     later ops may join its classes (SplitAttn's ``x * attn.reshape(B, r, RC // r, 1, 1)``)."""
     out = call.out
+    note_values(call)
     if call.name in _SPLITS:
         _check_split(ctx, call)
         return
