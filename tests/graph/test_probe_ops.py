@@ -226,3 +226,29 @@ def test_noise_drawn_at_an_attribute_width_shrinks_with_it() -> None:
     result = pk.prune(NoiseInjection().eval(), torch.randn(4, 8), ratio=0.5)
     assert result.model.a.out_features == 16 and result.model.width == 16
     assert result.model(torch.randn(3, 8)).shape == (3, 2)
+
+
+class LogGate(nn.Module):
+    """xLSTM's forget gate ``exp(F.logsigmoid(f))``; before, ``Tensor.log_sigmoid`` (as torch
+    2.13 dispatches it) had no handler and prune refused the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f, self.v, self.o = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.o(torch.exp(F.logsigmoid(self.f(x))) * self.v(x))
+
+
+def test_logsigmoid_passes_channels_through() -> None:
+    torch.manual_seed(0)
+    model, x = LogGate().eval(), torch.randn(2, 5, 8)
+    result = pk.prune(model, x, ratio=0.5, importance="random", seed=0)
+    assert result.model.f.out_features == result.model.v.out_features == 8
+    keep = result.plan["modules"]["v"]["keep"]["out"]
+    assert result.plan["modules"]["f"]["keep"]["out"] == keep
+    zeroed = LogGate().eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed.o.weight[:, [c for c in range(16) if c not in keep]] = 0
+        torch.testing.assert_close(result.model(x), zeroed(x), rtol=1e-5, atol=1e-6)

@@ -38,7 +38,7 @@ from prunekit.graph.trace import TraceContext
 UNARY = (
     "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
     "hardtanh", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "softsign",
-    "tanhshrink", "threshold", "logsigmoid",
+    "tanhshrink", "threshold", "logsigmoid", "log_sigmoid",
     "normalize",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "abs", "neg", "exp", "log", "log1p", "sqrt", "rsqrt", "square", "sin", "cos", "erf",
