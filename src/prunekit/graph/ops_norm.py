@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from prunekit.graph.callers import calling_module
-from prunekit.graph.labels import rep_along, varies
+from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_pointwise import combine
 from prunekit.graph.ops_shape import first_line, holding
@@ -39,21 +39,45 @@ _AFFINE_NAMES = {
 }
 
 
+ROWS = ("normalises each row of features on its own (a per-head qk_norm = "
+        "LayerNorm(head_dim) after whole heads, a LayerNorm over a conv's frequency axis): "
+        "the channels along the other dims pass through whole, and its own width stays")
+
+
+def normalises_rows(ctx: TraceContext, x: Tensor, dim: int) -> bool:
+    """Whether a norm over the dims of ``x`` from ``dim`` on (LayerNorm, RMSNorm) meets
+    channels along earlier dims only. Each row is then normalised on its own: those channels
+    pass through exactly (removing one removes whole rows), and the norm's width, which no
+    unit spans in part, stays whole (:data:`ROWS`). Joining its weight with them instead
+    would tie every head into one unit."""
+    first = dim % x.dim()
+    vector = ctx.vector_of(x)
+    if vector is not None:
+        return vector[0] < first and varies(ctx.space.find(vector[1]), 0)
+    found = varying(ctx.space.find(ctx.labels(x)))
+    return bool(found) and max(found) < first
+
+
 def _norm(ctx: TraceContext, call: OpCall) -> None:
     x = tensors_in(call.args[:1])[0]
     out = tensors_in(call.out)[0]
     labels = ctx.labels(x)
+    affine = [call.arg(p, n) for p, n in zip(_AFFINE_POSITIONS[call.name],
+                                               _AFFINE_NAMES[call.name], strict=True)]
+    vectors = [t for t in affine if isinstance(t, Tensor)]
     if call.name in {"layer_norm", "rms_norm"}:
         shape = call.arg(1, "normalized_shape")
         if not isinstance(shape, (list, tuple)) or len(shape) != 1:
             raise OpNotMappable(f"normalized_shape={shape!r} spans several dims")
         dim = x.dim() - 1
+        if normalises_rows(ctx, x, dim):
+            for vector in vectors:
+                ctx.block(ctx.labels(vector), f"{call.display} {ROWS}")
+            ctx.set_labels(out, labels)
+            return
         _written_width(ctx, call, shape, labels, dim)
     else:
         dim = 1
-    affine = [call.arg(p, n) for p, n in zip(_AFFINE_POSITIONS[call.name],
-                                               _AFFINE_NAMES[call.name], strict=True)]
-    vectors = [t for t in affine if isinstance(t, Tensor)]
     if call.name == "group_norm":
         groups = call.arg(1, "num_groups")
         if isinstance(groups, int) and groups > 1:  # channel j of every group leaves together

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from prunekit.graph.labels import rep_along
 from prunekit.graph.ops import OpNotMappable
 from prunekit.graph.ops_layer import shared_slope
+from prunekit.graph.ops_norm import ROWS, normalises_rows
 from prunekit.graph.trace import ModuleCall, TraceContext
 from prunekit.structured.adapters import (
     Axis,
@@ -64,6 +65,11 @@ class ChannelNormAdapter:
     def trace(self, ctx: TraceContext, call: ModuleCall) -> None:
         x = _first(call)
         dim = self._dim(call.module, x)
+        if self.channel_dim < 0 and normalises_rows(ctx, x, dim):  # LayerNorm(head_dim)
+            ids = ctx.module_ids(call.name, call.module, "channels", x.shape[dim])
+            ctx.block(ids, f"{type(call.module).__name__} {ROWS}")
+            ctx.set_labels(_output(call), ctx.labels(x))
+            return
         labels = ctx.consume(x, dim)
         groups = getattr(call.module, self.groups_attr, 1) if self.groups_attr else 1
         if groups > 1 and self._per_channel_groups(call.module) is None:
