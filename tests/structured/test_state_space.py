@@ -7,6 +7,7 @@ apart)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from tests.structured.residual import Residual
@@ -98,3 +99,49 @@ def test_a_parameter_mixing_tokens_on_the_left_passes_channels_through() -> None
     result = prune(model, x, ratio=0.5)
     assert result.model.lin.out_features == 4
     assert result.model.tokens.shape == (6, 6)
+
+
+class S4DKernel(nn.Module):
+    """S4D's kernel: ``dtA = A * dt.unsqueeze(-1)`` with ``dt = exp(log_dt)``, two tensors
+    built from parameters alone, one broadcast along the other's state axis; the kernel
+    (H, L) then convolves each channel through FFT."""
+
+    def __init__(self, how: str, h: int = 16, n: int = 4) -> None:
+        super().__init__()
+        self.how = how
+        self.enc, self.dec = nn.Linear(8, h), nn.Linear(h, 3)
+        self.log_dt = nn.Parameter(torch.rand(h) - 3)
+        self.A = nn.Parameter(-0.5 - torch.rand(h, n))
+        self.C = nn.Parameter(torch.randn(h, n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = self.enc(x).transpose(1, 2)  # (B, H, L)
+        length = u.shape[-1]
+        dt = torch.exp(self.log_dt)
+        scale = dt.unsqueeze(-1) if self.how == "unsqueeze" else (
+            dt[:, None] if self.how == "index" else dt.reshape(-1, 1))
+        dt_a = self.A * scale
+        steps = torch.arange(length, dtype=u.dtype)
+        kernel = (self.C.unsqueeze(-1) * torch.exp(dt_a.unsqueeze(-1) * steps)).sum(1)  # (H, L)
+        y = torch.fft.irfft(torch.fft.rfft(u, n=2 * length) * torch.fft.rfft(kernel, n=2 * length),
+                            n=2 * length)[..., :length]
+        return self.dec(F.gelu(y).transpose(1, 2))
+
+
+@pytest.mark.parametrize("how", ["unsqueeze", "index", "reshape"])
+def test_a_scale_built_from_a_parameter_follows_the_rows_it_scales(how: str) -> None:
+    """Was: for ``exp(log_dt).unsqueeze(-1)``, ``log_dt[:, None]`` or ``.reshape(-1, 1)``,
+    ``log_dt`` was kept whole while ``A``'s rows were cut, and the check failed."""
+    torch.manual_seed(0)
+    model, x = S4DKernel(how).eval(), torch.randn(2, 6, 8)
+    result = prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert pruned.log_dt.shape == (8,) and pruned.A.shape == pruned.C.shape == (8, 4)
+    keep = result.plan["modules"]["enc"]["keep"]["out"]
+    assert result.plan["params"]["log_dt"]["keep"]["0"] == keep
+    zeroed = S4DKernel(how).eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed.dec.weight[:, [c for c in range(16) if c not in keep]] = 0
+        for inputs in (x, torch.randn(1, 9, 8)):
+            torch.testing.assert_close(pruned(inputs), zeroed(inputs), rtol=1e-4, atol=1e-5)

@@ -263,6 +263,31 @@ def _label_scaled(ctx: TraceContext, out: Tensor, weight: Tensor, mask: Tensor) 
     ctx.set_labels(out, ctx.space.find(labels))
 
 
+def _built_scaled(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
+                  outputs: list[Tensor]) -> bool:
+    """``A * dt[:, None]`` of two tensors built from parameters alone, one of the result's
+    shape and the other broadcast along some of its dims (S4D's ``A * torch.exp(log_dt)
+    .unsqueeze(-1)``, ``v.reshape(-1, 1) * A``): labelled as :func:`_label_scaled` labels a
+    deferred ``W * s``, each element of ``A`` joined with the element that scales it; both
+    are parameters' elements, whose channel axes are found when the trace ends. (Read as
+    activations, ``dt`` broadcast against ``A``'s varying labels was kept whole, while
+    ``A``'s rows were cut with the channels they later meet, and the check failed.) False
+    (nothing done) for any other call."""
+    if len(operands) != 2 or any(t.shape != shape for t in outputs) or \
+            not all(ctx.is_param_built(t) for t in operands):
+        return False
+    for full, scale in (operands, operands[::-1]):
+        if full.shape != shape or scale.dim() > full.dim() or scale.shape == shape or \
+                full.dim() < 2:
+            continue
+        labels = ctx.space.find(ctx.labels(full))
+        ctx.space.union(labels, ctx.space.find(ctx.labels(scale)).expand(shape))
+        for tensor in outputs:
+            ctx.set_labels(tensor, ctx.space.find(labels))
+        return True
+    return False
+
+
 def _broadcast_axes(operand: Tensor, root: Tensor, out: Tensor) -> tuple[int | None, ...] | None:
     """For a mask ``operand`` (``root`` itself, or ``root`` with dims of size 1 added) that
     broadcasts to ``out`` along its size-1 dims: the axis of ``root`` for each dim of
@@ -333,6 +358,8 @@ def _binary(ctx: TraceContext, call: OpCall) -> None:
         return
     _join_param_rows(ctx, operands, shape)
     _params_meet_fixed(ctx, operands, shape)
+    if _built_scaled(ctx, operands, shape, results):
+        return
     if any(fast(ctx, operands, shape, results)
            for fast in (_vector_operands, _vector_and_passive, _vector_and_full)):
         return
