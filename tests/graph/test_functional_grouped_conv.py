@@ -227,3 +227,29 @@ def test_literal_group_count_fails_the_forward_check_and_is_kept_whole() -> None
     assert result.model.weight.shape == (8, 1, 3, 3)
     with torch.no_grad():
         assert torch.equal(result.model(x), model(x))
+
+
+class _LiteralInCall(nn.Module):
+    """Hyena's and H3's short filter: ``F.conv1d(h, self.k, groups=16)``, the count written
+    in the call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.gate = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(8, 16)
+        self.k = nn.Parameter(torch.randn(16, 1, 4))
+        self.mlp = nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.pad(self.a(x).transpose(1, 2), (3, 0))
+        y = self.b(F.conv1d(h, self.k, groups=16).transpose(1, 2) * self.gate(x))
+        return self.mlp(y)
+
+
+def test_a_literal_group_count_in_the_call_keeps_its_channels_before_the_check() -> None:
+    """Was: the depthwise rows were cut, and the forward check failed."""
+    model, x = _LiteralInCall().eval(), torch.randn(2, 6, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.k.shape == (16, 1, 4) and result.model.mlp[0].out_features == 6
+    assert "groups=16, a literal" in result.coverage.fixed["k"]
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 6, 4)

@@ -24,11 +24,13 @@ from typing import Any
 
 from torch import Tensor
 
+from prunekit.graph.callers import literals_written
 from prunekit.graph.labels import consume, emit, fixed_shape, rep_along
 from prunekit.graph.ops import OpCall, OpNotMappable, register_op, tensors_in
 from prunekit.graph.ops_matmul import contract, matmul, weight_axes
 from prunekit.graph.ops_pointwise import combine
 from prunekit.graph.ops_shape import holding, ones_after, running_module_phrase
+from prunekit.graph.sizes import SizeInt
 from prunekit.graph.trace import ParamRecord, TraceContext
 
 
@@ -152,9 +154,14 @@ def _bind_group_count(ctx: TraceContext, call: OpCall, groups: int, channels: Te
     """A depthwise conv's group count is its input width: where one int attribute of the
     running module holds it, that attribute is rewritten with the channels kept; where
     several do, which one the call reads is unknown, so the channels are kept whole. None:
-    the count is read from the input (``x.shape[1]``) and follows by itself, or it is a
-    literal, which the forward check after surgery reports."""
+    the count is read from the input (``x.shape[1]``) and follows by itself. A literal
+    (``groups=16``) cannot follow: the channels are kept whole."""
     holders = holding(ctx, groups)
+    if not holders and not isinstance(groups, SizeInt) and groups in literals_written(ctx):
+        ctx.block(channels, f"{call.display} takes groups={groups}, a literal that pruning "
+                            f"cannot change; pass groups=x.shape[1] or keep the count in an "
+                            f"int attribute to prune these channels")
+        return
     if len(holders) > 1:
         holders = [k for k in holders if "channel" in k or "group" in k] or holders
     if len(holders) == 1:
