@@ -153,3 +153,43 @@ def test_a_state_whose_height_equals_its_width_attribute_prunes(size: int) -> No
         assert result.model(x).shape == (2, 3, size, size)
         other = torch.randn(1, 3, 10, 14)
         assert result.model(other).shape == (1, 3, 10, 14)
+
+
+class HeadState(nn.Module):
+    """A linear-attention style recurrence whose state is ``torch.zeros(B, self.heads,
+    self.dh)``, with ``heads == dh``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads, self.dh = 4, 4
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, steps, _ = x.shape
+        h = self.a(x).view(batch, steps, self.heads, self.dh)
+        state = torch.zeros(batch, self.heads, self.dh)
+        outs = []
+        for t in range(steps):
+            state = 0.5 * state + h[:, t]
+            outs.append(state)
+        return self.b(torch.stack(outs, 1).reshape(batch, steps, -1))
+
+
+def test_a_state_of_heads_written_with_torch_zeros_loses_whole_heads() -> None:
+    """Was: the call's sizes were read one place off (``torch.zeros`` was taken for
+    ``torch.reshape(x, ...)``, whose first argument is no size), so with ``heads == dh``
+    which attribute sized which dim was unknown and nothing was pruned."""
+    torch.manual_seed(0)
+    model, x = HeadState().eval(), torch.randn(2, 5, 8)
+    result = prune(model, x, ratio=0.5)
+    assert (result.model.heads, result.model.dh) == (2, 4)
+    keep = result.plan["modules"]["a"]["keep"]["out"]
+    heads = sorted({c // 4 for c in keep})
+    assert keep == [4 * head + j for head in heads for j in range(4)]
+    zeroed = HeadState().eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed.b.weight[:, [c for c in range(16) if c not in keep]] = 0
+        for inputs in (x, torch.randn(3, 7, 8)):
+            torch.testing.assert_close(result.model(inputs), zeroed(inputs), rtol=1e-5,
+                                       atol=1e-6)

@@ -148,6 +148,9 @@ def attributes_by_argument(ctx: TraceContext) -> tuple[frozenset[str], ...] | No
     return None if frame is None else _arguments_at(frame.f_code, frame.f_lasti, reads=True)
 
 
+_FACTORIES = frozenset(("zeros", "ones", "empty", "full", "rand", "randn"))  # sizes first
+
+
 @functools.lru_cache(maxsize=1024)
 def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool = False,
                   products: bool = False) -> tuple[Any, ...] | None:
@@ -174,8 +177,8 @@ def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool =
     args = tree.args
     func = tree.func
     if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and \
-            func.value.id == "torch":  # torch.reshape(x, shape): the tensor is no size
-        args = args[1:]
+            func.value.id == "torch" and func.attr not in _FACTORIES:
+        args = args[1:]  # torch.reshape(x, shape): the tensor is no size
     if first:
         args = args[:1]
         if not args or not isinstance(args[0], (ast.Tuple, ast.List)):
