@@ -206,6 +206,22 @@ class PixelShuffles(nn.Module):
         return self.head(nn.PixelShuffle(2)(F.relu(self.mid(x))))
 
 
+class ManualShuffle(nn.Module):
+    """Depth to space written by hand with the scale as a literal (BasicSR's helpers):
+    ``view(b, c // 4, 2, 2, h, w)``. Was: kept whole, as a factor the code fixes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Conv2d(3, 32, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = F.relu(self.up(x))
+        b, c, h, w = f.shape
+        f = f.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+        return self.head(f.reshape(b, c // 4, h * 2, w * 2))
+
+
 class OptionA(nn.Module):
     """CIFAR ResNets' option-A shortcut: the wider stage adds the narrower one's channels
     between zero channels, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4))``."""
@@ -269,6 +285,7 @@ FAMILIES = {
     "conv-transpose/SE gate/slice": (TransposedAndGate, lambda: torch.randn(2, 3, 8, 8)),
     "conv1d/conv3d": (Conv1dAnd3d, lambda: torch.randn(2, 2, 5, 4, 4)),
     "pixel shuffle/unshuffle": (PixelShuffles, lambda: torch.randn(2, 3, 8, 8)),
+    "pixel shuffle by hand": (ManualShuffle, lambda: torch.randn(2, 3, 6, 6)),
     "linear into unflatten": (UnflattenDecoder, lambda: torch.randn(2, 5)),
     "zero-padded channel shortcut": (OptionA, lambda: torch.randn(2, 3, 8, 8)),
     "dual path (slices at an attribute)": (DualPath, lambda: torch.randn(2, 3, 8, 8)),

@@ -453,6 +453,8 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
     attrs = int_attributes(ctx)
     if _per_head_share(sizes, labels, bearing):  # C // self.n_head: every head shrinks alike
         return bearing[-1], None
+    if _blocks_of_literals(ctx, sizes, labels, bearing):  # view(b, c // 4, 2, 2, h, w)
+        return bearing[0], None
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
         inferred = sizes.index(-1)
         if inferred in bearing[:-1] and _width_read(sizes[bearing[-1]]):
@@ -527,6 +529,25 @@ def _per_head_share(sizes: list[int], labels: Tensor, bearing: list[int]) -> boo
         return False
     size, heads = sizes[bearing[-1]], labels.shape[bearing[-2]]
     return isinstance(size, SizeInt) and heads > 1 and size._divisor == heads
+
+
+def _blocks_of_literals(ctx: TraceContext, sizes: list[int], labels: Tensor,
+                        bearing: list[int]) -> bool:
+    """Whether the leading factor is a width read from a shape divided by the product of
+    the others, all literals written in the call (a hand-written pixel shuffle's ``view(b,
+    c // 4, 2, 2, h, w)``): whole blocks of ``2·2`` channels go, and ``c // 4`` follows by
+    itself. (Where an attribute sizes the others, ``view(b, t, c // self.head_dim,
+    self.head_dim)``, the per-head size shrinks instead, and the attribute is rewritten.)"""
+    if len(sizes) != labels.dim() or len(bearing) < 2:
+        return False
+    size = sizes[bearing[0]]
+    if not isinstance(size, SizeInt) or size._divisor is None or size._divisor < 2:
+        return False
+    args = arguments_written(ctx)
+    if args is None or len(args) != labels.dim():
+        return False
+    rest = [r for r in (args[d] for d in bearing[1:]) if type(r) is int and r > 0]
+    return len(rest) == len(bearing) - 1 and size._divisor == math.prod(rest)
 
 
 def _width_read(size: int) -> bool:
