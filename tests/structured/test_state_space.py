@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tests.structured.residual import Residual
+from tests.structured.test_equivalence import _zero_removed_inputs
 from torch import Tensor, nn
 
 from prunekit.structured import prune
@@ -145,3 +146,57 @@ def test_a_scale_built_from_a_parameter_follows_the_rows_it_scales(how: str) -> 
         zeroed.dec.weight[:, [c for c in range(16) if c not in keep]] = 0
         for inputs in (x, torch.randn(1, 9, 8)):
             torch.testing.assert_close(pruned(inputs), zeroed(inputs), rtol=1e-4, atol=1e-5)
+
+
+class MinimalMamba(nn.Module):
+    """mamba-minimal's block: ``A = -torch.exp(self.A_log.float())`` read by
+    ``einsum('bld,dn->bldn', delta, A)``, the state by three-operand einsums."""
+
+    def __init__(self, d_model: int = 8, d_inner: int = 16, d_state: int = 4,
+                 dt_rank: int = 2, d_conv: int = 3) -> None:
+        super().__init__()
+        self.d_inner, self.dt_rank = d_inner, dt_rank
+        self.in_proj = nn.Linear(d_model, 2 * d_inner)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner)
+        a = torch.arange(1, d_state + 1, dtype=torch.float).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(a))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        length = x.shape[1]
+        x, res = self.in_proj(x).split(split_size=[self.d_inner, self.d_inner], dim=-1)
+        x = F.silu(self.conv1d(x.transpose(1, 2))[:, :, :length].transpose(1, 2))
+        return self.out_proj(self.ssm(x) * F.silu(res))
+
+    def ssm(self, u: Tensor) -> Tensor:
+        n = self.A_log.shape[1]
+        a = -torch.exp(self.A_log.float())
+        delta, b, c = self.x_proj(u).split(split_size=[self.dt_rank, n, n], dim=-1)
+        delta = F.softplus(self.dt_proj(delta))
+        delta_a = torch.exp(torch.einsum("bld,dn->bldn", delta, a))
+        delta_b_u = torch.einsum("bld,bln,bld->bldn", delta, b, u)
+        state = torch.zeros((u.shape[0], u.shape[2], n))
+        ys = []
+        for i in range(u.shape[1]):
+            state = delta_a[:, i] * state + delta_b_u[:, i]
+            ys.append(torch.einsum("bdn,bn->bd", state, c[:, i, :]))
+        return torch.stack(ys, dim=1) + u * self.D.float()
+
+
+def test_mamba_minimal_einsum_scan_prunes_its_inner_channels() -> None:
+    """Was: ``A``, a function of the parameter ``A_log``, read as an activation whose
+    channels vary along ``d`` and ``n``, kept the whole block."""
+    torch.manual_seed(0)
+    model, x = Residual("block", MinimalMamba(), 8, 8, 3).eval(), torch.randn(2, 6, 8)
+    result = prune(model, x, ratio=0.5)
+    block = result.model.block
+    assert block.d_inner == 8 and block.A_log.shape == (8, 4) and block.D.shape == (8,)
+    assert block.conv1d.out_channels == block.dt_proj.out_features == 8
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        for inputs in (x, torch.randn(1, 9, 8)):
+            torch.testing.assert_close(result.model(inputs), zeroed(inputs), rtol=1e-4,
+                                       atol=1e-5)

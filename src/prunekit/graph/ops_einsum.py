@@ -51,6 +51,9 @@ def _einsum(ctx: TraceContext, call: OpCall) -> None:
             weights[i] = (ctx.layer_weight(stack), {1: term[lead], 2: term[lead + 1]})
         elif operand.dim() >= 2 and ctx.is_param(operand):
             weights[i] = (ctx.layer_weight(operand), dict(enumerate(term)))
+        elif operand.dim() >= 2 and (root := ctx.same_as_param(operand)) is not None and \
+                root.shape == operand.shape:  # Mamba's A = -torch.exp(self.A_log.float())
+            weights[i] = (ctx.layer_weight(root), dict(enumerate(term)))
     labels: list[Tensor] = []
     along: list[list[str]] = []
     for i, (term, operand) in enumerate(zip(terms, operands, strict=True)):

@@ -91,7 +91,8 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
         raise OpNotMappable("no tensor input")
     if out is inputs[0]:  # w.type(torch.float32) of a float32 w, x.relu_(): labels stay
         return
-    if call.name in _CASTS and _defer_cast(ctx, inputs[0], outputs):
+    if (call.name in _CASTS or call.name in _ELEMENTWISE) and \
+            _defer_cast(ctx, inputs[0], outputs):
         return
     vector = ctx.vector_of(inputs[0])
     if vector is not None and all(t.shape == inputs[0].shape for t in outputs):
@@ -112,6 +113,10 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
 
 _CASTS = frozenset(("to", "float", "double", "half", "bfloat16", "type", "type_as",
                     "data", "detach"))  # (the same elements too)
+# a function of each element alone: cut as the parameter it is computed from (Mamba's
+# ``A = -torch.exp(self.A_log.float())`` read by an einsum as a weight)
+_ELEMENTWISE = frozenset(("exp", "neg", "negative", "sigmoid", "softplus", "abs", "log",
+                          "sqrt", "square", "tanh", "reciprocal", "expm1", "log1p"))
 
 # softmax and its kin: (position of ``dim`` among the arguments, its default)
 _NORMALISING = {"softmax": (1, None), "log_softmax": (1, None), "softmin": (1, None),
@@ -157,7 +162,8 @@ def _compact_except(labels: Tensor, keep: int) -> Tensor:
 
 def _defer_cast(ctx: TraceContext, source: Tensor, outputs: list[Tensor]) -> bool:
     """A parameter cast to another dtype (``F.linear(x.float(), self.weight.float())`` in a
-    bfloat16 model's MoE router), or its ``.data`` or ``.detach()``: its elements one for
+    bfloat16 model's MoE router), its ``.data`` or ``.detach()``, or a function of each of
+    its elements (``-torch.exp(self.A_log)``): its elements one for
     one, left for a layer to take as the parameter (kind ``"same"`` of
     :mod:`prunekit.graph.param_views`); labelled as the parameter if anything else reads it.
     False (nothing done) for any other cast."""
