@@ -155,6 +155,24 @@ def test_a_float_functional_adder_prunes_and_once_prepared_is_refused() -> None:
         pk.prune(prepared, x, ratio=0.5)
 
 
+class _PlainDictHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Conv2d(3, 16, 3)
+        self.heads = {"a": nn.Conv2d(16, 4, 1), "b": nn.Conv2d(16, 2, 1)}  # not registered
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.trunk(x).relu()
+        return [head(f) for head in self.heads.values()]
+
+
+def test_a_layer_in_a_plain_dict_is_named_as_unregistered() -> None:
+    """Was: "its weight is computed", which sent the user looking for a computation."""
+    with pytest.raises(UnsupportedOpError, match=r"a parameter that the model does not "
+                                                  r"register.*nn\.ModuleDict"):
+        pk.prune(_PlainDictHeads().eval(), torch.randn(2, 3, 8, 8), ratio=0.5)
+
+
 _TABLE = torch.randn(1, 5, 16)  # a module-level constant: no model tensor at all
 
 

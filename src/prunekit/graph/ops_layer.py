@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from prunekit.graph.callers import literals_written
 from prunekit.graph.labels import consume, emit, fixed_shape, rep_along
@@ -66,8 +66,7 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     first = 0 if stack is None else 1  # the weight's axis 0 in the parameter
     if record is None:
         if not linear:
-            raise OpNotMappable("its weight is computed, not a parameter of the model",
-                                makes_channels=True)
+            raise OpNotMappable(_not_the_models(weight), makes_channels=True)
         labels = contract(ctx, ctx.labels(x), ctx.labels(weight).t(), tuple(out.shape))
     elif transposed:  # weight [in, out / groups, *k]: a tied decoder's F.conv_transpose2d
         if groups != 1:
@@ -84,6 +83,16 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
         ids = _grouped_conv(ctx, call, x, weight, record, groups, channel_in)
         labels = emit(ctx.space.find(ids), channel_out, out.shape)
     ctx.set_labels(out, _with_bias(ctx, labels, bias, out, channel_out))
+
+
+def _not_the_models(weight: Tensor) -> str:
+    """Why a layer's weight is no parameter of the model: a parameter of a layer the model
+    does not register (held in a plain dict or list), or a computed tensor."""
+    if isinstance(weight, nn.Parameter):
+        return ("its weight is a parameter that the model does not register (a layer held in "
+                "a plain dict, list or tuple); hold it in nn.ModuleDict or nn.ModuleList to "
+                "prune it")
+    return "its weight is computed, not a parameter of the model"
 
 
 def _with_bias(ctx: TraceContext, labels: Tensor, bias: Any, out: Tensor,

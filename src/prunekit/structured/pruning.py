@@ -228,7 +228,10 @@ def _unreached_error(unreached: list[tuple[str, str]]) -> ConfigError:
         f"they read are unknown and pruning could cut one under them; they would be pruned "
         f"like their siblings if at least two siblings of the same class and shapes ran and "
         f"were coupled alike. Pass example inputs that reach every one of them (for an MoE: "
-        f"enough tokens that the router picks every expert)")
+        f"enough tokens that the router picks every expert; for a head picked by an argument, "
+        f"prune a wrapper whose forward calls every head, such as "
+        f"[model(x, task) for task in model.heads], and keep its inner model). ignore= does "
+        f"not help: the layers they read would still be cut under them")
 
 
 def _mirrored_note(copied: dict[str, str]) -> str:
