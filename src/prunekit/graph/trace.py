@@ -623,6 +623,33 @@ def _functorch_refused() -> Iterator[None]:
             "or prune a model whose forward does not call the transform") from exc
 
 
+_LAYER_SIZES = {"in_channels": "in", "in_features": "in", "out_channels": "out",
+                "out_features": "out"}
+
+
+def _mirror_layer_sizes(ctx: TraceContext) -> None:
+    """A block's own int attribute that repeats a size of the layers in it (RepVGG's
+    ``self.in_channels``, which ``switch_to_deploy`` reads and forward never does) follows
+    that layer's dim: bound to its labels, it is rewritten with it and replayed on load.
+    The layer is the first in the block to run for an input size, the last for an output
+    size. Layers themselves are left to their adapters, and attributes already bound to
+    what forward reads them for keep that binding."""
+    records = list(ctx.modules.values())  # in the order they first ran
+    for path, module in ctx._named_modules:
+        if path in ctx.modules:
+            continue
+        prefix = f"{path}." if path else ""
+        for attr, dim in _LAYER_SIZES.items():
+            value = vars(module).get(attr)
+            if type(value) is not int or (path, attr) in ctx.bindings:
+                continue
+            inside = [r for r in records if r.name.startswith(prefix) and dim in r.dims
+                      and getattr(r.module, attr, None) == value]
+            if inside:
+                layer = inside[0] if dim == "in" else inside[-1]
+                ctx.bind_attribute(path, attr, layer.dims[dim].labels)
+
+
 def _warn_untrained(ctx: TraceContext, handlers: Callable[[nn.Module], ModuleHandler | None],
                     exc: Exception) -> None:
     """Warn that the training-mode pass failed, naming the layers no pass ran."""
@@ -683,6 +710,7 @@ def trace(
         ctx.sizes.settle(ctx)
         for check in ctx.at_end:
             check()
+        _mirror_layer_sizes(ctx)
         ctx.width_numbers.extend(ctx.sizes.numbers(ctx))
         if ctx.unseen:
             more = f" (and {len(ctx.unseen) - 1} more such tensors)" if len(ctx.unseen) > 1 \

@@ -359,6 +359,7 @@ def prune(
                         global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
                         max_keep=max_keep)
     norm = normalization or ("mean" if global_ranking or target is not None else "none")
+    ignore = list(ignore)
     graph, scores = _graph_and_scores(model, example_inputs, importance=importance,
                                       ignore=ignore, strict=strict, aggregation=aggregation,
                                       normalization=norm, seed=seed)
@@ -388,6 +389,9 @@ def prune(
             f"the unpruned model's, so outputs change beyond the removed channels; "
             f"fine-tune after pruning, or write that number as a constant to keep it",
             stacklevel=3)
+    unreached = _unreached_layers(model, pruned, graph, ignore)
+    if unreached:
+        warnings.warn(unreached, stacklevel=3)
     if not (plan["modules"] or plan["params"]) and (config.ratio > 0 or per_layer or target):
         why = _why_nothing(graph.groups)
         warnings.warn(f"prune removed nothing: {why}; result.coverage lists the parameters "
@@ -402,6 +406,48 @@ def prune(
     return PruneResult(pruned, plan, _lazy_profile(original, example_inputs, written),
                        _lazy_profile(pruned, example_inputs, written),
                        functools.partial(coverage_report, original, graph), len(graph.groups))
+
+
+def _unreached_layers(model: nn.Module, pruned: nn.Module, graph: DependencyGraph,
+                      ignore: list[nn.Module]) -> str | None:
+    """A note on the layers that never ran on the example inputs (an optional input left
+    None, a branch the example did not take) and have a dim as wide as a width this prune
+    cut: they keep their widths, so the pruned model fails if it calls them on the cut
+    channels. None if there are none (or nothing was cut)."""
+    now = dict(pruned.named_parameters())
+    cut: set[int] = set()
+    for name, param in model.named_parameters():
+        after = now.get(name)
+        if after is not None and after.shape != param.shape:
+            cut.update(a for a, b in zip(param.shape, after.shape, strict=True) if b < a)
+    if not cut:
+        return None
+    trace, members = graph.trace, {m.name for m in graph.members}
+    skipped = {id(m) for root in ignore for m in root.modules()}
+    read = {id(record.tensor) for record in trace.params.values()}
+    for name in trace.modules:  # a layer's children ran with it (nn.MultiheadAttention's
+        layer = model.get_submodule(name)  # out_proj), and its tensors (a tied embedding)
+        skipped.update(id(m) for m in layer.modules())
+        read.update(id(p) for p in layer.parameters())
+    found: list[str] = []
+    for name, module in model.named_modules():
+        own = [(f"{name}.{k}" if name else k, p) for k, p in module._parameters.items()
+               if p is not None]
+        if not own or id(module) in skipped or name in members or any(
+                id(p) in read or key in members or (key in now and now[key].shape != p.shape)
+                for key, p in own):
+            continue
+        widths = sorted({size for _, p in own for size in p.shape if size in cut})
+        if widths:
+            found.append(f"{name} ({type(module).__name__}, width {widths[0]})")
+    if not found:
+        return None
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (f"{', '.join(found[:3])}{more} never ran on the example inputs and keep their "
+            f"widths, which match a width this prune cut: if the model calls them on the cut "
+            f"channels (an optional input left None, a branch the example did not take), the "
+            f"pruned model fails there. Pass example inputs that reach them, or add the layers "
+            f"whose channels they read to ignore=")
 
 
 def _check_ratio_keys(per_layer: Mapping[str, float], graph: DependencyGraph) -> None:

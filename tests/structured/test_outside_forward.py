@@ -1,0 +1,104 @@
+"""What the example's forward does not show: a layer it never reaches (an optional input
+left None), and a block's size attribute that only code outside forward reads (RepVGG's
+``self.in_channels``, read when the block is re-parameterised for deployment)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import prunekit as pk
+
+
+class CondNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.cond = nn.Linear(20, 32), nn.Linear(6, 32)
+        self.l2, self.fc = nn.Linear(32, 32), nn.Linear(32, 4)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        h = F.relu(self.l1(x))
+        if cond is not None:
+            h = h + self.cond(cond)
+        return self.fc(F.relu(self.l2(h)))
+
+
+def test_a_layer_the_example_never_reaches_is_named() -> None:
+    """Was: no word; the pruned model then failed as soon as ``cond`` was passed."""
+    torch.manual_seed(0)
+    model, x = CondNet().eval(), torch.randn(6, 20)
+    with pytest.warns(UserWarning, match=r"cond \(Linear, width 32\) never ran on the example "
+                                         r"inputs and keep their widths"):
+        result = pk.prune(model, x, ratio=0.5)
+    assert result.model.cond.out_features == 32 and result.model.l1.out_features == 16
+    reached = pk.prune(model, (x, torch.randn(6, 6)), ratio=0.5)  # the fix the note names
+    assert reached.model.cond.out_features == reached.model.l1.out_features == 16
+
+
+def test_layers_run_by_their_parent_are_not_named() -> None:
+    """nn.MultiheadAttention runs its out_proj through its own weights, never calling it."""
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16)).eval()
+    attention = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.attn, self.head = model, attention, nn.Linear(16, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.body(x)
+            return self.head(self.attn(h, h, h, need_weights=False)[0])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = pk.prune(Net().eval(), torch.randn(2, 5, 8), ratio=0.5)
+    assert result.model.body[0].out_features == 16
+
+
+class RepVGGBlock(nn.Module):
+    """DingXiaoH/RepVGG's block, trimmed: ``in_channels`` is read by the kernel fusion that
+    ``switch_to_deploy`` runs, never by forward."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.in_channels, self.groups = channels, 1
+        self.rbr_identity = nn.BatchNorm2d(channels)
+        self.rbr_dense = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                                       nn.BatchNorm2d(channels))
+        self.rbr_1x1 = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False),
+                                     nn.BatchNorm2d(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.rbr_dense(x) + self.rbr_1x1(x) + self.rbr_identity(x))
+
+    def identity_kernel(self) -> Tensor:
+        input_dim = self.in_channels // self.groups
+        kernel = torch.zeros(self.in_channels, input_dim, 3, 3)
+        for i in range(self.in_channels):
+            kernel[i, i % input_dim, 1, 1] = 1
+        bn = self.rbr_identity
+        return kernel * (bn.weight / (bn.running_var + bn.eps).sqrt()).reshape(-1, 1, 1, 1)
+
+
+def _repvgg() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), RepVGGBlock(32),
+                         nn.Conv2d(32, 8, 1)).eval()
+
+
+def test_a_blocks_size_attribute_follows_its_layers(tmp_path: Path) -> None:
+    """Was: ``in_channels`` stayed 32, and re-parameterising the pruned block failed."""
+    torch.manual_seed(0)
+    model, x = _repvgg(), torch.randn(2, 3, 16, 16)
+    result = pk.prune(model, x, ratio=0.5)
+    block = result.model[1]
+    assert block.in_channels == block.rbr_dense[0].in_channels == 16
+    assert result.plan["attrs"] == {"1": {"in_channels": 16}}
+    assert block.identity_kernel().shape == (16, 16, 3, 3)
+    assert model[1].in_channels == 32  # the user's model is untouched
+    loaded = pk.load(pk.save(result, tmp_path / "p"), _repvgg())
+    assert loaded[1].in_channels == 16
