@@ -222,6 +222,32 @@ class ManualShuffle(nn.Module):
         return self.head(f.reshape(b, c // 4, h * 2, w * 2))
 
 
+class SplitAttention(nn.Module):
+    """ResNeSt's SplAtConv2d as its repository writes it: both splits sized by
+    ``rchannel // self.radix``, ``rchannel`` read from the features; the second splits the
+    attention, whose channels are the features' only once they multiply. Was: the second
+    split kept the radix conv whole."""
+
+    def __init__(self, channels: int = 16, radix: int = 2) -> None:
+        super().__init__()
+        self.radix = radix
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels * radix, 3, padding=1, groups=radix)
+        self.fc1 = nn.Conv2d(channels, 8, 1)
+        self.fc2 = nn.Conv2d(8, channels * radix, 1)
+        self.head = nn.Conv2d(channels, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv(F.relu(self.stem(x))))
+        batch, rchannel = x.shape[:2]
+        splited = torch.split(x, rchannel // self.radix, dim=1)
+        atten = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(sum(splited), 1))))
+        atten = F.softmax(atten.view(batch, 1, self.radix, -1).transpose(1, 2), dim=1)
+        atten = atten.reshape(batch, -1).view(batch, -1, 1, 1)
+        parts = torch.split(atten, rchannel // self.radix, dim=1)
+        return self.head(sum(a * s for a, s in zip(parts, splited, strict=True)))
+
+
 class OptionA(nn.Module):
     """CIFAR ResNets' option-A shortcut: the wider stage adds the narrower one's channels
     between zero channels, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4))``."""
@@ -286,6 +312,7 @@ FAMILIES = {
     "conv1d/conv3d": (Conv1dAnd3d, lambda: torch.randn(2, 2, 5, 4, 4)),
     "pixel shuffle/unshuffle": (PixelShuffles, lambda: torch.randn(2, 3, 8, 8)),
     "pixel shuffle by hand": (ManualShuffle, lambda: torch.randn(2, 3, 6, 6)),
+    "split by a width read (ResNeSt)": (SplitAttention, lambda: torch.randn(2, 3, 6, 6)),
     "linear into unflatten": (UnflattenDecoder, lambda: torch.randn(2, 5)),
     "zero-padded channel shortcut": (OptionA, lambda: torch.randn(2, 3, 8, 8)),
     "dual path (slices at an attribute)": (DualPath, lambda: torch.randn(2, 3, 8, 8)),
@@ -522,3 +549,12 @@ def test_unflatten_size_is_rewritten_and_replayed(tmp_path: Path) -> None:
     loaded = pk.load(tmp_path / "decoder", UnflattenDecoder().eval())
     assert loaded.unflatten.unflattened_size == (4, 3, 3)
     assert torch.equal(loaded(z), result.model(z))
+
+
+def test_a_split_by_a_width_read_from_the_features_prunes_the_radix_conv() -> None:
+    torch.manual_seed(0)
+    model, x = SplitAttention().eval(), torch.randn(2, 3, 6, 6)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.conv.out_channels == result.model.fc2.out_channels == 16
+    assert result.model.fc1.in_channels == result.model.head.in_channels == 8
+    _check(model, x)

@@ -556,12 +556,23 @@ def _hold_factors(ctx: TraceContext, call: OpCall, path: str,
 def _own_share(ctx: TraceContext, call: OpCall, canon: Tensor, dim: int, parts: int) -> bool:
     """Whether an equal split's part width is its own width over the number of parts, read
     in the forward (``x.split(x.shape[1] // 2, 1)``, a coupling layer's halves): it then
-    shrinks with the parts, as ``chunk(2)``'s does."""
+    shrinks with the parts, as ``chunk(2)``'s does. A width read from another tensor of as
+    many channels (ResNeSt's attention split by ``rchannel // self.radix``, ``rchannel``
+    read from the features it later multiplies) is judged when the trace ends: unless the
+    two carry the same channels by then, the split's channels are kept whole."""
     size = split_arg(call)
     if not isinstance(size, SizeInt) or size._scale != (1, parts):
         return False
     line, _ = channel_line(ctx, size)
-    return line is not None and torch.equal(line, first_line(ctx.space.find(canon), dim))
+    if line is None or line.numel() != canon.shape[dim]:
+        return False
+    if not torch.equal(ctx.space.find(line), first_line(ctx.space.find(canon), dim)):
+        def judge() -> None:
+            if not torch.equal(ctx.space.find(line), first_line(ctx.space.find(canon), dim)):
+                ctx.block(canon, f"{call.display} splits channels into parts of a width read "
+                                 f"from another tensor's shape, whose channels are not these")
+        ctx.at_end.append(judge)
+    return True
 
 
 def _split_attribute(ctx: TraceContext, call: OpCall, width: int) -> tuple[str | None, str]:
