@@ -558,3 +558,38 @@ def test_a_split_by_a_width_read_from_the_features_prunes_the_radix_conv() -> No
     assert result.model.conv.out_channels == result.model.fc2.out_channels == 16
     assert result.model.fc1.in_channels == result.model.head.in_channels == 8
     _check(model, x)
+
+
+class Involution(nn.Module):
+    """d-li14's involution: the unfolded input viewed as ``(b, self.groups,
+    self.group_channels, k * k, h, w)``, a factor followed by dims without channels."""
+
+    def __init__(self, channels: int = 32, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.kernel_size, self.channels, self.group_channels = kernel_size, channels, 16
+        self.groups = channels // self.group_channels
+        self.conv1 = nn.Conv2d(channels, channels // 4, 1)
+        self.conv2 = nn.Conv2d(channels // 4, kernel_size ** 2 * self.groups, 1)
+        self.unfold = nn.Unfold(kernel_size, 1, (kernel_size - 1) // 2, 1)
+        self.head = nn.Conv2d(channels, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem(x))
+        weight = self.conv2(F.relu(self.conv1(x)))
+        b, _, h, w = weight.shape
+        weight = weight.view(b, self.groups, self.kernel_size ** 2, h, w).unsqueeze(2)
+        out = self.unfold(x).view(b, self.groups, self.group_channels, self.kernel_size ** 2,
+                                  h, w)
+        return self.head((weight * out).sum(dim=3).view(b, self.channels, h, w))
+
+
+def test_involution_rewrites_its_group_width() -> None:
+    """Was: ``group_channels`` stayed 16 and the forward check failed."""
+    torch.manual_seed(0)
+    model, x = Involution().eval(), torch.randn(2, 3, 8, 8)
+    result = prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert (pruned.groups, pruned.group_channels, pruned.channels) == (2, 8, 16)
+    assert pruned.stem.out_channels == 16
+    _check(model, x)

@@ -495,7 +495,8 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         # along the split alone (not BEiT's table rows gathered per head: its heads stay free)
         _block_fixed_factor(ctx, call, labels, size, holders)
         return last, None
-    if size not in written or last != labels.dim() - 1 or not holders:
+    if size not in written or not holders or (
+            last != labels.dim() - 1 and not _sized_in_call(ctx, last, labels, holders)):
         return last, None
     at = args[last] if args is not None else None
     named = at if isinstance(at, str) and at in holders else None
@@ -548,6 +549,14 @@ def _blocks_of_literals(ctx: TraceContext, sizes: list[int], labels: Tensor,
         return False
     rest = [r for r in (args[d] for d in bearing[1:]) if type(r) is int and r > 0]
     return len(rest) == len(bearing) - 1 and size._divisor == math.prod(rest)
+
+
+def _sized_in_call(ctx: TraceContext, dim: int, labels: Tensor, holders: list[str]) -> bool:
+    """Whether a factor followed by dims that carry no channels is written in the call as
+    the one attribute holding its size (involution's ``view(b, self.groups,
+    self.group_channels, k * k, h, w)``): that attribute is then rewritten."""
+    args = arguments_written(ctx)
+    return args is not None and len(args) == labels.dim() and args[dim] in holders
 
 
 def _width_read(size: int) -> bool:
