@@ -593,3 +593,38 @@ def test_involution_rewrites_its_group_width() -> None:
     assert (pruned.groups, pruned.group_channels, pruned.channels) == (2, 8, 16)
     assert pruned.stem.out_channels == 16
     _check(model, x)
+
+
+class BNAndPad(nn.Module):
+    """DiverseBranchBlock's BNAndPadLayer: the border of the padded output holds values
+    computed from the BatchNorm's own weight and bias, read directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.pad(self.bn(self.conv(x)), [1, 1, 1, 1])
+        pad = self.bn.bias.detach() - self.bn.running_mean * self.bn.weight.detach() / \
+            torch.sqrt(self.bn.running_var + self.bn.eps)
+        pad = pad.view(1, -1, 1, 1)
+        out[:, :, 0:1, :] = pad
+        out[:, :, -1:, :] = pad
+        out[:, :, :, 0:1] = pad
+        out[:, :, :, -1:] = pad
+        return self.head(out)
+
+
+def test_a_norms_vector_read_directly_is_cut_with_its_channels() -> None:
+    """Was: "read directly ... in a way that does not tell which axis holds its channels",
+    though a vector has one axis, and the block was kept whole."""
+    torch.manual_seed(0)
+    model, x = BNAndPad().eval(), torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+        model.bn.bias.normal_()
+    result = prune(model, x, ratio=0.5)
+    assert result.model.bn.num_features == result.model.conv.out_channels == 8
+    _check(model, x)

@@ -299,6 +299,11 @@ def _tie_shared_weights(trace: Trace, axes_of: AxesOf | None) -> None:
             layer_axes[param.name] = {axis: vector for axis, (vector, _) in param.axes.items()}
             holders.setdefault(id(param.tensor), []).extend(
                 (param.name, axis, "") for axis in param.axes)
+        elif param.tensor.dim() == 1 and param.selected is None:
+            # a vector read directly (DBB's pad values from its BatchNorm's weight and
+            # bias, ``bn(x) + bn.weight.view(1, -1, 1, 1)``): it has one axis to cut
+            layer_axes[param.name] = {0: param.ids}
+            holders.setdefault(id(param.tensor), []).append((param.name, 0, ""))
         else:
             holders.setdefault(id(param.tensor), []).append((param.name, None, None))
     space = trace.space
