@@ -33,7 +33,7 @@ def test_a_layer_the_example_never_reaches_is_named() -> None:
     torch.manual_seed(0)
     model, x = CondNet().eval(), torch.randn(6, 20)
     with pytest.warns(UserWarning, match=r"cond \(Linear, width 32\) never ran on the example "
-                                         r"inputs and keep their widths"):
+                                         r"inputs and keeps its widths"):
         result = pk.prune(model, x, ratio=0.5)
     assert result.model.cond.out_features == 32 and result.model.l1.out_features == 16
     reached = pk.prune(model, (x, torch.randn(6, 6)), ratio=0.5)  # the fix the note names

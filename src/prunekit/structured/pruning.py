@@ -425,10 +425,12 @@ def _unreached_layers(model: nn.Module, pruned: nn.Module, graph: DependencyGrap
     trace, members = graph.trace, {m.name for m in graph.members}
     skipped = {id(m) for root in ignore for m in root.modules()}
     read = {id(record.tensor) for record in trace.params.values()}
+    by_name = dict(model.named_modules(remove_duplicate=False))
     for name in trace.modules:  # a layer's children ran with it (nn.MultiheadAttention's
-        layer = model.get_submodule(name)  # out_proj), and its tensors (a tied embedding)
-        skipped.update(id(m) for m in layer.modules())
-        read.update(id(p) for p in layer.parameters())
+        layer = by_name.get(name)  # out_proj), and its tensors (a tied embedding)
+        if layer is not None:
+            skipped.update(id(m) for m in layer.modules())
+            read.update(id(p) for p in layer.parameters())
     found: list[str] = []
     for name, module in model.named_modules():
         own = [(f"{name}.{k}" if name else k, p) for k, p in module._parameters.items()
@@ -443,8 +445,10 @@ def _unreached_layers(model: nn.Module, pruned: nn.Module, graph: DependencyGrap
     if not found:
         return None
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return (f"{', '.join(found[:3])}{more} never ran on the example inputs and keep their "
-            f"widths, which match a width this prune cut: if the model calls them on the cut "
+    keep = "keeps its widths, which match" if len(found) == 1 else \
+        "keep their widths, which match"
+    return (f"{', '.join(found[:3])}{more} never ran on the example inputs and {keep} "
+            f"a width this prune cut: if the model calls them on the cut "
             f"channels (an optional input left None, a branch the example did not take), the "
             f"pruned model fails there. Pass example inputs that reach them, or add the layers "
             f"whose channels they read to ignore=")
