@@ -102,3 +102,38 @@ def test_a_blocks_size_attribute_follows_its_layers(tmp_path: Path) -> None:
     assert model[1].in_channels == 32  # the user's model is untouched
     loaded = pk.load(pk.save(result, tmp_path / "p"), _repvgg())
     assert loaded[1].in_channels == 16
+
+
+class SelectiveKernel(nn.Module):
+    """timm's SelectiveKernel with ``split_input``: its ``in_channels`` is the block's input
+    width, split in two by forward; the first layer reads one half, and a later layer (the
+    attention's reduction) happens to have ``in_channels`` of the same value."""
+
+    def __init__(self, channels: int = 16) -> None:
+        super().__init__()
+        self.in_channels, self.num_paths = channels, 2
+        self.paths = nn.ModuleList(nn.Conv2d(channels // 2, channels, k, padding=k // 2)
+                                   for k in (1, 3))
+        self.reduce = nn.Conv2d(channels, 4, 1)
+        self.select = nn.Conv2d(4, 2 * channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = torch.split(x, self.in_channels // self.num_paths, 1)
+        paths = torch.stack([op(p) for op, p in zip(self.paths, parts, strict=True)], 1)
+        b, _, c = paths.shape[:3]
+        attn = self.select(F.relu(self.reduce(paths.sum(1).mean((2, 3), keepdim=True))))
+        attn = attn.view(b, 2, c, 1, 1).softmax(1)
+        return (paths * attn).sum(1)
+
+
+def test_an_attribute_another_layer_happens_to_match_is_left_alone() -> None:
+    """Matching any layer of equal value (a84a552 to this fix) bound ``in_channels`` to the
+    attention's reduction; rewritten to its width, forward's split then failed (timm's
+    skresnet18). Only the first layer to run may give an input size."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), SelectiveKernel(),
+                          nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    assert "1" not in result.plan["attrs"] and result.model[1].in_channels == 16
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 4, 8, 8)

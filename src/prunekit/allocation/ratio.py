@@ -198,7 +198,8 @@ def _attribute_cells(group: Group) -> list[np.ndarray] | None:
     parts = []
     for member in group.members:
         units = member.units.reshape(-1)
-        if member.kind == "attr" and torch.unique(units).numel() == units.numel():
+        if member.kind == "attr" and not member.follows and \
+                torch.unique(units).numel() == units.numel():
             # (an attribute holding a unit twice counts channels within whole units: a
             # rotary width inside heads that go whole)
             _, pos = positions_in(units, group.units)

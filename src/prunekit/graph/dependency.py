@@ -51,6 +51,7 @@ class Member:
     axis: int | None = None
     layer: bool = False  # a parameter axis that code uses as a layer weight's axis
     width: int = 1  # channels of the layer per index (head_dim for a dim of whole heads)
+    follows: bool = False  # an attribute that only repeats a layer's size (Trace.follows)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ def build_groups(model: nn.Module, trace: Trace, ignore: Iterable[nn.Module] = (
         vector = torch.from_numpy(found)
         members.append(Member(kind, name, dim_name,
                               vector if labels.dim() == 1 else vector.view(labels.shape),
-                              root, axis, layer=layer, width=width))
+                              root, axis, layer=layer, width=width,
+                              follows=kind == "attr" and (name, dim_name) in trace.follows))
         arrays.append(found)
     # members of directly used parameters go between the attrs and the layer parameters
     at = len(specs) - sum(1 for spec in specs if spec[0] == "param")

@@ -106,3 +106,6 @@ class Trace:
     written: tuple[str, ...] = ()
     # the classes of the model's modules (graph/numbers.py reads their source)
     classes: frozenset[type] = frozenset()
+    # (path, attribute) of block attributes bound only because they repeat a size of a
+    # layer in the block (RepVGG's in_channels): they follow it and split no allocation
+    follows: frozenset[tuple[str, str]] = frozenset()

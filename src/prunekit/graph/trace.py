@@ -89,6 +89,7 @@ class TraceContext:
         self._calls = CallStack(model)  # the running modules; whether ops are recorded
         self._ops: dict[Callable[..., Any], tuple[str, str, OpHandler | None]] = {}
         self.bindings: dict[tuple[str, str], Tensor] = {}
+        self.follows: set[tuple[str, str]] = set()  # see Trace.follows
         self.aligned: list[tuple[Tensor, int]] = []  # see :meth:`align`
         self.sizes = SizeTracker()  # ints read from shapes (graph/sizes.py)
         self._param_names: dict[int, str] = {}
@@ -632,8 +633,10 @@ def _mirror_layer_sizes(ctx: TraceContext) -> None:
     ``self.in_channels``, which ``switch_to_deploy`` reads and forward never does) follows
     that layer's dim: bound to its labels, it is rewritten with it and replayed on load.
     The layer is the first in the block to run for an input size, the last for an output
-    size. Layers themselves are left to their adapters, and attributes already bound to
-    what forward reads them for keep that binding."""
+    size, and only where its size is the attribute's (in SKNet's ``SelectiveKernel`` the
+    first layer reads half of ``in_channels``: left alone). Layers themselves are left to
+    their adapters, and attributes already bound to what forward reads them for keep that
+    binding. Such an attribute splits no allocation (:attr:`Trace.follows`)."""
     records = list(ctx.modules.values())  # in the order they first ran
     for path, module in ctx._named_modules:
         if path in ctx.modules:
@@ -644,10 +647,11 @@ def _mirror_layer_sizes(ctx: TraceContext) -> None:
             if type(value) is not int or (path, attr) in ctx.bindings:
                 continue
             inside = [r for r in records if r.name.startswith(prefix) and dim in r.dims
-                      and getattr(r.module, attr, None) == value]
-            if inside:
-                layer = inside[0] if dim == "in" else inside[-1]
+                      and hasattr(r.module, attr)]
+            layer = (inside[0] if dim == "in" else inside[-1]) if inside else None
+            if layer is not None and getattr(layer.module, attr) == value:
                 ctx.bind_attribute(path, attr, layer.dims[dim].labels)
+                ctx.follows.add((path, attr))
 
 
 def _warn_untrained(ctx: TraceContext, handlers: Callable[[nn.Module], ModuleHandler | None],
@@ -732,4 +736,5 @@ def trace(
                  train_shapes, ctx.aligned, data, train_data, ctx.width_numbers,
                  frozenset(ctx._calls.entered), containers=ctx.containers, parents=ctx.parents,
                  written=names_of(model, ctx.writes.written()),
-                 classes=frozenset(type(m) for _, m in ctx._named_modules))
+                 classes=frozenset(type(m) for _, m in ctx._named_modules),
+                 follows=frozenset(ctx.follows))
