@@ -286,10 +286,8 @@ def _built_scaled(ctx: TraceContext, operands: list[Tensor], shape: torch.Size,
         if full.shape != shape or scale.dim() > full.dim() or scale.shape == shape or \
                 full.dim() < 2:
             continue
-        labels = ctx.space.find(ctx.labels(full))
-        ctx.space.union(labels, ctx.space.find(ctx.labels(scale)).expand(shape))
         for tensor in outputs:
-            ctx.set_labels(tensor, ctx.space.find(labels))
+            _label_scaled(ctx, tensor, full, scale)
         return True
     return False
 

@@ -451,9 +451,12 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         return segment[0], None if first == -1 else f"{owner}[0]"
     sizes = _sizes_by_dim(call, labels, segment)
     attrs = int_attributes(ctx)
+    args = arguments_written(ctx)
+    if args is not None and len(args) != labels.dim():
+        args = None
     if _per_head_share(sizes, labels, bearing):  # C // self.n_head: every head shrinks alike
         return bearing[-1], None
-    if _blocks_of_literals(ctx, sizes, labels, bearing):  # view(b, c // 4, 2, 2, h, w)
+    if _blocks_of_literals(sizes, args, bearing):  # view(b, c // 4, 2, 2, h, w)
         return bearing[0], None
     if len(sizes) == labels.dim() and -1 in sizes:  # a factor left to -1 adapts by itself
         inferred = sizes.index(-1)
@@ -467,9 +470,6 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
             _check_head_size(ctx, call, labels, bearing, inferred, sizes, attrs)
             return inferred, heads[0] if len(heads) == 1 else None
     written = set(sizes)
-    args = arguments_written(ctx)
-    if args is not None and len(args) != labels.dim():
-        args = None
     for dim in bearing[:-1]:
         size = labels.shape[dim]
         heads = [k for k, v in attrs.items() if v == size and counts_heads(k)]
@@ -495,10 +495,11 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         # along the split alone (not BEiT's table rows gathered per head: its heads stay free)
         _block_fixed_factor(ctx, call, labels, size, holders)
         return last, None
-    if size not in written or not holders or (
-            last != labels.dim() - 1 and not _sized_in_call(ctx, last, labels, holders)):
-        return last, None
     at = args[last] if args is not None else None
+    # a factor followed by dims without channels must be written as the attribute holding
+    # its size (involution's view(b, self.groups, self.group_channels, k * k, h, w))
+    if size not in written or not holders or (last != labels.dim() - 1 and at not in holders):
+        return last, None
     named = at if isinstance(at, str) and at in holders else None
     if named is not None:  # view(B, -1, self.h, self.d_k) with h == d_k: the call says
         holders = [named]
@@ -532,31 +533,20 @@ def _per_head_share(sizes: list[int], labels: Tensor, bearing: list[int]) -> boo
     return isinstance(size, SizeInt) and heads > 1 and size._divisor == heads
 
 
-def _blocks_of_literals(ctx: TraceContext, sizes: list[int], labels: Tensor,
+def _blocks_of_literals(sizes: list[int], args: tuple[str | int | None, ...] | None,
                         bearing: list[int]) -> bool:
     """Whether the leading factor is a width read from a shape divided by the product of
     the others, all literals written in the call (a hand-written pixel shuffle's ``view(b,
     c // 4, 2, 2, h, w)``): whole blocks of ``2·2`` channels go, and ``c // 4`` follows by
     itself. (Where an attribute sizes the others, ``view(b, t, c // self.head_dim,
     self.head_dim)``, the per-head size shrinks instead, and the attribute is rewritten.)"""
-    if len(sizes) != labels.dim() or len(bearing) < 2:
+    if args is None or len(sizes) != len(args) or len(bearing) < 2:
         return False
     size = sizes[bearing[0]]
     if not isinstance(size, SizeInt) or size._divisor is None or size._divisor < 2:
         return False
-    args = arguments_written(ctx)
-    if args is None or len(args) != labels.dim():
-        return False
     rest = [r for r in (args[d] for d in bearing[1:]) if type(r) is int and r > 0]
     return len(rest) == len(bearing) - 1 and size._divisor == math.prod(rest)
-
-
-def _sized_in_call(ctx: TraceContext, dim: int, labels: Tensor, holders: list[str]) -> bool:
-    """Whether a factor followed by dims that carry no channels is written in the call as
-    the one attribute holding its size (involution's ``view(b, self.groups,
-    self.group_channels, k * k, h, w)``): that attribute is then rewritten."""
-    args = arguments_written(ctx)
-    return args is not None and len(args) == labels.dim() and args[dim] in holders
 
 
 def _width_read(size: int) -> bool:

@@ -566,11 +566,16 @@ def _own_share(ctx: TraceContext, call: OpCall, canon: Tensor, dim: int, parts: 
     line, _ = channel_line(ctx, size)
     if line is None or line.numel() != canon.shape[dim]:
         return False
-    if not torch.equal(ctx.space.find(line), first_line(ctx.space.find(canon), dim)):
-        def judge() -> None:
-            if not torch.equal(ctx.space.find(line), first_line(ctx.space.find(canon), dim)):
-                ctx.block(canon, f"{call.display} splits channels into parts of a width read "
-                                 f"from another tensor's shape, whose channels are not these")
+
+    def same() -> bool:
+        return torch.equal(ctx.space.find(line), first_line(ctx.space.find(canon), dim))
+
+    def judge() -> None:
+        if not same():
+            ctx.block(canon, f"{call.display} splits channels into parts of a width read "
+                             f"from another tensor's shape, whose channels are not these")
+
+    if not same():
         ctx.at_end.append(judge)
     return True
 
