@@ -20,24 +20,32 @@ call site made them. The check then compares shapes that only the surgery can ch
 pruned model itself runs on its own values.
 
 A call site is the innermost frame outside torch's own code together with the frame that
-called the op: a call made inside a layer that the trace does not enter (an atomic module)
-is never recorded, and its site differs from every recorded one.
+called the op, each with the source position of its instruction: a call made inside a layer
+that the trace does not enter (an atomic module) is never recorded, and its site differs
+from every recorded one.
+
+Values put back can disagree with the tensors the pruned model computes itself:
+torchvision's ``paste_mask_in_image`` sizes a mask by ``int(box[2] - box[0])`` and slices
+it by ``box``. Where the check fails inside a function that was given back a value its own
+tensors no longer give, that function runs on its own values and the check is tried again
+(:func:`replayed`).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import sys
-from collections.abc import Callable
-from types import FrameType
-from typing import Any
+from collections.abc import Callable, Collection
+from types import CodeType, FrameType
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["MISSING", "Record", "Recording", "Replay", "is_data_call"]
+__all__ = ["MISSING", "Record", "Recording", "Replay", "is_data_call", "replayed"]
 
 T = torch.Tensor
 # calls whose result is read from values (put back whole)
@@ -53,10 +61,12 @@ _MASKED = frozenset((T.__getitem__, T.__setitem__, T.masked_select, torch.masked
                      *_REPEATS))
 _WHERE = frozenset((T.where, torch.where))
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_OWN_DIRS = (_TORCH_DIR, os.path.dirname(os.path.dirname(__file__)) + os.sep)
+_T = TypeVar("_T")
 MISSING = object()  # nothing recorded for a call (a recorded result may be None or False)
 
-# (module path, outer code, lasti, caller code, lasti, func)
-Site = tuple[str | None, Any, int, Any, int, Any]
+# (module path, outer code, its position, caller code, its position, func)
+Site = tuple[str | None, Any, Any, Any, Any, Any]
 
 
 def is_data_call(func: Any, args: tuple[Any, ...]) -> bool:
@@ -101,8 +111,25 @@ def _site(func: Any, frame: FrameType | None, paths: Callable[[], dict[int, str]
     if outer is None or caller is None:
         return (None, None, -1, None, -1, func)
     owner = outer.f_locals.get("self") if "self" in outer.f_code.co_varnames else None
-    return (paths().get(id(owner)), outer.f_code, outer.f_lasti, caller.f_code,
-            caller.f_lasti, func)
+    return (paths().get(id(owner)), outer.f_code, _position(outer.f_code, outer.f_lasti),
+            caller.f_code, _position(caller.f_code, caller.f_lasti), func)
+
+
+@functools.lru_cache(maxsize=4096)
+def _position(code: CodeType, lasti: int) -> Any:
+    """Where in the source the instruction at byte ``lasti`` of ``code`` is, (line, end line,
+    column, end column): the same for every instruction of one call expression. The byte
+    is not: Python 3.11's specialising interpreter makes a call in its PRECALL instruction
+    once the call site is warm and in CALL before, so the first runs of a loop and the later
+    ones (the forward check, after the trace warmed the code) would be different sites.
+    Python 3.10 keeps no columns: there, the byte."""
+    positions = getattr(code, "co_positions", None)
+    if positions is None or lasti < 0:
+        return lasti
+    for i, position in enumerate(positions()):
+        if i == lasti // 2:
+            return position
+    return lasti
 
 
 def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -164,25 +191,26 @@ class Recording:
         site = _site(func, frame, self._paths)
         self._calls.setdefault(site, []).append((_signature(args, kwargs), kept))
 
-    def replayer(self, model: nn.Module) -> Callable[
-            [Any, tuple[Any, ...], dict[str, Any], FrameType | None], Any]:
+    def replayer(self, model: nn.Module, live: Collection[CodeType] = ()) -> Callable[
+            [Any, tuple[Any, ...], dict[str, Any], FrameType | None], tuple[Any, Any]]:
         """For a run of ``model`` (a pruned copy of the recorded one): a function of (func,
-        args, kwargs, caller frame) -> what was kept for that call (its result, or its masks
-        as (argument, tuple item, mask)), or ``MISSING``; it keeps its own position in each
-        site's list."""
+        args, kwargs, caller frame) -> (what was kept for that call (its result, or its
+        masks as (argument, tuple item, mask)) or ``MISSING``, the code that made the
+        call); it keeps its own position in each site's list. Calls made by the code in
+        ``live`` get ``MISSING``: they run on the model's own values."""
         cursors: dict[Site, int] = {}
         calls, paths = self._calls, _paths_of(model)
 
         def replay(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   frame: FrameType | None) -> Any:
+                   frame: FrameType | None) -> tuple[Any, Any]:
             site = _site(func, frame, paths)
             entries = calls.get(site)
             at = cursors.get(site, 0)
-            if entries is None or at >= len(entries) or \
+            if entries is None or at >= len(entries) or site[1] in live or \
                     entries[at][0] != _signature(args, kwargs):
-                return MISSING
+                return MISSING, site[1]
             cursors[site] = at + 1
-            return entries[at][1]
+            return entries[at][1], site[1]
 
         return replay
 
@@ -218,19 +246,76 @@ class Record(TorchFunctionMode):
 
 class Replay(TorchFunctionMode):
     """Runs ``model``, a pruned copy of the model ``recording`` saw, with the recorded values
-    put back (see the module)."""
+    put back (see the module), except in the functions whose code is in ``live``.
+    ``diverged`` collects the code of the calls whose recorded value differs from the one
+    the model's own tensors give."""
 
-    def __init__(self, recording: Recording, model: nn.Module) -> None:
+    def __init__(self, recording: Recording, model: nn.Module,
+                 live: Collection[CodeType] = ()) -> None:
         super().__init__()
-        self._replay = recording.replayer(model)
+        self._replay = recording.replayer(model, live)
+        self.diverged: set[Any] = set()
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if is_data_call(func, args):
-            kept = self._replay(func, tuple(args), kwargs, sys._getframe(1))
+            kept, code = self._replay(func, tuple(args), kwargs, sys._getframe(1))
             if kept is not MISSING:
-                if func not in _MASKED:
+                if func in _MASKED:
+                    if not all(_same(mask, args[i] if j is None else args[i][j])
+                               for i, j, mask in kept):
+                        self.diverged.add(code)
+                    args = _with_masks(tuple(args), kept)
+                else:
+                    if not _same(kept, func(*args, **kwargs)):
+                        self.diverged.add(code)
                     return _snapshot(kept)
-                args = _with_masks(tuple(args), kept)
         return func(*args, **kwargs)
+
+
+def _same(kept: Any, value: Any) -> bool:
+    """Whether a recorded value equals what the model's own tensors give now."""
+    if isinstance(kept, Tensor):
+        return isinstance(value, Tensor) and kept.shape == value.shape and \
+            bool(torch.equal(kept, value.detach()))
+    if isinstance(kept, (tuple, list)):
+        return isinstance(value, (tuple, list)) and len(kept) == len(value) and \
+            all(_same(a, b) for a, b in zip(kept, value, strict=True))
+    try:
+        return bool(kept == value)
+    except Exception:  # (an array, a user type)
+        return False
+
+
+def replayed(recording: Recording, model: nn.Module, run: Callable[[], _T]) -> _T:
+    """``run()``, a forward of ``model``, under :class:`Replay`. Where it raises in a
+    function whose recorded values differ from the ones its own tensors now give, that
+    function's calls run on the model's values and ``run()`` is tried again: torchvision's
+    ``paste_mask_in_image`` sizes a mask by ``int(box[2] - box[0])``, put back from the
+    trace, and slices it by the pruned model's own ``box``; the two no longer agree, for
+    no fault of the surgery. A function that fails where every value it was given back
+    agrees with its own raises as it did."""
+    live: set[Any] = set()
+    while True:
+        mode = Replay(recording, model, live)
+        try:
+            with mode:
+                return run()
+        except Exception as exc:
+            code = _raised_in(exc)
+            if code is None or code in live or code not in mode.diverged:
+                raise
+            live.add(code)
+
+
+def _raised_in(exc: BaseException) -> Any:
+    """The code of the innermost frame outside torch and prunekit that ``exc`` passed
+    through, or None."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_OWN_DIRS):
+            found = tb.tb_frame.f_code
+        tb = tb.tb_next
+    return found

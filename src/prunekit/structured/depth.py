@@ -20,7 +20,7 @@ from prunekit._caches import copy_model
 from prunekit._inputs import ExampleInputs, run_model, walk_tensors
 from prunekit.errors import ConfigError, PruneValidationError
 from prunekit.graph.modes import eval_mode
-from prunekit.graph.replay import Record, Replay
+from prunekit.graph.replay import Record, replayed
 from prunekit.structured.plan import PLAN_FORMAT, SkipBlock, apply_plan
 
 __all__ = ["DepthResult", "SkipBlock", "block_scores", "prune_depth"]
@@ -105,8 +105,7 @@ def prune_depth(model: nn.Module, example_inputs: ExampleInputs, *, remove: int 
     pruned = copy_model(model)
     try:
         apply_plan(pruned, plan)
-        with Replay(recorded.recording, pruned):
-            shapes = _shapes(pruned, example_inputs)
+        shapes = replayed(recorded.recording, pruned, lambda: _shapes(pruned, example_inputs))
     except Exception as exc:
         raise PruneValidationError(
             f"the model with {removed} skipped failed its forward check ({exc}); your model "

@@ -27,7 +27,7 @@ from prunekit.graph.mirror import mirror_unreached
 from prunekit.graph.modes import eval_mode, model_mode
 from prunekit.graph.numbers import changed_attribute_numbers
 from prunekit.graph.passes import eager_compiled
-from prunekit.graph.replay import Recording, Replay
+from prunekit.graph.replay import Recording, replayed
 from prunekit.graph.trace import trace
 from prunekit.graph.writes import restored
 from prunekit.importance.group import (
@@ -647,9 +647,10 @@ def _check_shapes(model: nn.Module, example_inputs: ExampleInputs,
     mode = " in training mode" if training else ""
     calls: dict[str, tuple[Any, ...]] = {}
     try:
-        with Replay(replay, model) if replay else contextlib.nullcontext(), \
-                _first_calls(model, set((mirrored or {}).values()), calls):
-            shapes = _output_shapes(model, example_inputs, modules, training=training)
+        with _first_calls(model, set((mirrored or {}).values()), calls):
+            def run() -> list[tuple[str, tuple[int, ...]]]:
+                return _output_shapes(model, example_inputs, modules, training=training)
+            shapes = replayed(replay, model, run) if replay else run()
     except ConfigError:
         raise
     except Exception as exc:
