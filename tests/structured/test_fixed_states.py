@@ -7,6 +7,8 @@ were cut, and the default strict prune failed its forward check ("Expected hidde
 from __future__ import annotations
 
 import copy
+import re
+import warnings
 
 import pytest
 import torch
@@ -193,3 +195,55 @@ def test_a_state_of_heads_written_with_torch_zeros_loses_whole_heads() -> None:
         for inputs in (x, torch.randn(3, 7, 8)):
             torch.testing.assert_close(result.model(inputs), zeroed(inputs), rtol=1e-5,
                                        atol=1e-6)
+
+
+class HandRecurrence(nn.Module):
+    """``h = tanh(wx(x_t) + wh(h))`` from ``h = torch.zeros(B, self.hidden)``, or BasicVSR's
+    ``feat = x.new_zeros(n, self.num_feat, h, w)`` concatenated with each frame."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.hidden, self.num_feat = how, 16, 8
+        self.wx, self.wh, self.head = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+        self.fuse = nn.Conv2d(3 + 8, 8, 3, padding=1)
+        self.trunk, self.out = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.how == "linear":  # x: (B, T, 6)
+            h = torch.zeros(x.shape[0], self.hidden)
+            for t in range(x.shape[1]):
+                h = torch.tanh(self.wx(x[:, t]) + self.wh(h))
+            return self.head(h)
+        n, steps, _, height, width = x.shape  # x: (B, T, 3, H, W)
+        feat = x.new_zeros(n, self.num_feat, height, width)
+        outs = []
+        for t in range(steps):
+            feat = torch.relu(self.trunk(torch.relu(self.fuse(torch.cat([x[:, t], feat], 1)))))
+            outs.append(self.out(feat))
+        return torch.stack(outs, 1)
+
+
+def _steps(how: str, steps: int) -> Tensor:
+    return torch.randn(2, steps, 6) if how == "linear" else torch.randn(1, steps, 3, 8, 8)
+
+
+@pytest.mark.parametrize("how", ["linear", "conv"])
+def test_a_recurrence_the_example_runs_for_one_step_is_warned_of(how: str) -> None:
+    # from one step the trace cannot see that the layer's output becomes the state: the
+    # state keeps its width and the pruned model fails from the second step on; before,
+    # without a word
+    torch.manual_seed(0)
+    model = HandRecurrence(how).eval()
+    attribute = "hidden (16)" if how == "linear" else "num_feat (8)"
+    with pytest.warns(UserWarning, match=rf"sized by {re.escape(attribute)} .* a recurrent "
+                                         rf"state the example ran for one step\? .* two or "
+                                         rf"more steps"):
+        prune(model, _steps(how, 1), ratio=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # two steps: joined, and no such warning
+        result = prune(model, _steps(how, 2), ratio=0.5)
+    assert (result.model.hidden, result.model.num_feat) == ((8, 8) if how == "linear" else
+                                                            (16, 4))
+    with torch.no_grad():
+        longer = _steps(how, 5)
+        assert result.model(longer).shape == model(longer).shape

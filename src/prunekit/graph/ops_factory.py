@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from prunekit.graph.callers import arguments_written, attributes_read, calling_module
+from prunekit.graph.callers import (
+    arguments_written,
+    attributes_read,
+    calling_module,
+    user_line,
+)
 from prunekit.graph.labels import NEUTRAL, varies
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.sizes import SizeInt, channel_line, note_values, written_shape
@@ -38,6 +43,8 @@ __all__ = ["UNIFORM", "attribute_sized", "expanded_by_attribute"]
 NEW = ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "new_empty_strided")
 UNIFORM = frozenset(("zeros", "ones", "empty", "full", "new_zeros", "new_ones", "new_empty",
                      "new_full", "rand", "randn"))
+# one value everywhere: an initial state (``h = x.new_zeros(B, self.hidden)``)
+CONSTANT = UNIFORM - {"rand", "randn"}
 
 
 def attribute_sized(ctx: TraceContext, call: OpCall) -> None:
@@ -49,7 +56,9 @@ def attribute_sized(ctx: TraceContext, call: OpCall) -> None:
         return
     shape = written_shape(call)
     if len(shape) == out.dim() and not _reads_channels(ctx, shape):
-        _bind_uniform_dim(ctx, out, shape, lambda dim: True)
+        bound = _bind_uniform_dim(ctx, out, shape, lambda dim: True)
+        if bound is not None and call.name in CONSTANT:
+            ctx.states.append((*bound, user_line() or "the model's code"))
 
 
 def expanded_by_attribute(ctx: TraceContext, call: OpCall) -> None:
@@ -75,15 +84,16 @@ def expanded_by_attribute(ctx: TraceContext, call: OpCall) -> None:
 
 
 def _bind_uniform_dim(ctx: TraceContext, out: Tensor, shape: tuple[object, ...],
-                      uniform: Callable[[int], bool]) -> None:
+                      uniform: Callable[[int], bool]) -> tuple[Tensor, str, str] | None:
     """Give fresh labels to the first dim of ``out`` (one along which its values are
     ``uniform``) whose written size one int attribute the call reads holds, and bind that
     attribute to them; nothing where the size is written as an int for another dim too,
     unless the call names the attribute at that dim (``x.new_zeros(b, self.num_feat, h, w)``
-    with ``h == w == num_feat``)."""
+    with ``h == w == num_feat``). Returns (the labels it gave, the attribute's module path,
+    its name), or None."""
     read = attributes_read(ctx)
     if not read:
-        return
+        return None
     path, module = calling_module(ctx)
     # (owner path, attribute, value): the module's own, and those of a child the expression
     # names (``x.new_zeros(B, self.cell.hidden_size)``)
@@ -110,7 +120,8 @@ def _bind_uniform_dim(ctx: TraceContext, out: Tensor, shape: tuple[object, ...],
         ids = ctx.space.new_ids(size)
         ctx.set_vector(out, ids, dim)
         ctx.bind_attribute(*holders[0], ids)
-        return  # (labels in vector form vary along one dim)
+        return (ids, *holders[0])  # (labels in vector form vary along one dim)
+    return None
 
 
 def _reads_channels(ctx: TraceContext, shape: tuple[object, ...]) -> bool:

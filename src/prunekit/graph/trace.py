@@ -103,6 +103,9 @@ class TraceContext:
         # checks that wait for the trace's end, when later ops have joined what they judge
         # (size comparisons: graph/size_reads.py; slices of parameter-built tensors)
         self.at_end: list[Callable[[], None]] = []
+        # (labels, module path, attribute, line) of each tensor of one value that a factory
+        # sized by an attribute (``h = x.new_zeros(B, self.hidden)``): see _warn_one_step
+        self.states: list[tuple[Tensor, str, str, str]] = []
         self.param_views = ParamViews()  # W.t(), W[e]: maybe layer weights (param_views.py)
         # tensors that keep channels whole once anything reads them (the indices
         # ``max(x, dim)`` returns over channels): id -> (tensor, what a read does)
@@ -654,6 +657,33 @@ def _mirror_layer_sizes(ctx: TraceContext) -> None:
                 ctx.follows.add((path, attr))
 
 
+def _warn_one_step(ctx: TraceContext) -> None:
+    """Warn of a recurrence the example ran for one step: a tensor of one value that a
+    factory sized by an attribute (``h = x.new_zeros(B, self.hidden)``) and a layer reads
+    (``self.wh(h)``), while no layer's output ever took its place. Run for two steps, the
+    layer reads the state the first step computed, and the trace joins the state's width
+    to that layer's output; from one step it cannot know, so the state keeps its width
+    and the pruned model fails from the second step on."""
+    if not ctx.states:
+        return
+    made: set[int] = set()  # the channel roots of the layers' own dims (their outputs)
+    read: set[int] = set()  # and of the dims they read
+    for record in ctx.modules.values():
+        for dim in record.dims.values():
+            (made if dim.root else read).update(ctx.space.find(dim.labels).tolist())
+    for labels, path, attr, line in ctx.states:
+        roots = set(ctx.space.find(labels).tolist())
+        if roots & read and not roots & made:
+            owner = f"{path}.{attr}" if path else attr
+            warnings.warn(
+                f"{line}: a tensor sized by {owner} ({labels.numel()}) and of one value is "
+                f"read by a layer, and no layer's output ever took its place: a recurrent "
+                f"state the example ran for one step? Its width is kept, and a pruned model "
+                f"that feeds it a layer's output at later steps fails; pass an example with "
+                f"two or more steps", stacklevel=4)
+            return
+
+
 def _warn_untrained(ctx: TraceContext, handlers: Callable[[nn.Module], ModuleHandler | None],
                     exc: Exception) -> None:
     """Warn that the training-mode pass failed, naming the layers no pass ran."""
@@ -715,6 +745,7 @@ def trace(
         for check in ctx.at_end:
             check()
         _mirror_layer_sizes(ctx)
+        _warn_one_step(ctx)
         ctx.width_numbers.extend(ctx.sizes.numbers(ctx))
         if ctx.unseen:
             more = f" (and {len(ctx.unseen) - 1} more such tensors)" if len(ctx.unseen) > 1 \
@@ -732,6 +763,7 @@ def trace(
         ctx._built.clear()
         ctx._made.clear()
         ctx.at_end.clear()
+        ctx.states.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes, ctx.aligned, data, train_data, ctx.width_numbers,
                  frozenset(ctx._calls.entered), containers=ctx.containers, parents=ctx.parents,
