@@ -6,6 +6,8 @@ runs in both modes, so the pruned model still trains."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,3 +108,49 @@ def test_a_parameter_read_in_training_mode_only_is_cut_with_its_channels() -> No
     pruned.train()
     assert pruned(x).shape == (3, 4)  # was: mat1 and mat2 shapes cannot be multiplied
     assert {e.name: e.status for e in result.coverage.entries}["w_noise"] == "prunable"
+
+
+class _SummedInTraining(nn.Module):
+    """Deep supervision: ``b`` runs in both modes and only training adds it to ``a``."""
+
+    def __init__(self, fails_in_training: bool = False) -> None:
+        super().__init__()
+        self.fails_in_training = fails_in_training
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a, self.b = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.stem(x))
+        a, b = self.a(h), self.b(h)
+        if self.training:
+            if self.fails_in_training:
+                raise ValueError("targets needed")
+            return self.head(a + b)
+        return self.head(a)
+
+
+def test_a_layer_whose_output_only_training_reads_is_coupled_by_the_training_pass() -> None:
+    # every layer ran in eval mode, so no training pass ran: a and b kept other channels
+    # and the pruned model summed mismatched channels while it trained, without a word
+    torch.manual_seed(0)
+    model, x = _SummedInTraining().eval(), torch.randn(2, 3, 8, 8)
+    result = pk.prune(model, x, ratio=0.5, ignore=[model.stem])  # (only a+b's channels go)
+    keep = result.plan["modules"]
+    assert keep["a"]["keep"]["out"] == keep["b"]["keep"]["out"]
+    zeroed = _SummedInTraining().eval()
+    zeroed.load_state_dict(model.state_dict())
+    gone = sorted(set(range(16)) - set(keep["a"]["keep"]["out"]))
+    with torch.no_grad():
+        zeroed.head.weight[:, gone] = 0
+        torch.testing.assert_close(result.model.train()(x), zeroed.train()(x))
+
+
+def test_a_training_pass_run_for_an_unread_output_fails_quietly() -> None:
+    # nothing was left unvisited: no warning, and the eval-mode couplings stand
+    torch.manual_seed(0)
+    model = _SummedInTraining(fails_in_training=True).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = pk.prune(model, torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert result.model.a.out_channels == 8 and result.model.b.out_channels == 8

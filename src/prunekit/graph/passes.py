@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,7 +22,7 @@ from prunekit.graph.replay import Recording
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["eager_compiled", "traced_pass", "unvisited_layers", "walk_modules"]
+__all__ = ["eager_compiled", "traced_pass", "unread_outputs", "unvisited_layers", "walk_modules"]
 
 
 def walk_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -76,6 +77,33 @@ def unvisited_layers(ctx: TraceContext,
     ran (not a layer) never read one of its own parameters (Shazeer's ``w_noise``, read in
     training mode only)."""
     return next(unvisited(ctx, handlers), None) is not None
+
+
+# the dims of a layer that its output carries (not a dim the layer reads itself, as an
+# attention's heads)
+_OUTPUTS = frozenset(("out", "hidden", "proj"))
+
+
+def unread_outputs(ctx: TraceContext) -> bool:
+    """True if a layer ran and nothing read its output channels: no other layer's dim and
+    no model output holds any of them. In eval mode that is a branch computed for nothing,
+    most likely one that training reads (deep supervision summed in only while training:
+    ``return self.head(a + b) if self.training else self.head(a)``); the training pass then
+    couples what training reads. (Channels a reduction alone reads, ``b.sum(1)``, look
+    unread too: the cost is that extra pass.)"""
+    space = ctx.space
+    made: list[np.ndarray] = []
+    read: list[np.ndarray] = [np.fromiter(space.blocked_roots(), dtype=np.int64)]
+    for record in ctx.modules.values():
+        for name, dim in record.dims.items():
+            if not dim.root:
+                read.append(space.find(dim.labels).numpy())
+            elif name in _OUTPUTS and dim.labels.numel() > 1:  # (one channel broadcasts)
+                made.append(space.find(dim.labels).numpy())
+    if not made:
+        return False
+    readers = np.concatenate(read)
+    return any(not np.isin(roots, readers).any() for roots in made)
 
 
 def unvisited(ctx: TraceContext,

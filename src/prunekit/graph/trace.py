@@ -47,7 +47,13 @@ from prunekit.graph.ops import (
 )
 from prunekit.graph.ops_factory import UNIFORM, attribute_sized
 from prunekit.graph.param_views import ParamViews
-from prunekit.graph.passes import traced_pass, unvisited, unvisited_layers, walk_modules
+from prunekit.graph.passes import (
+    traced_pass,
+    unread_outputs,
+    unvisited,
+    unvisited_layers,
+    walk_modules,
+)
 from prunekit.graph.records import (  # (defined there, imported from here by the adapters)
     ModuleCall,
     ModuleDim,
@@ -712,9 +718,10 @@ def trace(
 
     ``lookup(module)`` gives the handler of an atomic module or None. Inputs and outputs
     of the model keep their shape (their labels are blocked). The model runs in eval mode;
-    if that leaves layers unvisited, it runs once more in training mode (buffers restored),
-    so that layers only training runs (auxiliary heads) are coupled too, and the shapes of
-    that pass are kept for the forward check.
+    if that leaves layers unvisited, or a layer's output unread, it runs once more in
+    training mode (buffers restored), so that what only training runs or reads (auxiliary
+    heads, a branch summed in while training) is coupled too, and the shapes of that pass
+    are kept for the forward check.
     """
     check_traceable(model)
     ctx = TraceContext(model, strict)
@@ -730,7 +737,7 @@ def trace(
             shapes = traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
                                   training=False)
             data = recorder.data
-            if unvisited_layers(ctx, handlers):
+            if unvisited_layers(ctx, handlers) or unread_outputs(ctx):
                 with preserved_buffers(model):
                     try:
                         train_shapes = traced_pass(ctx, model, example_inputs, handlers,
