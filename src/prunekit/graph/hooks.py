@@ -67,8 +67,10 @@ class CallStack:
 
         Two process-wide module hooks serve every module of ``named_modules`` (registering
         two hooks per module costs more than the rest of a small model's trace); a module
-        that has forward hooks of its own gets hooks of its own instead, registered after
-        the user's, so that its handler sees the output those hooks return. The
+        that has forward hooks of its own gets hooks of its own instead: its pre-hook after
+        the user's (which run traced, on the inputs, as code before the call would) and its
+        post-hook before the user's (which then run traced too: a hook that zeroes units 3
+        and 7 of a layer's output, or scales it by a parameter, is seen as such). The
         process-wide hooks pass over modules of other models; calling the traced model from
         another thread while the trace runs is not supported."""
         atomic_stack: list[bool] = []
@@ -147,9 +149,12 @@ class CallStack:
                     continue
                 own[id(module)] = (name, handler)
                 handles.append(module.register_forward_pre_hook(own_pre, with_kwargs=True))
-                handles.append(module.register_forward_hook(own_returned))
+                # before the user's forward hooks (prepended: own_returned runs first, then
+                # own_post): the handler labels the layer's own output and the hooks then
+                # run traced, like code after the call
                 handles.append(module.register_forward_hook(own_post, with_kwargs=True,
-                                                            always_call=True))
+                                                            always_call=True, prepend=True))
+                handles.append(module.register_forward_hook(own_returned, prepend=True))
             if shared:
                 shared_pre, shared_post = hook_pair(shared)
                 handles.append(nn.modules.module.register_module_forward_pre_hook(shared_pre))
