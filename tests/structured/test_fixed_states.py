@@ -247,3 +247,52 @@ def test_a_recurrence_the_example_runs_for_one_step_is_warned_of(how: str) -> No
     with torch.no_grad():
         longer = _steps(how, 5)
         assert result.model(longer).shape == model(longer).shape
+
+
+class TutorialRNN(nn.Module):
+    """The PyTorch tutorial's classifier: ``h0 = torch.zeros(self.num_layers, B,
+    self.hidden_size)``."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.hidden_size, self.num_layers = kind, 32, 2
+        rnn = nn.LSTM if kind == "lstm" else nn.GRU
+        self.rnn = rnn(8, 32, self.num_layers, batch_first=True)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size).to(x.device)
+        state = (h0, torch.zeros(self.num_layers, x.size(0), self.hidden_size)) \
+            if self.kind == "lstm" else h0
+        out, _ = self.rnn(x, state)
+        return self.fc(out[:, -1, :])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_state_of_a_stack_sized_by_num_layers_and_hidden_size_prunes(kind: str,
+                                                                         tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # num_layers (2) was bound first, the hidden dim kept the width written: nothing pruned
+    import prunekit as pk
+
+    torch.manual_seed(0)
+    model, x = TutorialRNN(kind).eval(), torch.randn(3, 6, 8)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.hidden_size == result.model.rnn.hidden_size == 16
+    assert result.model.num_layers == 2 and result.params_kept < 0.35
+    with torch.no_grad():
+        other = torch.randn(5, 4, 8)
+        assert result.model(other).shape == (5, 4)
+        loaded = pk.load(pk.save(result, tmp_path / "ckpt"), TutorialRNN(kind))
+        assert torch.equal(loaded(other), result.model(other))
+
+
+def test_a_state_sized_by_a_childs_attribute_the_module_also_holds_prunes() -> None:
+    # ``self.hidden_size = 32`` beside ``self.cell.hidden_size``: two holders of 32, so the
+    # state kept its width, with a hint to write the very code it ran
+    torch.manual_seed(0)
+    model = CellPolicy("new_zeros").eval()
+    model.hidden_size = 32
+    result = prune(model, torch.randn(3, 4, 10), ratio=0.5)
+    assert result.model.cell.hidden_size == result.model.hidden_size == 16
+    with torch.no_grad():
+        assert result.model(torch.randn(2, 5, 10)).shape == (2, 5, 4)

@@ -19,6 +19,7 @@ they form units without parameters, which nothing prunes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,9 @@ __all__ = ["UNIFORM", "attribute_sized", "expanded_by_attribute"]
 NEW = ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "new_empty_strided")
 UNIFORM = frozenset(("zeros", "ones", "empty", "full", "new_zeros", "new_ones", "new_empty",
                      "new_full", "rand", "randn"))
+# attributes that count the layers or directions of a stack (``num_layers``, ``n_layers``,
+# ``num_directions``): the leading dim of an RNN's state, not its channels
+_LAYER_COUNT = re.compile(r"layer|direction", re.IGNORECASE)
 # one value everywhere: an initial state (``h = x.new_zeros(B, self.hidden)``)
 CONSTANT = UNIFORM - {"rand", "randn"}
 
@@ -89,7 +93,8 @@ def _bind_uniform_dim(ctx: TraceContext, out: Tensor, shape: tuple[object, ...],
     ``uniform``) whose written size one int attribute the call reads holds, and bind that
     attribute to them; nothing where the size is written as an int for another dim too,
     unless the call names the attribute at that dim (``x.new_zeros(b, self.num_feat, h, w)``
-    with ``h == w == num_feat``). Returns (the labels it gave, the attribute's module path,
+    with ``h == w == num_feat``). A dim sized by a count of layers or directions is taken
+    only where no other dim is. Returns (the labels it gave, the attribute's module path,
     its name), or None."""
     read = attributes_read(ctx)
     if not read:
@@ -107,6 +112,7 @@ def _bind_uniform_dim(ctx: TraceContext, out: Tensor, shape: tuple[object, ...],
     names = arguments_written(ctx)
     if names is not None and len(names) != len(shape):
         names = None
+    found: list[tuple[int, list[tuple[str, str]]]] = []  # (dim, its attributes)
     for dim, size in enumerate(shape):
         if type(size) is not int or size < 2 or not uniform(dim):
             continue
@@ -115,13 +121,21 @@ def _bind_uniform_dim(ctx: TraceContext, out: Tensor, shape: tuple[object, ...],
             continue
         holders = [(owner, k) for owner, k, v in held
                    if v == size and (not isinstance(named, str) or k == named)]
-        if len(holders) != 1 or varies(ctx.space.find(ctx.labels(out)), dim):
-            continue
-        ids = ctx.space.new_ids(size)
-        ctx.set_vector(out, ids, dim)
-        ctx.bind_attribute(*holders[0], ids)
-        return (ids, *holders[0])  # (labels in vector form vary along one dim)
-    return None
+        # one attribute; or one name held by the module and a child it names, equal
+        # (``self.hidden_size = 32`` beside ``self.cell.hidden_size``): both follow
+        if holders and len({k for _, k in holders}) == 1 and \
+                not varies(ctx.space.find(ctx.labels(out)), dim):
+            found.append((dim, holders))
+    if not found:
+        return None
+    # labels in vector form vary along one dim: a stack's depth is no channel axis
+    # (``torch.zeros(self.num_layers, B, self.hidden_size)``: the hidden units)
+    dim, holders = next((f for f in found if not _LAYER_COUNT.search(f[1][0][1])), found[0])
+    ids = ctx.space.new_ids(int(out.shape[dim]))
+    ctx.set_vector(out, ids, dim)
+    for holder in holders:
+        ctx.bind_attribute(*holder, ids)
+    return (ids, *holders[0])
 
 
 def _reads_channels(ctx: TraceContext, shape: tuple[object, ...]) -> bool:
