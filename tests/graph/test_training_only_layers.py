@@ -154,3 +154,26 @@ def test_a_training_pass_run_for_an_unread_output_fails_quietly() -> None:
         warnings.simplefilter("error")
         result = pk.prune(model, torch.randn(2, 3, 8, 8), ratio=0.5)
     assert result.model.a.out_channels == 8 and result.model.b.out_channels == 8
+
+
+class _ReadWithoutALayerDim(nn.Module):
+    """Outputs read other than by a layer's input dim: q and k meet only each other (class
+    attention), and the head is a functional ``F.linear``. Counts its training forwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.w = nn.Parameter(torch.randn(5, 16))
+        self.training_calls: list[int] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            self.training_calls.append(1)
+        attn = (self.q(x[:, :1]) @ self.k(x).transpose(1, 2)).softmax(-1)  # (B, 1, N)
+        return F.linear((attn @ self.v(x))[:, 0], self.w)
+
+
+def test_outputs_read_by_each_other_or_a_functional_layer_need_no_training_pass() -> None:
+    model = _ReadWithoutALayerDim().eval()
+    result = pk.prune(model, torch.randn(2, 6, 16), ratio=0.5)
+    assert model.training_calls == [] and result.model.v.out_features == 8

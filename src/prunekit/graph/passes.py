@@ -85,12 +85,13 @@ _OUTPUTS = frozenset(("out", "hidden", "proj"))
 
 
 def unread_outputs(ctx: TraceContext) -> bool:
-    """True if a layer ran and nothing read its output channels: no other layer's dim and
-    no model output holds any of them. In eval mode that is a branch computed for nothing,
-    most likely one that training reads (deep supervision summed in only while training:
-    ``return self.head(a + b) if self.training else self.head(a)``); the training pass then
-    couples what training reads. (Channels a reduction alone reads, ``b.sum(1)``, look
-    unread too: the cost is that extra pass.)"""
+    """True if a layer ran and nothing read its output channels: no other layer's dim or
+    weight axis (a functional ``F.linear``), no model output and no other layer's output
+    (attention's q and k meet only each other) holds any of them. In eval mode that is a
+    branch computed for nothing, most likely one that training reads (deep supervision
+    summed in only while training: ``return self.head(a + b) if self.training else
+    self.head(a)``); the training pass then couples what training reads. (Channels a
+    reduction alone reads, ``b.sum(1)``, look unread too: the cost is that extra pass.)"""
     space = ctx.space
     made: list[np.ndarray] = []
     read: list[np.ndarray] = [np.fromiter(space.blocked_roots(), dtype=np.int64)]
@@ -99,10 +100,13 @@ def unread_outputs(ctx: TraceContext) -> bool:
             if not dim.root:
                 read.append(space.find(dim.labels).numpy())
             elif name in _OUTPUTS and dim.labels.numel() > 1:  # (one channel broadcasts)
-                made.append(space.find(dim.labels).numpy())
+                made.append(np.unique(space.find(dim.labels).numpy()))
     if not made:
         return False
-    readers = np.concatenate(read)
+    for param in ctx.params.values():
+        read.extend(space.find(labels).numpy() for labels, _ in param.axes.values())
+    values, counts = np.unique(np.concatenate(made), return_counts=True)
+    readers = np.concatenate([*read, values[counts > 1]])
     return any(not np.isin(roots, readers).any() for roots in made)
 
 
