@@ -42,6 +42,25 @@ def move_inputs(example_inputs: Any, device: torch.device | str) -> Any:
     return example_inputs
 
 
+def copied_inputs(example_inputs: Any) -> Any:
+    """The example inputs with every tensor inside a (nested) tuple/list/dict cloned (as a
+    leaf that requires grad where the original does): a forward that writes into its input
+    (``x.sub_(self.mean)``) then changes prunekit's copy, never the caller's tensor."""
+    if isinstance(example_inputs, torch.Tensor):
+        with torch.no_grad():
+            copy = example_inputs.clone()
+        return copy.requires_grad_() if example_inputs.requires_grad and \
+            copy.is_floating_point() else copy
+    if isinstance(example_inputs, Mapping):
+        return {k: copied_inputs(v) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        copies = [copied_inputs(v) for v in example_inputs]
+        if hasattr(example_inputs, "_fields"):  # a namedtuple (a PackedSequence): by position
+            return type(example_inputs)(*copies)
+        return type(example_inputs)(copies)
+    return example_inputs
+
+
 def grad_mode(example_inputs: Any, modules: Iterable[nn.Module] = ()
               ) -> contextlib.AbstractContextManager[Any]:
     """``torch.no_grad()`` for prunekit's own forwards, or ``torch.enable_grad()`` where an

@@ -277,6 +277,40 @@ def test_a_model_on_the_meta_device_is_refused_with_the_fix(lenet: LeNet5) -> No
         prune(meta, torch.randn(1, 1, 32, 32, device="meta"), ratio=0.5)
 
 
+def test_a_lazy_layer_not_yet_run_is_refused_with_the_fix() -> None:
+    # torch's own "uninitialized parameter" ValueError, and a stray hook warning, before
+    model = nn.Sequential(nn.LazyConv2d(16, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError, match=r"'0\.weight' belongs to a lazy layer .* run "
+                                              r"the model once"):
+            prune(model, x, ratio=0.5)
+    with torch.no_grad():
+        model(x)  # materialised: it prunes
+    assert prune(model, x, ratio=0.5).model[0].out_channels == 8
+
+
+class _NormalisesInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(12, 32), nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor, extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        x.sub_(1.0)  # in-place input normalisation
+        extra["bias"].add_(1.0)
+        return self.b(torch.relu(self.a(x))) + extra["bias"]
+
+
+def test_a_forward_that_writes_into_its_input_leaves_the_callers_tensors_alone() -> None:
+    # every forward of prune, and of reading result.params_kept, subtracted 1 from them
+    torch.manual_seed(0)
+    x, extra = torch.zeros(4, 12), {"bias": torch.zeros(3)}
+    result = prune(_NormalisesInPlace().eval(), (x, extra), ratio=0.5)
+    assert result.params_kept < 0.6 and result.model.a.out_features == 16
+    assert torch.equal(x, torch.zeros(4, 12)) and torch.equal(extra["bias"], torch.zeros(3))
+
+
 @pytest.mark.parametrize("importance", ["l1", "l2", "random", "bn_scale", "fpgm"])
 def test_every_criterion_prunes(importance: str) -> None:
     entry = BY_NAME["resnet_basic"]

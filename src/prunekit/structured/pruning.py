@@ -18,7 +18,7 @@ from torch import nn
 
 from prunekit._buffers import preserved_buffers
 from prunekit._caches import copy_model, recomputed_caches
-from prunekit._inputs import ExampleInputs, grad_mode, run_model, walk_tensors
+from prunekit._inputs import ExampleInputs, copied_inputs, grad_mode, run_model, walk_tensors
 from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_width
 from prunekit.errors import ConfigError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
@@ -181,6 +181,13 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
                       strict: bool, aggregation: Aggregation, normalization: Normalization,
                       seed: int) -> tuple[DependencyGraph, list[torch.Tensor]]:
     criterion = get_group_criterion(importance)
+    lazy = next((name for name, param in model.named_parameters()
+                 if isinstance(param, nn.parameter.UninitializedParameter)), None)
+    if lazy is not None:
+        raise ConfigError(
+            f"model: parameter {lazy!r} belongs to a lazy layer (nn.LazyLinear, "
+            f"nn.LazyConv2d, ...) that has not run yet, so it has no shape; run the model "
+            f"once on an input (with torch.no_grad(): model(x)) to materialise it, then prune")
     meta = next((name for name, param in model.named_parameters() if param.is_meta), None)
     if meta is not None:
         raise ConfigError(
@@ -341,6 +348,7 @@ def prune(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    example_inputs = copied_inputs(example_inputs)  # (a forward may write into its input)
     if ratio is not None and target is not None:
         raise ConfigError("pass ratio=... or target=..., not both")
     if ratio is None and target is None and not ratios:
