@@ -40,6 +40,15 @@ def test_a_layer_the_example_never_reaches_is_named() -> None:
     assert reached.model.cond.out_features == reached.model.l1.out_features == 16
 
 
+def test_an_unread_parameter_of_the_model_itself_is_named_as_such() -> None:
+    # the model's own path is "": the note read " (CondNet, width 32) never ran ..."
+    torch.manual_seed(0)
+    model, x = CondNet().eval(), torch.randn(6, 20)
+    model.unused = nn.Parameter(torch.zeros(32))
+    with pytest.warns(UserWarning, match=r"the model itself \(CondNet, width 32\) never ran"):
+        pk.prune(model, (x, torch.randn(6, 6)), ratio=0.5)
+
+
 def test_layers_run_by_their_parent_are_not_named() -> None:
     """nn.MultiheadAttention runs its out_proj through its own weights, never calling it."""
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16)).eval()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from prunekit.graph.records import ModuleCall, ModuleHandler
@@ -93,7 +93,11 @@ class CallStack:
                     stack.entered.add(entry[0])  # (a call on empty tensors only couples
                     # nothing: an expert no token reached, run on an empty batch)
                 stack.modules.append(mod)
-                atomic = entry[1] is not None and stack.atomic_depth == 0  # none around it
+                # none around it; and the layer's own parameters in place: under
+                # torch.func.functional_call a slot may hold a computed tensor (W + delta),
+                # which the layer's forward then runs traced, as F.linear(x, W + delta)
+                atomic = entry[1] is not None and stack.atomic_depth == 0 and \
+                    all(p is None or p.__class__ is not Tensor for p in mod._parameters.values())
                 atomic_stack.append(atomic)
                 if atomic:
                     stack.atomic_depth += 1

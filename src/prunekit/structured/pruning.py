@@ -449,7 +449,8 @@ def _unreached_layers(model: nn.Module, pruned: nn.Module, graph: DependencyGrap
             continue
         widths = sorted({size for _, p in own for size in p.shape if size in cut})
         if widths:
-            found.append(f"{name} ({type(module).__name__}, width {widths[0]})")
+            found.append(f"{name or 'the model itself'} ({type(module).__name__}, width "
+                         f"{widths[0]})")
     if not found:
         return None
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
