@@ -22,7 +22,8 @@ from prunekit.graph.replay import Recording
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
-__all__ = ["eager_compiled", "traced_pass", "unread_outputs", "unvisited_layers", "walk_modules"]
+__all__ = ["eager_compiled", "layer_roots", "traced_pass", "unread_outputs", "unvisited_layers",
+           "walk_modules"]
 
 
 def walk_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -92,22 +93,32 @@ def unread_outputs(ctx: TraceContext) -> bool:
     summed in only while training: ``return self.head(a + b) if self.training else
     self.head(a)``); the training pass then couples what training reads. (Channels a
     reduction alone reads, ``b.sum(1)``, look unread too: the cost is that extra pass.)"""
-    space = ctx.space
-    made: list[np.ndarray] = []
-    read: list[np.ndarray] = [np.fromiter(space.blocked_roots(), dtype=np.int64)]
-    for record in ctx.modules.values():
-        for name, dim in record.dims.items():
-            if not dim.root:
-                read.append(space.find(dim.labels).numpy())
-            elif name in _OUTPUTS and dim.labels.numel() > 1:  # (one channel broadcasts)
-                made.append(np.unique(space.find(dim.labels).numpy()))
+    own, read = layer_roots(ctx)
+    made = [np.unique(roots) for name, roots in own if name in _OUTPUTS and roots.size > 1]
     if not made:
         return False
-    for param in ctx.params.values():
-        read.extend(space.find(labels).numpy() for labels, _ in param.axes.values())
+    params = [ctx.space.find(labels).numpy() for param in ctx.params.values()
+              for labels, _ in param.axes.values()]
     values, counts = np.unique(np.concatenate(made), return_counts=True)
-    readers = np.concatenate([*read, values[counts > 1]])
+    readers = np.concatenate([read, np.fromiter(ctx.space.blocked_roots(), dtype=np.int64),
+                              *params, values[counts > 1]])
     return any(not np.isin(roots, readers).any() for roots in made)
+
+
+def layer_roots(ctx: TraceContext) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
+    """The channel roots of the traced layers' dims: (dim name, roots) of each dim a layer
+    made (its output's, an attention's heads), and those of every dim a layer reads, in one
+    array."""
+    own: list[tuple[str, np.ndarray]] = []
+    read: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    for record in ctx.modules.values():
+        for name, dim in record.dims.items():
+            roots = ctx.space.find(dim.labels).numpy()
+            if dim.root:
+                own.append((name, roots))
+            else:
+                read.append(roots)
+    return own, np.concatenate(read)
 
 
 def unvisited(ctx: TraceContext,

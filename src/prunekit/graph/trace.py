@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -48,6 +49,7 @@ from prunekit.graph.ops import (
 from prunekit.graph.ops_factory import UNIFORM, attribute_sized
 from prunekit.graph.param_views import ParamViews
 from prunekit.graph.passes import (
+    layer_roots,
     traced_pass,
     unread_outputs,
     unvisited,
@@ -672,14 +674,11 @@ def _warn_one_step(ctx: TraceContext) -> None:
     and the pruned model fails from the second step on."""
     if not ctx.states:
         return
-    made: set[int] = set()  # the channel roots of the layers' own dims (their outputs)
-    read: set[int] = set()  # and of the dims they read
-    for record in ctx.modules.values():
-        for dim in record.dims.values():
-            (made if dim.root else read).update(ctx.space.find(dim.labels).tolist())
+    own, read = layer_roots(ctx)
+    made = np.concatenate([roots for _, roots in own]) if own else read[:0]
     for labels, path, attr, line in ctx.states:
-        roots = set(ctx.space.find(labels).tolist())
-        if roots & read and not roots & made:
+        roots = ctx.space.find(labels).numpy()
+        if np.isin(roots, read).any() and not np.isin(roots, made).any():
             owner = f"{path}.{attr}" if path else attr
             warnings.warn(
                 f"{line}: a tensor sized by {owner} ({labels.numel()}) and of one value is "
