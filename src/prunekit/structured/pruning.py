@@ -375,17 +375,30 @@ def prune(
         _check_ratio_keys(per_layer, graph)
     reference = graph.trace.output_shapes  # the trace ran the model in eval mode
     # (the search and the checks put back what their forwards write: graph/writes.py)
-    if target is not None:
-        config = _search(model, example_inputs, graph, scores, config, target)
-    masks = allocate(graph.groups, scores, config)
-    try:
-        pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
-    except CheckFailed as failed:
+    while True:
+        try:
+            if target is not None:
+                config = _search(model, example_inputs, graph, scores, config, target)
+            masks = allocate(graph.groups, scores, config)
+            pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
+                                          inplace)
+            break
+        except (CheckFailed, _TrialFailed) as exc:
+            failed, masks = (exc.failed, exc.masks) if isinstance(exc, _TrialFailed) else \
+                (exc, masks)
+        before = graph
         graph, masks = without_breaking_groups(
             graph, masks, failed, strict=strict,
-            check=lambda trial: _cut_and_check(model, example_inputs, graph, trial, reference,
-                                               inplace=True))
-        pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference, inplace)
+            check=functools.partial(_cut_and_check, model, example_inputs, before,
+                                    reference=reference, inplace=True))
+        left = {id(group) for group in graph.groups}
+        scores = [score for group, score in zip(before.groups, scores, strict=True)
+                  if id(group) in left]
+        if target is None:
+            pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
+                                          inplace)
+            break
+        # a target is then searched again on the groups left: met by what can be cut
     changed = _numbers_changed(graph, masks) + changed_attribute_numbers(
         model, pruned, graph.trace.classes)
     if changed:
@@ -746,9 +759,16 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
         masks = _allocate(graph.groups, scores, trial, widths)
         plan, indices = plan_with_indices(model, graph, masks)
         candidate = _shallow_clone(model)
-        apply_plan(candidate, plan, indices=indices)
-        with restored(candidate, written):
-            kept = last_kept = _measure(candidate, example_inputs, metric) / max(1, base)
+        try:
+            apply_plan(candidate, plan, indices=indices)
+            with restored(candidate, written):
+                kept = last_kept = _measure(candidate, example_inputs, metric) / max(1, base)
+        except ConfigError:
+            raise
+        except Exception as exc:  # its MACs count runs the model: a cut that breaks it
+            raise _TrialFailed(masks, CheckFailed(
+                f"the pruned model failed its forward check ({type(exc).__name__}: {exc})",
+                exc)) from exc
         if kept <= goal:
             best, best_kept, high = trial, kept, mid
         else:
@@ -764,6 +784,14 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
                       f"{best_kept:.3f} (max_keep, round_to or the groups' widths leave "
                       f"nothing closer)", stacklevel=4)
     return best
+
+
+class _TrialFailed(Exception):
+    """A trial of the target search broke the model (``failed``), cutting ``masks``."""
+
+    def __init__(self, masks: list[torch.Tensor], failed: CheckFailed) -> None:
+        super().__init__(failed.message)
+        self.masks, self.failed = masks, failed
 
 
 def _measure(model: nn.Module, example_inputs: ExampleInputs, metric: str) -> int:
