@@ -507,8 +507,38 @@ def test_profiles_are_measured_on_first_read(monkeypatch: pytest.MonkeyPatch) ->
     assert result.after.total_params == sum(p.numel() for p in lenet.parameters()) < before_params
     _ = result.before, result.after, result.summary()
     assert len(calls) == 2  # measured once each
-    # inplace surgery cut a clone: the module objects the user held are as they were
-    assert old_conv is not lenet.conv1 and old_conv.weight.shape[0] == old_conv.out_channels == 6
+    # the module objects the user held are the pruned ones (they were left unpruned, under
+    # a pruned model: a backbone reference fed the pruned head the wrong width)
+    assert old_conv is lenet.conv1 and old_conv.weight.shape[0] == old_conv.out_channels == 3
+
+
+def test_inplace_prunes_the_users_own_module_objects() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))).eval()
+    seen: list[tuple[int, ...]] = []
+    handle = model[0][3].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    backbone, head, x = model[0], model[1], torch.randn(2, 3, 16, 16)
+    before = [id(m) for m in model.modules()]
+    params = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        unpruned = model(x)
+    result = prune(model, x, ratio=0.5, inplace=True)
+    assert result.model is model and [id(m) for m in model.modules()] == before
+    assert backbone[0].out_channels == 8 and backbone[3].weight.shape == (16, 8, 3, 3)
+    with torch.no_grad():
+        assert head(backbone(x)).shape == (2, 10)  # the held references run pruned
+        assert result.before.total_params == params  # measured on the unpruned modules
+        assert result.after.total_params < 0.3 * result.before.total_params
+        assert unpruned.shape == model(x).shape
+    assert seen[-1] == (2, 16, 16, 16)  # the user's hook is still on the pruned layer
+    calls = len(seen)
+    handle.remove()  # the user's handle still removes it
+    with torch.no_grad():
+        model(x)
+    assert len(seen) == calls
 
 
 def test_shallow_clone_shares_tensors_and_keeps_module_sharing() -> None:

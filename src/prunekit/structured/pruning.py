@@ -342,7 +342,10 @@ def prune(
     error names them and the user's model is left as it was; with ``strict=False`` they are
     kept whole and the rest is pruned.
 
-    Pruning replaces each cut parameter by a new, smaller tensor (also with ``inplace=True``):
+    With ``inplace=True`` the user's module objects are pruned (a reference taken before,
+    ``backbone = model.layer1``, sees the pruned layers), except a module the plan replaces
+    by another class (``nn.MultiheadAttention`` whose heads were cut). Pruning replaces each
+    cut parameter by a new, smaller tensor (also with ``inplace=True``):
     an optimizer built before ``prune`` still holds the old ones, and its state (momentum,
     Adam's moments) has the old shapes, so build the optimizer after pruning.
     """
@@ -375,13 +378,14 @@ def prune(
         _check_ratio_keys(per_layer, graph)
     reference = graph.trace.output_shapes  # the trace ran the model in eval mode
     # (the search and the checks put back what their forwards write: graph/writes.py)
+    originals: dict[int, nn.Module] = {}  # with inplace: the pruned copy's modules' sources
     while True:
         try:
             if target is not None:
                 config = _search(model, example_inputs, graph, scores, config, target)
             masks = allocate(graph.groups, scores, config)
             pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
-                                          inplace)
+                                          inplace, originals)
             break
         except (CheckFailed, _TrialFailed) as exc:
             failed, masks = (exc.failed, exc.masks) if isinstance(exc, _TrialFailed) else \
@@ -396,7 +400,7 @@ def prune(
                   if id(group) in left]
         if target is None:
             pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
-                                          inplace)
+                                          inplace, originals)
             break
         # a target is then searched again on the groups left: met by what can be cut
     changed = _numbers_changed(graph, masks) + changed_attribute_numbers(
@@ -419,9 +423,10 @@ def prune(
                       f"that no group covers and why", stacklevel=3)
     if plan["modules"] or plan["params"] or plan["attrs"]:  # (pk.save stores them all)
         record_plans(pruned, [*plans_of(model), plan])
-    original = _root_copy(model) if inplace else _shallow_clone(model)
+    original = _shallow_clone(model)  # (before an in-place prune changes its modules)
     if inplace:
-        model.__dict__.update(pruned.__dict__)
+        _transplant(originals, [module for module in _modules_by_id(pruned)
+                                if id(module) in originals])
         pruned = model
     written = graph.trace.written
     return PruneResult(pruned, plan, _lazy_profile(original, example_inputs, written),
@@ -533,14 +538,18 @@ def _why_nothing(groups: tuple[Group, ...]) -> str:
 
 def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGraph,
                    masks: list[torch.Tensor], reference: list[tuple[str, tuple[int, ...]]],
-                   inplace: bool) -> tuple[nn.Module, dict[str, Any]]:
+                   inplace: bool, originals: dict[int, nn.Module] | None = None
+                   ) -> tuple[nn.Module, dict[str, Any]]:
     """The plan for ``masks`` applied to a copy of ``model``, checked by a forward pass with
-    unchanged output shapes; CheckFailed if that fails (``model`` is never touched)."""
+    unchanged output shapes; CheckFailed if that fails (``model`` is never touched). With
+    ``inplace``, ``originals`` receives the copy's modules (id -> the module each copies)."""
     plan, indices = plan_with_indices(model, graph, masks)
     # surgery replaces tensors instead of writing into them, so with inplace=True a clone
     # that shares them is enough to leave the user's model untouched on failure
     clones: list[nn.Module] = []
-    pruned = _shallow_clone(model, clones) if inplace else copy_model(model)
+    if originals is not None:
+        originals.clear()
+    pruned = _shallow_clone(model, clones, originals) if inplace else copy_model(model)
     try:
         apply_plan(pruned, plan, indices=indices)
     except ConfigError:
@@ -571,13 +580,6 @@ def _lazy_profile(model: nn.Module, example_inputs: ExampleInputs,
     return measure
 
 
-def _root_copy(module: nn.Module) -> nn.Module:
-    """A second root object holding ``module``'s current attributes (children, tensors)."""
-    root = object.__new__(type(module))
-    root.__dict__.update(module.__dict__)
-    return root
-
-
 # attribute types that _shallow_clone shares as they are (exact types, none a dict, list,
 # set, tuple or Module): skips its isinstance chain for most attributes of a module
 _SHARED = frozenset({bool, int, float, str, type(None), torch.Tensor, nn.Parameter,
@@ -593,7 +595,8 @@ _HOOK_DICTS = frozenset({
 })
 
 
-def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> nn.Module:
+def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None,
+                   originals: dict[int, nn.Module] | None = None) -> nn.Module:
     """The module tree copied, every tensor shared: new module objects whose attribute dicts
     and containers are copied one level, modules in them cloned (once each, so shared
     submodules stay shared). Much cheaper than ``copy.deepcopy``; safe wherever tensors are
@@ -601,7 +604,7 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> n
     shared (it cannot change); a method bound to a module is bound to its clone. The hook
     dicts are shared, so that a handle the user holds still removes its hook from the module
     that an in-place prune leaves (surgery never adds or removes hooks). ``clones`` receives
-    every new module."""
+    every new module, ``originals`` maps each one's id to the module it copies."""
     memo: dict[int, nn.Module] = {}
     module_type = nn.Module
 
@@ -611,6 +614,8 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> n
             return done
         new = object.__new__(type(module))
         memo[id(module)] = new
+        if originals is not None:
+            originals[id(new)] = module
         state = module.__dict__.copy()
         for key, value in state.items():
             kind = type(value)
@@ -643,6 +648,60 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None) -> n
     if clones is not None:
         clones.extend(memo.values())
     return root
+
+
+def _modules_by_id(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module ``_shallow_clone`` copies: those reachable through module attributes,
+    containers and bound methods (as it walks them), each once."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield module
+        for key, value in module.__dict__.items():
+            if key in _HOOK_DICTS or type(value) in _SHARED:
+                continue
+            items = value.values() if isinstance(value, dict) else \
+                value if isinstance(value, (list, set, tuple)) else (value,)
+            for item in items:
+                if isinstance(item, types.MethodType):
+                    item = item.__self__
+                if isinstance(item, nn.Module):
+                    stack.append(item)
+
+
+def _transplant(originals: Mapping[int, nn.Module], clones: Iterable[nn.Module]) -> None:
+    """Give each module its pruned clone's state, every reference to a clone in it put back
+    to the module it copies (in the containers ``_shallow_clone`` copied, which the clones
+    own): an in-place prune keeps the user's module objects, so a reference taken before
+    (``backbone = model.layer1``, an EMA or teacher wrapper's) sees the pruned layers.
+    A module the plan swapped in (a PrunedMultiheadAttention) stays as it is."""
+    def back(value: Any) -> Any:
+        if isinstance(value, nn.Module):
+            return originals.get(id(value), value)
+        if type(value) is types.MethodType and isinstance(value.__self__, nn.Module):
+            return types.MethodType(value.__func__, back(value.__self__))
+        return value
+
+    for new in clones:
+        state = new.__dict__
+        for key, value in state.items():
+            if key in _HOOK_DICTS or type(value) in _SHARED:
+                continue
+            if isinstance(value, dict):
+                for name, item in value.items():
+                    if isinstance(item, nn.Module):
+                        value[name] = back(item)
+            elif isinstance(value, (list, set)) or type(value) is tuple:
+                state[key] = type(value)(back(v) for v in value)
+            else:
+                state[key] = back(value)
+        old = originals[id(new)]
+        old.__dict__.clear()
+        old.__dict__.update(state)
 
 
 def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
