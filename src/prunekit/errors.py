@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import NoReturn
 
@@ -45,18 +46,20 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     return value
 
 
-def check_fraction(name: str, value: object, *, allow_one: bool = False) -> float:
-    """Check that ``value`` is a real number in [0, 1) (or [0, 1] with ``allow_one``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def check_fraction(name: str, value: object, *, allow_one: bool = False,
+                   meaning: str = "removes") -> float:
+    """Check that ``value`` is a real number (NumPy's too) in [0, 1) (or [0, 1] with
+    ``allow_one``). ``meaning``: what the fraction does, for the example in the error
+    ("removes": a ratio or sparsity, "keeps": min_keep or a target; "": no example)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__} {value!r}")
-    upper_ok = value <= 1.0 if allow_one else value < 1.0
-    if not (math.isfinite(value) and value >= 0.0 and upper_ok):
+    number = float(value)
+    upper_ok = number <= 1.0 if allow_one else number < 1.0
+    if not (math.isfinite(number) and number >= 0.0 and upper_ok):
         bound = "[0, 1]" if allow_one else "[0, 1)"
-        raise ConfigError(
-            f"{name}={value!r} is out of range; it must lie in {bound} "
-            f"(e.g. {name}=0.9 removes 90 %)"
-        )
-    return float(value)
+        example = f" (e.g. {name}=0.9 {meaning} 90 %)" if meaning else ""
+        raise ConfigError(f"{name}={value!r} is out of range; it must lie in {bound}{example}")
+    return number
 
 
 def require(module: str, extra: str) -> NoReturn:

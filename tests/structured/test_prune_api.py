@@ -289,6 +289,25 @@ def test_a_target_is_met_by_the_groups_that_can_be_cut(metric: str) -> None:
     assert result.model.fc1.out_features < 256
 
 
+def test_arguments_given_as_users_write_them(lenet: LeNet5, lenet_input: Tensor) -> None:
+    import numpy as np
+
+    # one layer for ignore= (a raw "object is not iterable" before); a NumPy ratio ("must be
+    # a float" before); a bad seed (torch's own error before); the examples of kept
+    # fractions said "removes 90 %"
+    result = prune(lenet, lenet_input, ratio=np.float32(0.5), ignore=lenet.fc2)
+    assert result.model.fc2.out_features == 84 and result.model.conv1.out_channels == 3
+    assert result.summary().splitlines()[0].endswith("layers and tensors cut")
+    assert prune(lenet, lenet_input, ratio=0.0).summary().splitlines()[0].endswith(
+        ", 0 layers and tensors cut")
+    with pytest.raises(ConfigError, match="seed must be an int"):
+        prune(lenet, lenet_input, ratio=0.5, seed="a")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"min_keep=0\.9 keeps 90 %"):
+        prune(lenet, lenet_input, ratio=0.5, min_keep=1.5)
+    with pytest.raises(ConfigError, match=r"target\['macs'\]=0\.9 keeps 90 %"):
+        prune(lenet, lenet_input, target={"macs": 1.5})
+
+
 def test_bad_arguments_are_named(lenet: LeNet5, lenet_input: Tensor) -> None:
     with pytest.raises(ConfigError, match="ratio"):
         prune(lenet, lenet_input)

@@ -61,8 +61,8 @@ class Allocation:
         check_fraction("ratio", self.ratio)
         for name, value in self.ratios.items():
             check_fraction(f"ratios[{name!r}]", value)
-        check_fraction("min_keep", self.min_keep, allow_one=True)
-        check_fraction("max_keep", self.max_keep, allow_one=True)
+        check_fraction("min_keep", self.min_keep, allow_one=True, meaning="keeps")
+        check_fraction("max_keep", self.max_keep, allow_one=True, meaning="keeps")
         if self.max_keep < self.min_keep:
             raise ConfigError(f"max_keep={self.max_keep} is below min_keep={self.min_keep}; "
                               f"a group cannot keep at most less than it keeps at least")

@@ -63,7 +63,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         check_fraction("sparsity", self.sparsity)
-        check_fraction("alpha", self.alpha, allow_one=True)
+        check_fraction("alpha", self.alpha, allow_one=True, meaning="")
         if self.dense_epochs < 1 or self.epochs < 1:
             raise ConfigError(f"dense_epochs={self.dense_epochs}, epochs={self.epochs}: both "
                               f"must be >= 1")

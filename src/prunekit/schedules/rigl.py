@@ -36,7 +36,7 @@ class RigL(Schedule):
         check_sparsity("sparsity", self.sparsity)
         end = check_step("end_step", self.end_step)
         check_step("update_every", self.update_every, low=1)
-        check_fraction("alpha", self.alpha, allow_one=True)
+        check_fraction("alpha", self.alpha, allow_one=True, meaning="")
         begin = check_step("begin_step", self.begin_step)
         if end <= begin:
             raise ConfigError(

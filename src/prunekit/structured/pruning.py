@@ -6,6 +6,7 @@ import contextlib
 import copy
 import functools
 import gc
+import numbers
 import types
 import warnings
 from collections import OrderedDict
@@ -143,7 +144,8 @@ class PruneResult:
         """A few lines: groups, parameters and MACs before → after, what was kept whole."""
         fixed = self.coverage.fixed
         lines = [
-            f"{self.groups} dependency groups pruned",
+            f"{self.groups} prunable dependency groups, "
+            f"{len(self.plan['modules']) + len(self.plan['params'])} layers and tensors cut",
             f"params {self.before.total_params:,} -> {self.after.total_params:,} "
             f"({self.params_kept:.1%} kept)",
             f"MACs   {self.before.macs:,} -> {self.after.macs:,} ({self.macs_kept:.1%} kept)",
@@ -370,6 +372,11 @@ def prune(
                         global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
                         max_keep=max_keep)
     norm = normalization or ("mean" if global_ranking or target is not None else "none")
+    if isinstance(ignore, nn.Module):  # one layer (a Sequential is iterable: its children)
+        ignore = [ignore]
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(f"seed must be an int (the random criterion's draws), got "
+                          f"{type(seed).__name__} {seed!r}")
     ignore = list(ignore)
     graph, scores = _graph_and_scores(model, example_inputs, importance=importance,
                                       ignore=ignore, strict=strict, aggregation=aggregation,
@@ -804,7 +811,7 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
             f"target must be one entry, {{'params': f}} or {{'macs': f}}, got {target!r}")
     (metric, goal), = target.items()
     check_choice("target metric", metric, ("params", "macs"))
-    goal = check_fraction(f"target[{metric!r}]", goal, allow_one=True)
+    goal = check_fraction(f"target[{metric!r}]", goal, allow_one=True, meaning="keeps")
     written = graph.trace.written  # (what a forward writes into is put back after each)
     with restored(model, written):
         base = _measure(model, example_inputs, metric)

@@ -102,7 +102,7 @@ class DistillationLoss(nn.Module):
         super().__init__()
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
-        self.alpha = check_fraction("alpha", alpha, allow_one=True)
+        self.alpha = check_fraction("alpha", alpha, allow_one=True, meaning="")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
                 not temperature > 0:
             raise ConfigError(f"temperature={temperature!r} must be a number > 0 (e.g. 4.0)")
