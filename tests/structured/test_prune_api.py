@@ -308,6 +308,19 @@ def test_arguments_given_as_users_write_them(lenet: LeNet5, lenet_input: Tensor)
         prune(lenet, lenet_input, target={"macs": 1.5})
 
 
+def test_a_ratio_keyed_by_a_block_applies_to_the_layers_inside_it() -> None:
+    # Torch-Pruning's pruning_ratio_dict={model.layer1: 0.5}: before, a warning that the
+    # block "makes no prunable group" and nothing removed
+    entry = BY_NAME["resnet_basic"]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = prune(model, inputs, ratios={model.layer1: 0.5, "layer1.1.conv1": 0.25})
+    pruned = result.model
+    assert pruned.layer1[0].conv1.out_channels == 8 and pruned.layer1[1].conv1.out_channels == 12
+    assert pruned.layer2[0].conv1.out_channels == 32 and pruned.layer3[0].conv1.out_channels == 64
+
+
 def test_bad_arguments_are_named(lenet: LeNet5, lenet_input: Tensor) -> None:
     with pytest.raises(ConfigError, match="ratio"):
         prune(lenet, lenet_input)

@@ -328,7 +328,8 @@ def prune(
     ``result.params_kept`` / ``result.macs_kept``). ``target={"params": 0.5}`` or
     ``{"macs": 0.5}`` instead searches the global ratio that *keeps* that fraction.
     ``ratios`` sets per-layer ratios (by module or path) for the groups those layers
-    produce (uniform allocation only); ``global_ranking`` ranks units of all groups together
+    produce (uniform allocation only); a block's key (``model.layer1``) sets it for the
+    layers inside, a layer's own key winning; ``global_ranking`` ranks units of all groups together
     (scores normalised per group, ``normalization="mean"`` unless given) and removes ``ratio``
     of all prunable channels, a unit costing its width (an attention head ``head_dim``
     channels, a grouped-conv group its channels). Every group keeps at least
@@ -382,6 +383,8 @@ def prune(
                                       ignore=ignore, strict=strict, aggregation=aggregation,
                                       normalization=norm, seed=seed)
     if per_layer:
+        per_layer = _within_blocks(per_layer, graph)
+        config = replace(config, ratios=per_layer)
         _check_ratio_keys(per_layer, graph)
     reference = graph.trace.output_shapes  # the trace ran the model in eval mode
     # (the search and the checks put back what their forwards write: graph/writes.py)
@@ -486,6 +489,23 @@ def _unreached_layers(model: nn.Module, pruned: nn.Module, graph: DependencyGrap
             f"channels (an optional input left None, a branch the example did not take), the "
             f"pruned model fails there. Pass example inputs that reach them, or add the layers "
             f"whose channels they read to ignore=")
+
+
+def _within_blocks(per_layer: Mapping[str, float], graph: DependencyGraph) -> dict[str, float]:
+    """``ratios`` with a key that names a block (``model.layer1``, as Torch-Pruning's
+    ``pruning_ratio_dict`` is written) replaced by the layers inside it that make a prunable
+    group, each at that ratio; a layer's own key wins over its block's, an inner block's
+    over an outer one's."""
+    makers = {m.name for g in graph.groups for m in g.members if m.root and m.kind == "module"}
+    out: dict[str, float] = {}
+    for key in sorted(per_layer, key=len):  # outer blocks first: inner keys overwrite them
+        inside = [name for name in makers if name.startswith(f"{key}.")] \
+            if key not in makers else []
+        if inside:
+            out.update(dict.fromkeys(inside, per_layer[key]))
+        else:
+            out[key] = per_layer[key]
+    return out
 
 
 def _check_ratio_keys(per_layer: Mapping[str, float], graph: DependencyGraph) -> None:
