@@ -162,6 +162,12 @@ class LabelSpace:
         roots = self.roots(labels)
         return roots.numel() == 1 and int(roots[0]) in self.blocked_roots()
 
+    def blocked_root_ids(self) -> np.ndarray:
+        """The representatives of the classes that hold a block id (without their reasons:
+        :meth:`blocked_roots`)."""
+        ids = np.fromiter(self.block_reasons, dtype=np.int64, count=len(self.block_reasons))
+        return self._find_np(ids) if ids.size else ids
+
     def blocked_roots(self) -> dict[int, str]:
         """Representative → reason, for every class that holds a block id: the distinct
         reasons of its block ids in the order they were made, the first three named."""

@@ -67,6 +67,7 @@ def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInpu
             ctx.hooks(model, handlers), recorder, eager_compiled():
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):
+        ctx.unread.discard(id(tensor))
         if ctx.is_tracked(tensor):
             ctx.block(ctx.labels(tensor), f"model {path}")  # "model output[0]"
     return [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
@@ -93,32 +94,38 @@ def unread_outputs(ctx: TraceContext) -> bool:
     summed in only while training: ``return self.head(a + b) if self.training else
     self.head(a)``); the training pass then couples what training reads. (Channels a
     reduction alone reads, ``b.sum(1)``, look unread too: the cost is that extra pass.)"""
-    own, read = layer_roots(ctx)
-    made = [np.unique(roots) for name, roots in own if name in _OUTPUTS and roots.size > 1]
-    if not made:
+    roots, dim_of, dims = layer_roots(ctx)
+    outputs = np.array([root and name in _OUTPUTS and size > 1 for name, root, size in dims])
+    made = outputs[dim_of]
+    if not made.any():
         return False
-    params = [ctx.space.find(labels).numpy() for param in ctx.params.values()
-              for labels, _ in param.axes.values()]
-    values, counts = np.unique(np.concatenate(made), return_counts=True)
-    readers = np.concatenate([read, np.fromiter(ctx.space.blocked_roots(), dtype=np.int64),
-                              *params, values[counts > 1]])
-    return any(not np.isin(roots, readers).any() for roots in made)
+    own, own_dim = roots[made], dim_of[made]
+    # the roots that two of these outputs hold (q and k): each (root, output) pair once
+    pairs = np.unique(own * len(dims) + own_dim)
+    distinct, holders = np.unique(pairs // len(dims), return_counts=True)
+    axes = [labels.numpy() for param in ctx.params.values()
+            for labels, _ in param.axes.values()]
+    weights = ctx.space.find(torch.from_numpy(np.concatenate(axes))).numpy() if axes \
+        else roots[:0]
+    rooted = np.array([root for _, root, _ in dims])
+    readers = np.concatenate([roots[~rooted[dim_of]], ctx.space.blocked_root_ids(), weights,
+                              distinct[holders > 1]])
+    read_dims = np.unique(own_dim[np.isin(own, readers)])
+    return bool(read_dims.size < np.count_nonzero(outputs))
 
 
-def layer_roots(ctx: TraceContext) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
-    """The channel roots of the traced layers' dims: (dim name, roots) of each dim a layer
-    made (its output's, an attention's heads), and those of every dim a layer reads, in one
-    array."""
-    own: list[tuple[str, np.ndarray]] = []
-    read: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
-    for record in ctx.modules.values():
-        for name, dim in record.dims.items():
-            roots = ctx.space.find(dim.labels).numpy()
-            if dim.root:
-                own.append((name, roots))
-            else:
-                read.append(roots)
-    return own, np.concatenate(read)
+def layer_roots(ctx: TraceContext) -> tuple[np.ndarray, np.ndarray, list[tuple[str, bool, int]]]:
+    """The channel roots of the traced layers' dims, all in one array (one lookup), the
+    index of the dim each belongs to, and per dim (its name, whether the layer made it —
+    its output's, an attention's heads — rather than reads it, its size)."""
+    dims = [(name, dim) for record in ctx.modules.values() for name, dim in record.dims.items()]
+    if not dims:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), []
+    arrays = [dim.labels.reshape(-1).numpy() for _, dim in dims]
+    sizes = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+    roots = ctx.space.find(torch.from_numpy(np.concatenate(arrays))).numpy()
+    return roots, np.repeat(np.arange(len(dims)), sizes), \
+        [(name, dim.root, int(size)) for (name, dim), size in zip(dims, sizes, strict=True)]
 
 
 def unvisited(ctx: TraceContext,

@@ -114,6 +114,9 @@ class TraceContext:
         # (labels, module path, attribute, line) of each tensor of one value that a factory
         # sized by an attribute (``h = x.new_zeros(B, self.hidden)``): see _warn_one_step
         self.states: list[tuple[Tensor, str, str, str]] = []
+        # ids of layer outputs no op, layer or model output has read yet (each kept alive by
+        # its labels for the trace): where one is left, unread_outputs looks closer
+        self.unread: set[int] = set()
         self.param_views = ParamViews()  # W.t(), W[e]: maybe layer weights (param_views.py)
         # tensors that keep channels whole once anything reads them (the indices
         # ``max(x, dim)`` returns over channels): id -> (tensor, what a read does)
@@ -449,6 +452,10 @@ class TraceContext:
     def record_op(self, func: Callable[..., Any], args: tuple[Any, ...],
                   kwargs: dict[str, Any], out: Any) -> None:
         inputs = call_tensors(args, kwargs)
+        unread = self.unread
+        if unread:
+            for tensor in inputs:
+                unread.discard(id(tensor))
         if self.watched:
             self._read_watched(inputs)
         outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
@@ -557,9 +564,14 @@ class TraceContext:
         layer = type(call.module).__name__
         if self.watched:
             self._read_watched(tensors_in((call.args, call.kwargs)))
+        if self.unread:
+            for tensor in tensors_in((call.args, call.kwargs)):
+                self.unread.discard(id(tensor))
         makes_channels = False
         try:
             handler.trace(self, call)
+            if isinstance(call.out, Tensor):  # read by nothing yet (see unread_outputs)
+                self.unread.add(id(call.out))
             return
         except OpNotMappable as exc:
             reason = f"layer {layer} cannot be mapped here ({exc})"
@@ -674,11 +686,12 @@ def _warn_one_step(ctx: TraceContext) -> None:
     and the pruned model fails from the second step on."""
     if not ctx.states:
         return
-    own, read = layer_roots(ctx)
-    made = np.concatenate([roots for _, roots in own]) if own else read[:0]
+    roots, dim_of, dims = layer_roots(ctx)
+    own = np.array([root for _, root, _ in dims], dtype=bool)[dim_of]
+    made, read = roots[own], roots[~own]
     for labels, path, attr, line in ctx.states:
-        roots = ctx.space.find(labels).numpy()
-        if np.isin(roots, read).any() and not np.isin(roots, made).any():
+        state = ctx.space.find(labels).numpy()
+        if np.isin(state, read).any() and not np.isin(state, made).any():
             owner = f"{path}.{attr}" if path else attr
             warnings.warn(
                 f"{line}: a tensor sized by {owner} ({labels.numel()}) and of one value is "
@@ -736,7 +749,7 @@ def trace(
             shapes = traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
                                   training=False)
             data = recorder.data
-            if unvisited_layers(ctx, handlers) or unread_outputs(ctx):
+            if unvisited_layers(ctx, handlers) or (ctx.unread and unread_outputs(ctx)):
                 with preserved_buffers(model):
                     try:
                         train_shapes = traced_pass(ctx, model, example_inputs, handlers,
@@ -770,6 +783,7 @@ def trace(
         ctx._made.clear()
         ctx.at_end.clear()
         ctx.states.clear()
+        ctx.unread.clear()
     return Trace(ctx.space, ctx.modules, ctx.params, ctx.skipped_ops, ctx.bindings, shapes,
                  train_shapes, ctx.aligned, data, train_data, ctx.width_numbers,
                  frozenset(ctx._calls.entered), containers=ctx.containers, parents=ctx.parents,
