@@ -573,6 +573,21 @@ def test_inplace_prunes_the_users_own_module_objects() -> None:
     assert len(seen) == calls
 
 
+@pytest.mark.parametrize("name", ["vit", "transformer_encoder", "resnet_bottleneck"])
+def test_inplace_gives_the_model_the_copy_gives(name: str) -> None:
+    # (nn.MultiheadAttention is swapped for a pruned class: an in-place prune whose module
+    # objects took a copy's state once left it reading unpruned layers)
+    entry = BY_NAME[name]
+    model, inputs = entry.build().eval(), entry.example_inputs()
+    copied = prune(model, inputs, ratio=0.5)
+    params = sum(p.numel() for p in model.parameters())
+    result = prune(model, inputs, ratio=0.5, inplace=True)
+    assert result.model is model and result.before.total_params == params
+    assert result.after.total_params == copied.after.total_params < params
+    with torch.no_grad():
+        torch.testing.assert_close(call(model, inputs), call(copied.model, inputs))
+
+
 def test_shallow_clone_shares_tensors_and_keeps_module_sharing() -> None:
     from prunekit.structured.pruning import _shallow_clone
 

@@ -433,16 +433,15 @@ def prune(
                       f"that no group covers and why", stacklevel=3)
     if plan["modules"] or plan["params"] or plan["attrs"]:  # (pk.save stores them all)
         record_plans(pruned, [*plans_of(model), plan])
-    if inplace:  # the user's modules take the pruned state; the copies keep their former one
-        unpruned = _transplant(originals, [module for module in _modules_by_id(pruned)
-                                           if id(module) in originals], pruned)
+    original = _shallow_clone(model)  # (before an in-place prune changes its modules)
+    if inplace:
+        _transplant(originals, [module for module in _modules_by_id(pruned)
+                                if id(module) in originals])
         pruned = model
-    else:
-        unpruned = functools.partial(lambda copy: copy, _shallow_clone(model))
     written = graph.trace.written
-    return PruneResult(pruned, plan, _lazy_profile(unpruned, example_inputs, written),
-                       _lazy_profile(lambda: pruned, example_inputs, written),
-                       lambda: coverage_report(unpruned(), graph), len(graph.groups))
+    return PruneResult(pruned, plan, _lazy_profile(original, example_inputs, written),
+                       _lazy_profile(pruned, example_inputs, written),
+                       functools.partial(coverage_report, original, graph), len(graph.groups))
 
 
 def _unreached_layers(model: nn.Module, pruned: nn.Module, graph: DependencyGraph,
@@ -597,13 +596,12 @@ def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: Depen
     return pruned, plan
 
 
-def _lazy_profile(model_of: Callable[[], nn.Module], example_inputs: ExampleInputs,
+def _lazy_profile(model: nn.Module, example_inputs: ExampleInputs,
                   written: tuple[str, ...] = ()) -> Callable[[], Profile]:
     def measure() -> Profile:
         # BatchNorm in train mode would update its statistics; what the forward writes
         # into (graph/writes.py) is put back, and so are the attributes and hooks it adds
         # (the unpruned model's clone shares the user's modules' hook dicts)
-        model = model_of()
         with eval_mode(model), restored(model, written), recomputed_caches(model.modules()):
             return profile(model, example_inputs)
     return measure
@@ -702,58 +700,35 @@ def _modules_by_id(model: nn.Module) -> Iterator[nn.Module]:
                     stack.append(item)
 
 
-def _transplant(originals: Mapping[int, nn.Module], clones: list[nn.Module],
-                root: nn.Module) -> Callable[[], nn.Module]:
-    """Give each module of ``originals`` its pruned clone's state, every reference to a clone
-    in it put back to the module it copies (in the containers ``_shallow_clone`` copied,
-    which the clones own): an in-place prune keeps the user's module objects, so a reference
-    taken before (``backbone = model.layer1``, an EMA or teacher wrapper's) sees the pruned
-    layers. A module the plan swapped in (a PrunedMultiheadAttention) stays as it is. Each
-    clone takes its module's former state; the function returned gives the unpruned model
-    they make (``root``, the clone of the model), once its references are put forward to
-    the clones, which is done when first asked for (``result.before``, the coverage)."""
-    forward = {id(old): new for new in clones for old in (originals[id(new)],)}
-
-    def moved(value: Any, to: Mapping[int, nn.Module]) -> Any:
+def _transplant(originals: Mapping[int, nn.Module], clones: Iterable[nn.Module]) -> None:
+    """Give each module its pruned clone's state, every reference to a clone in it put back
+    to the module it copies (in the containers ``_shallow_clone`` copied, which the clones
+    own): an in-place prune keeps the user's module objects, so a reference taken before
+    (``backbone = model.layer1``, an EMA or teacher wrapper's) sees the pruned layers.
+    A module the plan swapped in (a PrunedMultiheadAttention) stays as it is."""
+    def back(value: Any) -> Any:
         if isinstance(value, nn.Module):
-            return to.get(id(value), value)
+            return originals.get(id(value), value)
         if type(value) is types.MethodType and isinstance(value.__self__, nn.Module):
-            return types.MethodType(value.__func__, moved(value.__self__, to))
+            return types.MethodType(value.__func__, back(value.__self__))
         return value
 
-    def repoint(module: nn.Module, to: Mapping[int, nn.Module], own: bool) -> None:
-        """Point ``module``'s references at ``to``'s modules; ``own``: its containers are
-        its alone (the clone's copies), else new ones are made."""
-        state = module.__dict__
+    for new in clones:
+        state = new.__dict__
         for key, value in state.items():
             if key in _HOOK_DICTS or type(value) in _SHARED:
                 continue
             if isinstance(value, dict):
-                if any(isinstance(item, nn.Module) for item in value.values()):
-                    out = value if own else copy.copy(value)
-                    for name, item in value.items():
-                        out[name] = moved(item, to)
-                    state[key] = out
+                for name, item in value.items():
+                    if isinstance(item, nn.Module):
+                        value[name] = back(item)
             elif isinstance(value, (list, set)) or type(value) is tuple:
-                state[key] = type(value)(moved(v, to) for v in value)
+                state[key] = type(value)(back(v) for v in value)
             else:
-                state[key] = moved(value, to)
-
-    for new in clones:
-        repoint(new, originals, own=True)
+                state[key] = back(value)
         old = originals[id(new)]
-        old.__dict__, new.__dict__ = new.__dict__, old.__dict__
-
-    done: list[bool] = []
-
-    def unpruned() -> nn.Module:
-        if not done:
-            for new in clones:
-                repoint(new, forward, own=False)
-            done.append(True)
-        return root
-
-    return unpruned
+        old.__dict__.clear()
+        old.__dict__.update(state)
 
 
 def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
