@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import is_dataclass
 from typing import Any
 
@@ -28,37 +28,37 @@ def run_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:
     )
 
 
+def map_inputs(example_inputs: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``example_inputs`` with ``fn`` applied to every tensor inside a (nested)
+    tuple/list/dict; anything else is kept as it is."""
+    if isinstance(example_inputs, torch.Tensor):
+        return fn(example_inputs)
+    if isinstance(example_inputs, Mapping):
+        return {k: map_inputs(v, fn) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        mapped = [map_inputs(v, fn) for v in example_inputs]
+        if hasattr(example_inputs, "_fields"):  # a namedtuple (a PackedSequence): by position
+            return type(example_inputs)(*mapped)
+        return type(example_inputs)(mapped)
+    return example_inputs
+
+
 def move_inputs(example_inputs: Any, device: torch.device | str) -> Any:
     """Move every tensor inside a (nested) tuple/list/dict to ``device``."""
-    if isinstance(example_inputs, torch.Tensor):
-        return example_inputs.to(device)
-    if isinstance(example_inputs, Mapping):
-        return {k: move_inputs(v, device) for k, v in example_inputs.items()}
-    if isinstance(example_inputs, (tuple, list)):
-        moved = [move_inputs(v, device) for v in example_inputs]
-        if hasattr(example_inputs, "_fields"):  # a namedtuple (a PackedSequence): by position
-            return type(example_inputs)(*moved)
-        return type(example_inputs)(moved)
-    return example_inputs
+    return map_inputs(example_inputs, lambda t: t.to(device))
 
 
 def copied_inputs(example_inputs: Any) -> Any:
-    """The example inputs with every tensor inside a (nested) tuple/list/dict cloned (as a
-    leaf that requires grad where the original does): a forward that writes into its input
-    (``x.sub_(self.mean)``) then changes prunekit's copy, never the caller's tensor."""
-    if isinstance(example_inputs, torch.Tensor):
-        with torch.no_grad():
-            copy = example_inputs.clone()
-        return copy.requires_grad_() if example_inputs.requires_grad and \
-            copy.is_floating_point() else copy
-    if isinstance(example_inputs, Mapping):
-        return {k: copied_inputs(v) for k, v in example_inputs.items()}
-    if isinstance(example_inputs, (tuple, list)):
-        copies = [copied_inputs(v) for v in example_inputs]
-        if hasattr(example_inputs, "_fields"):  # a namedtuple (a PackedSequence): by position
-            return type(example_inputs)(*copies)
-        return type(example_inputs)(copies)
-    return example_inputs
+    """The example inputs with every tensor cloned (as a leaf that requires grad where the
+    original does): a forward that writes into its input (``x.sub_(self.mean)``) then
+    changes prunekit's copy, never the caller's tensor."""
+    return map_inputs(example_inputs, _leaf_copy)
+
+
+def _leaf_copy(tensor: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        copy = tensor.clone()
+    return copy.requires_grad_() if tensor.requires_grad and copy.is_floating_point() else copy
 
 
 def grad_mode(example_inputs: Any, modules: Iterable[nn.Module] = ()

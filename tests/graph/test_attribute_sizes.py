@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 import prunekit
 from prunekit.errors import PruneValidationError
-from prunekit.graph.callers import _SKIP
+from prunekit.graph.callers import NOT_USER_CODE
 from prunekit.io.checkpoint import load, save
 from prunekit.structured import prune
 
@@ -155,9 +155,9 @@ def test_model_code_beside_an_installed_prunekit_is_user_code() -> None:
     site-packages), which hold the model's code."""
     package = os.path.dirname(prunekit.__file__)
     beside = os.path.join(os.path.dirname(package), "transformers", "modeling.py")
-    assert not beside.startswith(_SKIP)
-    assert os.path.join(package, "graph", "trace.py").startswith(_SKIP)
-    assert torch.nn.modules.module.__file__.startswith(_SKIP)
+    assert not beside.startswith(NOT_USER_CODE)
+    assert os.path.join(package, "graph", "trace.py").startswith(NOT_USER_CODE)
+    assert torch.nn.modules.module.__file__.startswith(NOT_USER_CODE)
 
 
 class LastTokens(nn.Module):

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
 __all__ = [
+    "NOT_USER_CODE",
     "arguments_written",
     "attributes_by_argument",
     "attributes_read",
@@ -47,7 +48,7 @@ __all__ = [
 
 # torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
 # package folders: not the folder that holds them, site-packages in an installed layout)
-_SKIP = (os.path.dirname(torch.__file__) + os.sep,
+NOT_USER_CODE = (os.path.dirname(torch.__file__) + os.sep,
          os.path.dirname(os.path.dirname(__file__)) + os.sep)
 
 _TORCH_MODULES = os.path.join(os.path.dirname(torch.__file__), "nn", "modules") + os.sep
@@ -229,7 +230,8 @@ def comparison_read(frame: FrameType) -> frozenset[str] | None:
     code = frame.f_code
     # (torch's own modules are code like the user's: nn.Transformer's
     # ``src.size(-1) != self.d_model``)
-    if code.co_filename.startswith(_SKIP) and not code.co_filename.startswith(_TORCH_MODULES):
+    filename = code.co_filename
+    if filename.startswith(NOT_USER_CODE) and not filename.startswith(_TORCH_MODULES):
         return None
     return _compare_read(code, frame.f_lasti)
 
@@ -252,7 +254,7 @@ def user_line() -> str | None:
 def _user_frame() -> FrameType | None:
     """The nearest frame outside torch and prunekit (the code that made the op)."""
     frame: FrameType | None = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(_SKIP):
+    while frame is not None and frame.f_code.co_filename.startswith(NOT_USER_CODE):
         frame = frame.f_back
     return frame
 

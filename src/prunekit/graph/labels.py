@@ -173,8 +173,7 @@ class LabelSpace:
         reasons of its block ids in the order they were made, the first three named."""
         if not self.block_reasons:
             return {}
-        ids = np.fromiter(self.block_reasons, dtype=np.int64, count=len(self.block_reasons))
-        roots = self._find_np(ids).tolist()
+        roots = self.blocked_root_ids().tolist()  # (in the order the block ids were made)
         found: dict[int, dict[str, None]] = {}
         for bid, root in zip(self.block_reasons, roots, strict=True):
             found.setdefault(root, {})[self.block_reasons[bid]] = None

@@ -94,38 +94,37 @@ def unread_outputs(ctx: TraceContext) -> bool:
     summed in only while training: ``return self.head(a + b) if self.training else
     self.head(a)``); the training pass then couples what training reads. (Channels a
     reduction alone reads, ``b.sum(1)``, look unread too: the cost is that extra pass.)"""
-    roots, dim_of, dims = layer_roots(ctx)
-    outputs = np.array([root and name in _OUTPUTS and size > 1 for name, root, size in dims])
-    made = outputs[dim_of]
-    if not made.any():
+    roots, dim_of, names, made = layer_roots(ctx)
+    sizes = np.bincount(dim_of, minlength=len(names))
+    outputs = made & np.isin(names, list(_OUTPUTS)) & (sizes > 1)
+    mine = outputs[dim_of]
+    if not mine.any():
         return False
-    own, own_dim = roots[made], dim_of[made]
+    own, own_dim = roots[mine], dim_of[mine]
     # the roots that two of these outputs hold (q and k): each (root, output) pair once
-    pairs = np.unique(own * len(dims) + own_dim)
-    distinct, holders = np.unique(pairs // len(dims), return_counts=True)
+    pairs = np.unique(own * len(names) + own_dim)
+    distinct, holders = np.unique(pairs // len(names), return_counts=True)
     axes = [labels.numpy() for param in ctx.params.values()
             for labels, _ in param.axes.values()]
     weights = ctx.space.find(torch.from_numpy(np.concatenate(axes))).numpy() if axes \
         else roots[:0]
-    rooted = np.array([root for _, root, _ in dims])
-    readers = np.concatenate([roots[~rooted[dim_of]], ctx.space.blocked_root_ids(), weights,
+    readers = np.concatenate([roots[~made[dim_of]], ctx.space.blocked_root_ids(), weights,
                               distinct[holders > 1]])
     read_dims = np.unique(own_dim[np.isin(own, readers)])
     return bool(read_dims.size < np.count_nonzero(outputs))
 
 
-def layer_roots(ctx: TraceContext) -> tuple[np.ndarray, np.ndarray, list[tuple[str, bool, int]]]:
-    """The channel roots of the traced layers' dims, all in one array (one lookup), the
-    index of the dim each belongs to, and per dim (its name, whether the layer made it —
-    its output's, an attention's heads — rather than reads it, its size)."""
+def layer_roots(ctx: TraceContext) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """The channel roots of the traced layers' dims, all in one array (one lookup); the
+    index of the dim each belongs to; and per dim its name and whether the layer made it
+    (its output's, an attention's heads) rather than reads it."""
     dims = [(name, dim) for record in ctx.modules.values() for name, dim in record.dims.items()]
-    if not dims:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), []
     arrays = [dim.labels.reshape(-1).numpy() for _, dim in dims]
     sizes = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
-    roots = ctx.space.find(torch.from_numpy(np.concatenate(arrays))).numpy()
-    return roots, np.repeat(np.arange(len(dims)), sizes), \
-        [(name, dim.root, int(size)) for (name, dim), size in zip(dims, sizes, strict=True)]
+    roots = ctx.space.find(torch.from_numpy(np.concatenate(arrays))).numpy() if arrays \
+        else np.zeros(0, dtype=np.int64)
+    made = np.fromiter((dim.root for _, dim in dims), dtype=bool, count=len(dims))
+    return roots, np.repeat(np.arange(len(dims)), sizes), [name for name, _ in dims], made
 
 
 def unvisited(ctx: TraceContext,

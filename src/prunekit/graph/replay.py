@@ -45,6 +45,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from prunekit.graph.callers import NOT_USER_CODE
+
 __all__ = ["MISSING", "Record", "Recording", "Replay", "is_data_call", "replayed"]
 
 T = torch.Tensor
@@ -61,7 +63,6 @@ _MASKED = frozenset((T.__getitem__, T.__setitem__, T.masked_select, torch.masked
                      *_REPEATS))
 _WHERE = frozenset((T.where, torch.where))
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_OWN_DIRS = (_TORCH_DIR, os.path.dirname(os.path.dirname(__file__)) + os.sep)
 _T = TypeVar("_T")
 MISSING = object()  # nothing recorded for a call (a recorded result may be None or False)
 
@@ -315,7 +316,7 @@ def _raised_in(exc: BaseException) -> Any:
     found = None
     tb = exc.__traceback__
     while tb is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith(_OWN_DIRS):
+        if not tb.tb_frame.f_code.co_filename.startswith(NOT_USER_CODE):
             found = tb.tb_frame.f_code
         tb = tb.tb_next
     return found

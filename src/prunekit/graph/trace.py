@@ -562,10 +562,11 @@ class TraceContext:
 
     def record_module(self, handler: ModuleHandler, call: ModuleCall) -> None:
         layer = type(call.module).__name__
-        if self.watched:
-            self._read_watched(tensors_in((call.args, call.kwargs)))
-        if self.unread:
-            for tensor in tensors_in((call.args, call.kwargs)):
+        if self.watched or self.unread:
+            inputs = tensors_in((call.args, call.kwargs))
+            if self.watched:
+                self._read_watched(inputs)
+            for tensor in inputs:
                 self.unread.discard(id(tensor))
         makes_channels = False
         try:
@@ -686,8 +687,8 @@ def _warn_one_step(ctx: TraceContext) -> None:
     and the pruned model fails from the second step on."""
     if not ctx.states:
         return
-    roots, dim_of, dims = layer_roots(ctx)
-    own = np.array([root for _, root, _ in dims], dtype=bool)[dim_of]
+    roots, dim_of, _, made_dims = layer_roots(ctx)
+    own = made_dims[dim_of]
     made, read = roots[own], roots[~own]
     for labels, path, attr, line in ctx.states:
         state = ctx.space.find(labels).numpy()

@@ -329,10 +329,10 @@ def prune(
     ``{"macs": 0.5}`` instead searches the global ratio that *keeps* that fraction.
     ``ratios`` sets per-layer ratios (by module or path) for the groups those layers
     produce (uniform allocation only); a block's key (``model.layer1``) sets it for the
-    layers inside, a layer's own key winning; ``global_ranking`` ranks units of all groups together
-    (scores normalised per group, ``normalization="mean"`` unless given) and removes ``ratio``
-    of all prunable channels, a unit costing its width (an attention head ``head_dim``
-    channels, a grouped-conv group its channels). Every group keeps at least
+    layers inside, a layer's own key winning; ``global_ranking`` ranks units of all groups
+    together (scores normalised per group, ``normalization="mean"`` unless given) and
+    removes ``ratio`` of all prunable channels, a unit costing its width (an attention head
+    ``head_dim`` channels, a grouped-conv group its channels). Every group keeps at least
     ``max(1, ceil(min_keep · width))`` and at most ``floor(max_keep · width)`` channels;
     ``round_to`` keeps widths at multiples of N.
     ``ignore`` layers keep their output width. ``strict=False`` turns unknown ops into a
@@ -388,12 +388,15 @@ def prune(
         _check_ratio_keys(per_layer, graph)
     reference = graph.trace.output_shapes  # the trace ran the model in eval mode
     # (the search and the checks put back what their forwards write: graph/writes.py)
-    originals: dict[int, nn.Module] = {}  # with inplace: the pruned copy's modules' sources
+    # with inplace: (clone, module it copies) of the pruned copy's modules, by clone id
+    originals: dict[int, tuple[nn.Module, nn.Module]] = {}
+    masks: list[torch.Tensor] | None = None
     while True:
         try:
-            if target is not None:
-                config = _search(model, example_inputs, graph, scores, config, target)
-            masks = allocate(graph.groups, scores, config)
+            if masks is None:
+                if target is not None:
+                    config = _search(model, example_inputs, graph, scores, config, target)
+                masks = allocate(graph.groups, scores, config)
             pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
                                           inplace, originals)
             break
@@ -408,11 +411,8 @@ def prune(
         left = {id(group) for group in graph.groups}
         scores = [score for group, score in zip(before.groups, scores, strict=True)
                   if id(group) in left]
-        if target is None:
-            pruned, plan = _cut_and_check(model, example_inputs, graph, masks, reference,
-                                          inplace, originals)
-            break
-        # a target is then searched again on the groups left: met by what can be cut
+        if target is not None:
+            masks = None  # searched again over the groups left: met by what can be cut
     changed = _numbers_changed(graph, masks) + changed_attribute_numbers(
         model, pruned, graph.trace.classes)
     if changed:
@@ -435,8 +435,7 @@ def prune(
         record_plans(pruned, [*plans_of(model), plan])
     original = _shallow_clone(model)  # (before an in-place prune changes its modules)
     if inplace:
-        _transplant(originals, [module for module in _modules_by_id(pruned)
-                                if id(module) in originals])
+        _transplant(originals)
         pruned = model
     written = graph.trace.written
     return PruneResult(pruned, plan, _lazy_profile(original, example_inputs, written),
@@ -565,11 +564,12 @@ def _why_nothing(groups: tuple[Group, ...]) -> str:
 
 def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGraph,
                    masks: list[torch.Tensor], reference: list[tuple[str, tuple[int, ...]]],
-                   inplace: bool, originals: dict[int, nn.Module] | None = None
+                   inplace: bool,
+                   originals: dict[int, tuple[nn.Module, nn.Module]] | None = None
                    ) -> tuple[nn.Module, dict[str, Any]]:
     """The plan for ``masks`` applied to a copy of ``model``, checked by a forward pass with
     unchanged output shapes; CheckFailed if that fails (``model`` is never touched). With
-    ``inplace``, ``originals`` receives the copy's modules (id -> the module each copies)."""
+    ``inplace``, ``originals`` receives the copy's modules (see :func:`_shallow_clone`)."""
     plan, indices = plan_with_indices(model, graph, masks)
     # surgery replaces tensors instead of writing into them, so with inplace=True a clone
     # that shares them is enough to leave the user's model untouched on failure
@@ -623,7 +623,8 @@ _HOOK_DICTS = frozenset({
 
 
 def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None,
-                   originals: dict[int, nn.Module] | None = None) -> nn.Module:
+                   originals: dict[int, tuple[nn.Module, nn.Module]] | None = None
+                   ) -> nn.Module:
     """The module tree copied, every tensor shared: new module objects whose attribute dicts
     and containers are copied one level, modules in them cloned (once each, so shared
     submodules stay shared). Much cheaper than ``copy.deepcopy``; safe wherever tensors are
@@ -631,7 +632,7 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None,
     shared (it cannot change); a method bound to a module is bound to its clone. The hook
     dicts are shared, so that a handle the user holds still removes its hook from the module
     that an in-place prune leaves (surgery never adds or removes hooks). ``clones`` receives
-    every new module, ``originals`` maps each one's id to the module it copies."""
+    every new module, ``originals`` maps each one's id to (it, the module it copies)."""
     memo: dict[int, nn.Module] = {}
     module_type = nn.Module
 
@@ -642,7 +643,7 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None,
         new = object.__new__(type(module))
         memo[id(module)] = new
         if originals is not None:
-            originals[id(new)] = module
+            originals[id(new)] = (new, module)
         state = module.__dict__.copy()
         for key, value in state.items():
             kind = type(value)
@@ -677,43 +678,22 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None,
     return root
 
 
-def _modules_by_id(model: nn.Module) -> Iterator[nn.Module]:
-    """Every module ``_shallow_clone`` copies: those reachable through module attributes,
-    containers and bound methods (as it walks them), each once."""
-    seen: set[int] = set()
-    stack = [model]
-    while stack:
-        module = stack.pop()
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
-        yield module
-        for key, value in module.__dict__.items():
-            if key in _HOOK_DICTS or type(value) in _SHARED:
-                continue
-            items = value.values() if isinstance(value, dict) else \
-                value if isinstance(value, (list, set, tuple)) else (value,)
-            for item in items:
-                if isinstance(item, types.MethodType):
-                    item = item.__self__
-                if isinstance(item, nn.Module):
-                    stack.append(item)
-
-
-def _transplant(originals: Mapping[int, nn.Module], clones: Iterable[nn.Module]) -> None:
-    """Give each module its pruned clone's state, every reference to a clone in it put back
-    to the module it copies (in the containers ``_shallow_clone`` copied, which the clones
-    own): an in-place prune keeps the user's module objects, so a reference taken before
-    (``backbone = model.layer1``, an EMA or teacher wrapper's) sees the pruned layers.
-    A module the plan swapped in (a PrunedMultiheadAttention) stays as it is."""
+def _transplant(originals: Mapping[int, tuple[nn.Module, nn.Module]]) -> None:
+    """Give each module its pruned clone's state (``originals``: clone id -> (clone, module)),
+    every reference to a clone in it put back to the module it copies (in the containers
+    ``_shallow_clone`` copied, which the clones own): an in-place prune keeps the user's
+    module objects, so a reference taken before (``backbone = model.layer1``, an EMA or
+    teacher wrapper's) sees the pruned layers. A module the plan swapped in (a
+    PrunedMultiheadAttention) is no clone: the parent holds it as it is."""
     def back(value: Any) -> Any:
         if isinstance(value, nn.Module):
-            return originals.get(id(value), value)
+            pair = originals.get(id(value))
+            return value if pair is None else pair[1]
         if type(value) is types.MethodType and isinstance(value.__self__, nn.Module):
             return types.MethodType(value.__func__, back(value.__self__))
         return value
 
-    for new in clones:
+    for new, old in originals.values():
         state = new.__dict__
         for key, value in state.items():
             if key in _HOOK_DICTS or type(value) in _SHARED:
@@ -726,7 +706,6 @@ def _transplant(originals: Mapping[int, nn.Module], clones: Iterable[nn.Module])
                 state[key] = type(value)(back(v) for v in value)
             else:
                 state[key] = back(value)
-        old = originals[id(new)]
         old.__dict__.clear()
         old.__dict__.update(state)
 
