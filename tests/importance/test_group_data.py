@@ -108,3 +108,61 @@ def test_multi_task_structured_prune() -> None:
     logits, value = result.model(batch[0])
     assert result.model.trunk[0].out_channels == 4
     assert logits.shape == (16, 5) and value.shape == (16, 1)
+
+
+class _TiedLM(nn.Module):
+    """An LM head tied to the embedding: the head's weight is the embedding's Parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.fc = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        return self.head(h + self.fc2(torch.relu(self.fc(h))))
+
+
+def test_activation_on_tied_weights_scores_by_the_head_input() -> None:
+    # the statistic is named after the head (the layer with input features); the tied
+    # Parameter is listed once by named_parameters(): calibrated raised KeyError('head.weight')
+    torch.manual_seed(0)
+    model = _TiedLM()
+    x = torch.randint(0, 50, (4, 8))
+    with calibrated(model, "activation", [x, x], loss_fn=lambda m, b: m(b).sum()) as stats:
+        assert model.emb.weight.grad is stats["head.weight"]
+        found = analyze(model, x, importance="activation")
+        result = prune(model, x, ratio=0.5, importance="activation")
+    assert model.emb.weight.grad is None
+    hidden = next(i for i, g in enumerate(found.graph.groups) if g.size == 16)
+    assert bool(torch.isfinite(found.scores[hidden]).all())
+    assert result.model.head.weight is result.model.emb.weight
+    assert result.model.emb.embedding_dim == 8 and result.model(x).shape == (4, 8, 50)
+
+
+class _EmbeddingLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.rnn = nn.LSTM(16, 24, batch_first=True)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(self.emb(x))
+        return self.fc(h[:, -1])
+
+
+def test_activation_group_without_input_features_names_the_fix() -> None:
+    # emb -> LSTM: no Linear/Conv reads the embedding's units, so even inside calibrated()
+    # the group has no statistic; the error says so and names the roots to ignore
+    torch.manual_seed(0)
+    model = _EmbeddingLSTM()
+    x = torch.randint(0, 50, (4, 8))
+    with calibrated(model, "activation", [x, x], loss_fn=lambda m, b: m(b).sum()):
+        with pytest.raises(ConfigError, match=r"input features.*\['emb'\]"):
+            prune(model, x, ratio=0.5, importance="activation")
+        result = prune(model, x, ratio=0.5, importance="activation", ignore=[model.emb])
+    assert result.model.rnn.hidden_size == 12 and result.model.emb.embedding_dim == 16

@@ -54,6 +54,8 @@ class StatisticGroupCriterion:
     element: DataCriterion
     kinds: tuple[str, ...] = ("weight", "bias", "scale")
     needs_data: bool = True
+    #: why a group can have no statistic even inside calibrated() (the error's first hint)
+    scope: str = ""
 
     @property
     def name(self) -> str:
@@ -76,9 +78,14 @@ class StatisticGroupCriterion:
             held[pos] = True
             out[i] = raw.masked_fill(~held, float("nan"))
         if bool(torch.isnan(out).all()):
+            roots = sorted({m.name for m in group.members if m.root})
+            scope = (f"{self.scope}; if you are inside calibrated(), no member of this group "
+                     f"is one, so leave it out with ignore=[model.get_submodule(name) for name "
+                     f"in {roots}] or prune with a criterion that needs no data. Otherwise "
+                     if self.scope else "")
             raise ConfigError(
                 f"importance={self.name!r} needs gradients or calibration statistics, but no "
-                f"tensor of {group.describe()} has a .grad; prune inside "
+                f"tensor of {group.describe()} has a .grad. {scope}prune inside "
                 f"`with calibrated(model, {self.name!r}, data=loader): prune(...)` "
                 f"(prunekit.importance.group_data), or call loss.backward() first"
             )
@@ -123,19 +130,24 @@ def calibrated(
     calib = as_calibration(data, criterion=criterion.name, caller="calibrated()",
                            loss_fn=loss_fn, batches=calib_batches)
     stats = group_statistics(model, criterion.name, calib)
-    params = dict(model.named_parameters())
-    saved = {name: params[name].grad for name in stats}
+    # Every name, tied ones included: the activation criterion names a tied weight by the
+    # layer that multiplies inputs with it (an LM head), not the embedding that owns it.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    saved = {id(params[name]): (params[name], params[name].grad) for name in stats}
     try:
         for name, stat in stats.items():
             param = params[name]
             param.grad = stat.to(device=param.device, dtype=param.dtype).contiguous()
         yield stats
     finally:
-        for name, grad in saved.items():
-            params[name].grad = grad
+        for param, grad in saved.values():
+            param.grad = grad
 
 
+_SCOPES = {"activation": "activation scores only the weights of layers that take the "
+                         "group's units as input features (Linear and Conv1d/2d/3d, or a "
+                         "type added with register_input_features)"}
 for _name in ("grad", "taylor", "wlg", "snip", "fisher", "activation"):
     _element = get_criterion(_name)
     if isinstance(_element, DataCriterion):
-        register_group_criterion(StatisticGroupCriterion(_element))
+        register_group_criterion(StatisticGroupCriterion(_element, scope=_SCOPES.get(_name, "")))
