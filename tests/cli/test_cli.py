@@ -97,6 +97,15 @@ def test_prune_target_macs_keeps_about_that_fraction(tmp_path: Path) -> None:
     x = torch.randn(1, 1, 32, 32)
     kept = profile(load(out, LeNet5()), x).macs / profile(LeNet5(), x).macs
     assert 0.35 <= kept <= 0.5
+    uniform = tmp_path / "uniform"  # one ratio for every layer: the widths keep their ratios
+    assert main(["prune", "--model", "prunekit.zoo:lenet5", "--input-shape", "1,1,32,32",
+                 "--target-macs", "0.5", "--no-global-ranking", "--out", str(uniform)]) == 0
+    model = load(uniform, LeNet5())
+    assert profile(model, x).macs / profile(LeNet5(), x).macs <= 0.5
+    removed = [(6 - model.conv1.out_channels, 6), (16 - model.conv2.out_channels, 16),
+               (120 - model.fc1.out_features, 120), (84 - model.fc2.out_features, 84)]
+    # one ratio r removes floor(r · width) of each: the ranges of r that fit them all overlap
+    assert max(r / w for r, w in removed) < min((r + 1) / w for r, w in removed)
 
 
 def test_prune_bad_round_to_is_a_clear_error(

@@ -25,7 +25,8 @@ def float64_default() -> Iterator[None]:
 
 @pytest.mark.parametrize("options", [
     {"importance": "l2"}, {"importance": "fpgm"}, {"global_ranking": True},
-    {"aggregation": "max", "normalization": "standard"}, {"target": {"params": 0.6}},
+    {"aggregation": "max", "normalization": "standard", "global_ranking": True},
+    {"target": {"params": 0.6}},
 ])
 def test_prune_with_a_float64_default_dtype(float64_default: None, options: dict) -> None:
     torch.manual_seed(0)

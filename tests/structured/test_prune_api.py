@@ -252,6 +252,32 @@ def test_target_is_met_by_search(metric: str) -> None:
     assert 0.3 < kept <= 0.5
 
 
+def test_a_target_searches_one_uniform_ratio_when_global_ranking_is_off() -> None:
+    # global_ranking=False was ignored under a target (it always ranked globally), and
+    # normalization did nothing without a global ranking
+    entry = BY_NAME["vgg_bn"]
+    model, x = entry.build().eval(), entry.example_inputs()
+    uniform = prune(model, x, target={"params": 0.5}, global_ranking=False)
+    ranked = prune(model, x, target={"params": 0.5})
+    assert 0.4 < uniform.params_kept <= 0.5 and 0.4 < ranked.params_kept <= 0.5
+    layers = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+    def kept(result: PruneResult) -> set[float]:
+        return {result.model.get_submodule(name).out_channels
+                / model.get_submodule(name).out_channels for name in layers}
+
+    assert len(kept(uniform)) == 1  # widths 16, 16, 32, 32, 64 all keep 11/16
+    assert len(kept(ranked)) > 1  # the global ranking gives each layer its own width
+    with pytest.raises(ConfigError, match=r"normalization='max'.*global_ranking=True"):
+        prune(model, x, ratio=0.5, normalization="max")
+    with pytest.raises(ConfigError, match=r"normalization='mean'.*target=\.\.\. and"):
+        prune(model, x, target={"params": 0.5}, global_ranking=False, normalization="mean")
+    with pytest.raises(ConfigError, match="global_ranking must be True or False"):
+        prune(model, x, ratio=0.5, global_ranking="yes")  # type: ignore[arg-type]
+    plain = prune(model, x, ratio=0.5, normalization="none").model
+    assert plain(x).shape == model(x).shape
+
+
 class _UnseenHeads(nn.Module):
     """A block with a group whose cut breaks the forward check: its key/value head count
     ``n_kv`` is not read as one, so cutting within heads leaves ``view(B, T, n_kv, d)``
@@ -767,8 +793,14 @@ def test_options_that_would_be_dropped_are_refused_or_said() -> None:
         prune(_bn_net(), x, ratios={"8": 0.5, "0": 0.5})
     capped = prune(_bn_net(), x, ratio=0.5, max_keep=0.3, round_to=8).model
     assert capped[3].out_channels == 8  # floor(0.3 * 32) = 9: rounded down to 8, not up to 16
-    with pytest.warns(UserWarning, match="round_to=8 has no multiple at or under max_keep"):
+    with pytest.warns(UserWarning, match=r"max_keep=0\.3 is exceeded: .*keeps 8 where "
+                                         r"max_keep allows 4 \(round_to=8 has no multiple"):
         assert prune(_bn_net(), x, ratio=0.5, max_keep=0.3, round_to=8).model[0].out_channels == 8
+    with pytest.warns(UserWarning, match=r"max_keep=0\.6 is exceeded: .*keeps 2 where max_keep "
+                                         r"allows 1 \(min_keep=0\.6 rounds up to 2 of its 3"):
+        # the warning blamed round_to=None
+        prune(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), torch.randn(2, 4),
+              ratio=0.5, min_keep=0.6, max_keep=0.6)
     with pytest.warns(UserWarning, match=r"target params=0\.2 is out of reach"):
         prune(_bn_net(), x, target={"params": 0.2}, min_keep=0.5)
     with pytest.warns(UserWarning, match=r"target params=0\.8: the closest allocation"):
@@ -802,3 +834,17 @@ def test_ignore_of_a_block_keeps_a_parameter_it_uses_as_a_layer_weight() -> None
     result = prune(model, x, ratio=0.5, ignore=[model.visual])
     assert result.model.visual.proj.shape == (32, 16) and result.model.visual.fc.out_features == 32
     assert result.model.text.fc.out_features == 16  # the other tower still prunes
+
+
+def test_warnings_point_at_the_callers_line() -> None:
+    # allocation's and the search's warnings pointed into prunekit (pruning.py, the
+    # decorator's line): a fixed stacklevel one call short
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(2, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prune(model, x, ratio=0.5, min_keep=0.6, max_keep=0.6)
+        prune(model, x, target={"params": 0.2}, min_keep=0.5)
+        prune(nn.Sequential(nn.Linear(4, 3)), x, ratio=0.5)  # removes nothing
+    assert len(caught) == 3
+    assert {w.filename for w in caught} == {__file__}, [(w.filename, w.lineno) for w in caught]

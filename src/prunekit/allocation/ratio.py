@@ -27,7 +27,6 @@ every producing layer's width is a multiple of N — 8-row heads need no roundin
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from prunekit._warn import warn
 from prunekit.errors import ConfigError, check_fraction
 from prunekit.graph.dependency import Group
 from prunekit.graph.labels import in_sorted, positions_in, search_sorted
@@ -152,7 +152,7 @@ def _allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocat
             groups, scores, counts, bounds, parts, reserved, strict=True):
         keep = _rounded(max(min(keep, ceiling), floor), group, config.round_to, floor, ceiling)
         if keep > ceiling and config.max_keep < 1:
-            over.append(f"{group.describe()} keeps {keep} where max_keep allows {ceiling}")
+            over.append(_over_ceiling(group, config, keep, floor, ceiling))
         cells = None if part is None or config.global_ranking else _attribute_cells(group)
         mask = _top_mask(score, group.size, keep) if cells is None else \
             _by_cells(score, keep, cells)
@@ -160,9 +160,22 @@ def _allocate(groups: Sequence[Group], scores: Sequence[Tensor], config: Allocat
             mask = _reserved_then_top(score, keep, held)
         masks.append(mask)
     if over:
-        warnings.warn(f"round_to={config.round_to} has no multiple at or under max_keep="
-                      f"{config.max_keep} here, so: {'; '.join(over[:3])}", stacklevel=4)
+        warn(f"max_keep={config.max_keep} is exceeded: {'; '.join(over[:3])}")
     return masks
+
+
+def _over_ceiling(group: Group, config: Allocation, keep: int, floor: int,
+                  ceiling: int) -> str:
+    """Why ``group`` keeps more than ``max_keep`` allows: ``min_keep`` rounds up past it,
+    or no multiple of ``round_to`` (or of the group's own step) fits under it."""
+    said = f"{group.describe()} keeps {keep} where max_keep allows {ceiling}"
+    if floor > ceiling:
+        return (f"{said} (min_keep={config.min_keep} rounds up to {floor} of its "
+                f"{group.size} units, and min_keep wins)")
+    if config.round_to is not None and config.round_to > 1:
+        return f"{said} (round_to={config.round_to} has no multiple at or under it)"
+    return (f"{said} (it keeps multiples of {group.step} units, a kernel's layout rule, and "
+            f"none fits under it)")
 
 
 def _keep_bounds(group: Group, config: Allocation, reserved: int) -> tuple[int, int]:

@@ -39,8 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--importance", default="l2",
                    help="l1 | l2 | bn_scale | fpgm | random, or data-aware (with --dataset): "
                         "taylor | fisher | snip | grad | wlg | activation")
-    p.add_argument("--global-ranking", action="store_true",
-                   help="rank channels of all groups together (normalised scores)")
+    p.add_argument("--global-ranking", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank channels of all groups together (normalised scores); the "
+                        "default with --target-macs/--target-params, where "
+                        "--no-global-ranking searches one uniform ratio instead")
     p.add_argument("--round-to", type=int, help="keep widths at multiples of N")
     p.add_argument("--no-strict", action="store_true",
                    help="treat unknown ops as unprunable with a warning instead of failing")

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from prunekit._warn import NOT_USER_CODE
+
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
@@ -46,10 +48,6 @@ __all__ = [
     "user_line",
 ]
 
-# torch's own frames (module call machinery, torch-function dispatch) and prunekit's (the
-# package folders: not the folder that holds them, site-packages in an installed layout)
-NOT_USER_CODE = (os.path.dirname(torch.__file__) + os.sep,
-         os.path.dirname(os.path.dirname(__file__)) + os.sep)
 
 _TORCH_MODULES = os.path.join(os.path.dirname(torch.__file__), "nn", "modules") + os.sep
 

@@ -14,7 +14,6 @@ one label per element. Tensors are tracked by identity and kept alive for the wh
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from prunekit._buffers import preserved_buffers
 from prunekit._caches import recomputed_caches
 from prunekit._inputs import ExampleInputs, walk_tensors
+from prunekit._warn import warn
 from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.callers import rebuilt_attribute
 from prunekit.graph.hooks import CallStack, Recorder
@@ -544,7 +544,7 @@ class TraceContext:
             )
         message = f"{reason} at {where}: the tensors it touches are kept whole"
         if prunable:
-            warnings.warn(message, stacklevel=4)
+            warn(message)
             self.skipped_ops.append(message)
         bid = self.space.block_id(message)
         for lab in live:
@@ -694,12 +694,12 @@ def _warn_one_step(ctx: TraceContext) -> None:
         state = ctx.space.find(labels).numpy()
         if np.isin(state, read).any() and not np.isin(state, made).any():
             owner = f"{path}.{attr}" if path else attr
-            warnings.warn(
+            warn(
                 f"{line}: a tensor sized by {owner} ({labels.numel()}) and of one value is "
                 f"read by a layer, and no layer's output ever took its place: a recurrent "
                 f"state the example ran for one step? Its width is kept, and a pruned model "
                 f"that feeds it a layer's output at later steps fails; pass an example with "
-                f"two or more steps", stacklevel=4)
+                f"two or more steps")
             return
 
 
@@ -712,12 +712,12 @@ def _warn_untrained(ctx: TraceContext, handlers: Callable[[nn.Module], ModuleHan
     shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more"
                                                      if len(names) > 3 else "")
     why = " ".join(str(exc).split())[:160]
-    warnings.warn(
+    warn(
         f"{shown} never ran in eval mode, and the training-mode pass run to reach them failed "
         f"({type(exc).__name__}: {why}); they are not coupled with the channels they read, "
         "so the pruned model may fail in training mode. Pass example inputs the model runs "
         "on in training mode (a batch of 2 or more; the targets a detector's training "
-        "forward needs), or ignore= the layers whose outputs they read", stacklevel=4)
+        "forward needs), or ignore= the layers whose outputs they read")
 
 
 def trace(
@@ -770,8 +770,8 @@ def trace(
         if ctx.unseen:
             more = f" (and {len(ctx.unseen) - 1} more such tensors)" if len(ctx.unseen) > 1 \
                 else ""
-            warnings.warn(f"the trace read {ctx.unseen[0]}{more}; the coverage report "
-                          f"names them", stacklevel=3)
+            warn(f"the trace read {ctx.unseen[0]}{more}; the coverage report "
+                          f"names them")
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx.writes.restore()  # the user's model as it was (an ActNorm's first-batch init)
         ctx._calls.mode = None

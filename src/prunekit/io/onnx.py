@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from prunekit._inputs import ExampleInputs, move_inputs, run_model
+from prunekit._warn import warn
 from prunekit.errors import ConfigError, PrunekitError, check_choice, require
 from prunekit.io.atomic import atomic_path
 from prunekit.sparse.masks import strip
@@ -180,11 +181,9 @@ def _verify(
     rtol: float,
 ) -> None:
     if importlib.util.find_spec("onnxruntime") is None:
-        warnings.warn(
+        warn(
             "onnxruntime is not installed, so the exported graph was not compared with "
-            "PyTorch; install it with: pip install 'prunekit[onnx]'",
-            stacklevel=3,
-        )
+            "PyTorch; install it with: pip install 'prunekit[onnx]'")
         return
     ort = importlib.import_module("onnxruntime")
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -24,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from prunekit._buffers import preserved_buffers
 from prunekit._inputs import ExampleInputs, grad_mode, model_device, move_inputs, run_model
+from prunekit._warn import warn
 from prunekit.metrics.compare import ProfileDiff, compare
 from prunekit.sparse.compressed import compressed_nbytes
 
@@ -154,9 +154,9 @@ def _profile(model: nn.Module, inputs: ExampleInputs) -> Profile:
             raise
         # torch's module tracker cannot follow a forward that calls torch.autograd.grad (a
         # Hamiltonian network's dH/dz): count the totals without it
-        warnings.warn("profile: the forward calls torch.autograd.grad, which torch's module "
+        warn("profile: the forward calls torch.autograd.grad, which torch's module "
                       "tracker cannot follow, so MACs are counted for the model as a whole, "
-                      "not per layer", stacklevel=3)
+                      "not per layer")
         shapes.clear()
         calls.clear()
         counter = _counted(model, inputs, modules, shapes, calls, per_module=False)

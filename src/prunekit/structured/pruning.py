@@ -8,7 +8,6 @@ import functools
 import gc
 import numbers
 import types
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ from torch import nn
 from prunekit._buffers import preserved_buffers
 from prunekit._caches import copy_model, recomputed_caches
 from prunekit._inputs import ExampleInputs, copied_inputs, grad_mode, run_model, walk_tensors
+from prunekit._warn import warn
 from prunekit.allocation.ratio import Allocation, _allocate, allocate, unit_width
 from prunekit.errors import ConfigError, check_choice, check_fraction
 from prunekit.graph.coverage import Coverage, coverage_report
@@ -206,7 +206,7 @@ def _graph_and_scores(model: nn.Module, example_inputs: ExampleInputs, *,
     if refused:
         raise _unreached_error(refused)
     if traced.mirrored:
-        warnings.warn(_mirrored_note(traced.mirrored), stacklevel=4)
+        warn(_mirrored_note(traced.mirrored))
     # weight norm alone is cut exactly (structured.weight_norm); any other parametrization
     # computes a tensor that cannot be cut
     masked = [(name, rec.module) for name, rec in traced.modules.items()
@@ -311,7 +311,7 @@ def prune(
     importance: str | GroupCriterion = "l2",
     ignore: Iterable[nn.Module] = (),
     ratios: Mapping[str | nn.Module, float] | None = None,
-    global_ranking: bool = False,
+    global_ranking: bool | None = None,
     round_to: int | None = None,
     min_keep: float = 0.0,
     max_keep: float = 1.0,
@@ -326,13 +326,19 @@ def prune(
     ``ratio`` is the fraction of *channels* removed from every prunable dependency group
     (0.5 halves each group's width; parameters and MACs usually drop by more — see
     ``result.params_kept`` / ``result.macs_kept``). ``target={"params": 0.5}`` or
-    ``{"macs": 0.5}`` instead searches the global ratio that *keeps* that fraction.
+    ``{"macs": 0.5}`` instead searches the ratio that *keeps* at most that fraction: 12
+    bisection steps over the ratio, the closest result at or under the target wins, and a
+    warning says so if it lands more than 0.05 under (widths, ``round_to`` or ``max_keep``
+    leave nothing closer) or cannot reach it. The target ranks globally unless
+    ``global_ranking=False``, which searches one uniform ratio for every group.
     ``ratios`` sets per-layer ratios (by module or path) for the groups those layers
     produce (uniform allocation only); a block's key (``model.layer1``) sets it for the
     layers inside, a layer's own key winning; ``global_ranking`` ranks units of all groups
     together (scores normalised per group, ``normalization="mean"`` unless given) and
     removes ``ratio`` of all prunable channels, a unit costing its width (an attention head
-    ``head_dim`` channels, a grouped-conv group its channels). Every group keeps at least
+    ``head_dim`` channels, a grouped-conv group its channels); ``normalization`` only
+    matters then (it rescales each group's scores on their own, keeping their order within
+    the group), so it is refused without it. Every group keeps at least
     ``max(1, ceil(min_keep · width))`` and at most ``floor(max_keep · width)`` channels;
     ``round_to`` keeps widths at multiples of N.
     ``ignore`` layers keep their output width. ``strict=False`` turns unknown ops into a
@@ -366,13 +372,25 @@ def prune(
             f"{'global_ranking=True' if global_ranking else 'target=...'} the ranking decides "
             "every group's width, so ratios would be ignored: pass ratio=... with ratios, or "
             "drop ratios")
+    if global_ranking is None:  # a target ranks globally unless told not to
+        global_ranking = target is not None
+    if not isinstance(global_ranking, bool):
+        raise ConfigError(f"global_ranking must be True or False, got "
+                          f"{type(global_ranking).__name__} {global_ranking!r}")
+    if normalization not in (None, "none") and not global_ranking:
+        raise ConfigError(
+            f"normalization={normalization!r} rescales each group's scores on their own, "
+            f"keeping their order, which only matters when groups are ranked together; with "
+            f"{'target=... and ' if target is not None else ''}global_ranking=False every "
+            f"group removes its own lowest units, so it would change nothing: pass "
+            f"global_ranking=True, or drop normalization")
     names = {id(m): n for n, m in model.named_modules()} if ratios else {}
     per_layer = {_module_key(k, names): check_fraction(f"ratios[{k!r}]", v)
                  for k, v in (ratios or {}).items()}
     config = Allocation(ratio=0.0 if ratio is None else ratio, ratios=per_layer,
                         global_ranking=global_ranking, round_to=round_to, min_keep=min_keep,
                         max_keep=max_keep)
-    norm = normalization or ("mean" if global_ranking or target is not None else "none")
+    norm = normalization or ("mean" if global_ranking else "none")
     if isinstance(ignore, nn.Module):  # one layer (a Sequential is iterable: its children)
         ignore = [ignore]
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -416,21 +434,20 @@ def prune(
     changed = _numbers_changed(graph, masks) + changed_attribute_numbers(
         model, pruned, graph.trace.classes)
     if changed:
-        warnings.warn(
+        warn(
             f"the pruned model computes a number from a width that this prune changed, at "
             f"{', '.join(changed[:3])} (an attention scale 1/sqrt(head width) read from a "
             f"shape or from an int attribute that this prune rewrote, such as self.d_k, or "
             f"scaled_dot_product_attention's default scale): it now differs from "
             f"the unpruned model's, so outputs change beyond the removed channels; "
-            f"fine-tune after pruning, or write that number as a constant to keep it",
-            stacklevel=3)
+            f"fine-tune after pruning, or write that number as a constant to keep it")
     unreached = _unreached_layers(model, pruned, graph, ignore)
     if unreached:
-        warnings.warn(unreached, stacklevel=3)
+        warn(unreached)
     if not (plan["modules"] or plan["params"]) and (config.ratio > 0 or per_layer or target):
         why = _why_nothing(graph.groups)
-        warnings.warn(f"prune removed nothing: {why}; result.coverage lists the parameters "
-                      f"that no group covers and why", stacklevel=3)
+        warn(f"prune removed nothing: {why}; result.coverage lists the parameters "
+                      f"that no group covers and why")
     if plan["modules"] or plan["params"] or plan["attrs"]:  # (pk.save stores them all)
         record_plans(pruned, [*plans_of(model), plan])
     original = _shallow_clone(model)  # (before an in-place prune changes its modules)
@@ -526,9 +543,9 @@ def _check_ratio_keys(per_layer: Mapping[str, float], graph: DependencyGraph) ->
                               f"{', '.join(map(repr, owners[:3]))}: key ratios by that layer "
                               f"to prune them")
         # a layer whose own channels are kept whole (an output layer): a warning
-        warnings.warn(f"ratios[{key!r}]: {key!r} makes no prunable group (an output layer, a "
+        warn(f"ratios[{key!r}]: {key!r} makes no prunable group (an output layer, a "
                       f"layer in ignore=, or one kept whole: result.coverage says why), so "
-                      f"its ratio removes nothing", stacklevel=4)
+                      f"its ratio removes nothing")
 
 
 def _numbers_changed(graph: DependencyGraph, masks: list[torch.Tensor]) -> list[str]:
@@ -820,7 +837,7 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
     widths = [unit_width(g) for g in graph.groups]  # the same groups in every trial
     for _ in range(12):
         mid = (low + high) / 2
-        trial = replace(config, ratio=mid, global_ranking=True)
+        trial = replace(config, ratio=mid)
         masks = _allocate(graph.groups, scores, trial, widths)
         plan, indices = plan_with_indices(model, graph, masks)
         candidate = _shallow_clone(model)
@@ -839,15 +856,14 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
         else:
             low = mid
     if best is None:  # unreachable goal (everything left is fixed): prune as far as it went
-        warnings.warn(f"target {metric}={goal} is out of reach: pruning as far as the search "
+        warn(f"target {metric}={goal} is out of reach: pruning as far as the search "
                       f"went keeps {last_kept:.3f} of the {metric} (the rest is kept whole, "
-                      f"or held by min_keep / round_to: result.coverage says what and why)",
-                      stacklevel=4)
-        return replace(config, ratio=high, global_ranking=True)
+                      f"or held by min_keep / round_to: result.coverage says what and why)")
+        return replace(config, ratio=high)
     if goal - best_kept > 0.05:
-        warnings.warn(f"target {metric}={goal}: the closest allocation at or under it keeps "
+        warn(f"target {metric}={goal}: the closest allocation at or under it keeps "
                       f"{best_kept:.3f} (max_keep, round_to or the groups' widths leave "
-                      f"nothing closer)", stacklevel=4)
+                      f"nothing closer)")
     return best
 
 

@@ -12,13 +12,13 @@ failed.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 
+from prunekit._warn import warn
 from prunekit.errors import PruneValidationError
 from prunekit.graph.dependency import DependencyGraph
 
@@ -95,8 +95,8 @@ def without_breaking_groups(
         raise PruneValidationError(f"{failed.message}; your model is unchanged.{hint}") \
             from failed.cause
     reason = f"cutting it broke the pruned model's forward check ({failed.message})"
-    warnings.warn(f"kept whole: {'; '.join(graph.groups[i].describe() for i in bad)}: "
-                  f"{reason}", stacklevel=5)
+    warn(f"kept whole: {'; '.join(graph.groups[i].describe() for i in bad)}: "
+                  f"{reason}")
     blocked = dict(graph.blocked)
     for i in bad:
         blocked.update(dict.fromkeys(graph.groups[i].units.tolist(), reason))
