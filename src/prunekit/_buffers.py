@@ -29,6 +29,7 @@ def preserved_buffers(model: nn.Module) -> Iterator[None]:
     finally:
         with torch.no_grad():
             for module, name, buffer, value in saved:
-                buffer.copy_(value)
+                if not buffer.is_inference():  # (made under inference_mode: nothing outside
+                    buffer.copy_(value)         # it can write into one, nor put it back)
                 if getattr(module, name) is not buffer:
                     setattr(module, name, buffer)

@@ -270,3 +270,30 @@ def test_index_put_into_named_channels_keeps_them_whole() -> None:
     result = prune(Named().eval(), torch.randn(5, 6), ratio=0.5)
     assert result.model.lin.out_features == 8
     assert "index_put_ writes to a fixed part" in result.coverage.fixed["lin.weight"]
+
+
+def test_a_running_scan_over_channels_keeps_them_whole() -> None:
+    """``torch.cumsum(F.softplus(self.steps), 0)``, ordered per-channel scales: a kept
+    channel's scale is a running total over the channels before it, so cutting some would
+    change the kept ones' values (a max diff of 2.9 before); a scan along time prunes."""
+
+    class Ordered(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 10)
+            self.steps = nn.Parameter(torch.randn(32))
+            self.a, self.b = nn.Linear(16, 12), nn.Linear(12, 10)
+
+        def forward(self, x: Tensor) -> Tensor:
+            scaled = self.fc2(F.relu(self.fc1(x[:, -1])) * torch.cumsum(F.softplus(self.steps), 0))
+            over_time = self.a(x).cumsum(1).logcumsumexp(dim=1).cumprod(1)[:, -1]
+            return scaled + self.b(over_time)
+
+    torch.manual_seed(0)
+    model, x = Ordered().eval(), torch.randn(3, 5, 16)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.fc1.out_features == 32 and result.model.steps.shape == (32,)
+    assert "cumsum accumulates over these channels" in str(result.coverage)
+    assert result.model.a.out_features == 6
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 import prunekit as pk
+from prunekit.errors import ConfigError
 
 
 class _Ssm(nn.Module):
@@ -45,3 +46,27 @@ def test_parameter_flags_survive_prune_and_load(tmp_path: Path, inplace: bool) -
     assert _flags(model) == expected
     pk.save(result, tmp_path / "p")
     assert _flags(pk.load(tmp_path / "p", _Ssm())) == expected
+
+
+def _built_in_inference_mode() -> nn.Module:
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.Conv2d(8, 4, 3)).eval()
+
+
+def test_a_model_built_under_inference_mode(tmp_path: Path) -> None:
+    # result.params_kept raised "Setting requires_grad=True on inference tensor" (and with a
+    # BatchNorm "Inplace update to inference tensor") and left every parameter of the
+    # user's model with requires_grad=False; loading into such a model failed in torch
+    model, x = _built_in_inference_mode(), torch.randn(2, 3, 8, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    assert 0.2 < result.params_kept < 0.6 and 0.2 < result.macs_kept < 0.6
+    assert all(p.requires_grad for p in model.parameters())
+    assert result.model[0].out_channels == 4
+    pk.save(result, tmp_path)
+    with pytest.raises(ConfigError, match="built under torch.inference_mode"):
+        pk.load(tmp_path, _built_in_inference_mode())
+    with torch.inference_mode():
+        loaded = pk.load(tmp_path, _built_in_inference_mode())
+        assert torch.equal(loaded(x), result.model(x))

@@ -47,7 +47,7 @@ UNARY = (
     "to", "float", "double", "half", "bfloat16", "int", "long", "bool", "type", "type_as",
     "cpu", "cuda", "detach", "clone", "contiguous", "requires_grad", "data",
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
-    "zero", "fill", "uniform", "normal", "bernoulli", "cumsum", "cumprod", "logcumsumexp",
+    "zero", "fill", "uniform", "normal", "bernoulli",
     "positive", "float_power", "bucketize",  # (bucketize: each value's bucket)
     # mix along a dim, each element staying where it is (as softmax does): per-slice
     # renormalisation, AlexNet's cross-channel local response norm
@@ -123,15 +123,26 @@ _NORMALISING = {"softmax": (1, None), "log_softmax": (1, None), "softmin": (1, N
                 "gumbel_softmax": (4, -1)}
 
 
+# running scans: each output is a function of the elements before it along ``dim``
+_SCANS = ("cumsum", "cumprod", "logcumsumexp")
+
+
 def _normalising(ctx: TraceContext, call: OpCall) -> None:
     """``softmax(x, dim)`` and kin keep each element where it is (labels as :func:`_unary`),
     but each output is normalised over ``dim``: where channels vary along it (C51's atoms,
     DINO's prototypes, a classifier's classes in a distillation loss) removing some would
     renormalise the rest, and the values the kept ones take would change, so the channels
-    of every line along ``dim`` that holds several of them are kept whole."""
+    of every line along ``dim`` that holds several of them are kept whole. A running scan
+    (``cumsum``, ``cumprod``, ``logcumsumexp``) along channels is kept whole alike: a kept
+    channel's running total holds the removed channels before it (a monotone scale
+    ``torch.cumsum(F.softplus(self.steps), 0)``); along time it prunes as :func:`_unary`."""
     x = call.args[0] if call.args else call.kwargs.get("input", call.kwargs.get("logits"))
-    position, default = _NORMALISING[call.name]
+    scan = call.name in _SCANS
+    position, default = (1, None) if scan else _NORMALISING[call.name]
     dim = call.arg(position, "dim", default)
+    if scan and not isinstance(dim, int):
+        raise OpNotMappable(f"dim={dim!r} is not an int")
+    why = "accumulates over these channels" if scan else "normalises over these channels"
     if isinstance(x, Tensor) and x.dim() and (dim is None or isinstance(dim, int)):
         if dim is None:  # torch's implicit choice for softmax without dim
             dim = 0 if x.dim() in (0, 1, 3) else 1
@@ -140,15 +151,14 @@ def _normalising(ctx: TraceContext, call: OpCall) -> None:
         if vector is not None:
             found = ctx.space.find(vector[1])
             if vector[0] % x.dim() == dim and bool((found != found[0]).any()):
-                ctx.block(found, f"{call.display} normalises over these channels")
+                ctx.block(found, f"{call.display} {why}")
         else:
             canon = ctx.space.find(ctx.labels(x))
             if varies(canon, dim):
                 lines = _compact_except(canon, dim).movedim(dim, -1)
                 lines = lines.reshape(-1, lines.shape[-1])
                 held = (lines != lines[:, :1]).any(1)
-                ctx.block(lines[held].reshape(-1),
-                          f"{call.display} normalises over these channels")
+                ctx.block(lines[held].reshape(-1), f"{call.display} {why}")
     _unary(ctx, call)
 
 
@@ -689,7 +699,7 @@ def _index_add(ctx: TraceContext, call: OpCall) -> None:
 
 
 register_op(UNARY, _unary)
-register_op(tuple(_NORMALISING), _normalising)
+register_op((*_NORMALISING, *_SCANS), _normalising)
 register_op(BINARY, _binary)
 
 

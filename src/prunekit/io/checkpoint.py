@@ -177,6 +177,13 @@ def load(
             f"pass a freshly built {manifest['model_class']}"
         )
 
+    if not torch.is_inference_mode_enabled() and any(
+            t.is_inference() for t in (*base_model.parameters(), *base_model.buffers())):
+        raise ConfigError(
+            "base_model was built under torch.inference_mode(): its tensors are inference "
+            "tensors, which nothing outside inference_mode may write into, so the weights "
+            "cannot be loaded; build base_model outside inference_mode, or call load inside "
+            "`with torch.inference_mode():`")
     state = load_file(str(weights), device="cpu")
     _decode_sparse(state, manifest.get("sparse", {}), str(directory))
     _rebuild_layouts(state, manifest.get("layouts", {}), str(directory))

@@ -264,8 +264,10 @@ def _grad_off(model: nn.Module) -> Iterator[None]:
     """Parameters stop requiring grad for the run. Under no_grad a view of one (a class
     token ``expand``-ed to the batch) still requires grad but has no grad_fn, and the module
     tracker inside FlopCounterMode asserts on such a tensor passed to a submodule."""
-    trainable = [p for p in model.parameters() if p.requires_grad and p.is_leaf]
-    # (a TorchScript submodule's parameters are not leaves, and it keeps no module tracker)
+    trainable = [p for p in model.parameters()
+                 if p.requires_grad and p.is_leaf and not p.is_inference()]
+    # (a TorchScript submodule's parameters are not leaves, and it keeps no module tracker;
+    # a parameter made under inference_mode cannot require grad again outside it)
     for param in trainable:
         param.requires_grad_(False)
     try:
