@@ -65,7 +65,7 @@ def test_a_model_built_under_inference_mode(tmp_path: Path) -> None:
     assert all(p.requires_grad for p in model.parameters())
     assert result.model[0].out_channels == 4
     pk.save(result, tmp_path)
-    with pytest.raises(ConfigError, match="built under torch.inference_mode"):
+    with pytest.raises(ConfigError, match=r"built under torch\.inference_mode"):
         pk.load(tmp_path, _built_in_inference_mode())
     with torch.inference_mode():
         loaded = pk.load(tmp_path, _built_in_inference_mode())
