@@ -35,7 +35,8 @@ def test_in_place_compiled_module_prunes() -> None:
     model, x = LeNet5().eval(), torch.randn(2, 1, 32, 32)
     plain = pk.prune(copy.deepcopy(model), x, ratio=0.5)
     model.compile()
-    result = pk.prune(model, x, ratio=0.5)
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        result = pk.prune(model, x, ratio=0.5)
     assert result.plan == plain.plan
     assert result.model(x).shape == (2, 10)
 
@@ -66,3 +67,36 @@ def test_a_compiled_helper_function_is_traced_eagerly() -> None:
     assert result.model.a.out_channels == result.model.head.in_channels == 8
     with torch.no_grad():
         assert torch.equal(pk.prune(model, x, ratio=0.0).model(x), model(x))
+
+
+@torch.jit.script
+def _scripted_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * 0.5 * (1.0 + torch.erf(x / 1.41421))
+
+
+class _ScriptedHelper(nn.Module):
+    """A scripted helper the trace cannot see into: the group through it breaks the check,
+    so ``strict=False`` keeps it whole and prunes the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(_scripted_gelu(self.fc1(x)))))
+
+
+def test_compiled_module_checks_its_cut_copy() -> None:
+    # the copies the check runs kept module.compile()'s call, bound to the unpruned module:
+    # every cut passed, so the bisection found no breaking group and strict=False raised
+    torch.manual_seed(0)
+    model, x = _ScriptedHelper().eval(), torch.randn(4, 16)
+    plain = pk.prune(copy.deepcopy(model), x, ratio=0.5, strict=False)
+    model.compile(backend="eager")
+    with pytest.warns(UserWarning, match=r"model ran module\.compile\(\).*runs eagerly"):
+        result = pk.prune(model, x, ratio=0.5, strict=False)
+    assert result.plan == plain.plan and result.model.fc1.out_features == 32
+    assert result.model.fc2.out_features == 16
+    assert "_compiled_call_impl" not in result.model.__dict__
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), plain.model(x))

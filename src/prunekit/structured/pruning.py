@@ -444,6 +444,12 @@ def prune(
     unreached = _unreached_layers(model, pruned, graph, ignore)
     if unreached:
         warn(unreached)
+    compiled = [] if inplace else [name or "model" for name, module in model.named_modules()
+                                   if module.__dict__.get("_compiled_call_impl") is not None]
+    if compiled:
+        warn(f"{', '.join(compiled[:3])} ran module.compile(), whose compiled forward stays "
+             f"bound to the unpruned module: result.model runs eagerly; call .compile() on "
+             f"the same modules of result.model (with your options) to compile it again")
     if not (plan["modules"] or plan["params"]) and (config.ratio > 0 or per_layer or target):
         why = _why_nothing(graph.groups)
         warn(f"prune removed nothing: {why}; result.coverage lists the parameters "
@@ -662,6 +668,9 @@ def _shallow_clone(model: nn.Module, clones: list[nn.Module] | None = None,
         if originals is not None:
             originals[id(new)] = (new, module)
         state = module.__dict__.copy()
+        # module.compile()'s compiled call is bound to the module it compiled: the clone would
+        # run that one, at the old widths (a check of the cut would pass whatever it cut)
+        state.pop("_compiled_call_impl", None)
         for key, value in state.items():
             kind = type(value)
             if kind in _SHARED or key in _HOOK_DICTS:  # none of these is copied below
