@@ -83,18 +83,24 @@ def test_spatial_shifts_prune_and_match_zeroed_inputs(op: str) -> None:
         torch.testing.assert_close(result.model(x), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_local_response_norm_and_logcumsumexp_over_channels_prune() -> None:
+def test_local_response_norm_prunes_and_logcumsumexp_over_channels_keeps_them() -> None:
+    # a running log-sum-exp over channels gives each kept channel the removed ones before
+    # it (kept whole, as softmax over channels is; it was cut); over positions it prunes
     class Mixing(nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, scan: int) -> None:
             super().__init__()
             self.a = nn.Conv2d(3, 12, 3, padding=1)
             self.head = nn.Conv2d(12, 4, 1)
+            self.scan = scan
 
         def forward(self, x: Tensor) -> Tensor:
             y = F.local_response_norm(F.relu(self.a(x)), 3)
-            return self.head(y.logcumsumexp(1))
+            return self.head(y.logcumsumexp(self.scan))
 
-    model, x = Mixing().eval(), torch.randn(2, 3, 8, 8)
-    result = prune(model, x, ratio=0.5)
+    x = torch.randn(2, 3, 8, 8)
+    result = prune(Mixing(1).eval(), x, ratio=0.5)
+    assert result.model.a.out_channels == result.model.head.in_channels == 12
+    assert "logcumsumexp accumulates over these channels" in str(result.coverage)
+    result = prune(Mixing(2).eval(), x, ratio=0.5)
     assert result.model.a.out_channels == result.model.head.in_channels == 6
     assert result.model(x).shape == (2, 4, 8, 8)

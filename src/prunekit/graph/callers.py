@@ -22,6 +22,7 @@ import linecache
 import os
 import sys
 import textwrap
+import types
 from collections.abc import Iterable
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ __all__ = [
     "literals_written",
     "products_written",
     "rebuilt_attribute",
+    "size_read_elsewhere",
     "sizes_written",
     "user_line",
 ]
@@ -260,21 +262,64 @@ def _user_frame() -> FrameType | None:
 @functools.lru_cache(maxsize=4096)
 def _in_span(code: CodeType, lasti: int) -> tuple[frozenset[str], frozenset[int]]:
     """The attribute names and int constants loaded at source positions inside that of the
-    instruction at byte ``lasti`` (a call: its position spans the whole call expression).
-    Python 3.10 keeps no columns: there, :func:`_loaded_before`."""
+    instruction at byte ``lasti`` (a call: its position spans the whole call expression)."""
+    return _split(_span_loads(code, lasti, ("LOAD_ATTR", "LOAD_METHOD", "LOAD_CONST",
+                                            "LOAD_SMALL_INT")))
+
+
+def _span_loads(code: CodeType, lasti: int, opnames: tuple[str, ...]) -> list[Any]:
+    """The values that instructions ``opnames`` load at source positions inside that of the
+    instruction at byte ``lasti``. Python 3.10 keeps no columns: there,
+    :func:`_loaded_before`."""
     loads = {ins.offset: ins.argval for ins in dis.get_instructions(code)
-             if ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "LOAD_CONST", "LOAD_SMALL_INT")}
+             if ins.opname in opnames}
     if not hasattr(code, "co_positions"):  # Python 3.10
-        return _split(_loaded_before(code, lasti, loads))
+        return _loaded_before(code, lasti, loads)
     positions = list(code.co_positions())
     span = positions[lasti // 2]
     if None in span:
-        return frozenset(), frozenset()
+        return []
     start, end = span[0::2], span[1::2]  # (line, column) of the first and last character
-    return _split(value for offset, value in loads.items()
-                  if None not in positions[offset // 2]
-                  and start <= positions[offset // 2][0::2]
-                  and positions[offset // 2][1::2] <= end)
+    return [value for offset, value in loads.items()
+            if None not in positions[offset // 2]
+            and start <= positions[offset // 2][0::2]
+            and positions[offset // 2][1::2] <= end]
+
+
+def size_read_elsewhere(ctx: TraceContext, size: int) -> str | None:
+    """Where the expression of the current call reads ``size`` from something that is not
+    an int attribute of the module running it: a config object or dict the module holds
+    (``self.config.num_attention_heads``, ``self.cfg["n_heads"]``) or a global constant
+    (``N_HEAD``); None if it reads none. An int attribute of the same value that the call
+    does not read is then not its size (prune would rewrite a number nothing uses)."""
+    frame = _user_frame()
+    if frame is None:
+        return None
+    names, _ = _in_span(frame.f_code, frame.f_lasti)
+    owner = calling_module(ctx, frame)[1]
+    found = [(g, frame.f_globals[g]) for g in _globals_in_span(frame.f_code, frame.f_lasti)
+             if g in frame.f_globals]
+    found += [(n, owner.__dict__[n]) for n in names  # (its own ints are what is not elsewhere)
+              if n in owner.__dict__ and type(owner.__dict__[n]) is not int]
+    for name, value in found:
+        if type(value) is int:
+            if value == size:
+                return name
+            continue
+        if isinstance(value, (nn.Module, torch.Tensor, types.ModuleType, type)) or \
+                callable(value):
+            continue
+        for key in names:
+            held = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+            if type(held) is int and held == size:
+                return f"{name}[{key!r}]" if isinstance(value, dict) else f"{name}.{key}"
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _globals_in_span(code: CodeType, lasti: int) -> tuple[str, ...]:
+    return tuple(name for name in _span_loads(code, lasti, ("LOAD_GLOBAL", "LOAD_NAME"))
+                 if isinstance(name, str))
 
 
 def _split(values: Iterable[Any]) -> tuple[frozenset[str], frozenset[int]]:

@@ -49,6 +49,7 @@ from prunekit.graph.callers import (
     calling_module,
     literals_written,
     products_written,
+    size_read_elsewhere,
 )
 from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
@@ -480,6 +481,8 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         if args is not None and type(args[dim]) is int:
             continue  # a literal (the 3 of q/k/v in reshape(B, N, 3, self.num_heads, -1)
             # with 3 heads) is not the head count, whatever its value
+        if heads and _count_read_elsewhere(ctx, at, attrs, size):
+            continue  # read from a config or a constant: fixed, as a literal is
         if size in written and len(heads) == 1:
             _check_head_size(ctx, call, labels, bearing, dim, sizes, attrs)
             return dim, heads[0]
@@ -518,6 +521,20 @@ def _shrinking_factor(ctx: TraceContext, call: OpCall, labels: Tensor, bearing: 
         _block_ambiguous(ctx, call, labels, size, holders[0])
         return last, None
     return last, holders[0]
+
+
+def _count_read_elsewhere(ctx: TraceContext, at: str | int | None, attrs: dict[str, int],
+                          size: int) -> bool:
+    """Whether the call writes a factor of ``size`` (``at``: what it writes there, as
+    :func:`arguments_written` gives it) read from something other than an int attribute of
+    the module: ``self.config.num_attention_heads``, ``self.cfg["n_heads"]``, a global
+    ``N_HEAD``. A module attribute of that value the call does not read (an unused
+    ``self.num_heads``) is then not its size: rewriting it would leave the number the call
+    reads at the old count, and the heads would be split anew."""
+    if isinstance(at, str) and at not in attrs:
+        return True
+    found = size_read_elsewhere(ctx, size)
+    return found is not None and (at is None or found.endswith((f".{at}", f"[{at!r}]")))
 
 
 def _per_head_share(sizes: list[int], labels: Tensor, bearing: list[int]) -> bool:

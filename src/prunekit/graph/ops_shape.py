@@ -33,6 +33,7 @@ from prunekit.graph.callers import (
     attributes_read,
     calling_module,
     literals_written,
+    size_read_elsewhere,
     sizes_written,
 )
 from prunekit.graph.labels import NEUTRAL, as_line, rep_along, varies, varying
@@ -623,13 +624,15 @@ def holding(ctx: TraceContext, size: int) -> list[str]:
     (:func:`~prunekit.graph.callers.attributes_read`) if any: of ``in_dim`` and ``width``
     both 8, ``x.reshape(-1, self.in_dim, k, k)`` was sized by ``in_dim``; and none where it
     reads none of them but writes ``size`` as a literal (WavLM's ``view(... + (2, 4))`` next
-    to ``self.num_heads = 4``)."""
+    to ``self.num_heads = 4``) or reads it from elsewhere (``view(B, T,
+    self.config.num_attention_heads, -1)`` next to an unread ``self.num_heads = 4``: that
+    number is then fixed, as a literal is)."""
     holders = [k for k, v in int_attributes(ctx).items() if v == size]
     if holders and calling_module(ctx)[1] is ctx.running_module:
         read = [k for k in holders if k in attributes_read(ctx)]
         if read:
             return read
-        if size in literals_written(ctx):
+        if size in literals_written(ctx) or size_read_elsewhere(ctx, size) is not None:
             return []
     return holders
 
