@@ -325,3 +325,42 @@ def test_an_attribute_that_only_equals_a_width_read_from_a_shape_is_not_rewritte
     assert result.plan["attrs"] == {} and result.model[1].window == 32
     assert "no int attribute of module '1' holds that width" in \
         result.coverage.fixed["1.qkv.weight"]
+
+
+class _WindowAttention(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, -1))
+
+
+class _TokenWindows(nn.Module):
+    """Attention within windows of 4 tokens, ``x.view(B * L // 4, 4, C)``; ``spare`` is never
+    called, so the model is traced a second time, in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.norm, self.head = _WindowAttention(), nn.LayerNorm(32), nn.Linear(32, 5)
+        self.spare = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        windows = x.view(B * L // 4, 4, C)
+        return self.head((x + self.norm(self.attn(windows)).view(B, L, C)).mean(1))
+
+
+def test_a_split_of_tokens_leaves_the_heads_free() -> None:
+    # B·L = 2·16 equals the width 32: the split of the tokens was taken for a split of the
+    # (residual, kept whole) channels by a size computed in the code, and the attention's
+    # input width was kept whole with it; every head stayed
+    torch.manual_seed(0)
+    model, x = _TokenWindows().eval(), torch.randn(2, 16, 32)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.attn.num_heads == 2 and result.model.attn.proj.in_features == 16
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))

@@ -85,14 +85,15 @@ def _reshape_general(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
     replay(ctx, call)
     out = tensors_in(call.out)[0]
     labels = ctx.labels(out)
-    for _, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
+    for src_dims, out_dims in _segments(tuple(source.shape), tuple(out.shape)):
         if len(out_dims) < 2:
             continue
         canon = ctx.space.find(labels)
         dims = varying(canon)
         bearing = [d for d in out_dims if d in dims]
         if not bearing:
-            _check_fixed_split(ctx, call, canon, out_dims)
+            outside = {n for d, n in enumerate(source.shape) if d not in src_dims}
+            _check_fixed_split(ctx, call, canon, out_dims, outside)
         if len(bearing) == 1:
             _one_varying_factor(ctx, call, canon, out_dims, bearing[0])
         if len(bearing) < 2:
@@ -627,12 +628,15 @@ def _written_as_literal(ctx: TraceContext, sizes: list[int], attrs: dict[str, in
 
 
 def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,
-                       segment: list[int]) -> None:
+                       segment: list[int], outside: set[int]) -> None:
     """A split of channels already kept whole (Swin V2's fused q/k/v output, whose bias is
     sliced) by a last factor that is neither -1 nor held by an int attribute: that size is
     computed in the code, perhaps from the producing layer's input width (``C //
     num_heads``), so, as in :func:`_check_head_size`, that input is kept whole where the
-    factors from any one up to the last span it."""
+    factors from any one up to the last span it. Not for a producer whose output width is
+    the size of a dim the split leaves alone (``outside``: the sizes of the source dims
+    outside it): its channels are there, and the split is of tokens (a window of 4 tokens,
+    ``x.view(B * L // 4, 4, C)``, where ``B · L`` happened to equal a layer's input width)."""
     if not ctx.space.one_blocked_class(labels):
         return
     sizes = tensors_free(call.args[1:])
@@ -647,14 +651,19 @@ def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,
               f"{labels.shape[last]}, a size that no int attribute of "
               f"{running_module_phrase(ctx)} holds (computed in the code from the input "
               f"width?); store it in an attribute or write -1 to prune the input")
-    for inputs in _producer_inputs(ctx, labels):
-        if inputs.numel() in widths:
+    for made, inputs in _producers(ctx, labels):
+        if inputs.numel() in widths and made.numel() not in outside:
             ctx.block(inputs, reason)
 
 
 def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
     """The input channel labels of the layers whose outputs ``labels`` carry: modules, and
     parameters used as a layer weight (Swin's ``F.linear(x, self.qkv.weight, ...)``)."""
+    return [inputs for _, inputs in _producers(ctx, labels)]
+
+
+def _producers(ctx: TraceContext, labels: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """(output, input) channel labels of the layers :func:`_producer_inputs` finds."""
     roots = ctx.space.roots(labels)
     pairs = [(r.dims["out"].labels, r.dims["in"].labels) for r in ctx.modules.values()
              if "out" in r.dims and "in" in r.dims]
@@ -663,7 +672,8 @@ def _producer_inputs(ctx: TraceContext, labels: Tensor) -> list[Tensor]:
         read = [labels for labels, root in param.axes.values() if not root]
         if len(made) == 1 and len(read) == 1:
             pairs.append((made[0], read[0]))
-    return [inp for out, inp in pairs if bool(torch.isin(ctx.space.find(out), roots).any())]
+    return [(out, inp) for out, inp in pairs
+            if bool(torch.isin(ctx.space.find(out), roots).any())]
 
 
 def _merges_heads(name: str) -> bool:
