@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from tests.structured.zoo import BY_NAME, ZOO, ZooEntry, call, output_tensors
+from torch import nn
 
 import prunekit as pk
+from prunekit.errors import ConfigError
 from prunekit.structured import prune, prune_depth
+from prunekit.zoo import LeNet5
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=[e.name for e in ZOO])
@@ -71,3 +74,19 @@ def test_a_channels_last_model_stays_channels_last(dims: int, tmp_path: Path) ->
             assert not layer.weight.is_contiguous()
         with torch.no_grad():
             assert torch.equal(pruned(x), result.model(x))
+
+
+def test_a_plan_made_on_a_wrapper_names_the_wrapper(tmp_path: Path) -> None:
+    # loading a pruned nn.DataParallel into the bare model (or the other way round) said
+    # "pass replay=False", which then failed on every key
+    model, x = LeNet5().eval(), torch.randn(2, 1, 32, 32)
+    pk.save(pk.prune(nn.DataParallel(model), x, ratio=0.5), tmp_path / "wrapped")
+    with pytest.raises(ConfigError, match=r"made on a wrapper.*nn\.DataParallel\(MyNet\(\)\)"):
+        pk.load(tmp_path / "wrapped", LeNet5())
+    loaded = pk.load(tmp_path / "wrapped", nn.DataParallel(LeNet5()))
+    assert loaded.module.conv1.out_channels == 3
+    pk.save(pk.prune(model, x, ratio=0.5), tmp_path / "bare")
+    with pytest.raises(ConfigError, match=r"pass base_model\.module"):
+        pk.load(tmp_path / "bare", nn.DataParallel(LeNet5()))
+    with pytest.raises(ConfigError, match="pass replay=False"):  # any other missing module
+        pk.load(tmp_path / "bare", nn.Sequential(nn.Linear(2, 2)))

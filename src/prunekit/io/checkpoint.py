@@ -512,9 +512,12 @@ def _class_name(model: nn.Module) -> str:
 def _replay_plan(model: nn.Module, plan: Any) -> nn.Module:
     # imported on use: structured pruning sits above io in the layering
     from prunekit.structured import replay_plan
+    from prunekit.structured.plan import WrapperMismatchError
 
     try:
         replay_plan(model, plan)
+    except WrapperMismatchError:
+        raise  # (its own fix: the model and the plan differ by a wrapper)
     except ConfigError as err:
         raise ConfigError(
             f"{err}; if base_model already has the pruned shapes (it was pruned, or loaded, "

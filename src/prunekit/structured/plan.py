@@ -36,8 +36,8 @@ from prunekit.graph.dependency import DependencyGraph
 from prunekit.structured.adapters import ParamSlicer, find_adapter
 from prunekit.structured.weight_norm import is_weight_normed, legacy_error, legacy_weight_norms
 
-__all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "SwapTypeAdapter", "apply_plan", "build_plan",
-           "plans_of", "record_plans", "replay_plan"]
+__all__ = ["PLAN_FORMAT", "SkipBlock", "SwapAdapter", "SwapTypeAdapter", "WrapperMismatchError",
+           "apply_plan", "build_plan", "plans_of", "record_plans", "replay_plan"]
 
 PLAN_FORMAT = "prunekit.structured.plan/1"
 
@@ -197,8 +197,42 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError as exc:
-        raise ConfigError(f"plan names module {name!r}, which the model does not have; "
-                          f"replay it on a model built like the pruned one") from exc
+        said = f"plan names module {name!r}, which the model does not have; "
+        wrapped = _wrapped(model, name)
+        if wrapped is not None:
+            raise WrapperMismatchError(said + wrapped) from exc
+        raise ConfigError(said + "replay it on a model built like the pruned one") from exc
+
+
+class WrapperMismatchError(ConfigError):
+    """A plan made on a wrapper that holds the model as ``.module`` replayed on the bare
+    model, or the other way round (its message says which and the fix)."""
+
+
+_WRAPPERS = "nn.DataParallel, DistributedDataParallel, AveragedModel"
+
+
+def _wrapped(model: nn.Module, name: str) -> str | None:
+    """The fix for a plan made on a wrapper that holds the model as ``.module`` and replayed
+    on the bare model, or the other way round; None for any other missing module."""
+    inner = name.removeprefix("module.")
+    if inner != name and not hasattr(model, "module") and _has(model, inner):
+        return (f"the plan was made on a wrapper that holds the model as .module ({_WRAPPERS}): "
+                f"load into the same wrapper (e.g. nn.DataParallel(MyNet())), or prune the "
+                f"wrapped model (wrapper.module) and save that")
+    wrapped = getattr(model, "module", None)
+    if isinstance(wrapped, nn.Module) and _has(wrapped, name):
+        return (f"base_model wraps the model as .module ({_WRAPPERS}) and the plan was made "
+                f"on the bare model: pass base_model.module")
+    return None
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
