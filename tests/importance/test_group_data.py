@@ -166,3 +166,18 @@ def test_activation_group_without_input_features_names_the_fix() -> None:
             prune(model, x, ratio=0.5, importance="activation")
         result = prune(model, x, ratio=0.5, importance="activation", ignore=[model.emb])
     assert result.model.rnn.hidden_size == 12 and result.model.emb.embedding_dim == 16
+
+
+def test_activation_refuses_a_gradient_from_backward() -> None:
+    # after the user's own loss.backward(), importance="activation" scored |W|·|grad|
+    # without a word: the criterion is defined by the inputs' RMS, which only calibrated()
+    # holds
+    model, x = _mlp(), _data()[0][0]
+    model(x).sum().backward()
+    with pytest.raises(ConfigError, match=r"RMS of the inputs.*not that statistic"):
+        prune(model, x, ratio=0.5, importance="activation")
+    model.zero_grad(set_to_none=True)
+    with calibrated(model, "activation", _data()):
+        assert prune(model, x, ratio=0.5, importance="activation").model[0].out_features == 3
+    with pytest.raises(ConfigError, match="needs gradients or calibration statistics"):
+        prune(model, x, ratio=0.5, importance="activation")  # (grads put back: none)

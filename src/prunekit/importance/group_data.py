@@ -9,7 +9,8 @@ the group for Fisher) and returns one score per member and unit.
 
 ``view.grad`` is whatever ``.grad`` holds while ``prune`` scores:
 
-* after your own ``loss.backward()`` on a batch: the raw gradient (one-batch scores);
+* after your own ``loss.backward()`` on a batch: the raw gradient (one-batch scores; not
+  for activation, which is refused outside :func:`calibrated`);
 * inside :func:`calibrated`: the criterion's statistic ``G`` over the calibration batches
   (E|g| for taylor / grad / wlg, normalised |E g| for snip, sqrt(E[g²]) for fisher, input
   RMS for activation), installed as ``.grad`` of every scored parameter and put back on
@@ -56,6 +57,8 @@ class StatisticGroupCriterion:
     needs_data: bool = True
     #: why a group can have no statistic even inside calibrated() (the error's first hint)
     scope: str = ""
+    #: scores only the statistic calibrated() installs, never a gradient (activation)
+    calibrated_only: bool = False
 
     @property
     def name(self) -> str:
@@ -68,6 +71,8 @@ class StatisticGroupCriterion:
             views = [v for v in entry.views if v.kind in self.kinds and v.grad is not None]
             if not views:
                 continue
+            if self.calibrated_only and not _ACTIVE.get(self.name):
+                self._refuse_gradient(group)
             rows, pos = unit_positions(group, entry.member)
             raw = torch.zeros(group.size, dtype=torch.float32)  # (not the default dtype)
             for view in views:
@@ -90,6 +95,18 @@ class StatisticGroupCriterion:
                 f"(prunekit.importance.group_data), or call loss.backward() first"
             )
         return out
+
+    def _refuse_gradient(self, group: Group) -> None:
+        raise ConfigError(
+            f"importance={self.name!r} scores weights by the RMS of the inputs they multiply, "
+            f"which only `with calibrated(model, {self.name!r}, data=loader):` holds in .grad; "
+            f"outside it, the .grad of {group.describe()} is not that statistic (a gradient "
+            f"from loss.backward()?): prune inside calibrated(), or use a gradient criterion "
+            f"(taylor, grad, fisher, snip, wlg)")
+
+
+# criterion name -> how many calibrated() blocks hold its statistic in .grad right now
+_ACTIVE: dict[str, int] = {}
 
 
 def _scored_params(model: nn.Module, element: DataCriterion) -> dict[str, Tensor]:
@@ -134,12 +151,14 @@ def calibrated(
     # layer that multiplies inputs with it (an LM head), not the embedding that owns it.
     params = dict(model.named_parameters(remove_duplicate=False))
     saved = {id(params[name]): (params[name], params[name].grad) for name in stats}
+    _ACTIVE[criterion.name] = _ACTIVE.get(criterion.name, 0) + 1
     try:
         for name, stat in stats.items():
             param = params[name]
             param.grad = stat.to(device=param.device, dtype=param.dtype).contiguous()
         yield stats
     finally:
+        _ACTIVE[criterion.name] -= 1
         for param, grad in saved.values():
             param.grad = grad
 
@@ -150,4 +169,5 @@ _SCOPES = {"activation": "activation scores only the weights of layers that take
 for _name in ("grad", "taylor", "wlg", "snip", "fisher", "activation"):
     _element = get_criterion(_name)
     if isinstance(_element, DataCriterion):
-        register_group_criterion(StatisticGroupCriterion(_element, scope=_SCOPES.get(_name, "")))
+        register_group_criterion(StatisticGroupCriterion(
+            _element, scope=_SCOPES.get(_name, ""), calibrated_only=_name == "activation"))
