@@ -358,3 +358,40 @@ def test_parts_at_fixed_sizes_keep_their_channels(how: str) -> None:
     assert result.model.a.out_features == model.a.out_features
     why = result.coverage.fixed["a.weight"]
     assert ("unequal parts" if how == "uneven" else "fixed part") in why
+
+
+class _PaLMBlock(nn.Module):
+    """PaLM's parallel block: one projection gives q (4 heads of 8), a shared k and v (MQA)
+    and both halves of 64 SwiGLU units, split by attributes; ``ff_inner2`` holds each SwiGLU
+    unit twice (its value and its gate)."""
+
+    def __init__(self, dim: int = 32, dim_head: int = 8, heads: int = 4, ff_inner: int = 64):
+        super().__init__()
+        self.heads, self.scale = heads, dim_head ** -0.5
+        self.attn_inner, self.dim_head, self.ff_inner2 = heads * dim_head, dim_head, 2 * ff_inner
+        self.fused = nn.Linear(dim, self.attn_inner + 2 * dim_head + 2 * ff_inner, bias=False)
+        self.attn_out = nn.Linear(self.attn_inner, dim, bias=False)
+        self.ff_out = nn.Linear(ff_inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, n, _ = x.shape
+        q, k, v, ff = self.fused(x).split(
+            [self.attn_inner, self.dim_head, self.dim_head, self.ff_inner2], dim=-1)
+        q = q.view(B, n, self.heads, -1).permute(0, 2, 1, 3) * self.scale
+        attn = torch.einsum("bhid,bjd->bhij", q, k).softmax(-1)
+        out = torch.einsum("bhij,bjd->bhid", attn, v).permute(0, 2, 1, 3).reshape(B, n, -1)
+        a, gate = ff.chunk(2, dim=-1)
+        return x + self.attn_out(out) + self.ff_out(F.silu(gate) * a)
+
+
+def test_heads_and_ff_units_of_one_projection_each_lose_the_ratio() -> None:
+    # ranked together, the heads (8 channels' summed scores each) always won: 4 -> 4 heads
+    # and 64 -> 30 units at ratio 0.5, 64 -> 3 at 0.9
+    torch.manual_seed(0)
+    model, x = nn.Sequential(_PaLMBlock(), nn.Linear(32, 5)).eval(), torch.randn(2, 6, 32)
+    for ratio, heads, units in ((0.5, 2, 32), (0.9, 1, 6)):
+        result = prune(model, x, ratio=ratio)
+        assert (result.model[0].heads, result.model[0].ff_out.in_features) == (heads, units)
+        with torch.no_grad():
+            torch.testing.assert_close(result.model(x),
+                                       _zero_removed_inputs(model, result.plan)(x))

@@ -211,11 +211,10 @@ def _attribute_cells(group: Group) -> list[np.ndarray] | None:
     parts = []
     for member in group.members:
         units = member.units.reshape(-1)
-        if member.kind == "attr" and not member.follows and \
-                torch.unique(units).numel() == units.numel():
-            # (an attribute holding a unit twice counts channels within whole units: a
-            # rotary width inside heads that go whole)
-            _, pos = positions_in(units, group.units)
+        if member.kind == "attr" and not member.follows:
+            # (an attribute may hold a unit twice: PaLM's ff_inner2, both halves of each
+            # SwiGLU unit; a rotary width inside every head, which spans them all)
+            _, pos = positions_in(torch.unique(units), group.units)
             parts.append(pos.numpy())
     if len(parts) < 2 or all(p.size == group.size for p in parts):
         return None
