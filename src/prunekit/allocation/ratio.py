@@ -211,10 +211,14 @@ def _attribute_cells(group: Group) -> list[np.ndarray] | None:
     parts = []
     for member in group.members:
         units = member.units.reshape(-1)
-        if member.kind == "attr" and not member.follows:
-            # (an attribute may hold a unit twice: PaLM's ff_inner2, both halves of each
-            # SwiGLU unit; a rotary width inside every head, which spans them all)
-            _, pos = positions_in(torch.unique(units), group.units)
+        if member.kind != "attr" or member.follows:
+            continue
+        held = torch.unique(units)
+        if held.numel() == units.numel() or held.numel() > 1:
+            # (an attribute may hold each of its units twice: PaLM's ff_inner2, both halves
+            # of every SwiGLU unit; one holding one unit again and again counts channels
+            # within it: a rotary width inside a head)
+            _, pos = positions_in(held, group.units)
             parts.append(pos.numpy())
     if len(parts) < 2 or all(p.size == group.size for p in parts):
         return None
