@@ -408,3 +408,26 @@ def test_an_uncalled_container_whose_members_ran_counts_as_reached() -> None:
     with torch.no_grad():
         torch.testing.assert_close(result.model(x),
                                    _zero_removed_inputs(model, result.plan)(x))
+
+
+class _MergedLoRA(nn.Linear):
+    """loralib's Linear once merged: forward reads only the weight, not lora_A / lora_B."""
+
+    def __init__(self, n_in: int, n_out: int, rank: int = 4) -> None:
+        super().__init__(n_in, n_out)
+        self.lora_A = nn.Parameter(torch.randn(rank, n_in) * 0.1)
+        self.lora_B = nn.Parameter(torch.randn(n_out, rank) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def test_a_parameter_a_layer_that_ran_never_read_is_named() -> None:
+    # the LoRA factors kept the old widths without a word (the layer itself ran), and
+    # unmerging the pruned model failed on shapes
+    torch.manual_seed(0)
+    model = nn.Sequential(_MergedLoRA(16, 32), nn.ReLU(), _MergedLoRA(32, 32), nn.ReLU(),
+                          nn.Linear(32, 10)).eval()
+    with pytest.warns(UserWarning, match=r"0\.lora_B \(a parameter it never read, width 32\)"):
+        result = prune(model, torch.randn(4, 16), ratio=0.5)
+    assert result.model[2].weight.shape == (16, 16) and result.model[2].lora_B.shape == (32, 4)

@@ -493,14 +493,17 @@ def _unreached_layers(model: nn.Module, pruned: nn.Module, graph: DependencyGrap
     for name, module in model.named_modules():
         own = [(f"{name}.{k}" if name else k, p) for k, p in module._parameters.items()
                if p is not None]
-        if not own or id(module) in skipped or name in members or any(
-                id(p) in read or key in members or (key in now and now[key].shape != p.shape)
-                for key, p in own):
+        if not own or id(module) in skipped or name in members:
             continue
-        widths = sorted({size for _, p in own for size in p.shape if size in cut})
-        if widths:
-            found.append(f"{name or 'the model itself'} ({type(module).__name__}, width "
-                         f"{widths[0]})")
+        unread = [(key, p) for key, p in own if not (
+            id(p) in read or key in members or (key in now and now[key].shape != p.shape))]
+        whole = len(unread) == len(own)  # (else a layer that ran, with tensors it never read)
+        for key, p in [(name, None)] if whole else unread:
+            tensors = own if p is None else [(key, p)]
+            widths = sorted({size for _, t in tensors for size in t.shape if size in cut})
+            if widths:
+                kind = type(module).__name__ if p is None else "a parameter it never read"
+                found.append(f"{key or 'the model itself'} ({kind}, width {widths[0]})")
     if not found:
         return None
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
@@ -508,9 +511,10 @@ def _unreached_layers(model: nn.Module, pruned: nn.Module, graph: DependencyGrap
         "keep their widths, which match"
     return (f"{', '.join(found[:3])}{more} never ran on the example inputs and {keep} "
             f"a width this prune cut: if the model calls them on the cut "
-            f"channels (an optional input left None, a branch the example did not take), the "
-            f"pruned model fails there. Pass example inputs that reach them, or add the layers "
-            f"whose channels they read to ignore=")
+            f"channels (an optional input left None, a branch the example did not take, "
+            f"LoRA factors read only before a merge), the pruned model fails there. Pass "
+            f"example inputs that reach them, or add the layers whose channels they read to "
+            f"ignore=")
 
 
 def _within_blocks(per_layer: Mapping[str, float], graph: DependencyGraph) -> dict[str, float]:
