@@ -624,15 +624,23 @@ def holding(ctx: TraceContext, size: int) -> list[str]:
     (:func:`~prunekit.graph.callers.attributes_read`) if any: of ``in_dim`` and ``width``
     both 8, ``x.reshape(-1, self.in_dim, k, k)`` was sized by ``in_dim``; and none where it
     reads none of them but writes ``size`` as a literal (WavLM's ``view(... + (2, 4))`` next
-    to ``self.num_heads = 4``) or reads it from elsewhere (``view(B, T,
+    to ``self.num_heads = 4``), reads it from elsewhere (``view(B, T,
     self.config.num_attention_heads, -1)`` next to an unread ``self.num_heads = 4``: that
-    number is then fixed, as a literal is)."""
-    holders = [k for k, v in int_attributes(ctx).items() if v == size]
+    number is then fixed, as a literal is) or computes it from an attribute it reads and a
+    literal (``split(self.c // 2, 1)`` next to ``self.c_ = c // 2``)."""
+    attrs = int_attributes(ctx)
+    holders = [k for k, v in attrs.items() if v == size]
     if holders and calling_module(ctx)[1] is ctx.running_module:
-        read = [k for k in holders if k in attributes_read(ctx)]
+        names = attributes_read(ctx)
+        read = [k for k in holders if k in names]
         if read:
             return read
-        if size in literals_written(ctx) or size_read_elsewhere(ctx, size) is not None:
+        literals = literals_written(ctx)
+        if size in literals or size_read_elsewhere(ctx, size) is not None or any(
+                attrs[k] // n == size or attrs[k] * n == size
+                for k in names if k in attrs for n in literals if n > 1):
+            # (computed from an attribute it reads, x.split(self.c // 2, 1), next to a
+            # self.c_ = c // 2 it does not: rewriting c_ would leave the split at its size)
             return []
     return holders
 
