@@ -83,3 +83,29 @@ def test_strict_false_without_a_breaking_group_warns_nothing() -> None:
         warnings.simplefilter("error")
         result = pk.prune(model, x, ratio=0.5, strict=False)
     assert result.groups == 2 and result.model.a.out_channels == 4
+
+
+class _AssertedShuffle(nn.Module):
+    """megvii ShuffleNetV2's channel shuffle asserts ``num_channels % 4 == 0``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.a(x)
+        assert y.shape[1] % 4 == 0
+        return self.b(y)
+
+
+def test_a_failing_assert_of_the_model_is_named() -> None:
+    # the hint listed shapes read from tensors, tuple attributes, caches... (AssertionError
+    # with no message said nothing of where)
+    model, x = _AssertedShuffle().eval(), torch.randn(1, 3, 4, 4)
+    with pytest.raises(PruneValidationError,
+                       match=r"an assert of the model's code fails on the widths left "
+                             r"\(test_repair\.py:\d+: assert y\.shape\[1\] % 4 == 0\)"):
+        pk.prune(model, x, ratio=0.2)  # 13 channels left
+    assert pk.prune(model, x, ratio=0.3, round_to=4).model.a.out_channels == 12
+    with pytest.warns(UserWarning, match="an assert of the model's code, test_repair.py"):
+        assert pk.prune(model, x, ratio=0.2, strict=False).model.a.out_channels == 16

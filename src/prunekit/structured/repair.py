@@ -12,13 +12,15 @@ failed.
 
 from __future__ import annotations
 
+import linecache
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 
-from prunekit._warn import warn
+from prunekit._warn import NOT_USER_CODE, warn
 from prunekit.errors import PruneValidationError
 from prunekit.graph.dependency import DependencyGraph
 
@@ -86,15 +88,20 @@ def without_breaking_groups(
     bad = breaking_groups([i for i, m in enumerate(masks) if not bool(m.all())], passes)
     if not bad or strict:
         named = "; ".join(graph.groups[i].describe() for i in bad[:3])
-        hint = (f" Cutting {named} breaks it (the code sizes something by these channels in "
-                f"a way the trace cannot see: a width read from another tensor's shape, a "
-                f"tuple attribute, a cached tensor, a hook of yours that holds a tensor of "
-                f"the model, a @torch.jit.script function); pass strict=False to keep them "
+        asserted = _failed_assert(failed.cause)
+        why = (f"an assert of the model's code fails on the widths left ({asserted}): keep "
+               f"widths it accepts (round_to=...)" if asserted else
+               "the code sizes something by these channels in a way the trace cannot see: a "
+               "width read from another tensor's shape, a tuple attribute, a cached tensor, a "
+               "hook of yours that holds a tensor of the model, a @torch.jit.script function")
+        hint = (f" Cutting {named} breaks it ({why}); pass strict=False to keep them "
                 f"whole and prune the rest, or add their layers to ignore=..." if bad else
                 " Add the layer named in the error to ignore=..., or report the architecture")
         raise PruneValidationError(f"{failed.message}; your model is unchanged.{hint}") \
             from failed.cause
-    reason = f"cutting it broke the pruned model's forward check ({failed.message})"
+    asserted = _failed_assert(failed.cause)
+    reason = f"cutting it broke the pruned model's forward check ({failed.message}" + (
+        f": an assert of the model's code, {asserted})" if asserted else ")")
     warn(f"kept whole: {'; '.join(graph.groups[i].describe() for i in bad)}: "
                   f"{reason}")
     blocked = dict(graph.blocked)
@@ -104,3 +111,17 @@ def without_breaking_groups(
     kept = [i for i in range(len(graph.groups)) if i not in dropped]
     graph = replace(graph, groups=tuple(graph.groups[i] for i in kept), blocked=blocked)
     return graph, [masks[i] for i in kept]
+
+
+def _failed_assert(cause: BaseException | None) -> str | None:
+    """``file:line: source`` of the user's ``assert`` that raised ``cause`` (megvii
+    ShuffleNetV2's ``assert num_channels % 4 == 0`` in its channel shuffle), or None."""
+    if not isinstance(cause, AssertionError) or cause.__traceback__ is None:
+        return None
+    frames = [f for f in traceback.extract_tb(cause.__traceback__)
+              if not f.filename.startswith(NOT_USER_CODE)]
+    if not frames:
+        return None
+    last = frames[-1]
+    line = (last.line or linecache.getline(last.filename, last.lineno or 0)).strip()
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}: {line}"
