@@ -92,7 +92,11 @@ def _not_the_models(weight: Tensor) -> str:
         return ("its weight is a parameter that the model does not register (a layer held in "
                 "a plain dict, list or tuple); hold it in nn.ModuleDict or nn.ModuleList to "
                 "prune it")
-    return "its weight is computed, not a parameter of the model"
+    return ("its weight is computed, not a parameter of the model (a weight standardised or "
+            "scaled in forward: if it is computed from the layer's own weight element by "
+            "element per output channel, as BiT's StdConv2d is, give the class an adapter: "
+            "prunekit.structured.register_adapter(MyStdConv, "
+            "prunekit.structured.adapters_timm.StdConvAdapter()))")
 
 
 def _with_bias(ctx: TraceContext, labels: Tensor, bias: Any, out: Tensor,
