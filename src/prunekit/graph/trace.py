@@ -771,7 +771,7 @@ def trace(
             more = f" (and {len(ctx.unseen) - 1} more such tensors)" if len(ctx.unseen) > 1 \
                 else ""
             warn(f"the trace read {ctx.unseen[0]}{more}; the coverage report "
-                          f"names them")
+                 f"names them")
     finally:  # also when the forward raised: no cycle keeps activations and labels alive
         ctx.writes.restore()  # the user's model as it was (an ActNorm's first-batch init)
         ctx._calls.mode = None

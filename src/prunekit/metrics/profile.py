@@ -155,8 +155,8 @@ def _profile(model: nn.Module, inputs: ExampleInputs) -> Profile:
         # torch's module tracker cannot follow a forward that calls torch.autograd.grad (a
         # Hamiltonian network's dH/dz): count the totals without it
         warn("profile: the forward calls torch.autograd.grad, which torch's module "
-                      "tracker cannot follow, so MACs are counted for the model as a whole, "
-                      "not per layer")
+             "tracker cannot follow, so MACs are counted for the model as a whole, "
+             "not per layer")
         shapes.clear()
         calls.clear()
         counter = _counted(model, inputs, modules, shapes, calls, per_module=False)

@@ -453,7 +453,7 @@ def prune(
     if not (plan["modules"] or plan["params"]) and (config.ratio > 0 or per_layer or target):
         why = _why_nothing(graph.groups)
         warn(f"prune removed nothing: {why}; result.coverage lists the parameters "
-                      f"that no group covers and why")
+             f"that no group covers and why")
     if plan["modules"] or plan["params"] or plan["attrs"]:  # (pk.save stores them all)
         record_plans(pruned, [*plans_of(model), plan])
     original = _shallow_clone(model)  # (before an in-place prune changes its modules)
@@ -554,8 +554,8 @@ def _check_ratio_keys(per_layer: Mapping[str, float], graph: DependencyGraph) ->
                               f"to prune them")
         # a layer whose own channels are kept whole (an output layer): a warning
         warn(f"ratios[{key!r}]: {key!r} makes no prunable group (an output layer, a "
-                      f"layer in ignore=, or one kept whole: result.coverage says why), so "
-                      f"its ratio removes nothing")
+             f"layer in ignore=, or one kept whole: result.coverage says why), so "
+             f"its ratio removes nothing")
 
 
 def _numbers_changed(graph: DependencyGraph, masks: list[torch.Tensor]) -> list[str]:
@@ -870,13 +870,13 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
             low = mid
     if best is None:  # unreachable goal (everything left is fixed): prune as far as it went
         warn(f"target {metric}={goal} is out of reach: pruning as far as the search "
-                      f"went keeps {last_kept:.3f} of the {metric} (the rest is kept whole, "
-                      f"or held by min_keep / round_to: result.coverage says what and why)")
+             f"went keeps {last_kept:.3f} of the {metric} (the rest is kept whole, "
+             f"or held by min_keep / round_to: result.coverage says what and why)")
         return replace(config, ratio=high)
     if goal - best_kept > 0.05:
         warn(f"target {metric}={goal}: the closest allocation at or under it keeps "
-                      f"{best_kept:.3f} (max_keep, round_to or the groups' widths leave "
-                      f"nothing closer)")
+             f"{best_kept:.3f} (max_keep, round_to or the groups' widths leave "
+             f"nothing closer)")
     return best
 
 

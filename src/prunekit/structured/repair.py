@@ -103,7 +103,7 @@ def without_breaking_groups(
     reason = f"cutting it broke the pruned model's forward check ({failed.message}" + (
         f": an assert of the model's code, {asserted})" if asserted else ")")
     warn(f"kept whole: {'; '.join(graph.groups[i].describe() for i in bad)}: "
-                  f"{reason}")
+         f"{reason}")
     blocked = dict(graph.blocked)
     for i in bad:
         blocked.update(dict.fromkeys(graph.groups[i].units.tolist(), reason))
