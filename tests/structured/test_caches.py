@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunekit._caches import copy_model, recomputed_caches
@@ -179,3 +181,40 @@ def test_copy_model_detaches_non_leaf_tensors_and_empties_caches() -> None:
     assert copied.attn.extra["sum"].is_leaf
     assert torch.equal(copied.attn.extra["sum"], model.attn.extra["sum"].detach())
     assert copied.attn.attention_biases is not model.attn.attention_biases
+
+
+class _StaticCacheAttention(nn.Module):
+    """Meta llama's static KV cache: float buffers written at ``[:bsz, start:start + T]``."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.n_local_heads, self.head_dim = heads, dim // heads
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(dim, dim, bias=False) for _ in range(4))
+        self.register_buffer("cache_k", torch.zeros(4, 32, heads, self.head_dim),
+                             persistent=False)
+        self.register_buffer("cache_v", torch.zeros(4, 32, heads, self.head_dim),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        xq, xk, xv = (w(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
+                      for w in (self.wq, self.wk, self.wv))
+        self.cache_k[:bsz, start_pos:start_pos + seqlen] = xk
+        self.cache_v[:bsz, start_pos:start_pos + seqlen] = xv
+        keys = self.cache_k[:bsz, :start_pos + seqlen].transpose(1, 2)
+        values = self.cache_v[:bsz, :start_pos + seqlen].transpose(1, 2)
+        out = F.scaled_dot_product_attention(xq.transpose(1, 2), keys, values)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+def test_a_static_cache_keeps_heads_with_the_reason_that_holds() -> None:
+    # the coverage also said the cache "is sliced along its channel axis by sizes written in
+    # the code": it is sliced along batch and time only
+    torch.manual_seed(0)
+    model = _StaticCacheAttention().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (nothing prunable: "removed nothing")
+        result = prune(model, (torch.randn(2, 5, 32), 0), ratio=0.5)
+    assert result.model.n_local_heads == 4
+    reasons = str(result.coverage)
+    assert "__setitem__ writes to" in reasons and "sliced along its channel axis" not in reasons

@@ -390,6 +390,10 @@ def _param_axis(trace: Trace, param: ParamRecord) -> int | None:
         first = np.where(seen, flat, -1).max(1, keepdims=True)
         if bool(((flat == first) | ~seen).all()):
             if axis in param.sliced_axes:
+                if units.size > 1 and bool((units == units.flat[0]).all()) and \
+                        units.flat[0] in space.blocked_root_ids():
+                    return None  # one class kept whole, already with its reason (a cache
+                    # written at [:bsz, start:end]: no axis of it is known to be a channel's)
                 space.block(param.ids, f"parameter {param.name!r} is sliced along its channel "
                                        f"axis by sizes written in the code")
                 return None
