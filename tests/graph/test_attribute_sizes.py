@@ -70,7 +70,8 @@ def test_a_tuple_attribute_passed_whole_is_rewritten(tmp_path: Path) -> None:
 def test_a_tuple_of_equal_value_built_in_code_is_not_taken_for_the_attribute() -> None:
     class Literal(Scale):
         def forward(self, x: Tensor) -> Tensor:
-            return x * self.scale.view(list(self.shape))  # equal value, not the attribute
+            shape = list(self.shape)  # equal value, not the attribute (a copy read into a
+            return x * self.scale.view(shape)  # local: read in the call, it is kept whole)
 
     model, x = PoolBlock().eval(), torch.randn(2, 3, 6, 6)
     model.res_scale = Literal(16)

@@ -114,8 +114,10 @@ def test_failed_prune_leaves_model_untouched() -> None:
 
         def forward(self, x: Tensor) -> Tensor:
             y = self.conv(x).mean((2, 3))
-            # a width the trace cannot see coming: read from a dict, no attribute or literal
-            return self.fc(y.reshape(-1, self.sizes["width"]))
+            # a width the trace cannot see coming: read from a dict into a local, no
+            # attribute or literal in the call
+            width = self.sizes["width"]
+            return self.fc(y.reshape(-1, width))
 
     model, x = Hardcoded(), torch.randn(2, 3, 8, 8)
     state = _state(model)

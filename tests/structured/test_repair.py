@@ -44,7 +44,8 @@ class _Scale(nn.Module):
         self.scale = nn.Parameter(torch.ones(dim) * 0.5)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale.view(list(self.shape))
+        shape = list(self.shape)  # (read in the call, the tuple's width is kept whole)
+        return x * self.scale.view(shape)
 
 
 class _Net(nn.Module):

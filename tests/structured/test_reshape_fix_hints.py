@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from tests.graph.test_unfold import _zero_removed_outputs
 from torch import Tensor, nn
 
@@ -101,3 +102,43 @@ def test_a_size_several_attributes_hold_is_told_by_the_attribute_the_call_names(
     with torch.no_grad():
         assert pruned(x).shape == (2, 5, 16)
         torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-4, atol=1e-5)
+
+
+class _ListWidthHead(nn.Module):
+    """megvii ShuffleNetV2's head: ``x.view(-1, self.stage_out_channels[-1])``, a width read
+    from a list attribute, which prune does not rewrite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage_out_channels = [-1, 16, 32]
+        self.body = nn.Conv2d(3, 16, 3, padding=1)
+        self.last = nn.Conv2d(16, 32, 1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.last(torch.relu(self.body(x))), 1)
+        return self.fc(x.contiguous().view(-1, self.stage_out_channels[-1]))
+
+
+def test_a_width_read_from_a_list_attribute_is_kept_whole() -> None:
+    # was cut, and the check failed with "shape '[-1, 32]' is invalid"
+    torch.manual_seed(0)
+    model, x = _ListWidthHead().eval(), torch.randn(2, 3, 8, 8)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.last.out_channels == 32 and result.model.body.out_channels == 8
+    assert "read from stage_out_channels[...] in the code" in str(result.coverage)
+
+
+def test_a_width_read_from_a_dict_in_the_call_is_kept_whole() -> None:
+    class FromDict(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc, self.sizes = nn.Conv2d(3, 8, 3), nn.Linear(8, 2), {"width": 8}
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).mean((2, 3)).reshape(-1, self.sizes["width"]))
+
+    # the forward check failed (the dict's width cannot follow); now kept whole, said why
+    result = prune(FromDict().eval(), torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert result.model.conv.out_channels == 8
+    assert "read from sizes['width'] in the code" in str(result.coverage)

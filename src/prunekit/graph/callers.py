@@ -289,8 +289,9 @@ def _span_loads(code: CodeType, lasti: int, opnames: tuple[str, ...]) -> list[An
 def size_read_elsewhere(ctx: TraceContext, size: int) -> str | None:
     """Where the expression of the current call reads ``size`` from something that is not
     an int attribute of the module running it: a config object or dict the module holds
-    (``self.config.num_attention_heads``, ``self.cfg["n_heads"]``) or a global constant
-    (``N_HEAD``); None if it reads none. An int attribute of the same value that the call
+    (``self.config.num_attention_heads``, ``self.cfg["n_heads"]``), an element of a list or
+    tuple attribute (megvii ShuffleNetV2's ``self.stage_out_channels[-1]``) or a global
+    constant (``N_HEAD``); None if it reads none. An int attribute of the same value that the call
     does not read is then not its size (prune would rewrite a number nothing uses)."""
     frame = _user_frame()
     if frame is None:
@@ -305,6 +306,10 @@ def size_read_elsewhere(ctx: TraceContext, size: int) -> str | None:
         if type(value) is int:
             if value == size:
                 return name
+            continue
+        if isinstance(value, (list, tuple)):  # an element: self.stage_out_channels[-1]
+            if any(type(v) is int and v == size for v in value):
+                return f"{name}[...]"
             continue
         if isinstance(value, (nn.Module, torch.Tensor, types.ModuleType, type)) or \
                 callable(value):

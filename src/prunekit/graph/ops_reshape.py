@@ -163,13 +163,15 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
         holders = [k for k, v in ints.items() if v == size and k in read] or [
             k for k, v in ints.items() if v == size
             and (_merges_heads(k) or (len(src_dims) == 1 and counts_heads(k)))]
-        if not holders and aligned and type(sizes[dim]) is int and \
-                size in literals_written(ctx):
-            # a literal (PointNet's view(-1, 1024) after the max over points) cannot follow
-            # the channels it sizes; a product of attributes (self.num_heads * self.head_dim)
-            # follows them by itself
-            ctx.block(labels, f"{call.display} sizes channels (dim {dim}) by {size}, a "
-                              f"literal in the code, so they are kept whole; size that dim "
+        fixed = None if holders or not aligned or type(sizes[dim]) is not int else \
+            "a literal" if size in literals_written(ctx) else size_read_elsewhere(ctx, size)
+        if fixed is not None:
+            # a literal (PointNet's view(-1, 1024) after the max over points) or an element
+            # of a list attribute cannot follow the channels it sizes; a product of
+            # attributes (self.num_heads * self.head_dim) follows them by itself
+            where = fixed if fixed == "a literal" else f"read from {fixed}"
+            ctx.block(labels, f"{call.display} sizes channels (dim {dim}) by {size}, "
+                              f"{where} in the code, so they are kept whole; size that dim "
                               f"from the tensor (-1, or x.shape[{dim}]) to prune them")
             continue
         if not holders and aligned and len(src_dims) > 1:
