@@ -291,8 +291,9 @@ def size_read_elsewhere(ctx: TraceContext, size: int) -> str | None:
     an int attribute of the module running it: a config object or dict the module holds
     (``self.config.num_attention_heads``, ``self.cfg["n_heads"]``), an element of a list or
     tuple attribute (megvii ShuffleNetV2's ``self.stage_out_channels[-1]``) or a global
-    constant (``N_HEAD``); None if it reads none. An int attribute of the same value that the call
-    does not read is then not its size (prune would rewrite a number nothing uses)."""
+    constant (``N_HEAD``); None if it reads none. An int attribute of the same value that
+    the call does not read is then not its size (prune would rewrite a number nothing
+    uses)."""
     frame = _user_frame()
     if frame is None:
         return None
