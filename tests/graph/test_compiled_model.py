@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -100,3 +101,17 @@ def test_compiled_module_checks_its_cut_copy() -> None:
     assert "_compiled_call_impl" not in result.model.__dict__
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), plain.model(x))
+
+
+def test_an_in_place_prune_keeps_the_compiled_call() -> None:
+    # the transplant of the pruned state dropped module.compile()'s call, silently
+    torch.manual_seed(0)
+    model, x = _ScriptedHelper().eval(), torch.randn(4, 16)
+    model.compile(backend="eager")
+    compiled = model.__dict__["_compiled_call_impl"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pk.prune(model, x, ratio=0.5, inplace=True, strict=False)
+    assert not [w for w in caught if "runs eagerly" in str(w.message)]  # (only for a copy)
+    assert result.model is model and model.__dict__["_compiled_call_impl"] is compiled
+    assert model.fc2.out_features == 16 and model(x).shape == (4, 10)

@@ -214,7 +214,7 @@ def _attribute_cells(group: Group) -> list[np.ndarray] | None:
         if member.kind != "attr" or member.follows:
             continue
         held = torch.unique(units)
-        if held.numel() == units.numel() or held.numel() > 1:
+        if held.numel() > 1 or units.numel() == 1:
             # (an attribute may hold each of its units twice: PaLM's ff_inner2, both halves
             # of every SwiGLU unit; one holding one unit again and again counts channels
             # within it: a rotary width inside a head)

@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from prunekit._warn import NOT_USER_CODE
+from prunekit._warn import NOT_USER_CODE, first_user_frame
 
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
 __all__ = [
-    "NOT_USER_CODE",
     "arguments_written",
     "attributes_by_argument",
     "attributes_read",
@@ -253,10 +252,7 @@ def user_line() -> str | None:
 
 def _user_frame() -> FrameType | None:
     """The nearest frame outside torch and prunekit (the code that made the op)."""
-    frame: FrameType | None = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(NOT_USER_CODE):
-        frame = frame.f_back
-    return frame
+    return first_user_frame(sys._getframe(2))[0]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -63,6 +63,7 @@ from prunekit.graph.ops_shape import (
     kernel_view,
     replay,
     running_module_phrase,
+    scaled_reads,
     tensors_free,
 )
 from prunekit.graph.sizes import SizeInt
@@ -625,8 +626,8 @@ def _written_as_literal(ctx: TraceContext, sizes: list[int], attrs: dict[str, in
     literals = literals_written(ctx)
     # (a bare literal only where ``*x.shape[:-1]`` unpacked hides the arguments)
     return (args is None and size in literals) or any(
-        attrs.get(name, 0) * k == size and not counts_heads(name)
-        for name in attributes_read(ctx) for k in literals if k > 1)
+        not counts_heads(name) for name in scaled_reads(attrs, attributes_read(ctx), literals,
+                                                        size))
 
 
 def _check_fixed_split(ctx: TraceContext, call: OpCall, labels: Tensor,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -636,13 +637,22 @@ def holding(ctx: TraceContext, size: int) -> list[str]:
         if read:
             return read
         literals = literals_written(ctx)
-        if size in literals or size_read_elsewhere(ctx, size) is not None or any(
-                attrs[k] // n == size or attrs[k] * n == size
-                for k in names if k in attrs for n in literals if n > 1):
+        if size in literals or size_read_elsewhere(ctx, size) is not None or \
+                scaled_reads(attrs, names, literals, size, divided=True):
             # (computed from an attribute it reads, x.split(self.c // 2, 1), next to a
             # self.c_ = c // 2 it does not: rewriting c_ would leave the split at its size)
             return []
     return holders
+
+
+def scaled_reads(attrs: dict[str, int], names: Iterable[str], literals: Iterable[int],
+                 size: int, *, divided: bool = False) -> list[str]:
+    """The int attributes among ``names`` (those a call reads) that times a literal above 1
+    of ``literals`` (or, with ``divided``, divided by one) give ``size``: Qwen3.5's
+    ``self.head_dim * 2``, CSP's ``self.c // 2``."""
+    factors = [n for n in literals if n > 1]
+    return [k for k in names if k in attrs and any(
+        attrs[k] * n == size or (divided and attrs[k] // n == size) for n in factors)]
 
 
 def running_module_phrase(ctx: TraceContext) -> str:

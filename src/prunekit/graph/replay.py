@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from prunekit.graph.callers import NOT_USER_CODE
+from prunekit._warn import last_user_traceback
 
 __all__ = ["MISSING", "Record", "Recording", "Replay", "is_data_call", "replayed"]
 
@@ -304,19 +304,8 @@ def replayed(recording: Recording, model: nn.Module, run: Callable[[], _T]) -> _
             with mode:
                 return run()
         except Exception as exc:
-            code = _raised_in(exc)
+            raised = last_user_traceback(exc)  # (the user's function it came from)
+            code = None if raised is None else raised.tb_frame.f_code
             if code is None or code in live or code not in mode.diverged:
                 raise
             live.add(code)
-
-
-def _raised_in(exc: BaseException) -> Any:
-    """The code of the innermost frame outside torch and prunekit that ``exc`` passed
-    through, or None."""
-    found = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith(NOT_USER_CODE):
-            found = tb.tb_frame.f_code
-        tb = tb.tb_next
-    return found

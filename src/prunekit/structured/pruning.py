@@ -609,8 +609,7 @@ def _cut_and_check(model: nn.Module, example_inputs: ExampleInputs, graph: Depen
     except ConfigError:
         raise
     except Exception as exc:
-        raise CheckFailed(f"the pruned model failed its forward check ({type(exc).__name__}: "
-                          f"{exc})", exc) from exc
+        raise CheckFailed.raised(exc) from exc
     # without a module swapped in, the clones are pruned.modules(): no second walk
     swapped = any("swap" in entry for entry in plan["modules"].values())
     with restored(pruned, graph.trace.written):  # it starts as the user's model was
@@ -736,8 +735,11 @@ def _transplant(originals: Mapping[int, tuple[nn.Module, nn.Module]]) -> None:
                 state[key] = type(value)(back(v) for v in value)
             else:
                 state[key] = back(value)
-        old.__dict__.clear()
+        compiled = old.__dict__.get("_compiled_call_impl")  # (module.compile(): bound to
+        old.__dict__.clear()                                 # old, it runs the pruned state)
         old.__dict__.update(state)
+        if compiled is not None:
+            old.__dict__["_compiled_call_impl"] = compiled
 
 
 def _module_key(key: str | nn.Module, names: Mapping[int, str]) -> str:
@@ -771,8 +773,7 @@ def _check_shapes(model: nn.Module, example_inputs: ExampleInputs,
     except ConfigError:
         raise
     except Exception as exc:
-        raise CheckFailed(f"the pruned model failed its forward check{mode} "
-                          f"({type(exc).__name__}: {exc})", exc) from exc
+        raise CheckFailed.raised(exc, mode) from exc
     if shapes != reference:
         raise CheckFailed(f"pruning changed the model's output shapes{mode} from {reference} "
                           f"to {shapes}", None)
@@ -861,9 +862,7 @@ def _search(model: nn.Module, example_inputs: ExampleInputs, graph: DependencyGr
         except ConfigError:
             raise
         except Exception as exc:  # its MACs count runs the model: a cut that breaks it
-            raise _TrialFailed(masks, CheckFailed(
-                f"the pruned model failed its forward check ({type(exc).__name__}: {exc})",
-                exc)) from exc
+            raise _TrialFailed(masks, CheckFailed.raised(exc)) from exc
         if kept <= goal:
             best, best_kept, high = trial, kept, mid
         else:

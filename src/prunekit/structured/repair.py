@@ -13,14 +13,14 @@ failed.
 from __future__ import annotations
 
 import linecache
-import traceback
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 
-from prunekit._warn import NOT_USER_CODE, warn
+from prunekit._warn import last_user_traceback, warn
 from prunekit.errors import PruneValidationError
 from prunekit.graph.dependency import DependencyGraph
 
@@ -33,6 +33,13 @@ class CheckFailed(Exception):
     def __init__(self, message: str, cause: BaseException | None) -> None:
         super().__init__(message)
         self.message, self.cause = message, cause
+
+    @classmethod
+    def raised(cls, exc: BaseException, mode: str = "") -> CheckFailed:
+        """The check failed because the pruned model raised ``exc`` (``mode``: " in
+        training mode" where that pass raised it)."""
+        return cls(f"the pruned model failed its forward check{mode} "
+                   f"({type(exc).__name__}: {exc})", exc)
 
 
 def breaking_groups(candidates: Sequence[int], passes: Callable[[list[int]], bool]) -> list[int]:
@@ -86,9 +93,9 @@ def without_breaking_groups(
             f"outside the model); your model is unchanged. Register such hooks inside "
             f"forward, or on the copy after pruning") from failed.cause
     bad = breaking_groups([i for i, m in enumerate(masks) if not bool(m.all())], passes)
+    asserted = _failed_assert(failed.cause)
     if not bad or strict:
         named = "; ".join(graph.groups[i].describe() for i in bad[:3])
-        asserted = _failed_assert(failed.cause)
         why = (f"an assert of the model's code fails on the widths left ({asserted}): keep "
                f"widths it accepts (round_to=...)" if asserted else
                "the code sizes something by these channels in a way the trace cannot see: a "
@@ -99,7 +106,6 @@ def without_breaking_groups(
                 " Add the layer named in the error to ignore=..., or report the architecture")
         raise PruneValidationError(f"{failed.message}; your model is unchanged.{hint}") \
             from failed.cause
-    asserted = _failed_assert(failed.cause)
     reason = f"cutting it broke the pruned model's forward check ({failed.message}" + (
         f": an assert of the model's code, {asserted})" if asserted else ")")
     warn(f"kept whole: {'; '.join(graph.groups[i].describe() for i in bad)}: "
@@ -116,12 +122,9 @@ def without_breaking_groups(
 def _failed_assert(cause: BaseException | None) -> str | None:
     """``file:line: source`` of the user's ``assert`` that raised ``cause`` (megvii
     ShuffleNetV2's ``assert num_channels % 4 == 0`` in its channel shuffle), or None."""
-    if not isinstance(cause, AssertionError) or cause.__traceback__ is None:
+    raised = last_user_traceback(cause) if isinstance(cause, AssertionError) else None
+    if raised is None:
         return None
-    frames = [f for f in traceback.extract_tb(cause.__traceback__)
-              if not f.filename.startswith(NOT_USER_CODE)]
-    if not frames:
-        return None
-    last = frames[-1]
-    line = (last.line or linecache.getline(last.filename, last.lineno or 0)).strip()
-    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}: {line}"
+    filename = raised.tb_frame.f_code.co_filename
+    line = linecache.getline(filename, raised.tb_lineno).strip()
+    return f"{os.path.basename(filename)}:{raised.tb_lineno}: {line}"
