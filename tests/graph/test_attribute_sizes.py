@@ -5,6 +5,7 @@ and a head count (``view(-1, self.num_heads)``), read by the module whose code m
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from pathlib import Path
@@ -297,3 +298,40 @@ def test_each_product_is_read_from_its_own_call() -> None:
     pruned = result.model
     assert (pruned.one.embed_dim, pruned.other.width, pruned.other.n_fields) == (8, 6, 3)
     torch.testing.assert_close(pruned(a, b), _zeroed(model, result.plan)(a, b))
+
+
+class CopiedConv1D(nn.Module):
+    """GPT-2's ``Conv1D`` copied into user code: its output size is put together a line
+    before the view that uses it."""
+
+    def __init__(self, nf: int, nx: int, starred: bool = False) -> None:
+        super().__init__()
+        self.nf, self.starred = nf, starred
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.1)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size_out = x.size()[:-1] + (self.nf,)  # noqa: RUF005 (as GPT-2 writes it)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return x.view(*size_out) if self.starred else x.view(size_out)
+
+
+@pytest.mark.parametrize("starred", [False, True])
+def test_a_size_put_together_in_an_earlier_statement_is_rewritten(starred: bool) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(CopiedConv1D(32, 8, starred), nn.GELU(),
+                          CopiedConv1D(8, 32, starred), nn.Linear(8, 3)).eval()
+    x = torch.randn(2, 5, 8)
+    result = prune(model, x, ratio=0.5)
+    pruned = result.model
+    assert (pruned[0].nf, pruned[0].weight.shape, pruned[2].weight.shape) == \
+        (16, (8, 16), (16, 4))
+    assert result.plan["attrs"]["0"] == {"nf": 16}
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        kept = result.plan["params"]["2.weight"]["keep"]["0"]
+        zeroed[2].weight[[i for i in range(32) if i not in kept]] = 0
+        kept = result.plan["modules"]["3"]["keep"]["in"]
+        zeroed[3].weight[:, [i for i in range(8) if i not in kept]] = 0
+    for inputs in (x, torch.randn(3, 2, 8)):
+        torch.testing.assert_close(pruned(inputs), zeroed(inputs))

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "arguments_written",
+    "assigned_reads",
     "attributes_by_argument",
     "attributes_read",
     "calling_module",
@@ -72,9 +73,44 @@ def attributes_read(ctx: TraceContext) -> frozenset[str]:
     """Names of the attributes that the expression of the current call reads, arguments
     included: ``{"transpose", "reshape", "out_dim"}`` for ``x.transpose(1, 2).reshape(B, N,
     self.out_dim)``. Empty where the call comes from no Python code. A size read in an
-    earlier statement (``shape = (B, self.all_head_size); x.view(shape)``) is not in it."""
+    earlier statement (``shape = (B, self.all_head_size); x.view(shape)``) is not in it:
+    :func:`assigned_reads` finds those."""
     frame = _user_frame()
     return frozenset() if frame is None else _in_span(frame.f_code, frame.f_lasti)[0]
+
+
+def assigned_reads(ctx: TraceContext) -> frozenset[str]:
+    """Names of the attributes read where the local names that the current call passes as
+    arguments were last assigned before it in the same function: ``{"nf"}`` for GPT-2's
+    ``size_out = x.size()[:-1] + (self.nf,)`` then ``x.view(size_out)``. (The tensor the
+    call is made on is no argument.) Empty where the source cannot be read."""
+    frame = _user_frame()
+    if frame is None:
+        return frozenset()
+    names = _arguments_at(frame.f_code, frame.f_lasti, names=True)
+    if not names:
+        return frozenset()
+    return _assigned_reads(frame.f_code, frame.f_lineno, names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _assigned_reads(code: CodeType, line: int, names: tuple[str, ...]) -> frozenset[str]:
+    try:
+        lines, start = inspect.getsourcelines(code)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError):
+        return frozenset()
+    last: dict[str, ast.expr] = {}
+    assigns = sorted((node for node in ast.walk(tree) if isinstance(node, ast.Assign)),
+                     key=lambda node: node.lineno)
+    for node in assigns:
+        if node.lineno + start - 1 >= line:
+            break
+        for target in node.targets:
+            if isinstance(target, ast.Name) and target.id in names:
+                last[target.id] = node.value
+    return frozenset(leaf.attr for value in last.values() for leaf in ast.walk(value)
+                     if isinstance(leaf, ast.Attribute))
 
 
 def literals_written(ctx: TraceContext) -> frozenset[int]:
@@ -153,11 +189,11 @@ _FACTORIES = frozenset(("zeros", "ones", "empty", "full", "rand", "randn"))  # s
 
 @functools.lru_cache(maxsize=1024)
 def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool = False,
-                  products: bool = False) -> tuple[Any, ...] | None:
+                  products: bool = False, names: bool = False) -> tuple[Any, ...] | None:
     """What the call at ``lasti`` writes for each positional argument (``first``: for each
     element of its first argument, a list or tuple), as :func:`_written` reads it
     (``products``: and products of attribute reads, as :func:`_product` does; ``reads``:
-    the attribute names its expression reads)."""
+    the attribute names its expression reads; ``names``: the local names passed whole)."""
     if not hasattr(code, "co_positions"):  # Python 3.10 keeps no columns
         return None
     line, end_line, col, end_col = list(code.co_positions())[lasti // 2]
@@ -172,13 +208,18 @@ def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool =
         tree = ast.parse("(" + "".join(lines) + ")", mode="eval").body
     except SyntaxError:
         return None
-    if not isinstance(tree, ast.Call) or any(isinstance(a, ast.Starred) for a in tree.args):
+    if not isinstance(tree, ast.Call):
         return None
     args = tree.args
     func = tree.func
     if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and \
             func.value.id == "torch" and func.attr not in _FACTORIES:
         args = args[1:]  # torch.reshape(x, shape): the tensor is no size
+    if names:  # (view(*shape) passes shape whole too)
+        return tuple(arg.id for arg in (a.value if isinstance(a, ast.Starred) else a
+                                        for a in args) if isinstance(arg, ast.Name))
+    if any(isinstance(a, ast.Starred) for a in tree.args):
+        return None
     if first:
         args = args[:1]
         if not args or not isinstance(args[0], (ast.Tuple, ast.List)):

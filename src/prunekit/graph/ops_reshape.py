@@ -44,6 +44,7 @@ from torch import Tensor
 
 from prunekit.graph.callers import (
     arguments_written,
+    assigned_reads,
     attributes_by_argument,
     attributes_read,
     calling_module,
@@ -105,6 +106,29 @@ def _reshape_general(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
             line = first_line(ctx.space.find(canon), shrink)
             count = int_attributes(ctx).get(attr, line.numel())
             ctx.bind_attribute(ctx.path, attr, line[:count])  # (heads merged with batch)
+            _bind_group_total(ctx, canon, bearing, shrink, attr)
+
+
+def _bind_group_total(ctx: TraceContext, labels: Tensor, bearing: list[int], shrink: int,
+                      attr: str) -> None:
+    """A count of groups (``self.num_kv_heads``, bound to factor ``shrink``) followed by
+    factors the call writes neither as literals nor as attributes (the GQA paper's ``view(B,
+    T, self.num_kv_heads, g, self.head_dim)``, ``g = self.num_heads // self.num_kv_heads``
+    computed in ``forward``): those factors stay, so a head-count attribute holding the
+    product (``num_heads``, the total of query heads) shrinks with the groups. Were it left,
+    the pruned model would compute ``g`` anew from it and split the heads wrongly."""
+    args = arguments_written(ctx)
+    between = [d for d in bearing[:-1] if d > shrink]
+    if args is None or len(args) != labels.dim() or not between or \
+            any(args[d] is not None for d in between):
+        return
+    total = labels.shape[shrink] * math.prod(labels.shape[d] for d in between)
+    totals = [k for k, v in int_attributes(ctx).items()
+              if v == total and k != attr and counts_heads(k)]
+    if len(totals) == 1:
+        dims = [shrink, *between]
+        block = labels.movedim(dims, list(range(labels.dim() - len(dims), labels.dim())))
+        ctx.bind_attribute(ctx.path, totals[0], block.reshape(-1, total)[0])
 
 
 def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
@@ -122,7 +146,10 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
     - a dim left whole or merged from several (heads back into one width), written as an
       int that one int attribute holds: one the call's expression reads
       (:func:`~prunekit.graph.callers.attributes_read`: ``reshape(B, N, self.out_dim)`` in
-      TinyViT, ``self.dim_out`` in Hiera, ``self.in_dim`` in TNT), else one named for a
+      TinyViT, ``self.dim_out`` in Hiera, ``self.in_dim`` in TNT) or the assignment of a
+      local it passes reads (:func:`~prunekit.graph.callers.assigned_reads`: ``size_out =
+      x.size()[:-1] + (self.nf,)`` in GPT-2's ``Conv1D`` copied into user code), else one
+      named for a
       merged heads width (``view(new_shape)`` with ``self.all_head_size`` put in it a line
       before, as MobileViT and older BERT code write it) or, for a dim left whole, a head
       count (``view(-1, self.num_heads)``). Where several hold a merged size, which one
@@ -138,7 +165,7 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
     owner = next((k for k, v in state.items() if v is written), None) \
         if isinstance(written, (tuple, list)) and len(written) == out.dim() else None
     sizes = tensors_free(call.args[1:]) or tensors_free(tuple(call.kwargs.values()))
-    read = attributes_read(ctx)
+    read = attributes_read(ctx) | assigned_reads(ctx)
     ints = {k: v for k, v in state.items() if type(v) is int and v in sizes
             and (k in read or counts_heads(k) or _merges_heads(k))}
     if owner is None and not ints and not any(type(s) is int and s > 1 for s in sizes):
