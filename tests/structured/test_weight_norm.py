@@ -23,6 +23,7 @@ from torch.nn.utils.parametrizations import _WeightNorm, spectral_norm, weight_n
 
 import prunekit as pk
 from prunekit.errors import ConfigError
+from prunekit.importance import calibrated
 from prunekit.structured import apply_plan, prune
 from prunekit.structured.pruning import PruneResult
 
@@ -347,3 +348,61 @@ def test_hook_based_spectral_norm_is_refused_with_the_call_that_bakes_it_in() ->
     assert "remove_spectral_norm(model.get_submodule('2'), 'weight')" in str(info.value)
     torch.nn.utils.remove_spectral_norm(model[2])
     assert prune(model, torch.randn(2, 3, 9, 9), ratio=0.5).model[0].out_channels == 4
+
+
+def _baked(model: nn.Module) -> nn.Module:
+    """``model`` with weight norm baked into plain weights (same outputs)."""
+    plain = copy.deepcopy(model)
+    for module in [m for m in plain.modules() if parametrize.is_parametrized(m)]:
+        cls = type(module)  # (its own injected class: see _assert_equivalent)
+        module.__class__ = type(cls.__name__, cls.__bases__, {
+            k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")})
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return plain
+
+
+def _keeps(result: PruneResult) -> dict[str, dict[str, list[int]]]:
+    return {name: entry["keep"] for name, entry in result.plan["modules"].items()}
+
+
+GRAD_CASES = [("linear", 0), ("conv1d", 1), ("conv1d", None), ("convT1d", 0)]
+
+
+@pytest.mark.parametrize(("kind", "dim"), GRAD_CASES,
+                         ids=[f"{k}-dim{d}" for k, d in GRAD_CASES])
+def test_the_weights_gradient_comes_from_g_and_v(kind: str, dim: int | None) -> None:
+    # the effective weight has no .grad: gradient criteria once scored its bias alone
+    from prunekit.importance.weight_norm import leaf_grad_weight
+    model, x = _build(kind, dim), _inputs(kind)
+    plain = _baked(model)
+    for net in (model, plain):
+        net(x).square().sum().backward()
+    for name in ("mid", "res", "head"):
+        chain = model.get_submodule(name).parametrizations.weight
+        torch.testing.assert_close(leaf_grad_weight(chain), plain.get_submodule(name).weight.grad,
+                                   rtol=1e-4, atol=1e-5)
+    for importance in ("taylor", "grad"):
+        plans = [_keeps(prune(net, x, ratio=0.5, importance=importance))
+                 for net in (model, plain)]
+        assert plans[0] == plans[1]
+
+
+@pytest.mark.parametrize("importance", ["taylor", "fisher"])
+def test_calibrated_statistics_of_weight_normed_weights(importance: str) -> None:
+    # E|g| and E[g²] are not linear in g's and v's: every batch's gradient is converted
+    model, x = _build("conv1d", 1), _inputs("conv1d")
+    plain = _baked(model)
+    batches = [(torch.randn(2, 3, 9, generator=torch.Generator().manual_seed(s)),)
+               for s in range(3)]
+
+    def loss(net: nn.Module, batch: tuple[Tensor]) -> Tensor:
+        return net(batch[0]).square().mean()
+
+    plans, stats = [], []
+    for net in (model, plain):
+        with calibrated(net, importance, data=batches, loss_fn=loss) as held:
+            plans.append(_keeps(prune(net, x, ratio=0.5, importance=importance)))
+            stats.append(held["mid.weight"])
+        assert all(p.grad is None for p in net.parameters())  # put back on exit
+    torch.testing.assert_close(stats[0], stats[1], rtol=1e-4, atol=1e-6)
+    assert plans[0] == plans[1]

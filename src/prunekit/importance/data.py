@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from prunekit._inputs import model_device, move_inputs
 from prunekit.errors import ConfigError, DataError, check_choice
+from prunekit.importance.weight_norm import weight_grad, weight_normed_tensors
 
 __all__ = [
     "Accumulate",
@@ -223,13 +224,22 @@ def gradient_statistics(
     model: nn.Module, params: Mapping[str, Tensor], data: CalibrationData
 ) -> dict[str, GradientStats]:
     """Mean, mean |.| and mean square of ``∂loss/∂param`` for every entry of ``params``
-    (name → leaf tensor of ``model``), over the batches of ``data``; the model is unchanged."""
-    names, leaves = list(params), list(params.values())
-    if not leaves:
+    (name → leaf tensor of ``model``, or a weight that weight norm computes, by its
+    attribute's name: ``"conv.weight"``, whose gradient comes from its ``g`` and ``v`` at
+    every batch), over the batches of ``data``; the model is unchanged."""
+    names, tensors = list(params), list(params.values())
+    if not tensors:
         raise ConfigError("gradient_statistics got no tensors to score")
-    dtype = [torch.promote_types(t.dtype, torch.float32) for t in leaves]
+    normed = weight_normed_tensors(model)
+    chains = [normed.get(name) for name in names]
+    leaves = [t for t, chain in zip(tensors, chains, strict=True) if chain is None]
+    for chain in filter(None, chains):  # their g and v, unless scored already
+        leaves += [t for t in (chain.original0, chain.original1)
+                   if isinstance(t, Tensor) and all(t is not leaf for leaf in leaves)]
+    slot = {id(leaf): i for i, leaf in enumerate(leaves)}
+    dtype = [torch.promote_types(t.dtype, torch.float32) for t in tensors]
     sums = [torch.zeros(t.shape, dtype=d, device=t.device)
-            for t, d in zip(leaves, dtype, strict=True)]
+            for t, d in zip(tensors, dtype, strict=True)]
     abs_sums = [s.clone() for s in sums]
     sq_sums = [s.clone() for s in sums]
     count = 0
@@ -246,7 +256,9 @@ def gradient_statistics(
                                     "model's parameters (no grad_fn); compute it from "
                                     "model(...) inside loss_fn")
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-                for i, grad in enumerate(grads):
+                for i, (tensor, normed_by) in enumerate(zip(tensors, chains, strict=True)):
+                    grad = grads[slot[id(tensor)]] if normed_by is None else \
+                        _normed_grad(normed_by, grads, slot)
                     if grad is None:
                         continue
                     g = grad.detach().to(dtype[i])
@@ -258,6 +270,15 @@ def gradient_statistics(
         name: GradientStats(s / count, a / count, q / count, count)
         for name, s, a, q in zip(names, sums, abs_sums, sq_sums, strict=True)
     }
+
+
+def _normed_grad(chain: nn.Module, grads: Sequence[Tensor | None], slot: dict[int, int]
+                 ) -> Tensor | None:
+    g_grad, v_grad = (grads[slot[id(t)]] for t in (chain.original0, chain.original1))
+    if v_grad is None:
+        return None
+    return weight_grad(chain, v_grad.new_zeros(()) if g_grad is None else g_grad,
+                       v_grad)
 
 
 InputHook = Callable[[nn.Module, Tensor], None]

@@ -14,7 +14,9 @@ the group for Fisher) and returns one score per member and unit.
 * inside :func:`calibrated`: the criterion's statistic ``G`` over the calibration batches
   (E|g| for taylor / grad / wlg, normalised |E g| for snip, sqrt(E[g²]) for fisher, input
   RMS for activation), installed as ``.grad`` of every scored parameter and put back on
-  exit::
+  exit (a weight that weight norm computes has no ``.grad``: its statistic, from the
+  gradients its ``g`` and ``v`` get at every batch, is held aside for the block:
+  :mod:`prunekit.importance.weight_norm`)::
 
       with calibrated(model, "taylor", data=loader, calib_batches=8):
           result = prune(model, example, ratio=0.5, importance="taylor")
@@ -44,6 +46,7 @@ from prunekit.importance.group import (
     register_group_criterion,
     unit_positions,
 )
+from prunekit.importance.weight_norm import holding, weight_normed_tensors
 
 __all__ = ["StatisticGroupCriterion", "calibrated", "group_statistics"]
 
@@ -115,7 +118,13 @@ def _scored_params(model: nn.Module, element: DataCriterion) -> dict[str, Tensor
         return {f"{path}.weight" if path else "weight": module.weight
                 for path, module in model.named_modules()
                 if has_input_features(module) and isinstance(module.weight, nn.Parameter)}
-    return {name: p for name, p in model.named_parameters() if p.is_floating_point()}
+    params: dict[str, Tensor] = {name: p for name, p in model.named_parameters()
+                                 if p.is_floating_point()}
+    for name in weight_normed_tensors(model):  # the weight the engine scores
+        module = model.get_submodule(name.rpartition(".")[0])
+        with torch.no_grad():
+            params[name] = getattr(module, name.rpartition(".")[2]).detach()
+    return params
 
 
 def group_statistics(model: nn.Module, importance: str, data: CalibrationData) -> dict[str, Tensor]:
@@ -150,13 +159,17 @@ def calibrated(
     # Every name, tied ones included: the activation criterion names a tied weight by the
     # layer that multiplies inputs with it (an LM head), not the embedding that owns it.
     params = dict(model.named_parameters(remove_duplicate=False))
-    saved = {id(params[name]): (params[name], params[name].grad) for name in stats}
+    normed = weight_normed_tensors(model)  # their weights' statistics are held aside
+    saved = {id(params[name]): (params[name], params[name].grad) for name in stats
+             if name not in normed}
     _ACTIVE[criterion.name] = _ACTIVE.get(criterion.name, 0) + 1
     try:
         for name, stat in stats.items():
-            param = params[name]
-            param.grad = stat.to(device=param.device, dtype=param.dtype).contiguous()
-        yield stats
+            if name not in normed:
+                param = params[name]
+                param.grad = stat.to(device=param.device, dtype=param.dtype).contiguous()
+        with holding({normed[name]: stat for name, stat in stats.items() if name in normed}):
+            yield stats
     finally:
         _ACTIVE[criterion.name] -= 1
         for param, grad in saved.values():

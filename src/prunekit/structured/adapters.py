@@ -34,6 +34,7 @@ from torch.nn.utils import prune as torch_prune
 
 from prunekit.errors import ConfigError
 from prunekit.graph.trace import ModuleCall, TraceContext
+from prunekit.importance.weight_norm import leaf_grad_weight
 from prunekit.structured.weight_norm import cut_g, normed_axis
 
 __all__ = [
@@ -279,6 +280,16 @@ def grad_rows(tensor: Tensor, axis: int) -> Tensor | None:
     return (grad if axis == 0 else grad.movedim(axis, 0)).reshape(tensor.shape[axis], -1)
 
 
+def gradient_of(module: nn.Module, attr: str, tensor: Tensor) -> Tensor | None:
+    """The gradient of ``module.<attr>`` (``tensor``, read already): its ``.grad``; for a
+    weight weight norm computes (no ``.grad`` of its own), the one its ``g`` and ``v``
+    give (:func:`~prunekit.importance.weight_norm.leaf_grad_weight`)."""
+    chains = module._modules.get("parametrizations")
+    if chains is not None and attr in chains._modules:
+        return leaf_grad_weight(chains._modules[attr])  # type: ignore[arg-type]
+    return tensor.grad
+
+
 @dataclass(frozen=True)
 class Axis:
     """Tensor ``attr`` of a module runs along dimension ``dim`` on its axis ``axis``."""
@@ -291,7 +302,8 @@ class Axis:
 
 def views_from_axes(module: nn.Module, dim: str, axes: tuple[Axis, ...]) -> list[WeightView]:
     """Weight views of every float parameter in ``axes`` that runs along ``dim`` (of a
-    weight-normed one, the effective weight, without a gradient: it has no ``.grad``; of one
+    weight-normed one, the effective weight, with the gradient its ``g`` and ``v`` give:
+    :func:`gradient_of`; of one
     that ``torch.nn.utils.prune`` masks, the masked weight with ``<attr>_orig``'s gradient,
     which is the masked weight's gradient times the mask)."""
     out = []
@@ -302,8 +314,9 @@ def views_from_axes(module: nn.Module, dim: str, axes: tuple[Axis, ...]) -> list
         tensor = getattr(module, spec.attr, None)
         if is_parameter(tensor) or (chains is not None and spec.attr in chains._modules
                                     and isinstance(tensor, Tensor)):
+            grad = gradient_of(module, spec.attr, tensor)
             out.append(WeightView(rows(tensor, spec.axis), spec.kind, dim,
-                                  grad_rows(tensor, spec.axis)))
+                                  None if grad is None else rows(grad, spec.axis)))
         elif isinstance(tensor, Tensor) and module._forward_pre_hooks and \
                 masked_by_hook(module, spec.attr):
             orig = getattr(module, f"{spec.attr}_orig")

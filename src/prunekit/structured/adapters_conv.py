@@ -31,6 +31,7 @@ from prunekit.structured.adapters import (
     ParamSlicer,
     WeightView,
     grad_rows,
+    gradient_of,
     is_parameter,
     register_adapter,
     update_attr,
@@ -91,9 +92,9 @@ class ConvAdapter:
     def weight_views(self, module: nn.Module, dim: str) -> list[WeightView]:
         assert isinstance(module, _ConvNd)
         weight = module.weight
+        grad = gradient_of(module, "weight", weight)
         views = [WeightView(_grouped_rows(module, weight.detach(), dim), "weight", dim,
-                            None if weight.grad is None
-                            else _grouped_rows(module, weight.grad, dim))]
+                            None if grad is None else _grouped_rows(module, grad, dim))]
         bias = module.bias
         if dim == "out" and is_parameter(bias):
             views.append(WeightView(bias.detach().reshape(-1, 1), "bias", dim, grad_rows(bias, 0)))
