@@ -91,8 +91,12 @@ def test_a_forward_that_differentiates_prunes_exactly(kind: str, tmp_path: Path)
     got, want = result.model(x), _zeroed(model, result.plan)(x)
     for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (got, want)), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
-    with pytest.warns(UserWarning, match="counted for the model as a whole"):
+    if kind == "hnn":  # grad by a latent with the parameters requiring grad: per layer
         assert result.params_kept < 0.5 and result.after.macs > 0
+        assert sum(layer.macs for layer in result.after.layers) == result.after.macs
+    else:
+        with pytest.warns(UserWarning, match="counted for the model as a whole"):
+            assert result.params_kept < 0.5 and result.after.macs > 0
     loaded = pk.load(pk.save(result, tmp_path / "ckpt"), type(model)())
     reloaded = loaded(x)
     for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (got, reloaded)), strict=True):
@@ -140,3 +144,33 @@ def test_only_a_forward_that_differentiates_turns_grad_on() -> None:
     assert isinstance(grad_mode(x, list(Siren().modules())), torch.enable_grad)
     assert isinstance(grad_mode(x.requires_grad_(), list(Freezable().modules())),
                       torch.enable_grad)
+
+
+class MAML(nn.Module):
+    """MAML's forward: one inner step by the gradient of the support loss with respect to
+    the parameters, then the query through the fast weights (``functional_call``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, x_support: Tensor, y_support: Tensor, x_query: Tensor) -> Tensor:
+        params = dict(self.net.named_parameters())
+        with torch.enable_grad():
+            loss = nn.functional.cross_entropy(
+                torch.func.functional_call(self.net, params, (x_support,)), y_support)
+            grads = torch.autograd.grad(loss, list(params.values()))
+        fast = {n: p - 0.1 * g for (n, p), g in zip(params.items(), grads, strict=True)}
+        return torch.func.functional_call(self.net, fast, (x_query,))
+
+
+def test_profiles_run_a_forward_that_differentiates_by_the_parameters() -> None:
+    # profiles turned requires_grad off on every parameter: params_kept, summary() and
+    # pk.profile raised "element 0 of tensors does not require grad" (MAML probe)
+    torch.manual_seed(0)
+    model = MAML().eval()
+    inputs = (torch.randn(5, 16), torch.randint(0, 4, (5,)), torch.randn(3, 16))
+    result = pk.prune(model, inputs, ratio=0.5)
+    assert 0 < result.params_kept <= 1 and "params" in result.summary()
+    assert pk.profile(model, inputs).total_params == 16 * 32 + 32 + 32 * 4 + 4
+    assert all(p.requires_grad for p in model.parameters())

@@ -247,12 +247,14 @@ def _counted(model: nn.Module, inputs: ExampleInputs, modules: dict[str, nn.Modu
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
     if not per_module:
         counter.mod_tracker = _NoModuleTracker()  # type: ignore[assignment]
+    mode = grad_mode(inputs, modules.values())
     with (
-        grad_mode(inputs, modules.values()),
+        mode,
         preserved_buffers(model),
         _shape_hooks(modules, shapes, calls),
         _mha_fastpath_off(),
-        _grad_off(model),
+        # (a forward that differentiates may do so by the parameters: MAML's inner step)
+        contextlib.nullcontext() if isinstance(mode, torch.enable_grad) else _grad_off(model),
         counter,
     ):
         run_model(model, inputs)
