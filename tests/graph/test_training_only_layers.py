@@ -165,10 +165,11 @@ class _ReadWithoutALayerDim(nn.Module):
         self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
         self.w = nn.Parameter(torch.randn(5, 16))
         self.training_calls: list[int] = []
+        # (a hook, not forward: a forward reading self.training gets a training pass)
+        self.register_forward_pre_hook(
+            lambda m, _: m.training_calls.append(1) if m.training else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            self.training_calls.append(1)
         attn = (self.q(x[:, :1]) @ self.k(x).transpose(1, 2)).softmax(-1)  # (B, 1, N)
         return F.linear((attn @ self.v(x))[:, 0], self.w)
 
@@ -177,3 +178,37 @@ def test_outputs_read_by_each_other_or_a_functional_layer_need_no_training_pass(
     model = _ReadWithoutALayerDim().eval()
     result = pk.prune(model, torch.randn(2, 6, 16), ratio=0.5)
     assert model.training_calls == [] and result.model.v.out_features == 8
+
+
+class _CoarserFlowInTraining(nn.Module):
+    """FlowNet's and PWC-Net's multi-scale training output: the coarse flow is upsampled
+    into the next decoder stage in both modes, and returned in training mode only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(6, 16, 3, 2, 1), nn.ReLU())
+        self.predict_flow3 = nn.Conv2d(16, 2, 3, 1, 1)
+        self.deconv3 = nn.ConvTranspose2d(2, 2, 4, 2, 1)
+        self.dec = nn.Sequential(nn.Conv2d(6 + 2, 16, 3, 1, 1), nn.ReLU())
+        self.predict_flow2 = nn.Conv2d(16, 2, 3, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        flow3 = self.predict_flow3(self.enc(x))
+        flow2 = self.predict_flow2(self.dec(torch.cat([x, self.deconv3(flow3)], 1)))
+        return (flow2, flow3) if self.training else flow2
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_an_output_returned_in_training_mode_only_keeps_its_width(mode: str) -> None:
+    # the eval trace saw flow3 as an inner tensor and cut it to one channel: the pruned
+    # model's training output changed shape without a word
+    torch.manual_seed(0)
+    model = _CoarserFlowInTraining().train(mode == "train")
+    x = torch.randn(2, 6, 16, 16)
+    result = pk.prune(model, x, ratio=0.5)
+    assert result.model.predict_flow3.out_channels == 2
+    assert result.model.enc[0].out_channels == 8 and result.model.dec[0].out_channels == 8
+    result.model.train()
+    model.train()
+    with torch.no_grad():
+        assert [t.shape for t in result.model(x)] == [t.shape for t in model(x)]

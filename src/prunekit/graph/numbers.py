@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 __all__ = ["changed_attribute_numbers", "differentiates", "numeric_attribute_reads",
-           "rebound_attributes"]
+           "reads_training", "rebound_attributes"]
 
 _NUMERIC_CALLS = frozenset(("sqrt", "rsqrt", "float", "log", "log2", "exp", "pow"))
 
@@ -67,6 +67,26 @@ def differentiates(cls: type) -> bool:
     if done is None:
         done = _GRADS[cls] = bool(_scan(cls, _grad_calls))
     return done
+
+
+def reads_training(cls: type) -> bool:
+    """Whether a method of ``cls`` (``__init__`` aside) reads ``self.training``: a model
+    that may return more in training mode than in eval mode (FlowNet's and PWC-Net's
+    coarser flows, deep supervision: ``return (flow2, flow3) if self.training else
+    flow2``), whose training-mode outputs can be tensors that eval mode only passes on."""
+    done = _TRAINING.get(cls)
+    if done is None:
+        done = _TRAINING[cls] = bool(_scan(cls, _training_reads))
+    return done
+
+
+_TRAINING: dict[type, bool] = {}
+
+
+def _training_reads(function: ast.AST) -> list[tuple[str, int]]:
+    return [("training", node.lineno) for node in ast.walk(function)
+            if isinstance(node, ast.Attribute) and node.attr == "training"
+            and _is_self(node.value) and isinstance(node.ctx, ast.Load)]
 
 
 def _grad_calls(function: ast.AST) -> list[tuple[str, int]]:

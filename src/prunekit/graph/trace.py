@@ -29,6 +29,7 @@ from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.callers import rebuilt_attribute
 from prunekit.graph.hooks import CallStack, Recorder
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
+from prunekit.graph.numbers import reads_training
 from prunekit.graph.opaque import (
     check_traceable,
     compiled_error,
@@ -731,10 +732,12 @@ def trace(
 
     ``lookup(module)`` gives the handler of an atomic module or None. Inputs and outputs
     of the model keep their shape (their labels are blocked). The model runs in eval mode;
-    if that leaves layers unvisited, or a layer's output unread, it runs once more in
-    training mode (buffers restored), so that what only training runs or reads (auxiliary
-    heads, a branch summed in while training) is coupled too, and the shapes of that pass
-    are kept for the forward check.
+    if that leaves layers unvisited, or a layer's output unread, or the model's own code
+    reads ``self.training`` (it may return more in training mode:
+    :func:`~prunekit.graph.numbers.reads_training`), it runs once more in training mode
+    (buffers restored), so that what only training runs, reads or returns (auxiliary heads,
+    a branch summed in while training, FlowNet's coarser flows) is coupled or kept too, and
+    the shapes of that pass are kept for the forward check.
     """
     check_traceable(model)
     ctx = TraceContext(model, strict)
@@ -750,7 +753,8 @@ def trace(
             shapes = traced_pass(ctx, model, example_inputs, handlers, recorder, modules,
                                   training=False)
             data = recorder.data
-            if unvisited_layers(ctx, handlers) or (ctx.unread and unread_outputs(ctx)):
+            if unvisited_layers(ctx, handlers) or (ctx.unread and unread_outputs(ctx)) or \
+                    reads_training(type(model)):
                 with preserved_buffers(model):
                     try:
                         train_shapes = traced_pass(ctx, model, example_inputs, handlers,
