@@ -26,6 +26,7 @@ class Parts(nn.Module):
         super().__init__()
         self.how = how
         self.wide, self.narrow = 8, 4
+        self.sizes = (8, 4)  # InceptionNeXt's split_indexes
         self.cfg = SimpleNamespace(wide=8, narrow=4)
         parts = 2 * self.wide + self.narrow if how == "twice" else self.wide + self.narrow
         self.proj = nn.Linear(5, parts)
@@ -35,6 +36,14 @@ class Parts(nn.Module):
         y = torch.relu(self.proj(x))
         if self.how == "attributes":
             a, b = y.split([self.wide, self.narrow], dim=-1)
+        elif self.how == "keyword":  # ml-cvnets' MobileViT V2
+            a, b = torch.split(y, split_size_or_sections=[self.wide, self.narrow], dim=-1)
+        elif self.how == "locals":  # RAFT
+            wide = self.wide
+            narrow = self.narrow
+            a, b = torch.split(y, [wide, narrow], dim=-1)
+        elif self.how == "tuple":
+            a, b = torch.split(y, self.sizes, dim=-1)
         elif self.how == "twice":
             a, b, a2 = y.split([self.wide, self.narrow, self.wide], dim=-1)
             a = a * a2
@@ -45,14 +54,18 @@ class Parts(nn.Module):
         return self.fa(a) + self.fb(b)
 
 
-def test_parts_written_as_attributes_prune_and_rewrite_them() -> None:
+@pytest.mark.parametrize("how", ["attributes", "keyword", "locals", "tuple"])
+def test_parts_written_as_attributes_prune_and_rewrite_them(how: str) -> None:
+    # keyword sections, locals holding the attributes and a tuple attribute passed whole
+    # kept the projection whole ("sizes fixed in the code")
     torch.manual_seed(0)
-    model, x = Parts("attributes").eval(), torch.randn(4, 5)
+    model, x = Parts(how).eval(), torch.randn(4, 5)
     result = prune(model, x, ratio=0.5, importance="random", seed=1)
     pruned = result.model  # the parts are one group (proj's outputs): 6 of 12 kept
-    assert pruned.proj.out_features == 6 and pruned.wide + pruned.narrow == 6
-    assert pruned.fa.in_features == pruned.wide and pruned.fb.in_features == pruned.narrow
-    assert 0 < pruned.narrow < 4
+    wide, narrow = pruned.sizes if how == "tuple" else (pruned.wide, pruned.narrow)
+    assert pruned.proj.out_features == 6 and wide + narrow == 6
+    assert pruned.fa.in_features == wide and pruned.fb.in_features == narrow
+    assert 0 < narrow < 4
     zeroed = _zero_removed_inputs(model, result.plan)
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), zeroed(x))

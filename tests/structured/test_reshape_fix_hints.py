@@ -11,8 +11,9 @@ from prunekit.structured.pruning import prune
 
 
 class _TwoHolders(nn.Module):
-    """Splits its 8 channels as (2, 4), with 4 held by two int attributes and read a
-    statement before the call (so the call's own expression does not tell which)."""
+    """Splits its 8 channels as (2, 4), with 4 held by two int attributes and computed a
+    statement before the call from both (so which one sizes it is unknown; a local holding
+    one attribute, ``width = self.width``, is read as that attribute)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -22,7 +23,7 @@ class _TwoHolders(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.proj_in(x)
         b, t, _ = h.shape
-        width = self.width
+        width = self.width or self.size
         h = h.view(b, t, 2, width).relu()
         return self.proj_out(h.reshape(b, t, 8))
 

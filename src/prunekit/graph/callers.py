@@ -95,22 +95,39 @@ def assigned_reads(ctx: TraceContext) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1024)
 def _assigned_reads(code: CodeType, line: int, names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(leaf.attr for value in _last_assignments(code, line, names).values()
+                     for leaf in ast.walk(value) if isinstance(leaf, ast.Attribute))
+
+
+def _last_assignments(code: CodeType, line: int, names: tuple[str, ...]
+                      ) -> dict[str, ast.expr]:
+    """For each of ``names``, the value of its last plain assignment (``name = ...``) on a
+    line before ``line`` in the function of ``code``; names assigned otherwise (a loop, a
+    tuple target) are left out. Empty where the source cannot be read."""
+    if not names:
+        return {}
+    assigns = _assignments(code)
+    last: dict[str, ast.expr] = {}
+    for at, target, value in assigns:
+        if at >= line:
+            break
+        if target in names:
+            last[target] = value
+    return last
+
+
+@functools.lru_cache(maxsize=256)
+def _assignments(code: CodeType) -> tuple[tuple[int, str, ast.expr], ...]:
+    """(line, name, value) of every ``name = value`` in the function of ``code``, by line."""
     try:
         lines, start = inspect.getsourcelines(code)
         tree = ast.parse(textwrap.dedent("".join(lines)))
     except (OSError, TypeError, SyntaxError):
-        return frozenset()
-    last: dict[str, ast.expr] = {}
-    assigns = sorted((node for node in ast.walk(tree) if isinstance(node, ast.Assign)),
-                     key=lambda node: node.lineno)
-    for node in assigns:
-        if node.lineno + start - 1 >= line:
-            break
-        for target in node.targets:
-            if isinstance(target, ast.Name) and target.id in names:
-                last[target.id] = node.value
-    return frozenset(leaf.attr for value in last.values() for leaf in ast.walk(value)
-                     if isinstance(leaf, ast.Attribute))
+        return ()
+    found = [(node.lineno + start - 1, target.id, node.value) for node in ast.walk(tree)
+             if isinstance(node, ast.Assign) for target in node.targets
+             if isinstance(target, ast.Name)]
+    return tuple(sorted(found, key=lambda item: item[0]))
 
 
 def literals_written(ctx: TraceContext) -> frozenset[int]:
@@ -220,8 +237,8 @@ def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool =
                                         for a in args) if isinstance(arg, ast.Name))
     if any(isinstance(a, ast.Starred) for a in tree.args):
         return None
-    if first:
-        args = args[:1]
+    if first:  # (torch.split(x, split_size_or_sections=[...]) names it)
+        args = args[:1] or [kw.value for kw in tree.keywords if kw.arg in _SIZE_KEYWORDS][:1]
         if not args or not isinstance(args[0], (ast.Tuple, ast.List)):
             return None
     if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
@@ -231,7 +248,15 @@ def _arguments_at(code: CodeType, lasti: int, first: bool = False, reads: bool =
     if reads:
         return tuple(frozenset(node.attr for node in ast.walk(arg)
                                if isinstance(node, ast.Attribute)) for arg in args)
+    # a local that holds an attribute read (RAFT's hdim = self.hidden_dim; split(x, [hdim,
+    # cdim], 1)) is written as that attribute
+    assigned = _last_assignments(code, line, tuple(a.id for a in args if isinstance(a, ast.Name)))
+    args = [assigned.get(a.id, a) if isinstance(a, ast.Name) else a for a in args]
     return tuple(_product(arg) if first or products else _written(arg) for arg in args)
+
+
+_SIZE_KEYWORDS = ("split_size_or_sections", "split_size", "split_sizes", "sections",
+                  "indices_or_sections", "shape", "size")
 
 
 def _product(node: ast.expr) -> Any:

@@ -403,6 +403,15 @@ def chunking(ctx: TraceContext, call: OpCall) -> None:
         ctx.bind_attribute(ctx.path, attr, line)
 
 
+def _sizes_attribute(held: dict[str, Any], call: OpCall) -> str | None:
+    """The tuple or list attribute (of ints) that ``call`` passes whole as its part sizes, found
+    by identity (a list of equal value built in the code is not it)."""
+    sizes = split_arg(call)
+    if not isinstance(sizes, (tuple, list)) or not all(type(v) is int for v in sizes):
+        return None
+    return next((name for name, value in held.items() if value is sizes), None)
+
+
 def counted(call: OpCall) -> bool:
     """Whether ``call`` splits into a number of parts rather than at sizes: ``chunk(n)``,
     ``tensor_split(n)`` (an int count, not a list of indices)."""
@@ -427,11 +436,16 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
     a list in the call."""
     path, module = calling_module(ctx)
     written = sizes_written(module) if not counted(call) else None
+    held = vars(module)
+    owner = None if written is not None or counted(call) else _sizes_attribute(held, call)
+    if owner is not None:  # InceptionNeXt's split(x, self.split_indexes, dim=1): its elements
+        sizes = held[owner]
+        written = tuple(f"{owner}[{i}]" for i in range(len(sizes)))
+        held = {**held, **dict(zip(written, sizes, strict=True))}
     if written is None or len(written) != len(pieces):
         ctx.block(canon, f"{call.display} splits a channel dimension into unequal parts at "
                          f"sizes fixed in the code")
         return
-    held = vars(module)
     bound: dict[str, Tensor] = {}
     fixed: list[Tensor] = []
     products: list[tuple[Tensor, tuple[str, ...]]] = []
