@@ -372,7 +372,7 @@ GRAD_CASES = [("linear", 0), ("conv1d", 1), ("conv1d", None), ("convT1d", 0)]
                          ids=[f"{k}-dim{d}" for k, d in GRAD_CASES])
 def test_the_weights_gradient_comes_from_g_and_v(kind: str, dim: int | None) -> None:
     # the effective weight has no .grad: gradient criteria once scored its bias alone
-    from prunekit.importance.weight_norm import leaf_grad_weight
+    from prunekit._weight_norm_grad import leaf_grad_weight
     model, x = _build(kind, dim), _inputs(kind)
     plain = _baked(model)
     for net in (model, plain):

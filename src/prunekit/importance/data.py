@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from prunekit._inputs import model_device, move_inputs
 from prunekit.errors import ConfigError, DataError, check_choice
-from prunekit.importance.weight_norm import weight_grad, weight_normed_tensors
+from prunekit._weight_norm_grad import weight_grad, weight_normed_tensors
 
 __all__ = [
     "Accumulate",

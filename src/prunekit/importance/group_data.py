@@ -16,7 +16,7 @@ the group for Fisher) and returns one score per member and unit.
   RMS for activation), installed as ``.grad`` of every scored parameter and put back on
   exit (a weight that weight norm computes has no ``.grad``: its statistic, from the
   gradients its ``g`` and ``v`` get at every batch, is held aside for the block:
-  :mod:`prunekit.importance.weight_norm`)::
+  :mod:`prunekit._weight_norm_grad`)::
 
       with calibrated(model, "taylor", data=loader, calib_batches=8):
           result = prune(model, example, ratio=0.5, importance="taylor")
@@ -46,7 +46,7 @@ from prunekit.importance.group import (
     register_group_criterion,
     unit_positions,
 )
-from prunekit.importance.weight_norm import holding, weight_normed_tensors
+from prunekit._weight_norm_grad import holding, weight_normed_tensors
 
 __all__ = ["StatisticGroupCriterion", "calibrated", "group_statistics"]
 

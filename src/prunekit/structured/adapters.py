@@ -34,7 +34,7 @@ from torch.nn.utils import prune as torch_prune
 
 from prunekit.errors import ConfigError
 from prunekit.graph.trace import ModuleCall, TraceContext
-from prunekit.importance.weight_norm import leaf_grad_weight
+from prunekit._weight_norm_grad import leaf_grad_weight
 from prunekit.structured.weight_norm import cut_g, normed_axis
 
 __all__ = [
@@ -283,7 +283,7 @@ def grad_rows(tensor: Tensor, axis: int) -> Tensor | None:
 def gradient_of(module: nn.Module, attr: str, tensor: Tensor) -> Tensor | None:
     """The gradient of ``module.<attr>`` (``tensor``, read already): its ``.grad``; for a
     weight weight norm computes (no ``.grad`` of its own), the one its ``g`` and ``v``
-    give (:func:`~prunekit.importance.weight_norm.leaf_grad_weight`)."""
+    give (:func:`~prunekit._weight_norm_grad.leaf_grad_weight`)."""
     chains = module._modules.get("parametrizations")
     if chains is not None and attr in chains._modules:
         return leaf_grad_weight(chains._modules[attr])  # type: ignore[arg-type]
