@@ -284,7 +284,10 @@ def test_hugging_face_gpt2_prunes_heads_through_c_attn(tmp_path: Path) -> None:
         attn = block.attn  # split_size (not embed_dim, which holds the same value) follows
         assert (attn.num_heads, attn.split_size, attn.head_dim) == (2, 16, HEAD_DIM)
         assert attn.c_attn.nf == 48 and attn.c_proj.nx == 16
-    assert result.plan["attrs"]["transformer.h.0.attn"] == {"split_size": 16, "num_heads": 2}
+        # embed_dim, which forward never reads, repeats the stream's width (halved too)
+        assert attn.embed_dim == attn.c_attn.nx == result.model.transformer.wte.embedding_dim
+    assert result.plan["attrs"]["transformer.h.0.attn"] == {"split_size": 16, "num_heads": 2,
+                                                           "embed_dim": 16}
     with torch.no_grad():
         logits = result.model(**inputs).logits
         assert logits.shape == model(**inputs).logits.shape == (2, 8, VOCAB)

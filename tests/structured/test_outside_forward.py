@@ -146,3 +146,74 @@ def test_an_attribute_another_layer_happens_to_match_is_left_alone() -> None:
     assert "1" not in result.plan["attrs"] and result.model[1].in_channels == 16
     with torch.no_grad():
         assert result.model(x).shape == (2, 4, 8, 8)
+
+
+class DepthwiseRepBlock(nn.Module):
+    """apple/ml-mobileone's depthwise ``MobileOneBlock``, trimmed: ``groups`` and
+    ``in_channels`` are read by ``reparameterize()`` alone."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.in_channels = self.groups = channels
+        self.rbr_skip = nn.BatchNorm2d(channels)
+        self.rbr_conv = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rbr_skip(x) + self.rbr_conv(x)
+
+    def identity_kernel(self) -> Tensor:
+        input_dim = self.in_channels // self.groups
+        kernel = torch.zeros(self.in_channels, input_dim, 3, 3)
+        for i in range(self.in_channels):
+            kernel[i, i % input_dim, 1, 1] = 1
+        return kernel + self.rbr_conv.weight
+
+
+class SkipOnly(nn.Module):
+    """FastViT's ``MobileOneBlock`` with no conv branch: a norm alone."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.in_channels = channels
+        self.rbr_skip = nn.BatchNorm2d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rbr_skip(x)
+
+
+class RepMixer(nn.Module):
+    """apple/ml-fastvit's ``RepMixer``, trimmed: ``dim`` is read by ``reparameterize()``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.norm, self.mixer = SkipOnly(dim), nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.layer_scale = nn.Parameter(torch.rand(dim, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.layer_scale * (self.mixer(x) - self.norm(x))
+
+    def reparameterized_weight(self) -> Tensor:
+        identity = torch.zeros(self.norm.in_channels, 1, 3, 3)
+        identity[:, 0, 1, 1] = 1
+        return (identity + self.layer_scale.unsqueeze(-1) * (self.mixer.weight - identity)
+                ).view(self.dim, 1, 3, 3)
+
+
+def _reparameterisable() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DepthwiseRepBlock(16), RepMixer(16),
+                         nn.Conv2d(16, 8, 1)).eval()
+
+
+def test_sizes_that_only_reparameterisation_reads_follow_the_layers(tmp_path: Path) -> None:
+    """Was: MobileOne's ``groups``, RepMixer's ``dim`` and its skip-only block's
+    ``in_channels`` kept 16, and re-parameterising the pruned model failed."""
+    torch.manual_seed(0)
+    model, x = _reparameterisable(), torch.randn(2, 3, 8, 8)
+    result = pk.prune(model, x, ratio=0.5)
+    block, mixer = result.model[1], result.model[2]
+    assert (block.in_channels, block.groups, mixer.dim, mixer.norm.in_channels) == (8, 8, 8, 8)
+    assert block.identity_kernel().shape == mixer.reparameterized_weight().shape == (8, 1, 3, 3)
+    loaded = pk.load(pk.save(result, tmp_path / "p"), _reparameterisable())
+    assert (loaded[1].groups, loaded[2].dim, loaded[2].norm.in_channels) == (8, 8, 8)
+    assert model[1].groups == 16  # the user's model is untouched

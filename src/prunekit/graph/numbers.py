@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-__all__ = ["changed_attribute_numbers", "differentiates", "numeric_attribute_reads",
-           "reads_training", "rebound_attributes"]
+__all__ = ["changed_attribute_numbers", "differentiates", "forward_reads",
+           "numeric_attribute_reads", "reads_training", "rebound_attributes"]
 
 _NUMERIC_CALLS = frozenset(("sqrt", "rsqrt", "float", "log", "log2", "exp", "pow"))
 
@@ -81,6 +81,21 @@ def reads_training(cls: type) -> bool:
 
 
 _TRAINING: dict[type, bool] = {}
+
+
+def forward_reads(cls: type) -> frozenset[str]:
+    """The names of the attributes ``self.<name>`` that the ``forward`` of ``cls`` reads
+    (empty where its source cannot be read)."""
+    done = _FORWARD_READS.get(cls)
+    if done is None:
+        done = _FORWARD_READS[cls] = frozenset(
+            node.attr for method, _, _ in _methods(cls)
+            if getattr(method, "name", "") == "forward" for node in ast.walk(method)
+            if isinstance(node, ast.Attribute) and _is_self(node.value))
+    return done
+
+
+_FORWARD_READS: dict[type, frozenset[str]] = {}
 
 
 def _training_reads(function: ast.AST) -> list[tuple[str, int]]:

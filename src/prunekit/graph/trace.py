@@ -29,7 +29,7 @@ from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.callers import rebuilt_attribute
 from prunekit.graph.hooks import CallStack, Recorder
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
-from prunekit.graph.numbers import reads_training
+from prunekit.graph.numbers import forward_reads, reads_training
 from prunekit.graph.opaque import (
     check_traceable,
     compiled_error,
@@ -659,7 +659,13 @@ def _mirror_layer_sizes(ctx: TraceContext) -> None:
     that layer's dim: bound to its labels, it is rewritten with it and replayed on load.
     The layer is the first in the block to run for an input size, the last for an output
     size, and only where its size is the attribute's (in SKNet's ``SelectiveKernel`` the
-    first layer reads half of ``in_channels``: left alone). Layers themselves are left to
+    first layer reads half of ``in_channels``: left alone); in a block of norms alone
+    (FastViT's skip-only ``MobileOneBlock``), its norm's channels. Likewise the width of a
+    block that keeps its width (``dim``, ``embed_dim``: FastViT's ``RepMixer``), and the
+    ``groups`` of a block whose first layer is a depthwise conv of that many groups
+    (MobileOne's, which its ``reparameterize()`` reads), where ``forward`` does not read
+    them (there a ``dim`` may be an axis: ``x.chunk(2, dim=self.dim)``). Layers themselves
+    are left to
     their adapters, and attributes already bound to what forward reads them for keep that
     binding. Such an attribute splits no allocation (:attr:`Trace.follows`)."""
     records = list(ctx.modules.values())  # in the order they first ran
@@ -667,16 +673,46 @@ def _mirror_layer_sizes(ctx: TraceContext) -> None:
         if path in ctx.modules:
             continue
         prefix = f"{path}." if path else ""
-        for attr, dim in _LAYER_SIZES.items():
-            value = vars(module).get(attr)
-            if type(value) is not int or (path, attr) in ctx.bindings:
-                continue
-            inside = [r for r in records if r.name.startswith(prefix) and dim in r.dims
-                      and hasattr(r.module, attr)]
-            layer = (inside[0] if dim == "in" else inside[-1]) if inside else None
-            if layer is not None and getattr(layer.module, attr) == value:
-                ctx.bind_attribute(path, attr, layer.dims[dim].labels)
+        inside = [r for r in records if r.name.startswith(prefix)]
+        for attr, value in vars(module).items():
+            if type(value) is not int or (path, attr) in ctx.bindings or \
+                    (attr not in _LAYER_SIZES and attr in forward_reads(type(module))):
+                continue  # (a dim or groups that forward reads is an axis or a count)
+            labels = _mirrored(inside, attr, value)
+            if labels is not None:
+                ctx.bind_attribute(path, attr, labels)
                 ctx.follows.add((path, attr))
+
+
+_BLOCK_WIDTHS = frozenset(("dim", "embed_dim", "channels", "num_channels"))
+
+
+def _mirrored(inside: list[ModuleRecord], attr: str, value: int) -> Tensor | None:
+    """The labels of the dim of the block's layers (``inside``, in the order they ran) that
+    its int attribute ``attr`` of ``value`` repeats (:func:`_mirror_layer_sizes`), else None."""
+    dim = _LAYER_SIZES.get(attr)
+    if dim is not None:
+        layers = [r for r in inside if dim in r.dims and hasattr(r.module, attr)]
+        if layers:
+            layer = layers[0] if dim == "in" else layers[-1]
+            return layer.dims[dim].labels if getattr(layer.module, attr) == value else None
+        norms = [r for r in inside if "channels" in r.dims]
+        if norms and len(norms) == len(inside) and \
+                norms[0].dims["channels"].labels.numel() == value:
+            return norms[0].dims["channels"].labels  # a block of norms alone
+        return None
+    widths = [r for r in inside if "in" in r.dims or "out" in r.dims]
+    if not widths or value < 2:
+        return None
+    first = widths[0]
+    if attr == "groups":  # a depthwise first layer: its groups are its channels
+        conv = first.module
+        depthwise = getattr(conv, "groups", None) == getattr(conv, "in_channels", None) == value
+        return first.dims["in"].labels if depthwise and "in" in first.dims else None
+    if attr in _BLOCK_WIDTHS and "in" in first.dims and "out" in widths[-1].dims and \
+            first.dims["in"].labels.numel() == widths[-1].dims["out"].labels.numel() == value:
+        return first.dims["in"].labels
+    return None
 
 
 def _warn_one_step(ctx: TraceContext) -> None:

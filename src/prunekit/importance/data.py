@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunekit._inputs import model_device, move_inputs
-from prunekit.errors import ConfigError, DataError, check_choice
 from prunekit._weight_norm_grad import weight_grad, weight_normed_tensors
+from prunekit.errors import ConfigError, DataError, check_choice
 
 __all__ = [
     "Accumulate",

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunekit._weight_norm_grad import holding, weight_normed_tensors
 from prunekit.errors import ConfigError
 from prunekit.graph.dependency import Group
 from prunekit.importance.activation import has_input_features
@@ -46,7 +47,6 @@ from prunekit.importance.group import (
     register_group_criterion,
     unit_positions,
 )
-from prunekit._weight_norm_grad import holding, weight_normed_tensors
 
 __all__ = ["StatisticGroupCriterion", "calibrated", "group_statistics"]
 

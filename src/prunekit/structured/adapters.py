@@ -32,9 +32,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
+from prunekit._weight_norm_grad import leaf_grad_weight
 from prunekit.errors import ConfigError
 from prunekit.graph.trace import ModuleCall, TraceContext
-from prunekit._weight_norm_grad import leaf_grad_weight
 from prunekit.structured.weight_norm import cut_g, normed_axis
 
 __all__ = [
