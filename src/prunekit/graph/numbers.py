@@ -70,17 +70,12 @@ def differentiates(cls: type) -> bool:
 
 
 def reads_training(cls: type) -> bool:
-    """Whether a method of ``cls`` (``__init__`` aside) reads ``self.training``: a model
-    that may return more in training mode than in eval mode (FlowNet's and PWC-Net's
-    coarser flows, deep supervision: ``return (flow2, flow3) if self.training else
-    flow2``), whose training-mode outputs can be tensors that eval mode only passes on."""
-    done = _TRAINING.get(cls)
-    if done is None:
-        done = _TRAINING[cls] = bool(_scan(cls, _training_reads))
-    return done
-
-
-_TRAINING: dict[type, bool] = {}
+    """Whether the ``forward`` of ``cls`` reads ``self.training``: a model that may return
+    more in training mode than in eval mode (FlowNet's and PWC-Net's coarser flows, deep
+    supervision: ``return (flow2, flow3) if self.training else flow2``), whose
+    training-mode outputs can be tensors that eval mode only passes on. (Other methods, a
+    base class's ``gradient_checkpointing_enable``, do not count.)"""
+    return "training" in forward_reads(cls)
 
 
 def forward_reads(cls: type) -> frozenset[str]:
@@ -96,12 +91,6 @@ def forward_reads(cls: type) -> frozenset[str]:
 
 
 _FORWARD_READS: dict[type, frozenset[str]] = {}
-
-
-def _training_reads(function: ast.AST) -> list[tuple[str, int]]:
-    return [("training", node.lineno) for node in ast.walk(function)
-            if isinstance(node, ast.Attribute) and node.attr == "training"
-            and _is_self(node.value) and isinstance(node.ctx, ast.Load)]
 
 
 def _grad_calls(function: ast.AST) -> list[tuple[str, int]]:
