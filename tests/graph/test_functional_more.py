@@ -297,3 +297,63 @@ def test_a_running_scan_over_channels_keeps_them_whole() -> None:
     assert result.model.a.out_features == 6
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+class FunctionOfWeight(nn.Module):
+    """A layer run with a function of its weight: BinaryConnect's ``sign``, a clipped or a
+    rounded weight (a straight-through quantiser's forward)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.c = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.b.weight
+        w = {"sign": w.sign, "clamp": lambda: w.clamp(-0.05, 0.05),
+             "round": lambda: w + ((w * 8).round() / 8 - w).detach()}[self.how]()
+        return self.c(F.relu(F.linear(F.relu(self.a(x)), w, self.b.bias)))
+
+
+@pytest.mark.parametrize("how", ["sign", "clamp", "round"])
+def test_a_layer_run_with_a_function_of_its_weight_prunes(how: str) -> None:
+    # sign, clamp and round kept b's outputs whole ("a matrix product contracts all its
+    # channels"); abs and exp already pruned
+    torch.manual_seed(0)
+    model, x = FunctionOfWeight(how).eval(), torch.randn(4, 16)
+    result = prune(model, x, ratio=0.5)
+    assert result.model.b.weight.shape == (16, 16) and result.model.c.in_features == 16
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        zeroed.b.weight[:, [i for i in range(32)
+                            if i not in result.plan["params"]["b.weight"]["keep"]["1"]]] = 0
+        for inputs in (x, torch.randn(7, 16)):
+            torch.testing.assert_close(result.model(inputs), zeroed(inputs))
+
+
+class HaltingLoop(nn.Module):
+    """A Universal Transformer's adaptive computation: a loop while a halting mask, cast
+    with ``.byte()``, has any step left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.halt = nn.Embedding(50, 32), nn.Linear(32, 1)
+        self.ff = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32))
+        self.out = nn.Linear(32, 5)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x, halted, steps = self.emb(ids), torch.zeros(ids.shape), torch.zeros(ids.shape)
+        while ((halted < 0.9) & (steps < 4)).byte().any():
+            halted = halted + torch.sigmoid(self.halt(x)).squeeze(-1) * 0.3
+            steps = steps + 1
+            x = x + self.ff(x)
+        return self.out(x.mean(1))
+
+
+def test_byte_char_and_short_casts_are_elementwise() -> None:
+    # .byte() had no handler: UnsupportedOpError
+    torch.manual_seed(0)
+    model, ids = HaltingLoop().eval(), torch.randint(0, 50, (2, 7))
+    result = prune(model, ids, ratio=0.5)
+    assert result.model.ff[0].out_features == 32
+    torch.testing.assert_close(result.model(ids), _zero_removed_inputs(model, result.plan)(ids))

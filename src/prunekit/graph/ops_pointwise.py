@@ -45,6 +45,7 @@ UNARY = (
     "reciprocal", "sign", "floor", "ceil", "round", "trunc", "nan_to_num", "logical_not",
     "bitwise_not", "isnan", "isinf", "isfinite", "pos", "invert", "not",
     "to", "float", "double", "half", "bfloat16", "int", "long", "bool", "type", "type_as",
+    "byte", "char", "short",
     "cpu", "cuda", "detach", "clone", "contiguous", "requires_grad", "data",
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
     "zero", "fill", "uniform", "normal", "bernoulli",
@@ -114,9 +115,12 @@ def _unary(ctx: TraceContext, call: OpCall) -> None:
 _CASTS = frozenset(("to", "float", "double", "half", "bfloat16", "type", "type_as",
                     "data", "detach"))  # (the same elements too)
 # a function of each element alone: cut as the parameter it is computed from (Mamba's
-# ``A = -torch.exp(self.A_log.float())`` read by an einsum as a weight)
+# ``A = -torch.exp(self.A_log.float())`` read by an einsum as a weight; BinaryConnect's
+# ``self.weight.sign()``, a clipped ``self.weight.clamp(-c, c)``, a rounded one)
 _ELEMENTWISE = frozenset(("exp", "neg", "negative", "sigmoid", "softplus", "abs", "log",
-                          "sqrt", "square", "tanh", "reciprocal", "expm1", "log1p"))
+                          "sqrt", "square", "tanh", "reciprocal", "expm1", "log1p",
+                          "sign", "sgn", "round", "floor", "ceil", "trunc", "relu",
+                          "clamp", "clip", "clamp_min", "clamp_max", "hardtanh"))
 
 # softmax and its kin: (position of ``dim`` among the arguments, its default)
 _NORMALISING = {"softmax": (1, None), "log_softmax": (1, None), "softmin": (1, None),
