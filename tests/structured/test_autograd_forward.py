@@ -117,11 +117,27 @@ class FuncJacobian(nn.Module):
         return self.net(x).squeeze(-1) + jac[:, 1]
 
 
+class PerSampleVmap(nn.Module):
+    """The model's own layers run under ``torch.func.vmap`` (before: the trace saw one
+    sample, cut the output layer as an inner layer, and the check failed with a hint about
+    widths read from shapes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.func.vmap(lambda xi: self.b(torch.relu(self.a(xi))))(x)
+
+
 @pytest.mark.parametrize("strict", [True, False])
-def test_a_torch_func_transform_is_refused_with_the_way_out(strict: bool) -> None:
+@pytest.mark.parametrize("kind", ["jacrev", "vmap"])
+def test_a_torch_func_transform_is_refused_with_the_way_out(kind: str, strict: bool) -> None:
+    model, x = (FuncJacobian(), torch.rand(8, 2)) if kind == "jacrev" else \
+        (PerSampleVmap(), torch.randn(3, 4, 16))
     with pytest.raises(UnsupportedOpError, match=r"torch\.func transform.*"
                                                            r"torch\.autograd\.grad"):
-        pk.prune(FuncJacobian().eval(), torch.rand(8, 2), ratio=0.5, strict=strict)
+        pk.prune(model.eval(), x, ratio=0.5, strict=strict)
 
 
 def test_only_a_forward_that_differentiates_turns_grad_on() -> None:

@@ -17,11 +17,20 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from prunekit.errors import UnsupportedOpError
 from prunekit.graph.records import ModuleCall, ModuleHandler
 from prunekit.graph.replay import Recording, is_data_call
 from prunekit.graph.writes import WriteGuard
 
-__all__ = ["CallStack", "Recorder"]
+__all__ = ["FUNC_TRANSFORM", "CallStack", "Recorder"]
+
+FUNC_TRANSFORM = (
+    "the forward runs ops on tensors without storage, which the trace cannot read: a "
+    "torch.func transform (vmap, jacrev, grad) or a fake/meta "
+    "tensor; compute the derivative with torch.autograd.grad (which prunekit maps), "
+    "batch with the layers' own batch dim, or prune a model whose forward does not call "
+    "the transform")
+_WRAPPED = torch._C._functorch.is_functorch_wrapped_tensor  # vmap's and grad's tensors
 
 OnModule = Callable[[ModuleHandler, ModuleCall], None]
 OnOp = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], Any], None]
@@ -88,6 +97,10 @@ class CallStack:
                 entry = entries.get(id(mod))
                 if entry is None:
                     return
+                if args and args[0].__class__ is Tensor and _WRAPPED(args[0]):
+                    # a layer run inside torch.func.vmap: the trace sees one sample, and
+                    # what the transform stacks back up would be cut as an inner tensor
+                    raise UnsupportedOpError(FUNC_TRANSFORM)
                 stack.paths.append(entry[0])
                 if not _empty_tensors_only(args):
                     stack.entered.add(entry[0])  # (a call on empty tensors only couples

@@ -27,7 +27,7 @@ from prunekit._inputs import ExampleInputs, walk_tensors
 from prunekit._warn import warn
 from prunekit.errors import PrunekitError, UnsupportedOpError
 from prunekit.graph.callers import rebuilt_attribute
-from prunekit.graph.hooks import CallStack, Recorder
+from prunekit.graph.hooks import FUNC_TRANSFORM, CallStack, Recorder
 from prunekit.graph.labels import NEUTRAL, LabelSpace, consume, emit, fixed_shape
 from prunekit.graph.numbers import forward_reads, reads_training
 from prunekit.graph.opaque import (
@@ -642,11 +642,7 @@ def _functorch_refused() -> Iterator[None]:
     except RuntimeError as exc:
         if "doesn't have storage" not in str(exc) or isinstance(exc, UnsupportedOpError):
             raise
-        raise UnsupportedOpError(
-            "the forward runs ops on tensors without storage, which the trace cannot read: a "
-            "torch.func transform (vmap, jacrev, grad, functional_call) or a fake/meta "
-            "tensor; compute the derivative with torch.autograd.grad (which prunekit maps), "
-            "or prune a model whose forward does not call the transform") from exc
+        raise UnsupportedOpError(FUNC_TRANSFORM) from exc
 
 
 _LAYER_SIZES = {"in_channels": "in", "in_features": "in", "out_channels": "out",
