@@ -148,3 +148,28 @@ def test_a_conv_with_a_computed_weight_on_the_model_input_is_not_skipped_silentl
         result = prune(model, x, ratio=0.5, ignore=[model.head], strict=False)
     assert "weight is computed" in str(result.coverage)
     assert not result.plan["modules"]
+
+
+class HyperConv(nn.Module):
+    """A hypernetwork: the conv's kernel is another layer's output (SOLOv2's dynamic
+    kernels, CondConv): no weight standardisation, which the error named."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.hyper = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(4, 8 * 8 * 9)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        kernel = self.hyper(z).view(8, 8, 3, 3)
+        return self.head(F.conv2d(torch.relu(self.stem(x)), kernel, padding=1))
+
+
+def test_a_kernel_made_by_another_layer_is_named_as_such() -> None:
+    torch.manual_seed(0)
+    model, inputs = HyperConv().eval(), (torch.randn(2, 3, 6, 6), torch.randn(4))
+    with pytest.raises(UnsupportedOpError, match=r"computed from the model's inputs or another "
+                                                 r"layer's output \(a hypernetwork") as info:
+        prune(model, inputs, ratio=0.5)
+    assert "StdConv" not in str(info.value)
+    result = prune(model, inputs, ratio=0.5, strict=False)  # the way out it names
+    assert result.model.stem.out_channels == 8 and result.model(*inputs).shape == (2, 2, 6, 6)

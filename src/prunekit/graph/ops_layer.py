@@ -66,7 +66,7 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     first = 0 if stack is None else 1  # the weight's axis 0 in the parameter
     if record is None:
         if not linear:
-            raise OpNotMappable(_not_the_models(weight), makes_channels=True)
+            raise OpNotMappable(_not_the_models(ctx, weight), makes_channels=True)
         labels = contract(ctx, ctx.labels(x), ctx.labels(weight).t(), tuple(out.shape))
     elif transposed:  # weight [in, out / groups, *k]: a tied decoder's F.conv_transpose2d
         if groups != 1:
@@ -85,18 +85,27 @@ def _functional_layer(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_labels(out, _with_bias(ctx, labels, bias, out, channel_out))
 
 
-def _not_the_models(weight: Tensor) -> str:
+def _not_the_models(ctx: TraceContext, weight: Tensor) -> str:
     """Why a layer's weight is no parameter of the model: a parameter of a layer the model
-    does not register (held in a plain dict or list), or a computed tensor."""
+    does not register (held in a plain dict or list), a tensor computed from the model's
+    parameters or buffers, or one computed from its inputs (a hypernetwork's)."""
     if isinstance(weight, nn.Parameter):
         return ("its weight is a parameter that the model does not register (a layer held in "
                 "a plain dict, list or tuple); hold it in nn.ModuleDict or nn.ModuleList to "
                 "prune it")
-    return ("its weight is computed, not a parameter of the model (a weight standardised or "
-            "scaled in forward: if it is computed from the layer's own weight element by "
-            "element per output channel, as BiT's StdConv2d is, give the class an adapter: "
+    if not ctx.is_param_built(weight):
+        return ("its weight is computed from the model's inputs or another layer's output (a "
+                "hypernetwork, dynamic kernels as SOLOv2's or CondConv's), not a parameter "
+                "whose channels can be cut; pass strict=False to keep the channels it meets "
+                "whole and prune the rest")
+    return ("its weight is computed in forward from parameters or buffers, not a parameter "
+            "of the model (a weight standardised or scaled in forward: if it is computed "
+            "from the layer's own weight element by element per output channel, as BiT's "
+            "StdConv2d is, give the class an adapter: "
             "prunekit.structured.register_adapter(MyStdConv, "
-            "prunekit.structured.adapters_timm.StdConvAdapter()))")
+            "prunekit.structured.adapters_timm.StdConvAdapter()); a fixed kernel made from "
+            "a buffer, a Sobel filter's transpose: pass strict=False to keep the channels it "
+            "meets whole and prune the rest)")
 
 
 def _with_bias(ctx: TraceContext, labels: Tensor, bias: Any, out: Tensor,
