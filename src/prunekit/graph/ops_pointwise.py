@@ -18,6 +18,7 @@ from prunekit.graph.labels import (
     LabelSpace,
     as_line,
     cut_broadcast,
+    fixed_shape,
     rep_along,
     varies,
     varying,
@@ -47,7 +48,6 @@ UNARY = (
     "to", "float", "double", "half", "bfloat16", "int", "long", "bool", "type", "type_as",
     "byte", "char", "short",
     "cpu", "cuda", "detach", "clone", "contiguous", "requires_grad", "data",
-    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
     "zero", "fill", "uniform", "normal", "bernoulli",
     "positive", "float_power", "bucketize",  # (bucketize: each value's bucket)
     # mix along a dim, each element staying where it is (as softmax does): per-slice
@@ -702,7 +702,26 @@ def _index_add(ctx: TraceContext, call: OpCall) -> None:
     ctx.set_labels(tensors_in(call.out)[0], labels)
 
 
+LIKE = ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like")
+
+
+def _like(ctx: TraceContext, call: OpCall) -> None:
+    """``torch.ones_like(x)`` and kin: a tensor of ``x``'s shape, whose width follows ``x``'s
+    (labels as :func:`_unary`). Of a tensor whose values are not yet judged read (a part of
+    a channel dim picked at fixed positions, torchdiffeq's ``torch.ones_like(x[:, :1]) * t``:
+    :func:`~prunekit.graph.ops_slice.judge_selection`), only the shape is read: the result
+    is fixed at that shape, and the channels it was picked from stay free."""
+    source = call.args[0] if call.args else call.kwargs.get("input")
+    out = call.out
+    if isinstance(source, Tensor) and isinstance(out, Tensor) and id(source) in ctx.watched:
+        ctx.set_labels(out, fixed_shape(ctx.space, tuple(out.shape),
+                                        f"{call.display} of a fixed part of a channel dim"))
+        return
+    _unary(ctx, call)
+
+
 register_op(UNARY, _unary)
+register_op(LIKE, _like)
 register_op((*_NORMALISING, *_SCANS), _normalising)
 register_op(BINARY, _binary)
 

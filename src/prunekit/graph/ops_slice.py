@@ -133,6 +133,10 @@ def judge_selection(ctx: TraceContext, call: OpCall, source: Tensor) -> None:
             # of the table concatenated with its last rows, then gathered by position): the
             # rows are positions once later ops join each column to a head, so judge then
             ctx.at_end.append(lambda: _judge_slice(ctx, raw, touched, why))
+        elif call.name != "setitem" and isinstance(call.out, Tensor):
+            # judged once its values are read: a part read only for its shape
+            # (torch.ones_like(x[:, :1])) fixes nothing
+            ctx.watch(call.out, lambda: ctx.block(canon, why))
         else:
             ctx.block(canon, why)
 

@@ -68,6 +68,8 @@ def traced_pass(ctx: TraceContext, model: nn.Module, example_inputs: ExampleInpu
         out = run_model(model, example_inputs)
     for path, tensor in walk_tensors(out):
         ctx.unread.discard(id(tensor))
+        if ctx.watched:  # a model output is read (a fixed part of channels returned)
+            ctx._read_watched([tensor])
         if ctx.is_tracked(tensor):
             ctx.block(ctx.labels(tensor), f"model {path}")  # "model output[0]"
     return [(path, tuple(tensor.shape)) for path, tensor in walk_tensors(out)]
