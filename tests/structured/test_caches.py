@@ -218,3 +218,61 @@ def test_a_static_cache_keeps_heads_with_the_reason_that_holds() -> None:
     assert result.model.n_local_heads == 4
     reasons = str(result.coverage)
     assert "__setitem__ writes to" in reasons and "sliced along its channel axis" not in reasons
+
+
+class AttributeCacheAttention(nn.Module):
+    """The official EfficientFormer / LeViT attention: in eval mode the bias table is cached
+    in a plain attribute, ``self.ab = self.attention_biases[:, self.attention_bias_idxs]``,
+    which ``train()`` deletes and rebuilds (before: every head kept whole, "would make it
+    again at its unpruned width"; it is rebuilt from the cut table)."""
+
+    def __init__(self, dim: int = 32, key_dim: int = 8, heads: int = 4, res: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim, self.d = heads, key_dim, 2 * key_dim
+        self.qkv = nn.Linear(dim, heads * (2 * key_dim + self.d))
+        self.proj = nn.Linear(heads * self.d, dim)
+        points = list(itertools.product(range(res), range(res)))
+        offsets: dict[tuple[int, int], int] = {}
+        idxs = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets))
+                for a in points for b in points]
+        self.attention_biases = nn.Parameter(torch.randn(heads, len(offsets)))
+        self.register_buffer("attention_bias_idxs",
+                             torch.tensor(idxs).view(len(points), len(points)))
+
+    @torch.no_grad()
+    def train(self, mode: bool = True) -> AttributeCacheAttention:
+        super().train(mode)
+        if mode and hasattr(self, "ab"):
+            del self.ab
+        else:
+            self.ab = self.attention_biases[:, self.attention_bias_idxs]
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, self.num_heads, -1).permute(0, 2, 1, 3).split(
+            [self.key_dim, self.key_dim, self.d], dim=3)
+        bias = self.attention_biases[:, self.attention_bias_idxs] if self.training else self.ab
+        attn = (q @ k.transpose(-2, -1) * self.key_dim ** -0.5 + bias).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+def test_a_cache_rebuilt_from_the_cut_table_lets_heads_go(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model, x = AttributeCacheAttention().eval(), torch.randn(2, 16, 32)
+    result = prune(model, x, ratio=0.5, ignore=[model.proj])
+    pruned = result.model
+    assert pruned.num_heads == 2 and pruned.ab.shape == (2, 16, 16)
+    removed = [i for i in range(64) if i not in result.plan["modules"]["proj"]["keep"]["in"]]
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.proj.weight[:, removed] = 0
+        expected = zeroed(x)
+        torch.testing.assert_close(pruned(x), expected)
+        pruned.train()
+        pruned.eval()  # the cache rebuilt from the cut table
+        torch.testing.assert_close(pruned(x), expected)
+        save(result, tmp_path / "p")
+        torch.manual_seed(0)
+        torch.testing.assert_close(load(tmp_path / "p", AttributeCacheAttention().eval())(x),
+                                   expected)

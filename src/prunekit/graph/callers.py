@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from prunekit._warn import NOT_USER_CODE, first_user_frame
+from prunekit.graph.numbers import gathered_from_own
 
 if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
@@ -452,10 +453,13 @@ def _assigned_outside_init(cls: type, attr: str) -> bool:
 
 
 def _assigns(function: ast.AST, attr: str) -> bool:
-    """Whether ``function`` assigns ``self.<attr>`` (plain, augmented or annotated)."""
+    """Whether ``function`` assigns ``self.<attr>`` (plain, augmented or annotated), other
+    than by picking from the module's own tensors (EfficientFormer's ``self.ab =
+    self.attention_biases[:, self.attention_bias_idxs]``, which comes back at the pruned
+    width: :func:`~prunekit.graph.numbers.gathered_from_own`)."""
     for node in ast.walk(function):
         targets: list[ast.expr] = []
-        if isinstance(node, ast.Assign):
+        if isinstance(node, ast.Assign) and not gathered_from_own(node.value):
             targets = node.targets
         elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
             targets = [node.target]

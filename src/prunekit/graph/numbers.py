@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 __all__ = ["changed_attribute_numbers", "differentiates", "forward_reads",
-           "numeric_attribute_reads", "reads_training", "rebound_attributes"]
+           "gathered_from_own", "numeric_attribute_reads", "reads_training",
+           "rebound_attributes"]
 
 _NUMERIC_CALLS = frozenset(("sqrt", "rsqrt", "float", "log", "log2", "exp", "pow"))
 
@@ -159,6 +160,8 @@ def _rebinds(function: ast.AST) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for node in ast.walk(function):
         if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            if isinstance(node, ast.Assign) and gathered_from_own(node.value):
+                continue  # (rebuilt at the width its pruned source has)
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             out.extend((target.attr, target.lineno) for target in targets
                        if isinstance(target, ast.Attribute) and _is_self(target.value))
@@ -175,6 +178,22 @@ def _rebinds(function: ast.AST) -> list[tuple[str, int]]:
             if name is not None:
                 out.append((name, node.lineno))
     return out
+
+
+def gathered_from_own(value: ast.expr | None) -> bool:
+    """Whether ``value`` picks from a tensor of the module by whole slices and the module's
+    own index tensors alone (EfficientFormer's and LeViT's ``self.ab =
+    self.attention_biases[:, self.attention_bias_idxs]``, the bias cache ``train()``
+    rebuilds): rebuilt after pruning, it has the width its pruned source has."""
+    if not (isinstance(value, ast.Subscript) and isinstance(value.value, ast.Attribute)
+            and _is_self(value.value.value)):
+        return False
+    index = value.slice
+    parts = index.elts if isinstance(index, ast.Tuple) else [index]
+    return all((isinstance(part, ast.Slice) and part.lower is part.upper is part.step is None)
+               or (isinstance(part, ast.Attribute) and _is_self(part.value))
+               or (isinstance(part, ast.Constant) and part.value in (None, Ellipsis))
+               for part in parts)
 
 
 def _string(node: ast.expr) -> str | None:
