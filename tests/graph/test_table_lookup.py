@@ -81,3 +81,46 @@ def test_a_position_table_is_cut_with_the_hidden_width() -> None:
     torch.testing.assert_close(pruned.weights, model.weights[:, keep])
     x = torch.randn(3, 9, 10)
     torch.testing.assert_close(pruned(x), _zero_removed_inputs(model, result.plan)(x))
+
+
+class GatheredBias(nn.Module):
+    """CoAtNet's relative attention (chinhsuanwu/coatnet-pytorch): a bias table ``[positions,
+    heads]`` gathered along positions by an index repeated to the head count."""
+
+    def __init__(self, how: str, dim: int = 32, heads: int = 4, size: int = 4) -> None:
+        super().__init__()
+        self.how, self.heads, self.n = how, heads, size * size
+        self.relative_bias_table = nn.Parameter(torch.randn((2 * size - 1) ** 2, heads))
+        grid = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size),
+                                          indexing="ij")).flatten(1)
+        rel = (grid[:, :, None] - grid[:, None, :]).permute(1, 2, 0) + size - 1
+        index = rel[..., 0] * (2 * size - 1) + rel[..., 1]
+        self.register_buffer("relative_index", index.flatten().unsqueeze(1))
+        self.to_qkv, self.to_out = nn.Linear(dim, dim * 3, bias=False), nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2)
+                   for t in self.to_qkv(x).chunk(3, dim=-1))
+        if self.how == "gather":
+            bias = self.relative_bias_table.gather(
+                0, self.relative_index.repeat(1, self.heads))
+        else:
+            bias = self.relative_bias_table[self.relative_index.view(-1)]
+        bias = bias.reshape(self.n, self.n, -1).permute(2, 0, 1).unsqueeze(0)
+        attn = (q @ k.transpose(-1, -2) * 8 ** -0.5 + bias).softmax(-1)
+        return self.to_out((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("how", ["gather", "index"])
+def test_a_table_gathered_along_its_rows_prunes_its_columns(how: str) -> None:
+    # gather(0, idx) kept every head whole ("picks positions along a channel dimension")
+    torch.manual_seed(0)
+    model, x = GatheredBias(how).eval(), torch.randn(2, 16, 32)
+    result = pk.prune(model, x, ratio=0.5, ignore=[model.to_out])
+    pruned = result.model
+    assert pruned.heads == 2 and pruned.relative_bias_table.shape == (49, 2)
+    zeroed = _zero_removed_inputs(model, result.plan)
+    with torch.no_grad():
+        for inputs in (x, torch.randn(3, 16, 32)):
+            torch.testing.assert_close(pruned(inputs), zeroed(inputs))

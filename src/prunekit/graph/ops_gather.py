@@ -100,12 +100,36 @@ def _gather(ctx: TraceContext, call: OpCall) -> None:
         dim: Any = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
     else:  # take_along_dim(input, indices, dim=None): None gathers from the flattened input
         dim = call.args[2] if len(call.args) > 2 else call.kwargs.get("dim")
-    _block_along(ctx, call, source, dim)
     index = call.arg(2 if call.name == "gather" else 1,
                      "index" if call.name == "gather" else "indices")
+    if _table_rows(ctx, call, source, index, dim):
+        return
+    _block_along(ctx, call, source, dim)
     if dim is not None and isinstance(index, Tensor):
         _fixed_extent(ctx, call, source, index, dim)
     replay(ctx, call)
+
+
+def _table_rows(ctx: TraceContext, call: OpCall, source: Any, index: Any, dim: Any) -> bool:
+    """``table.gather(0, idx)`` of a 2-D parameter or buffer by an index as wide as it (the
+    CoAtNet relative bias: ``self.relative_bias_table.gather(0, self.relative_index.repeat(1,
+    self.heads))``): rows are picked per column, column ``j`` of the result from column
+    ``j`` of the table, as ``table[idx]`` picks whole rows, so the columns are the result's
+    channels and the rows stay whole; an index width written from an attribute (``heads``)
+    follows the columns. False (nothing done) for any other gather."""
+    if not (isinstance(source, Tensor) and isinstance(index, Tensor) and source.dim() == 2
+            and index.dim() == 2 and dim in (0, -2) and index.shape[1] == source.shape[1]
+            and isinstance(call.out, Tensor) and ctx.is_param(source)):
+        return False
+    record = ctx.layer_weight(source)
+    if record is None:
+        return False
+    columns = ctx.space.find(ctx.weight_axis(record, 1, count=int(source.shape[1])))
+    along = ctx.space.find(ctx.labels(index))
+    if varies(along, 1):  # (an index widened to a width an attribute holds)
+        ctx.space.union(along.movedim(1, -1).reshape(-1, along.shape[1])[0], columns)
+    ctx.set_vector(call.out, ctx.space.find(columns), -1)
+    return True
 
 
 def _fixed_extent(ctx: TraceContext, call: OpCall, source: Tensor, index: Tensor,
