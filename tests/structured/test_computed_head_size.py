@@ -7,6 +7,7 @@ whole: nanoGPT kept 0.69 of its parameters at ratio 0.5 (its MLPs alone), now 0.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,40 @@ def test_a_per_head_size_from_a_plain_attribute_still_keeps_the_heads_whole() ->
     assert result.model.c_attn.weight.shape == (3 * DIM, DIM) and result.model.n_head == HEADS
     with torch.no_grad():
         assert torch.equal(result.model(x), before)
+
+
+class LiteMLA(nn.Module):
+    """EfficientViT's ReLU linear attention (its multi-scale aggregation left out): q, k
+    and v of each head side by side, split with ``reshape(qkv, (B, -1, 3 * self.dim,
+    H * W))``, the head count left to -1."""
+
+    def __init__(self, channels: int = 32, dim: int = 8) -> None:
+        super().__init__()
+        self.dim, total = dim, channels
+        self.qkv = nn.Conv2d(channels, 3 * total, 1, bias=False)
+        self.proj = nn.Conv2d(total, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        qkv = self.qkv(x)
+        b, _, h, w = list(qkv.size())
+        qkv = torch.reshape(qkv, (b, -1, 3 * self.dim, h * w)).transpose(-1, -2)
+        q, k, v = qkv[..., :self.dim], qkv[..., self.dim:2 * self.dim], qkv[..., 2 * self.dim:]
+        v = F.pad(v, (0, 1), mode="constant", value=1)
+        out = torch.matmul(F.relu(q), torch.matmul(F.relu(k).transpose(-1, -2), v))
+        out = out[..., :-1] / (out[..., -1:] + 1e-15)
+        return self.proj(torch.reshape(out.transpose(-1, -2), (b, -1, h, w)))
+
+
+def test_a_per_head_size_written_as_an_attribute_times_a_literal_lets_heads_go() -> None:
+    # was: heads kept whole, "store it as self.head_dim or write -1" (the count was -1)
+    torch.manual_seed(0)
+    model, x = LiteMLA().eval(), torch.randn(1, 32, 8, 8)
+    result = pk.prune(model, x, ratio=0.5, ignore=[model.proj])
+    assert result.model.qkv.out_channels == 48 and result.model.dim == 8
+    keep = result.plan["modules"]["proj"]["keep"]["in"]
+    assert keep == [i for i in range(32) if i // 8 in {j // 8 for j in keep}]  # whole heads
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.proj.weight[:, [i for i in range(32) if i not in keep]] = 0
+        for inputs in (x, torch.randn(2, 32, 6, 10)):
+            torch.testing.assert_close(result.model(inputs), zeroed(inputs))

@@ -648,6 +648,13 @@ def _written_as_literal(ctx: TraceContext, sizes: list[int], attrs: dict[str, in
     args = arguments_written(ctx)
     if args is not None and len(args) == labels.dim() and args[dim] is not None:
         return type(args[dim]) is int and args[dim] == size
+    if args is not None and len(args) == labels.dim() and dim != labels.dim() - 1:
+        # an attribute times a literal written for that factor alone (EfficientViT's
+        # reshape(qkv, (B, -1, 3 * self.dim, H * W)): q, k and v of a head side by side)
+        reads = attributes_by_argument(ctx)
+        names = reads[dim] if reads is not None and len(reads) == len(args) else frozenset()
+        return any(not counts_heads(name)
+                   for name in scaled_reads(attrs, names, literals_written(ctx), size))
     if dim != labels.dim() - 1 or not sizes or type(sizes[-1]) is not int or sizes[-1] != size:
         return False
     literals = literals_written(ctx)
