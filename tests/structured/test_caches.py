@@ -18,6 +18,19 @@ from prunekit.io.checkpoint import load, save
 from prunekit.structured import prune
 
 
+def _bias_table(module: nn.Module, heads: int, res: int, *, persistent: bool) -> None:
+    """LeViT's attention biases: one per head and distinct offset on a ``res`` × ``res``
+    grid, and the index of each pair of points' offset."""
+    points = list(itertools.product(range(res), range(res)))
+    offsets: dict[tuple[int, int], int] = {}
+    idxs = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets))
+            for a in points for b in points]
+    module.attention_biases = nn.Parameter(torch.randn(heads, len(offsets)))
+    module.register_buffer("attention_bias_idxs",
+                           torch.tensor(idxs).view(len(points), len(points)),
+                           persistent=persistent)
+
+
 class BiasCacheAttention(nn.Module):
     """LeViT's attention: per-head biases over relative offsets, gathered once per device
     in eval mode and kept in ``attention_bias_cache``; heads merged into ``val_attn_dim``."""
@@ -28,13 +41,7 @@ class BiasCacheAttention(nn.Module):
         self.val_attn_dim = heads * key_dim
         self.qkv = nn.Linear(dim, heads * key_dim * 3)
         self.proj = nn.Linear(heads * key_dim, dim)
-        points = list(itertools.product(range(res), range(res)))
-        offsets: dict[tuple[int, int], int] = {}
-        idxs = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets))
-                for a in points for b in points]
-        self.attention_biases = nn.Parameter(torch.randn(heads, len(offsets)))
-        self.register_buffer("attention_bias_idxs",
-                             torch.tensor(idxs).view(len(points), len(points)), persistent=False)
+        _bias_table(self, heads, res, persistent=False)
         self.attention_bias_cache: dict[str, Tensor] = {}
 
     def biases(self, device: torch.device) -> Tensor:
@@ -231,13 +238,7 @@ class AttributeCacheAttention(nn.Module):
         self.num_heads, self.key_dim, self.d = heads, key_dim, 2 * key_dim
         self.qkv = nn.Linear(dim, heads * (2 * key_dim + self.d))
         self.proj = nn.Linear(heads * self.d, dim)
-        points = list(itertools.product(range(res), range(res)))
-        offsets: dict[tuple[int, int], int] = {}
-        idxs = [offsets.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])), len(offsets))
-                for a in points for b in points]
-        self.attention_biases = nn.Parameter(torch.randn(heads, len(offsets)))
-        self.register_buffer("attention_bias_idxs",
-                             torch.tensor(idxs).view(len(points), len(points)))
+        _bias_table(self, heads, res, persistent=True)
 
     @torch.no_grad()
     def train(self, mode: bool = True) -> AttributeCacheAttention:
