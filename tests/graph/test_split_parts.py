@@ -27,6 +27,7 @@ class Parts(nn.Module):
         self.how = how
         self.wide, self.narrow = 8, 4
         self.sizes = (8, 4)  # InceptionNeXt's split_indexes
+        self.spare = 8
         self.cfg = SimpleNamespace(wide=8, narrow=4)
         parts = 2 * self.wide + self.narrow if how == "twice" else self.wide + self.narrow
         self.proj = nn.Linear(5, parts)
@@ -44,6 +45,12 @@ class Parts(nn.Module):
             a, b = torch.split(y, [wide, narrow], dim=-1)
         elif self.how == "tuple":
             a, b = torch.split(y, self.sizes, dim=-1)
+        elif self.how == "branches":  # which assignment ran is unknown: not read as either
+            if self.wide > 4:  # noqa: SIM108 (two assignments, as code in the wild has)
+                width = self.wide
+            else:  # (another attribute of the same value: it must not be rewritten)
+                width = self.spare
+            a, b = torch.split(y, [width, self.narrow], dim=-1)
         elif self.how == "twice":
             a, b, a2 = y.split([self.wide, self.narrow, self.wide], dim=-1)
             a = a * a2
@@ -87,14 +94,14 @@ def test_parts_written_as_one_attribute_shrink_alike() -> None:
         assert pruned(x).shape == (4, 3)
 
 
-@pytest.mark.parametrize("how", ["config", "literal"])
+@pytest.mark.parametrize("how", ["config", "literal", "branches"])
 def test_parts_not_written_as_the_modules_attributes_keep_their_width(how: str) -> None:
     torch.manual_seed(0)
     model, x = Parts(how).eval(), torch.randn(4, 5)
     result = prune(model, x, ratio=0.5)
     assert result.model.fa.in_features == 8
     assert "unequal parts" in result.coverage.fixed["fa.weight"]
-    if how == "literal":  # the part written as an attribute still prunes
+    if how in ("literal", "branches"):  # the part written as an attribute still prunes
         assert result.model.narrow == 2 and result.model.fb.in_features == 2
 
 

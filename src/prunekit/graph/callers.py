@@ -102,19 +102,18 @@ def _assigned_reads(code: CodeType, line: int, names: tuple[str, ...]) -> frozen
 
 def _last_assignments(code: CodeType, line: int, names: tuple[str, ...]
                       ) -> dict[str, ast.expr]:
-    """For each of ``names``, the value of its last plain assignment (``name = ...``) on a
-    line before ``line`` in the function of ``code``; names assigned otherwise (a loop, a
-    tuple target) are left out. Empty where the source cannot be read."""
+    """For each of ``names`` assigned once in the function of ``code``, by a plain
+    assignment (``name = ...``) on a line before ``line``, its value; names assigned
+    otherwise (a loop, a tuple target) or in several places (each branch of an ``if``: which
+    one ran is unknown) are left out. Empty where the source cannot be read."""
     if not names:
         return {}
     assigns = _assignments(code)
-    last: dict[str, ast.expr] = {}
-    for at, target, value in assigns:
-        if at >= line:
-            break
-        if target in names:
-            last[target] = value
-    return last
+    counts: dict[str, int] = {}
+    for _, target, _ in assigns:
+        counts[target] = counts.get(target, 0) + 1
+    return {target: value for at, target, value in assigns
+            if target in names and counts[target] == 1 and at < line}
 
 
 @functools.lru_cache(maxsize=256)

@@ -149,12 +149,11 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
       TinyViT, ``self.dim_out`` in Hiera, ``self.in_dim`` in TNT) or the assignment of a
       local it passes reads (:func:`~prunekit.graph.callers.assigned_reads`: ``size_out =
       x.size()[:-1] + (self.nf,)`` in GPT-2's ``Conv1D`` copied into user code), else one
-      named for a
-      merged heads width (``view(new_shape)`` with ``self.all_head_size`` put in it a line
-      before, as MobileViT and older BERT code write it) or, for a dim left whole, a head
-      count (``view(-1, self.num_heads)``). Where several hold a merged size, which one
-      sized it is unknown, so the channels are kept whole. A size left to -1, or computed
-      (``self.num_heads * self.head_dim``, ``x.shape[-1]``), follows by itself; an
+      named for a merged heads width (``view(new_shape)`` with ``self.all_head_size`` put
+      in it a line before, as MobileViT and older BERT code write it) or, for a dim left
+      whole, a head count (``view(-1, self.num_heads)``). Where several hold a merged size,
+      which one sized it is unknown, so the channels are kept whole. A size left to -1, or
+      computed (``self.num_heads * self.head_dim``, ``x.shape[-1]``), follows by itself; an
       attribute of equal value that the call does not read (a model width) is not bound,
       since it may size something else.
     """
