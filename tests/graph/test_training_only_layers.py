@@ -212,3 +212,31 @@ def test_an_output_returned_in_training_mode_only_keeps_its_width(mode: str) -> 
     model.train()
     with torch.no_grad():
         assert [t.shape for t in result.model(x)] == [t.shape for t in model(x)]
+
+
+class _FlagByMode(nn.Module):
+    """A forward that reads ``self.training`` for a flag only (Transformers' ``use_cache``
+    while checkpointing, RWKV's rescaling of its weights when the mode changes): it returns
+    the same in both modes, so no training pass runs (RWKV's would rescale its weights in
+    place, and nothing was pruned)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.training_calls: list[int] = []
+        self.register_forward_pre_hook(
+            lambda m, _: m.training_calls.append(1) if m.training else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        use_cache = not self.training
+        h = torch.relu(self.a(x))
+        if self.training and not use_cache:
+            h = h * 1.0
+        return self.b(h)
+
+
+def test_a_mode_flag_that_changes_no_output_needs_no_training_pass() -> None:
+    torch.manual_seed(0)
+    model = _FlagByMode().eval()
+    result = pk.prune(model, torch.randn(4, 8), ratio=0.5)
+    assert model.training_calls == [] and result.model.a.out_features == 8

@@ -71,12 +71,39 @@ def differentiates(cls: type) -> bool:
 
 
 def reads_training(cls: type) -> bool:
-    """Whether the ``forward`` of ``cls`` reads ``self.training``: a model that may return
-    more in training mode than in eval mode (FlowNet's and PWC-Net's coarser flows, deep
-    supervision: ``return (flow2, flow3) if self.training else flow2``), whose
-    training-mode outputs can be tensors that eval mode only passes on. (Other methods, a
-    base class's ``gradient_checkpointing_enable``, do not count.)"""
-    return "training" in forward_reads(cls)
+    """Whether the ``forward`` of ``cls`` returns by ``self.training``: a ``return`` whose
+    value reads it, or one inside an ``if`` whose test does (FlowNet's and PWC-Net's
+    coarser flows, deep supervision: ``return (flow2, flow3) if self.training else
+    flow2``): a model that may return more in training mode, tensors that eval mode only
+    passes on. (A flag set by it, ``use_cache = False`` while checkpointing in training,
+    or RWKV's rescaling of its weights when the mode changes, does not count; nor do other
+    methods.)"""
+    done = _TRAINING.get(cls)
+    if done is None:
+        done = _TRAINING[cls] = any(
+            _returns_by_mode(method) for method, _, _ in _methods(cls)
+            if getattr(method, "name", "") == "forward")
+    return done
+
+
+_TRAINING: dict[type, bool] = {}
+
+
+def _returns_by_mode(function: ast.AST) -> bool:
+    for node in ast.walk(function):
+        if isinstance(node, ast.Return) and node.value is not None and \
+                _reads_training(node.value):
+            return True
+        if isinstance(node, ast.If) and _reads_training(node.test) and any(
+                isinstance(inner, ast.Return) for branch in (node.body, node.orelse)
+                for statement in branch for inner in ast.walk(statement)):
+            return True
+    return False
+
+
+def _reads_training(node: ast.AST) -> bool:
+    return any(isinstance(leaf, ast.Attribute) and leaf.attr == "training"
+               and _is_self(leaf.value) for leaf in ast.walk(node))
 
 
 def forward_reads(cls: type) -> frozenset[str]:
