@@ -666,18 +666,21 @@ def _mirror_layer_sizes(ctx: TraceContext) -> None:
     ``groups`` of a block whose first layer is a depthwise conv of that many groups
     (MobileOne's, which its ``reparameterize()`` reads), where ``forward`` does not read
     them (there a ``dim`` may be an axis: ``x.chunk(2, dim=self.dim)``). Layers themselves
-    are left to
-    their adapters, and attributes already bound to what forward reads them for keep that
-    binding. Such an attribute splits no allocation (:attr:`Trace.follows`)."""
+    are left to their adapters, and attributes already bound to what forward reads them for
+    keep that binding. Such an attribute splits no allocation (:attr:`Trace.follows`)."""
     records = list(ctx.modules.values())  # in the order they first ran
     for path, module in ctx._named_modules:
         if path in ctx.modules:
             continue
+        state = vars(module)
+        candidates = [(attr, state[attr]) for attr in _MIRRORED if attr in state
+                      and type(state[attr]) is int and (path, attr) not in ctx.bindings]
+        if not candidates:
+            continue
         prefix = f"{path}." if path else ""
         inside = [r for r in records if r.name.startswith(prefix)]
-        for attr, value in vars(module).items():
-            if type(value) is not int or (path, attr) in ctx.bindings or \
-                    (attr not in _LAYER_SIZES and attr in forward_reads(type(module))):
+        for attr, value in candidates:
+            if attr not in _LAYER_SIZES and attr in forward_reads(type(module)):
                 continue  # (a dim or groups that forward reads is an axis or a count)
             labels = _mirrored(inside, attr, value)
             if labels is not None:
@@ -686,6 +689,7 @@ def _mirror_layer_sizes(ctx: TraceContext) -> None:
 
 
 _BLOCK_WIDTHS = frozenset(("dim", "embed_dim", "channels", "num_channels"))
+_MIRRORED = (*_LAYER_SIZES, "groups", *sorted(_BLOCK_WIDTHS))
 
 
 def _mirrored(inside: list[ModuleRecord], attr: str, value: int) -> Tensor | None:
