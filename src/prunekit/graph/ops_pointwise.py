@@ -713,7 +713,8 @@ def _like(ctx: TraceContext, call: OpCall) -> None:
     is fixed at that shape, and the channels it was picked from stay free."""
     source = call.args[0] if call.args else call.kwargs.get("input")
     out = call.out
-    if isinstance(source, Tensor) and isinstance(out, Tensor) and id(source) in ctx.watched:
+    watched = ctx.watched.get(id(source)) if isinstance(source, Tensor) else None
+    if watched is not None and watched[0] is source and isinstance(out, Tensor):
         ctx.set_labels(out, fixed_shape(ctx.space, tuple(out.shape),
                                         f"{call.display} of a fixed part of a channel dim"))
         return
