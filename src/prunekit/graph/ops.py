@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from prunekit.graph.trace import TraceContext
 
 __all__ = [
+    "LIKE",
     "REGION_POOLS",
     "OpCall",
     "OpHandler",
@@ -46,6 +47,9 @@ __all__ = [
 # torchvision's compiled region pooling (Faster/Mask/Keypoint R-CNN's MultiScaleRoIAlign):
 # each region's output keeps the feature map's channels, even for no regions at all
 REGION_POOLS = frozenset(("roi_align", "roi_align.default", "roi_pool", "roi_pool.default"))
+
+# tensors of another's shape: they read its shape, not its values (graph/ops_pointwise.py)
+LIKE = ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from prunekit.graph.ops import (
     tensors_in,
 )
 from prunekit.graph.ops_shape import replay
+from prunekit.graph.ops_slice import table_columns
 from prunekit.graph.trace import TraceContext
 
 GATHERS = ("gather", "take_along_dim")
@@ -121,10 +122,9 @@ def _table_rows(ctx: TraceContext, call: OpCall, source: Any, index: Any, dim: A
             and index.dim() == 2 and dim in (0, -2) and index.shape[1] == source.shape[1]
             and isinstance(call.out, Tensor) and ctx.is_param(source)):
         return False
-    record = ctx.layer_weight(source)
-    if record is None:
+    columns = table_columns(ctx, source)
+    if columns is None:
         return False
-    columns = ctx.space.find(ctx.weight_axis(record, 1, count=int(source.shape[1])))
     along = ctx.space.find(ctx.labels(index))
     if varies(along, 1):  # (an index widened to a width an attribute holds)
         ctx.space.union(along.movedim(1, -1).reshape(-1, along.shape[1])[0], columns)

@@ -24,6 +24,7 @@ from prunekit.graph.labels import (
     varying,
 )
 from prunekit.graph.ops import (
+    LIKE,
     OpCall,
     OpNotMappable,
     call_tensors,
@@ -700,9 +701,6 @@ def _index_add(ctx: TraceContext, call: OpCall) -> None:
     labels.index_copy_(dim, index, combine(ctx, [labels.index_select(dim, index), incoming],
                                            incoming.shape))
     ctx.set_labels(tensors_in(call.out)[0], labels)
-
-
-LIKE = ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like")
 
 
 def _like(ctx: TraceContext, call: OpCall) -> None:

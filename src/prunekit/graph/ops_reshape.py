@@ -56,6 +56,7 @@ from prunekit.graph.labels import rep_along, varies, varying
 from prunekit.graph.ops import OpCall, register_op, tensors_in
 from prunekit.graph.ops_shape import (
     SHORT_HEAD_COUNTS,
+    attribute_holding,
     counts_heads,
     defer_same_view,
     first_line,
@@ -161,7 +162,7 @@ def _bind_written_sizes(ctx: TraceContext, call: OpCall, source: Tensor) -> None
     written = call.args[1] if len(call.args) == 2 else call.kwargs.get("shape")
     path, module = calling_module(ctx)
     state = vars(module)
-    owner = next((k for k, v in state.items() if v is written), None) \
+    owner = attribute_holding(state, written) \
         if isinstance(written, (tuple, list)) and len(written) == out.dim() else None
     sizes = tensors_free(call.args[1:]) or tensors_free(tuple(call.kwargs.values()))
     read = attributes_read(ctx) | assigned_reads(ctx)
@@ -380,7 +381,7 @@ def _sizes_attribute(ctx: TraceContext, call: OpCall, segment: list[int]) -> str
     written = _unflatten_sizes(call, segment)
     if written is None:
         return None
-    return next((k for k, v in vars(ctx.running_module).items() if v is written), None)
+    return attribute_holding(vars(ctx.running_module), written)
 
 
 def _read_elsewhere(ctx: TraceContext, call: OpCall, labels: Tensor, attr: str,

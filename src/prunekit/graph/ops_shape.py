@@ -403,13 +403,18 @@ def chunking(ctx: TraceContext, call: OpCall) -> None:
         ctx.bind_attribute(ctx.path, attr, line)
 
 
-def _sizes_attribute(held: dict[str, Any], call: OpCall) -> str | None:
-    """The tuple or list attribute (of ints) that ``call`` passes whole as its part sizes, found
-    by identity (a list of equal value built in the code is not it)."""
+def attribute_holding(state: dict[str, Any], value: object) -> str | None:
+    """The name under which ``state`` (a module's ``vars``) holds ``value`` itself, by
+    identity (a tuple of equal value built in the code is not it), else None."""
+    return next((name for name, held in state.items() if held is value), None)
+
+
+def _split_sizes_attribute(held: dict[str, Any], call: OpCall) -> str | None:
+    """The tuple or list attribute (of ints) that ``call`` passes whole as its part sizes."""
     sizes = split_arg(call)
     if not isinstance(sizes, (tuple, list)) or not all(type(v) is int for v in sizes):
         return None
-    return next((name for name, value in held.items() if value is sizes), None)
+    return attribute_holding(held, sizes)
 
 
 def counted(call: OpCall) -> bool:
@@ -437,7 +442,7 @@ def _unequal_split(ctx: TraceContext, call: OpCall, canon: Tensor, pieces: list[
     path, module = calling_module(ctx)
     written = sizes_written(module) if not counted(call) else None
     held = vars(module)
-    owner = None if written is not None or counted(call) else _sizes_attribute(held, call)
+    owner = None if written is not None or counted(call) else _split_sizes_attribute(held, call)
     if owner is not None:  # InceptionNeXt's split(x, self.split_indexes, dim=1): its elements
         sizes = held[owner]
         written = tuple(f"{owner}[{i}]" for i in range(len(sizes)))

@@ -94,12 +94,20 @@ def _table_lookup(ctx: TraceContext, call: OpCall) -> bool:
             and index.dtype != torch.bool and out.shape[-1] == source.shape[1]
             and out.dim() == index.dim() + 1 and ctx.is_param(source)):
         return False
-    record = ctx.layer_weight(source)
-    if record is None:
+    columns = table_columns(ctx, source)
+    if columns is None:
         return False
-    columns = ctx.space.find(ctx.weight_axis(record, 1, count=int(source.shape[1])))
     ctx.set_vector(out, columns, -1)
     return True
+
+
+def table_columns(ctx: TraceContext, table: Tensor) -> Tensor | None:
+    """The labels of the columns of a 2-D parameter or buffer read as a table of rows (its
+    channels, as an embedding's), or None where it is no tensor of the model."""
+    record = ctx.layer_weight(table)
+    if record is None:
+        return None
+    return ctx.space.find(ctx.weight_axis(record, 1, count=int(table.shape[1])))
 
 
 def _slice(ctx: TraceContext, call: OpCall) -> None:

@@ -38,6 +38,7 @@ from prunekit.graph.opaque import (
     quantization_error,
 )
 from prunekit.graph.ops import (
+    LIKE,
     REGION_POOLS,
     OpCall,
     OpHandler,
@@ -457,7 +458,7 @@ class TraceContext:
         if unread:
             for tensor in inputs:
                 unread.discard(id(tensor))
-        if self.watched and self._op(func)[0] not in _SHAPE_ONLY:
+        if self.watched and self._op(func)[0] not in LIKE:  # (a shape read is no read)
             self._read_watched(inputs)
         outputs = [out] if isinstance(out, Tensor) else tensors_in(out)
         if not outputs and not (inputs and _is_setitem(func)):
@@ -602,11 +603,6 @@ class TraceContext:
     def recording(self) -> bool:
         """False while an atomic module runs (its inner ops are not recorded)."""
         return self._calls.recording
-
-
-# ops that read only their input's shape, not its values (a watched tensor stays unread)
-_SHAPE_ONLY = frozenset(("zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
-                         "randn_like"))
 
 
 def _constant(label: int, shape: torch.Size) -> Tensor:
